@@ -1,0 +1,31 @@
+# krakenquant: two commands do all the set-up on a fresh machine.
+#   make demo   set up, then run the main job (import data, print the data report)
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+export KQ_STORE ?= $(CURDIR)/data/market.duckdb
+
+.PHONY: setup demo test bench clean-store lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[live,dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m kq.demo
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean-store:
+	rm -f data/market.duckdb data/market.duckdb.wal

@@ -1,0 +1,151 @@
+"""Frozen, typed configuration loaded from TOML in ``configs/``.
+
+Every section is a frozen pydantic model with ``extra="forbid"``: an unknown key or an
+out-of-range value is a :class:`~engine.errors.ConfigError` that names the key
+(``risk.max_positions: Input should be less than or equal to 50``).
+
+A config file may start with ``extends = "default.toml"`` (a path relative to the file): the
+named file is loaded first and this file's tables are merged over it, key by key.
+
+Sections live next to the code that reads them (``engine/risk/config.py`` and so on) and are
+assembled here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.errors import ConfigError
+
+
+class Frozen(BaseModel):
+    """Base for every config section: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(Frozen):
+    store: str | None = Field(None, description="market store path; default data/market.duckdb or $KQ_STORE")
+    venue: str = Field("kraken", description="venue whose bars research reads: kraken, binance, synthetic")
+    bar_seconds: Literal[3600] = 3600
+
+
+class FeesConfig(Frozen):
+    fee_rate: float = Field(0.004, ge=0.0, le=0.05, description="fee as a fraction of notional, every fill")
+    slippage_bps: float = Field(5.0, ge=0.0, le=500.0, description="expected slippage per fill in basis points")
+
+    @property
+    def round_trip_cost(self) -> float:
+        """Two fees plus two expected slippages: what an entry's expected return must clear."""
+        return 2.0 * self.fee_rate + 2.0 * self.slippage_bps * 1e-4
+
+
+class LabelsConfig(Frozen):
+    horizons: tuple[int, ...] = Field((1, 4, 24), description="label horizons in bars (hours)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabelsConfig":
+        if not self.horizons or any(h < 1 or h > 24 * 30 for h in self.horizons):
+            raise ValueError("horizons must be 1..720 bars")
+        if list(self.horizons) != sorted(set(self.horizons)):
+            raise ValueError("horizons must be strictly increasing")
+        return self
+
+
+def _sections() -> dict[str, type[Frozen]]:
+    # Imported here so each area owns its section file without import cycles.
+    from engine.features.config import FeaturesConfig
+    from engine.risk.config import RiskConfig
+
+    return {"features": FeaturesConfig, "risk": RiskConfig}
+
+
+class Config(Frozen):
+    seed: int = Field(7, ge=0, description="seed for everything random")
+    data: DataConfig = DataConfig()
+    fees: FeesConfig = FeesConfig()
+    labels: LabelsConfig = LabelsConfig()
+    features: Any = None
+    risk: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build_sections(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            values = dict(values)
+            for name, model in _sections().items():
+                v = values.get(name)
+                if v is None:
+                    values[name] = model()
+                elif isinstance(v, dict):
+                    try:
+                        values[name] = model(**v)
+                    except ValidationError as e:
+                        raise ConfigError(_format_validation(e, prefix=name)) from None
+        return values
+
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON of this config (what made a result)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _format_validation(e: ValidationError, prefix: str = "") -> str:
+    msgs = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        msgs.append(f"{key}: {msg}")
+    return "; ".join(msgs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a TOML file, following ``extends``. Errors name the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    if p.resolve() in _seen:
+        raise ConfigError(f"{p}: 'extends' loops back to itself")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"{p}: extends: must be a file name")
+        raw = _merge(read_toml(p.parent / parent, _seen + (p.resolve(),)), raw)
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
+    try:
+        return Config(**raw)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format_validation(e)}") from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load a config file (default ``configs/default.toml``)."""
+    from engine.paths import configs_dir
+
+    p = Path(path) if path is not None else configs_dir() / "default.toml"
+    return config_from_dict(read_toml(p), str(p))

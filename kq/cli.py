@@ -1,0 +1,84 @@
+"""Entry point of the ``kq`` console script.
+
+User mistakes (:class:`engine.errors.KQError`) print one line, ``kq: error: ...``, on stderr and
+exit with the error's code (2 for bad input, 1 for blocking integrity problems): never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from engine.errors import KQError
+
+# Modules that add commands to the root app through ``register(app)``; one per area.
+COMMAND_MODULES = ("kq.data", "kq.features", "kq.backtest", "kq.sim")
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="kq",
+        help="krakenquant: governed quantitative trading for Kraken spot (long-only, hourly bars).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    _register_config(app)
+    for mod in COMMAND_MODULES:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:  # that area has no commands yet
+                continue
+            raise
+        m.register(app)
+    return app
+
+
+def _register_config(app: typer.Typer) -> None:
+    cfg = typer.Typer(help="Validate and show configuration files.", no_args_is_help=True)
+
+    @cfg.command("check")
+    def check(path: str = typer.Argument("configs/default.toml", help="TOML config file")) -> None:
+        """Validate a config file; exit 2 with the offending key if it is invalid."""
+        from engine.config import load_config
+
+        c = load_config(path)
+        typer.echo(f"{path}: ok (sha256 {c.content_hash()[:16]})")
+
+    @cfg.command("show")
+    def show(path: str = typer.Argument("configs/default.toml", help="TOML config file")) -> None:
+        """Print the fully resolved config (defaults filled in) as JSON."""
+        import json
+
+        from engine.config import load_config
+
+        typer.echo(json.dumps(load_config(path).model_dump(mode="json"), indent=2))
+
+    app.add_typer(cfg, name="config")
+
+
+def main(argv: list[str] | None = None) -> int:
+    app = build_app()
+    try:
+        rv = app(args=argv, prog_name="kq", standalone_mode=False)
+    except KQError as e:
+        print(f"kq: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("kq: aborted", file=sys.stderr)
+        return 130
+    except click.exceptions.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("kq: interrupted", file=sys.stderr)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""krakenquant live bridge: daemon, Kraken adapter, simulator, ledger, replay (imports engine)."""

@@ -1,0 +1,1 @@
+"""krakenquant research: folds, models, studies and reports (offline; imports engine)."""
