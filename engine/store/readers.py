@@ -1,0 +1,467 @@
+"""Readers for every bar format the market store imports, and the one validator they share.
+
+Each reader turns one input (a file, a zip member, one pair of a REST response, a frame) into a
+:class:`Parsed` unit: the rows as received (``raw``, with their line/row number) and the validated,
+ts-sorted bars (``bars``). A malformed input raises :class:`~engine.errors.InputError` with one line
+naming the file, the line (or row) and the rule broken; nothing is written before every input of an
+import has parsed. Validation is vectorised (numpy/pandas); there is no per-row Python loop.
+
+Formats:
+
+* Kraken's official OHLCVT CSV: no header, ``time,open,high,low,close,volume,trades``, files named
+  ``<PAIR>_<minutes>.csv`` (only ``_60`` files are hourly bars), also inside a ``.zip``.
+* Kraken REST ``OHLC`` rows ``[time, open, high, low, close, vwap, volume, count]``: a JSON file
+  holding the whole envelope (``{"error": [], "result": {...}}``) or just ``result``, or a Python list
+  (:func:`parse_rest_rows`, what the live backfill calls). Rows newer than ``last`` (the still-forming
+  candle) are kept in the raw layer but never become bars.
+* The ``../shared/data/ohlcv`` parquet layout (``XBTUSD_1h.parquet``, ``binance_BTCUSDT_1h.parquet``),
+  whose key-value metadata ``venue``/``pair`` is used when present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import InputError
+from engine.pairs import normalize_pair
+
+HOUR = 3600
+VALUE_FIELDS = ("open", "high", "low", "close", "volume", "trades", "vwap")
+PRICE_FIELDS = ("open", "high", "low", "close")
+#: Timestamps outside [2009-01-01, 2100-01-01) are not unix seconds (milliseconds, typos).
+TS_MIN, TS_MAX = 1230768000, 4102444800
+KRAKEN_CSV_COLUMNS = ("time", "open", "high", "low", "close", "volume", "trades")
+REST_COLUMNS = ("time", "open", "high", "low", "close", "vwap", "volume", "count")
+SUPPORTED_SUFFIXES = (".csv", ".zip", ".json", ".parquet")
+
+_KRAKEN_NAME = re.compile(r"^(?P<pair>[A-Za-z0-9]+)_(?P<minutes>\d+)$")
+_VENUE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+@dataclass
+class Parsed:
+    """One importable unit: a file, a zip member, one pair of a REST response, or a frame."""
+
+    label: str            # how messages name it: the path as given, ``a.zip:XBTUSD_60.csv``, ...
+    name: str             # base file name (or source label for frames)
+    member: str           # '' for a plain file, the pair key for a multi-pair JSON
+    sha256: str           # content hash of the unit (a zip member's own bytes)
+    kind: str             # kraken-csv | kraken-rest | parquet | frame
+    venue: str
+    pair: str             # canonical BASE/QUOTE
+    source_pair: str      # the pair as the source spelled it
+    raw: pd.DataFrame     # rows as received: line, ts, open..vwap, note
+    bars: pd.DataFrame    # validated: ts (int64), open..volume (float64), trades (Int64), vwap (float64)
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Skipped:
+    label: str
+    reason: str
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def normalize_venue(venue: str) -> str:
+    """``Binance (spot)`` -> ``binance``, ``Kraken`` -> ``kraken``; anything else lower-cased."""
+    v = venue.strip().lower()
+    m = re.match(r"[a-z][a-z0-9_-]*", v)
+    if not m or not _VENUE.match(m.group(0)):
+        raise InputError(f"invalid venue name {venue!r}")
+    return m.group(0)
+
+
+def _pair(name: str, label: str) -> str:
+    try:
+        return normalize_pair(name)
+    except InputError:
+        raise InputError(f"{label}: unknown pair name {name!r} (pass --pair to name it)") from None
+
+
+# --------------------------------------------------------------------------------------------
+# validation (shared by every format)
+
+
+def _fail(label: str, unit: str, lines: np.ndarray, mask: np.ndarray, rule: str, detail=None) -> None:
+    if mask.any():
+        i = int(np.flatnonzero(mask)[0])
+        extra = f" ({detail(i)})" if detail is not None else ""
+        raise InputError(f"{label}: {unit} {int(lines[i])}: {rule}{extra}")
+
+
+def validate(label: str, frame: pd.DataFrame, lines: np.ndarray, unit: str = "line") -> pd.DataFrame:
+    """Check one unit's rows and return them as sorted bars. ``frame`` holds float64 columns
+    ts, open, high, low, close, volume, trades, vwap (NaN = absent for trades/vwap).
+
+    Rules, each naming the first offending line: non-numeric or missing value, timestamp not in unix
+    seconds, timestamp off the hourly grid, duplicate timestamp, non-positive price, high < low,
+    open/close outside [low, high], negative volume, negative or fractional trade count.
+    """
+    n = len(frame)
+    if n == 0:
+        raise InputError(f"{label}: empty file (no rows)")
+    lines = np.asarray(lines, dtype=np.int64)
+    cols = {f: frame[f].to_numpy(dtype=np.float64, na_value=np.nan) for f in ("ts", *VALUE_FIELDS)}
+    for f in ("ts", *PRICE_FIELDS, "volume"):
+        v = cols[f]
+        _fail(label, unit, lines, ~np.isfinite(v), f"non-numeric or missing value in column '{f}'")
+    for f in ("trades", "vwap"):
+        v = cols[f]
+        _fail(label, unit, lines, np.isinf(v), f"non-numeric value in column '{f}'")
+    t = cols["ts"]
+    _fail(label, unit, lines, t != np.floor(t), "timestamp is not a whole number of seconds",
+          lambda i: f"time {float(t[i])!r}")
+    _fail(label, unit, lines, (t < TS_MIN) | (t >= TS_MAX), "timestamp not in unix seconds (2009..2100)",
+          lambda i: f"time {t[i]:.0f}")
+    ts = t.astype(np.int64)
+    _fail(label, unit, lines, ts % HOUR != 0, "timestamp off the hourly grid (not a multiple of 3600)",
+          lambda i: f"time {ts[i]}")
+    order = np.argsort(ts, kind="stable")
+    st = ts[order]
+    dup_sorted = np.zeros(n, dtype=bool)
+    dup_sorted[1:] = st[1:] == st[:-1]
+    if dup_sorted.any():
+        dup = np.zeros(n, dtype=bool)
+        dup[order[dup_sorted]] = True
+        # report the later occurrence in file order, and where the timestamp was first seen
+        i = int(np.flatnonzero(dup)[0])
+        first = int(lines[np.flatnonzero(ts == ts[i])[0]])
+        raise InputError(f"{label}: {unit} {int(lines[i])}: duplicate timestamp {ts[i]} "
+                         f"(first on {unit} {first})")
+    o, h, lo, c = (cols[f] for f in PRICE_FIELDS)
+    nonpos = (o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0)
+    _fail(label, unit, lines, nonpos, "non-positive price",
+          lambda i: f"open {float(o[i])!r} high {float(h[i])!r} low {float(lo[i])!r} close {float(c[i])!r}")
+    _fail(label, unit, lines, h < lo, "high < low", lambda i: f"high {float(h[i])!r} < low {float(lo[i])!r}")
+    outside = (o > h) | (o < lo) | (c > h) | (c < lo)
+    _fail(label, unit, lines, outside, "open/close outside [low, high]",
+          lambda i: f"open {float(o[i])!r} high {float(h[i])!r} low {float(lo[i])!r} close {float(c[i])!r}")
+    vol = cols["volume"]
+    _fail(label, unit, lines, vol < 0, "negative volume", lambda i: f"volume {float(vol[i])!r}")
+    tr = cols["trades"]
+    with np.errstate(invalid="ignore"):
+        bad_tr = ~np.isnan(tr) & ((tr < 0) | (tr != np.floor(tr)))
+    _fail(label, unit, lines, bad_tr, "trade count is not a whole number >= 0", lambda i: f"trades {float(tr[i])!r}")
+    vw = cols["vwap"]
+    vw = np.where(vw > 0, vw, np.nan)  # Kraken sends vwap 0 for bars without trades: unknown
+    trn = tr[order]
+    trades = pd.arrays.IntegerArray(np.where(np.isnan(trn), 0, trn).astype(np.int64), np.isnan(trn))
+    bars = pd.DataFrame({"ts": st, **{f: cols[f][order] for f in ("open", "high", "low", "close", "volume")},
+                         "trades": trades, "vwap": vw[order], "line": lines[order]})
+    return bars
+
+
+def _raw_frame(lines: np.ndarray, frame: pd.DataFrame, note=None) -> pd.DataFrame:
+    data = {"line": np.asarray(lines, dtype=np.int64)}
+    for f in ("ts", *VALUE_FIELDS):
+        data[f] = frame[f].to_numpy(dtype=np.float64, na_value=np.nan)
+    data["note"] = note if note is not None else np.full(len(data["line"]), None, dtype=object)
+    return pd.DataFrame(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Kraken OHLCVT CSV
+
+
+def _numeric_columns(label: str, table: pd.DataFrame, names: tuple[str, ...], lines: np.ndarray,
+                     unit: str) -> pd.DataFrame:
+    out = {}
+    for k, name in enumerate(names):
+        s = table[k]
+        v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.isnan(v) | np.isinf(v)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{label}: {unit} {int(lines[i])}: non-numeric field '{name}' ({s.iloc[i]!r})")
+        out[name] = v
+    return pd.DataFrame(out)
+
+
+def kraken_csv_name(name: str) -> tuple[str, int] | None:
+    """``XBTUSD_60.csv`` -> (``XBTUSD``, 60); None when the name does not follow Kraken's pattern."""
+    m = _KRAKEN_NAME.match(Path(name).stem)
+    return (m.group("pair"), int(m.group("minutes"))) if m else None
+
+
+def parse_kraken_csv(data: bytes, label: str, name: str, venue: str | None, pair: str | None) -> Parsed:
+    """Kraken's official OHLCVT CSV: time, open, high, low, close, volume, trades (no header)."""
+    parsed_name = kraken_csv_name(name)
+    if parsed_name is not None and parsed_name[1] != 60:
+        raise InputError(f"{label}: {parsed_name[1]}-minute bars; only hourly files (<PAIR>_60.csv) "
+                         f"can be imported")
+    if pair is None:
+        if parsed_name is None:
+            raise InputError(f"{label}: cannot infer the pair from the file name "
+                             f"(expected <PAIR>_60.csv); pass --pair")
+        pair = parsed_name[0]
+    canon = _pair(pair, label)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{label}: not a text file (UTF-8 expected)") from None
+    lines_txt = text.splitlines()
+    while lines_txt and not lines_txt[-1].strip():
+        lines_txt.pop()
+    if not lines_txt:
+        raise InputError(f"{label}: empty file (no rows)")
+    s = pd.Series(lines_txt, dtype=object)
+    lines = np.arange(1, len(s) + 1, dtype=np.int64)
+    counts = s.str.count(",").to_numpy() + 1
+    ncol = len(KRAKEN_CSV_COLUMNS)
+    wrong = counts != ncol
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        raise InputError(f"{label}: line {i + 1}: wrong column count ({counts[i]} fields, expected {ncol}: "
+                         f"{','.join(KRAKEN_CSV_COLUMNS)})")
+    table = s.str.split(",", expand=True)
+    num = _numeric_columns(label, table, KRAKEN_CSV_COLUMNS, lines, "line")
+    frame = num.rename(columns={"time": "ts"})
+    frame["vwap"] = np.nan
+    bars = validate(label, frame, lines, "line")
+    return Parsed(label, name, "", sha256_bytes(data), "kraken-csv", normalize_venue(venue or "kraken"),
+                  canon, pair, _raw_frame(lines, frame), bars)
+
+
+# --------------------------------------------------------------------------------------------
+# Kraken REST OHLC rows
+
+
+def parse_rest_rows(rows: list, pair: str, *, label: str = "kraken-rest", venue: str = "kraken",
+                    last: int | None = None, sha256: str | None = None, member: str = "",
+                    name: str | None = None) -> Parsed:
+    """Kraken REST ``OHLC`` rows ``[time, open, high, low, close, vwap, volume, count]`` (prices as
+    strings or numbers). Rows with ``time > last`` are the still-forming candle: kept raw, not stored."""
+    canon = _pair(pair, label)
+    if not isinstance(rows, list) or len(rows) == 0:
+        raise InputError(f"{label}: empty file (no rows)")
+    ncol = len(REST_COLUMNS)
+    lens = np.fromiter((len(r) if isinstance(r, (list, tuple)) else -1 for r in rows), dtype=np.int64,
+                       count=len(rows))
+    lines = np.arange(1, len(rows) + 1, dtype=np.int64)
+    wrong = lens != ncol
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        got = "not a list" if lens[i] < 0 else f"{lens[i]} fields"
+        raise InputError(f"{label}: row {i + 1}: wrong column count ({got}, expected {ncol}: "
+                         f"{','.join(REST_COLUMNS)})")
+    table = pd.DataFrame(rows, dtype=object)
+    num = _numeric_columns(label, table, REST_COLUMNS, lines, "row")
+    frame = num.rename(columns={"time": "ts", "count": "trades"})
+    note = None
+    keep = np.ones(len(frame), dtype=bool)
+    if last is not None:
+        keep = frame["ts"].to_numpy() <= float(last)
+        note = np.where(keep, None, "forming candle (time > last): not stored").astype(object)
+    raw = _raw_frame(lines, frame, note)
+    if not keep.any():
+        raise InputError(f"{label}: no committed rows (every row is newer than last={last})")
+    bars = validate(label, frame[keep].reset_index(drop=True), lines[keep], "row")
+    if sha256 is None:
+        sha256 = sha256_bytes(json.dumps([canon, rows, last], sort_keys=True, default=str).encode())
+    return Parsed(label, name or label, member, sha256, "kraken-rest", normalize_venue(venue), canon, pair,
+                  raw, bars, {"last": last})
+
+
+def parse_rest_json(data: bytes, label: str, name: str, venue: str | None, pair: str | None) -> list[Parsed]:
+    try:
+        doc = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        line = getattr(e, "lineno", 1)
+        raise InputError(f"{label}: line {line}: not valid JSON") from None
+    sha = sha256_bytes(data)
+    if isinstance(doc, dict) and "result" in doc:
+        if doc.get("error"):
+            raise InputError(f"{label}: line 1: Kraken returned an error: {doc['error']}")
+        doc = doc["result"]
+    if isinstance(doc, list):
+        if pair is None:
+            raise InputError(f"{label}: a bare list of OHLC rows has no pair name; pass --pair")
+        return [parse_rest_rows(doc, pair, label=label, venue=venue or "kraken", sha256=sha, name=name)]
+    if not isinstance(doc, dict):
+        raise InputError(f"{label}: line 1: expected a Kraken OHLC response ({{pair: rows, last}})")
+    last = doc.get("last")
+    keys = [k for k, v in doc.items() if k != "last" and isinstance(v, list)]
+    if not keys:
+        raise InputError(f"{label}: empty file (no OHLC rows)")
+    if pair is not None and len(keys) > 1:
+        raise InputError(f"{label}: --pair given but the response holds {len(keys)} pairs")
+    out = []
+    for k in keys:
+        out.append(parse_rest_rows(doc[k], pair or k, label=f"{label}:{k}", venue=venue or "kraken",
+                                   last=None if last is None else int(last), sha256=sha,
+                                   member=k if len(keys) > 1 else "", name=name))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# shared parquet layout
+
+
+def _meta_pair(value: str) -> list[str]:
+    cands = [value]
+    m = re.search(r"\(([^)]*)\)", value)
+    if m:
+        cands.append(m.group(1))
+    cands.append(value.split("(")[0])
+    return [c.strip() for c in cands if c.strip()]
+
+
+def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: str | None) -> Parsed:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a corrupt file
+        raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
+    md = {k.decode(errors="replace"): v.decode(errors="replace")
+          for k, v in (table.schema.metadata or {}).items() if k != b"ARROW:schema" and k != b"pandas"}
+    # file name: [<venue>_]<PAIR>[_<interval>], e.g. XBTUSD_1h, binance_BTCUSDT_1h
+    parts = Path(name).stem.split("_")
+    name_iv = parts.pop() if len(parts) > 1 and re.fullmatch(r"\d+[A-Za-z]*", parts[-1]) else None
+    name_venue = parts[0] if len(parts) == 2 else None
+    name_pair = parts[-1] if len(parts) in (1, 2) else Path(name).stem
+    interval = md.get("interval") or name_iv
+    if interval is not None and interval.lower() not in ("1h", "60m", "60"):
+        raise InputError(f"{label}: {interval} bars; only hourly (1h) files can be imported")
+    if venue is None:
+        venue = md.get("venue") or name_venue or "kraken"
+    if pair is None:
+        cands = [*(_meta_pair(md["pair"]) if md.get("pair") else []), name_pair]
+        for cnd in cands:
+            try:
+                canon = normalize_pair(cnd)
+                pair = cnd
+                break
+            except InputError:
+                continue
+        else:
+            raise InputError(f"{label}: unknown pair name {cands[0]!r} (pass --pair to name it)")
+    else:
+        canon = _pair(pair, label)
+    cols = set(table.column_names)
+    missing = [c for c in ("ts", "open", "high", "low", "close", "volume") if c not in cols]
+    if missing:
+        raise InputError(f"{label}: missing column {missing[0]!r} (expected ts, open, high, low, close, volume"
+                         f"[, trades, vwap])")
+    n = table.num_rows
+    if n == 0:
+        raise InputError(f"{label}: empty file (no rows)")
+    arrays = {"ts": table.column("ts").to_numpy(zero_copy_only=False).astype(np.float64)}
+    for f in VALUE_FIELDS:
+        arrays[f] = (np.asarray(table.column(f).cast("double").to_numpy(zero_copy_only=False), dtype=np.float64)
+                   if f in cols else np.full(n, np.nan))
+    frame = pd.DataFrame(arrays)
+    ts_col = table.column("ts")
+    if ts_col.null_count:
+        i = int(np.flatnonzero(ts_col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{label}: row {i + 1}: non-numeric or missing value in column 'ts'")
+    lines = np.arange(1, n + 1, dtype=np.int64)
+    bars = validate(label, frame, lines, "row")
+    return Parsed(label, name, "", sha256_bytes(data), "parquet", normalize_venue(venue), canon, pair,
+                  _raw_frame(lines, frame), bars, md)
+
+
+# --------------------------------------------------------------------------------------------
+# frames (synthetic market, future backfills)
+
+
+def parse_frame(df: pd.DataFrame, venue: str, pair: str, source: str) -> Parsed:
+    label = f"{source}:{normalize_pair(pair) if pair else pair}"
+    canon = _pair(pair, label)
+    missing = [c for c in ("ts", "open", "high", "low", "close", "volume") if c not in df.columns]
+    if missing:
+        raise InputError(f"{label}: missing column {missing[0]!r}")
+    frame = pd.DataFrame({"ts": pd.to_numeric(df["ts"], errors="coerce").to_numpy(dtype=np.float64)})
+    for f in VALUE_FIELDS:
+        if f in df.columns:
+            frame[f] = pd.to_numeric(df[f], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            frame[f] = np.nan
+    lines = np.arange(1, len(frame) + 1, dtype=np.int64)
+    bars = validate(label, frame, lines, "row")
+    h = hashlib.sha256()
+    h.update(f"{normalize_venue(venue)}|{canon}|{source}".encode())
+    for f in ("ts", *VALUE_FIELDS):
+        h.update(np.ascontiguousarray(frame[f].to_numpy(dtype=np.float64)).tobytes())
+    return Parsed(label, source, "", h.hexdigest(), "frame", normalize_venue(venue), canon, pair,
+                  _raw_frame(lines, frame), bars)
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Paths as given; a directory stands for its supported files (sorted, not recursive)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_SUFFIXES)
+            if not found:
+                raise InputError(f"{p}: no importable files (.csv, .zip, .json, .parquet) in this folder")
+            out.extend(found)
+        elif not p.exists():
+            raise InputError(f"{p}: no such file")
+        else:
+            out.append(p)
+    return out
+
+
+def read_unit(data: bytes, label: str, name: str, venue: str | None, pair: str | None) -> list[Parsed]:
+    suffix = Path(name).suffix.lower()
+    if suffix == ".csv":
+        return [parse_kraken_csv(data, label, name, venue, pair)]
+    if suffix == ".json":
+        return parse_rest_json(data, label, name, venue, pair)
+    if suffix == ".parquet":
+        return [parse_parquet(data, label, name, venue, pair)]
+    raise InputError(f"{label}: unsupported file type (expected .csv, .zip, .json or .parquet)")
+
+
+def zip_members(data: bytes, label: str, pair_given: bool = False) -> tuple[list[tuple[str, bytes]], list[Skipped]]:
+    """Hourly Kraken CSV members of a zip (``<PAIR>_60.csv``); every other member is skipped with a reason."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise InputError(f"{label}: not a valid zip archive") from None
+    take: list[tuple[str, bytes]] = []
+    skipped: list[Skipped] = []
+    with zf:
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            if info.is_dir():
+                continue
+            mname = info.filename
+            base = Path(mname).name
+            mlabel = f"{label}:{mname}"
+            if Path(base).suffix.lower() != ".csv" or base.startswith("."):
+                skipped.append(Skipped(mlabel, "not a CSV file"))
+                continue
+            kn = kraken_csv_name(base)
+            if kn is None:
+                skipped.append(Skipped(mlabel, "name is not <PAIR>_<minutes>.csv"))
+                continue
+            if kn[1] != 60:
+                skipped.append(Skipped(mlabel, f"{kn[1]}-minute bars; only hourly (_60) files are imported"))
+                continue
+            if not pair_given:
+                try:
+                    normalize_pair(kn[0])
+                except InputError:
+                    skipped.append(Skipped(mlabel, f"unknown pair name {kn[0]!r}"))
+                    continue
+            take.append((mname, zf.read(info)))
+    return take, skipped

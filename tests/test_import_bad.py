@@ -1,0 +1,221 @@
+"""Every malformed input is rejected whole: one line naming file, line and rule, exit 2, store unchanged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.errors import InputError
+from engine.store.market import MarketStore
+from kq.cli import main
+
+T0 = 1_700_000_000 // 3600 * 3600
+
+
+def kraken_lines(n=5, t0=T0, px=100.0):
+    return [f"{t0 + 3600 * i},{px + i},{px + i + 2},{px + i - 1},{px + i + 1},{1.5 + i},{10 + i}" for i in range(n)]
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store already holding a good ETH/USD file, so 'unchanged' is checked on real content."""
+    p = tmp_path / "market.duckdb"
+    good = write(tmp_path / "ETHUSD_60.csv", kraken_lines(24))
+    assert main(["data", "import", str(good), "--store", str(p)]) == 0
+    return p
+
+
+def digest(p):
+    with MarketStore(p, read_only=True) as s:
+        return s.content_digest(), s.table_counts()
+
+
+def reject(store, capsys, path, *extra, line=None, rule, named=True):
+    """Import must fail with exit 2, a one-line message naming file/line/rule, and change nothing."""
+    before = digest(store)
+    capsys.readouterr()
+    rc = main(["data", "import", *[str(x) for x in ([path] if not isinstance(path, list) else path)],
+               "--store", str(store), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("kq: error: ") and "\n" not in err
+    name = (path[-1] if isinstance(path, list) else path).name
+    assert name in err or not named
+    if line is not None:
+        assert line in err, err
+    assert rule in err, err
+    assert digest(store) == before
+    return err
+
+
+def test_wrong_column_count(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[2] = lines[2].rsplit(",", 1)[0]  # 6 fields on line 3
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 3", rule="wrong column count")
+
+
+def test_non_numeric_field(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[1] = lines[1].replace(",101.0,", ",abc,", 1)
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 2", rule="non-numeric field 'open'")
+
+
+def test_duplicate_timestamp(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[3] = lines[1]
+    err = reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 4", rule="duplicate timestamp")
+    assert "first on line 2" in err
+
+
+def test_off_grid_timestamp(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[2] = str(T0 + 2 * 3600 + 1800) + lines[2][len(str(T0)):]
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 3", rule="off the hourly grid")
+
+
+def test_high_below_low(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[4] = f"{T0 + 4 * 3600},104,100,103,104,1,1"
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 5", rule="high < low")
+
+
+def test_non_positive_price(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[1] = f"{T0 + 3600},101,103,0,102,1,1"
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 2", rule="non-positive price")
+
+
+def test_close_outside_range(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[0] = f"{T0},100,102,99,105,1,1"
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 1", rule="outside [low, high]")
+
+
+def test_empty_file(store, tmp_path, capsys):
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", []), rule="empty file")
+
+
+def test_unknown_pair_name(store, tmp_path, capsys):
+    reject(store, capsys, write(tmp_path / "FOOBAR_60.csv", kraken_lines()), rule="unknown pair name 'FOOBAR'")
+
+
+def test_non_hourly_file(store, tmp_path, capsys):
+    reject(store, capsys, write(tmp_path / "XBTUSD_15.csv", kraken_lines()), rule="only hourly")
+
+
+def test_milliseconds_timestamps(store, tmp_path, capsys):
+    lines = [f"{(T0 + 3600 * i) * 1000},1,2,0.5,1.5,1,1" for i in range(3)]
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 1", rule="not in unix seconds")
+
+
+def test_one_bad_file_rejects_the_whole_import(store, tmp_path, capsys):
+    good = write(tmp_path / "XBTUSD_60.csv", kraken_lines(10, px=30000.0))
+    bad_lines = kraken_lines()
+    bad_lines[2] = bad_lines[2] + ",7"
+    bad = write(tmp_path / "SOLUSD_60.csv", bad_lines)
+    reject(store, capsys, [good, bad], line="line 3", rule="wrong column count")
+    with MarketStore(store, read_only=True) as s:
+        assert [i.pair for i in s.list_pairs()] == ["ETH/USD"]  # the good file was not written either
+
+
+def test_conflicting_overlap_is_rejected(store, tmp_path, capsys):
+    lines = kraken_lines(24)[10:14]
+    lines[2] = lines[2].replace(",13.5,", ",99.0,")  # other volume for a stored hour
+    sub = tmp_path / "other"
+    sub.mkdir()
+    err = reject(store, capsys, write(sub / "ETHUSD_60.csv", lines), line="line 3", rule="conflicts with the stored bar")
+    assert "overlapping bars must be identical" in err
+
+
+def test_bad_rest_json_row(store, tmp_path, capsys):
+    rows = [[T0 + 3600 * i, "1.0", "2.0", "0.5", "1.5", "1.2", "3.0", 5] for i in range(4)]
+    rows[2] = rows[2][:7]
+    p = tmp_path / "ohlc.json"
+    p.write_text(json.dumps({"error": [], "result": {"XXBTZUSD": rows, "last": T0 + 3 * 3600}}))
+    reject(store, capsys, p, line="row 3", rule="wrong column count")
+
+
+def test_rest_json_kraken_error(store, tmp_path, capsys):
+    p = tmp_path / "ohlc.json"
+    p.write_text(json.dumps({"error": ["EQuery:Unknown asset pair"], "result": {}}))
+    reject(store, capsys, p, rule="Kraken returned an error")
+
+
+def test_bad_parquet_duplicate_ts(store, tmp_path, capsys):
+    df = pd.DataFrame({"ts": np.array([T0, T0 + 3600, T0 + 3600], dtype=np.int64), "open": 1.0, "high": 2.0,
+                       "low": 0.5, "close": 1.5, "volume": 3.0})
+    p = tmp_path / "binance_BTCUSDT_1h.parquet"
+    df.to_parquet(p)
+    reject(store, capsys, p, line="row 3", rule="duplicate timestamp")
+
+
+def test_bad_zip_member_rejects_zip(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[1] = lines[1].replace(",101.0,", ",x,", 1)
+    p = tmp_path / "kraken.zip"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("XBTUSD_60.csv", "\n".join(kraken_lines()) + "\n")
+        z.writestr("LTCUSD_60.csv", "\n".join(lines) + "\n")
+    err = reject(store, capsys, p, line="line 2", rule="non-numeric field")
+    assert "kraken.zip:LTCUSD_60.csv" in err
+
+
+def test_unknown_pair_option(store, tmp_path, capsys):
+    err = reject(store, capsys, write(tmp_path / "data.csv", kraken_lines()), "--pair", "NOPE/USD",
+                 rule="unknown pair 'NOPE/USD'", named=False)
+    assert err.startswith("kq: error: --pair:")
+
+
+def test_no_such_file(store, tmp_path, capsys):
+    reject(store, capsys, tmp_path / "missing_60.csv", rule="no such file")
+
+
+def test_api_raises_input_error_and_rolls_back(store, tmp_path):
+    bad = pd.DataFrame({"ts": [T0, T0 + 7200], "open": [1.0, 1.0], "high": [2.0, 0.5], "low": [0.5, 0.6],
+                        "close": [1.0, 0.55], "volume": [1.0, 1.0]})
+    before = digest(store)
+    with MarketStore(store) as s, pytest.raises(InputError, match=r"row 2: high < low"):
+        s.import_bars(bad, "kraken", "XBTUSD", "test")
+    assert digest(store) == before
+
+
+def test_subprocess_no_traceback(store, tmp_path):
+    lines = kraken_lines()
+    lines[3] = lines[3].replace(",103.0,", ",nan?,", 1)
+    bad = write(tmp_path / "XBTUSD_60.csv", lines)
+    before = digest(store)
+    r = subprocess.run([sys.executable, "-m", "kq", "data", "import", str(bad), "--store", str(store)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert f"{bad}: line 4: non-numeric field" in r.stderr
+    assert digest(store) == before
+
+
+def test_conflict_found_after_other_files_were_written_rolls_all_back(store, tmp_path, capsys):
+    # the first file is valid and new (its bars go in inside the transaction); the second conflicts
+    new = write(tmp_path / "XBTUSD_60.csv", kraken_lines(10, px=30000.0))
+    sub = tmp_path / "b"
+    sub.mkdir()
+    lines = kraken_lines(24)[:3]
+    lines[1] = lines[1].replace(",101.0,", ",101.5,", 1)  # another open for a stored ETH/USD hour
+    reject(store, capsys, [new, write(sub / "ETHUSD_60.csv", lines)], line="line 2",
+           rule="conflicts with the stored bar")
+    with MarketStore(store, read_only=True) as s:
+        assert [(i.pair, i.rows) for i in s.list_pairs()] == [("ETH/USD", 24)]
+        assert s.table_counts() == {"files": 1, "raw_rows": 24, "bars": 24, "integrity": 0}
+    # and the same valid file alone still imports with file id 2 (no id burnt by the rollback)
+    with MarketStore(store) as s:
+        assert s.import_files([new]).new_bars == 10
+        assert s.con.execute("SELECT max(file_id) FROM files").fetchall()[0][0] == 2
