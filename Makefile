@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[live,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[research,live,dev]"
 	touch $(STAMP)
 
 demo: setup
