@@ -18,13 +18,24 @@ def test_default_config_carries_the_system_numbers():
     assert c.labels.horizons == (1, 4, 24)
 
 
+def _loader_for(name: str):
+    """Each shipped config is validated by the model that reads it."""
+    if name == "universe.toml":
+        from engine.universe import load_universe
+
+        return load_universe
+    if name.startswith("sim"):
+        from live_bridge.simulator.config import load_sim_config
+
+        return load_sim_config
+    return load_config
+
+
 def test_every_shipped_config_is_valid():
     files = sorted(configs_dir().glob("*.toml"))
-    assert files
+    assert any(f.name == "default.toml" for f in files)
     for f in files:
-        if f.name == "universe.toml":
-            continue  # validated by its own model
-        load_config(f)
+        _loader_for(f.name)(f)
 
 
 @pytest.mark.parametrize("raw,needle", [
