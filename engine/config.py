@@ -60,10 +60,13 @@ class LabelsConfig(Frozen):
 
 def _sections() -> dict[str, type[Frozen]]:
     # Imported here so each area owns its section file without import cycles.
+    from engine.backtest.config import BacktestConfig
+    from engine.execution.config import ExecutionConfig
     from engine.features.config import FeaturesConfig
     from engine.risk.config import RiskConfig
 
-    return {"features": FeaturesConfig, "risk": RiskConfig}
+    return {"features": FeaturesConfig, "risk": RiskConfig, "execution": ExecutionConfig,
+            "backtest": BacktestConfig}
 
 
 class Config(Frozen):
@@ -73,6 +76,8 @@ class Config(Frozen):
     labels: LabelsConfig = LabelsConfig()
     features: Any = None
     risk: Any = None
+    execution: Any = None
+    backtest: Any = None
 
     @model_validator(mode="before")
     @classmethod

@@ -14,6 +14,13 @@ import typer
 
 from engine.errors import KQError
 
+try:  # typer >= 0.29 ships its own copy of click; its usage errors are not click's classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _TyperClickException = click.exceptions.ClickException
+
+_CLICK_ERRORS = (click.exceptions.ClickException, _TyperClickException)
+
 # Modules that add commands to the root app through ``register(app)``; one per area.
 COMMAND_MODULES = ("kq.data", "kq.features", "kq.backtest", "kq.sim")
 
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         print("kq: aborted", file=sys.stderr)
         return 130
-    except click.exceptions.ClickException as e:
+    except _CLICK_ERRORS as e:  # usage errors: bad option, missing argument, bad value
         e.show()
         return e.exit_code
     except KeyboardInterrupt:

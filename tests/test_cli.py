@@ -17,3 +17,17 @@ def test_bad_config_is_one_line_exit_2_no_traceback(tmp_path):
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
     assert "risk.max_positions" in r.stderr
+
+
+def test_usage_errors_are_one_clean_message_not_a_traceback():
+    r = subprocess.run([sys.executable, "-m", "kq", "config", "check", "--no-such-option"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "no-such-option" in r.stderr
+
+
+def test_no_arguments_prints_help():
+    r = subprocess.run([sys.executable, "-m", "kq"], capture_output=True, text=True)
+    assert "Traceback" not in r.stderr
+    assert "Usage" in r.stdout + r.stderr

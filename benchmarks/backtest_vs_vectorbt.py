@@ -1,0 +1,303 @@
+"""Backtester vs vectorbt on the same real arrays (run on demand; prints figures and ratios).
+
+    python benchmarks/backtest_vs_vectorbt.py [--sets10k 10000] [--repeat 5]
+
+Parts, each in its own subprocess (so peak memory is per part and vectorbt's per-process
+recompilation is visible), all on real Binance hourly bars from ../shared:
+
+1. kernel: 10 pairs x ~45k bars (2020-09-22 .. 2025-11-15), the built-in SMA 12/48 signal. Ours:
+   ``run_backtest`` with EVERY risk rule on (configs/default.toml), records off. vectorbt:
+   ``Portfolio.from_signals`` with cash sharing over the 10 pairs (timezone-naive UTC index, numba
+   engine set explicitly), next-open fills, same fee and slippage. Compilation is timed apart
+   (first call minus steady state); steady state = median of --repeat runs.
+2. sweep: 990 fast/slow SMA crossover sets (all pairs of windows 2..46) on BTC/USDT x 50k bars
+   through the whole pipeline: signals, backtest, total return / max drawdown / Sharpe. Ours: one
+   fused parallel kernel (``ma_sweep_nb``) with configs/vectorbt_parity.toml rules (market at next
+   open, all-in fixed fraction). vectorbt: ``MA.run_combs`` + crossovers + ``from_signals`` +
+   ``total_return``/``max_drawdown``/``sharpe_ratio``.
+3. sweep10k: --sets10k parameter sets (risk parameters varied, one shared signal) over 10 pairs x
+   ~45k bars with every rule on, metrics only: time and peak memory.
+
+Last line: ``ratio_vs_vectorbt=X`` (kernel bar-steps/s, ours / vectorbt). The machine is shared and
+noisy: compare ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+PAIRS10 = ["binance_%sUSDT_1h" % s for s in "BTC ETH SOL XRP ADA LTC DOT LINK AVAX DOGE".split()]
+START10 = 1600761600  # 2020-09-22 06:00: all ten pairs listed
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _median_time(fn, repeat):
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def _panel10():
+    from engine.store.panel import load_shared_panel
+
+    return load_shared_panel(PAIRS10, start=START10)
+
+
+def part_kernel_ours(repeat):
+    from engine.backtest.demo import ma_signal
+    from engine.backtest.runner import make_inputs, run_backtest
+    from engine.config import load_config
+    from engine.risk.params import params_from_config
+
+    p = _panel10()
+    cfg = load_config()
+    pu, er = ma_signal(p.close, 12, 48, 50.0)
+    inp = make_inputs(p, pu, er, cfg)
+    par = params_from_config(cfg)
+    t0 = time.perf_counter()
+    r = run_backtest(inp, par, record=False)
+    first = time.perf_counter() - t0
+    steady = _median_time(lambda: run_backtest(inp, par, record=False), repeat)
+    steady_rec = _median_time(lambda: run_backtest(inp, par, record=True), repeat)
+    n, m = p.close.shape
+    return dict(bars=n, pairs=m, first_s=first, compile_s=max(first - steady, 0.0), steady_s=steady,
+                steady_records_s=steady_rec, fills=int(r.metrics[0]["n_fills"]), peak_mb=_peak_mb())
+
+
+def part_kernel_vbt(repeat):
+    import numpy as np
+    import pandas as pd
+    import vectorbt as vbt
+
+    from engine.backtest.demo import ma_signal
+
+    vbt.settings["engine"] = "numba"
+    p = _panel10()
+    pu, _ = ma_signal(p.close, 12, 48, 50.0)
+    idx = pd.to_datetime(p.ts, unit="s")
+    close = pd.DataFrame(p.close, index=idx, columns=list(p.pairs)).ffill()
+    open_ = pd.DataFrame(p.open, index=idx, columns=list(p.pairs)).fillna(close)
+    sig = pd.DataFrame(pu, index=idx, columns=list(p.pairs))
+    entries = (sig >= 0.55).shift(1, fill_value=False)
+    exits = (sig < 0.45).shift(1, fill_value=False)
+
+    def run():
+        pf = vbt.Portfolio.from_signals(close=close, entries=entries, exits=exits, price=open_, size=0.1,
+                                        size_type="percent", fees=0.004, slippage=0.0005, init_cash=10_000.0,
+                                        cash_sharing=True, group_by=True, call_seq="auto", direction="longonly",
+                                        freq="1h")
+        return pf
+
+    t0 = time.perf_counter()
+    pf = run()
+    first = time.perf_counter() - t0
+    steady = _median_time(run, repeat)
+    n, m = p.close.shape
+    return dict(bars=n, pairs=m, first_s=first, compile_s=max(first - steady, 0.0), steady_s=steady,
+                fills=int(len(pf.orders.values)), peak_mb=_peak_mb())
+
+
+def _btc50k():
+    """BTC/USDT, last 50k hours, missing hours forward-filled (flat bars, valid) for BOTH engines so
+    the workloads match (vectorbt needs prices everywhere; our data kill switch would latch)."""
+    from dataclasses import replace
+
+    import numpy as np
+    import pandas as pd
+
+    from engine.store.panel import load_shared_panel
+
+    p = load_shared_panel(["binance_BTCUSDT_1h"])
+    p = p.slice(int(p.ts[-50_000]), None)
+    c = pd.Series(p.close[:, 0]).ffill().to_numpy()[:, None]
+    fill = ~p.valid
+    o, h, lo = (np.where(fill, c, a) for a in (p.open, p.high, p.low))
+    v = np.where(fill, 0.0, p.volume)
+    return replace(p, open=o, high=h, low=lo, close=c, volume=v, valid=np.ones_like(p.valid))
+
+
+def _combos():
+    ws = list(range(2, 47))
+    return [(a, b) for i, a in enumerate(ws) for b in ws[i + 1:]]
+
+
+def part_sweep_ours(repeat):
+    import numpy as np
+
+    from engine.backtest.nb import ma_sweep_nb
+    from engine.backtest.runner import make_inputs
+    from engine.config import load_config
+    from engine.paths import configs_dir
+    from engine.risk.enums import N_REASONS, metrics_dt
+    from engine.risk.params import instrument_arrays, params_from_config
+
+    p = _btc50k()
+    cfg = load_config(configs_dir() / "vectorbt_parity.toml")
+    nan = np.full(p.close.shape, np.nan)
+    inp = make_inputs(p, nan, nan, cfg, spread=np.zeros(p.close.shape), cluster=np.full(p.close.shape, -1))
+    combos = _combos()
+    S = len(combos)
+    fasts = np.array([a for a, _ in combos], dtype=np.int64)
+    slows = np.array([b for _, b in combos], dtype=np.int64)
+    params = np.repeat(params_from_config(cfg, fixed_fraction=1.0, min_edge=-1.0, p_up_entry=0.5 + 1e-9,
+                                          p_up_exit=0.5), S)
+    rules = instrument_arrays(p.pairs)
+
+    def run():
+        mt = np.zeros(S, dtype=metrics_dt)
+        rf = np.zeros((S, N_REASONS), dtype=np.int64)
+        ma_sweep_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.atr, inp.spread,
+                    inp.cluster, inp.api_fault, inp.operator, inp.month_id, *rules, fasts, slows, 1e6, params, mt, rf)
+        return mt
+
+    t0 = time.perf_counter()
+    mt = run()
+    first = time.perf_counter() - t0
+    steady = _median_time(run, max(1, repeat // 2))
+    return dict(sets=S, bars=p.n_bars, first_s=first, compile_s=max(first - steady, 0.0), steady_s=steady,
+                mean_trades=float(mt["n_trades"].mean()), peak_mb=_peak_mb())
+
+
+def part_sweep_vbt(repeat):
+    import numpy as np
+    import pandas as pd
+    import vectorbt as vbt
+
+    vbt.settings["engine"] = "numba"
+    p = _btc50k()
+    idx = pd.to_datetime(p.ts, unit="s")
+    close = pd.Series(p.close[:, 0], index=idx, name="close")
+    open_ = pd.Series(p.open[:, 0], index=idx)
+
+    def run():
+        t = {}
+        t0 = time.perf_counter()
+        fast, slow = vbt.MA.run_combs(close, window=np.arange(2, 47), r=2, short_names=["fast", "slow"])
+        entries = fast.ma_crossed_above(slow)
+        exits = fast.ma_crossed_below(slow)
+        entries = entries.shift(1, fill_value=False)
+        exits = exits.shift(1, fill_value=False)
+        t["signals_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pf = vbt.Portfolio.from_signals(close, entries, exits, price=open_, fees=0.004, slippage=0.0005,
+                                        init_cash=10_000.0, direction="longonly", freq="1h")
+        t["backtest_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tr, dd, sr = pf.total_return(), pf.max_drawdown(), pf.sharpe_ratio()
+        t["metrics_s"] = time.perf_counter() - t0
+        t["sets"] = int(entries.shape[1])
+        return t
+
+    t0 = time.perf_counter()
+    first = run()
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    steady = run()
+    steady_s = time.perf_counter() - t0
+    return dict(first_s=first_s, steady_s=steady_s, steady_parts=steady, sets=steady["sets"], bars=p.n_bars,
+                compile_s=max(first_s - steady_s, 0.0), peak_mb=_peak_mb())
+
+
+def part_sweep10k(repeat, n_sets):
+    import numpy as np
+
+    from engine.backtest.demo import ma_signal
+    from engine.backtest.runner import make_inputs, run_sweep
+    from engine.config import load_config
+    from engine.risk.params import params_from_config
+
+    p = _panel10()
+    cfg = load_config()
+    pu, er = ma_signal(p.close, 12, 48, 50.0)
+    inp = make_inputs(p, pu, er, cfg)
+    rng = np.random.default_rng(0)
+    base = params_from_config(cfg)
+    params = np.repeat(base, n_sets)
+    params["p_up_entry"] = rng.uniform(0.5, 0.7, n_sets)
+    params["stop_atr_mult"] = rng.uniform(1.0, 4.0, n_sets)
+    params["max_exposure"] = rng.uniform(0.05, 0.2, n_sets)
+    run_sweep(inp, params[:2])  # compile
+    before = _peak_mb()
+    t0 = time.perf_counter()
+    mt, _ = run_sweep(inp, params)
+    dt = time.perf_counter() - t0
+    n, m = p.close.shape
+    return dict(sets=n_sets, bars=n, pairs=m, seconds=dt, peak_mb=_peak_mb(), peak_mb_before_sweep=before,
+                distinct_results=int(len(set(mt["final_equity"].tolist()))))
+
+
+def _child(part, args):
+    cmd = [sys.executable, __file__, "--child", part, "--repeat", str(args.repeat), "--sets10k", str(args.sets10k)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"part {part} failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--sets10k", type=int, default=10_000)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: kernel,sweep,sweep_vbt,sweep10k "
+                    "(the vectorbt sweep peaks at several GB)")
+    args = ap.parse_args()
+    if args.child:
+        fn = {"kernel_ours": lambda: part_kernel_ours(args.repeat), "kernel_vbt": lambda: part_kernel_vbt(args.repeat),
+              "sweep_ours": lambda: part_sweep_ours(args.repeat), "sweep_vbt": lambda: part_sweep_vbt(args.repeat),
+              "sweep10k": lambda: part_sweep10k(args.repeat, args.sets10k)}[args.child]
+        print(json.dumps(fn()))
+        return
+    skip = set(filter(None, args.skip.split(",")))
+    print("shared, noisy 2-core machine: compare ratios from one run, not absolute times")
+    ratio = float("nan")
+    if "kernel" not in skip:
+        o = _child("kernel_ours", args)
+        v = _child("kernel_vbt", args)
+        steps = o["bars"] * o["pairs"]
+        ours_bps = steps / o["steady_s"]
+        vbt_bps = steps / v["steady_s"]
+        ratio = ours_bps / vbt_bps
+        print(f"[kernel] {o['pairs']} pairs x {o['bars']:,} bars = {steps:,} bar-steps")
+        print(f"  ours (all risk rules on, no records): {o['steady_s'] * 1e3:.1f} ms = {ours_bps / 1e6:.1f} M bar-steps/s "
+              f"(with records {o['steady_records_s'] * 1e3:.1f} ms); compile+first call {o['first_s']:.2f} s; "
+              f"{o['fills']} fills; peak {o['peak_mb']:.0f} MB")
+        print(f"  vectorbt from_signals (cash sharing): {v['steady_s'] * 1e3:.1f} ms = {vbt_bps / 1e6:.1f} M bar-steps/s; "
+              f"compile+first call {v['first_s']:.2f} s; {v['fills']} fills; peak {v['peak_mb']:.0f} MB")
+    if "sweep" not in skip:
+        o = _child("sweep_ours", args)
+        v = _child("sweep_vbt", args) if "sweep_vbt" not in skip else None
+        steps = o["sets"] * o["bars"]
+        print(f"[sweep] {o['sets']} SMA crossover sets x {o['bars']:,} bars (BTC/USDT), signals+backtest+metrics")
+        print(f"  ours: {o['steady_s']:.2f} s = {steps / o['steady_s'] / 1e6:.1f} M bar-steps/s; compile+first "
+              f"{o['first_s']:.2f} s; peak {o['peak_mb']:.0f} MB; mean trades/set {o['mean_trades']:.0f}")
+        if v is not None:
+            sp = v["steady_parts"]
+            print(f"  vectorbt: {v['steady_s']:.2f} s (signals {sp['signals_s']:.2f} + from_signals {sp['backtest_s']:.2f} "
+                  f"+ metrics {sp['metrics_s']:.2f}) = {steps / v['steady_s'] / 1e6:.1f} M bar-steps/s; first run "
+                  f"{v['first_s']:.2f} s; peak {v['peak_mb']:.0f} MB")
+            print(f"  pipeline speed-up vs vectorbt: {v['steady_s'] / o['steady_s']:.1f}x")
+    if "sweep10k" not in skip:
+        r = _child("sweep10k", args)
+        steps = r["sets"] * r["bars"] * r["pairs"]
+        print(f"[sweep10k] {r['sets']:,} sets x {r['pairs']} pairs x {r['bars']:,} bars, all rules on, metrics only: "
+              f"{r['seconds']:.1f} s = {steps / r['seconds'] / 1e6:.1f} M bar-steps/s; peak {r['peak_mb']:.0f} MB "
+              f"(before the sweep {r['peak_mb_before_sweep']:.0f} MB); {r['distinct_results']} distinct results")
+    print(f"ratio_vs_vectorbt={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""[backtest] config section (owned by engine.backtest)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from engine.config import Frozen
+
+
+class BacktestConfig(Frozen):
+    init_cash: float = Field(10_000.0, gt=0.0, description="starting cash in the quote currency")
+    kill_reset_bars: int = Field(
+        24, ge=0, description="backtest only: emulate an operator reactivating the kill switch after N bars; 0 = never")
+    halt_reset_bars: int = Field(
+        0, ge=0, description="backtest only: emulate an operator lifting the drawdown halt after N bars; 0 = never")
+    spread_window: int = Field(24, ge=2, le=5000, description="window of the spread estimate when none is given")

@@ -1,0 +1,227 @@
+"""Python entry points of the backtester: inputs from a Panel, one run with records, many-set sweeps.
+
+The kernels live in :mod:`engine.backtest.nb` (which runs :func:`engine.risk.nb.step_nb` per bar).
+Inputs the state machine needs beyond prices (ATR, spread estimate, cluster ids) come from the
+feature kernels unless given: Wilder ATR (``engine.features.nb.wilder_atr_nb``), the Corwin-Schultz
+spread estimate (``engine.features.spread.spread_arrays``) and correlation clusters
+(``engine.features.nb.corr_clusters_nb``), all causal (bar t uses bars <= t only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import InputError
+from engine.risk.enums import (
+    N_REASONS, N_STATES, Reason, TradingState, equity_dt, event_dt, metrics_dt, params_dt, trade_dt,
+)
+from engine.risk.nb import N_CNT
+from engine.risk.params import instrument_arrays
+
+
+@dataclass(frozen=True, eq=False)
+class BacktestInputs:
+    pairs: tuple[str, ...]
+    ts: np.ndarray          # int64 (n,) bar open times, UTC seconds
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    valid: np.ndarray       # bool (n, m)
+    p_up: np.ndarray        # (n, m) float64, NaN = no signal
+    exp_ret: np.ndarray     # (n, m) float64
+    atr: np.ndarray         # (n, m) float64, price units
+    spread: np.ndarray      # (n, m) float64, fraction of price
+    cluster: np.ndarray     # (n, m) int64, -1 = no cluster
+    api_fault: np.ndarray   # bool (n,)
+    operator: np.ndarray    # int64 (n,): OP_RESET_KILL | OP_RESET_HALT bit flags (manual resets)
+    month_id: np.ndarray = field(default=None)  # int64 (n,)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.close.shape
+
+
+def _f64(a, shape, name):
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    if a.shape != shape:
+        raise InputError(f"{name}: shape {a.shape}, expected {shape}")
+    return a
+
+
+def default_atr(high, low, close, window: int) -> np.ndarray:
+    from engine.features.nb import wilder_atr_nb
+
+    return wilder_atr_nb(np.ascontiguousarray(high, dtype=np.float64), np.ascontiguousarray(low, dtype=np.float64),
+                         np.ascontiguousarray(close, dtype=np.float64), int(window))
+
+
+def default_spread(high, low, close, valid, window: int) -> np.ndarray:
+    from engine.features.spread import spread_arrays
+
+    return spread_arrays(high, low, close, valid, int(window))
+
+
+def default_clusters(ts, close, valid, fcfg) -> np.ndarray:
+    from engine.features.nb import corr_clusters_nb, log_return_nb
+
+    r = log_return_nb(np.ascontiguousarray(close, dtype=np.float64), 1)
+    hour = np.ascontiguousarray(ts // 3600, dtype=np.int64)
+    return corr_clusters_nb(r, hour, np.ascontiguousarray(valid, dtype=np.bool_), int(fcfg.corr_window),
+                            int(fcfg.corr_min_periods), int(fcfg.cluster_every), float(fcfg.cluster_threshold))
+
+
+def month_ids(ts: np.ndarray) -> np.ndarray:
+    d = pd.to_datetime(np.asarray(ts, dtype=np.int64), unit="s")
+    return (d.year.to_numpy().astype(np.int64) * 12 + d.month.to_numpy().astype(np.int64) - 1)
+
+
+def make_inputs(panel, p_up, exp_ret, cfg=None, *, atr=None, spread=None, cluster=None, api_fault=None,
+                operator=None) -> BacktestInputs:
+    """Assemble kernel inputs from a Panel and (n, m) signal arrays; missing ATR/spread/clusters are
+    computed with the feature kernels (windows from ``cfg``)."""
+    from engine.config import load_config
+
+    cfg = cfg or load_config()
+    n, m = panel.close.shape
+    shape = (n, m)
+    hi, lo, cl = panel.high, panel.low, panel.close
+    if atr is None:
+        atr = default_atr(hi, lo, cl, cfg.features.atr_window)
+    if spread is None:
+        spread = default_spread(hi, lo, cl, panel.valid, cfg.backtest.spread_window)
+    if cluster is None:
+        cluster = default_clusters(panel.ts, cl, panel.valid, cfg.features)
+    cluster = np.ascontiguousarray(cluster, dtype=np.int64)
+    if cluster.shape != shape:
+        raise InputError(f"cluster: shape {cluster.shape}, expected {shape}")
+    api = np.zeros(n, dtype=np.bool_) if api_fault is None else np.ascontiguousarray(api_fault, dtype=np.bool_)
+    op = np.zeros(n, dtype=np.int64) if operator is None else np.ascontiguousarray(operator, dtype=np.int64)
+    if api.shape != (n,) or op.shape != (n,):
+        raise InputError("api_fault and operator must be (n_bars,) arrays")
+    ts = np.ascontiguousarray(panel.ts, dtype=np.int64)
+    return BacktestInputs(
+        tuple(panel.pairs), ts, _f64(panel.open, shape, "open"), _f64(hi, shape, "high"), _f64(lo, shape, "low"),
+        _f64(cl, shape, "close"), _f64(panel.volume, shape, "volume"),
+        np.ascontiguousarray(panel.valid, dtype=np.bool_), _f64(p_up, shape, "p_up"),
+        _f64(exp_ret, shape, "exp_ret"), _f64(atr, shape, "atr"), _f64(spread, shape, "spread"), cluster,
+        api, op, month_ids(ts))
+
+
+@dataclass(frozen=True, eq=False)
+class BacktestResult:
+    pairs: tuple[str, ...]
+    ts: np.ndarray
+    metrics: np.ndarray     # one metrics_dt record, shape (1,)
+    refusals: np.ndarray    # int64 (N_REASONS,)
+    trades: np.ndarray      # trade_dt
+    events: np.ndarray      # event_dt
+    equity: np.ndarray      # equity_dt, one row per bar
+
+    def metrics_dict(self) -> dict:
+        out = {k: _py(self.metrics[0][k]) for k in metrics_dt.names}
+        out["bars_in_state"] = {TradingState(i).name: int(self.metrics[0][f]) for i, f in enumerate(
+            ("bars_active", "bars_reducing_1", "bars_reducing_2", "bars_halted", "bars_kill_switch"))}
+        out["refusals_by_reason"] = {Reason(i).name: int(c) for i, c in enumerate(self.refusals)
+                                     if c and i in Reason._value2member_map_}
+        return out
+
+    def trades_frame(self) -> pd.DataFrame:
+        t = self.trades
+        pairs = np.asarray(self.pairs, dtype=object)
+        return pd.DataFrame({
+            "ts": self.ts[t["bar"]], "pair": pairs[t["pair"]],
+            "side": np.where(t["side"] > 0, "buy", "sell"), "quantity": t["qty"], "price": t["price"],
+            "notional": t["notional"], "fee": t["fee"],
+            "reason": [Reason(int(r)).name for r in t["reason"]],
+            "fill": [("", "market_open", "limit", "market_close")[int(h)] for h in t["how"]],
+            "pnl": t["pnl"], "cash_after": t["cash_after"], "exposure_after": t["exposure_after"],
+        })
+
+    def equity_frame(self) -> pd.DataFrame:
+        e = self.equity
+        return pd.DataFrame({
+            "ts": self.ts[e["bar"]], "equity": e["equity"], "cash": e["cash"], "exposure": e["exposure"],
+            "drawdown": e["drawdown"], "trading_state": [TradingState(int(s)).name for s in e["trading_state"]],
+            "n_positions": e["n_positions"], "kill_reason": e["kill_reason"],
+        })
+
+    def events_frame(self) -> pd.DataFrame:
+        from engine.risk.enums import EventCode
+
+        v = self.events
+        pairs = np.asarray(("",) + tuple(self.pairs), dtype=object)
+        return pd.DataFrame({
+            "ts": self.ts[v["bar"]], "pair": pairs[v["pair"] + 1],
+            "event": [EventCode(int(c)).name for c in v["code"]],
+            "reason": [Reason(int(r)).name for r in v["reason"]], "value": v["value"],
+        })
+
+
+def _py(x):
+    x = x.item() if hasattr(x, "item") else x
+    return None if isinstance(x, float) and x != x else x
+
+
+def _rules(inp: BacktestInputs):
+    return instrument_arrays(inp.pairs)
+
+
+def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -> BacktestResult:
+    """One parameter set (a ``params_dt`` record array of shape (1,)), with full records."""
+    from engine.backtest.nb import simulate_nb
+
+    if params.dtype != params_dt or params.shape != (1,):
+        raise InputError("params must be a params_dt array of shape (1,)")
+    n, m = inp.shape
+    ordermin, costmin, lot, price = _rules(inp)
+    trades = np.zeros(n * m + 1 if record else 0, dtype=trade_dt)
+    events = np.zeros(n * (2 * m + 6) + 1 if record else 0, dtype=event_dt)
+    eqrows = np.zeros(n if record else 0, dtype=equity_dt)
+    metrics = np.zeros(1, dtype=metrics_dt)
+    refusals = np.zeros(N_REASONS, dtype=np.int64)
+    cnt = np.zeros(N_CNT, dtype=np.int64)
+    simulate_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.p_up, inp.exp_ret, inp.atr,
+                inp.spread, inp.cluster, inp.api_fault, inp.operator, inp.month_id, ordermin, costmin, lot, price,
+                params[0], record, trades, events, eqrows, metrics[0], refusals, cnt)
+    if metrics[0]["records_overflow"]:
+        raise RuntimeError("record buffers overflowed (bug: capacities are upper bounds)")
+    return BacktestResult(inp.pairs, inp.ts, metrics, refusals, trades[: cnt[0]].copy(),
+                          events[: cnt[1]].copy(), eqrows)
+
+
+def run_sweep(inp: BacktestInputs, params: np.ndarray, p_up_sets: np.ndarray | None = None,
+              exp_ret_sets: np.ndarray | None = None, sig_of_set: np.ndarray | None = None):
+    """Many parameter sets in one parallel call; returns (metrics (S,), refusals (S, N_REASONS)).
+
+    Signal sets: ``p_up_sets``/``exp_ret_sets`` of shape (K, n, m) and ``sig_of_set`` (S,) picking one
+    per parameter set; by default every set reads ``inp.p_up``/``inp.exp_ret``.
+    """
+    from engine.backtest.nb import run_sets_nb
+
+    if params.dtype != params_dt or params.ndim != 1:
+        raise InputError("params must be a 1-D params_dt array")
+    S = params.shape[0]
+    if p_up_sets is None:
+        p_up_sets = inp.p_up[None]
+        exp_ret_sets = inp.exp_ret[None]
+    if sig_of_set is None:
+        sig_of_set = np.zeros(S, dtype=np.int64)
+    sig_of_set = np.ascontiguousarray(sig_of_set, dtype=np.int64)
+    if sig_of_set.shape != (S,) or sig_of_set.min() < 0 or sig_of_set.max() >= p_up_sets.shape[0]:
+        raise InputError("sig_of_set must map every parameter set to a signal set")
+    ordermin, costmin, lot, price = _rules(inp)
+    metrics = np.zeros(S, dtype=metrics_dt)
+    refusals = np.zeros((S, N_REASONS), dtype=np.int64)
+    run_sets_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid,
+                np.ascontiguousarray(p_up_sets, dtype=np.float64), np.ascontiguousarray(exp_ret_sets, dtype=np.float64),
+                sig_of_set, inp.atr, inp.spread, inp.cluster, inp.api_fault, inp.operator, inp.month_id,
+                ordermin, costmin, lot, price, params, metrics, refusals)
+    return metrics, refusals
+
+
+assert N_STATES == len(TradingState)

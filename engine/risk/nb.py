@@ -1,0 +1,712 @@
+"""The per-bar risk state machine (numba). Capital rules are enforced here and nowhere else.
+
+One bar ``t`` of a portfolio, in this order (``step_nb``; docs/RISK_RULES.md and the "Fills"
+section of docs/MODEL_ASSUMPTIONS.md state the rules in words):
+
+1. ``execute_open_nb``  - orders decided at the close of bar t-1 execute in bar t: market orders at
+   bar t's open (+ slippage); limit-first orders fill at their limit if bar t trades through it.
+   Sells before buys, then pairs in column order. Entries are clipped at the fill to the cash, the
+   exposure cap and the cluster cap, rounded DOWN to lot_decimals and refused below ordermin/costmin.
+2. ``kill_check_nb``    - operator resets, then the kill-switch triggers on bar t's data (API fault
+   flag, missing/invalid bar of a pair already seen, spread anomaly, volatility spike). Latches.
+3. ``execute_close_nb`` - limit orders bar t did not trade through fall back to market at bar t's
+   close (+ slippage). Exits always; entries only if neither the halt nor the kill switch is latched.
+4. ``mark_nb``          - mark to bar t's close, equity, peak, drawdown, drawdown tiers (halt latches).
+5. ``decide_nb``        - exits (stop, take-profit, signal reversal, time), then entries (threshold,
+   edge, halt/kill, max positions, exposure cap, cluster cap, cash, precision, ordermin/costmin)
+   -> pending orders for bar t+1, and an event with a reason code for every refusal.
+
+The live bridge uses the same pieces: it applies real fills with :func:`apply_fill_nb` and calls
+``kill_check_nb``, ``mark_nb`` and ``decide_nb`` at each bar close. State lives in numpy records
+(engine.risk.enums) so it persists and restores exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from engine.execution.nb import BUY, SELL, fee_nb, limit_touched_nb, market_fill_price_nb, slippage_frac_nb
+from engine.risk.enums import (
+    OP_RESET_HALT, OP_RESET_KILL, SIZING_FIXED_FRACTION, SIZING_RISK, order_dt, position_dt, state_dt,
+)
+
+# Constants mirrored from engine.risk.enums (numba folds plain module ints).
+_ACTIVE, _RED1, _RED2, _HALTED, _KILL = 0, 1, 2, 3, 4
+_K_NONE, _K_API, _K_SPREAD, _K_VOL, _K_DATA = 0, 1, 2, 3, 4
+_MARKET, _LIMIT_FIRST = 1, 2
+_HOW_OPEN, _HOW_LIMIT, _HOW_CLOSE = 1, 2, 3
+_EV_REFUSAL, _EV_ORDER, _EV_CANCEL, _EV_TIER, _EV_KILL, _EV_RESET = 1, 2, 3, 4, 5, 6
+_R_ENTRY, _R_STOP, _R_TP, _R_SIGNAL, _R_TIME = 1, 2, 3, 4, 5
+_R_NO_DATA, _R_HALTED, _R_KILL, _R_EDGE, _R_NO_ATR = 10, 11, 12, 13, 14
+_R_MAXPOS, _R_EXPOSURE, _R_CLUSTER, _R_CASH, _R_ORDERMIN, _R_COSTMIN, _R_NO_BAR = 15, 16, 17, 18, 19, 20, 21
+_R_KILL_API, _R_KILL_SPREAD, _R_KILL_VOL, _R_KILL_DATA = 30, 31, 32, 33
+_R_TIER, _R_HALT, _R_RESET_KILL, _R_RESET_HALT = 40, 41, 42, 43
+
+# cnt (int64 array) slots: records written / overflow flag / recording on / kill events.
+C_TRADES, C_EVENTS, C_OVERFLOW, C_RECORD, C_KILLS, C_FILLS = 0, 1, 2, 3, 4, 5
+N_CNT = 6
+# acc (float64 array) slots: round-trip statistics.
+A_GROSS_PROFIT, A_GROSS_LOSS, A_WINS, A_CLOSED = 0, 1, 2, 3
+N_ACC = 4
+
+_TINY = 1e-12
+
+
+@njit(cache=True)
+def round_down_nb(x: float, decimals: int) -> float:
+    """Round a non-negative quantity DOWN to ``decimals`` places (never up: never more than affordable)."""
+    s = 10.0 ** decimals
+    return math.floor(x * s) / s
+
+
+@njit(cache=True)
+def round_price_nb(x: float, decimals: int, up: bool) -> float:
+    s = 10.0 ** decimals
+    if up:
+        return math.ceil(x * s) / s
+    return math.floor(x * s) / s
+
+
+@njit(cache=True)
+def init_state_nb(state, positions, pending, init_cash: float) -> None:
+    """Fresh portfolio: all cash, no positions, nothing pending, ACTIVE."""
+    st = state[0]
+    st.bar = -1
+    st.cash = init_cash
+    st.equity = init_cash
+    st.exposure = 0.0
+    st.peak = init_cash
+    st.drawdown = 0.0
+    st.tier = 0
+    st.halted = 0
+    st.halt_bar = -1
+    st.kill_reason = 0
+    st.kill_bar = -1
+    st.trading_state = _ACTIVE
+    st.n_positions = 0
+    st.fees_paid = 0.0
+    st.traded_notional = 0.0
+    for j in range(positions.shape[0]):
+        p = positions[j]
+        p.qty = 0.0
+        p.entry_price = np.nan
+        p.entry_cost = 0.0
+        p.entry_bar = -1
+        p.stop = np.nan
+        p.take_profit = np.nan
+        p.mark = np.nan
+        p.seen = 0
+        p.spread_base = np.nan
+        p.n_spread = 0
+        p.atr_prev = np.nan
+        p.prev_close = np.nan
+        p.cluster = -1
+        pending[j].active = 0
+
+
+@njit(cache=True)
+def emit_event_nb(events, cnt, t: int, pair: int, code: int, reason: int, value: float) -> None:
+    if cnt[C_RECORD] == 0:
+        return
+    k = cnt[C_EVENTS]
+    if k < events.shape[0]:
+        e = events[k]
+        e.bar = t
+        e.pair = pair
+        e.code = code
+        e.reason = reason
+        e.value = value
+        cnt[C_EVENTS] = k + 1
+    else:
+        cnt[C_OVERFLOW] = 1
+
+
+@njit(cache=True)
+def refuse_nb(events, cnt, refusals, t: int, pair: int, code: int, reason: int, value: float) -> None:
+    refusals[reason] += 1
+    emit_event_nb(events, cnt, t, pair, code, reason, value)
+
+
+@njit(cache=True)
+def effective_state_nb(st) -> int:
+    if st.halted != 0:
+        return _HALTED
+    if st.kill_reason != 0:
+        return _KILL
+    return st.tier
+
+
+@njit(cache=True)
+def caps_nb(st, p):
+    """(exposure cap, max positions, risk multiplier) for the current drawdown tier."""
+    cap = p.max_exposure
+    maxpos = p.max_positions
+    rmult = 1.0
+    if st.tier >= 1:
+        rmult = p.tier1_risk_mult
+    if st.tier >= 2:
+        cap = p.max_exposure * p.tier2_exposure_mult
+        if p.tier2_max_positions < maxpos:
+            maxpos = p.tier2_max_positions
+    return cap, maxpos, rmult
+
+
+@njit(cache=True)
+def book_nb(st, positions, marks):
+    """(equity, exposure) at ``marks`` (NaN marks fall back to each pair's last close)."""
+    expo = 0.0
+    for j in range(positions.shape[0]):
+        q = positions[j].qty
+        if q != 0.0:
+            mk = marks[j]
+            if not (mk == mk):
+                mk = positions[j].mark
+            expo += q * mk
+    return st.cash + expo, expo
+
+
+@njit(cache=True)
+def apply_fill_nb(t: int, j: int, side: int, qty: float, price: float, reason: int, how: int,
+                  atr: float, state, positions, marks, p, trades, cnt, acc) -> None:
+    """Book one fill: cash, position, fee (fee_nb, on every fill), stops, trade record."""
+    st = state[0]
+    pos = positions[j]
+    notional = qty * price
+    fee = fee_nb(notional, p.fee_rate)
+    pnl = 0.0
+    if side == BUY:
+        st.cash -= notional + fee
+        pos.qty = qty
+        pos.entry_price = price
+        pos.entry_cost = notional + fee
+        pos.entry_bar = t
+        pos.stop = price - p.stop_atr_mult * atr if p.stop_atr_mult > 0.0 else np.nan
+        pos.take_profit = price + p.tp_atr_mult * atr if p.tp_atr_mult > 0.0 else np.nan
+        st.n_positions += 1
+    else:
+        proceeds = notional - fee
+        st.cash += proceeds
+        pnl = proceeds - pos.entry_cost
+        pos.qty = 0.0
+        pos.entry_price = np.nan
+        pos.entry_cost = 0.0
+        pos.entry_bar = -1
+        pos.stop = np.nan
+        pos.take_profit = np.nan
+        st.n_positions -= 1
+        acc[A_CLOSED] += 1.0
+        if pnl > 0.0:
+            acc[A_WINS] += 1.0
+            acc[A_GROSS_PROFIT] += pnl
+        else:
+            acc[A_GROSS_LOSS] -= pnl
+    st.fees_paid += fee
+    st.traded_notional += notional
+    cnt[C_FILLS] += 1
+    if cnt[C_RECORD] == 0:
+        return
+    k = cnt[C_TRADES]
+    if k >= trades.shape[0]:
+        cnt[C_OVERFLOW] = 1
+        return
+    # equity/exposure after the fill: the new position at its fill price, others at the phase marks
+    expo = 0.0
+    for i in range(positions.shape[0]):
+        q = positions[i].qty
+        if q != 0.0:
+            if i == j:
+                expo += q * price
+            else:
+                mk = marks[i]
+                if not (mk == mk):
+                    mk = positions[i].mark
+                expo += q * mk
+    eq = st.cash + expo
+    r = trades[k]
+    r.bar = t
+    r.pair = j
+    r.side = side
+    r.qty = qty
+    r.price = price
+    r.notional = notional
+    r.fee = fee
+    r.reason = reason
+    r.how = how
+    r.cash_after = st.cash
+    r.equity_after = eq
+    r.exposure_after = expo / eq if eq > 0.0 else np.inf
+    r.pnl = pnl
+    cnt[C_TRADES] = k + 1
+
+
+@njit(cache=True)
+def cluster_exposure_nb(positions, marks, cluster_row, c: int, skip: int) -> float:
+    """Exposure of open positions whose current cluster id is ``c`` (c < 0: a cluster of its own)."""
+    if c < 0:
+        return 0.0
+    s = 0.0
+    for i in range(positions.shape[0]):
+        if i != skip and positions[i].qty != 0.0 and cluster_row[i] == c:
+            mk = marks[i]
+            if not (mk == mk):
+                mk = positions[i].mark
+            s += positions[i].qty * mk
+    return s
+
+
+@njit(cache=True)
+def execute_buy_nb(t: int, j: int, o, price: float, how: int, state, positions, marks, cluster_row,
+                   ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals) -> None:
+    """Fill an entry at ``price``, clipped to cash and the (tier) exposure and cluster caps at the fill."""
+    st = state[0]
+    f = p.fee_rate
+    if p.sizing == SIZING_FIXED_FRACTION:
+        qty = (o.frac * st.cash) / (1.0 + f) / price
+    else:
+        qty = o.qty
+    bind = 0
+    # cash: qty * price * (1 + fee) <= cash
+    qmax = st.cash / (price * (1.0 + f)) * (1.0 - _TINY)
+    if qty > qmax:
+        qty = qmax
+        bind = _R_CASH
+    eq0, expo0 = book_nb(st, positions, marks)
+    cap, maxpos, rmult = caps_nb(st, p)
+    # exposure after <= cap * equity after, the new position valued at its fill price
+    room = cap * eq0 - expo0
+    qmax = room / (price * (1.0 + cap * f)) * (1.0 - _TINY)
+    if qty > qmax:
+        qty = qmax
+        bind = _R_EXPOSURE
+    c = cluster_row[j]
+    if c >= 0:
+        ce = cluster_exposure_nb(positions, marks, cluster_row, c, j)
+        room = p.max_cluster_exposure * eq0 - ce
+    else:
+        room = p.max_cluster_exposure * eq0
+    qmax = room / (price * (1.0 + p.max_cluster_exposure * f)) * (1.0 - _TINY)
+    if qty > qmax:
+        qty = qmax
+        bind = _R_CLUSTER
+    if p.enforce_precision != 0:
+        if qty > 0.0:
+            qty = round_down_nb(qty, lot_dec[j])
+        if qty < ordermin[j] or qty <= 0.0:
+            refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, bind if bind != 0 else _R_ORDERMIN, qty)
+            return
+        if qty * price < costmin[j]:
+            refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, bind if bind != 0 else _R_COSTMIN, qty * price)
+            return
+    elif not (qty > 0.0):
+        refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, bind if bind != 0 else _R_ORDERMIN, qty)
+        return
+    apply_fill_nb(t, j, BUY, qty, price, o.reason, how, o.atr, state, positions, marks, p, trades, cnt, acc)
+
+
+@njit(cache=True)
+def _market_price_nb(t: int, j: int, o, ref: float, volume, close, p) -> float:
+    vol_frac = o.atr / o.ref_price if (o.atr == o.atr and o.ref_price > 0.0) else np.nan
+    qv = volume[t, j] * close[t, j]
+    spread = o.spread if p.spread_slip != 0 else 0.0
+    slip = slippage_frac_nb(spread, vol_frac, o.qty * ref, qv, p.impact_coef, p.min_slip)
+    return market_fill_price_nb(o.side, ref, slip)
+
+
+@njit(cache=True)
+def any_pending_nb(pending) -> bool:
+    for j in range(pending.shape[0]):
+        if pending[j].active != 0:
+            return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def execute_open_nb(t: int, state, positions, pending, open_, high, low, close, volume, valid, cluster,
+                    ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks) -> None:
+    """Phase 1 of bar t: market orders at the open, limit orders bar t trades through at their limit."""
+    m = positions.shape[0]
+    if not any_pending_nb(pending):
+        return
+    for j in range(m):
+        marks[j] = open_[t, j] if valid[t, j] else np.nan
+    for side_pass in range(2):  # sells first, then buys
+        want = SELL if side_pass == 0 else BUY
+        for j in range(m):
+            o = pending[j]
+            if o.active == 0 or o.side != want:
+                continue
+            if not valid[t, j]:
+                o.active = 0
+                refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, _R_NO_BAR, o.qty)
+                continue
+            if o.kind == _MARKET:
+                price = _market_price_nb(t, j, o, open_[t, j], volume, close, p)
+                how = _HOW_OPEN
+            elif limit_touched_nb(o.side, o.limit_price, low[t, j], high[t, j]):
+                price = o.limit_price
+                how = _HOW_LIMIT
+            else:
+                continue  # waits for the close fallback
+            o.active = 0
+            if want == SELL:
+                if positions[j].qty > 0.0:
+                    apply_fill_nb(t, j, SELL, positions[j].qty, price, o.reason, how, o.atr,
+                                  state, positions, marks, p, trades, cnt, acc)
+            else:
+                execute_buy_nb(t, j, o, price, how, state, positions, marks, cluster[t], ordermin, costmin,
+                               lot_dec, p, trades, events, cnt, acc, refusals)
+
+
+@njit(cache=True, inline="always")
+def execute_close_nb(t: int, state, positions, pending, close, volume, valid, cluster,
+                     ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks) -> None:
+    """Phase 3 of bar t: unfilled limit orders fall back to market at bar t's close."""
+    m = positions.shape[0]
+    st = state[0]
+    if not any_pending_nb(pending):
+        return
+    for j in range(m):
+        marks[j] = close[t, j] if valid[t, j] else np.nan
+    for side_pass in range(2):
+        want = SELL if side_pass == 0 else BUY
+        for j in range(m):
+            o = pending[j]
+            if o.active == 0 or o.side != want:
+                continue
+            o.active = 0
+            if want == BUY:
+                if st.halted != 0:
+                    refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, _R_HALTED, o.qty)
+                    continue
+                if st.kill_reason != 0:
+                    refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, _R_KILL, o.qty)
+                    continue
+            price = _market_price_nb(t, j, o, close[t, j], volume, close, p)
+            if want == SELL:
+                if positions[j].qty > 0.0:
+                    apply_fill_nb(t, j, SELL, positions[j].qty, price, o.reason, _HOW_CLOSE, o.atr,
+                                  state, positions, marks, p, trades, cnt, acc)
+            else:
+                execute_buy_nb(t, j, o, price, _HOW_CLOSE, state, positions, marks, cluster[t], ordermin,
+                               costmin, lot_dec, p, trades, events, cnt, acc, refusals)
+
+
+@njit(cache=True)
+def reset_kill_nb(state, t: int, events, cnt) -> None:
+    """Manual reactivation: clear the kill-switch latch (a persisting trigger re-latches at once)."""
+    st = state[0]
+    if st.kill_reason != 0:
+        emit_event_nb(events, cnt, t, -1, _EV_RESET, _R_RESET_KILL, float(st.kill_reason))
+        st.kill_reason = 0
+        st.kill_bar = -1
+        st.trading_state = effective_state_nb(st)
+
+
+@njit(cache=True)
+def reset_halt_nb(state, t: int, events, cnt) -> None:
+    """Manual reset of the drawdown halt: the peak restarts at the current equity."""
+    st = state[0]
+    if st.halted != 0:
+        emit_event_nb(events, cnt, t, -1, _EV_RESET, _R_RESET_HALT, st.drawdown)
+        st.halted = 0
+        st.halt_bar = -1
+        st.peak = st.equity
+        st.drawdown = 0.0
+        st.tier = 0
+        st.trading_state = effective_state_nb(st)
+
+
+@njit(cache=True, inline="always")
+def kill_check_nb(t: int, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator,
+                  p, events, cnt) -> None:
+    """Operator resets, then kill-switch triggers on bar t; updates the per-pair baselines."""
+    st = state[0]
+    op = operator[t]
+    if (op & OP_RESET_KILL) != 0:
+        reset_kill_nb(state, t, events, cnt)
+    elif st.kill_reason != 0 and p.kill_reset_bars > 0 and t - st.kill_bar >= p.kill_reset_bars:
+        reset_kill_nb(state, t, events, cnt)
+    if (op & OP_RESET_HALT) != 0:
+        reset_halt_nb(state, t, events, cnt)
+    elif st.halted != 0 and p.halt_reset_bars > 0 and t - st.halt_bar >= p.halt_reset_bars:
+        reset_halt_nb(state, t, events, cnt)
+    trig = 0
+    trig_pair = -1
+    trig_val = 0.0
+    if api_fault[t]:
+        trig = _K_API
+    m = positions.shape[0]
+    for j in range(m):
+        pos = positions[j]
+        o = open_[t, j]
+        h = high[t, j]
+        lo = low[t, j]
+        c = close[t, j]
+        # positive, finite (NaN fails every comparison) and consistent
+        ok = valid[t, j] and 0.0 < lo <= h < np.inf and 0.0 < o < np.inf and 0.0 < c < np.inf
+        if not ok:
+            if (pos.seen != 0 or valid[t, j]) and trig == 0:
+                trig = _K_DATA
+                trig_pair = j
+            continue
+        s = spread[t, j]
+        if trig == 0 and s == s:
+            if s > p.spread_max:
+                trig = _K_SPREAD
+                trig_pair = j
+                trig_val = s
+            elif (p.spread_anomaly_mult > 0.0 and pos.n_spread >= p.spread_min_obs
+                  and s > p.spread_anomaly_mult * pos.spread_base):
+                trig = _K_SPREAD
+                trig_pair = j
+                trig_val = s
+        if trig == 0 and p.vol_spike_mult > 0.0 and pos.atr_prev == pos.atr_prev and pos.atr_prev > 0.0:
+            pc = pos.prev_close
+            hi2 = h if not (pc == pc) or h > pc else pc
+            lo2 = lo if not (pc == pc) or lo < pc else pc
+            tr = hi2 - lo2
+            if tr > p.vol_spike_mult * pos.atr_prev:
+                trig = _K_VOL
+                trig_pair = j
+                trig_val = tr / pos.atr_prev
+        # baselines (after the checks: a bar never hides its own anomaly)
+        if s == s and s >= 0.0:
+            if pos.n_spread == 0:
+                pos.spread_base = s
+            else:
+                pos.spread_base = pos.spread_base + p.spread_alpha * (s - pos.spread_base)
+            pos.n_spread += 1
+        a = atr[t, j]
+        if a == a:
+            pos.atr_prev = a
+        pos.prev_close = c
+        pos.seen = 1
+    if trig != 0 and st.kill_reason == 0:
+        st.kill_reason = trig
+        st.kill_bar = t
+        cnt[C_KILLS] += 1
+        emit_event_nb(events, cnt, t, trig_pair, _EV_KILL, _R_KILL_API + trig - 1, trig_val)
+    st.trading_state = effective_state_nb(st)
+
+
+@njit(cache=True, inline="always")
+def mark_nb(t: int, state, positions, close, valid, p, events, cnt) -> None:
+    """Mark to bar t's close; equity, peak, drawdown and the drawdown tiers (halt latches)."""
+    st = state[0]
+    expo = 0.0
+    for j in range(positions.shape[0]):
+        pos = positions[j]
+        if valid[t, j]:
+            c = close[t, j]
+            if c == c:
+                pos.mark = c
+        if pos.qty != 0.0:
+            expo += pos.qty * pos.mark
+    st.exposure = expo
+    st.equity = st.cash + expo
+    if st.equity > st.peak:
+        st.peak = st.equity
+    st.drawdown = 1.0 - st.equity / st.peak if st.peak > 0.0 else 1.0
+    dd = st.drawdown
+    if st.halted == 0 and dd >= p.dd_halt:
+        st.halted = 1
+        st.halt_bar = t
+        emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, dd)
+    tier = 0
+    if dd >= p.dd_tier2:
+        tier = 2
+    elif dd >= p.dd_tier1:
+        tier = 1
+    if tier != st.tier:
+        st.tier = tier
+        emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_TIER, dd)
+    st.trading_state = effective_state_nb(st)
+    st.bar = t
+
+
+@njit(cache=True)
+def _set_order_nb(o, t: int, side: int, kind: int, reason: int, qty: float, limit: float, ref: float,
+                  atr: float, spread: float, frac: float) -> None:
+    o.active = 1
+    o.bar = t
+    o.side = side
+    o.kind = kind
+    o.reason = reason
+    o.qty = qty
+    o.limit_price = limit
+    o.ref_price = ref
+    o.atr = atr
+    o.spread = spread
+    o.frac = frac
+
+
+@njit(cache=True, inline="always")
+def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
+              ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf) -> None:
+    """Decisions at the close of bar t: exits, then entries, as pending orders for bar t+1."""
+    st = state[0]
+    m = positions.shape[0]
+    # ---- exits (always allowed: halt and kill switch block entries only)
+    for j in range(m):
+        pos = positions[j]
+        if pos.qty == 0.0 or pending[j].active != 0 or not valid[t, j]:
+            continue
+        c = close[t, j]
+        reason = 0
+        kind = p.exit_kind
+        if pos.stop == pos.stop and c <= pos.stop:
+            reason = _R_STOP
+            kind = _MARKET
+        elif pos.take_profit == pos.take_profit and c >= pos.take_profit:
+            reason = _R_TP
+            kind = _MARKET
+        elif p_up[t, j] == p_up[t, j] and p_up[t, j] < p.p_up_exit:
+            reason = _R_SIGNAL
+        elif p.max_hold_bars > 0 and t - pos.entry_bar >= p.max_hold_bars:
+            reason = _R_TIME
+        if reason == 0:
+            continue
+        limit = np.nan
+        if kind == _LIMIT_FIRST:
+            limit = c * (1.0 + p.limit_offset)
+            if p.enforce_precision != 0:
+                limit = round_price_nb(limit, price_dec[j], True)
+        _set_order_nb(pending[j], t, SELL, kind, reason, pos.qty, limit, c, atr[t, j], spread[t, j], 0.0)
+        emit_event_nb(events, cnt, t, j, _EV_ORDER, reason, pos.qty)
+    # ---- entries: candidates (P(up) >= threshold, flat, nothing pending) by expected return,
+    # highest first, ties by column (stable insertion sort; NaN expected return last)
+    nc = 0
+    for j in range(m):
+        pu = p_up[t, j]
+        if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
+            e = exp_ret[t, j]
+            kj = e if e == e else -np.inf
+            i = nc
+            while i > 0:
+                e2 = exp_ret[t, order_buf[i - 1]]
+                k2 = e2 if e2 == e2 else -np.inf
+                if k2 >= kj:
+                    break
+                order_buf[i] = order_buf[i - 1]
+                i -= 1
+            order_buf[i] = j
+            nc += 1
+    for j in range(m):
+        positions[j].cluster = cluster[t, j]
+    if nc == 0:
+        return
+    cap, maxpos, rmult = caps_nb(st, p)
+    eq = st.equity
+    committed = st.exposure
+    reserved = 0.0
+    n_open = st.n_positions
+    f = p.fee_rate
+    for k in range(nc):
+        j = order_buf[k]
+        pu = p_up[t, j]
+        if not valid[t, j] or not (close[t, j] > 0.0):
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_NO_DATA, pu)
+            continue
+        if st.halted != 0:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_HALTED, st.drawdown)
+            continue
+        if st.kill_reason != 0:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_KILL, float(st.kill_reason))
+            continue
+        er = exp_ret[t, j]
+        if not (er == er) or er <= p.min_edge:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_EDGE, er)
+            continue
+        a = atr[t, j]
+        if p.sizing == SIZING_RISK and not (a == a and a > 0.0):
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_NO_ATR, a)
+            continue
+        if n_open >= maxpos:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_MAXPOS, float(n_open))
+            continue
+        room_x = cap * eq - committed
+        if room_x <= 0.0:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_EXPOSURE, committed / eq)
+            continue
+        cj = cluster[t, j]
+        room_c = p.max_cluster_exposure * eq
+        if cj >= 0:
+            for i in range(m):
+                if cluster[t, i] == cj and i != j:
+                    if positions[i].qty != 0.0:
+                        room_c -= positions[i].qty * positions[i].mark
+                    if pending[i].active != 0 and pending[i].side == BUY:
+                        room_c -= pending[i].qty * pending[i].ref_price
+        if room_c <= 0.0:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
+            continue
+        room_cash = (st.cash - reserved) / (1.0 + f + p.slip_buffer)
+        if room_cash <= 0.0:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_CASH, st.cash - reserved)
+            continue
+        c = close[t, j]
+        if p.sizing == SIZING_RISK:
+            notional = rmult * p.base_risk * eq / (p.stop_atr_mult * a) * c
+        else:
+            notional = p.fixed_fraction * (st.cash - reserved) / (1.0 + f)
+        bind = 0
+        if notional > room_x:
+            notional = room_x
+            bind = _R_EXPOSURE
+        if notional > room_c:
+            notional = room_c
+            bind = _R_CLUSTER
+        if notional > room_cash:
+            notional = room_cash
+            bind = _R_CASH
+        qty = notional / c
+        if p.enforce_precision != 0:
+            qty = round_down_nb(qty, lot_dec[j])
+            if qty < ordermin[j] or qty <= 0.0:
+                refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, bind if bind != 0 else _R_ORDERMIN, qty)
+                continue
+            if qty * c < costmin[j]:
+                refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, bind if bind != 0 else _R_COSTMIN, qty * c)
+                continue
+        elif not (qty > 0.0):
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, bind if bind != 0 else _R_ORDERMIN, qty)
+            continue
+        limit = np.nan
+        if p.entry_kind == _LIMIT_FIRST:
+            limit = c * (1.0 - p.limit_offset)
+            if p.enforce_precision != 0:
+                limit = round_price_nb(limit, price_dec[j], False)
+        _set_order_nb(pending[j], t, BUY, p.entry_kind, _R_ENTRY, qty, limit, c, a, spread[t, j],
+                      p.fixed_fraction)
+        emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
+        committed += qty * c
+        reserved += qty * c * (1.0 + f + p.slip_buffer)
+        n_open += 1
+
+
+@njit(cache=True, inline="always")
+def step_nb(t: int, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
+            spread, cluster, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
+            trades, events, cnt, acc, refusals, marks, order_buf) -> None:
+    """One bar of a simulated portfolio: execute t-1's orders in bar t, then decide at t's close."""
+    execute_open_nb(t, state, positions, pending, open_, high, low, close, volume, valid, cluster,
+                    ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
+    kill_check_nb(t, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator,
+                  p, events, cnt)
+    execute_close_nb(t, state, positions, pending, close, volume, valid, cluster,
+                     ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
+    mark_nb(t, state, positions, close, valid, p, events, cnt)
+    decide_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
+              ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf)
+
+
+def new_state(n_pairs: int, init_cash: float):
+    """(state, positions, pending) record arrays of a fresh portfolio."""
+    state = np.zeros(1, dtype=state_dt)
+    positions = np.zeros(n_pairs, dtype=position_dt)
+    pending = np.zeros(n_pairs, dtype=order_dt)
+    init_state_nb(state, positions, pending, float(init_cash))
+    return state, positions, pending

@@ -1,0 +1,390 @@
+"""The HTTP face of the simulator: Kraken's spot REST API at ``/0/public/*`` and ``/0/private/*``,
+and an admin API under ``/admin/*`` (clock, faults, market status, balances, full state).
+
+Kraken conventions kept: every answer is ``{"error": [...], "result": ...}`` (both keys, HTTP 200
+for API errors), numbers are decimal strings, result keys are Kraken pair ids whatever alias was
+asked. Private calls are checked like Kraken does: API-Key known, API-Sign =
+base64(HMAC-SHA512(base64decode(secret), path + SHA256(nonce + body))) over the exact body, nonce
+strictly increasing per key, a REST rate counter with decay, and a temporary lockout after
+repeated bad keys/signatures/nonces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from collections import deque
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from engine.errors import InputError
+
+from .exchange import Account, Exchange, KrakenAPIError
+from .faults import Fault
+
+PUBLIC = ("Time", "SystemStatus", "Assets", "AssetPairs", "Ticker", "OHLC", "Depth")
+PRIVATE = ("Balance", "BalanceEx", "TradeBalance", "OpenOrders", "ClosedOrders", "QueryOrders",
+           "TradesHistory", "AddOrder", "CancelOrder", "CancelAll", "CancelAllOrdersAfter")
+HISTORY_CALLS = {"ClosedOrders", "TradesHistory", "QueryTrades", "Ledgers", "QueryLedgers"}
+UNCOUNTED = {"AddOrder", "CancelOrder"}  # they count on the matching-engine counter instead
+
+HTML_ERROR = ("<html><head><title>{code} {text}</title></head><body><center><h1>{code} {text}</h1>"
+              "</center><hr><center>cloudflare</center></body></html>")
+HTTP_TEXT = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+             504: "Gateway Time-out", 520: "Web Server Returned an Unknown Error", 429: "Too Many Requests"}
+
+
+def envelope(result: Any = None, errors: list[str] | None = None) -> bytes:
+    return json.dumps({"error": errors or [], "result": result if result is not None else {}},
+                      separators=(",", ":")).encode()
+
+
+def json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def html_response(status: int) -> Response:
+    return Response(HTML_ERROR.format(code=status, text=HTTP_TEXT.get(status, "Error")), status_code=status,
+                    media_type="text/html")
+
+
+class Guard:
+    """Per-key REST rate counter (decaying) and the lockout after repeated authentication failures."""
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+        self.counters: dict[str, tuple[float, float]] = {}
+        self.failures: dict[str, deque[float]] = {}
+        self.locked_until: dict[str, float] = {}
+
+    def locked(self, key: str) -> bool:
+        return self.locked_until.get(key, 0.0) > time.monotonic()
+
+    def lock(self, key: str, seconds: float) -> None:
+        self.locked_until[key] = time.monotonic() + seconds
+
+    def fail(self, key: str) -> None:
+        rl = self.ex.config.rate_limit
+        now = time.monotonic()
+        dq = self.failures.setdefault(key, deque())
+        dq.append(now)
+        while dq and dq[0] < now - rl.lockout_window_s:
+            dq.popleft()
+        if len(dq) >= rl.lockout_after:
+            self.lock(key, rl.lockout_s)
+            dq.clear()
+
+    def charge(self, key: str, cost: float) -> bool:
+        rl = self.ex.config.rate_limit
+        now = time.monotonic()
+        val, t = self.counters.get(key, (0.0, now))
+        val = max(0.0, val - (now - t) * rl.decay_per_s)
+        if val + cost > rl.max_counter:
+            self.counters[key] = (val, now)
+            return False
+        self.counters[key] = (val + cost, now)
+        return True
+
+
+def sign(secret_b64: str, path: str, nonce: str, body: str) -> str:
+    mac = hmac.new(base64.b64decode(secret_b64), path.encode() + hashlib.sha256((nonce + body).encode()).digest(),
+                   hashlib.sha512)
+    return base64.b64encode(mac.digest()).decode()
+
+
+def create_app(ex: Exchange) -> FastAPI:
+    app = FastAPI(title="krakenquant Kraken simulator", docs_url=None, redoc_url=None, openapi_url=None)
+    guard = Guard(ex)
+    app.state.exchange = ex
+    app.state.guard = guard
+
+    # ---- fault wrapper --------------------------------------------------------------------------
+    async def run_with_faults(name: str, action: Callable[[], bytes], fault: Fault | None) -> Response:
+        if fault is None:
+            return json_response(action())
+        k, prm = fault.kind, fault.params
+        apply = bool(prm.get("apply", k == "truncated_json"))
+        if k == "error":
+            return json_response(envelope(None, [str(prm["message"])]))
+        if k == "http_429":
+            return html_response(429)
+        if k == "timeout":
+            body = action() if apply else None
+            await asyncio.sleep(float(prm.get("seconds", 11)))
+            return json_response(body) if body is not None else html_response(504)
+        if k == "http_error":
+            if apply:
+                action()
+            return html_response(int(prm.get("status", 502)))
+        if k == "truncated_json":
+            body = action()
+            return json_response(body[: max(1, len(body) // 2)])
+        return json_response(action())
+
+    # ---- public --------------------------------------------------------------------------------
+    @app.api_route("/0/public/{name}", methods=["GET", "POST"])
+    async def public(name: str, request: Request) -> Response:
+        if name not in PUBLIC:
+            return json_response(envelope(None, ["EGeneral:Unknown method"]))
+        params = dict(request.query_params)
+        if request.method == "POST":
+            params |= dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        fault = ex.faults.take_request(name, ex.now())
+        if fault is not None and fault.kind == "lockout":
+            fault = None  # lockout is per key: only private calls
+        return await run_with_faults(name, lambda: _guarded(lambda: _public(ex, name, params)), fault)
+
+    # ---- private -------------------------------------------------------------------------------
+    @app.post("/0/private/{name}")
+    async def private(name: str, request: Request) -> Response:
+        raw = (await request.body()).decode("utf-8", "replace")
+        if name not in PRIVATE:
+            return json_response(envelope(None, ["EGeneral:Unknown method"]))
+        key = request.headers.get("API-Key", "")
+        fault = ex.faults.take_request(name, ex.now())
+        if fault is not None and fault.kind == "lockout":
+            guard.lock(key, float(fault.params.get("seconds", 60)))
+            fault = None
+        if fault is not None and (fault.kind in ("error", "http_429") or
+                                  (fault.kind in ("timeout", "http_error") and not fault.params.get("apply"))):
+            return await run_with_faults(name, lambda: b"", fault)
+        ctype = request.headers.get("content-type", "")
+        if "json" in ctype:
+            try:
+                params = {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                          for k, v in json.loads(raw or "{}").items()}
+            except (ValueError, AttributeError):
+                return json_response(envelope(None, ["EGeneral:Invalid arguments"]))
+        else:
+            params = dict(parse_qsl(raw, keep_blank_values=True))
+        path = request.url.path
+        with ex.lock:
+            err = _authenticate(ex, guard, key, request.headers.get("API-Sign", ""), path, raw, params)
+            if err:
+                return json_response(envelope(None, [err]))
+            acct = ex.accounts[key]
+            if name not in UNCOUNTED and not guard.charge(key, 2.0 if name in HISTORY_CALLS else 1.0):
+                ex.persist()
+                return json_response(envelope(None, ["EAPI:Rate limit exceeded"]))
+        params.pop("nonce", None)
+
+        def action() -> bytes:
+            try:
+                return _guarded(lambda: _private(ex, name, acct, params))
+            finally:
+                ex.persist()
+
+        return await run_with_faults(name, action, fault)
+
+    # ---- admin ---------------------------------------------------------------------------------
+    @app.get("/admin/state")
+    async def admin_state() -> Response:
+        return json_response(json.dumps(ex.state(), default=str).encode())
+
+    @app.post("/admin/clock/advance")
+    async def admin_advance(request: Request) -> Response:
+        d = await _json(request)
+        try:
+            if "to" in d:
+                now = ex.advance(to=float(d["to"]))
+            else:
+                now = ex.advance(seconds=float(d.get("seconds", 0)) + 3600.0 * float(d.get("bars", 0)))
+        except InputError as e:
+            return _admin_error(str(e))
+        return json_response(json.dumps({"now": now}).encode())
+
+    @app.get("/admin/faults")
+    async def admin_faults_get() -> Response:
+        return json_response(json.dumps(ex.faults.to_list()).encode())
+
+    @app.post("/admin/faults")
+    async def admin_faults_add(request: Request) -> Response:
+        d = await _json(request)
+        items = d.get("faults", [d]) if isinstance(d, dict) else d
+        try:
+            with ex.lock:
+                for item in items:
+                    ex.faults.add(Fault.from_dict(item, ex.market.resolve))
+                ex.faults_changed()
+        except InputError as e:
+            return _admin_error(str(e))
+        return json_response(json.dumps(ex.faults.to_list()).encode())
+
+    @app.delete("/admin/faults")
+    async def admin_faults_clear() -> Response:
+        with ex.lock:
+            ex.faults.clear()
+            ex.faults_changed()
+        return json_response(b"[]")
+
+    @app.post("/admin/status")
+    async def admin_status(request: Request) -> Response:
+        d = await _json(request)
+        st = d.get("status")
+        if st not in ("online", "cancel_only", "post_only", "maintenance"):
+            return _admin_error("status must be online, cancel_only, post_only or maintenance")
+        with ex.lock:
+            if d.get("pair"):
+                p = ex.market.resolve(d["pair"])
+                if p is None:
+                    return _admin_error(f"unknown pair {d['pair']!r}")
+                ex.pair_status[p] = st
+            else:
+                ex.status = st
+            ex.persist()
+        return json_response(json.dumps({"status": ex.status, "pair_status": ex.pair_status}).encode())
+
+    @app.post("/admin/balance")
+    async def admin_balance(request: Request) -> Response:
+        d = await _json(request)
+        try:
+            acct = ex.account_by_name(str(d.get("account", "")))
+            ex.change_balance(acct, str(d["asset"]), Decimal(str(d["delta"])))
+        except (KrakenAPIError, KeyError, InvalidOperation, InputError) as e:
+            return _admin_error(f"bad balance change: {e}")
+        return json_response(json.dumps(ex.balance(acct)).encode())
+
+    return app
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError:
+        return {}
+
+
+def _admin_error(msg: str) -> Response:
+    return Response(json.dumps({"error": msg}), status_code=400, media_type="application/json")
+
+
+def _guarded(fn: Callable[[], Any]) -> bytes:
+    try:
+        return envelope(fn())
+    except KrakenAPIError as e:
+        return envelope(None, [e.message])
+
+
+def _authenticate(ex: Exchange, guard: Guard, key: str, sig: str, path: str, raw: str,
+                  params: dict[str, str]) -> str | None:
+    if guard.locked(key):
+        return "EGeneral:Temporary lockout"
+    acct = ex.accounts.get(key) if key else None
+    if acct is None:
+        guard.fail(key)
+        return "EAPI:Invalid key"
+    nonce = params.get("nonce", "")
+    try:
+        expected = sign(acct.secret, path, nonce, raw)
+    except (binascii.Error, ValueError):
+        expected = ""
+    if not sig or not hmac.compare_digest(expected, sig):
+        guard.fail(key)
+        return "EAPI:Invalid signature"
+    try:
+        n = int(nonce)
+    except ValueError:
+        guard.fail(key)
+        return "EAPI:Invalid nonce"
+    if n <= acct.last_nonce:
+        guard.fail(key)
+        return "EAPI:Invalid nonce"
+    acct.last_nonce = n
+    return None
+
+
+def _pairs_arg(ex: Exchange, raw: str | None, required: bool) -> list[str]:
+    if not raw:
+        if required:
+            raise KrakenAPIError("EGeneral:Invalid arguments:pair")
+        return ex.market.listed()
+    out = []
+    for n in raw.split(","):
+        p = ex.market.resolve(n)
+        if p is None:
+            raise KrakenAPIError("EQuery:Unknown asset pair")
+        out.append(p)
+    return out
+
+
+def _public(ex: Exchange, name: str, p: dict[str, str]) -> Any:
+    with ex.lock:
+        ex.sync()
+        now = ex.now()
+        if name == "Time":
+            t = int(now + ex.market.time_skew(now))
+            return {"unixtime": t,
+                    "rfc1123": datetime.fromtimestamp(t, tz=timezone.utc).strftime("%a, %d %b %y %H:%M:%S +0000")}
+        if name == "SystemStatus":
+            return {"status": ex.market_status(None, now),
+                    "timestamp": datetime.fromtimestamp(int(now), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if name == "Assets":
+            return ex.assets([a for a in p.get("asset", "").split(",") if a] or None)
+        if name == "AssetPairs":
+            return ex.asset_pairs([a for a in p.get("pair", "").split(",") if a] or None)
+        if name == "Ticker":
+            out = {}
+            for pair in _pairs_arg(ex, p.get("pair"), required=False):
+                t = ex.market.ticker(pair, now)
+                if t is not None:
+                    out[ex.market.instruments[pair].kraken_id] = t
+            return out
+        if name == "OHLC":
+            pairs = _pairs_arg(ex, p.get("pair"), required=True)
+            if len(pairs) != 1:
+                raise KrakenAPIError("EGeneral:Invalid arguments:pair")
+            if str(p.get("interval", "1")) != "60":
+                raise KrakenAPIError("EGeneral:Invalid arguments:interval (the simulator serves 60 only)")
+            since = p.get("since")
+            try:
+                s = float(since) if since not in (None, "") else None
+            except ValueError:
+                raise KrakenAPIError("EGeneral:Invalid arguments:since") from None
+            rows, last = ex.market.ohlc(pairs[0], now, s)
+            return {ex.market.instruments[pairs[0]].kraken_id: rows, "last": last}
+        if name == "Depth":
+            pairs = _pairs_arg(ex, p.get("pair"), required=True)
+            try:
+                count = int(p.get("count", 100))
+            except ValueError:
+                raise KrakenAPIError("EGeneral:Invalid arguments:count") from None
+            count = max(1, min(500, count))
+            return {ex.market.instruments[pr].kraken_id: ex.market.depth(pr, now, count) for pr in pairs[:1]}
+    raise KrakenAPIError("EGeneral:Unknown method")
+
+
+def _private(ex: Exchange, name: str, acct: Account, p: dict[str, str]) -> Any:
+    if name == "Balance":
+        return ex.balance(acct)
+    if name == "BalanceEx":
+        return ex.balance_ex(acct)
+    if name == "TradeBalance":
+        return ex.trade_balance(acct, p.get("asset"))
+    if name == "OpenOrders":
+        return ex.open_orders(acct, p)
+    if name == "ClosedOrders":
+        return ex.closed_orders(acct, p)
+    if name == "QueryOrders":
+        return ex.query_orders(acct, p)
+    if name == "TradesHistory":
+        return ex.trades_history(acct, p)
+    if name == "AddOrder":
+        return ex.add_order(acct, p)
+    if name == "CancelOrder":
+        return ex.cancel(acct, p.get("txid"), p.get("cl_ord_id"))
+    if name == "CancelAll":
+        return ex.cancel_all(acct)
+    if name == "CancelAllOrdersAfter":
+        return ex.cancel_after(acct, p.get("timeout"))
+    raise KrakenAPIError("EGeneral:Unknown method")
