@@ -160,6 +160,39 @@ def write_report(eq, metrics: dict, path) -> None:
         f"<h2>krakenquant backtest</h2><p>{meta}</p><table>{rows}</table>{body}</body></html>")
 
 
+def _common_span(names, stored, t0, t1, venue):
+    """Default the range to the hours every selected pair has data for.
+
+    The risk state machine treats a missing bar of a pair it has seen as a data-integrity failure
+    (kill switch), so a range past one pair's last bar would keep tripping it. An explicit range
+    is kept as asked, with a warning on stderr naming the pairs whose data does not cover it.
+    """
+    from datetime import datetime, timezone
+
+    from engine.pairs import normalize_pair
+
+    infos = []
+    for n in names:
+        p = normalize_pair(n)
+        if p not in stored:
+            raise InputError(f"no bars stored for {p} on venue {venue!r} (see kq data check)")
+        infos.append(stored[p])
+    first = max(i.first_ts for i in infos)
+    last = min(i.last_ts for i in infos)
+    if first > last:
+        def utc(ts: int) -> str:
+            return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+        raise InputError("the selected pairs have no hours in common: "
+                         + ", ".join(f"{i.pair} {utc(i.first_ts)}..{utc(i.last_ts)}" for i in infos))
+    short = [i.pair for i in infos
+             if (t0 is not None and t0 < i.first_ts) or (t1 is not None and t1 > i.last_ts)]
+    if short:
+        typer.echo(f"kq: warning: no data for {', '.join(short)} over part of the range; missing bars of a "
+                   "pair already seen latch the data-integrity kill switch", err=True)
+    return (first if t0 is None else t0), (last if t1 is None else t1)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("backtest")
     def backtest(
@@ -194,10 +227,12 @@ def register(app: typer.Typer) -> None:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as prog:
             task = prog.add_task("loading bars", total=4)
             with MarketStore(store or cfg.data.store, read_only=True) as s:
+                stored = {i.pair: i for i in s.list_pairs(v)}
                 if names is None:
-                    names = [i.pair for i in s.list_pairs(v)]
+                    names = sorted(stored)
                     if not names:
                         raise InputError(f"no pairs stored for venue {v!r}")
+                t0, t1 = _common_span(names, stored, t0, t1, v)
                 panel = s.load_panel(names, v, t0, t1)
             if panel.n_bars < 2:
                 raise InputError("fewer than 2 bars in the selected range")
