@@ -28,6 +28,12 @@ def _loader_for(name: str):
         from live_bridge.simulator.config import load_sim_config
 
         return load_sim_config
+    from engine.config import read_toml
+
+    if "research" in read_toml(configs_dir() / name):  # walk-forward configs: engine Config + [research]
+        from research.config import load_research_config
+
+        return load_research_config
     return load_config
 
 

@@ -124,3 +124,32 @@ def test_a_state_file_from_other_data_is_refused(tmp_path):
     ex.store.close()
     with pytest.raises(InputError, match=r"holds orders on pairs this market does not serve \(BTC/USD\)"):
         build_exchange(flat_panel(pair="ETH/USD"), start=T0 + 3 * 3600, state=state, env=env)
+
+
+def test_starting_the_server_leaves_existing_log_handlers_open(tmp_path):
+    """The simulator must not reconfigure global logging: uvicorn's default dictConfig calls close()
+    on every handler in the process (a daemon's file handlers, pytest's capture handlers)."""
+    import logging
+
+    from live_bridge.simulator.testing import T0, flat_panel, start_sim
+
+    class Tracking(logging.Handler):
+        closed_calls = 0
+
+        def emit(self, record):
+            pass
+
+        def close(self):
+            Tracking.closed_calls += 1
+            super().close()
+
+    handler = Tracking()
+    logger = logging.getLogger("kq.test.handlers")
+    logger.addHandler(handler)
+    try:
+        s = start_sim(flat_panel(), start=T0 + 5 * 3600)
+        s.stop()
+        assert Tracking.closed_calls == 0
+        assert handler in logger.handlers
+    finally:
+        logger.removeHandler(handler)

@@ -1,8 +1,14 @@
 """Backtest kernels: the risk step over every bar, for one or many parameter sets (numba).
 
-``simulate_nb`` runs :func:`engine.risk.nb.step_nb` over all bars of one portfolio and streams its
-metrics (``metrics_dt``); full records (trades, events, equity rows) are written only when the
-caller passes arrays with room for them. ``run_sets_nb`` runs many parameter sets in parallel
+``simulate_nb`` runs the risk state machine over all bars of one portfolio and streams its metrics
+(``metrics_dt``); full records (trades, events, equity rows) are written only when the caller passes
+arrays with room for them. It is the fused form of :func:`engine.risk.nb.step_nb`: the same phases
+and the same per-pair rule kernels of engine.risk.nb, written out in one loop so that no function
+taking arrays is called on a bar where nothing happens (numba reference-counts every array passed to
+a function, inlined or not: about 400 ns per bar with the phase functions). Rare work (fills,
+pending orders, events, resets) still goes through the engine.risk.nb functions.
+``simulate_reference_nb`` is the plain loop over ``step_nb``; tests/test_backtest_speedpath.py
+checks the two bit for bit on real data. ``run_sets_nb`` runs many parameter sets in parallel
 (``prange`` over sets): each set owns its state, so the result does not depend on the thread count.
 """
 
@@ -18,9 +24,14 @@ from engine.risk.enums import equity_dt as _equity_dt
 from engine.risk.enums import event_dt as _event_dt
 from engine.risk.enums import order_dt, position_dt, state_dt
 from engine.risk.enums import trade_dt as _trade_dt
+from engine.execution.nb import BUY
 from engine.risk.nb import (
+    _EV_KILL, _EV_ORDER, _EV_REFUSAL, _EV_TIER, _K_API, _R_CLUSTER, _R_ENTRY, _R_HALT, _R_KILL_API, _R_TIER,
     A_CLOSED, A_GROSS_LOSS, A_GROSS_PROFIT, A_WINS, C_FILLS, C_KILLS, C_OVERFLOW, C_RECORD, N_ACC, N_CNT,
-    init_state_nb, step_nb,
+    caps_nb, effective_state_nb, emit_event_nb, entry_gate_nb, entry_order_nb, entry_size_nb, entry_static_gate_nb,
+    execute_close_nb, execute_open_nb, exit_order_nb, exit_reason_nb, halt_reset_due_nb, init_state_nb,
+    kill_pair_nb, kill_reset_due_nb, kill_triggers_nb, latch_kill_nb, mark_state_nb, reset_halt_nb, reset_kill_nb,
+    same_kill_params_nb, step_nb,
 )
 
 BARS_PER_YEAR = 8760.0
@@ -30,7 +41,240 @@ BARS_PER_YEAR = 8760.0
 def simulate_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
                 operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
                 trades, events, equity_rows, metrics, refusals, cnt):
-    """Run one portfolio over all bars; fill ``metrics`` (one metrics_dt record) and ``refusals``."""
+    """Run one portfolio over all bars; fill ``metrics`` (one metrics_dt record) and ``refusals``.
+
+    Bit-identical to ``simulate_reference_nb`` (step_nb per bar); see the module docstring."""
+    none_i = np.zeros(0, dtype=np.int64)
+    simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
+                     operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record,
+                     trades, events, equity_rows, metrics, refusals, cnt, False, none_i, none_i, np.zeros(0))
+
+
+@njit(cache=True)
+def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
+                     operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
+                     trades, events, equity_rows, metrics, refusals, cnt, kill_pre: bool, kcode, kpair, kval):
+    """``simulate_nb``; with ``kill_pre`` the kill-switch triggers of each bar come from
+    ``engine.risk.nb.kill_triggers_nb`` (computed once for all the sets of a sweep) instead of the
+    per-bar checks."""
+    n, m = close.shape
+    state = np.zeros(1, dtype=state_dt)
+    positions = np.zeros(m, dtype=position_dt)
+    pending = np.zeros(m, dtype=order_dt)
+    init_state_nb(state, positions, pending, p.init_cash)
+    st = state[0]
+    acc = np.zeros(N_ACC)
+    marks = np.empty(m)
+    order_buf = np.empty(m, dtype=np.int64)
+    for i in range(cnt.shape[0]):
+        cnt[i] = 0
+    cnt[C_RECORD] = 1 if record else 0
+    for i in range(refusals.shape[0]):
+        refusals[i] = 0
+    rec = record
+    placed = False             # orders were decided at the last close (pending until bar t's close)
+    # streaming metrics
+    prev_eq = p.init_cash
+    r_n = 0
+    r_mean = 0.0
+    r_m2 = 0.0
+    down_sq = 0.0
+    mpeak = p.init_cash        # metric peak (never reset by an operator)
+    max_dd = 0.0
+    cur_month = -1
+    month_peak = p.init_cash
+    worst_mdd = 0.0
+    sum_eq = 0.0
+    sum_expo = 0.0
+    bars_state = np.zeros(5, dtype=np.int64)
+    for t in range(n):
+        # ---- 1. orders decided at t-1 execute in bar t (engine.risk.nb.execute_open_nb)
+        if placed:
+            execute_open_nb(t, state, positions, pending, open_, high, low, close, volume, valid, cluster,
+                            ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
+        # ---- 2. resets and kill-switch triggers (engine.risk.nb.kill_check_nb)
+        op = operator[t]
+        if kill_reset_due_nb(st, op, t, p):
+            reset_kill_nb(state, t, events, cnt)
+        if halt_reset_due_nb(st, op, t, p):
+            reset_halt_nb(state, t, events, cnt)
+        trig = 0
+        trig_pair = -1
+        trig_val = 0.0
+        if api_fault[t]:
+            trig = _K_API
+        if kill_pre:
+            if trig == 0:
+                trig = kcode[t]
+                trig_pair = kpair[t]
+                trig_val = kval[t]
+        else:
+            for j in range(m):
+                nt, v = kill_pair_nb(positions[j], valid[t, j], open_[t, j], high[t, j], low[t, j],
+                                     close[t, j], spread[t, j], atr[t, j], trig, p)
+                if nt != 0:
+                    trig = nt
+                    trig_pair = j
+                    trig_val = v
+        if latch_kill_nb(st, t, trig):
+            cnt[C_KILLS] += 1
+            if rec:
+                emit_event_nb(events, cnt, t, trig_pair, _EV_KILL, _R_KILL_API + trig - 1, trig_val)
+        st.trading_state = effective_state_nb(st)
+        # ---- 3. limit orders not traded through: market fallback at the close (execute_close_nb)
+        if placed:
+            execute_close_nb(t, state, positions, pending, close, volume, valid, cluster,
+                             ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
+        # every order of bar t-1 is now filled or cancelled: nothing is pending until decisions below
+        placed = False
+        # ---- 4. mark to the close (engine.risk.nb.mark_nb)
+        expo = 0.0
+        for j in range(m):
+            pos = positions[j]
+            if valid[t, j]:
+                c = close[t, j]
+                if c == c:
+                    pos.mark = c
+            if pos.qty != 0.0:
+                expo += pos.qty * pos.mark
+        halt_ev, tier_ev = mark_state_nb(st, expo, t, p)
+        if rec and halt_ev:
+            emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, st.drawdown)
+        if rec and tier_ev:
+            emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_TIER, st.drawdown)
+        # ---- 5. decisions at the close (engine.risk.nb.decide_nb): exits, then entries
+        for j in range(m):
+            pos = positions[j]
+            if pos.qty == 0.0 or pending[j].active != 0 or not valid[t, j]:
+                continue
+            c = close[t, j]
+            reason, kind = exit_reason_nb(pos, c, p_up[t, j], t, p)
+            if reason == 0:
+                continue
+            exit_order_nb(pending[j], pos, t, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
+            placed = True
+            if rec:
+                emit_event_nb(events, cnt, t, j, _EV_ORDER, reason, pos.qty)
+        nc = 0
+        for j in range(m):
+            pu = p_up[t, j]
+            if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
+                if not rec:
+                    # Without records only the refusal counts are kept, and they do not depend on the
+                    # order: candidates the per-bar checks refuse (no data, halt, kill switch, edge,
+                    # ATR) are counted here and never sorted. The rest keep their relative order
+                    # (stable sort), so every entry decision is the same as in decide_nb.
+                    rr, v = entry_static_gate_nb(st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j])
+                    if rr != 0:
+                        refusals[rr] += 1
+                        continue
+                e = exp_ret[t, j]
+                kj = e if e == e else -np.inf
+                i = nc
+                while i > 0:
+                    e2 = exp_ret[t, order_buf[i - 1]]
+                    k2 = e2 if e2 == e2 else -np.inf
+                    if k2 >= kj:
+                        break
+                    order_buf[i] = order_buf[i - 1]
+                    i -= 1
+                order_buf[i] = j
+                nc += 1
+        # (positions[].cluster, the cluster id at the last decision, is state for the live bridge;
+        # this portfolio is internal to the run, so it is not kept)
+        if nc > 0:
+            cap, maxpos, rmult = caps_nb(st, p)
+            eq = st.equity
+            committed = st.exposure
+            reserved = 0.0
+            n_open = st.n_positions
+            f = p.fee_rate
+            for k in range(nc):
+                j = order_buf[k]
+                c = close[t, j]
+                a = atr[t, j]
+                rr, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, n_open, maxpos,
+                                             cap, eq, committed)
+                if rr != 0:
+                    refusals[rr] += 1
+                    if rec:
+                        emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
+                    continue
+                cj = cluster[t, j]
+                room_c = p.max_cluster_exposure * eq
+                if cj >= 0:
+                    for i in range(m):
+                        if cluster[t, i] == cj and i != j:
+                            if positions[i].qty != 0.0:
+                                room_c -= positions[i].qty * positions[i].mark
+                            if pending[i].active != 0 and pending[i].side == BUY:
+                                room_c -= pending[i].qty * pending[i].ref_price
+                if room_c <= 0.0:
+                    refusals[_R_CLUSTER] += 1
+                    if rec:
+                        emit_event_nb(events, cnt, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
+                    continue
+                rr, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j],
+                                          ordermin[j], costmin[j])
+                if rr != 0:
+                    refusals[rr] += 1
+                    if rec:
+                        emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
+                    continue
+                entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
+                placed = True
+                if rec:
+                    emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
+                committed += qty * c
+                reserved += qty * c * (1.0 + f + p.slip_buffer)
+                n_open += 1
+        # ---- streaming metrics
+        eq = st.equity
+        r = eq / prev_eq - 1.0 if prev_eq > 0.0 else 0.0
+        r_n += 1
+        d = r - r_mean
+        r_mean += d / r_n
+        r_m2 += d * (r - r_mean)
+        if r < 0.0:
+            down_sq += r * r
+        if eq > mpeak:
+            mpeak = eq
+        dd = 1.0 - eq / mpeak
+        if dd > max_dd:
+            max_dd = dd
+        mo = month_id[t]
+        if mo != cur_month:
+            cur_month = mo
+            month_peak = prev_eq
+        if eq > month_peak:
+            month_peak = eq
+        mdd = 1.0 - eq / month_peak
+        if mdd > worst_mdd:
+            worst_mdd = mdd
+        prev_eq = eq
+        sum_eq += eq
+        xf = st.exposure / eq if eq > 0.0 else 0.0
+        sum_expo += xf
+        bars_state[st.trading_state] += 1
+        if rec and t < equity_rows.shape[0]:
+            row = equity_rows[t]
+            row.bar = t
+            row.equity = eq
+            row.cash = st.cash
+            row.exposure = xf
+            row.drawdown = st.drawdown
+            row.trading_state = st.trading_state
+            row.n_positions = st.n_positions
+            row.kill_reason = st.kill_reason
+    _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo,
+                       bars_state, cnt, acc, refusals)
+
+
+@njit(cache=True)
+def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
+                operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
+                trades, events, equity_rows, metrics, refusals, cnt):
+    """Reference: ``simulate_nb`` as a plain loop over :func:`engine.risk.nb.step_nb` (tests only)."""
     n, m = close.shape
     state = np.zeros(1, dtype=state_dt)
     positions = np.zeros(m, dtype=position_dt)
@@ -100,6 +344,13 @@ def simulate_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spre
             row.trading_state = st.trading_state
             row.n_positions = st.n_positions
             row.kill_reason = st.kill_reason
+    _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo,
+                       bars_state, cnt, acc, refusals)
+
+
+@njit(cache=True)
+def _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo,
+                       bars_state, cnt, acc, refusals):
     mt = metrics
     mt.final_equity = st.equity
     mt.total_return = st.equity / p.init_cash - 1.0
@@ -139,14 +390,29 @@ def simulate_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spre
 
 @njit(cache=True)
 def _run_set_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
-                operator, month_id, ordermin, costmin, lot_dec, price_dec, p, metrics, refusals):
+                operator, month_id, ordermin, costmin, lot_dec, price_dec, p, metrics, refusals,
+                kill_pre, kcode, kpair, kval):
     trades = np.zeros(0, dtype=_trade_dt)
     events = np.zeros(0, dtype=_event_dt)
     eqrows = np.zeros(0, dtype=_equity_dt)
     cnt = np.zeros(N_CNT, dtype=np.int64)
-    simulate_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
-                operator, month_id, ordermin, costmin, lot_dec, price_dec, p, False,
-                trades, events, eqrows, metrics, refusals, cnt)
+    simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
+                     operator, month_id, ordermin, costmin, lot_dec, price_dec, p, False,
+                     trades, events, eqrows, metrics, refusals, cnt, kill_pre, kcode, kpair, kval)
+
+
+@njit(cache=True)
+def _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params):
+    """(shared?, code, pair, value): the kill-switch triggers once for all sets when they share the
+    kill-switch parameters (the triggers depend on the bars and those parameters only)."""
+    n = close.shape[0]
+    if params.shape[0] > 1 and same_kill_params_nb(params):
+        kcode = np.empty(n, dtype=np.int64)
+        kpair = np.empty(n, dtype=np.int64)
+        kval = np.empty(n)
+        kill_triggers_nb(open_, high, low, close, valid, atr, spread, params[0], kcode, kpair, kval)
+        return True, kcode, kpair, kval
+    return False, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
 
 
 @njit(cache=True, parallel=True)
@@ -154,13 +420,15 @@ def run_sets_nb(open_, high, low, close, volume, valid, p_up, exp_ret, sig_of_se
                 api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params,
                 metrics_out, refusals_out):
     """Many parameter sets in one call, in parallel. ``p_up``/``exp_ret`` are (K, n, m) signal sets;
-    set s reads signal set ``sig_of_set[s]``. Only metrics and refusal counts are kept (flat memory)."""
+    set s reads signal set ``sig_of_set[s]``. Only metrics and refusal counts are kept (flat memory).
+    Kill-switch triggers are computed once when every set shares their parameters."""
     S = params.shape[0]
+    pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
     for s in prange(S):
         k = sig_of_set[s]
         _run_set_nb(open_, high, low, close, volume, valid, p_up[k], exp_ret[k], atr, spread, cluster,
                     api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params[s],
-                    metrics_out[s], refusals_out[s])
+                    metrics_out[s], refusals_out[s], pre, kcode, kpair, kval)
 
 
 @njit(cache=True, parallel=True)
@@ -170,8 +438,9 @@ def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, ap
     SMA(slows[s]) signal (engine.backtest.demo.ma_signal_nb), the backtest with params[s], and its
     metrics. Signals are built per set inside the parallel loop, so memory stays flat."""
     S = params.shape[0]
+    pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
     for s in prange(S):
         pu, er = ma_signal_nb(close, fasts[s], slows[s], scale)
         _run_set_nb(open_, high, low, close, volume, valid, pu, er, atr, spread, cluster, api_fault,
                     operator, month_id, ordermin, costmin, lot_dec, price_dec, params[s],
-                    metrics_out[s], refusals_out[s])
+                    metrics_out[s], refusals_out[s], pre, kcode, kpair, kval)

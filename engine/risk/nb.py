@@ -19,6 +19,14 @@ section of docs/MODEL_ASSUMPTIONS.md state the rules in words):
 The live bridge uses the same pieces: it applies real fills with :func:`apply_fill_nb` and calls
 ``kill_check_nb``, ``mark_nb`` and ``decide_nb`` at each bar close. State lives in numpy records
 (engine.risk.enums) so it persists and restores exactly.
+
+Each rule lives in one small kernel taking only records and scalars (``kill_pair_nb``,
+``mark_state_nb``, ``exit_reason_nb``, ``entry_static_gate_nb``/``entry_gate_nb``, ``entry_size_nb``,
+``exit_order_nb``/``entry_order_nb``, ``kill_reset_due_nb``/``halt_reset_due_nb``, ``latch_kill_nb``).
+The phases above and the backtester's fused bar loop (engine.backtest.nb.simulate_core_nb) both call
+them, so a rule is written once; the fused loop exists because numba reference-counts every array
+argument of every call (hundreds of ns per bar). tests/test_backtest_speedpath.py checks the fused
+loop against a plain ``step_nb`` loop bit for bit.
 """
 
 from __future__ import annotations
@@ -130,7 +138,7 @@ def refuse_nb(events, cnt, refusals, t: int, pair: int, code: int, reason: int, 
     emit_event_nb(events, cnt, t, pair, code, reason, value)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def effective_state_nb(st) -> int:
     if st.halted != 0:
         return _HALTED
@@ -139,7 +147,7 @@ def effective_state_nb(st) -> int:
     return st.tier
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def caps_nb(st, p):
     """(exposure cap, max positions, risk multiplier) for the current drawdown tier."""
     cap = p.max_exposure
@@ -420,18 +428,132 @@ def reset_halt_nb(state, t: int, events, cnt) -> None:
 
 
 @njit(cache=True, inline="always")
+def kill_reset_due_nb(st, op: int, t: int, p) -> bool:
+    """Operator reactivation of the kill switch at bar t (or the emulated one after kill_reset_bars)."""
+    if (op & OP_RESET_KILL) != 0:
+        return True
+    return st.kill_reason != 0 and p.kill_reset_bars > 0 and t - st.kill_bar >= p.kill_reset_bars
+
+
+@njit(cache=True, inline="always")
+def halt_reset_due_nb(st, op: int, t: int, p) -> bool:
+    """Operator reset of the drawdown halt at bar t (or the emulated one after halt_reset_bars)."""
+    if (op & OP_RESET_HALT) != 0:
+        return True
+    return st.halted != 0 and p.halt_reset_bars > 0 and t - st.halt_bar >= p.halt_reset_bars
+
+
+@njit(cache=True, inline="always")
+def kill_pair_nb(pos, vld: bool, o: float, h: float, lo: float, c: float, s: float, a: float, trig: int, p):
+    """Kill-switch checks of one pair's bar and its baseline updates.
+
+    ``trig`` is the trigger already found this bar (0: none); returns (new trigger of this pair or 0,
+    its value). A bar never hides its own anomaly: baselines update after the checks."""
+    # positive, finite (NaN fails every comparison) and consistent
+    ok = vld & (0.0 < lo) & (lo <= h) & (h < np.inf) & (0.0 < o) & (o < np.inf) & (0.0 < c) & (c < np.inf)
+    new = 0
+    val = 0.0
+    if not ok:
+        if (pos.seen != 0 or vld) and trig == 0:
+            new = _K_DATA
+        return new, val
+    # the checks are evaluated without short-circuit branches (NaN compares false, as the guards
+    # require), then one rarely-taken branch
+    spike = (s > p.spread_max) | ((p.spread_anomaly_mult > 0.0) & (pos.n_spread >= p.spread_min_obs)
+                                  & (s > p.spread_anomaly_mult * pos.spread_base))
+    if trig == 0 and spike:
+        new = _K_SPREAD
+        val = s
+    ap = pos.atr_prev
+    pc = pos.prev_close
+    # true range against the previous close (a NaN previous close compares false: the bar alone);
+    # written as selects so the compiler emits min/max, not a data-dependent branch
+    hi2 = pc if pc > h else h
+    lo2 = pc if pc < lo else lo
+    tr = hi2 - lo2
+    vsm = p.vol_spike_mult
+    if trig == 0 and new == 0 and ((vsm > 0.0) & (ap > 0.0) & (tr > vsm * ap)):
+        new = _K_VOL
+        val = tr / ap
+    # baselines (after the checks: a bar never hides its own anomaly)
+    if s == s and s >= 0.0:
+        if pos.n_spread == 0:
+            pos.spread_base = s
+        else:
+            pos.spread_base = pos.spread_base + p.spread_alpha * (s - pos.spread_base)
+        pos.n_spread += 1
+    if a == a:
+        pos.atr_prev = a
+    pos.prev_close = c
+    pos.seen = 1
+    return new, val
+
+
+@njit(cache=True)
+def kill_triggers_nb(open_, high, low, close, valid, atr, spread, p, code, pair, val) -> None:
+    """The kill-switch trigger of every bar from the data alone: ``code[t]``/``pair[t]``/``val[t]`` =
+    the first pair (in column order) whose bar t trips a data, spread or volatility trigger.
+
+    The triggers and their baselines (spread EWMA, previous ATR and close, pair seen) depend only on
+    the bars and the parameters, never on the portfolio, so a backtest computes them in one pass per
+    pair, once for all the parameter sets of a sweep that share the kill-switch parameters (see
+    ``same_kill_params_nb``); with the API fault flag (checked first) this is exactly what
+    kill_check_nb finds bar by bar (tests/test_backtest_speedpath.py checks it bit for bit)."""
+    n, m = close.shape
+    for t in range(n):
+        code[t] = 0
+        pair[t] = -1
+        val[t] = 0.0
+    base = np.zeros(1, dtype=position_dt)
+    for j in range(m):
+        b = base[0]
+        b.seen = 0
+        b.spread_base = np.nan
+        b.n_spread = 0
+        b.atr_prev = np.nan
+        b.prev_close = np.nan
+        for t in range(n):
+            nt, v = kill_pair_nb(b, valid[t, j], open_[t, j], high[t, j], low[t, j], close[t, j],
+                                 spread[t, j], atr[t, j], 0, p)
+            if nt != 0 and code[t] == 0:
+                code[t] = nt
+                pair[t] = j
+                val[t] = v
+
+
+@njit(cache=True)
+def same_kill_params_nb(params) -> bool:
+    """True if every parameter set has the same kill-switch trigger parameters (so one
+    ``kill_triggers_nb`` pass serves them all)."""
+    a = params[0]
+    for s in range(1, params.shape[0]):
+        b = params[s]
+        if not (b.spread_max == a.spread_max and b.spread_anomaly_mult == a.spread_anomaly_mult
+                and b.spread_min_obs == a.spread_min_obs and b.spread_alpha == a.spread_alpha
+                and b.vol_spike_mult == a.vol_spike_mult):
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def latch_kill_nb(st, t: int, trig: int) -> bool:
+    """Latch the kill switch on ``trig`` unless already latched; True if it latched now."""
+    if trig != 0 and st.kill_reason == 0:
+        st.kill_reason = trig
+        st.kill_bar = t
+        return True
+    return False
+
+
+@njit(cache=True, inline="always")
 def kill_check_nb(t: int, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator,
                   p, events, cnt) -> None:
     """Operator resets, then kill-switch triggers on bar t; updates the per-pair baselines."""
     st = state[0]
     op = operator[t]
-    if (op & OP_RESET_KILL) != 0:
+    if kill_reset_due_nb(st, op, t, p):
         reset_kill_nb(state, t, events, cnt)
-    elif st.kill_reason != 0 and p.kill_reset_bars > 0 and t - st.kill_bar >= p.kill_reset_bars:
-        reset_kill_nb(state, t, events, cnt)
-    if (op & OP_RESET_HALT) != 0:
-        reset_halt_nb(state, t, events, cnt)
-    elif st.halted != 0 and p.halt_reset_bars > 0 and t - st.halt_bar >= p.halt_reset_bars:
+    if halt_reset_due_nb(st, op, t, p):
         reset_halt_nb(state, t, events, cnt)
     trig = 0
     trig_pair = -1
@@ -440,56 +562,44 @@ def kill_check_nb(t: int, state, positions, open_, high, low, close, valid, atr,
         trig = _K_API
     m = positions.shape[0]
     for j in range(m):
-        pos = positions[j]
-        o = open_[t, j]
-        h = high[t, j]
-        lo = low[t, j]
-        c = close[t, j]
-        # positive, finite (NaN fails every comparison) and consistent
-        ok = valid[t, j] and 0.0 < lo <= h < np.inf and 0.0 < o < np.inf and 0.0 < c < np.inf
-        if not ok:
-            if (pos.seen != 0 or valid[t, j]) and trig == 0:
-                trig = _K_DATA
-                trig_pair = j
-            continue
-        s = spread[t, j]
-        if trig == 0 and s == s:
-            if s > p.spread_max:
-                trig = _K_SPREAD
-                trig_pair = j
-                trig_val = s
-            elif (p.spread_anomaly_mult > 0.0 and pos.n_spread >= p.spread_min_obs
-                  and s > p.spread_anomaly_mult * pos.spread_base):
-                trig = _K_SPREAD
-                trig_pair = j
-                trig_val = s
-        if trig == 0 and p.vol_spike_mult > 0.0 and pos.atr_prev == pos.atr_prev and pos.atr_prev > 0.0:
-            pc = pos.prev_close
-            hi2 = h if not (pc == pc) or h > pc else pc
-            lo2 = lo if not (pc == pc) or lo < pc else pc
-            tr = hi2 - lo2
-            if tr > p.vol_spike_mult * pos.atr_prev:
-                trig = _K_VOL
-                trig_pair = j
-                trig_val = tr / pos.atr_prev
-        # baselines (after the checks: a bar never hides its own anomaly)
-        if s == s and s >= 0.0:
-            if pos.n_spread == 0:
-                pos.spread_base = s
-            else:
-                pos.spread_base = pos.spread_base + p.spread_alpha * (s - pos.spread_base)
-            pos.n_spread += 1
-        a = atr[t, j]
-        if a == a:
-            pos.atr_prev = a
-        pos.prev_close = c
-        pos.seen = 1
-    if trig != 0 and st.kill_reason == 0:
-        st.kill_reason = trig
-        st.kill_bar = t
+        nt, v = kill_pair_nb(positions[j], valid[t, j], open_[t, j], high[t, j], low[t, j], close[t, j],
+                             spread[t, j], atr[t, j], trig, p)
+        if nt != 0:
+            trig = nt
+            trig_pair = j
+            trig_val = v
+    if latch_kill_nb(st, t, trig):
         cnt[C_KILLS] += 1
         emit_event_nb(events, cnt, t, trig_pair, _EV_KILL, _R_KILL_API + trig - 1, trig_val)
     st.trading_state = effective_state_nb(st)
+
+
+@njit(cache=True, inline="always")
+def mark_state_nb(st, expo: float, t: int, p):
+    """Equity, peak, drawdown and tiers from the marked exposure; (halt latched now, tier changed)."""
+    st.exposure = expo
+    st.equity = st.cash + expo
+    if st.equity > st.peak:
+        st.peak = st.equity
+    st.drawdown = 1.0 - st.equity / st.peak if st.peak > 0.0 else 1.0
+    dd = st.drawdown
+    halt_ev = False
+    if st.halted == 0 and dd >= p.dd_halt:
+        st.halted = 1
+        st.halt_bar = t
+        halt_ev = True
+    tier = 0
+    if dd >= p.dd_tier2:
+        tier = 2
+    elif dd >= p.dd_tier1:
+        tier = 1
+    tier_ev = False
+    if tier != st.tier:
+        st.tier = tier
+        tier_ev = True
+    st.trading_state = effective_state_nb(st)
+    st.bar = t
+    return halt_ev, tier_ev
 
 
 @njit(cache=True, inline="always")
@@ -505,26 +615,11 @@ def mark_nb(t: int, state, positions, close, valid, p, events, cnt) -> None:
                 pos.mark = c
         if pos.qty != 0.0:
             expo += pos.qty * pos.mark
-    st.exposure = expo
-    st.equity = st.cash + expo
-    if st.equity > st.peak:
-        st.peak = st.equity
-    st.drawdown = 1.0 - st.equity / st.peak if st.peak > 0.0 else 1.0
-    dd = st.drawdown
-    if st.halted == 0 and dd >= p.dd_halt:
-        st.halted = 1
-        st.halt_bar = t
-        emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, dd)
-    tier = 0
-    if dd >= p.dd_tier2:
-        tier = 2
-    elif dd >= p.dd_tier1:
-        tier = 1
-    if tier != st.tier:
-        st.tier = tier
-        emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_TIER, dd)
-    st.trading_state = effective_state_nb(st)
-    st.bar = t
+    halt_ev, tier_ev = mark_state_nb(st, expo, t, p)
+    if halt_ev:
+        emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, st.drawdown)
+    if tier_ev:
+        emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_TIER, st.drawdown)
 
 
 @njit(cache=True)
@@ -544,6 +639,110 @@ def _set_order_nb(o, t: int, side: int, kind: int, reason: int, qty: float, limi
 
 
 @njit(cache=True, inline="always")
+def exit_reason_nb(pos, c: float, pu: float, t: int, p):
+    """(reason, order kind) of an exit of the open position ``pos`` at close ``c``; reason 0: hold."""
+    reason = 0
+    kind = p.exit_kind
+    if pos.stop == pos.stop and c <= pos.stop:
+        reason = _R_STOP
+        kind = _MARKET
+    elif pos.take_profit == pos.take_profit and c >= pos.take_profit:
+        reason = _R_TP
+        kind = _MARKET
+    elif pu == pu and pu < p.p_up_exit:
+        reason = _R_SIGNAL
+    elif p.max_hold_bars > 0 and t - pos.entry_bar >= p.max_hold_bars:
+        reason = _R_TIME
+    return reason, kind
+
+
+@njit(cache=True)
+def exit_order_nb(o, pos, t: int, c: float, reason: int, kind: int, a: float, s: float, pdec: int, p) -> None:
+    limit = np.nan
+    if kind == _LIMIT_FIRST:
+        limit = c * (1.0 + p.limit_offset)
+        if p.enforce_precision != 0:
+            limit = round_price_nb(limit, pdec, True)
+    _set_order_nb(o, t, SELL, kind, reason, pos.qty, limit, c, a, s, 0.0)
+
+
+@njit(cache=True, inline="always")
+def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float):
+    """The entry checks that do not depend on the other entries of the same bar (data, halt, kill
+    switch, edge, ATR): (refusal reason or 0, refusal value)."""
+    if not vld or not (c > 0.0):
+        return _R_NO_DATA, pu
+    if st.halted != 0:
+        return _R_HALTED, st.drawdown
+    if st.kill_reason != 0:
+        return _R_KILL, float(st.kill_reason)
+    if not (er == er) or er <= p.min_edge:
+        return _R_EDGE, er
+    if p.sizing == SIZING_RISK and not (a == a and a > 0.0):
+        return _R_NO_ATR, a
+    return 0, 0.0
+
+
+@njit(cache=True, inline="always")
+def entry_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float, n_open: int, maxpos: int,
+                  cap: float, eq: float, committed: float):
+    """Entry checks before the cluster cap: (refusal reason or 0, refusal value, exposure room)."""
+    r, v = entry_static_gate_nb(st, p, vld, c, pu, er, a)
+    if r != 0:
+        return r, v, 0.0
+    if n_open >= maxpos:
+        return _R_MAXPOS, float(n_open), 0.0
+    room_x = cap * eq - committed
+    if room_x <= 0.0:
+        return _R_EXPOSURE, committed / eq, 0.0
+    return 0, 0.0, room_x
+
+
+@njit(cache=True)
+def entry_size_nb(st, p, reserved: float, room_x: float, room_c: float, c: float, a: float, eq: float,
+                  rmult: float, lot: int, omin: float, cmin: float):
+    """Entry size after the caps: (refusal reason or 0, refusal value, quantity)."""
+    f = p.fee_rate
+    room_cash = (st.cash - reserved) / (1.0 + f + p.slip_buffer)
+    if room_cash <= 0.0:
+        return _R_CASH, st.cash - reserved, 0.0
+    if p.sizing == SIZING_RISK:
+        notional = rmult * p.base_risk * eq / (p.stop_atr_mult * a) * c
+    else:
+        notional = p.fixed_fraction * (st.cash - reserved) / (1.0 + f)
+    bind = 0
+    if notional > room_x:
+        notional = room_x
+        bind = _R_EXPOSURE
+    if notional > room_c:
+        notional = room_c
+        bind = _R_CLUSTER
+    if notional > room_cash:
+        notional = room_cash
+        bind = _R_CASH
+    qty = notional / c
+    if p.enforce_precision != 0:
+        qty = round_down_nb(qty, lot)
+        if qty < omin or qty <= 0.0:
+            return (bind if bind != 0 else _R_ORDERMIN), qty, qty
+        if qty * c < cmin:
+            return (bind if bind != 0 else _R_COSTMIN), qty * c, qty
+    elif not (qty > 0.0):
+        return (bind if bind != 0 else _R_ORDERMIN), qty, qty
+    return 0, 0.0, qty
+
+
+@njit(cache=True)
+def entry_order_nb(o, t: int, qty: float, c: float, a: float, s: float, pdec: int, p) -> None:
+    limit = np.nan
+    if p.entry_kind == _LIMIT_FIRST:
+        limit = c * (1.0 - p.limit_offset)
+        if p.enforce_precision != 0:
+            limit = round_price_nb(limit, pdec, False)
+    _set_order_nb(o, t, BUY, p.entry_kind, _R_ENTRY, qty, limit, c, a, s, p.fixed_fraction)
+
+
+@njit(cache=True, inline="always")
 def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
               ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf) -> None:
     """Decisions at the close of bar t: exits, then entries, as pending orders for bar t+1."""
@@ -555,26 +754,10 @@ def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, at
         if pos.qty == 0.0 or pending[j].active != 0 or not valid[t, j]:
             continue
         c = close[t, j]
-        reason = 0
-        kind = p.exit_kind
-        if pos.stop == pos.stop and c <= pos.stop:
-            reason = _R_STOP
-            kind = _MARKET
-        elif pos.take_profit == pos.take_profit and c >= pos.take_profit:
-            reason = _R_TP
-            kind = _MARKET
-        elif p_up[t, j] == p_up[t, j] and p_up[t, j] < p.p_up_exit:
-            reason = _R_SIGNAL
-        elif p.max_hold_bars > 0 and t - pos.entry_bar >= p.max_hold_bars:
-            reason = _R_TIME
+        reason, kind = exit_reason_nb(pos, c, p_up[t, j], t, p)
         if reason == 0:
             continue
-        limit = np.nan
-        if kind == _LIMIT_FIRST:
-            limit = c * (1.0 + p.limit_offset)
-            if p.enforce_precision != 0:
-                limit = round_price_nb(limit, price_dec[j], True)
-        _set_order_nb(pending[j], t, SELL, kind, reason, pos.qty, limit, c, atr[t, j], spread[t, j], 0.0)
+        exit_order_nb(pending[j], pos, t, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
         emit_event_nb(events, cnt, t, j, _EV_ORDER, reason, pos.qty)
     # ---- entries: candidates (P(up) >= threshold, flat, nothing pending) by expected return,
     # highest first, ties by column (stable insertion sort; NaN expected return last)
@@ -606,30 +789,12 @@ def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, at
     f = p.fee_rate
     for k in range(nc):
         j = order_buf[k]
-        pu = p_up[t, j]
-        if not valid[t, j] or not (close[t, j] > 0.0):
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_NO_DATA, pu)
-            continue
-        if st.halted != 0:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_HALTED, st.drawdown)
-            continue
-        if st.kill_reason != 0:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_KILL, float(st.kill_reason))
-            continue
-        er = exp_ret[t, j]
-        if not (er == er) or er <= p.min_edge:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_EDGE, er)
-            continue
+        c = close[t, j]
         a = atr[t, j]
-        if p.sizing == SIZING_RISK and not (a == a and a > 0.0):
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_NO_ATR, a)
-            continue
-        if n_open >= maxpos:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_MAXPOS, float(n_open))
-            continue
-        room_x = cap * eq - committed
-        if room_x <= 0.0:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_EXPOSURE, committed / eq)
+        r, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, n_open, maxpos,
+                                     cap, eq, committed)
+        if r != 0:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, r, v)
             continue
         cj = cluster[t, j]
         room_c = p.max_cluster_exposure * eq
@@ -643,44 +808,12 @@ def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, at
         if room_c <= 0.0:
             refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
             continue
-        room_cash = (st.cash - reserved) / (1.0 + f + p.slip_buffer)
-        if room_cash <= 0.0:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_CASH, st.cash - reserved)
+        r, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j], ordermin[j],
+                                  costmin[j])
+        if r != 0:
+            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, r, v)
             continue
-        c = close[t, j]
-        if p.sizing == SIZING_RISK:
-            notional = rmult * p.base_risk * eq / (p.stop_atr_mult * a) * c
-        else:
-            notional = p.fixed_fraction * (st.cash - reserved) / (1.0 + f)
-        bind = 0
-        if notional > room_x:
-            notional = room_x
-            bind = _R_EXPOSURE
-        if notional > room_c:
-            notional = room_c
-            bind = _R_CLUSTER
-        if notional > room_cash:
-            notional = room_cash
-            bind = _R_CASH
-        qty = notional / c
-        if p.enforce_precision != 0:
-            qty = round_down_nb(qty, lot_dec[j])
-            if qty < ordermin[j] or qty <= 0.0:
-                refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, bind if bind != 0 else _R_ORDERMIN, qty)
-                continue
-            if qty * c < costmin[j]:
-                refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, bind if bind != 0 else _R_COSTMIN, qty * c)
-                continue
-        elif not (qty > 0.0):
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, bind if bind != 0 else _R_ORDERMIN, qty)
-            continue
-        limit = np.nan
-        if p.entry_kind == _LIMIT_FIRST:
-            limit = c * (1.0 - p.limit_offset)
-            if p.enforce_precision != 0:
-                limit = round_price_nb(limit, price_dec[j], False)
-        _set_order_nb(pending[j], t, BUY, p.entry_kind, _R_ENTRY, qty, limit, c, a, spread[t, j],
-                      p.fixed_fraction)
+        entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
         emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
         committed += qty * c
         reserved += qty * c * (1.0 + f + p.slip_buffer)

@@ -81,8 +81,11 @@ class SimServer:
         self.host, self.port = host, port
         self.exchange = ex
         self.app = create_app(ex)
+        # log_config=None: uvicorn's default applies logging.config.dictConfig, which closes every
+        # existing handler in the process (the daemon's, or pytest's capture handlers); the
+        # simulator must not reconfigure global logging.
         cfg = uvicorn.Config(self.app, host=host, port=port, log_level="warning", access_log=False,
-                             lifespan="off", timeout_keep_alive=30)
+                             lifespan="off", timeout_keep_alive=30, log_config=None)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, name=f"kq-sim-{port}", daemon=True)
 

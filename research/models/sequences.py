@@ -97,7 +97,9 @@ def tf_setup(seed: int):
     global _TF_READY
     import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3: TensorFlow C++ logs only fatal errors (keras 3.15 on TF 2.21 prints a harmless NodeDef
+    # "use_unbounded_threadpool" error line on every fit otherwise); set it lower to debug.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import tensorflow as tf
 

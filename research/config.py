@@ -1,0 +1,142 @@
+"""The ``[research]`` table of a config file: walk-forward folds, models, horizons, the trade horizon.
+
+The engine must not import research, so the research settings are not a section of
+:class:`engine.config.Config`. :func:`load_research_config` reads ONE TOML file (following
+``extends``) with :func:`engine.config.read_toml`, pops its ``[research]`` table, validates it as a
+:class:`ResearchConfig` and hands the rest to :func:`engine.config.config_from_dict`. Errors name the
+key (``research.folds.train_bars: ...``) and are :class:`~engine.errors.ConfigError`.
+
+Keys (all optional; defaults are the research-sized run)::
+
+    [research]
+    pairs = ["BTC/USDT", "ETH/USDT"]   # default: every stored pair of the venue
+    start = "2024-01-01"              # first bar predicted/trained on (history before it warms features)
+    end = "2024-06-30"                # last bar (a bare date includes the day)
+    horizons = [1, 4, 24]             # label horizons modelled (default: [labels].horizons)
+    trade_horizon = 24                # the meta-learner's horizon that becomes trade signals
+    base_models = ["xgboost", ...]    # base models stacked (default: all five)
+    tiny = false                      # TINY_PARAMS over the model sizes (tests, configs/ci.toml)
+    label_with_cost = false           # up label = forward return above the round-trip cost
+    use_universe = true               # train and trade only universe members (configs/universe.toml)
+    leak_auc = 0.60                   # out-of-sample AUC above this is flagged as a suspected leak
+    leak_min_effective_n = 500        # ... when labelled rows / horizon reach this (overlapping labels)
+    n_trials = 1                      # configurations tried (for the deflated Sharpe ratio)
+    warmup_bars = 768                 # history loaded before start (features, universe, regime)
+
+    [research.folds]                  # bars = hours
+    train_bars = 8760
+    test_bars = 2190
+    purge_bars = 24                   # >= the longest horizon (checked)
+    embargo_bars = 24
+    expanding = false
+    inner_folds = 3                   # the meta-learner's inner purged folds
+
+    [research.models.xgboost]         # research.models.base.ModelsConfig, one table per model
+    n_estimators = 300
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from engine.config import Config, Frozen, _format_validation, config_from_dict, read_toml
+from engine.errors import ConfigError
+from research.models.base import BASE_MODEL_NAMES, ModelsConfig
+
+__all__ = ["FoldsConfig", "ResearchConfig", "load_research_config", "research_from_dict"]
+
+
+class FoldsConfig(Frozen):
+    train_bars: int = Field(8760, ge=48, description="rolling training window (first window if expanding)")
+    test_bars: int = Field(2190, ge=1, description="test block length")
+    purge_bars: int = Field(24, ge=0, description="gap between training end and test start (>= longest horizon)")
+    embargo_bars: int = Field(24, ge=0, description="bars after each test block left out of later training")
+    expanding: bool = Field(False, description="anchored (expanding) instead of rolling windows")
+    inner_folds: int = Field(3, ge=2, le=20, description="inner purged folds of the stacking meta-learner")
+
+
+class ResearchConfig(Frozen):
+    pairs: tuple[str, ...] | None = None
+    start: str | int | None = None
+    end: str | int | None = None
+    horizons: tuple[int, ...] | None = Field(None, description="label horizons modelled; default [labels].horizons")
+    trade_horizon: int = Field(24, ge=1, description="meta-learner horizon that becomes trade signals")
+    base_models: tuple[str, ...] = BASE_MODEL_NAMES
+    tiny: bool = False
+    label_with_cost: bool = False
+    use_universe: bool = True
+    leak_auc: float = Field(0.60, gt=0.5, le=1.0)
+    leak_min_effective_n: float = Field(500.0, ge=0.0, description="labelled rows / horizon needed to judge an AUC")
+    n_trials: int = Field(1, ge=1)
+    warmup_bars: int = Field(768, ge=0, le=20000)
+    folds: FoldsConfig = FoldsConfig()
+    models: ModelsConfig = ModelsConfig()
+
+    @field_validator("base_models")
+    @classmethod
+    def _models_known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [x for x in v if x not in BASE_MODEL_NAMES]
+        if bad:
+            raise ValueError(f"unknown model(s) {', '.join(bad)}; known: {', '.join(BASE_MODEL_NAMES)}")
+        if not v or len(set(v)) != len(v):
+            raise ValueError("base_models must be a non-empty list without repeats")
+        return v
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, v):
+        if v is None:
+            return v
+        from engine.pairs import normalize_pair
+
+        try:
+            return tuple(normalize_pair(str(p)) for p in v)
+        except Exception as e:  # InputError with the offending spelling
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ResearchConfig":
+        h = self.horizons
+        if h is not None:
+            if not h or any(x < 1 or x > 720 for x in h) or list(h) != sorted(set(h)):
+                raise ValueError("horizons must be strictly increasing whole numbers of bars in 1..720")
+        return self
+
+    def horizons_for(self, cfg: Config) -> tuple[int, ...]:
+        return tuple(self.horizons) if self.horizons is not None else tuple(cfg.labels.horizons)
+
+
+def research_from_dict(raw: dict | None, cfg: Config, source: str = "<dict>") -> ResearchConfig:
+    """Validate a ``[research]`` table against the engine config it runs with."""
+    try:
+        rc = ResearchConfig(**(raw or {}))
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format_validation(e, prefix='research')}") from None
+    except TypeError as e:
+        raise ConfigError(f"{source}: research: {e}") from None
+    hs = rc.horizons_for(cfg)
+    if rc.trade_horizon not in hs:
+        raise ConfigError(f"{source}: research.trade_horizon: {rc.trade_horizon} is not one of the horizons "
+                          f"{list(hs)}")
+    if rc.folds.purge_bars < max(hs):
+        raise ConfigError(f"{source}: research.folds.purge_bars: {rc.folds.purge_bars} is shorter than the "
+                          f"longest label horizon ({max(hs)} bars): training labels would read test bars")
+    return rc
+
+
+def load_research_config(path: str | Path) -> tuple[Config, ResearchConfig]:
+    """(engine Config, ResearchConfig) from one TOML file; the ``[research]`` table is optional."""
+    p = Path(path)
+    raw = read_toml(p)
+    r = raw.pop("research", None)
+    if r is not None and not isinstance(r, dict):
+        raise ConfigError(f"{p}: research: must be a table")
+    cfg = config_from_dict(raw, str(p))
+    return cfg, research_from_dict(r, cfg, str(p))
+
+
+def research_to_json(rc: ResearchConfig) -> dict[str, Any]:
+    return rc.model_dump(mode="json")

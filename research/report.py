@@ -1,0 +1,182 @@
+"""Outputs of a walk-forward run: folds.json, predictions.parquet, regime.parquet, signals.parquet,
+metrics.json, report.html and the backtester's own outputs under ``backtest/``.
+
+Everything is written into a temporary folder next to ``out`` and moved into place only when all
+files exist, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import InputError
+
+__all__ = ["build_metrics", "write_walkforward", "write_report"]
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if np.isfinite(f) else None
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def build_metrics(res, meta: dict) -> dict:
+    """The metrics.json document (see research.walkforward for every field's meaning)."""
+    bt = res.backtest.metrics_dict() if res.backtest is not None else None
+    return _clean({
+        "meta": meta,
+        "suspected_leak": res.suspected_leak,
+        "leak_flags": res.leak_flags,
+        "models": res.model_metrics,
+        "strategy": bt,
+        "overfitting": {"deflated_sharpe": res.strategy_stats.get("deflated_sharpe"),
+                        "pbo": res.strategy_stats.get("pbo")},
+        "strategy_diagnostics": {k: v for k, v in res.strategy_stats.items()
+                                 if k not in ("deflated_sharpe", "pbo")},
+        "timings": res.timings,
+        "stage_seconds": res.stage_seconds,
+    })
+
+
+def write_walkforward(res, out_dir: str | Path, cfg, meta: dict, backtest_writer=None) -> dict:
+    """Write every output atomically; returns the metrics document.
+
+    ``backtest_writer(result, folder, cfg, meta)`` writes the backtester's own outputs into
+    ``OUT/backtest/`` (the CLI passes ``kq.backtest.write_outputs``; research does not import kq)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a folder")
+    if not out.parent.exists():
+        raise InputError(f"--out {out_dir}: parent folder {out.parent} does not exist")
+    tmp = out.parent / f".{out.name}.wf-tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        (tmp / "folds.json").write_text(json.dumps(_clean(res.folds), indent=2) + "\n")
+        res.predictions.to_parquet(tmp / "predictions.parquet", index=False)
+        res.regime.to_parquet(tmp / "regime.parquet", index=False)
+        res.signals.to_parquet(tmp / "signals.parquet", index=False)
+        metrics = build_metrics(res, meta)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        if res.backtest is not None and backtest_writer is not None:
+            backtest_writer(res.backtest, tmp / "backtest", cfg, dict(meta, signals="walk-forward meta-learner"))
+        write_report(res, metrics, tmp / "report.html")
+        out.mkdir(exist_ok=True)
+        if (out / "backtest").is_dir():
+            shutil.rmtree(out / "backtest")
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return metrics
+
+
+def write_report(res, metrics: dict, path: Path) -> None:
+    """Self-contained HTML (plotly.js embedded once): per-fold model quality, equity, drawdown,
+    regime timeline, overfitting statistics and the leak flags."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = [r for r in res.model_metrics if r["fold"] != "all"]
+    q = pd.DataFrame(rows)
+    figs = []
+    if len(q):
+        hs = sorted(q["horizon"].unique())
+        f1 = make_subplots(rows=1, cols=len(hs), subplot_titles=[f"out-of-sample AUC, {h}h" for h in hs])
+        for c, h in enumerate(hs, start=1):
+            for mo in sorted(q["model"].unique(), key=lambda s: (s != "meta", s)):
+                s = q[(q["horizon"] == h) & (q["model"] == mo)]
+                f1.add_trace(go.Bar(x=[f"fold {f}" for f in s["fold"]], y=s["auc"], name=f"{mo}",
+                                    legendgroup=mo, showlegend=c == 1), row=1, col=c)
+            f1.add_hline(y=0.5, line_dash="dot", row=1, col=c)
+        f1.update_layout(height=380, barmode="group", margin=dict(l=50, r=20, t=40, b=30))
+        f1.update_yaxes(range=[0.4, 0.7])
+        figs.append(f1)
+    if res.backtest is not None:
+        eq = res.backtest.equity_frame()
+        x = pd.to_datetime(eq["ts"], unit="s")
+        f2 = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("equity (meta signals)",
+                                                                              "drawdown from peak"))
+        f2.add_trace(go.Scattergl(x=x, y=eq["equity"], name="equity", line=dict(width=1)), row=1, col=1)
+        f2.add_trace(go.Scattergl(x=x, y=-eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
+                     row=2, col=1)
+        for fd in res.folds:
+            f2.add_vline(x=pd.to_datetime(fd["test_start"], unit="s"), line_dash="dot", line_color="grey")
+        f2.update_layout(height=600, showlegend=False, margin=dict(l=50, r=20, t=40, b=30))
+        figs.append(f2)
+    if len(res.regime):
+        rg = res.regime
+        f3 = go.Figure()
+        for p in sorted(rg["pair"].unique()):
+            s = rg[rg["pair"] == p]
+            f3.add_trace(go.Scattergl(x=pd.to_datetime(s["ts"], unit="s"), y=s["regime_code"], name=p,
+                                      mode="lines", line=dict(width=1, shape="hv")))
+        f3.update_layout(title="regime per pair (-1 unknown, 0 range, 1 trending, 2 high_vol, 3 crash)",
+                         height=350, margin=dict(l=50, r=20, t=40, b=30))
+        figs.append(f3)
+    body = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
+
+    def fmt(v):
+        return "" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
+
+    cols = ["model", "horizon", "fold", "n", "auc", "log_loss", "brier", "hit_rate", "base_rate", "suspected_leak"]
+    table = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+    for r in res.model_metrics:
+        style = " style='background:#fbb'" if r.get("suspected_leak") else ""
+        table += f"<tr{style}>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in cols) + "</tr>"
+    strat = metrics.get("strategy") or {}
+    keys = ["total_return", "annual_return", "sharpe", "sortino", "max_drawdown", "n_trades", "win_rate",
+            "fees_paid", "n_refusals", "n_kill_events"]
+    st = "".join(f"<tr><td>{k}</td><td>{fmt(strat.get(k))}</td></tr>" for k in keys)
+    ov = metrics.get("overfitting", {})
+    dsr = ov.get("deflated_sharpe") or {}
+    pbo = ov.get("pbo") or {}
+    st += f"<tr><td>deflated Sharpe (DSR)</td><td>{fmt(dsr.get('dsr'))} ({fmt(dsr.get('n_trials'))} trial(s))</td></tr>"
+    st += f"<tr><td>PBO (CSCV over model strategies)</td><td>{fmt(pbo.get('pbo'))}</td></tr>"
+    leak = ""
+    if res.leak_flags:
+        items = "".join(f"<li>{html.escape(f['model'])} {f['horizon']}h: AUC {f['auc']:.3f} &gt; {f['threshold']}</li>"
+                        for f in res.leak_flags)
+        leak = ("<div style='border:2px solid red;padding:8px'><b>SUSPECTED LEAK</b>: out-of-sample AUC above "
+                f"the sanity bound. Investigate before trusting any figure.<ul>{items}</ul></div>")
+    folds = "".join(
+        f"<tr><td>{fd['fold']}</td><td>{pd.to_datetime(fd['train_start'], unit='s')}</td>"
+        f"<td>{pd.to_datetime(fd['train_end'], unit='s')}</td><td>{pd.to_datetime(fd['test_start'], unit='s')}</td>"
+        f"<td>{pd.to_datetime(fd['test_end'], unit='s')}</td><td>{fd['purge_bars']}</td><td>{fd['embargo_bars']}</td></tr>"
+        for fd in res.folds)
+    names = sorted({k for t in res.timings for k in t.get("base_fit_s", {})})
+    timing = "<tr><th>fold</th><th>horizon</th><th>train rows</th><th>fit s</th><th>predict s</th>" + "".join(
+        f"<th>{html.escape(k)} s</th>" for k in names) + "</tr>"
+    for t in res.timings:
+        timing += (f"<tr><td>{t['fold']}</td><td>{t['horizon']}</td><td>{t['n_train_rows']}</td>"
+                   f"<td>{t['fit_s']:.1f}</td><td>{t['predict_s']:.1f}</td>"
+                   + "".join(f"<td>{t['base_fit_s'].get(k, 0.0):.1f}</td>" for k in names) + "</tr>")
+    meta = html.escape(", ".join(f"{k}: {v}" for k, v in metrics.get("meta", {}).items()))
+    path.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>krakenquant walk-forward</title>"
+        "<style>body{font-family:sans-serif;margin:20px}td,th{padding:2px 10px;text-align:right}</style>"
+        f"</head><body><h2>krakenquant walk-forward</h2><p>{meta}</p>{leak}"
+        "<h3>folds (UTC bar-open times, inclusive)</h3><table><tr><th>fold</th><th>train start</th>"
+        f"<th>train end</th><th>test start</th><th>test end</th><th>purge</th><th>embargo</th></tr>{folds}</table>"
+        f"<h3>strategy (meta-learner signals, out of sample)</h3><table>{st}</table>"
+        f"<h3>model quality (out of sample)</h3><table>{table}</table>{body}"
+        "<h3>time per fold and horizon (base-model columns: inner folds + refit)</h3>"
+        f"<table>{timing}</table></body></html>")

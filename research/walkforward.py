@@ -1,0 +1,521 @@
+"""The walk-forward research loop: folds -> fit -> out-of-sample predictions -> stack -> signals -> backtest.
+
+Data
+----
+One :class:`~engine.store.panel.Panel` (hourly grid, several pairs) and its causal
+:class:`~engine.features.featureset.FeatureSet`. A row is a (bar, pair). A row is **eligible** when its
+features are all finite, the pair is a universe member at that bar (``engine.universe``, unless
+``use_universe = false``) and its bar is at or after the research ``start``. Labels (the only future
+reads) come from :func:`engine.features.labels.future_labels`: the up label and the forward log return
+of each horizon h read bars t .. t+h.
+
+Folds
+-----
+A :class:`research.folds.PurgedWalkForward` over the bars that hold at least one eligible row
+(``[research.folds]``: train/test/purge/embargo bars, rolling or expanding). ``purge_bars`` must be
+>= the longest horizon (checked by the config loader), so no training label reads a test bar. The
+same folds serve every horizon. ``folds.json`` is the splitter's own ``folds_table``.
+
+Per fold and horizon
+--------------------
+* Training matrix: for every pair with training rows, the CONTIGUOUS block of its rows from the
+  first to the last training bar (sorted by pair, then time; ``segments`` = pair), so the sequence
+  models see an unbroken history. A row is a training target (finite ``y``) only if it is eligible,
+  its bar is a training bar of the fold (the purge and embargoed bars are not) and its label exists;
+  other rows carry ``y = NaN`` and serve only as history. ``returns`` is the simple forward return
+  ``exp(fwd_log_return) - 1`` of the target rows (the expected-return heads are in simple returns,
+  the unit the backtester compares with the round-trip cost).
+* :class:`research.models.meta.StackingMetaLearner` with the configured base models, regime
+  classifier and ``inner_folds`` purged inner folds (it fits the bases on inner folds for
+  out-of-fold stacking inputs, then refits them on the whole window).
+* Prediction: per pair the rows from ``warm`` bars before the test block to its end (``warm`` =
+  the longest sequence length / regime window + 2) so sequence models and the regime labels have
+  their history; the output is sliced to the eligible test rows. Every eligible test row gets one
+  prediction per model and horizon (a sequence model without a full valid window gives NaN P(up)
+  there, and the meta-learner reads it as 0.5 = no view).
+
+Outputs
+-------
+``predictions`` (ts, pair, horizon, model, fold, p_up, exp_return; models ``xgboost``, ``lightgbm``,
+``random_forest``, ``lstm``, ``transformer``, ``meta``; ``exp_return`` is a simple return over the
+horizon), ``regime`` (ts, pair, fold, regime, regime_code) from the regime classifier fitted inside
+the fold's meta-learner of the first horizon, per-(model, fold, horizon) quality (AUC, log loss,
+Brier, hit rate) and the pooled out-of-sample quality per (model, horizon). A pooled out-of-sample
+AUC above ``leak_auc`` (0.60; published crypto direction work reports 0.52-0.56) is flagged as a
+suspected leak (``leak_flags``, ``suspected_leak``, red in the report). The rule applies to every
+horizon whose labelled rows give at least ``leak_min_effective_n`` (500) effective outcomes, counted
+as ``n / h`` because h-bar labels overlap: hourly direction is always judged (the issue's rule), a
+24 h AUC only on enough data (on a 10-day test block of two pairs the 24 h AUC swings between 0.3
+and 0.7 by chance, measured).
+
+Strategy
+--------
+Only the meta-learner's ``trade_horizon`` output becomes signals (ts, pair, p_up, exp_return): a
+signal at ts is computed from bars <= ts and acts in the next bar (the backtester's convention). The
+backtest runs over the out-of-sample span (first to last test bar) with the config's risk, execution
+and backtest rules; ATR, spread and correlation clusters are computed on the full loaded panel
+(causal) and then sliced, so they are warm at the first test bar. For the overfitting statistics
+every model's own trade-horizon output is also backtested (diagnostics only): PBO (CSCV) over those
+hourly return series, and the deflated Sharpe ratio of the meta strategy given ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from engine.config import Config, LabelsConfig
+from engine.errors import InputError
+from research.config import ResearchConfig
+from research.models.base import make_model
+from research.models.meta import StackingMetaLearner
+
+__all__ = ["WalkForwardResult", "run_walkforward", "eligible_rows", "make_splitter", "quality",
+           "PREDICTION_COLUMNS", "OUT_MODEL_NAMES"]
+
+PREDICTION_COLUMNS = ("ts", "pair", "horizon", "model", "fold", "p_up", "exp_return")
+HOUR = 3600
+
+# ------------------------------------------------------------------------------------------------
+# progress and per-model timing hooks (the meta-learner fits its bases internally)
+
+_HOOK: dict[str, Any] = {"on_fit": None}
+
+
+def _model_name(est: Any) -> str:
+    return {"XGBoostModel": "xgboost", "LightGBMModel": "lightgbm", "RandomForestModel": "random_forest",
+            "LSTMModel": "lstm", "TransformerModel": "transformer"}.get(type(est).__name__, type(est).__name__)
+
+
+class _TimedMeta(StackingMetaLearner):
+    """The stacking meta-learner, unchanged, with each base fit timed and reported (progress bar)."""
+
+    @staticmethod
+    def _base_fit(est, X, y, rows, returns=None, segments=None):
+        cb = _HOOK["on_fit"]
+        name = _model_name(est)
+        if cb is not None:
+            cb("start", name, rows is None)
+        t0 = time.perf_counter()
+        out = StackingMetaLearner._base_fit(est, X, y, rows, returns, segments)
+        if cb is not None:
+            cb("done", name, time.perf_counter() - t0)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass(eq=False)
+class WalkForwardResult:
+    folds: list[dict]
+    predictions: pd.DataFrame
+    regime: pd.DataFrame
+    model_metrics: list[dict]           # per model, fold, horizon (and fold = "all")
+    leak_flags: list[dict]
+    signals: pd.DataFrame
+    backtest: Any                        # engine.backtest.runner.BacktestResult of the meta signals
+    strategy_stats: dict
+    timings: list[dict]
+    labels: dict[int, np.ndarray] = field(repr=False, default_factory=dict)  # up labels (n, m) per horizon
+    ts: np.ndarray | None = None
+    pairs: tuple[str, ...] = ()
+    fitted: dict = field(repr=False, default_factory=dict)  # (fold, horizon) -> fitted meta (keep_models)
+    stage_seconds: dict = field(default_factory=dict)
+
+    @property
+    def suspected_leak(self) -> bool:
+        return bool(self.leak_flags)
+
+
+# ------------------------------------------------------------------------------------------------
+# pieces
+
+
+def eligible_rows(fs, member: np.ndarray | None, start_ts: int | None = None) -> np.ndarray:
+    """(n, m) bool: features all finite, universe member, bar at or after ``start_ts``."""
+    finite = fs.valid & np.isfinite(fs.values).all(axis=2)
+    out = finite if member is None else finite & np.asarray(member, dtype=bool)
+    if start_ts is not None:
+        out = out & (fs.ts >= int(start_ts))[:, None]
+    return out
+
+
+def make_splitter(rc: ResearchConfig):
+    from research.folds import PurgedWalkForward
+
+    f = rc.folds
+    return PurgedWalkForward(train_bars=f.train_bars, test_bars=f.test_bars, purge_bars=f.purge_bars,
+                             embargo_bars=f.embargo_bars, expanding=f.expanding)
+
+
+def _base_models(rc: ResearchConfig, seed: int) -> list[tuple[str, Any]]:
+    return [(n, make_model(n, tiny=rc.tiny, config=getattr(rc.models, n), seed=seed)) for n in rc.base_models]
+
+
+def _meta(rc: ResearchConfig, seed: int) -> StackingMetaLearner:
+    mc = rc.models.meta
+    return _TimedMeta(models=_base_models(rc, seed), regime=make_model("regime", tiny=rc.tiny, config=rc.models.regime),
+                      use_regime=mc.use_regime, inner_folds=rc.folds.inner_folds, purge_bars=rc.folds.purge_bars,
+                      C=mc.C, ridge_alpha=mc.ridge_alpha, model_size="tiny" if rc.tiny else "research", seed=seed)
+
+
+def _warm_bars(meta: StackingMetaLearner) -> int:
+    w = 1
+    for _, m in meta.models:
+        w = max(w, int(getattr(m, "seq_len", 1)))
+    if meta.use_regime and meta.regime is not None:
+        w = max(w, int(meta.regime.trend_bars), int(meta.regime.vol_bars))
+    return w + 2
+
+
+def _block(X3: np.ndarray, close: np.ndarray, lo: int, hi: int, cols: list[int]):
+    """Rows lo..hi (inclusive) of every pair in ``cols``, pair-major: X (r, k), close, segments, bar."""
+    nb = hi - lo + 1
+    X = np.concatenate([X3[lo:hi + 1, j, :] for j in cols], axis=0)
+    c = np.concatenate([close[lo:hi + 1, j] for j in cols])
+    seg = np.repeat(np.asarray(cols, dtype=np.int64), nb)
+    bar = np.tile(np.arange(lo, hi + 1, dtype=np.int64), len(cols))
+    return X, c, seg, bar
+
+
+def quality(y: np.ndarray, p: np.ndarray) -> dict:
+    """AUC, log loss, Brier score and hit rate of P(up) against 0/1 labels (rows with both finite)."""
+    from sklearn.metrics import roc_auc_score
+
+    ok = np.isfinite(y) & np.isfinite(p)
+    y, p = y[ok], p[ok]
+    out: dict[str, Any] = {"n": int(y.size)}
+    if y.size == 0:
+        return out | {"auc": None, "log_loss": None, "brier": None, "hit_rate": None, "base_rate": None}
+    pc = np.clip(p, 1e-15, 1 - 1e-15)
+    out["auc"] = float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else None
+    out["log_loss"] = float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)))
+    out["brier"] = float(np.mean((p - y) ** 2))
+    out["hit_rate"] = float(np.mean((p >= 0.5) == (y == 1)))
+    out["base_rate"] = float(np.mean(y))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, member: np.ndarray | None = None,
+                    start_ts: int | None = None, progress: Callable[..., None] | None = None,
+                    shuffle_train_labels: int | None = None, keep_models: bool = False,
+                    backtest: bool = True, max_folds: int | None = None) -> WalkForwardResult:
+    """Run the whole loop on ``panel`` (see the module doc).
+
+    ``features``: a prebuilt FeatureSet of ``panel`` (default: built with ``cfg.features``).
+    ``member``: (n, m) universe mask (default: ``engine.universe.universe_mask`` when
+    ``rc.use_universe``). ``start_ts``: first bar that may be trained on or predicted (history
+    before it only warms features). ``progress(event, **info)`` receives ``plan``, ``step``,
+    ``fit``, ``fold_done`` events. ``shuffle_train_labels`` (a seed): permute the labels (and
+    forward returns) among each fold's training targets - a permutation test; out-of-sample skill
+    must then vanish. ``keep_models``: keep every fitted meta-learner in ``result.fitted``.
+    ``max_folds``: run only the first N folds (benchmarks, debugging).
+    """
+    from engine.features.featureset import build_features
+    from engine.features.labels import future_labels
+
+    horizons = rc.horizons_for(cfg)
+    n, m = panel.close.shape
+    stage: dict[str, float] = {}
+    t_stage = time.perf_counter()
+    if member is None and rc.use_universe:
+        from engine.universe import universe_mask
+
+        member = universe_mask(panel)
+    if features is None:
+        features = build_features(panel, cfg.features, member)
+    if features.values.shape[:2] != (n, m) or not np.array_equal(features.ts, panel.ts):
+        raise InputError("features do not match the panel (bars or pairs)")
+    elig = eligible_rows(features, member, start_ts)
+    if not elig.any():
+        raise InputError("no eligible rows: no bar has complete features for a universe member in the range "
+                         "(span too short for the feature warm-up, or no pair in the universe)")
+    X3 = np.where(np.isfinite(features.values), features.values, np.nan)
+    close = np.where(panel.valid, panel.close, np.nan)
+    lab = future_labels(panel, LabelsConfig(horizons=horizons), cfg.fees, with_cost=rc.label_with_cost)
+    up = {h: lab[f"future_up_{h}h"] for h in horizons}
+    fwd = {h: np.expm1(lab[f"fwd_ret_{h}h"]) for h in horizons}
+
+    stage["features_labels_s"] = time.perf_counter() - t_stage
+    t_stage = time.perf_counter()
+    bars = np.flatnonzero(elig.any(axis=1))
+    btimes = panel.ts[bars]
+    splitter = make_splitter(rc)
+    table = splitter.folds_table(btimes)
+    splits = [(bars[tr], bars[te]) for tr, te in splitter.split(None, times=btimes)]
+    n_folds_total = len(splits)
+    if max_folds is not None:
+        splits, table = splits[:int(max_folds)], table[:int(max_folds)]
+    if progress:
+        progress("plan", n_folds=len(splits), horizons=horizons, models=rc.base_models,
+                 inner_folds=rc.folds.inner_folds)
+
+    pair_arr = np.asarray(panel.pairs, dtype=object)
+    pred_parts: list[pd.DataFrame] = []
+    reg_parts: list[pd.DataFrame] = []
+    timings: list[dict] = []
+    fitted: dict = {}
+    rng_seed = shuffle_train_labels
+    reg_done: set[int] = set()
+
+    for k, (tr_b, te_b) in enumerate(splits):
+        is_train_bar = np.zeros(n, dtype=bool)
+        is_train_bar[tr_b] = True
+        lo, hi = int(tr_b.min()), int(tr_b.max())
+        te_set = np.zeros(n, dtype=bool)
+        te_set[te_b] = True
+        test_rows = elig & te_set[:, None]
+        test_cols = [j for j in range(m) if test_rows[:, j].any()]
+        for h in horizons:
+            target = elig & is_train_bar[:, None] & np.isfinite(up[h])
+            cols = [j for j in range(m) if target[lo:hi + 1, j].any()]
+            if not cols or not test_cols:
+                continue
+            X, c, seg, bar = _block(X3, close, lo, hi, cols)
+            tmask = np.concatenate([target[lo:hi + 1, j] for j in cols])
+            y = np.where(tmask, np.concatenate([up[h][lo:hi + 1, j] for j in cols]), np.nan)
+            r = np.where(tmask, np.concatenate([fwd[h][lo:hi + 1, j] for j in cols]), np.nan)
+            if rng_seed is not None:
+                idx = np.flatnonzero(tmask)
+                perm = np.random.default_rng([int(rng_seed), k, int(h)]).permutation(idx)
+                y[idx], r[idx] = y[perm], r[perm]
+            times = panel.ts[bar]
+            meta = _meta(rc, cfg.seed)
+            fit_times: dict[str, float] = {}
+
+            def on_fit(ev, name, arg, _k=k, _h=h, _ft=fit_times):
+                if ev == "done":
+                    _ft[name] = _ft.get(name, 0.0) + float(arg)
+                if progress:
+                    progress("fit", fold=_k, horizon=_h, model=name, stage=ev, final=arg if ev == "start" else None)
+
+            if progress:
+                progress("step", fold=k, horizon=h, n_train=int(np.isfinite(y).sum()))
+            _HOOK["on_fit"] = on_fit
+            t0 = time.perf_counter()
+            try:
+                meta.fit(X, y, close=c, returns=r, times=times, segments=seg)
+            finally:
+                _HOOK["on_fit"] = None
+            t_fit = time.perf_counter() - t0
+
+            # predict the test block with warm-up rows before it
+            t0 = time.perf_counter()
+            plo = max(int(te_b.min()) - _warm_bars(meta), 0)
+            phi = int(te_b.max())
+            Xp, cp, sp, bp = _block(X3, close, plo, phi, test_cols)
+            keep = np.concatenate([test_rows[plo:phi + 1, j] for j in test_cols])
+            P = meta.predict_base_proba(Xp, segments=sp)
+            pm = meta.predict_proba(Xp, close=cp, segments=sp)[:, 1]
+            rm = meta.predict_return(Xp, close=cp, segments=sp)
+            t_pred = time.perf_counter() - t0
+            ts_k = panel.ts[bp[keep]]
+            pr_k = pair_arr[sp[keep]]
+            for j, (name, est) in enumerate(meta.base_models_):
+                p = P[keep, j]
+                er = p * est.mu_up_ + (1.0 - p) * est.mu_down_
+                pred_parts.append(pd.DataFrame({"ts": ts_k, "pair": pr_k, "horizon": np.int64(h), "model": name,
+                                                "fold": np.int64(k), "p_up": p, "exp_return": er}))
+            pred_parts.append(pd.DataFrame({"ts": ts_k, "pair": pr_k, "horizon": np.int64(h), "model": "meta",
+                                            "fold": np.int64(k), "p_up": pm[keep], "exp_return": rm[keep]}))
+            if k not in reg_done:
+                reg_done.add(k)
+                if meta.regime_ is not None:
+                    from research.models.regime import REGIME_NAMES
+
+                    codes = meta.regime_.predict(cp, segments=sp)[keep].astype(np.int64)
+                    names = np.array(REGIME_NAMES + ("unknown",), dtype=object)[np.where(codes < 0, 4, codes)]
+                    part = pd.DataFrame({"ts": ts_k, "pair": pr_k, "fold": np.int64(k), "regime": names,
+                                         "regime_code": codes})
+                    reg_parts.append(part)
+            timings.append({"fold": k, "horizon": int(h), "fit_s": t_fit, "predict_s": t_pred,
+                            "n_train_rows": int(np.isfinite(y).sum()), "n_test_rows": int(keep.sum()),
+                            "base_fit_s": {kk: round(v, 4) for kk, v in fit_times.items()}})
+            if keep_models:
+                fitted[(k, int(h))] = meta
+            if progress:
+                progress("fold_done", fold=k, horizon=h)
+
+    if not pred_parts:
+        raise InputError("no fold had training and test rows")
+    preds = pd.concat(pred_parts, ignore_index=True)
+    preds["ts"] = preds["ts"].astype(np.int64)
+    preds["pair"] = preds["pair"].astype(str)
+    preds = preds.sort_values(["horizon", "model", "fold", "ts", "pair"], kind="mergesort").reset_index(drop=True)
+    preds = preds[list(PREDICTION_COLUMNS)]
+    regime = (pd.concat(reg_parts, ignore_index=True) if reg_parts
+              else pd.DataFrame({"ts": [], "pair": [], "fold": [], "regime": [], "regime_code": []}))
+    if len(regime):
+        regime["ts"] = regime["ts"].astype(np.int64)
+        regime["pair"] = regime["pair"].astype(str)
+        regime = regime.sort_values(["fold", "ts", "pair"], kind="mergesort").reset_index(drop=True)
+
+    stage["folds_s"] = time.perf_counter() - t_stage
+    t_stage = time.perf_counter()
+    model_metrics, leak = _model_metrics(preds, up, panel, rc)
+    signals = strategy_signals(preds, rc.trade_horizon)
+    res = WalkForwardResult(folds=table, predictions=preds, regime=regime, model_metrics=model_metrics,
+                            leak_flags=leak, signals=signals, backtest=None, strategy_stats={}, timings=timings,
+                            labels=up, ts=panel.ts, pairs=tuple(panel.pairs), fitted=fitted)
+    stage["metrics_s"] = time.perf_counter() - t_stage
+    if backtest:
+        t_stage = time.perf_counter()
+        res.backtest, res.strategy_stats = _backtest(panel, cfg, rc, preds)
+        stage["backtests_s"] = time.perf_counter() - t_stage
+    res.stage_seconds = {k: round(v, 3) for k, v in stage.items()} | {"n_folds_total": n_folds_total}
+    return res
+
+
+OUT_MODEL_NAMES = ("xgboost", "lightgbm", "random_forest", "lstm", "transformer", "meta")
+
+
+def _label_of(preds: pd.DataFrame, up: dict, panel) -> np.ndarray:
+    col = {p: j for j, p in enumerate(panel.pairs)}
+    t = ((preds["ts"].to_numpy() - int(panel.ts[0])) // HOUR).astype(np.int64)
+    j = np.array([col[p] for p in preds["pair"]], dtype=np.int64)
+    y = np.full(len(preds), np.nan)
+    for h in np.unique(preds["horizon"]):
+        s = (preds["horizon"] == h).to_numpy()
+        y[s] = up[int(h)][t[s], j[s]]
+    return y
+
+
+def _model_metrics(preds: pd.DataFrame, up: dict, panel, rc: ResearchConfig) -> tuple[list[dict], list[dict]]:
+    y = _label_of(preds, up, panel)
+    p = preds["p_up"].to_numpy()
+    out, leak = [], []
+    keys = preds[["model", "horizon", "fold"]].to_numpy()
+    groups: dict[tuple, list[int]] = {}
+    for i, (mo, h, f) in enumerate(map(tuple, keys)):
+        groups.setdefault((mo, int(h), int(f)), []).append(i)
+        groups.setdefault((mo, int(h), "all"), []).append(i)
+    order = sorted(groups, key=lambda g: (g[0] != "meta", g[0], g[1], str(g[2])))
+    for g in order:
+        ix = np.asarray(groups[g])
+        q = quality(y[ix], p[ix])
+        q["n_predicted"] = int(np.isfinite(p[ix]).sum())
+        row = {"model": g[0], "horizon": g[1], "fold": g[2], **q}
+        n_eff = q["n"] / max(int(g[1]), 1)  # overlapping h-bar labels: about n / h independent outcomes
+        row["effective_n"] = float(n_eff)
+        row["suspected_leak"] = bool(g[2] == "all" and q.get("auc") is not None and q["auc"] > rc.leak_auc
+                                     and n_eff >= rc.leak_min_effective_n)
+        out.append(row)
+        if row["suspected_leak"]:
+            leak.append({"model": g[0], "horizon": g[1], "auc": q["auc"], "threshold": rc.leak_auc,
+                         "effective_n": float(n_eff),
+                         "note": "out-of-sample AUC above the sanity bound: a leak to investigate, not a result"})
+    return out, leak
+
+
+def strategy_signals(preds: pd.DataFrame, horizon: int, model: str = "meta") -> pd.DataFrame:
+    """Signals (ts, pair, p_up, exp_return) from ONE model's predictions at ``horizon`` (trading: meta)."""
+    s = preds[(preds["model"] == model) & (preds["horizon"] == int(horizon))]
+    if s.empty:
+        raise InputError(f"no {model} predictions at horizon {horizon}h")
+    out = s[["ts", "pair", "p_up", "exp_return"]].reset_index(drop=True)
+    if out.duplicated(["ts", "pair"]).any():
+        raise InputError("a bar was predicted twice (overlapping test blocks)")
+    return out
+
+
+def signals_to_arrays(sig: pd.DataFrame, ts: np.ndarray, pairs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Long signals -> (n, m) p_up and exp_return on the grid ``ts`` (NaN where none), the layout
+    the backtester's ``make_inputs`` takes (same as ``kq backtest --signals``)."""
+    n, m = len(ts), len(pairs)
+    p_up = np.full((n, m), np.nan)
+    er = np.full((n, m), np.nan)
+    col = {p: j for j, p in enumerate(pairs)}
+    idx = (sig["ts"].to_numpy(dtype=np.int64) - int(ts[0])) // HOUR
+    j = np.array([col[p] for p in sig["pair"]], dtype=np.int64)
+    keep = (idx >= 0) & (idx < n)
+    p_up[idx[keep], j[keep]] = sig["p_up"].to_numpy()[keep]
+    er[idx[keep], j[keep]] = sig["exp_return"].to_numpy()[keep]
+    return p_up, er
+
+
+def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
+    from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs, run_backtest
+    from engine.risk.params import params_from_config
+    from research.stats import deflated_sharpe_ratio, probability_of_backtest_overfitting, sharpe_ratio
+
+    sig = strategy_signals(preds, rc.trade_horizon)
+    t0, t1 = int(sig["ts"].min()), int(sig["ts"].max())
+    lo = int(np.searchsorted(panel.ts, t0))
+    hi = int(np.searchsorted(panel.ts, t1, side="right"))
+    atr = default_atr(panel.high, panel.low, panel.close, cfg.features.atr_window)[lo:hi]
+    spread = np.asarray(default_spread(panel.high, panel.low, panel.close, panel.valid,
+                                       cfg.backtest.spread_window))[lo:hi]
+    cluster = default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi]
+    sub = panel.slice(t0, t1)
+    params = params_from_config(cfg)
+
+    def run(model: str):
+        s = strategy_signals(preds, rc.trade_horizon, model)
+        p_up, er = signals_to_arrays(s, sub.ts, sub.pairs)
+        inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster)
+        return run_backtest(inp, params)
+
+    res = run("meta")
+    stats: dict[str, Any] = {"span": [t0, t1], "n_bars": int(sub.n_bars), "trade_horizon": int(rc.trade_horizon)}
+    eq = res.equity["equity"].astype(np.float64)
+    r = np.diff(eq) / eq[:-1]
+    # every model's own strategy (diagnostics for PBO; trades still come from the meta only)
+    rets = {"meta": r}
+    per_model = {}
+    for name in rc.base_models:
+        e = run(name).equity["equity"].astype(np.float64)
+        rets[name] = np.diff(e) / e[:-1]
+        per_model[name] = {"total_return": float(e[-1] / e[0] - 1.0)}
+    per_model["meta"] = {"total_return": float(eq[-1] / eq[0] - 1.0)}
+    sharpes = {}
+    for name, rr in rets.items():
+        try:
+            sharpes[name] = float(sharpe_ratio(rr))
+        except InputError:
+            sharpes[name] = 0.0
+        per_model[name]["sharpe_hourly"] = sharpes[name]
+    stats["per_model_strategy"] = per_model
+    try:
+        if rc.n_trials > 1:
+            v = float(np.var(list(sharpes.values()), ddof=1)) if len(sharpes) > 1 else 0.0
+            d = deflated_sharpe_ratio(r, n_trials=rc.n_trials, sr_variance=v)
+        else:
+            d = deflated_sharpe_ratio(r, n_trials=1, sr_variance=0.0)
+        stats["deflated_sharpe"] = d.to_dict() | {
+            "note": f"{rc.n_trials} configuration(s) tried; per-hour Sharpe ratios"}
+    except InputError as e:
+        stats["deflated_sharpe"] = {"error": str(e)}
+    names = list(rets)
+    M = np.column_stack([rets[k] for k in names])
+    nb = 16 if M.shape[0] >= 16 * 40 else 8
+    try:
+        pbo = probability_of_backtest_overfitting(M, n_blocks=nb)
+        d = pbo.to_dict()
+        d.pop("logits", None)
+        stats["pbo"] = d | {"configurations": names,
+                            "note": "CSCV over the hourly returns of each model's own strategy"}
+    except InputError as e:
+        stats["pbo"] = {"error": str(e), "configurations": names}
+    return res, stats
+
+
+def fold_summary_frame(result: WalkForwardResult) -> pd.DataFrame:
+    return pd.DataFrame([r for r in result.model_metrics if r["fold"] != "all"])
+
+
+def auc_of(result: WalkForwardResult, model: str, horizon: int, fold: Any = "all") -> float | None:
+    for r in result.model_metrics:
+        if r["model"] == model and r["horizon"] == int(horizon) and r["fold"] == fold:
+            return r["auc"]
+    return None
+

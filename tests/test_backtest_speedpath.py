@@ -1,0 +1,175 @@
+"""The fused backtest kernel (``simulate_nb``) against the reference path (``simulate_reference_nb``:
+a plain loop over the per-bar ``step_nb`` the live bridge uses), bit for bit, on real bars (10
+Binance pairs, a window with missing hours) under configs that exercise every rule: drawdown tiers,
+the halt and its reset, every kill-switch trigger and its reactivation, operator resets, market and
+limit-first orders, risk and fixed-fraction sizing, precision on and off, stops, take-profits and
+time exits. Trades, events, equity rows, metrics and refusal counts must be byte-identical."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from engine.backtest.demo import ma_signal
+from engine.backtest.runner import _rules, make_inputs, run_backtest, run_sweep
+from engine.config import load_config
+from engine.paths import configs_dir
+from engine.risk.enums import N_REASONS, SIZING_FIXED_FRACTION, equity_dt, event_dt, metrics_dt, trade_dt
+from engine.risk.nb import N_CNT
+from engine.risk.params import params_from_config
+from engine.store.panel import load_shared_panel
+
+PAIRS10 = ["binance_%sUSDT_1h" % s for s in "BTC ETH SOL XRP ADA LTC DOT LINK AVAX DOGE".split()]
+START = 1619337600 + 2200 * 3600   # 2021-07-27: a stretch with missing hours inside (data kill switch)
+N_BARS = 2000
+
+
+@functools.lru_cache(maxsize=1)
+def _inputs():
+    from tests.conftest import require_shared
+
+    require_shared()
+    p = load_shared_panel(PAIRS10, start=START, end=START + 3600 * (N_BARS - 1))
+    assert not p.valid.all(), "the window must contain missing bars"
+    cfg = load_config()
+    pu, er = ma_signal(p.close, 6, 24, 80.0)
+    return cfg, make_inputs(p, pu, er, cfg)
+
+
+def _reference(inp, params):
+    """The same run through simulate_reference_nb (step_nb per bar), with full records."""
+    from engine.backtest.nb import simulate_reference_nb
+
+    n, m = inp.shape
+    ordermin, costmin, lot, price = _rules(inp)
+    trades = np.zeros(n * m + 1, dtype=trade_dt)
+    events = np.zeros(n * (2 * m + 6) + 1, dtype=event_dt)
+    eqrows = np.zeros(n, dtype=equity_dt)
+    metrics = np.zeros(1, dtype=metrics_dt)
+    refusals = np.zeros(N_REASONS, dtype=np.int64)
+    cnt = np.zeros(N_CNT, dtype=np.int64)
+    simulate_reference_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.p_up, inp.exp_ret,
+                          inp.atr, inp.spread, inp.cluster, inp.api_fault, inp.operator, inp.month_id, ordermin,
+                          costmin, lot, price, params[0], True, trades, events, eqrows, metrics[0], refusals, cnt)
+    assert not metrics[0]["records_overflow"]
+    return metrics, refusals, trades[: cnt[0]], events[: cnt[1]], eqrows
+
+
+def _cases():
+    cfg, inp = _inputs()
+    pcfg = load_config(configs_dir() / "vectorbt_parity.toml")
+    n, m = inp.shape
+    rng = np.random.default_rng(11)
+    api = rng.random(n) < 0.004
+    op = np.where(rng.random(n) < 0.006, rng.integers(1, 4, n), 0).astype(np.int64)
+    noisy_pu = np.clip(inp.p_up + rng.normal(0.0, 0.15, inp.p_up.shape), 0.0, 1.0)
+    big_er = np.abs(inp.exp_ret) * 5.0
+    spread = inp.spread.copy()
+    spread[rng.random(spread.shape) < 0.001] = 0.05      # spread anomalies (spread_max and the EWMA rule)
+    return {
+        "default": (inp, params_from_config(cfg)),
+        "halt_resets": (inp, params_from_config(cfg, halt_reset_bars=150, dd_tier1=0.01, dd_tier2=0.02,
+                                                  dd_halt=0.04, base_risk=0.1, max_exposure=0.8,
+                                                  max_cluster_exposure=0.5)),
+        "faults_operator_market": (replace(inp, api_fault=api, operator=op, spread=spread),
+                                   params_from_config(cfg, dd_tier1=0.01, dd_tier2=0.02, dd_halt=0.03,
+                                                      halt_reset_bars=100, vol_spike_mult=3.0,
+                                                      spread_anomaly_mult=2.0, entry_kind=1, exit_kind=1,
+                                                      base_risk=0.2, max_exposure=0.9, max_cluster_exposure=0.5)),
+        "noisy_caps": (replace(inp, p_up=noisy_pu, exp_ret=big_er),
+                       params_from_config(cfg, max_exposure=0.6, max_cluster_exposure=0.3, max_positions=4,
+                                          min_edge=0.0, kill_reset_bars=6)),
+        "fixed_fraction_no_precision": (replace(inp, p_up=noisy_pu, exp_ret=big_er),
+                                        params_from_config(cfg, sizing=SIZING_FIXED_FRACTION, fixed_fraction=0.3,
+                                                           max_exposure=1.0, max_cluster_exposure=1.0,
+                                                           min_edge=0.0, stop_atr_mult=1.0, tp_atr_mult=0.0,
+                                                           max_hold_bars=5, enforce_precision=0,
+                                                           kill_reset_bars=3)),
+        "parity": (replace(inp, exp_ret=np.full_like(inp.exp_ret, 1.0)), params_from_config(pcfg, kill_reset_bars=4)),
+    }
+
+
+CASES = ["default", "halt_resets", "faults_operator_market", "noisy_caps", "fixed_fraction_no_precision", "parity"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fused_kernel_bit_identical_to_step_nb_loop(case):
+    inp, params = _cases()[case]
+    fast = run_backtest(inp, params, record=True)
+    ref_metrics, ref_refusals, ref_trades, ref_events, ref_equity = _reference(inp, params)
+    assert fast.trades.tobytes() == ref_trades.tobytes()
+    assert fast.events.tobytes() == ref_events.tobytes()
+    assert fast.equity.tobytes() == ref_equity.tobytes()
+    assert fast.metrics.tobytes() == ref_metrics.tobytes()
+    assert fast.refusals.tobytes() == ref_refusals.tobytes()
+    # records off (the sweep path) changes nothing but the records
+    lean = run_backtest(inp, params, record=False)
+    assert lean.metrics.tobytes() == ref_metrics.tobytes()
+    assert lean.refusals.tobytes() == ref_refusals.tobytes()
+    # not vacuous: the run traded, and the rule this case targets fired
+    m = fast.metrics[0]
+    assert m["n_fills"] > 0 and len(fast.events) > 0
+    if case == "halt_resets":
+        assert m["bars_halted"] > 0 and (fast.events["reason"] == 43).any()      # RESET_HALT
+    if case == "faults_operator_market":
+        reasons = set(fast.events["reason"].tolist())
+        assert {30, 42}.issubset(reasons) and m["bars_reducing_1"] + m["bars_reducing_2"] > 0
+
+
+def test_sweep_matches_reference_per_set():
+    _, inp = _inputs()
+    cfg = load_config()
+    rng = np.random.default_rng(5)
+    S = 4
+    params = np.repeat(params_from_config(cfg), S)
+    params["p_up_entry"] = rng.uniform(0.5, 0.7, S)
+    params["max_exposure"] = rng.uniform(0.1, 0.9, S)
+    params["entry_kind"] = [1, 2, 1, 2]
+    metrics, refusals = run_sweep(inp, params)
+    for s in range(S):
+        ref_metrics, ref_refusals, *_ = _reference(inp, params[s:s + 1])
+        assert metrics[s:s + 1].tobytes() == ref_metrics.tobytes()
+        assert refusals[s].tobytes() == ref_refusals.tobytes()
+
+
+def test_sweep_with_differing_kill_params_matches_reference():
+    """Sets whose kill-switch parameters differ take the per-bar trigger path (no shared pre-pass)."""
+    _, inp = _inputs()
+    cfg = load_config()
+    params = np.repeat(params_from_config(cfg, halt_reset_bars=150), 3)
+    params["vol_spike_mult"] = [8.0, 3.0, 0.0]
+    params["spread_anomaly_mult"] = [5.0, 2.0, 0.0]
+    metrics, refusals = run_sweep(inp, params)
+    assert len(set(metrics["n_kill_events"].tolist())) > 1      # the parameters matter on these bars
+    for s in range(3):
+        ref_metrics, ref_refusals, *_ = _reference(inp, params[s:s + 1])
+        assert metrics[s:s + 1].tobytes() == ref_metrics.tobytes()
+        assert refusals[s].tobytes() == ref_refusals.tobytes()
+
+
+def test_ma_sweep_matches_single_runs():
+    """The fused signal + backtest + metrics sweep (ma_sweep_nb, shared kill triggers) equals one
+    run_backtest per set on the same signal, bit for bit."""
+    from engine.backtest.nb import ma_sweep_nb
+
+    _, inp = _inputs()
+    cfg = load_config()
+    sub = replace(inp, pairs=inp.pairs[:2], **{f: np.ascontiguousarray(getattr(inp, f)[:, :2]) for f in (
+        "open", "high", "low", "close", "volume", "valid", "p_up", "exp_ret", "atr", "spread", "cluster")})
+    fasts = np.array([3, 6, 12], dtype=np.int64)
+    slows = np.array([20, 24, 48], dtype=np.int64)
+    params = np.repeat(params_from_config(cfg, halt_reset_bars=100, min_edge=0.0), 3)
+    metrics = np.zeros(3, dtype=metrics_dt)
+    refusals = np.zeros((3, N_REASONS), dtype=np.int64)
+    ma_sweep_nb(sub.open, sub.high, sub.low, sub.close, sub.volume, sub.valid, sub.atr, sub.spread, sub.cluster,
+                sub.api_fault, sub.operator, sub.month_id, *_rules(sub), fasts, slows, 80.0, params, metrics,
+                refusals)
+    for s in range(3):
+        pu, er = ma_signal(sub.close, int(fasts[s]), int(slows[s]), 80.0)
+        one = run_backtest(replace(sub, p_up=pu, exp_ret=er), params[s:s + 1], record=False)
+        assert one.metrics[0]["n_fills"] > 0
+        assert metrics[s:s + 1].tobytes() == one.metrics.tobytes()
+        assert refusals[s].tobytes() == one.refusals.tobytes()
