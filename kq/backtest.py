@@ -245,7 +245,12 @@ def register(app: typer.Typer) -> None:
             else:
                 p_up, er = ma_signal(panel.close, 12, 48, 50.0)
                 source = "built-in demo signal (SMA 12/48 crossover; not a model)"
-            inp = make_inputs(panel, p_up, er, cfg)
+            tradable = None
+            if cfg.backtest.apply_universe:
+                from engine.universe import universe_mask
+
+                tradable = universe_mask(panel)
+            inp = make_inputs(panel, p_up, er, cfg, tradable=tradable)
             prog.update(task, advance=1, description="running the risk state machine")
             res = run_backtest(inp, params_from_config(cfg))
             prog.update(task, advance=1, description=f"writing {out}")

@@ -80,15 +80,36 @@ def month_ids(ts: np.ndarray) -> np.ndarray:
     return (d.year.to_numpy().astype(np.int64) * 12 + d.month.to_numpy().astype(np.int64) - 1)
 
 
+def gate_signals(p_up, tradable, p_up_entry: float) -> np.ndarray:
+    """Block entries where a pair is not tradable (universe rule R9), leaving exits exactly as they were.
+
+    P(up) at or above the entry threshold is capped to the largest float below it where
+    ``tradable`` is False; lower values (and NaN) are unchanged. A capped value still sits above
+    the exit threshold, as the original did, so stops, take-profits, time and signal exits of an
+    open position behave bit for bit as without the gate.
+    """
+    p = np.array(p_up, dtype=np.float64, copy=True)
+    t = np.asarray(tradable, dtype=np.bool_)
+    if t.shape != p.shape:
+        raise InputError(f"tradable: shape {t.shape}, expected {p.shape}")
+    cap = np.nextafter(p_up_entry, -np.inf)
+    block = ~t & (p >= p_up_entry)
+    p[block] = cap
+    return p
+
+
 def make_inputs(panel, p_up, exp_ret, cfg=None, *, atr=None, spread=None, cluster=None, api_fault=None,
-                operator=None) -> BacktestInputs:
+                operator=None, tradable=None) -> BacktestInputs:
     """Assemble kernel inputs from a Panel and (n, m) signal arrays; missing ATR/spread/clusters are
-    computed with the feature kernels (windows from ``cfg``)."""
+    computed with the feature kernels (windows from ``cfg``). ``tradable`` (n, m) bool, when given,
+    blocks entries of pairs outside the universe at that bar (:func:`gate_signals`)."""
     from engine.config import load_config
 
     cfg = cfg or load_config()
     n, m = panel.close.shape
     shape = (n, m)
+    if tradable is not None:
+        p_up = gate_signals(_f64(p_up, shape, "p_up"), tradable, cfg.risk.p_up_entry)
     hi, lo, cl = panel.high, panel.low, panel.close
     if atr is None:
         atr = default_atr(hi, lo, cl, cfg.features.atr_window)
