@@ -3,7 +3,10 @@
 Real data first: every file in the shared OHLCV folder (``../shared/data/ohlcv`` or ``$KQ_SHARED``)
 is imported (idempotent: a second run finds every file already imported and writes nothing).
 Without that folder, a SYNTHETIC market (invented data, venue ``synthetic``) is generated instead.
-The report says which data was used.
+The report says which data was used. Then the research loop runs end to end on the small
+``configs/ci.toml`` configuration (walk-forward folds, the model ensemble, the meta-learner's
+out-of-sample signals through the risk state machine): outputs in ``data/runs/demo-walkforward/``.
+``--data-only`` stops after the data report.
 """
 
 from __future__ import annotations
@@ -48,10 +51,31 @@ def main(argv: list[str] | None = None) -> int:
         if files and any(p["venue"] == "synthetic" for p in report["pairs"]):
             con.print("note: this store also holds SYNTHETIC bars (venue 'synthetic'); they are never mixed "
                       "with real venues")
-        return 1 if report["blocking"] else 0
+        if report["blocking"]:
+            return 1
+        if argv is not None and "--data-only" in argv or "--data-only" in sys.argv[1:]:
+            return 0
+        return _walkforward(con, store, synthetic=venue == "synthetic")
     except KQError as e:
         print(f"kq demo: error: {e}", file=sys.stderr)
         return e.exit_code
+
+
+def _walkforward(con, store, synthetic: bool) -> int:
+    from engine.paths import configs_dir, data_dir
+    from kq.cli import main as kq_main
+
+    out = data_dir() / "runs" / "demo-walkforward"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = ["walkforward", "--config", str(configs_dir() / "ci.toml"), "--store", str(store), "--out", str(out)]
+    if synthetic:  # ci.toml names Binance pairs; on a fresh machine run the same loop on the synthetic market
+        args += ["--venue", "synthetic", "--pairs", "BTC/USD,ETH/USD", "--start", "2022-03-01", "--end", "2022-07-01"]
+        con.print("[bold yellow]research run on SYNTHETIC data: the numbers say nothing about real markets[/]")
+    con.print(f"[bold]research:[/] kq {' '.join(args)}")
+    rc = kq_main(args)
+    if rc == 0:
+        con.print(f"open {out / 'report.html'} (walk-forward) and {out / 'backtest' / 'report.html'} (backtest)")
+    return rc
 
 
 if __name__ == "__main__":

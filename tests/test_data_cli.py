@@ -117,7 +117,7 @@ def _demo(env_extra, tmp_path):
     import os
 
     env = {**os.environ, **env_extra}
-    return subprocess.run([sys.executable, "-m", "kq.demo"], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "kq.demo", "--data-only"], capture_output=True, text=True, env=env,
                           cwd=tmp_path)
 
 
