@@ -33,3 +33,18 @@ def default_store_path() -> Path:
 
 def configs_dir() -> Path:
     return REPO_ROOT / "configs"
+
+
+def check_out_dir(out: str | Path, option: str = "--out") -> Path:
+    """An output folder a command may write: absent or a folder, inside an existing parent.
+
+    Commands call it before any work, so a bad path fails at once; the writers call it again.
+    """
+    from engine.errors import InputError
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{option} {out}: exists and is not a folder")
+    if not p.parent.exists():
+        raise InputError(f"{option} {out}: parent folder {p.parent} does not exist")
+    return p

@@ -90,13 +90,10 @@ def write_outputs(res, out_dir, cfg, meta: dict) -> None:
     import json
     import os
     import shutil
-    from pathlib import Path
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out_dir}: exists and is not a folder")
-    if not out.parent.exists():
-        raise InputError(f"--out {out_dir}: parent folder {out.parent} does not exist")
+    from engine.paths import check_out_dir
+
+    out = check_out_dir(out_dir)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -215,7 +212,10 @@ def register(app: typer.Typer) -> None:
         from engine.store.market import MarketStore
         from kq.data import parse_pairs, parse_time
 
+        from engine.paths import check_out_dir
+
         cfg = load_config(config)
+        check_out_dir(out)  # before the run, so a bad --out never wastes one
         v = venue or cfg.data.venue
         t0, t1 = parse_time(start), parse_time(end, end=True)
         if t0 is not None and t1 is not None and t1 < t0:

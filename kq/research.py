@@ -74,13 +74,9 @@ def register(app: typer.Typer) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         cfg, rc = load_research_config(config)
-        from pathlib import Path
+        from engine.paths import check_out_dir
 
-        out_path = Path(out)  # checked before any training, so a bad --out never wastes a run
-        if out_path.exists() and not out_path.is_dir():
-            raise InputError(f"--out {out}: exists and is not a folder")
-        if not out_path.parent.exists():
-            raise InputError(f"--out {out}: parent folder {out_path.parent} does not exist")
+        check_out_dir(out)  # before any training, so a bad --out never wastes a run
         v = venue or cfg.data.venue
         t0 = _time(start if start is not None else rc.start)
         t1 = _time(end if end is not None else rc.end, end=True)

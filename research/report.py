@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.errors import InputError
+from engine.paths import check_out_dir
 
 __all__ = ["build_metrics", "write_walkforward", "write_report"]
 
@@ -60,11 +60,7 @@ def write_walkforward(res, out_dir: str | Path, cfg, meta: dict, backtest_writer
 
     ``backtest_writer(result, folder, cfg, meta)`` writes the backtester's own outputs into
     ``OUT/backtest/`` (the CLI passes ``kq.backtest.write_outputs``; research does not import kq)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out_dir}: exists and is not a folder")
-    if not out.parent.exists():
-        raise InputError(f"--out {out_dir}: parent folder {out.parent} does not exist")
+    out = check_out_dir(out_dir)
     tmp = out.parent / f".{out.name}.wf-tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
