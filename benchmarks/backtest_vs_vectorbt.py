@@ -6,7 +6,8 @@ Parts, each in its own subprocess (so peak memory is per part and vectorbt's per
 recompilation is visible), all on real Binance hourly bars from ../shared:
 
 1. kernel: 10 pairs x ~45k bars (2020-09-22 .. 2025-11-15), the built-in SMA 12/48 signal. Ours:
-   ``run_backtest`` with EVERY risk rule on (configs/default.toml), records off. vectorbt:
+   ``run_backtest`` with EVERY risk rule on (configs/default.toml, including the 03:00-05:00 UTC
+   entry-block window; every pair tradable), records off. vectorbt:
    ``Portfolio.from_signals`` with cash sharing over the 10 pairs (timezone-naive UTC index, numba
    engine set explicitly), next-open fills, same fee and slippage. Compilation is timed apart
    (first call minus steady state); steady state = median of --repeat runs.
@@ -172,7 +173,8 @@ def part_sweep_ours(repeat):
         mt = np.zeros(S, dtype=metrics_dt)
         rf = np.zeros((S, N_REASONS), dtype=np.int64)
         ma_sweep_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.atr, inp.spread,
-                    inp.cluster, inp.api_fault, inp.operator, inp.month_id, *rules, fasts, slows, 1e6, params, mt, rf)
+                    inp.cluster, inp.tradable, inp.entry_block, inp.api_fault, inp.operator, inp.month_id, *rules,
+                    fasts, slows, 1e6, params, mt, rf)
         return mt
 
     t0 = time.perf_counter()

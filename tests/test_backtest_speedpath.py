@@ -17,7 +17,7 @@ from engine.backtest.demo import ma_signal
 from engine.backtest.runner import _rules, make_inputs, run_backtest, run_sweep
 from engine.config import load_config
 from engine.paths import configs_dir
-from engine.risk.enums import N_REASONS, SIZING_FIXED_FRACTION, equity_dt, event_dt, metrics_dt, trade_dt
+from engine.risk.enums import N_REASONS, SIZING_FIXED_FRACTION, Reason, equity_dt, event_dt, metrics_dt, trade_dt
 from engine.risk.nb import N_CNT
 from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
@@ -52,8 +52,9 @@ def _reference(inp, params):
     refusals = np.zeros(N_REASONS, dtype=np.int64)
     cnt = np.zeros(N_CNT, dtype=np.int64)
     simulate_reference_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.p_up, inp.exp_ret,
-                          inp.atr, inp.spread, inp.cluster, inp.api_fault, inp.operator, inp.month_id, ordermin,
-                          costmin, lot, price, params[0], True, trades, events, eqrows, metrics[0], refusals, cnt)
+                          inp.atr, inp.spread, inp.cluster, inp.tradable, inp.entry_block, inp.api_fault,
+                          inp.operator, inp.month_id, ordermin, costmin, lot, price, params[0], True, trades, events,
+                          eqrows, metrics[0], refusals, cnt)
     assert not metrics[0]["records_overflow"]
     return metrics, refusals, trades[: cnt[0]], events[: cnt[1]], eqrows
 
@@ -69,6 +70,9 @@ def _cases():
     big_er = np.abs(inp.exp_ret) * 5.0
     spread = inp.spread.copy()
     spread[rng.random(spread.shape) < 0.001] = 0.05      # spread anomalies (spread_max and the EWMA rule)
+    # universe membership switching on and off per pair (R9) and a random entry-block schedule (R25)
+    tradable = np.repeat(rng.random((n // 50 + 1, m)) < 0.7, 50, axis=0)[:n]
+    block = rng.random(n) < 0.1
     return {
         "default": (inp, params_from_config(cfg)),
         "halt_resets": (inp, params_from_config(cfg, halt_reset_bars=150, dd_tier1=0.01, dd_tier2=0.02,
@@ -79,10 +83,10 @@ def _cases():
                                                       halt_reset_bars=100, vol_spike_mult=3.0,
                                                       spread_anomaly_mult=2.0, entry_kind=1, exit_kind=1,
                                                       base_risk=0.2, max_exposure=0.9, max_cluster_exposure=0.5)),
-        "noisy_caps": (replace(inp, p_up=noisy_pu, exp_ret=big_er),
+        "noisy_caps": (replace(inp, p_up=noisy_pu, exp_ret=big_er, tradable=tradable, entry_block=block),
                        params_from_config(cfg, max_exposure=0.6, max_cluster_exposure=0.3, max_positions=4,
                                           min_edge=0.0, kill_reset_bars=6)),
-        "fixed_fraction_no_precision": (replace(inp, p_up=noisy_pu, exp_ret=big_er),
+        "fixed_fraction_no_precision": (replace(inp, p_up=noisy_pu, exp_ret=big_er, tradable=tradable),
                                         params_from_config(cfg, sizing=SIZING_FIXED_FRACTION, fixed_fraction=0.3,
                                                            max_exposure=1.0, max_cluster_exposure=1.0,
                                                            min_edge=0.0, stop_atr_mult=1.0, tp_atr_mult=0.0,
@@ -117,6 +121,10 @@ def test_fused_kernel_bit_identical_to_step_nb_loop(case):
     if case == "faults_operator_market":
         reasons = set(fast.events["reason"].tolist())
         assert {30, 42}.issubset(reasons) and m["bars_reducing_1"] + m["bars_reducing_2"] > 0
+    if case in ("default", "noisy_caps"):       # the entry-block window (default config 03:00-05:00)
+        assert fast.refusals[Reason.REFUSE_TRAINING_WINDOW] > 0
+    if case in ("noisy_caps", "fixed_fraction_no_precision"):
+        assert fast.refusals[Reason.REFUSE_NOT_TRADABLE] > 0
 
 
 def test_sweep_matches_reference_per_set():
@@ -158,18 +166,70 @@ def test_ma_sweep_matches_single_runs():
     _, inp = _inputs()
     cfg = load_config()
     sub = replace(inp, pairs=inp.pairs[:2], **{f: np.ascontiguousarray(getattr(inp, f)[:, :2]) for f in (
-        "open", "high", "low", "close", "volume", "valid", "p_up", "exp_ret", "atr", "spread", "cluster")})
+        "open", "high", "low", "close", "volume", "valid", "p_up", "exp_ret", "atr", "spread", "cluster",
+        "tradable")})
     fasts = np.array([3, 6, 12], dtype=np.int64)
     slows = np.array([20, 24, 48], dtype=np.int64)
     params = np.repeat(params_from_config(cfg, halt_reset_bars=100, min_edge=0.0), 3)
     metrics = np.zeros(3, dtype=metrics_dt)
     refusals = np.zeros((3, N_REASONS), dtype=np.int64)
     ma_sweep_nb(sub.open, sub.high, sub.low, sub.close, sub.volume, sub.valid, sub.atr, sub.spread, sub.cluster,
-                sub.api_fault, sub.operator, sub.month_id, *_rules(sub), fasts, slows, 80.0, params, metrics,
-                refusals)
+                sub.tradable, sub.entry_block, sub.api_fault, sub.operator, sub.month_id, *_rules(sub), fasts,
+                slows, 80.0, params, metrics, refusals)
     for s in range(3):
         pu, er = ma_signal(sub.close, int(fasts[s]), int(slows[s]), 80.0)
         one = run_backtest(replace(sub, p_up=pu, exp_ret=er), params[s:s + 1], record=False)
         assert one.metrics[0]["n_fills"] > 0
         assert metrics[s:s + 1].tobytes() == one.metrics.tobytes()
         assert refusals[s].tobytes() == one.refusals.tobytes()
+
+
+@functools.lru_cache(maxsize=1)
+def _plain_ma_signal_nb():
+    """The demo signal written plainly (two SMA arrays, numba's tanh everywhere)."""
+    from numba import njit
+
+    from engine.backtest.demo import sma_nb
+
+    @njit
+    def plain(close, fast, slow, scale):
+        f = sma_nb(close, fast)
+        s = sma_nb(close, slow)
+        n, m = close.shape
+        p_up = np.full((n, m), np.nan)
+        er = np.full((n, m), np.nan)
+        for t in range(n):
+            for j in range(m):
+                a = f[t, j]
+                b = s[t, j]
+                if a == a and b == b and b > 0.0:
+                    g = a / b - 1.0
+                    p_up[t, j] = 0.5 + 0.5 * np.tanh(scale * g)
+                    er[t, j] = g
+        return p_up, er
+
+    @njit
+    def tanh(x):
+        out = np.empty_like(x)
+        for i in range(x.shape[0]):
+            out[i] = np.tanh(x[i])
+        return out
+
+    return plain, tanh
+
+
+def test_ma_signal_equals_the_two_sma_formula_bit_for_bit():
+    """The one-pass demo signal (with the tanh saturation shortcut) equals the plain formula
+    0.5 + 0.5 * tanh(scale * (SMA_fast / SMA_slow - 1)) on real bars with gaps, for small and huge scales."""
+    plain, tanh = _plain_ma_signal_nb()
+    _, inp = _inputs()
+    c = inp.close
+    for fast, slow, scale in ((3, 20, 80.0), (12, 48, 50.0), (2, 45, 1e6), (7, 7, 1e3)):
+        pu, er = ma_signal(c, fast, slow, scale)
+        ref_pu, ref_er = plain(c, fast, slow, scale)
+        assert np.array_equal(er, ref_er, equal_nan=True)
+        assert np.array_equal(pu, ref_pu, equal_nan=True)
+        assert (~np.isnan(pu)).sum() > 1000
+    # the saturation the shortcut relies on: numba's tanh is exactly +-1 from |x| = 20 on
+    x = np.concatenate([np.linspace(20.0, 60.0, 40001), [1e300, np.inf]])
+    assert (tanh(x) == 1.0).all() and (tanh(-x) == -1.0).all()

@@ -1,8 +1,10 @@
-"""Universe rule R9 in the backtester: pairs outside the universe never enter; exits are unchanged."""
+"""Universe rule R9 in the risk step: pairs outside the universe never enter (each refused entry is an
+event with reason REFUSE_NOT_TRADABLE and counted in the metrics); exits are unchanged."""
 
 import numpy as np
 
-from engine.backtest.runner import gate_signals, make_inputs, run_backtest
+from engine.backtest.runner import make_inputs, run_backtest
+from engine.risk.enums import EventCode, Reason
 from engine.config import load_config
 from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
@@ -13,14 +15,6 @@ def _real(require):
     require()
     # DOGE is a meme coin: its bars are real and stored, the universe keeps it out of trading.
     return load_shared_panel(["binance_BTCUSDT_1h", "binance_DOGEUSDT_1h"], start=1609459200, end=1609459200 + 3000 * 3600)
-
-
-def test_gate_caps_only_entry_signals_of_non_members():
-    p = np.array([[0.9, 0.5, np.nan, 0.55]])
-    t = np.array([[False, False, False, True]])
-    g = gate_signals(p, t, 0.55)
-    assert g[0, 0] < 0.55 and g[0, 0] > 0.45
-    assert g[0, 1] == 0.5 and np.isnan(g[0, 2]) and g[0, 3] == 0.55
 
 
 def test_doge_never_enters_and_btc_trades_the_same_as_alone(shared_dir):
@@ -37,6 +31,18 @@ def test_doge_never_enters_and_btc_trades_the_same_as_alone(shared_dir):
     pairs = set(res.trades_frame()["pair"])
     assert "DOGE/USDT" not in pairs
     assert "BTC/USDT" in pairs
+    # every DOGE entry the signal wanted is a reason-coded refusal, counted in the metrics
+    ev = res.events
+    doge = ev[(ev["pair"] == 1) & (ev["code"] == EventCode.REFUSAL)]
+    assert len(doge) > 0
+    assert set(doge["reason"].tolist()) <= {int(Reason.REFUSE_NOT_TRADABLE), int(Reason.REFUSE_NO_DATA)}
+    assert (doge["reason"] == Reason.REFUSE_NOT_TRADABLE).sum() > 0
+    nt = ev[ev["reason"] == Reason.REFUSE_NOT_TRADABLE]
+    assert res.refusals[Reason.REFUSE_NOT_TRADABLE] == len(nt)
+    assert res.metrics_dict()["refusals_by_reason"]["REFUSE_NOT_TRADABLE"] == len(nt)
+    # BTC is refused only at bars where it is not (yet) a universe member
+    btc_bars = nt[nt["pair"] == 0]["bar"]
+    assert not tradable[btc_bars, 0].any()
     ungated = run_backtest(make_inputs(panel, p_up, er, cfg), params_from_config(cfg))
     assert "DOGE/USDT" in set(ungated.trades_frame()["pair"])
 
@@ -78,3 +84,23 @@ def test_a_pair_leaving_the_universe_still_exits_exactly_as_before(shared_dir):
     cols = ["ts", "pair", "side", "quantity", "price", "fee"]
     merged = gated[cols].merge(btc[cols], how="left", indicator=True)
     assert (merged["_merge"] == "both").all()
+
+
+def test_bad_gate_shapes_are_one_line_input_errors(shared_dir):
+    import pytest
+
+    from conftest import require_shared
+    from engine.errors import InputError
+
+    panel = _real(require_shared).slice(None, 1609459200 + 100 * 3600)
+    cfg = load_config()
+    n, m = panel.close.shape
+    p_up = np.full((n, m), 0.9)
+    with pytest.raises(InputError, match="tradable"):
+        make_inputs(panel, p_up, p_up, cfg, tradable=np.ones((n, m + 1), dtype=bool))
+    with pytest.raises(InputError, match="entry_block"):
+        make_inputs(panel, p_up, p_up, cfg, entry_block=np.zeros(n + 1, dtype=bool))
+    inp = make_inputs(panel, p_up, p_up, cfg)
+    assert inp.tradable.all() and inp.entry_block.any()
+    hours = (inp.ts + 3600) % 86400 // 3600
+    assert (inp.entry_block == np.isin(hours, [3, 4])).all()      # default window, execution-bar open

@@ -49,6 +49,8 @@ class Sim:
         self.p_up = np.full((n, m), np.nan)
         self.exp_ret = np.full((n, m), 0.05)
         self.cluster = np.tile(np.arange(m, dtype=np.int64), (n, 1))
+        self.tradable = np.ones((n, m), dtype=np.bool_)
+        self.entry_block = np.zeros(n, dtype=np.bool_)
         self.api = np.zeros(n, dtype=np.bool_)
         self.op = np.zeros(n, dtype=np.int64)
         self.rules = instrument_arrays(self.pairs)
@@ -66,7 +68,8 @@ class Sim:
     def step(self, upto):
         while self.t < upto:
             step_nb(self.t, self.state, self.pos, self.pend, self.o, self.h, self.l, self.c, self.v, self.valid,
-                    self.p_up, self.exp_ret, self.atr, self.spread, self.cluster, self.api, self.op, *self.rules,
+                    self.p_up, self.exp_ret, self.atr, self.spread, self.cluster, self.tradable, self.entry_block,
+                    self.api, self.op, *self.rules,
                     self.params[0], self.trades, self.events, self.cnt, self.acc, self.refusals, self.marks,
                     self.order_buf)
             self.t += 1
@@ -339,3 +342,73 @@ def test_exits_stop_take_profit_time():
     last = tr[-1]
     assert last["side"] == -1 and last["reason"] == Reason.EXIT_STOP and last["bar"] == t + 1
     assert last["price"] < s.o[t + 1, 0]  # market sell at the open, slipped down
+
+
+def test_not_tradable_refuses_entries_but_never_blocks_exits():
+    """Universe rule R9 inside the step: an entry on a pair outside the universe is refused with
+    REFUSE_NOT_TRADABLE; a position in a pair that leaves the universe still exits on its signal."""
+    s = Sim()
+    s.step(WARM)
+    s.tradable[WARM:, 0] = False
+    s.p_up[WARM, 0] = 0.9
+    s.p_up[WARM, 1] = 0.9
+    s.step(WARM + 1)
+    ev = s.events_at(WARM)
+    assert (0, EventCode.REFUSAL, Reason.REFUSE_NOT_TRADABLE) in ev
+    assert s.pend[0]["active"] == 0 and s.pend[1]["active"] == 1   # the tradable pair still enters
+    assert s.refusals[Reason.REFUSE_NOT_TRADABLE] == 1
+    # pair 1 enters, then leaves the universe: its signal exit is unaffected
+    s.p_up[WARM + 1:, 1] = 0.5
+    s.step(WARM + 3)
+    assert s.pos[1]["qty"] > 0
+    s.tradable[s.t:, 1] = False
+    s.p_up[s.t, 1] = 0.1
+    t = s.t
+    s.step(t + 3)
+    assert (1, EventCode.ORDER, Reason.EXIT_SIGNAL) in s.events_at(t)
+    assert s.pos[1]["qty"] == 0.0
+    sells = s.trades[: s.cnt[0]]
+    assert ((sells["pair"] == 1) & (sells["side"] == -1) & (sells["reason"] == Reason.EXIT_SIGNAL)).sum() == 1
+
+
+def test_entry_block_window_refuses_entries_exits_still_happen():
+    """R25: in a scheduled entry-block window no entry is decided (REFUSE_TRAINING_WINDOW); exits and
+    stops go on; the first bar after the window enters as usual."""
+    s = Sim()
+    s.step(WARM)
+    _hold(s, 1, 0.05)
+    s.entry_block[WARM:WARM + 2] = True
+    s.p_up[WARM:WARM + 3, 0] = 0.9
+    s.p_up[WARM, 1] = 0.1          # signal exit of the held pair inside the window
+    s.step(WARM + 1)
+    ev = s.events_at(WARM)
+    assert (0, EventCode.REFUSAL, Reason.REFUSE_TRAINING_WINDOW) in ev
+    assert (1, EventCode.ORDER, Reason.EXIT_SIGNAL) in ev
+    assert s.pend[0]["active"] == 0 and s.pend[1]["active"] == 1
+    s.step(WARM + 2)
+    assert s.pos[1]["qty"] == 0.0                                   # the exit filled in the window
+    assert (0, EventCode.REFUSAL, Reason.REFUSE_TRAINING_WINDOW) in s.events_at(WARM + 1)
+    s.step(WARM + 3)
+    assert (0, EventCode.ORDER, Reason.ENTRY) in s.events_at(WARM + 2)  # window over: enters
+    assert s.refusals[Reason.REFUSE_TRAINING_WINDOW] == 2
+
+
+def test_refusal_order_universe_and_window_after_data_before_halt():
+    """Refusal precedence: no data, not tradable, halted, kill switch, entry-block window, edge."""
+    s = Sim()
+    s.step(WARM)
+    s.set_drawdown(0.25)                 # the halt latches at this bar's mark
+    s.entry_block[WARM] = True
+    s.tradable[WARM, 0] = False
+    s.p_up[WARM, :2] = 0.9
+    s.step(WARM + 1)
+    ev = s.events_at(WARM)
+    assert (0, EventCode.REFUSAL, Reason.REFUSE_NOT_TRADABLE) in ev
+    assert (1, EventCode.REFUSAL, Reason.REFUSE_HALTED) in ev
+    s2 = Sim()
+    s2.step(WARM)
+    s2.entry_block[WARM] = True
+    s2.p_up[WARM, 0] = 0.9
+    s2.exp_ret[WARM, 0] = 0.0            # also no edge: the window is reported first
+    s2.step(WARM + 1)
+    assert (0, EventCode.REFUSAL, Reason.REFUSE_TRAINING_WINDOW) in s2.events_at(WARM)

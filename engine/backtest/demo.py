@@ -35,22 +35,65 @@ def sma_nb(x, window):
     return out
 
 
+# tanh(x) rounds to exactly +-1.0 in float64 for |x| >= 20 (1 - tanh(20) = 8.5e-18, below half an ulp
+# of 1.0), so the library call is skipped there; tests/test_backtest_speedpath.py checks the shortcut
+# and the whole signal against the plain two-SMA formula bit for bit.
+_TANH_SAT = 20.0
+
+
+@njit(cache=True, inline="always")
+def _tanh_nb(x: float) -> float:
+    if x >= _TANH_SAT:
+        return 1.0
+    if x <= -_TANH_SAT:
+        return -1.0
+    return np.tanh(x)
+
+
 @njit(cache=True)
 def ma_signal_nb(close, fast, slow, scale):
-    """(p_up, exp_return) from a fast/slow SMA ratio (see the module docstring)."""
-    f = sma_nb(close, fast)
-    s = sma_nb(close, slow)
+    """(p_up, exp_return) from a fast/slow SMA ratio (see the module docstring).
+
+    One pass per column with both running sums; the same operations in the same order as
+    :func:`sma_nb` for each window, so the values are those of ``sma_nb(close, fast) / sma_nb(close,
+    slow) - 1``."""
     n, m = close.shape
-    p_up = np.full((n, m), np.nan)
-    er = np.full((n, m), np.nan)
-    for t in range(n):
-        for j in range(m):
-            a = f[t, j]
-            b = s[t, j]
+    p_up = np.empty((n, m))
+    er = np.empty((n, m))
+    for j in range(m):
+        sf = 0.0
+        rf = 0
+        ss = 0.0
+        rs = 0
+        for t in range(n):
+            v = close[t, j]
+            a = np.nan
+            b = np.nan
+            if v == v:
+                sf += v
+                rf += 1
+                if rf > fast:
+                    sf -= close[t - fast, j]
+                if rf >= fast:
+                    a = sf / fast
+                ss += v
+                rs += 1
+                if rs > slow:
+                    ss -= close[t - slow, j]
+                if rs >= slow:
+                    b = ss / slow
+            else:
+                sf = 0.0
+                rf = 0
+                ss = 0.0
+                rs = 0
             if a == a and b == b and b > 0.0:
                 g = a / b - 1.0
-                p_up[t, j] = 0.5 + 0.5 * np.tanh(scale * g)
+                p_up[t, j] = 0.5 + 0.5 * _tanh_nb(scale * g)
                 er[t, j] = g
+            else:
+                p_up[t, j] = np.nan
+                er[t, j] = np.nan
     return p_up, er
 
 

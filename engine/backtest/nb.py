@@ -6,7 +6,11 @@ arrays with room for them. It is the fused form of :func:`engine.risk.nb.step_nb
 and the same per-pair rule kernels of engine.risk.nb, written out in one loop so that no function
 taking arrays is called on a bar where nothing happens (numba reference-counts every array passed to
 a function, inlined or not: about 400 ns per bar with the phase functions). Rare work (fills,
-pending orders, events, resets) still goes through the engine.risk.nb functions.
+pending orders, events, resets) still goes through the engine.risk.nb functions. Shortcuts that
+change nothing but the time: the kill-switch triggers (data + five parameters only) come from one
+pass over the bars before the loop (``kill_triggers_nb``, shared by the sets of a sweep); a flat book
+is not marked; on a bar where no entry is possible (halt, kill switch, entry-block window) without
+records, candidates are counted by reason without branches.
 ``simulate_reference_nb`` is the plain loop over ``step_nb``; tests/test_backtest_speedpath.py
 checks the two bit for bit on real data. ``run_sets_nb`` runs many parameter sets in parallel
 (``prange`` over sets): each set owns its state, so the result does not depend on the thread count.
@@ -26,11 +30,12 @@ from engine.risk.enums import order_dt, position_dt, state_dt
 from engine.risk.enums import trade_dt as _trade_dt
 from engine.execution.nb import BUY
 from engine.risk.nb import (
-    _EV_KILL, _EV_ORDER, _EV_REFUSAL, _EV_TIER, _K_API, _R_CLUSTER, _R_ENTRY, _R_HALT, _R_KILL_API, _R_TIER,
+    _EV_KILL, _EV_ORDER, _EV_REFUSAL, _EV_TIER, _K_API, _R_CLUSTER, _R_ENTRY, _R_HALT, _R_HALTED, _R_KILL,
+    _R_KILL_API, _R_NO_DATA, _R_NOT_TRADABLE, _R_TIER, _R_TRAINING_WINDOW,
     A_CLOSED, A_GROSS_LOSS, A_GROSS_PROFIT, A_WINS, C_FILLS, C_KILLS, C_OVERFLOW, C_RECORD, N_ACC, N_CNT,
     caps_nb, effective_state_nb, emit_event_nb, entry_gate_nb, entry_order_nb, entry_size_nb, entry_static_gate_nb,
     execute_close_nb, execute_open_nb, exit_order_nb, exit_reason_nb, halt_reset_due_nb, init_state_nb,
-    kill_pair_nb, kill_reset_due_nb, kill_triggers_nb, latch_kill_nb, mark_state_nb, reset_halt_nb, reset_kill_nb,
+    kill_reset_due_nb, kill_triggers_nb, latch_kill_nb, mark_state_nb, reset_halt_nb, reset_kill_nb,
     same_kill_params_nb, step_nb,
 )
 
@@ -38,26 +43,33 @@ BARS_PER_YEAR = 8760.0
 
 
 @njit(cache=True)
-def simulate_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
-                operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
+def simulate_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable, entry_block,
+                api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
                 trades, events, equity_rows, metrics, refusals, cnt):
     """Run one portfolio over all bars; fill ``metrics`` (one metrics_dt record) and ``refusals``.
 
     Bit-identical to ``simulate_reference_nb`` (step_nb per bar); see the module docstring."""
     none_i = np.zeros(0, dtype=np.int64)
-    simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
-                     operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record,
+    simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+                     entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record,
                      trades, events, equity_rows, metrics, refusals, cnt, False, none_i, none_i, np.zeros(0))
 
 
 @njit(cache=True)
-def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
-                     operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
+def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+                     entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
                      trades, events, equity_rows, metrics, refusals, cnt, kill_pre: bool, kcode, kpair, kval):
-    """``simulate_nb``; with ``kill_pre`` the kill-switch triggers of each bar come from
-    ``engine.risk.nb.kill_triggers_nb`` (computed once for all the sets of a sweep) instead of the
-    per-bar checks."""
+    """``simulate_nb``; with ``kill_pre`` the kill-switch triggers of each bar are the given
+    ``kcode``/``kpair``/``kval`` (``engine.risk.nb.kill_triggers_nb``, computed once for all the sets of
+    a sweep), otherwise this run computes them first."""
     n, m = close.shape
+    if not kill_pre:
+        # the kill-switch triggers depend on the bars and the kill parameters only: one pass over the
+        # data before the loop instead of per-pair checks inside it
+        kcode = np.empty(n, dtype=np.int64)
+        kpair = np.empty(n, dtype=np.int64)
+        kval = np.empty(n)
+        kill_triggers_nb(open_, high, low, close, valid, atr, spread, p, kcode, kpair, kval)
     state = np.zeros(1, dtype=state_dt)
     positions = np.zeros(m, dtype=position_dt)
     pending = np.zeros(m, dtype=order_dt)
@@ -103,19 +115,10 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
         trig_val = 0.0
         if api_fault[t]:
             trig = _K_API
-        if kill_pre:
-            if trig == 0:
-                trig = kcode[t]
-                trig_pair = kpair[t]
-                trig_val = kval[t]
         else:
-            for j in range(m):
-                nt, v = kill_pair_nb(positions[j], valid[t, j], open_[t, j], high[t, j], low[t, j],
-                                     close[t, j], spread[t, j], atr[t, j], trig, p)
-                if nt != 0:
-                    trig = nt
-                    trig_pair = j
-                    trig_val = v
+            trig = kcode[t]
+            trig_pair = kpair[t]
+            trig_val = kval[t]
         if latch_kill_nb(st, t, trig):
             cnt[C_KILLS] += 1
             if rec:
@@ -128,22 +131,25 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
         # every order of bar t-1 is now filled or cancelled: nothing is pending until decisions below
         placed = False
         # ---- 4. mark to the close (engine.risk.nb.mark_nb)
+        # (only held pairs' marks are ever read: a flat book needs no marking, its exposure is 0)
         expo = 0.0
-        for j in range(m):
-            pos = positions[j]
-            if valid[t, j]:
-                c = close[t, j]
-                if c == c:
-                    pos.mark = c
-            if pos.qty != 0.0:
-                expo += pos.qty * pos.mark
+        n_held = st.n_positions
+        if n_held != 0:
+            for j in range(m):
+                pos = positions[j]
+                if valid[t, j]:
+                    c = close[t, j]
+                    if c == c:
+                        pos.mark = c
+                if pos.qty != 0.0:
+                    expo += pos.qty * pos.mark
         halt_ev, tier_ev = mark_state_nb(st, expo, t, p)
         if rec and halt_ev:
             emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, st.drawdown)
         if rec and tier_ev:
             emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_TIER, st.drawdown)
         # ---- 5. decisions at the close (engine.risk.nb.decide_nb): exits, then entries
-        for j in range(m):
+        for j in range(m if n_held != 0 else 0):
             pos = positions[j]
             if pos.qty == 0.0 or pending[j].active != 0 or not valid[t, j]:
                 continue
@@ -156,7 +162,33 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
             if rec:
                 emit_event_nb(events, cnt, t, j, _EV_ORDER, reason, pos.qty)
         nc = 0
-        for j in range(m):
+        blocked = (st.halted != 0) | (st.kill_reason != 0) | entry_block[t]
+        if blocked and not rec:
+            # No entry is possible this bar (halt, kill switch or entry-block window): every candidate
+            # (P(up) >= threshold, flat; nothing is pending for a flat pair at this point) is refused
+            # by entry_static_gate_nb with no data, not tradable, or the blocking reason, in that
+            # order. Counted without branches; the counts are those of the per-pair path.
+            thr = p.p_up_entry
+            n_nd = 0
+            n_nt = 0
+            n_bl = 0
+            for j in range(m):
+                cand = (p_up[t, j] >= thr) & (positions[j].qty == 0.0)
+                cl = close[t, j]
+                dat = valid[t, j] & (cl > 0.0)
+                trd = tradable[t, j]
+                n_nd += cand & (not dat)
+                n_nt += cand & dat & (not trd)
+                n_bl += cand & dat & trd
+            refusals[_R_NO_DATA] += n_nd
+            refusals[_R_NOT_TRADABLE] += n_nt
+            if st.halted != 0:
+                refusals[_R_HALTED] += n_bl
+            elif st.kill_reason != 0:
+                refusals[_R_KILL] += n_bl
+            else:
+                refusals[_R_TRAINING_WINDOW] += n_bl
+        for j in range(m if not (blocked and not rec) else 0):
             pu = p_up[t, j]
             if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
                 if not rec:
@@ -164,7 +196,8 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
                     # order: candidates the per-bar checks refuse (no data, halt, kill switch, edge,
                     # ATR) are counted here and never sorted. The rest keep their relative order
                     # (stable sort), so every entry decision is the same as in decide_nb.
-                    rr, v = entry_static_gate_nb(st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j])
+                    rr, v = entry_static_gate_nb(st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j],
+                                                 tradable[t, j], entry_block[t])
                     if rr != 0:
                         refusals[rr] += 1
                         continue
@@ -193,8 +226,8 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
                 j = order_buf[k]
                 c = close[t, j]
                 a = atr[t, j]
-                rr, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, n_open, maxpos,
-                                             cap, eq, committed)
+                rr, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, tradable[t, j],
+                                              entry_block[t], n_open, maxpos, cap, eq, committed)
                 if rr != 0:
                     refusals[rr] += 1
                     if rec:
@@ -271,9 +304,9 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
 
 
 @njit(cache=True)
-def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
-                operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
-                trades, events, equity_rows, metrics, refusals, cnt):
+def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+                          entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p,
+                          record: bool, trades, events, equity_rows, metrics, refusals, cnt):
     """Reference: ``simulate_nb`` as a plain loop over :func:`engine.risk.nb.step_nb` (tests only)."""
     n, m = close.shape
     state = np.zeros(1, dtype=state_dt)
@@ -305,7 +338,7 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
     bars_state = np.zeros(5, dtype=np.int64)
     for t in range(n):
         step_nb(t, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
-                spread, cluster, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
+                spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
                 trades, events, cnt, acc, refusals, marks, order_buf)
         eq = st.equity
         r = eq / prev_eq - 1.0 if prev_eq > 0.0 else 0.0
@@ -389,15 +422,15 @@ def _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, wo
 
 
 @njit(cache=True)
-def _run_set_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
-                operator, month_id, ordermin, costmin, lot_dec, price_dec, p, metrics, refusals,
+def _run_set_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable, entry_block,
+                api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, metrics, refusals,
                 kill_pre, kcode, kpair, kval):
     trades = np.zeros(0, dtype=_trade_dt)
     events = np.zeros(0, dtype=_event_dt)
     eqrows = np.zeros(0, dtype=_equity_dt)
     cnt = np.zeros(N_CNT, dtype=np.int64)
-    simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, api_fault,
-                     operator, month_id, ordermin, costmin, lot_dec, price_dec, p, False,
+    simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+                     entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, False,
                      trades, events, eqrows, metrics, refusals, cnt, kill_pre, kcode, kpair, kval)
 
 
@@ -417,7 +450,7 @@ def _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params
 
 @njit(cache=True, parallel=True)
 def run_sets_nb(open_, high, low, close, volume, valid, p_up, exp_ret, sig_of_set, atr, spread, cluster,
-                api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params,
+                tradable, entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params,
                 metrics_out, refusals_out):
     """Many parameter sets in one call, in parallel. ``p_up``/``exp_ret`` are (K, n, m) signal sets;
     set s reads signal set ``sig_of_set[s]``. Only metrics and refusal counts are kept (flat memory).
@@ -427,13 +460,15 @@ def run_sets_nb(open_, high, low, close, volume, valid, p_up, exp_ret, sig_of_se
     for s in prange(S):
         k = sig_of_set[s]
         _run_set_nb(open_, high, low, close, volume, valid, p_up[k], exp_ret[k], atr, spread, cluster,
-                    api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params[s],
+                    tradable, entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec,
+                    params[s],
                     metrics_out[s], refusals_out[s], pre, kcode, kpair, kval)
 
 
 @njit(cache=True, parallel=True)
-def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, api_fault, operator, month_id,
-                ordermin, costmin, lot_dec, price_dec, fasts, slows, scale, params, metrics_out, refusals_out):
+def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, tradable, entry_block, api_fault,
+                operator, month_id, ordermin, costmin, lot_dec, price_dec, fasts, slows, scale, params, metrics_out,
+                refusals_out):
     """Signal sweep through the whole pipeline in one call: for each set s, the SMA(fasts[s]) /
     SMA(slows[s]) signal (engine.backtest.demo.ma_signal_nb), the backtest with params[s], and its
     metrics. Signals are built per set inside the parallel loop, so memory stays flat."""
@@ -441,6 +476,6 @@ def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, ap
     pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
     for s in prange(S):
         pu, er = ma_signal_nb(close, fasts[s], slows[s], scale)
-        _run_set_nb(open_, high, low, close, volume, valid, pu, er, atr, spread, cluster, api_fault,
-                    operator, month_id, ordermin, costmin, lot_dec, price_dec, params[s],
+        _run_set_nb(open_, high, low, close, volume, valid, pu, er, atr, spread, cluster, tradable, entry_block,
+                    api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params[s],
                     metrics_out[s], refusals_out[s], pre, kcode, kpair, kval)

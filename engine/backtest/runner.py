@@ -40,6 +40,17 @@ class BacktestInputs:
     api_fault: np.ndarray   # bool (n,)
     operator: np.ndarray    # int64 (n,): OP_RESET_KILL | OP_RESET_HALT bit flags (manual resets)
     month_id: np.ndarray = field(default=None)  # int64 (n,)
+    tradable: np.ndarray = field(default=None)     # bool (n, m): universe member at bar t (R9); None = all
+    entry_block: np.ndarray = field(default=None)  # bool (n,): entries decided at t refused (R25); None = none
+
+    def __post_init__(self):
+        n, m = self.close.shape
+        if self.month_id is None:
+            object.__setattr__(self, "month_id", month_ids(self.ts))
+        if self.tradable is None:
+            object.__setattr__(self, "tradable", np.ones((n, m), dtype=np.bool_))
+        if self.entry_block is None:
+            object.__setattr__(self, "entry_block", np.zeros(n, dtype=np.bool_))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -80,36 +91,35 @@ def month_ids(ts: np.ndarray) -> np.ndarray:
     return (d.year.to_numpy().astype(np.int64) * 12 + d.month.to_numpy().astype(np.int64) - 1)
 
 
-def gate_signals(p_up, tradable, p_up_entry: float) -> np.ndarray:
-    """Block entries where a pair is not tradable (universe rule R9), leaving exits exactly as they were.
-
-    P(up) at or above the entry threshold is capped to the largest float below it where
-    ``tradable`` is False; lower values (and NaN) are unchanged. A capped value still sits above
-    the exit threshold, as the original did, so stops, take-profits, time and signal exits of an
-    open position behave bit for bit as without the gate.
-    """
-    p = np.array(p_up, dtype=np.float64, copy=True)
-    t = np.asarray(tradable, dtype=np.bool_)
-    if t.shape != p.shape:
-        raise InputError(f"tradable: shape {t.shape}, expected {p.shape}")
-    cap = np.nextafter(p_up_entry, -np.inf)
-    block = ~t & (p >= p_up_entry)
-    p[block] = cap
-    return p
-
-
 def make_inputs(panel, p_up, exp_ret, cfg=None, *, atr=None, spread=None, cluster=None, api_fault=None,
-                operator=None, tradable=None) -> BacktestInputs:
+                operator=None, tradable=None, entry_block=None) -> BacktestInputs:
     """Assemble kernel inputs from a Panel and (n, m) signal arrays; missing ATR/spread/clusters are
-    computed with the feature kernels (windows from ``cfg``). ``tradable`` (n, m) bool, when given,
-    blocks entries of pairs outside the universe at that bar (:func:`gate_signals`)."""
+    computed with the feature kernels (windows from ``cfg``).
+
+    ``tradable`` (n, m) bool: the pair is a universe member at that bar (R9; e.g.
+    ``engine.universe.universe_mask``); the risk step refuses entries elsewhere with
+    ``REFUSE_NOT_TRADABLE`` and leaves exits alone. None: every pair is tradable.
+    ``entry_block`` (n,) bool: entries decided at the close of bar t are refused
+    (``REFUSE_TRAINING_WINDOW``, R25). None: from ``cfg.risk.training_window_utc``
+    (:func:`engine.risk.schedule.entry_block_for_bars`: the execution bar opens in the window)."""
     from engine.config import load_config
+    from engine.risk.schedule import entry_block_for_bars
 
     cfg = cfg or load_config()
     n, m = panel.close.shape
     shape = (n, m)
-    if tradable is not None:
-        p_up = gate_signals(_f64(p_up, shape, "p_up"), tradable, cfg.risk.p_up_entry)
+    if tradable is None:
+        trd = np.ones(shape, dtype=np.bool_)
+    else:
+        trd = np.ascontiguousarray(tradable, dtype=np.bool_)
+        if trd.shape != shape:
+            raise InputError(f"tradable: shape {trd.shape}, expected {shape}")
+    if entry_block is None:
+        blk = entry_block_for_bars(panel.ts, cfg.risk.training_window_utc)
+    else:
+        blk = np.ascontiguousarray(entry_block, dtype=np.bool_)
+        if blk.shape != (n,):
+            raise InputError(f"entry_block: shape {blk.shape}, expected {(n,)}")
     hi, lo, cl = panel.high, panel.low, panel.close
     if atr is None:
         atr = default_atr(hi, lo, cl, cfg.features.atr_window)
@@ -130,7 +140,7 @@ def make_inputs(panel, p_up, exp_ret, cfg=None, *, atr=None, spread=None, cluste
         _f64(cl, shape, "close"), _f64(panel.volume, shape, "volume"),
         np.ascontiguousarray(panel.valid, dtype=np.bool_), _f64(p_up, shape, "p_up"),
         _f64(exp_ret, shape, "exp_ret"), _f64(atr, shape, "atr"), _f64(spread, shape, "spread"), cluster,
-        api, op, month_ids(ts))
+        api, op, month_ids(ts), trd, np.ascontiguousarray(blk, dtype=np.bool_))
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,8 +217,8 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
     refusals = np.zeros(N_REASONS, dtype=np.int64)
     cnt = np.zeros(N_CNT, dtype=np.int64)
     simulate_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.p_up, inp.exp_ret, inp.atr,
-                inp.spread, inp.cluster, inp.api_fault, inp.operator, inp.month_id, ordermin, costmin, lot, price,
-                params[0], record, trades, events, eqrows, metrics[0], refusals, cnt)
+                inp.spread, inp.cluster, inp.tradable, inp.entry_block, inp.api_fault, inp.operator, inp.month_id,
+                ordermin, costmin, lot, price, params[0], record, trades, events, eqrows, metrics[0], refusals, cnt)
     if metrics[0]["records_overflow"]:
         raise RuntimeError("record buffers overflowed (bug: capacities are upper bounds)")
     return BacktestResult(inp.pairs, inp.ts, metrics, refusals, trades[: cnt[0]].copy(),
@@ -240,8 +250,8 @@ def run_sweep(inp: BacktestInputs, params: np.ndarray, p_up_sets: np.ndarray | N
     refusals = np.zeros((S, N_REASONS), dtype=np.int64)
     run_sets_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid,
                 np.ascontiguousarray(p_up_sets, dtype=np.float64), np.ascontiguousarray(exp_ret_sets, dtype=np.float64),
-                sig_of_set, inp.atr, inp.spread, inp.cluster, inp.api_fault, inp.operator, inp.month_id,
-                ordermin, costmin, lot, price, params, metrics, refusals)
+                sig_of_set, inp.atr, inp.spread, inp.cluster, inp.tradable, inp.entry_block, inp.api_fault,
+                inp.operator, inp.month_id, ordermin, costmin, lot, price, params, metrics, refusals)
     return metrics, refusals
 
 

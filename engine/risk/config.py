@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.config import Frozen
 
@@ -43,6 +43,18 @@ class RiskConfig(Frozen):
     spread_anomaly_mult: float = Field(5.0, ge=0.0, description="spread > mult x its EWMA baseline trips it; 0 = off")
     spread_baseline_bars: int = Field(168, ge=2, le=100_000, description="EWMA span of the spread baseline")
     vol_spike_mult: float = Field(8.0, ge=0.0, description="true range > mult x previous ATR trips it; 0 = off")
+    # scheduled entry block (R25): no new positions whose order would execute in a bar opening in it
+    training_window_utc: tuple[str, ...] = Field(
+        ("03:00", "05:00"), description="UTC [start, end) 'HH:MM' of the maintenance/retraining window in which "
+        "no new positions are opened (exits allowed); [] or equal times = none; may wrap midnight")
+
+    @field_validator("training_window_utc")
+    @classmethod
+    def _window(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from engine.risk.schedule import parse_window
+
+        parse_window(v)      # ValueError (named by the config loader) when malformed
+        return tuple(s.strip() for s in v)
 
     @model_validator(mode="after")
     def _tiers(self) -> "RiskConfig":

@@ -79,6 +79,8 @@ class Reason(IntEnum):
     REFUSE_ORDERMIN = 19       # quantity (rounded down to lot_decimals) below Kraken ordermin
     REFUSE_COSTMIN = 20        # notional below Kraken costmin
     REFUSE_NO_BAR = 21         # execution bar missing: order cancelled
+    REFUSE_NOT_TRADABLE = 22   # the pair is outside the tradable universe at this bar (R9)
+    REFUSE_TRAINING_WINDOW = 23  # the order would execute in a scheduled entry-block window (R25)
     # kill-switch triggers
     KILL_API = 30
     KILL_SPREAD = 31

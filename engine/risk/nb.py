@@ -13,7 +13,8 @@ section of docs/MODEL_ASSUMPTIONS.md state the rules in words):
    close (+ slippage). Exits always; entries only if neither the halt nor the kill switch is latched.
 4. ``mark_nb``          - mark to bar t's close, equity, peak, drawdown, drawdown tiers (halt latches).
 5. ``decide_nb``        - exits (stop, take-profit, signal reversal, time), then entries (threshold,
-   edge, halt/kill, max positions, exposure cap, cluster cap, cash, precision, ordermin/costmin)
+   data, universe, halt/kill, entry-block window, edge, max positions, exposure cap, cluster cap, cash,
+   precision, ordermin/costmin)
    -> pending orders for bar t+1, and an event with a reason code for every refusal.
 
 The live bridge uses the same pieces: it applies real fills with :func:`apply_fill_nb` and calls
@@ -50,6 +51,7 @@ _EV_REFUSAL, _EV_ORDER, _EV_CANCEL, _EV_TIER, _EV_KILL, _EV_RESET = 1, 2, 3, 4, 
 _R_ENTRY, _R_STOP, _R_TP, _R_SIGNAL, _R_TIME = 1, 2, 3, 4, 5
 _R_NO_DATA, _R_HALTED, _R_KILL, _R_EDGE, _R_NO_ATR = 10, 11, 12, 13, 14
 _R_MAXPOS, _R_EXPOSURE, _R_CLUSTER, _R_CASH, _R_ORDERMIN, _R_COSTMIN, _R_NO_BAR = 15, 16, 17, 18, 19, 20, 21
+_R_NOT_TRADABLE, _R_TRAINING_WINDOW = 22, 23
 _R_KILL_API, _R_KILL_SPREAD, _R_KILL_VOL, _R_KILL_DATA = 30, 31, 32, 33
 _R_TIER, _R_HALT, _R_RESET_KILL, _R_RESET_HALT = 40, 41, 42, 43
 
@@ -444,48 +446,61 @@ def halt_reset_due_nb(st, op: int, t: int, p) -> bool:
 
 
 @njit(cache=True, inline="always")
-def kill_pair_nb(pos, vld: bool, o: float, h: float, lo: float, c: float, s: float, a: float, trig: int, p):
-    """Kill-switch checks of one pair's bar and its baseline updates.
+def kill_pair_scalar_nb(seen: int, sbase: float, nspread: int, aprev: float, pclose: float, vld: bool, o: float,
+                        h: float, lo: float, c: float, s: float, a: float, trig: int, p):
+    """Kill-switch checks of one pair's bar and its baseline updates, on the baselines as scalars
+    (seen, spread EWMA, spread observations, previous ATR, previous close).
 
     ``trig`` is the trigger already found this bar (0: none); returns (new trigger of this pair or 0,
-    its value). A bar never hides its own anomaly: baselines update after the checks."""
+    its value, and the updated baselines). A bar never hides its own anomaly: baselines update after
+    the checks. :func:`kill_pair_nb` is the same rule on a position record."""
     # positive, finite (NaN fails every comparison) and consistent
     ok = vld & (0.0 < lo) & (lo <= h) & (h < np.inf) & (0.0 < o) & (o < np.inf) & (0.0 < c) & (c < np.inf)
     new = 0
     val = 0.0
     if not ok:
-        if (pos.seen != 0 or vld) and trig == 0:
+        if (seen != 0 or vld) and trig == 0:
             new = _K_DATA
-        return new, val
+        return new, val, seen, sbase, nspread, aprev, pclose
     # the checks are evaluated without short-circuit branches (NaN compares false, as the guards
     # require), then one rarely-taken branch
-    spike = (s > p.spread_max) | ((p.spread_anomaly_mult > 0.0) & (pos.n_spread >= p.spread_min_obs)
-                                  & (s > p.spread_anomaly_mult * pos.spread_base))
+    spike = (s > p.spread_max) | ((p.spread_anomaly_mult > 0.0) & (nspread >= p.spread_min_obs)
+                                  & (s > p.spread_anomaly_mult * sbase))
     if trig == 0 and spike:
         new = _K_SPREAD
         val = s
-    ap = pos.atr_prev
-    pc = pos.prev_close
     # true range against the previous close (a NaN previous close compares false: the bar alone);
     # written as selects so the compiler emits min/max, not a data-dependent branch
-    hi2 = pc if pc > h else h
-    lo2 = pc if pc < lo else lo
+    hi2 = pclose if pclose > h else h
+    lo2 = pclose if pclose < lo else lo
     tr = hi2 - lo2
     vsm = p.vol_spike_mult
-    if trig == 0 and new == 0 and ((vsm > 0.0) & (ap > 0.0) & (tr > vsm * ap)):
+    if trig == 0 and new == 0 and ((vsm > 0.0) & (aprev > 0.0) & (tr > vsm * aprev)):
         new = _K_VOL
-        val = tr / ap
+        val = tr / aprev
     # baselines (after the checks: a bar never hides its own anomaly)
     if s == s and s >= 0.0:
-        if pos.n_spread == 0:
-            pos.spread_base = s
+        if nspread == 0:
+            sbase = s
         else:
-            pos.spread_base = pos.spread_base + p.spread_alpha * (s - pos.spread_base)
-        pos.n_spread += 1
+            sbase = sbase + p.spread_alpha * (s - sbase)
+        nspread += 1
     if a == a:
-        pos.atr_prev = a
-    pos.prev_close = c
-    pos.seen = 1
+        aprev = a
+    return new, val, 1, sbase, nspread, aprev, c
+
+
+@njit(cache=True, inline="always")
+def kill_pair_nb(pos, vld: bool, o: float, h: float, lo: float, c: float, s: float, a: float, trig: int, p):
+    """Kill-switch checks of one pair's bar (:func:`kill_pair_scalar_nb`) on its position record's
+    baselines; returns (new trigger of this pair or 0, its value)."""
+    new, val, seen, sbase, nspread, aprev, pclose = kill_pair_scalar_nb(
+        pos.seen, pos.spread_base, pos.n_spread, pos.atr_prev, pos.prev_close, vld, o, h, lo, c, s, a, trig, p)
+    pos.seen = seen
+    pos.spread_base = sbase
+    pos.n_spread = nspread
+    pos.atr_prev = aprev
+    pos.prev_close = pclose
     return new, val
 
 
@@ -500,25 +515,27 @@ def kill_triggers_nb(open_, high, low, close, valid, atr, spread, p, code, pair,
     ``same_kill_params_nb``); with the API fault flag (checked first) this is exactly what
     kill_check_nb finds bar by bar (tests/test_backtest_speedpath.py checks it bit for bit)."""
     n, m = close.shape
+    # bar-major (the arrays are row-major): the baselines of each pair in small arrays that stay in L1
+    seen = np.zeros(m, dtype=np.int64)
+    sbase = np.full(m, np.nan)
+    nspread = np.zeros(m, dtype=np.int64)
+    aprev = np.full(m, np.nan)
+    pclose = np.full(m, np.nan)
     for t in range(n):
-        code[t] = 0
-        pair[t] = -1
-        val[t] = 0.0
-    base = np.zeros(1, dtype=position_dt)
-    for j in range(m):
-        b = base[0]
-        b.seen = 0
-        b.spread_base = np.nan
-        b.n_spread = 0
-        b.atr_prev = np.nan
-        b.prev_close = np.nan
-        for t in range(n):
-            nt, v = kill_pair_nb(b, valid[t, j], open_[t, j], high[t, j], low[t, j], close[t, j],
-                                 spread[t, j], atr[t, j], 0, p)
-            if nt != 0 and code[t] == 0:
-                code[t] = nt
-                pair[t] = j
-                val[t] = v
+        ct = 0
+        pt = -1
+        vt = 0.0
+        for j in range(m):
+            nt, v, seen[j], sbase[j], nspread[j], aprev[j], pclose[j] = kill_pair_scalar_nb(
+                seen[j], sbase[j], nspread[j], aprev[j], pclose[j], valid[t, j], open_[t, j], high[t, j], low[t, j],
+                close[t, j], spread[t, j], atr[t, j], ct, p)
+            if nt != 0:
+                ct = nt
+                pt = j
+                vt = v
+        code[t] = ct
+        pair[t] = pt
+        val[t] = vt
 
 
 @njit(cache=True)
@@ -667,15 +684,20 @@ def exit_order_nb(o, pos, t: int, c: float, reason: int, kind: int, a: float, s:
 
 
 @njit(cache=True, inline="always")
-def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float):
-    """The entry checks that do not depend on the other entries of the same bar (data, halt, kill
-    switch, edge, ATR): (refusal reason or 0, refusal value)."""
+def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float, trd: bool, blk: bool):
+    """The entry checks that do not depend on the other entries of the same bar, in this order: data,
+    universe (``trd``: the pair is tradable at this bar), halt, kill switch, entry-block window
+    (``blk``: the order would execute in a scheduled window), edge, ATR: (refusal reason or 0, value)."""
     if not vld or not (c > 0.0):
         return _R_NO_DATA, pu
+    if not trd:
+        return _R_NOT_TRADABLE, pu
     if st.halted != 0:
         return _R_HALTED, st.drawdown
     if st.kill_reason != 0:
         return _R_KILL, float(st.kill_reason)
+    if blk:
+        return _R_TRAINING_WINDOW, pu
     if not (er == er) or er <= p.min_edge:
         return _R_EDGE, er
     if p.sizing == SIZING_RISK and not (a == a and a > 0.0):
@@ -684,10 +706,10 @@ def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: fl
 
 
 @njit(cache=True, inline="always")
-def entry_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float, n_open: int, maxpos: int,
-                  cap: float, eq: float, committed: float):
+def entry_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float, trd: bool, blk: bool, n_open: int,
+                  maxpos: int, cap: float, eq: float, committed: float):
     """Entry checks before the cluster cap: (refusal reason or 0, refusal value, exposure room)."""
-    r, v = entry_static_gate_nb(st, p, vld, c, pu, er, a)
+    r, v = entry_static_gate_nb(st, p, vld, c, pu, er, a, trd, blk)
     if r != 0:
         return r, v, 0.0
     if n_open >= maxpos:
@@ -743,9 +765,12 @@ def entry_order_nb(o, t: int, qty: float, c: float, a: float, s: float, pdec: in
 
 
 @njit(cache=True, inline="always")
-def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
-              ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf) -> None:
-    """Decisions at the close of bar t: exits, then entries, as pending orders for bar t+1."""
+def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+              entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf) -> None:
+    """Decisions at the close of bar t: exits, then entries, as pending orders for bar t+1.
+
+    ``tradable[t, j]`` (universe, R9) and ``entry_block[t]`` (entry-block window, R25) refuse entries
+    only; exits of open positions never look at them."""
     st = state[0]
     m = positions.shape[0]
     # ---- exits (always allowed: halt and kill switch block entries only)
@@ -791,8 +816,8 @@ def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, at
         j = order_buf[k]
         c = close[t, j]
         a = atr[t, j]
-        r, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, n_open, maxpos,
-                                     cap, eq, committed)
+        r, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, tradable[t, j],
+                                     entry_block[t], n_open, maxpos, cap, eq, committed)
         if r != 0:
             refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, r, v)
             continue
@@ -820,9 +845,9 @@ def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, at
         n_open += 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def step_nb(t: int, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
-            spread, cluster, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
+            spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
             trades, events, cnt, acc, refusals, marks, order_buf) -> None:
     """One bar of a simulated portfolio: execute t-1's orders in bar t, then decide at t's close."""
     execute_open_nb(t, state, positions, pending, open_, high, low, close, volume, valid, cluster,
@@ -832,8 +857,8 @@ def step_nb(t: int, state, positions, pending, open_, high, low, close, volume, 
     execute_close_nb(t, state, positions, pending, close, volume, valid, cluster,
                      ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
     mark_nb(t, state, positions, close, valid, p, events, cnt)
-    decide_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
-              ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf)
+    decide_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+              entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf)
 
 
 def new_state(n_pairs: int, init_cash: float):
