@@ -16,18 +16,22 @@ A :class:`research.folds.PurgedWalkForward` over the bars that hold at least one
 >= the longest horizon (checked by the config loader), so no training label reads a test bar. The
 same folds serve every horizon. ``folds.json`` is the splitter's own ``folds_table``.
 
-Per fold and horizon
---------------------
-* Training matrix: for every pair with training rows, the CONTIGUOUS block of its rows from the
-  first to the last training bar (sorted by pair, then time; ``segments`` = pair), so the sequence
-  models see an unbroken history. A row is a training target (finite ``y``) only if it is eligible,
-  its bar is a training bar of the fold (the purge and embargoed bars are not) and its label exists;
-  other rows carry ``y = NaN`` and serve only as history. ``returns`` is the simple forward return
+Per fold (every horizon at once)
+--------------------------------
+* Training matrix: for every pair with a training target of ANY horizon, the CONTIGUOUS block of its
+  rows from the first to the last training bar (sorted by pair, then time; ``segments`` = pair), so
+  the sequence models see an unbroken history. Column c of the label matrix ``Y`` (one column per
+  horizon) is a training target only if the row is eligible, its bar is a training bar of the fold
+  (the purge and embargoed bars are not) and its label of that horizon exists; other entries are
+  NaN (history only). ``returns`` (same shape) is the simple forward return
   ``exp(fwd_log_return) - 1`` of the target rows (the expected-return heads are in simple returns,
   the unit the backtester compares with the round-trip cost).
-* :class:`research.models.meta.StackingMetaLearner` with the configured base models, regime
-  classifier and ``inner_folds`` purged inner folds (it fits the bases on inner folds for
-  out-of-fold stacking inputs, then refits them on the whole window).
+* ONE :class:`research.models.meta.StackingMetaLearner` per fold with the configured base models,
+  regime classifier and ``inner_folds`` purged inner folds, fitted on ``Y``: the sequence nets (one
+  head per horizon) and the RandomForest (multi-output) are fitted once for every horizon
+  (``share_horizons``), XGBoost/LightGBM per horizon, one stacker and return head per horizon; it
+  fits the bases on the inner folds for out-of-fold stacking inputs, then refits them on the whole
+  window. Independent fits run on ``n_jobs`` threads (results do not depend on it).
 * Prediction: per pair the rows from ``warm`` bars before the test block to its end (``warm`` =
   the longest sequence length / regime window + 2) so sequence models and the regime labels have
   their history; the output is sliced to the eligible test rows. Every eligible test row gets one
@@ -39,7 +43,7 @@ Outputs
 ``predictions`` (ts, pair, horizon, model, fold, p_up, exp_return; models ``xgboost``, ``lightgbm``,
 ``random_forest``, ``lstm``, ``transformer``, ``meta``; ``exp_return`` is a simple return over the
 horizon), ``regime`` (ts, pair, fold, regime, regime_code) from the regime classifier fitted inside
-the fold's meta-learner of the first horizon, per-(model, fold, horizon) quality (AUC, log loss,
+the fold's meta-learner, per-(model, fold, horizon) quality (AUC, log loss,
 Brier, hit rate) and the pooled out-of-sample quality per (model, horizon). A pooled out-of-sample
 AUC above ``leak_auc`` (0.60; published crypto direction work reports 0.52-0.56) is flagged as a
 suspected leak (``leak_flags``, ``suspected_leak``, red in the report). The rule applies to every
@@ -71,7 +75,7 @@ import pandas as pd
 from engine.config import Config, LabelsConfig
 from engine.errors import InputError
 from research.config import ResearchConfig
-from research.models.base import make_model
+from research.models.base import make_model, model_class
 from research.models.meta import StackingMetaLearner
 
 __all__ = ["WalkForwardResult", "run_walkforward", "eligible_rows", "make_splitter", "quality",
@@ -162,7 +166,8 @@ def _meta(rc: ResearchConfig, seed: int) -> StackingMetaLearner:
     mc = rc.models.meta
     return _TimedMeta(models=_base_models(rc, seed), regime=make_model("regime", tiny=rc.tiny, config=rc.models.regime),
                       use_regime=mc.use_regime, inner_folds=rc.folds.inner_folds, purge_bars=rc.folds.purge_bars,
-                      C=mc.C, ridge_alpha=mc.ridge_alpha, model_size="tiny" if rc.tiny else "research", seed=seed)
+                      C=mc.C, ridge_alpha=mc.ridge_alpha, model_size="tiny" if rc.tiny else "research", seed=seed,
+                      share_horizons=mc.share_horizons, n_jobs=mc.n_jobs, inner_stride=mc.inner_stride)
 
 
 def _warm_bars(meta: StackingMetaLearner) -> int:
@@ -182,6 +187,29 @@ def _block(X3: np.ndarray, close: np.ndarray, lo: int, hi: int, cols: list[int])
     seg = np.repeat(np.asarray(cols, dtype=np.int64), nb)
     bar = np.tile(np.arange(lo, hi + 1, dtype=np.int64), len(cols))
     return X, c, seg, bar
+
+
+def window_matrix(X3: np.ndarray, close: np.ndarray, targets: list, ups: list, fwds: list, lo: int, hi: int):
+    """One training window (every horizon), built as a walk-forward fold builds it.
+
+    ``targets[c]`` (n, m) bool marks horizon c's training targets (eligible, a training bar, label
+    exists); ``ups[c]``/``fwds[c]`` are its labels and forward simple returns. Returns ``None`` when
+    no pair has a target in bars ``lo..hi``, else ``(X, close, segments, bar, Y, R)``: every pair
+    with a target of any horizon contributes its CONTIGUOUS rows ``lo..hi`` (pair-major); ``Y``/``R``
+    are (rows, H), NaN outside each horizon's targets (history rows). Used by the final model
+    (research.bundle.fit_final) so it trains on the same rows a fold would."""
+    anyt = np.logical_or.reduce(targets)
+    cols = [j for j in range(anyt.shape[1]) if anyt[lo:hi + 1, j].any()]
+    if not cols:
+        return None
+    X, c, seg, bar = _block(X3, close, lo, hi, cols)
+    Y = np.full((X.shape[0], len(targets)), np.nan)
+    R = np.full((X.shape[0], len(targets)), np.nan)
+    for ci, (t, u, f) in enumerate(zip(targets, ups, fwds)):
+        tmask = np.concatenate([t[lo:hi + 1, j] for j in cols])
+        Y[:, ci] = np.where(tmask, np.concatenate([u[lo:hi + 1, j] for j in cols]), np.nan)
+        R[:, ci] = np.where(tmask, np.concatenate([f[lo:hi + 1, j] for j in cols]), np.nan)
+    return X, c, seg, bar, Y, R
 
 
 def quality(y: np.ndarray, p: np.ndarray) -> dict:
@@ -257,8 +285,11 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
     if max_folds is not None:
         splits, table = splits[:int(max_folds)], table[:int(max_folds)]
     if progress:
+        shared = [bool(rc.models.meta.share_horizons and len(horizons) > 1
+                       and getattr(model_class(nm), "supports_multi_output", False)) for nm in rc.base_models]
         progress("plan", n_folds=len(splits), horizons=horizons, models=rc.base_models,
-                 inner_folds=rc.folds.inner_folds)
+                 inner_folds=rc.folds.inner_folds,
+                 fits_per_fold=(rc.folds.inner_folds + 1) * sum(1 if s else len(horizons) for s in shared))
 
     pair_arr = np.asarray(panel.pairs, dtype=object)
     pred_parts: list[pd.DataFrame] = []
@@ -276,71 +307,77 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
         te_set[te_b] = True
         test_rows = elig & te_set[:, None]
         test_cols = [j for j in range(m) if test_rows[:, j].any()]
-        for h in horizons:
-            target = elig & is_train_bar[:, None] & np.isfinite(up[h])
-            cols = [j for j in range(m) if target[lo:hi + 1, j].any()]
-            if not cols or not test_cols:
-                continue
-            X, c, seg, bar = _block(X3, close, lo, hi, cols)
-            tmask = np.concatenate([target[lo:hi + 1, j] for j in cols])
-            y = np.where(tmask, np.concatenate([up[h][lo:hi + 1, j] for j in cols]), np.nan)
-            r = np.where(tmask, np.concatenate([fwd[h][lo:hi + 1, j] for j in cols]), np.nan)
-            if rng_seed is not None:
-                idx = np.flatnonzero(tmask)
+        targets = [elig & is_train_bar[:, None] & np.isfinite(up[h]) for h in horizons]
+        # ONE training block for every horizon: a pair enters with its contiguous rows lo..hi when it
+        # has a target of any horizon; Y[:, c] is NaN outside horizon c's targets (history rows)
+        wm = window_matrix(X3, close, targets, [up[h] for h in horizons], [fwd[h] for h in horizons], lo, hi)
+        if wm is None or not test_cols:
+            continue
+        X, c, seg, bar, Y, Rt = wm
+        if rng_seed is not None:
+            for ci, h in enumerate(horizons):
+                idx = np.flatnonzero(np.isfinite(Y[:, ci]))
                 perm = np.random.default_rng([int(rng_seed), k, int(h)]).permutation(idx)
-                y[idx], r[idx] = y[perm], r[perm]
-            times = panel.ts[bar]
-            meta = _meta(rc, cfg.seed)
-            fit_times: dict[str, float] = {}
+                Y[idx, ci], Rt[idx, ci] = Y[perm, ci], Rt[perm, ci]
+        n_train = {int(h): int(np.isfinite(Y[:, ci]).sum()) for ci, h in enumerate(horizons)}
+        times = panel.ts[bar]
+        meta = _meta(rc, cfg.seed)
+        fit_times: dict[str, float] = {}
+        hs_label = "/".join(str(h) for h in horizons)
 
-            def on_fit(ev, name, arg, _k=k, _h=h, _ft=fit_times):
-                if ev == "done":
-                    _ft[name] = _ft.get(name, 0.0) + float(arg)
-                if progress:
-                    progress("fit", fold=_k, horizon=_h, model=name, stage=ev, final=arg if ev == "start" else None)
-
+        def on_fit(ev, name, arg, _k=k, _ft=fit_times, _hl=hs_label):
+            if ev == "done":
+                _ft[name] = _ft.get(name, 0.0) + float(arg)
             if progress:
-                progress("step", fold=k, horizon=h, n_train=int(np.isfinite(y).sum()))
-            _HOOK["on_fit"] = on_fit
-            t0 = time.perf_counter()
-            try:
-                meta.fit(X, y, close=c, returns=r, times=times, segments=seg)
-            finally:
-                _HOOK["on_fit"] = None
-            t_fit = time.perf_counter() - t0
+                progress("fit", fold=_k, horizon=_hl, model=name, stage=ev, final=arg if ev == "start" else None)
 
-            # predict the test block with warm-up rows before it
-            t0 = time.perf_counter()
-            plo = max(int(te_b.min()) - _warm_bars(meta), 0)
-            phi = int(te_b.max())
-            Xp, cp, sp, bp = _block(X3, close, plo, phi, test_cols)
-            keep = np.concatenate([test_rows[plo:phi + 1, j] for j in test_cols])
-            P = meta.predict_base_proba(Xp, segments=sp)
-            pm = meta.predict_proba(Xp, close=cp, segments=sp)[:, 1]
-            rm = meta.predict_return(Xp, close=cp, segments=sp)
-            t_pred = time.perf_counter() - t0
-            ts_k = panel.ts[bp[keep]]
-            pr_k = pair_arr[sp[keep]]
+        if progress:
+            progress("step", fold=k, horizon=hs_label, n_train=int(np.isfinite(Y).any(axis=1).sum()))
+        _HOOK["on_fit"] = on_fit
+        t0 = time.perf_counter()
+        try:
+            meta.fit(X, Y if len(horizons) > 1 else Y[:, 0], close=c, returns=Rt if len(horizons) > 1 else Rt[:, 0],
+                     times=times, segments=seg)
+        finally:
+            _HOOK["on_fit"] = None
+        t_fit = time.perf_counter() - t0
+
+        # predict the test block with warm-up rows before it (every horizon in one pass)
+        t0 = time.perf_counter()
+        plo = max(int(te_b.min()) - _warm_bars(meta), 0)
+        phi = int(te_b.max())
+        Xp, cp, sp, bp = _block(X3, close, plo, phi, test_cols)
+        keep = np.concatenate([test_rows[plo:phi + 1, j] for j in test_cols])
+        out = meta.predict_all(Xp, close=cp, segments=sp)
+        t_pred = time.perf_counter() - t0
+        ts_k = panel.ts[bp[keep]]
+        pr_k = pair_arr[sp[keep]]
+        for ci, h in enumerate(horizons):
             for j, (name, est) in enumerate(meta.base_models_):
-                p = P[keep, j]
-                er = p * est.mu_up_ + (1.0 - p) * est.mu_down_
+                p = out["base"][keep, j, ci]
+                mu_u = np.atleast_1d(est.mu_up_)[ci]
+                mu_d = np.atleast_1d(est.mu_down_)[ci]
+                er = p * mu_u + (1.0 - p) * mu_d
                 pred_parts.append(pd.DataFrame({"ts": ts_k, "pair": pr_k, "horizon": np.int64(h), "model": name,
                                                 "fold": np.int64(k), "p_up": p, "exp_return": er}))
             pred_parts.append(pd.DataFrame({"ts": ts_k, "pair": pr_k, "horizon": np.int64(h), "model": "meta",
-                                            "fold": np.int64(k), "p_up": pm[keep], "exp_return": rm[keep]}))
-            if k not in reg_done:
-                reg_done.add(k)
-                if meta.regime_ is not None:
-                    from research.models.regime import REGIME_NAMES
+                                            "fold": np.int64(k), "p_up": out["p_up"][keep, ci],
+                                            "exp_return": out["exp_return"][keep, ci]}))
+        if k not in reg_done:
+            reg_done.add(k)
+            if meta.regime_ is not None:
+                from research.models.regime import REGIME_NAMES
 
-                    codes = meta.regime_.predict(cp, segments=sp)[keep].astype(np.int64)
-                    names = np.array(REGIME_NAMES + ("unknown",), dtype=object)[np.where(codes < 0, 4, codes)]
-                    part = pd.DataFrame({"ts": ts_k, "pair": pr_k, "fold": np.int64(k), "regime": names,
-                                         "regime_code": codes})
-                    reg_parts.append(part)
-            timings.append({"fold": k, "horizon": int(h), "fit_s": t_fit, "predict_s": t_pred,
-                            "n_train_rows": int(np.isfinite(y).sum()), "n_test_rows": int(keep.sum()),
-                            "base_fit_s": {kk: round(v, 4) for kk, v in fit_times.items()}})
+                codes = meta.regime_.predict(cp, segments=sp)[keep].astype(np.int64)
+                names = np.array(REGIME_NAMES + ("unknown",), dtype=object)[np.where(codes < 0, 4, codes)]
+                part = pd.DataFrame({"ts": ts_k, "pair": pr_k, "fold": np.int64(k), "regime": names,
+                                     "regime_code": codes})
+                reg_parts.append(part)
+        timings.append({"fold": k, "horizon": hs_label, "horizons": [int(h) for h in horizons], "fit_s": t_fit,
+                        "predict_s": t_pred, "n_train_rows": max(n_train.values()), "n_train_rows_by_horizon": n_train,
+                        "n_test_rows": int(keep.sum()),
+                        "base_fit_s": {kk: round(v, 4) for kk, v in fit_times.items()}})
+        for h in horizons:
             if keep_models:
                 fitted[(k, int(h))] = meta
             if progress:

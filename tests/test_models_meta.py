@@ -190,3 +190,103 @@ def test_pooled_pairs_with_times_and_segments():
     assert np.array_equal(m2.predict_proba(X, close=close, segments=seg)[:, 1], pp)
     assert np.array_equal(m2.predict_return(X, close=close, segments=seg),
                           m.predict_return(X, close=close, segments=seg))
+
+
+def _two_horizons(real_window):
+    X, y, ret, c = real_window
+    r4 = np.append(c[4:] / c[:-4] - 1.0, [np.nan] * 4)
+    y4 = np.where(np.isfinite(r4), (r4 > 0).astype(float), np.nan)
+    return X, np.column_stack([y, y4]), np.column_stack([ret, r4]), c
+
+
+def _mixed_models(seed=0):
+    return [("xgboost", make_model("xgboost", tiny=True, seed=seed)),
+            ("random_forest", make_model("random_forest", tiny=True, seed=seed)),
+            ("lstm", make_model("lstm", tiny=True, seed=seed))]
+
+
+def test_multi_horizon_fit_without_sharing_equals_one_meta_per_horizon(real_window):
+    """An (n, H) label matrix with share_horizons=False is exactly H single-horizon meta-learners:
+    same inner folds, same base fits, same stackers (bit for bit)."""
+    X, Y, R, c = _two_horizons(real_window)
+    kw = dict(models=_mixed_models(), cv=SimplePurgedSplit(k=2, purge=24),
+              regime=RegimeClassifier(trend_bars=48, vol_bars=24))
+    mm = StackingMetaLearner(share_horizons=False, **kw).fit(X, Y, close=c, returns=R)
+    out = mm.predict_all(X, close=c)
+    assert out["base"].shape == (len(X), 3, 2) and out["p_up"].shape == (len(X), 2)
+    for col in range(2):
+        m1 = StackingMetaLearner(**kw).fit(X, Y[:, col], close=c, returns=R[:, col])
+        assert np.array_equal(out["p_up"][:, col], m1.predict_proba(X, close=c)[:, 1])
+        assert np.array_equal(out["exp_return"][:, col], m1.predict_return(X, close=c))
+        assert np.array_equal(out["base"][:, :, col], m1.predict_base_proba(X), equal_nan=True)
+        assert np.array_equal(mm.oof_[:, :, col], m1.oof_, equal_nan=True)
+
+
+def test_multi_horizon_shared_fits_out_of_fold_and_thread_count_invariant(real_window):
+    """share_horizons: the RandomForest and the LSTM are fitted ONCE per inner fold for both
+    horizons (multi-output), XGBoost per horizon; every stacker column is still an out-of-fold
+    prediction; two threads give bit-identical results to one (each fit seeded, single-threaded,
+    stored by position)."""
+    X, Y, R, c = _two_horizons(real_window)
+    kw = dict(models=_mixed_models(1), cv=SimplePurgedSplit(k=2, purge=24),
+              regime=RegimeClassifier(trend_bars=48, vol_bars=24))
+    m1 = StackingMetaLearner(n_jobs=1, **kw).fit(X, Y, close=c, returns=R)
+    m2 = StackingMetaLearner(n_jobs=2, **kw).fit(X, Y, close=c, returns=R)
+    o1, o2 = m1.predict_all(X, close=c), m2.predict_all(X, close=c)
+    for key in ("base", "p_up", "exp_return"):
+        assert np.array_equal(o1[key], o2[key], equal_nan=True), key
+    assert np.array_equal(m1.oof_, m2.oof_, equal_nan=True)
+    # the shared models are multi-output, XGBoost one model per horizon
+    names = dict(m1.base_models_)
+    assert names["random_forest"].model_.n_outputs_ == 2 and names["lstm"].n_outputs_ == 2
+    assert len(names["xgboost"].estimators_) == 2
+    # out of fold: the OOF block of each inner fold is a clone fitted on that fold's rows only
+    for tr, te in SimplePurgedSplit(k=2, purge=24).split(X):
+        rf = clone(dict(_mixed_models(1))["random_forest"]).fit(X[tr], Y[tr])
+        assert np.array_equal(m1.oof_[te, 1, :], rf.predict_up(X[te]))
+        for col in range(2):
+            ok = np.isfinite(Y[tr, col])
+            xg = clone(dict(_mixed_models(1))["xgboost"]).fit(X[tr][ok], Y[tr, col][ok])
+            assert np.array_equal(m1.oof_[te, 0, col], xg.predict_proba(X[te])[:, 1])
+    for col in range(2):
+        rows = m1.stack_rows_[col]
+        assert np.array_equal(m1.stack_X_[col][:, :3],
+                              np.where(np.isfinite(m1.oof_[rows, :, col]), m1.oof_[rows, :, col], 0.5) - 0.5)
+        assert not np.intersect1d(rows, np.arange(0, 866)).size  # the first inner training block is never tested
+    assert isinstance(m1.predict_proba(X, close=c), list) and m1.predict_return(X, close=c).shape == (len(X), 2)
+
+
+def test_inner_stride_trains_tabular_inner_fits_and_the_stacker_on_every_kth_hour():
+    """inner_stride=3: the stacker's rows and every out-of-fold prediction lie on hours divisible
+    by 3 (all pairs of a bar together); a tabular OOF block is a clone fitted on the fold's
+    on-grid training rows only; the refit still uses the whole window."""
+    require_shared()
+    from engine.store.panel import load_shared_panel
+    from research.folds import PurgedWalkForward
+
+    p = load_shared_panel(["binance_BTCUSDT_1h", "binance_ETHUSDT_1h"])
+    n = 1300
+    ts, cc = p.ts[-n:], p.close[-n:]
+    Xs, ys = [], []
+    for j in range(2):
+        lc = np.log(cc[:, j])
+        X = np.column_stack([lc - np.roll(lc, k) for k in (1, 4, 12)])
+        X[:12] = np.nan
+        r = np.append(cc[1:, j] / cc[:-1, j] - 1, np.nan)
+        Xs.append(X), ys.append(np.where(np.isfinite(r), (r > 0).astype(float), np.nan))
+    X, y = np.vstack(Xs), np.concatenate(ys)
+    times, seg = np.tile(ts, 2), np.repeat([0, 1], n)
+    models = [("xgboost", make_model("xgboost", tiny=True)), ("lstm", make_model("lstm", tiny=True))]
+    cv = PurgedWalkForward(train_bars=500, test_bars=380, purge_bars=24, expanding=True)
+    m = StackingMetaLearner(models=models, cv=cv, use_regime=False, inner_stride=3)
+    m.fit(X, y, times=times, segments=seg)
+    hour = times // 3600
+    assert (hour[m.stack_rows_] % 3 == 0).all() and m.stack_rows_.size > 450  # ~2 x 760 tested hours / 3
+    assert np.isnan(m.oof_[hour % 3 != 0]).all()
+    for tr, te in m.inner_folds_:
+        assert (hour[te] % 3 == 0).all()
+        trg = tr[(hour[tr] % 3 == 0) & np.isfinite(y[tr])]
+        xg = make_model("xgboost", tiny=True).fit(X[trg], y[trg])
+        assert np.array_equal(m.oof_[te, 0], xg.predict_proba(X[te])[:, 1])
+    full = make_model("xgboost", tiny=True).fit(X, y)
+    assert np.array_equal(m.base_models_[0][1].predict_proba(X)[:, 1], full.predict_proba(X)[:, 1])

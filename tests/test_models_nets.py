@@ -170,3 +170,67 @@ def test_segments_keep_each_pairs_sequences_apart(twin_fits):
     assert np.array_equal(p[:350], m.predict_proba(X[:350]), equal_nan=True)
     with pytest.raises(InputError, match="contiguous"):
         make_sequences(X, 8, segments=np.tile([0, 1], 350))
+
+
+def planted_multi(n=800, seed=0):
+    """Three label columns (like the 1/4/24 h horizons): column 0 depends on the features at t and
+    3 rows earlier, column 1 on feature 2 only, column 2 is pure noise with its last 60 labels
+    missing (a longer horizon's label tail) and a few holes."""
+    X, y0 = planted_seq(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    y1 = (X[:, 2] + 0.6 * rng.normal(size=n) > 0).astype(float)
+    y2 = rng.integers(0, 2, n).astype(float)
+    y2[-60:] = np.nan
+    y2[rng.random(n) < 0.05] = np.nan
+    return X, np.column_stack([y0, y1, y2])
+
+
+@pytest.fixture(scope="module", params=NETS)
+def twin_multi(request):
+    X, Y = planted_multi()
+    ms = [make_model(request.param, tiny=True, seed=5, **SEQ_PARAMS).fit(X[:600], Y[:600]) for _ in range(2)]
+    return request.param, X, Y, ms
+
+
+def test_multi_horizon_net_one_head_per_column_deterministic_and_causal(twin_multi):
+    """One network with one sigmoid head per label column (the walk-forward's 1/4/24 h): two
+    seeded fits are bit-identical, each head learns its own column's signal (and the noise
+    column stays at chance), P(up) at t ignores rows after t, the return map is per column."""
+    name, X, Y, (m1, m2) = twin_multi
+    assert m1.n_outputs_ == 3 and m1.model_.output_shape[-1] == 3
+    P1, P2 = m1.predict_up(X), m2.predict_up(X)
+    assert P1.shape == (800, 3) and np.array_equal(P1, P2, equal_nan=True)
+    assert np.isnan(P1[:7]).all() and np.isfinite(P1[7:]).all()
+    te = np.arange(600, 800)
+    auc = [roc_auc_score(Y[te, c][np.isfinite(Y[te, c])], P1[te, c][np.isfinite(Y[te, c])]) for c in range(3)]
+    assert auc[0] > 0.7 and auc[1] > 0.7 and abs(auc[2] - 0.5) < 0.12, (name, auc)
+    # the scikit-learn multi-output form: one (n, 2) array per column
+    pl = m1.predict_proba(X)
+    assert isinstance(pl, list) and len(pl) == 3 and np.array_equal(pl[1][:, 1], P1[:, 1], equal_nan=True)
+    # causal: changing rows >= 500 leaves every head's P(up) before 500 bit-identical
+    Z = X.copy()
+    Z[500:] = np.random.default_rng(4).normal(size=(300, 4)) * 50
+    assert np.array_equal(m1.predict_up(Z)[:500], P1[:500], equal_nan=True)
+    # rows with no label in ANY column never train; a row labelled in one column does
+    lab = np.isfinite(Y[:600]).any(axis=1)
+    assert m1.n_train_sequences_ == int(lab[7:].sum())
+    with pytest.raises(InputError, match="returns"):
+        m1.predict_return(X)
+    r = np.column_stack([np.where(Y[:, c] == 1, 0.01, -0.01) for c in range(3)])
+    m3 = make_model(name, tiny=True, seed=5, **SEQ_PARAMS).fit(X[:600], Y[:600], returns=r[:600])
+    assert m3.mu_up_.shape == (3,) and np.allclose(m3.mu_up_, 0.01) and np.allclose(m3.mu_down_, -0.01)
+    er = m3.predict_return(X)
+    P3 = m3.predict_up(X)
+    assert np.allclose(er, P3 * 0.01 - (1 - P3) * 0.01, equal_nan=True)
+
+
+def test_predict_at_rows_is_bit_identical_to_the_full_prediction(twin_fits):
+    """``predict_up(X, at=rows)`` (the inner folds' strided out-of-fold rows) predicts only those
+    rows, each bit-identical to the full prediction; the other rows stay NaN."""
+    name, X, y, (m, _) = twin_fits
+    full = m.predict_up(X)
+    rows = np.arange(3, 700, 3)
+    part = m.predict_up(X, at=rows)
+    assert np.array_equal(part[rows], full[rows], equal_nan=True)
+    other = np.setdiff1d(np.arange(700), rows)
+    assert np.isnan(part[other]).all() and np.isfinite(part[rows[rows >= 7]]).all()

@@ -124,3 +124,35 @@ def test_registry_configs_and_tiny_sizes():
     with pytest.raises(InputError, match="unknown model"):
         make_model("svm")
     assert make_model("random_forest").get_params()["max_samples"] == 0.25
+
+
+def test_random_forest_multi_output_one_forest_for_every_column():
+    """RandomForest with an (n, H) label matrix grows ONE forest (scikit-learn multi-output) on the
+    rows labelled in every column; each column keeps its own signal; seeded fits are identical;
+    XGBoost/LightGBM refuse a label matrix (the meta-learner fits them per horizon)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y, ret = planted(1500)
+    rng = np.random.default_rng(2)
+    y2 = (np.nan_to_num(X[:, 3]) + 0.8 * rng.normal(size=1500) > 0).astype(float)
+    Y = np.column_stack([y, y2])
+    Y[-50:, 1] = np.nan  # a longer horizon's missing label tail
+    R = np.column_stack([ret, ret * 2])
+    tr, te = np.arange(1200), np.arange(1200, 1450)
+    m = make_model("random_forest", n_estimators=40, max_depth=6, seed=3).fit(X[tr], Y[tr], returns=R[tr])
+    m2 = make_model("random_forest", n_estimators=40, max_depth=6, seed=3).fit(X[tr], Y[tr], returns=R[tr])
+    assert m.model_.n_outputs_ == 2 and len(m.model_.estimators_) == 40
+    P = m.predict_up(X)
+    assert P.shape == (1500, 2) and np.array_equal(P, m2.predict_up(X))
+    assert roc_auc_score(Y[te, 0], P[te, 0]) > 0.7 and roc_auc_score(Y[te, 1], P[te, 1]) > 0.7
+    # exactly scikit-learn's multi-output forest on the fully labelled rows
+    ok = np.isfinite(Y[tr]).all(axis=1)
+    ref = RandomForestClassifier(n_estimators=40, max_depth=6, max_samples=0.25, min_samples_leaf=20,
+                                 max_features=0.5, random_state=3).fit(X[tr][ok], Y[tr][ok].astype(int))
+    assert np.array_equal(P[:, 1], ref.predict_proba(X)[1][:, 1])
+    assert m.mu_up_.shape == (2,) and np.isfinite(m.mu_up_).all()
+    er = m.predict_return(X)
+    assert np.allclose(er, P * m.mu_up_ + (1 - P) * m.mu_down_)
+    for name in ("xgboost", "lightgbm"):
+        with pytest.raises(InputError):
+            make_model(name, tiny=True).fit(X[tr], Y[tr])

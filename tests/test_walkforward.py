@@ -201,7 +201,7 @@ def test_perturbing_bars_after_the_training_end_leaves_the_fold_unchanged(setup,
             Xj = X[rows, j, :]
             Xj = Xj[np.isfinite(Xj).all(axis=1)]
             assert np.array_equal(a.predict_base_proba(Xj), b.predict_base_proba(Xj))
-            assert np.array_equal(a.stacker_.coef_, b.stacker_.coef_)
+            assert all(np.array_equal(sa.coef_, sb.coef_) for sa, sb in zip(a.stackers_, b.stackers_))
     # the perturbation is real: later predictions of fold 0 and fold 1's models do change
     assert not fold0(honest, False)["p_up"].equals(fold0(other, False)["p_up"])
     f1a = honest.predictions[honest.predictions["fold"] == 1]["p_up"].to_numpy()
@@ -242,3 +242,29 @@ def test_model_metrics_match_sklearn_on_the_written_predictions(setup, honest):
         assert r["log_loss"] == pytest.approx(log_loss(y, q), rel=1e-9)
         assert r["brier"] == pytest.approx(brier_score_loss(y, q), rel=1e-9)
         assert r["hit_rate"] == pytest.approx(np.mean((q >= 0.5) == (y == 1)), abs=1e-12)
+
+
+def test_one_multi_horizon_meta_per_fold_identical_on_one_or_two_threads(setup):
+    """Each fold fits ONE meta-learner for both horizons: the LSTM (one head per horizon) and the
+    RandomForest (multi-output) are shared, XGBoost is fitted per horizon; running the base fits on
+    two threads changes no prediction (bit for bit)."""
+    from research.walkforward import run_walkforward
+
+    cfg, _, panel = setup
+    models = ["xgboost", "random_forest", "lstm"]
+    runs = []
+    for n_jobs in (1, 2):
+        rc = _rc(cfg, base_models=models, models={"meta": {"n_jobs": n_jobs}})
+        runs.append(run_walkforward(panel, cfg, rc, start_ts=START, keep_models=True, backtest=False, max_folds=1))
+    a, b = runs
+    pd.testing.assert_frame_equal(a.predictions, b.predictions, check_exact=True)
+    assert set(a.predictions["model"]) == set(models) | {"meta"}
+    meta = a.fitted[(0, 1)]
+    assert meta is a.fitted[(0, 24)] and len(a.timings) == 1 and a.timings[0]["horizons"] == [1, 24]
+    base = dict(meta.base_models_)
+    assert base["lstm"].n_outputs_ == 2 and base["random_forest"].model_.n_outputs_ == 2
+    assert len(base["xgboost"].estimators_) == 2
+    # the LSTM's two horizons are two heads of one network: different P(up) per horizon
+    p = a.predictions[a.predictions["model"] == "lstm"]
+    p1, p24 = p[p["horizon"] == 1]["p_up"].to_numpy(), p[p["horizon"] == 24]["p_up"].to_numpy()
+    assert p1.shape == p24.shape and not np.allclose(p1, p24)

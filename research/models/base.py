@@ -45,6 +45,7 @@ __all__ = [
     "model_class",
     "check_X_2d",
     "check_labels",
+    "check_label_matrix",
     "ModelsConfig",
 ]
 
@@ -98,10 +99,34 @@ def check_labels(y: Any, n: int, owner: str) -> np.ndarray:
 def check_returns(returns: Any, n: int, owner: str) -> np.ndarray | None:
     if returns is None:
         return None
-    r = np.asarray(returns, dtype=np.float64).reshape(-1)
+    r = np.asarray(returns, dtype=np.float64)
+    r = r if r.ndim == 2 else r.reshape(-1)
     if r.shape[0] != n:
         raise InputError(f"{owner}: returns has {r.shape[0]} rows, X has {n}")
     return r
+
+
+def check_label_matrix(y: Any, n: int, owner: str) -> np.ndarray:
+    """``y`` as float64 (n,) like :func:`check_labels`, or (n, H) with every column checked
+    (a multi-output fit: one label column per horizon)."""
+    if hasattr(y, "to_numpy") and not isinstance(y, np.ndarray):
+        y = y.to_numpy()
+    a = np.asarray(y, dtype=np.float64)
+    if a.ndim == 2 and a.shape[1] > 1:
+        if a.shape[0] != n:
+            raise InputError(f"{owner}: y has {a.shape[0]} rows, X has {n}")
+        for h in range(a.shape[1]):
+            check_labels(a[:, h], n, f"{owner} (label column {h})")
+        return a
+    return check_labels(a.reshape(-1) if a.ndim == 2 else a, n, owner)
+
+
+def _return_means(y: np.ndarray, returns: np.ndarray, used: np.ndarray) -> tuple[float, float]:
+    ok = used & np.isfinite(returns) & np.isfinite(y)
+    up = ok & (y == 1)
+    dn = ok & (y == 0)
+    return (float(returns[up].mean()) if up.any() else np.nan,
+            float(returns[dn].mean()) if dn.any() else np.nan)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,37 +144,60 @@ class ModelBase(ClassifierMixin, BaseEstimator):
         tags.input_tags.allow_nan = True
         return tags
 
+    #: fit(X, Y) accepts an (n, H) label matrix (one column per horizon) and learns all H at once
+    supports_multi_output: bool = False
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(X, y) first")
 
     def _fit_return_map(self, y: np.ndarray, returns: np.ndarray | None, used: np.ndarray) -> None:
-        """Set ``mu_up_``/``mu_down_`` from the training rows ``used`` (bool mask) with a return."""
+        """Set ``mu_up_``/``mu_down_`` from the training rows ``used`` (bool mask) with a return.
+        With an (n, H) label matrix (multi-output fit) they are (H,) arrays, one per column."""
         self.classes_ = np.array([0, 1])
+        if y.ndim == 2:
+            H = y.shape[1]
+            if returns is None:
+                self.mu_up_ = np.full(H, np.nan)
+                self.mu_down_ = np.full(H, np.nan)
+                return
+            r2 = returns.reshape(y.shape[0], -1)
+            if r2.shape[1] != H:
+                raise InputError(f"{type(self).__name__}: returns has {r2.shape[1]} columns, y has {H}")
+            mu = [_return_means(y[:, h], r2[:, h], used) for h in range(H)]
+            self.mu_up_ = np.array([a for a, _ in mu])
+            self.mu_down_ = np.array([b for _, b in mu])
+            return
         if returns is None:
             self.mu_up_ = np.nan
             self.mu_down_ = np.nan
             return
-        ok = used & np.isfinite(returns) & np.isfinite(y)
-        up = ok & (y == 1)
-        dn = ok & (y == 0)
-        self.mu_up_ = float(returns[up].mean()) if up.any() else np.nan
-        self.mu_down_ = float(returns[dn].mean()) if dn.any() else np.nan
+        self.mu_up_, self.mu_down_ = _return_means(y, returns, used)
+
+    def predict_up(self, X: Any, **kw: Any) -> np.ndarray:
+        """(n, H) P(up), one column per fitted label column (H = 1 for a single-label fit)."""
+        p = self.predict_proba(X, **kw)
+        if isinstance(p, list):  # multi-output fit: one (n, 2) array per column (scikit-learn style)
+            return np.column_stack([q[:, 1] for q in p])
+        return p[:, 1:2]
 
     def predict(self, X: Any) -> np.ndarray:
-        """Direction 1/0 where P(up) >= 0.5 (rows without a prediction: -1)."""
-        p = self.predict_proba(X)[:, 1]
+        """Direction 1/0 where P(up) >= 0.5 (rows without a prediction: -1); (n, H) after a
+        multi-output fit."""
+        p = self.predict_up(X)
         out = np.where(p >= 0.5, 1, 0)
         out[~np.isfinite(p)] = -1
-        return out
+        return out[:, 0] if np.ndim(self.mu_up_) == 0 else out
 
     def predict_return(self, X: Any) -> np.ndarray:
-        """Expected forward return: ``P(up) * mu_up_ + (1 - P(up)) * mu_down_`` (see module doc)."""
-        p = self.predict_proba(X)[:, 1]
-        if not (np.isfinite(self.mu_up_) and np.isfinite(self.mu_down_)):
+        """Expected forward return: ``P(up) * mu_up_ + (1 - P(up)) * mu_down_`` (see module doc);
+        (n, H) after a multi-output fit."""
+        p = self.predict_up(X)
+        if not (np.isfinite(self.mu_up_).all() and np.isfinite(self.mu_down_).all()):
             raise InputError(f"{type(self).__name__}: fit(..., returns=...) was not given forward returns, "
                              "so there is no expected-return mapping")
-        return p * self.mu_up_ + (1.0 - p) * self.mu_down_
+        out = p * np.atleast_1d(self.mu_up_) + (1.0 - p) * np.atleast_1d(self.mu_down_)
+        return out[:, 0] if np.ndim(self.mu_up_) == 0 else out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,6 +273,12 @@ class MetaConfig(Frozen):
     C: float = Field(1.0, gt=0)
     ridge_alpha: float = Field(1.0, ge=0)
     use_regime: bool = True
+    share_horizons: bool = Field(True, description="one multi-output fit for every horizon where the model "
+                                                   "supports it (LSTM, Transformer, RandomForest)")
+    n_jobs: int = Field(1, ge=1, le=64, description="threads running independent base fits (results do not "
+                                                    "depend on it)")
+    inner_stride: int = Field(1, ge=1, le=24, description="inner folds use every k-th hour: tabular models "
+                                                         "train on it, the stacker is fitted on it")
 
 
 class ModelsConfig(Frozen):

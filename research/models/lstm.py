@@ -2,7 +2,9 @@
 
 Input, sequences, NaN rules, standardisation and determinism: see
 :mod:`research.models.sequences`. TensorFlow is imported inside ``fit``/``predict`` only.
-Network: LSTM(``units``) -> Dense(1, sigmoid), Adam, binary cross-entropy.
+Network: LSTM(``units``) -> Dense(1, sigmoid), Adam, binary cross-entropy. With an (n, H) label
+matrix (one column per horizon) the same trunk feeds Dense(H, sigmoid): one network for every
+horizon, loss = binary cross-entropy averaged over the labelled columns.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ class LSTMModel(SequenceModelBase):
         self.train_stride = train_stride
         self.seed = seed
 
-    def _build(self, keras, n_features: int):
+    def _build(self, keras, n_features: int, n_outputs: int = 1):
         layers = keras.layers
         return keras.Sequential([
             keras.Input(shape=(self.seq_len, n_features)),
             layers.LSTM(self.units),
-            layers.Dense(1, activation="sigmoid"),
+            layers.Dense(n_outputs, activation="sigmoid"),
         ])

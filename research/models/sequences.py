@@ -19,13 +19,14 @@ This module imports TensorFlow only inside the functions that train or predict.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
 from engine.errors import InputError
-from research.models.base import ModelBase, check_labels, check_returns
+from research.models.base import ModelBase, check_label_matrix, check_returns
 
 __all__ = ["make_sequences", "sequence_ends", "segment_starts", "SequenceModelBase", "tf_setup"]
 
@@ -90,6 +91,8 @@ def make_sequences(X_2d: Any, seq_len: int, valid: Any = None, ends: np.ndarray 
 
 _TF_READY = False
 PREDICT_BATCH = 1024
+#: TensorFlow's seeding is process-global: one network is built and trained at a time per process
+_TF_LOCK = threading.RLock()
 
 
 def tf_setup(seed: int):
@@ -128,8 +131,9 @@ class SequenceModelBase(ModelBase):
     """
 
     uses_sequences = True
+    supports_multi_output = True
 
-    def _build(self, keras, n_features: int):  # pragma: no cover - abstract
+    def _build(self, keras, n_features: int, n_outputs: int = 1):  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- helpers --
@@ -155,11 +159,15 @@ class SequenceModelBase(ModelBase):
             segments: Any = None) -> "SequenceModelBase":
         name = type(self).__name__
         a = self._as_array(X)
-        ya = check_labels(y, a.shape[0], name)
+        ya = check_label_matrix(y, a.shape[0], name)
         ra = check_returns(returns, a.shape[0], name)
+        multi = ya.ndim == 2
+        if multi and a.ndim == 3:
+            raise InputError(f"{name}: a label matrix (one column per horizon) needs 2-D X")
+        labelled = np.isfinite(ya).any(axis=1) if multi else np.isfinite(ya)
         if a.ndim == 2:
             seqs, ends = make_sequences(a, self.seq_len, valid, segments=segments)
-            keep = np.isfinite(ya[ends]) & (ends % self.train_stride == 0)
+            keep = labelled[ends] & (ends % self.train_stride == 0)
             seqs, ends = seqs[keep], ends[keep]
             row_ok = np.isfinite(a).all(axis=1)
             if valid is not None:
@@ -173,25 +181,38 @@ class SequenceModelBase(ModelBase):
             stats_rows = a[keep].reshape(-1, a.shape[2])
             used = keep
         target = ya[ends]
-        if seqs.shape[0] == 0 or (target == 1).all() or (target == 0).all():
+        cols = target.T if multi else target[None, :]
+        if seqs.shape[0] == 0 or any(not ((c == 1).any() and (c == 0).any()) for c in cols):
             raise InputError(f"{name}: no training sequences with both up and down labels "
                              f"(seq_len {self.seq_len}, {a.shape[0]} rows)")
         self.n_features_in_ = a.shape[-1]
+        self.n_outputs_ = ya.shape[1] if multi else 1
         with np.errstate(invalid="ignore"):
             self.mean_ = np.nanmean(stats_rows, axis=0)
             sd = np.nanstd(stats_rows, axis=0)
         self.mean_ = np.nan_to_num(self.mean_)
         self.scale_ = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
-        tf, keras = tf_setup(self.seed)
-        model = self._build(keras, self.n_features_in_)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
-                      loss="binary_crossentropy")
-        model.fit(self._prep(seqs), target.astype(np.float32), epochs=self.epochs,
-                  batch_size=self.batch_size, shuffle=True, verbose=0)
-        self.model_ = model
+        with _TF_LOCK:
+            self._train(seqs, target, multi)
         self.n_train_sequences_ = int(seqs.shape[0])
         self._fit_return_map(ya, ra, used)
         return self
+
+    def _train(self, seqs: np.ndarray, target: np.ndarray, multi: bool) -> None:
+        tf, keras = tf_setup(self.seed)
+        if multi:
+            # one network, one sigmoid head per label column; the loss averages the binary
+            # cross-entropy over the labelled (sequence, column) pairs only (NaN = no label -> -1)
+            model = self._build(keras, self.n_features_in_, self.n_outputs_)
+            loss = masked_bce
+            target = np.where(np.isfinite(target), target, -1.0)
+        else:
+            model = self._build(keras, self.n_features_in_)
+            loss = "binary_crossentropy"
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate), loss=loss)
+        model.fit(self._prep(seqs), target.astype(np.float32), epochs=self.epochs,
+                  batch_size=self.batch_size, shuffle=True, verbose=0)
+        self.model_ = model
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -210,11 +231,22 @@ class SequenceModelBase(ModelBase):
         pad = (-k) % B
         if pad:
             z = np.concatenate([z, np.zeros((pad,) + z.shape[1:], dtype=np.float32)])
-        out = self.model_.predict(z, batch_size=B, verbose=0)
-        return np.asarray(out, dtype=np.float64).reshape(-1)[:k]
+        with _TF_LOCK:
+            out = self.model_.predict(z, batch_size=B, verbose=0)
+        return np.asarray(out, dtype=np.float64).reshape(z.shape[0], -1)[:k]
 
-    def predict_proba(self, X: Any, *, valid: Any = None, segments: Any = None) -> np.ndarray:
-        """(n, 2); for 2-D X, rows without a full valid sequence get NaN in both columns."""
+    def predict_proba(self, X: Any, *, valid: Any = None, segments: Any = None) -> np.ndarray | list[np.ndarray]:
+        """(n, 2); for 2-D X, rows without a full valid sequence get NaN in both columns. After a
+        multi-output fit: a list of (n, 2), one per label column (scikit-learn's multi-output form)."""
+        p = self.predict_up(X, valid=valid, segments=segments)
+        if getattr(self, "n_outputs_", 1) == 1:
+            return np.column_stack([1.0 - p[:, 0], p[:, 0]])
+        return [np.column_stack([1.0 - p[:, h], p[:, h]]) for h in range(p.shape[1])]
+
+    def predict_up(self, X: Any, *, valid: Any = None, segments: Any = None, at: Any = None) -> np.ndarray:
+        """(n, H) P(up), H = number of label columns fitted (NaN rows: no full valid sequence).
+        ``at`` (row indices, 2-D X only): predict those rows only, the others stay NaN; a row's value
+        is bit-identical to a full prediction (fixed batch shapes)."""
         self._check_fitted()
         a = self._as_array(X)
         if a.shape[-1] != self.n_features_in_:
@@ -223,13 +255,27 @@ class SequenceModelBase(ModelBase):
         if a.ndim == 3:
             p = self._predict_seqs(a.astype(np.float32))
         else:
-            p = np.full(a.shape[0], np.nan)
+            p = np.full((a.shape[0], getattr(self, "n_outputs_", 1)), np.nan)
             row_ok = np.isfinite(a).all(axis=1)
             if valid is not None:
                 row_ok &= np.asarray(valid, dtype=bool).reshape(-1)
             ends = sequence_ends(row_ok, self.seq_len, segment_starts(segments, a.shape[0]))
+            if at is not None:
+                ends = ends[np.isin(ends, np.asarray(at, dtype=np.int64))]
             chunk = 16384
             for s in range(0, ends.shape[0], chunk):
                 seqs, e = make_sequences(a, self.seq_len, valid, ends=ends[s:s + chunk], segments=segments)
                 p[e] = self._predict_seqs(seqs)
-        return np.column_stack([1.0 - p, p])
+        return p
+
+
+def masked_bce(y_true, y_pred):
+    """Binary cross-entropy per sample averaged over its labelled columns (label -1 = none): the
+    loss of a multi-horizon network (a module-level function, so a saved model names it)."""
+    from keras import ops
+
+    mask = ops.cast(ops.greater_equal(y_true, 0.0), y_pred.dtype)
+    y = ops.clip(y_true, 0.0, 1.0)
+    p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+    bce = -(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p))
+    return ops.sum(bce * mask, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)

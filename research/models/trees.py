@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from research.models.base import ModelBase, check_labels, check_returns, check_X_2d
+from research.models.base import ModelBase, check_label_matrix, check_labels, check_returns, check_X_2d
 
 __all__ = ["XGBoostModel", "LightGBMModel", "RandomForestModel"]
 
@@ -23,9 +23,19 @@ class _TreeModel(ModelBase):
     def fit(self, X: Any, y: Any, *, returns: Any = None) -> "_TreeModel":
         name = type(self).__name__
         Xa = check_X_2d(X, name)
-        ya = check_labels(y, Xa.shape[0], name)
+        if self.supports_multi_output:
+            ya = check_label_matrix(y, Xa.shape[0], name)
+        else:
+            ya = check_labels(y, Xa.shape[0], name)
         ra = check_returns(returns, Xa.shape[0], name)
-        used = np.isfinite(ya)
+        if ya.ndim == 2:
+            # one multi-output model for every label column: trained on the rows labelled in ALL
+            # columns (inside a walk-forward window the horizons differ only at data gaps)
+            used = np.isfinite(ya).all(axis=1)
+            for h in range(ya.shape[1]):
+                check_labels(ya[used, h], int(used.sum()), f"{name} (rows labelled in every column)")
+        else:
+            used = np.isfinite(ya)
         model = self._make()
         model.fit(Xa[used], ya[used].astype(np.int64))
         self.model_ = model
@@ -33,11 +43,14 @@ class _TreeModel(ModelBase):
         self._fit_return_map(ya, ra, used)
         return self
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray | list[np.ndarray]:
+        """(n, 2) with P(up) in column 1; after a multi-output fit a list of (n, 2), one per column."""
         self._check_fitted()
         Xa = check_X_2d(X, type(self).__name__, self.n_features_in_)
-        p = np.asarray(self.model_.predict_proba(Xa), dtype=np.float64)
-        return p
+        p = self.model_.predict_proba(Xa)
+        if isinstance(p, list):
+            return [np.asarray(q, dtype=np.float64) for q in p]
+        return np.asarray(p, dtype=np.float64)
 
 
 class XGBoostModel(_TreeModel):
@@ -95,7 +108,13 @@ class LightGBMModel(_TreeModel):
 
 
 class RandomForestModel(_TreeModel):
-    """scikit-learn RandomForest: ``max_samples`` rows per tree keep it fast (MEASUREMENTS)."""
+    """scikit-learn RandomForest: ``max_samples`` rows per tree keep it fast (MEASUREMENTS).
+
+    Multi-output: ``fit(X, Y)`` with an (n, H) label matrix grows ONE forest whose leaves hold
+    the class frequencies of every column (splits minimise the summed Gini impurity), so the
+    walk-forward fits one forest for the 1/4/24 h labels instead of three."""
+
+    supports_multi_output = True
 
     def __init__(self, n_estimators: int = 100, max_depth: int = 8, max_samples: float = 0.25,
                  min_samples_leaf: int = 20, max_features: float = 0.5, n_jobs: int = 1,
