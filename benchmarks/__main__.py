@@ -1,4 +1,7 @@
-"""Run every ``benchmarks/bench_*.py`` script, or the ones named: ``python -m benchmarks [name ...]``.
+"""Run every ``benchmarks/bench_*.py`` script, or the ones named: ``python -m benchmarks [name ...] [--option ...]``.
+
+The arguments from the first one starting with ``-`` on are passed to every chosen script
+(``python -m benchmarks walkforward --full`` runs every fold of configs/research.toml).
 
 Names may be given as ``data``, ``bench_data`` or ``bench_data.py``. Each script runs in its own
 process (``python -m benchmarks.bench_x``) so one benchmark's imports and caches do not flatter the
@@ -26,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         print("available:", ", ".join(n.removeprefix("bench_") for n in names) or "none")
         return 0
+    # everything from the first option on goes to every chosen script:
+    # ``python -m benchmarks walkforward --full`` or ``... walkforward --max-folds 2``
+    first = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    argv, opts = argv[:first], argv[first:]
     chosen = []
     for a in argv:
         stem = Path(a).stem
@@ -39,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     for stem in chosen or names:
         print(f"== {stem} ==", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, "-m", f"benchmarks.{stem}"], cwd=HERE.parent)
+        rc = subprocess.call([sys.executable, "-m", f"benchmarks.{stem}", *opts], cwd=HERE.parent)
         print(f"== {stem}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s ==\n",
               flush=True)
         if rc:

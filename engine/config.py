@@ -63,10 +63,11 @@ def _sections() -> dict[str, type[Frozen]]:
     from engine.backtest.config import BacktestConfig
     from engine.execution.config import ExecutionConfig
     from engine.features.config import FeaturesConfig
+    from engine.lifecycle_config import LifecycleConfig
     from engine.risk.config import RiskConfig
 
     return {"features": FeaturesConfig, "risk": RiskConfig, "execution": ExecutionConfig,
-            "backtest": BacktestConfig}
+            "backtest": BacktestConfig, "lifecycle": LifecycleConfig}
 
 
 class Config(Frozen):
@@ -78,6 +79,7 @@ class Config(Frozen):
     risk: Any = None
     execution: Any = None
     backtest: Any = None
+    lifecycle: Any = None
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,8 @@ Without that folder, a SYNTHETIC market (invented data, venue ``synthetic``) is 
 The report says which data was used. Then the research loop runs end to end on the small
 ``configs/ci.toml`` configuration (walk-forward folds, the model ensemble, the meta-learner's
 out-of-sample signals through the risk state machine): outputs in ``data/runs/demo-walkforward/``.
+The run is logged to the embedded MLflow store (``data/mlflow/``) and its final model is registered
+as a candidate (``kq walkforward --register``): the start of the model lifecycle.
 ``--data-only`` stops after the data report.
 """
 
@@ -67,7 +69,8 @@ def _walkforward(con, store, synthetic: bool) -> int:
 
     out = data_dir() / "runs" / "demo-walkforward"
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = ["walkforward", "--config", str(configs_dir() / "ci.toml"), "--store", str(store), "--out", str(out)]
+    args = ["walkforward", "--config", str(configs_dir() / "ci.toml"), "--store", str(store), "--out", str(out),
+            "--register"]
     if synthetic:  # ci.toml names Binance pairs; on a fresh machine run the same loop on the synthetic market
         args += ["--venue", "synthetic", "--pairs", "BTC/USD,ETH/USD", "--start", "2022-03-01", "--end", "2022-07-01"]
         con.print("[bold yellow]research run on SYNTHETIC data: the numbers say nothing about real markets[/]")

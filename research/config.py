@@ -33,6 +33,12 @@ Keys (all optional; defaults are the research-sized run)::
 
     [research.models.xgboost]         # research.models.base.ModelsConfig, one table per model
     n_estimators = 300
+
+    [research.tracking]               # MLflow tracking and the model registry (research/tracking.py)
+    enabled = true                    # kq walkforward logs every run (--no-track skips)
+    uri = "http://host:5000"          # default: embedded sqlite store data/mlflow/mlflow.db
+    experiment = "krakenquant-walkforward"
+    registered_model = "krakenquant"  # candidates are versions of this registered model
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from engine.config import Config, Frozen, _format_validation, config_from_dict, 
 from engine.errors import ConfigError
 from research.models.base import BASE_MODEL_NAMES, ModelsConfig
 
-__all__ = ["FoldsConfig", "ResearchConfig", "load_research_config", "research_from_dict"]
+__all__ = ["FoldsConfig", "ResearchConfig", "TrackingConfig", "load_research_config", "research_from_dict",
+           "research_to_json"]
 
 
 class FoldsConfig(Frozen):
@@ -56,6 +63,25 @@ class FoldsConfig(Frozen):
     embargo_bars: int = Field(24, ge=0, description="bars after each test block left out of later training")
     expanding: bool = Field(False, description="anchored (expanding) instead of rolling windows")
     inner_folds: int = Field(3, ge=2, le=20, description="inner purged folds of the stacking meta-learner")
+
+
+class TrackingConfig(Frozen):
+    enabled: bool = Field(True, description="log kq walkforward runs to MLflow")
+    uri: str | None = Field(None, description="MLflow tracking URI; default: embedded sqlite under the data dir "
+                                              "(data/mlflow/mlflow.db); $KQ_TRACKING_URI overrides both")
+    experiment: str = Field("krakenquant-walkforward", min_length=1, max_length=200)
+    registered_model: str = Field("krakenquant", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$",
+                                  description="registered model whose versions are the candidates")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v):
+        if v is None:
+            return v
+        v = v.strip()
+        if not v:
+            raise ValueError("must be a tracking URI (sqlite:///path.db, file:///dir, http(s)://host) or left out")
+        return v
 
 
 class ResearchConfig(Frozen):
@@ -74,6 +100,7 @@ class ResearchConfig(Frozen):
     warmup_bars: int = Field(768, ge=0, le=20000)
     folds: FoldsConfig = FoldsConfig()
     models: ModelsConfig = ModelsConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("base_models")
     @classmethod
@@ -139,4 +166,6 @@ def load_research_config(path: str | Path) -> tuple[Config, ResearchConfig]:
 
 
 def research_to_json(rc: ResearchConfig) -> dict[str, Any]:
-    return rc.model_dump(mode="json")
+    """The research table as JSON: what made a result. The ``tracking`` table (where results are
+    logged, possibly a server URI with credentials) is left out."""
+    return rc.model_dump(mode="json", exclude={"tracking"})

@@ -168,6 +168,17 @@ def content_hash(names, cfg: FeaturesConfig, venue, pairs, ts, values, valid, cl
     return h.hexdigest()
 
 
+def feature_schema_sha256(cfg: FeaturesConfig) -> str:
+    """SHA-256 of the model INPUT SCHEMA: the feature names in order plus the features config JSON.
+
+    Two feature sets with the same schema hash have the same columns computed the same way, so a
+    model trained on one can read the other. Data values are not part of it (that is
+    :func:`content_hash`)."""
+    blob = json.dumps({"names": list(feature_names(cfg)), "config": cfg.model_dump(mode="json")},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def btc_column(pairs: tuple[str, ...]) -> int:
     """Index of the panel's BTC pair (BTC/USD, BTC/USDT, ...), or -1 if it has none."""
     for j, p in enumerate(pairs):

@@ -1,0 +1,194 @@
+"""Lifecycle actions over a candidate folder and the approvals store: validate, promote, rollback.
+
+Registry-free on purpose: a candidate here is a :class:`CandidateInfo` (its ref, its local bundle
+folder, its registry tags); ``research.lifecycle.registry`` turns MLflow model versions into them.
+Every refusal raises before anything is written, with one line that says why and that nothing
+changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import ConfigError, InputError, IntegrityError
+
+from research.lifecycle.approvals import ENVS, ApprovalStore
+from research.lifecycle.gates import (
+    Verdict, check_files, gate_schema, read_manifest, read_verdict, validate_bundle, write_verdict,
+)
+from research.lifecycle.util import operator_name, sha256_file, utc_now_iso
+
+__all__ = ["CandidateInfo", "PROMOTE_WORD", "ROLLBACK_WORD", "approvals_dir", "store_for", "validate",
+           "check_approvable", "promote", "rollback"]
+
+PROMOTE_WORD = "yes-promote"
+ROLLBACK_WORD = "yes-rollback"
+
+
+@dataclass(frozen=True)
+class CandidateInfo:
+    ref: str                      # "NAME/VERSION"
+    path: Path                    # the bundle folder
+    tags: dict = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def approvals_dir(cfg) -> Path:
+    from engine.paths import data_dir
+
+    d = cfg.lifecycle.approvals_dir
+    return Path(d).expanduser() if d else data_dir() / "approvals"
+
+
+def store_for(cfg) -> ApprovalStore:
+    return ApprovalStore(approvals_dir(cfg))
+
+
+def validate(cand: CandidateInfo, cfg, *, load: bool = True, config_source: str | None = None) -> tuple[Verdict, Path]:
+    """Run the four gates and write ``verdict.json`` beside the candidate's manifest (replacing an
+    earlier verdict atomically). Returns (verdict, its path)."""
+    if not Path(cand.path).is_dir():
+        raise InputError(f"{cand.ref}: candidate folder {cand.path} does not exist")
+    v = validate_bundle(cand.path, cfg, candidate={"ref": cand.ref, "path": str(cand.path), "run_id": cand.run_id},
+                        tags=cand.tags, load=load, config_source=config_source)
+    return v, write_verdict(cand.path, v)
+
+
+def check_approvable(path: str | Path, cfg, *, expect_manifest: str | None = None, what: str = "promote") -> tuple[dict, dict]:
+    """(manifest, verdict) of a bundle folder that may be approved or loaded: manifest intact (and the
+    one expected), every file's sha256 as recorded, a PASSED verdict for exactly this manifest, and
+    inputs equal to the current feature set. Raises IntegrityError / ConfigError otherwise."""
+    p = Path(path)
+    if not p.is_dir():
+        raise IntegrityError(f"{what} refused: model folder {p} does not exist")
+    try:
+        man = read_manifest(p)
+    except (IntegrityError, InputError) as e:
+        raise IntegrityError(f"{what} refused: {e}") from None
+    msha = man["manifest_sha256"]
+    if expect_manifest is not None and msha != expect_manifest:
+        raise IntegrityError(f"{what} refused: {p} manifest {msha[:16]} is not the approved {expect_manifest[:16]} "
+                             f"(the model changed after approval)")
+    probs = check_files(p, man)
+    if probs:
+        raise IntegrityError(f"{what} refused: tampered or incomplete model {p}: {probs[0]}"
+                             + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else ""))
+    v = read_verdict(p)
+    if v is None:
+        raise IntegrityError(f"{what} refused: {p} has not been validated (run kq models validate first)")
+    if v.get("manifest_sha256") != msha:
+        raise IntegrityError(f"{what} refused: the verdict in {p} is for another manifest "
+                             f"({str(v.get('manifest_sha256'))[:16]}, now {msha[:16]}): re-validate")
+    if v.get("passed") is not True:
+        bad = [g.get("message", g.get("gate")) for g in v.get("gates", []) if not g.get("passed")]
+        raise IntegrityError(f"{what} refused: validation FAILED ({'; '.join(bad) or 'no gate passed'})")
+    looser = _looser_thresholds(v.get("thresholds") or {}, cfg.lifecycle)
+    if looser:
+        raise IntegrityError(f"{what} refused: {p} was validated under looser thresholds than the current config "
+                             f"({'; '.join(looser)}): re-validate with this config")
+    sch = gate_schema(p, cfg, load=False)
+    if not sch.passed:
+        raise ConfigError(f"{what} refused: {sch.message}")
+    return man, v
+
+
+def _looser_thresholds(t: dict, lc) -> list[str]:
+    """Thresholds a verdict was judged under that are looser than the current ``[lifecycle]``."""
+    out = []
+    for key, cur, stricter_is_higher in (("min_sharpe", lc.min_sharpe, True), ("max_drawdown", lc.max_drawdown, False),
+                                         ("max_daily_turnover", lc.max_daily_turnover, False),
+                                         ("exposure_tolerance", lc.exposure_tolerance, False)):
+        got = t.get(key)
+        if not isinstance(got, (int, float)) or (got < cur if stricter_is_higher else got > cur):
+            out.append(f"{key} {got} vs {cur}")
+    return out
+
+
+def _gate_summary(v: dict) -> list[dict]:
+    return [{"gate": g.get("gate"), "passed": g.get("passed"), "message": g.get("message")} for g in v.get("gates", [])]
+
+
+def promote(cand: CandidateInfo, env: str, reason: str, confirm: str | None, cfg, *,
+            store: ApprovalStore | None = None) -> tuple[dict, dict]:
+    """Approve a validated candidate for ``env``; the approved model it replaces becomes the rollback
+    target. Returns (log entry, new state)."""
+    if env not in ENVS:
+        raise InputError(f"--env {env}: must be one of {', '.join(ENVS)}")
+    if confirm != PROMOTE_WORD:
+        raise InputError(f"promote refused: pass --confirm {PROMOTE_WORD} to promote {cand.ref} to {env} "
+                         f"(nothing changed)")
+    if not reason or not reason.strip():
+        raise InputError("promote refused: --reason must say why (nothing changed)")
+    store = store or store_for(cfg)
+    with store.locked():
+        rep = store.require_clean("promote")
+        man, v = check_approvable(cand.path, cfg)
+        cur = store.state(env)["current"]
+        if cur is not None and cur["model"] == cand.ref and cur["manifest_sha256"] == man["manifest_sha256"]:
+            raise InputError(f"promote refused: {cand.ref} is already the approved {env} model (nothing changed)")
+        entry = {"ts_utc": utc_now_iso(), "who": operator_name(), "action": "promote", "env": env,
+                 "model": cand.ref, "path": str(Path(cand.path).resolve()), "run_id": cand.run_id,
+                 "manifest_sha256": man["manifest_sha256"],
+                 "verdict_sha256": sha256_file(Path(cand.path) / "verdict.json"),
+                 "validated_utc": v.get("validated_utc"), "gates": _gate_summary(v),
+                 "replaced": cur["model"] if cur else None, "reason": reason.strip()}
+        return store.apply(entry, rep)
+
+
+def rollback(env: str, confirm: str | None, cfg, *, reason: str | None = None,
+             store: ApprovalStore | None = None) -> tuple[dict, dict]:
+    """Restore the previous approved model of ``env`` (it must still verify); the current one is
+    dropped from the approvals (its log entries stay). Returns (log entry, new state)."""
+    if env not in ENVS:
+        raise InputError(f"--env {env}: must be one of {', '.join(ENVS)}")
+    if confirm != ROLLBACK_WORD:
+        raise InputError(f"rollback refused: pass --confirm {ROLLBACK_WORD} to roll {env} back (nothing changed)")
+    store = store or store_for(cfg)
+    with store.locked():
+        rep = store.require_clean("rollback")
+        st = store.state(env)
+        if not st["previous"]:
+            what = f"{st['current']['model']} is the only approval" if st["current"] else "nothing is approved"
+            raise InputError(f"rollback refused: nothing to roll back to in {env} ({what}; nothing changed)")
+        target = st["previous"][-1]
+        man, v = check_approvable(target["path"], cfg, expect_manifest=target["manifest_sha256"], what="rollback")
+        entry = {"ts_utc": utc_now_iso(), "who": operator_name(), "action": "rollback", "env": env,
+                 "model": target["model"], "path": target["path"], "manifest_sha256": target["manifest_sha256"],
+                 "verdict_sha256": sha256_file(Path(target["path"]) / "verdict.json"),
+                 "validated_utc": v.get("validated_utc"), "gates": _gate_summary(v),
+                 "replaced": st["current"]["model"] if st["current"] else None,
+                 "reason": (reason or "rollback").strip()}
+        return store.apply(entry, rep)
+
+
+def describe_state(store: ApprovalStore) -> dict:
+    """{env: {current, previous}} for ``kq models list|show`` (read under a shared lock)."""
+    with store.locked(shared=True):
+        out = {}
+        for env in ENVS:
+            st = store.state(env)
+            out[env] = {"current": st["current"], "previous": st["previous"]}
+        return out
+
+
+def verdict_summary(path: str | Path) -> str:
+    try:
+        v = read_verdict(path)
+    except IntegrityError:
+        return "damaged verdict"
+    if v is None:
+        return "not validated"
+    try:
+        msha = read_manifest(path)["manifest_sha256"]
+    except (IntegrityError, InputError):
+        return "manifest damaged"
+    if v.get("manifest_sha256") != msha:
+        return "stale verdict (manifest changed)"
+    return "passed" if v.get("passed") else "failed: " + ", ".join(g["gate"] for g in v.get("gates", [])
+                                                                     if not g.get("passed"))
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
