@@ -158,6 +158,32 @@ def test_sweep_with_differing_kill_params_matches_reference():
         assert refusals[s].tobytes() == ref_refusals.tobytes()
 
 
+def test_memoised_kill_triggers_follow_the_kill_params_and_the_inputs():
+    """run_backtest memoises the kill-switch triggers on the inputs, per kill-parameter tuple: runs
+    that alternate kill parameters on one inputs object each equal the step_nb loop, and inputs made
+    with dataclasses.replace (new spreads) start with an empty memo, so no stale trigger is reused."""
+    _, inp = _inputs()
+    inp = replace(inp)                       # a private copy: its memo starts empty
+    cfg = load_config()
+    a = params_from_config(cfg, halt_reset_bars=150)
+    b = params_from_config(cfg, halt_reset_bars=150, vol_spike_mult=3.0, spread_anomaly_mult=2.0)
+    runs = [run_backtest(inp, pr, record=False) for pr in (a, b, a, b)]
+    assert len(inp._kill_memo) == 2
+    assert runs[0].metrics["n_kill_events"][0] != runs[1].metrics["n_kill_events"][0]
+    for pr, r in zip((a, b, a, b), runs):
+        ref_metrics, ref_refusals, *_ = _reference(inp, pr)
+        assert r.metrics.tobytes() == ref_metrics.tobytes()
+        assert r.refusals.tobytes() == ref_refusals.tobytes()
+    spread = inp.spread.copy()
+    spread[::97] = 0.05                      # spread anomalies the first memo has not seen
+    inp2 = replace(inp, spread=spread)
+    assert inp2._kill_memo == {}
+    r2 = run_backtest(inp2, a, record=False)
+    ref_metrics, *_ = _reference(inp2, a)
+    assert r2.metrics.tobytes() == ref_metrics.tobytes()
+    assert r2.metrics["n_kill_events"][0] > runs[0].metrics["n_kill_events"][0]
+
+
 def test_ma_sweep_matches_single_runs():
     """The fused signal + backtest + metrics sweep (ma_sweep_nb, shared kill triggers) equals one
     run_backtest per set on the same signal, bit for bit."""

@@ -42,6 +42,11 @@ class BacktestInputs:
     month_id: np.ndarray = field(default=None)  # int64 (n,)
     tradable: np.ndarray = field(default=None)     # bool (n, m): universe member at bar t (R9); None = all
     entry_block: np.ndarray = field(default=None)  # bool (n,): entries decided at t refused (R25); None = none
+    # kill-switch triggers per bar (kill_triggers_nb), memoised per kill-switch parameter tuple: like
+    # ATR and the spread estimate they are a function of these arrays only, so the arrays must not be
+    # modified in place after construction (build new inputs, e.g. dataclasses.replace, which starts
+    # an empty memo)
+    _kill_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         n, m = self.close.shape
@@ -202,9 +207,34 @@ def _rules(inp: BacktestInputs):
     return instrument_arrays(inp.pairs)
 
 
+KILL_PARAM_FIELDS = ("spread_max", "spread_anomaly_mult", "spread_min_obs", "spread_alpha", "vol_spike_mult")
+
+
+def kill_triggers(inp: BacktestInputs, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code, pair, value) of the data/spread/volatility kill-switch trigger of every bar of ``inp``
+    under the kill-switch parameters of ``p`` (one ``params_dt`` record), memoised on ``inp``.
+
+    The triggers depend on the bars and those five parameters only (never on the portfolio), so a
+    second backtest of the same inputs with the same kill-switch parameters reuses them; the state
+    machine still latches, refuses and resets on them bar by bar exactly as ``step_nb`` does
+    (tests/test_backtest_speedpath.py)."""
+    from engine.risk.nb import kill_triggers_nb
+
+    key = tuple(p[f].item() for f in KILL_PARAM_FIELDS)
+    hit = inp._kill_memo.get(key)
+    if hit is None:
+        n = inp.shape[0]
+        code, pair, val = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n)
+        kill_triggers_nb(inp.open, inp.high, inp.low, inp.close, inp.valid, inp.atr, inp.spread, p, code, pair, val)
+        if len(inp._kill_memo) >= 8:          # a sweep over kill parameters keeps memory flat
+            inp._kill_memo.clear()
+        hit = inp._kill_memo[key] = (code, pair, val)
+    return hit
+
+
 def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -> BacktestResult:
     """One parameter set (a ``params_dt`` record array of shape (1,)), with full records."""
-    from engine.backtest.nb import simulate_nb
+    from engine.backtest.nb import simulate_core_nb
 
     if params.dtype != params_dt or params.shape != (1,):
         raise InputError("params must be a params_dt array of shape (1,)")
@@ -216,9 +246,11 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
     metrics = np.zeros(1, dtype=metrics_dt)
     refusals = np.zeros(N_REASONS, dtype=np.int64)
     cnt = np.zeros(N_CNT, dtype=np.int64)
-    simulate_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.p_up, inp.exp_ret, inp.atr,
-                inp.spread, inp.cluster, inp.tradable, inp.entry_block, inp.api_fault, inp.operator, inp.month_id,
-                ordermin, costmin, lot, price, params[0], record, trades, events, eqrows, metrics[0], refusals, cnt)
+    kcode, kpair, kval = kill_triggers(inp, params[0])
+    simulate_core_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.p_up, inp.exp_ret, inp.atr,
+                     inp.spread, inp.cluster, inp.tradable, inp.entry_block, inp.api_fault, inp.operator,
+                     inp.month_id, ordermin, costmin, lot, price, params[0], record, trades, events, eqrows,
+                     metrics[0], refusals, cnt, True, kcode, kpair, kval)
     if metrics[0]["records_overflow"]:
         raise RuntimeError("record buffers overflowed (bug: capacities are upper bounds)")
     return BacktestResult(inp.pairs, inp.ts, metrics, refusals, trades[: cnt[0]].copy(),
