@@ -130,21 +130,6 @@ def manifest_digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if np.isfinite(f) else None
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
-
-
 # ------------------------------------------------------------------------------------------------
 # the bundle
 
@@ -423,7 +408,9 @@ def _build_manifest(bundle: ModelBundle, files: dict[str, str], extra: dict) -> 
     other = {k: v for k, v in extra.items() if k not in ("run_id", "walkforward_dir", "_wf_metrics", "_meta_files")}
     if other:
         man["extra"] = other
-    man = _jsonable(man)
+    from research.report import json_clean
+
+    man = json_clean(man)
     man["manifest_sha256"] = manifest_digest(man)
     return man
 

@@ -22,11 +22,12 @@ from engine.paths import check_out_dir
 __all__ = ["build_metrics", "write_walkforward", "write_report"]
 
 
-def _clean(v: Any) -> Any:
+def json_clean(v: Any) -> Any:
+    """``v`` with numpy scalars as Python numbers, non-finite floats as None, keys as str (JSON-safe)."""
     if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
+        return {str(k): json_clean(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_clean(x) for x in v]
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (np.floating, float)):
@@ -40,7 +41,7 @@ def _clean(v: Any) -> Any:
 def build_metrics(res, meta: dict) -> dict:
     """The metrics.json document (see research.walkforward for every field's meaning)."""
     bt = res.backtest.metrics_dict() if res.backtest is not None else None
-    return _clean({
+    return json_clean({
         "meta": meta,
         "suspected_leak": res.suspected_leak,
         "leak_flags": res.leak_flags,
@@ -66,7 +67,7 @@ def write_walkforward(res, out_dir: str | Path, cfg, meta: dict, backtest_writer
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        (tmp / "folds.json").write_text(json.dumps(_clean(res.folds), indent=2) + "\n")
+        (tmp / "folds.json").write_text(json.dumps(json_clean(res.folds), indent=2) + "\n")
         res.predictions.to_parquet(tmp / "predictions.parquet", index=False)
         res.regime.to_parquet(tmp / "regime.parquet", index=False)
         res.signals.to_parquet(tmp / "signals.parquet", index=False)

@@ -16,13 +16,7 @@ from engine.errors import ConfigError, InputError, IntegrityError
 
 
 def _main(argv):
-    mods = kq.cli.COMMAND_MODULES
-    with pytest.MonkeyPatch.context() as mp:
-        for m in ("kq.research", "kq.models"):
-            if m not in mods:
-                mods = mods + (m,)
-        mp.setattr(kq.cli, "COMMAND_MODULES", mods)
-        return kq.cli.main(argv)
+    return kq.cli.main(argv)      # kq.research and kq.models are in COMMAND_MODULES
 
 
 @pytest.fixture(scope="module")
