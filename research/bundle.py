@@ -228,7 +228,7 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
     receives ``plan`` (horizons, models, inner_folds), ``step`` (horizon, n_train, window), ``fit``
     (horizon, model, stage, final) and ``horizon_done`` events. Deterministic: same inputs and seed ->
     identical predictions."""
-    from engine.features.featureset import build_features, feature_names, feature_schema_sha256
+    from engine.features.featureset import feature_names, feature_schema_sha256
     from engine.features.labels import future_labels
     from engine.config import LabelsConfig
     from research import walkforward as wf
@@ -237,14 +237,7 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
 
     horizons = tuple(int(h) for h in rc.horizons_for(cfg))
     n, m = panel.close.shape
-    if member is None and rc.use_universe:
-        from engine.universe import universe_mask
-
-        member = universe_mask(panel)
-    if features is None:
-        features = build_features(panel, cfg.features, member)
-    if features.values.shape[:2] != (n, m) or not np.array_equal(features.ts, panel.ts):
-        raise InputError("features do not match the panel (bars or pairs)")
+    member, features = wf.panel_features(panel, cfg, rc, features, member)
     if tuple(features.names) != tuple(feature_names(features.config)):
         raise InputError("feature set names do not match its config")
     elig = wf.eligible_rows(features, member, start_ts)

@@ -234,6 +234,23 @@ def quality(y: np.ndarray, p: np.ndarray) -> dict:
 # the loop
 
 
+def panel_features(panel, cfg: Config, rc: ResearchConfig, features=None, member: np.ndarray | None = None):
+    """(universe mask, feature set) of ``panel``: the given ones or the defaults (``universe_mask``
+    when ``rc.use_universe``, features built with ``cfg.features``); a feature set of other bars or
+    pairs is an InputError. Shared by the walk-forward and the final fit (research.bundle)."""
+    from engine.features.featureset import build_features
+
+    if member is None and rc.use_universe:
+        from engine.universe import universe_mask
+
+        member = universe_mask(panel)
+    if features is None:
+        features = build_features(panel, cfg.features, member)
+    if features.values.shape[:2] != panel.close.shape or not np.array_equal(features.ts, panel.ts):
+        raise InputError("features do not match the panel (bars or pairs)")
+    return member, features
+
+
 def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, member: np.ndarray | None = None,
                     start_ts: int | None = None, progress: Callable[..., None] | None = None,
                     shuffle_train_labels: int | None = None, keep_models: bool = False,
@@ -249,21 +266,13 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
     must then vanish. ``keep_models``: keep every fitted meta-learner in ``result.fitted``.
     ``max_folds``: run only the first N folds (benchmarks, debugging).
     """
-    from engine.features.featureset import build_features
     from engine.features.labels import future_labels
 
     horizons = rc.horizons_for(cfg)
     n, m = panel.close.shape
     stage: dict[str, float] = {}
     t_stage = time.perf_counter()
-    if member is None and rc.use_universe:
-        from engine.universe import universe_mask
-
-        member = universe_mask(panel)
-    if features is None:
-        features = build_features(panel, cfg.features, member)
-    if features.values.shape[:2] != (n, m) or not np.array_equal(features.ts, panel.ts):
-        raise InputError("features do not match the panel (bars or pairs)")
+    member, features = panel_features(panel, cfg, rc, features, member)
     elig = eligible_rows(features, member, start_ts)
     if not elig.any():
         raise InputError("no eligible rows: no bar has complete features for a universe member in the range "
