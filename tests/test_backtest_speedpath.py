@@ -185,8 +185,11 @@ def test_memoised_kill_triggers_follow_the_kill_params_and_the_inputs():
 
 
 def test_ma_sweep_matches_single_runs():
-    """The fused signal + backtest + metrics sweep (ma_sweep_nb, shared kill triggers) equals one
-    run_backtest per set on the same signal, bit for bit."""
+    """The fused signal + backtest + metrics sweep (ma_sweep_nb, shared kill triggers, one signal
+    buffer per thread reused across its sets) equals one run_backtest per set on the same signal, bit
+    for bit, on 1 thread and on every thread."""
+    import numba
+
     from engine.backtest.nb import ma_sweep_nb
 
     _, inp = _inputs()
@@ -202,6 +205,17 @@ def test_ma_sweep_matches_single_runs():
     ma_sweep_nb(sub.open, sub.high, sub.low, sub.close, sub.volume, sub.valid, sub.atr, sub.spread, sub.cluster,
                 sub.tradable, sub.entry_block, sub.api_fault, sub.operator, sub.month_id, *_rules(sub), fasts,
                 slows, 80.0, params, metrics, refusals)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        m1 = np.zeros(3, dtype=metrics_dt)
+        r1 = np.zeros((3, N_REASONS), dtype=np.int64)
+        ma_sweep_nb(sub.open, sub.high, sub.low, sub.close, sub.volume, sub.valid, sub.atr, sub.spread,
+                    sub.cluster, sub.tradable, sub.entry_block, sub.api_fault, sub.operator, sub.month_id,
+                    *_rules(sub), fasts, slows, 80.0, params, m1, r1)
+    finally:
+        numba.set_num_threads(threads)
+    assert m1.tobytes() == metrics.tobytes() and r1.tobytes() == refusals.tobytes()
     for s in range(3):
         pu, er = ma_signal(sub.close, int(fasts[s]), int(slows[s]), 80.0)
         one = run_backtest(replace(sub, p_up=pu, exp_ret=er), params[s:s + 1], record=False)

@@ -60,6 +60,14 @@ def ma_signal_nb(close, fast, slow, scale):
     n, m = close.shape
     p_up = np.empty((n, m))
     er = np.empty((n, m))
+    ma_signal_into_nb(close, fast, slow, scale, p_up, er)
+    return p_up, er
+
+
+@njit(cache=True)
+def ma_signal_into_nb(close, fast, slow, scale, p_up, er):
+    """:func:`ma_signal_nb` written into ``p_up`` and ``er`` (the shape of ``close``)."""
+    n, m = close.shape
     for j in range(m):
         sf = 0.0
         rf = 0
@@ -94,7 +102,6 @@ def ma_signal_nb(close, fast, slow, scale):
             else:
                 p_up[t, j] = np.nan
                 er[t, j] = np.nan
-    return p_up, er
 
 
 def ma_signal(close: np.ndarray, fast: int = 12, slow: int = 48, scale: float = 50.0):
