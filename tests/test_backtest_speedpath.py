@@ -190,7 +190,7 @@ def test_ma_sweep_matches_single_runs():
     for bit, on 1 thread and on every thread."""
     import numba
 
-    from engine.backtest.nb import ma_sweep_nb
+    from engine.backtest.runner import run_ma_sweep
 
     _, inp = _inputs()
     cfg = load_config()
@@ -200,19 +200,11 @@ def test_ma_sweep_matches_single_runs():
     fasts = np.array([3, 6, 12], dtype=np.int64)
     slows = np.array([20, 24, 48], dtype=np.int64)
     params = np.repeat(params_from_config(cfg, halt_reset_bars=100, min_edge=0.0), 3)
-    metrics = np.zeros(3, dtype=metrics_dt)
-    refusals = np.zeros((3, N_REASONS), dtype=np.int64)
-    ma_sweep_nb(sub.open, sub.high, sub.low, sub.close, sub.volume, sub.valid, sub.atr, sub.spread, sub.cluster,
-                sub.tradable, sub.entry_block, sub.api_fault, sub.operator, sub.month_id, *_rules(sub), fasts,
-                slows, 80.0, params, metrics, refusals)
+    metrics, refusals = run_ma_sweep(sub, fasts, slows, 80.0, params)
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        m1 = np.zeros(3, dtype=metrics_dt)
-        r1 = np.zeros((3, N_REASONS), dtype=np.int64)
-        ma_sweep_nb(sub.open, sub.high, sub.low, sub.close, sub.volume, sub.valid, sub.atr, sub.spread,
-                    sub.cluster, sub.tradable, sub.entry_block, sub.api_fault, sub.operator, sub.month_id,
-                    *_rules(sub), fasts, slows, 80.0, params, m1, r1)
+        m1, r1 = run_ma_sweep(sub, fasts, slows, 80.0, params)
     finally:
         numba.set_num_threads(threads)
     assert m1.tobytes() == metrics.tobytes() and r1.tobytes() == refusals.tobytes()

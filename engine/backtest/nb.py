@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from engine.backtest.demo import ma_signal_into_nb
 from engine.risk.enums import equity_dt as _equity_dt
@@ -487,16 +487,17 @@ def run_sets_nb(open_, high, low, close, volume, valid, p_up, exp_ret, sig_of_se
 @njit(cache=True, parallel=True)
 def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, tradable, entry_block, api_fault,
                 operator, month_id, ordermin, costmin, lot_dec, price_dec, fasts, slows, scale, params, metrics_out,
-                refusals_out):
+                refusals_out, n_buf):
     """Signal sweep through the whole pipeline in one call: for each set s, the SMA(fasts[s]) /
     SMA(slows[s]) signal (engine.backtest.demo.ma_signal_nb), the backtest with params[s], and its
-    metrics. Signals are built per set inside the parallel loop into one buffer per thread (sets
-    c, c + T, c + 2T, ... on thread c), so memory stays flat; each set's result depends on its own
-    inputs only, never on the thread count."""
+    metrics. Signals are built per set inside the parallel loop into one of ``n_buf`` buffers (pass
+    the thread count; sets c, c + T, c + 2T, ... use buffer c), so memory stays flat and no set
+    allocates its signal; each set's result depends on its own inputs only, never on ``n_buf`` or
+    the thread count. ``engine.backtest.runner.run_ma_sweep`` is the Python entry point."""
     S = params.shape[0]
     n, m = close.shape
     pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
-    T = min(get_num_threads(), S)
+    T = max(1, min(n_buf, S))
     pu_buf = np.empty((T, n, m))
     er_buf = np.empty((T, n, m))
     for c in prange(T):

@@ -287,4 +287,27 @@ def run_sweep(inp: BacktestInputs, params: np.ndarray, p_up_sets: np.ndarray | N
     return metrics, refusals
 
 
+def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.ndarray):
+    """The SMA-crossover signal sweep through the whole pipeline (``engine.backtest.nb.ma_sweep_nb``):
+    set s reads the signal ``ma_signal(close, fasts[s], slows[s], scale)`` and ``params[s]``; returns
+    (metrics (S,), refusals (S, N_REASONS)). Only ``inp``'s market data is read (not its signal)."""
+    import numba
+
+    from engine.backtest.nb import ma_sweep_nb
+
+    if params.dtype != params_dt or params.ndim != 1:
+        raise InputError("params must be a 1-D params_dt array")
+    S = params.shape[0]
+    fasts = np.ascontiguousarray(fasts, dtype=np.int64)
+    slows = np.ascontiguousarray(slows, dtype=np.int64)
+    if fasts.shape != (S,) or slows.shape != (S,) or (S and (fasts.min() < 1 or slows.min() < 1)):
+        raise InputError("fasts and slows must give one window >= 1 per parameter set")
+    metrics = np.zeros(S, dtype=metrics_dt)
+    refusals = np.zeros((S, N_REASONS), dtype=np.int64)
+    ma_sweep_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.atr, inp.spread, inp.cluster,
+                inp.tradable, inp.entry_block, inp.api_fault, inp.operator, inp.month_id, *_rules(inp), fasts, slows,
+                float(scale), params, metrics, refusals, numba.get_num_threads())
+    return metrics, refusals
+
+
 assert N_STATES == len(TradingState)
