@@ -8,8 +8,8 @@ taking arrays is called on a bar where nothing happens (numba reference-counts e
 a function, inlined or not: about 400 ns per bar with the phase functions). Rare work (fills,
 pending orders, events, resets) still goes through the engine.risk.nb functions. The bar loop
 (``_simulate_loop_nb``) is compiled without reference counting (``_nrt=False``): the caller
-allocates every array it uses, so no bar pays for the counts of the arrays an inlined phase binds. Shortcuts that
-change nothing but the time: the kill-switch triggers (data + five parameters only) come from one
+allocates every array it uses, so no bar pays for the counts of the arrays an inlined phase binds.
+Shortcuts that change nothing but the time: the kill-switch triggers (data + five parameters only) come from one
 pass over the bars before the loop (``kill_triggers_nb``, shared by the sets of a sweep); a flat book
 is not marked; on a bar where no entry is possible (halt, kill switch, entry-block window) without
 records, candidates are counted by reason without branches.
@@ -89,7 +89,7 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
 # No reference counting in the bar loop (``_nrt=False``: it allocates nothing, its caller owns every
 # array). With it, numba increments and decrements the count of each array bound to a parameter of
 # an inlined phase (execute_open_nb/execute_close_nb take 20), two atomic calls apiece on every bar
-# with orders (about 1,000 cycles): a third of the run time of a portfolio that trades.
+# with orders; measured: 12.5 -> 11.4 ms for 10 pairs x 45k bars trading throughout.
 @njit(cache=True, _nrt=False)
 def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
                       entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p,

@@ -257,6 +257,11 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
                           events[: cnt[1]].copy(), eqrows)
 
 
+def _check_params_1d(params: np.ndarray) -> None:
+    if params.dtype != params_dt or params.ndim != 1:
+        raise InputError("params must be a 1-D params_dt array")
+
+
 def run_sweep(inp: BacktestInputs, params: np.ndarray, p_up_sets: np.ndarray | None = None,
               exp_ret_sets: np.ndarray | None = None, sig_of_set: np.ndarray | None = None):
     """Many parameter sets in one parallel call; returns (metrics (S,), refusals (S, N_REASONS)).
@@ -266,8 +271,7 @@ def run_sweep(inp: BacktestInputs, params: np.ndarray, p_up_sets: np.ndarray | N
     """
     from engine.backtest.nb import run_sets_nb
 
-    if params.dtype != params_dt or params.ndim != 1:
-        raise InputError("params must be a 1-D params_dt array")
+    _check_params_1d(params)
     S = params.shape[0]
     if p_up_sets is None:
         p_up_sets = inp.p_up[None]
@@ -295,8 +299,7 @@ def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.nda
 
     from engine.backtest.nb import ma_sweep_nb
 
-    if params.dtype != params_dt or params.ndim != 1:
-        raise InputError("params must be a 1-D params_dt array")
+    _check_params_1d(params)
     S = params.shape[0]
     fasts = np.ascontiguousarray(fasts, dtype=np.int64)
     slows = np.ascontiguousarray(slows, dtype=np.int64)
