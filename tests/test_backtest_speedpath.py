@@ -186,8 +186,8 @@ def test_memoised_kill_triggers_follow_the_kill_params_and_the_inputs():
 
 def test_ma_sweep_matches_single_runs():
     """The fused signal + backtest + metrics sweep (ma_sweep_nb, shared kill triggers, one signal
-    buffer per thread reused across its sets) equals one run_backtest per set on the same signal, bit
-    for bit, on 1 thread and on every thread."""
+    buffer per thread reused across its sets, SMAs from a shared table or per set) equals one
+    run_backtest per set on the same signal, bit for bit, on 1 thread and on every thread."""
     import numba
 
     from engine.backtest.runner import run_ma_sweep
@@ -208,6 +208,9 @@ def test_ma_sweep_matches_single_runs():
     finally:
         numba.set_num_threads(threads)
     assert m1.tobytes() == metrics.tobytes() and r1.tobytes() == refusals.tobytes()
+    # without the shared SMA table (each set computes its own SMAs): the same results
+    m0, r0 = run_ma_sweep(sub, fasts, slows, 80.0, params, table_budget_mb=0.0)
+    assert m0.tobytes() == metrics.tobytes() and r0.tobytes() == refusals.tobytes()
     for s in range(3):
         pu, er = ma_signal(sub.close, int(fasts[s]), int(slows[s]), 80.0)
         one = run_backtest(replace(sub, p_up=pu, exp_ret=er), params[s:s + 1], record=False)
@@ -251,8 +254,11 @@ def _plain_ma_signal_nb():
 
 
 def test_ma_signal_equals_the_two_sma_formula_bit_for_bit():
-    """The one-pass demo signal (with the tanh saturation shortcut) equals the plain formula
-    0.5 + 0.5 * tanh(scale * (SMA_fast / SMA_slow - 1)) on real bars with gaps, for small and huge scales."""
+    """The one-pass demo signal (with the tanh saturation shortcut), and the same signal from a table
+    of SMAs, equal the plain formula 0.5 + 0.5 * tanh(scale * (SMA_fast / SMA_slow - 1)) on real bars
+    with gaps, for small and huge scales."""
+    from engine.backtest.demo import ma_signal_from_sma_nb, sma_nb
+
     plain, tanh = _plain_ma_signal_nb()
     _, inp = _inputs()
     c = inp.close
@@ -262,6 +268,10 @@ def test_ma_signal_equals_the_two_sma_formula_bit_for_bit():
         assert np.array_equal(er, ref_er, equal_nan=True)
         assert np.array_equal(pu, ref_pu, equal_nan=True)
         assert (~np.isnan(pu)).sum() > 1000
+        # from a shared SMA table (ma_sweep_nb): the same values
+        t_pu, t_er = np.empty_like(c), np.empty_like(c)
+        ma_signal_from_sma_nb(sma_nb(c, fast), sma_nb(c, slow), scale, t_pu, t_er)
+        assert np.array_equal(t_er, ref_er, equal_nan=True) and np.array_equal(t_pu, ref_pu, equal_nan=True)
     # the saturation the shortcut relies on: numba's tanh is exactly +-1 from |x| = 20 on
     x = np.concatenate([np.linspace(20.0, 60.0, 40001), [1e300, np.inf]])
     assert (tanh(x) == 1.0).all() and (tanh(-x) == -1.0).all()

@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from engine.backtest.demo import ma_signal_into_nb
+from engine.backtest.demo import ma_signal_from_sma_nb, ma_signal_into_nb, sma_into_nb
 from engine.risk.enums import equity_dt as _equity_dt
 from engine.risk.enums import event_dt as _event_dt
 from engine.risk.enums import order_dt, position_dt, state_dt
@@ -42,6 +42,290 @@ from engine.risk.nb import (
 )
 
 BARS_PER_YEAR = 8760.0
+
+
+@njit(cache=True, inline="always")
+def _merge_zero_returns_nb(r_n, r_z, r_mean, r_m2):
+    """(count, mean, M2) of ``r_n`` returns with running mean ``r_mean`` and sum of squared deviations
+    ``r_m2``, joined by ``r_z`` returns of exactly 0 (the pairwise update of Chan, Golub and LeVeque
+    with a block of zeros: mean 0, M2 0)."""
+    if r_z == 0:
+        return r_n, r_mean, r_m2
+    nn = r_n + r_z
+    delta = -r_mean
+    return nn, r_mean + delta * r_z / nn, r_m2 + delta * delta * r_n * r_z / nn
+
+
+@njit(cache=True, inline="always")
+def _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
+                    worst_mdd):
+    """One bar of the streaming metrics (the equity ``eq`` after the bar, ``prev_eq`` before it, the
+    bar's calendar month ``mo``): hourly return moments, downside sum, drawdown from the metric peak
+    (never reset by an operator), worst drawdown within a calendar month. Returns of exactly 0 (a
+    flat book's bar) are counted in ``r_z`` and folded into the mean/M2 in one step when the next
+    non-zero return comes (or at the end), so a run of flat bars costs no division; every bar is
+    still one return of the Sharpe and Sortino ratios."""
+    r = eq / prev_eq - 1.0 if prev_eq > 0.0 else 0.0
+    if r == 0.0:
+        r_z += 1
+    else:
+        r_n, r_mean, r_m2 = _merge_zero_returns_nb(r_n, r_z, r_mean, r_m2)
+        r_z = 0
+        r_n += 1
+        d = r - r_mean
+        r_mean += d / r_n
+        r_m2 += d * (r - r_mean)
+        if r < 0.0:
+            down_sq += r * r
+    if eq > mpeak:
+        mpeak = eq
+    dd = 1.0 - eq / mpeak
+    if dd > max_dd:
+        max_dd = dd
+    if mo != cur_month:
+        cur_month = mo
+        month_peak = prev_eq
+    if eq > month_peak:
+        month_peak = eq
+    mdd = 1.0 - eq / month_peak
+    if mdd > worst_mdd:
+        worst_mdd = mdd
+    return r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd
+
+
+@njit(cache=True, inline="always")
+def _count_blocked_nb(t, p, p_up, positions, valid, close, tradable):
+    """(``t``: the bar, as an index.) A bar where no entry is possible (halt, kill switch or entry-block window), without records:
+    every candidate (P(up) >= threshold, flat; nothing is pending for a flat pair at this point) is
+    refused by entry_static_gate_nb with no data, not tradable, or the blocking reason, in that
+    order. Counted without branches; the counts (no data, not tradable, blocked) are those of the
+    per-pair path."""
+    thr = p.p_up_entry
+    n_nd = 0
+    n_nt = 0
+    n_bl = 0
+    for j in range(close.shape[1]):
+        cand = (p_up[t, j] >= thr) & (positions[j].qty == 0.0)
+        cl = close[t, j]
+        dat = valid[t, j] & (cl > 0.0)
+        trd = tradable[t, j]
+        n_nd += cand & (not dat)
+        n_nt += cand & dat & (not trd)
+        n_bl += cand & dat & trd
+    return n_nd, n_nt, n_bl
+
+
+@njit(cache=True, inline="always")
+def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
+    """Add the counts of _count_blocked_nb (the blocking reason from the state: halt, kill switch,
+    otherwise the entry-block window)."""
+    refusals[_R_NO_DATA] += n_nd
+    refusals[_R_NOT_TRADABLE] += n_nt
+    if st.halted != 0:
+        refusals[_R_HALTED] += n_bl
+    elif st.kill_reason != 0:
+        refusals[_R_KILL] += n_bl
+    else:
+        refusals[_R_TRAINING_WINDOW] += n_bl
+
+
+@njit(cache=True, inline="always")
+def _quiet_run_nb(t, st, p, p_up, positions, valid, close, tradable, entry_block, api_fault, operator, kcode,
+                  month_id, eq, sum_eq, cur_month, month_peak):
+    """Bars from ``t`` on that are quiet, for a flat book with nothing pending and no records kept,
+    whose equity ``eq`` is that of the last bar: no operator or timed reset due, no kill-switch
+    trigger that would latch, and no entry candidate unless entries are blocked (halt, kill switch,
+    entry-block window: then each candidate is refused and counted as in phase 5). On such a bar
+    every phase of the full bar leaves the state as it is (equity = cash, the same peak, drawdown,
+    tier and trading state) and the return is exactly 0, so of the metrics only the equity sum and
+    the calendar month move. Returns (first bar not quiet, sum_eq, cur_month, month_peak, and the
+    refusal counts of _count_blocked_nb). Checked bit for bit against the step_nb loop
+    (tests/test_backtest_speedpath.py)."""
+    n, m = close.shape
+    thr = p.p_up_entry
+    stop_blocked = (st.halted != 0) | (st.kill_reason != 0)
+    n_nd = 0
+    n_nt = 0
+    n_bl = 0
+    while t < n:
+        u = np.uint64(t)           # an unsigned index: no negative-index wraparound per access
+        op = operator[u]
+        trig = _K_API if api_fault[u] else kcode[u]
+        if (trig != 0 and st.kill_reason == 0) or kill_reset_due_nb(st, op, t, p) or halt_reset_due_nb(st, op, t, p):
+            break
+        if stop_blocked | entry_block[u]:
+            a, b, c = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
+            n_nd += a
+            n_nt += b
+            n_bl += c
+        else:
+            cand = False
+            for j in range(m):
+                cand |= p_up[u, j] >= thr
+            if cand:
+                break
+        mo = month_id[u]
+        if mo != cur_month:
+            cur_month = mo
+            month_peak = eq
+        sum_eq += eq
+        t += 1
+    return t, sum_eq, cur_month, month_peak, n_nd, n_nt, n_bl
+
+
+# Phase 5's entries, called only on a bar with a candidate (P(up) >= threshold, flat, nothing pending)
+# where entries are not blocked (or records are kept). Kept out of the bar loop: inlined, its many
+# live values made the compiler spill the loop's own on every bar (measured: 47 -> 25 ns per bar
+# with a position held and no candidate, one pair).
+@njit(cache=True)
+def _entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+                entry_block, ordermin, costmin, lot_dec, price_dec, p, rec, events, cnt, refusals, order_buf):
+    """Entry decisions at the close of bar t (engine.risk.nb.decide_nb's entries); True if an order was
+    placed."""
+    st = state[0]
+    m = close.shape[1]
+    placed = False
+    nc = 0
+    for j in range(m):
+        pu = p_up[t, j]
+        if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
+            if not rec:
+                # Without records only the refusal counts are kept, and they do not depend on the
+                # order: candidates the per-bar checks refuse (no data, halt, kill switch, edge,
+                # ATR) are counted here and never sorted. The rest keep their relative order
+                # (stable sort), so every entry decision is the same as in decide_nb.
+                rr, v = entry_static_gate_nb(st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j],
+                                             tradable[t, j], entry_block[t])
+                if rr != 0:
+                    refusals[rr] += 1
+                    continue
+            e = exp_ret[t, j]
+            kj = e if e == e else -np.inf
+            i = nc
+            while i > 0:
+                e2 = exp_ret[t, order_buf[i - 1]]
+                k2 = e2 if e2 == e2 else -np.inf
+                if k2 >= kj:
+                    break
+                order_buf[i] = order_buf[i - 1]
+                i -= 1
+            order_buf[i] = j
+            nc += 1
+    # (positions[].cluster, the cluster id at the last decision, is state for the live bridge;
+    # this portfolio is internal to the run, so it is not kept)
+    if nc > 0:
+        cap, maxpos, rmult = caps_nb(st, p)
+        eq = st.equity
+        committed = st.exposure
+        reserved = 0.0
+        n_open = st.n_positions
+        f = p.fee_rate
+        for k in range(nc):
+            j = order_buf[k]
+            c = close[t, j]
+            a = atr[t, j]
+            rr, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, tradable[t, j],
+                                          entry_block[t], n_open, maxpos, cap, eq, committed)
+            if rr != 0:
+                refusals[rr] += 1
+                if rec:
+                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
+                continue
+            cj = cluster[t, j]
+            room_c = p.max_cluster_exposure * eq
+            if cj >= 0:
+                for i in range(m):
+                    if cluster[t, i] == cj and i != j:
+                        if positions[i].qty != 0.0:
+                            room_c -= positions[i].qty * positions[i].mark
+                        if pending[i].active != 0 and pending[i].side == BUY:
+                            room_c -= pending[i].qty * pending[i].ref_price
+            if room_c <= 0.0:
+                refusals[_R_CLUSTER] += 1
+                if rec:
+                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
+                continue
+            rr, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j],
+                                      ordermin[j], costmin[j])
+            if rr != 0:
+                refusals[rr] += 1
+                if rec:
+                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
+                continue
+            entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
+            placed = True
+            if rec:
+                emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
+            committed += qty * c
+            reserved += qty * c * (1.0 + f + p.slip_buffer)
+            n_open += 1
+    return placed
+
+
+@njit(cache=True)
+def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_block, api_fault, operator, kcode,
+                 month_id, bars_state, refusals, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month,
+                 month_peak, worst_mdd, sum_eq, sum_expo):
+    """Bars from ``t`` on where a book with open positions, nothing pending and no records kept only
+    marks to market: no operator or timed reset due, no kill-switch trigger that would latch, no
+    exit (exit_reason_nb) for any held pair, and no entry candidate unless entries are blocked (then
+    each is refused and counted as in phase 5). Every check comes before the bar changes anything;
+    the first bar that fails one is left to the full bar (its index is returned first). Each bar
+    that passes runs exactly the full bar's phase 4 (mark, mark_state_nb: drawdown tiers and the
+    halt latch included), its blocked-candidate count and its metrics. A separate function: inside
+    the bar loop the same code ran about twice as slow (register spills around the loop's calls).
+    Returns (t, the metric accumulators)."""
+    st = state[0]
+    n, m = close.shape
+    thr = p.p_up_entry
+    while t < n:
+        u = np.uint64(t)           # an unsigned index: no negative-index wraparound per access
+        # ---- the checks (nothing changes before all pass)
+        op = operator[u]
+        trig = _K_API if api_fault[u] else kcode[u]
+        if (trig != 0 and st.kill_reason == 0) or kill_reset_due_nb(st, op, t, p) or halt_reset_due_nb(st, op, t, p):
+            break
+        stop = False
+        cand = False
+        for j in range(m):
+            pos = positions[j]
+            if pos.qty != 0.0:
+                if valid[u, j]:
+                    reason, kind = exit_reason_nb(pos, close[u, j], p_up[u, j], t, p)
+                    if reason != 0:
+                        stop = True
+                        break
+            elif p_up[u, j] >= thr:
+                cand = True
+        if stop or (cand and not ((st.halted != 0) | (st.kill_reason != 0) | entry_block[u])):
+            break
+        # ---- phase 4: mark to the close
+        expo = 0.0
+        for j in range(m):
+            pos = positions[j]
+            if valid[u, j]:
+                c = close[u, j]
+                if c == c:
+                    pos.mark = c
+            if pos.qty != 0.0:
+                expo += pos.qty * pos.mark
+        mark_state_nb(st, expo, t, p)
+        # ---- phase 5: blocked candidates (every flat pair's candidate is refused)
+        if cand:
+            n_nd, n_nt, n_bl = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
+            _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+        # ---- metrics
+        eq = st.equity
+        (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
+         worst_mdd) = _bar_metrics_nb(eq, prev_eq, month_id[u], r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd,
+                                      cur_month, month_peak, worst_mdd)
+        prev_eq = eq
+        sum_eq += eq
+        sum_expo += st.exposure / eq if eq > 0.0 else 0.0
+        bars_state[st.trading_state] += 1
+        t += 1
+    return (t, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
+            sum_expo)
 
 
 @njit(cache=True)
@@ -107,7 +391,8 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
     placed = False             # orders were decided at the last close (pending until bar t's close)
     # streaming metrics
     prev_eq = p.init_cash
-    r_n = 0
+    r_n = 0                    # returns folded into r_mean / r_m2
+    r_z = 0                    # zero returns not yet folded in (_bar_metrics_nb)
     r_mean = 0.0
     r_m2 = 0.0
     down_sq = 0.0
@@ -118,7 +403,28 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
     worst_mdd = 0.0
     sum_eq = 0.0
     sum_expo = 0.0
-    for t in range(n):
+    t = 0
+    while t < n:
+        if not placed and st.n_positions == 0 and not rec and st.equity == prev_eq:
+            # Quiet bars: see _quiet_run_nb. Each leaves the state as it is and has a return of
+            # exactly 0, so only the counters move.
+            t0 = t
+            t, sum_eq, cur_month, month_peak, n_nd, n_nt, n_bl = _quiet_run_nb(
+                t, st, p, p_up, positions, valid, close, tradable, entry_block, api_fault, operator, kcode, month_id,
+                prev_eq, sum_eq, cur_month, month_peak)
+            if t > t0:
+                r_z += t - t0
+                bars_state[st.trading_state] += t - t0
+                st.bar = t - 1
+                _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+        elif not placed and not rec:
+            (t, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
+             sum_expo) = _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_block, api_fault,
+                                      operator, kcode, month_id, bars_state, refusals, prev_eq, r_n, r_z, r_mean,
+                                      r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
+                                      sum_expo)
+        if t >= n:
+            break
         # ---- 1. orders decided at t-1 execute in bar t (engine.risk.nb.execute_open_nb)
         if placed:
             execute_open_nb(t, state, positions, pending, open_, high, low, close, volume, valid, cluster,
@@ -180,129 +486,24 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             placed = True
             if rec:
                 emit_event_nb(events, cnt, t, j, _EV_ORDER, reason, pos.qty)
-        nc = 0
         blocked = (st.halted != 0) | (st.kill_reason != 0) | entry_block[t]
         if blocked and not rec:
-            # No entry is possible this bar (halt, kill switch or entry-block window): every candidate
-            # (P(up) >= threshold, flat; nothing is pending for a flat pair at this point) is refused
-            # by entry_static_gate_nb with no data, not tradable, or the blocking reason, in that
-            # order. Counted without branches; the counts are those of the per-pair path.
+            n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
+            _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+        else:
             thr = p.p_up_entry
-            n_nd = 0
-            n_nt = 0
-            n_bl = 0
+            any_cand = False
             for j in range(m):
-                cand = (p_up[t, j] >= thr) & (positions[j].qty == 0.0)
-                cl = close[t, j]
-                dat = valid[t, j] & (cl > 0.0)
-                trd = tradable[t, j]
-                n_nd += cand & (not dat)
-                n_nt += cand & dat & (not trd)
-                n_bl += cand & dat & trd
-            refusals[_R_NO_DATA] += n_nd
-            refusals[_R_NOT_TRADABLE] += n_nt
-            if st.halted != 0:
-                refusals[_R_HALTED] += n_bl
-            elif st.kill_reason != 0:
-                refusals[_R_KILL] += n_bl
-            else:
-                refusals[_R_TRAINING_WINDOW] += n_bl
-        for j in range(m if not (blocked and not rec) else 0):
-            pu = p_up[t, j]
-            if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
-                if not rec:
-                    # Without records only the refusal counts are kept, and they do not depend on the
-                    # order: candidates the per-bar checks refuse (no data, halt, kill switch, edge,
-                    # ATR) are counted here and never sorted. The rest keep their relative order
-                    # (stable sort), so every entry decision is the same as in decide_nb.
-                    rr, v = entry_static_gate_nb(st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j],
-                                                 tradable[t, j], entry_block[t])
-                    if rr != 0:
-                        refusals[rr] += 1
-                        continue
-                e = exp_ret[t, j]
-                kj = e if e == e else -np.inf
-                i = nc
-                while i > 0:
-                    e2 = exp_ret[t, order_buf[i - 1]]
-                    k2 = e2 if e2 == e2 else -np.inf
-                    if k2 >= kj:
-                        break
-                    order_buf[i] = order_buf[i - 1]
-                    i -= 1
-                order_buf[i] = j
-                nc += 1
-        # (positions[].cluster, the cluster id at the last decision, is state for the live bridge;
-        # this portfolio is internal to the run, so it is not kept)
-        if nc > 0:
-            cap, maxpos, rmult = caps_nb(st, p)
-            eq = st.equity
-            committed = st.exposure
-            reserved = 0.0
-            n_open = st.n_positions
-            f = p.fee_rate
-            for k in range(nc):
-                j = order_buf[k]
-                c = close[t, j]
-                a = atr[t, j]
-                rr, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, tradable[t, j],
-                                              entry_block[t], n_open, maxpos, cap, eq, committed)
-                if rr != 0:
-                    refusals[rr] += 1
-                    if rec:
-                        emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
-                    continue
-                cj = cluster[t, j]
-                room_c = p.max_cluster_exposure * eq
-                if cj >= 0:
-                    for i in range(m):
-                        if cluster[t, i] == cj and i != j:
-                            if positions[i].qty != 0.0:
-                                room_c -= positions[i].qty * positions[i].mark
-                            if pending[i].active != 0 and pending[i].side == BUY:
-                                room_c -= pending[i].qty * pending[i].ref_price
-                if room_c <= 0.0:
-                    refusals[_R_CLUSTER] += 1
-                    if rec:
-                        emit_event_nb(events, cnt, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
-                    continue
-                rr, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j],
-                                          ordermin[j], costmin[j])
-                if rr != 0:
-                    refusals[rr] += 1
-                    if rec:
-                        emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
-                    continue
-                entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
+                any_cand |= (p_up[t, j] >= thr) & (positions[j].qty == 0.0) & (pending[j].active == 0)
+            if any_cand and _entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread,
+                                        cluster, tradable, entry_block, ordermin, costmin, lot_dec, price_dec, p,
+                                        rec, events, cnt, refusals, order_buf):
                 placed = True
-                if rec:
-                    emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
-                committed += qty * c
-                reserved += qty * c * (1.0 + f + p.slip_buffer)
-                n_open += 1
         # ---- streaming metrics
         eq = st.equity
-        r = eq / prev_eq - 1.0 if prev_eq > 0.0 else 0.0
-        r_n += 1
-        d = r - r_mean
-        r_mean += d / r_n
-        r_m2 += d * (r - r_mean)
-        if r < 0.0:
-            down_sq += r * r
-        if eq > mpeak:
-            mpeak = eq
-        dd = 1.0 - eq / mpeak
-        if dd > max_dd:
-            max_dd = dd
-        mo = month_id[t]
-        if mo != cur_month:
-            cur_month = mo
-            month_peak = prev_eq
-        if eq > month_peak:
-            month_peak = eq
-        mdd = 1.0 - eq / month_peak
-        if mdd > worst_mdd:
-            worst_mdd = mdd
+        (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
+         worst_mdd) = _bar_metrics_nb(eq, prev_eq, month_id[t], r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd,
+                                      cur_month, month_peak, worst_mdd)
         prev_eq = eq
         sum_eq += eq
         xf = st.exposure / eq if eq > 0.0 else 0.0
@@ -318,6 +519,8 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             row.trading_state = st.trading_state
             row.n_positions = st.n_positions
             row.kill_reason = st.kill_reason
+        t += 1
+    r_n, r_mean, r_m2 = _merge_zero_returns_nb(r_n, r_z, r_mean, r_m2)
     _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo,
                        bars_state, cnt, acc, refusals)
 
@@ -343,7 +546,8 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
         refusals[i] = 0
     # streaming metrics
     prev_eq = p.init_cash
-    r_n = 0
+    r_n = 0                    # returns folded into r_mean / r_m2
+    r_z = 0                    # zero returns not yet folded in (_bar_metrics_nb)
     r_mean = 0.0
     r_m2 = 0.0
     down_sq = 0.0
@@ -360,27 +564,9 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
                 spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
                 trades, events, cnt, acc, refusals, marks, order_buf)
         eq = st.equity
-        r = eq / prev_eq - 1.0 if prev_eq > 0.0 else 0.0
-        r_n += 1
-        d = r - r_mean
-        r_mean += d / r_n
-        r_m2 += d * (r - r_mean)
-        if r < 0.0:
-            down_sq += r * r
-        if eq > mpeak:
-            mpeak = eq
-        dd = 1.0 - eq / mpeak
-        if dd > max_dd:
-            max_dd = dd
-        mo = month_id[t]
-        if mo != cur_month:
-            cur_month = mo
-            month_peak = prev_eq
-        if eq > month_peak:
-            month_peak = eq
-        mdd = 1.0 - eq / month_peak
-        if mdd > worst_mdd:
-            worst_mdd = mdd
+        (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
+         worst_mdd) = _bar_metrics_nb(eq, prev_eq, month_id[t], r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd,
+                                      cur_month, month_peak, worst_mdd)
         prev_eq = eq
         sum_eq += eq
         xf = st.exposure / eq if eq > 0.0 else 0.0
@@ -396,6 +582,7 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
             row.trading_state = st.trading_state
             row.n_positions = st.n_positions
             row.kill_reason = st.kill_reason
+    r_n, r_mean, r_m2 = _merge_zero_returns_nb(r_n, r_z, r_mean, r_m2)
     _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo,
                        bars_state, cnt, acc, refusals)
 
@@ -487,16 +674,24 @@ def run_sets_nb(open_, high, low, close, volume, valid, p_up, exp_ret, sig_of_se
 @njit(cache=True, parallel=True)
 def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, tradable, entry_block, api_fault,
                 operator, month_id, ordermin, costmin, lot_dec, price_dec, fasts, slows, scale, params, metrics_out,
-                refusals_out, n_buf):
+                refusals_out, n_buf, windows, fast_w, slow_w):
     """Signal sweep through the whole pipeline in one call: for each set s, the SMA(fasts[s]) /
     SMA(slows[s]) signal (engine.backtest.demo.ma_signal_nb), the backtest with params[s], and its
     metrics. Signals are built per set inside the parallel loop into one of ``n_buf`` buffers (pass
     the thread count; sets c, c + T, c + 2T, ... use buffer c), so memory stays flat and no set
     allocates its signal; each set's result depends on its own inputs only, never on ``n_buf`` or
-    the thread count. ``engine.backtest.runner.run_ma_sweep`` is the Python entry point."""
+    the thread count. With ``windows`` (the distinct window lengths; set s uses
+    ``windows[fast_w[s]]`` and ``windows[slow_w[s]]``) each SMA is computed once for all sets, in
+    parallel, and a set's signal is one division per bar from that table (the same values bit for
+    bit); with an empty ``windows`` each set computes its own. ``engine.backtest.runner.run_ma_sweep``
+    is the Python entry point (it chooses the table when it fits its memory budget)."""
     S = params.shape[0]
     n, m = close.shape
     pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
+    W = windows.shape[0]
+    table = np.empty((W, n, m))
+    for w in prange(W):
+        sma_into_nb(close, windows[w], table[w])
     T = max(1, min(n_buf, S))
     pu_buf = np.empty((T, n, m))
     er_buf = np.empty((T, n, m))
@@ -504,7 +699,10 @@ def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, tr
         pu = pu_buf[c]
         er = er_buf[c]
         for s in range(c, S, T):
-            ma_signal_into_nb(close, fasts[s], slows[s], scale, pu, er)
+            if W > 0:
+                ma_signal_from_sma_nb(table[fast_w[s]], table[slow_w[s]], scale, pu, er)
+            else:
+                ma_signal_into_nb(close, fasts[s], slows[s], scale, pu, er)
             _run_set_nb(open_, high, low, close, volume, valid, pu, er, atr, spread, cluster, tradable, entry_block,
                         api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params[s],
                         metrics_out[s], refusals_out[s], pre, kcode, kpair, kval)

@@ -291,10 +291,13 @@ def run_sweep(inp: BacktestInputs, params: np.ndarray, p_up_sets: np.ndarray | N
     return metrics, refusals
 
 
-def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.ndarray):
+def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.ndarray,
+                 table_budget_mb: float = 512.0):
     """The SMA-crossover signal sweep through the whole pipeline (``engine.backtest.nb.ma_sweep_nb``):
     set s reads the signal ``ma_signal(close, fasts[s], slows[s], scale)`` and ``params[s]``; returns
-    (metrics (S,), refusals (S, N_REASONS)). Only ``inp``'s market data is read (not its signal)."""
+    (metrics (S,), refusals (S, N_REASONS)). Only ``inp``'s market data is read (not its signal).
+    Each distinct window's SMA is computed once for all sets when the table (windows x bars x pairs
+    float64) fits ``table_budget_mb``; otherwise each set computes its own (same results either way)."""
     import numba
 
     from engine.backtest.nb import ma_sweep_nb
@@ -307,9 +310,15 @@ def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.nda
         raise InputError("fasts and slows must give one window >= 1 per parameter set")
     metrics = np.zeros(S, dtype=metrics_dt)
     refusals = np.zeros((S, N_REASONS), dtype=np.int64)
+    # one SMA per distinct window, shared by every set, when the table fits the budget
+    windows = np.unique(np.concatenate([fasts, slows]))
+    if windows.size * inp.close.size * 8 > table_budget_mb * 2**20:
+        windows = np.zeros(0, dtype=np.int64)
+    fast_w = np.searchsorted(windows, fasts) if windows.size else np.zeros(S, dtype=np.int64)
+    slow_w = np.searchsorted(windows, slows) if windows.size else np.zeros(S, dtype=np.int64)
     ma_sweep_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.atr, inp.spread, inp.cluster,
                 inp.tradable, inp.entry_block, inp.api_fault, inp.operator, inp.month_id, *_rules(inp), fasts, slows,
-                float(scale), params, metrics, refusals, numba.get_num_threads())
+                float(scale), params, metrics, refusals, numba.get_num_threads(), windows, fast_w, slow_w)
     return metrics, refusals
 
 
