@@ -75,8 +75,8 @@ def _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max
         d = r - r_mean
         r_mean += d / r_n
         r_m2 += d * (r - r_mean)
-        if r < 0.0:
-            down_sq += r * r
+        rn = r if r < 0.0 else 0.0     # no branch: the sign of an hourly return is a coin flip
+        down_sq += rn * rn
     if eq > mpeak:
         mpeak = eq
     dd = 1.0 - eq / mpeak
@@ -91,6 +91,22 @@ def _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max
     if mdd > worst_mdd:
         worst_mdd = mdd
     return r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd
+
+
+@njit(cache=True, inline="always")
+def _bar_end_nb(st, mo, bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
+                worst_mdd, sum_eq, sum_expo):
+    """The end of a bar: its metrics (_bar_metrics_nb) at the state's equity, the equity and exposure
+    sums, the bar counted in its trading state. Returns the accumulators (``prev_eq`` is now this
+    bar's equity) and the bar's exposure as a fraction of equity."""
+    eq = st.equity
+    (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
+     worst_mdd) = _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month,
+                                  month_peak, worst_mdd)
+    xf = st.exposure / eq if eq > 0.0 else 0.0
+    bars_state[st.trading_state] += 1
+    return (eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq + eq,
+            sum_expo + xf, xf)
 
 
 @njit(cache=True, inline="always")
@@ -315,14 +331,9 @@ def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_blo
             n_nd, n_nt, n_bl = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
             _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
         # ---- metrics
-        eq = st.equity
-        (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
-         worst_mdd) = _bar_metrics_nb(eq, prev_eq, month_id[u], r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd,
-                                      cur_month, month_peak, worst_mdd)
-        prev_eq = eq
-        sum_eq += eq
-        sum_expo += st.exposure / eq if eq > 0.0 else 0.0
-        bars_state[st.trading_state] += 1
+        (prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
+         sum_expo, xf) = _bar_end_nb(st, month_id[u], bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak,
+                                     max_dd, cur_month, month_peak, worst_mdd, sum_eq, sum_expo)
         t += 1
     return (t, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
             sum_expo)
@@ -500,15 +511,10 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
                                         rec, events, cnt, refusals, order_buf):
                 placed = True
         # ---- streaming metrics
-        eq = st.equity
-        (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
-         worst_mdd) = _bar_metrics_nb(eq, prev_eq, month_id[t], r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd,
-                                      cur_month, month_peak, worst_mdd)
-        prev_eq = eq
-        sum_eq += eq
-        xf = st.exposure / eq if eq > 0.0 else 0.0
-        sum_expo += xf
-        bars_state[st.trading_state] += 1
+        (prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
+         sum_expo, xf) = _bar_end_nb(st, month_id[t], bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak,
+                                     max_dd, cur_month, month_peak, worst_mdd, sum_eq, sum_expo)
+        eq = prev_eq
         if rec and t < equity_rows.shape[0]:
             row = equity_rows[t]
             row.bar = t
@@ -563,15 +569,10 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
         step_nb(t, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
                 spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
                 trades, events, cnt, acc, refusals, marks, order_buf)
-        eq = st.equity
-        (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
-         worst_mdd) = _bar_metrics_nb(eq, prev_eq, month_id[t], r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd,
-                                      cur_month, month_peak, worst_mdd)
-        prev_eq = eq
-        sum_eq += eq
-        xf = st.exposure / eq if eq > 0.0 else 0.0
-        sum_expo += xf
-        bars_state[st.trading_state] += 1
+        (prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
+         sum_expo, xf) = _bar_end_nb(st, month_id[t], bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak,
+                                     max_dd, cur_month, month_peak, worst_mdd, sum_eq, sum_expo)
+        eq = prev_eq
         if record and t < equity_rows.shape[0]:
             row = equity_rows[t]
             row.bar = t
