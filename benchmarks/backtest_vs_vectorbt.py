@@ -18,8 +18,10 @@ before vectorbt first runs:
    skip that pass; the run on fresh inputs each time, which includes it, is printed too.
 2. sweep: 1,000 fast/slow SMA crossover sets (a 40 x 25 grid: fast 2..41, slow 45..165 step 5) on
    BTC/USDT x 50k bars through the whole pipeline: signals, backtest, total return / max drawdown /
-   Sharpe. Ours: one fused parallel kernel (``run_ma_sweep`` -> ``ma_sweep_nb``) with
-   configs/vectorbt_parity.toml rules (market at next open, all-in fixed fraction). vectorbt: ``MA.run`` (fast and slow, one column per set) +
+   Sharpe. Ours: one fused parallel kernel (``run_ma_sweep`` -> ``ma_sweep_nb``: each distinct
+   window's SMA once, then per set its signal, backtest and metrics) with
+   configs/vectorbt_parity.toml rules (market at next open, all-in fixed fraction). vectorbt:
+   ``MA.run`` (fast and slow, one column per set) +
    crossovers + ``from_signals`` + ``total_return``/``max_drawdown``/``sharpe_ratio``.
 3. sweep10k: --sets10k parameter sets (risk parameters varied, one shared signal) over 10 pairs x
    ~45k bars with every rule on, metrics only: time and peak memory.

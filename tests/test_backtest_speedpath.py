@@ -93,10 +93,24 @@ def _cases():
                                                            max_hold_bars=5, enforce_precision=0,
                                                            kill_reset_bars=3)),
         "parity": (replace(inp, exp_ret=np.full_like(inp.exp_ret, 1.0)), params_from_config(pcfg, kill_reset_bars=4)),
+        # one pair, the benchmark sweep's rules (all-in fixed fraction, enter on any up-signal): long
+        # flat and held stretches (the quiet and hold runs of the records-off loop), data kill-switch
+        # latches and resets, then the halt with every later candidate refused
+        "one_pair_runs": (_one_pair(inp), params_from_config(pcfg, fixed_fraction=1.0, min_edge=-1.0,
+                                                             p_up_entry=0.5 + 1e-9, p_up_exit=0.5, dd_halt=0.2,
+                                                             kill_reset_bars=4)),
     }
 
 
-CASES = ["default", "halt_resets", "faults_operator_market", "noisy_caps", "fixed_fraction_no_precision", "parity"]
+def _one_pair(inp):
+    one = replace(inp, pairs=inp.pairs[:1], **{f: np.ascontiguousarray(getattr(inp, f)[:, :1]) for f in (
+        "open", "high", "low", "close", "volume", "valid", "atr", "spread", "cluster", "tradable")})
+    pu, er = ma_signal(one.close, 5, 45, 1e6)
+    return replace(one, p_up=pu, exp_ret=er)
+
+
+CASES = ["default", "halt_resets", "faults_operator_market", "noisy_caps", "fixed_fraction_no_precision", "parity",
+         "one_pair_runs"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -125,6 +139,9 @@ def test_fused_kernel_bit_identical_to_step_nb_loop(case):
         assert fast.refusals[Reason.REFUSE_TRAINING_WINDOW] > 0
     if case in ("noisy_caps", "fixed_fraction_no_precision"):
         assert fast.refusals[Reason.REFUSE_NOT_TRADABLE] > 0
+    if case == "one_pair_runs":
+        assert m["bars_halted"] > 500 and fast.refusals[Reason.REFUSE_HALTED] > 100
+        assert m["n_fills"] > 20 and m["bars_kill_switch"] > 0 and m["mean_exposure"] > 0.15
 
 
 def test_sweep_matches_reference_per_set():
