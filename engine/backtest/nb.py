@@ -9,10 +9,15 @@ a function, inlined or not: about 400 ns per bar with the phase functions). Rare
 pending orders, events, resets) still goes through the engine.risk.nb functions. The bar loop
 (``_simulate_loop_nb``) is compiled without reference counting (``_nrt=False``): the caller
 allocates every array it uses, so no bar pays for the counts of the arrays an inlined phase binds.
-Shortcuts that change nothing but the time: the kill-switch triggers (data + five parameters only) come from one
-pass over the bars before the loop (``kill_triggers_nb``, shared by the sets of a sweep); a flat book
-is not marked; on a bar where no entry is possible (halt, kill switch, entry-block window) without
-records, candidates are counted by reason without branches.
+Shortcuts that change nothing but the time: the kill-switch triggers (data + five parameters
+only) come from one pass over the bars before the loop (``kill_triggers_nb``, shared by the sets of
+a sweep); a flat book is not marked; on a bar where no entry is possible (halt, kill switch,
+entry-block window) without records, candidates are counted by reason without branches. Without
+records, the bars with nothing pending go to two tight loops: ``_quiet_run_nb`` (flat book: nothing
+can change, only counters move) and ``_hold_run_nb`` (its own function: marking only, no reset,
+latch, exit or unblocked candidate); each checks a bar before changing anything and leaves the
+first bar that needs more to the full bar. Entries (``_entries_nb``) are called only on a bar with
+a candidate.
 ``simulate_reference_nb`` is the plain loop over ``step_nb``; tests/test_backtest_speedpath.py
 checks the two bit for bit on real data. ``run_sets_nb`` runs many parameter sets in parallel
 (``prange`` over sets): each set owns its state, so the result does not depend on the thread count.
@@ -282,7 +287,7 @@ def _entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, 
 def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_block, api_fault, operator, kcode,
                  month_id, bars_state, refusals, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month,
                  month_peak, worst_mdd, sum_eq, sum_expo):
-    """Bars from ``t`` on where a book with open positions, nothing pending and no records kept only
+    """Bars from ``t`` on where a book (flat or not) with nothing pending and no records kept only
     marks to market: no operator or timed reset due, no kill-switch trigger that would latch, no
     exit (exit_reason_nb) for any held pair, and no entry candidate unless entries are blocked (then
     each is refused and counted as in phase 5). Every check comes before the bar changes anything;
@@ -315,9 +320,9 @@ def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_blo
                 cand = True
         if stop or (cand and not ((st.halted != 0) | (st.kill_reason != 0) | entry_block[u])):
             break
-        # ---- phase 4: mark to the close
+        # ---- phase 4: mark to the close (as the full bar: a flat book is not marked)
         expo = 0.0
-        for j in range(m):
+        for j in range(m if st.n_positions != 0 else 0):
             pos = positions[j]
             if valid[u, j]:
                 c = close[u, j]
