@@ -16,8 +16,9 @@ entry-block window) without records, candidates are counted by reason without br
 records, the bars with nothing pending go to two tight loops: ``_quiet_run_nb`` (flat book: nothing
 can change, only counters move) and ``_hold_run_nb`` (its own function: marking only, no reset,
 latch, exit or unblocked candidate); each checks a bar before changing anything and leaves the
-first bar that needs more to the full bar. Entries (``_entries_nb``) are called only on a bar with
-a candidate.
+first bar that needs more to the full bar. Entries (``engine.risk.nb.entries_nb``, the code
+``decide_nb`` runs) are called only on a bar with a candidate, out of line: inlined, their many live
+values made the compiler spill the loop's own on every bar (47 -> 25 ns per bar held, one pair).
 ``simulate_reference_nb`` is the plain loop over ``step_nb``; tests/test_backtest_speedpath.py
 checks the two bit for bit on real data. ``run_sets_nb`` runs many parameter sets in parallel
 (``prange`` over sets): each set owns its state, so the result does not depend on the thread count.
@@ -35,15 +36,12 @@ from engine.risk.enums import equity_dt as _equity_dt
 from engine.risk.enums import event_dt as _event_dt
 from engine.risk.enums import order_dt, position_dt, state_dt
 from engine.risk.enums import trade_dt as _trade_dt
-from engine.execution.nb import BUY
 from engine.risk.nb import (
-    _EV_KILL, _EV_ORDER, _EV_REFUSAL, _EV_TIER, _K_API, _R_CLUSTER, _R_ENTRY, _R_HALT, _R_HALTED, _R_KILL,
-    _R_KILL_API, _R_NO_DATA, _R_NOT_TRADABLE, _R_TIER, _R_TRAINING_WINDOW,
-    A_CLOSED, A_GROSS_LOSS, A_GROSS_PROFIT, A_WINS, C_FILLS, C_KILLS, C_OVERFLOW, C_RECORD, N_ACC, N_CNT,
-    caps_nb, effective_state_nb, emit_event_nb, entry_gate_nb, entry_order_nb, entry_size_nb, entry_static_gate_nb,
-    execute_close_nb, execute_open_nb, exit_order_nb, exit_reason_nb, halt_reset_due_nb, init_state_nb,
-    kill_reset_due_nb, kill_triggers_nb, latch_kill_nb, mark_state_nb, reset_halt_nb, reset_kill_nb,
-    same_kill_params_nb, step_nb,
+    _EV_KILL, _EV_ORDER, _EV_TIER, _K_API, _R_HALT, _R_HALTED, _R_KILL, _R_KILL_API, _R_NO_DATA, _R_NOT_TRADABLE,
+    _R_TIER, _R_TRAINING_WINDOW, A_CLOSED, A_GROSS_LOSS, A_GROSS_PROFIT, A_WINS, C_FILLS, C_KILLS, C_OVERFLOW,
+    C_RECORD, N_ACC, N_CNT, effective_state_nb, emit_event_nb, entries_nb, execute_close_nb, execute_open_nb,
+    exit_order_nb, exit_reason_nb, halt_reset_due_nb, init_state_nb, kill_reset_due_nb, kill_triggers_nb,
+    latch_kill_nb, mark_positions_nb, mark_state_nb, reset_halt_nb, reset_kill_nb, same_kill_params_nb, step_nb,
 )
 
 BARS_PER_YEAR = 8760.0
@@ -116,11 +114,11 @@ def _bar_end_nb(st, mo, bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mp
 
 @njit(cache=True, inline="always")
 def _count_blocked_nb(t, p, p_up, positions, valid, close, tradable):
-    """(``t``: the bar, as an index.) A bar where no entry is possible (halt, kill switch or entry-block window), without records:
-    every candidate (P(up) >= threshold, flat; nothing is pending for a flat pair at this point) is
-    refused by entry_static_gate_nb with no data, not tradable, or the blocking reason, in that
-    order. Counted without branches; the counts (no data, not tradable, blocked) are those of the
-    per-pair path."""
+    """At bar ``t`` (an index), where no entry is possible (halt, kill switch or entry-block window),
+    without records: every candidate (P(up) >= threshold, flat; nothing is pending for a flat pair at
+    this point) is refused by entry_static_gate_nb with no data, not tradable, or the blocking reason,
+    in that order. Counted without branches; the counts (no data, not tradable, blocked) are those of
+    the per-pair path."""
     thr = p.p_up_entry
     n_nd = 0
     n_nt = 0
@@ -194,96 +192,7 @@ def _quiet_run_nb(t, st, p, p_up, positions, valid, close, tradable, entry_block
     return t, sum_eq, cur_month, month_peak, n_nd, n_nt, n_bl
 
 
-# Phase 5's entries, called only on a bar with a candidate (P(up) >= threshold, flat, nothing pending)
-# where entries are not blocked (or records are kept). Kept out of the bar loop: inlined, its many
-# live values made the compiler spill the loop's own on every bar (measured: 47 -> 25 ns per bar
-# with a position held and no candidate, one pair).
-@njit(cache=True)
-def _entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-                entry_block, ordermin, costmin, lot_dec, price_dec, p, rec, events, cnt, refusals, order_buf):
-    """Entry decisions at the close of bar t (engine.risk.nb.decide_nb's entries); True if an order was
-    placed."""
-    st = state[0]
-    m = close.shape[1]
-    placed = False
-    nc = 0
-    for j in range(m):
-        pu = p_up[t, j]
-        if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
-            if not rec:
-                # Without records only the refusal counts are kept, and they do not depend on the
-                # order: candidates the per-bar checks refuse (no data, halt, kill switch, edge,
-                # ATR) are counted here and never sorted. The rest keep their relative order
-                # (stable sort), so every entry decision is the same as in decide_nb.
-                rr, v = entry_static_gate_nb(st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j],
-                                             tradable[t, j], entry_block[t])
-                if rr != 0:
-                    refusals[rr] += 1
-                    continue
-            e = exp_ret[t, j]
-            kj = e if e == e else -np.inf
-            i = nc
-            while i > 0:
-                e2 = exp_ret[t, order_buf[i - 1]]
-                k2 = e2 if e2 == e2 else -np.inf
-                if k2 >= kj:
-                    break
-                order_buf[i] = order_buf[i - 1]
-                i -= 1
-            order_buf[i] = j
-            nc += 1
-    # (positions[].cluster, the cluster id at the last decision, is state for the live bridge;
-    # this portfolio is internal to the run, so it is not kept)
-    if nc > 0:
-        cap, maxpos, rmult = caps_nb(st, p)
-        eq = st.equity
-        committed = st.exposure
-        reserved = 0.0
-        n_open = st.n_positions
-        f = p.fee_rate
-        for k in range(nc):
-            j = order_buf[k]
-            c = close[t, j]
-            a = atr[t, j]
-            rr, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, tradable[t, j],
-                                          entry_block[t], n_open, maxpos, cap, eq, committed)
-            if rr != 0:
-                refusals[rr] += 1
-                if rec:
-                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
-                continue
-            cj = cluster[t, j]
-            room_c = p.max_cluster_exposure * eq
-            if cj >= 0:
-                for i in range(m):
-                    if cluster[t, i] == cj and i != j:
-                        if positions[i].qty != 0.0:
-                            room_c -= positions[i].qty * positions[i].mark
-                        if pending[i].active != 0 and pending[i].side == BUY:
-                            room_c -= pending[i].qty * pending[i].ref_price
-            if room_c <= 0.0:
-                refusals[_R_CLUSTER] += 1
-                if rec:
-                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
-                continue
-            rr, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j],
-                                      ordermin[j], costmin[j])
-            if rr != 0:
-                refusals[rr] += 1
-                if rec:
-                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
-                continue
-            entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
-            placed = True
-            if rec:
-                emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
-            committed += qty * c
-            reserved += qty * c * (1.0 + f + p.slip_buffer)
-            n_open += 1
-    return placed
-
-
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_block, api_fault, operator, kcode,
                  month_id, bars_state, refusals, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month,
                  month_peak, worst_mdd, sum_eq, sum_expo):
@@ -321,16 +230,7 @@ def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_blo
         if stop or (cand and not ((st.halted != 0) | (st.kill_reason != 0) | entry_block[u])):
             break
         # ---- phase 4: mark to the close (as the full bar: a flat book is not marked)
-        expo = 0.0
-        for j in range(m if st.n_positions != 0 else 0):
-            pos = positions[j]
-            if valid[u, j]:
-                c = close[u, j]
-                if c == c:
-                    pos.mark = c
-            if pos.qty != 0.0:
-                expo += pos.qty * pos.mark
-        mark_state_nb(st, expo, t, p)
+        mark_state_nb(st, mark_positions_nb(u, positions, close, valid) if st.n_positions != 0 else 0.0, t, p)
         # ---- phase 5: blocked candidates (every flat pair's candidate is refused)
         if cand:
             n_nd, n_nt, n_bl = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
@@ -473,18 +373,9 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
         placed = False
         # ---- 4. mark to the close (engine.risk.nb.mark_nb)
         # (only held pairs' marks are ever read: a flat book needs no marking, its exposure is 0)
-        expo = 0.0
         n_held = st.n_positions
-        if n_held != 0:
-            for j in range(m):
-                pos = positions[j]
-                if valid[t, j]:
-                    c = close[t, j]
-                    if c == c:
-                        pos.mark = c
-                if pos.qty != 0.0:
-                    expo += pos.qty * pos.mark
-        halt_ev, tier_ev = mark_state_nb(st, expo, t, p)
+        halt_ev, tier_ev = mark_state_nb(st, mark_positions_nb(t, positions, close, valid) if n_held != 0 else 0.0,
+                                         t, p)
         if rec and halt_ev:
             emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, st.drawdown)
         if rec and tier_ev:
@@ -511,7 +402,7 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             any_cand = False
             for j in range(m):
                 any_cand |= (p_up[t, j] >= thr) & (positions[j].qty == 0.0) & (pending[j].active == 0)
-            if any_cand and _entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread,
+            if any_cand and entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread,
                                         cluster, tradable, entry_block, ordermin, costmin, lot_dec, price_dec, p,
                                         rec, events, cnt, refusals, order_buf):
                 placed = True

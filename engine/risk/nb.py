@@ -620,9 +620,9 @@ def mark_state_nb(st, expo: float, t: int, p):
 
 
 @njit(cache=True, inline="always")
-def mark_nb(t: int, state, positions, close, valid, p, events, cnt) -> None:
-    """Mark to bar t's close; equity, peak, drawdown and the drawdown tiers (halt latches)."""
-    st = state[0]
+def mark_positions_nb(t, positions, close, valid) -> float:
+    """Mark every pair with a valid close at bar ``t`` to it (a missing close keeps the last mark);
+    the book's exposure at those marks."""
     expo = 0.0
     for j in range(positions.shape[0]):
         pos = positions[j]
@@ -632,7 +632,14 @@ def mark_nb(t: int, state, positions, close, valid, p, events, cnt) -> None:
                 pos.mark = c
         if pos.qty != 0.0:
             expo += pos.qty * pos.mark
-    halt_ev, tier_ev = mark_state_nb(st, expo, t, p)
+    return expo
+
+
+@njit(cache=True, inline="always")
+def mark_nb(t: int, state, positions, close, valid, p, events, cnt) -> None:
+    """Mark to bar t's close; equity, peak, drawdown and the drawdown tiers (halt latches)."""
+    st = state[0]
+    halt_ev, tier_ev = mark_state_nb(st, mark_positions_nb(t, positions, close, valid), t, p)
     if halt_ev:
         emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, st.drawdown)
     if tier_ev:
@@ -764,6 +771,93 @@ def entry_order_nb(o, t: int, qty: float, c: float, a: float, s: float, pdec: in
     _set_order_nb(o, t, BUY, p.entry_kind, _R_ENTRY, qty, limit, c, a, s, p.fixed_fraction)
 
 
+@njit(cache=True)
+def entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+               entry_block, ordermin, costmin, lot_dec, price_dec, p, rec, events, cnt, refusals, order_buf):
+    """Entries at the close of bar t, after the exits: candidates (P(up) >= threshold, flat, nothing
+    pending) by expected return, highest first, ties by column (stable insertion sort; NaN expected
+    return last), each through the entry gate, the cluster cap and the sizing, as pending orders for
+    bar t+1; a refusal reason for each refused one. True if an order was placed. ``rec`` False
+    (the backtester without records): only the refusal counts are kept, so the candidates the
+    per-bar checks refuse are counted first and never sorted (the same decisions and counts).
+    """
+    st = state[0]
+    m = close.shape[1]
+    placed = False
+    nc = 0
+    for j in range(m):
+        pu = p_up[t, j]
+        if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
+            if not rec:
+                # the refusal counts do not depend on the order: candidates the per-bar checks refuse
+                # (no data, halt, kill switch, edge, ATR) are counted here and never sorted; the rest
+                # keep their relative order (stable sort), so every entry decision is the same
+                rr, v = entry_static_gate_nb(st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j],
+                                             tradable[t, j], entry_block[t])
+                if rr != 0:
+                    refusals[rr] += 1
+                    continue
+            e = exp_ret[t, j]
+            kj = e if e == e else -np.inf
+            i = nc
+            while i > 0:
+                e2 = exp_ret[t, order_buf[i - 1]]
+                k2 = e2 if e2 == e2 else -np.inf
+                if k2 >= kj:
+                    break
+                order_buf[i] = order_buf[i - 1]
+                i -= 1
+            order_buf[i] = j
+            nc += 1
+    if nc > 0:
+        cap, maxpos, rmult = caps_nb(st, p)
+        eq = st.equity
+        committed = st.exposure
+        reserved = 0.0
+        n_open = st.n_positions
+        f = p.fee_rate
+        for k in range(nc):
+            j = order_buf[k]
+            c = close[t, j]
+            a = atr[t, j]
+            rr, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, tradable[t, j],
+                                          entry_block[t], n_open, maxpos, cap, eq, committed)
+            if rr != 0:
+                refusals[rr] += 1
+                if rec:
+                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
+                continue
+            cj = cluster[t, j]
+            room_c = p.max_cluster_exposure * eq
+            if cj >= 0:
+                for i in range(m):
+                    if cluster[t, i] == cj and i != j:
+                        if positions[i].qty != 0.0:
+                            room_c -= positions[i].qty * positions[i].mark
+                        if pending[i].active != 0 and pending[i].side == BUY:
+                            room_c -= pending[i].qty * pending[i].ref_price
+            if room_c <= 0.0:
+                refusals[_R_CLUSTER] += 1
+                if rec:
+                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
+                continue
+            rr, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j],
+                                      ordermin[j], costmin[j])
+            if rr != 0:
+                refusals[rr] += 1
+                if rec:
+                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
+                continue
+            entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
+            placed = True
+            if rec:
+                emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
+            committed += qty * c
+            reserved += qty * c * (1.0 + f + p.slip_buffer)
+            n_open += 1
+    return placed
+
+
 @njit(cache=True, inline="always")
 def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
               entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf) -> None:
@@ -784,65 +878,11 @@ def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, at
             continue
         exit_order_nb(pending[j], pos, t, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
         emit_event_nb(events, cnt, t, j, _EV_ORDER, reason, pos.qty)
-    # ---- entries: candidates (P(up) >= threshold, flat, nothing pending) by expected return,
-    # highest first, ties by column (stable insertion sort; NaN expected return last)
-    nc = 0
-    for j in range(m):
-        pu = p_up[t, j]
-        if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
-            e = exp_ret[t, j]
-            kj = e if e == e else -np.inf
-            i = nc
-            while i > 0:
-                e2 = exp_ret[t, order_buf[i - 1]]
-                k2 = e2 if e2 == e2 else -np.inf
-                if k2 >= kj:
-                    break
-                order_buf[i] = order_buf[i - 1]
-                i -= 1
-            order_buf[i] = j
-            nc += 1
+    # ---- entries (entries_nb); positions[].cluster: the cluster id at the last decision
     for j in range(m):
         positions[j].cluster = cluster[t, j]
-    if nc == 0:
-        return
-    cap, maxpos, rmult = caps_nb(st, p)
-    eq = st.equity
-    committed = st.exposure
-    reserved = 0.0
-    n_open = st.n_positions
-    f = p.fee_rate
-    for k in range(nc):
-        j = order_buf[k]
-        c = close[t, j]
-        a = atr[t, j]
-        r, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, tradable[t, j],
-                                     entry_block[t], n_open, maxpos, cap, eq, committed)
-        if r != 0:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, r, v)
-            continue
-        cj = cluster[t, j]
-        room_c = p.max_cluster_exposure * eq
-        if cj >= 0:
-            for i in range(m):
-                if cluster[t, i] == cj and i != j:
-                    if positions[i].qty != 0.0:
-                        room_c -= positions[i].qty * positions[i].mark
-                    if pending[i].active != 0 and pending[i].side == BUY:
-                        room_c -= pending[i].qty * pending[i].ref_price
-        if room_c <= 0.0:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
-            continue
-        r, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j], ordermin[j],
-                                  costmin[j])
-        if r != 0:
-            refuse_nb(events, cnt, refusals, t, j, _EV_REFUSAL, r, v)
-            continue
-        entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
-        emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
-        committed += qty * c
-        reserved += qty * c * (1.0 + f + p.slip_buffer)
-        n_open += 1
+    entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable, entry_block,
+               ordermin, costmin, lot_dec, price_dec, p, True, events, cnt, refusals, order_buf)
 
 
 @njit(cache=True)
