@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export KQ_STORE ?= $(CURDIR)/data/market.duckdb
 
-.PHONY: setup demo test bench clean-store lint
+.PHONY: setup demo test bench fuzz clean-store
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks
+
+# The long hostile-input campaign: every tests/test_fuzz_*.py target with many more cases;
+# prints the cases tried per target (data/fuzz-report.json).
+fuzz: setup
+	KQ_FUZZ=campaign KQ_FUZZ_REPORT=$(CURDIR)/data/fuzz-report.json \
+	  $(BIN)/python -m pytest -q -p no:xdist tests/test_fuzz_*.py
+	cat data/fuzz-report.json
 
 clean-store:
 	rm -f data/market.duckdb data/market.duckdb.wal

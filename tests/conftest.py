@@ -24,3 +24,11 @@ def require_shared() -> Path:
 @pytest.fixture
 def shared_dir() -> Path:
     return require_shared()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """``make fuzz`` sets KQ_FUZZ_REPORT: write the cases tried per fuzz target there."""
+    out = os.environ.get("KQ_FUZZ_REPORT")
+    if out:
+        from fuzzing import write_report
+        write_report(out)
