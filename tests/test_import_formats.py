@@ -194,3 +194,56 @@ def test_load_panel_errors_name_the_problem(store, tmp_path):
     # a range with no bars still gives the grid, all invalid (no invented prices)
     empty = store.load_panel(["BTC/USD"], "kraken", T0 + 100 * 3600, T0 + 101 * 3600)
     assert empty.n_bars == 2 and not empty.valid.any() and np.isnan(empty.close).all()
+
+
+def test_reimport_under_another_pair_or_venue_stores_the_bars(store, tmp_path):
+    # dedup keys on content + the venue and pair it is imported as (issue 21: a re-import under
+    # another --pair said "already imported" and stored nothing)
+    p = tmp_path / "export.csv"
+    p.write_text(kraken_text(4))
+    assert store.import_files([p], pair="ETH/USD").new_bars == 4
+    again = store.import_files([p], pair="ETH/USD")
+    assert (again.imported, again.unchanged, again.new_bars) == (0, 1, 0)
+    assert again.results[0].reason == "same content imported before as kraken ETH/USD"
+    other = store.import_files([p], pair="BTC/USD")
+    assert (other.imported, other.unchanged, other.new_bars) == (1, 0, 4)
+    venue = store.import_files([p], pair="BTC/USD", venue="binance")
+    assert (venue.imported, venue.new_bars) == (1, 4)
+    assert {(i.venue, i.pair, i.rows) for i in store.list_pairs()} == {
+        ("kraken", "ETH/USD", 4), ("kraken", "BTC/USD", 4), ("binance", "BTC/USD", 4)}
+    before = store.content_digest()
+    assert store.import_files([p], pair="XBTUSD", venue="Binance").unchanged == 1  # same pair, any spelling
+    assert store.content_digest() == before
+
+
+def test_version_1_store_is_migrated_keeping_every_file(tmp_path):
+    import duckdb
+
+    path = tmp_path / "v1.duckdb"
+    p = tmp_path / "XBTUSD_60.csv"
+    p.write_text(kraken_text(3))
+    with MarketStore(path) as s:
+        s.import_files([p])
+    con = duckdb.connect(str(path))  # turn it into a version-1 store: files unique per (sha256, member)
+    con.execute("CREATE TABLE f1 AS SELECT * FROM files")
+    con.execute("DROP TABLE files")
+    con.execute("""CREATE TABLE files (file_id INTEGER PRIMARY KEY, sha256 VARCHAR NOT NULL, member VARCHAR NOT NULL,
+        name VARCHAR NOT NULL, label VARCHAR NOT NULL, kind VARCHAR NOT NULL, venue VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL, source_pair VARCHAR, rows BIGINT NOT NULL, new_bars BIGINT NOT NULL, meta VARCHAR,
+        imported_at TIMESTAMP NOT NULL, UNIQUE (sha256, member))""")
+    con.execute("INSERT INTO files SELECT * FROM f1")
+    con.execute("DROP TABLE f1")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    rows_v1 = con.execute("SELECT * FROM files").fetchall()
+    con.close()
+    with MarketStore(path) as s:
+        assert s.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("2",)]
+        assert s.con.execute("SELECT * FROM files").fetchall() == rows_v1
+        assert s.import_files([p]).unchanged == 1
+        rep = s.import_files([p], pair="ETH/USD")  # same content, other pair: stored
+        assert rep.new_bars == 3 and {i.pair for i in s.list_pairs()} == {"BTC/USD", "ETH/USD"}
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(InputError, match=r"schema version '9'; this krakenquant writes version 2"):
+        MarketStore(path)

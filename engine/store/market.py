@@ -3,8 +3,10 @@
 Tables:
 
 * ``files`` - one row per imported unit (a file, a zip member, one pair of a REST response, a
-  frame): content sha256 (unique with ``member``), name, kind, venue, pair, row counts, import time.
-  Re-importing the same content is a no-op reported as ``already imported``.
+  frame): content sha256, name, kind, venue, pair, row counts, import time; unique per (sha256,
+  member, venue, pair). Re-importing the same content AS the same venue and pair is a no-op
+  reported as ``already imported``; the same content under another ``--pair`` or ``--venue`` is a
+  new import (its bars go in under that venue and pair).
 * ``raw_rows`` - every row as received (values before any transform), with its file and line/row.
 * ``bars`` - validated bars, one per (venue, pair, ts): ts is the bar OPEN time in UTC seconds, a
   multiple of 3600; open, high, low, close, volume; trades and vwap nullable.
@@ -36,11 +38,12 @@ from engine.store.integrity import BLOCKING, findings_sql
 from engine.store.panel import FIELDS, HOUR, Panel
 from engine.store.readers import Parsed, normalize_venue
 
-SCHEMA_VERSION = "1"
+#: Version 2 (2026-12-07): ``files`` is unique per (sha256, member, venue, pair), was (sha256, member);
+#: a version-1 store is migrated when opened for writing (:meth:`MarketStore._migrate`).
+SCHEMA_VERSION = "2"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS files (
+_FILES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     file_id INTEGER PRIMARY KEY,
     sha256 VARCHAR NOT NULL,
     member VARCHAR NOT NULL,
@@ -54,8 +57,13 @@ CREATE TABLE IF NOT EXISTS files (
     new_bars BIGINT NOT NULL,
     meta VARCHAR,
     imported_at TIMESTAMP NOT NULL,
-    UNIQUE (sha256, member)
+    UNIQUE (sha256, member, venue, pair)
 );
+"""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+""" + _FILES_TABLE.format(name="files") + """
 CREATE TABLE IF NOT EXISTS raw_rows (
     file_id INTEGER NOT NULL,
     line BIGINT NOT NULL,
@@ -169,10 +177,38 @@ class MarketStore:
         if not read_only:
             self.con.execute(_SCHEMA)
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            self._migrate()
         else:
             have = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
             if "bars" not in have:
                 raise InputError(f"{self.path} is not a krakenquant market store")
+
+    def _migrate(self) -> None:
+        """Bring an older store up to :data:`SCHEMA_VERSION` in one transaction (all or nothing).
+
+        1 -> 2: ``files`` was unique per (sha256, member), so the same file imported under another
+        pair or venue was silently reported as ``already imported``; the table is rebuilt unique per
+        (sha256, member, venue, pair) with every row and file id kept.
+        """
+        version = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()[0][0]
+        if version == SCHEMA_VERSION:
+            return
+        if version != "1":
+            self.close()
+            raise InputError(f"market store {self.path} has schema version {version!r}; this krakenquant "
+                             f"writes version {SCHEMA_VERSION} (upgrade krakenquant to write to it)")
+        con = self.con
+        con.begin()
+        try:
+            con.execute(_FILES_TABLE.format(name="files_v2"))
+            con.execute("INSERT INTO files_v2 SELECT * FROM files ORDER BY file_id")
+            con.execute("DROP TABLE files")
+            con.execute("ALTER TABLE files_v2 RENAME TO files")
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [SCHEMA_VERSION])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -193,8 +229,18 @@ class MarketStore:
 
     # -- imports --------------------------------------------------------------------------------
 
-    def _known(self) -> set[str]:
-        return {r[0] for r in self.con.execute("SELECT DISTINCT sha256 FROM files").fetchall()}
+    def _known(self) -> set[tuple[str, str, str, str]]:
+        """The dedup keys of every stored unit: (sha256, member, venue, pair)."""
+        return {tuple(r) for r in self.con.execute("SELECT sha256, member, venue, pair FROM files").fetchall()}
+
+    @staticmethod
+    def _key(u: Parsed) -> tuple[str, str, str, str]:
+        return (u.sha256, u.member, u.venue, u.pair)
+
+    @staticmethod
+    def _already(u: Parsed) -> FileResult:
+        return FileResult(u.label, "already imported", u.kind, u.venue, u.pair, u.sha256,
+                          reason=f"same content imported before as {u.venue} {u.pair}")
 
     def import_files(self, paths: Sequence[str | Path], venue: str | None = None, pair: str | None = None,
                      progress: Callable[[str], None] | None = None) -> ImportReport:
@@ -213,16 +259,17 @@ class MarketStore:
                 raise InputError(f"--pair: {e}") from None
         files = readers.expand_paths(paths)
         known = self._known()
-        seen: set[str] = set()
         results: list[FileResult] = []
 
-        def already(label: str, sha: str) -> bool:
-            if sha in known or sha in seen:
-                results.append(FileResult(label, "already imported", sha256=sha,
-                                          reason="same content imported before"))
-                return True
-            seen.add(sha)
-            return False
+        def fresh(parsed: Iterable[Parsed]) -> Iterator[Parsed]:
+            # Dedup on content AND the venue/pair it is imported as: the same bytes under another
+            # --pair or --venue are new bars (known after parsing: name, metadata and options decide).
+            for u in parsed:
+                if self._key(u) in known:
+                    results.append(self._already(u))
+                else:
+                    known.add(self._key(u))
+                    yield u
 
         def units() -> Iterator[Parsed]:
             # Every input is read, parsed and validated before the transaction starts (a malformed
@@ -243,13 +290,11 @@ class MarketStore:
                         raise InputError(f"{label}: empty zip archive")
                     for mname, mdata in members:
                         mlabel = f"{label}:{mname}"
-                        if not already(mlabel, readers.sha256_bytes(mdata)):
-                            yield from readers.read_unit(mdata, mlabel, Path(mname).name, venue, pair)
+                        yield from fresh(readers.read_unit(mdata, mlabel, Path(mname).name, venue, pair))
                 else:
                     if p.suffix.lower() not in readers.SUPPORTED_SUFFIXES:
                         raise InputError(f"{label}: unsupported file type (expected .csv, .zip, .json or .parquet)")
-                    if not already(label, readers.sha256_bytes(data)):
-                        yield from readers.read_unit(data, label, p.name, venue, pair)
+                    yield from fresh(readers.read_unit(data, label, p.name, venue, pair))
 
         return self._write(list(units()), results)
 
@@ -257,9 +302,8 @@ class MarketStore:
         """Import a frame (ts, open, high, low, close, volume[, trades, vwap]) with the file rules."""
         self._writable()
         unit = readers.parse_frame(df, venue, pair, source)
-        if unit.sha256 in self._known():
-            return ImportReport([FileResult(unit.label, "already imported", sha256=unit.sha256,
-                                            reason="same content imported before")])
+        if self._key(unit) in self._known():
+            return ImportReport([self._already(unit)])
         return self._write([unit], [])
 
     def import_frames(self, frames: dict[str, pd.DataFrame], venue: str, source: str) -> ImportReport:
@@ -269,10 +313,10 @@ class MarketStore:
         units, results = [], []
         for pair, df in frames.items():
             unit = readers.parse_frame(df, venue, pair, source)
-            if unit.sha256 in known:
-                results.append(FileResult(unit.label, "already imported", sha256=unit.sha256,
-                                          reason="same content imported before"))
+            if self._key(unit) in known:
+                results.append(self._already(unit))
             else:
+                known.add(self._key(unit))
                 units.append(unit)
         return self._write(units, results)
 
@@ -289,9 +333,8 @@ class MarketStore:
         self._writable()
         unit = readers.parse_rest_rows(rows, pair, label=f"{source}:{normalize_pair(pair)}", venue=venue,
                                        last=last, name=source)
-        if unit.sha256 in self._known():
-            return ImportReport([FileResult(unit.label, "already imported", sha256=unit.sha256,
-                                            reason="same content imported before")])
+        if self._key(unit) in self._known():
+            return ImportReport([self._already(unit)])
         return self._write([unit], [])
 
     def _write(self, units: Iterable[Parsed], results: list[FileResult]) -> ImportReport:
