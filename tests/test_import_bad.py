@@ -219,3 +219,19 @@ def test_conflict_found_after_other_files_were_written_rolls_all_back(store, tmp
     with MarketStore(store) as s:
         assert s.import_files([new]).new_bars == 10
         assert s.con.execute("SELECT max(file_id) FROM files").fetchall()[0][0] == 2
+
+
+@pytest.mark.parametrize("trades", ["1e23", "9223372036854775808", "1000000000001"])
+def test_trade_count_out_of_range_is_refused(store, tmp_path, capsys, trades):
+    # 1e23 was stored as -9223372036854775808 (an overflowing int64 cast)
+    lines = kraken_lines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + "," + trades
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 4", rule="trade count above 1e+12")
+
+
+def test_rest_trade_count_out_of_range_is_refused(store, tmp_path, capsys):
+    rows = [[T0 + 3600 * i, "1.0", "2.0", "0.5", "1.5", "1.2", "3.0", 5] for i in range(4)]
+    rows[1][7] = 10**23
+    p = tmp_path / "ohlc.json"
+    p.write_text(json.dumps({"error": [], "result": {"XXBTZUSD": rows, "last": T0 + 3 * 3600}}))
+    reject(store, capsys, p, line="row 2", rule="trade count above 1e+12")

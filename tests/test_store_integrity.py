@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.store.integrity import BAD_PRINT_FACTOR, KINDS
+from engine.store.integrity import BAD_PRINT_FACTOR, KINDS, MAX_TRADES
 from engine.store.market import MarketStore
 
 T0 = 1_700_000_000 // 3600 * 3600
@@ -66,11 +66,17 @@ def test_gaps_and_zero_volume_are_warnings(tmp_path):
     ("non_finite", "UPDATE bars SET close = 'NaN'::DOUBLE WHERE ts = {t}"),
     ("off_grid", "UPDATE bars SET ts = ts + 60 WHERE ts = {t}"),
     ("duplicate", "INSERT INTO bars SELECT * FROM bars WHERE ts = {t}"),
+    # what an overflowing cast of a 1e23 trade count left before the importer's range check
+    ("bad_trades", "UPDATE bars SET trades = -9223372036854775808 WHERE ts = {t}"),
+    ("bad_trades", "UPDATE bars SET trades = 1000000000001 WHERE ts = {t}"),
+    ("non_positive", "UPDATE bars SET volume = -0.5 WHERE ts = {t}"),
+    ("non_finite", "UPDATE bars SET volume = 'inf'::DOUBLE WHERE ts = {t}"),
+    ("non_finite", "UPDATE bars SET vwap = 'NaN'::DOUBLE WHERE ts = {t}"),
 ])
 def test_damaged_store_is_blocking(tmp_path, kind, sql):
     path = tmp_path / "d.duckdb"
     with MarketStore(path) as s:
-        s.import_bars(frame(), "kraken", "BTC/USD", "test")
+        s.import_bars(frame().assign(trades=7.0, vwap=100.0), "kraken", "BTC/USD", "test")
         assert s.check()["blocking"] == 0
     con = duckdb.connect(str(path))
     con.execute(sql.format(t=T0 + 3 * 3600))
@@ -80,3 +86,10 @@ def test_damaged_store_is_blocking(tmp_path, kind, sql):
     assert KINDS[kind] == "blocking"
     assert rep["blocking"] >= 1 and kind in {f["kind"] for f in rep["blocking_findings"]}
     assert rep["pairs"][0]["findings"].get(kind, 0) >= 1
+
+
+def test_trade_count_at_the_limit_is_kept_and_not_flagged(tmp_path):
+    f = findings(tmp_path, frame().assign(trades=float(MAX_TRADES)))
+    assert "bad_trades" not in set(f["kind"])
+    with MarketStore(tmp_path / "s.duckdb", read_only=True) as s:
+        assert s.con.execute("SELECT max(trades) FROM bars").fetchall() == [(MAX_TRADES,)]

@@ -34,6 +34,7 @@ import pandas as pd
 
 from engine.errors import InputError
 from engine.pairs import normalize_pair
+from engine.store.integrity import MAX_TRADES
 
 HOUR = 3600
 VALUE_FIELDS = ("open", "high", "low", "close", "volume", "trades", "vwap")
@@ -108,7 +109,8 @@ def validate(label: str, frame: pd.DataFrame, lines: np.ndarray, unit: str = "li
 
     Rules, each naming the first offending line: non-numeric or missing value, timestamp not in unix
     seconds, timestamp off the hourly grid, duplicate timestamp, non-positive price, high < low,
-    open/close outside [low, high], negative volume, negative or fractional trade count.
+    open/close outside [low, high], negative volume, negative or fractional trade count, trade count
+    above :data:`~engine.store.integrity.MAX_TRADES` (it would not fit the stored integer).
     """
     n = len(frame)
     if n == 0:
@@ -155,6 +157,10 @@ def validate(label: str, frame: pd.DataFrame, lines: np.ndarray, unit: str = "li
     with np.errstate(invalid="ignore"):
         bad_tr = ~np.isnan(tr) & ((tr < 0) | (tr != np.floor(tr)))
     _fail(label, unit, lines, bad_tr, "trade count is not a whole number >= 0", lambda i: f"trades {float(tr[i])!r}")
+    with np.errstate(invalid="ignore"):
+        big_tr = ~np.isnan(tr) & (tr > MAX_TRADES)
+    _fail(label, unit, lines, big_tr, f"trade count above {MAX_TRADES:.0e} (not a plausible hourly count)",
+          lambda i: f"trades {float(tr[i])!r}")
     vw = cols["vwap"]
     vw = np.where(vw > 0, vw, np.nan)  # Kraken sends vwap 0 for bars without trades: unknown
     trn = tr[order]
