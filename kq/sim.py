@@ -65,6 +65,9 @@ def load_market_panel(store: str | None, venue: str, pairs: list[str] | None, sh
     return panel
 
 
+ADMIN_TOKEN_ENV = "KQ_SIM_ADMIN_TOKEN"
+
+
 def register(app: typer.Typer) -> None:
     sim = typer.Typer(help="Kraken-compatible exchange simulator.", no_args_is_help=True)
 
@@ -85,18 +88,25 @@ def register(app: typer.Typer) -> None:
         state: str = typer.Option("data/sim_state.sqlite", help="SQLite state file (resumed if it exists)"),
         config: str = typer.Option(None, help="sim config TOML (default configs/sim.toml)"),
     ) -> None:
-        """Serve Kraken's spot REST API (/0/public, /0/private) and /admin on loopback."""
+        """Serve Kraken's spot REST API (/0/public, /0/private) and /admin on loopback.
+
+        The admin API needs the bearer token in KQ_SIM_ADMIN_TOKEN (16+ characters); the server
+        refuses to start without it."""
         import base64
         import binascii
         import os
 
         from engine.paths import REPO_ROOT, configs_dir
         from kq.data import parse_pairs, parse_time
+        from live_bridge.simulator.app import check_admin_token
         from live_bridge.simulator.config import load_sim_config
         from live_bridge.simulator.server import LOOPBACK, SimServer, build_exchange
 
         if host not in LOOPBACK:
             raise InputError(f"--host {host!r}: the simulator binds loopback only (127.0.0.1 or ::1)")
+        admin_token = check_admin_token(os.environ.get(ADMIN_TOKEN_ENV))
+        if admin_token in (os.environ.get("KRAKEN_API_KEY"), os.environ.get("KRAKEN_API_SECRET")):
+            raise InputError(f"{ADMIN_TOKEN_ENV} must differ from the Kraken API key and secret")
         if clock not in ("manual", "realtime", "accelerated"):
             raise InputError(f"--clock {clock!r}: use manual, realtime or accelerated")
         if not 0 < port < 65536:
@@ -115,7 +125,7 @@ def register(app: typer.Typer) -> None:
         state_path = state if os.path.isabs(state) else str(REPO_ROOT / state)
         ex = build_exchange(panel, config=cfg, start=t0, clock=clock, speed=speed, state=state_path, balances=bal,
                             run_clock=False)
-        srv = SimServer(ex, host=host, port=port)
+        srv = SimServer(ex, host=host, port=port, admin_token=admin_token)
         names = ", ".join(f"{i.kraken_id} ({p})" for p, i in ex.market.instruments.items())
         typer.echo(f"kq sim: {srv.url}  venue {panel.venue}  pairs {names}")
         typer.echo(f"kq sim: clock {clock} at {int(ex.now())}  state {state_path}  "
@@ -171,20 +181,33 @@ def register(app: typer.Typer) -> None:
 
 
 def _admin(url: str, method: str, path: str, body):
+    """One admin call with the bearer token from KQ_SIM_ADMIN_TOKEN; one-line errors."""
+    import os
     from urllib.parse import urlparse
 
     import requests
 
     from live_bridge.simulator.server import LOOPBACK
 
-    host = urlparse(url).hostname or ""
+    try:
+        host = urlparse(url).hostname or ""
+    except ValueError:
+        host = ""
     if host not in LOOPBACK:
         raise InputError(f"--url {url!r}: the simulator's admin API is on loopback only")
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if not token:
+        raise InputError(f"{ADMIN_TOKEN_ENV} is not set: the admin API needs the token the simulator was started with")
     try:
-        r = requests.request(method, url.rstrip("/") + path, json=body, timeout=15)
-    except requests.RequestException as e:
+        r = requests.request(method, url.rstrip("/") + path, json=body, timeout=15,
+                             headers={"Authorization": f"Bearer {token}"})
+    except (requests.RequestException, UnicodeError) as e:
         raise InputError(f"no simulator at {url}: {type(e).__name__}") from None
-    data = r.json()
+    try:
+        data = r.json()
+    except ValueError:
+        raise InputError(f"no simulator at {url}: HTTP {r.status_code} without a JSON answer") from None
     if r.status_code != 200:
-        raise InputError(f"simulator refused: {data.get('error', data)}")
+        raise InputError(f"simulator refused (HTTP {r.status_code}): "
+                         f"{data.get('error', data) if isinstance(data, dict) else data}")
     return data

@@ -11,7 +11,12 @@ import time
 import pytest
 
 from kq.cli import main
-from live_bridge.simulator.testing import KEY, SECRET
+from live_bridge.simulator.testing import ADMIN_TOKEN, KEY, SECRET
+
+
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch):
+    monkeypatch.setenv("KQ_SIM_ADMIN_TOKEN", ADMIN_TOKEN)
 
 
 def test_refuses_anything_but_loopback(capsys):
@@ -39,13 +44,48 @@ def test_secret_must_be_base64(capsys, monkeypatch):
     assert "KRAKEN_API_SECRET is not valid base64" in err and "not base64!!" not in err
 
 
+@pytest.mark.parametrize("token, msg", [
+    (None, "KQ_SIM_ADMIN_TOKEN is not set"),
+    ("", "KQ_SIM_ADMIN_TOKEN is not set"),
+    ("short", "KQ_SIM_ADMIN_TOKEN must be 16 to 512 printable ASCII characters"),
+    (SECRET, "KQ_SIM_ADMIN_TOKEN must differ from the Kraken API key and secret"),
+])
+def test_serve_refuses_to_start_without_a_strong_admin_token(capsys, monkeypatch, token, msg):
+    monkeypatch.setenv("KRAKEN_API_KEY", KEY)
+    monkeypatch.setenv("KRAKEN_API_SECRET", SECRET)
+    if token is None:
+        monkeypatch.delenv("KQ_SIM_ADMIN_TOKEN")
+    else:
+        monkeypatch.setenv("KQ_SIM_ADMIN_TOKEN", token)
+    assert main(["sim", "serve", "--shared", "XBTUSD_1h"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kq: error: ") and msg in err and err.count("\n") == 1
+    assert SECRET not in err
+
+
+def test_admin_commands_send_the_token(capsys, monkeypatch):
+    from live_bridge.simulator.testing import T0, flat_panel, start_sim
+
+    s = start_sim(flat_panel(), start=T0 + 5 * 3600)
+    try:
+        monkeypatch.delenv("KQ_SIM_ADMIN_TOKEN")
+        assert main(["sim", "state", "--url", s.url]) == 2
+        assert "KQ_SIM_ADMIN_TOKEN is not set" in capsys.readouterr().err
+        monkeypatch.setenv("KQ_SIM_ADMIN_TOKEN", "a-wrong-token-of-length")
+        assert main(["sim", "advance", "--url", s.url, "--bars", "2"]) == 2
+        assert "simulator refused (HTTP 401): missing or wrong admin token" in capsys.readouterr().err
+        assert s.ex.now() == T0 + 5 * 3600
+    finally:
+        s.stop()
+
+
 def test_serves_binance_bars_as_kraken_pairs(shared_dir, tmp_path):
     from kraken.spot import Market, User
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, KRAKEN_API_KEY=KEY, KRAKEN_API_SECRET=SECRET)
+    env = dict(os.environ, KRAKEN_API_KEY=KEY, KRAKEN_API_SECRET=SECRET, KQ_SIM_ADMIN_TOKEN=ADMIN_TOKEN)
     cmd = [sys.executable, "-m", "kq", "sim", "serve", "--port", str(port), "--shared",
            "binance_BTCUSDT_1h,binance_SOLUSDT_1h", "--start", "2024-03-01", "--end", "2024-03-10",
            "--balance", "USDT=2500", "--state", str(tmp_path / "s.sqlite")]

@@ -7,6 +7,12 @@ asked. Private calls are checked like Kraken does: API-Key known, API-Sign =
 base64(HMAC-SHA512(base64decode(secret), path + SHA256(nonce + body))) over the exact body, nonce
 strictly increasing per key, a REST rate counter with decay, and a temporary lockout after
 repeated bad keys/signatures/nonces.
+
+Access control (docs/SECURITY.md): every request must name a loopback host in its ``Host`` header
+(no DNS rebinding) and carry no foreign ``Origin`` (no web page may drive it); the admin API also
+needs ``Authorization: Bearer <token>`` (``KQ_SIM_ADMIN_TOKEN``, compared in constant time) and
+JSON bodies only. Without a token the admin API is off. Admin refusals are 4xx JSON
+``{"error": "..."}``; Kraken paths always answer Kraken's envelope.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections import deque
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -42,6 +48,82 @@ HTML_ERROR = ("<html><head><title>{code} {text}</title></head><body><center><h1>
               "</center><hr><center>cloudflare</center></body></html>")
 HTTP_TEXT = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
              504: "Gateway Time-out", 520: "Web Server Returned an Unknown Error", 429: "Too Many Requests"}
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+ADMIN_MAX_BODY = 64 * 1024
+MIN_TOKEN_LEN = 16
+
+
+def check_admin_token(token: str | None) -> str:
+    """The admin token as given, or InputError: 16-512 printable ASCII characters, no spaces."""
+    if not token:
+        raise InputError("KQ_SIM_ADMIN_TOKEN is not set: the simulator's admin API needs a bearer token, e.g. "
+                         "export KQ_SIM_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if not (MIN_TOKEN_LEN <= len(token) <= 512 and all(33 <= ord(c) < 127 for c in token)):
+        raise InputError(f"KQ_SIM_ADMIN_TOKEN must be {MIN_TOKEN_LEN} to 512 printable ASCII characters "
+                         "without spaces")
+    return token
+
+
+def host_name(header: str) -> str:
+    """The host name of a ``Host`` header (``[::1]:8765`` -> ``::1``); "" if malformed."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        if end < 0:
+            return ""
+        name, rest = h[1:end], h[end + 1:]
+    else:
+        name, sep, port = h.partition(":")
+        rest = sep + port
+    if rest and not (rest[0] == ":" and 1 <= len(rest) <= 6 and rest[1:].isascii() and rest[1:].isdigit()):
+        return ""
+    return name
+
+
+def foreign_request(headers) -> str | None:
+    """Why a request is refused before anything else: a non-loopback Host or a foreign Origin."""
+    host = headers.get("host")
+    if host is None or host_name(host) not in LOOPBACK_HOSTS:
+        return "Host must name the loopback address the simulator is bound to"
+    origin = headers.get("origin")
+    if origin is not None:
+        try:
+            u = urlsplit(origin)
+            ok = u.scheme in ("http", "https") and (u.hostname or "") in LOOPBACK_HOSTS
+        except ValueError:
+            ok = False
+        if not ok:
+            return "cross-origin requests are refused"
+    return None
+
+
+class AdminError(Exception):
+    """A refused admin request: HTTP ``status`` with ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """JSON as RFC 8259 defines it: no NaN/Infinity, no duplicate keys; ValueError otherwise."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            raise ValueError("duplicate keys")
+        return d
+
+    try:
+        return json.loads(raw, parse_constant=no_constant, object_pairs_hook=no_dupes)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
 
 
 def envelope(result: Any = None, errors: list[str] | None = None) -> bytes:
@@ -102,11 +184,13 @@ def sign(secret_b64: str, path: str, nonce: str, body: str) -> str:
     return base64.b64encode(mac.digest()).decode()
 
 
-def create_app(ex: Exchange) -> FastAPI:
+def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
+    """The ASGI app. ``admin_token`` None leaves the admin API off (every /admin call refused)."""
     app = FastAPI(title="krakenquant Kraken simulator", docs_url=None, redoc_url=None, openapi_url=None)
     guard = Guard(ex)
     app.state.exchange = ex
     app.state.guard = guard
+    token = check_admin_token(admin_token).encode() if admin_token is not None else None
 
     # ---- fault wrapper --------------------------------------------------------------------------
     async def run_with_faults(name: str, action: Callable[[], bytes], fault: Fault | None) -> Response:
@@ -134,6 +218,8 @@ def create_app(ex: Exchange) -> FastAPI:
     # ---- public --------------------------------------------------------------------------------
     @app.api_route("/0/public/{name}", methods=["GET", "POST"])
     async def public(name: str, request: Request) -> Response:
+        if foreign_request(request.headers):
+            return json_response(envelope(None, ["EGeneral:Permission denied"]))
         if name not in PUBLIC:
             return json_response(envelope(None, ["EGeneral:Unknown method"]))
         params = dict(request.query_params)
@@ -147,6 +233,8 @@ def create_app(ex: Exchange) -> FastAPI:
     # ---- private -------------------------------------------------------------------------------
     @app.post("/0/private/{name}")
     async def private(name: str, request: Request) -> Response:
+        if foreign_request(request.headers):
+            return json_response(envelope(None, ["EGeneral:Permission denied"]))
         raw = (await request.body()).decode("utf-8", "replace")
         if name not in PRIVATE:
             return json_response(envelope(None, ["EGeneral:Unknown method"]))
@@ -187,86 +275,122 @@ def create_app(ex: Exchange) -> FastAPI:
         return await run_with_faults(name, action, fault)
 
     # ---- admin ---------------------------------------------------------------------------------
-    @app.get("/admin/state")
-    async def admin_state() -> Response:
-        return json_response(json.dumps(ex.state(), default=str).encode())
-
-    @app.post("/admin/clock/advance")
-    async def admin_advance(request: Request) -> Response:
-        d = await _json(request)
+    async def admin_body(request: Request, needs_body: bool) -> Any:
+        """Host/Origin, bearer token, JSON-only body: the gate every admin call passes first."""
+        why = foreign_request(request.headers)
+        if why:
+            raise AdminError(why, 403)
+        if token is None:
+            raise AdminError("the admin API is off: start the simulator with KQ_SIM_ADMIN_TOKEN set", 403)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("latin-1"), token):
+            raise AdminError("missing or wrong admin token (Authorization: Bearer $KQ_SIM_ADMIN_TOKEN)", 401)
+        raw = await request.body()
+        if len(raw) > ADMIN_MAX_BODY:
+            raise AdminError(f"body larger than {ADMIN_MAX_BODY} bytes", 413)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if raw and ctype != "application/json":
+            raise AdminError("admin bodies must be JSON (Content-Type: application/json)", 415)
+        if not needs_body:
+            return None
+        if ctype != "application/json":
+            raise AdminError("admin bodies must be JSON (Content-Type: application/json)", 415)
         try:
-            if "to" in d:
-                now = ex.advance(to=float(d["to"]))
-            else:
-                now = ex.advance(seconds=float(d.get("seconds", 0)) + 3600.0 * float(d.get("bars", 0)))
-        except InputError as e:
-            return _admin_error(str(e))
-        return json_response(json.dumps({"now": now}).encode())
+            d = strict_json(raw)
+        except ValueError as e:
+            raise AdminError(f"body is not valid JSON: {e}") from None
+        return d
 
-    @app.get("/admin/faults")
-    async def admin_faults_get() -> Response:
-        return json_response(json.dumps(ex.faults.to_list()).encode())
+    def admin_route(path: str, method: str, needs_body: bool) -> Callable:
+        def deco(fn: Callable[[Any], Any]) -> Callable:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    d = await admin_body(request, needs_body)
+                    out = fn(d)
+                except AdminError as e:
+                    return _admin_error(str(e), e.status)
+                except (InputError, KrakenAPIError) as e:
+                    return _admin_error(e.message if isinstance(e, KrakenAPIError) else str(e))
+                return json_response(json.dumps(out, allow_nan=False, default=str).encode())
 
-    @app.post("/admin/faults")
-    async def admin_faults_add(request: Request) -> Response:
-        d = await _json(request)
+            app.add_api_route(path, endpoint, methods=[method], name=f"admin {method} {path}")
+            return fn
+        return deco
+
+    def obj(d: Any, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(d, dict):
+            raise AdminError("body must be a JSON object")
+        extra = sorted(set(d) - allowed)
+        if extra:
+            raise AdminError(f"unknown field(s) {', '.join(map(repr, extra))} (allowed: {', '.join(sorted(allowed))})")
+        return d
+
+    @admin_route("/admin/state", "GET", False)
+    def admin_state(_: Any) -> Any:
+        return ex.state()
+
+    @admin_route("/admin/clock/advance", "POST", True)
+    def admin_advance(d: Any) -> Any:
+        d = obj(d, {"to", "seconds", "bars"})
+        if "to" in d:
+            now = ex.advance(to=float(d["to"]))
+        else:
+            now = ex.advance(seconds=float(d.get("seconds", 0)) + 3600.0 * float(d.get("bars", 0)))
+        return {"now": now}
+
+    @admin_route("/admin/faults", "GET", False)
+    def admin_faults_get(_: Any) -> Any:
+        return ex.faults.to_list()
+
+    @admin_route("/admin/faults", "POST", True)
+    def admin_faults_add(d: Any) -> Any:
         items = d.get("faults", [d]) if isinstance(d, dict) else d
-        try:
-            with ex.lock:
-                for item in items:
-                    ex.faults.add(Fault.from_dict(item, ex.market.resolve))
-                ex.faults_changed()
-        except InputError as e:
-            return _admin_error(str(e))
-        return json_response(json.dumps(ex.faults.to_list()).encode())
+        with ex.lock:
+            for item in items:
+                ex.faults.add(Fault.from_dict(item, ex.market.resolve))
+            ex.faults_changed()
+        return ex.faults.to_list()
 
-    @app.delete("/admin/faults")
-    async def admin_faults_clear() -> Response:
+    @admin_route("/admin/faults", "DELETE", False)
+    def admin_faults_clear(_: Any) -> Any:
         with ex.lock:
             ex.faults.clear()
             ex.faults_changed()
-        return json_response(b"[]")
+        return []
 
-    @app.post("/admin/status")
-    async def admin_status(request: Request) -> Response:
-        d = await _json(request)
+    @admin_route("/admin/status", "POST", True)
+    def admin_status(d: Any) -> Any:
+        d = obj(d, {"status", "pair"})
         st = d.get("status")
         if st not in ("online", "cancel_only", "post_only", "maintenance"):
-            return _admin_error("status must be online, cancel_only, post_only or maintenance")
+            raise AdminError("status must be online, cancel_only, post_only or maintenance")
         with ex.lock:
             if d.get("pair"):
                 p = ex.market.resolve(d["pair"])
                 if p is None:
-                    return _admin_error(f"unknown pair {d['pair']!r}")
+                    raise AdminError(f"unknown pair {d['pair']!r}")
                 ex.pair_status[p] = st
             else:
                 ex.status = st
             ex.persist()
-        return json_response(json.dumps({"status": ex.status, "pair_status": ex.pair_status}).encode())
+        return {"status": ex.status, "pair_status": ex.pair_status}
 
-    @app.post("/admin/balance")
-    async def admin_balance(request: Request) -> Response:
-        d = await _json(request)
+    @admin_route("/admin/balance", "POST", True)
+    def admin_balance(d: Any) -> Any:
+        d = obj(d, {"account", "asset", "delta"})
         try:
             acct = ex.account_by_name(str(d.get("account", "")))
             ex.change_balance(acct, str(d["asset"]), Decimal(str(d["delta"])))
         except (KrakenAPIError, KeyError, InvalidOperation, InputError) as e:
-            return _admin_error(f"bad balance change: {e}")
-        return json_response(json.dumps(ex.balance(acct)).encode())
+            raise AdminError(f"bad balance change: {e}") from None
+        return ex.balance(acct)
 
     return app
 
 
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw or b"{}")
-    except ValueError:
-        return {}
-
-
-def _admin_error(msg: str) -> Response:
-    return Response(json.dumps({"error": msg}), status_code=400, media_type="application/json")
+def _admin_error(msg: str, status: int = 400) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(json.dumps({"error": msg}), status_code=status, media_type="application/json", headers=headers)
 
 
 def _guarded(fn: Callable[[], Any]) -> bytes:

@@ -859,19 +859,26 @@ class Exchange:
 
     # ---- state --------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything, for /admin/state (secrets excluded)."""
+        """Everything, for /admin/state. No credentials: accounts, orders and trades are named by
+        account name, never by API key, and secrets are never included."""
         with self.lock:
             self.sync()
+            name = {a.key: a.name for a in self.accounts.values()}
+
+            def named(d: dict[str, Any]) -> dict[str, Any]:
+                d["account"] = name.get(d["account"], "?")
+                return d
+
             return {
                 "now": self.now(), "clock": self.clock.mode, "status": self.status, "pair_status": self.pair_status,
                 "processed_bars": self.processed, "spread_source": self.market.spread_source,
                 "pairs": {p: i.kraken_id for p, i in self.market.instruments.items()},
-                "accounts": {a.name: {"key": a.key, "balances": {k: str(v) for k, v in a.balances.items()},
+                "accounts": {a.name: {"balances": {k: str(v) for k, v in a.balances.items()},
                                       "holds": {k: str(v) for k, v in self.holds(a).items()},
                                       "last_nonce": a.last_nonce, "deadman": a.deadman}
                              for a in self.accounts.values()},
-                "orders": {t: o.to_json() for t, o in self.orders.items()},
-                "trades": {t: tr.to_json() for t, tr in self.trades.items()},
+                "orders": {t: named(o.to_json()) for t, o in self.orders.items()},
+                "trades": {t: named(tr.to_json()) for t, tr in self.trades.items()},
                 "faults": self.faults.to_list(),
             }
 

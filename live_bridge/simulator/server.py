@@ -65,9 +65,11 @@ def build_exchange(panel: Panel, *, config: SimConfig | None = None, start: floa
 
 
 class SimServer:
-    """uvicorn in a daemon thread, bound to loopback only."""
+    """uvicorn in a daemon thread, bound to loopback only. ``admin_token`` (KQ_SIM_ADMIN_TOKEN) opens
+    the admin API to callers presenting it; None leaves the admin API off."""
 
-    def __init__(self, ex: Exchange, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, ex: Exchange, host: str = "127.0.0.1", port: int = 0,
+                 admin_token: str | None = None) -> None:
         if host not in LOOPBACK:
             raise InputError(f"the simulator binds loopback only (127.0.0.1, ::1), not {host!r}")
         import uvicorn
@@ -80,7 +82,7 @@ class SimServer:
                 port = s.getsockname()[1]
         self.host, self.port = host, port
         self.exchange = ex
-        self.app = create_app(ex)
+        self.app = create_app(ex, admin_token=admin_token)
         # log_config=None: uvicorn's default applies logging.config.dictConfig, which closes every
         # existing handler in the process (the daemon's, or pytest's capture handlers); the
         # simulator must not reconfigure global logging.

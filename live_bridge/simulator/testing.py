@@ -21,6 +21,8 @@ from .server import SimServer, build_exchange
 
 KEY = "kq-test-key"
 SECRET = base64.b64encode(bytes(range(64))).decode()
+ADMIN_TOKEN = "kq-test-admin-token-not-a-kraken-key"
+LOCAL = "http://127.0.0.1:8765"  # base URL of in-process clients (the Host check wants loopback)
 T0 = 1_700_000_000 // 3600 * 3600  # 2023-11-14 22:00 UTC
 
 
@@ -63,11 +65,13 @@ class Sim:
     def url(self) -> str:
         return self.server.url
 
-    def admin(self, path: str, body: Any = None, method: str | None = None) -> Any:
+    def admin(self, path: str, body: Any = None, method: str | None = None, token: str | None = ADMIN_TOKEN,
+              headers: dict[str, str] | None = None) -> Any:
         import requests
 
         m = method or ("POST" if body is not None else "GET")
-        r = requests.request(m, self.url + path, json=body, timeout=10)
+        h = admin_headers(token) | (headers or {})
+        r = requests.request(m, self.url + path, json=body, timeout=10, headers=h)
         return r.status_code, r.json()
 
     def raw_private(self, endpoint: str, params: dict[str, Any] | None = None, *, key: str = KEY,
@@ -75,13 +79,8 @@ class Sim:
         """A signed private call without the SDK: returns the requests.Response."""
         import requests
 
-        p = dict(params or {})
-        p["nonce"] = str(nonce if nonce is not None else time.time_ns() // 10)
-        body = urllib.parse.urlencode(p)
-        path = f"/0/private/{endpoint}"
-        headers = {"API-Key": key, "API-Sign": sign(secret, path, p["nonce"], body),
-                   "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
-        return requests.post(self.url + path, data=body, headers=headers, timeout=timeout)
+        body, headers = signed_form(endpoint, params or {}, key=key, secret=secret, nonce=nonce)
+        return requests.post(f"{self.url}/0/private/{endpoint}", data=body, headers=headers, timeout=timeout)
 
     def raw_public(self, endpoint: str, params: dict[str, Any] | None = None, timeout: float = 10.0):
         import requests
@@ -92,14 +91,43 @@ class Sim:
         self.server.stop()
 
 
+def signed_form(endpoint: str, params: dict[str, Any], *, key: str = KEY, secret: str = SECRET,
+                nonce: int | None = None) -> tuple[str, dict[str, str]]:
+    """(body, headers) of a signed private call, as python-kraken-sdk sends it."""
+    p = dict(params)
+    p["nonce"] = str(nonce if nonce is not None else time.time_ns() // 10)
+    body = urllib.parse.urlencode(p)
+    path = f"/0/private/{endpoint}"
+    return body, {"API-Key": key, "API-Sign": sign(secret, path, p["nonce"], body),
+                  "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+
+
+def admin_headers(token: str | None = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def local_client(ex, admin_token: str | None = ADMIN_TOKEN):
+    """An in-process client (no socket, no thread) of the simulator's app, on a loopback base URL."""
+    import warnings
+
+    with warnings.catch_warnings():  # starlette prefers httpx2 (not installed); httpx works the same
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    from .app import create_app
+
+    return TestClient(create_app(ex, admin_token=admin_token), base_url=LOCAL, raise_server_exceptions=False)
+
+
 def start_sim(panel: Panel, *, balances: dict[str, str] | None = None, start: float | None = None,
-              config: SimConfig | None = None, state: str | None = None) -> Sim:
+              config: SimConfig | None = None, state: str | None = None,
+              admin_token: str | None = ADMIN_TOKEN) -> Sim:
     from kraken.spot import Market, Trade, User
 
     env = {"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET}
     bal = {k: Decimal(v) for k, v in (balances or {"USD": "100000"}).items()}
     ex = build_exchange(panel, config=config or sim_test_config(), start=start, state=state, balances=bal, env=env)
-    srv = SimServer(ex).start()
+    srv = SimServer(ex, admin_token=admin_token).start()
     return Sim(srv, Market(url=srv.url), User(key=KEY, secret=SECRET, url=srv.url),
                Trade(key=KEY, secret=SECRET, url=srv.url))
 
