@@ -1,7 +1,9 @@
 """Frozen, typed configuration loaded from TOML in ``configs/``.
 
-Every section is a frozen pydantic model with ``extra="forbid"``: an unknown key or an
-out-of-range value is a :class:`~engine.errors.ConfigError` that names the key
+Every section is a frozen pydantic model (:class:`engine.config_base.Frozen`) with
+``extra="forbid"`` and finite floats, and :class:`Config` types every section: an unknown key, a
+section of the wrong shape (``risk = 5``, ``[[risk]]``), ``nan``/``inf`` or an out-of-range value is
+a :class:`~engine.errors.ConfigError` of one line that names the key
 (``risk.max_positions: Input should be less than or equal to 50``).
 
 A config file may start with ``extends = "default.toml"`` (a path relative to the file): the
@@ -17,17 +19,20 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from engine.backtest.config import BacktestConfig
+from engine.config_base import Frozen
 from engine.errors import ConfigError
+from engine.execution.config import ExecutionConfig
+from engine.features.config import FeaturesConfig
+from engine.lifecycle_config import LifecycleConfig
+from engine.risk.config import RiskConfig
 
-
-class Frozen(BaseModel):
-    """Base for every config section: immutable, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+__all__ = ["Config", "DataConfig", "FeesConfig", "Frozen", "LabelsConfig", "config_from_dict", "load_config",
+           "read_toml"]
 
 
 class DataConfig(Frozen):
@@ -50,7 +55,7 @@ class LabelsConfig(Frozen):
     horizons: tuple[int, ...] = Field((1, 4, 24), description="label horizons in bars (hours)")
 
     @model_validator(mode="after")
-    def _check(self) -> "LabelsConfig":
+    def _check(self) -> LabelsConfig:
         if not self.horizons or any(h < 1 or h > 24 * 30 for h in self.horizons):
             raise ValueError("horizons must be 1..720 bars")
         if list(self.horizons) != sorted(set(self.horizons)):
@@ -58,48 +63,20 @@ class LabelsConfig(Frozen):
         return self
 
 
-def _sections() -> dict[str, type[Frozen]]:
-    # Imported here so each area owns its section file without import cycles.
-    from engine.backtest.config import BacktestConfig
-    from engine.execution.config import ExecutionConfig
-    from engine.features.config import FeaturesConfig
-    from engine.lifecycle_config import LifecycleConfig
-    from engine.risk.config import RiskConfig
-
-    return {"features": FeaturesConfig, "risk": RiskConfig, "execution": ExecutionConfig,
-            "backtest": BacktestConfig, "lifecycle": LifecycleConfig}
-
-
 class Config(Frozen):
-    seed: int = Field(7, ge=0, description="seed for everything random")
+    seed: int = Field(7, ge=0, le=2**32 - 1, description="seed for everything random (numpy/sklearn: < 2**32)")
     data: DataConfig = DataConfig()
     fees: FeesConfig = FeesConfig()
     labels: LabelsConfig = LabelsConfig()
-    features: Any = None
-    risk: Any = None
-    execution: Any = None
-    backtest: Any = None
-    lifecycle: Any = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _build_sections(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            values = dict(values)
-            for name, model in _sections().items():
-                v = values.get(name)
-                if v is None:
-                    values[name] = model()
-                elif isinstance(v, dict):
-                    try:
-                        values[name] = model(**v)
-                    except ValidationError as e:
-                        raise ConfigError(_format_validation(e, prefix=name)) from None
-        return values
+    features: FeaturesConfig = FeaturesConfig()
+    risk: RiskConfig = RiskConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
     def content_hash(self) -> str:
         """SHA-256 of the canonical JSON of this config (what made a result)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -143,7 +120,7 @@ def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
     try:
-        return Config(**raw)
+        return Config.model_validate(raw)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     except ValidationError as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from engine.config import Frozen
+from engine.config_base import Frozen
 
 
 class LifecycleConfig(Frozen):

@@ -63,7 +63,7 @@ def _register_config(app: typer.Typer) -> None:
 
         from engine.config import load_config
 
-        typer.echo(json.dumps(load_config(path).model_dump(mode="json"), indent=2))
+        typer.echo(json.dumps(load_config(path).model_dump(mode="json"), indent=2, allow_nan=False))
 
     app.add_typer(cfg, name="config")
 

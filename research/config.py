@@ -57,10 +57,13 @@ __all__ = ["FoldsConfig", "ResearchConfig", "TrackingConfig", "load_research_con
 
 
 class FoldsConfig(Frozen):
-    train_bars: int = Field(8760, ge=48, description="rolling training window (first window if expanding)")
-    test_bars: int = Field(2190, ge=1, description="test block length")
-    purge_bars: int = Field(24, ge=0, description="gap between training end and test start (>= longest horizon)")
-    embargo_bars: int = Field(24, ge=0, description="bars after each test block left out of later training")
+    train_bars: int = Field(8760, ge=48, le=1_000_000,
+                            description="rolling training window (first window if expanding)")
+    test_bars: int = Field(2190, ge=1, le=1_000_000, description="test block length")
+    purge_bars: int = Field(24, ge=0, le=100_000,
+                            description="gap between training end and test start (>= longest horizon)")
+    embargo_bars: int = Field(24, ge=0, le=100_000,
+                              description="bars after each test block left out of later training")
     expanding: bool = Field(False, description="anchored (expanding) instead of rolling windows")
     inner_folds: int = Field(3, ge=2, le=20, description="inner purged folds of the stacking meta-learner")
 
@@ -89,14 +92,15 @@ class ResearchConfig(Frozen):
     start: str | int | None = None
     end: str | int | None = None
     horizons: tuple[int, ...] | None = Field(None, description="label horizons modelled; default [labels].horizons")
-    trade_horizon: int = Field(24, ge=1, description="meta-learner horizon that becomes trade signals")
+    trade_horizon: int = Field(24, ge=1, le=720, description="meta-learner horizon that becomes trade signals")
     base_models: tuple[str, ...] = BASE_MODEL_NAMES
     tiny: bool = False
     label_with_cost: bool = False
     use_universe: bool = True
     leak_auc: float = Field(0.60, gt=0.5, le=1.0)
-    leak_min_effective_n: float = Field(500.0, ge=0.0, description="labelled rows / horizon needed to judge an AUC")
-    n_trials: int = Field(1, ge=1)
+    leak_min_effective_n: float = Field(500.0, ge=0.0, le=1e12,
+                                        description="labelled rows / horizon needed to judge an AUC")
+    n_trials: int = Field(1, ge=1, le=1_000_000_000)
     warmup_bars: int = Field(768, ge=0, le=20000)
     folds: FoldsConfig = FoldsConfig()
     models: ModelsConfig = ModelsConfig()

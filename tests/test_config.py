@@ -75,3 +75,110 @@ def test_content_hash_is_stable_and_sensitive():
     a, b = load_config(), load_config()
     assert a.content_hash() == b.content_hash()
     assert config_from_dict({"seed": 8}).content_hash() != a.content_hash()
+
+# ---- wrong shapes, non-finite and unbounded numbers (issue 21 item 8)
+
+SECTIONS = ("data", "fees", "labels", "features", "risk", "execution", "backtest", "lifecycle")
+
+
+def _section_models():
+    from engine.config import Config
+
+    return {name: Config.model_fields[name].annotation for name in SECTIONS}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("value", [5, "x", [{"p_up_entry": 0.6}], [], True, 1.5])
+def test_a_section_of_the_wrong_shape_is_a_one_line_error(section, value):
+    """``risk = 5`` and ``[[risk]]`` used to load (the section was typed Any) and crash kq backtest."""
+    with pytest.raises(ConfigError, match=rf"^x\.toml: {section}: Input should be a valid dictionary") as e:
+        config_from_dict({section: value}, "x.toml")
+    assert "\n" not in str(e.value)
+
+
+def test_every_section_is_typed():
+    from pydantic import BaseModel
+
+    for name, model in _section_models().items():
+        assert isinstance(model, type) and issubclass(model, BaseModel), name
+
+
+def _numeric_fields():
+    """(section, key, kind) of every float and int field of every section."""
+    import typing
+
+    out = []
+    for sec, model in _section_models().items():
+        for key, f in model.model_fields.items():
+            ann = f.annotation
+            base = typing.get_args(ann)[0] if typing.get_origin(ann) is typing.Annotated else ann
+            if base in (float, int):
+                inf_off = any(getattr(m, "allow_inf_nan", False) for m in f.metadata)
+                out.append((sec, key, base.__name__, inf_off))
+    out.append(("", "seed", "int", False))
+    return out
+
+
+def test_non_finite_numbers_are_refused_except_where_inf_means_off():
+    seen = 0
+    for sec, key, kind, inf_off in _numeric_fields():
+        raw = (lambda v: {sec: {key: v}}) if sec else (lambda v: {key: v})
+        name = f"{sec}.{key}" if sec else key
+        for v in (float("nan"), float("inf"), float("-inf")):
+            if inf_off and v == float("inf"):
+                continue
+            with pytest.raises(ConfigError, match=rf"{name}: "):
+                config_from_dict(raw(v))
+            seen += 1
+    assert seen > 60
+
+
+def test_every_number_has_an_upper_bound_and_huge_values_are_refused():
+    for sec, key, kind, inf_off in _numeric_fields():
+        if inf_off:
+            continue
+        name = f"{sec}.{key}" if sec else key
+        v = 10**30 if kind == "int" else 1e300
+        with pytest.raises(ConfigError, match=rf"{name}: "):
+            config_from_dict({sec: {key: v}} if sec else {key: v})
+
+
+def test_init_cash_inf_is_refused_by_check_and_by_backtest_before_anything_is_written(tmp_path, capsys):
+    from kq.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[backtest]\ninit_cash = inf\n")
+    assert main(["config", "check", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kq: error: {cfg}: backtest.init_cash: Input should be a finite number\n"
+    out = tmp_path / "out"
+    assert main(["backtest", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "backtest.init_cash" in capsys.readouterr().err and not out.exists()
+    cfg.write_text("risk = 5\n")
+    assert main(["backtest", "--config", str(cfg), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not out.exists()
+
+
+def test_spread_max_inf_means_off_and_every_json_dump_stays_strict(tmp_path, capsys):
+    import json
+
+    from engine.risk.params import params_from_config
+    from kq.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[risk]\nspread_max = inf\n")
+    c = load_config(cfg)
+    assert c.risk.spread_max == float("inf") and params_from_config(c)[0]["spread_max"] == float("inf")
+    assert len(c.content_hash()) == 64
+    dumped = c.model_dump(mode="json")
+    assert dumped["risk"]["spread_max"] == "inf"
+    assert config_from_dict(json.loads(json.dumps(dumped, allow_nan=False))) == c  # round-trips
+    assert main(["config", "show", str(cfg)]) == 0
+
+    def _refuse(tok):
+        raise AssertionError(f"non-standard JSON token {tok}")
+
+    assert json.loads(capsys.readouterr().out, parse_constant=_refuse)["risk"]["spread_max"] == "inf"
+    with pytest.raises(ConfigError, match="risk.spread_max"):
+        config_from_dict({"risk": {"spread_max": float("nan")}})
+

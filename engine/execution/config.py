@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from engine.config import Frozen
+from engine.config_base import Frozen
 
 
 class ExecutionConfig(Frozen):

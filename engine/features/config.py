@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from engine.config import Frozen
+from engine.config_base import Frozen
 
 
 class FeaturesConfig(Frozen):

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.config import Frozen
+from engine.config_base import Frozen, InfOff
 
 
 class RiskConfig(Frozen):
@@ -39,10 +39,13 @@ class RiskConfig(Frozen):
     tier2_exposure_mult: float = Field(0.5, gt=0.0, le=1.0, description="exposure cap multiplier from tier 2")
     tier2_max_positions: int = Field(5, ge=1, le=50, description="position count cap from tier 2")
     # kill switch
-    spread_max: float = Field(0.02, gt=0.0, description="spread estimate above this (fraction) trips the kill switch")
-    spread_anomaly_mult: float = Field(5.0, ge=0.0, description="spread > mult x its EWMA baseline trips it; 0 = off")
+    spread_max: InfOff = Field(0.02, gt=0.0,
+                               description="spread estimate above this (fraction) trips the kill switch; inf = off")
+    spread_anomaly_mult: float = Field(5.0, ge=0.0, le=1000.0,
+                                       description="spread > mult x its EWMA baseline trips it; 0 = off")
     spread_baseline_bars: int = Field(168, ge=2, le=100_000, description="EWMA span of the spread baseline")
-    vol_spike_mult: float = Field(8.0, ge=0.0, description="true range > mult x previous ATR trips it; 0 = off")
+    vol_spike_mult: float = Field(8.0, ge=0.0, le=1000.0,
+                                  description="true range > mult x previous ATR trips it; 0 = off")
     # scheduled entry block (R25): no new positions whose order would execute in a bar opening in it
     training_window_utc: tuple[str, ...] = Field(
         ("03:00", "05:00"), description="UTC [start, end) 'HH:MM' of the maintenance/retraining window in which "
