@@ -25,14 +25,18 @@ from pydantic import Field, ValidationError, model_validator
 
 from engine.backtest.config import BacktestConfig
 from engine.config_base import Frozen
-from engine.errors import ConfigError
+from engine.errors import ConfigError, one_line
 from engine.execution.config import ExecutionConfig
 from engine.features.config import FeaturesConfig
 from engine.lifecycle_config import LifecycleConfig
 from engine.risk.config import RiskConfig
 
-__all__ = ["Config", "DataConfig", "FeesConfig", "Frozen", "LabelsConfig", "config_from_dict", "load_config",
-           "read_toml"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_DEPTH", "Config", "DataConfig", "FeesConfig", "Frozen", "LabelsConfig",
+           "config_from_dict", "load_config", "read_toml"]
+
+MAX_CONFIG_BYTES = 1 << 20   # a config file is a few kB; anything above 1 MiB is refused unread
+MAX_DEPTH = 16               # tables/arrays nested deeper than this are refused (the deepest real key has 3)
+MAX_EXTENDS = 8              # length of an ``extends`` chain
 
 
 class DataConfig(Frozen):
@@ -80,16 +84,18 @@ class Config(Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _format_validation(e: ValidationError, prefix: str = "") -> str:
+def _format_validation(e: ValidationError, prefix: str = "", max_errors: int = 5) -> str:
     msgs = []
-    for err in e.errors():
+    errs = e.errors()
+    for err in errs[:max_errors]:
         loc = ".".join(str(x) for x in err["loc"])
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         msgs.append(f"{key}: {msg}")
-    return "; ".join(msgs)
+    more = f" (+{len(errs) - max_errors} more)" if len(errs) > max_errors else ""
+    return one_line("; ".join(msgs) + more)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -99,32 +105,83 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a TOML file, following ``extends``. Errors name the file."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: config file not found")
-    if p.resolve() in _seen:
-        raise ConfigError(f"{p}: 'extends' loops back to itself")
+def _depth(v: object) -> int:
+    """Nesting depth of tables and arrays (a scalar is 0), without recursion."""
+    best, stack = 0, [(v, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict):
+            x = list(x.values())
+        if isinstance(x, list):
+            best = max(best, d + 1)
+            if best > MAX_DEPTH:
+                return best
+            stack.extend((y, d + 1) for y in x)
+    return best
+
+
+def _read_text(p: Path) -> str:
+    """The file's text: a regular file of at most MAX_CONFIG_BYTES, UTF-8 (a leading BOM is dropped)."""
     try:
-        raw = tomllib.loads(p.read_text())
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a directory, not a config file")
+        if not p.is_file():
+            raise ConfigError(f"{p}: not a regular file")
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {size} bytes is too large for a config file (at most {MAX_CONFIG_BYTES})")
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except (OSError, ValueError) as e:  # permission, name too long, embedded NUL byte, ...
+        raise ConfigError(f"{p}: cannot be read ({e.strerror if isinstance(e, OSError) and e.strerror else e})") \
+            from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: too large for a config file (at most {MAX_CONFIG_BYTES} bytes)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+
+
+def read_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a TOML file, following ``extends``. Errors name the file and are one line."""
+    p = Path(path)
+    text = _read_text(p)
+    rp = p.resolve()
+    if rp in _seen:
+        raise ConfigError(f"{p}: 'extends' loops back to itself")
+    if len(_seen) >= MAX_EXTENDS:
+        raise ConfigError(f"{p}: 'extends' chain longer than {MAX_EXTENDS} files")
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        raise ConfigError(one_line(f"{p}: not valid TOML: {e}")) from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not a config: tables or arrays nested too deeply") from None
+    if _depth(raw) > MAX_DEPTH:
+        raise ConfigError(f"{p}: not a config: tables or arrays nested more than {MAX_DEPTH} levels deep")
     parent = raw.pop("extends", None)
     if parent is not None:
-        if not isinstance(parent, str):
+        if not isinstance(parent, str) or not parent.strip():
             raise ConfigError(f"{p}: extends: must be a file name")
-        raw = _merge(read_toml(p.parent / parent, _seen + (p.resolve(),)), raw)
+        raw = _merge(read_toml(p.parent / parent, _seen + (rp,)), raw)
     return raw
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
+    """Validate a config table (``read_toml``'s result, or a resolved config's JSON)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(one_line(f"{source}: not a config table"))
+    if _depth(raw) > MAX_DEPTH:
+        raise ConfigError(one_line(f"{source}: not a config: tables or arrays nested more than {MAX_DEPTH} levels"))
     try:
         return Config.model_validate(raw)
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(one_line(f"{source}: {e}")) from None
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_format_validation(e)}") from None
+        raise ConfigError(one_line(f"{source}: {_format_validation(e)}")) from None
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -29,3 +29,10 @@ class IntegrityError(KQError):
     """A blocking data-integrity problem (``kq data check`` exits 1)."""
 
     exit_code = 1
+
+
+def one_line(s: str, limit: int = 2000) -> str:
+    """``s`` as one printable line: control characters (newlines, terminal escapes) escaped, cut
+    at ``limit`` characters. What the CLI prints for a :class:`KQError`."""
+    out = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(s))
+    return out if len(out) <= limit else out[:limit] + "..."

@@ -12,7 +12,7 @@ import sys
 import click
 import typer
 
-from engine.errors import KQError
+from engine.errors import KQError, one_line
 
 try:  # typer >= 0.29 ships its own copy of click; its usage errors are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, prog_name="kq", standalone_mode=False)
     except KQError as e:
-        print(f"kq: error: {e}", file=sys.stderr)
+        print(f"kq: error: {one_line(str(e))}", file=sys.stderr)  # one line, control characters escaped
         return e.exit_code
     except click.exceptions.Abort:
         print("kq: aborted", file=sys.stderr)

@@ -76,6 +76,7 @@ def test_content_hash_is_stable_and_sensitive():
     assert a.content_hash() == b.content_hash()
     assert config_from_dict({"seed": 8}).content_hash() != a.content_hash()
 
+
 # ---- wrong shapes, non-finite and unbounded numbers (issue 21 item 8)
 
 SECTIONS = ("data", "fees", "labels", "features", "risk", "execution", "backtest", "lifecycle")
@@ -182,3 +183,65 @@ def test_spread_max_inf_means_off_and_every_json_dump_stays_strict(tmp_path, cap
     with pytest.raises(ConfigError, match="risk.spread_max"):
         config_from_dict({"risk": {"spread_max": float("nan")}})
 
+
+# ---- files the loader must refuse with one line, never a traceback (issue 21 item 10)
+
+def _check(path, capsys) -> str:
+    from kq.cli import main
+
+    rc = main(["config", "check", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("kq: error: ") and err.count("\n") == 1, (rc, err[:300])
+    return err
+
+
+def test_a_directory_a_fifo_and_a_missing_file_are_one_line_errors(tmp_path, capsys):
+    import os
+
+    d = tmp_path / "dir.toml"
+    d.mkdir()
+    assert "is a directory, not a config file" in _check(d, capsys)
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _check(fifo, capsys)        # never opened: reading a FIFO would hang
+    assert "config file not found" in _check(tmp_path / "none.toml", capsys)
+    (tmp_path / "child.toml").write_text('extends = "dir.toml"\n')
+    assert "dir.toml: is a directory" in _check(tmp_path / "child.toml", capsys)
+    (tmp_path / "nul.toml").write_text('extends = "a\\u0000b"\n')
+    assert "a\\x00b: config file not found" in _check(tmp_path / "nul.toml", capsys)  # NUL escaped
+
+
+def test_a_file_that_is_not_utf8_or_too_large_is_a_one_line_error(tmp_path, capsys):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b"[risk]\nmax_positions = 5 # caf\xe9\n")
+    assert "not UTF-8 text (byte 0xe9 at offset 30)" in _check(p, capsys)
+    p.write_bytes(b"\xff\xfe[\x00r\x00")
+    assert "not UTF-8 text" in _check(p, capsys)
+    p.write_bytes(b"\xef\xbb\xbf[risk]\nmax_positions = 5\n")    # a UTF-8 BOM (Windows editors) is fine
+    assert load_config(p).risk.max_positions == 5
+    p.write_bytes(b"# " + b"x" * (1 << 20) + b"\n")
+    assert "too large for a config file" in _check(p, capsys)
+
+
+@pytest.mark.parametrize("text", [
+    "x = " + "[" * 100_000 + "]" * 100_000,                      # RecursionError inside tomllib
+    "x = " + "{a=" * 3000 + "1" + "}" * 3000,
+    "x = " + "[" * 40 + "]" * 40,                                 # parses, but deeper than any config
+    "[risk]\ntraining_window_utc = " + "[" * 30 + "]" * 30,
+])
+def test_deeply_nested_toml_is_a_one_line_error(tmp_path, capsys, text):
+    p = tmp_path / "deep.toml"
+    p.write_text(text + "\n")
+    assert ": not a config: tables or arrays nested" in _check(p, capsys)
+
+
+def test_unknown_keys_are_refused_at_every_level_and_control_characters_are_escaped(tmp_path, capsys):
+    p = tmp_path / "u.toml"
+    p.write_text('[risk]\nmax_postions = 5\n')
+    assert "risk.max_postions: unknown key" in _check(p, capsys)
+    p.write_text('[riks]\nmax_positions = 5\n')
+    assert "riks: unknown key" in _check(p, capsys)
+    p.write_text('"a\\nb\\u001b[2J" = 1\n')                        # a key with a newline and a terminal escape
+    assert "a\\nb\\x1b[2J: unknown key" in _check(p, capsys)
+    p.write_text("\n".join(f"k{i} = {i}" for i in range(50)) + "\n")
+    assert "(+45 more)" in _check(p, capsys)
