@@ -48,22 +48,36 @@ def build_app() -> typer.Typer:
 def _register_config(app: typer.Typer) -> None:
     cfg = typer.Typer(help="Validate and show configuration files.", no_args_is_help=True)
 
+    def _load(path: str):
+        """(engine Config, ResearchConfig or None): a file with a [research] table (configs/ci.toml,
+        configs/research.toml) is validated by the walk-forward's loader, research keys included."""
+        from engine.config import config_from_dict, read_toml
+
+        raw = read_toml(path)
+        if "research" in raw:
+            from research.config import load_research_config
+
+            return load_research_config(path)
+        return config_from_dict(raw, path), None
+
     @cfg.command("check")
     def check(path: str = typer.Argument("configs/default.toml", help="TOML config file")) -> None:
         """Validate a config file; exit 2 with the offending key if it is invalid."""
-        from engine.config import load_config
-
-        c = load_config(path)
-        typer.echo(f"{path}: ok (sha256 {c.content_hash()[:16]})")
+        c, rc = _load(path)
+        typer.echo(f"{path}: ok (sha256 {c.content_hash()[:16]}{'; [research] ok' if rc is not None else ''})")
 
     @cfg.command("show")
     def show(path: str = typer.Argument("configs/default.toml", help="TOML config file")) -> None:
         """Print the fully resolved config (defaults filled in) as JSON."""
         import json
 
-        from engine.config import load_config
+        c, rc = _load(path)
+        out = c.model_dump(mode="json")
+        if rc is not None:
+            from research.config import research_to_json
 
-        typer.echo(json.dumps(load_config(path).model_dump(mode="json"), indent=2, allow_nan=False))
+            out["research"] = research_to_json(rc)
+        typer.echo(json.dumps(out, indent=2, allow_nan=False))
 
     app.add_typer(cfg, name="config")
 

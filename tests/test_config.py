@@ -245,3 +245,19 @@ def test_unknown_keys_are_refused_at_every_level_and_control_characters_are_esca
     assert "a\\nb\\x1b[2J: unknown key" in _check(p, capsys)
     p.write_text("\n".join(f"k{i} = {i}" for i in range(50)) + "\n")
     assert "(+45 more)" in _check(p, capsys)
+
+
+def test_config_check_validates_walkforward_configs_with_their_research_table(tmp_path, capsys):
+    from kq.cli import main
+
+    ci = configs_dir() / "ci.toml"
+    assert main(["config", "check", str(ci)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{ci}: ok (sha256 ") and out.endswith("; [research] ok)\n")
+    assert main(["config", "show", str(ci)]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["research"]["trade_horizon"] == 24
+    p = tmp_path / "r.toml"
+    p.write_text(f'extends = "{ci}"\n[research.folds]\npurge_bars = 2\n')
+    assert "research.folds.purge_bars: 2 is shorter than the longest label horizon" in _check(p, capsys)
