@@ -90,7 +90,6 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from engine.store.market import MarketStore
-        from kq.backtest import write_outputs
         from kq.data import parse_pairs
         from research.config import load_research_config, research_to_json
         from research.report import write_walkforward
@@ -150,7 +149,7 @@ def register(app: typer.Typer) -> None:
                 "seed": cfg.seed, "data_sha256": fs.content_hash,
                 "feature_schema_sha256": feature_schema_sha256(cfg.features),
                 "wall_seconds": round(time.perf_counter() - t_start, 2)}
-        m = write_walkforward(res, out, cfg, meta, backtest_writer=write_outputs)
+        m = write_walkforward(res, out, cfg, meta)
         strat = m.get("strategy") or {}
         meta_auc = [r for r in res.model_metrics if r["model"] == "meta" and r["fold"] == "all"]
         aucs = ", ".join(f"{r['horizon']}h {r['auc']:.3f}" for r in meta_auc if r["auc"] is not None)

@@ -44,12 +44,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -69,6 +67,7 @@ PREDICT_COLUMNS = ("ts", "pair", "horizon", "p_up", "exp_return")
 #: manifest (it records the manifest's digest, so it cannot vouch for another bundle)
 VERDICT_NAME = "verdict.json"
 MODEL_NAMES = ("xgboost", "lightgbm", "random_forest", "lstm", "transformer", "regime", "meta")
+# the walk-forward's metrics and its backtest's records (engine.backtest.io), copied into a bundle
 _WF_FILES = ("metrics.json", "backtest/trades.parquet", "backtest/equity.parquet", "backtest/events.parquet",
              "backtest/metrics.json")
 # training-time diagnostics of the meta-learner that prediction never reads (window-sized arrays)
@@ -415,7 +414,8 @@ def save_bundle(bundle: ModelBundle, out_dir, *, extra: dict | None = None) -> d
     backtest outputs are copied under ``walkforward/`` and its strategy metrics go into the
     manifest), ``run_id`` (the MLflow run), anything else is kept under ``manifest["extra"]``.
     Everything is written into a temporary folder next to ``out_dir`` (manifest.json last) and moved
-    into place in one rename: a failure leaves nothing at ``out_dir``."""
+    into place in one rename (:func:`engine.paths.atomic_folder`): a failure leaves nothing at
+    ``out_dir``."""
     extra = dict(extra or {})
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -428,9 +428,9 @@ def save_bundle(bundle: ModelBundle, out_dir, *, extra: dict | None = None) -> d
         if missing:
             raise InputError(f"walk-forward folder {wfd} lacks {', '.join(missing)}")
         extra["_wf_metrics"] = json.loads((wfd / "metrics.json").read_text())
-    tmp = out.parent / f".{out.name}.bundle-tmp-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir()
-    try:
+    from engine.paths import atomic_folder
+
+    with atomic_folder(out, option="bundle folder") as tmp:
         (tmp / "config.json").write_text(json.dumps(bundle.config, indent=2, sort_keys=True) + "\n")
         meta_files: dict[str, str] = {}
         for meta, hs in _groups(bundle.metas, bundle.horizons):
@@ -448,15 +448,7 @@ def save_bundle(bundle: ModelBundle, out_dir, *, extra: dict | None = None) -> d
                 shutil.copyfile(wfd / f, dst)
         files = {p.relative_to(tmp).as_posix(): _sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         man = _build_manifest(bundle, files, extra)
-        mtmp = tmp / ".manifest.json.tmp"
-        mtmp.write_text(json.dumps(man, indent=2) + "\n")
-        os.replace(mtmp, tmp / "manifest.json")
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "manifest.json").write_text(json.dumps(man, indent=2) + "\n")  # last
     bundle.manifest = man
     bundle.path = out
     return man

@@ -2,22 +2,20 @@
 metrics.json, report.html and the backtester's own outputs under ``backtest/``.
 
 Everything is written into a temporary folder next to ``out`` and moved into place only when all
-files exist, so a failed run leaves nothing half-written.
+files exist (:func:`engine.paths.atomic_folder`), so a failed run leaves nothing half-written.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from engine.paths import check_out_dir
+from engine.paths import atomic_folder
 
 __all__ = ["build_metrics", "write_walkforward", "write_report"]
 
@@ -56,33 +54,24 @@ def build_metrics(res, meta: dict) -> dict:
     })
 
 
-def write_walkforward(res, out_dir: str | Path, cfg, meta: dict, backtest_writer=None) -> dict:
-    """Write every output atomically; returns the metrics document.
+def write_walkforward(res, out_dir: str | Path, cfg, meta: dict) -> dict:
+    """Write every output atomically (:func:`engine.paths.atomic_folder`); returns the metrics
+    document. The backtester's own outputs of the meta-learner's signals go into ``OUT/backtest/``
+    (:func:`engine.backtest.io.write_files`) when the run has a backtest (an earlier run's
+    ``backtest/`` is removed in any case)."""
+    from engine.backtest.io import write_files
 
-    ``backtest_writer(result, folder, cfg, meta)`` writes the backtester's own outputs into
-    ``OUT/backtest/`` (the CLI passes ``kq.backtest.write_outputs``; research does not import kq)."""
-    out = check_out_dir(out_dir)
-    tmp = out.parent / f".{out.name}.wf-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir, drop=("backtest",)) as tmp:
         (tmp / "folds.json").write_text(json.dumps(json_clean(res.folds), indent=2) + "\n")
         res.predictions.to_parquet(tmp / "predictions.parquet", index=False)
         res.regime.to_parquet(tmp / "regime.parquet", index=False)
         res.signals.to_parquet(tmp / "signals.parquet", index=False)
         metrics = build_metrics(res, meta)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-        if res.backtest is not None and backtest_writer is not None:
-            backtest_writer(res.backtest, tmp / "backtest", cfg, dict(meta, signals="walk-forward meta-learner"))
+        if res.backtest is not None:
+            (tmp / "backtest").mkdir()
+            write_files(tmp / "backtest", res.backtest, cfg, dict(meta, signals="walk-forward meta-learner"))
         write_report(res, metrics, tmp / "report.html")
-        out.mkdir(exist_ok=True)
-        if (out / "backtest").is_dir():
-            shutil.rmtree(out / "backtest")
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return metrics
 
 

@@ -67,17 +67,16 @@ class AuditResult:
 
 
 def _read(folder: Path, name: str, cols: tuple[str, ...]) -> tuple[pd.DataFrame | None, str | None]:
-    p = folder / f"{name}.parquet"
-    if not p.is_file():
-        return None, f"{p.name} is missing"
+    """One backtest record read through :func:`engine.backtest.io.read_table` (the columns this audit
+    needs, enum columns decoded by name); a problem comes back as text (a breach), not raised."""
+    from engine.backtest.io import EQUITY_SCHEMA, EVENT_SCHEMA, TRADE_SCHEMA, read_table
+    from engine.errors import IntegrityError
+
+    schema = {"trades": TRADE_SCHEMA, "equity": EQUITY_SCHEMA, "events": EVENT_SCHEMA}[name]
     try:
-        df = pd.read_parquet(p)
-    except Exception as e:  # pyarrow raises many types for a damaged file
-        return None, f"{p.name} is not a readable Parquet file ({type(e).__name__})"
-    miss = [c for c in cols if c not in df.columns]
-    if miss:
-        return None, f"{p.name} lacks column(s) {', '.join(miss)}"
-    return df, None
+        return read_table(folder, name, {c: schema[c] for c in cols}), None
+    except IntegrityError as e:
+        return None, str(e)
 
 
 def recompute_strategy(equity: pd.DataFrame, trades: pd.DataFrame, init_cash: float) -> dict:

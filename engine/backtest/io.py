@@ -1,0 +1,334 @@
+"""A backtest's files: the signals it reads and the outputs it writes, in ONE place.
+
+Signals in
+----------
+A Parquet file of ``SIGNAL_COLUMNS`` (ts, pair, p_up, exp_return): :func:`read_signals` checks it
+and :func:`signals_to_arrays` puts it on the panel grid (``kq backtest --signals``, the walk-forward's
+backtest of its own predictions).
+
+Outputs
+-------
+An output folder holds ``trades.parquet``, ``equity.parquet``, ``events.parquet``, ``metrics.json``
+and ``report.html``. Their columns are :data:`TRADE_SCHEMA`, :data:`EQUITY_SCHEMA`,
+:data:`EVENT_SCHEMA` (name -> type; an IntEnum type means the column holds that enum's member NAMES,
+except ``kill_reason``, stored as the :class:`~engine.risk.enums.KillReason` code) and the metrics
+document has :data:`METRICS_KEYS` plus ``meta`` and ``config_sha256``.
+
+* :func:`write_outputs` writes a folder through the one atomic-folder helper
+  (:func:`engine.paths.atomic_folder`: temporary sibling, fsync, rename): ``kq backtest``;
+  :func:`write_files` writes the same files into a folder the caller makes atomic (the walk-forward
+  writer's ``backtest/``).
+* :func:`read_outputs` reads a folder back as :class:`BacktestOutputs`, with every enum column
+  decoded by name into a categorical of that enum's names (fixed categories, value order), so an
+  unknown reason or state is an :class:`~engine.errors.IntegrityError`, never a silent string.
+  The lifecycle's gates and audits and the coming dashboard read through it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import InputError, IntegrityError
+from engine.risk.enums import EventCode, KillReason, Reason, TradingState, metrics_dt
+from engine.timeutil import HOUR
+
+__all__ = ["SIGNAL_COLUMNS", "TRADE_SCHEMA", "EQUITY_SCHEMA", "EVENT_SCHEMA", "METRICS_KEYS", "OUTPUT_FILES",
+           "TRADE_COLUMNS", "EQUITY_COLUMNS", "EVENT_COLUMNS", "BacktestOutputs", "read_signals",
+           "signals_to_arrays", "write_files", "write_outputs", "write_report", "read_outputs", "read_table",
+           "enum_codes"]
+
+# ------------------------------------------------------------------------------------------------
+# schemas
+
+SIGNAL_COLUMNS = ("ts", "pair", "p_up", "exp_return")
+
+#: trades.parquet: one row per fill, in execution order
+TRADE_SCHEMA: dict[str, Any] = {
+    "ts": "int64",          # bar open time (UTC seconds) of the execution bar
+    "pair": "str",
+    "side": "str",          # buy | sell
+    "quantity": "float64",
+    "price": "float64",
+    "notional": "float64",
+    "fee": "float64",
+    "reason": Reason,       # ENTRY, EXIT_STOP, ...
+    "fill": "str",          # market_open | limit | market_close
+    "pnl": "float64",       # sells: round-trip P&L net of both fees; buys: 0
+}
+#: equity.parquet: one row per bar
+EQUITY_SCHEMA: dict[str, Any] = {
+    "ts": "int64",
+    "equity": "float64",
+    "cash": "float64",
+    "exposure": "float64",  # fraction of equity
+    "drawdown": "float64",
+    "trading_state": TradingState,
+    "n_positions": "int64",
+    "kill_reason": KillReason,  # stored as the code (0 = not latched)
+}
+#: events.parquet: refusals, orders, cancels, tier changes, kill switch, resets
+EVENT_SCHEMA: dict[str, Any] = {
+    "ts": "int64",
+    "pair": "str",          # "" for portfolio-level events
+    "event": EventCode,
+    "reason": Reason,
+    "value": "float64",
+}
+TRADE_COLUMNS = tuple(TRADE_SCHEMA)
+EQUITY_COLUMNS = tuple(EQUITY_SCHEMA)
+EVENT_COLUMNS = tuple(EVENT_SCHEMA)
+#: metrics.json: the backtester's metrics record, the bars per trading state and the refusal counts
+METRICS_KEYS = tuple(metrics_dt.names) + ("bars_in_state", "refusals_by_reason")
+#: the files of an output folder (report.html is for people; read_outputs does not read it)
+OUTPUT_FILES = ("trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html")
+_CODED = {"kill_reason"}  # enum columns stored as codes rather than names
+
+
+# ------------------------------------------------------------------------------------------------
+# signals in
+
+
+def read_signals(path: str, panel_pairs: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Read a signals Parquet file (ts, pair, p_up, exp_return) into a long frame with canonical pairs.
+
+    ``ts`` is the bar open time (UTC seconds) of the bar whose CLOSE the signal was computed at: the
+    decision is taken at ts + 3600 and executes in the next bar.
+    """
+    from engine.pairs import normalize_pair
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--signals {path}: no such file")
+    try:
+        df = pd.read_parquet(p)
+    except Exception as e:  # pyarrow raises many types for a non-Parquet file
+        raise InputError(f"--signals {path}: not a readable Parquet file ({type(e).__name__})") from None
+    missing = [c for c in SIGNAL_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"--signals {path}: missing column(s) {', '.join(missing)} (need {', '.join(SIGNAL_COLUMNS)})")
+    df = df[list(SIGNAL_COLUMNS)].copy()
+    ts = df["ts"]
+    if pd.api.types.is_datetime64_any_dtype(ts):
+        ts = ts.dt.tz_localize(None) if getattr(ts.dt, "tz", None) is not None else ts
+        df["ts"] = (ts.astype("datetime64[s]").astype(np.int64))
+    elif not pd.api.types.is_integer_dtype(ts):
+        raise InputError(f"--signals {path}: column ts must be integer UTC seconds or timestamps")
+    df["ts"] = df["ts"].astype(np.int64)
+    bad = df["ts"] % HOUR != 0
+    if bad.any():
+        i = int(np.argmax(bad.to_numpy()))
+        raise InputError(f"--signals {path}: row {i}: ts {int(df['ts'].iloc[i])} is not on the hourly grid")
+    try:
+        df["pair"] = [normalize_pair(str(x)) for x in df["pair"]]
+    except InputError as e:
+        raise InputError(f"--signals {path}: {e}") from None
+    for c in ("p_up", "exp_return"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(np.float64)
+    pu = df["p_up"].to_numpy()
+    out = ~np.isnan(pu) & ((pu < 0) | (pu > 1))
+    if out.any():
+        i = int(np.argmax(out))
+        raise InputError(f"--signals {path}: row {i}: p_up {pu[i]} outside [0, 1]")
+    dup = df.duplicated(["ts", "pair"])
+    if dup.any():
+        i = int(np.argmax(dup.to_numpy()))
+        raise InputError(f"--signals {path}: row {i}: duplicate (ts, pair) {int(df['ts'].iloc[i])}, {df['pair'].iloc[i]}")
+    if panel_pairs is not None:
+        extra = sorted(set(df["pair"]) - set(panel_pairs))
+        if extra:
+            raise InputError(f"--signals {path}: pairs {', '.join(extra)} are not in --pairs")
+    return df
+
+
+def signals_to_arrays(sig: pd.DataFrame, ts: np.ndarray, pairs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Long signals -> (n, m) p_up and exp_return on the hourly grid ``ts`` (NaN where none; signals
+    outside the grid are dropped), the layout :func:`engine.backtest.runner.make_inputs` takes."""
+    n, m = len(ts), len(pairs)
+    p_up = np.full((n, m), np.nan)
+    er = np.full((n, m), np.nan)
+    col = {p: j for j, p in enumerate(pairs)}
+    t0 = int(ts[0]) if n else 0
+    idx = (sig["ts"].to_numpy(dtype=np.int64) - t0) // HOUR
+    keep = (idx >= 0) & (idx < n)
+    j = np.array([col[p] for p in sig["pair"]], dtype=np.int64)
+    p_up[idx[keep], j[keep]] = sig["p_up"].to_numpy()[keep]
+    er[idx[keep], j[keep]] = sig["exp_return"].to_numpy()[keep]
+    return p_up, er
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+
+
+def write_files(folder: str | Path, result, cfg=None, meta: dict | None = None) -> dict:
+    """Write the output files of ``result`` (an :class:`engine.backtest.runner.BacktestResult`) into
+    the existing ``folder``, not atomically (the caller's :func:`engine.paths.atomic_folder` is);
+    returns the metrics document. ``cfg`` (a Config) adds ``config_sha256``."""
+    d = Path(folder)
+    trades = result.trades_frame()
+    trades[list(TRADE_COLUMNS)].to_parquet(d / "trades.parquet", index=False)
+    eq = result.equity_frame()
+    eq[list(EQUITY_COLUMNS)].to_parquet(d / "equity.parquet", index=False)
+    result.events_frame()[list(EVENT_COLUMNS)].to_parquet(d / "events.parquet", index=False)
+    metrics = result.metrics_dict()
+    metrics["meta"] = dict(meta or {})
+    if cfg is not None:
+        metrics["config_sha256"] = cfg.content_hash()
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    write_report(eq, metrics, d / "report.html")
+    return metrics
+
+
+def write_outputs(out_dir: str | Path, result, cfg=None, meta: dict | None = None) -> dict:
+    """Write trades/equity/events Parquet, metrics.json and report.html into ``out_dir`` atomically
+    (:func:`engine.paths.atomic_folder`: a failure leaves ``out_dir`` as it was); returns the
+    metrics document."""
+    from engine.paths import atomic_folder
+
+    with atomic_folder(out_dir) as tmp:
+        return write_files(tmp, result, cfg, meta)
+
+
+def write_report(eq: pd.DataFrame, metrics: dict, path: str | Path) -> None:
+    """Self-contained HTML (plotly.js embedded, no CDN): equity, drawdown, exposure, risk state."""
+    import html
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    x = pd.to_datetime(eq["ts"], unit="s")
+    code = eq["trading_state"].map({s.name: int(s) for s in TradingState})
+    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=("equity", "drawdown from peak", "exposure (fraction of equity)",
+                                        "trading state (0 active, 1-2 reducing, 3 halted, 4 kill switch)"))
+    fig.add_trace(go.Scattergl(x=x, y=eq["equity"], name="equity", line=dict(width=1)), row=1, col=1)
+    fig.add_trace(go.Scattergl(x=x, y=-eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
+                  row=2, col=1)
+    fig.add_trace(go.Scattergl(x=x, y=eq["exposure"], name="exposure", line=dict(width=1)), row=3, col=1)
+    fig.add_trace(go.Scattergl(x=x, y=code, name="state", mode="lines", line=dict(width=1, shape="hv")),
+                  row=4, col=1)
+    fig.update_layout(height=1000, showlegend=False, margin=dict(l=50, r=20, t=40, b=30))
+    keys = ["total_return", "annual_return", "sharpe", "sortino", "calmar", "max_drawdown",
+            "worst_month_drawdown", "turnover", "mean_exposure", "n_trades", "win_rate", "profit_factor",
+            "fees_paid", "n_refusals", "n_kill_events"]
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    rows = "".join(f"<tr><td>{k}</td><td>{fmt(metrics.get(k))}</td></tr>" for k in keys)
+    rows += "".join(f"<tr><td>bars {k}</td><td>{v}</td></tr>" for k, v in metrics["bars_in_state"].items())
+    rows += "".join(f"<tr><td>refused: {k}</td><td>{v}</td></tr>" for k, v in metrics["refusals_by_reason"].items())
+    meta = html.escape(", ".join(f"{k}: {v}" for k, v in metrics.get("meta", {}).items()))
+    body = fig.to_html(full_html=False, include_plotlyjs=True)
+    Path(path).write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>krakenquant backtest</title>"
+        "<style>body{font-family:sans-serif;margin:20px}td{padding:2px 12px}</style></head><body>"
+        f"<h2>krakenquant backtest</h2><p>{meta}</p><table>{rows}</table>{body}</body></html>")
+
+
+# ------------------------------------------------------------------------------------------------
+# reading back
+
+
+@dataclass(frozen=True, eq=False)
+class BacktestOutputs:
+    """One output folder, read back: the three tables (enum columns decoded by name, see the module
+    doc) and the metrics document."""
+
+    folder: Path
+    trades: pd.DataFrame
+    equity: pd.DataFrame
+    events: pd.DataFrame
+    metrics: dict
+
+
+def _enum_dtype(enum: type[IntEnum]) -> pd.CategoricalDtype:
+    return pd.CategoricalDtype([m.name for m in sorted(enum, key=int)], ordered=False)
+
+
+def enum_codes(col: pd.Series, enum: type[IntEnum]) -> np.ndarray:
+    """int64 codes of a column of ``enum`` member names (as :func:`read_outputs` returns them)."""
+    lut = {m.name: int(m) for m in enum}
+    return np.fromiter((lut[str(v)] for v in col), dtype=np.int64, count=len(col))
+
+
+def _decode(df: pd.DataFrame, name: str, col: str, enum: type[IntEnum]) -> pd.Series:
+    s = df[col]
+    if col in _CODED:
+        known = {int(m): m.name for m in enum}
+        v = s.to_numpy()
+        if not pd.api.types.is_integer_dtype(s):
+            raise IntegrityError(f"{name}: column {col} must hold integer {enum.__name__} codes")
+        bad = ~np.isin(v, np.fromiter(known, dtype=np.int64))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise IntegrityError(f"{name}: row {i}: {col} {int(v[i])} is not a {enum.__name__} code")
+        s = pd.Series([known[int(x)] for x in v], index=s.index, dtype=object)
+    names = {m.name for m in enum}
+    bad = ~s.astype(str).isin(names).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise IntegrityError(f"{name}: row {i}: {col} {s.iloc[i]!r} is not a {enum.__name__} name")
+    return s.astype(str).astype(_enum_dtype(enum))
+
+
+def read_table(folder: str | Path, name: str, schema: dict[str, Any]) -> pd.DataFrame:
+    """``folder/name.parquet`` with the ``schema`` columns (extra columns kept, enum columns decoded
+    by name). A missing or damaged file, a missing column or an unknown code is an
+    :class:`~engine.errors.IntegrityError` naming the file (``"trades.parquet is missing"``)."""
+    f = f"{name}.parquet"
+    p = Path(folder) / f
+    if not p.is_file():
+        raise IntegrityError(f"{f} is missing")
+    try:
+        df = pd.read_parquet(p)
+    except Exception as e:  # pyarrow raises many types for a damaged file
+        raise IntegrityError(f"{f} is not a readable Parquet file ({type(e).__name__})") from None
+    miss = [c for c in schema if c not in df.columns]
+    if miss:
+        raise IntegrityError(f"{f} lacks column(s) {', '.join(miss)}")
+    for col, kind in schema.items():
+        if isinstance(kind, type) and issubclass(kind, IntEnum):
+            df[col] = _decode(df, f, col, kind)
+    return df
+
+
+def read_outputs(folder: str | Path) -> BacktestOutputs:
+    """Read a backtest output folder (:func:`write_outputs`) back. The enum columns (``reason``,
+    ``event``, ``trading_state``, ``kill_reason``) come back as categoricals of the enum's names;
+    ``enum_codes`` turns one back into codes. A folder that is not there is an InputError; a
+    missing or damaged file, column, name or metrics key is an IntegrityError naming it."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputError(f"{d}: no backtest output folder")
+    try:
+        trades = read_table(d, "trades", TRADE_SCHEMA)
+        equity = read_table(d, "equity", EQUITY_SCHEMA)
+        events = read_table(d, "events", EVENT_SCHEMA)
+    except IntegrityError as e:
+        raise IntegrityError(f"{d}: {e}") from None
+    mp = d / "metrics.json"
+    try:
+        metrics = json.loads(mp.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise IntegrityError(f"{mp}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IntegrityError(f"{mp}: not valid JSON ({e})") from None
+    if not isinstance(metrics, dict):
+        raise IntegrityError(f"{mp}: not a metrics document")
+    miss = [k for k in METRICS_KEYS if k not in metrics]
+    if miss:
+        raise IntegrityError(f"{mp}: lacks key(s) {', '.join(miss)}")
+    for key, enum in (("bars_in_state", TradingState), ("refusals_by_reason", Reason)):
+        v = metrics[key]
+        bad = [k for k in v if k not in enum.__members__] if isinstance(v, dict) else [key]
+        if bad:
+            raise IntegrityError(f"{mp}: {key}: {bad[0]!r} is not a {enum.__name__} name")
+    return BacktestOutputs(folder=d, trades=trades, equity=equity, events=events, metrics=metrics)
