@@ -43,9 +43,9 @@ import pandas as pd
 
 from engine.errors import InputError
 from engine.pairs import split_pair
+from engine.timeutil import HOUR
 
 SYNTH_VENUE = "synthetic"
-HOUR = 3600
 #: 2022-01-01 00:00 UTC
 DEFAULT_START_TS = 1640995200
 

@@ -40,9 +40,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from engine.errors import InputError
+from engine.timeutil import HOUR
 from research.folds_nb import cpcv_masks_nb, rows_in_mask_nb, wf_bounds_nb, wf_train_mask_nb
-
-HOUR = 3600
 
 __all__ = [
     "CombinatorialPurgedCV",

@@ -15,8 +15,8 @@ import pandas as pd
 
 from engine.errors import InputError
 from engine.pairs import normalize_pair
+from engine.timeutil import HOUR
 
-HOUR = 3600
 PRICE_FIELDS = ("open", "high", "low", "close")
 FIELDS = ("open", "high", "low", "close", "volume", "trades", "vwap")
 

@@ -35,8 +35,8 @@ import pandas as pd
 from engine.errors import InputError
 from engine.pairs import normalize_pair
 from engine.store.integrity import MAX_TRADES
+from engine.timeutil import HOUR
 
-HOUR = 3600
 VALUE_FIELDS = ("open", "high", "low", "close", "volume", "trades", "vwap")
 PRICE_FIELDS = ("open", "high", "low", "close")
 #: Timestamps outside [2009-01-01, 2100-01-01) are not unix seconds (milliseconds, typos).
