@@ -146,8 +146,12 @@ def register(app: typer.Typer) -> None:
         to: str = typer.Option(None, help="move to this time (unix seconds or ISO)"),
     ) -> None:
         """Move a running simulator's clock forward (fills, expiries and candles follow)."""
+        import math
+
         from kq.data import parse_time
 
+        if not (math.isfinite(bars) and math.isfinite(seconds) and bars >= 0 and seconds >= 0):
+            raise InputError("--bars and --seconds must be finite and >= 0 (the simulated clock never goes back)")
         body = {"to": parse_time(to)} if to else {"bars": bars, "seconds": seconds}
         typer.echo(f"now {int(_admin(url, 'POST', '/admin/clock/advance', body)['now'])}")
 

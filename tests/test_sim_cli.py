@@ -74,6 +74,9 @@ def test_admin_commands_send_the_token(capsys, monkeypatch):
         monkeypatch.setenv("KQ_SIM_ADMIN_TOKEN", "a-wrong-token-of-length")
         assert main(["sim", "advance", "--url", s.url, "--bars", "2"]) == 2
         assert "simulator refused (HTTP 401): missing or wrong admin token" in capsys.readouterr().err
+        for bad in ("nan", "inf", "-1"):
+            assert main(["sim", "advance", "--url", s.url, "--bars", bad]) == 2
+            assert "must be finite and >= 0" in capsys.readouterr().err
         assert s.ex.now() == T0 + 5 * 3600
     finally:
         s.stop()

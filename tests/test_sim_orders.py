@@ -252,8 +252,8 @@ def test_fees_and_balances_add_up_to_the_cent(ops, seed):
             elif op == "fault":  # the next order fills over polls, or sticks
                 from live_bridge.simulator.faults import Fault
 
-                ex.faults.add(Fault.from_dict({"kind": "partial_fills" if size % 2 else "stuck_open",
-                                               "polls": 1 + size % 4}, ex.market.resolve))
+                f = {"kind": "partial_fills", "polls": 1 + size % 4} if size % 2 else {"kind": "stuck_open"}
+                ex.faults.add(Fault.from_dict(f, ex.market.resolve))
             elif op == "poll":
                 opens = [o.txid for o in ex.open_orders_list()]
                 if opens:

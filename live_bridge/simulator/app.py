@@ -26,7 +26,6 @@ import json
 import time
 from collections import deque
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
@@ -36,7 +35,8 @@ from fastapi.responses import Response
 from engine.errors import InputError
 
 from .exchange import Account, Exchange, KrakenAPIError
-from .faults import Fault
+from .faults import MAX_FAULTS, STATUSES, Fault
+from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, decimal_of, float_of
 
 PUBLIC = ("Time", "SystemStatus", "Assets", "AssetPairs", "Ticker", "OHLC", "Depth")
 PRIVATE = ("Balance", "BalanceEx", "TradeBalance", "OpenOrders", "ClosedOrders", "QueryOrders",
@@ -332,11 +332,19 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
     @admin_route("/admin/clock/advance", "POST", True)
     def admin_advance(d: Any) -> Any:
         d = obj(d, {"to", "seconds", "bars"})
-        if "to" in d:
-            now = ex.advance(to=float(d["to"]))
-        else:
-            now = ex.advance(seconds=float(d.get("seconds", 0)) + 3600.0 * float(d.get("bars", 0)))
-        return {"now": now}
+        try:
+            if "to" in d:
+                if "seconds" in d or "bars" in d:
+                    raise AdminError("give either to, or seconds and/or bars")
+                to = float_of(d["to"], "to", 0, MAX_TIME)
+                return {"now": ex.advance(to=to)}
+            step = float_of(d.get("seconds", 0), "seconds", 0, MAX_STEP) + \
+                3600.0 * float_of(d.get("bars", 0), "bars", 0, MAX_STEP / 3600)
+        except BadNumber as e:
+            raise AdminError(str(e)) from None
+        if step > MAX_STEP:
+            raise AdminError(f"one advance moves the clock at most {MAX_STEP:.0f} seconds")
+        return {"now": ex.advance(seconds=step)}
 
     @admin_route("/admin/faults", "GET", False)
     def admin_faults_get(_: Any) -> Any:
@@ -344,10 +352,15 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
 
     @admin_route("/admin/faults", "POST", True)
     def admin_faults_add(d: Any) -> Any:
-        items = d.get("faults", [d]) if isinstance(d, dict) else d
+        if isinstance(d, dict) and "faults" in d:
+            d = obj(d, {"faults"})["faults"]
+        items = d if isinstance(d, list) else [d]
         with ex.lock:
-            for item in items:
-                ex.faults.add(Fault.from_dict(item, ex.market.resolve))
+            if len(ex.faults.faults) + len(items) > MAX_FAULTS:
+                raise AdminError(f"at most {MAX_FAULTS} faults in force")
+            new = [Fault.from_dict(item, ex.market.resolve) for item in items]  # all valid, or none added
+            for f in new:
+                ex.faults.add(f)
             ex.faults_changed()
         return ex.faults.to_list()
 
@@ -362,13 +375,16 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
     def admin_status(d: Any) -> Any:
         d = obj(d, {"status", "pair"})
         st = d.get("status")
-        if st not in ("online", "cancel_only", "post_only", "maintenance"):
+        if not isinstance(st, str) or st not in STATUSES:
             raise AdminError("status must be online, cancel_only, post_only or maintenance")
+        pair = d.get("pair")
+        if pair is not None and not isinstance(pair, str):
+            raise AdminError("pair must be a string")
         with ex.lock:
-            if d.get("pair"):
-                p = ex.market.resolve(d["pair"])
+            if pair:
+                p = ex.market.resolve(pair) if len(pair) <= 40 else None
                 if p is None:
-                    raise AdminError(f"unknown pair {d['pair']!r}")
+                    raise AdminError(f"unknown pair {pair[:40]!r}")
                 ex.pair_status[p] = st
             else:
                 ex.status = st
@@ -378,10 +394,16 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
     @admin_route("/admin/balance", "POST", True)
     def admin_balance(d: Any) -> Any:
         d = obj(d, {"account", "asset", "delta"})
+        for k in ("account", "asset", "delta"):
+            if k not in d:
+                raise AdminError(f"bad balance change: {k} is missing")
+        if not isinstance(d["account"], str) or not isinstance(d["asset"], str):
+            raise AdminError("bad balance change: account and asset must be strings")
         try:
-            acct = ex.account_by_name(str(d.get("account", "")))
-            ex.change_balance(acct, str(d["asset"]), Decimal(str(d["delta"])))
-        except (KrakenAPIError, KeyError, InvalidOperation, InputError) as e:
+            delta = decimal_of(d["delta"], "delta", -MAX_AMOUNT, MAX_AMOUNT)
+            acct = ex.account_by_name(d["account"])
+            ex.change_balance(acct, d["asset"], delta)
+        except (BadNumber, KrakenAPIError, InputError) as e:
             raise AdminError(f"bad balance change: {e}") from None
         return ex.balance(acct)
 

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal, InvalidOperation
 from typing import Any
 
+from engine.errors import InputError
 from engine.execution.nb import BUY, SELL, limit_touched_nb, market_fill_price_nb, slippage_frac_nb
 from engine.pairs import Instrument, kraken_asset_alt, kraken_asset_id, normalize_asset
 from engine.store.panel import HOUR
@@ -35,6 +36,7 @@ from engine.store.panel import HOUR
 from .config import FeeTier, SimConfig
 from .faults import FaultPlan
 from .market import Market, SimClock, fmt
+from .numbers import MAX_AMOUNT
 
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 FIAT4 = {"USD", "EUR", "GBP"}
@@ -260,10 +262,25 @@ class Exchange:
         return acct.balances.get(asset, Decimal(0)) - self.holds(acct).get(asset, Decimal(0))
 
     def change_balance(self, acct: Account, asset: str, delta: Decimal) -> None:
-        """An external deposit/withdrawal (admin fault)."""
+        """An external deposit/withdrawal (admin fault): finite, at most the asset's decimals, never
+        below what open orders hold (nor below zero), never above MAX_AMOUNT; InputError otherwise."""
         with self.lock:
+            self.sync()
             a = normalize_asset(asset)
-            acct.balances[a] = q(acct.balances.get(a, Decimal(0)) + Decimal(delta), asset_decimals(a))
+            d = Decimal(delta)
+            places = asset_decimals(a)
+            if not d.is_finite() or abs(d) > MAX_AMOUNT:
+                raise InputError(f"delta must be a finite amount of at most {MAX_AMOUNT:,}")
+            if decimals_of(d) > places:
+                raise InputError(f"{a} amounts take at most {places} decimals")
+            new = acct.balances.get(a, Decimal(0)) + d
+            held = self.holds(acct).get(a, Decimal(0))
+            if new < held:
+                raise InputError(f"{a} would fall to {new}, below the {held} its open orders hold"
+                                 if held else f"{a} would fall below zero ({new})")
+            if new > MAX_AMOUNT:
+                raise InputError(f"{a} would exceed {MAX_AMOUNT:,}")
+            acct.balances[a] = q(new, places)
             self.persist()
 
     # ---- clock and matching -------------------------------------------------------------------

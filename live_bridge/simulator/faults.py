@@ -42,7 +42,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from decimal import Decimal
+
 from engine.errors import InputError
+
+from .numbers import MAX_TIME, BadNumber, decimal_of, float_of, int_of
 
 REQUEST_KINDS = {"timeout", "http_error", "http_429", "truncated_json", "error", "lockout"}
 ORDER_KINDS = {"partial_fills", "stuck_open", "invisible"}
@@ -51,6 +55,83 @@ MARKET_KINDS = {"market_status", "spread_blowup", "price_gap", "missing_candle",
 RULE_FIELDS = {"ordermin", "costmin", "tick_size", "pair_decimals", "lot_decimals"}
 KINDS = REQUEST_KINDS | ORDER_KINDS | MARKET_KINDS
 STATUSES = {"online", "cancel_only", "post_only", "maintenance"}
+
+
+# Parameters each kind takes: name -> parser (value, field name) -> typed value. Anything else is refused.
+def _secs(hi: float, lo: float = 0.0):
+    return lambda v, w: float_of(v, w, lo, hi)
+
+
+def _bool(v: Any, w: str) -> bool:
+    if not isinstance(v, bool):
+        raise BadNumber(f"{w} must be true or false")
+    return v
+
+
+def _status_code(v: Any, w: str) -> int:
+    return int_of(v, w, 400, 599)
+
+
+def _message(v: Any, w: str) -> str:
+    if not (isinstance(v, str) and v.startswith("E") and len(v) <= 200 and v.isascii() and v.isprintable()):
+        raise InputError("error fault needs a Kraken error message (EService:Busy, ...): printable ASCII, "
+                         "at most 200 characters")
+    return v
+
+
+def _status(v: Any, w: str) -> str:
+    if v not in STATUSES:
+        raise InputError(f"market_status needs status in {sorted(STATUSES)}")
+    return v
+
+
+def _positive(hi: float):
+    def parse(v: Any, w: str) -> float:
+        x = float_of(v, w, 0, hi)
+        if x <= 0:
+            raise BadNumber(f"{w} must be > 0")
+        return x
+    return parse
+
+
+def _rule_amount(v: Any, w: str) -> str:
+    d = decimal_of(v, w, 0, 10**9)
+    if d < Decimal("1e-12"):
+        raise BadNumber(f"{w} must be >= 1e-12")
+    return str(d)
+
+
+PARAMS: dict[str, dict[str, Any]] = {
+    "timeout": {"seconds": _secs(600.0), "apply": _bool},
+    "http_error": {"status": _status_code, "apply": _bool},
+    "http_429": {},
+    "truncated_json": {"apply": _bool},
+    "error": {"message": _message},
+    "lockout": {"seconds": _secs(86400.0)},
+    "partial_fills": {"polls": lambda v, w: int_of(v, w, 1, 1000)},
+    "stuck_open": {},
+    "invisible": {"seconds": _secs(3600.0)},
+    "market_status": {"status": _status},
+    "spread_blowup": {"factor": _positive(1000.0)},
+    "price_gap": {"factor": _positive(100.0)},
+    "missing_candle": {"ts": lambda v, w: int_of(v, w, 0, int(MAX_TIME))},
+    "late_candle": {"delay": _secs(86400.0)},
+    "empty_book": {},
+    "stale_ticker": {},
+    "clock_skew": {"seconds": _secs(1e7, -1e7)},
+    "delist": {},
+    "rules_change": {"ordermin": _rule_amount, "costmin": _rule_amount, "tick_size": _rule_amount,
+                     "pair_decimals": lambda v, w: int_of(v, w, 0, 12),
+                     "lot_decimals": lambda v, w: int_of(v, w, 0, 12)},
+}
+REQUIRED = {"error": {"message"}, "market_status": {"status"}, "spread_blowup": {"factor"},
+            "price_gap": {"factor"}, "missing_candle": {"ts"}}
+COMMON = {"kind", "endpoint", "pair", "from_ts", "until_ts", "count", "params"}
+MAX_FAULTS = 1000
+
+
+def _time_or_none(v: Any, w: str) -> float | None:
+    return None if v is None else float_of(v, w, 0, MAX_TIME)
 
 
 @dataclass
@@ -65,38 +146,55 @@ class Fault:
     fired: int = 0
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], resolve_pair) -> "Fault":
-        d = dict(d)
-        kind = d.pop("kind", None)
-        if kind not in KINDS:
+    def from_dict(cls, d: Any, resolve_pair) -> "Fault":
+        """A validated fault from a caller's JSON object; InputError names what is wrong."""
+        if not isinstance(d, dict):
+            raise InputError("a fault must be a JSON object")
+        kind = d.get("kind")
+        if not isinstance(kind, str) or kind not in KINDS:
             raise InputError(f"unknown fault kind {kind!r} (one of {', '.join(sorted(KINDS))})")
-        pair = d.pop("pair", None)
-        if pair is not None:
-            p = resolve_pair(pair)
-            if p is None:
-                raise InputError(f"fault names unknown pair {pair!r}")
-            pair = p
-        f = cls(kind=kind, endpoint=str(d.pop("endpoint", "*")), pair=pair,
-                from_ts=d.pop("from_ts", None), until_ts=d.pop("until_ts", None),
-                count=d.pop("count", 1 if kind in REQUEST_KINDS | ORDER_KINDS else None),
-                params=d.pop("params", {}) | d)
-        if kind == "market_status" and f.params.get("status") not in STATUSES:
-            raise InputError(f"market_status needs status in {sorted(STATUSES)}")
-        if kind == "missing_candle" and "ts" not in f.params:
-            raise InputError("missing_candle needs ts")
-        if kind in {"spread_blowup", "price_gap"} and not float(f.params.get("factor", 0)) > 0:
-            raise InputError(f"{kind} needs a positive factor")
-        if kind == "price_gap" and f.from_ts is None:
+        nested = d.get("params", {})
+        if not isinstance(nested, dict):
+            raise InputError("params must be a JSON object")
+        params = {k: v for k, v in d.items() if k not in COMMON}
+        dupes = set(params) & set(nested)
+        if dupes:
+            raise InputError(f"{sorted(dupes)} given twice (top level and params)")
+        params |= nested
+        allowed = PARAMS[kind]
+        bad = sorted(set(params) - set(allowed))
+        if bad:
+            raise InputError(f"{kind} takes {sorted(allowed) or 'no parameters'}, not {bad}")
+        missing = sorted(REQUIRED.get(kind, set()) - set(params))
+        if missing:
+            raise InputError(f"{kind} needs {', '.join(missing)}")
+        if kind == "rules_change" and not params:
+            raise InputError(f"rules_change takes {sorted(RULE_FIELDS)}, not nothing")
+        try:
+            params = {k: allowed[k](v, f"{kind}.{k}") for k, v in params.items()}
+            endpoint = d.get("endpoint", "*")
+            if not isinstance(endpoint, str) or not (endpoint == "*" or (endpoint.isascii() and endpoint.isalpha()
+                                                                           and len(endpoint) <= 40)):
+                raise InputError("endpoint must be a Kraken method name (AddOrder, Ticker, ...) or *")
+            pair = d.get("pair")
+            if pair is not None:
+                p = resolve_pair(pair) if isinstance(pair, str) and len(pair) <= 40 else None
+                if p is None:
+                    raise InputError(f"fault names unknown pair {pair!r}")
+                pair = p
+            from_ts, until_ts = _time_or_none(d.get("from_ts"), "from_ts"), _time_or_none(d.get("until_ts"), "until_ts")
+            if from_ts is not None and until_ts is not None and until_ts < from_ts:
+                raise InputError("until_ts is before from_ts")
+            count = d.get("count", 1 if kind in REQUEST_KINDS | ORDER_KINDS else None)
+            count = None if count is None else int_of(count, "count", 1, 10**6)
+        except BadNumber as e:
+            raise InputError(str(e)) from None
+        if kind == "price_gap" and from_ts is None:
             raise InputError("price_gap needs from_ts")
         if kind in {"delist", "rules_change"} and pair is None:
             raise InputError(f"{kind} needs a pair")
-        if kind == "rules_change":
-            bad = set(f.params) - RULE_FIELDS
-            if bad or not f.params:
-                raise InputError(f"rules_change takes {sorted(RULE_FIELDS)}, not {sorted(bad) or 'nothing'}")
-        if kind == "error" and not str(f.params.get("message", "")).startswith("E"):
-            raise InputError("error fault needs a Kraken error message (EService:Busy, ...)")
-        return f
+        return cls(kind=kind, endpoint=endpoint, pair=pair, from_ts=from_ts, until_ts=until_ts, count=count,
+                   params=params)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "endpoint": self.endpoint, "pair": self.pair, "from_ts": self.from_ts,
@@ -178,12 +276,20 @@ class FaultPlan:
     def to_list(self) -> list[dict[str, Any]]:
         return [f.to_dict() for f in self.faults]
 
-    def load(self, items: list[dict[str, Any]]) -> None:
-        self.faults = []
+    def load(self, items: Any, resolve_pair) -> None:
+        """Restore a saved plan, validated like a new one (a bad saved plan raises InputError)."""
+        if not isinstance(items, list):
+            raise InputError("the saved fault plan is not a list")
+        faults = []
         for d in items:
+            if not isinstance(d, dict):
+                raise InputError("a saved fault is not a JSON object")
             d = dict(d)
             fired = d.pop("fired", 0)
-            f = Fault(kind=d.pop("kind"), endpoint=d.pop("endpoint", "*"), pair=d.pop("pair", None),
-                      from_ts=d.pop("from_ts", None), until_ts=d.pop("until_ts", None),
-                      count=d.pop("count", None), params=d, fired=fired)
-            self.faults.append(f)
+            f = Fault.from_dict(d, resolve_pair)
+            try:
+                f.fired = int_of(fired, "fired", 0)
+            except BadNumber as e:
+                raise InputError(str(e)) from None
+            faults.append(f)
+        self.faults = faults

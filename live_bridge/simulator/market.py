@@ -25,6 +25,10 @@ from engine.errors import InputError
 from engine.pairs import Instrument, instrument, normalize_pair
 from engine.store.panel import HOUR, Panel
 
+from .numbers import MAX_TIME
+
+MAX_SPEED = 1e6  # simulated seconds per wall second
+
 
 class SimClock:
     """Simulated time. ``manual``: moves only when advanced; ``realtime``/``accelerated``: follows the
@@ -35,8 +39,10 @@ class SimClock:
     def __init__(self, start: float, mode: str = "manual", speed: float = 60.0, paused: bool = False) -> None:
         if mode not in self.MODES:
             raise InputError(f"clock must be one of {', '.join(self.MODES)}, not {mode!r}")
-        if not speed > 0:
-            raise InputError(f"clock speed must be > 0, not {speed}")
+        if not 0 < speed <= MAX_SPEED:  # NaN fails too
+            raise InputError(f"clock speed must be > 0 and <= {MAX_SPEED:g}, not {speed}")
+        if not 0 <= start <= MAX_TIME:
+            raise InputError(f"clock start must be a finite time before 2100, not {start}")
         self.mode = mode
         self.speed = 1.0 if mode == "realtime" else float(speed)
         self.paused = paused
@@ -55,13 +61,16 @@ class SimClock:
             self._anchor_wall = time.monotonic()
 
     def set(self, t: float) -> None:
+        t = float(t)
+        if not math.isfinite(t) or t > MAX_TIME:  # NaN compares false with everything: test it first
+            raise InputError(f"the simulated clock takes finite times before 2100, not {t}")
         if t < self.now():
             raise InputError("the simulated clock never goes back")
         self._anchor_sim = float(t)
         self._anchor_wall = time.monotonic()
 
     def advance(self, seconds: float) -> None:
-        if seconds < 0:
+        if not math.isfinite(seconds) or seconds < 0:
             raise InputError("the simulated clock never goes back")
         self.set(self.now() + seconds)
 

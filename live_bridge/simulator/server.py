@@ -42,22 +42,27 @@ def build_exchange(panel: Panel, *, config: SimConfig | None = None, start: floa
         raise InputError(f"start {int(t)} is outside the data ({int(panel.ts[0])}..{int(panel.ts[-1])})")
     sclock = SimClock(t, clock, speed, paused=True)  # runs from SimServer.start(), not while loading
     store = SimStore(state) if state else None
-    ex = Exchange(market, sclock, cfg, store=None)
-    resumed = restore(ex, store) if store is not None else False
-    ex.store = store
-    env = os.environ if env is None else env
-    key, secret = env.get("KRAKEN_API_KEY"), env.get("KRAKEN_API_SECRET")
-    if key and secret and key not in ex.accounts:
-        ex.add_account("default", key, secret, balances or {})
-    for a in cfg.accounts:
-        k, s = env.get(a.key_env), env.get(a.secret_env)
-        if not k or not s:
-            continue  # an account whose secrets are not in this environment is not served
-        if k not in ex.accounts:
-            ex.add_account(a.name, k, s, dict(a.balances), a.fee_tier)
-    if not resumed:
-        ex.processed = market.closed_count(sclock.now())
-    ex.persist()
+    try:
+        ex = Exchange(market, sclock, cfg, store=None)
+        resumed = restore(ex, store) if store is not None else False
+        ex.store = store
+        env = os.environ if env is None else env
+        key, secret = env.get("KRAKEN_API_KEY"), env.get("KRAKEN_API_SECRET")
+        if key and secret and key not in ex.accounts:
+            ex.add_account("default", key, secret, balances or {})
+        for a in cfg.accounts:
+            k, s = env.get(a.key_env), env.get(a.secret_env)
+            if not k or not s:
+                continue  # an account whose secrets are not in this environment is not served
+            if k not in ex.accounts:
+                ex.add_account(a.name, k, s, dict(a.balances), a.fee_tier)
+        if not resumed:
+            ex.processed = market.closed_count(sclock.now())
+        ex.persist()
+    except BaseException:
+        if store is not None:
+            store.close()  # releases the file (and its lock) for the next try
+        raise
     if not run_clock:
         return ex
     sclock.resume()

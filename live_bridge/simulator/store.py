@@ -9,11 +9,18 @@ it out of the repository (default under data/, which git ignores).
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from engine.errors import InputError
+
+from .numbers import MAX_TIME, decimal_of, float_of, int_of
+
+MAX_BALANCE = Decimal(10) ** 20  # a saved amount beyond this is corruption
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -27,6 +34,7 @@ CREATE TABLE IF NOT EXISTS balances (account TEXT NOT NULL, asset TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS orders (txid TEXT PRIMARY KEY, account TEXT NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trades (txid TEXT PRIMARY KEY, account TEXT NOT NULL, data TEXT NOT NULL);
 """
+TABLES = {"meta", "accounts", "balances", "orders", "trades"}
 
 
 class SimStore:
@@ -34,10 +42,25 @@ class SimStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
+        if self.path.exists() and not self.path.is_file():
+            raise InputError(f"{self.path}: the state file is not a regular file")
+        try:
+            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise InputError(f"{self.path}: cannot open the state file ({e})") from None
+        try:
+            # look before writing: a file of someone else's (or missing tables) is refused untouched
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not TABLES <= tables:
+                raise sqlite3.DatabaseError(f"tables {', '.join(sorted(TABLES - tables))} missing")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            if not tables:
+                self.conn.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            self.conn.close()
+            raise InputError(f"{self.path}: not a usable simulator state file ({e}); "
+                             "move it aside or pass another --state") from None
 
     def is_empty(self) -> bool:
         return self.conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 0
@@ -72,9 +95,9 @@ class SimStore:
             meta = dict(c.execute("SELECT k, v FROM meta").fetchall())
             accounts = [dict(zip(("key", "name", "secret", "last_nonce", "fee_tier", "deadman"), r))
                         for r in c.execute("SELECT key, name, secret, last_nonce, fee_tier, deadman FROM accounts")]
-            balances: dict[str, dict[str, Decimal]] = {}
+            balances: dict[str, dict[str, str]] = {}
             for acc, asset, amt in c.execute("SELECT account, asset, amount FROM balances"):
-                balances.setdefault(acc, {})[asset] = Decimal(amt)
+                balances.setdefault(acc, {})[asset] = amt  # parsed (strictly) by restore
             orders = [json.loads(d) for (d,) in c.execute("SELECT data FROM orders ORDER BY rowid")]
             trades = [json.loads(d) for (d,) in c.execute("SELECT data FROM trades ORDER BY rowid")]
         return {"meta": meta, "accounts": accounts, "balances": balances, "orders": orders, "trades": trades}
@@ -85,35 +108,86 @@ class SimStore:
 
 
 def restore(ex: "Exchange", store: SimStore) -> bool:
-    """Load a saved state into a fresh exchange; False if the file holds none."""
-    from .exchange import Account, Order, Trade
-
-    if store.is_empty():
-        return False
-    s = store.load()
-    m = s["meta"]
-    unknown = sorted({d["pair"] for d in s["orders"]} - set(ex.market.instruments))
+    """Load a saved state into a fresh exchange; False if the file holds none. A file that cannot be
+    read, or holds anything but finite numbers in range, raises InputError (one line) and is left as
+    it is: nothing is written before the whole state has loaded."""
+    try:
+        if store.is_empty():
+            return False
+        s = store.load()
+    except (sqlite3.Error, ValueError, InvalidOperation) as e:
+        raise InputError(f"{store.path}: not a readable simulator state file ({_why(e)}); "
+                         "move it aside or pass another --state") from None
+    unknown = sorted({str(d.get("pair")) if isinstance(d, dict) else "?" for d in s["orders"]}
+                     - set(ex.market.instruments))
     if unknown:
-        from engine.errors import InputError
-
         raise InputError(f"{store.path} holds orders on pairs this market does not serve "
                          f"({', '.join(unknown)}): replay the same data or start a new --state file")
-    ex.clock.set(max(float(m["now"]), ex.clock.now()))
-    ex.status = m.get("status", "online")
-    ex.pair_status = json.loads(m.get("pair_status", "{}"))
-    ex.seq = int(m.get("seq", 0))
-    ex.trade_seq = int(m.get("trade_seq", 0))
-    ex.processed = int(m.get("processed", 0))
-    ex.faults.load(json.loads(m.get("faults", "[]")))
-    ex.faults.apply_market(ex.market)
-    ex.accounts = {}
+    try:
+        _restore(ex, s)
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidOperation, InputError) as e:
+        raise InputError(f"{store.path}: corrupt simulator state ({_why(e)}); "
+                         "move it aside or pass another --state") from None
+    return True
+
+
+def _why(e: BaseException) -> str:
+    msg = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _restore(ex: "Exchange", s: dict[str, Any]) -> None:
+    from .exchange import Account, Order, Trade
+    from .faults import STATUSES
+
+    m = s["meta"]
+    now = float_of(m["now"], "now", 0, MAX_TIME)
+    status = m.get("status", "online")
+    pair_status = json.loads(m.get("pair_status", "{}"))
+    if status not in STATUSES or not isinstance(pair_status, dict) or not all(
+            p in ex.market.instruments and v in STATUSES for p, v in pair_status.items()):
+        raise ValueError("market status")
+    seq, trade_seq = int_of(m.get("seq", "0"), "seq", 0), int_of(m.get("trade_seq", "0"), "trade_seq", 0)
+    processed = int_of(m.get("processed", "0"), "processed", 0)
+    ex.faults.load(json.loads(m.get("faults", "[]")), ex.market.resolve)
+    accounts = {}
     for a in s["accounts"]:
-        ex.accounts[a["key"]] = Account(name=a["name"], key=a["key"], secret=a["secret"],
-                                        balances=s["balances"].get(a["key"], {}),
-                                        last_nonce=int(a["last_nonce"]), fee_tier=a["fee_tier"],
-                                        deadman=float(a["deadman"]))
-    ex.orders = {d["txid"]: Order.from_json(d) for d in s["orders"]}
-    ex.trades = {d["txid"]: Trade.from_json(d) for d in s["trades"]}
+        bal = {}
+        for asset, amt in s["balances"].get(a["key"], {}).items():
+            bal[asset] = decimal_of(amt, f"balance {asset}", 0, MAX_BALANCE)
+        accounts[a["key"]] = Account(name=str(a["name"]), key=str(a["key"]), secret=a["secret"], balances=bal,
+                                     last_nonce=int_of(a["last_nonce"], "last_nonce", 0),
+                                     fee_tier=a["fee_tier"], deadman=float_of(a["deadman"], "deadman", 0, MAX_TIME))
+    orders = {}
+    for d in s["orders"]:
+        o = Order.from_json(d)
+        _finite(o, ("vol", "vol_exec", "cost", "fee", "price", "poll_price", "opentm", "expiretm", "closetm"))
+        orders[o.txid] = o
+    trades = {}
+    for d in s["trades"]:
+        t = Trade.from_json(d)
+        _finite(t, ("price", "vol", "cost", "fee", "time"))
+        trades[t.txid] = t
+    # everything parsed: only now does the exchange change
+    ex.clock.set(max(now, ex.clock.now()))
+    ex.status, ex.pair_status = status, pair_status
+    ex.seq, ex.trade_seq, ex.processed = seq, trade_seq, processed
+    ex.faults.apply_market(ex.market)
+    ex.accounts = accounts
+    ex.orders = orders
+    ex.trades = trades
     ex.open_ids = {t: None for t, o in sorted(ex.orders.items(), key=lambda kv: kv[1].seqno)
                    if o.status == "open"}
-    return True
+
+
+def _finite(obj: Any, fields: tuple[str, ...]) -> None:
+    for f in fields:
+        v = getattr(obj, f)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
+            raise TypeError(f"{f} is {type(v).__name__}")
+        if isinstance(v, Decimal) and not v.is_finite() or isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f} is not finite")
+        if abs(v) > MAX_BALANCE:
+            raise ValueError(f"{f} is out of range")
