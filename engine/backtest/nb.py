@@ -32,16 +32,14 @@ import numpy as np
 from numba import njit, prange
 
 from engine.backtest.demo import ma_signal_from_sma_nb, ma_signal_into_nb, sma_into_nb
-from engine.risk.enums import equity_dt as _equity_dt
-from engine.risk.enums import event_dt as _event_dt
-from engine.risk.enums import order_dt, position_dt, state_dt
-from engine.risk.enums import trade_dt as _trade_dt
+from engine.risk.enums import (
+    EVENT, KILL, N_STATES, REASON, STATE, equity_dt, event_dt, order_dt, position_dt, state_dt, trade_dt,
+)
 from engine.risk.nb import (
-    _EV_KILL, _EV_ORDER, _EV_TIER, _K_API, _R_HALT, _R_HALTED, _R_KILL, _R_KILL_API, _R_NO_DATA, _R_NOT_TRADABLE,
-    _R_TIER, _R_TRAINING_WINDOW, A_CLOSED, A_GROSS_LOSS, A_GROSS_PROFIT, A_WINS, C_FILLS, C_KILLS, C_OVERFLOW,
-    C_RECORD, N_ACC, N_CNT, effective_state_nb, emit_event_nb, entries_nb, execute_close_nb, execute_open_nb,
-    exit_order_nb, exit_reason_nb, halt_reset_due_nb, init_state_nb, kill_reset_due_nb, kill_triggers_nb,
-    latch_kill_nb, mark_positions_nb, mark_state_nb, reset_halt_nb, reset_kill_nb, same_kill_params_nb, step_nb,
+    A_CLOSED, A_GROSS_LOSS, A_GROSS_PROFIT, A_WINS, C_FILLS, C_KILLS, C_OVERFLOW, C_RECORD, N_ACC, N_CNT,
+    effective_state_nb, emit_event_nb, entries_nb, execute_close_nb, execute_open_nb, exit_order_nb, exit_reason_nb,
+    halt_reset_due_nb, init_state_nb, kill_reset_due_nb, kill_triggers_nb, latch_kill_nb, mark_positions_nb,
+    mark_state_nb, reset_halt_nb, reset_kill_nb, same_kill_params_nb, step_nb,
 )
 
 BARS_PER_YEAR = 8760.0
@@ -138,14 +136,14 @@ def _count_blocked_nb(t, p, p_up, positions, valid, close, tradable):
 def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
     """Add the counts of _count_blocked_nb (the blocking reason from the state: halt, kill switch,
     otherwise the entry-block window)."""
-    refusals[_R_NO_DATA] += n_nd
-    refusals[_R_NOT_TRADABLE] += n_nt
+    refusals[REASON.REFUSE_NO_DATA] += n_nd
+    refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
     if st.halted != 0:
-        refusals[_R_HALTED] += n_bl
+        refusals[REASON.REFUSE_HALTED] += n_bl
     elif st.kill_reason != 0:
-        refusals[_R_KILL] += n_bl
+        refusals[REASON.REFUSE_KILL_SWITCH] += n_bl
     else:
-        refusals[_R_TRAINING_WINDOW] += n_bl
+        refusals[REASON.REFUSE_TRAINING_WINDOW] += n_bl
 
 
 @njit(cache=True, inline="always")
@@ -169,7 +167,7 @@ def _quiet_run_nb(t, st, p, p_up, positions, valid, close, tradable, entry_block
     while t < n:
         u = np.uint64(t)           # an unsigned index: no negative-index wraparound per access
         op = operator[u]
-        trig = _K_API if api_fault[u] else kcode[u]
+        trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
         if (trig != 0 and st.kill_reason == 0) or kill_reset_due_nb(st, op, t, p) or halt_reset_due_nb(st, op, t, p):
             break
         if stop_blocked | entry_block[u]:
@@ -212,7 +210,7 @@ def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_blo
         u = np.uint64(t)           # an unsigned index: no negative-index wraparound per access
         # ---- the checks (nothing changes before all pass)
         op = operator[u]
-        trig = _K_API if api_fault[u] else kcode[u]
+        trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
         if (trig != 0 and st.kill_reason == 0) or kill_reset_due_nb(st, op, t, p) or halt_reset_due_nb(st, op, t, p):
             break
         stop = False
@@ -279,7 +277,7 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
     acc = np.zeros(N_ACC)
     marks = np.empty(m)
     order_buf = np.empty(m, dtype=np.int64)
-    bars_state = np.zeros(5, dtype=np.int64)
+    bars_state = np.zeros(N_STATES, dtype=np.int64)
     _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
                       entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record,
                       trades, events, equity_rows, metrics, refusals, cnt, kcode, kpair, kval, state, positions,
@@ -355,7 +353,7 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
         trig_pair = -1
         trig_val = 0.0
         if api_fault[t]:
-            trig = _K_API
+            trig = KILL.API_INSTABILITY
         else:
             trig = kcode[t]
             trig_pair = kpair[t]
@@ -363,7 +361,7 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
         if latch_kill_nb(st, t, trig):
             cnt[C_KILLS] += 1
             if rec:
-                emit_event_nb(events, cnt, t, trig_pair, _EV_KILL, _R_KILL_API + trig - 1, trig_val)
+                emit_event_nb(events, cnt, t, trig_pair, EVENT.KILL, REASON.KILL_API + trig - 1, trig_val)
         st.trading_state = effective_state_nb(st)
         # ---- 3. limit orders not traded through: market fallback at the close (execute_close_nb)
         if placed:
@@ -377,9 +375,9 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
         halt_ev, tier_ev = mark_state_nb(st, mark_positions_nb(t, positions, close, valid) if n_held != 0 else 0.0,
                                          t, p)
         if rec and halt_ev:
-            emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, st.drawdown)
+            emit_event_nb(events, cnt, t, -1, EVENT.TIER, REASON.HALT, st.drawdown)
         if rec and tier_ev:
-            emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_TIER, st.drawdown)
+            emit_event_nb(events, cnt, t, -1, EVENT.TIER, REASON.TIER_CHANGE, st.drawdown)
         # ---- 5. decisions at the close (engine.risk.nb.decide_nb): exits, then entries
         for j in range(m if n_held != 0 else 0):
             pos = positions[j]
@@ -392,7 +390,7 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             exit_order_nb(pending[j], pos, t, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
             placed = True
             if rec:
-                emit_event_nb(events, cnt, t, j, _EV_ORDER, reason, pos.qty)
+                emit_event_nb(events, cnt, t, j, EVENT.ORDER, reason, pos.qty)
         blocked = (st.halted != 0) | (st.kill_reason != 0) | entry_block[t]
         if blocked and not rec:
             n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
@@ -460,7 +458,7 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
     worst_mdd = 0.0
     sum_eq = 0.0
     sum_expo = 0.0
-    bars_state = np.zeros(5, dtype=np.int64)
+    bars_state = np.zeros(N_STATES, dtype=np.int64)
     for t in range(n):
         step_nb(t, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
                 spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
@@ -511,11 +509,11 @@ def _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, wo
     mt.profit_factor = acc[A_GROSS_PROFIT] / acc[A_GROSS_LOSS] if acc[A_GROSS_LOSS] > 0.0 else (
         np.inf if acc[A_GROSS_PROFIT] > 0.0 else np.nan)
     mt.fees_paid = st.fees_paid
-    mt.bars_active = bars_state[0]
-    mt.bars_reducing_1 = bars_state[1]
-    mt.bars_reducing_2 = bars_state[2]
-    mt.bars_halted = bars_state[3]
-    mt.bars_kill_switch = bars_state[4]
+    mt.bars_active = bars_state[STATE.ACTIVE]
+    mt.bars_reducing_1 = bars_state[STATE.REDUCING_1]
+    mt.bars_reducing_2 = bars_state[STATE.REDUCING_2]
+    mt.bars_halted = bars_state[STATE.HALTED]
+    mt.bars_kill_switch = bars_state[STATE.KILL_SWITCH]
     nr = 0
     for i in range(refusals.shape[0]):
         nr += refusals[i]
@@ -528,9 +526,9 @@ def _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, wo
 def _run_set_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable, entry_block,
                 api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, metrics, refusals,
                 kill_pre, kcode, kpair, kval):
-    trades = np.zeros(0, dtype=_trade_dt)
-    events = np.zeros(0, dtype=_event_dt)
-    eqrows = np.zeros(0, dtype=_equity_dt)
+    trades = np.zeros(0, dtype=trade_dt)
+    events = np.zeros(0, dtype=event_dt)
+    eqrows = np.zeros(0, dtype=equity_dt)
     cnt = np.zeros(N_CNT, dtype=np.int64)
     simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
                      entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, False,

@@ -2,12 +2,18 @@
 
 Everything the state machine keeps between bars is a plain numpy structured array of the dtypes
 below, so the live bridge can persist it (``arr.tobytes()`` / ``np.frombuffer``) and restore it
-exactly, and the backtester can keep one per parameter set. Codes are plain ints (numba reads them
-as compile-time constants); the ``IntEnum`` classes give them names for Python and reports.
+exactly, and the backtester can keep one per parameter set.
+
+Every code is written once, as an ``IntEnum`` (names for Python and reports). The kernels read the
+same values through a NamedTuple instance derived from each enum (``STATE``, ``KILL``, ``KIND``,
+``HOW``, ``EVENT``, ``REASON``: e.g. ``REASON.REFUSE_CASH``), as vectorbt does with its enums: numba
+reads a global NamedTuple's fields as compile-time int64 constants, which it cannot do with the
+``IntEnum`` members themselves. Being derived, the two cannot drift (tests/test_risk_enums.py).
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from enum import IntEnum
 
 import numpy as np
@@ -23,7 +29,7 @@ class TradingState(IntEnum):
     KILL_SWITCH = 4    # kill switch latched: no new entries until manual reactivation
 
 
-N_STATES = 5
+N_STATES = len(TradingState)
 
 
 class KillReason(IntEnum):
@@ -93,7 +99,26 @@ class Reason(IntEnum):
     RESET_HALT = 43
 
 
-N_REASONS = 48
+N_REASONS = 48     # length of a refusal-count array (every Reason value indexes it)
+
+
+def _nb_constants(enum_cls):
+    """(NamedTuple type, instance) holding the values of ``enum_cls`` as plain ints, field per member.
+
+    The type is named ``<Enum>T`` and lives in this module, so cached kernels that read the instance
+    (a compile-time constant) can find it again."""
+    cls = namedtuple(enum_cls.__name__ + "T", [m.name for m in enum_cls])
+    cls.__module__ = __name__
+    return cls, cls(*(int(m) for m in enum_cls))
+
+
+# Kernel-side constants: the enums above as NamedTuple instances (numba folds them as globals).
+TradingStateT, STATE = _nb_constants(TradingState)
+KillReasonT, KILL = _nb_constants(KillReason)
+OrderKindT, KIND = _nb_constants(OrderKind)
+FillHowT, HOW = _nb_constants(FillHow)
+EventCodeT, EVENT = _nb_constants(EventCode)
+ReasonT, REASON = _nb_constants(Reason)
 
 # Operator actions (the ``operator`` input of a bar; bit flags).
 OP_RESET_KILL = 1

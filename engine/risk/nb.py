@@ -39,21 +39,9 @@ from numba import njit
 
 from engine.execution.nb import BUY, SELL, fee_nb, limit_touched_nb, market_fill_price_nb, slippage_frac_nb
 from engine.risk.enums import (
-    OP_RESET_HALT, OP_RESET_KILL, SIZING_FIXED_FRACTION, SIZING_RISK, order_dt, position_dt, state_dt,
+    EVENT, HOW, KILL, KIND, OP_RESET_HALT, OP_RESET_KILL, REASON, STATE,
+    SIZING_FIXED_FRACTION, SIZING_RISK, order_dt, position_dt, state_dt,
 )
-
-# Constants mirrored from engine.risk.enums (numba folds plain module ints).
-_ACTIVE, _RED1, _RED2, _HALTED, _KILL = 0, 1, 2, 3, 4
-_K_NONE, _K_API, _K_SPREAD, _K_VOL, _K_DATA = 0, 1, 2, 3, 4
-_MARKET, _LIMIT_FIRST = 1, 2
-_HOW_OPEN, _HOW_LIMIT, _HOW_CLOSE = 1, 2, 3
-_EV_REFUSAL, _EV_ORDER, _EV_CANCEL, _EV_TIER, _EV_KILL, _EV_RESET = 1, 2, 3, 4, 5, 6
-_R_ENTRY, _R_STOP, _R_TP, _R_SIGNAL, _R_TIME = 1, 2, 3, 4, 5
-_R_NO_DATA, _R_HALTED, _R_KILL, _R_EDGE, _R_NO_ATR = 10, 11, 12, 13, 14
-_R_MAXPOS, _R_EXPOSURE, _R_CLUSTER, _R_CASH, _R_ORDERMIN, _R_COSTMIN, _R_NO_BAR = 15, 16, 17, 18, 19, 20, 21
-_R_NOT_TRADABLE, _R_TRAINING_WINDOW = 22, 23
-_R_KILL_API, _R_KILL_SPREAD, _R_KILL_VOL, _R_KILL_DATA = 30, 31, 32, 33
-_R_TIER, _R_HALT, _R_RESET_KILL, _R_RESET_HALT = 40, 41, 42, 43
 
 # cnt (int64 array) slots: records written / overflow flag / recording on / kill events.
 C_TRADES, C_EVENTS, C_OVERFLOW, C_RECORD, C_KILLS, C_FILLS = 0, 1, 2, 3, 4, 5
@@ -95,7 +83,7 @@ def init_state_nb(state, positions, pending, init_cash: float) -> None:
     st.halt_bar = -1
     st.kill_reason = 0
     st.kill_bar = -1
-    st.trading_state = _ACTIVE
+    st.trading_state = STATE.ACTIVE
     st.n_positions = 0
     st.fees_paid = 0.0
     st.traded_notional = 0.0
@@ -143,9 +131,9 @@ def refuse_nb(events, cnt, refusals, t: int, pair: int, code: int, reason: int, 
 @njit(cache=True, inline="always")
 def effective_state_nb(st) -> int:
     if st.halted != 0:
-        return _HALTED
+        return STATE.HALTED
     if st.kill_reason != 0:
-        return _KILL
+        return STATE.KILL_SWITCH
     return st.tier
 
 
@@ -282,7 +270,7 @@ def execute_buy_nb(t: int, j: int, o, price: float, how: int, state, positions, 
     qmax = st.cash / (price * (1.0 + f)) * (1.0 - _TINY)
     if qty > qmax:
         qty = qmax
-        bind = _R_CASH
+        bind = REASON.REFUSE_CASH
     eq0, expo0 = book_nb(st, positions, marks)
     cap, maxpos, rmult = caps_nb(st, p)
     # exposure after <= cap * equity after, the new position valued at its fill price
@@ -290,7 +278,7 @@ def execute_buy_nb(t: int, j: int, o, price: float, how: int, state, positions, 
     qmax = room / (price * (1.0 + cap * f)) * (1.0 - _TINY)
     if qty > qmax:
         qty = qmax
-        bind = _R_EXPOSURE
+        bind = REASON.REFUSE_EXPOSURE
     c = cluster_row[j]
     if c >= 0:
         ce = cluster_exposure_nb(positions, marks, cluster_row, c, j)
@@ -300,18 +288,19 @@ def execute_buy_nb(t: int, j: int, o, price: float, how: int, state, positions, 
     qmax = room / (price * (1.0 + p.max_cluster_exposure * f)) * (1.0 - _TINY)
     if qty > qmax:
         qty = qmax
-        bind = _R_CLUSTER
+        bind = REASON.REFUSE_CLUSTER
     if p.enforce_precision != 0:
         if qty > 0.0:
             qty = round_down_nb(qty, lot_dec[j])
         if qty < ordermin[j] or qty <= 0.0:
-            refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, bind if bind != 0 else _R_ORDERMIN, qty)
+            refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
             return
         if qty * price < costmin[j]:
-            refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, bind if bind != 0 else _R_COSTMIN, qty * price)
+            refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_COSTMIN,
+                      qty * price)
             return
     elif not (qty > 0.0):
-        refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, bind if bind != 0 else _R_ORDERMIN, qty)
+        refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
         return
     apply_fill_nb(t, j, BUY, qty, price, o.reason, how, o.atr, state, positions, marks, p, trades, cnt, acc)
 
@@ -350,14 +339,14 @@ def execute_open_nb(t: int, state, positions, pending, open_, high, low, close, 
                 continue
             if not valid[t, j]:
                 o.active = 0
-                refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, _R_NO_BAR, o.qty)
+                refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, REASON.REFUSE_NO_BAR, o.qty)
                 continue
-            if o.kind == _MARKET:
+            if o.kind == KIND.MARKET:
                 price = _market_price_nb(t, j, o, open_[t, j], volume, close, p)
-                how = _HOW_OPEN
+                how = HOW.MARKET_OPEN
             elif limit_touched_nb(o.side, o.limit_price, low[t, j], high[t, j]):
                 price = o.limit_price
-                how = _HOW_LIMIT
+                how = HOW.LIMIT
             else:
                 continue  # waits for the close fallback
             o.active = 0
@@ -389,18 +378,18 @@ def execute_close_nb(t: int, state, positions, pending, close, volume, valid, cl
             o.active = 0
             if want == BUY:
                 if st.halted != 0:
-                    refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, _R_HALTED, o.qty)
+                    refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, REASON.REFUSE_HALTED, o.qty)
                     continue
                 if st.kill_reason != 0:
-                    refuse_nb(events, cnt, refusals, t, j, _EV_CANCEL, _R_KILL, o.qty)
+                    refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, REASON.REFUSE_KILL_SWITCH, o.qty)
                     continue
             price = _market_price_nb(t, j, o, close[t, j], volume, close, p)
             if want == SELL:
                 if positions[j].qty > 0.0:
-                    apply_fill_nb(t, j, SELL, positions[j].qty, price, o.reason, _HOW_CLOSE, o.atr,
+                    apply_fill_nb(t, j, SELL, positions[j].qty, price, o.reason, HOW.MARKET_CLOSE, o.atr,
                                   state, positions, marks, p, trades, cnt, acc)
             else:
-                execute_buy_nb(t, j, o, price, _HOW_CLOSE, state, positions, marks, cluster[t], ordermin,
+                execute_buy_nb(t, j, o, price, HOW.MARKET_CLOSE, state, positions, marks, cluster[t], ordermin,
                                costmin, lot_dec, p, trades, events, cnt, acc, refusals)
 
 
@@ -409,7 +398,7 @@ def reset_kill_nb(state, t: int, events, cnt) -> None:
     """Manual reactivation: clear the kill-switch latch (a persisting trigger re-latches at once)."""
     st = state[0]
     if st.kill_reason != 0:
-        emit_event_nb(events, cnt, t, -1, _EV_RESET, _R_RESET_KILL, float(st.kill_reason))
+        emit_event_nb(events, cnt, t, -1, EVENT.RESET, REASON.RESET_KILL, float(st.kill_reason))
         st.kill_reason = 0
         st.kill_bar = -1
         st.trading_state = effective_state_nb(st)
@@ -420,7 +409,7 @@ def reset_halt_nb(state, t: int, events, cnt) -> None:
     """Manual reset of the drawdown halt: the peak restarts at the current equity."""
     st = state[0]
     if st.halted != 0:
-        emit_event_nb(events, cnt, t, -1, _EV_RESET, _R_RESET_HALT, st.drawdown)
+        emit_event_nb(events, cnt, t, -1, EVENT.RESET, REASON.RESET_HALT, st.drawdown)
         st.halted = 0
         st.halt_bar = -1
         st.peak = st.equity
@@ -460,14 +449,14 @@ def kill_pair_scalar_nb(seen: int, sbase: float, nspread: int, aprev: float, pcl
     val = 0.0
     if not ok:
         if (seen != 0 or vld) and trig == 0:
-            new = _K_DATA
+            new = KILL.DATA_INTEGRITY
         return new, val, seen, sbase, nspread, aprev, pclose
     # the checks are evaluated without short-circuit branches (NaN compares false, as the guards
     # require), then one rarely-taken branch
     spike = (s > p.spread_max) | ((p.spread_anomaly_mult > 0.0) & (nspread >= p.spread_min_obs)
                                   & (s > p.spread_anomaly_mult * sbase))
     if trig == 0 and spike:
-        new = _K_SPREAD
+        new = KILL.SPREAD_ANOMALY
         val = s
     # true range against the previous close (a NaN previous close compares false: the bar alone);
     # written as selects so the compiler emits min/max, not a data-dependent branch
@@ -476,7 +465,7 @@ def kill_pair_scalar_nb(seen: int, sbase: float, nspread: int, aprev: float, pcl
     tr = hi2 - lo2
     vsm = p.vol_spike_mult
     if trig == 0 and new == 0 and ((vsm > 0.0) & (aprev > 0.0) & (tr > vsm * aprev)):
-        new = _K_VOL
+        new = KILL.VOLATILITY_SPIKE
         val = tr / aprev
     # baselines (after the checks: a bar never hides its own anomaly)
     if s == s and s >= 0.0:
@@ -576,7 +565,7 @@ def kill_check_nb(t: int, state, positions, open_, high, low, close, valid, atr,
     trig_pair = -1
     trig_val = 0.0
     if api_fault[t]:
-        trig = _K_API
+        trig = KILL.API_INSTABILITY
     m = positions.shape[0]
     for j in range(m):
         nt, v = kill_pair_nb(positions[j], valid[t, j], open_[t, j], high[t, j], low[t, j], close[t, j],
@@ -587,7 +576,7 @@ def kill_check_nb(t: int, state, positions, open_, high, low, close, valid, atr,
             trig_val = v
     if latch_kill_nb(st, t, trig):
         cnt[C_KILLS] += 1
-        emit_event_nb(events, cnt, t, trig_pair, _EV_KILL, _R_KILL_API + trig - 1, trig_val)
+        emit_event_nb(events, cnt, t, trig_pair, EVENT.KILL, REASON.KILL_API + trig - 1, trig_val)
     st.trading_state = effective_state_nb(st)
 
 
@@ -641,9 +630,9 @@ def mark_nb(t: int, state, positions, close, valid, p, events, cnt) -> None:
     st = state[0]
     halt_ev, tier_ev = mark_state_nb(st, mark_positions_nb(t, positions, close, valid), t, p)
     if halt_ev:
-        emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_HALT, st.drawdown)
+        emit_event_nb(events, cnt, t, -1, EVENT.TIER, REASON.HALT, st.drawdown)
     if tier_ev:
-        emit_event_nb(events, cnt, t, -1, _EV_TIER, _R_TIER, st.drawdown)
+        emit_event_nb(events, cnt, t, -1, EVENT.TIER, REASON.TIER_CHANGE, st.drawdown)
 
 
 @njit(cache=True)
@@ -668,22 +657,22 @@ def exit_reason_nb(pos, c: float, pu: float, t: int, p):
     reason = 0
     kind = p.exit_kind
     if pos.stop == pos.stop and c <= pos.stop:
-        reason = _R_STOP
-        kind = _MARKET
+        reason = REASON.EXIT_STOP
+        kind = KIND.MARKET
     elif pos.take_profit == pos.take_profit and c >= pos.take_profit:
-        reason = _R_TP
-        kind = _MARKET
+        reason = REASON.EXIT_TAKE_PROFIT
+        kind = KIND.MARKET
     elif pu == pu and pu < p.p_up_exit:
-        reason = _R_SIGNAL
+        reason = REASON.EXIT_SIGNAL
     elif p.max_hold_bars > 0 and t - pos.entry_bar >= p.max_hold_bars:
-        reason = _R_TIME
+        reason = REASON.EXIT_TIME
     return reason, kind
 
 
 @njit(cache=True)
 def exit_order_nb(o, pos, t: int, c: float, reason: int, kind: int, a: float, s: float, pdec: int, p) -> None:
     limit = np.nan
-    if kind == _LIMIT_FIRST:
+    if kind == KIND.LIMIT_FIRST:
         limit = c * (1.0 + p.limit_offset)
         if p.enforce_precision != 0:
             limit = round_price_nb(limit, pdec, True)
@@ -696,19 +685,19 @@ def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: fl
     universe (``trd``: the pair is tradable at this bar), halt, kill switch, entry-block window
     (``blk``: the order would execute in a scheduled window), edge, ATR: (refusal reason or 0, value)."""
     if not vld or not (c > 0.0):
-        return _R_NO_DATA, pu
+        return REASON.REFUSE_NO_DATA, pu
     if not trd:
-        return _R_NOT_TRADABLE, pu
+        return REASON.REFUSE_NOT_TRADABLE, pu
     if st.halted != 0:
-        return _R_HALTED, st.drawdown
+        return REASON.REFUSE_HALTED, st.drawdown
     if st.kill_reason != 0:
-        return _R_KILL, float(st.kill_reason)
+        return REASON.REFUSE_KILL_SWITCH, float(st.kill_reason)
     if blk:
-        return _R_TRAINING_WINDOW, pu
+        return REASON.REFUSE_TRAINING_WINDOW, pu
     if not (er == er) or er <= p.min_edge:
-        return _R_EDGE, er
+        return REASON.REFUSE_EDGE, er
     if p.sizing == SIZING_RISK and not (a == a and a > 0.0):
-        return _R_NO_ATR, a
+        return REASON.REFUSE_NO_ATR, a
     return 0, 0.0
 
 
@@ -720,10 +709,10 @@ def entry_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float, tr
     if r != 0:
         return r, v, 0.0
     if n_open >= maxpos:
-        return _R_MAXPOS, float(n_open), 0.0
+        return REASON.REFUSE_MAX_POSITIONS, float(n_open), 0.0
     room_x = cap * eq - committed
     if room_x <= 0.0:
-        return _R_EXPOSURE, committed / eq, 0.0
+        return REASON.REFUSE_EXPOSURE, committed / eq, 0.0
     return 0, 0.0, room_x
 
 
@@ -734,7 +723,7 @@ def entry_size_nb(st, p, reserved: float, room_x: float, room_c: float, c: float
     f = p.fee_rate
     room_cash = (st.cash - reserved) / (1.0 + f + p.slip_buffer)
     if room_cash <= 0.0:
-        return _R_CASH, st.cash - reserved, 0.0
+        return REASON.REFUSE_CASH, st.cash - reserved, 0.0
     if p.sizing == SIZING_RISK:
         notional = rmult * p.base_risk * eq / (p.stop_atr_mult * a) * c
     else:
@@ -742,33 +731,33 @@ def entry_size_nb(st, p, reserved: float, room_x: float, room_c: float, c: float
     bind = 0
     if notional > room_x:
         notional = room_x
-        bind = _R_EXPOSURE
+        bind = REASON.REFUSE_EXPOSURE
     if notional > room_c:
         notional = room_c
-        bind = _R_CLUSTER
+        bind = REASON.REFUSE_CLUSTER
     if notional > room_cash:
         notional = room_cash
-        bind = _R_CASH
+        bind = REASON.REFUSE_CASH
     qty = notional / c
     if p.enforce_precision != 0:
         qty = round_down_nb(qty, lot)
         if qty < omin or qty <= 0.0:
-            return (bind if bind != 0 else _R_ORDERMIN), qty, qty
+            return (bind if bind != 0 else REASON.REFUSE_ORDERMIN), qty, qty
         if qty * c < cmin:
-            return (bind if bind != 0 else _R_COSTMIN), qty * c, qty
+            return (bind if bind != 0 else REASON.REFUSE_COSTMIN), qty * c, qty
     elif not (qty > 0.0):
-        return (bind if bind != 0 else _R_ORDERMIN), qty, qty
+        return (bind if bind != 0 else REASON.REFUSE_ORDERMIN), qty, qty
     return 0, 0.0, qty
 
 
 @njit(cache=True)
 def entry_order_nb(o, t: int, qty: float, c: float, a: float, s: float, pdec: int, p) -> None:
     limit = np.nan
-    if p.entry_kind == _LIMIT_FIRST:
+    if p.entry_kind == KIND.LIMIT_FIRST:
         limit = c * (1.0 - p.limit_offset)
         if p.enforce_precision != 0:
             limit = round_price_nb(limit, pdec, False)
-    _set_order_nb(o, t, BUY, p.entry_kind, _R_ENTRY, qty, limit, c, a, s, p.fixed_fraction)
+    _set_order_nb(o, t, BUY, p.entry_kind, REASON.ENTRY, qty, limit, c, a, s, p.fixed_fraction)
 
 
 @njit(cache=True)
@@ -825,7 +814,7 @@ def entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, s
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
-                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
+                    emit_event_nb(events, cnt, t, j, EVENT.REFUSAL, rr, v)
                 continue
             cj = cluster[t, j]
             room_c = p.max_cluster_exposure * eq
@@ -837,21 +826,21 @@ def entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, s
                         if pending[i].active != 0 and pending[i].side == BUY:
                             room_c -= pending[i].qty * pending[i].ref_price
             if room_c <= 0.0:
-                refusals[_R_CLUSTER] += 1
+                refusals[REASON.REFUSE_CLUSTER] += 1
                 if rec:
-                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, _R_CLUSTER, float(cj))
+                    emit_event_nb(events, cnt, t, j, EVENT.REFUSAL, REASON.REFUSE_CLUSTER, float(cj))
                 continue
             rr, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j],
                                       ordermin[j], costmin[j])
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
-                    emit_event_nb(events, cnt, t, j, _EV_REFUSAL, rr, v)
+                    emit_event_nb(events, cnt, t, j, EVENT.REFUSAL, rr, v)
                 continue
             entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
             placed = True
             if rec:
-                emit_event_nb(events, cnt, t, j, _EV_ORDER, _R_ENTRY, qty)
+                emit_event_nb(events, cnt, t, j, EVENT.ORDER, REASON.ENTRY, qty)
             committed += qty * c
             reserved += qty * c * (1.0 + f + p.slip_buffer)
             n_open += 1
@@ -877,7 +866,7 @@ def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, at
         if reason == 0:
             continue
         exit_order_nb(pending[j], pos, t, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
-        emit_event_nb(events, cnt, t, j, _EV_ORDER, reason, pos.qty)
+        emit_event_nb(events, cnt, t, j, EVENT.ORDER, reason, pos.qty)
     # ---- entries (entries_nb); positions[].cluster: the cluster id at the last decision
     for j in range(m):
         positions[j].cluster = cluster[t, j]
