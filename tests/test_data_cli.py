@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -126,7 +127,7 @@ def test_demo_real_data_idempotent(tmp_path):
     fake = tmp_path / "shared" / "data" / "ohlcv"
     fake.mkdir(parents=True)
     for name in ("LTCUSD_1h.parquet", "binance_LINKUSDT_1h.parquet"):
-        (fake / name).symlink_to(shared / name)
+        shutil.copyfile(shared / name, fake / name)  # copies: a link out of the folder is refused
     env = {"KQ_SHARED": str(tmp_path / "shared"), "KQ_STORE": str(tmp_path / "demo.duckdb")}
     r1 = _demo(env, tmp_path)
     assert r1.returncode == 0, r1.stderr

@@ -279,12 +279,9 @@ class MarketStore:
                 label = str(p)
                 if progress is not None:
                     progress(label)
-                try:
-                    data = p.read_bytes()
-                except OSError as e:
-                    raise InputError(f"{label}: cannot read ({e.strerror})") from None
                 if p.suffix.lower() == ".zip":
-                    members, skipped = readers.zip_members(data, label, pair_given=pair is not None)
+                    with readers.open_input(p) as f:
+                        members, skipped = readers.zip_members(f, label, pair_given=pair is not None)
                     results.extend(FileResult(s.label, "skipped", reason=s.reason) for s in skipped)
                     if not members and not skipped:
                         raise InputError(f"{label}: empty zip archive")
@@ -294,6 +291,8 @@ class MarketStore:
                 else:
                     if p.suffix.lower() not in readers.SUPPORTED_SUFFIXES:
                         raise InputError(f"{label}: unsupported file type (expected .csv, .zip, .json or .parquet)")
+                    with readers.open_input(p) as f:
+                        data = readers.read_capped(f, label)
                     yield from fresh(readers.read_unit(data, label, p.name, venue, pair))
 
         return self._write(list(units()), results)

@@ -23,11 +23,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -44,6 +47,26 @@ TS_MIN, TS_MAX = 1230768000, 4102444800
 KRAKEN_CSV_COLUMNS = ("time", "open", "high", "low", "close", "volume", "trades")
 REST_COLUMNS = ("time", "open", "high", "low", "close", "vwap", "volume", "count")
 SUPPORTED_SUFFIXES = (".csv", ".zip", ".json", ".parquet")
+
+# Resource limits (a hostile file must not exhaust memory or time; docs/DECISIONS.md 2026-12-07).
+#: Most bytes one importable unit may hold, read or decompressed: a plain .csv/.json/.parquet file or
+#: one zip member. 64 MiB is ~9x the largest real hourly file (Kraken XBTUSD_60.csv since 2013, ~7 MB).
+MAX_UNIT_BYTES = 64 * 2**20
+#: Most bytes the members read from one zip may decompress to, together.
+MAX_ARCHIVE_BYTES = 512 * 2**20
+#: Most entries a zip's directory may list (Kraken's complete OHLCVT archive lists ~9,000:
+#: ~1,100 pairs x 8 intervals).
+MAX_ZIP_ENTRIES = 50_000
+#: Most hourly CSV members one zip may contribute (each is one import unit; this system knows
+#: ~100 pairs, and each unit costs ~15 ms to write).
+MAX_ZIP_MEMBERS = 500
+#: Most rows one parquet file may declare (228 years of hourly bars), checked before reading.
+MAX_PARQUET_ROWS = 2_000_000
+_CHUNK = 1 << 20
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n:,} bytes"
 
 _KRAKEN_NAME = re.compile(r"^(?P<pair>[A-Za-z0-9]+)_(?P<minutes>\d+)$")
 _VENUE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -329,6 +352,14 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
     import pyarrow.parquet as pq
 
     try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+        declared = pf.metadata.num_rows
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a corrupt file
+        raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
+    if declared > MAX_PARQUET_ROWS:
+        raise InputError(f"{label}: {declared:,} rows declared; at most {MAX_PARQUET_ROWS:,} can be imported "
+                         f"from one parquet file")
+    try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a corrupt file
         raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
@@ -410,21 +441,95 @@ def parse_frame(df: pd.DataFrame, venue: str, pair: str, source: str) -> Parsed:
 # dispatch
 
 
+_KIND_OF_MODE = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                 (stat.S_ISDIR, "a folder"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """None for a regular file, else what it is (refused before it is opened: a FIFO would block)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _KIND_OF_MODE if test(mode)), "not a regular file")
+
+
+def _inside(target: Path, root: Path) -> bool:
+    return target == root or root in target.parents
+
+
+def _checked_file(p: Path, root: Path) -> Path:
+    """``p`` if it is a regular file; a symbolic link only when it resolves inside ``root`` (the folder
+    being imported, or the folder holding a file named directly). Never reads the file."""
+    if p.is_symlink():
+        try:
+            target = p.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise InputError(f"{p}: broken or looping symbolic link") from None
+        if not _inside(target, root.resolve()):
+            # the target is neither named nor read: its path or content must not leak into messages
+            raise InputError(f"{p}: symbolic link to a file outside the import folder; refused "
+                             f"(copy the file into the folder to import it)")
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise InputError(f"{p}: cannot read ({e.strerror})") from None
+    what = _not_regular(st.st_mode)
+    if what is not None:
+        raise InputError(f"{p}: {what}, not a regular file; refused")
+    return p
+
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Paths as given; a directory stands for its supported files (sorted, not recursive)."""
+    """Paths as given; a directory stands for its supported files (sorted, not recursive).
+
+    Refused (InputError, before anything is opened): a FIFO, socket or device file, and a symbolic
+    link that resolves outside the folder being imported (or, for a file named directly, outside the
+    folder holding the link).
+    """
     out: list[Path] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_SUFFIXES)
+            found = []
+            for q in sorted(p.iterdir()):
+                if q.suffix.lower() not in SUPPORTED_SUFFIXES or (q.is_dir() and not q.is_symlink()):
+                    continue
+                found.append(_checked_file(q, p))
             if not found:
                 raise InputError(f"{p}: no importable files (.csv, .zip, .json, .parquet) in this folder")
             out.extend(found)
-        elif not p.exists():
+        elif not p.exists() and not p.is_symlink():
             raise InputError(f"{p}: no such file")
         else:
-            out.append(p)
+            out.append(_checked_file(p, p.parent))
     return out
+
+
+def open_input(p: Path) -> BinaryIO:
+    """Open a file for reading without blocking: re-checked as a regular file on the open descriptor
+    (a FIFO swapped in after :func:`expand_paths` is refused, not waited on)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(p, flags)
+    except OSError as e:
+        raise InputError(f"{p}: cannot read ({e.strerror})") from None
+    what = _not_regular(os.fstat(fd).st_mode)
+    if what is not None:
+        os.close(fd)
+        raise InputError(f"{p}: {what}, not a regular file; refused")
+    return os.fdopen(fd, "rb")
+
+
+def read_capped(f: BinaryIO, label: str, limit: int = MAX_UNIT_BYTES, what: str | None = None) -> bytes:
+    """At most ``limit`` bytes from ``f``; more is refused (never trusts a declared size)."""
+    buf = io.BytesIO()
+    while True:
+        chunk = f.read(min(_CHUNK, limit + 1 - buf.tell()))
+        if not chunk:
+            return buf.getvalue()
+        buf.write(chunk)
+        if buf.tell() > limit:
+            raise InputError(what or f"{label}: larger than {_size(MAX_UNIT_BYTES)}; refused (MAX_UNIT_BYTES)")
 
 
 def read_unit(data: bytes, label: str, name: str, venue: str | None, pair: str | None) -> list[Parsed]:
@@ -438,16 +543,26 @@ def read_unit(data: bytes, label: str, name: str, venue: str | None, pair: str |
     raise InputError(f"{label}: unsupported file type (expected .csv, .zip, .json or .parquet)")
 
 
-def zip_members(data: bytes, label: str, pair_given: bool = False) -> tuple[list[tuple[str, bytes]], list[Skipped]]:
-    """Hourly Kraken CSV members of a zip (``<PAIR>_60.csv``); every other member is skipped with a reason."""
+def zip_members(data: bytes | BinaryIO, label: str,
+                pair_given: bool = False) -> tuple[list[tuple[str, bytes]], list[Skipped]]:
+    """Hourly Kraken CSV members of a zip (``<PAIR>_60.csv``); every other member is skipped with a reason.
+
+    Limits: at most :data:`MAX_ZIP_ENTRIES` entries and :data:`MAX_ZIP_MEMBERS` hourly members; each
+    member read through a stream capped at :data:`MAX_UNIT_BYTES` (a header's declared size is
+    checked first but not trusted) and all of them together at :data:`MAX_ARCHIVE_BYTES`.
+    """
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
+        zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
     except zipfile.BadZipFile:
         raise InputError(f"{label}: not a valid zip archive") from None
     take: list[tuple[str, bytes]] = []
     skipped: list[Skipped] = []
+    total = 0
     with zf:
-        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+        infos = zf.infolist()
+        if len(infos) > MAX_ZIP_ENTRIES:
+            raise InputError(f"{label}: {len(infos):,} entries; at most {MAX_ZIP_ENTRIES:,} (MAX_ZIP_ENTRIES)")
+        for info in sorted(infos, key=lambda i: i.filename):
             if info.is_dir():
                 continue
             mname = info.filename
@@ -469,5 +584,20 @@ def zip_members(data: bytes, label: str, pair_given: bool = False) -> tuple[list
                 except InputError:
                     skipped.append(Skipped(mlabel, f"unknown pair name {kn[0]!r}"))
                     continue
-            take.append((mname, zf.read(info)))
+            if len(take) >= MAX_ZIP_MEMBERS:
+                raise InputError(f"{label}: more than {MAX_ZIP_MEMBERS:,} hourly CSV members; refused "
+                                 f"(MAX_ZIP_MEMBERS: split the archive)")
+            if info.file_size > MAX_UNIT_BYTES:
+                raise InputError(f"{mlabel}: declares {info.file_size:,} bytes uncompressed; larger than "
+                                 f"{_size(MAX_UNIT_BYTES)}, refused (MAX_UNIT_BYTES)")
+            budget = MAX_ARCHIVE_BYTES - total
+            over_archive = (f"{label}: members decompress to more than {_size(MAX_ARCHIVE_BYTES)}; "
+                            f"refused (MAX_ARCHIVE_BYTES)")
+            if info.file_size > budget:
+                raise InputError(over_archive)
+            with zf.open(info) as m:
+                body = read_capped(m, mlabel, min(MAX_UNIT_BYTES, budget),
+                                   None if MAX_UNIT_BYTES <= budget else over_archive)
+            total += len(body)
+            take.append((mname, body))
     return take, skipped
