@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from engine.backtest.demo import ma_signal
 from engine.backtest.runner import make_inputs, run_backtest, run_sweep
 from engine.config import load_config
-from engine.risk.enums import FillHow, Reason, TradingState, metrics_dt
+from engine.risk.enums import SIZING_RISK, FillHow, Reason, TradingState, metrics_dt
 from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
 
@@ -142,7 +142,8 @@ def test_invariants_hold_where_the_rules_bind():
     api = np.zeros(n, dtype=bool)
     api[300] = True
     inp = _inputs_with(p_up, exp_ret, api)
-    params = params_from_config(cfg, stop_atr_mult=0.5, tp_atr_mult=0.0, max_hold_bars=4, base_risk=0.05)
+    params = params_from_config(cfg, stop_atr_mult=0.5, tp_atr_mult=0.0, max_hold_bars=4, sizing=SIZING_RISK,
+                                base_risk=0.05)
     res = run_backtest(inp, params)
     n_entries = check_invariants(res, inp, params)
     mt = res.metrics[0]

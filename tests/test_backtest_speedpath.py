@@ -17,7 +17,9 @@ from engine.backtest.demo import ma_signal
 from engine.backtest.runner import _rules, make_inputs, run_backtest, run_sweep
 from engine.config import load_config
 from engine.paths import configs_dir
-from engine.risk.enums import N_REASONS, SIZING_FIXED_FRACTION, Reason, equity_dt, event_dt, metrics_dt, trade_dt
+from engine.risk.enums import (
+    N_REASONS, SIZING_FIXED_FRACTION, SIZING_RISK, Reason, equity_dt, event_dt, metrics_dt, trade_dt,
+)
 from engine.risk.nb import N_CNT
 from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
@@ -76,13 +78,14 @@ def _cases():
     return {
         "default": (inp, params_from_config(cfg)),
         "halt_resets": (inp, params_from_config(cfg, halt_reset_bars=150, dd_tier1=0.01, dd_tier2=0.02,
-                                                  dd_halt=0.04, base_risk=0.1, max_exposure=0.8,
+                                                  dd_halt=0.04, sizing=SIZING_RISK, base_risk=0.1, max_exposure=0.8,
                                                   max_cluster_exposure=0.5)),
         "faults_operator_market": (replace(inp, api_fault=api, operator=op, spread=spread),
                                    params_from_config(cfg, dd_tier1=0.01, dd_tier2=0.02, dd_halt=0.03,
                                                       halt_reset_bars=100, vol_spike_mult=3.0,
                                                       spread_anomaly_mult=2.0, entry_kind=1, exit_kind=1,
-                                                      base_risk=0.2, max_exposure=0.9, max_cluster_exposure=0.5)),
+                                                      sizing=SIZING_RISK, base_risk=0.2, max_exposure=0.9,
+                                                      max_cluster_exposure=0.5)),
         "noisy_caps": (replace(inp, p_up=noisy_pu, exp_ret=big_er, tradable=tradable, entry_block=block),
                        params_from_config(cfg, max_exposure=0.6, max_cluster_exposure=0.3, max_positions=4,
                                           min_edge=0.0, kill_reset_bars=6)),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from engine.execution.nb import BUY, market_fill_price_nb, slippage_frac_nb
-from engine.risk.enums import FillHow, OrderKind, Reason
+from engine.risk.enums import SIZING_RISK, FillHow, OrderKind, Reason
 from tests.test_risk_scenarios import WARM, Sim
 
 
 def _entry(limit_hit: bool, kind=OrderKind.LIMIT_FIRST):
-    s = Sim(base_risk=0.001, entry_kind=int(kind))
+    s = Sim(sizing=SIZING_RISK, base_risk=0.001, entry_kind=int(kind))
     s.step(WARM)
     s.p_up[WARM, 0] = 0.9
     s.step(WARM + 1)
@@ -54,7 +54,7 @@ def test_market_order_fills_at_next_open():
 
 
 def test_missing_execution_bar_cancels_the_order():
-    s = Sim(base_risk=0.001, kill_reset_bars=0)
+    s = Sim(sizing=SIZING_RISK, base_risk=0.001, kill_reset_bars=0)
     s.step(WARM)
     s.p_up[WARM, 0] = 0.9
     s.step(WARM + 1)

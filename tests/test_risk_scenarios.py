@@ -11,7 +11,7 @@ import pytest
 from engine.backtest.runner import default_atr
 from engine.config import load_config
 from engine.risk.enums import (
-    OP_RESET_HALT, OP_RESET_KILL, EventCode, KillReason, Reason, TradingState, event_dt, trade_dt,
+    OP_RESET_HALT, OP_RESET_KILL, SIZING_RISK, EventCode, KillReason, Reason, TradingState, event_dt, trade_dt,
 )
 from engine.risk.nb import N_ACC, N_CNT, C_RECORD, new_state, step_nb
 from engine.risk.params import instrument_arrays, params_from_config
@@ -88,15 +88,16 @@ class Sim:
 
 
 def test_tier1_cuts_risk_per_trade_and_recovers():
-    # base_risk small enough that the caps do not bind (2% at a 2-ATR hourly stop is > 100% notional)
-    base = Sim(base_risk=0.001)
+    # ATR-risk sizing (vol-target sizing: tests/test_risk_sizing.py); base_risk small enough that the caps
+    # do not bind (2% at a 2-ATR hourly stop is > 100% notional)
+    base = Sim(sizing=SIZING_RISK, base_risk=0.001)
     base.step(WARM)
     base.p_up[WARM, 0] = 0.9
     base.step(WARM + 1)
     q0 = base.pend[0]["qty"]
     assert base.pend[0]["active"] == 1 and q0 > 0
 
-    s = Sim(base_risk=0.001)
+    s = Sim(sizing=SIZING_RISK, base_risk=0.001)
     s.step(WARM)
     s.set_drawdown(0.11)
     s.p_up[WARM, 0] = 0.9
@@ -269,7 +270,7 @@ def test_state_persists_and_restores_exactly():
 
 def test_precision_and_minimums():
     """Quantities are rounded DOWN to lot_decimals; entries below ordermin/costmin are refused."""
-    s = Sim(base_risk=0.02)
+    s = Sim(sizing=SIZING_RISK, base_risk=0.02)
     s.step(WARM)
     s.p_up[WARM, 0] = 0.9
     s.step(WARM + 1)
@@ -278,7 +279,7 @@ def test_precision_and_minimums():
     lim = s.pend[0]["limit_price"]
     assert round(lim, 1) == lim  # BTC/USDT price decimals: 1
     # a tiny account cannot meet BTC's ordermin (0.0001 BTC, about 4 USD here)
-    s = Sim(init_cash=20.0, base_risk=0.001)
+    s = Sim(init_cash=20.0, sizing=SIZING_RISK, base_risk=0.001)
     s.step(WARM)
     s.p_up[WARM, 0] = 0.9
     s.step(WARM + 1)

@@ -214,6 +214,7 @@ equity_dt = np.dtype([
 # Sizing modes and order-kind choices inside the parameter record.
 SIZING_RISK = 0            # base risk at the ATR stop distance
 SIZING_FIXED_FRACTION = 1  # fixed fraction of cash at the fill (vectorbt "percent")
+SIZING_VOL_TARGET = 2      # position_size of equity x clamp(vol_target / (ATR / close), vol_adj_min, vol_adj_max)
 
 # One parameter set (everything step_nb reads). Built by engine.risk.params.params_from_config.
 params_dt = np.dtype([
@@ -224,6 +225,10 @@ params_dt = np.dtype([
     ("sizing", np.int64),
     ("base_risk", np.float64),
     ("fixed_fraction", np.float64),
+    ("position_size", np.float64),     # vol-target sizing: notional fraction of equity at the target volatility
+    ("vol_target", np.float64),        # vol-target sizing: target ATR / close (hourly)
+    ("vol_adj_min", np.float64),       # vol-target sizing: clamp of vol_target / (ATR / close)
+    ("vol_adj_max", np.float64),
     ("stop_atr_mult", np.float64),     # 0 = no stop
     ("tp_atr_mult", np.float64),       # 0 = no take-profit
     ("max_hold_bars", np.int64),       # 0 = no time exit

@@ -696,7 +696,7 @@ def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: fl
         return REASON.REFUSE_TRAINING_WINDOW, pu
     if not (er == er) or er <= p.min_edge:
         return REASON.REFUSE_EDGE, er
-    if p.sizing == SIZING_RISK and not (a == a and a > 0.0):
+    if p.sizing != SIZING_FIXED_FRACTION and not (a == a and a > 0.0):  # risk and vol-target sizing need it
         return REASON.REFUSE_NO_ATR, a
     return 0, 0.0
 
@@ -716,18 +716,37 @@ def entry_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float, tr
     return 0, 0.0, room_x
 
 
+@njit(cache=True, inline="always")
+def vol_adj_nb(p, c: float, a: float) -> float:
+    """Volatility adjustment of vol-target sizing: ``vol_target / (a / c)`` (the bar's Wilder ATR as a
+    fraction of its close), clamped to [``vol_adj_min``, ``vol_adj_max``]."""
+    adj = p.vol_target * c / a
+    if adj < p.vol_adj_min:
+        adj = p.vol_adj_min
+    if adj > p.vol_adj_max:
+        adj = p.vol_adj_max
+    return adj
+
+
 @njit(cache=True)
 def entry_size_nb(st, p, reserved: float, room_x: float, room_c: float, c: float, a: float, eq: float,
                   rmult: float, lot: int, omin: float, cmin: float):
-    """Entry size after the caps: (refusal reason or 0, refusal value, quantity)."""
+    """Entry size after the caps: (refusal reason or 0, refusal value, quantity).
+
+    Wanted notional, by ``p.sizing``: SIZING_VOL_TARGET ``rmult x position_size x vol_adj_nb x equity``;
+    SIZING_RISK ``rmult x base_risk x equity`` at a ``stop_atr_mult x ATR`` stop; SIZING_FIXED_FRACTION
+    ``fixed_fraction`` of free cash (re-taken at the fill). ``rmult``: the drawdown tier's multiplier
+    (``caps_nb``). Then clipped to the exposure room, the cluster room and the free cash."""
     f = p.fee_rate
     room_cash = (st.cash - reserved) / (1.0 + f + p.slip_buffer)
     if room_cash <= 0.0:
         return REASON.REFUSE_CASH, st.cash - reserved, 0.0
     if p.sizing == SIZING_RISK:
         notional = rmult * p.base_risk * eq / (p.stop_atr_mult * a) * c
-    else:
+    elif p.sizing == SIZING_FIXED_FRACTION:
         notional = p.fixed_fraction * (st.cash - reserved) / (1.0 + f)
+    else:  # SIZING_VOL_TARGET (entry_static_gate_nb has refused a missing ATR)
+        notional = rmult * p.position_size * vol_adj_nb(p, c, a) * eq
     bind = 0
     if notional > room_x:
         notional = room_x

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from engine.pairs import instrument
-from engine.risk.enums import SIZING_FIXED_FRACTION, SIZING_RISK, OrderKind, params_dt
+from engine.risk.enums import SIZING_FIXED_FRACTION, SIZING_RISK, SIZING_VOL_TARGET, OrderKind, params_dt
+
+SIZING_MODES = {"vol_target": SIZING_VOL_TARGET, "risk": SIZING_RISK, "fixed_fraction": SIZING_FIXED_FRACTION}
 
 
 def params_from_config(cfg, **overrides) -> np.ndarray:
@@ -21,9 +23,13 @@ def params_from_config(cfg, **overrides) -> np.ndarray:
         p_up_entry=r.p_up_entry,
         p_up_exit=r.p_up_exit,
         min_edge=fees.round_trip_cost,
-        sizing=SIZING_RISK if r.sizing == "risk" else SIZING_FIXED_FRACTION,
+        sizing=SIZING_MODES[r.sizing],
         base_risk=r.base_risk,
         fixed_fraction=r.fixed_fraction,
+        position_size=r.position_size,
+        vol_target=r.vol_target,
+        vol_adj_min=r.vol_adj_min,
+        vol_adj_max=r.vol_adj_max,
         stop_atr_mult=r.stop_atr_mult,
         tp_atr_mult=r.take_profit_atr_mult,
         max_hold_bars=r.max_hold_bars,
@@ -53,11 +59,12 @@ def params_from_config(cfg, **overrides) -> np.ndarray:
         kill_reset_bars=b.kill_reset_bars,
         halt_reset_bars=b.halt_reset_bars,
     )
+    names = params_dt.names or ()
     for k, v in overrides.items():
-        if k not in params_dt.names:
+        if k not in names:
             raise KeyError(f"unknown parameter {k!r}")
         vals[k] = v
-    for k in params_dt.names:
+    for k in names:
         p[0][k] = vals[k]
     return p
 
