@@ -42,7 +42,6 @@ ever read after every file's sha256 matched the manifest (``verify=True``, the d
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import pickle
 import shutil
@@ -56,12 +55,12 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import InputError, IntegrityError
+from engine.hashing import sha256_file, sha256_json
 
 __all__ = ["FORMAT", "ModelBundle", "fit_final", "save_bundle", "load_bundle", "git_state", "manifest_digest",
            "PREDICT_COLUMNS"]
 
 FORMAT = "krakenquant-model/1"
-HOUR = 3600
 PREDICT_COLUMNS = ("ts", "pair", "horizon", "p_up", "exp_return")
 #: the one unlisted file a bundle may hold: research.lifecycle writes its gate verdict beside the
 #: manifest (it records the manifest's digest, so it cannot vouch for another bundle)
@@ -115,18 +114,15 @@ def _groups(metas: dict[int, Any], horizons) -> list[tuple[Any, tuple[int, ...]]
     return [(meta, tuple(hs)) for meta, hs in out]
 
 
-def _sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def manifest_digest(manifest: dict) -> str:
-    """sha256 of the manifest's canonical JSON without its own ``manifest_sha256`` key."""
+    """sha256 of the manifest's canonical JSON (:func:`engine.hashing.canonical_json`) without its own
+    ``manifest_sha256`` key. A manifest holding NaN or Infinity has no canonical form: IntegrityError."""
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    try:
+        return sha256_json(body)
+    except ValueError:
+        raise IntegrityError("the bundle manifest holds a non-finite number (NaN or Infinity): edited or "
+                             "corrupted") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -446,7 +442,7 @@ def save_bundle(bundle: ModelBundle, out_dir, *, extra: dict | None = None) -> d
                 dst = tmp / "walkforward" / f
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(wfd / f, dst)
-        files = {p.relative_to(tmp).as_posix(): _sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         man = _build_manifest(bundle, files, extra)
         (tmp / "manifest.json").write_text(json.dumps(man, indent=2) + "\n")  # last
     bundle.manifest = man
@@ -491,7 +487,7 @@ def verify_bundle(path) -> dict:
         f = p / rel
         if not f.is_file() or f.is_symlink():
             raise IntegrityError(f"{f}: listed in the bundle manifest but missing")
-        if _sha256_file(f) != sha:
+        if sha256_file(f) != sha:
             raise IntegrityError(f"{f}: sha256 differs from the bundle manifest (changed or corrupted)")
     return man
 

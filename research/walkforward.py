@@ -74,15 +74,15 @@ import pandas as pd
 
 from engine.config import Config, LabelsConfig
 from engine.errors import InputError
+from engine.timeutil import HOUR
 from research.config import ResearchConfig
 from research.models.base import make_model, model_class
 from research.models.meta import StackingMetaLearner
 
 __all__ = ["WalkForwardResult", "run_walkforward", "eligible_rows", "make_splitter", "quality",
-           "PREDICTION_COLUMNS", "OUT_MODEL_NAMES"]
+           "PREDICTION_COLUMNS"]
 
 PREDICTION_COLUMNS = ("ts", "pair", "horizon", "model", "fold", "p_up", "exp_return")
-HOUR = 3600
 
 # ------------------------------------------------------------------------------------------------
 # progress and per-model timing hooks (the meta-learner fits its bases internally)
@@ -422,9 +422,6 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
     return res
 
 
-OUT_MODEL_NAMES = ("xgboost", "lightgbm", "random_forest", "lstm", "transformer", "meta")
-
-
 def _label_of(preds: pd.DataFrame, up: dict, panel) -> np.ndarray:
     col = {p: j for j, p in enumerate(panel.pairs)}
     t = ((preds["ts"].to_numpy() - int(panel.ts[0])) // HOUR).astype(np.int64)
@@ -474,22 +471,8 @@ def strategy_signals(preds: pd.DataFrame, horizon: int, model: str = "meta") -> 
     return out
 
 
-def signals_to_arrays(sig: pd.DataFrame, ts: np.ndarray, pairs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Long signals -> (n, m) p_up and exp_return on the grid ``ts`` (NaN where none), the layout
-    the backtester's ``make_inputs`` takes (same as ``kq backtest --signals``)."""
-    n, m = len(ts), len(pairs)
-    p_up = np.full((n, m), np.nan)
-    er = np.full((n, m), np.nan)
-    col = {p: j for j, p in enumerate(pairs)}
-    idx = (sig["ts"].to_numpy(dtype=np.int64) - int(ts[0])) // HOUR
-    j = np.array([col[p] for p in sig["pair"]], dtype=np.int64)
-    keep = (idx >= 0) & (idx < n)
-    p_up[idx[keep], j[keep]] = sig["p_up"].to_numpy()[keep]
-    er[idx[keep], j[keep]] = sig["exp_return"].to_numpy()[keep]
-    return p_up, er
-
-
 def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
+    from engine.backtest.io import signals_to_arrays
     from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs, run_backtest
     from engine.risk.params import params_from_config
     from research.stats import deflated_sharpe_ratio, probability_of_backtest_overfitting, sharpe_ratio
@@ -553,10 +536,6 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
     except InputError as e:
         stats["pbo"] = {"error": str(e), "configurations": names}
     return res, stats
-
-
-def fold_summary_frame(result: WalkForwardResult) -> pd.DataFrame:
-    return pd.DataFrame([r for r in result.model_metrics if r["fold"] != "all"])
 
 
 def auc_of(result: WalkForwardResult, model: str, horizon: int, fold: Any = "all") -> float | None:

@@ -69,22 +69,6 @@ def _finite_count_window_nb(x, t, j, window):
     return c
 
 
-@njit(cache=True)
-def run_length_nb(x):
-    """Number of consecutive non-NaN values of each column ending at t (0 where x[t] is NaN)."""
-    n, m = x.shape
-    out = np.zeros((n, m), dtype=np.int64)
-    for j in range(m):
-        r = 0
-        for t in range(n):
-            if np.isnan(x[t, j]):
-                r = 0
-            else:
-                r += 1
-            out[t, j] = r
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # window sums over a contiguous 1-D column. Four interleaved accumulators (fixed by the position in
 # the window, combined in a fixed order) keep the result a pure function of the window's values

@@ -1,32 +1,20 @@
-"""Small helpers shared by the lifecycle modules: hashing, canonical JSON, atomic durable writes."""
+"""Small helpers shared by the lifecycle modules: hashing, canonical JSON (both defined once in
+:mod:`engine.hashing`), the operator's name, UTC timestamps, atomic durable file writes."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import getpass
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any
+
+from engine.hashing import canonical_json, sha256_file
+from engine.paths import fsync_dir
+
+__all__ = ["ZERO_HASH", "sha256_file", "canonical_json", "fsync_dir", "utc_now_iso", "operator_name",
+           "atomic_write_text"]
 
 ZERO_HASH = "0" * 64
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def canonical_json(obj: Any) -> str:
-    """One spelling per value: sorted keys, no spaces, ASCII only (what the chain hashes)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def utc_now_iso() -> str:
@@ -42,19 +30,6 @@ def operator_name() -> str:
         return getpass.getuser()
     except Exception:  # no user database entry (containers)
         return f"uid-{os.getuid()}"
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str, *, tmp_dir: str | Path | None = None) -> None:
