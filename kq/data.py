@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
@@ -14,26 +13,11 @@ STORE_HELP = "market store file (default $KQ_STORE or data/market.duckdb)"
 
 
 def parse_time(value: str | None, *, end: bool = False) -> int | None:
-    """CLI time: unix seconds, or an ISO date/datetime in UTC (naive = UTC).
+    """CLI time: unix seconds, or an ISO date/datetime in UTC (naive = UTC); a bare date as ``end``
+    means the whole day. One parser for the CLI and the library: :func:`engine.timeutil.parse_utc`."""
+    from engine.timeutil import parse_utc
 
-    A bare date as ``end`` means the whole day (through 23:59:59), so ``--end 2025-11-15`` includes
-    that day's 23:00 bar.
-    """
-    if value is None:
-        return None
-    v = value.strip()
-    if v.lstrip("-").isdigit():
-        return int(v)
-    try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise InputError(f"invalid time {value!r} (use unix seconds, 2024-01-31 or 2024-01-31T13:00)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    ts = int(dt.timestamp())
-    if end and len(v) == 10:
-        ts += 86400 - 1
-    return ts
+    return parse_utc(value, end=end)
 
 
 def parse_pairs(value: str | None) -> list[str] | None:
