@@ -9,8 +9,8 @@ import typer
 from engine.errors import InputError, KQError
 
 DEFAULT_CONFIG = "configs/default.toml"
-_CONFIG_HELP = "config TOML: [lifecycle] thresholds and approvals_dir, [features] (the current input schema), " \
-               "[research.tracking] (the registry)"
+_CONFIG_HELP = "config TOML: [lifecycle] approvals_dir and thresholds (these can only tighten the protected " \
+               "gate thresholds), [features] (the current input schema), [research.tracking] (the registry)"
 
 
 def _configs(config: str):
@@ -24,6 +24,23 @@ def _fmt(v) -> str:
         return f"{v:.4g}"
     s = str(v)
     return s[:16] if len(s) == 64 and all(ch in "0123456789abcdef" for ch in s) else s  # sha256: 16 hex
+
+
+_OPS = {"min_sharpe": ">=", "max_drawdown": "<=", "max_daily_turnover": "<=", "exposure_tolerance": "<="}
+
+
+def _fmt_thresholds(t: dict) -> str:
+    return ", ".join(f"{k} {_OPS.get(k, '')} {_fmt(v)}" for k, v in (t or {}).items())
+
+
+def _echo_thresholds(v) -> None:
+    """Which thresholds the verdict was judged under and where they came from."""
+    src = v.thresholds_source
+    for w in src.get("ignored_as_looser", []):
+        typer.echo(f"warning: {w}: the protected value is used (a config may only tighten the gates)", err=True)
+    tight = src.get("tightened_by_config") or []
+    typer.echo(f"thresholds: {_fmt_thresholds(v.thresholds)} (protected {src.get('protected_sha256', '')[:16]}"
+               f"{'; tightened by the config: ' + ', '.join(tight) if tight else ''})")
 
 
 def register(app: typer.Typer) -> None:
@@ -45,6 +62,7 @@ def register(app: typer.Typer) -> None:
         cfg, tracking = _configs(config)
         cand = resolve(model, tracking)
         v, path = _validate(cand, cfg, load=not no_load, config_source=config)
+        _echo_thresholds(v)
         for i, g in enumerate(v.gates, start=1):
             typer.echo(f"gate {i} {g.message}")
             for c in g.checks:
@@ -78,6 +96,8 @@ def register(app: typer.Typer) -> None:
         e, st = _promote(cand, env, reason, confirm, cfg)
         prev = f"; rollback target {st['previous'][-1]['model']}" if st["previous"] else "; no rollback target"
         typer.echo(f"promoted {cand.ref} to {env} (log entry {e['seq']}, hash {e['hash']}){prev}")
+        typer.echo(f"  judged under {_fmt_thresholds(e['thresholds'])}; {env} requires "
+                   f"{_fmt_thresholds(e['thresholds_required'])} (protected {e['thresholds_protected_sha256'][:16]})")
 
     @models.command("rollback")
     def rollback(

@@ -243,17 +243,87 @@ def test_loader_refuses_when_nothing_is_approved_or_the_approved_model_was_tampe
         load_approved("live", other)
 
 
-def test_a_verdict_judged_under_looser_thresholds_is_not_enough_to_promote_or_load(env, tmp_path):
+def _protected(monkeypatch, **gates):
+    """Patch the protected table (the code constant) for both environments: how a verdict judged under
+    looser thresholds (older code, or a patched copy) is made on purpose."""
+    import engine.lifecycle_config as lc
+
+    t = dict(lc.PROTECTED_GATE_THRESHOLDS["live"], **gates)
+    monkeypatch.setattr(lc, "PROTECTED_GATE_THRESHOLDS", {"paper": t, "live": t})
+
+
+def test_a_verdict_judged_under_looser_thresholds_is_not_enough_to_promote_or_load(env, tmp_path, monkeypatch):
     cfg, c, store = env
+    loser = CandidateInfo(ref="krakenquant/loser", path=make_candidate(tmp_path / "cands" / "loser", crash_at=310))
     lax = lifecycle_config(tmp_path, min_sharpe=-10.0, max_drawdown=0.5)
-    v, _ = validate(c["a"], lax, load=False)
-    assert v.passed and v.thresholds["min_sharpe"] == -10.0
-    with pytest.raises(IntegrityError, match=r"validated under looser thresholds .*min_sharpe -10.0 vs 0.5"):
-        promote(c["a"], "paper", "sneak", "yes-promote", cfg)
+    with monkeypatch.context() as m:
+        _protected(m, min_sharpe=-10.0, max_drawdown=0.5)
+        v, _ = validate(loser, lax, load=False)
+    q = {ch.name: ch for g in v.gates for ch in g.checks}
+    assert v.passed and v.thresholds["min_sharpe"] == -10.0 and q["oos_sharpe"].measured < -3  # a losing model
+    for who in (cfg, lax):   # neither the real config nor the lax one that judged it can promote it
+        with pytest.raises(IntegrityError, match=r"validated under looser thresholds than the protected paper gates "
+                                                 r".*min_sharpe -10.0 vs 0.5; max_drawdown 0.5 vs 0.15"):
+            promote(loser, "paper", "sneak", "yes-promote", who)
     assert _snapshot(store) == {}
-    promote(c["a"], "paper", "research env", "yes-promote", lax)  # the lax config's own store and loader
-    with pytest.raises(IntegrityError, match="looser thresholds"):
-        load_approved("paper", cfg)
+    # approved while the protected floor was lower: the loader (live bridge) refuses it now
+    with monkeypatch.context() as m:
+        _protected(m, min_sharpe=-10.0, max_drawdown=0.5)
+        promote(loser, "paper", "old floor", "yes-promote", lax)
+    for who in (cfg, lax):
+        with pytest.raises(IntegrityError, match="looser thresholds"):
+            load_approved("paper", who)
+
+
+def test_a_lax_config_cannot_approve_a_losing_model_and_the_approval_names_its_thresholds(env, tmp_path):
+    """issue 21 item 12: validate + promote under a config with min_sharpe = -10 recorded a losing
+    model as approved for live. Now the protected thresholds apply; the verdict and the log entry
+    name the thresholds used and the protected table's digest."""
+    from engine.lifecycle_config import protected_sha256
+
+    cfg, c, store = env
+    lax = lifecycle_config(tmp_path, min_sharpe=-10.0, max_drawdown=0.5, max_daily_turnover=100.0)
+    v, _ = validate(c["bad"], lax, load=False)
+    assert not v.passed and v.thresholds["min_sharpe"] == 0.5
+    assert v.thresholds_source["protected_sha256"] == protected_sha256()
+    with pytest.raises(IntegrityError, match=r"validation FAILED \(quality: FAILED: out-of-sample Sharpe -38"):
+        promote(c["bad"], "live", "sneak", "yes-promote", lax)
+    assert _snapshot(store) == {}
+    validate(c["a"], lax, load=False)
+    e, _ = promote(c["a"], "live", "sound", "yes-promote", lax)
+    want = {"min_sharpe": 0.5, "max_drawdown": 0.15, "max_daily_turnover": 2.0, "exposure_tolerance": 0.05}
+    assert e["thresholds"] == want and e["thresholds_required"] == want
+    assert e["thresholds_protected_sha256"] == e["verdict_protected_sha256"] == protected_sha256()
+    logged = json.loads(store.log_path.read_text().splitlines()[-1])
+    assert logged["thresholds"] == want and logged["hash"] == entry_hash(logged["prev_hash"], logged)
+    assert store.audit().ok
+
+
+def test_a_stricter_config_is_honoured_and_a_verdict_judged_more_loosely_than_it_is_refused(env, tmp_path):
+    cfg, c, store = env
+    strict = lifecycle_config(tmp_path, min_sharpe=5.0)
+    v, _ = validate(c["a"], strict, load=False)       # Sharpe 3.3 < 5
+    assert not v.passed and v.thresholds["min_sharpe"] == 5.0
+    validate(c["a"], cfg, load=False)                  # passed under the protected 0.5
+    with pytest.raises(IntegrityError, match=r"looser thresholds .*min_sharpe 0.5 vs 5.0"):
+        promote(c["a"], "paper", "x", "yes-promote", strict)
+
+
+def test_a_verdict_whose_gate_checks_used_looser_thresholds_than_it_claims_is_refused(env):
+    from research.lifecycle.gates import VERDICT_NAME
+
+    cfg, c, store = env
+    validate(c["a"], cfg, load=False)
+    p = c["a"].path / VERDICT_NAME
+    v = json.loads(p.read_text())
+    for g in v["gates"]:
+        for ch in g["checks"]:
+            if ch["name"] == "daily_turnover":
+                ch["threshold"] = 50.0
+    p.write_text(json.dumps(v))
+    with pytest.raises(IntegrityError, match=r"check daily_turnover: max_daily_turnover 50.0 vs 2.0"):
+        promote(c["a"], "paper", "x", "yes-promote", cfg)
+    assert _snapshot(store) == {}
 
 
 def _promote_in_child(args):

@@ -34,7 +34,12 @@ def real(tmp_path_factory):
     from engine.paths import configs_dir
 
     # the tiny ci model loses money out of sample: quality thresholds opened so the REST of the
-    # lifecycle can be exercised on it (the gate itself is proven on purpose-made candidates)
+    # lifecycle can be exercised on it (the gate itself is proven on purpose-made candidates). A config
+    # can no longer loosen them: the PROTECTED table (a code constant) is patched for this test only.
+    import engine.lifecycle_config as lcm
+
+    lax = dict(lcm.PROTECTED_GATE_THRESHOLDS["live"], min_sharpe=-10.0, max_drawdown=0.5)
+    mp.setattr(lcm, "PROTECTED_GATE_THRESHOLDS", {"paper": lax, "live": lax})
     cfg = tmp / "cfg.toml"
     cfg.write_text(f'extends = "{configs_dir() / "ci.toml"}"\n\n[lifecycle]\napprovals_dir = "{tmp / "approvals"}"\n'
                    'min_sharpe = -10.0\nmax_drawdown = 0.5\n')
@@ -67,9 +72,14 @@ def test_real_candidate_passes_the_gates_and_its_backtest_has_no_risk_breach(rea
     from research.lifecycle.gates import validate_bundle
 
     default = load_config()
-    v = validate_bundle(cand.path, default, load=False)
+    with pytest.MonkeyPatch.context() as m:
+        import engine.lifecycle_config as lcm
+
+        m.setattr(lcm, "PROTECTED_GATE_THRESHOLDS", {"paper": lcm._GATES, "live": lcm._GATES})
+        v = validate_bundle(cand.path, default, load=False)
     q = {ch.name: ch for g in v.gates for ch in g.checks}
     assert v.passed == (q["oos_sharpe"].measured >= 0.5 and q["oos_max_drawdown"].measured <= 0.15)
+    assert q["oos_sharpe"].threshold == 0.5
     # the retraining job finds the candidate its walk-forward folder registered
     import kq.models
 

@@ -114,14 +114,45 @@ def test_quality_gate_fails_on_a_losing_candidate_naming_value_and_threshold(tmp
 
 
 def test_quality_gate_fails_on_drawdown_above_the_configured_maximum(tmp_path):
+    """A config may TIGHTEN a threshold: max_drawdown 0.02 (protected 0.15) is used and recorded."""
     c = make_candidate(tmp_path / "c", crash_at=310)
-    cfg = lifecycle_config(tmp_path, min_sharpe=-10.0, max_drawdown=0.02)
+    cfg = lifecycle_config(tmp_path, max_drawdown=0.02)
     v = validate_bundle(c, cfg, load=False)
     assert _failed(v) == {"quality"}
     ch = next(x for x in _gate(v, "quality").checks if x.name == "oos_max_drawdown")
     assert ch.measured == pytest.approx(0.0327, abs=1e-3) and ch.threshold == 0.02
     assert "max drawdown 3.27% is above the maximum 2.00%" in _gate(v, "quality").message
-    assert validate_bundle(c, lifecycle_config(tmp_path, min_sharpe=-10.0), load=False).passed
+    assert v.thresholds["max_drawdown"] == 0.02 and v.thresholds_source["tightened_by_config"] == ["max_drawdown"]
+    v = validate_bundle(c, lifecycle_config(tmp_path), load=False)
+    ch = next(x for x in _gate(v, "quality").checks if x.name == "oos_max_drawdown")
+    assert ch.passed and ch.threshold == 0.15
+
+
+def test_a_lax_config_cannot_loosen_the_protected_gate_thresholds(tmp_path):
+    """issue 21 item 12: a model with Sharpe -3.3 was 'approved' under a config with min_sharpe = -10.
+    The protected thresholds (engine.lifecycle_config) are a floor; the verdict names them and their
+    digest, and what the config asked for that was ignored."""
+    from engine.lifecycle_config import PROTECTED_SOURCE, protected_sha256, protected_thresholds
+
+    c = make_candidate(tmp_path / "c", crash_at=310)
+    lax = lifecycle_config(tmp_path, min_sharpe=-10.0, max_drawdown=0.5, max_daily_turnover=100.0,
+                           exposure_tolerance=0.5)
+    v = validate_bundle(c, lax, load=False)
+    assert not v.passed and _failed(v) == {"quality"}
+    ch = next(x for x in _gate(v, "quality").checks if x.name == "oos_sharpe")
+    assert not ch.passed and ch.measured < 0 and ch.threshold == 0.5
+    assert v.thresholds == protected_thresholds() == {"min_sharpe": 0.5, "max_drawdown": 0.15,
+                                                      "max_daily_turnover": 2.0, "exposure_tolerance": 0.05}
+    src = v.thresholds_source
+    assert src["protected"] == PROTECTED_SOURCE and src["protected_sha256"] == protected_sha256()
+    assert src["config_thresholds"]["min_sharpe"] == -10.0 and src["tightened_by_config"] == []
+    assert len(src["ignored_as_looser"]) == 4 and "lifecycle.min_sharpe -10 is looser than the protected 0.5" \
+        in src["ignored_as_looser"]
+    from research.lifecycle.gates import read_verdict, write_verdict
+
+    write_verdict(c, v)
+    stored = read_verdict(c)
+    assert stored["thresholds"] == v.thresholds and stored["thresholds_source"]["protected_sha256"] == protected_sha256()
 
 
 def test_quality_gate_refuses_metrics_that_disagree_with_the_records(tmp_path, cfg):

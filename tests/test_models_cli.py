@@ -104,6 +104,31 @@ def test_promote_rollback_audit_list_show(reg, capsys):
     assert _main(["models", "audit", "--config", cfg]) == 0
 
 
+def test_a_lax_config_cannot_get_a_losing_model_approved_for_live(reg, capsys):
+    """issue 21 item 12: kq models validate/promote --config with min_sharpe = -10 recorded a losing
+    model as approved for live. The config's looser values are ignored (with a warning naming them),
+    the verdict is judged under the protected thresholds and promote refuses it."""
+    tmp, cfg = reg
+    lax = tmp / "lax.toml"
+    lax.write_text(f'extends = "{cfg}"\n[lifecycle]\nmin_sharpe = -10.0\nmax_drawdown = 0.5\n')
+    assert _main(["models", "validate", "2", "--config", str(lax), "--no-load"]) == 1
+    cap = capsys.readouterr()
+    assert "warning: lifecycle.min_sharpe -10 is looser than the protected 0.5: the protected value is used" in cap.err
+    assert "thresholds: min_sharpe >= 0.5, max_drawdown <= 0.15, max_daily_turnover <= 2, " \
+           "exposure_tolerance <= 0.05 (protected " in cap.out
+    assert "gate 3 quality: FAILED: out-of-sample Sharpe -" in cap.out and "validation FAILED" in cap.out
+    assert _main(["models", "promote", "2", "--env", "live", "--reason", "x", "--confirm", "yes-promote",
+                  "--config", str(lax)]) == 1
+    assert "promote refused: validation FAILED" in capsys.readouterr().err
+    from engine.lifecycle_config import protected_sha256
+    from research.config import TrackingConfig
+    from research.tracking import get_candidate
+
+    v = json.loads((get_candidate("2", TrackingConfig()).path / "verdict.json").read_text())
+    assert v["thresholds"]["min_sharpe"] == 0.5 and v["thresholds_source"]["protected_sha256"] == protected_sha256()
+    assert v["thresholds_source"]["config_source"] == str(lax)
+
+
 def test_retrain_refuses_outside_the_window_and_waits_for_it(reg, capsys, monkeypatch):
     tmp, cfg = reg
     (tmp / "runs").mkdir(exist_ok=True)

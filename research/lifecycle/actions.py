@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError, InputError, IntegrityError
+from engine.lifecycle_config import effective_thresholds, looser_than, protected_sha256
 
 from research.lifecycle.approvals import ENVS, ApprovalStore
 from research.lifecycle.gates import (
@@ -21,7 +22,7 @@ from research.lifecycle.gates import (
 from research.lifecycle.util import operator_name, sha256_file, utc_now_iso
 
 __all__ = ["CandidateInfo", "PROMOTE_WORD", "ROLLBACK_WORD", "approvals_dir", "store_for", "validate",
-           "check_approvable", "promote", "rollback"]
+           "check_approvable", "required_thresholds", "promote", "rollback"]
 
 PROMOTE_WORD = "yes-promote"
 ROLLBACK_WORD = "yes-rollback"
@@ -56,10 +57,13 @@ def validate(cand: CandidateInfo, cfg, *, load: bool = True, config_source: str 
     return v, write_verdict(cand.path, v)
 
 
-def check_approvable(path: str | Path, cfg, *, expect_manifest: str | None = None, what: str = "promote") -> tuple[dict, dict]:
-    """(manifest, verdict) of a bundle folder that may be approved or loaded: manifest intact (and the
-    one expected), every file's sha256 as recorded, a PASSED verdict for exactly this manifest, and
-    inputs equal to the current feature set. Raises IntegrityError / ConfigError otherwise."""
+def check_approvable(path: str | Path, cfg, *, expect_manifest: str | None = None, what: str = "promote",
+                     env: str | None = None) -> tuple[dict, dict]:
+    """(manifest, verdict) of a bundle folder that may be approved for (or loaded in) ``env``: manifest
+    intact (and the one expected), every file's sha256 as recorded, a PASSED verdict for exactly this
+    manifest judged under thresholds at least as strict as :func:`required_thresholds` (the protected
+    ones of ``env``, tightened by ``cfg``; ``env=None``: of every environment), and inputs equal to the
+    current feature set. Raises IntegrityError / ConfigError otherwise."""
     p = Path(path)
     if not p.is_dir():
         raise IntegrityError(f"{what} refused: model folder {p} does not exist")
@@ -84,26 +88,48 @@ def check_approvable(path: str | Path, cfg, *, expect_manifest: str | None = Non
     if v.get("passed") is not True:
         bad = [g.get("message", g.get("gate")) for g in v.get("gates", []) if not g.get("passed")]
         raise IntegrityError(f"{what} refused: validation FAILED ({'; '.join(bad) or 'no gate passed'})")
-    looser = _looser_thresholds(v.get("thresholds") or {}, cfg.lifecycle)
+    required = required_thresholds(cfg, env)
+    looser = looser_than(v.get("thresholds"), required) + _looser_checks(v, required)
     if looser:
-        raise IntegrityError(f"{what} refused: {p} was validated under looser thresholds than the current config "
-                             f"({'; '.join(looser)}): re-validate with this config")
+        raise IntegrityError(f"{what} refused: {p} was validated under looser thresholds than the protected "
+                             f"{env or 'paper/live'} gates and this config require ({'; '.join(looser)}): "
+                             f"re-validate (kq models validate)")
     sch = gate_schema(p, cfg, load=False)
     if not sch.passed:
         raise ConfigError(f"{what} refused: {sch.message}")
     return man, v
 
 
-def _looser_thresholds(t: dict, lc) -> list[str]:
-    """Thresholds a verdict was judged under that are looser than the current ``[lifecycle]``."""
+def required_thresholds(cfg, env: str | None = None) -> dict:
+    """The thresholds a verdict must have been judged under to approve or load a model in ``env``:
+    the protected ones (engine.lifecycle_config), tightened by ``cfg``'s ``[lifecycle]``."""
+    return effective_thresholds(cfg.lifecycle, env)[0]
+
+
+# the verdict's gate checks that compare with a threshold, and which threshold
+_CHECK_THRESHOLD = {"oos_sharpe": "min_sharpe", "oos_max_drawdown": "max_drawdown",
+                    "daily_turnover": "max_daily_turnover"}
+
+
+def _looser_checks(v: dict, required: dict) -> list[str]:
+    """Gate checks whose recorded threshold is looser than required (a verdict whose summary
+    ``thresholds`` disagree with what its gates actually compared against)."""
     out = []
-    for key, cur, stricter_is_higher in (("min_sharpe", lc.min_sharpe, True), ("max_drawdown", lc.max_drawdown, False),
-                                         ("max_daily_turnover", lc.max_daily_turnover, False),
-                                         ("exposure_tolerance", lc.exposure_tolerance, False)):
-        got = t.get(key)
-        if not isinstance(got, (int, float)) or (got < cur if stricter_is_higher else got > cur):
-            out.append(f"{key} {got} vs {cur}")
+    for g in v.get("gates") or []:
+        for c in (g.get("checks") or []) if isinstance(g, dict) else []:
+            key = _CHECK_THRESHOLD.get(c.get("name")) if isinstance(c, dict) else None
+            if key is not None:
+                out += [f"check {c['name']}: {x}" for x in looser_than({key: c.get("threshold")},
+                                                                        {key: required[key]})]
     return out
+
+
+def _threshold_record(v: dict, required: dict) -> dict:
+    """What an approvals-log entry records about the thresholds behind it."""
+    src = v.get("thresholds_source") or {}
+    return {"thresholds": v.get("thresholds"), "thresholds_required": required,
+            "thresholds_protected_sha256": protected_sha256(),
+            "verdict_protected_sha256": src.get("protected_sha256")}
 
 
 def _gate_summary(v: dict) -> list[dict]:
@@ -124,7 +150,7 @@ def promote(cand: CandidateInfo, env: str, reason: str, confirm: str | None, cfg
     store = store or store_for(cfg)
     with store.locked():
         rep = store.require_clean("promote")
-        man, v = check_approvable(cand.path, cfg)
+        man, v = check_approvable(cand.path, cfg, env=env)
         cur = store.state(env)["current"]
         if cur is not None and cur["model"] == cand.ref and cur["manifest_sha256"] == man["manifest_sha256"]:
             raise InputError(f"promote refused: {cand.ref} is already the approved {env} model (nothing changed)")
@@ -133,6 +159,7 @@ def promote(cand: CandidateInfo, env: str, reason: str, confirm: str | None, cfg
                  "manifest_sha256": man["manifest_sha256"],
                  "verdict_sha256": sha256_file(Path(cand.path) / "verdict.json"),
                  "validated_utc": v.get("validated_utc"), "gates": _gate_summary(v),
+                 **_threshold_record(v, required_thresholds(cfg, env)),
                  "replaced": cur["model"] if cur else None, "reason": reason.strip()}
         return store.apply(entry, rep)
 
@@ -153,11 +180,13 @@ def rollback(env: str, confirm: str | None, cfg, *, reason: str | None = None,
             what = f"{st['current']['model']} is the only approval" if st["current"] else "nothing is approved"
             raise InputError(f"rollback refused: nothing to roll back to in {env} ({what}; nothing changed)")
         target = st["previous"][-1]
-        man, v = check_approvable(target["path"], cfg, expect_manifest=target["manifest_sha256"], what="rollback")
+        man, v = check_approvable(target["path"], cfg, expect_manifest=target["manifest_sha256"], what="rollback",
+                                  env=env)
         entry = {"ts_utc": utc_now_iso(), "who": operator_name(), "action": "rollback", "env": env,
                  "model": target["model"], "path": target["path"], "manifest_sha256": target["manifest_sha256"],
                  "verdict_sha256": sha256_file(Path(target["path"]) / "verdict.json"),
                  "validated_utc": v.get("validated_utc"), "gates": _gate_summary(v),
+                 **_threshold_record(v, required_thresholds(cfg, env)),
                  "replaced": st["current"]["model"] if st["current"] else None,
                  "reason": (reason or "rollback").strip()}
         return store.apply(entry, rep)

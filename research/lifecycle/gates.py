@@ -10,10 +10,15 @@
    of them; with ``load=True`` the bundle is also loaded and must expose exactly those.
 3. ``quality`` - the candidate's out-of-sample walk-forward backtest (``walkforward/metrics.json``
    "strategy", re-derived from ``walkforward/backtest/equity.parquet``): annualised Sharpe
-   >= ``lifecycle.min_sharpe`` and max drawdown <= ``lifecycle.max_drawdown``.
+   >= ``min_sharpe`` and max drawdown <= ``max_drawdown``.
 4. ``risk`` - turnover per day (traded notional / mean equity, /365 of metrics.json's annual figure)
-   <= ``lifecycle.max_daily_turnover`` and no breach in the independent audit of the backtest records
+   <= ``max_daily_turnover`` and no breach in the independent audit of the backtest records
    (:mod:`research.lifecycle.riskaudit`) against the risk rules of the config that ran it.
+
+The thresholds are :func:`engine.lifecycle_config.effective_thresholds`: the protected ones
+(``PROTECTED_GATE_THRESHOLDS``, the strictest over paper and live), tightened, never loosened, by the
+``[lifecycle]`` section of the config given. The verdict records them, the protected table's digest
+and the config values that were ignored as looser.
 
 Every check records the measured value, the comparison and the threshold; a failed gate's message
 names all three. The verdict binds to the manifest's SHA-256, so it cannot vouch for a changed
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, IntegrityError, InputError
+from engine.lifecycle_config import PROTECTED_SOURCE, effective_thresholds, protected_sha256, protected_thresholds
 
 from research.lifecycle.util import atomic_write_text, canonical_json, operator_name, sha256_file, utc_now_iso
 
@@ -80,6 +86,7 @@ class Verdict:
     gates: tuple[GateResult, ...]
     candidate: dict = field(default_factory=dict)
     thresholds: dict = field(default_factory=dict)
+    thresholds_source: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     validated_utc: str = ""
     who: str = ""
@@ -87,7 +94,7 @@ class Verdict:
     def to_json(self) -> dict:
         return {"format": VERDICT_FORMAT, "passed": self.passed, "manifest_sha256": self.manifest_sha256,
                 "candidate": self.candidate, "validated_utc": self.validated_utc, "who": self.who,
-                "config": self.config, "thresholds": self.thresholds,
+                "config": self.config, "thresholds": self.thresholds, "thresholds_source": self.thresholds_source,
                 "gates": [g.to_json() for g in self.gates]}
 
     @property
@@ -288,8 +295,14 @@ def _strategy(bundle_dir: Path, cand_cfg):
     return strat, re, probs
 
 
-def gate_quality(bundle_dir: str | Path, cfg, cand_cfg=None) -> GateResult:
-    lc = cfg.lifecycle
+def _thresholds(cfg, thresholds: dict | None) -> dict:
+    return dict(thresholds) if thresholds is not None else effective_thresholds(cfg.lifecycle)[0]
+
+
+def gate_quality(bundle_dir: str | Path, cfg, cand_cfg=None, thresholds: dict | None = None) -> GateResult:
+    """Gate 3 under ``thresholds`` (default: :func:`effective_thresholds` of ``cfg.lifecycle``)."""
+    th = _thresholds(cfg, thresholds)
+    min_sharpe, max_dd = th["min_sharpe"], th["max_drawdown"]
     root = Path(bundle_dir)
     try:
         cand_cfg = cand_cfg or candidate_config(root)
@@ -301,21 +314,22 @@ def gate_quality(bundle_dir: str | Path, cfg, cand_cfg=None) -> GateResult:
     if re is None:
         return _gate("quality", checks)
     s = re["sharpe"]
-    ok = s is not None and s >= lc.min_sharpe
-    checks.append(Check("oos_sharpe", ok, s, ">=", lc.min_sharpe,
-                        "" if ok else (f"out-of-sample Sharpe {s:.3f} is below the minimum {lc.min_sharpe}"
+    ok = s is not None and math.isfinite(s) and s >= min_sharpe
+    checks.append(Check("oos_sharpe", ok, s, ">=", min_sharpe,
+                        "" if ok else (f"out-of-sample Sharpe {s:.3f} is below the minimum {min_sharpe}"
                                        if s is not None else "out-of-sample Sharpe undefined (flat equity)")))
     d = re["max_drawdown"]
-    ok = d <= lc.max_drawdown
-    checks.append(Check("oos_max_drawdown", ok, d, "<=", lc.max_drawdown,
-                        "" if ok else f"out-of-sample max drawdown {d:.2%} is above the maximum {lc.max_drawdown:.2%}"))
+    ok = math.isfinite(d) and d <= max_dd
+    checks.append(Check("oos_max_drawdown", ok, d, "<=", max_dd,
+                        "" if ok else f"out-of-sample max drawdown {d:.2%} is above the maximum {max_dd:.2%}"))
     return _gate("quality", checks)
 
 
-def gate_risk(bundle_dir: str | Path, cfg, cand_cfg=None) -> GateResult:
+def gate_risk(bundle_dir: str | Path, cfg, cand_cfg=None, thresholds: dict | None = None) -> GateResult:
+    """Gate 4 under ``thresholds`` (default: :func:`effective_thresholds` of ``cfg.lifecycle``)."""
     from research.lifecycle.riskaudit import audit_backtest
 
-    lc = cfg.lifecycle
+    th = _thresholds(cfg, thresholds)
     root = Path(bundle_dir)
     try:
         cand_cfg = cand_cfg or candidate_config(root)
@@ -327,11 +341,11 @@ def gate_risk(bundle_dir: str | Path, cfg, cand_cfg=None) -> GateResult:
         checks.append(Check("records", False, "unreadable", "==", "readable", "; ".join(probs)))
     else:
         t = re["daily_turnover"]
-        ok = t <= lc.max_daily_turnover
-        checks.append(Check("daily_turnover", ok, t, "<=", lc.max_daily_turnover,
+        ok = math.isfinite(t) and t <= th["max_daily_turnover"]
+        checks.append(Check("daily_turnover", ok, t, "<=", th["max_daily_turnover"],
                             "" if ok else f"turnover {t:.3f}x equity per day ({re['turnover']:.1f}x per year) is "
-                                          f"above the maximum {lc.max_daily_turnover}x per day"))
-    a = audit_backtest(root / "walkforward" / "backtest", cand_cfg, exposure_tolerance=lc.exposure_tolerance)
+                                          f"above the maximum {th['max_daily_turnover']}x per day"))
+    a = audit_backtest(root / "walkforward" / "backtest", cand_cfg, exposure_tolerance=th["exposure_tolerance"])
     n = sum(a.n_breaches_by_rule.values())
     msg = ""
     if not a.ok:
@@ -353,13 +367,18 @@ def validate_bundle(bundle_dir: str | Path, cfg, *, candidate: dict | None = Non
         cand_cfg = candidate_config(root)
     except ConfigError:
         cand_cfg = None
+    th, ignored = effective_thresholds(cfg.lifecycle)
     gates = (gate_integrity(root, tags), gate_schema(root, cfg, load=load),
-             gate_quality(root, cfg, cand_cfg), gate_risk(root, cfg, cand_cfg))
+             gate_quality(root, cfg, cand_cfg, th), gate_risk(root, cfg, cand_cfg, th))
     lc = cfg.lifecycle
+    source = {"protected": PROTECTED_SOURCE, "protected_sha256": protected_sha256(),
+              "protected_thresholds": protected_thresholds(), "config_source": config_source,
+              "config_thresholds": {k: float(getattr(lc, k)) for k in th},
+              "tightened_by_config": sorted(k for k in th if th[k] != protected_thresholds()[k]),
+              "ignored_as_looser": ignored}
     return Verdict(
         passed=all(g.passed for g in gates), manifest_sha256=msha, gates=gates, candidate=dict(candidate or {}),
-        thresholds={"min_sharpe": lc.min_sharpe, "max_drawdown": lc.max_drawdown,
-                    "max_daily_turnover": lc.max_daily_turnover, "exposure_tolerance": lc.exposure_tolerance},
+        thresholds=th, thresholds_source=source,
         config={"source": config_source, "config_sha256": cfg.content_hash()},
         validated_utc=utc_now_iso(), who=operator_name())
 
@@ -369,8 +388,20 @@ def write_verdict(bundle_dir: str | Path, verdict: Verdict) -> Path:
     folder, so an interrupted write never leaves a stray file inside the bundle)."""
     root = Path(bundle_dir)
     p = root / VERDICT_NAME
-    atomic_write_text(p, json.dumps(verdict.to_json(), indent=2, sort_keys=True) + "\n", tmp_dir=root.parent)
+    text = json.dumps(_finite(verdict.to_json()), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_text(p, text + "\n", tmp_dir=root.parent)
     return p
+
+
+def _finite(v: Any) -> Any:
+    """``v`` with every non-finite float as None: the verdict is strict JSON."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def read_verdict(bundle_dir: str | Path) -> dict | None:
