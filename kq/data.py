@@ -100,11 +100,12 @@ def register(app: typer.Typer) -> None:
         store: str = typer.Option(None, "--store", help=STORE_HELP),
     ) -> None:
         """Import bar files; all-or-nothing (a bad file rejects the whole import, exit 2)."""
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.table import Table
 
         from engine.store.market import MarketStore
-        from engine.store.readers import expand_paths
+        from engine.store.readers import expand_paths, one_line
 
         files = expand_paths(paths)
         con = _console()
@@ -120,20 +121,22 @@ def register(app: typer.Typer) -> None:
                         if done["n"]:
                             prog.advance(task)
                         done["n"] += 1
-                        prog.update(task, description=Path(label).name)
+                        prog.update(task, description=escape(one_line(Path(label).name, 80)))
 
                     rep = s.import_files(files, venue=venue, pair=pair, progress=tick)
                     prog.advance(task)
             else:
                 rep = s.import_files(files, venue=venue, pair=pair)
             path = s.path
-        t = Table(title=f"import into {path}", title_justify="left")
+        t = Table(title=escape(f"import into {path}"), title_justify="left")
         for c in ("file", "status", "venue", "pair", "rows", "new bars", "note"):
             t.add_column(c, justify="right" if c in ("rows", "new bars") else "left")
         for r in rep.results:
             note = r.reason or (f"{r.existing_bars:,} identical bars already stored" if r.existing_bars else "")
-            t.add_row(r.label.replace("\\", "/").rsplit("/", 1)[-1], r.status, r.venue, r.pair, f"{r.rows:,}" if r.rows else "",
-                      f"{r.new_bars:,}" if r.status == "imported" else "", note)
+            # file and member names come from the input: shown as text (escaped), never as markup
+            name = one_line(r.label.replace("\\", "/").rsplit("/", 1)[-1], 120)
+            t.add_row(escape(name), r.status, r.venue, r.pair, f"{r.rows:,}" if r.rows else "",
+                      f"{r.new_bars:,}" if r.status == "imported" else "", escape(one_line(note, 200)))
         con.print(t)
         con.print(rep.summary())
 

@@ -235,3 +235,115 @@ def test_rest_trade_count_out_of_range_is_refused(store, tmp_path, capsys):
     p = tmp_path / "ohlc.json"
     p.write_text(json.dumps({"error": [], "result": {"XXBTZUSD": rows, "last": T0 + 3 * 3600}}))
     reject(store, capsys, p, line="row 2", rule="trade count above 1e+12")
+
+
+# ---- hostile inputs that raised tracebacks (exit 1) instead of the one-line error (issue 21) ----
+
+
+def encrypt_flag(data: bytes) -> bytes:
+    """Set the 'encrypted' flag bit on every local and central header (zipfile cannot write one)."""
+    b = bytearray(data)
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = b.find(sig)
+        while i >= 0:
+            b[i + off] |= 0x1
+            i = b.find(sig, i + 4)
+    return bytes(b)
+
+
+def test_encrypted_zip_member(store, tmp_path, capsys):
+    buf = tmp_path / "plain.zip"
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("XBTUSD_60.csv", "\n".join(kraken_lines()) + "\n")
+    p = tmp_path / "locked.zip"
+    p.write_bytes(encrypt_flag(buf.read_bytes()))
+    err = reject(store, capsys, p, rule="encrypted member; refused")
+    assert "locked.zip:XBTUSD_60.csv" in err
+
+
+def test_corrupt_zip_member_data(store, tmp_path, capsys):
+    p = tmp_path / "bad.zip"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("XBTUSD_60.csv", "\n".join(kraken_lines(50)) + "\n")
+    b = bytearray(p.read_bytes())
+    b[60:70] = b"\xff" * 10  # inside the deflate stream
+    p.write_bytes(bytes(b))
+    reject(store, capsys, p, rule="cannot be read from the archive")
+
+
+def parquet(path, **cols):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = {"ts": pa.array([T0 + 3600 * i for i in range(3)], pa.int64()), "open": [1.0] * 3, "high": [2.0] * 3,
+            "low": [0.5] * 3, "close": [1.5] * 3, "volume": [3.0] * 3}
+    base.update(cols)
+    pq.write_table(pa.table(base), path)
+    return path
+
+
+@pytest.mark.parametrize("cols, rule", [
+    ({"open": [[1.0], [1.0], [1.0]]}, "column 'open' has type 'list<element: double>'; numbers expected"),
+    ({"trades": ["5", "6", "7"]}, "column 'trades' has type 'string'; numbers expected"),
+    ({"trades": [2**63 - 1, 5, 6]}, "row 1: trade count above 1e+12"),
+    ({"volume": [True, False, True]}, "column 'volume' has type 'bool'; numbers expected"),
+    ({"ts": [f"{T0}", "x", "y"]}, "column 'ts' has type 'string'"),
+    ({"close": [{"a": 1.5}] * 3}, "column 'close' has type 'struct<a: double>'"),
+])
+def test_parquet_wrong_column_types(store, tmp_path, capsys, cols, rule):
+    reject(store, capsys, parquet(tmp_path / "XBTUSD_1h.parquet", **cols), rule=rule)
+
+
+@pytest.mark.parametrize("body, rule", [
+    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+    ('{"XXBTZUSD": [[%d, NaN, "2", "0.5", "1.5", "1", "3", 5]], "last": %d}' % (T0, T0),
+     "NaN is not a JSON number"),
+    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": NaN}' % T0, "NaN is not a JSON number"),
+    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": -Infinity}' % T0,
+     "-Infinity is not a JSON number"),
+    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": "soon"}' % T0,
+     "'last' is not a whole number of unix seconds ('soon')"),
+    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": 1e999}' % T0,
+     "'last' is not a whole number of unix seconds (inf)"),
+    ('{"XXBTZUSD": [[%d, [["1"]], "2", "0.5", "1.5", "1", "3", 5]]}' % T0, "row 1: non-numeric field 'open'"),
+    ('{"XXBTZUSD": [[%d, {"a": 1}, "2", "0.5", "1.5", "1", "3", 5]]}' % T0, "row 1: non-numeric field 'open'"),
+    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 1%s]]}' % (T0, "0" * 400),
+     "row 1: non-numeric field 'count'"),
+    ('{"error": ["line one\\nline two"], "result": {}}', "Kraken returned an error: ['line one\\nline two']"),
+])
+def test_rest_json_hostile_structure(store, tmp_path, capsys, body, rule):
+    p = tmp_path / "ohlc.json"
+    p.write_text(body)
+    reject(store, capsys, p, rule=rule)
+
+
+def test_file_name_with_a_newline_or_markup(store, tmp_path, capsys):
+    bad = write(tmp_path / "XBT\nUSD_60.csv", kraken_lines())
+    err = reject(store, capsys, bad, rule="cannot infer the pair", named=False)
+    assert "XBT\\nUSD_60.csv" in err
+    ok = write(tmp_path / "[red]x[bold].csv", kraken_lines(3, px=30000.0))  # shown as text, not markup
+    capsys.readouterr()
+    assert main(["data", "import", str(ok), "--pair", "XBTUSD", "--store", str(store)]) == 0
+    assert "[red]x[bold].csv" in capsys.readouterr().out
+
+
+def test_long_field_is_cut_in_the_message(store, tmp_path, capsys):
+    lines = kraken_lines()
+    lines[1] = lines[1].replace(",101.0,", "," + "A" * 100_000 + ",", 1)
+    err = reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 2", rule="non-numeric field")
+    assert len(err) < 300
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_export_out_to_a_folder_or_under_a_file(store, tmp_path, capsys, where):
+    out = tmp_path / "exports"
+    out.mkdir()
+    if where == "under_a_file":
+        (out / "f").write_text("x")
+        out = out / "f" / "bars.parquet"
+    capsys.readouterr()
+    rc = main(["data", "export", "--out", str(out), "--store", str(store)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"kq: error: {out}: ") and "\n" not in err
+    assert ("is a folder" if where == "folder" else "cannot") in err
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ([] if where == "folder" else ["f"])

@@ -249,6 +249,12 @@ class MarketStore:
         ``venue``/``pair`` override what the file name and metadata say. All-or-nothing: any bad
         input raises InputError and leaves the store unchanged. ``progress`` is called per file.
         """
+        try:
+            return self._import_files(paths, venue, pair, progress)
+        except InputError as e:  # one printable line, whatever a file name or field held
+            raise InputError(readers.one_line(str(e)), exit_code=e.exit_code) from None
+
+    def _import_files(self, paths, venue, pair, progress) -> ImportReport:
         self._writable()
         if venue is not None:
             venue = normalize_venue(venue)
@@ -480,7 +486,14 @@ class MarketStore:
         """Write validated bars in long form (venue, pair, ts, open..vwap) to ``path``; returns rows.
 
         Written to a temporary file and renamed, so a failed export leaves nothing half-written.
+        ``path`` being a folder, or not writable, is an InputError (one line).
         """
+        try:
+            return self._export_parquet(path, pairs, venue, start, end)
+        except InputError as e:
+            raise InputError(readers.one_line(str(e))) from None
+
+    def _export_parquet(self, path, pairs, venue, start, end) -> int:
         cond, args = [], []
         if venue:
             cond.append("venue = ?")
@@ -499,7 +512,12 @@ class MarketStore:
         if n == 0:
             raise InputError("nothing to export: no stored bars match the venue, pairs and range")
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            raise InputError(f"{out}: is a folder; the export writes one .parquet file (give its path)")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{out}: cannot create its folder ({e.strerror})") from None
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         try:
             tbl = self.con.sql(
@@ -511,8 +529,13 @@ class MarketStore:
                                                "source": f"krakenquant market store {self.path.name}"})
             pq.write_table(tbl, tmp)
             os.replace(tmp, out)
+        except OSError as e:
+            raise InputError(f"{out}: cannot write ({e.strerror or type(e).__name__})") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         return n
 
     def integrity_findings(self, venue: str | None = None, pair: str | None = None,

@@ -20,13 +20,18 @@ Formats:
 
 from __future__ import annotations
 
+import bz2  # noqa: F401 - its errors are caught below
 import hashlib
 import io
 import json
+import lzma
+import math
 import os
 import re
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +72,27 @@ _CHUNK = 1 << 20
 
 def _size(n: int) -> str:
     return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n:,} bytes"
+
+
+#: The longest error message (an echoed field or name is cut before it gets there).
+MAX_MESSAGE_CHARS = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` as one printable line: control characters (newlines too) escaped, cut at ``limit``."""
+    out = _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _echo(value, limit: int = 40) -> str:
+    """A value as an error message shows it: repr, one line, at most ``limit`` characters."""
+    return one_line(repr(value), limit)
+
+
+#: What a damaged zip or a member in an unsupported format can raise while it is opened or read.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
+               ValueError, struct.error, NotImplementedError, RuntimeError, OverflowError, IndexError)
 
 _KRAKEN_NAME = re.compile(r"^(?P<pair>[A-Za-z0-9]+)_(?P<minutes>\d+)$")
 _VENUE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -205,16 +231,33 @@ def _raw_frame(lines: np.ndarray, frame: pd.DataFrame, note=None) -> pd.DataFram
 # Kraken OHLCVT CSV
 
 
+def _numbers(s: pd.Series) -> np.ndarray:
+    """float64 values of a column of Python values (str, int, float; anything else is NaN, refused
+    by the caller as non-numeric). An int beyond float range becomes +-inf (refused too)."""
+    vals = s.to_numpy(dtype=object)
+    kinds = np.fromiter((type(x) for x in vals), dtype=object, count=len(vals))
+    out = np.full(len(vals), np.nan)
+    is_str = kinds == str
+    if is_str.any():
+        out[is_str] = pd.to_numeric(pd.Series(vals[is_str], dtype=object), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan)
+    is_float = kinds == float
+    out[is_float] = vals[is_float].astype(np.float64)
+    is_int = (kinds == int) | (kinds == bool)
+    out[is_int] = [float(x) if abs(x) < 2**1000 else (math.inf if x > 0 else -math.inf) for x in vals[is_int]]
+    return out
+
+
 def _numeric_columns(label: str, table: pd.DataFrame, names: tuple[str, ...], lines: np.ndarray,
                      unit: str) -> pd.DataFrame:
     out = {}
     for k, name in enumerate(names):
         s = table[k]
-        v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        v = _numbers(s)
         bad = np.isnan(v) | np.isinf(v)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise InputError(f"{label}: {unit} {int(lines[i])}: non-numeric field '{name}' ({s.iloc[i]!r})")
+            raise InputError(f"{label}: {unit} {int(lines[i])}: non-numeric field '{name}' ({_echo(s.iloc[i])})")
         out[name] = v
     return pd.DataFrame(out)
 
@@ -304,16 +347,28 @@ def parse_rest_rows(rows: list, pair: str, *, label: str = "kraken-rest", venue:
                   raw, bars, {"last": last})
 
 
+class _JSONConstant(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise _JSONConstant(name)
+
+
 def parse_rest_json(data: bytes, label: str, name: str, venue: str | None, pair: str | None) -> list[Parsed]:
     try:
-        doc = json.loads(data.decode("utf-8-sig"))
+        doc = json.loads(data.decode("utf-8-sig"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         line = getattr(e, "lineno", 1)
         raise InputError(f"{label}: line {line}: not valid JSON") from None
+    except _JSONConstant as e:
+        raise InputError(f"{label}: {e.args[0]} is not a JSON number (strict JSON: finite numbers only)") from None
+    except RecursionError:
+        raise InputError(f"{label}: JSON nested too deeply") from None
     sha = sha256_bytes(data)
     if isinstance(doc, dict) and "result" in doc:
         if doc.get("error"):
-            raise InputError(f"{label}: line 1: Kraken returned an error: {doc['error']}")
+            raise InputError(f"{label}: line 1: Kraken returned an error: {_echo(doc['error'], 200)}")
         doc = doc["result"]
     if isinstance(doc, list):
         if pair is None:
@@ -322,6 +377,8 @@ def parse_rest_json(data: bytes, label: str, name: str, venue: str | None, pair:
     if not isinstance(doc, dict):
         raise InputError(f"{label}: line 1: expected a Kraken OHLC response ({{pair: rows, last}})")
     last = doc.get("last")
+    if last is not None and (type(last) is not int or not 0 <= last < 2**62):
+        raise InputError(f"{label}: 'last' is not a whole number of unix seconds ({_echo(last)})")
     keys = [k for k, v in doc.items() if k != "last" and isinstance(v, list)]
     if not keys:
         raise InputError(f"{label}: empty file (no OHLC rows)")
@@ -330,7 +387,7 @@ def parse_rest_json(data: bytes, label: str, name: str, venue: str | None, pair:
     out = []
     for k in keys:
         out.append(parse_rest_rows(doc[k], pair or k, label=f"{label}:{k}", venue=venue or "kraken",
-                                   last=None if last is None else int(last), sha256=sha,
+                                   last=last, sha256=sha,
                                    member=k if len(keys) > 1 else "", name=name))
     return out
 
@@ -348,6 +405,26 @@ def _meta_pair(value: str) -> list[str]:
     return [c.strip() for c in cands if c.strip()]
 
 
+def _parquet_numbers(label: str, table, name: str) -> np.ndarray:
+    """A numeric parquet column as float64 (nulls NaN). Integer, floating and decimal columns only:
+    strings, booleans, lists, structs, dictionaries, timestamps are refused with the column's type.
+    Integers beyond 2^53 are rounded here and caught by the range rules (never wrapped)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table.column(name)
+    t = col.type
+    optional = name in ("trades", "vwap")
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+            or (optional and pa.types.is_null(t))):
+        raise InputError(f"{label}: column '{name}' has type {_echo(str(t))}; numbers expected "
+                         f"(integer or floating point)")
+    try:
+        return np.asarray(pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise InputError(f"{label}: column '{name}' cannot be read as numbers ({type(e).__name__})") from None
+
+
 def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: str | None) -> Parsed:
     import pyarrow.parquet as pq
 
@@ -360,11 +437,21 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
         raise InputError(f"{label}: {declared:,} rows declared; at most {MAX_PARQUET_ROWS:,} can be imported "
                          f"from one parquet file")
     try:
-        table = pq.read_table(io.BytesIO(data))
+        schema = pf.schema_arrow
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
+    names = schema.names
+    dup = sorted({c for c in names if names.count(c) > 1} & {"ts", *VALUE_FIELDS})
+    if dup:
+        raise InputError(f"{label}: column {dup[0]!r} appears more than once")
+    try:  # only the columns this reader uses: a wide or string-heavy file is not decompressed whole
+        table = pf.read(columns=[c for c in ("ts", *VALUE_FIELDS) if c in names])
     except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a corrupt file
         raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
+    if table.num_rows != declared:
+        raise InputError(f"{label}: not a readable parquet file ({table.num_rows} rows read, {declared} declared)")
     md = {k.decode(errors="replace"): v.decode(errors="replace")
-          for k, v in (table.schema.metadata or {}).items() if k != b"ARROW:schema" and k != b"pandas"}
+          for k, v in (schema.metadata or {}).items() if k != b"ARROW:schema" and k != b"pandas"}
     # file name: [<venue>_]<PAIR>[_<interval>], e.g. XBTUSD_1h, binance_BTCUSDT_1h
     parts = Path(name).stem.split("_")
     name_iv = parts.pop() if len(parts) > 1 and re.fullmatch(r"\d+[A-Za-z]*", parts[-1]) else None
@@ -372,7 +459,7 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
     name_pair = parts[-1] if len(parts) in (1, 2) else Path(name).stem
     interval = md.get("interval") or name_iv
     if interval is not None and interval.lower() not in ("1h", "60m", "60"):
-        raise InputError(f"{label}: {interval} bars; only hourly (1h) files can be imported")
+        raise InputError(f"{label}: {one_line(str(interval), 40)} bars; only hourly (1h) files can be imported")
     if venue is None:
         venue = md.get("venue") or name_venue or "kraken"
     if pair is None:
@@ -385,7 +472,7 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
             except InputError:
                 continue
         else:
-            raise InputError(f"{label}: unknown pair name {cands[0]!r} (pass --pair to name it)")
+            raise InputError(f"{label}: unknown pair name {_echo(cands[0])} (pass --pair to name it)")
     else:
         canon = _pair(pair, label)
     cols = set(table.column_names)
@@ -396,10 +483,9 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
     n = table.num_rows
     if n == 0:
         raise InputError(f"{label}: empty file (no rows)")
-    arrays = {"ts": table.column("ts").to_numpy(zero_copy_only=False).astype(np.float64)}
-    for f in VALUE_FIELDS:
-        arrays[f] = (np.asarray(table.column(f).cast("double").to_numpy(zero_copy_only=False), dtype=np.float64)
-                   if f in cols else np.full(n, np.nan))
+    arrays = {}
+    for f in ("ts", *VALUE_FIELDS):
+        arrays[f] = _parquet_numbers(label, table, f) if f in cols else np.full(n, np.nan)
     frame = pd.DataFrame(arrays)
     ts_col = table.column("ts")
     if ts_col.null_count:
@@ -480,6 +566,13 @@ def _checked_file(p: Path, root: Path) -> Path:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    try:
+        return _expand_paths(paths)
+    except InputError as e:  # a path may hold any character: the message stays one printable line
+        raise InputError(one_line(str(e))) from None
+
+
+def _expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Paths as given; a directory stands for its supported files (sorted, not recursive).
 
     Refused (InputError, before anything is opened): a FIFO, socket or device file, and a symbolic
@@ -553,7 +646,7 @@ def zip_members(data: bytes | BinaryIO, label: str,
     """
     try:
         zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
-    except zipfile.BadZipFile:
+    except _ZIP_ERRORS:
         raise InputError(f"{label}: not a valid zip archive") from None
     take: list[tuple[str, bytes]] = []
     skipped: list[Skipped] = []
@@ -595,9 +688,15 @@ def zip_members(data: bytes | BinaryIO, label: str,
                             f"refused (MAX_ARCHIVE_BYTES)")
             if info.file_size > budget:
                 raise InputError(over_archive)
-            with zf.open(info) as m:
-                body = read_capped(m, mlabel, min(MAX_UNIT_BYTES, budget),
-                                   None if MAX_UNIT_BYTES <= budget else over_archive)
+            if info.flag_bits & 0x1:
+                raise InputError(f"{mlabel}: encrypted member; refused (unencrypted zips only)")
+            try:
+                with zf.open(info) as m:
+                    body = read_capped(m, mlabel, min(MAX_UNIT_BYTES, budget),
+                                       None if MAX_UNIT_BYTES <= budget else over_archive)
+            except _ZIP_ERRORS as e:
+                raise InputError(f"{mlabel}: cannot be read from the archive ({type(e).__name__}: "
+                                 f"{_echo(str(e), 80)})") from None
             total += len(body)
             take.append((mname, body))
     return take, skipped
