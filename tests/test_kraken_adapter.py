@@ -235,6 +235,16 @@ def test_lookup_failure_is_unknown_not_absent(sim, tmp_path):
     assert r.outcome is Outcome.UNKNOWN
 
 
+def test_late_visible_order_is_found_by_retrying_the_lookup(sim, tmp_path):
+    a = adapter(sim, tmp_path)
+    fault(sim, kind="invisible", seconds=1.0)
+    res = a.add_order("BTC/USD", "buy", "limit", D("0.001"), price=D("10000.0"), cl_ord_id="late-1")
+    assert res.done
+    assert a.find_order("late-1").result == ()  # not visible yet: one look proves nothing
+    look = a.find_order("late-1", attempts=6, interval_s=0.4)
+    assert look.done and [o.txid for o in look.result] == list(res.result.txids)
+
+
 # ---- stub SDK: what the simulator cannot produce ----------------------------------------------
 class _Resp:
     def __init__(self, status: int, body) -> None:

@@ -402,19 +402,26 @@ class KrakenAdapter:
         assert last is not None
         return CallResult("QueryOrders", Outcome.DONE, out, (), "", False, last.http_status, "")
 
-    def find_order(self, cl_ord_id: str) -> CallResult[tuple[OrderInfo, ...]]:
+    def find_order(self, cl_ord_id: str, *, attempts: int = 1, interval_s: float = 2.0
+                   ) -> CallResult[tuple[OrderInfo, ...]]:
         """Every order carrying ``cl_ord_id``, open or closed (the lookup after an UNKNOWN AddOrder).
 
-        DONE with an empty tuple means neither list shows one *now* (orders can appear late: look
-        again before concluding); UNKNOWN if either lookup was not definitive."""
+        Orders can show up late over REST, so an empty answer is retried up to ``attempts`` times,
+        ``interval_s`` apart. DONE with an empty tuple means neither list showed one in any attempt;
+        UNKNOWN if a lookup was not definitive (absent is then not concluded)."""
         self._check_cl_ord_id(cl_ord_id)
-        found: dict[str, OrderInfo] = {}
-        for call in (self.open_orders, self.closed_orders):
-            r = call(cl_ord_id)
-            if not r.done:
-                return CallResult("find_order", Outcome.UNKNOWN if r.unknown else r.outcome, None, r.errors,
-                                  f"{r.endpoint}: {r.reason}", False, r.http_status, r.raw)
-            found.update({t: o for t, o in r.result.items() if o.cl_ord_id in (None, cl_ord_id)})
+        for i in range(max(1, attempts)):
+            if i:
+                self.sleep(interval_s)
+            found: dict[str, OrderInfo] = {}
+            for call in (self.open_orders, self.closed_orders):
+                r = call(cl_ord_id)
+                if not r.done:
+                    return CallResult("find_order", Outcome.UNKNOWN, None, r.errors, f"{r.endpoint}: {r.reason}",
+                                      False, r.http_status, r.raw)
+                found.update({t: o for t, o in r.result.items() if o.cl_ord_id in (None, cl_ord_id)})
+            if found:
+                break
         return CallResult("find_order", Outcome.DONE, tuple(sorted(found.values(), key=lambda o: o.opentm)))
 
     def trades_history(self, *, start: float | None = None, end: float | None = None, ofs: int | None = None
