@@ -8,8 +8,10 @@ it out of the repository (default under data/, which git ignores).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sqlite3
 import threading
 from decimal import Decimal, InvalidOperation
@@ -37,16 +39,28 @@ CREATE TABLE IF NOT EXISTS trades (txid TEXT PRIMARY KEY, account TEXT NOT NULL,
 TABLES = {"meta", "accounts", "balances", "orders", "trades"}
 
 
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
 class SimStore:
+    """The state file, held exclusively (``flock`` on ``<state>.lock`` beside it) from open to
+    :meth:`close`: a second simulator on the same file refuses to start instead of booking the same
+    txids twice."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self.conn: sqlite3.Connection | None = None
         if self.path.exists() and not self.path.is_file():
             raise InputError(f"{self.path}: the state file is not a regular file")
+        self._take_lock()
         try:
             self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         except sqlite3.Error as e:
+            self._release_lock()
             raise InputError(f"{self.path}: cannot open the state file ({e})") from None
         try:
             # look before writing: a file of someone else's (or missing tables) is refused untouched
@@ -58,9 +72,29 @@ class SimStore:
             if not tables:
                 self.conn.executescript(SCHEMA)
         except sqlite3.Error as e:
-            self.conn.close()
+            self.close()
             raise InputError(f"{self.path}: not a usable simulator state file ({e}); "
                              "move it aside or pass another --state") from None
+
+    def _take_lock(self) -> None:
+        lp = lock_path(self.path)
+        try:
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot create the lock file {lp} ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InputError(f"{self.path} is in use by another simulator (lock {lp} is held); "
+                             "stop it first or pass another --state") from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def is_empty(self) -> bool:
         return self.conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 0
@@ -103,8 +137,12 @@ class SimStore:
         return {"meta": meta, "accounts": accounts, "balances": balances, "orders": orders, "trades": trades}
 
     def close(self) -> None:
+        """Close the database, then release the lock (idempotent)."""
         with self._lock:
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            self._release_lock()
 
 
 def restore(ex: "Exchange", store: SimStore) -> bool:
