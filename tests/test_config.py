@@ -261,3 +261,33 @@ def test_config_check_validates_walkforward_configs_with_their_research_table(tm
     p = tmp_path / "r.toml"
     p.write_text(f'extends = "{ci}"\n[research.folds]\npurge_bars = 2\n')
     assert "research.folds.purge_bars: 2 is shorter than the longest label horizon" in _check(p, capsys)
+
+
+def test_metrics_json_stays_strict_when_a_metric_is_infinite(tmp_path):
+    """profit_factor is inf when no trade lost (engine.backtest.nb): metrics.json must still be
+    strict JSON (null), not the token Infinity that JSON readers reject."""
+    import json
+
+    import numpy as np
+
+    from engine.backtest.io import write_outputs
+    from engine.backtest.runner import make_inputs, run_backtest
+    from engine.risk.params import params_from_config
+    from engine.store.panel import load_shared_panel
+    from tests.conftest import require_shared
+
+    require_shared()
+    cfg = load_config()
+    t0 = 1672531200
+    panel = load_shared_panel(["binance_BTCUSDT_1h"], t0, t0 + 200 * 3600)
+    n = panel.close.shape[0]
+    res = run_backtest(make_inputs(panel, np.full((n, 1), 0.3), np.zeros((n, 1)), cfg), params_from_config(cfg))
+    res.metrics[0]["profit_factor"] = np.inf
+    res.metrics[0]["calmar"] = -np.inf
+    write_outputs(tmp_path / "bt", res, cfg)
+
+    def _refuse(tok):
+        raise AssertionError(f"metrics.json holds the non-standard JSON token {tok}")
+
+    doc = json.loads((tmp_path / "bt" / "metrics.json").read_text(), parse_constant=_refuse)
+    assert doc["profit_factor"] is None and doc["calmar"] is None

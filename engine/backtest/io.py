@@ -181,7 +181,7 @@ def write_files(folder: str | Path, result, cfg=None, meta: dict | None = None) 
     metrics["meta"] = dict(meta or {})
     if cfg is not None:
         metrics["config_sha256"] = cfg.content_hash()
-    (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str, allow_nan=False) + "\n")
     write_report(eq, metrics, d / "report.html")
     return metrics
 

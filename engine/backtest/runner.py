@@ -9,6 +9,7 @@ spread estimate (``engine.features.spread.spread_arrays``) and correlation clust
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -199,8 +200,10 @@ class BacktestResult:
 
 
 def _py(x):
+    """A numpy scalar as a Python value; a non-finite float (NaN, or a profit factor of inf when no
+    trade lost) as None, so metrics.json stays strict JSON."""
     x = x.item() if hasattr(x, "item") else x
-    return None if isinstance(x, float) and x != x else x
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _rules(inp: BacktestInputs):
