@@ -240,8 +240,9 @@ class KrakenAdapter:
 
     def _call(self, endpoint: str, invoke: Callable[[], Any], parse: Callable[[Any], Any], *, private: bool,
               order_pair: str | None = None, order_cost: float = 0.0) -> CallResult:
-        if self._halt is not None:
-            raise self._halt
+        h = self._halt
+        if h is not None:  # latched: a fresh exception each time (no traceback growing on one instance)
+            raise KrakenHalt(h.code, h.reason, h.errors)
         if private:
             self.budget.acquire_rest(endpoint)
         if order_pair is not None and order_cost > 0:
