@@ -119,8 +119,8 @@ def looser_than(thresholds: object, required: Mapping[str, float]) -> list[str]:
     out = []
     for k, req in required.items():
         got = t.get(k)
-        ok = isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got)
-        if ok:
+        ok = False
+        if isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got):
             ok = got >= req if STRICTER[k] == "higher" else got <= req
         if not ok:
             out.append(f"{k} {got} vs {req}")

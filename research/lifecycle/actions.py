@@ -117,7 +117,7 @@ def _looser_checks(v: dict, required: dict) -> list[str]:
     out = []
     for g in v.get("gates") or []:
         for c in (g.get("checks") or []) if isinstance(g, dict) else []:
-            key = _CHECK_THRESHOLD.get(c.get("name")) if isinstance(c, dict) else None
+            key = _CHECK_THRESHOLD.get(str(c.get("name"))) if isinstance(c, dict) else None
             if key is not None:
                 out += [f"check {c['name']}: {x}" for x in looser_than({key: c.get("threshold")},
                                                                         {key: required[key]})]

@@ -178,7 +178,7 @@ class ApprovalStore:
         """(entries, problems of the hash chain itself: parse, seq, prev_hash, hash)."""
         entries, probs = self.read_log()
         probs = list(probs)
-        prev = ZERO_HASH
+        prev: str | None = ZERO_HASH
         good: list[dict] = []
         for i, e in enumerate(entries, start=1):
             if e.get("_bad"):
@@ -246,7 +246,7 @@ class ApprovalStore:
     def _write_state(self, env: str, state: dict) -> None:
         p = self.state_path(env)
         p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(p, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(p, json.dumps(state, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
     def apply(self, entry: dict, rep: AuditReport) -> tuple[dict, dict]:
         """Append ``entry`` (a promote or rollback for one env) and write that env's new state.
