@@ -22,8 +22,13 @@ def parse_utc(value: str | int | None, *, end: bool = False) -> int | None:
     if value is None:
         return None
     v = str(value).strip()
+    if not v.isascii():  # '١٧٠٠٠٠٠٠٠٠' and '²' pass str.isdigit(); they are not times
+        raise InputError(f"invalid time {value!r} (use unix seconds, 2024-01-31 or 2024-01-31T13:00)")
     if v.lstrip("-").isdigit():
-        return int(v)
+        ts = int(v)
+        if abs(ts) >= 2**53:
+            raise InputError(f"invalid time {value!r} (unix seconds out of range)")
+        return ts
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:

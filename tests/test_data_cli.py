@@ -83,6 +83,10 @@ def test_parse_time():
     assert parse_time("2025-11-15") == 1763164800
     with pytest.raises(InputError, match="invalid time"):
         parse_time("yesterday")
+    # Unicode digits pass str.isdigit() and were read as unix seconds ('²' raised a traceback)
+    for bad in ("١٧٠٠٠٠٠٠٠٠", "²", "１７００００００００", "99999999999999999999"):
+        with pytest.raises(InputError, match="invalid time"):
+            parse_time(bad)
 
 
 def test_synth_is_stored_as_synthetic_deterministic_and_idempotent(tmp_path, capsys):

@@ -347,3 +347,48 @@ def test_export_out_to_a_folder_or_under_a_file(store, tmp_path, capsys, where):
     assert rc == 2 and err.startswith(f"kq: error: {out}: ") and "\n" not in err
     assert ("is a folder" if where == "folder" else "cannot") in err
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ([] if where == "folder" else ["f"])
+
+
+# ---- loose acceptance (issue 21): venues are a fixed set; booleans and Unicode digits are not numbers ----
+
+
+SQLISH = "kraken'; DROP TABLE bars; --"
+
+
+def test_venue_option_outside_the_fixed_set(store, tmp_path, capsys):
+    p = write(tmp_path / "XBTUSD_60.csv", kraken_lines())
+    err = reject(store, capsys, p, "--venue", SQLISH, rule="unknown venue", named=False)
+    assert err.startswith("kq: error: --venue: unknown venue") and "known: kraken, binance, coinbase, synthetic" in err
+    reject(store, capsys, p, "--venue", "krakenfutures", rule="unknown venue 'krakenfutures'", named=False)
+
+
+def test_venue_from_parquet_metadata_or_name_outside_the_fixed_set(store, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.table({"ts": pa.array([T0, T0 + 3600], pa.int64()), "open": [1.0, 1.0], "high": [2.0, 2.0],
+                  "low": [0.5, 0.5], "close": [1.5, 1.5], "volume": [3.0, 3.0]})
+    p = tmp_path / "XBTUSD_1h.parquet"
+    pq.write_table(t.replace_schema_metadata({"venue": SQLISH}), p)
+    reject(store, capsys, p, rule="unknown venue")
+    q = tmp_path / "evil_BTCUSDT_1h.parquet"
+    pq.write_table(t, q)
+    reject(store, capsys, q, rule="unknown venue 'evil'")
+
+
+@pytest.mark.parametrize("field, value", [(6, True), (7, False), (0, True), (2, "٣"), (6, "１２３"), (1, "1_000"),
+                                          (3, "0x10"), (4, "Infinity")])
+def test_rest_booleans_and_unicode_digits_are_not_numbers(store, tmp_path, capsys, field, value):
+    rows = [[T0 + 3600 * i, "1.0", "2.0", "0.5", "1.5", "1.2", "3.0", 5] for i in range(3)]
+    rows[1][field] = value
+    p = tmp_path / "ohlc.json"
+    p.write_text(json.dumps({"XXBTZUSD": rows}))
+    name = ("time", "open", "high", "low", "close", "vwap", "volume", "count")[field]
+    reject(store, capsys, p, line="row 2", rule=f"non-numeric field '{name}'")
+
+
+@pytest.mark.parametrize("value", ["١٠٥", "１０５", "10５", "True"])
+def test_csv_unicode_digits_are_not_numbers(store, tmp_path, capsys, value):
+    lines = kraken_lines()
+    lines[2] = ",".join([*lines[2].split(",")[:5], value, "7"])
+    reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 3", rule="non-numeric field 'volume'")

@@ -257,7 +257,10 @@ class MarketStore:
     def _import_files(self, paths, venue, pair, progress) -> ImportReport:
         self._writable()
         if venue is not None:
-            venue = normalize_venue(venue)
+            try:
+                venue = normalize_venue(venue)
+            except InputError as e:
+                raise InputError(f"--venue: {e}") from None
         if pair is not None:
             try:
                 normalize_pair(pair)  # fail early on an unknown --pair

@@ -95,7 +95,9 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAEr
                ValueError, struct.error, NotImplementedError, RuntimeError, OverflowError, IndexError)
 
 _KRAKEN_NAME = re.compile(r"^(?P<pair>[A-Za-z0-9]+)_(?P<minutes>\d+)$")
-_VENUE = re.compile(r"^[a-z][a-z0-9_-]*$")
+#: The venues bars may be stored under (a fixed set: a venue name is never taken from a file as typed).
+VENUES = ("kraken", "binance", "coinbase", "synthetic")
+_VENUE = re.compile(r"([a-z]+)(?:\s*\(spot\))?")
 
 
 @dataclass
@@ -125,13 +127,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def normalize_venue(venue: str) -> str:
-    """``Binance (spot)`` -> ``binance``, ``Kraken`` -> ``kraken``; anything else lower-cased."""
-    v = venue.strip().lower()
-    m = re.match(r"[a-z][a-z0-9_-]*", v)
-    if not m or not _VENUE.match(m.group(0)):
-        raise InputError(f"invalid venue name {venue!r}")
-    return m.group(0)
+def normalize_venue(venue: str, label: str | None = None) -> str:
+    """``Binance (spot)`` -> ``binance``, ``Kraken`` -> ``kraken``: one of :data:`VENUES`, optionally
+    followed by ``(spot)``; anything else is refused (never cut down to a known prefix)."""
+    m = _VENUE.fullmatch(venue.strip().lower()) if isinstance(venue, str) else None
+    if m is None or m.group(1) not in VENUES:
+        where = f"{label}: " if label else ""
+        raise InputError(f"{where}unknown venue {_echo(venue)} (known: {', '.join(VENUES)})")
+    return m.group(1)
 
 
 def _pair(name: str, label: str) -> str:
@@ -231,19 +234,27 @@ def _raw_frame(lines: np.ndarray, frame: pd.DataFrame, note=None) -> pd.DataFram
 # Kraken OHLCVT CSV
 
 
+#: A number as text: ASCII digits only (no Unicode digits, no '_', no hex, no nan/inf words),
+#: optional sign, fraction and exponent; surrounding spaces or tabs allowed.
+_NUMBER = re.compile(r"[ \t]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t]*")
+
+
 def _numbers(s: pd.Series) -> np.ndarray:
-    """float64 values of a column of Python values (str, int, float; anything else is NaN, refused
-    by the caller as non-numeric). An int beyond float range becomes +-inf (refused too)."""
+    """float64 values of a column of Python values: str in the :data:`_NUMBER` grammar, int (not
+    bool), float; anything else is NaN, refused by the caller as non-numeric. An int beyond float
+    range becomes +-inf (refused too)."""
     vals = s.to_numpy(dtype=object)
     kinds = np.fromiter((type(x) for x in vals), dtype=object, count=len(vals))
     out = np.full(len(vals), np.nan)
     is_str = kinds == str
     if is_str.any():
-        out[is_str] = pd.to_numeric(pd.Series(vals[is_str], dtype=object), errors="coerce").to_numpy(
+        strs = pd.Series(vals[is_str], dtype=object)
+        ok = strs.str.fullmatch(_NUMBER).to_numpy(dtype=bool)
+        out[np.flatnonzero(is_str)[ok]] = pd.to_numeric(strs[ok], errors="coerce").to_numpy(
             dtype=np.float64, na_value=np.nan)
     is_float = kinds == float
     out[is_float] = vals[is_float].astype(np.float64)
-    is_int = (kinds == int) | (kinds == bool)
+    is_int = kinds == int  # a bool is not a number here (True is not a volume of 1)
     out[is_int] = [float(x) if abs(x) < 2**1000 else (math.inf if x > 0 else -math.inf) for x in vals[is_int]]
     return out
 
@@ -303,7 +314,7 @@ def parse_kraken_csv(data: bytes, label: str, name: str, venue: str | None, pair
     frame = num.rename(columns={"time": "ts"})
     frame["vwap"] = np.nan
     bars = validate(label, frame, lines, "line")
-    return Parsed(label, name, "", sha256_bytes(data), "kraken-csv", normalize_venue(venue or "kraken"),
+    return Parsed(label, name, "", sha256_bytes(data), "kraken-csv", normalize_venue(venue or "kraken", label),
                   canon, pair, _raw_frame(lines, frame), bars)
 
 
@@ -343,7 +354,7 @@ def parse_rest_rows(rows: list, pair: str, *, label: str = "kraken-rest", venue:
     bars = validate(label, frame[keep].reset_index(drop=True), lines[keep], "row")
     if sha256 is None:
         sha256 = sha256_bytes(json.dumps([canon, rows, last], sort_keys=True, default=str).encode())
-    return Parsed(label, name or label, member, sha256, "kraken-rest", normalize_venue(venue), canon, pair,
+    return Parsed(label, name or label, member, sha256, "kraken-rest", normalize_venue(venue, label), canon, pair,
                   raw, bars, {"last": last})
 
 
@@ -493,7 +504,7 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
         raise InputError(f"{label}: row {i + 1}: non-numeric or missing value in column 'ts'")
     lines = np.arange(1, n + 1, dtype=np.int64)
     bars = validate(label, frame, lines, "row")
-    return Parsed(label, name, "", sha256_bytes(data), "parquet", normalize_venue(venue), canon, pair,
+    return Parsed(label, name, "", sha256_bytes(data), "parquet", normalize_venue(venue, label), canon, pair,
                   _raw_frame(lines, frame), bars, md)
 
 
@@ -516,10 +527,11 @@ def parse_frame(df: pd.DataFrame, venue: str, pair: str, source: str) -> Parsed:
     lines = np.arange(1, len(frame) + 1, dtype=np.int64)
     bars = validate(label, frame, lines, "row")
     h = hashlib.sha256()
-    h.update(f"{normalize_venue(venue)}|{canon}|{source}".encode())
+    venue = normalize_venue(venue, label)
+    h.update(f"{venue}|{canon}|{source}".encode())
     for f in ("ts", *VALUE_FIELDS):
         h.update(np.ascontiguousarray(frame[f].to_numpy(dtype=np.float64)).tobytes())
-    return Parsed(label, source, "", h.hexdigest(), "frame", normalize_venue(venue), canon, pair,
+    return Parsed(label, source, "", h.hexdigest(), "frame", venue, canon, pair,
                   _raw_frame(lines, frame), bars)
 
 
