@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from live_bridge.kraken import (
     Credentials,
@@ -134,6 +136,20 @@ def test_error_codes_classify(code, outcome, halt):
     # a definitive code next to an unknown one is unknown
     v2 = classify_envelope({"error": ["EOrder:Insufficient funds", code], "result": {}})
     assert v2.outcome is (Outcome.UNKNOWN if outcome is Outcome.UNKNOWN else Outcome.REJECTED)
+
+
+@settings(max_examples=200, deadline=None)
+@given(code=st.text(max_size=60), status=st.integers(100, 599), body=st.text(max_size=80))
+def test_unknown_never_means_rejected(code, status, body):
+    from live_bridge.kraken import ERROR_TABLE
+
+    v = classify_envelope({"error": [code], "result": {}})
+    listed = [p for p in ERROR_TABLE if code.startswith(p)]
+    if not listed or ERROR_TABLE[max(listed, key=len)].outcome is Outcome.UNKNOWN:
+        assert v.outcome is Outcome.UNKNOWN and v.halt is None
+    assert v.outcome is not Outcome.DONE
+    if status != 200:
+        assert classify_http(status, body).outcome is Outcome.UNKNOWN
 
 
 def test_http_and_exception_answers_classify():
@@ -529,8 +545,7 @@ def test_status_gate_table():
 
     assert g("online", "online") is None and g("online", "online", "sell", "market") is None
     assert "maintenance" in g("maintenance", "online", "sell")
-    for st in ("cancel_only",):
-        assert g("online", st) and g("online", st, "sell") and g(st, "online", "sell")
+    assert g("online", "cancel_only") and g("online", "cancel_only", "sell") and g("cancel_only", "online", "sell")
     assert "reduce_only" in g("online", "reduce_only") and g("online", "reduce_only", "sell") is None
     assert g("online", "reduce_only", "sell", "market") is None
     assert "limit_only" in g("online", "limit_only", "sell", "market") and g("online", "limit_only") is None
