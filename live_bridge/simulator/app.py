@@ -427,7 +427,7 @@ def _authenticate(ex: Exchange, guard: Guard, key: str, sig: str, path: str, raw
     if guard.locked(key):
         return "EGeneral:Temporary lockout"
     acct = ex.accounts.get(key) if key else None
-    if acct is None:
+    if acct is None or not acct.secret:  # no secret in this environment: not served
         guard.fail(key)
         return "EAPI:Invalid key"
     nonce = params.get("nonce", "")

@@ -74,7 +74,7 @@ def decimals_of(d: Decimal) -> int:
 class Account:
     name: str
     key: str
-    secret: str
+    secret: str  # base64, from the environment; "" = not served (never persisted)
     balances: dict[str, Decimal] = field(default_factory=dict)  # common asset code -> amount
     last_nonce: int = 0
     fee_tier: str | None = None
@@ -214,6 +214,34 @@ class Exchange:
             for a in list(acct.balances):
                 acct.balances[a] = q(acct.balances[a], asset_decimals(a))
             self.accounts[key] = acct
+            self.persist()
+            return acct
+
+    def set_credentials(self, name: str, key: str, secret: str, balances: dict[str, Decimal] | None = None,
+                        fee_tier: str | None = None) -> Account:
+        """Serve account ``name`` under ``key``/``secret`` (read from the environment at each start).
+        A new account gets ``balances``; an existing one keeps its books, takes the new secret and,
+        if the key changed, moves its orders and trades to the new key (the old key stops working)."""
+        with self.lock:
+            acct = self.accounts.get(key)
+            if acct is not None and acct.name != name:
+                raise InputError(f"accounts {acct.name!r} and {name!r} are given the same API key")
+            if acct is None:
+                old = next((a for a in self.accounts.values() if a.name == name), None)
+                if old is None:
+                    return self.add_account(name, key, secret, balances, fee_tier)
+                del self.accounts[old.key]
+                for o in self.orders.values():
+                    if o.account == old.key:
+                        o.account = key
+                        self._dirty_orders.add(o.txid)
+                for t in self.trades.values():
+                    if t.account == old.key:
+                        t.account = key
+                        self._dirty_trades.add(t.txid)
+                old.key = key
+                self.accounts[key] = acct = old
+            acct.secret = secret
             self.persist()
             return acct
 

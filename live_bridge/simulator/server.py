@@ -45,17 +45,19 @@ def build_exchange(panel: Panel, *, config: SimConfig | None = None, start: floa
     try:
         ex = Exchange(market, sclock, cfg, store=None)
         resumed = restore(ex, store) if store is not None else False
+        if store is not None and resumed:
+            store.scrub()
         ex.store = store
         env = os.environ if env is None else env
-        key, secret = env.get("KRAKEN_API_KEY"), env.get("KRAKEN_API_SECRET")
-        if key and secret and key not in ex.accounts:
-            ex.add_account("default", key, secret, balances or {})
-        for a in cfg.accounts:
-            k, s = env.get(a.key_env), env.get(a.secret_env)
-            if not k or not s:
-                continue  # an account whose secrets are not in this environment is not served
-            if k not in ex.accounts:
-                ex.add_account(a.name, k, s, dict(a.balances), a.fee_tier)
+        # credentials come from this environment only (never from the state file): an account keeps
+        # its books under its name; a new key (rotation) takes them over, a new secret replaces the old
+        wanted = [("default", env.get("KRAKEN_API_KEY"), env.get("KRAKEN_API_SECRET"), balances or {}, None)]
+        wanted += [(a.name, env.get(a.key_env), env.get(a.secret_env), dict(a.balances), a.fee_tier)
+                   for a in cfg.accounts]
+        for name, key, secret, bal, tier in wanted:
+            if not key or not secret:
+                continue  # an account whose credentials are not in this environment is not served
+            ex.set_credentials(name, key, secret, bal, tier)
         if not resumed:
             ex.processed = market.closed_count(sclock.now())
         ex.persist()

@@ -2,8 +2,11 @@
 clock, market status, faults), written through after every state change so a restart (or a
 crash) resumes exactly where the exchange was.
 
-Secrets are stored as given (the state file is the exchange's own database, like Kraken's); keep
-it out of the repository (default under data/, which git ignores).
+Secrets are never stored: the ``secret`` column is always empty and every start reads the secrets
+from the environment again (so a rotated KRAKEN_API_SECRET takes effect at the next start, and the
+old one stops working). The file (and SQLite's -wal/-shm beside it) is created 0600; a file from an
+older version that still holds secrets is scrubbed (secure_delete, WAL truncated) and set to 0600
+on the first start that loads it.
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ class SimStore:
             raise InputError(f"{self.path}: the state file is not a regular file")
         self._take_lock()
         try:
+            if not self.path.exists():  # created owner-only: sqlite gives -wal/-shm the same mode
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
             self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             self._release_lock()
             raise InputError(f"{self.path}: cannot open the state file ({e})") from None
         try:
@@ -69,6 +74,7 @@ class SimStore:
                 raise sqlite3.DatabaseError(f"tables {', '.join(sorted(TABLES - tables))} missing")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA secure_delete=ON")  # replaced rows are zeroed, not left behind
             if not tables:
                 self.conn.executescript(SCHEMA)
         except sqlite3.Error as e:
@@ -109,9 +115,13 @@ class SimStore:
             c.execute("BEGIN")
             try:
                 c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+                keys = list(ex.accounts)
+                marks = ", ".join("?" * len(keys))
+                c.execute(f"DELETE FROM accounts WHERE key NOT IN ({marks})", keys)  # a rotated key's old row
+                c.execute(f"DELETE FROM balances WHERE account NOT IN ({marks})", keys)
                 for a in ex.accounts.values():
-                    c.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?)",
-                              (a.key, a.name, a.secret, str(a.last_nonce), a.fee_tier, a.deadman))
+                    c.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, '', ?, ?, ?)",  # never the secret
+                              (a.key, a.name, str(a.last_nonce), a.fee_tier, a.deadman))
                     c.executemany("INSERT OR REPLACE INTO balances VALUES (?, ?, ?)",
                                   [(a.key, asset, str(v)) for asset, v in a.balances.items()])
                 c.executemany("INSERT OR REPLACE INTO orders VALUES (?, ?, ?)",
@@ -127,14 +137,27 @@ class SimStore:
         with self._lock:
             c = self.conn
             meta = dict(c.execute("SELECT k, v FROM meta").fetchall())
-            accounts = [dict(zip(("key", "name", "secret", "last_nonce", "fee_tier", "deadman"), r))
-                        for r in c.execute("SELECT key, name, secret, last_nonce, fee_tier, deadman FROM accounts")]
+            accounts = [dict(zip(("key", "name", "last_nonce", "fee_tier", "deadman"), r))
+                        for r in c.execute("SELECT key, name, last_nonce, fee_tier, deadman FROM accounts")]
             balances: dict[str, dict[str, str]] = {}
             for acc, asset, amt in c.execute("SELECT account, asset, amount FROM balances"):
                 balances.setdefault(acc, {})[asset] = amt  # parsed (strictly) by restore
             orders = [json.loads(d) for (d,) in c.execute("SELECT data FROM orders ORDER BY rowid")]
             trades = [json.loads(d) for (d,) in c.execute("SELECT data FROM trades ORDER BY rowid")]
         return {"meta": meta, "accounts": accounts, "balances": balances, "orders": orders, "trades": trades}
+
+    def scrub(self) -> None:
+        """After a successful load: owner-only modes, no secret left in the file or its WAL."""
+        with self._lock:
+            for p in (self.path, self.path.with_name(self.path.name + "-wal"),
+                      self.path.with_name(self.path.name + "-shm")):
+                if p.exists():
+                    os.chmod(p, 0o600)
+            if self.conn.execute("SELECT COUNT(*) FROM accounts WHERE secret != ''").fetchone()[0]:
+                self.conn.execute("UPDATE accounts SET secret = ''")
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.conn.execute("VACUUM")  # no free page keeps the old text either
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         """Close the database, then release the lock (idempotent)."""
@@ -193,7 +216,7 @@ def _restore(ex: "Exchange", s: dict[str, Any]) -> None:
         bal = {}
         for asset, amt in s["balances"].get(a["key"], {}).items():
             bal[asset] = decimal_of(amt, f"balance {asset}", 0, MAX_BALANCE)
-        accounts[a["key"]] = Account(name=str(a["name"]), key=str(a["key"]), secret=a["secret"], balances=bal,
+        accounts[a["key"]] = Account(name=str(a["name"]), key=str(a["key"]), secret="", balances=bal,
                                      last_nonce=int_of(a["last_nonce"], "last_nonce", 0),
                                      fee_tier=a["fee_tier"], deadman=float_of(a["deadman"], "deadman", 0, MAX_TIME))
     orders = {}
