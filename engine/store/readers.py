@@ -239,10 +239,17 @@ def _raw_frame(lines: np.ndarray, frame: pd.DataFrame, note=None) -> pd.DataFram
 _NUMBER = re.compile(r"[ \t]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t]*")
 
 
-def _numbers(s: pd.Series) -> np.ndarray:
+#: Every character a Kraken CSV of numbers may hold: when a file holds no other, each field is
+#: already ASCII and pandas' parser decides the rest (the per-field grammar check is skipped).
+_CSV_CHARS = b"0123456789+-.eE, \t\r\n"
+
+
+def _numbers(s: pd.Series, plain_ascii: bool = False) -> np.ndarray:
     """float64 values of a column of Python values: str in the :data:`_NUMBER` grammar, int (not
     bool), float; anything else is NaN, refused by the caller as non-numeric. An int beyond float
-    range becomes +-inf (refused too)."""
+    range becomes +-inf (refused too). ``plain_ascii``: every value is a str of :data:`_CSV_CHARS`."""
+    if plain_ascii:
+        return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     vals = s.to_numpy(dtype=object)
     kinds = np.fromiter((type(x) for x in vals), dtype=object, count=len(vals))
     out = np.full(len(vals), np.nan)
@@ -260,11 +267,11 @@ def _numbers(s: pd.Series) -> np.ndarray:
 
 
 def _numeric_columns(label: str, table: pd.DataFrame, names: tuple[str, ...], lines: np.ndarray,
-                     unit: str) -> pd.DataFrame:
+                     unit: str, plain_ascii: bool = False) -> pd.DataFrame:
     out = {}
     for k, name in enumerate(names):
         s = table[k]
-        v = _numbers(s)
+        v = _numbers(s, plain_ascii)
         bad = np.isnan(v) | np.isinf(v)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -310,7 +317,8 @@ def parse_kraken_csv(data: bytes, label: str, name: str, venue: str | None, pair
         raise InputError(f"{label}: line {i + 1}: wrong column count ({counts[i]} fields, expected {ncol}: "
                          f"{','.join(KRAKEN_CSV_COLUMNS)})")
     table = s.str.split(",", expand=True)
-    num = _numeric_columns(label, table, KRAKEN_CSV_COLUMNS, lines, "line")
+    plain = text.isascii() and not text.encode("ascii").translate(None, _CSV_CHARS)
+    num = _numeric_columns(label, table, KRAKEN_CSV_COLUMNS, lines, "line", plain)
     frame = num.rename(columns={"time": "ts"})
     frame["vwap"] = np.nan
     bars = validate(label, frame, lines, "line")
