@@ -145,3 +145,31 @@ def test_repeated_bad_signatures_lock_the_key_out(sim):
     assert sim.raw_private("Balance").json()["error"] == ["EGeneral:Temporary lockout"]
     errs = [sim.raw_private("Balance", key="stranger").json()["error"] for _ in range(4)]
     assert errs == [["EAPI:Invalid key"]] * 3 + [["EGeneral:Temporary lockout"]]
+
+
+def test_the_auth_failure_table_is_bounded_and_real_lockouts_survive_a_flood():
+    """The per-key failure table grew with every made-up API-Key header; now made-up keys share a
+    bounded LRU table (by digest), and cannot push a real key's lockout out of it."""
+    from decimal import Decimal
+
+    from live_bridge.simulator.app import Guard
+    from live_bridge.simulator.server import build_exchange
+    from live_bridge.simulator.testing import T0
+
+    ex = build_exchange(flat_panel(), config=sim_test_config(rate_limit={"lockout_after": 3, "lockout_s": 60.0}),
+                        start=T0 + 5 * 3600, env={"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET},
+                        balances={"USD": Decimal(1)})
+    g = Guard(ex)
+    for _ in range(3):
+        g.fail(KEY)
+    assert g.locked(KEY)
+    for i in range(2 * Guard.MAX_STRANGERS):  # each made-up key locked out: both tables fill up
+        for _ in range(3):
+            g.fail(f"made-up-key-{i}-" + "x" * 200)
+    assert len(g.stranger_failures) <= Guard.MAX_STRANGERS and len(g.stranger_locked) <= Guard.MAX_STRANGERS
+    assert len(g.failures) <= len(ex.accounts) and len(g.locked_until) <= len(ex.accounts)
+    assert g.locked(KEY)  # the flood did not unlock the real key
+    for _ in range(3):  # a stranger still gets locked out
+        g.fail("stranger")
+    assert g.locked("stranger")
+    assert sum(len(k) for k in g.stranger_failures) <= 32 * Guard.MAX_STRANGERS  # digests, not the keys sent

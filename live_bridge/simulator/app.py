@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -140,31 +140,65 @@ def html_response(status: int) -> Response:
                     media_type="text/html")
 
 
+class LRU(OrderedDict):
+    """A dict that keeps its ``cap`` most recently written keys."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.cap:
+            self.popitem(last=False)
+
+
 class Guard:
-    """Per-key REST rate counter (decaying) and the lockout after repeated authentication failures."""
+    """Per-key REST rate counter (decaying) and the lockout after repeated authentication failures.
+
+    Memory is bounded whatever callers send: keys the exchange knows have their own entries (as
+    many as accounts); any other API-Key header is tracked by a 16-byte digest in an LRU table of
+    ``MAX_STRANGERS`` entries, so a flood of made-up keys can neither grow memory nor evict the
+    lockout of a real key."""
+
+    MAX_STRANGERS = 4096
 
     def __init__(self, ex: Exchange) -> None:
         self.ex = ex
         self.counters: dict[str, tuple[float, float]] = {}
         self.failures: dict[str, deque[float]] = {}
         self.locked_until: dict[str, float] = {}
+        self.stranger_failures = LRU(self.MAX_STRANGERS)
+        self.stranger_locked = LRU(self.MAX_STRANGERS)
+
+    def _slot(self, key: str) -> tuple[dict, dict, str]:
+        if key in self.ex.accounts:
+            return self.failures, self.locked_until, key
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        return self.stranger_failures, self.stranger_locked, digest
 
     def locked(self, key: str) -> bool:
-        return self.locked_until.get(key, 0.0) > time.monotonic()
+        _, locked, k = self._slot(key)
+        return locked.get(k, 0.0) > time.monotonic()
 
     def lock(self, key: str, seconds: float) -> None:
-        self.locked_until[key] = time.monotonic() + seconds
+        _, locked, k = self._slot(key)
+        until = time.monotonic() + seconds
+        locked.put(k, until) if isinstance(locked, LRU) else locked.__setitem__(k, until)
 
     def fail(self, key: str) -> None:
         rl = self.ex.config.rate_limit
         now = time.monotonic()
-        dq = self.failures.setdefault(key, deque())
+        failures, _, k = self._slot(key)
+        dq = failures.get(k) or deque()
         dq.append(now)
         while dq and dq[0] < now - rl.lockout_window_s:
             dq.popleft()
         if len(dq) >= rl.lockout_after:
             self.lock(key, rl.lockout_s)
             dq.clear()
+        failures.put(k, dq) if isinstance(failures, LRU) else failures.__setitem__(k, dq)
 
     def charge(self, key: str, cost: float) -> bool:
         rl = self.ex.config.rate_limit
