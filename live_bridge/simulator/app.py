@@ -23,6 +23,8 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
+import re
 import time
 from collections import OrderedDict, deque
 from datetime import datetime, timezone
@@ -36,7 +38,7 @@ from engine.errors import InputError
 
 from .exchange import Account, Exchange, KrakenAPIError
 from .faults import MAX_FAULTS, STATUSES, Fault
-from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, decimal_of, float_of
+from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, decimal_of, float_of, int_of
 
 PUBLIC = ("Time", "SystemStatus", "Assets", "AssetPairs", "Ticker", "OHLC", "Depth")
 PRIVATE = ("Balance", "BalanceEx", "TradeBalance", "OpenOrders", "ClosedOrders", "QueryOrders",
@@ -52,6 +54,23 @@ HTTP_TEXT = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Una
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ADMIN_MAX_BODY = 64 * 1024
+KRAKEN_MAX_BODY = 256 * 1024
+INVALID = "EGeneral:Invalid arguments"
+log = logging.getLogger(__name__)
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None if it is longer than ``limit`` bytes (not read past the limit)."""
+    n = request.headers.get("content-length", "")
+    if n.isascii() and n.isdigit() and int(n) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 MIN_TOKEN_LEN = 16
 
 
@@ -258,7 +277,13 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
             return json_response(envelope(None, ["EGeneral:Unknown method"]))
         params = dict(request.query_params)
         if request.method == "POST":
-            params |= dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+            raw = await read_body(request, KRAKEN_MAX_BODY)
+            try:  # UTF-8 only, also inside %-escapes (a non-UTF-8 body raised: HTTP 500)
+                if raw is None:
+                    raise ValueError("body too large")
+                params |= dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict"))
+            except ValueError:
+                return json_response(envelope(None, [INVALID]))
         fault = ex.faults.take_request(name, ex.now())
         if fault is not None and fault.kind == "lockout":
             fault = None  # lockout is per key: only private calls
@@ -269,7 +294,10 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
     async def private(name: str, request: Request) -> Response:
         if foreign_request(request.headers):
             return json_response(envelope(None, ["EGeneral:Permission denied"]))
-        raw = (await request.body()).decode("utf-8", "replace")
+        body = await read_body(request, KRAKEN_MAX_BODY)
+        if body is None:
+            return json_response(envelope(None, [INVALID]))
+        raw = body.decode("utf-8", "replace")
         if name not in PRIVATE:
             return json_response(envelope(None, ["EGeneral:Unknown method"]))
         key = request.headers.get("API-Key", "")
@@ -283,10 +311,13 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
         ctype = request.headers.get("content-type", "")
         if "json" in ctype:
             try:
+                d = strict_json(raw or "{}")
+                if not isinstance(d, dict):
+                    raise ValueError("not an object")
                 params = {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                          for k, v in json.loads(raw or "{}").items()}
-            except (ValueError, AttributeError):
-                return json_response(envelope(None, ["EGeneral:Invalid arguments"]))
+                          for k, v in d.items()}
+            except ValueError:
+                return json_response(envelope(None, [INVALID]))
         else:
             params = dict(parse_qsl(raw, keep_blank_values=True))
         path = request.url.path
@@ -308,6 +339,10 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
 
         return await run_with_faults(name, action, fault)
 
+    @app.api_route("/0/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+    async def unknown(rest: str, request: Request) -> Response:
+        return json_response(envelope(None, ["EGeneral:Unknown method"]))
+
     # ---- admin ---------------------------------------------------------------------------------
     async def admin_body(request: Request, needs_body: bool) -> Any:
         """Host/Origin, bearer token, JSON-only body: the gate every admin call passes first."""
@@ -319,8 +354,8 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("latin-1"), token):
             raise AdminError("missing or wrong admin token (Authorization: Bearer $KQ_SIM_ADMIN_TOKEN)", 401)
-        raw = await request.body()
-        if len(raw) > ADMIN_MAX_BODY:
+        raw = await read_body(request, ADMIN_MAX_BODY)
+        if raw is None:
             raise AdminError(f"body larger than {ADMIN_MAX_BODY} bytes", 413)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if raw and ctype != "application/json":
@@ -450,10 +485,15 @@ def _admin_error(msg: str, status: int = 400) -> Response:
 
 
 def _guarded(fn: Callable[[], Any]) -> bytes:
+    """Run one Kraken call: its result, its Kraken error, or (a bug) Kraken's EGeneral:Internal error
+    with the traceback logged: a client never sees an HTTP 500 (the fuzz suite asserts none occurs)."""
     try:
         return envelope(fn())
     except KrakenAPIError as e:
         return envelope(None, [e.message])
+    except Exception:
+        log.exception("simulator: unexpected error in a Kraken call")
+        return envelope(None, ["EGeneral:Internal error"])
 
 
 def _authenticate(ex: Exchange, guard: Guard, key: str, sig: str, path: str, raw: str,
@@ -469,12 +509,12 @@ def _authenticate(ex: Exchange, guard: Guard, key: str, sig: str, path: str, raw
         expected = sign(acct.secret, path, nonce, raw)
     except (binascii.Error, ValueError):
         expected = ""
-    if not sig or not hmac.compare_digest(expected, sig):
+    # bytes, not str: compare_digest refuses non-ASCII str (a header byte 0xff raised TypeError: HTTP 500)
+    if not sig or not hmac.compare_digest(expected.encode(), sig.encode("latin-1", "replace")):
         guard.fail(key)
         return "EAPI:Invalid signature"
-    try:
-        n = int(nonce)
-    except ValueError:
+    n = int(nonce) if _NONCE.fullmatch(nonce) else -1  # ASCII digits, unsigned 64-bit
+    if n < 0 or n >= 2**64:
         guard.fail(key)
         return "EAPI:Invalid nonce"
     if n <= acct.last_nonce:
@@ -482,6 +522,9 @@ def _authenticate(ex: Exchange, guard: Guard, key: str, sig: str, path: str, raw
         return "EAPI:Invalid nonce"
     acct.last_nonce = n
     return None
+
+
+_NONCE = re.compile(r"[0-9]{1,20}")
 
 
 def _pairs_arg(ex: Exchange, raw: str | None, required: bool) -> list[str]:
@@ -528,16 +571,16 @@ def _public(ex: Exchange, name: str, p: dict[str, str]) -> Any:
                 raise KrakenAPIError("EGeneral:Invalid arguments:interval (the simulator serves 60 only)")
             since = p.get("since")
             try:
-                s = float(since) if since not in (None, "") else None
-            except ValueError:
+                s = float_of(since, "since", -MAX_TIME, MAX_TIME) if since not in (None, "") else None
+            except BadNumber:
                 raise KrakenAPIError("EGeneral:Invalid arguments:since") from None
             rows, last = ex.market.ohlc(pairs[0], now, s)
             return {ex.market.instruments[pairs[0]].kraken_id: rows, "last": last}
         if name == "Depth":
             pairs = _pairs_arg(ex, p.get("pair"), required=True)
             try:
-                count = int(p.get("count", 100))
-            except ValueError:
+                count = int_of(p.get("count", 100), "count")
+            except BadNumber:
                 raise KrakenAPIError("EGeneral:Invalid arguments:count") from None
             count = max(1, min(500, count))
             return {ex.market.instruments[pr].kraken_id: ex.market.depth(pr, now, count) for pr in pairs[:1]}

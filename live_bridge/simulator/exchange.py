@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Any
 
 from engine.errors import InputError
@@ -36,7 +36,7 @@ from engine.store.panel import HOUR
 from .config import FeeTier, SimConfig
 from .faults import FaultPlan
 from .market import Market, SimClock, fmt
-from .numbers import MAX_AMOUNT
+from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, OutOfRange, decimal_of, float_of, int_of
 
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 FIAT4 = {"USD", "EUR", "GBP"}
@@ -57,8 +57,13 @@ def asset_decimals(asset: str) -> int:
     return 4 if a in FIAT4 else 8 if a in STABLE8 else 10
 
 
+# Quantising in a wide context: a large (bounded) amount at 10 decimals never overflows the default
+# 28 digits (which raised InvalidOperation: an HTTP 500).
+WIDE = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+
 def q(x: Decimal, places: int, rounding=ROUND_HALF_EVEN) -> Decimal:
-    return x.quantize(Decimal(1).scaleb(-places), rounding=rounding)
+    return x.quantize(Decimal(1).scaleb(-places), rounding=rounding, context=WIDE)
 
 
 def rfc3339(t: float) -> str:
@@ -497,10 +502,10 @@ class Exchange:
             if tif not in ("GTC", "IOC", "GTD"):
                 raise KrakenAPIError("EGeneral:Invalid arguments:timeinforce")
             try:
-                vol = Decimal(p.get("volume", ""))
-            except InvalidOperation:
+                vol = decimal_of(p.get("volume", ""), "volume", 0, MAX_AMOUNT)
+            except BadNumber:
                 raise KrakenAPIError("EGeneral:Invalid arguments:volume") from None
-            if not vol.is_finite() or vol <= 0:
+            if vol <= 0:
                 raise KrakenAPIError("EGeneral:Invalid arguments:volume")
             if decimals_of(vol) > inst.lot_decimals:
                 raise KrakenAPIError(f"EGeneral:Invalid arguments:volume can only be specified up to "
@@ -508,24 +513,19 @@ class Exchange:
             price: Decimal | None = None
             if ordertype == "limit":
                 try:
-                    price = Decimal(p.get("price", ""))
-                except InvalidOperation:
+                    price = decimal_of(p.get("price", ""), "price", None, MAX_AMOUNT)
+                except OutOfRange:
+                    raise KrakenAPIError("EOrder:Invalid price") from None
+                except BadNumber:
                     raise KrakenAPIError("EGeneral:Invalid arguments:price") from None
-                if not price.is_finite() or price <= 0:
+                if price <= 0:
                     raise KrakenAPIError("EGeneral:Invalid arguments:price")
                 if decimals_of(price) > inst.pair_decimals:
                     raise KrakenAPIError(f"EOrder:Invalid price:{inst.altname} price can only be specified up to "
                                          f"{inst.pair_decimals} decimals.")
                 if price % inst.tick_size != 0:
                     raise KrakenAPIError("EOrder:Tick size check failed")
-            userref = p.get("userref")
-            if userref is not None:
-                try:
-                    userref = int(userref)
-                except ValueError:
-                    raise KrakenAPIError("EGeneral:Invalid arguments:userref") from None
-                if not -2**31 <= userref < 2**31:
-                    raise KrakenAPIError("EGeneral:Invalid arguments:userref")
+            userref = _userref(p)
             cl = p.get("cl_ord_id")
             if cl is not None:
                 if userref is not None:
@@ -535,10 +535,13 @@ class Exchange:
             expiretm = 0.0
             if tif == "GTD" or p.get("expiretm") not in (None, "", "0"):
                 raw = p.get("expiretm", "")
-                try:
-                    expiretm = now + float(raw[1:]) if raw.startswith("+") else float(raw)
-                except ValueError:
+                try:  # "+<seconds>" from now, or a unix time; finite and before 2100 either way
+                    expiretm = (now + float_of(raw[1:], "expiretm", 0, MAX_STEP) if raw.startswith("+")
+                                else float_of(raw, "expiretm", 0, MAX_TIME))
+                except BadNumber:
                     raise KrakenAPIError("EGeneral:Invalid arguments:expiretm") from None
+                if expiretm > MAX_TIME:
+                    raise KrakenAPIError("EGeneral:Invalid arguments:expiretm")
                 if tif != "GTD":
                     raise KrakenAPIError("EGeneral:Invalid arguments:expiretm requires timeinforce GTD")
                 if expiretm <= now + 5:
@@ -550,6 +553,8 @@ class Exchange:
                 raise KrakenAPIError("EService:Unavailable")
             bid, ask, mid = quotes
             ref = price if price is not None else Decimal(repr(mid))
+            if vol * ref > MAX_AMOUNT:  # more than any balance can hold (and past exact arithmetic)
+                raise KrakenAPIError("EOrder:Insufficient funds")
             if vol * ref < inst.costmin:
                 raise KrakenAPIError("EOrder:Cost minimum not met")
             status = self.market_status(pair, now)
@@ -648,10 +653,12 @@ class Exchange:
             else:
                 for t in str(txid).split(","):
                     t = t.strip()
-                    if t.lstrip("-").isdigit():
-                        targets += [o for o in mine if o.userref == int(t)]
-                    else:
+                    try:  # an int32 (ASCII digits only) is a userref; anything else a txid
+                        ref = int_of(t, "txid", -2**31, 2**31 - 1)
+                    except BadNumber:
                         targets += [o for o in mine if o.txid == t]
+                    else:
+                        targets += [o for o in mine if o.userref == ref]
             targets = [o for o in targets if o.status == "open"]
             if not targets:
                 raise KrakenAPIError("EOrder:Unknown order")
@@ -677,11 +684,9 @@ class Exchange:
         with self.lock:
             self.sync()
             try:
-                t = int(timeout or "")
-            except ValueError:
+                t = int_of(timeout or "", "timeout", 0, 86399)
+            except BadNumber:
                 raise KrakenAPIError("EGeneral:Invalid arguments:timeout") from None
-            if not 0 <= t < 86400:
-                raise KrakenAPIError("EGeneral:Invalid arguments:timeout")
             now = self.now()
             acct.deadman = 0.0 if t == 0 else now + t
             self.persist()
@@ -727,14 +732,14 @@ class Exchange:
 
     def _select(self, acct: Account, p: dict[str, str], open_: bool) -> list[Order]:
         out = []
-        uref = p.get("userref")
+        uref = _userref(p, blank_ok=True)
         cl = p.get("cl_ord_id")
         for o in (self.open_orders_list() if open_ else self.orders.values()):
             if o.account != acct.key or not self._visible(o):
                 continue
             if (o.status == "open") != open_:
                 continue
-            if uref not in (None, "") and o.userref != int(uref):
+            if uref is not None and o.userref != uref:
                 continue
             if cl not in (None, "") and o.cl_ord_id != cl:
                 continue
@@ -745,11 +750,11 @@ class Exchange:
         with self.lock:
             self.sync()
             sel = self._select(acct, p, open_=False)
-            start, end = _num(p.get("start")), _num(p.get("end"))
+            start, end = _num(p, "start"), _num(p, "end")
             sel = [o for o in sel if (start is None or (o.closetm or 0) > start) and
                    (end is None or (o.closetm or 0) <= end)]
             sel.sort(key=lambda o: (o.closetm or 0, o.txid), reverse=True)
-            ofs = int(p.get("ofs") or 0)
+            ofs = _ofs(p)
             tr = _true(p.get("trades"))
             page = sel[ofs: ofs + HISTORY_PAGE]
             return {"closed": {o.txid: self.order_view(o, tr) for o in page}, "count": len(sel)}
@@ -763,13 +768,13 @@ class Exchange:
                 raise KrakenAPIError("EGeneral:Invalid arguments:txid")
             if len(ids) > 50:
                 raise KrakenAPIError("EGeneral:Invalid arguments:txid (at most 50)")
-            uref = p.get("userref")
+            uref = _userref(p, blank_ok=True)
             out = {}
             for t in ids:
                 o = self.orders.get(t)
                 if o is None or o.account != acct.key or not self._visible(o):
                     raise KrakenAPIError("EOrder:Invalid order")
-                if uref not in (None, "") and o.userref != int(uref):
+                if uref is not None and o.userref != uref:
                     continue
                 self._poll(o)
                 out[t] = self.order_view(o, _true(p.get("trades")))
@@ -779,14 +784,14 @@ class Exchange:
     def trades_history(self, acct: Account, p: dict[str, str]) -> dict[str, Any]:
         with self.lock:
             self.sync()
-            start, end = _num(p.get("start")), _num(p.get("end"))
+            start, end = _num(p, "start"), _num(p, "end")
             typ = p.get("type") or "all"
             sel = [t for t in self.trades.values() if t.account == acct.key
                    and (start is None or t.time > start) and (end is None or t.time <= end)]
             if typ in ("buy", "sell"):
                 sel = [t for t in sel if t.side == typ]
             sel.sort(key=lambda t: (t.time, t.trade_id), reverse=True)
-            ofs = int(p.get("ofs") or 0)
+            ofs = _ofs(p)
             out = {}
             for t in sel[ofs: ofs + HISTORY_PAGE]:
                 inst = self.market.instruments[t.pair]
@@ -947,10 +952,31 @@ def _true(v: str | None) -> bool:
     return str(v).lower() in ("true", "1")
 
 
-def _num(v: str | None) -> float | None:
+def _num(p: dict[str, str], name: str) -> float | None:
+    """An optional time parameter (start/end): a finite number, ASCII digits only."""
+    v = p.get(name)
     if v in (None, ""):
         return None
     try:
-        return float(v)
-    except ValueError:
-        raise KrakenAPIError("EGeneral:Invalid arguments:start/end") from None
+        return float_of(v, name, -MAX_TIME, MAX_TIME)
+    except BadNumber:
+        raise KrakenAPIError(f"EGeneral:Invalid arguments:{name}") from None
+
+
+def _userref(p: dict[str, str], blank_ok: bool = False) -> int | None:
+    """The optional ``userref``: an int32 in ASCII digits (a blank filter is no filter)."""
+    v = p.get("userref")
+    if v is None or (blank_ok and v == ""):
+        return None
+    try:
+        return int_of(v, "userref", -2**31, 2**31 - 1)
+    except BadNumber:
+        raise KrakenAPIError("EGeneral:Invalid arguments:userref") from None
+
+
+def _ofs(p: dict[str, str]) -> int:
+    """The history page offset: a non-negative integer in ASCII digits."""
+    try:
+        return int_of(p.get("ofs") or "0", "ofs", 0, 10**9)
+    except BadNumber:
+        raise KrakenAPIError("EGeneral:Invalid arguments:ofs") from None

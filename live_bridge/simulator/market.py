@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 
 import numpy as np
 
@@ -85,7 +85,10 @@ def fmt(d: Decimal | float, places: int) -> str:
     """A decimal string with exactly ``places`` decimals (Kraken's number format)."""
     if not isinstance(d, Decimal):
         d = Decimal(repr(float(d)))
-    return f"{d.quantize(Decimal(1).scaleb(-places)):f}"
+    return f"{d.quantize(Decimal(1).scaleb(-places), context=_WIDE):f}"
+
+
+_WIDE = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow])  # no overflow at 10 decimals
 
 
 def spread_array(panel: Panel, *, use_estimator: bool, window: int) -> tuple[np.ndarray, str]:

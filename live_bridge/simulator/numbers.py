@@ -18,12 +18,16 @@ MAX_AMOUNT = Decimal(10) ** 15  # largest balance, volume, price or notional the
 MAX_TIME = 4_102_444_800.0  # 2100-01-01 UTC: the simulated clock never passes it
 MAX_STEP = 100 * 366 * 86400.0  # one clock advance
 
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,6})?")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,10})?")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
 
 
 class BadNumber(ValueError):
     """A value that is not a finite number in range; the message names it."""
+
+
+class OutOfRange(BadNumber):
+    """A well-formed finite number outside the bounds asked for."""
 
 
 def decimal_of(v: Any, what: str, lo: Decimal | float | None = None, hi: Decimal | float | None = None) -> Decimal:
@@ -36,7 +40,7 @@ def decimal_of(v: Any, what: str, lo: Decimal | float | None = None, hi: Decimal
         d = Decimal(repr(v))
     elif isinstance(v, int):
         if abs(v) > 10**30:
-            raise BadNumber(f"{what} is out of range")
+            raise OutOfRange(f"{what} is out of range")
         d = Decimal(v)
     else:
         if len(v) > 64 or not _DECIMAL.fullmatch(v):
@@ -45,12 +49,14 @@ def decimal_of(v: Any, what: str, lo: Decimal | float | None = None, hi: Decimal
             d = Decimal(v)
         except InvalidOperation:  # pragma: no cover - the pattern admits only valid literals
             raise BadNumber(f"{what} must be a decimal number") from None
-    if not d.is_finite() or d.adjusted() > 30 or (d != 0 and d.adjusted() < -30):
-        raise BadNumber(f"{what} is out of range")
+    if not d.is_finite():
+        raise BadNumber(f"{what} must be a finite number")
+    if d.adjusted() > 30 or (d != 0 and d.adjusted() < -30):
+        raise OutOfRange(f"{what} is out of range")
     if lo is not None and d < Decimal(str(lo)):
-        raise BadNumber(f"{what} must be >= {lo}")
+        raise OutOfRange(f"{what} must be >= {lo}")
     if hi is not None and d > Decimal(str(hi)):
-        raise BadNumber(f"{what} must be <= {hi}")
+        raise OutOfRange(f"{what} must be <= {hi}")
     return d
 
 
@@ -68,7 +74,7 @@ def int_of(v: Any, what: str, lo: int | None = None, hi: int | None = None) -> i
             raise BadNumber(f"{what} must be an integer")
         v = int(v)
     if lo is not None and v < lo:
-        raise BadNumber(f"{what} must be >= {lo}")
+        raise OutOfRange(f"{what} must be >= {lo}")
     if hi is not None and v > hi:
-        raise BadNumber(f"{what} must be <= {hi}")
+        raise OutOfRange(f"{what} must be <= {hi}")
     return v
