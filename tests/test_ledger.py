@@ -73,14 +73,23 @@ class Target:
         finally:
             eng.dispose()
 
+    @property
+    def pg(self) -> bool:
+        return resolve_url(self.dsn).get_backend_name() == "postgresql"
+
     def drop_triggers(self) -> None:
-        if resolve_url(self.dsn).get_backend_name() == "postgresql":
+        if self.pg:
             self.sql(
                 "DROP TRIGGER ledger_entry_no_update_delete ON ledger_entry",
                 "DROP TRIGGER ledger_entry_no_truncate ON ledger_entry",
+                "DROP TRIGGER ledger_entry_insert_extends_chain ON ledger_entry",
             )
         else:
-            self.sql("DROP TRIGGER ledger_entry_no_update", "DROP TRIGGER ledger_entry_no_delete")
+            self.sql(
+                "DROP TRIGGER ledger_entry_no_update",
+                "DROP TRIGGER ledger_entry_no_delete",
+                "DROP TRIGGER ledger_entry_insert_extends_chain",
+            )
 
     def close(self) -> None:
         for led in self.opened:
@@ -255,7 +264,7 @@ class LedgerSuite:
     def test_open_migrates_to_head_and_reopens(self, target):
         assert ledger_schema_version(target.dsn, schema=target.schema) is None
         led = target.open()
-        assert led.schema_version == head_revision() == "0001"
+        assert led.schema_version == head_revision() == "0002"
         assert ledger_schema_version(target.dsn, schema=target.schema) == head_revision()
         led.append(rec.event("hello", hour=H))
         again = target.open()  # a second open runs no migration and keeps the rows
@@ -334,6 +343,66 @@ class LedgerSuite:
             with pytest.raises(sa.exc.DBAPIError, match="append-only"):
                 target.sql(stmt)
         assert led.head() == before and led.verify().ok
+
+    def test_database_refuses_replace_upsert_and_out_of_chain_inserts(self, target):
+        led = target.open()
+        sample_hour(led)
+        before = led.head()
+        fill = led.entries(H, kind="fill")[0]
+        names = [c for c in _cols(fill) if c not in ("digest", "blob")] + ["prev_hash", "hash"]
+        insert = f"INTO ledger_entry ({', '.join(names)}) VALUES ({', '.join(':' + c for c in names)})"
+
+        def forged(seq: int, prev: str, **change) -> dict:
+            cols = _cols(fill) | {"seq": seq} | change
+            return {c: cols.get(c) for c in names[:-2]} | {"prev_hash": prev, "hash": entry_hash(prev, cols)}
+
+        half = forged(fill.seq, fill.prev_hash, qty="0.005")  # the fill's quantity halved, re-hashed
+        attempts = [
+            (f"REPLACE {insert}", half),
+            (f"INSERT OR REPLACE {insert}", half),
+            (f"INSERT {insert} ON CONFLICT (seq) DO UPDATE SET qty = excluded.qty, hash = excluded.hash", half),
+            (f"INSERT {insert} ON CONFLICT DO NOTHING", half),
+            # the next seq, linked to the head, but the recorded trade id: a REPLACE would delete the fill
+            (f"REPLACE {insert}", forged(before[0] + 1, before[1], qty="0.005")),
+            (f"INSERT {insert}", forged(before[0] + 2, before[1], trade_id="T-new")),  # a gap in seq
+            (f"INSERT {insert}", forged(before[0] + 1, ZERO_HASH, trade_id="T-new")),  # not linked to the head
+            (f"INSERT {insert}", forged(3, fill.prev_hash, trade_id="T-new")),  # into the middle
+        ]
+        for stmt, params in attempts:
+            with pytest.raises(sa.exc.DBAPIError) as ei:
+                target.sql(stmt, params=params)
+            if not (target.pg and stmt.startswith(("REPLACE", "INSERT OR"))):  # PostgreSQL has no REPLACE
+                assert "append-only" in str(ei.value), (stmt, str(ei.value)[:300])
+        assert led.head() == before and led.verify().ok and led.entry(fill.seq).qty == D("0.01")
+        assert led.count() == 15 and len(led.fills_since(0)) == 1
+        led.append(rec.event("still-appendable"))
+        assert led.verify(anchor=before).ok
+
+    def test_a_0001_ledger_upgrades_and_keeps_its_chain(self, target):
+        from alembic import command
+
+        from live_bridge.ledger import migrate
+
+        url = resolve_url(target.dsn)
+        eng = migrate.make_engine(url, target.schema)
+        with eng.connect().execution_options(ledger_write=True) as conn, conn.begin():
+            if target.schema:
+                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{target.schema}"')
+            cfg = migrate._config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        old = Ledger(eng, url, "0001")
+        sample_hour(old)
+        anchor = old.head()
+        old.close()
+        assert ledger_schema_version(target.dsn, schema=target.schema) == "0001"
+        led = target.open()
+        assert led.schema_version == "0002" and led.verify(anchor=anchor).ok
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+            target.sql("INSERT INTO ledger_entry (seq, kind, recorded_utc, payload, prev_hash, hash) "
+                       "VALUES (3, 'event', 'x', '{}', 'p', 'h')")
+        led.append(rec.event("after-upgrade"))
+        assert led.verify(anchor=anchor).ok and led.count() == 16
 
     def test_api_has_no_way_to_change_a_row(self):
         verbs = ("update", "delete", "edit", "remove", "replace", "set", "truncate", "drop", "rewrite")
@@ -630,7 +699,8 @@ def test_the_migrations_ship_inside_the_package():
     assert head_revision() == HEAD  # the fast open path's constant follows the scripts
     versions = Path(pkg.__file__).parent / "migrations" / "versions"
     assert (versions.parent / "env.py").is_file() and sorted(p.name for p in versions.glob("0*.py")) == [
-        "0001_initial.py"
+        "0001_initial.py",
+        "0002_chain_insert_check.py",
     ]
 
 

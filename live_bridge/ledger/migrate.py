@@ -33,7 +33,7 @@ __all__ = [
 
 #: the newest revision in migrations/versions (a test checks it against Alembic's view): opening a
 #: ledger already there needs no Alembic import (the daemon's and the CLI's start-up stays fast)
-HEAD = "0001"
+HEAD = "0002"
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -80,6 +80,9 @@ def _sqlite_connect(dbapi_conn, _rec) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cur.execute("PRAGMA synchronous=FULL")  # a committed append survives power loss, not only a crash
+    # a REPLACE that deletes a conflicting row fires the DELETE trigger (which refuses it) only with
+    # this on; the BEFORE INSERT trigger of revision 0002 refuses such rows for every connection anyway
+    cur.execute("PRAGMA recursive_triggers=ON")
     cur.close()
 
 
