@@ -237,10 +237,13 @@ def test_faults_are_unknown_and_find_order_tells_what_happened(sim, tmp_path, f,
     a.refresh()
     fault(sim, endpoint="AddOrder", **f)
     cid = "f-" + secrets.token_hex(4)
+    sent_at = time.time()
     res = a.add_order("BTC/USD", "buy", "limit", D("0.001"), price=D("10000.0"), cl_ord_id=cid)
     assert res.outcome is Outcome.UNKNOWN, res
     assert n_orders(sim, cid) == (1 if applied else 0)
-    look = adapter(sim, tmp_path, creds).find_order(cid)  # a restarted process: same key, same nonce file
+    # a restarted process (same key, same nonce file) looking a minute later, with the send time
+    later = adapter(sim, tmp_path, creds, clock=lambda: time.time() + 60)
+    look = later.find_order(cid, sent_at=sent_at, interval_s=0.01)
     assert look.done and len(look.result) == (1 if applied else 0)
 
 
@@ -252,13 +255,46 @@ def test_lookup_failure_is_unknown_not_absent(sim, tmp_path):
 
 
 def test_late_visible_order_is_found_by_retrying_the_lookup(sim, tmp_path):
-    a = adapter(sim, tmp_path)
-    fault(sim, kind="invisible", seconds=1.0)
+    def sleep(_s):  # the order shows up while the adapter waits between lookups (deterministic)
+        for o in sim.ex.orders.values():
+            if o.cl_ord_id == "late-1":
+                o.invisible_until = 0.0
+
+    a = adapter(sim, tmp_path, sleep=sleep)
+    fault(sim, kind="invisible", seconds=3600)
+    sent_at = time.time()
     res = a.add_order("BTC/USD", "buy", "limit", D("0.001"), price=D("10000.0"), cl_ord_id="late-1")
     assert res.done
-    assert a.find_order("late-1").result == ()  # not visible yet: one look proves nothing
-    look = a.find_order("late-1", attempts=6, interval_s=0.4)
+    first = a.find_order("late-1", sent_at=sent_at)  # not visible yet: one look proves nothing
+    assert first.unknown and first.result is None
+    assert "absent is concluded only after" in first.reason
+    look = a.find_order("late-1", sent_at=sent_at, attempts=3, interval_s=0.0)
     assert look.done and [o.txid for o in look.result] == list(res.result.txids)
+
+
+def test_an_empty_lookup_is_absent_only_after_the_deadline_and_two_looks(tmp_path):
+    empty = {"OpenOrders": lambda kw: ok({"open": {}}), "ClosedOrders": lambda kw: ok({"closed": {}, "count": 0})}
+    t = [1_700_000_000.0]
+    stub = StubSdk(empty)
+    a = stub_adapter(stub, tmp_path, clock=lambda: t[0], sleep=lambda s: None, lookup_margin_s=10.0)
+    looks = lambda: stub.calls.count("OpenOrders")  # noqa: E731
+
+    r = a.find_order("gone-1", attempts=5)  # no send time, no deadline: never "absent"
+    assert r.unknown and r.result is None and "no send time or deadline" in r.reason and looks() == 5
+    sent = t[0]
+    t[0] = sent + 14.9  # before sent + deadline_s (5) + margin (10)
+    r = a.find_order("gone-1", sent_at=sent, attempts=3)
+    assert r.unknown and looks() == 8
+    r = a.find_order("gone-1", deadline=sent + 5, attempts=3)  # the ledger's deadline, the same rule
+    assert r.unknown and looks() == 11
+    t[0] = sent + 15.0
+    r = a.find_order("gone-1", sent_at=sent)  # past it: two looks, both empty -> absent
+    assert r.done and r.result == () and looks() == 13
+    r = a.find_order("gone-1", sent_at=sent, min_lookups=3, interval_s=0.0)
+    assert r.done and looks() == 16
+    # the latest limit wins: an explicit absent_ok_after later than the deadline keeps it unknown
+    assert a.find_order("gone-1", sent_at=sent, absent_ok_after=t[0] + 1).unknown
+    assert a.find_order("gone-1", absent_ok_after=t[0] - 1).done
 
 
 # ---- stub SDK: what the simulator cannot produce ----------------------------------------------

@@ -172,7 +172,7 @@ class KrakenAdapter:
     def __init__(self, creds: Credentials, *, state_dir: str | Path, url: str = KRAKEN_URL,
                  tier: str | RateTier = "starter", timeout_s: float = 10.0, deadline_s: float = 5.0,
                  status_max_age_s: float = 300.0, rules_max_age_s: float = 86400.0, nonce_halt_after: int = 2,
-                 nonce_window_s: float = 900.0, clock: Callable[[], float] = time.time,
+                 nonce_window_s: float = 900.0, lookup_margin_s: float = 10.0, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  budget: RateBudget | None = None, sdk: SdkClients | None = None) -> None:
         if not 2.5 <= deadline_s <= 60:
@@ -184,6 +184,7 @@ class KrakenAdapter:
         self.timeout_s, self.deadline_s = timeout_s, deadline_s
         self.status_max_age_s, self.rules_max_age_s = status_max_age_s, rules_max_age_s
         self.nonce_halt_after, self.nonce_window_s = max(1, nonce_halt_after), nonce_window_s
+        self.lookup_margin_s = float(lookup_margin_s)  # REST visibility lag allowed past a deadline
         self.clock, self.monotonic, self.sleep = clock, monotonic, sleep
         self.nonces = NonceCounter(state_dir, creds.key, clock=clock)
         self.budget = budget or RateBudget(tier, clock=monotonic, sleep=sleep)
@@ -403,17 +404,35 @@ class KrakenAdapter:
         assert last is not None
         return CallResult("QueryOrders", Outcome.DONE, out, (), "", False, last.http_status, "")
 
-    def find_order(self, cl_ord_id: str, *, attempts: int = 1, interval_s: float = 2.0
-                   ) -> CallResult[tuple[OrderInfo, ...]]:
+    def find_order(self, cl_ord_id: str, *, attempts: int = 1, interval_s: float = 2.0,
+                   sent_at: float | None = None, deadline: float | None = None,
+                   absent_ok_after: float | None = None, min_lookups: int = 2,
+                   margin_s: float | None = None) -> CallResult[tuple[OrderInfo, ...]]:
         """Every order carrying ``cl_ord_id``, open or closed (the lookup after an UNKNOWN AddOrder).
 
-        Orders can show up late over REST, so an empty answer is retried up to ``attempts`` times,
-        ``interval_s`` apart. DONE with an empty tuple means neither list showed one in any attempt;
-        UNKNOWN if a lookup was not definitive (absent is then not concluded)."""
+        DONE with orders: found. UNKNOWN: a lookup was not definitive, or nothing is visible YET.
+        DONE with an empty tuple ("absent") only when both hold:
+
+        * the wall clock is past the time after which the order could no longer appear: the latest
+          of ``deadline`` + ``margin_s`` (the request's deadline; after a restart, from the ledger),
+          ``sent_at`` + ``deadline_s`` + ``margin_s`` (the send time) and ``absent_ok_after`` (an
+          explicit time); with none of these given, an empty answer is always UNKNOWN;
+        * at least ``min_lookups`` lookups (OpenOrders and ClosedOrders), all empty, started after it.
+
+        Orders show up late over REST and Kraken keeps ``cl_ord_id`` unique among OPEN orders only,
+        so "nothing visible" right after a send proves nothing, and resending on it could double a
+        position. An empty answer is retried up to ``attempts`` times ``interval_s`` apart (more, up
+        to ``min_lookups``, once the time has passed)."""
         self._check_cl_ord_id(cl_ord_id)
-        for i in range(max(1, attempts)):
-            if i:
+        margin = self.lookup_margin_s if margin_s is None else float(margin_s)
+        limits = [t for t in (absent_ok_after, None if deadline is None else deadline + margin,
+                              None if sent_at is None else sent_at + self.deadline_s + margin) if t is not None]
+        absent_after = max(limits) if limits else None
+        lookups = late = 0
+        while True:
+            if lookups:
                 self.sleep(interval_s)
+            started = self.clock()
             found: dict[str, OrderInfo] = {}
             for call in (self.open_orders, self.closed_orders):
                 r = call(cl_ord_id)
@@ -421,9 +440,20 @@ class KrakenAdapter:
                     return CallResult("find_order", Outcome.UNKNOWN, None, r.errors, f"{r.endpoint}: {r.reason}",
                                       False, r.http_status, r.raw)
                 found.update({t: o for t, o in r.result.items() if o.cl_ord_id in (None, cl_ord_id)})
+            lookups += 1
             if found:
+                return CallResult("find_order", Outcome.DONE, tuple(sorted(found.values(), key=lambda o: o.opentm)))
+            passed = absent_after is not None and started >= absent_after
+            late += passed
+            if lookups >= max(1, attempts) and (not passed or late >= min_lookups):
                 break
-        return CallResult("find_order", Outcome.DONE, tuple(sorted(found.values(), key=lambda o: o.opentm)))
+        if absent_after is not None and late >= max(1, min_lookups):
+            return CallResult("find_order", Outcome.DONE, ())
+        why = ("no send time or deadline given" if absent_after is None else
+               f"absent is concluded only after {_rfc3339(absent_after)} and {max(1, min_lookups)} lookups then "
+               f"({late} made)")
+        return CallResult("find_order", Outcome.UNKNOWN, None, (),
+                          f"no order with cl_ord_id {cl_ord_id} visible in {lookups} lookup(s): {why}")
 
     def trades_history(self, *, start: float | None = None, end: float | None = None, ofs: int | None = None
                        ) -> CallResult[tuple[dict[str, Fill], int]]:
