@@ -130,14 +130,10 @@ def random_case(cfg, start: int, end: int, seed: int):
 def meta_case(cfg, wf_dir: Path, horizon: int):
     import pandas as pd
 
+    from engine.backtest.io import signals_to_arrays
     from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs
     from engine.store.panel import load_shared_panel
     from research.walkforward import strategy_signals
-
-    try:
-        from engine.backtest.io import signals_to_arrays
-    except ImportError:  # before the outputs module (issue 14, item 4)
-        from research.walkforward import signals_to_arrays
 
     preds = pd.read_parquet(wf_dir / "predictions.parquet")
     sig = strategy_signals(preds, horizon)
