@@ -3,6 +3,10 @@ output folder is written (:func:`check_out_dir`, :func:`atomic_folder`).
 
 ``KQ_SHARED`` overrides the location of the shared folder (default: ``../shared`` next to the
 repository root). ``KQ_STORE`` overrides the market store path (default ``data/market.duckdb``).
+``KQ_DATA`` and ``KQ_CONFIGS`` override the data and configs folders: a checkout (or an editable
+install) uses its own ``data/`` and ``configs/``; an installed package (the Docker image) has neither
+beside it, so the image sets both (``/app/data``, ``/app/configs``), and otherwise the current
+folder's ``configs/`` is used when it exists.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def shared_ohlcv_dir() -> Path:
 
 
 def data_dir() -> Path:
-    return REPO_ROOT / "data"
+    env = os.environ.get("KQ_DATA")
+    return Path(env).expanduser() if env else REPO_ROOT / "data"
 
 
 def default_store_path() -> Path:
@@ -37,7 +42,14 @@ def default_store_path() -> Path:
 
 
 def configs_dir() -> Path:
-    return REPO_ROOT / "configs"
+    env = os.environ.get("KQ_CONFIGS")
+    if env:
+        return Path(env).expanduser()
+    here = REPO_ROOT / "configs"
+    if here.is_dir():
+        return here
+    cwd = Path.cwd() / "configs"
+    return cwd if cwd.is_dir() else here
 
 
 def check_out_dir(out: str | Path, option: str = "--out") -> Path:
