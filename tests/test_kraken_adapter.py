@@ -297,6 +297,32 @@ def test_an_empty_lookup_is_absent_only_after_the_deadline_and_two_looks(tmp_pat
     assert a.find_order("gone-1", absent_ok_after=t[0] - 1).done
 
 
+def test_find_order_compares_ids_by_meaning_and_never_drops_a_mismatch(tmp_path):
+    import uuid
+
+    from live_bridge.kraken import normalize_cl_ord_id, same_cl_ord_id
+
+    u = uuid.UUID("0f8fad5b-d9cb-469f-a165-70867728950e")
+
+    def order(cl):
+        e = {"descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "price": "20000.0"},
+             "status": "open", "vol": "0.01", "vol_exec": "0", "opentm": 1.5}
+        return e if cl is None else e | {"cl_ord_id": cl}
+
+    def sdk(cl):
+        return StubSdk({"OpenOrders": lambda kw: ok({"open": {"O-1": order(cl)}}),
+                        "ClosedOrders": lambda kw: ok({"closed": {}, "count": 0})})
+
+    for asked, returned in [(u.hex, str(u).upper()), (str(u), u.hex.upper()), (str(u).upper(), str(u)),
+                            ("kq-free.1", "kq-free.1")]:
+        r = stub_adapter(sdk(returned), tmp_path).find_order(asked)
+        assert r.done and [o.txid for o in r.result] == ["O-1"], (asked, returned, r)
+    for asked, returned in [(u.hex, uuid.uuid4().hex), ("kq-free.1", "KQ-FREE.1"), ("kq-free.1", None)]:
+        r = stub_adapter(sdk(returned), tmp_path).find_order(asked, absent_ok_after=0.0)
+        assert r.unknown and r.result is None and "O-1" in r.reason, (asked, returned, r)
+    assert normalize_cl_ord_id(u.hex.upper()) == str(u) and not same_cl_ord_id(None, None)
+
+
 # ---- stub SDK: what the simulator cannot produce ----------------------------------------------
 class _Resp:
     def __init__(self, status: int, body) -> None:

@@ -8,7 +8,16 @@ exchange client. See :mod:`live_bridge.kraken.adapter` and docs/LIVE.md ("Kraken
 * :mod:`.records`  typed balances (BalanceEx), orders, fills.
 """
 
-from .adapter import CL_ORD_ID_RE, KRAKEN_URL, Credentials, CredentialsError, KrakenAdapter, SdkClients
+from .adapter import (
+    CL_ORD_ID_RE,
+    KRAKEN_URL,
+    Credentials,
+    CredentialsError,
+    KrakenAdapter,
+    SdkClients,
+    normalize_cl_ord_id,
+    same_cl_ord_id,
+)
 from .budget import TIERS, RateBudget, RateTier, cancel_penalty, rest_cost
 from .nonce import NonceCounter, key_fingerprint
 from .outcome import (
@@ -64,11 +73,13 @@ __all__ = [
     "classify_exception",
     "classify_http",
     "key_fingerprint",
+    "normalize_cl_ord_id",
     "parse_asset_pairs",
     "parse_balance_ex",
     "rest_cost",
     "round_price",
     "round_volume",
     "rule_for",
+    "same_cl_ord_id",
     "status_gate",
 ]

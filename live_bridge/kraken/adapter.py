@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,25 @@ KRAKEN_URL = "https://api.kraken.com"
 # A UUID (long or 32-hex form) or free text of at most 18 characters (kept to a safe alphabet).
 CL_ORD_ID_RE = re.compile(r"^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
                           r"|[0-9a-fA-F]{32}|[A-Za-z0-9_.:-]{1,18})$")
+
+
+_UUID_RE = re.compile(r"^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+                      r"|[0-9a-fA-F]{32})$")
+
+
+def normalize_cl_ord_id(cl_ord_id: str) -> str:
+    """One spelling per client order id: a UUID (dashed or 32-hex, any case) as its canonical dashed
+    lowercase form; anything else as it is (free-text ids compare exactly)."""
+    if _UUID_RE.match(cl_ord_id):
+        return str(uuid.UUID(cl_ord_id))
+    return cl_ord_id
+
+
+def same_cl_ord_id(a: str | None, b: str | None) -> bool:
+    """True if ``a`` and ``b`` name the same client order id (None matches nothing)."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return normalize_cl_ord_id(a) == normalize_cl_ord_id(b)
 
 
 class CredentialsError(KQError):
@@ -439,7 +459,12 @@ class KrakenAdapter:
                 if not r.done:
                     return CallResult("find_order", Outcome.UNKNOWN, None, r.errors, f"{r.endpoint}: {r.reason}",
                                       False, r.http_status, r.raw)
-                found.update({t: o for t, o in r.result.items() if o.cl_ord_id in (None, cl_ord_id)})
+                for t, o in r.result.items():
+                    if not same_cl_ord_id(o.cl_ord_id, cl_ord_id):  # never dropped: it may be ours
+                        return CallResult("find_order", Outcome.UNKNOWN, None, (),
+                                          f"{r.endpoint} filtered by cl_ord_id {cl_ord_id} returned order {t} "
+                                          f"with cl_ord_id {o.cl_ord_id!r}")
+                    found[t] = o
             lookups += 1
             if found:
                 return CallResult("find_order", Outcome.DONE, tuple(sorted(found.values(), key=lambda o: o.opentm)))
