@@ -522,6 +522,26 @@ def test_precision_and_minimums_from_asset_pairs(sim, tmp_path):
     assert e.value.code == "below_ordermin" and n_orders(sim, "p-after") == 0
 
 
+def test_rounding_and_checks_take_decimals_and_an_exact_side_only():
+    from live_bridge.kraken import check_order, parse_asset_pairs
+
+    r = parse_asset_pairs(PAIRS)["BTC/USD"]
+    assert round_volume(r, D("0.0029")) == D("0.0029") and round_price(r, "sell", D("16000.1")) == D("16000.1")
+    for bad in (0.0029, 1, "0.0029", None, True):
+        with pytest.raises(TypeError, match="must be a Decimal"):
+            round_volume(r, bad)
+    with pytest.raises(TypeError, match="must be a Decimal"):
+        round_price(r, "sell", 16000.1)  # as a Decimal, 16000.1000000000003638: it used to round up to 16000.2
+    for side in ("SELL", "Buy", "bid", "", None, "buy "):
+        with pytest.raises(ValueError, match="side must be"):
+            round_price(r, side, D("16000.05"))
+    base = dict(side="buy", ordertype="limit", volume=D("0.001"), price=D("16000.0"), ref_price=None)
+    for k, v in (("volume", 0.001), ("price", 16000.0), ("volume", 1), ("ref_price", 16000.0)):
+        with pytest.raises(TypeError, match=f"{k} must be a Decimal"):
+            check_order(r, **(base | {k: v} | ({"ordertype": "market", "price": None} if k == "ref_price" else {})))
+    check_order(r, **base)
+
+
 def test_rules_reload_after_their_max_age(tmp_path):
     t = [0.0]
     stub = StubSdk({})

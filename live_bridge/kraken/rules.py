@@ -100,17 +100,35 @@ def _places(d: Decimal) -> int:
     return max(0, -int(e))  # type: ignore[arg-type]
 
 
+def _need_decimal(v: Any, what: str) -> Decimal:
+    """``v`` if it is a finite Decimal; TypeError for anything else (a float is already inexact:
+    Decimal(0.0029) is 0.00289999...), ValueError for NaN / infinity."""
+    if not isinstance(v, Decimal):
+        raise TypeError(f"{what} must be a Decimal, not {type(v).__name__} {v!r}")
+    if not v.is_finite():
+        raise ValueError(f"{what} must be finite, not {v}")
+    return v
+
+
+def _need_side(side: Any) -> str:
+    if side not in ("buy", "sell") or not isinstance(side, str):
+        raise ValueError(f"side must be 'buy' or 'sell', not {side!r}")
+    return side
+
+
 def round_volume(rules: PairRules, qty: Decimal) -> Decimal:
-    """Quantity rounded DOWN to the pair's lot decimals (never more than asked)."""
-    return Decimal(qty).quantize(Decimal(1).scaleb(-rules.instrument.lot_decimals), rounding=ROUND_DOWN)
+    """Quantity rounded DOWN to the pair's lot decimals (never more than asked). ``qty`` must be a
+    Decimal (TypeError otherwise)."""
+    return _need_decimal(qty, "volume").quantize(Decimal(1).scaleb(-rules.instrument.lot_decimals), rounding=ROUND_DOWN)
 
 
 def round_price(rules: PairRules, side: str, price: Decimal) -> Decimal:
     """Limit price on the tick grid and to the pair's decimals: a buy rounds down, a sell up
-    (never a worse price than asked)."""
+    (never a worse price than asked). ``price`` must be a Decimal (TypeError otherwise) and ``side``
+    exactly "buy" or "sell" (ValueError otherwise)."""
     inst = rules.instrument
-    mode = ROUND_FLOOR if side == "buy" else ROUND_CEILING
-    p = (Decimal(price) / inst.tick_size).to_integral_value(rounding=mode) * inst.tick_size
+    mode = ROUND_FLOOR if _need_side(side) == "buy" else ROUND_CEILING
+    p = (_need_decimal(price, "price") / inst.tick_size).to_integral_value(rounding=mode) * inst.tick_size
     return p.quantize(Decimal(1).scaleb(-inst.pair_decimals), rounding=mode)
 
 
@@ -141,8 +159,12 @@ def check_order(rules: PairRules, *, side: str, ordertype: str, volume: Decimal,
     """Refuse (OrderRefused) an order Kraken would reject for precision or minimums.
 
     ``price`` is the limit price (None for a market order); ``ref_price`` the price used for the
-    cost minimum of a market order (required then: no market order is sent unchecked)."""
+    cost minimum of a market order (required then: no market order is sent unchecked). A
+    ``volume``, ``price`` or ``ref_price`` that is not a Decimal (a float) raises TypeError."""
     inst = rules.instrument
+    for v, what in ((volume, "volume"), (price, "price"), (ref_price, "ref_price")):
+        if (v is not None or what == "volume") and not isinstance(v, Decimal):
+            raise TypeError(f"{what} must be a Decimal, not {type(v).__name__} {v!r}")
     if side not in ("buy", "sell"):
         raise OrderRefused("bad_side", f"side must be buy or sell, not {side!r}")
     if ordertype not in ("limit", "market"):
