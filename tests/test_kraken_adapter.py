@@ -306,7 +306,8 @@ def test_find_order_compares_ids_by_meaning_and_never_drops_a_mismatch(tmp_path)
 
     def order(cl):
         e = {"descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "price": "20000.0"},
-             "status": "open", "vol": "0.01", "vol_exec": "0", "opentm": 1.5}
+             "status": "open", "vol": "0.01", "vol_exec": "0", "cost": "0", "fee": "0", "price": "0",
+             "opentm": 1.5}
         return e if cl is None else e | {"cl_ord_id": cl}
 
     def sdk(cl):
@@ -684,7 +685,7 @@ def test_balance_ex_parsing():
         "ZUSD": {"balance": "1000.0000", "hold_trade": "1200.0000"},
         "XBT.F": {"balance": "0.7", "hold_trade": "0"}, "DOT.S": {"balance": "10", "hold_trade": "0"},
         "ETH2.M": {"balance": "3", "hold_trade": "0"}, "SOL.B": {"balance": "2", "hold_trade": "0"},
-        "KFEE": {"balance": "500.00", "hold_trade": "0"}, "SOL": {"balance": "4"},
+        "KFEE": {"balance": "500.00", "hold_trade": "0"}, "SOL": {"balance": "4", "hold_trade": "0"},
     })
     assert b.tradable["BTC"].available == D("1.25") and b.available("XBT") == D("1.25")
     assert b.available("USD") == 0  # hold above balance: nothing available, never negative
@@ -693,9 +694,38 @@ def test_balance_ex_parsing():
     assert "BTC.F" not in b.tradable and all(isinstance(x.balance, D) for x in b.tradable.values())
     from live_bridge.kraken import MalformedResult
 
-    for bad in ([], {"XXBT": {"balance": 1.5}}, {"XXBT": {"balance": "nan"}}, {"XXBT": "1"}):
+    for bad in ([], {"XXBT": {"balance": 1.5}}, {"XXBT": {"balance": "nan"}}, {"XXBT": "1"},
+                {"XXBT": {"balance": "4"}}, {"XXBT": {"balance": "4", "hold_trade": None}}):
         with pytest.raises(MalformedResult):
             parse_balance_ex(bad)
+
+
+def test_missing_required_fields_are_malformed_never_defaults(tmp_path):
+    from live_bridge.kraken import MalformedResult, parse_asset_pairs
+    from live_bridge.kraken.records import parse_orders
+
+    for drop in ("status", "costmin", "ordermin", "pair_decimals", "lot_decimals"):
+        pairs = json.loads(json.dumps(PAIRS))
+        del pairs["XXBTZUSD"][drop]
+        with pytest.raises(MalformedResult, match=drop):
+            parse_asset_pairs(pairs)
+        # through the adapter: AssetPairs is UNKNOWN and no order is sent
+        stub = StubSdk({"AssetPairs": lambda kw, p=pairs: ok(p),
+                        "AddOrder": lambda kw: ok({"txid": ["O1"], "descr": {"order": "x"}})})
+        a = stub_adapter(stub, tmp_path)
+        assert a.asset_pairs().unknown
+        with pytest.raises(OrderRefused):
+            a.add_order("BTC/USD", "buy", "limit", D("0.01"), price=D("20000.0"), cl_ord_id="m-" + drop)
+        assert "AddOrder" not in stub.calls
+    # BalanceEx without hold_trade: UNKNOWN, not "everything available"
+    b = stub_adapter(StubSdk({"BalanceEx": lambda kw: ok({"ZUSD": {"balance": "1000"}})}), tmp_path).balances()
+    assert b.unknown and "hold_trade" in b.reason
+    order = {"descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "price": "20000.0"},
+             "status": "closed", "vol": "0.01", "vol_exec": "0.01", "cost": "200", "fee": "0.8", "price": "20000.0"}
+    assert parse_orders({"O1": order}, None, str)["O1"].vol_exec == D("0.01")
+    for drop in ("status", "vol_exec", "cost", "fee", "price"):
+        with pytest.raises(MalformedResult, match=drop):
+            parse_orders({"O1": {k: v for k, v in order.items() if k != drop}}, None, str)
 
 
 # ---- credentials -------------------------------------------------------------------------------

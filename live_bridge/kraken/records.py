@@ -54,7 +54,8 @@ def parse_balance_ex(result: Any) -> Balances:
         if not isinstance(e, dict):
             raise MalformedResult(f"BalanceEx {kid}: not an object")
         bal = dec(e.get("balance"), f"BalanceEx {kid}.balance")
-        hold = dec(e.get("hold_trade", "0"), f"BalanceEx {kid}.hold_trade")
+        # no default: a missing hold_trade read as 0 would overstate what is available
+        hold = dec(e.get("hold_trade"), f"BalanceEx {kid}.hold_trade")
         if "." in kid:
             staked[kid] = AssetBalance(kid, kid, bal, hold)
             continue
@@ -106,12 +107,16 @@ def parse_order(txid: str, e: Any, pair_of: Callable[[str], str]) -> OrderInfo:
         raise MalformedResult(f"{w}.trades: not a list")
     uref = e.get("userref")
     closetm = e.get("closetm")
+    status = e.get("status")
+    if not isinstance(status, str) or not status:
+        raise MalformedResult(f"{w}.status: missing")
     return OrderInfo(
         txid=str(txid), pair=pair_of(str(d.get("pair", ""))), side=str(d.get("type", "")),
-        ordertype=str(d.get("ordertype", "")), status=str(e.get("status", "")),
-        vol=dec(e.get("vol"), f"{w}.vol"), vol_exec=dec(e.get("vol_exec", "0"), f"{w}.vol_exec"),
-        cost=dec(e.get("cost", "0"), f"{w}.cost"), fee=dec(e.get("fee", "0"), f"{w}.fee"),
-        avg_price=dec(e.get("price", "0"), f"{w}.price"), limit_price=dec(d.get("price", "0"), f"{w}.descr.price"),
+        ordertype=str(d.get("ordertype", "")), status=status,
+        # no defaults: a missing vol_exec / cost / fee read as 0 would hide a fill
+        vol=dec(e.get("vol"), f"{w}.vol"), vol_exec=dec(e.get("vol_exec"), f"{w}.vol_exec"),
+        cost=dec(e.get("cost"), f"{w}.cost"), fee=dec(e.get("fee"), f"{w}.fee"),
+        avg_price=dec(e.get("price"), f"{w}.price"), limit_price=dec(d.get("price", "0"), f"{w}.descr.price"),
         cl_ord_id=e.get("cl_ord_id"), userref=uref if isinstance(uref, int) and uref else None,
         opentm=float(e.get("opentm") or 0.0), closetm=float(closetm) if closetm else None,
         reason=e.get("reason"), trades=tuple(str(t) for t in trades), oflags=str(e.get("oflags", "")),

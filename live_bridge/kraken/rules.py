@@ -66,7 +66,9 @@ class PairRules:
 
 def parse_asset_pairs(result: Any) -> dict[str, PairRules]:
     """AssetPairs result -> canonical pair name (engine.pairs) -> rules. Pairs whose assets this
-    system does not know are skipped; a known pair with a malformed entry raises MalformedResult."""
+    system does not know are skipped; a known pair with a malformed entry (a required field missing:
+    decimals, ordermin, costmin, status) raises MalformedResult, which makes the whole answer
+    UNKNOWN (no order is sent until AssetPairs loads)."""
     if not isinstance(result, dict):
         raise MalformedResult("AssetPairs: result is not an object")
     out: dict[str, PairRules] = {}
@@ -85,12 +87,14 @@ def parse_asset_pairs(result: Any) -> dict[str, PairRules]:
             lot_decimals=_int(e.get("lot_decimals"), f"{pid}.lot_decimals"),
             cost_decimals=_int(e.get("cost_decimals", 8), f"{pid}.cost_decimals"),
             ordermin=dec(e.get("ordermin"), f"{pid}.ordermin"),
-            costmin=dec(e.get("costmin", "0"), f"{pid}.costmin"),
+            costmin=dec(e.get("costmin"), f"{pid}.costmin"),  # no default: 0 would let any cost through
             tick_size=dec(e.get("tick_size") or f"1e-{e.get('pair_decimals')}", f"{pid}.tick_size"),
         )
         if inst.tick_size <= 0 or inst.ordermin < 0 or inst.costmin < 0:
             raise MalformedResult(f"AssetPairs {pid}: non-positive tick size or negative minimum")
-        status = str(e.get("status", "online"))
+        status = e.get("status")  # no default: a missing status is not "online"
+        if not isinstance(status, str) or not status:
+            raise MalformedResult(f"AssetPairs {pid}.status: missing")
         out[pair] = PairRules(inst, status)
     return out
 
