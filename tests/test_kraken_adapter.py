@@ -218,6 +218,40 @@ def test_add_order_carries_cl_ord_id_and_a_deadline_seconds_ahead(tmp_path):
     assert (seen["volume"], seen["price"], seen["pair"]) == ("0.01", "20000.0", "XBTUSD")
 
 
+def test_the_deadline_is_set_at_sending_after_the_rate_wait(tmp_path):
+    c = FakeClock()  # one clock for wall time, the budget and sleeps: the budget's wait moves it
+    c.t = 1_700_000_000.0
+    seen: list = []
+    empty = {"OpenOrders": lambda kw: ok({"open": {}}), "ClosedOrders": lambda kw: ok({"closed": {}, "count": 0})}
+    stub = StubSdk(empty | {"AddOrder": lambda kw: seen.append((dict(kw), c.t)) or ok({"txid": ["O1"]})})
+    tier = RateTier(rest_max=10_000, rest_decay_per_s=1000, order_max=14, order_decay_per_s=0.1)
+    a = stub_adapter(stub, tmp_path, tier=tier, clock=c, monotonic=c, sleep=c.sleep)
+    a.ensure_fresh()
+    a.budget.saturate_order("BTC/USD")  # the next order waits 1 / 0.1 = 10 s, longer than deadline_s
+    t0 = c.t
+    res = a.add_order("BTC/USD", "buy", "limit", D("0.01"), price=D("20000.0"), cl_ord_id="dl-1")
+    kw, at = seen[-1]
+    dl = datetime.fromisoformat(kw["deadline"].replace("Z", "+00:00")).timestamp()
+    assert at == t0 + 10 and dl == at + 5 == res.deadline  # not t0 + 5, already past when it left
+    # a lookup given the caller's (earlier) send time still waits for the real deadline
+    c.t = t0 + 5 + a.lookup_margin_s + 1
+    assert a.find_order("dl-1", sent_at=t0).unknown
+    c.t = res.deadline + a.lookup_margin_s
+    assert a.find_order("dl-1", sent_at=t0, interval_s=0).done
+    # a latest deadline caps it, and with under 2 s of it left nothing is sent
+    a.budget.saturate_order("BTC/USD")
+    tb = c.t
+    capped = a.add_order("BTC/USD", "buy", "limit", D("0.01"), price=D("20000.0"), cl_ord_id="dl-2",
+                         latest_deadline=tb + 13)
+    assert capped.done and seen[-1][1] == tb + 10 and capped.deadline == tb + 13  # not tb + 10 + 5
+    n, sent = len(seen), a.calls_sent
+    a.budget.saturate_order("BTC/USD")
+    with pytest.raises(OrderRefused) as e:
+        a.add_order("BTC/USD", "buy", "limit", D("0.01"), price=D("20000.0"), cl_ord_id="dl-3",
+                    latest_deadline=c.t + 11.5)
+    assert e.value.code == "deadline_passed" and len(seen) == n and a.calls_sent == sent
+
+
 # ---- faults injected in the simulator: unknown, then the lookup finds the truth ----------------
 @pytest.mark.parametrize(("f", "applied"), [
     ({"kind": "timeout", "seconds": 1.2, "apply": True}, True),     # ghost order: timed out, but placed

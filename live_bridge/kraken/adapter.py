@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 import os
 import re
@@ -218,6 +219,7 @@ class KrakenAdapter:
         self._status_at: float | None = None
         self._rules_at: float | None = None
         self._placed: dict[str, tuple[str, float]] = {}  # txid / cl_ord_id -> (pair, monotonic placed)
+        self._deadlines: dict[str, float] = {}  # normalised cl_ord_id -> latest AddOrder deadline sent
         self.sent: Counter[str] = Counter()  # requests sent, by endpoint
 
     @classmethod
@@ -278,6 +280,9 @@ class KrakenAdapter:
             v = self._verdict(resp)
         except KrakenHalt as h:
             raise self._latch(h) from None
+        except OrderRefused:  # refused by invoke itself before anything was sent
+            self.sent[endpoint] -= 1
+            raise
         except Exception as e:  # network, SDK, anything: not definitive
             v = classify_exception(e)
         redact = self._creds.redact
@@ -447,6 +452,9 @@ class KrakenAdapter:
         margin = self.lookup_margin_s if margin_s is None else float(margin_s)
         limits = [t for t in (absent_ok_after, None if deadline is None else deadline + margin,
                               None if sent_at is None else sent_at + self.deadline_s + margin) if t is not None]
+        known = self._deadlines.get(normalize_cl_ord_id(cl_ord_id))
+        if limits and known is not None:  # this process sent it: its real deadline can only be later
+            limits.append(known + margin)
         absent_after = max(limits) if limits else None
         lookups = late = 0
         while True:
@@ -508,13 +516,18 @@ class KrakenAdapter:
 
     def add_order(self, pair: str, side: str, ordertype: str, volume: Decimal, *, cl_ord_id: str,
                   price: Decimal | None = None, ref_price: Decimal | None = None, post_only: bool = False,
-                  timeinforce: str | None = None, expiretm: int | None = None) -> CallResult[OrderAck]:
+                  timeinforce: str | None = None, expiretm: int | None = None,
+                  latest_deadline: float | None = None) -> CallResult[OrderAck]:
         """Place one order, or raise OrderRefused (nothing sent) if the exchange would refuse it.
 
         ``volume`` and ``price`` must already be on the pair's grid (:func:`round_volume`,
         :func:`round_price`); ``ref_price`` is required for a market order (cost minimum). The
-        request carries ``cl_ord_id`` and a ``deadline`` ``deadline_s`` ahead, so a delayed
-        request is refused by the engine instead of executing late. After an UNKNOWN outcome, call
+        request carries ``cl_ord_id`` and a ``deadline`` ``deadline_s`` ahead of the moment it is
+        sent (computed after the rate-budget wait, under the nonce lock), so a delayed request is
+        refused by the engine instead of executing late; the result's ``deadline`` is that time.
+        ``latest_deadline`` (unix seconds; e.g. the deadline a caller ledgered before calling) caps
+        it, so the recorded time stays an upper bound; if less than 2 s of it is left at sending,
+        OrderRefused("deadline_passed") and nothing is sent. After an UNKNOWN outcome, call
         :meth:`find_order` before anything else; never resend the intent blindly."""
         self._check_cl_ord_id(cl_ord_id)
         self.ensure_fresh()
@@ -530,7 +543,7 @@ class KrakenAdapter:
         inst = rules.instrument
         kw: dict[str, Any] = {
             "ordertype": ordertype, "side": side, "pair": inst.altname, "volume": _fmt(volume),
-            "cl_ord_id": cl_ord_id, "deadline": _rfc3339(self.clock() + self.deadline_s), "validate": False,
+            "cl_ord_id": cl_ord_id, "validate": False,
             "truncate": False,
         }
         if price is not None:
@@ -541,10 +554,27 @@ class KrakenAdapter:
             kw["timeinforce"] = timeinforce
         if expiretm is not None:
             kw["expiretm"] = str(int(expiretm))
-        placed_at = self.monotonic()
-        res = self._call("AddOrder", lambda: self._sdk.trade.create_order(**kw),
-                         lambda r: parse_add_order(r, cl_ord_id), private=True, order_pair=rules.pair,
-                         order_cost=1.0)
+        sent: dict[str, float] = {}
+
+        def send() -> Any:  # runs inside _call: after the budget waits, under the nonce lock
+            now = self.clock()
+            dl = now + self.deadline_s
+            if latest_deadline is not None:
+                dl = min(dl, float(latest_deadline))
+                if dl - now < 2.0:
+                    raise OrderRefused("deadline_passed", f"less than 2 s left before the latest deadline "
+                                                          f"{_rfc3339(float(latest_deadline))}: nothing sent")
+            kw["deadline"] = _rfc3339(dl)
+            sent["deadline"], sent["placed"] = dl, self.monotonic()
+            with self._lock:
+                key = normalize_cl_ord_id(cl_ord_id)
+                self._deadlines[key] = max(dl, self._deadlines.get(key, dl))
+            return self._sdk.trade.create_order(**kw)
+
+        res = self._call("AddOrder", send, lambda r: parse_add_order(r, cl_ord_id), private=True,
+                         order_pair=rules.pair, order_cost=1.0)
+        res = dataclasses.replace(res, deadline=sent.get("deadline"))
+        placed_at = sent.get("placed", self.monotonic())  # its age for the cancel penalty starts at sending
         if res.outcome is not Outcome.REJECTED:  # an UNKNOWN order may exist: keep its age for cancels
             with self._lock:
                 self._placed[cl_ord_id] = (rules.pair, placed_at)

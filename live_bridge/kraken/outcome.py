@@ -121,6 +121,9 @@ class Verdict:
     payload: Any = None          # the envelope's ``result`` (None unless there was one)
     http_status: int | None = None
     raw: str = ""
+    #: AddOrder: the deadline (unix seconds) the request carried, set just before it was sent; None
+    #: for other calls and for an order refused before sending
+    deadline: float | None = None
 
 
 def classify_errors(errors: tuple[str, ...], payload: Any, http_status: int | None, raw: str) -> Verdict:
@@ -205,6 +208,9 @@ class CallResult(Generic[T]):
     transient: bool = False
     http_status: int | None = None
     raw: str = ""
+    #: AddOrder: the deadline (unix seconds) the request carried, set just before it was sent; None
+    #: for other calls and for an order refused before sending
+    deadline: float | None = None
 
     @property
     def done(self) -> bool:
