@@ -110,7 +110,8 @@ def test_admin_api_is_off_without_a_token(ex):
             assert r.status_code == 403 and "admin API is off" in r.json()["error"]
 
 
-@pytest.mark.parametrize("bad", ["", "short", "x" * 15, "has a space in it ok", "tøken-with-non-ascii-chars", "x" * 513])
+@pytest.mark.parametrize("bad", ["", "short", "x" * 15, "has a space in it ok", "tøken-with-non-ascii-chars",
+                                 "x" * 513])
 def test_weak_tokens_are_refused(ex, bad):
     from engine.errors import InputError
 

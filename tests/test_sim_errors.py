@@ -11,7 +11,7 @@ import pytest
 
 from live_bridge.simulator.app import sign
 from live_bridge.simulator.server import build_exchange
-from live_bridge.simulator.testing import KEY, SECRET, T0, flat_panel, local_client, sim_test_config, signed_form
+from live_bridge.simulator.testing import KEY, SECRET, T0, flat_panel, local_client, signed_form, sim_test_config
 
 ENV = {"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET}
 LIMIT = {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"}
@@ -99,7 +99,8 @@ def test_cancel_by_unicode_digits_is_an_unknown_order(client, ex, v):
 
 @pytest.mark.parametrize("v", ["nan", "inf", "+inf", "+nan", "-inf", "1e999", "+1e999", "٣", "9e18", "True"])
 def test_expiretm_must_be_a_finite_time(client, ex, v):
-    refused(client, ex, "AddOrder", LIMIT | {"timeinforce": "GTD", "expiretm": v}, "EGeneral:Invalid arguments:expiretm")
+    refused(client, ex, "AddOrder", LIMIT | {"timeinforce": "GTD", "expiretm": v},
+            "EGeneral:Invalid arguments:expiretm")
 
 
 @pytest.mark.parametrize("v", ["١", "²", "1e3", "nan", "True", "86400", "-1"])

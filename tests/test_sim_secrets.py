@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from live_bridge.simulator.server import build_exchange
-from live_bridge.simulator.testing import KEY, SECRET, T0, flat_panel, local_client, sim_test_config, signed_form
+from live_bridge.simulator.testing import KEY, SECRET, T0, flat_panel, local_client, signed_form, sim_test_config
 
 NEW_SECRET = base64.b64encode(bytes(range(100, 164))).decode()
 BUY = {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"}

@@ -7,6 +7,7 @@ import json
 import math
 import sqlite3
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -126,7 +127,8 @@ def test_sim_clock_refuses_non_finite_times(t):
 
 @pytest.mark.parametrize("fault", [
     {"kind": "timeout", "seconds": "inf"}, {"kind": "timeout", "seconds": 1e9}, {"kind": "timeout", "apply": "yes"},
-    {"kind": "http_error", "status": "abc"}, {"kind": "http_error", "status": 200}, {"kind": "http_error", "status": True},
+    {"kind": "http_error", "status": "abc"}, {"kind": "http_error", "status": 200},
+    {"kind": "http_error", "status": True},
     {"kind": "spread_blowup", "factor": "nan"}, {"kind": "spread_blowup", "factor": True},
     {"kind": "price_gap", "factor": 1.2}, {"kind": "price_gap", "factor": "١", "from_ts": NOW},
     {"kind": "error", "message": "E" * 1000}, {"kind": "error", "message": 5}, {"kind": "error"},
@@ -199,12 +201,12 @@ CORRUPTIONS = [
 def test_a_corrupt_state_file_is_one_line_and_left_untouched(tmp_path, capsys, corruption):
     path = _saved(tmp_path)
     _corrupt(path, *corruption)
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     with pytest.raises(InputError) as e:
         make(tmp_path)
     msg = str(e.value)
     assert "\n" not in msg and path in msg and ("corrupt" in msg or "state file" in msg), msg
-    assert open(path, "rb").read() == before
+    assert Path(path).read_bytes() == before
 
 
 def test_a_state_file_that_is_not_sqlite_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
