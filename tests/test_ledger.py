@@ -155,7 +155,13 @@ CHILD = textwrap.dedent("""
         while not os.path.exists(arg + ".go"):
             time.sleep(0.005)
         t0 = time.time()
-        for i in range(int(arg.rsplit("-", 1)[1])):
+        n = int(arg.rsplit("-", 1)[1])
+        other = "B" if tag == "A" else "A"
+        for i in range(n):
+            if i == n // 2:                 # a barrier: each waits at half-way for the other
+                open(f"{arg}.{tag}.half", "w").close()
+                while not os.path.exists(f"{arg}.{other}.half"):
+                    time.sleep(0.005)
             led.append(rec.event("w", pair=tag, payload={"i": i}))
         print(t0, time.time(), flush=True)
 """)
@@ -629,7 +635,7 @@ class LedgerSuite:
         for tag in ("A", "B"):
             assert [e.payload["i"] for e in rows if e.pair == tag] == list(range(n))
         (a0, a1), (b0, b1) = spans
-        assert max(a0, b0) < min(a1, b1)  # they did write at the same time
+        assert max(a0, b0) < min(a1, b1)  # they did write at the same time (the half-way barrier)
 
 
 class TestLedgerSQLite(LedgerSuite):

@@ -140,7 +140,8 @@ class Credentials:
         raise TypeError("Credentials are not picklable")
 
 
-def _sdk_clients(creds: Credentials, url: str, nonces: NonceCounter, timeout_s: float):
+def _sdk_clients(creds: Credentials, url: str, nonces: NonceCounter, timeout_s: float,
+                 public_timeout_s: float | None = None):
     from kraken.spot import Market, Trade, User
 
     class _User(User):
@@ -159,6 +160,7 @@ def _sdk_clients(creds: Credentials, url: str, nonces: NonceCounter, timeout_s: 
     for c in out:
         c._use_custom_exceptions = False  # raw requests.Response back: the adapter classifies
         c.TIMEOUT = timeout_s
+    out[2].TIMEOUT = timeout_s if public_timeout_s is None else public_timeout_s
     return SdkClients(*out)
 
 
@@ -186,12 +188,15 @@ class KrakenAdapter:
     """One API key's connection to Kraken (or to ``kq sim serve``).
 
     ``state_dir`` holds the nonce counter. ``tier`` is the account's rate-limit tier (starter,
-    intermediate, pro, or a :class:`RateTier`). ``clock`` (wall time, for nonces and deadlines),
-    ``monotonic`` and ``sleep`` (rate budget, status ages) are injectable for tests. ``sdk`` replaces
+    intermediate, pro, or a :class:`RateTier`). ``timeout_s`` is the HTTP timeout of private calls,
+    ``public_timeout_s`` (default: the same) that of SystemStatus / AssetPairs / Time. ``clock``
+    (wall time, for nonces and deadlines), ``monotonic`` and ``sleep`` (rate budget, status ages)
+    are injectable for tests. ``sdk`` replaces
     the real SDK clients with stubs (tests only)."""
 
     def __init__(self, creds: Credentials, *, state_dir: str | Path, url: str = KRAKEN_URL,
-                 tier: str | RateTier = "starter", timeout_s: float = 10.0, deadline_s: float = 5.0,
+                 tier: str | RateTier = "starter", timeout_s: float = 10.0, public_timeout_s: float | None = None,
+                 deadline_s: float = 5.0,
                  status_max_age_s: float = 300.0, rules_max_age_s: float = 86400.0, nonce_halt_after: int = 2,
                  nonce_window_s: float = 900.0, lookup_margin_s: float = 10.0, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
@@ -200,6 +205,8 @@ class KrakenAdapter:
             raise InputError("deadline_s must be between 2.5 and 60 seconds (Kraken takes now+2 s .. now+60 s)")
         if not 0 < timeout_s <= 60:
             raise InputError("timeout_s must be in (0, 60]")
+        if public_timeout_s is not None and not 0 < public_timeout_s <= 60:
+            raise InputError("public_timeout_s must be in (0, 60]")
         self._creds = creds
         self.url = url
         self.timeout_s, self.deadline_s = timeout_s, deadline_s
@@ -209,7 +216,8 @@ class KrakenAdapter:
         self.clock, self.monotonic, self.sleep = clock, monotonic, sleep
         self.nonces = NonceCounter(state_dir, creds.key, clock=clock)
         self.budget = budget or RateBudget(tier, clock=monotonic, sleep=sleep)
-        self._sdk = sdk or _sdk_clients(creds, url, self.nonces, timeout_s)
+        self.public_timeout_s = timeout_s if public_timeout_s is None else public_timeout_s
+        self._sdk = sdk or _sdk_clients(creds, url, self.nonces, timeout_s, public_timeout_s)
         self._halt: KrakenHalt | None = None
         self._bad_nonces: deque[float] = deque()
         self._lock = threading.RLock()
