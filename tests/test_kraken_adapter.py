@@ -632,6 +632,27 @@ def test_rate_budget_waits_instead_of_exceeding():
     assert [cancel_penalty(s) for s in (0, 7, 12, 30, 60, 200, 400, None)] == [8, 6, 5, 4, 2, 1, 0, 8]
 
 
+def test_a_wait_over_the_budgets_limit_is_a_one_line_kq_error(tmp_path):
+    from engine.errors import KQError
+    from live_bridge.kraken import RateBudgetExceeded
+
+    c = FakeClock()
+    b = RateBudget("starter", clock=c, sleep=c.sleep, max_wait_s=5)
+    b.saturate_rest()
+    assert b.acquire_rest("BalanceEx") == pytest.approx(1 / 0.33)  # 3 s: fits in 5
+    b.saturate_rest()
+    with pytest.raises(RateBudgetExceeded) as e:
+        b.acquire_rest("ClosedOrders")  # 2 / 0.33 = 6 s does not
+    assert isinstance(e.value, KQError) and isinstance(e.value, RuntimeError) and "\n" not in str(e.value)
+    assert "nothing was sent" in str(e.value)
+    stub = StubSdk({"BalanceEx": lambda kw: ok({"ZUSD": {"balance": "1", "hold_trade": "0"}})})
+    a = stub_adapter(stub, tmp_path, budget=RateBudget("starter", clock=c, sleep=c.sleep, max_wait_s=1))
+    a.budget.saturate_rest()
+    with pytest.raises(KQError, match="rate budget"):
+        a.balances()
+    assert "BalanceEx" not in stub.calls
+
+
 def test_rate_budget_keeps_the_simulators_counter_below_its_limit(sim, tmp_path, monkeypatch):
     from live_bridge.simulator import app as sim_app
     from live_bridge.simulator.testing import sim_test_config

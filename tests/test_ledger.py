@@ -689,6 +689,20 @@ def test_sqlite_stores_decimals_as_exact_text_and_verify_checks_the_form(tmp_pat
     t.close()
 
 
+def test_a_busy_sqlite_ledger_is_a_one_line_ledger_error(tmp_path):
+    led = Ledger.open(tmp_path / "l.sqlite")
+    other = Ledger.open(tmp_path / "l.sqlite", busy_timeout_s=0.2)
+    led.append(rec.event("first"))
+    with led._write():  # another writer holds the write lock past the busy timeout
+        with pytest.raises(LedgerError, match="database is locked") as ei:
+            other.append(rec.event("second"))
+        assert isinstance(ei.value, KQError) and "\n" not in str(ei.value) and "l.sqlite" in str(ei.value)
+        assert other.count() == 1  # readers are not blocked (WAL)
+    assert [e.seq for e in other.append(rec.event("second"))] == [2] and other.verify().ok
+    led.close()
+    other.close()
+
+
 def test_exact_decimal_round_trips_every_float_it_accepts():
     for x in (0.1, 1 / 3, 5e-324, sys.float_info.max, -2.5e-300, 0.5731, -1.25e-4, 0.0):
         d = exact_decimal(x)

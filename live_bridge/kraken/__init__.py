@@ -18,7 +18,7 @@ from .adapter import (
     normalize_cl_ord_id,
     same_cl_ord_id,
 )
-from .budget import TIERS, RateBudget, RateTier, cancel_penalty, rest_cost
+from .budget import TIERS, RateBudget, RateBudgetExceeded, RateTier, cancel_penalty, rest_cost
 from .nonce import NonceCounter, key_fingerprint
 from .outcome import (
     ERROR_TABLE,
@@ -65,6 +65,7 @@ __all__ = [
     "Outcome",
     "PairRules",
     "RateBudget",
+    "RateBudgetExceeded",
     "RateTier",
     "SdkClients",
     "cancel_penalty",

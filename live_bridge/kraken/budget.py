@@ -17,6 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.errors import KQError
+
+
+class RateBudgetExceeded(KQError, RuntimeError):
+    """A call would have to wait longer than the budget's ``max_wait_s``: nothing was sent (one
+    line; a RuntimeError too, for callers written before it had its own type)."""
+
 
 @dataclass(frozen=True)
 class RateTier:
@@ -110,7 +117,10 @@ class RateBudget:
                     self.waited_s += waited
                     return waited
                 if waited + w > self.max_wait_s:
-                    raise RuntimeError(f"rate budget: would wait over {self.max_wait_s:.0f} s")
+                    raise RateBudgetExceeded(
+                        f"rate budget: this call would have to wait {waited + w:.0f} s, over the "
+                        f"{self.max_wait_s:.0f} s allowed; nothing was sent"
+                    )
                 self.sleep(w)
                 waited += w
 

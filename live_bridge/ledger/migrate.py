@@ -92,7 +92,7 @@ def _sqlite_begin(conn) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("ledger_write") else "BEGIN")
 
 
-def make_engine(url: sa.URL, schema: str | None = None) -> sa.Engine:
+def make_engine(url: sa.URL, schema: str | None = None, busy_timeout_s: float = 60.0) -> sa.Engine:
     if url.get_backend_name() == "sqlite":
         if schema is not None:
             raise LedgerError("a schema applies to PostgreSQL ledgers only")
@@ -102,7 +102,7 @@ def make_engine(url: sa.URL, schema: str | None = None) -> sa.Engine:
                 path.parent.mkdir(parents=True, exist_ok=True)
             else:
                 raise LedgerError(f"ledger {path}: folder {path.parent} does not exist")
-        eng = sa.create_engine(url, connect_args={"timeout": 60})
+        eng = sa.create_engine(url, connect_args={"timeout": float(busy_timeout_s)})
         sa.event.listen(eng, "connect", _sqlite_connect)
         sa.event.listen(eng, "begin", _sqlite_begin)
         return eng

@@ -145,14 +145,16 @@ class Ledger:
         schema: str | None = None,
         migrate: bool = True,
         clock: Callable[[], datetime] | None = None,
+        busy_timeout_s: float = 60.0,
     ) -> Ledger:
         """Open (creating and migrating to the newest revision) the ledger at ``dsn``: None ->
         ``KQ_LEDGER_DSN`` or ``data/ledger.sqlite``; a path -> SQLite; ``postgresql://...`` ->
         PostgreSQL (``schema``: its tables live in that schema, created if absent). Refuses, with a
         one-line :class:`LedgerError`, an unreachable database and one at a revision this code does not
-        know. ``clock`` (tests) returns the aware datetime recorded on each row."""
+        know. ``clock`` (tests) returns the aware datetime recorded on each row. ``busy_timeout_s``
+        (SQLite) is how long a writer waits for another's write lock before a one-line LedgerError."""
         url = resolve_url(dsn)
-        engine = make_engine(url, schema)
+        engine = make_engine(url, schema, busy_timeout_s)
         where = redacted(url) + (f" (schema {schema})" if schema else "")
         try:
             version = upgrade(engine, where, schema, migrate)
@@ -184,15 +186,26 @@ class Ledger:
         self.close()
 
     @contextmanager
+    def _db_errors(self) -> Iterator[None]:
+        """A database error (SQLite busy past its timeout, a lost server, a refused statement) as a
+        one-line LedgerError naming the ledger (never the password); the transaction is rolled back."""
+        try:
+            yield
+        except sa.exc.DBAPIError as e:
+            text = str(e.orig).strip() if e.orig is not None else ""
+            msg = text.splitlines()[0] if text else type(e).__name__
+            raise LedgerError(f"ledger {self.dsn}: {one_line(msg, 300)}") from None
+
+    @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        with self._engine.connect().execution_options(ledger_write=True) as conn, conn.begin():
+        with self._db_errors(), self._engine.connect().execution_options(ledger_write=True) as conn, conn.begin():
             if self.backend == "postgresql":
                 conn.exec_driver_sql(f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE")
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
-        with self._engine.connect() as conn:
+        with self._db_errors(), self._engine.connect() as conn:
             yield conn
 
     # ---- appending ------------------------------------------------------------------------------
