@@ -277,15 +277,24 @@ def run_retrain(config: str, *, wait: bool = False, now: bool = False, out_root:
     stamp = _dt.datetime.fromtimestamp(int(_clock()), _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = root / f"retrain-{stamp}"
     typer.echo(f"retraining at {fmt_utc(int(_clock()))}: kq walkforward --config {config} --register -> {out}")
-    import kq.cli
+    import time
 
-    argv = ["walkforward", "--config", config, "--out", str(out), "--register"]
-    if store:
-        argv += ["--store", store]
-    rc = kq.cli.main(argv)
-    if rc != 0:
-        raise KQError(f"retraining failed (kq walkforward exited {rc}); nothing was registered or promoted",
-                      exit_code=1)
+    from kq.research import progress_hooks, report_tracking
+    from research.lifecycle import retrain as _lib  # the research pipeline as a library, no CLI re-entry
+    from research.pipeline import summary_line
+
+    t0 = time.perf_counter()
+    lines: list[str] = []
+    try:
+        with progress_hooks() as (prog, final):
+            o = _lib.retrain(config, out, store=store, progress=prog, final_progress=final,
+                             on_outputs=lambda o: lines.append(summary_line(o, time.perf_counter() - t0)))
+    except KQError as e:
+        raise KQError(f"retraining failed ({e}); nothing was registered or promoted", exit_code=1) from None
+    finally:
+        for line in lines:
+            typer.echo(line)
+    report_tracking(o)
     ref = _find_candidate(out, tracking)
     from research.lifecycle.actions import validate as _validate
     from research.lifecycle.registry import resolve, tag_verdict

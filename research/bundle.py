@@ -160,7 +160,7 @@ class ModelBundle:
         every pair with complete features at ``at``. Reads bars ``<= at`` only. Universe membership
         is not applied here: the risk layer's universe rule gates entries (as in the backtester)."""
         from engine.features.featureset import feature_schema_sha256
-        from research.walkforward import _block
+        from research.walkforward import row_block
 
         if tuple(features.names) != self.feature_names or \
                 feature_schema_sha256(features.config) != self.feature_schema_sha256:
@@ -190,7 +190,7 @@ class ModelBundle:
         v = features.values[lo:i + 1]
         X3 = np.where(np.isfinite(v), v, np.nan)
         close = np.where(panel.valid[lo:i + 1], panel.close[lo:i + 1], np.nan)
-        Xp, cp, sp, bp = _block(X3, close, 0, i - lo, cols)
+        Xp, cp, sp, bp = row_block(X3, close, 0, i - lo, cols)
         last = bp == i - lo
         pairs = np.asarray(panel.pairs, dtype=object)[sp[last]]
         parts = {}
@@ -228,7 +228,6 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
     from engine.config import LabelsConfig
     from research import walkforward as wf
     from research.config import research_to_json
-    from research.models.meta import StackingMetaLearner
 
     horizons = tuple(int(h) for h in rc.horizons_for(cfg))
     n, m = panel.close.shape
@@ -276,21 +275,16 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
         if progress:
             progress("step", horizon=label, n_train=int(np.isfinite(Y).any(axis=1).sum()),
                      window=(int(panel.ts[lo]), int(panel.ts[hi])))
-        meta = wf._meta(rc, cfg.seed)
+        meta = wf.make_meta(rc, cfg.seed)
 
         def on_fit(ev, name, arg, _h=label):
             if progress:
                 progress("fit", horizon=_h, model=name, stage=ev, final=arg if ev == "start" else None)
 
-        wf._HOOK["on_fit"] = on_fit
-        try:
-            if len(grp) > 1:
-                meta.fit(X, Y, close=c, returns=R, times=panel.ts[bar], segments=seg)
-            else:
-                meta.fit(X, Y[:, 0], close=c, returns=R[:, 0], times=panel.ts[bar], segments=seg)
-        finally:
-            wf._HOOK["on_fit"] = None
-        meta.__class__ = StackingMetaLearner  # drop the progress-timing subclass (no state of its own)
+        if len(grp) > 1:
+            meta.fit(X, Y, close=c, returns=R, times=panel.ts[bar], segments=seg, on_fit=on_fit)
+        else:
+            meta.fit(X, Y[:, 0], close=c, returns=R[:, 0], times=panel.ts[bar], segments=seg, on_fit=on_fit)
         for a in _DROP_ATTRS:
             if hasattr(meta, a):
                 delattr(meta, a)
@@ -299,7 +293,7 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
             metas[h] = meta
             windows[h] = (int(panel.ts[tb[0]]), int(panel.ts[tb[-1]]))
             n_train[h] = int(np.isfinite(Y[:, ci]).sum())
-        warm = max(warm, wf._warm_bars(meta))
+        warm = max(warm, wf.warm_bars(meta))
         if progress:
             progress("horizon_done", horizon=label)
 

@@ -79,37 +79,10 @@ from research.config import ResearchConfig
 from research.models.base import make_model, model_class
 from research.models.meta import StackingMetaLearner
 
-__all__ = ["WalkForwardResult", "run_walkforward", "eligible_rows", "make_splitter", "quality",
-           "PREDICTION_COLUMNS"]
+__all__ = ["WalkForwardResult", "run_walkforward", "eligible_rows", "make_splitter", "make_meta", "warm_bars",
+           "row_block", "window_matrix", "panel_features", "quality", "strategy_signals", "PREDICTION_COLUMNS"]
 
 PREDICTION_COLUMNS = ("ts", "pair", "horizon", "model", "fold", "p_up", "exp_return")
-
-# ------------------------------------------------------------------------------------------------
-# progress and per-model timing hooks (the meta-learner fits its bases internally)
-
-_HOOK: dict[str, Any] = {"on_fit": None}
-
-
-def _model_name(est: Any) -> str:
-    return {"XGBoostModel": "xgboost", "LightGBMModel": "lightgbm", "RandomForestModel": "random_forest",
-            "LSTMModel": "lstm", "TransformerModel": "transformer"}.get(type(est).__name__, type(est).__name__)
-
-
-class _TimedMeta(StackingMetaLearner):
-    """The stacking meta-learner, unchanged, with each base fit timed and reported (progress bar)."""
-
-    @staticmethod
-    def _base_fit(est, X, y, rows, returns=None, segments=None):
-        cb = _HOOK["on_fit"]
-        name = _model_name(est)
-        if cb is not None:
-            cb("start", name, rows is None)
-        t0 = time.perf_counter()
-        out = StackingMetaLearner._base_fit(est, X, y, rows, returns, segments)
-        if cb is not None:
-            cb("done", name, time.perf_counter() - t0)
-        return out
-
 
 # ------------------------------------------------------------------------------------------------
 # result
@@ -162,15 +135,18 @@ def _base_models(rc: ResearchConfig, seed: int) -> list[tuple[str, Any]]:
     return [(n, make_model(n, tiny=rc.tiny, config=getattr(rc.models, n), seed=seed)) for n in rc.base_models]
 
 
-def _meta(rc: ResearchConfig, seed: int) -> StackingMetaLearner:
+def make_meta(rc: ResearchConfig, seed: int) -> StackingMetaLearner:
+    """A new (unfitted) stacking meta-learner of the research config: the walk-forward's per fold,
+    the final model's (research.bundle.fit_final)."""
     mc = rc.models.meta
-    return _TimedMeta(models=_base_models(rc, seed), regime=make_model("regime", tiny=rc.tiny, config=rc.models.regime),
+    return StackingMetaLearner(models=_base_models(rc, seed), regime=make_model("regime", tiny=rc.tiny, config=rc.models.regime),
                       use_regime=mc.use_regime, inner_folds=rc.folds.inner_folds, purge_bars=rc.folds.purge_bars,
                       C=mc.C, ridge_alpha=mc.ridge_alpha, model_size="tiny" if rc.tiny else "research", seed=seed,
                       share_horizons=mc.share_horizons, n_jobs=mc.n_jobs, inner_stride=mc.inner_stride)
 
 
-def _warm_bars(meta: StackingMetaLearner) -> int:
+def warm_bars(meta: StackingMetaLearner) -> int:
+    """History rows a prediction needs before its bar (sequence length / regime windows + 2)."""
     w = 1
     for _, m in meta.models:
         w = max(w, int(getattr(m, "seq_len", 1)))
@@ -179,7 +155,7 @@ def _warm_bars(meta: StackingMetaLearner) -> int:
     return w + 2
 
 
-def _block(X3: np.ndarray, close: np.ndarray, lo: int, hi: int, cols: list[int]):
+def row_block(X3: np.ndarray, close: np.ndarray, lo: int, hi: int, cols: list[int]):
     """Rows lo..hi (inclusive) of every pair in ``cols``, pair-major: X (r, k), close, segments, bar."""
     nb = hi - lo + 1
     X = np.concatenate([X3[lo:hi + 1, j, :] for j in cols], axis=0)
@@ -202,7 +178,7 @@ def window_matrix(X3: np.ndarray, close: np.ndarray, targets: list, ups: list, f
     cols = [j for j in range(anyt.shape[1]) if anyt[lo:hi + 1, j].any()]
     if not cols:
         return None
-    X, c, seg, bar = _block(X3, close, lo, hi, cols)
+    X, c, seg, bar = row_block(X3, close, lo, hi, cols)
     Y = np.full((X.shape[0], len(targets)), np.nan)
     R = np.full((X.shape[0], len(targets)), np.nan)
     for ci, (t, u, f) in enumerate(zip(targets, ups, fwds)):
@@ -330,7 +306,7 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
                 Y[idx, ci], Rt[idx, ci] = Y[perm, ci], Rt[perm, ci]
         n_train = {int(h): int(np.isfinite(Y[:, ci]).sum()) for ci, h in enumerate(horizons)}
         times = panel.ts[bar]
-        meta = _meta(rc, cfg.seed)
+        meta = make_meta(rc, cfg.seed)
         fit_times: dict[str, float] = {}
         hs_label = "/".join(str(h) for h in horizons)
 
@@ -342,20 +318,16 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
 
         if progress:
             progress("step", fold=k, horizon=hs_label, n_train=int(np.isfinite(Y).any(axis=1).sum()))
-        _HOOK["on_fit"] = on_fit
         t0 = time.perf_counter()
-        try:
-            meta.fit(X, Y if len(horizons) > 1 else Y[:, 0], close=c, returns=Rt if len(horizons) > 1 else Rt[:, 0],
-                     times=times, segments=seg)
-        finally:
-            _HOOK["on_fit"] = None
+        meta.fit(X, Y if len(horizons) > 1 else Y[:, 0], close=c, returns=Rt if len(horizons) > 1 else Rt[:, 0],
+                 times=times, segments=seg, on_fit=on_fit)
         t_fit = time.perf_counter() - t0
 
         # predict the test block with warm-up rows before it (every horizon in one pass)
         t0 = time.perf_counter()
-        plo = max(int(te_b.min()) - _warm_bars(meta), 0)
+        plo = max(int(te_b.min()) - warm_bars(meta), 0)
         phi = int(te_b.max())
-        Xp, cp, sp, bp = _block(X3, close, plo, phi, test_cols)
+        Xp, cp, sp, bp = row_block(X3, close, plo, phi, test_cols)
         keep = np.concatenate([test_rows[plo:phi + 1, j] for j in test_cols])
         out = meta.predict_all(Xp, close=cp, segments=sp)
         t_pred = time.perf_counter() - t0

@@ -92,13 +92,13 @@ def test_predict_rows_are_meta_outputs_for_the_bar(setup):
     assert list(zip(p["horizon"], p["pair"])) == [(1, "BTC/USDT"), (1, "ETH/USDT"), (24, "BTC/USDT"), (24, "ETH/USDT")]
     assert p["p_up"].between(0, 1).all() and np.isfinite(p["exp_return"]).all()
     # the same numbers as the meta-learner's own predict_proba on the history block
-    from research.walkforward import _block
+    from research.walkforward import row_block
 
     i = len(panel.ts) - 1
     lo = i - b.warm_bars
     X3 = np.where(np.isfinite(fs.values[lo:i + 1]), fs.values[lo:i + 1], np.nan)
     c = np.where(panel.valid[lo:i + 1], panel.close[lo:i + 1], np.nan)
-    X, cc, seg, bar = _block(X3, c, 0, i - lo, [0, 1])
+    X, cc, seg, bar = row_block(X3, c, 0, i - lo, [0, 1])
     meta = b.metas[24]
     if hasattr(meta, "predict_all"):  # a meta-learner fitted on several horizons: one column each
         col = [h for h in b.horizons if b.metas[h] is meta].index(24)
@@ -288,7 +288,7 @@ def test_final_model_equals_a_fold_model_on_the_same_window():
     from engine.store.panel import load_shared_panel
     from engine.universe import universe_mask
     from research.bundle import fit_final
-    from research.walkforward import _block, run_walkforward
+    from research.walkforward import row_block, run_walkforward
 
     cfg = load_config()
     rc = research_from_dict({"tiny": True, "horizons": [24], "trade_horizon": 24,
@@ -306,7 +306,7 @@ def test_final_model_equals_a_fold_model_on_the_same_window():
     fs = build_features(panel, cfg.features, universe_mask(panel))
     lo, hi = len(panel.ts) - 300, len(panel.ts) - 1
     X3 = np.where(np.isfinite(fs.values), fs.values, np.nan)
-    X, c, seg, _ = _block(X3, np.where(panel.valid, panel.close, np.nan), lo, hi, [0, 1])
+    X, c, seg, _ = row_block(X3, np.where(panel.valid, panel.close, np.nan), lo, hi, [0, 1])
     pred = (lambda mt: mt.predict_all(X, close=c, segments=seg)["p_up"]) if hasattr(fold_meta, "predict_all") \
         else (lambda mt: mt.predict_proba(X, close=c, segments=seg)[:, 1])
     assert np.array_equal(pred(fold_meta), pred(b.metas[24]))

@@ -143,21 +143,21 @@ def test_retrain_refuses_outside_the_window_and_waits_for_it(reg, capsys, monkey
         slept.append(s)
         t[0] += s
 
-    def fake_main(argv):
-        calls.append((argv, t[0]))
-        return 1  # stop after the walk-forward would have started
-
-    monkeypatch.setattr(kq.models, "_sleep", fake_sleep)
-    monkeypatch.setattr(kq.cli, "main", fake_main)
+    import research.lifecycle.retrain
     from engine.errors import KQError
 
+    def fake_retrain(config, out, **kw):  # the library call (research.pipeline), not the CLI
+        calls.append((config, out, t[0]))
+        raise KQError("stopped after the walk-forward would have started")
+
+    monkeypatch.setattr(kq.models, "_sleep", fake_sleep)
+    monkeypatch.setattr(research.lifecycle.retrain, "retrain", fake_retrain)
     with pytest.raises(KQError, match="retraining failed .* nothing was registered or promoted"):
         kq.models.run_retrain(cfg, wait=True, out_root=str(tmp / "runs"))
     assert "opens 2024-01-02 03:00 UTC (in 17.0 h)" in capsys.readouterr().out
     assert sum(slept) == 17 * 3600 and max(slept) <= 60
-    argv, at = calls[0]
-    assert at == 1704164400 and argv[:3] == ["walkforward", "--config", cfg] and "--register" in argv
-    assert "promote" not in argv
+    config, out, at = calls[0]
+    assert at == 1704164400 and config == cfg and out.parent == tmp / "runs" and out.name.startswith("retrain-")
 
 
 def test_next_window_start_wraps_midnight_and_is_none_without_a_window():

@@ -1,18 +1,33 @@
-"""Scheduled retraining: when the training window (``risk.training_window_utc``) opens next.
+"""Scheduled retraining: when the training window (``risk.training_window_utc``) opens next, and
+the retraining run itself.
 
 The window is the same one in which the backtester and the live bridge open no new positions
-(rule R25, ``engine.risk.schedule``). ``kq models retrain`` waits for it (``--wait``), runs the
-walk-forward + final fit + registration, validates the new candidate and stops: promotion is a
-separate, manual, confirmed command.
+(rule R25, ``engine.risk.schedule``). ``kq models retrain`` waits for it (``--wait``), runs
+:func:`retrain` (the walk-forward + final fit + registration, through the research pipeline
+library, never the CLI), validates the new candidate and stops: promotion is a separate, manual,
+confirmed command.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
 
 from engine.risk.schedule import DAY, in_training_window, parse_window
 
-__all__ = ["window_status", "next_window_start", "fmt_utc"]
+__all__ = ["window_status", "next_window_start", "fmt_utc", "retrain"]
+
+
+def retrain(config: str | Path, out: str | Path, *, store: str | None = None, progress=None,
+            final_progress=None, on_outputs=None):
+    """Run the walk-forward of ``config`` into ``out``, fit the final model and register it as a
+    candidate (:func:`research.pipeline.run` with ``register=True``); returns the
+    :class:`~research.pipeline.RunOutputs` (``.candidate`` is the new candidate). Callbacks as in
+    :func:`research.pipeline.run`."""
+    from research.pipeline import DataSelection, load_spec, run
+
+    spec = load_spec(config, data=DataSelection(store=store))
+    return run(spec, out, register=True, progress=progress, final_progress=final_progress, on_outputs=on_outputs)
 
 
 def fmt_utc(ts: int) -> str:

@@ -58,6 +58,7 @@ Prediction inputs: the sequence models and the regime labels need history (``seq
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -194,15 +195,16 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------------------------------------
     def _plan(self, models: list, Xa: np.ndarray, Y: np.ndarray, R2: np.ndarray | None, folds: list,
-              tab_rows: list, segments: Any, multi: bool) -> list[tuple[bool, float, Any]]:
+              tab_rows: list, segments: Any, multi: bool, on_fit: Any = None) -> list[tuple[bool, float, Any]]:
         """The independent base fits of one ``fit``: (is a neural net, size, job) in the sequential
         order (inner folds x models [x horizons], then the refits). Each job fits a fresh clone and
         returns the OOF predictions (inner folds) or the fitted model (refit). Inner-fold training
         rows: ``tab_rows`` for the tabular models (every ``inner_stride``-th hour), the fold's whole
-        training block for the sequence models (history; their targets follow ``train_stride``)."""
+        training block for the sequence models (history; their targets follow ``train_stride``).
+        ``on_fit(event, name, arg)``: see :meth:`fit`."""
         H = Y.shape[1]
 
-        def job(m, tr, te, col):
+        def job(name, m, tr, te, col):
             def run():
                 if col is None:  # one multi-output fit for every horizon
                     y = Y
@@ -210,7 +212,12 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
                 else:
                     y = Y[:, col]
                     r = None if R2 is None else R2[:, col]
+                if on_fit is not None:
+                    on_fit("start", name, tr is None)
+                t0 = time.perf_counter()
                 est = self._base_fit(clone(m), Xa, y, tr, r if tr is None else None, segments)
+                if on_fit is not None:
+                    on_fit("done", name, time.perf_counter() - t0)
                 if te is None:
                     return est
                 if col is None:
@@ -220,15 +227,15 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
 
         jobs = []
         for (tr, te), trt in zip(folds + [(None, None)], tab_rows + [None]):
-            for _, m in models:
+            for name, m in models:
                 net = bool(getattr(m, "uses_sequences", False))
                 rows = tr if net else trt
                 size = float(Xa.shape[0] if rows is None else len(rows))
                 if multi and self.share_horizons and getattr(m, "supports_multi_output", False):
-                    jobs.append((net, size, job(m, rows, te, None)))
+                    jobs.append((net, size, job(name, m, rows, te, None)))
                 else:
                     for c in range(H):
-                        jobs.append((net, size, job(m, rows, te, c)))
+                        jobs.append((net, size, job(name, m, rows, te, c)))
         return jobs
 
     def _run(self, jobs: list[tuple[bool, float, Any]]) -> list:
@@ -256,13 +263,15 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         return out
 
     def fit(self, X: Any, y: Any, *, close: Any = None, returns: Any = None, times: Any = None,
-            segments: Any = None) -> "StackingMetaLearner":
+            segments: Any = None, on_fit: Any = None) -> "StackingMetaLearner":
         """Fit on one window. ``y`` (n,) is one horizon's label; an (n, H) matrix (one column per
         horizon, NaN = no label) fits every horizon at once: the regime, the inner folds and every
         base model that supports multi-output (the sequence nets: one network with H heads; the
         RandomForest: one multi-output forest) are shared by the horizons when ``share_horizons``,
         the others are fitted per column; then one stacker and return head per horizon.
-        ``returns`` then is (n, H) too."""
+        ``returns`` then is (n, H) too. ``on_fit(event, name, arg)``, when given, is called around
+        every base fit: ``("start", name, is_refit)`` and ``("done", name, seconds)`` (from the
+        fitting thread; it is not stored, so a fitted learner holds no callback)."""
         from sklearn.linear_model import LogisticRegression, Ridge
 
         from research.models.regime import RegimeClassifier
@@ -319,7 +328,7 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
                     raise InputError("StackingMetaLearner: an inner training fold has only one label class")
         if not folds:
             raise InputError("StackingMetaLearner: the inner splitter produced no folds")
-        jobs = self._plan(models, Xa, Y, R2, folds, tab_rows, segments, multi)
+        jobs = self._plan(models, Xa, Y, R2, folds, tab_rows, segments, multi, on_fit)
         results = self._run(jobs)
 
         # collect: the same order as _plan
