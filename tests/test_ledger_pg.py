@@ -33,14 +33,20 @@ def require_pg(dsn: str) -> str:
     return dsn
 
 
-@pytest.fixture(scope="module")
-def pg_dsn() -> str:
-    dsn = os.environ.get(PG_ENV)
+def pg_dsn_from(env) -> str:
+    """The server to test against: skip only when neither ``KQ_TEST_PG_DSN`` nor ``CI`` is set;
+    otherwise the DSN, which must answer (else the test fails)."""
+    dsn = env.get(PG_ENV)
     if not dsn:
-        if os.environ.get("CI"):
+        if env.get("CI"):
             pytest.fail(f"{PG_ENV} is not set (.ci/run sets it)")
         pytest.skip(f"{PG_ENV} not set: PostgreSQL ledger tests need a server")
     return require_pg(dsn)
+
+
+@pytest.fixture(scope="module")
+def pg_dsn() -> str:
+    return pg_dsn_from(os.environ)
 
 
 def _drop_schema(dsn: str, schema: str) -> None:
@@ -72,8 +78,17 @@ class TestLedgerPostgres(LedgerSuite):
 
 
 def test_unreachable_server_fails_the_tests_not_skips():
+    down = "postgresql://postgres@127.0.0.1:1/test"
     with pytest.raises(pytest.fail.Exception, match="unreachable"):
-        require_pg("postgresql://postgres@127.0.0.1:1/test")
+        require_pg(down)
+    # skipped only with neither the DSN nor CI; in CI, or with a DSN given, a missing server fails
+    with pytest.raises(pytest.skip.Exception):
+        pg_dsn_from({})
+    for env, why in [({"CI": "1"}, "not set"), ({PG_ENV: down}, "unreachable"), ({"CI": "true", PG_ENV: down},
+                                                                                 "unreachable")]:
+        with pytest.raises((pytest.fail.Exception, pytest.skip.Exception), match=why) as ei:
+            pg_dsn_from(env)
+        assert ei.type is pytest.fail.Exception, f"{env}: skipped instead of failing"
 
 
 def test_unreachable_ledger_is_one_line_without_the_password():
