@@ -48,9 +48,10 @@ KILL_INPUT = "API/data input"
 
 @dataclass(frozen=True)
 class ReconcileConfig:
-    lookback_s: float = 3600.0       # trades re-read before the last known trade time
-    tolerance: Decimal = ZERO        # absolute difference per asset treated as equal
-    max_pages: int = 200             # TradesHistory pages (50 trades each) read at most
+    lookback_s: float = 3600.0  # trades re-read before the last known trade time
+    tolerance: Decimal = ZERO  # absolute difference per asset treated as equal
+    max_pages: int = 200  # TradesHistory pages (50 trades each) read at most
+    snapshot_attempts: int = 3  # tries for trades/balances/orders that agree with each other
 
     def __post_init__(self) -> None:
         if not isinstance(self.lookback_s, (int, float)) or not 0 <= self.lookback_s <= 7 * 86400:
@@ -73,7 +74,7 @@ class ReconcileResult:
     external_balance_changes: dict[str, Decimal] = field(default_factory=dict)
     positions: dict[str, Decimal] = field(default_factory=dict)
     external_fills: tuple[Fill, ...] = ()
-    recovered_fills: tuple[tuple[str, Fill], ...] = ()   # (cl_ord_id, fill)
+    recovered_fills: tuple[tuple[str, Fill], ...] = ()  # (cl_ord_id, fill)
     external_orders: tuple[OrderInfo, ...] = ()
     own_open_orders: tuple[OrderInfo, ...] = ()
     baseline: bool = False
@@ -98,8 +99,9 @@ def _s(d: dict[str, Decimal]) -> dict[str, Decimal]:
     return {k: d[k] for k in sorted(d)}
 
 
-def reconcile(ledger: Ledger, adapter: KrakenAdapter, *, hour: int | None = None,
-              config: ReconcileConfig | None = None) -> ReconcileResult:
+def reconcile(
+    ledger: Ledger, adapter: KrakenAdapter, *, hour: int | None = None, config: ReconcileConfig | None = None
+) -> ReconcileResult:
     """Compare the exchange with the ledger, ledger what was found, return the result."""
     cfg = config or ReconcileConfig()
     try:
@@ -123,26 +125,54 @@ def _trades_since(adapter: KrakenAdapter, since: float | None, cfg: ReconcileCon
 
 
 def _reconcile(ledger: Ledger, adapter: KrakenAdapter, hour: int | None, cfg: ReconcileConfig) -> ReconcileResult:
-    last = (ledger.entries(kind=Kind.RECONCILIATION) or [None])[-1]
-    bal = _need(adapter.balances(), "BalanceEx")
-    exchange = {a: b.balance for a, b in bal.tradable.items()}
-    open_orders = _need(adapter.open_orders(trades=True), "OpenOrders")
-
+    recs = ledger.entries(kind=Kind.RECONCILIATION)
+    last = recs[-1] if recs else None
     if last is None:  # the first reconciliation: the exchange as it stands is the starting point
-        first, _count = _need(adapter.trades_history(), "TradesHistory")
+        for _ in range(cfg.snapshot_attempts):
+            first, _count = _need(adapter.trades_history(), "TradesHistory")
+            bal = _need(adapter.balances(), "BalanceEx")
+            open_orders = _need(adapter.open_orders(trades=True), "OpenOrders")
+            again, _count = _need(adapter.trades_history(), "TradesHistory")
+            if set(again) <= set(first):
+                break
+        else:
+            raise _Incomplete(f"trades kept arriving during {cfg.snapshot_attempts} snapshots")
+        exchange = {a: b.balance for a, b in bal.tradable.items()}
         until = max((f.time for f in first.values()), default=0.0)
-        payload = {"baseline": True, "balances": _s(exchange), "trades_until": Decimal(repr(until)),
-                   "history_until": Decimal(repr(until)),
-                   "staked": {k: v.balance for k, v in sorted(bal.staked.items())},
-                   "open_orders": sorted(open_orders)}
+        payload = {
+            "baseline": True,
+            "balances": _s(exchange),
+            "trades_until": Decimal(repr(until)),
+            "history_until": Decimal(repr(until)),
+            "staked": {k: v.balance for k, v in sorted(bal.staked.items())},
+            "open_orders": sorted(open_orders),
+        }
         e = ledger.append(rec.reconciliation(hour, "ok", payload))[0]
-        return ReconcileResult("ok", balances=exchange, expected=dict(exchange), baseline=True, seq=e.seq,
-                               own_open_orders=tuple(open_orders.values()))
+        return ReconcileResult(
+            "ok",
+            balances=exchange,
+            expected=dict(exchange),
+            baseline=True,
+            seq=e.seq,
+            own_open_orders=tuple(open_orders.values()),
+        )
 
     base_bal = {k: Decimal(v) for k, v in last.payload.get("balances", {}).items()}
     since_t = float(Decimal(str(last.payload.get("trades_until", "0"))))
     history_until = Decimal(str(last.payload.get("history_until", "0")))
-    trades = _trades_since(adapter, max(0.0, since_t - cfg.lookback_s) or None, cfg)
+    start = max(0.0, since_t - cfg.lookback_s) or None
+    # one consistent snapshot: the trades read before and after the balances must agree (a fill
+    # landing in between would otherwise look like a balance change or a missing position)
+    for _ in range(cfg.snapshot_attempts):
+        trades = _trades_since(adapter, start, cfg)
+        bal = _need(adapter.balances(), "BalanceEx")
+        open_orders = _need(adapter.open_orders(trades=True), "OpenOrders")
+        after, _n = _need(adapter.trades_history(start=start), "TradesHistory")
+        if set(after) <= set(trades):
+            break
+    else:
+        raise _Incomplete(f"trades kept arriving during {cfg.snapshot_attempts} snapshots")
+    exchange = {a: b.balance for a, b in bal.tradable.items()}
 
     intents = {e.cl_ord_id: e for e in ledger.entries(kind=Kind.ORDER_INTENT)}
     finals = {e.cl_ord_id for e in ledger.entries(kind=Kind.ORDER_FINAL)}
@@ -181,10 +211,18 @@ def _reconcile(ledger: Ledger, adapter: KrakenAdapter, hour: int | None, cfg: Re
             external.append(f)
     # ---- trades the ledger has: same amounts? ---------------------------------------------------
     for t, f in trades.items():
-        e = fills.get(t)
-        if e is not None and (e.qty, e.price, e.fee, e.side, e.pair) != (f.vol, f.price, f.fee, f.side, f.pair):
-            problems.append(f"trade {t}: the exchange shows {f.side} {f.vol} {f.pair} @ {f.price} fee {f.fee}, "
-                            f"the ledger {e.side} {e.qty} {e.pair} @ {e.price} fee {e.fee}")
+        row = fills.get(t)
+        if row is not None and (row.qty, row.price, row.fee, row.side, row.pair) != (
+            f.vol,
+            f.price,
+            f.fee,
+            f.side,
+            f.pair,
+        ):
+            problems.append(
+                f"trade {t}: the exchange shows {f.side} {f.vol} {f.pair} @ {f.price} fee {f.fee}, "
+                f"the ledger {row.side} {row.qty} {row.pair} @ {row.price} fee {row.fee}"
+            )
     window = max(0.0, since_t - cfg.lookback_s)
     for e in ledger.fills_since(last.seq):
         ft = Decimal(str(e.payload.get("time", "0")))
@@ -199,10 +237,22 @@ def _reconcile(ledger: Ledger, adapter: KrakenAdapter, hour: int | None, cfg: Re
         if cid is None:
             ext_orders.append(o)
             if t not in known_events:
-                records.append(rec.event("external_order", hour, o.pair if "/" in o.pair else None,
-                                         {"txid": t, "side": o.side, "ordertype": o.ordertype, "vol": o.vol,
-                                          "vol_exec": o.vol_exec, "price": o.limit_price,
-                                          "cl_ord_id": o.cl_ord_id}))
+                records.append(
+                    rec.event(
+                        "external_order",
+                        hour,
+                        o.pair if "/" in o.pair else None,
+                        {
+                            "txid": t,
+                            "side": o.side,
+                            "ordertype": o.ordertype,
+                            "vol": o.vol,
+                            "vol_exec": o.vol_exec,
+                            "price": o.limit_price,
+                            "cl_ord_id": o.cl_ord_id,
+                        },
+                    )
+                )
         else:
             own_open.append(o)
             if cid in finals:
@@ -210,13 +260,13 @@ def _reconcile(ledger: Ledger, adapter: KrakenAdapter, hour: int | None, cfg: Re
     try:
         if records:
             ledger.append(*records)
-    except LedgerConflict as e:  # nothing of the batch was written: nothing to apply either
-        problems.append(f"ledger refused a fill found on the exchange: {e}")
+    except LedgerConflict as err:  # nothing of the batch was written: nothing to apply either
+        problems.append(f"ledger refused a fill found on the exchange: {err}")
         recovered, external = [], []
     # ---- balances ------------------------------------------------------------------------------
     expected = dict(base_bal)
-    for e in ledger.fills_since(last.seq):
-        _apply(expected, e)
+    for row in ledger.fills_since(last.seq):
+        _apply(expected, row)
     changes: dict[str, Decimal] = {}
     for a in sorted(set(expected) | set(exchange)):
         d = exchange.get(a, ZERO) - expected.get(a, ZERO)
@@ -230,24 +280,48 @@ def _reconcile(ledger: Ledger, adapter: KrakenAdapter, hour: int | None, cfg: Re
     latch = bool(problems)
     reason = f"latch kill switch ({KILL_INPUT}): {'; '.join(problems)}" if latch else ""
     payload = {
-        "balances": _s(exchange), "expected": _s(expected), "external_balance_changes": _s(changes),
-        "positions": _s(positions), "external_fills": sorted(f.trade_id for f in external),
+        "balances": _s(exchange),
+        "expected": _s(expected),
+        "external_balance_changes": _s(changes),
+        "positions": _s(positions),
+        "external_fills": sorted(f.trade_id for f in external),
         "recovered_fills": sorted(f.trade_id for _, f in recovered),
-        "external_orders": sorted(o.txid for o in ext_orders), "own_open_orders": sorted(o.txid for o in own_open),
-        "problems": problems, "latch": latch, "reason": reason,
+        "external_orders": sorted(o.txid for o in ext_orders),
+        "own_open_orders": sorted(o.txid for o in own_open),
+        "problems": problems,
+        "latch": latch,
+        "reason": reason,
         "trades_until": Decimal(repr(max([since_t, *(f.time for f in trades.values())]))),
-        "history_until": history_until, "staked": {k: v.balance for k, v in sorted(bal.staked.items())},
+        "history_until": history_until,
+        "staked": {k: v.balance for k, v in sorted(bal.staked.items())},
     }
     extra = [rec.event("external_balance_change", hour, payload={"changes": _s(changes)})] if changes else []
-    e = ledger.append(*extra, rec.reconciliation(hour, "mismatch" if latch else "ok", payload))[-1]
+    stored = ledger.append(*extra, rec.reconciliation(hour, "mismatch" if latch else "ok", payload))[-1]
     if latch:
         log.error("reconcile: %s", reason)
     elif external or ext_orders or changes:
-        log.warning("reconcile: external activity: %d fills, %d orders, balance changes %s",
-                    len(external), len(ext_orders), changes)
-    return ReconcileResult("mismatch" if latch else "ok", latch, reason, tuple(problems), exchange, expected,
-                           changes, positions, tuple(external), tuple(recovered), tuple(ext_orders),
-                           tuple(own_open), False, e.seq)
+        log.warning(
+            "reconcile: external activity: %d fills, %d orders, balance changes %s",
+            len(external),
+            len(ext_orders),
+            changes,
+        )
+    return ReconcileResult(
+        "mismatch" if latch else "ok",
+        latch,
+        reason,
+        tuple(problems),
+        exchange,
+        expected,
+        changes,
+        positions,
+        tuple(external),
+        tuple(recovered),
+        tuple(ext_orders),
+        tuple(own_open),
+        False,
+        stored.seq,
+    )
 
 
 def _apply(bal: dict[str, Decimal], e: Entry) -> None:

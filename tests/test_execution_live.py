@@ -84,14 +84,32 @@ class Rig:
         self.tmp = tmp_path
         self.ft = FakeTime()
         self.ledger = Ledger.open(tmp_path / "ledger.sqlite")
-        self.cfg = ExecConfig(**({"limit_timeout_s": 60.0, "poll_interval_s": 10.0, "lookup_attempts": 1,
-                                  "lookup_interval_s": 0.1, "settle_s": 1.0} | cfg))
+        self.cfg = ExecConfig(
+            **(
+                {
+                    "limit_timeout_s": 60.0,
+                    "poll_interval_s": 10.0,
+                    "lookup_attempts": 1,
+                    "lookup_interval_s": 0.1,
+                    "lookup_margin_s": 1.0,
+                }
+                | cfg
+            )
+        )
         self.adapter = self.new_adapter()
         self.ex = Executor(self.ledger, self.adapter, self.cfg)
 
     def new_adapter(self, **kw) -> KrakenAdapter:
-        return KrakenAdapter(self.creds, state_dir=self.tmp / "state", url=self.sim.url, tier=FREE,
-                             clock=self.ft.time, sleep=self.ft.sleep, deadline_s=5.0, **kw)
+        return KrakenAdapter(
+            self.creds,
+            state_dir=self.tmp / "state",
+            url=self.sim.url,
+            tier=FREE,
+            clock=self.ft.time,
+            sleep=self.ft.sleep,
+            deadline_s=5.0,
+            **kw,
+        )
 
     def restart(self, **kw) -> Executor:
         """A fresh process: new adapter (same key and nonce file), new ledger handle, new executor."""
@@ -103,6 +121,14 @@ class Rig:
     def orders(self, cid: str) -> list:
         return [o for o in self.sim.ex.orders.values() if o.cl_ord_id == cid]
 
+    def all_orders(self, it: OrderIntent) -> list:
+        """The intent's order and its market fallback's, in placement order."""
+        ids = {it.cl_ord_id, fallback_id(it)}
+        return sorted((o for o in self.sim.ex.orders.values() if o.cl_ord_id in ids), key=lambda o: o.seqno)
+
+    def all_fills(self, it: OrderIntent) -> list:
+        return self.ledger_fills(it.cl_ord_id) + self.ledger_fills(fallback_id(it))
+
     def bar_on_sleep(self, times: int = 1) -> None:
         left = [times]
 
@@ -110,6 +136,7 @@ class Rig:
             if left[0] > 0:
                 left[0] -= 1
                 self.sim.ex.advance(seconds=3600)
+
         self.ft.on_sleep = hook
 
     def ledger_fills(self, cid: str):
@@ -117,6 +144,10 @@ class Rig:
 
     def final(self, cid: str):
         return [e for e in self.ledger.order_entries(cid) if e.kind == Kind.ORDER_FINAL.value]
+
+
+def fallback_id(it: OrderIntent) -> str:
+    return cl_ord_id_for(it.hour, it.pair, it.side, it.reason, it.n, "fallback")
 
 
 def fault(sim, **f) -> None:
@@ -129,17 +160,34 @@ _n = [0]
 
 def intent(kind=LIMIT_FIRST, qty="0.004", price="19900", side="buy", reason="ENTRY") -> OrderIntent:
     _n[0] += 1  # a distinct hour per intent: one module-wide simulator, ids never collide
-    return OrderIntent(HOUR + _n[0], "BTC/USD", side, D(qty), kind, D(price) if kind == LIMIT_FIRST else None,
-                       reason, ref_price=D("20000"))
+    return OrderIntent(
+        HOUR + _n[0],
+        "BTC/USD",
+        side,
+        D(qty),
+        kind,
+        D(price) if kind == LIMIT_FIRST else None,
+        reason,
+        ref_price=D("20000"),
+    )
 
 
 # ---- ids and the engine mapping ---------------------------------------------------------------
 def test_cl_ord_id_is_deterministic_and_kraken_shaped():
     a = cl_ord_id_for(490000, "XBTUSD", "buy", "ENTRY")
     assert a == cl_ord_id_for(490000, "BTC/USD", "buy", "ENTRY") and CL_ORD_ID_RE.match(a)
-    assert len({a, cl_ord_id_for(490001, "BTC/USD", "buy", "ENTRY"), cl_ord_id_for(490000, "ETH/USD", "buy", "ENTRY"),
+    assert (
+        len(
+            {
+                a,
+                cl_ord_id_for(490001, "BTC/USD", "buy", "ENTRY"),
+                cl_ord_id_for(490000, "ETH/USD", "buy", "ENTRY"),
                 cl_ord_id_for(490000, "BTC/USD", "sell", "ENTRY"),
-                cl_ord_id_for(490000, "BTC/USD", "buy", "EXIT_STOP")}) == 5
+                cl_ord_id_for(490000, "BTC/USD", "buy", "EXIT_STOP"),
+            }
+        )
+        == 5
+    )
 
 
 def test_intent_from_a_pending_engine_order():
@@ -149,8 +197,14 @@ def test_intent_from_a_pending_engine_order():
     o["active"], o["side"], o["kind"], o["reason"] = 1, 1, int(OrderKind.LIMIT_FIRST), int(Reason.ENTRY)
     o["qty"], o["limit_price"], o["ref_price"] = 0.0123, 19950.5, 20000.0
     it = OrderIntent.from_pending(o, "BTC/USD", 470000)
-    assert (it.side, it.kind, it.reason, it.qty, it.limit_price, it.ref_price) == \
-        ("buy", LIMIT_FIRST, "ENTRY", D("0.0123"), D("19950.5"), D("20000.0"))
+    assert (it.side, it.kind, it.reason, it.qty, it.limit_price, it.ref_price) == (
+        "buy",
+        LIMIT_FIRST,
+        "ENTRY",
+        D("0.0123"),
+        D("19950.5"),
+        D("20000.0"),
+    )
     o["side"], o["kind"], o["reason"], o["limit_price"] = -1, int(OrderKind.MARKET), int(Reason.EXIT_STOP), np.nan
     it = OrderIntent.from_pending(o, "XBTUSD", 470000)
     assert (it.side, it.kind, it.reason, it.limit_price, it.pair) == ("sell", MARKET, "EXIT_STOP", None, "BTC/USD")
@@ -184,13 +238,22 @@ def test_partial_limit_fill_then_market_for_the_remainder_only(sim, tmp_path):
     it = intent(qty="0.012", price="19900")
     res = r.ex.execute(it)
     assert res.status == "filled" and res.filled_qty == D("0.012")
-    lim, mkt = sorted(r.orders(it.cl_ord_id), key=lambda o: o.opentm if o.ordertype == "limit" else 1e18)
-    assert (lim.ordertype, lim.status, lim.vol_exec) == ("limit", "canceled", D("0.005"))
+    lim, mkt = r.all_orders(it)
+    assert (lim.ordertype, lim.status, lim.vol_exec, lim.cl_ord_id) == ("limit", "canceled", D("0.005"), it.cl_ord_id)
     assert (mkt.ordertype, mkt.status, mkt.vol, mkt.vol_exec) == ("market", "closed", D("0.007"), D("0.007"))
+    assert mkt.cl_ord_id == fallback_id(it) != it.cl_ord_id
     assert sorted(f.vol for f in res.fills) == [D("0.005"), D("0.007")]
-    assert sum(e.qty for e in r.ledger_fills(it.cl_ord_id)) == D("0.012")
+    assert sum(e.qty for e in r.all_fills(it)) == D("0.012")
     cancels = [e.code for e in r.ledger.order_entries(it.cl_ord_id) if e.kind == Kind.CANCEL.value]
     assert cancels == ["requested", "done"]
+    finals = [(e.code, e.qty) for cid in (it.cl_ord_id, fallback_id(it)) for e in r.final(cid)]
+    assert finals == [("cancelled", D("0.005")), ("filled", D("0.007"))]
+    fb_intent = r.ledger.order_entries(fallback_id(it))[0]
+    assert fb_intent.payload["parent"] == it.cl_ord_id and fb_intent.qty == D("0.007")
+    # executing it again after a restart: everything is final, nothing is sent
+    again = r.restart().execute(it)
+    assert (again.status, again.filled_qty, again.fills) == ("filled", D("0.012"), ())
+    assert r.adapter.sent["AddOrder"] == 0 and len(r.all_orders(it)) == 2
 
 
 def test_fill_during_the_cancel_is_caught_by_the_query_after_it(sim, tmp_path):
@@ -208,9 +271,9 @@ def test_fill_during_the_cancel_is_caught_by_the_query_after_it(sim, tmp_path):
     it = intent(qty="0.008", price="19900")
     res = r.ex.execute(it)
     assert res.status == "filled" and res.filled_qty == D("0.008")
-    vols = sorted((o.ordertype, o.vol_exec) for o in r.orders(it.cl_ord_id))
+    vols = [(o.ordertype, o.vol_exec) for o in r.all_orders(it)]
     assert vols == [("limit", D("0.005")), ("market", D("0.003"))]  # not 0.008 at market: no double buy
-    assert len(r.ledger_fills(it.cl_ord_id)) == 2
+    assert len(r.all_fills(it)) == 2
 
 
 def test_fully_filled_during_the_cancel_sends_no_market(sim, tmp_path):
@@ -224,9 +287,11 @@ def test_fully_filled_during_the_cancel_sends_no_market(sim, tmp_path):
     r.adapter.cancel_order = cancel_while_a_bar_closes
     it = intent(qty="0.003", price="19900")
     res = r.ex.execute(it)
-    assert res.status == "filled" and [o.ordertype for o in r.orders(it.cl_ord_id)] == ["limit"]
-    assert [e.code for e in r.ledger.order_entries(it.cl_ord_id) if e.kind == Kind.CANCEL.value] == \
-        ["requested", "rejected"]  # EOrder:Unknown order: it had filled
+    assert res.status == "filled" and [o.ordertype for o in r.all_orders(it)] == ["limit"]
+    assert [e.code for e in r.ledger.order_entries(it.cl_ord_id) if e.kind == Kind.CANCEL.value] == [
+        "requested",
+        "rejected",
+    ]  # EOrder:Unknown order: it had filled
 
 
 # ---- unknown outcomes -------------------------------------------------------------------------
@@ -397,3 +462,8 @@ def test_crash_while_a_limit_rests_cancels_it_and_keeps_its_fills(sim, tmp_path)
     (o,) = r.orders(it.cl_ord_id)
     assert o.status == "canceled" and r.adapter.sent["AddOrder"] == 0
     assert sum(e.qty for e in r.ledger_fills(it.cl_ord_id)) == D("0.005")
+    # the daemon executes the hour's intent again: only its market fallback goes out, once
+    res = r.ex.execute(it)
+    assert (res.status, res.filled_qty, [f.vol for f in res.fills]) == ("filled", D("0.009"), [D("0.004")])
+    assert r.ex.execute(it).fills == () and r.adapter.sent["AddOrder"] == 1
+    assert [(o.ordertype, o.vol_exec) for o in r.all_orders(it)] == [("limit", D("0.005")), ("market", D("0.004"))]

@@ -103,9 +103,21 @@ def test_a_ledgered_fill_the_exchange_does_not_show_asks_for_the_kill_switch(sim
     recon(r)
     it = intent(kind=MARKET, qty="0.004")
     h = it.hour
-    r.ledger.append(rec.order_intent(h, it.cl_ord_id, "BTC/USD", "buy", D("0.004"), None, "market"),
-                    rec.fill(h, "TPHANTOM-1", "BTC/USD", "buy", D("0.004"), D("20000"), D("0.32"),
-                             cl_ord_id=it.cl_ord_id, cost=D("80"), payload={"time": D(repr(sim.ex.now()))}))
+    r.ledger.append(
+        rec.order_intent(h, it.cl_ord_id, "BTC/USD", "buy", D("0.004"), None, "market"),
+        rec.fill(
+            h,
+            "TPHANTOM-1",
+            "BTC/USD",
+            "buy",
+            D("0.004"),
+            D("20000"),
+            D("0.32"),
+            cl_ord_id=it.cl_ord_id,
+            cost=D("80"),
+            payload={"time": D(repr(sim.ex.now()))},
+        ),
+    )
     res = recon(r)
     assert res.latch and "fill TPHANTOM-1" in res.reason
 
