@@ -173,6 +173,8 @@ def test_unknown_paths_and_methods_under_0_get_the_envelope(client):
                          ("DELETE", "/0/private/AddOrder")):
         r = client.request(method, path)
         assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Unknown method"], "result": {}}, path
+        r = client.request(method, path, headers={"Origin": "http://evil.example"})
+        assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Permission denied"], "result": {}}, path
 
 
 def test_state_stays_strict_json_after_the_attacks(client, ex):

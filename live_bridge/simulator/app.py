@@ -341,6 +341,8 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
 
     @app.api_route("/0/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
     async def unknown(rest: str, request: Request) -> Response:
+        if foreign_request(request.headers):
+            return json_response(envelope(None, ["EGeneral:Permission denied"]))
         return json_response(envelope(None, ["EGeneral:Unknown method"]))
 
     # ---- admin ---------------------------------------------------------------------------------
