@@ -338,6 +338,16 @@ def test_unknown_lookup_leaves_the_intent_unresolved_and_sends_nothing_more(sim,
     assert r.orders(it.cl_ord_id) == []
 
 
+def test_definitive_rejection_is_final_without_a_lookup(sim, tmp_path):
+    r = Rig(sim, tmp_path)
+    fault(sim, endpoint="AddOrder", kind="error", message="EOrder:Rate limit exceeded")
+    it = intent(kind=MARKET)
+    res = r.ex.execute(it)
+    assert res.status == "rejected" and "EOrder:Rate limit exceeded" in res.reason
+    assert r.adapter.sent["AddOrder"] == 1 and r.adapter.sent["OpenOrders"] == 0 and r.orders(it.cl_ord_id) == []
+    assert r.ex.execute(it).status == "rejected" and r.adapter.sent["AddOrder"] == 1  # final: not retried
+
+
 # ---- refusals: never sent ---------------------------------------------------------------------
 def test_buy_beyond_the_available_balance_is_not_sent(sim, tmp_path):
     r = Rig(sim, tmp_path, balances={"USD": "79.91"})  # 0.004 x 19 900 = 79.6, plus 0.4 %: 79.9184
