@@ -462,6 +462,71 @@ class LedgerSuite:
         rep = led.verify(anchor=anchor)
         assert (rep.ok, rep.broken_seq, rep.field) == (False, 15, "anchor"), rep.message
 
+    def test_an_hmac_key_catches_a_forged_tail_row(self, target, monkeypatch):
+        import json
+
+        monkeypatch.delenv("KQ_LEDGER_HMAC_KEY", raising=False)
+        key = "kq-test-ledger-key-" + "x" * 16
+
+        def forge_tail(led: Ledger) -> int:
+            """An operator 'reactivate' appended by hand with a correct (unkeyed) hash: the triggers
+            let it through, it links to the head."""
+            seq, head = led.head()
+            payload = json.dumps({"actor": "mallory", "confirmation": "REACTIVATE", "params": {}, "reason": "x"},
+                                 sort_keys=True, separators=(",", ":"))
+            cols = {"seq": seq + 1, "kind": "operator_action", "recorded_utc": "2026-12-07T12:00:00.000000Z",
+                    "code": "reactivate", "payload": payload}
+            target.sql("INSERT INTO ledger_entry (seq, kind, recorded_utc, code, payload, prev_hash, hash) "
+                       "VALUES (:seq, :kind, :recorded_utc, :code, :payload, :p, :h)",
+                       params={**cols, "p": head, "h": entry_hash(head, cols)})
+            return seq + 1
+
+        plain = target.open()
+        sample_hour(plain)  # 15 rows written before the key was introduced
+        monkeypatch.setenv("KQ_LEDGER_HMAC_KEY", key)
+        led = target.open()  # keys it: row 16 names the key (never the key itself)
+        k = led.entry(16)
+        assert (k.kind, len(k.code), k.payload["alg"]) == ("ledger_key", 16, "HMAC-SHA256") and led.count() == 16
+        assert key not in json.dumps(k.payload) and key not in k.code
+        assert [e.seq for e in led.append(rec.event("keyed"))] == [17] and led.verify().ok
+        assert target.open().count() == 17  # a second keyed open writes no second key row
+        with pytest.raises(LedgerError, match="HMAC-keyed from seq 16"):
+            plain.append(rec.event("without-the-key"))
+        forged = forge_tail(led)
+        rep = led.verify()
+        assert (rep.ok, rep.broken_seq, rep.field) == (False, forged, "hash"), rep.message
+        # the same handles without the key / with another key cannot verify or append
+        monkeypatch.delenv("KQ_LEDGER_HMAC_KEY")
+        assert (plain.verify().broken_seq, plain.verify().field) == (16, "hmac")
+        with pytest.raises(LedgerError, match="not the key this ledger was keyed with"):
+            target.open(hmac_key="another-key-" + "y" * 16)
+        other = target.open(hmac_key="another-key-" + "y" * 16, migrate=False)
+        assert (other.verify().broken_seq, other.verify().field) == (16, "hmac")
+        with pytest.raises(LedgerError, match="at least 16 bytes"):
+            target.open(hmac_key="short")
+
+    def test_without_a_key_a_forged_tail_row_passes_verify(self, target, monkeypatch):
+        """What the key is for: an unkeyed chain cannot tell a well-formed forged tail row (only an
+        anchor kept outside the database can), and removing a keyed ledger's key row is noticed."""
+        import json
+
+        monkeypatch.delenv("KQ_LEDGER_HMAC_KEY", raising=False)
+        led = target.open()
+        sample_hour(led)
+        seq, head = led.head()
+        cols = {"seq": seq + 1, "kind": "operator_action", "recorded_utc": "2026-12-07T12:00:00.000000Z",
+                "code": "reactivate", "payload": json.dumps({"reason": "x"}, separators=(",", ":"))}
+        target.sql("INSERT INTO ledger_entry (seq, kind, recorded_utc, code, payload, prev_hash, hash) "
+                   "VALUES (:seq, :kind, :recorded_utc, :code, :payload, :p, :h)",
+                   params={**cols, "p": head, "h": entry_hash(head, cols)})
+        assert led.verify().ok and led.verify(anchor=(seq, head)).ok  # undetectable without a key
+        keyed = target.open(hmac_key="kq-test-ledger-key-" + "x" * 16)
+        assert keyed.verify().ok and keyed.count() == 17
+        target.drop_triggers()
+        target.sql("DELETE FROM ledger_entry WHERE seq = 17")  # the key row
+        rep = keyed.verify()
+        assert (rep.ok, rep.field) == (False, "hmac") and "no row is keyed" in rep.message
+
     # ---- what the ledger refuses ----------------------------------------------------------------
 
     def test_order_records_need_their_intent_and_end_once(self, target):

@@ -8,12 +8,13 @@
 """
 
 from live_bridge.ledger import records
-from live_bridge.ledger.canonical import ZERO_HASH, entry_hash, exact_decimal
+from live_bridge.ledger.canonical import HMAC_ENV, ZERO_HASH, entry_hash, exact_decimal
 from live_bridge.ledger.migrate import LedgerError, default_dsn, head_revision, ledger_schema_version
 from live_bridge.ledger.records import Entry, Kind, Record
 from live_bridge.ledger.store import Ledger, LedgerConflict, LedgerIntegrityError, VerifyReport
 
 __all__ = [
+    "HMAC_ENV",
     "ZERO_HASH",
     "Entry",
     "Kind",

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import math
+import os
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -29,12 +31,15 @@ from engine.errors import InputError
 from engine.hashing import canonical_json
 
 __all__ = [
+    "HMAC_ENV",
     "MAX_FRAC_DIGITS",
     "MAX_INT_DIGITS",
     "ZERO_HASH",
     "canonical_decimal",
     "entry_hash",
     "exact_decimal",
+    "hmac_key_from_env",
+    "key_id",
     "normalize_payload",
     "payload_text",
     "row_doc",
@@ -185,10 +190,35 @@ def row_doc(cols: Mapping[str, Any]) -> dict:
     return doc
 
 
-def entry_hash(prev_hash: str, cols: Mapping[str, Any]) -> str:
-    """``sha256(prev_hash + canonical JSON of the row)``, hex."""
-    body = canonical_json(row_doc(cols))
-    return hashlib.sha256((prev_hash + body).encode("ascii")).hexdigest()
+def entry_hash(prev_hash: str, cols: Mapping[str, Any], key: bytes | None = None) -> str:
+    """``sha256(prev_hash + canonical JSON of the row)``, hex; with ``key`` (a keyed ledger, see
+    :func:`hmac_key_from_env`) ``HMAC-SHA256(key, same text)`` instead."""
+    text = (prev_hash + canonical_json(row_doc(cols))).encode("ascii")
+    if key is not None:
+        return hmac.new(key, text, hashlib.sha256).hexdigest()
+    return hashlib.sha256(text).hexdigest()
+
+
+#: the environment variable holding the ledger's HMAC key (never stored, never logged)
+HMAC_ENV = "KQ_LEDGER_HMAC_KEY"
+HMAC_MIN_BYTES = 16
+
+
+def hmac_key_from_env(env: Mapping[str, str] | None = None) -> bytes | None:
+    """The key in ``KQ_LEDGER_HMAC_KEY`` as bytes (None when unset or empty); InputError when it is
+    shorter than 16 bytes."""
+    raw = (os.environ if env is None else env).get(HMAC_ENV) or ""
+    if not raw:
+        return None
+    key = raw.encode("utf-8")
+    if len(key) < HMAC_MIN_BYTES:
+        raise InputError(f"{HMAC_ENV} is shorter than {HMAC_MIN_BYTES} bytes: use a long random secret")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A public name for a key (what the ledger records; the key itself cannot be derived from it)."""
+    return hmac.new(key, b"krakenquant-ledger-key-id", hashlib.sha256).hexdigest()[:16]
 
 
 def sha256_hex(data: bytes | str) -> str:

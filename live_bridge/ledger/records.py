@@ -99,6 +99,7 @@ class Kind(StrEnum):
     OPERATOR_ACTION = "operator_action"
     OPERATOR_APPLIED = "operator_applied"
     EVENT = "event"
+    LEDGER_KEY = "ledger_key"  # written by the store only: every row from here on is HMAC-keyed
 
 
 SIDES = ("buy", "sell")

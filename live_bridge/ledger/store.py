@@ -25,7 +25,15 @@ import sqlalchemy as sa
 
 from engine.errors import IntegrityError, one_line
 from engine.hashing import canonical_json
-from live_bridge.ledger.canonical import ZERO_HASH, canonical_decimal, entry_hash
+from live_bridge.ledger.canonical import (
+    HMAC_ENV,
+    ZERO_HASH,
+    canonical_decimal,
+    entry_hash,
+    hmac_key_from_env,
+    key_id,
+    payload_text,
+)
 from live_bridge.ledger.migrate import LedgerError, make_engine, redacted, resolve_url, upgrade
 from live_bridge.ledger.records import COLUMNS, DECIMAL_COLUMNS, Entry, Kind, Record
 from live_bridge.ledger.schema import TABLE, entry_table
@@ -128,12 +136,18 @@ class Ledger:
     """An open ledger. Use :meth:`open`; close with :meth:`close` or a ``with`` block."""
 
     def __init__(
-        self, engine: sa.Engine, url: sa.URL, schema_version: str, clock: Callable[[], datetime] | None = None
+        self,
+        engine: sa.Engine,
+        url: sa.URL,
+        schema_version: str,
+        clock: Callable[[], datetime] | None = None,
+        hmac_key: bytes | None = None,
     ) -> None:
         self._engine = engine
         self._url = url
         self.schema_version = schema_version
         self._clock = clock or _utc_now
+        self._key = hmac_key
 
     # ---- opening --------------------------------------------------------------------------------
 
@@ -146,13 +160,22 @@ class Ledger:
         migrate: bool = True,
         clock: Callable[[], datetime] | None = None,
         busy_timeout_s: float = 60.0,
+        hmac_key: bytes | str | None = None,
     ) -> Ledger:
         """Open (creating and migrating to the newest revision) the ledger at ``dsn``: None ->
         ``KQ_LEDGER_DSN`` or ``data/ledger.sqlite``; a path -> SQLite; ``postgresql://...`` ->
         PostgreSQL (``schema``: its tables live in that schema, created if absent). Refuses, with a
         one-line :class:`LedgerError`, an unreachable database and one at a revision this code does not
         know. ``clock`` (tests) returns the aware datetime recorded on each row. ``busy_timeout_s``
-        (SQLite) is how long a writer waits for another's write lock before a one-line LedgerError."""
+        (SQLite) is how long a writer waits for another's write lock before a one-line LedgerError.
+        ``hmac_key`` (default: ``KQ_LEDGER_HMAC_KEY``, if set) keys the chain: the first open with a
+        key (``migrate=True``) appends a ``ledger_key`` row naming the key (never the key itself),
+        and every row from it on is hashed with HMAC-SHA256 (see :meth:`verify`)."""
+        key = hmac_key.encode("utf-8") if isinstance(hmac_key, str) else hmac_key
+        if key is None:
+            key = hmac_key_from_env()
+        elif len(key) < 16:
+            raise LedgerError("the ledger's HMAC key must be at least 16 bytes")
         url = resolve_url(dsn)
         engine = make_engine(url, schema, busy_timeout_s)
         where = redacted(url) + (f" (schema {schema})" if schema else "")
@@ -165,7 +188,14 @@ class Ledger:
             engine.dispose()
             msg = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
             raise LedgerError(f"ledger {where}: {one_line(msg, 300)}") from None
-        return cls(engine, url, version, clock)
+        led = cls(engine, url, version, clock, key)
+        if key is not None and migrate:
+            try:
+                led.append()  # writes the ledger_key row if the ledger is not keyed yet
+            except LedgerError:
+                led.close()
+                raise
+        return led
 
     @property
     def dsn(self) -> str:
@@ -225,29 +255,59 @@ class Ledger:
                 raise TypeError(
                     f"Ledger.append takes records built by live_bridge.ledger.records, got {type(r).__name__}"
                 )
-        if not records:
+            if r.kind == Kind.LEDGER_KEY:
+                raise LedgerError("ledger_key rows are written by the ledger itself")
+        if not records and self._key is None:
             return []
         with self._write() as conn:
             seq, prev = self._head(conn)
+            key, activate = self._signing_key(conn)
+            if activate:
+                kid = key_id(activate)
+                records = (Record(Kind.LEDGER_KEY, code=kid, payload=payload_text({"alg": "HMAC-SHA256",
+                                                                                  "key_id": kid})), *records)
             recorded = _utc_text(self._clock())  # under the lock: recorded times follow seq order
             batch: list[dict[str, Any]] = []
             out: list[Entry] = []
             for r in records:
-                known = self._check(conn, r, batch)
+                if r.kind == Kind.LEDGER_KEY:
+                    known = None
+                else:
+                    known = self._check(conn, r, batch)
                 if known is not None:
                     out.append(known)
                     continue
                 seq += 1
                 cols = _record_cols(r)
                 cols.update(seq=seq, recorded_utc=recorded)
-                h = entry_hash(prev, cols)
+                h = entry_hash(prev, cols, key)
                 cols.update(prev_hash=prev, hash=h)
                 batch.append(cols)
-                out.append(_entry(cols))
+                if r.kind != Kind.LEDGER_KEY:
+                    out.append(_entry(cols))
                 prev = h
             if batch:
                 conn.execute(sa.insert(T), batch)
         return out
+
+    def _signing_key(self, conn: sa.Connection) -> tuple[bytes | None, bytes | None]:
+        """(the key new rows are hashed with, the key to activate now or None), checked against the
+        ledger's ``ledger_key`` row: a keyed ledger is never appended to without its key."""
+        row = conn.execute(
+            sa.select(T.c.seq, T.c.code).where(T.c.kind == Kind.LEDGER_KEY.value).order_by(T.c.seq).limit(1)
+        ).first()
+        if row is None:
+            return self._key, self._key
+        if self._key is None:
+            raise LedgerError(f"this ledger is HMAC-keyed from seq {row.seq}: set {HMAC_ENV} to append to it")
+        if row.code != key_id(self._key):
+            raise LedgerError(f"{HMAC_ENV} is not the key this ledger was keyed with (seq {row.seq})")
+        return self._key, None
+
+    @property
+    def keyed(self) -> bool:
+        """Whether this handle holds an HMAC key (rows it appends are keyed)."""
+        return self._key is not None
 
     def _find(self, conn: sa.Connection, batch: list[dict], **where: Any) -> dict | None:
         """The first row (stored, else earlier in this batch) whose columns equal ``where``."""
@@ -401,8 +461,14 @@ class Ledger:
     def verify(self, anchor: tuple[int, str] | None = None, batch: int = 2000) -> VerifyReport:
         """Walk the whole chain from seq 1 and report the first broken row and check (see
         :class:`VerifyReport`). ``anchor`` = a (seq, hash) recorded elsewhere earlier: the chain must
-        still hold that row (detects a deleted or rewritten tail, which the chain alone cannot)."""
+        still hold that row (detects a deleted or rewritten tail, which the chain alone cannot).
+
+        Keyed ledgers: rows from the ``ledger_key`` row on must carry HMAC-SHA256 hashes under this
+        handle's key (field ``hmac`` when the key is missing or another one; ``hash`` for a row
+        forged without it); with a key and rows but no ``ledger_key`` row, the report is broken
+        (field ``hmac``: the key row was removed and the chain re-hashed, or no keyed open wrote it)."""
         expected, prev, rows = 1, ZERO_HASH, 0
+        keyed_from: int | None = None
 
         def broken(seq: int, fld: str, reason: str) -> VerifyReport:
             return VerifyReport(False, rows, expected - 1, prev, seq, fld, reason)
@@ -427,10 +493,18 @@ class Ledger:
                         "does not link to the previous row's hash: a row was "
                         "inserted, reordered or re-hashed before it",
                     )
+                if m["kind"] == Kind.LEDGER_KEY.value:
+                    if keyed_from is not None:
+                        return broken(seq, "hmac", f"a second key row (the ledger is keyed from seq {keyed_from})")
+                    if self._key is None:
+                        return broken(seq, "hmac", f"the ledger is HMAC-keyed from here: set {HMAC_ENV} to verify it")
+                    if m["code"] != key_id(self._key):
+                        return broken(seq, "hmac", f"{HMAC_ENV} is not the key this ledger was keyed with")
+                    keyed_from = seq
                 problem = _content_problem(m)
                 if problem is not None:
                     return broken(seq, *problem)
-                if entry_hash(prev, m) != m["hash"]:
+                if entry_hash(prev, m, self._key if keyed_from is not None else None) != m["hash"]:
                     return broken(seq, "hash", "the row's content does not match its hash: the row was edited")
                 if anchor is not None and seq == anchor[0]:
                     if m["hash"] != anchor[1]:
@@ -445,6 +519,13 @@ class Ledger:
             if len(page) < batch:
                 break
             last = int(page[-1]["seq"])
+        if self._key is not None and keyed_from is None and rows:
+            return broken(
+                expected,
+                "hmac",
+                f"{HMAC_ENV} is set but no row is keyed: the key row was removed and the chain "
+                "re-hashed, or the ledger was never opened with the key",
+            )
         if anchor is not None and not anchored:
             return broken(
                 expected,
