@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -152,7 +153,7 @@ def _sdk_clients(creds: Credentials, url: str, nonces: NonceCounter, timeout_s: 
         def get_nonce(self) -> str:
             return str(nonces.next())
 
-    out = []
+    out: list[Any] = []
     for cls in (_User, _Trade):
         c = cls(key=creds.key, secret=creds.secret, url=url)
         out.append(c)
@@ -286,8 +287,8 @@ class KrakenAdapter:
             else:
                 resp = invoke()
             v = self._verdict(resp)
-        except KrakenHalt as h:
-            raise self._latch(h) from None
+        except KrakenHalt as halt:
+            raise self._latch(halt) from None
         except OrderRefused:  # refused by invoke itself before anything was sent
             self.sent[endpoint] -= 1
             raise
@@ -353,7 +354,7 @@ class KrakenAdapter:
                          parse_asset_pairs, private=False)
         if res.done:
             with self._lock:
-                self.pairs = dict(res.result)
+                self.pairs = dict(res.result or {})
                 self._alt_to_pair = {}
                 for p, r in self.pairs.items():
                     for alias in (r.instrument.altname, r.instrument.kraken_id, r.instrument.wsname):
@@ -429,13 +430,16 @@ class KrakenAdapter:
         last: CallResult | None = None
         for i in range(0, len(ids), 50):
             chunk = ",".join(ids[i:i + 50])
-            last = self._call("QueryOrders", lambda c=chunk: self._sdk.user.get_orders_info(txid=c, trades=trades),
+            last = self._call("QueryOrders", functools.partial(self._get_orders_info, chunk, trades),
                               lambda r: parse_orders(r, None, self.pair_of), private=True)
-            if not last.done:
+            if not last.done or last.result is None:
                 return last
             out.update(last.result)
         assert last is not None
         return CallResult("QueryOrders", Outcome.DONE, out, (), "", False, last.http_status, "")
+
+    def _get_orders_info(self, txids: str, trades: bool) -> Any:
+        return self._sdk.user.get_orders_info(txid=txids, trades=trades)
 
     def find_order(self, cl_ord_id: str, *, attempts: int = 1, interval_s: float = 2.0,
                    sent_at: float | None = None, deadline: float | None = None,
@@ -475,7 +479,7 @@ class KrakenAdapter:
                 if not r.done:
                     return CallResult("find_order", Outcome.UNKNOWN, None, r.errors, f"{r.endpoint}: {r.reason}",
                                       False, r.http_status, r.raw)
-                for t, o in r.result.items():
+                for t, o in (r.result or {}).items():
                     if not same_cl_ord_id(o.cl_ord_id, cl_ord_id):  # never dropped: it may be ours
                         return CallResult("find_order", Outcome.UNKNOWN, None, (),
                                           f"{r.endpoint} filtered by cl_ord_id {cl_ord_id} returned order {t} "
@@ -586,7 +590,7 @@ class KrakenAdapter:
         if res.outcome is not Outcome.REJECTED:  # an UNKNOWN order may exist: keep its age for cancels
             with self._lock:
                 self._placed[cl_ord_id] = (rules.pair, placed_at)
-                for t in (res.result.txids if res.done else ()):
+                for t in (res.result.txids if res.done and res.result is not None else ()):
                     self._placed[t] = (rules.pair, placed_at)
         if res.rejected and any(e.startswith("EService:Market in") for e in res.errors):
             self._status_at = None  # the exchange disagrees with our status: reload before the next order

@@ -183,5 +183,7 @@ def parse_add_order(result: Any, cl_ord_id: str) -> OrderAck:
     tx = result.get("txid")
     if not isinstance(tx, list) or not tx or not all(isinstance(t, str) and t for t in tx):
         raise MalformedResult("AddOrder: no txid in the answer (validate-only, or a malformed answer)")
-    d = result.get("descr") if isinstance(result.get("descr"), dict) else {}
+    d = result.get("descr")
+    if not isinstance(d, dict):
+        d = {}
     return OrderAck(tuple(tx), str(d.get("order", "")), cl_ord_id)
