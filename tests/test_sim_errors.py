@@ -170,11 +170,18 @@ def test_booleans_in_json_bodies_are_not_numbers(client, ex):
 
 def test_unknown_paths_and_methods_under_0_get_the_envelope(client):
     for method, path in (("GET", "/0/private/Balance"), ("PUT", "/0/public/Time"), ("GET", "/0/nothing/here"),
-                         ("DELETE", "/0/private/AddOrder")):
+                         ("DELETE", "/0/private/AddOrder"), ("POST", "/0/private/%2F%0A0"), ("GET", "/0/%0A")):
         r = client.request(method, path)
         assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Unknown method"], "result": {}}, path
         r = client.request(method, path, headers={"Origin": "http://evil.example"})
         assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Permission denied"], "result": {}}, path
+
+
+def test_unknown_admin_paths_answer_json_errors(client):
+    r = client.get("/admin/nope%0A")
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+    r = client.put("/admin/balance")
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"}
 
 
 def test_state_stays_strict_json_after_the_attacks(client, ex):

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import InputError
 
@@ -344,6 +345,16 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
         if foreign_request(request.headers):
             return json_response(envelope(None, ["EGeneral:Permission denied"]))
         return json_response(envelope(None, ["EGeneral:Unknown method"]))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def not_routed(request: Request, exc: StarletteHTTPException) -> Response:
+        """What no route takes (e.g. a path with a newline, which the /0/ catch-all pattern does not
+        match): Kraken's envelope under /0/, a JSON ``{"error": ...}`` elsewhere."""
+        if request.url.path.startswith("/0/"):
+            refused = foreign_request(request.headers)
+            return json_response(envelope(None, ["EGeneral:Permission denied" if refused else
+                                                 "EGeneral:Unknown method"]))
+        return _admin_error(str(exc.detail), exc.status_code if 400 <= exc.status_code < 500 else 400)
 
     # ---- admin ---------------------------------------------------------------------------------
     async def admin_body(request: Request, needs_body: bool) -> Any:
