@@ -83,8 +83,7 @@ def account(sim, balances: dict[str, str] | None = None) -> Credentials:
     """A fresh simulator account (its own key: nonces, lockouts and rate counters apart)."""
     key = "kqk" + secrets.token_hex(20)
     secret = base64.b64encode(secrets.token_bytes(64)).decode()
-    sim.ex.add_account(key[:12], key, secret, {k: D(v) for k, v in (balances or {"USD": "100000",
-                                                                               "BTC": "1"}).items()})
+    sim.ex.add_account(key[:12], key, secret, {k: D(v) for k, v in (balances or {"USD": "100000", "BTC": "1"}).items()})
     return Credentials(key, secret)
 
 
@@ -109,8 +108,8 @@ CODES = [
     ("EService:Throttled:1700000000", Outcome.UNKNOWN, None),
     ("EGeneral:Internal error", Outcome.UNKNOWN, None),
     ("EOrder:Cancel pending", Outcome.UNKNOWN, None),
-    ("EOrder:Something new", Outcome.UNKNOWN, None),          # unmapped: never a rejection
-    ("WGeneral:Whatever", Outcome.UNKNOWN, None),             # a warning
+    ("EOrder:Something new", Outcome.UNKNOWN, None),  # unmapped: never a rejection
+    ("WGeneral:Whatever", Outcome.UNKNOWN, None),  # a warning
     ("garbage", Outcome.UNKNOWN, None),
     ("EOrder:Insufficient funds", Outcome.REJECTED, None),
     ("EGeneral:Invalid arguments:volume minimum not met", Outcome.REJECTED, None),
@@ -155,17 +154,31 @@ def test_unknown_never_means_rejected(code, status, body):
 def test_http_and_exception_answers_classify():
     ok = json.dumps({"error": [], "result": {"count": 1}})
     assert classify_http(200, ok).outcome is Outcome.DONE
-    for status, body in [(502, "<html>bad gateway</html>"), (504, ""), (520, "x"), (429, "slow down"),
-                         (403, "cloudflare"), (200, ok[: len(ok) // 2]), (200, "[]"), (200, '{"error": []}'),
-                         (200, '{"result": {}}'), (200, '{"error": ["WGeneral:note"], "result": {"count": 1}}')]:
+    for status, body in [
+        (502, "<html>bad gateway</html>"),
+        (504, ""),
+        (520, "x"),
+        (429, "slow down"),
+        (403, "cloudflare"),
+        (200, ok[: len(ok) // 2]),
+        (200, "[]"),
+        (200, '{"error": []}'),
+        (200, '{"result": {}}'),
+        (200, '{"error": ["WGeneral:note"], "result": {"count": 1}}'),
+    ]:
         assert classify_http(status, body).outcome is Outcome.UNKNOWN, (status, body)
     from kraken.exceptions import KrakenInvalidArgumentsError, KrakenServiceUnavailableError
 
-    for exc in [requests.exceptions.ReadTimeout("read timed out"), requests.exceptions.ConnectTimeout("x"),
-                requests.exceptions.ConnectionError("Connection reset by peer"),
-                requests.exceptions.ChunkedEncodingError("x"), Exception("502 - <html></html>"),
-                ValueError(b"{truncated"), KrakenServiceUnavailableError({"error": ["EService:Unavailable"]}),
-                RuntimeError("anything else")]:
+    for exc in [
+        requests.exceptions.ReadTimeout("read timed out"),
+        requests.exceptions.ConnectTimeout("x"),
+        requests.exceptions.ConnectionError("Connection reset by peer"),
+        requests.exceptions.ChunkedEncodingError("x"),
+        Exception("502 - <html></html>"),
+        ValueError(b"{truncated"),
+        KrakenServiceUnavailableError({"error": ["EService:Unavailable"]}),
+        RuntimeError("anything else"),
+    ]:
         assert classify_exception(exc).outcome is Outcome.UNKNOWN, exc
     v = classify_exception(KrakenInvalidArgumentsError({"error": ["EGeneral:Invalid arguments:volume"]}))
     assert v.outcome is Outcome.REJECTED and v.errors == ("EGeneral:Invalid arguments:volume",)
@@ -176,9 +189,16 @@ def test_orders_balances_and_fills_through_the_sdk(sim, tmp_path):
     a = adapter(sim, tmp_path)
     assert a.refresh() and a.system_status_value == "online"
     r = a.pairs["BTC/USD"]
-    assert (r.instrument.kraken_id, r.instrument.altname, r.instrument.pair_decimals, r.instrument.lot_decimals,
-            r.instrument.ordermin, r.instrument.costmin, r.instrument.tick_size, r.status) == \
-        ("XXBTZUSD", "XBTUSD", 1, 8, D("0.0001"), D("0.5"), D("0.1"), "online")
+    assert (
+        r.instrument.kraken_id,
+        r.instrument.altname,
+        r.instrument.pair_decimals,
+        r.instrument.lot_decimals,
+        r.instrument.ordermin,
+        r.instrument.costmin,
+        r.instrument.tick_size,
+        r.status,
+    ) == ("XXBTZUSD", "XBTUSD", 1, 8, D("0.0001"), D("0.5"), D("0.1"), "online")
     assert "ETH/USD" in a.pairs
 
     rest = a.add_order("BTC/USD", "buy", "limit", D("0.01"), price=D("10000.0"), cl_ord_id="rest-1")
@@ -200,8 +220,14 @@ def test_orders_balances_and_fills_through_the_sdk(sim, tmp_path):
     fills, count = a.trades_history().result
     f = fills[o.trades[0]]
     booked = sim.ex.trades[o.trades[0]]
-    assert (f.price, f.vol, f.cost, f.fee, f.pair, f.side) == (booked.price, booked.vol, booked.cost, booked.fee,
-                                                               "BTC/USD", "buy")
+    assert (f.price, f.vol, f.cost, f.fee, f.pair, f.side) == (
+        booked.price,
+        booked.vol,
+        booked.cost,
+        booked.fee,
+        "BTC/USD",
+        "buy",
+    )
     assert isinstance(f.fee, D) and f.fee == (f.cost * D("0.004")).quantize(D("0.0001"), rounding="ROUND_UP")
     assert (o.cost, o.fee) == (f.cost, f.fee)
 
@@ -241,30 +267,35 @@ def test_the_deadline_is_set_at_sending_after_the_rate_wait(tmp_path):
     # a latest deadline caps it, and with under 2 s of it left nothing is sent
     a.budget.saturate_order("BTC/USD")
     tb = c.t
-    capped = a.add_order("BTC/USD", "buy", "limit", D("0.01"), price=D("20000.0"), cl_ord_id="dl-2",
-                         latest_deadline=tb + 13)
+    capped = a.add_order(
+        "BTC/USD", "buy", "limit", D("0.01"), price=D("20000.0"), cl_ord_id="dl-2", latest_deadline=tb + 13
+    )
     assert capped.done and seen[-1][1] == tb + 10 and capped.deadline == tb + 13  # not tb + 10 + 5
     n, sent = len(seen), a.calls_sent
     a.budget.saturate_order("BTC/USD")
     with pytest.raises(OrderRefused) as e:
-        a.add_order("BTC/USD", "buy", "limit", D("0.01"), price=D("20000.0"), cl_ord_id="dl-3",
-                    latest_deadline=c.t + 11.5)
+        a.add_order(
+            "BTC/USD", "buy", "limit", D("0.01"), price=D("20000.0"), cl_ord_id="dl-3", latest_deadline=c.t + 11.5
+        )
     assert e.value.code == "deadline_passed" and len(seen) == n and a.calls_sent == sent
 
 
 # ---- faults injected in the simulator: unknown, then the lookup finds the truth ----------------
-@pytest.mark.parametrize(("f", "applied"), [
-    ({"kind": "timeout", "seconds": 3.0, "apply": True}, True),     # ghost order: timed out, but placed
-    ({"kind": "timeout", "seconds": 3.0, "apply": False}, False),
-    ({"kind": "http_error", "status": 502, "apply": True}, True),
-    ({"kind": "http_error", "status": 520, "apply": False}, False),
-    ({"kind": "truncated_json"}, True),
-    ({"kind": "http_429"}, False),
-    ({"kind": "error", "message": "EService:Busy"}, False),
-    ({"kind": "error", "message": "EService:Unavailable"}, False),
-    ({"kind": "error", "message": "EService:Throttled:1672704000"}, False),
-    ({"kind": "error", "message": "EGeneral:Internal error"}, False),
-])
+@pytest.mark.parametrize(
+    ("f", "applied"),
+    [
+        ({"kind": "timeout", "seconds": 3.0, "apply": True}, True),  # ghost order: timed out, but placed
+        ({"kind": "timeout", "seconds": 3.0, "apply": False}, False),
+        ({"kind": "http_error", "status": 502, "apply": True}, True),
+        ({"kind": "http_error", "status": 520, "apply": False}, False),
+        ({"kind": "truncated_json"}, True),
+        ({"kind": "http_429"}, False),
+        ({"kind": "error", "message": "EService:Busy"}, False),
+        ({"kind": "error", "message": "EService:Unavailable"}, False),
+        ({"kind": "error", "message": "EService:Throttled:1672704000"}, False),
+        ({"kind": "error", "message": "EGeneral:Internal error"}, False),
+    ],
+)
 def test_faults_are_unknown_and_find_order_tells_what_happened(sim, tmp_path, f, applied):
     creds = account(sim)
     # a short timeout for AddOrder only (the fault holds the answer 3 s); status and rules get 30 s
@@ -343,17 +374,32 @@ def test_find_order_compares_ids_by_meaning_and_never_drops_a_mismatch(tmp_path)
     u = uuid.UUID("0f8fad5b-d9cb-469f-a165-70867728950e")
 
     def order(cl):
-        e = {"descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "price": "20000.0"},
-             "status": "open", "vol": "0.01", "vol_exec": "0", "cost": "0", "fee": "0", "price": "0",
-             "opentm": 1.5}
+        e = {
+            "descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "price": "20000.0"},
+            "status": "open",
+            "vol": "0.01",
+            "vol_exec": "0",
+            "cost": "0",
+            "fee": "0",
+            "price": "0",
+            "opentm": 1.5,
+        }
         return e if cl is None else e | {"cl_ord_id": cl}
 
     def sdk(cl):
-        return StubSdk({"OpenOrders": lambda kw: ok({"open": {"O-1": order(cl)}}),
-                        "ClosedOrders": lambda kw: ok({"closed": {}, "count": 0})})
+        return StubSdk(
+            {
+                "OpenOrders": lambda kw: ok({"open": {"O-1": order(cl)}}),
+                "ClosedOrders": lambda kw: ok({"closed": {}, "count": 0}),
+            }
+        )
 
-    for asked, returned in [(u.hex, str(u).upper()), (str(u), u.hex.upper()), (str(u).upper(), str(u)),
-                            ("kq-free.1", "kq-free.1")]:
+    for asked, returned in [
+        (u.hex, str(u).upper()),
+        (str(u), u.hex.upper()),
+        (str(u).upper(), str(u)),
+        ("kq-free.1", "kq-free.1"),
+    ]:
         r = stub_adapter(sdk(returned), tmp_path).find_order(asked)
         assert r.done and [o.txid for o in r.result] == ["O-1"], (asked, returned, r)
     for asked, returned in [(u.hex, uuid.uuid4().hex), ("kq-free.1", "KQ-FREE.1"), ("kq-free.1", None)]:
@@ -373,12 +419,31 @@ def ok(result) -> _Resp:
     return _Resp(200, {"error": [], "result": result})
 
 
-PAIRS = {"XXBTZUSD": {"altname": "XBTUSD", "wsname": "XBT/USD", "base": "XXBT", "quote": "ZUSD",
-                      "pair_decimals": 1, "lot_decimals": 8, "cost_decimals": 5, "ordermin": "0.0001",
-                      "costmin": "0.5", "tick_size": "0.1", "status": "online"}}
-SDK_NAMES = {"get_balances": "BalanceEx", "get_open_orders": "OpenOrders", "get_closed_orders": "ClosedOrders",
-             "get_orders_info": "QueryOrders", "get_trades_history": "TradesHistory", "create_order": "AddOrder",
-             "cancel_order": "CancelOrder", "get_system_status": "SystemStatus"}
+PAIRS = {
+    "XXBTZUSD": {
+        "altname": "XBTUSD",
+        "wsname": "XBT/USD",
+        "base": "XXBT",
+        "quote": "ZUSD",
+        "pair_decimals": 1,
+        "lot_decimals": 8,
+        "cost_decimals": 5,
+        "ordermin": "0.0001",
+        "costmin": "0.5",
+        "tick_size": "0.1",
+        "status": "online",
+    }
+}
+SDK_NAMES = {
+    "get_balances": "BalanceEx",
+    "get_open_orders": "OpenOrders",
+    "get_closed_orders": "ClosedOrders",
+    "get_orders_info": "QueryOrders",
+    "get_trades_history": "TradesHistory",
+    "create_order": "AddOrder",
+    "cancel_order": "CancelOrder",
+    "get_system_status": "SystemStatus",
+}
 
 
 class StubSdk:
@@ -388,8 +453,7 @@ class StubSdk:
     def __init__(self, script: dict, pair_status: str = "online", system: str = "online") -> None:
         pairs = json.loads(json.dumps(PAIRS))
         pairs["XXBTZUSD"]["status"] = pair_status
-        self.script = {"SystemStatus": lambda kw: ok({"status": system}),
-                       "AssetPairs": lambda kw: ok(pairs)} | script
+        self.script = {"SystemStatus": lambda kw: ok({"status": system}), "AssetPairs": lambda kw: ok(pairs)} | script
         self.calls: list[str] = []
 
     def _answer(self, endpoint, kw):
@@ -405,25 +469,29 @@ class StubSdk:
 def stub_adapter(stub: StubSdk, tmp_path: Path, **kw) -> KrakenAdapter:
     creds = Credentials("stub-key-" + secrets.token_hex(8), base64.b64encode(b"s" * 64).decode())
     kw.setdefault("tier", FREE)
-    return KrakenAdapter(creds, state_dir=tmp_path / "stub", url="http://127.0.0.1:9", sdk=SdkClients(stub, stub, stub),
-                         **kw)
+    return KrakenAdapter(
+        creds, state_dir=tmp_path / "stub", url="http://127.0.0.1:9", sdk=SdkClients(stub, stub, stub), **kw
+    )
 
 
 def _raise(e):
     raise e
 
 
-@pytest.mark.parametrize(("answer", "outcome"), [
-    (lambda kw: {"error": ["EService:Busy"], "result": {}}, Outcome.UNKNOWN),       # raw dict back from the SDK
-    (lambda kw: {"error": ["EGeneral:Brand new error"]}, Outcome.UNKNOWN),
-    (lambda kw: ok({"descr": {"order": "x"}}), Outcome.UNKNOWN),                      # DONE without a txid
-    (lambda kw: _Resp(200, {"error": ["WOrder:Something odd"], "result": {"txid": ["O1"]}}), Outcome.UNKNOWN),
-    (lambda kw: _raise(requests.exceptions.ConnectionError("Connection reset by peer")), Outcome.UNKNOWN),
-    (lambda kw: _raise(requests.exceptions.ReadTimeout("timed out")), Outcome.UNKNOWN),
-    (lambda kw: _raise(Exception("503 - <html>")), Outcome.UNKNOWN),
-    (lambda kw: _Resp(200, {"error": ["EOrder:Insufficient funds"], "result": {}}), Outcome.REJECTED),
-    (lambda kw: ok({"txid": ["O1"], "descr": {"order": "x"}}), Outcome.DONE),
-])
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        (lambda kw: {"error": ["EService:Busy"], "result": {}}, Outcome.UNKNOWN),  # raw dict back from the SDK
+        (lambda kw: {"error": ["EGeneral:Brand new error"]}, Outcome.UNKNOWN),
+        (lambda kw: ok({"descr": {"order": "x"}}), Outcome.UNKNOWN),  # DONE without a txid
+        (lambda kw: _Resp(200, {"error": ["WOrder:Something odd"], "result": {"txid": ["O1"]}}), Outcome.UNKNOWN),
+        (lambda kw: _raise(requests.exceptions.ConnectionError("Connection reset by peer")), Outcome.UNKNOWN),
+        (lambda kw: _raise(requests.exceptions.ReadTimeout("timed out")), Outcome.UNKNOWN),
+        (lambda kw: _raise(Exception("503 - <html>")), Outcome.UNKNOWN),
+        (lambda kw: _Resp(200, {"error": ["EOrder:Insufficient funds"], "result": {}}), Outcome.REJECTED),
+        (lambda kw: ok({"txid": ["O1"], "descr": {"order": "x"}}), Outcome.DONE),
+    ],
+)
 def test_stub_transport_answers(tmp_path, answer, outcome):
     a = stub_adapter(StubSdk({"AddOrder": answer}), tmp_path)
     res = a.add_order("BTC/USD", "sell", "limit", D("0.01"), price=D("30000.0"), cl_ord_id="s-1")
@@ -485,8 +553,15 @@ def test_nonce_counter_is_locked_across_processes(tmp_path):
     import subprocess
     import sys
 
-    procs = [subprocess.Popen([sys.executable, "-c", _DRAW, str(tmp_path), "120"], stdout=subprocess.PIPE,
-                              text=True, cwd=Path(__file__).resolve().parents[1]) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DRAW, str(tmp_path), "120"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        for _ in range(2)
+    ]
     seqs = [[int(x) for x in p.communicate(timeout=60)[0].split()] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     drawn = [x for s in seqs for x in s]
@@ -727,8 +802,9 @@ def test_status_gating_against_the_simulator(sim, tmp_path):
         a.add_order("BTC/USD", "buy", "market", D("0.001"), ref_price=D("16000"), cl_ord_id="g-mkt")
     with pytest.raises(OrderRefused):
         a.add_order("BTC/USD", "buy", "limit", D("0.001"), price=D("10000.0"), cl_ord_id="g-nopost")
-    assert a.add_order("BTC/USD", "buy", "limit", D("0.001"), price=D("10000.0"), cl_ord_id="g-post",
-                       post_only=True).done
+    assert a.add_order(
+        "BTC/USD", "buy", "limit", D("0.001"), price=D("10000.0"), cl_ord_id="g-post", post_only=True
+    ).done
     sim.admin("/admin/status", {"status": "maintenance"})
     with pytest.raises(OrderRefused) as e:
         a.add_order("ETH/USD", "sell", "limit", D("0.01"), price=D("9000.00"), cl_ord_id="g-maint")
@@ -754,13 +830,18 @@ def test_reduce_and_limit_only_pairs_with_a_stub(tmp_path):
 
 # ---- balances ----------------------------------------------------------------------------------
 def test_balance_ex_parsing():
-    b = parse_balance_ex({
-        "XXBT": {"balance": "1.5000000000", "hold_trade": "0.2500000000"},
-        "ZUSD": {"balance": "1000.0000", "hold_trade": "1200.0000"},
-        "XBT.F": {"balance": "0.7", "hold_trade": "0"}, "DOT.S": {"balance": "10", "hold_trade": "0"},
-        "ETH2.M": {"balance": "3", "hold_trade": "0"}, "SOL.B": {"balance": "2", "hold_trade": "0"},
-        "KFEE": {"balance": "500.00", "hold_trade": "0"}, "SOL": {"balance": "4", "hold_trade": "0"},
-    })
+    b = parse_balance_ex(
+        {
+            "XXBT": {"balance": "1.5000000000", "hold_trade": "0.2500000000"},
+            "ZUSD": {"balance": "1000.0000", "hold_trade": "1200.0000"},
+            "XBT.F": {"balance": "0.7", "hold_trade": "0"},
+            "DOT.S": {"balance": "10", "hold_trade": "0"},
+            "ETH2.M": {"balance": "3", "hold_trade": "0"},
+            "SOL.B": {"balance": "2", "hold_trade": "0"},
+            "KFEE": {"balance": "500.00", "hold_trade": "0"},
+            "SOL": {"balance": "4", "hold_trade": "0"},
+        }
+    )
     assert b.tradable["BTC"].available == D("1.25") and b.available("XBT") == D("1.25")
     assert b.available("USD") == 0  # hold above balance: nothing available, never negative
     assert b.available("SOL") == D("4") and b.available("ETH") == 0
@@ -768,8 +849,14 @@ def test_balance_ex_parsing():
     assert "BTC.F" not in b.tradable and all(isinstance(x.balance, D) for x in b.tradable.values())
     from live_bridge.kraken import MalformedResult
 
-    for bad in ([], {"XXBT": {"balance": 1.5}}, {"XXBT": {"balance": "nan"}}, {"XXBT": "1"},
-                {"XXBT": {"balance": "4"}}, {"XXBT": {"balance": "4", "hold_trade": None}}):
+    for bad in (
+        [],
+        {"XXBT": {"balance": 1.5}},
+        {"XXBT": {"balance": "nan"}},
+        {"XXBT": "1"},
+        {"XXBT": {"balance": "4"}},
+        {"XXBT": {"balance": "4", "hold_trade": None}},
+    ):
         with pytest.raises(MalformedResult):
             parse_balance_ex(bad)
 
@@ -784,8 +871,12 @@ def test_missing_required_fields_are_malformed_never_defaults(tmp_path):
         with pytest.raises(MalformedResult, match=drop):
             parse_asset_pairs(pairs)
         # through the adapter: AssetPairs is UNKNOWN and no order is sent
-        stub = StubSdk({"AssetPairs": lambda kw, p=pairs: ok(p),
-                        "AddOrder": lambda kw: ok({"txid": ["O1"], "descr": {"order": "x"}})})
+        stub = StubSdk(
+            {
+                "AssetPairs": lambda kw, p=pairs: ok(p),
+                "AddOrder": lambda kw: ok({"txid": ["O1"], "descr": {"order": "x"}}),
+            }
+        )
         a = stub_adapter(stub, tmp_path)
         assert a.asset_pairs().unknown
         with pytest.raises(OrderRefused):
@@ -794,8 +885,15 @@ def test_missing_required_fields_are_malformed_never_defaults(tmp_path):
     # BalanceEx without hold_trade: UNKNOWN, not "everything available"
     b = stub_adapter(StubSdk({"BalanceEx": lambda kw: ok({"ZUSD": {"balance": "1000"}})}), tmp_path).balances()
     assert b.unknown and "hold_trade" in b.reason
-    order = {"descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "price": "20000.0"},
-             "status": "closed", "vol": "0.01", "vol_exec": "0.01", "cost": "200", "fee": "0.8", "price": "20000.0"}
+    order = {
+        "descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "price": "20000.0"},
+        "status": "closed",
+        "vol": "0.01",
+        "vol_exec": "0.01",
+        "cost": "200",
+        "fee": "0.8",
+        "price": "20000.0",
+    }
     assert parse_orders({"O1": order}, None, str)["O1"].vol_exec == D("0.01")
     for drop in ("status", "vol_exec", "cost", "fee", "price"):
         with pytest.raises(MalformedResult, match=drop):
@@ -821,13 +919,22 @@ def test_credentials_never_leak(sim, tmp_path, caplog):
         bad.balances()
     assert e.value.code is Halt.CREDENTIALS
     texts += [str(e.value), repr(e.value), repr(a), repr(bad), repr(good), str(good), repr(a.budget)]
-    for env in ({}, {"KRAKEN_API_KEY": good.key}, {"KRAKEN_API_KEY": good.key, "KRAKEN_API_SECRET": "!!not-b64!!"},
-                {"KRAKEN_API_KEY": "has space " + good.key, "KRAKEN_API_SECRET": good.secret}):
+    for env in (
+        {},
+        {"KRAKEN_API_KEY": good.key},
+        {"KRAKEN_API_KEY": good.key, "KRAKEN_API_SECRET": "!!not-b64!!"},
+        {"KRAKEN_API_KEY": "has space " + good.key, "KRAKEN_API_SECRET": good.secret},
+    ):
         with pytest.raises(CredentialsError) as ce:
             KrakenAdapter.from_env(env=env, state_dir=tmp_path / "e", url=sim.url)
         texts.append(str(ce.value))
-    assert KrakenAdapter.from_env(env={"KRAKEN_API_KEY": good.key, "KRAKEN_API_SECRET": good.secret},
-                                  state_dir=tmp_path / "e", url=sim.url).balances().done
+    assert (
+        KrakenAdapter.from_env(
+            env={"KRAKEN_API_KEY": good.key, "KRAKEN_API_SECRET": good.secret}, state_dir=tmp_path / "e", url=sim.url
+        )
+        .balances()
+        .done
+    )
     with pytest.raises(TypeError):
         pickle.dumps(good)
     files = [p.read_bytes().decode("latin-1") + p.name for p in tmp_path.rglob("*") if p.is_file()]

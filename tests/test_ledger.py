@@ -405,8 +405,10 @@ class LedgerSuite:
         led = target.open()
         assert led.schema_version == "0002" and led.verify(anchor=anchor).ok
         with pytest.raises(sa.exc.DBAPIError, match="append-only"):
-            target.sql("INSERT INTO ledger_entry (seq, kind, recorded_utc, payload, prev_hash, hash) "
-                       "VALUES (3, 'event', 'x', '{}', 'p', 'h')")
+            target.sql(
+                "INSERT INTO ledger_entry (seq, kind, recorded_utc, payload, prev_hash, hash) "
+                "VALUES (3, 'event', 'x', '{}', 'p', 'h')"
+            )
         led.append(rec.event("after-upgrade"))
         assert led.verify(anchor=anchor).ok and led.count() == 16
 
@@ -472,13 +474,23 @@ class LedgerSuite:
             """An operator 'reactivate' appended by hand with a correct (unkeyed) hash: the triggers
             let it through, it links to the head."""
             seq, head = led.head()
-            payload = json.dumps({"actor": "mallory", "confirmation": "REACTIVATE", "params": {}, "reason": "x"},
-                                 sort_keys=True, separators=(",", ":"))
-            cols = {"seq": seq + 1, "kind": "operator_action", "recorded_utc": "2026-12-07T12:00:00.000000Z",
-                    "code": "reactivate", "payload": payload}
-            target.sql("INSERT INTO ledger_entry (seq, kind, recorded_utc, code, payload, prev_hash, hash) "
-                       "VALUES (:seq, :kind, :recorded_utc, :code, :payload, :p, :h)",
-                       params={**cols, "p": head, "h": entry_hash(head, cols)})
+            payload = json.dumps(
+                {"actor": "mallory", "confirmation": "REACTIVATE", "params": {}, "reason": "x"},
+                sort_keys=True,
+                separators=(",", ":"),
+            )
+            cols = {
+                "seq": seq + 1,
+                "kind": "operator_action",
+                "recorded_utc": "2026-12-07T12:00:00.000000Z",
+                "code": "reactivate",
+                "payload": payload,
+            }
+            target.sql(
+                "INSERT INTO ledger_entry (seq, kind, recorded_utc, code, payload, prev_hash, hash) "
+                "VALUES (:seq, :kind, :recorded_utc, :code, :payload, :p, :h)",
+                params={**cols, "p": head, "h": entry_hash(head, cols)},
+            )
             return seq + 1
 
         plain = target.open()
@@ -514,11 +526,18 @@ class LedgerSuite:
         led = target.open()
         sample_hour(led)
         seq, head = led.head()
-        cols = {"seq": seq + 1, "kind": "operator_action", "recorded_utc": "2026-12-07T12:00:00.000000Z",
-                "code": "reactivate", "payload": json.dumps({"reason": "x"}, separators=(",", ":"))}
-        target.sql("INSERT INTO ledger_entry (seq, kind, recorded_utc, code, payload, prev_hash, hash) "
-                   "VALUES (:seq, :kind, :recorded_utc, :code, :payload, :p, :h)",
-                   params={**cols, "p": head, "h": entry_hash(head, cols)})
+        cols = {
+            "seq": seq + 1,
+            "kind": "operator_action",
+            "recorded_utc": "2026-12-07T12:00:00.000000Z",
+            "code": "reactivate",
+            "payload": json.dumps({"reason": "x"}, separators=(",", ":")),
+        }
+        target.sql(
+            "INSERT INTO ledger_entry (seq, kind, recorded_utc, code, payload, prev_hash, hash) "
+            "VALUES (:seq, :kind, :recorded_utc, :code, :payload, :p, :h)",
+            params={**cols, "p": head, "h": entry_hash(head, cols)},
+        )
         assert led.verify().ok and led.verify(anchor=(seq, head)).ok  # undetectable without a key
         keyed = target.open(hmac_key="kq-test-ledger-key-" + "x" * 16)
         assert keyed.verify().ok and keyed.count() == 17

@@ -84,8 +84,11 @@ def test_unreachable_server_fails_the_tests_not_skips():
     # skipped only with neither the DSN nor CI; in CI, or with a DSN given, a missing server fails
     with pytest.raises(pytest.skip.Exception):
         pg_dsn_from({})
-    for env, why in [({"CI": "1"}, "not set"), ({PG_ENV: down}, "unreachable"), ({"CI": "true", PG_ENV: down},
-                                                                                 "unreachable")]:
+    for env, why in [
+        ({"CI": "1"}, "not set"),
+        ({PG_ENV: down}, "unreachable"),
+        ({"CI": "true", PG_ENV: down}, "unreachable"),
+    ]:
         with pytest.raises((pytest.fail.Exception, pytest.skip.Exception), match=why) as ei:
             pg_dsn_from(env)
         assert ei.type is pytest.fail.Exception, f"{env}: skipped instead of failing"

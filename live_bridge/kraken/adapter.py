@@ -71,12 +71,16 @@ log = logging.getLogger("live_bridge.kraken")
 
 KRAKEN_URL = "https://api.kraken.com"
 # A UUID (long or 32-hex form) or free text of at most 18 characters (kept to a safe alphabet).
-CL_ORD_ID_RE = re.compile(r"^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-                          r"|[0-9a-fA-F]{32}|[A-Za-z0-9_.:-]{1,18})$")
+CL_ORD_ID_RE = re.compile(
+    r"^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{32}|[A-Za-z0-9_.:-]{1,18})$"
+)
 
 
-_UUID_RE = re.compile(r"^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-                      r"|[0-9a-fA-F]{32})$")
+_UUID_RE = re.compile(
+    r"^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{32})$"
+)
 
 
 def normalize_cl_ord_id(cl_ord_id: str) -> str:
@@ -141,8 +145,9 @@ class Credentials:
         raise TypeError("Credentials are not picklable")
 
 
-def _sdk_clients(creds: Credentials, url: str, nonces: NonceCounter, timeout_s: float,
-                 public_timeout_s: float | None = None):
+def _sdk_clients(
+    creds: Credentials, url: str, nonces: NonceCounter, timeout_s: float, public_timeout_s: float | None = None
+):
     from kraken.spot import Market, Trade, User
 
     class _User(User):
@@ -195,13 +200,27 @@ class KrakenAdapter:
     are injectable for tests. ``sdk`` replaces
     the real SDK clients with stubs (tests only)."""
 
-    def __init__(self, creds: Credentials, *, state_dir: str | Path, url: str = KRAKEN_URL,
-                 tier: str | RateTier = "starter", timeout_s: float = 10.0, public_timeout_s: float | None = None,
-                 deadline_s: float = 5.0,
-                 status_max_age_s: float = 300.0, rules_max_age_s: float = 86400.0, nonce_halt_after: int = 2,
-                 nonce_window_s: float = 900.0, lookup_margin_s: float = 10.0, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 budget: RateBudget | None = None, sdk: SdkClients | None = None) -> None:
+    def __init__(
+        self,
+        creds: Credentials,
+        *,
+        state_dir: str | Path,
+        url: str = KRAKEN_URL,
+        tier: str | RateTier = "starter",
+        timeout_s: float = 10.0,
+        public_timeout_s: float | None = None,
+        deadline_s: float = 5.0,
+        status_max_age_s: float = 300.0,
+        rules_max_age_s: float = 86400.0,
+        nonce_halt_after: int = 2,
+        nonce_window_s: float = 900.0,
+        lookup_margin_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        budget: RateBudget | None = None,
+        sdk: SdkClients | None = None,
+    ) -> None:
         if not 2.5 <= deadline_s <= 60:
             raise InputError("deadline_s must be between 2.5 and 60 seconds (Kraken takes now+2 s .. now+60 s)")
         if not 0 < timeout_s <= 60:
@@ -270,8 +289,16 @@ class KrakenAdapter:
             return classify_envelope(resp, 200, "")
         return Verdict(Outcome.UNKNOWN, (), f"unexpected answer type {type(resp).__name__}")
 
-    def _call(self, endpoint: str, invoke: Callable[[], Any], parse: Callable[[Any], Any], *, private: bool,
-              order_pair: str | None = None, order_cost: float = 0.0) -> CallResult:
+    def _call(
+        self,
+        endpoint: str,
+        invoke: Callable[[], Any],
+        parse: Callable[[Any], Any],
+        *,
+        private: bool,
+        order_pair: str | None = None,
+        order_cost: float = 0.0,
+    ) -> CallResult:
         h = self._halt
         if h is not None:  # latched: a fresh exception each time (no traceback growing on one instance)
             raise KrakenHalt(h.code, h.reason, h.errors)
@@ -307,10 +334,15 @@ class KrakenAdapter:
                     self._bad_nonces.popleft()
                 n = len(self._bad_nonces)
             if n >= self.nonce_halt_after:
-                raise self._latch(KrakenHalt(
-                    Halt.NONCE, f"{endpoint}: EAPI:Invalid nonce {n} times within {self.nonce_window_s:.0f} s: "
-                                "another client uses this key or its nonce state was lost; stop it (or give "
-                                "this process its own key) before resuming", errors))
+                raise self._latch(
+                    KrakenHalt(
+                        Halt.NONCE,
+                        f"{endpoint}: EAPI:Invalid nonce {n} times within {self.nonce_window_s:.0f} s: "
+                        "another client uses this key or its nonce state was lost; stop it (or give "
+                        "this process its own key) before resuming",
+                        errors,
+                    )
+                )
         if "EAPI:Rate limit exceeded" in errors:
             self.budget.saturate_rest()
         if order_pair is not None and "EOrder:Rate limit exceeded" in errors:
@@ -325,16 +357,28 @@ class KrakenAdapter:
             else:
                 with self._lock:
                     self._bad_nonces.clear()
-        cr = CallResult(endpoint, outcome, result, errors, reason, v.transient if outcome is Outcome.REJECTED
-                        else False, v.http_status, raw)
+        cr = CallResult(
+            endpoint,
+            outcome,
+            result,
+            errors,
+            reason,
+            v.transient if outcome is Outcome.REJECTED else False,
+            v.http_status,
+            raw,
+        )
         lvl = logging.INFO if outcome is Outcome.DONE else logging.WARNING
         log.log(lvl, "kraken %s -> %s%s", endpoint, outcome.value, f" ({reason})" if reason else "")
         return cr
 
     # ---- public: status and rules --------------------------------------------------------------
     def server_time(self) -> CallResult[float]:
-        return self._call("Time", lambda: self._sdk.market.request(method="GET", uri="/0/public/Time", auth=False),
-                          lambda r: float(r["unixtime"]), private=False)
+        return self._call(
+            "Time",
+            lambda: self._sdk.market.request(method="GET", uri="/0/public/Time", auth=False),
+            lambda r: float(r["unixtime"]),
+            private=False,
+        )
 
     def system_status(self) -> CallResult[str]:
         def parse(r: Any) -> str:
@@ -349,9 +393,12 @@ class KrakenAdapter:
         return res
 
     def asset_pairs(self) -> CallResult[dict[str, PairRules]]:
-        res = self._call("AssetPairs", lambda: self._sdk.market.request(method="GET", uri="/0/public/AssetPairs",
-                                                                         auth=False),
-                         parse_asset_pairs, private=False)
+        res = self._call(
+            "AssetPairs",
+            lambda: self._sdk.market.request(method="GET", uri="/0/public/AssetPairs", auth=False),
+            parse_asset_pairs,
+            private=False,
+        )
         if res.done:
             with self._lock:
                 self.pairs = dict(res.result or {})
@@ -404,11 +451,16 @@ class KrakenAdapter:
         kw: dict[str, Any] = {"trades": trades}
         if cl_ord_id is not None:
             kw["cl_ord_id"] = cl_ord_id
-        return self._call("OpenOrders", lambda: self._sdk.user.get_open_orders(**kw),
-                          lambda r: parse_orders(r, "open", self.pair_of), private=True)
+        return self._call(
+            "OpenOrders",
+            lambda: self._sdk.user.get_open_orders(**kw),
+            lambda r: parse_orders(r, "open", self.pair_of),
+            private=True,
+        )
 
-    def closed_orders(self, cl_ord_id: str | None = None, *, start: int | None = None, ofs: int | None = None,
-                      trades: bool = True) -> CallResult[dict[str, OrderInfo]]:
+    def closed_orders(
+        self, cl_ord_id: str | None = None, *, start: int | None = None, ofs: int | None = None, trades: bool = True
+    ) -> CallResult[dict[str, OrderInfo]]:
         kw: dict[str, Any] = {"trades": trades}
         if cl_ord_id is not None:
             kw["cl_ord_id"] = cl_ord_id
@@ -416,11 +468,16 @@ class KrakenAdapter:
             kw["start"] = start
         if ofs is not None:
             kw["ofs"] = ofs
-        return self._call("ClosedOrders", lambda: self._sdk.user.get_closed_orders(**kw),
-                          lambda r: parse_orders(r, "closed", self.pair_of), private=True)
+        return self._call(
+            "ClosedOrders",
+            lambda: self._sdk.user.get_closed_orders(**kw),
+            lambda r: parse_orders(r, "closed", self.pair_of),
+            private=True,
+        )
 
-    def query_orders(self, txids: list[str] | tuple[str, ...], *, trades: bool = True
-                     ) -> CallResult[dict[str, OrderInfo]]:
+    def query_orders(
+        self, txids: list[str] | tuple[str, ...], *, trades: bool = True
+    ) -> CallResult[dict[str, OrderInfo]]:
         """QueryOrders (with trade ids) in batches of 50. Kraken answers ``{}`` for a txid it does not
         show yet: absent is not proof of anything right after AddOrder."""
         ids = list(dict.fromkeys(txids))
@@ -429,9 +486,13 @@ class KrakenAdapter:
         out: dict[str, OrderInfo] = {}
         last: CallResult | None = None
         for i in range(0, len(ids), 50):
-            chunk = ",".join(ids[i:i + 50])
-            last = self._call("QueryOrders", functools.partial(self._get_orders_info, chunk, trades),
-                              lambda r: parse_orders(r, None, self.pair_of), private=True)
+            chunk = ",".join(ids[i : i + 50])
+            last = self._call(
+                "QueryOrders",
+                functools.partial(self._get_orders_info, chunk, trades),
+                lambda r: parse_orders(r, None, self.pair_of),
+                private=True,
+            )
             if not last.done or last.result is None:
                 return last
             out.update(last.result)
@@ -441,10 +502,18 @@ class KrakenAdapter:
     def _get_orders_info(self, txids: str, trades: bool) -> Any:
         return self._sdk.user.get_orders_info(txid=txids, trades=trades)
 
-    def find_order(self, cl_ord_id: str, *, attempts: int = 1, interval_s: float = 2.0,
-                   sent_at: float | None = None, deadline: float | None = None,
-                   absent_ok_after: float | None = None, min_lookups: int = 2,
-                   margin_s: float | None = None) -> CallResult[tuple[OrderInfo, ...]]:
+    def find_order(
+        self,
+        cl_ord_id: str,
+        *,
+        attempts: int = 1,
+        interval_s: float = 2.0,
+        sent_at: float | None = None,
+        deadline: float | None = None,
+        absent_ok_after: float | None = None,
+        min_lookups: int = 2,
+        margin_s: float | None = None,
+    ) -> CallResult[tuple[OrderInfo, ...]]:
         """Every order carrying ``cl_ord_id``, open or closed (the lookup after an UNKNOWN AddOrder).
 
         DONE with orders: found. UNKNOWN: a lookup was not definitive, or nothing is visible YET.
@@ -462,8 +531,15 @@ class KrakenAdapter:
         to ``min_lookups``, once the time has passed)."""
         self._check_cl_ord_id(cl_ord_id)
         margin = self.lookup_margin_s if margin_s is None else float(margin_s)
-        limits = [t for t in (absent_ok_after, None if deadline is None else deadline + margin,
-                              None if sent_at is None else sent_at + self.deadline_s + margin) if t is not None]
+        limits = [
+            t
+            for t in (
+                absent_ok_after,
+                None if deadline is None else deadline + margin,
+                None if sent_at is None else sent_at + self.deadline_s + margin,
+            )
+            if t is not None
+        ]
         known = self._deadlines.get(normalize_cl_ord_id(cl_ord_id))
         if limits and known is not None:  # this process sent it: its real deadline can only be later
             limits.append(known + margin)
@@ -477,13 +553,26 @@ class KrakenAdapter:
             for call in (self.open_orders, self.closed_orders):
                 r = call(cl_ord_id)
                 if not r.done:
-                    return CallResult("find_order", Outcome.UNKNOWN, None, r.errors, f"{r.endpoint}: {r.reason}",
-                                      False, r.http_status, r.raw)
+                    return CallResult(
+                        "find_order",
+                        Outcome.UNKNOWN,
+                        None,
+                        r.errors,
+                        f"{r.endpoint}: {r.reason}",
+                        False,
+                        r.http_status,
+                        r.raw,
+                    )
                 for t, o in (r.result or {}).items():
                     if not same_cl_ord_id(o.cl_ord_id, cl_ord_id):  # never dropped: it may be ours
-                        return CallResult("find_order", Outcome.UNKNOWN, None, (),
-                                          f"{r.endpoint} filtered by cl_ord_id {cl_ord_id} returned order {t} "
-                                          f"with cl_ord_id {o.cl_ord_id!r}")
+                        return CallResult(
+                            "find_order",
+                            Outcome.UNKNOWN,
+                            None,
+                            (),
+                            f"{r.endpoint} filtered by cl_ord_id {cl_ord_id} returned order {t} "
+                            f"with cl_ord_id {o.cl_ord_id!r}",
+                        )
                     found[t] = o
             lookups += 1
             if found:
@@ -494,20 +583,33 @@ class KrakenAdapter:
                 break
         if absent_after is not None and late >= max(1, min_lookups):
             return CallResult("find_order", Outcome.DONE, ())
-        why = ("no send time or deadline given" if absent_after is None else
-               f"absent is concluded only after {_rfc3339(absent_after)} and {max(1, min_lookups)} lookups then "
-               f"({late} made)")
-        return CallResult("find_order", Outcome.UNKNOWN, None, (),
-                          f"no order with cl_ord_id {cl_ord_id} visible in {lookups} lookup(s): {why}")
+        why = (
+            "no send time or deadline given"
+            if absent_after is None
+            else f"absent is concluded only after {_rfc3339(absent_after)} and {max(1, min_lookups)} lookups then "
+            f"({late} made)"
+        )
+        return CallResult(
+            "find_order",
+            Outcome.UNKNOWN,
+            None,
+            (),
+            f"no order with cl_ord_id {cl_ord_id} visible in {lookups} lookup(s): {why}",
+        )
 
-    def trades_history(self, *, start: float | None = None, end: float | None = None, ofs: int | None = None
-                       ) -> CallResult[tuple[dict[str, Fill], int]]:
+    def trades_history(
+        self, *, start: float | None = None, end: float | None = None, ofs: int | None = None
+    ) -> CallResult[tuple[dict[str, Fill], int]]:
         kw: dict[str, Any] = {}
         for k, v in (("start", start), ("end", end), ("ofs", ofs)):
             if v is not None:
                 kw[k] = v
-        return self._call("TradesHistory", lambda: self._sdk.user.get_trades_history(**kw),
-                          lambda r: parse_trades(r, self.pair_of), private=True)
+        return self._call(
+            "TradesHistory",
+            lambda: self._sdk.user.get_trades_history(**kw),
+            lambda r: parse_trades(r, self.pair_of),
+            private=True,
+        )
 
     # ---- orders --------------------------------------------------------------------------------
     @staticmethod
@@ -523,13 +625,25 @@ class KrakenAdapter:
             raise OrderRefused("status_unknown", "market status or pair rules could not be loaded: nothing is sent")
 
     def order_gate(self, rules: PairRules, *, side: str, ordertype: str, post_only: bool) -> str | None:
-        return status_gate(self.system_status_value or "unknown", rules.status, side=side, ordertype=ordertype,
-                           post_only=post_only)
+        return status_gate(
+            self.system_status_value or "unknown", rules.status, side=side, ordertype=ordertype, post_only=post_only
+        )
 
-    def add_order(self, pair: str, side: str, ordertype: str, volume: Decimal, *, cl_ord_id: str,
-                  price: Decimal | None = None, ref_price: Decimal | None = None, post_only: bool = False,
-                  timeinforce: str | None = None, expiretm: int | None = None,
-                  latest_deadline: float | None = None) -> CallResult[OrderAck]:
+    def add_order(
+        self,
+        pair: str,
+        side: str,
+        ordertype: str,
+        volume: Decimal,
+        *,
+        cl_ord_id: str,
+        price: Decimal | None = None,
+        ref_price: Decimal | None = None,
+        post_only: bool = False,
+        timeinforce: str | None = None,
+        expiretm: int | None = None,
+        latest_deadline: float | None = None,
+    ) -> CallResult[OrderAck]:
         """Place one order, or raise OrderRefused (nothing sent) if the exchange would refuse it.
 
         ``volume`` and ``price`` must already be on the pair's grid (:func:`round_volume`,
@@ -554,8 +668,12 @@ class KrakenAdapter:
             raise OrderRefused("bad_timeinforce", f"timeinforce {timeinforce!r}")
         inst = rules.instrument
         kw: dict[str, Any] = {
-            "ordertype": ordertype, "side": side, "pair": inst.altname, "volume": _fmt(volume),
-            "cl_ord_id": cl_ord_id, "validate": False,
+            "ordertype": ordertype,
+            "side": side,
+            "pair": inst.altname,
+            "volume": _fmt(volume),
+            "cl_ord_id": cl_ord_id,
+            "validate": False,
             "truncate": False,
         }
         if price is not None:
@@ -574,8 +692,11 @@ class KrakenAdapter:
             if latest_deadline is not None:
                 dl = min(dl, float(latest_deadline))
                 if dl - now < 2.0:
-                    raise OrderRefused("deadline_passed", f"less than 2 s left before the latest deadline "
-                                                          f"{_rfc3339(float(latest_deadline))}: nothing sent")
+                    raise OrderRefused(
+                        "deadline_passed",
+                        f"less than 2 s left before the latest deadline "
+                        f"{_rfc3339(float(latest_deadline))}: nothing sent",
+                    )
             kw["deadline"] = _rfc3339(dl)
             sent["deadline"], sent["placed"] = dl, self.monotonic()
             with self._lock:
@@ -583,21 +704,28 @@ class KrakenAdapter:
                 self._deadlines[key] = max(dl, self._deadlines.get(key, dl))
             return self._sdk.trade.create_order(**kw)
 
-        res = self._call("AddOrder", send, lambda r: parse_add_order(r, cl_ord_id), private=True,
-                         order_pair=rules.pair, order_cost=1.0)
+        res = self._call(
+            "AddOrder",
+            send,
+            lambda r: parse_add_order(r, cl_ord_id),
+            private=True,
+            order_pair=rules.pair,
+            order_cost=1.0,
+        )
         res = dataclasses.replace(res, deadline=sent.get("deadline"))
         placed_at = sent.get("placed", self.monotonic())  # its age for the cancel penalty starts at sending
         if res.outcome is not Outcome.REJECTED:  # an UNKNOWN order may exist: keep its age for cancels
             with self._lock:
                 self._placed[cl_ord_id] = (rules.pair, placed_at)
-                for t in (res.result.txids if res.done and res.result is not None else ()):
+                for t in res.result.txids if res.done and res.result is not None else ():
                     self._placed[t] = (rules.pair, placed_at)
         if res.rejected and any(e.startswith("EService:Market in") for e in res.errors):
             self._status_at = None  # the exchange disagrees with our status: reload before the next order
         return res
 
-    def cancel_order(self, *, txid: str | None = None, cl_ord_id: str | None = None,
-                     pair: str | None = None) -> CallResult[int]:
+    def cancel_order(
+        self, *, txid: str | None = None, cl_ord_id: str | None = None, pair: str | None = None
+    ) -> CallResult[int]:
         """CancelOrder by txid or cl_ord_id -> number cancelled. Always query the order with its
         trades afterwards (a fill can land while the cancel is in flight)."""
         if (txid is None) == (cl_ord_id is None):
@@ -619,5 +747,11 @@ class KrakenAdapter:
                 raise MalformedResult("CancelOrder: no count")
             return c
 
-        return self._call("CancelOrder", lambda: self._sdk.trade.cancel_order(**kw), parse, private=True,
-                          order_pair=cpair, order_cost=cost)
+        return self._call(
+            "CancelOrder",
+            lambda: self._sdk.trade.cancel_order(**kw),
+            parse,
+            private=True,
+            order_pair=cpair,
+            order_cost=cost,
+        )

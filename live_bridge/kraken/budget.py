@@ -41,8 +41,7 @@ TIERS: dict[str, RateTier] = {
 }
 
 HISTORY_CALLS = frozenset({"ClosedOrders", "TradesHistory", "QueryTrades", "Ledgers", "QueryLedgers"})
-ORDER_CALLS = frozenset({"AddOrder", "CancelOrder", "AddOrderBatch", "CancelOrderBatch", "EditOrder",
-                         "AmendOrder"})
+ORDER_CALLS = frozenset({"AddOrder", "CancelOrder", "AddOrderBatch", "CancelOrderBatch", "EditOrder", "AmendOrder"})
 
 # CancelOrder penalty by the order's age in seconds: (age below, penalty).
 CANCEL_PENALTY: tuple[tuple[float, float], ...] = ((5, 8), (10, 6), (15, 5), (45, 4), (90, 2), (300, 1))
@@ -85,9 +84,16 @@ class RateBudget:
     """Both counters for one key. ``margin`` is kept free below each maximum (calls made outside the
     adapter, decay measured by the exchange's clock, not ours)."""
 
-    def __init__(self, tier: str | RateTier = "starter", *, margin: float = 2.0, order_margin: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 max_wait_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        tier: str | RateTier = "starter",
+        *,
+        margin: float = 2.0,
+        order_margin: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        max_wait_s: float = 300.0,
+    ) -> None:
         t = TIERS[tier] if isinstance(tier, str) else tier
         if t.rest_decay_per_s <= 0 or t.order_decay_per_s <= 0:
             raise ValueError("rate tier decay must be > 0")

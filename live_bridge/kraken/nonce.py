@@ -112,8 +112,9 @@ class NonceCounter:
             raise KrakenHalt(Halt.NONCE_STATE, f"nonce file {self.path} unreadable ({type(e).__name__})") from None
         s = text.strip()
         if not s.isdigit() or len(s) > 20:
-            raise KrakenHalt(Halt.NONCE_STATE, f"nonce file {self.path} is corrupt: fix or remove it and use a "
-                                               "fresh API key")
+            raise KrakenHalt(
+                Halt.NONCE_STATE, f"nonce file {self.path} is corrupt: fix or remove it and use a fresh API key"
+            )
         return int(s)
 
     def _write(self, n: int) -> None:

@@ -33,10 +33,10 @@ class Outcome(StrEnum):
 class Halt(StrEnum):
     """Why the adapter stops sending altogether (the daemon's kill-switch input)."""
 
-    LOCKOUT = "lockout"              # EGeneral:Temporary lockout
-    NONCE = "nonce"                  # EAPI:Invalid nonce, repeated
-    CREDENTIALS = "credentials"      # EAPI:Invalid key / EAPI:Invalid signature
-    NONCE_STATE = "nonce_state"      # the persisted nonce counter is unreadable
+    LOCKOUT = "lockout"  # EGeneral:Temporary lockout
+    NONCE = "nonce"  # EAPI:Invalid nonce, repeated
+    CREDENTIALS = "credentials"  # EAPI:Invalid key / EAPI:Invalid signature
+    NONCE_STATE = "nonce_state"  # the persisted nonce counter is unreadable
 
 
 class KrakenHalt(Exception):
@@ -56,7 +56,7 @@ class KrakenHalt(Exception):
 @dataclass(frozen=True)
 class Rule:
     outcome: Outcome
-    transient: bool = False      # a definitive refusal that may pass later (rate limit, deadline)
+    transient: bool = False  # a definitive refusal that may pass later (rate limit, deadline)
     halt: Halt | None = None
 
 
@@ -77,14 +77,14 @@ ERROR_TABLE: dict[str, Rule] = {
     "EGeneral:Permission denied": Rule(Outcome.REJECTED),
     "EAPI:Invalid arguments": Rule(Outcome.REJECTED),
     "EAPI:Feature disabled": Rule(Outcome.REJECTED),
-    "EQuery:Unknown asset": Rule(Outcome.REJECTED),       # and "... pair"
+    "EQuery:Unknown asset": Rule(Outcome.REJECTED),  # and "... pair"
     "EOrder:Insufficient funds": Rule(Outcome.REJECTED),
     "EOrder:Cost minimum not met": Rule(Outcome.REJECTED),
     "EOrder:Order minimum not met": Rule(Outcome.REJECTED),
     "EOrder:Invalid price": Rule(Outcome.REJECTED),
     "EOrder:Tick size check failed": Rule(Outcome.REJECTED),
     "EOrder:Orders limit exceeded": Rule(Outcome.REJECTED),
-    "EOrder:Unknown order": Rule(Outcome.REJECTED),      # cancel of an order that is not open
+    "EOrder:Unknown order": Rule(Outcome.REJECTED),  # cancel of an order that is not open
     "EOrder:Invalid order": Rule(Outcome.REJECTED),
     "EOrder:Reduce only": Rule(Outcome.REJECTED),
     "EOrder:Post only": Rule(Outcome.REJECTED),
@@ -118,7 +118,7 @@ class Verdict:
     reason: str = ""
     transient: bool = False
     halt: Halt | None = None
-    payload: Any = None          # the envelope's ``result`` (None unless there was one)
+    payload: Any = None  # the envelope's ``result`` (None unless there was one)
     http_status: int | None = None
     raw: str = ""
     #: AddOrder: the deadline (unix seconds) the request carried, set just before it was sent; None
@@ -132,15 +132,30 @@ def classify_errors(errors: tuple[str, ...], payload: Any, http_status: int | No
     rules = [rule_for(e) for e in errors]
     halts = [r.halt for r in rules if r.halt is not None]
     if halts:
-        return Verdict(Outcome.REJECTED, errors, "; ".join(errors), halt=halts[0], payload=payload,
-                       http_status=http_status, raw=raw)
+        return Verdict(
+            Outcome.REJECTED,
+            errors,
+            "; ".join(errors),
+            halt=halts[0],
+            payload=payload,
+            http_status=http_status,
+            raw=raw,
+        )
     if any(r.outcome is Outcome.UNKNOWN for r in rules):
         warn = any(isinstance(e, str) and e.startswith("W") for e in errors)
         why = "warning" if warn else "not definitive"
-        return Verdict(Outcome.UNKNOWN, errors, f"{why}: {'; '.join(errors)}", payload=payload,
-                       http_status=http_status, raw=raw)
-    return Verdict(Outcome.REJECTED, errors, "; ".join(errors), transient=all(r.transient for r in rules),
-                   payload=payload, http_status=http_status, raw=raw)
+        return Verdict(
+            Outcome.UNKNOWN, errors, f"{why}: {'; '.join(errors)}", payload=payload, http_status=http_status, raw=raw
+        )
+    return Verdict(
+        Outcome.REJECTED,
+        errors,
+        "; ".join(errors),
+        transient=all(r.transient for r in rules),
+        payload=payload,
+        http_status=http_status,
+        raw=raw,
+    )
 
 
 def classify_envelope(data: Any, http_status: int | None = 200, raw: str = "") -> Verdict:
@@ -161,8 +176,9 @@ def classify_http(status: int, text: str) -> Verdict:
     try:
         data = json.loads(text)
     except ValueError:
-        return Verdict(Outcome.UNKNOWN, (), "HTTP 200 with a body that is not JSON (truncated?)",
-                       http_status=status, raw=raw)
+        return Verdict(
+            Outcome.UNKNOWN, (), "HTTP 200 with a body that is not JSON (truncated?)", http_status=status, raw=raw
+        )
     return classify_envelope(data, status, raw)
 
 

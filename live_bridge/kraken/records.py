@@ -17,7 +17,7 @@ ZERO = Decimal(0)
 
 @dataclass(frozen=True)
 class AssetBalance:
-    asset: str          # common code (BTC) for tradable assets, Kraken's id (XBT.F) otherwise
+    asset: str  # common code (BTC) for tradable assets, Kraken's id (XBT.F) otherwise
     kraken_id: str
     balance: Decimal
     hold_trade: Decimal
@@ -74,14 +74,14 @@ def parse_balance_ex(result: Any) -> Balances:
 @dataclass(frozen=True)
 class OrderInfo:
     txid: str
-    pair: str                 # canonical (BTC/USD) where known, else Kraken's altname
+    pair: str  # canonical (BTC/USD) where known, else Kraken's altname
     side: str
     ordertype: str
-    status: str               # pending | open | closed | canceled | expired
+    status: str  # pending | open | closed | canceled | expired
     vol: Decimal
     vol_exec: Decimal
-    cost: Decimal             # quote spent/received, fee excluded
-    fee: Decimal              # quote currency
+    cost: Decimal  # quote spent/received, fee excluded
+    fee: Decimal  # quote currency
     avg_price: Decimal
     limit_price: Decimal
     cl_ord_id: str | None
@@ -111,15 +111,25 @@ def parse_order(txid: str, e: Any, pair_of: Callable[[str], str]) -> OrderInfo:
     if not isinstance(status, str) or not status:
         raise MalformedResult(f"{w}.status: missing")
     return OrderInfo(
-        txid=str(txid), pair=pair_of(str(d.get("pair", ""))), side=str(d.get("type", "")),
-        ordertype=str(d.get("ordertype", "")), status=status,
+        txid=str(txid),
+        pair=pair_of(str(d.get("pair", ""))),
+        side=str(d.get("type", "")),
+        ordertype=str(d.get("ordertype", "")),
+        status=status,
         # no defaults: a missing vol_exec / cost / fee read as 0 would hide a fill
-        vol=dec(e.get("vol"), f"{w}.vol"), vol_exec=dec(e.get("vol_exec"), f"{w}.vol_exec"),
-        cost=dec(e.get("cost"), f"{w}.cost"), fee=dec(e.get("fee"), f"{w}.fee"),
-        avg_price=dec(e.get("price"), f"{w}.price"), limit_price=dec(d.get("price", "0"), f"{w}.descr.price"),
-        cl_ord_id=e.get("cl_ord_id"), userref=uref if isinstance(uref, int) and uref else None,
-        opentm=float(e.get("opentm") or 0.0), closetm=float(closetm) if closetm else None,
-        reason=e.get("reason"), trades=tuple(str(t) for t in trades), oflags=str(e.get("oflags", "")),
+        vol=dec(e.get("vol"), f"{w}.vol"),
+        vol_exec=dec(e.get("vol_exec"), f"{w}.vol_exec"),
+        cost=dec(e.get("cost"), f"{w}.cost"),
+        fee=dec(e.get("fee"), f"{w}.fee"),
+        avg_price=dec(e.get("price"), f"{w}.price"),
+        limit_price=dec(d.get("price", "0"), f"{w}.descr.price"),
+        cl_ord_id=e.get("cl_ord_id"),
+        userref=uref if isinstance(uref, int) and uref else None,
+        opentm=float(e.get("opentm") or 0.0),
+        closetm=float(closetm) if closetm else None,
+        reason=e.get("reason"),
+        trades=tuple(str(t) for t in trades),
+        oflags=str(e.get("oflags", "")),
     )
 
 
@@ -135,7 +145,7 @@ def parse_orders(result: Any, key: str | None, pair_of: Callable[[str], str]) ->
 
 @dataclass(frozen=True)
 class Fill:
-    trade_id: str             # Kraken's trade txid (the key fills are deduplicated by)
+    trade_id: str  # Kraken's trade txid (the key fills are deduplicated by)
     ordertxid: str
     pair: str
     time: float
@@ -144,7 +154,7 @@ class Fill:
     price: Decimal
     vol: Decimal
     cost: Decimal
-    fee: Decimal              # quote currency, as Kraken charged it
+    fee: Decimal  # quote currency, as Kraken charged it
     maker: bool | None
 
 
@@ -158,10 +168,16 @@ def parse_trades(result: Any, pair_of: Callable[[str], str]) -> tuple[dict[str, 
         w = f"trade {tid}"
         mk = e.get("maker")
         out[str(tid)] = Fill(
-            trade_id=str(tid), ordertxid=str(e.get("ordertxid", "")), pair=pair_of(str(e.get("pair", ""))),
-            time=float(e.get("time") or 0.0), side=str(e.get("type", "")), ordertype=str(e.get("ordertype", "")),
-            price=dec(e.get("price"), f"{w}.price"), vol=dec(e.get("vol"), f"{w}.vol"),
-            cost=dec(e.get("cost"), f"{w}.cost"), fee=dec(e.get("fee"), f"{w}.fee"),
+            trade_id=str(tid),
+            ordertxid=str(e.get("ordertxid", "")),
+            pair=pair_of(str(e.get("pair", ""))),
+            time=float(e.get("time") or 0.0),
+            side=str(e.get("type", "")),
+            ordertype=str(e.get("ordertype", "")),
+            price=dec(e.get("price"), f"{w}.price"),
+            vol=dec(e.get("vol"), f"{w}.vol"),
+            cost=dec(e.get("cost"), f"{w}.cost"),
+            fee=dec(e.get("fee"), f"{w}.fee"),
             maker=mk if isinstance(mk, bool) else None,
         )
     count = result.get("count", len(out))

@@ -81,8 +81,12 @@ def parse_asset_pairs(result: Any) -> dict[str, PairRules]:
             continue
         ws = e.get("wsname") or ""
         inst = Instrument(
-            pair=pair, kraken_id=str(pid), altname=str(e.get("altname", pid)), wsname=str(ws),
-            base_id=str(e.get("base", "")), quote_id=str(e.get("quote", "")),
+            pair=pair,
+            kraken_id=str(pid),
+            altname=str(e.get("altname", pid)),
+            wsname=str(ws),
+            base_id=str(e.get("base", "")),
+            quote_id=str(e.get("quote", "")),
             pair_decimals=_int(e.get("pair_decimals"), f"{pid}.pair_decimals"),
             lot_decimals=_int(e.get("lot_decimals"), f"{pid}.lot_decimals"),
             cost_decimals=_int(e.get("cost_decimals", 8), f"{pid}.cost_decimals"),
@@ -158,8 +162,9 @@ def status_gate(system: str, pair: str, *, side: str, ordertype: str, post_only:
     return None
 
 
-def check_order(rules: PairRules, *, side: str, ordertype: str, volume: Decimal, price: Decimal | None,
-                ref_price: Decimal | None) -> None:
+def check_order(
+    rules: PairRules, *, side: str, ordertype: str, volume: Decimal, price: Decimal | None, ref_price: Decimal | None
+) -> None:
     """Refuse (OrderRefused) an order Kraken would reject for precision or minimums.
 
     ``price`` is the limit price (None for a market order); ``ref_price`` the price used for the
@@ -176,27 +181,30 @@ def check_order(rules: PairRules, *, side: str, ordertype: str, volume: Decimal,
     if not isinstance(volume, Decimal) or not volume.is_finite() or volume <= 0:
         raise OrderRefused("bad_volume", f"volume must be a positive Decimal, not {volume!r}")
     if _places(volume) > inst.lot_decimals:
-        raise OrderRefused("bad_precision", f"{inst.pair} volume {volume} has more than {inst.lot_decimals} "
-                                            "decimals (round_volume first)")
+        raise OrderRefused(
+            "bad_precision",
+            f"{inst.pair} volume {volume} has more than {inst.lot_decimals} decimals (round_volume first)",
+        )
     if volume < inst.ordermin:
         raise OrderRefused("below_ordermin", f"{inst.pair} volume {volume} is below ordermin {inst.ordermin}")
     if ordertype == "limit":
         if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
             raise OrderRefused("bad_price", f"a limit order needs a positive Decimal price, not {price!r}")
         if _places(price) > inst.pair_decimals:
-            raise OrderRefused("bad_precision", f"{inst.pair} price {price} has more than {inst.pair_decimals} "
-                                                "decimals (round_price first)")
+            raise OrderRefused(
+                "bad_precision",
+                f"{inst.pair} price {price} has more than {inst.pair_decimals} decimals (round_price first)",
+            )
         if price % inst.tick_size != 0:
-            raise OrderRefused("bad_precision", f"{inst.pair} price {price} is not a multiple of the tick "
-                                                f"{inst.tick_size}")
+            raise OrderRefused(
+                "bad_precision", f"{inst.pair} price {price} is not a multiple of the tick {inst.tick_size}"
+            )
         cost_price = price
     else:
         if price is not None:
             raise OrderRefused("bad_price", "a market order takes no price")
         if not isinstance(ref_price, Decimal) or not ref_price.is_finite() or ref_price <= 0:
-            raise OrderRefused("no_ref_price", "a market order needs a positive reference price for the cost "
-                                               "minimum")
+            raise OrderRefused("no_ref_price", "a market order needs a positive reference price for the cost minimum")
         cost_price = ref_price
     if volume * cost_price < inst.costmin:
-        raise OrderRefused("below_costmin", f"{inst.pair} cost {volume * cost_price} is below costmin "
-                                            f"{inst.costmin}")
+        raise OrderRefused("below_costmin", f"{inst.pair} cost {volume * cost_price} is below costmin {inst.costmin}")

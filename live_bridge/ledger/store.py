@@ -264,8 +264,10 @@ class Ledger:
             key, activate = self._signing_key(conn)
             if activate:
                 kid = key_id(activate)
-                records = (Record(Kind.LEDGER_KEY, code=kid, payload=payload_text({"alg": "HMAC-SHA256",
-                                                                                  "key_id": kid})), *records)
+                records = (
+                    Record(Kind.LEDGER_KEY, code=kid, payload=payload_text({"alg": "HMAC-SHA256", "key_id": kid})),
+                    *records,
+                )
             recorded = _utc_text(self._clock())  # under the lock: recorded times follow seq order
             batch: list[dict[str, Any]] = []
             out: list[Entry] = []
