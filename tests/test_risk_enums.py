@@ -35,10 +35,10 @@ def test_code_relations_the_kernels_rely_on():
     # refusal counts are indexed by reason; bar counts by trading state (effective_state_nb: the tier
     # numbers are the states ACTIVE, REDUCING_1, REDUCING_2)
     assert max(E.Reason) < E.N_REASONS
-    assert E.N_STATES == len(E.TradingState) and [int(s) for s in E.TradingState] == list(range(E.N_STATES))
+    assert len(E.TradingState) == E.N_STATES and [int(s) for s in E.TradingState] == list(range(E.N_STATES))
 
 
-KERNEL_MODULES = ["engine/risk/nb.py", "engine/backtest/nb.py"]
+KERNEL_MODULES = ["engine/risk/nb.py", "engine/backtest/nb.py", "engine/risk/machine.py"]
 
 
 @pytest.mark.parametrize("rel", KERNEL_MODULES)

@@ -33,13 +33,47 @@ from numba import njit, prange
 
 from engine.backtest.demo import ma_signal_from_sma_nb, ma_signal_into_nb, sma_into_nb
 from engine.risk.enums import (
-    EVENT, KILL, N_STATES, REASON, STATE, equity_dt, event_dt, order_dt, position_dt, state_dt, trade_dt,
+    EVENT,
+    KILL,
+    N_STATES,
+    REASON,
+    STATE,
+    equity_dt,
+    event_dt,
+    order_dt,
+    position_dt,
+    state_dt,
+    trade_dt,
 )
 from engine.risk.nb import (
-    A_CLOSED, A_GROSS_LOSS, A_GROSS_PROFIT, A_WINS, C_FILLS, C_KILLS, C_OVERFLOW, C_RECORD, N_ACC, N_CNT,
-    effective_state_nb, emit_event_nb, entries_nb, execute_close_nb, execute_open_nb, exit_order_nb, exit_reason_nb,
-    halt_reset_due_nb, init_state_nb, kill_reset_due_nb, kill_triggers_nb, latch_kill_nb, mark_positions_nb,
-    mark_state_nb, reset_halt_nb, reset_kill_nb, same_kill_params_nb, step_nb,
+    A_CLOSED,
+    A_GROSS_LOSS,
+    A_GROSS_PROFIT,
+    A_WINS,
+    C_FILLS,
+    C_KILLS,
+    C_OVERFLOW,
+    C_RECORD,
+    N_ACC,
+    N_CNT,
+    effective_state_nb,
+    emit_event_nb,
+    entries_nb,
+    execute_close_nb,
+    execute_open_nb,
+    exit_order_nb,
+    exit_reason_nb,
+    halt_reset_due_nb,
+    init_state_nb,
+    kill_reset_due_nb,
+    kill_triggers_nb,
+    latch_kill_nb,
+    mark_positions_nb,
+    mark_state_nb,
+    reset_halt_nb,
+    reset_kill_nb,
+    same_kill_params_nb,
+    step_nb,
 )
 
 BARS_PER_YEAR = 8760.0
@@ -341,7 +375,7 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             break
         # ---- 1. orders decided at t-1 execute in bar t (engine.risk.nb.execute_open_nb)
         if placed:
-            execute_open_nb(t, state, positions, pending, open_, high, low, close, volume, valid, cluster,
+            execute_open_nb(t, t, state, positions, pending, open_, high, low, close, volume, valid, cluster,
                             ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
         # ---- 2. resets and kill-switch triggers (engine.risk.nb.kill_check_nb)
         op = operator[t]
@@ -365,7 +399,7 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
         st.trading_state = effective_state_nb(st)
         # ---- 3. limit orders not traded through: market fallback at the close (execute_close_nb)
         if placed:
-            execute_close_nb(t, state, positions, pending, close, volume, valid, cluster,
+            execute_close_nb(t, t, state, positions, pending, close, volume, valid, cluster,
                              ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
         # every order of bar t-1 is now filled or cancelled: nothing is pending until decisions below
         placed = False
@@ -400,9 +434,9 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             any_cand = False
             for j in range(m):
                 any_cand |= (p_up[t, j] >= thr) & (positions[j].qty == 0.0) & (pending[j].active == 0)
-            if any_cand and entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread,
-                                        cluster, tradable, entry_block, ordermin, costmin, lot_dec, price_dec, p,
-                                        rec, events, cnt, refusals, order_buf):
+            if any_cand and entries_nb(t, t, state, positions, pending, close, valid, p_up, exp_ret, atr,
+                                        spread, cluster, tradable, entry_block, ordermin, costmin, lot_dec, price_dec,
+                                        p, rec, events, cnt, refusals, order_buf):
                 placed = True
         # ---- streaming metrics
         (prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,

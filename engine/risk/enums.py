@@ -211,6 +211,26 @@ equity_dt = np.dtype([
     ("kill_reason", np.int64),
 ])
 
+# One bar of one pair as the live-facing RiskMachine takes it (engine.risk.machine.bar_inputs builds
+# it from backtest inputs): market data plus the inputs computed from history like the backtester's.
+bar_dt = np.dtype([
+    ("open", np.float64),
+    ("high", np.float64),
+    ("low", np.float64),
+    ("close", np.float64),
+    ("volume", np.float64),
+    ("valid", np.bool_),          # the bar exists and passed validation
+    ("atr", np.float64),          # Wilder ATR (engine.backtest.runner.default_atr)
+    ("spread", np.float64),       # spread estimate, fraction (default_spread)
+    ("cluster", np.int64),        # correlation cluster id, -1 = none (default_clusters)
+])
+
+# The model's output for one pair at one bar.
+prediction_dt = np.dtype([
+    ("p_up", np.float64),         # NaN = no signal
+    ("exp_ret", np.float64),
+])
+
 # Sizing modes and order-kind choices inside the parameter record.
 SIZING_RISK = 0            # base risk at the ATR stop distance
 SIZING_FIXED_FRACTION = 1  # fixed fraction of cash at the fill (vectorbt "percent")

@@ -17,9 +17,16 @@ section of docs/MODEL_ASSUMPTIONS.md state the rules in words):
    precision, ordermin/costmin)
    -> pending orders for bar t+1, and an event with a reason code for every refusal.
 
-The live bridge uses the same pieces: it applies real fills with :func:`apply_fill_nb` and calls
-``kill_check_nb``, ``mark_nb`` and ``decide_nb`` at each bar close. State lives in numpy records
-(engine.risk.enums) so it persists and restores exactly.
+Rows and bar ids: ``t`` is the row of the input arrays a phase reads; ``bar`` is the id a phase
+records (trades, events, orders) and keeps in the state (``entry_bar``, ``kill_bar``, ``halt_bar``,
+``bar``) for the time rules (time exit, timed resets), which compare ids. The backtester passes its
+row as the id (its records index ``ts``; its rows are consecutive hours). The live-facing
+:class:`engine.risk.machine.RiskMachine` passes the absolute hour (unix seconds // 3600) with a
+one-row input window (``t`` = 0), so a restored machine continues exactly where it stopped. It
+applies exchange fills with :func:`apply_fill_nb`, runs ``kill_check_nb``, ``fallback_orders_nb``
+(orders still pending at the close: market fallback or cancel, the rule of ``execute_close_nb``),
+``mark_nb`` and ``decide_nb`` at each close, or ``step_bar_nb`` with the backtester's fill model.
+State lives in numpy records (engine.risk.enums) so it persists and restores exactly.
 
 Each rule lives in one small kernel taking only records and scalars (``kill_pair_nb``,
 ``mark_state_nb``, ``exit_reason_nb``, ``entry_static_gate_nb``/``entry_gate_nb``, ``entry_size_nb``,
@@ -39,8 +46,19 @@ from numba import njit
 
 from engine.execution.nb import BUY, SELL, fee_nb, limit_touched_nb, market_fill_price_nb, slippage_frac_nb
 from engine.risk.enums import (
-    EVENT, HOW, KILL, KIND, OP_RESET_HALT, OP_RESET_KILL, REASON, STATE,
-    SIZING_FIXED_FRACTION, SIZING_RISK, order_dt, position_dt, state_dt,
+    EVENT,
+    HOW,
+    KILL,
+    KIND,
+    OP_RESET_HALT,
+    OP_RESET_KILL,
+    REASON,
+    SIZING_FIXED_FRACTION,
+    SIZING_RISK,
+    STATE,
+    order_dt,
+    position_dt,
+    state_dt,
 )
 
 # cnt (int64 array) slots: records written / overflow flag / recording on / kill events.
@@ -106,13 +124,13 @@ def init_state_nb(state, positions, pending, init_cash: float) -> None:
 
 
 @njit(cache=True)
-def emit_event_nb(events, cnt, t: int, pair: int, code: int, reason: int, value: float) -> None:
+def emit_event_nb(events, cnt, bar: int, pair: int, code: int, reason: int, value: float) -> None:
     if cnt[C_RECORD] == 0:
         return
     k = cnt[C_EVENTS]
     if k < events.shape[0]:
         e = events[k]
-        e.bar = t
+        e.bar = bar
         e.pair = pair
         e.code = code
         e.reason = reason
@@ -123,9 +141,9 @@ def emit_event_nb(events, cnt, t: int, pair: int, code: int, reason: int, value:
 
 
 @njit(cache=True)
-def refuse_nb(events, cnt, refusals, t: int, pair: int, code: int, reason: int, value: float) -> None:
+def refuse_nb(events, cnt, refusals, bar: int, pair: int, code: int, reason: int, value: float) -> None:
     refusals[reason] += 1
-    emit_event_nb(events, cnt, t, pair, code, reason, value)
+    emit_event_nb(events, cnt, bar, pair, code, reason, value)
 
 
 @njit(cache=True, inline="always")
@@ -167,7 +185,7 @@ def book_nb(st, positions, marks):
 
 
 @njit(cache=True)
-def apply_fill_nb(t: int, j: int, side: int, qty: float, price: float, reason: int, how: int,
+def apply_fill_nb(bar: int, j: int, side: int, qty: float, price: float, reason: int, how: int,
                   atr: float, state, positions, marks, p, trades, cnt, acc) -> None:
     """Book one fill: cash, position, fee (fee_nb, on every fill), stops, trade record."""
     st = state[0]
@@ -180,7 +198,7 @@ def apply_fill_nb(t: int, j: int, side: int, qty: float, price: float, reason: i
         pos.qty = qty
         pos.entry_price = price
         pos.entry_cost = notional + fee
-        pos.entry_bar = t
+        pos.entry_bar = bar
         pos.stop = price - p.stop_atr_mult * atr if p.stop_atr_mult > 0.0 else np.nan
         pos.take_profit = price + p.tp_atr_mult * atr if p.tp_atr_mult > 0.0 else np.nan
         st.n_positions += 1
@@ -224,7 +242,7 @@ def apply_fill_nb(t: int, j: int, side: int, qty: float, price: float, reason: i
                 expo += q * mk
     eq = st.cash + expo
     r = trades[k]
-    r.bar = t
+    r.bar = bar
     r.pair = j
     r.side = side
     r.qty = qty
@@ -256,7 +274,7 @@ def cluster_exposure_nb(positions, marks, cluster_row, c: int, skip: int) -> flo
 
 
 @njit(cache=True)
-def execute_buy_nb(t: int, j: int, o, price: float, how: int, state, positions, marks, cluster_row,
+def execute_buy_nb(bar: int, j: int, o, price: float, how: int, state, positions, marks, cluster_row,
                    ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals) -> None:
     """Fill an entry at ``price``, clipped to cash and the (tier) exposure and cluster caps at the fill."""
     st = state[0]
@@ -293,16 +311,16 @@ def execute_buy_nb(t: int, j: int, o, price: float, how: int, state, positions, 
         if qty > 0.0:
             qty = round_down_nb(qty, lot_dec[j])
         if qty < ordermin[j] or qty <= 0.0:
-            refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
+            refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
             return
         if qty * price < costmin[j]:
-            refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_COSTMIN,
+            refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_COSTMIN,
                       qty * price)
             return
     elif not (qty > 0.0):
-        refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
+        refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
         return
-    apply_fill_nb(t, j, BUY, qty, price, o.reason, how, o.atr, state, positions, marks, p, trades, cnt, acc)
+    apply_fill_nb(bar, j, BUY, qty, price, o.reason, how, o.atr, state, positions, marks, p, trades, cnt, acc)
 
 
 @njit(cache=True)
@@ -323,8 +341,8 @@ def any_pending_nb(pending) -> bool:
 
 
 @njit(cache=True, inline="always")
-def execute_open_nb(t: int, state, positions, pending, open_, high, low, close, volume, valid, cluster,
-                    ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks) -> None:
+def execute_open_nb(t: int, bar: int, state, positions, pending, open_, high, low, close, volume, valid,
+                    cluster, ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks) -> None:
     """Phase 1 of bar t: market orders at the open, limit orders bar t trades through at their limit."""
     m = positions.shape[0]
     if not any_pending_nb(pending):
@@ -339,7 +357,7 @@ def execute_open_nb(t: int, state, positions, pending, open_, high, low, close, 
                 continue
             if not valid[t, j]:
                 o.active = 0
-                refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, REASON.REFUSE_NO_BAR, o.qty)
+                refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, REASON.REFUSE_NO_BAR, o.qty)
                 continue
             if o.kind == KIND.MARKET:
                 price = _market_price_nb(t, j, o, open_[t, j], volume, close, p)
@@ -352,15 +370,50 @@ def execute_open_nb(t: int, state, positions, pending, open_, high, low, close, 
             o.active = 0
             if want == SELL:
                 if positions[j].qty > 0.0:
-                    apply_fill_nb(t, j, SELL, positions[j].qty, price, o.reason, how, o.atr,
+                    apply_fill_nb(bar, j, SELL, positions[j].qty, price, o.reason, how, o.atr,
                                   state, positions, marks, p, trades, cnt, acc)
             else:
-                execute_buy_nb(t, j, o, price, how, state, positions, marks, cluster[t], ordermin, costmin,
+                execute_buy_nb(bar, j, o, price, how, state, positions, marks, cluster[t], ordermin, costmin,
                                lot_dec, p, trades, events, cnt, acc, refusals)
 
 
 @njit(cache=True, inline="always")
-def execute_close_nb(t: int, state, positions, pending, close, volume, valid, cluster,
+def fallback_refusal_nb(st) -> int:
+    """Why an ENTRY still pending at its execution bar's close may not fall back to market (R6, R21):
+    cancelled while the halt or the kill switch is latched; 0: it may. Exits always fall back (R16)."""
+    if st.halted != 0:
+        return REASON.REFUSE_HALTED
+    if st.kill_reason != 0:
+        return REASON.REFUSE_KILL_SWITCH
+    return 0
+
+
+@njit(cache=True)
+def fallback_orders_nb(bar: int, state, pending, events, cnt, refusals) -> int:
+    """The live form of phase 3 (the machine's close when fills come from an exchange): every order
+    still pending at this close is resolved by the rule of ``execute_close_nb`` without being filled
+    here: cancelled if ``fallback_refusal_nb`` refuses it (event CANCEL), otherwise it stays pending as
+    a market order to send now (event ORDER). Returns the number of orders left pending."""
+    st = state[0]
+    n = 0
+    for j in range(pending.shape[0]):
+        o = pending[j]
+        if o.active == 0:
+            continue
+        r = fallback_refusal_nb(st) if o.side == BUY else 0
+        if r != 0:
+            o.active = 0
+            refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, r, o.qty)
+            continue
+        o.kind = KIND.MARKET
+        o.limit_price = np.nan
+        emit_event_nb(events, cnt, bar, j, EVENT.ORDER, o.reason, o.qty)
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def execute_close_nb(t: int, bar: int, state, positions, pending, close, volume, valid, cluster,
                      ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks) -> None:
     """Phase 3 of bar t: unfilled limit orders fall back to market at bar t's close."""
     m = positions.shape[0]
@@ -377,39 +430,37 @@ def execute_close_nb(t: int, state, positions, pending, close, volume, valid, cl
                 continue
             o.active = 0
             if want == BUY:
-                if st.halted != 0:
-                    refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, REASON.REFUSE_HALTED, o.qty)
-                    continue
-                if st.kill_reason != 0:
-                    refuse_nb(events, cnt, refusals, t, j, EVENT.CANCEL, REASON.REFUSE_KILL_SWITCH, o.qty)
+                r = fallback_refusal_nb(st)
+                if r != 0:
+                    refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, r, o.qty)
                     continue
             price = _market_price_nb(t, j, o, close[t, j], volume, close, p)
             if want == SELL:
                 if positions[j].qty > 0.0:
-                    apply_fill_nb(t, j, SELL, positions[j].qty, price, o.reason, HOW.MARKET_CLOSE, o.atr,
+                    apply_fill_nb(bar, j, SELL, positions[j].qty, price, o.reason, HOW.MARKET_CLOSE, o.atr,
                                   state, positions, marks, p, trades, cnt, acc)
             else:
-                execute_buy_nb(t, j, o, price, HOW.MARKET_CLOSE, state, positions, marks, cluster[t], ordermin,
+                execute_buy_nb(bar, j, o, price, HOW.MARKET_CLOSE, state, positions, marks, cluster[t], ordermin,
                                costmin, lot_dec, p, trades, events, cnt, acc, refusals)
 
 
 @njit(cache=True)
-def reset_kill_nb(state, t: int, events, cnt) -> None:
+def reset_kill_nb(state, bar: int, events, cnt) -> None:
     """Manual reactivation: clear the kill-switch latch (a persisting trigger re-latches at once)."""
     st = state[0]
     if st.kill_reason != 0:
-        emit_event_nb(events, cnt, t, -1, EVENT.RESET, REASON.RESET_KILL, float(st.kill_reason))
+        emit_event_nb(events, cnt, bar, -1, EVENT.RESET, REASON.RESET_KILL, float(st.kill_reason))
         st.kill_reason = 0
         st.kill_bar = -1
         st.trading_state = effective_state_nb(st)
 
 
 @njit(cache=True)
-def reset_halt_nb(state, t: int, events, cnt) -> None:
+def reset_halt_nb(state, bar: int, events, cnt) -> None:
     """Manual reset of the drawdown halt: the peak restarts at the current equity."""
     st = state[0]
     if st.halted != 0:
-        emit_event_nb(events, cnt, t, -1, EVENT.RESET, REASON.RESET_HALT, st.drawdown)
+        emit_event_nb(events, cnt, bar, -1, EVENT.RESET, REASON.RESET_HALT, st.drawdown)
         st.halted = 0
         st.halt_bar = -1
         st.peak = st.equity
@@ -419,19 +470,19 @@ def reset_halt_nb(state, t: int, events, cnt) -> None:
 
 
 @njit(cache=True, inline="always")
-def kill_reset_due_nb(st, op: int, t: int, p) -> bool:
+def kill_reset_due_nb(st, op: int, bar: int, p) -> bool:
     """Operator reactivation of the kill switch at bar t (or the emulated one after kill_reset_bars)."""
     if (op & OP_RESET_KILL) != 0:
         return True
-    return st.kill_reason != 0 and p.kill_reset_bars > 0 and t - st.kill_bar >= p.kill_reset_bars
+    return st.kill_reason != 0 and p.kill_reset_bars > 0 and bar - st.kill_bar >= p.kill_reset_bars
 
 
 @njit(cache=True, inline="always")
-def halt_reset_due_nb(st, op: int, t: int, p) -> bool:
+def halt_reset_due_nb(st, op: int, bar: int, p) -> bool:
     """Operator reset of the drawdown halt at bar t (or the emulated one after halt_reset_bars)."""
     if (op & OP_RESET_HALT) != 0:
         return True
-    return st.halted != 0 and p.halt_reset_bars > 0 and t - st.halt_bar >= p.halt_reset_bars
+    return st.halted != 0 and p.halt_reset_bars > 0 and bar - st.halt_bar >= p.halt_reset_bars
 
 
 @njit(cache=True, inline="always")
@@ -542,25 +593,25 @@ def same_kill_params_nb(params) -> bool:
 
 
 @njit(cache=True, inline="always")
-def latch_kill_nb(st, t: int, trig: int) -> bool:
+def latch_kill_nb(st, bar: int, trig: int) -> bool:
     """Latch the kill switch on ``trig`` unless already latched; True if it latched now."""
     if trig != 0 and st.kill_reason == 0:
         st.kill_reason = trig
-        st.kill_bar = t
+        st.kill_bar = bar
         return True
     return False
 
 
 @njit(cache=True, inline="always")
-def kill_check_nb(t: int, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator,
-                  p, events, cnt) -> None:
+def kill_check_nb(t: int, bar: int, state, positions, open_, high, low, close, valid, atr, spread, api_fault,
+                  operator, p, events, cnt) -> None:
     """Operator resets, then kill-switch triggers on bar t; updates the per-pair baselines."""
     st = state[0]
     op = operator[t]
-    if kill_reset_due_nb(st, op, t, p):
-        reset_kill_nb(state, t, events, cnt)
-    if halt_reset_due_nb(st, op, t, p):
-        reset_halt_nb(state, t, events, cnt)
+    if kill_reset_due_nb(st, op, bar, p):
+        reset_kill_nb(state, bar, events, cnt)
+    if halt_reset_due_nb(st, op, bar, p):
+        reset_halt_nb(state, bar, events, cnt)
     trig = 0
     trig_pair = -1
     trig_val = 0.0
@@ -574,14 +625,14 @@ def kill_check_nb(t: int, state, positions, open_, high, low, close, valid, atr,
             trig = nt
             trig_pair = j
             trig_val = v
-    if latch_kill_nb(st, t, trig):
+    if latch_kill_nb(st, bar, trig):
         cnt[C_KILLS] += 1
-        emit_event_nb(events, cnt, t, trig_pair, EVENT.KILL, REASON.KILL_API + trig - 1, trig_val)
+        emit_event_nb(events, cnt, bar, trig_pair, EVENT.KILL, REASON.KILL_API + trig - 1, trig_val)
     st.trading_state = effective_state_nb(st)
 
 
 @njit(cache=True, inline="always")
-def mark_state_nb(st, expo: float, t: int, p):
+def mark_state_nb(st, expo: float, bar: int, p):
     """Equity, peak, drawdown and tiers from the marked exposure; (halt latched now, tier changed)."""
     st.exposure = expo
     st.equity = st.cash + expo
@@ -592,7 +643,7 @@ def mark_state_nb(st, expo: float, t: int, p):
     halt_ev = False
     if st.halted == 0 and dd >= p.dd_halt:
         st.halted = 1
-        st.halt_bar = t
+        st.halt_bar = bar
         halt_ev = True
     tier = 0
     if dd >= p.dd_tier2:
@@ -604,7 +655,7 @@ def mark_state_nb(st, expo: float, t: int, p):
         st.tier = tier
         tier_ev = True
     st.trading_state = effective_state_nb(st)
-    st.bar = t
+    st.bar = bar
     return halt_ev, tier_ev
 
 
@@ -625,21 +676,21 @@ def mark_positions_nb(t, positions, close, valid) -> float:
 
 
 @njit(cache=True, inline="always")
-def mark_nb(t: int, state, positions, close, valid, p, events, cnt) -> None:
+def mark_nb(t: int, bar: int, state, positions, close, valid, p, events, cnt) -> None:
     """Mark to bar t's close; equity, peak, drawdown and the drawdown tiers (halt latches)."""
     st = state[0]
-    halt_ev, tier_ev = mark_state_nb(st, mark_positions_nb(t, positions, close, valid), t, p)
+    halt_ev, tier_ev = mark_state_nb(st, mark_positions_nb(t, positions, close, valid), bar, p)
     if halt_ev:
-        emit_event_nb(events, cnt, t, -1, EVENT.TIER, REASON.HALT, st.drawdown)
+        emit_event_nb(events, cnt, bar, -1, EVENT.TIER, REASON.HALT, st.drawdown)
     if tier_ev:
-        emit_event_nb(events, cnt, t, -1, EVENT.TIER, REASON.TIER_CHANGE, st.drawdown)
+        emit_event_nb(events, cnt, bar, -1, EVENT.TIER, REASON.TIER_CHANGE, st.drawdown)
 
 
 @njit(cache=True)
-def _set_order_nb(o, t: int, side: int, kind: int, reason: int, qty: float, limit: float, ref: float,
+def _set_order_nb(o, bar: int, side: int, kind: int, reason: int, qty: float, limit: float, ref: float,
                   atr: float, spread: float, frac: float) -> None:
     o.active = 1
-    o.bar = t
+    o.bar = bar
     o.side = side
     o.kind = kind
     o.reason = reason
@@ -652,7 +703,7 @@ def _set_order_nb(o, t: int, side: int, kind: int, reason: int, qty: float, limi
 
 
 @njit(cache=True, inline="always")
-def exit_reason_nb(pos, c: float, pu: float, t: int, p):
+def exit_reason_nb(pos, c: float, pu: float, bar: int, p):
     """(reason, order kind) of an exit of the open position ``pos`` at close ``c``; reason 0: hold."""
     reason = 0
     kind = p.exit_kind
@@ -664,19 +715,19 @@ def exit_reason_nb(pos, c: float, pu: float, t: int, p):
         kind = KIND.MARKET
     elif pu == pu and pu < p.p_up_exit:
         reason = REASON.EXIT_SIGNAL
-    elif p.max_hold_bars > 0 and t - pos.entry_bar >= p.max_hold_bars:
+    elif p.max_hold_bars > 0 and bar - pos.entry_bar >= p.max_hold_bars:
         reason = REASON.EXIT_TIME
     return reason, kind
 
 
 @njit(cache=True)
-def exit_order_nb(o, pos, t: int, c: float, reason: int, kind: int, a: float, s: float, pdec: int, p) -> None:
+def exit_order_nb(o, pos, bar: int, c: float, reason: int, kind: int, a: float, s: float, pdec: int, p) -> None:
     limit = np.nan
     if kind == KIND.LIMIT_FIRST:
         limit = c * (1.0 + p.limit_offset)
         if p.enforce_precision != 0:
             limit = round_price_nb(limit, pdec, True)
-    _set_order_nb(o, t, SELL, kind, reason, pos.qty, limit, c, a, s, 0.0)
+    _set_order_nb(o, bar, SELL, kind, reason, pos.qty, limit, c, a, s, 0.0)
 
 
 @njit(cache=True, inline="always")
@@ -770,18 +821,18 @@ def entry_size_nb(st, p, reserved: float, room_x: float, room_c: float, c: float
 
 
 @njit(cache=True)
-def entry_order_nb(o, t: int, qty: float, c: float, a: float, s: float, pdec: int, p) -> None:
+def entry_order_nb(o, bar: int, qty: float, c: float, a: float, s: float, pdec: int, p) -> None:
     limit = np.nan
     if p.entry_kind == KIND.LIMIT_FIRST:
         limit = c * (1.0 - p.limit_offset)
         if p.enforce_precision != 0:
             limit = round_price_nb(limit, pdec, False)
-    _set_order_nb(o, t, BUY, p.entry_kind, REASON.ENTRY, qty, limit, c, a, s, p.fixed_fraction)
+    _set_order_nb(o, bar, BUY, p.entry_kind, REASON.ENTRY, qty, limit, c, a, s, p.fixed_fraction)
 
 
 @njit(cache=True)
-def entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-               entry_block, ordermin, costmin, lot_dec, price_dec, p, rec, events, cnt, refusals, order_buf):
+def entries_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
+               tradable, entry_block, ordermin, costmin, lot_dec, price_dec, p, rec, events, cnt, refusals, order_buf):
     """Entries at the close of bar t, after the exits: candidates (P(up) >= threshold, flat, nothing
     pending) by expected return, highest first, ties by column (stable insertion sort; NaN expected
     return last), each through the entry gate, the cluster cap and the sizing, as pending orders for
@@ -833,7 +884,7 @@ def entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, s
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
-                    emit_event_nb(events, cnt, t, j, EVENT.REFUSAL, rr, v)
+                    emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, rr, v)
                 continue
             cj = cluster[t, j]
             room_c = p.max_cluster_exposure * eq
@@ -847,19 +898,19 @@ def entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, s
             if room_c <= 0.0:
                 refusals[REASON.REFUSE_CLUSTER] += 1
                 if rec:
-                    emit_event_nb(events, cnt, t, j, EVENT.REFUSAL, REASON.REFUSE_CLUSTER, float(cj))
+                    emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, REASON.REFUSE_CLUSTER, float(cj))
                 continue
             rr, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j],
                                       ordermin[j], costmin[j])
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
-                    emit_event_nb(events, cnt, t, j, EVENT.REFUSAL, rr, v)
+                    emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, rr, v)
                 continue
-            entry_order_nb(pending[j], t, qty, c, a, spread[t, j], price_dec[j], p)
+            entry_order_nb(pending[j], bar, qty, c, a, spread[t, j], price_dec[j], p)
             placed = True
             if rec:
-                emit_event_nb(events, cnt, t, j, EVENT.ORDER, REASON.ENTRY, qty)
+                emit_event_nb(events, cnt, bar, j, EVENT.ORDER, REASON.ENTRY, qty)
             committed += qty * c
             reserved += qty * c * (1.0 + f + p.slip_buffer)
             n_open += 1
@@ -867,8 +918,9 @@ def entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, s
 
 
 @njit(cache=True, inline="always")
-def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-              entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf) -> None:
+def decide_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
+              tradable, entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals,
+              order_buf) -> None:
     """Decisions at the close of bar t: exits, then entries, as pending orders for bar t+1.
 
     ``tradable[t, j]`` (universe, R9) and ``entry_block[t]`` (entry-block window, R25) refuse entries
@@ -881,31 +933,42 @@ def decide_nb(t: int, state, positions, pending, close, valid, p_up, exp_ret, at
         if pos.qty == 0.0 or pending[j].active != 0 or not valid[t, j]:
             continue
         c = close[t, j]
-        reason, kind = exit_reason_nb(pos, c, p_up[t, j], t, p)
+        reason, kind = exit_reason_nb(pos, c, p_up[t, j], bar, p)
         if reason == 0:
             continue
-        exit_order_nb(pending[j], pos, t, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
-        emit_event_nb(events, cnt, t, j, EVENT.ORDER, reason, pos.qty)
+        exit_order_nb(pending[j], pos, bar, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
+        emit_event_nb(events, cnt, bar, j, EVENT.ORDER, reason, pos.qty)
     # ---- entries (entries_nb); positions[].cluster: the cluster id at the last decision
     for j in range(m):
         positions[j].cluster = cluster[t, j]
-    entries_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable, entry_block,
-               ordermin, costmin, lot_dec, price_dec, p, True, events, cnt, refusals, order_buf)
+    entries_nb(t, bar, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+               entry_block, ordermin, costmin, lot_dec, price_dec, p, True, events, cnt, refusals, order_buf)
 
 
 @njit(cache=True)
 def step_nb(t: int, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
             spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
             trades, events, cnt, acc, refusals, marks, order_buf) -> None:
-    """One bar of a simulated portfolio: execute t-1's orders in bar t, then decide at t's close."""
-    execute_open_nb(t, state, positions, pending, open_, high, low, close, volume, valid, cluster,
+    """``step_bar_nb`` with the row as the bar id (the backtester's convention)."""
+    step_bar_nb(t, t, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
+                spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec,
+                p, trades, events, cnt, acc, refusals, marks, order_buf)
+
+
+@njit(cache=True)
+def step_bar_nb(t: int, bar: int, state, positions, pending, open_, high, low, close, volume, valid, p_up,
+                exp_ret, atr, spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin,
+                lot_dec, price_dec, p, trades, events, cnt, acc, refusals, marks, order_buf) -> None:
+    """One bar of a simulated portfolio, row ``t`` of the inputs, bar id ``bar``: execute the orders
+    of the last close in this bar, then decide at its close."""
+    execute_open_nb(t, bar, state, positions, pending, open_, high, low, close, volume, valid, cluster,
                     ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
-    kill_check_nb(t, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator,
+    kill_check_nb(t, bar, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator,
                   p, events, cnt)
-    execute_close_nb(t, state, positions, pending, close, volume, valid, cluster,
+    execute_close_nb(t, bar, state, positions, pending, close, volume, valid, cluster,
                      ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
-    mark_nb(t, state, positions, close, valid, p, events, cnt)
-    decide_nb(t, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
+    mark_nb(t, bar, state, positions, close, valid, p, events, cnt)
+    decide_nb(t, bar, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
               entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf)
 
 
