@@ -9,9 +9,8 @@ from engine.errors import ConfigError, InputError
 
 def parse_balances(items: list[str] | None) -> dict:
     """``USD=10000 BTC=0.5`` -> {asset: Decimal}; one-line errors for bad items."""
-    from decimal import Decimal, InvalidOperation
-
     from engine.pairs import normalize_asset
+    from live_bridge.simulator.numbers import MAX_AMOUNT, BadNumber, OutOfRange, decimal_of
 
     out = {}
     for item in items or []:
@@ -23,11 +22,11 @@ def parse_balances(items: list[str] | None) -> dict:
         except InputError:
             raise InputError(f"--balance {item!r}: unknown asset {asset!r}") from None
         try:
-            v = Decimal(amount)
-        except InvalidOperation:
+            v = decimal_of(amount, "amount", 0, MAX_AMOUNT)
+        except OutOfRange:
+            raise InputError(f"--balance {item!r}: amount must be >= 0 and <= {MAX_AMOUNT:,}") from None
+        except BadNumber:
             raise InputError(f"--balance {item!r}: {amount!r} is not a number") from None
-        if not v.is_finite() or v < 0:
-            raise InputError(f"--balance {item!r}: amount must be >= 0")
         out[a] = v
     return out
 

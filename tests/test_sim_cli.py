@@ -29,6 +29,10 @@ def test_refuses_anything_but_loopback(capsys):
     (["--balance", "USD"], "use ASSET=AMOUNT"),
     (["--balance", "USD=-1"], "amount must be >= 0"),
     (["--balance", "USD=lots"], "is not a number"),
+    (["--balance", "USD=١٢"], "is not a number"),
+    (["--balance", "USD=1_000"], "is not a number"),
+    (["--balance", "USD=NaN"], "is not a number"),
+    (["--balance", "USD=1e99"], "amount must be >= 0 and <= 1,000,000,000,000,000"),
     (["--clock", "warp"], "use manual, realtime or accelerated"),
 ])
 def test_bad_arguments_are_one_line_errors(capsys, args, msg):

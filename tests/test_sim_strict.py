@@ -231,3 +231,12 @@ def test_a_directory_as_state_file_is_refused(tmp_path):
     (tmp_path / "s.sqlite").mkdir()
     with pytest.raises(InputError, match="not a regular file"):
         make(tmp_path)
+
+
+@pytest.mark.parametrize("v", ["١٢", "1_000", " 5", "-5", "NaN", True, "1e16"])
+def test_config_account_balances_are_strict(v):
+    from engine.errors import ConfigError
+    from live_bridge.simulator.config import sim_config_from_dict
+
+    with pytest.raises(ConfigError, match=r"accounts\.0\.balances"):
+        sim_config_from_dict({"accounts": [{"name": "a", "key_env": "K", "secret_env": "S", "balances": {"USD": v}}]})

@@ -18,6 +18,8 @@ from engine.config import Frozen
 from engine.errors import ConfigError
 from engine.execution.config import ExecutionConfig
 
+from .numbers import MAX_AMOUNT, BadNumber, decimal_of
+
 # The backtester's fill-model numbers are the simulator's defaults, so the two cannot drift apart.
 _EXEC = ExecutionConfig()
 
@@ -33,6 +35,17 @@ class AccountConfig(Frozen):
     secret_env: str = Field(description="environment variable holding the base64 API secret")
     balances: dict[str, Decimal] = Field(default_factory=dict, description="asset -> amount at creation")
     fee_tier: str | None = Field(None, description="name of a [fees.tiers] entry; default tier if unset")
+
+    @field_validator("balances", mode="before")
+    @classmethod
+    def _amounts(cls, v: object) -> object:
+        """Finite, 0..1e15, JSON/TOML numbers or ASCII decimal strings (no Unicode digits, no ``1_000``)."""
+        if not isinstance(v, dict):
+            return v
+        try:
+            return {k: decimal_of(x, f"balance {k}", 0, MAX_AMOUNT) for k, x in v.items()}
+        except BadNumber as e:
+            raise ValueError(str(e)) from None
 
 
 class RateLimitConfig(Frozen):
