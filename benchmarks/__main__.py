@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         stem = Path(a).stem
         stem = stem if stem.startswith("bench_") else f"bench_{stem}"
         if stem not in names:
-            print(f"benchmarks: error: no benchmark {a!r} (available: "
-                  f"{', '.join(n.removeprefix('bench_') for n in names) or 'none'})", file=sys.stderr)
+            print(
+                f"benchmarks: error: no benchmark {a!r} (available: "
+                f"{', '.join(n.removeprefix('bench_') for n in names) or 'none'})",
+                file=sys.stderr,
+            )
             return 2
         chosen.append(stem)
     failed = []
@@ -47,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {stem} ==", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call([sys.executable, "-m", f"benchmarks.{stem}", *opts], cwd=HERE.parent)
-        print(f"== {stem}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s ==\n",
-              flush=True)
+        print(
+            f"== {stem}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s ==\n",
+            flush=True,
+        )
         if rc:
             failed.append(stem)
     return 1 if failed else 0

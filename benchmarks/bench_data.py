@@ -45,8 +45,10 @@ def main() -> int:
             rep = s.import_files(files)
         t_import = time.perf_counter() - t
         rows = rep.rows
-        print(f"import {len(files)} shared files into a fresh store: {t_import:.2f} s, {rows:,} rows, "
-              f"{rows / t_import:,.0f} rows/s ({path.stat().st_size / 2**20:.1f} MiB on disk)")
+        print(
+            f"import {len(files)} shared files into a fresh store: {t_import:.2f} s, {rows:,} rows, "
+            f"{rows / t_import:,.0f} rows/s ({path.stat().st_size / 2**20:.1f} MiB on disk)"
+        )
         with MarketStore(path) as s:
             t = time.perf_counter()
             again = s.import_files(files)
@@ -58,12 +60,17 @@ def main() -> int:
         t_ref, ref = best(lambda: load_shared_panel([f"binance_{b}USDT_1h" for b in BINANCE10], START, END))
         cells = panel.n_bars * panel.n_pairs
         same = np.array_equal(panel.valid, ref.valid) and all(
-            getattr(panel, f).tobytes() == getattr(ref, f).tobytes() for f in FIELDS)
-        print(f"load 10-pair Binance panel {panel.n_bars:,} bars x {panel.n_pairs} pairs "
-              f"({int(panel.valid.sum()):,} valid bars) from the store: {t_load * 1e3:.1f} ms "
-              f"({int(panel.valid.sum()) / t_load:,.0f} bars/s)")
-        print(f"reference, same panel straight from parquet (load_shared_panel): {t_ref * 1e3:.1f} ms "
-              f"-> store/parquet ratio {t_load / t_ref:.2f}; bit-identical: {same}")
+            getattr(panel, f).tobytes() == getattr(ref, f).tobytes() for f in FIELDS
+        )
+        print(
+            f"load 10-pair Binance panel {panel.n_bars:,} bars x {panel.n_pairs} pairs "
+            f"({int(panel.valid.sum()):,} valid bars) from the store: {t_load * 1e3:.1f} ms "
+            f"({int(panel.valid.sum()) / t_load:,.0f} bars/s)"
+        )
+        print(
+            f"reference, same panel straight from parquet (load_shared_panel): {t_ref * 1e3:.1f} ms "
+            f"-> store/parquet ratio {t_load / t_ref:.2f}; bit-identical: {same}"
+        )
         print(f"kq data check report (integrity recomputed live over {rows:,} bars): {t_check * 1e3:.0f} ms")
         print(f"({cells:,} panel cells; timings on a shared machine are noisy)")
         return 0 if same else 1

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BINANCE10 = [f"binance_{s}USDT_1h" for s in "BTC ETH SOL XRP ADA LTC DOT LINK AVAX DOGE".split()]
+BINANCE10 = [f"binance_{s}USDT_1h" for s in ["BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE"]]
 START, END = 1600754400, 1763247600
 
 
@@ -43,14 +43,15 @@ def main() -> int:
 
     t = time.perf_counter()
     panel = load_shared_panel(BINANCE10, START, END)
-    print(f"panel: {panel.n_bars:,} bars x {panel.n_pairs} pairs ({panel.venue}), loaded in "
-          f"{time.perf_counter() - t:.2f} s; {int((~panel.valid).sum())} missing bar-slots")
+    print(
+        f"panel: {panel.n_bars:,} bars x {panel.n_pairs} pairs ({panel.venue}), loaded in "
+        f"{time.perf_counter() - t:.2f} s; {int((~panel.valid).sum())} missing bar-slots"
+    )
     cfg = FeaturesConfig()
 
     t = time.perf_counter()
     fs = F.build_features(panel, cfg)
-    print(f"first build (numba {'compile' if args.cold else 'compile or cache load'}): "
-          f"{time.perf_counter() - t:.2f} s")
+    print(f"first build (numba {'compile' if args.cold else 'compile or cache load'}): {time.perf_counter() - t:.2f} s")
     times, cpu = [], []
     for _ in range(args.repeat):
         t, c = time.perf_counter(), time.process_time()
@@ -59,9 +60,11 @@ def main() -> int:
         cpu.append(time.process_time() - c)
     assert fs2.content_hash == fs.content_hash
     med = statistics.median(times)
-    print(f"numba feature set ({len(fs.names)} features): wall median {med * 1e3:.0f} ms, best "
-          f"{min(times) * 1e3:.0f} ms; CPU time median {statistics.median(cpu) * 1e3:.0f} ms, best "
-          f"{min(cpu) * 1e3:.0f} ms over {args.repeat} builds (goal < 500 ms; one thread)")
+    print(
+        f"numba feature set ({len(fs.names)} features): wall median {med * 1e3:.0f} ms, best "
+        f"{min(times) * 1e3:.0f} ms; CPU time median {statistics.median(cpu) * 1e3:.0f} ms, best "
+        f"{min(cpu) * 1e3:.0f} ms over {args.repeat} builds (goal < 500 ms; one thread)"
+    )
 
     # per-kernel breakdown (one more pass with timers around each kernel call)
     from engine.features import nb as nbmod
@@ -71,13 +74,16 @@ def main() -> int:
     for name in dir(nbmod):
         fn = getattr(nbmod, name)
         if name.endswith("_nb") and callable(fn):
+
             def make(fn=fn, name=name):
                 def w(*a):
                     t0 = time.perf_counter()
                     r = fn(*a)
                     timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
                     return r
+
                 return w
+
             wrapped[name] = fn
             setattr(nbmod, name, make())
     import engine.features.spread as sp
@@ -115,10 +121,13 @@ def main() -> int:
     for name, e in err.items():
         if e > 1e-9:
             print(f"  MISMATCH {name}: max relative difference {e:.3g}")
-    print(f"pandas/numpy reference: wall {ref_t:.2f} s, CPU {ref_cpu:.2f} s "
-          f"(max relative difference to the kernels {worst:.1e})")
-    print(f"ratio reference / numba: wall {ref_t / med:.1f}x, CPU {ref_cpu / statistics.median(cpu):.1f}x "
-          f"(goal >= 20x)")
+    print(
+        f"pandas/numpy reference: wall {ref_t:.2f} s, CPU {ref_cpu:.2f} s "
+        f"(max relative difference to the kernels {worst:.1e})"
+    )
+    print(
+        f"ratio reference / numba: wall {ref_t / med:.1f}x, CPU {ref_cpu / statistics.median(cpu):.1f}x (goal >= 20x)"
+    )
     return 0
 
 

@@ -29,33 +29,44 @@ def main() -> None:
     panel = flat_panel(200)
     with tempfile.TemporaryDirectory() as d:
         state = None if args.no_state else str(Path(d) / "bench.sqlite")
-        sim = start_sim(panel, start=T0 + 50 * 3600, state=state, balances={"USD": "1e12"},
-                        config=sim_test_config(fills={"max_open_orders": 10**6}))
+        sim = start_sim(
+            panel,
+            start=T0 + 50 * 3600,
+            state=state,
+            balances={"USD": "1e12"},
+            config=sim_test_config(fills={"max_open_orders": 10**6}),
+        )
         try:
             for _ in range(20):  # warm up
-                t = sim.trade.create_order(ordertype="limit", side="buy", pair="XBTUSD", volume="0.001",
-                                           price="19000")["txid"][0]
+                t = sim.trade.create_order(ordertype="limit", side="buy", pair="XBTUSD", volume="0.001", price="19000")[
+                    "txid"
+                ][0]
                 sim.user.get_orders_info(txid=t)
             t0 = time.perf_counter()
             for i in range(args.n):
-                t = sim.trade.create_order(ordertype="limit", side="buy", pair="XBTUSD", volume="0.001",
-                                           price="19000", userref=i)["txid"][0]
+                t = sim.trade.create_order(
+                    ordertype="limit", side="buy", pair="XBTUSD", volume="0.001", price="19000", userref=i
+                )["txid"][0]
                 assert sim.user.get_orders_info(txid=t)[t]["status"] == "open"
             http = args.n / (time.perf_counter() - t0)
         finally:
             sim.stop()
 
-    ex = Exchange(Market(panel, use_estimator=False), SimClock(T0 + 50 * 3600),
-                  sim_test_config(fills={"max_open_orders": 10**6}))
+    ex = Exchange(
+        Market(panel, use_estimator=False), SimClock(T0 + 50 * 3600), sim_test_config(fills={"max_open_orders": 10**6})
+    )
     acct = ex.add_account("a", "k", "c2VjcmV0", {"USD": Decimal("1e12")})
     t0 = time.perf_counter()
-    for i in range(args.n):
-        t = ex.add_order(acct, {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001",
-                                "price": "19000"})["txid"][0]
+    for _ in range(args.n):
+        t = ex.add_order(
+            acct, {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001", "price": "19000"}
+        )["txid"][0]
         ex.query_orders(acct, {"txid": t})
     core = args.n / (time.perf_counter() - t0)
-    print(f"AddOrder+QueryOrders round trips via python-kraken-sdk: {http:,.0f}/s "
-          f"({'no state file' if args.no_state else 'SQLite write-through'}, n={args.n})")
+    print(
+        f"AddOrder+QueryOrders round trips via python-kraken-sdk: {http:,.0f}/s "
+        f"({'no state file' if args.no_state else 'SQLite write-through'}, n={args.n})"
+    )
     print(f"in-process exchange core (reference):                  {core:,.0f}/s  ratio sdk/core = {http / core:.3f}")
 
 

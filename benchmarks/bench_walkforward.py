@@ -64,16 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     panel = load_shared_panel(stems, None if t0 is None else t0 - rc.warmup_bars * 3600, t1)
     t_load = time.perf_counter() - t
     print(f"panel: {panel.n_bars:,} bars x {panel.n_pairs} pairs, loaded in {t_load:.1f} s")
-    print(f"meta: n_jobs {rc.models.meta.n_jobs}, share_horizons {rc.models.meta.share_horizons}, "
-          f"inner_folds {rc.folds.inner_folds}")
+    print(
+        f"meta: n_jobs {rc.models.meta.n_jobs}, share_horizons {rc.models.meta.share_horizons}, "
+        f"inner_folds {rc.folds.inner_folds}"
+    )
 
     fold_t: dict[int, list[float]] = {}
 
     def prog(ev, **kw):
         now = time.perf_counter()
         if ev == "plan":
-            print(f"plan: {kw['n_folds']} folds x horizons {kw['horizons']}; models {', '.join(kw['models'])}; "
-                  f"{kw['inner_folds']} inner folds", flush=True)
+            print(
+                f"plan: {kw['n_folds']} folds x horizons {kw['horizons']}; models {', '.join(kw['models'])}; "
+                f"{kw['inner_folds']} inner folds",
+                flush=True,
+            )
         elif ev == "step":
             fold_t.setdefault(kw["fold"], [now, now])
         elif ev == "fold_done":
@@ -89,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in res.timings:
         k = r["fold"]
         per_fold[k] = fold_t[k][1] - fold_t[k][0] if k in fold_t else r["fit_s"] + r["predict_s"]
-        print(f"{k:>4} {per_fold[k]:>7.1f} {r['fit_s']:>7.1f} {r['predict_s']:>7.1f} {r['n_train_rows']:>8,}  "
-              + " ".join(f"{r['base_fit_s'].get(m, 0.0):>13.1f}" for m in names))
+        print(
+            f"{k:>4} {per_fold[k]:>7.1f} {r['fit_s']:>7.1f} {r['predict_s']:>7.1f} {r['n_train_rows']:>8,}  "
+            + " ".join(f"{r['base_fit_s'].get(m, 0.0):>13.1f}" for m in names)
+        )
     tot = {m: sum(r["base_fit_s"].get(m, 0.0) for r in res.timings) for m in names}
     print("per model, all folds (s): " + ", ".join(f"{m} {v:.1f}" for m, v in tot.items()))
     print("stages:", res.stage_seconds)
@@ -101,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     run_s = time.perf_counter() - t_all
     mean_fold = sum(per_fold.values()) / max(len(per_fold), 1)
-    print(f"wall {wall:.1f} s in run_walkforward for {len(per_fold)} of {total_folds} folds; "
-          f"mean {mean_fold:.1f} s per fold; peak RSS {peak:,.0f} MB")
+    print(
+        f"wall {wall:.1f} s in run_walkforward for {len(per_fold)} of {total_folds} folds; "
+        f"mean {mean_fold:.1f} s per fold; peak RSS {peak:,.0f} MB"
+    )
     if len(per_fold) >= total_folds:
         print(f"total_s={run_s:.1f} ratio_vs_goal={GOAL_S / run_s:.3f} (goal {GOAL_S:.0f} s; > 1 meets it)")
     else:
@@ -111,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         more = total_folds - len(per_fold)
         bt = float(res.stage_seconds.get("backtests_s", 0.0))
         est = run_s + mean_fold * more + bt * more / max(len(per_fold), 1)
-        print(f"est_full_s={est:.1f} ratio_vs_goal_est={GOAL_S / est:.3f} (extrapolated from {len(per_fold)} "
-              f"fold(s); run --full for the measured ratio_vs_goal)")
+        print(
+            f"est_full_s={est:.1f} ratio_vs_goal_est={GOAL_S / est:.3f} (extrapolated from {len(per_fold)} "
+            f"fold(s); run --full for the measured ratio_vs_goal)"
+        )
     return 0
 
 

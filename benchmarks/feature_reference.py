@@ -82,7 +82,7 @@ def atr(h: np.ndarray, lo: np.ndarray, c: np.ndarray, w: int) -> np.ndarray:
         for i in range(w, run.size):
             a = (a * (w - 1) + v[i]) / w
             res[i - w + 1] = a
-        out[run[w - 1:]] = res
+        out[run[w - 1 :]] = res
     return out
 
 
@@ -90,8 +90,8 @@ def pct_rank(x: np.ndarray, w: int, min_periods: int) -> np.ndarray:
     W = _windows(x, w)
     cur = x[:, None]
     n = np.isfinite(W).sum(axis=1)
-    less = (W < cur).sum(axis=1)
-    eq = (W == cur).sum(axis=1)
+    less = (cur > W).sum(axis=1)
+    eq = (cur == W).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (less + 0.5 * (eq + 1)) / n
     return np.where(np.isfinite(x) & (n >= min_periods), out, np.nan)
@@ -147,8 +147,9 @@ def beta_corr(x: np.ndarray, y: np.ndarray, w: int, min_periods: int):
     return np.where(ok & (syy > 0), beta, np.nan), np.where(ok & (syy > 0) & (sxx > 0), corr, np.nan)
 
 
-def clusters(r: np.ndarray, ts: np.ndarray, member: np.ndarray, w: int, min_periods: int, every: int,
-             threshold: float) -> np.ndarray:
+def clusters(
+    r: np.ndarray, ts: np.ndarray, member: np.ndarray, w: int, min_periods: int, every: int, threshold: float
+) -> np.ndarray:
     """Average linkage (scipy) on 1 - corr (pandas pairwise-complete corr), labels by lowest column."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
@@ -160,7 +161,7 @@ def clusters(r: np.ndarray, ts: np.ndarray, member: np.ndarray, w: int, min_peri
     for t in range(n):
         if (ts[t] // 3600) % every == 0:
             lo = max(0, t - w + 1)
-            win = frame.iloc[lo:t + 1]
+            win = frame.iloc[lo : t + 1]
             cnt = win.notna().sum().to_numpy()
             elig = member[t] & (cnt >= min_periods)
             cur = np.full(m, -1, dtype=np.int64)
@@ -183,8 +184,13 @@ def clusters(r: np.ndarray, ts: np.ndarray, member: np.ndarray, w: int, min_peri
     return out
 
 
-def reference_features(panel: Panel, cfg: FeaturesConfig, spread: np.ndarray | None = None,
-                       universe_mask: np.ndarray | None = None, with_clusters: bool = True) -> dict[str, np.ndarray]:
+def reference_features(
+    panel: Panel,
+    cfg: FeaturesConfig,
+    spread: np.ndarray | None = None,
+    universe_mask: np.ndarray | None = None,
+    with_clusters: bool = True,
+) -> dict[str, np.ndarray]:
     """Every feature as an (n, m) array, same names and rules as build_features."""
     n, m = panel.n_bars, panel.n_pairs
     v = panel.valid
@@ -214,8 +220,11 @@ def reference_features(panel: Panel, cfg: FeaturesConfig, spread: np.ndarray | N
         vp = pct_rank(sd, cfg.vol_pct_window, cfg.vol_pct_min_periods)
         put("vol_pct", j, vp)
         put("vol_regime", j, np.where(np.isnan(vp), np.nan, (vp >= cfg.vol_regime_pct).astype(float)))
-        put("volume_surge", j, ratio_to_prev(vol_, median(vol_, cfg.volume_median_window,
-                                                          cfg.volume_median_min_periods)))
+        put(
+            "volume_surge",
+            j,
+            ratio_to_prev(vol_, median(vol_, cfg.volume_median_window, cfg.volume_median_min_periods)),
+        )
         if cfg.spread_method != "none":
             s = spread[:, j]
             put("spread", j, s)
@@ -239,8 +248,7 @@ def reference_features(panel: Panel, cfg: FeaturesConfig, spread: np.ndarray | N
         has_a = member & np.isfinite(C) & np.isfinite(sma_all)
         has_u = member & np.isfinite(r24_all)
         na, nu = has_a.sum(1), has_u.sum(1)
-        above = np.where(na > 0, (has_a & (C - sma_all > 1e-12 * np.abs(sma_all))).sum(1) / np.maximum(na, 1),
-                         np.nan)
+        above = np.where(na > 0, (has_a & (C - sma_all > 1e-12 * np.abs(sma_all))).sum(1) / np.maximum(na, 1), np.nan)
         up = np.where(nu > 0, (has_u & (r24_all > 0)).sum(1) / np.maximum(nu, 1), np.nan)
         has_b = has_a & has_u
         nbb = has_b.sum(1)
@@ -252,8 +260,9 @@ def reference_features(panel: Panel, cfg: FeaturesConfig, spread: np.ndarray | N
     out["breadth"] = np.repeat(both[:, None], m, axis=1)
     if not with_clusters:
         return out
-    cl = clusters(r1_all, panel.ts, member, cfg.corr_window, cfg.corr_min_periods, cfg.cluster_every,
-                  cfg.cluster_threshold)
+    cl = clusters(
+        r1_all, panel.ts, member, cfg.corr_window, cfg.corr_min_periods, cfg.cluster_every, cfg.cluster_threshold
+    )
     out["cluster"] = np.where(cl >= 0, cl.astype(float), np.nan)
     return out
 
@@ -271,8 +280,9 @@ def compare(values: dict[str, np.ndarray], ref: dict[str, np.ndarray], cfg: Feat
     ref = dict(ref)
     if "vol_pct" in ref:
         vol = values["vol"]
-        vp = np.column_stack([pct_rank(vol[:, j], cfg.vol_pct_window, cfg.vol_pct_min_periods)
-                              for j in range(vol.shape[1])])
+        vp = np.column_stack(
+            [pct_rank(vol[:, j], cfg.vol_pct_window, cfg.vol_pct_min_periods) for j in range(vol.shape[1])]
+        )
         ref["vol_pct"] = vp
         ref["vol_regime"] = np.where(np.isnan(vp), np.nan, (vp >= cfg.vol_regime_pct).astype(float))
     for name, b in ref.items():

@@ -31,12 +31,22 @@ from engine.features.config import FeaturesConfig
 from engine.lifecycle_config import LifecycleConfig
 from engine.risk.config import RiskConfig
 
-__all__ = ["MAX_CONFIG_BYTES", "MAX_DEPTH", "Config", "DataConfig", "FeesConfig", "Frozen", "LabelsConfig",
-           "config_from_dict", "load_config", "read_toml"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_DEPTH",
+    "Config",
+    "DataConfig",
+    "FeesConfig",
+    "Frozen",
+    "LabelsConfig",
+    "config_from_dict",
+    "load_config",
+    "read_toml",
+]
 
-MAX_CONFIG_BYTES = 1 << 20   # a config file is a few kB; anything above 1 MiB is refused unread
-MAX_DEPTH = 16               # tables/arrays nested deeper than this are refused (the deepest real key has 3)
-MAX_EXTENDS = 8              # length of an ``extends`` chain
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kB; anything above 1 MiB is refused unread
+MAX_DEPTH = 16  # tables/arrays nested deeper than this are refused (the deepest real key has 3)
+MAX_EXTENDS = 8  # length of an ``extends`` chain
 
 
 class DataConfig(Frozen):
@@ -135,8 +145,9 @@ def _read_text(p: Path) -> str:
         with open(p, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except (OSError, ValueError) as e:  # permission, name too long, embedded NUL byte, ...
-        raise ConfigError(f"{p}: cannot be read ({e.strerror if isinstance(e, OSError) and e.strerror else e})") \
-            from None
+        raise ConfigError(
+            f"{p}: cannot be read ({e.strerror if isinstance(e, OSError) and e.strerror else e})"
+        ) from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{p}: too large for a config file (at most {MAX_CONFIG_BYTES} bytes)")
     try:

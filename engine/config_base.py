@@ -28,8 +28,9 @@ def _inf_as_text(v: float) -> float | str:
     return "inf" if math.isinf(v) else v
 
 
-InfOff = Annotated[float, Field(allow_inf_nan=True), PlainSerializer(_inf_as_text, return_type=float | str,
-                                                                      when_used="json")]
+InfOff = Annotated[
+    float, Field(allow_inf_nan=True), PlainSerializer(_inf_as_text, return_type=float | str, when_used="json")
+]
 """A float field where ``inf`` means "off" (e.g. ``risk.spread_max``): ``inf`` is accepted from TOML
 (and as the string ``"inf"``), NaN is still refused by the field's bound, and JSON dumps write
 ``"inf"`` (a string) so every JSON the system writes stays strict."""

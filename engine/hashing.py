@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sha256_file", "canonical_json", "sha256_json"]
+__all__ = ["canonical_json", "sha256_file", "sha256_json"]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -28,48 +28,74 @@ from pydantic import Field
 
 from engine.config_base import Frozen
 
-__all__ = ["ENVIRONMENTS", "PROTECTED_GATE_THRESHOLDS", "PROTECTED_SOURCE", "STRICTER", "LifecycleConfig",
-           "effective_thresholds", "looser_than", "protected_sha256", "protected_thresholds"]
+__all__ = [
+    "ENVIRONMENTS",
+    "PROTECTED_GATE_THRESHOLDS",
+    "PROTECTED_SOURCE",
+    "STRICTER",
+    "LifecycleConfig",
+    "effective_thresholds",
+    "looser_than",
+    "protected_sha256",
+    "protected_thresholds",
+]
 
 ENVIRONMENTS = ("paper", "live")
 
 # For each threshold, which way is stricter: "higher" (a minimum) or "lower" (a maximum).
-STRICTER: Mapping[str, str] = MappingProxyType({
-    "min_sharpe": "higher", "max_drawdown": "lower", "max_daily_turnover": "lower", "exposure_tolerance": "lower"})
+STRICTER: Mapping[str, str] = MappingProxyType(
+    {"min_sharpe": "higher", "max_drawdown": "lower", "max_daily_turnover": "lower", "exposure_tolerance": "lower"}
+)
 
-_GATES = MappingProxyType({"min_sharpe": 0.5, "max_drawdown": 0.15, "max_daily_turnover": 2.0,
-                           "exposure_tolerance": 0.05})
+_GATES = MappingProxyType(
+    {"min_sharpe": 0.5, "max_drawdown": 0.15, "max_daily_turnover": 2.0, "exposure_tolerance": 0.05}
+)
 # The floor every paper or live approval must meet. Paper rehearses live with the same model, so it
 # has the same floor (docs/DECISIONS.md 2026-12-07). Changing a number here is a reviewed code change;
 # a config file can only tighten them.
-PROTECTED_GATE_THRESHOLDS: Mapping[str, Mapping[str, float]] = MappingProxyType(
-    {"paper": _GATES, "live": _GATES})
+PROTECTED_GATE_THRESHOLDS: Mapping[str, Mapping[str, float]] = MappingProxyType({"paper": _GATES, "live": _GATES})
 PROTECTED_SOURCE = "engine.lifecycle_config.PROTECTED_GATE_THRESHOLDS"
 
 
 class LifecycleConfig(Frozen):
     # gate 3: out-of-sample quality of the candidate's walk-forward backtest
-    min_sharpe: float = Field(_GATES["min_sharpe"], ge=-10.0, le=20.0,
-                              description="gate 3: annualised Sharpe of the OOS meta strategy must be >= this "
-                                          "(only a value above the protected one has an effect)")
-    max_drawdown: float = Field(_GATES["max_drawdown"], gt=0.0, le=1.0,
-                                description="gate 3: max drawdown (fraction of peak equity) must be <= this "
-                                            "(only a value below the protected one has an effect)")
+    min_sharpe: float = Field(
+        _GATES["min_sharpe"],
+        ge=-10.0,
+        le=20.0,
+        description="gate 3: annualised Sharpe of the OOS meta strategy must be >= this "
+        "(only a value above the protected one has an effect)",
+    )
+    max_drawdown: float = Field(
+        _GATES["max_drawdown"],
+        gt=0.0,
+        le=1.0,
+        description="gate 3: max drawdown (fraction of peak equity) must be <= this "
+        "(only a value below the protected one has an effect)",
+    )
     # gate 4: risk
     max_daily_turnover: float = Field(
-        _GATES["max_daily_turnover"], gt=0.0, le=1000.0,
+        _GATES["max_daily_turnover"],
+        gt=0.0,
+        le=1000.0,
         description="gate 4: traded notional (buys + sells) / mean equity PER DAY must be <= this "
-                    "(metrics.json 'turnover' is the same ratio per year: divide by 365); only a value below "
-                    "the protected one has an effect")
+        "(metrics.json 'turnover' is the same ratio per year: divide by 365); only a value below "
+        "the protected one has an effect",
+    )
     exposure_tolerance: float = Field(
-        _GATES["exposure_tolerance"], ge=0.0, le=0.5,
+        _GATES["exposure_tolerance"],
+        ge=0.0,
+        le=0.5,
         description="gate 4 audit: relative slack on the exposure cap at the close of an entry's bar "
-                    "(prices move between the fill and the close); 0.05 = 20% cap checked at 21%; only a value "
-                    "below the protected one has an effect")
+        "(prices move between the fill and the close); 0.05 = 20% cap checked at 21%; only a value "
+        "below the protected one has an effect",
+    )
     # where approvals live
     approvals_dir: str | None = Field(
-        None, description="approvals store (state per environment + hash-chained approvals.log); "
-                          "default data/approvals; a relative path is relative to the working directory")
+        None,
+        description="approvals store (state per environment + hash-chained approvals.log); "
+        "default data/approvals; a relative path is relative to the working directory",
+    )
 
 
 def _stricter(key: str, a: float, b: float) -> float:
@@ -93,8 +119,12 @@ def protected_thresholds(env: str | None = None) -> dict[str, float]:
 
 def protected_sha256() -> str:
     """SHA-256 of the canonical JSON of the protected table (what a verdict and an approval name)."""
-    blob = json.dumps({e: dict(t) for e, t in PROTECTED_GATE_THRESHOLDS.items()}, sort_keys=True,
-                      separators=(",", ":"), allow_nan=False)
+    blob = json.dumps(
+        {e: dict(t) for e, t in PROTECTED_GATE_THRESHOLDS.items()},
+        sort_keys=True,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

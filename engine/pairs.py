@@ -34,8 +34,24 @@ _KRAKEN_ASSET_IDS: dict[str, str] = {
 
 #: Every asset code this system knows (common spelling).
 KNOWN_ASSETS: frozenset[str] = frozenset(
-    {"BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE",
-     "USD", "USDT", "USDC", "EUR", "GBP", "DAI"}
+    {
+        "BTC",
+        "ETH",
+        "SOL",
+        "XRP",
+        "ADA",
+        "LTC",
+        "DOT",
+        "LINK",
+        "AVAX",
+        "DOGE",
+        "USD",
+        "USDT",
+        "USDC",
+        "EUR",
+        "GBP",
+        "DAI",
+    }
 )
 
 #: Quote currencies, longest first so ``BTCUSDT`` parses as BTC/USDT, not BTCU/SDT.
@@ -46,8 +62,14 @@ STABLECOINS: frozenset[str] = frozenset({"USDT", "USDC", "DAI"})
 
 # common code -> Kraken asset id (assets listed after 2017 have no X/Z prefix).
 _KRAKEN_ASSET_OF: dict[str, str] = {
-    "BTC": "XXBT", "ETH": "XETH", "LTC": "XLTC", "XRP": "XXRP", "DOGE": "XXDG",
-    "USD": "ZUSD", "EUR": "ZEUR", "GBP": "ZGBP",
+    "BTC": "XXBT",
+    "ETH": "XETH",
+    "LTC": "XLTC",
+    "XRP": "XXRP",
+    "DOGE": "XXDG",
+    "USD": "ZUSD",
+    "EUR": "ZEUR",
+    "GBP": "ZGBP",
 }
 # common code -> the code Kraken uses inside altnames and wsnames.
 _KRAKEN_ALT_OF: dict[str, str] = {"BTC": "XBT", "DOGE": "XDG"}
@@ -110,17 +132,17 @@ def normalize_pair(name: str) -> str:
 class Instrument:
     """Kraken's trading rules for one pair (AssetPairs). Decimal fields are exact."""
 
-    pair: str            # canonical, e.g. BTC/USD
-    kraken_id: str       # e.g. XXBTZUSD (result key in every Kraken response)
-    altname: str         # e.g. XBTUSD
-    wsname: str          # e.g. XBT/USD
-    base_id: str         # e.g. XXBT
-    quote_id: str        # e.g. ZUSD
-    pair_decimals: int   # price decimals
-    lot_decimals: int    # volume decimals
+    pair: str  # canonical, e.g. BTC/USD
+    kraken_id: str  # e.g. XXBTZUSD (result key in every Kraken response)
+    altname: str  # e.g. XBTUSD
+    wsname: str  # e.g. XBT/USD
+    base_id: str  # e.g. XXBT
+    quote_id: str  # e.g. ZUSD
+    pair_decimals: int  # price decimals
+    lot_decimals: int  # volume decimals
     cost_decimals: int
-    ordermin: Decimal    # minimum volume in base units
-    costmin: Decimal     # minimum cost in quote units
+    ordermin: Decimal  # minimum volume in base units
+    costmin: Decimal  # minimum cost in quote units
     tick_size: Decimal
 
     @property
@@ -164,9 +186,18 @@ def _make_instrument(base: str, quote: str) -> Instrument:
     kraken_id = f"{b_id}{q_id}" if legacy else altname
     kraken_id = _KRAKEN_ID_OVERRIDES.get(f"{base}/{quote}", kraken_id)
     return Instrument(
-        pair=f"{base}/{quote}", kraken_id=kraken_id, altname=altname, wsname=f"{b_alt}/{q_alt}",
-        base_id=b_id, quote_id=q_id, pair_decimals=pd_, lot_decimals=ld, cost_decimals=5,
-        ordermin=Decimal(omin), costmin=Decimal("0.5"), tick_size=Decimal(tick),
+        pair=f"{base}/{quote}",
+        kraken_id=kraken_id,
+        altname=altname,
+        wsname=f"{b_alt}/{q_alt}",
+        base_id=b_id,
+        quote_id=q_id,
+        pair_decimals=pd_,
+        lot_decimals=ld,
+        cost_decimals=5,
+        ordermin=Decimal(omin),
+        costmin=Decimal("0.5"),
+        tick_size=Decimal(tick),
     )
 
 

@@ -29,7 +29,8 @@ Model (all per hourly bar, log returns):
 
 Random streams: the regime path comes from ``SeedSequence([seed, 0])``, BTC's market shock from
 ``SeedSequence([seed, 1])``, each pair's own draws from ``SeedSequence([seed, crc32(pair)])``, so a
-pair's path does not depend on which other pairs were requested. Same seed -> bit-identical frames; another seed -> another market.
+pair's path does not depend on which other pairs were requested. Same seed -> bit-identical frames;
+another seed -> another market.
 """
 
 from __future__ import annotations
@@ -50,8 +51,16 @@ SYNTH_VENUE = "synthetic"
 DEFAULT_START_TS = 1640995200
 
 DEFAULT_SYNTH_PAIRS: tuple[str, ...] = (
-    "BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD",
-    "LTC/USD", "DOT/USD", "LINK/USD", "AVAX/USD", "DOGE/USD",
+    "BTC/USD",
+    "ETH/USD",
+    "SOL/USD",
+    "XRP/USD",
+    "ADA/USD",
+    "LTC/USD",
+    "DOT/USD",
+    "LINK/USD",
+    "AVAX/USD",
+    "DOGE/USD",
 )
 
 #: Regime ids used in the path returned with ``return_regimes=True``.
@@ -64,12 +73,14 @@ REGIME_VOL = np.array([1.0, 0.7, 1.8, 2.5])
 
 #: Hourly regime transition matrix (row = from). Expected stays: trend 200 h, range 250 h,
 #: high-vol 100 h, crash about 29 h.
-REGIME_TRANSITION = np.array([
-    [0.9950, 0.0030, 0.0015, 0.0005],
-    [0.0020, 0.9960, 0.0015, 0.0005],
-    [0.0040, 0.0040, 0.9900, 0.0020],
-    [0.0050, 0.0100, 0.0200, 0.9650],
-])
+REGIME_TRANSITION = np.array(
+    [
+        [0.9950, 0.0030, 0.0015, 0.0005],
+        [0.0020, 0.9960, 0.0015, 0.0005],
+        [0.0040, 0.0040, 0.9900, 0.0020],
+        [0.0050, 0.0100, 0.0200, 0.9650],
+    ]
+)
 
 GARCH_ALPHA = 0.08
 GARCH_BETA = 0.90
@@ -79,13 +90,13 @@ T_DF = 5.0
 
 @dataclass(frozen=True)
 class PairParams:
-    price0: float        # price at start (roughly the real level on 2022-01-01)
-    beta: float          # loading on BTC's market shock (BTC itself: 1)
-    sigma_idio: float    # hourly idiosyncratic volatility in a unit-volatility regime (BTC: 0)
-    drift_mult: float    # multiple of the regime drift
+    price0: float  # price at start (roughly the real level on 2022-01-01)
+    beta: float  # loading on BTC's market shock (BTC itself: 1)
+    sigma_idio: float  # hourly idiosyncratic volatility in a unit-volatility regime (BTC: 0)
+    drift_mult: float  # multiple of the regime drift
     quote_volume: float  # typical hourly volume in quote units
-    trade_size: float    # typical trade size in quote units
-    spread: float        # quoted spread as a fraction of price, baked into high/low
+    trade_size: float  # typical trade size in quote units
+    spread: float  # quoted spread as a fraction of price, baked into high/low
 
 
 #: BTC's market shock has hourly volatility SIGMA_BTC in a unit-volatility regime.
@@ -163,8 +174,9 @@ def _market(n_bars: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return reg, m, m_vol
 
 
-def _make_pair(pair: str, base: str, reg: np.ndarray, m: np.ndarray, m_vol: np.ndarray,
-               start_ts: int, seed: int) -> pd.DataFrame:
+def _make_pair(
+    pair: str, base: str, reg: np.ndarray, m: np.ndarray, m_vol: np.ndarray, start_ts: int, seed: int
+) -> pd.DataFrame:
     p = PAIR_PARAMS[base]
     n = reg.shape[0]
     rng = _pair_stream(seed, pair)
@@ -177,7 +189,7 @@ def _make_pair(pair: str, base: str, reg: np.ndarray, m: np.ndarray, m_vol: np.n
         idio = np.zeros(n)
         idio_vol = np.zeros(n)
     r = p.drift_mult * REGIME_DRIFT[reg] + p.beta * m + idio
-    sig = np.sqrt((p.beta * m_vol) ** 2 + idio_vol ** 2)  # this bar's conditional volatility
+    sig = np.sqrt((p.beta * m_vol) ** 2 + idio_vol**2)  # this bar's conditional volatility
 
     # Mid price path; every traded price (open, close) is at the bid or the ask of that mid.
     log_mid = np.log(p.price0) + np.cumsum(r)
@@ -201,18 +213,33 @@ def _make_pair(pair: str, base: str, reg: np.ndarray, m: np.ndarray, m_vol: np.n
     cycle = 1.0 + 0.3 * np.sin(2.0 * np.pi * (hours - 9) / 24.0)  # busiest in the US afternoon
     base_sig = np.hypot(p.beta * SIGMA_BTC, p.sigma_idio)
     surge = np.exp(0.35 * np.abs(r) / base_sig + 0.5 * (sig / base_sig - 1.0))
-    qv = p.quote_volume * cycle * surge * np.exp(0.35 * rng.standard_normal(n) - 0.35 ** 2 / 2)
+    qv = p.quote_volume * cycle * surge * np.exp(0.35 * rng.standard_normal(n) - 0.35**2 / 2)
     vwap_w = np.clip(0.5 + 0.25 * np.sign(r) + 0.1 * rng.standard_normal(n), 0.05, 0.95)
     vwap = low + (high - low) * vwap_w
     volume = qv / vwap
     trades = np.maximum(1.0, np.round(qv / (p.trade_size * np.exp(0.3 * rng.standard_normal(n)))))
     ts = start_ts + HOUR * np.arange(n, dtype=np.int64)
-    return pd.DataFrame({"ts": ts, "open": open_, "high": high, "low": low, "close": close,
-                         "volume": volume, "trades": trades, "vwap": vwap})
+    return pd.DataFrame(
+        {
+            "ts": ts,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
+            "trades": trades,
+            "vwap": vwap,
+        }
+    )
 
 
-def generate_market(pairs: Sequence[str] = DEFAULT_SYNTH_PAIRS, start_ts: int = DEFAULT_START_TS,
-                    n_bars: int = 8760, seed: int = 7, return_regimes: bool = False):
+def generate_market(
+    pairs: Sequence[str] = DEFAULT_SYNTH_PAIRS,
+    start_ts: int = DEFAULT_START_TS,
+    n_bars: int = 8760,
+    seed: int = 7,
+    return_regimes: bool = False,
+):
     """Generate a SYNTHETIC hourly market (invented data, venue ``synthetic``; never real).
 
     Returns ``{canonical pair: frame}`` with columns ts (int64 bar-open UTC seconds, hourly, no gaps),

@@ -3,7 +3,7 @@ the one parser of user-given times (``--start``/``--end``, ``[research] start``/
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = ["HOUR", "parse_utc"]
 
@@ -34,7 +34,7 @@ def parse_utc(value: str | int | None, *, end: bool = False) -> int | None:
     except ValueError:
         raise InputError(f"invalid time {value!r} (use unix seconds, 2024-01-31 or 2024-01-31T13:00)") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     ts = int(dt.timestamp())
     if end and len(v) == 10:
         ts += 86400 - 1

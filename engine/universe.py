@@ -58,10 +58,12 @@ def _codes(v: tuple[str, ...]) -> tuple[str, ...]:
 class ExclusionConfig(Frozen):
     stablecoins: tuple[str, ...] = Field(
         ("USDT", "USDC", "DAI", "BUSD", "TUSD", "USDP", "FDUSD", "PYUSD", "USDD", "EURT"),
-        description="stablecoins: never traded as a base asset")
+        description="stablecoins: never traded as a base asset",
+    )
     meme: tuple[str, ...] = Field(
         ("DOGE", "SHIB", "PEPE", "FLOKI", "BONK", "WIF", "MEME", "BOME"),
-        description="meme coins: kept out of trading even where their bars are in the data")
+        description="meme coins: kept out of trading even where their bars are in the data",
+    )
 
     _norm = field_validator("stablecoins", "meme")(classmethod(lambda cls, v: _codes(v)))
 
@@ -72,22 +74,24 @@ class ExclusionConfig(Frozen):
 
 class LiquidityConfig(Frozen):
     min_median_daily_quote_volume: float = Field(
-        1_000_000.0, ge=0.0, description="minimum trailing median of 24h quote volume (quote units)")
+        1_000_000.0, ge=0.0, description="minimum trailing median of 24h quote volume (quote units)"
+    )
     volume_days: int = Field(30, ge=1, le=365, description="trailing days for both medians")
     max_spread: float = Field(0.008, gt=0.0, le=0.2, description="maximum trailing median estimated spread (fraction)")
     spread_window: int = Field(24, ge=1, le=720, description="bars averaged by the spread estimate")
     spread_method: Literal["corwin_schultz", "abdi_ranaldo"] = "corwin_schultz"
     spread_min_fraction: float = Field(
-        0.5, gt=0.0, le=1.0, description="share of the trailing spread estimates that must exist")
+        0.5, gt=0.0, le=1.0, description="share of the trailing spread estimates that must exist"
+    )
 
 
 class UniverseConfig(Frozen):
     candidates: tuple[str, ...] = Field(
-        ("BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX"),
-        description="base assets that may be traded")
+        ("BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX"), description="base assets that may be traded"
+    )
     quotes: dict[str, str] = Field(
-        {"kraken": "USD", "synthetic": "USD", "binance": "USDT"},
-        description="the quote currency traded on each venue")
+        {"kraken": "USD", "synthetic": "USD", "binance": "USDT"}, description="the quote currency traded on each venue"
+    )
     exclude: ExclusionConfig = ExclusionConfig()
     liquidity: LiquidityConfig = LiquidityConfig()
 
@@ -112,8 +116,7 @@ class UniverseConfig(Frozen):
     def is_member(self, pair: str, venue: str) -> bool:
         """Static membership: candidate base, not excluded, quote of (one of) the panel's venue(s)."""
         base, quote = split_pair(pair)
-        return (base in self.candidates and base not in self.exclude.all
-                and quote in self.venue_quotes(venue))
+        return base in self.candidates and base not in self.exclude.all and quote in self.venue_quotes(venue)
 
     def venue_quotes(self, venue: str) -> frozenset[str]:
         """Quotes allowed for a panel venue; a mixed panel (``binance+kraken``) allows each venue's."""
@@ -121,8 +124,9 @@ class UniverseConfig(Frozen):
         for v in venue.split("+"):
             q = self.quotes.get(v.strip().lower())
             if q is None:
-                raise InputError(f"venue {v!r} has no quote in the universe config "
-                                 f"(quotes: {', '.join(sorted(self.quotes))})")
+                raise InputError(
+                    f"venue {v!r} has no quote in the universe config (quotes: {', '.join(sorted(self.quotes))})"
+                )
             out.add(q)
         return frozenset(out)
 

@@ -29,21 +29,28 @@ def main(argv: list[str] | None = None) -> int:
         from engine.store.market import MarketStore
         from engine.store.readers import SUPPORTED_SUFFIXES
 
-        files = sorted(p for p in shared.glob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES) \
-            if shared.is_dir() else []
+        files = (
+            sorted(p for p in shared.glob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+            if shared.is_dir()
+            else []
+        )
         t0 = time.perf_counter()
         if files:
             con.print(f"[bold]DATA: REAL market data[/] from {shared} ({len(files)} files)")
             with MarketStore(store) as s:
                 rep = s.import_files(files)
-            con.print(f"import: {rep.summary()} in {time.perf_counter() - t0:.2f} s"
-                      + (" (nothing new: already imported)" if rep.noop else ""))
+            con.print(
+                f"import: {rep.summary()} in {time.perf_counter() - t0:.2f} s"
+                + (" (nothing new: already imported)" if rep.noop else "")
+            )
             venue = None
         else:
             from kq.data import synth_into_store
 
-            con.print(f"[bold yellow]DATA: SYNTHETIC market (invented data, venue 'synthetic'): no shared "
-                      f"data found at {shared}[/]")
+            con.print(
+                f"[bold yellow]DATA: SYNTHETIC market (invented data, venue 'synthetic'): no shared "
+                f"data found at {shared}[/]"
+            )
             rep, _ = synth_into_store(store, None, None, 8760, 7)
             con.print(f"synthetic: {rep.summary()} in {time.perf_counter() - t0:.2f} s")
             venue = "synthetic"
@@ -51,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             report = s.check(venue)
         print_report(report, con)
         if files and any(p["venue"] == "synthetic" for p in report["pairs"]):
-            con.print("note: this store also holds SYNTHETIC bars (venue 'synthetic'); they are never mixed "
-                      "with real venues")
+            con.print(
+                "note: this store also holds SYNTHETIC bars (venue 'synthetic'); they are never mixed with real venues"
+            )
         if report["blocking"]:
             return 1
-        if argv is not None and "--data-only" in argv or "--data-only" in sys.argv[1:]:
+        if (argv is not None and "--data-only" in argv) or "--data-only" in sys.argv[1:]:
             return 0
         return _walkforward(con, store, synthetic=venue == "synthetic")
     except KQError as e:
@@ -69,8 +77,16 @@ def _walkforward(con, store, synthetic: bool) -> int:
 
     out = data_dir() / "runs" / "demo-walkforward"
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = ["walkforward", "--config", str(configs_dir() / "ci.toml"), "--store", str(store), "--out", str(out),
-            "--register"]
+    args = [
+        "walkforward",
+        "--config",
+        str(configs_dir() / "ci.toml"),
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--register",
+    ]
     if synthetic:  # ci.toml names Binance pairs; on a fresh machine run the same loop on the synthetic market
         args += ["--venue", "synthetic", "--pairs", "BTC/USD,ETH/USD", "--start", "2022-03-01", "--end", "2022-07-01"]
         con.print("[bold yellow]research run on SYNTHETIC data: the numbers say nothing about real markets[/]")

@@ -31,9 +31,17 @@ def write_features_parquet(fs, out: str) -> int:
     p = check_out(out)
     df = fs.to_long()
     table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = {b"krakenquant.features": json.dumps({
-        "venue": fs.venue, "pairs": list(fs.pairs), "names": list(fs.names),
-        "config": fs.config.model_dump(mode="json"), "content_hash": fs.content_hash}).encode()}
+    meta = {
+        b"krakenquant.features": json.dumps(
+            {
+                "venue": fs.venue,
+                "pairs": list(fs.pairs),
+                "names": list(fs.names),
+                "config": fs.config.model_dump(mode="json"),
+                "content_hash": fs.content_hash,
+            }
+        ).encode()
+    }
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
@@ -55,9 +63,13 @@ def register(app: typer.Typer) -> None:
         start: str = typer.Option(None, "--start", help="first bar: unix seconds or ISO date/datetime (UTC)"),
         end: str = typer.Option(None, "--end", help="last bar, inclusive (a bare date includes that day)"),
         store: str = typer.Option(None, "--store", help=STORE_HELP),
-        universe: str = typer.Option(None, "--universe", help="restrict breadth and clusters to the tradable "
-                                     "universe of this universe TOML ('default' = configs/universe.toml); "
-                                     "default: every pair of the panel"),
+        universe: str = typer.Option(
+            None,
+            "--universe",
+            help="restrict breadth and clusters to the tradable "
+            "universe of this universe TOML ('default' = configs/universe.toml); "
+            "default: every pair of the panel",
+        ),
     ) -> None:
         """Compute the causal feature set (bars <= t only) and write it as long-form Parquet.
 
@@ -79,8 +91,13 @@ def register(app: typer.Typer) -> None:
         names = parse_pairs(pairs)
         check_out(out)
         warm = cfg.features.warmup_bars * 3600
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=_console(stderr=True), transient=False) as prog:  # progress on stderr
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=_console(stderr=True),
+            transient=False,
+        ) as prog:  # progress on stderr
             task = prog.add_task("loading bars from the market store", total=3)
             with MarketStore(store or cfg.data.store, read_only=True) as s:
                 if names is None:
@@ -89,7 +106,9 @@ def register(app: typer.Typer) -> None:
                         raise InputError(f"no pairs stored for venue {v!r}")
                 # load warmup_bars of history before --start so the first rows are already final
                 panel = s.load_panel(names, v, None if t0 is None else t0 - warm, t1)
-            prog.update(task, advance=1, description=f"computing features ({panel.n_bars:,} bars x {panel.n_pairs} pairs)")
+            prog.update(
+                task, advance=1, description=f"computing features ({panel.n_bars:,} bars x {panel.n_pairs} pairs)"
+            )
             mask = None
             if universe is not None:
                 from engine.universe import load_universe, universe_mask
@@ -101,5 +120,7 @@ def register(app: typer.Typer) -> None:
             prog.update(task, advance=1, description=f"writing {out}")
             n = write_features_parquet(fs, out)
             prog.update(task, advance=1, description="done")
-        typer.echo(f"wrote {n:,} rows x {len(fs.names)} features ({panel.venue}, {', '.join(panel.pairs)}) "
-                   f"to {out} (sha256 {fs.content_hash[:16]})")
+        typer.echo(
+            f"wrote {n:,} rows x {len(fs.names)} features ({panel.venue}, {', '.join(panel.pairs)}) "
+            f"to {out} (sha256 {fs.content_hash[:16]})"
+        )

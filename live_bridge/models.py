@@ -38,11 +38,11 @@ __all__ = ["ApprovedModel", "load_approved"]
 @dataclass(frozen=True, eq=False)
 class ApprovedModel:
     env: str
-    model: str                # candidate ref "NAME/VERSION"
+    model: str  # candidate ref "NAME/VERSION"
     path: Path
     manifest_sha256: str
-    approval: dict            # the approvals-log entry that made it current (promote or rollback)
-    bundle: Any               # research.bundle.ModelBundle
+    approval: dict  # the approvals-log entry that made it current (promote or rollback)
+    bundle: Any  # research.bundle.ModelBundle
 
     def predict(self, features, panel, at: int | None = None):
         return self.bundle.predict(features, panel, at)
@@ -69,8 +69,9 @@ def load_approved(env: str, cfg=None, *, approvals_dir: str | Path | None = None
             raise IntegrityError(f"model loader ({env}): {rep.message}")
         cur = rep.states[env]["current"]
         if cur is None:
-            raise ConfigError(f"model loader ({env}): no model is approved for {env} "
-                              f"(kq models promote MODEL --env {env} ...)")
+            raise ConfigError(
+                f"model loader ({env}): no model is approved for {env} (kq models promote MODEL --env {env} ...)"
+            )
         entry = _entry(store, rep.states[env]["last_seq"])
         path = Path(cur["path"])
         what = f"model loader ({env})"
@@ -85,12 +86,15 @@ def load_approved(env: str, cfg=None, *, approvals_dir: str | Path | None = None
             raise IntegrityError(f"{what}: {path} changed while loading ({probs[0] if probs else 'manifest'})")
     want_names, want_hash = tuple(feature_names(cfg.features)), feature_schema_sha256(cfg.features)
     if tuple(bundle.feature_names) != want_names or bundle.feature_schema_sha256 != want_hash:
-        raise ConfigError(f"model loader ({env}): {cur['model']} reads features {bundle.feature_schema_sha256[:16]}, "
-                          f"the current feature set is {want_hash[:16]} (schema mismatch)")
+        raise ConfigError(
+            f"model loader ({env}): {cur['model']} reads features {bundle.feature_schema_sha256[:16]}, "
+            f"the current feature set is {want_hash[:16]} (schema mismatch)"
+        )
     if sorted(bundle.metas) != sorted(bundle.horizons) or bundle.trade_horizon not in bundle.horizons:
         raise IntegrityError(f"model loader ({env}): {cur['model']} does not hold a model for every declared horizon")
-    return ApprovedModel(env=env, model=cur["model"], path=path, manifest_sha256=cur["manifest_sha256"],
-                         approval=entry, bundle=bundle)
+    return ApprovedModel(
+        env=env, model=cur["model"], path=path, manifest_sha256=cur["manifest_sha256"], approval=entry, bundle=bundle
+    )
 
 
 def _entry(store, seq: int) -> dict:

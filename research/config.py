@@ -52,29 +52,44 @@ from engine.config import Config, Frozen, _format_validation, config_from_dict, 
 from engine.errors import ConfigError
 from research.models.base import BASE_MODEL_NAMES, ModelsConfig
 
-__all__ = ["FoldsConfig", "ResearchConfig", "TrackingConfig", "load_research_config", "research_from_dict",
-           "research_to_json"]
+__all__ = [
+    "FoldsConfig",
+    "ResearchConfig",
+    "TrackingConfig",
+    "load_research_config",
+    "research_from_dict",
+    "research_to_json",
+]
 
 
 class FoldsConfig(Frozen):
-    train_bars: int = Field(8760, ge=48, le=1_000_000,
-                            description="rolling training window (first window if expanding)")
+    train_bars: int = Field(
+        8760, ge=48, le=1_000_000, description="rolling training window (first window if expanding)"
+    )
     test_bars: int = Field(2190, ge=1, le=1_000_000, description="test block length")
-    purge_bars: int = Field(24, ge=0, le=100_000,
-                            description="gap between training end and test start (>= longest horizon)")
-    embargo_bars: int = Field(24, ge=0, le=100_000,
-                              description="bars after each test block left out of later training")
+    purge_bars: int = Field(
+        24, ge=0, le=100_000, description="gap between training end and test start (>= longest horizon)"
+    )
+    embargo_bars: int = Field(24, ge=0, le=100_000, description="bars after each test block left out of later training")
     expanding: bool = Field(False, description="anchored (expanding) instead of rolling windows")
     inner_folds: int = Field(3, ge=2, le=20, description="inner purged folds of the stacking meta-learner")
 
 
 class TrackingConfig(Frozen):
     enabled: bool = Field(True, description="log kq walkforward runs to MLflow")
-    uri: str | None = Field(None, description="MLflow tracking URI; default: embedded sqlite under the data dir "
-                                              "(data/mlflow/mlflow.db); $KQ_TRACKING_URI overrides both")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default: embedded sqlite under the data dir "
+        "(data/mlflow/mlflow.db); $KQ_TRACKING_URI overrides both",
+    )
     experiment: str = Field("krakenquant-walkforward", min_length=1, max_length=200)
-    registered_model: str = Field("krakenquant", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$",
-                                  description="registered model whose versions are the candidates")
+    registered_model: str = Field(
+        "krakenquant",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="registered model whose versions are the candidates",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -98,8 +113,9 @@ class ResearchConfig(Frozen):
     label_with_cost: bool = False
     use_universe: bool = True
     leak_auc: float = Field(0.60, gt=0.5, le=1.0)
-    leak_min_effective_n: float = Field(500.0, ge=0.0, le=1e12,
-                                        description="labelled rows / horizon needed to judge an AUC")
+    leak_min_effective_n: float = Field(
+        500.0, ge=0.0, le=1e12, description="labelled rows / horizon needed to judge an AUC"
+    )
     n_trials: int = Field(1, ge=1, le=1_000_000_000)
     warmup_bars: int = Field(768, ge=0, le=20000)
     folds: FoldsConfig = FoldsConfig()
@@ -129,11 +145,10 @@ class ResearchConfig(Frozen):
             raise ValueError(str(e)) from None
 
     @model_validator(mode="after")
-    def _check(self) -> "ResearchConfig":
+    def _check(self) -> ResearchConfig:
         h = self.horizons
-        if h is not None:
-            if not h or any(x < 1 or x > 720 for x in h) or list(h) != sorted(set(h)):
-                raise ValueError("horizons must be strictly increasing whole numbers of bars in 1..720")
+        if h is not None and (not h or any(x < 1 or x > 720 for x in h) or list(h) != sorted(set(h))):
+            raise ValueError("horizons must be strictly increasing whole numbers of bars in 1..720")
         return self
 
     def horizons_for(self, cfg: Config) -> tuple[int, ...]:
@@ -150,11 +165,12 @@ def research_from_dict(raw: dict | None, cfg: Config, source: str = "<dict>") ->
         raise ConfigError(f"{source}: research: {e}") from None
     hs = rc.horizons_for(cfg)
     if rc.trade_horizon not in hs:
-        raise ConfigError(f"{source}: research.trade_horizon: {rc.trade_horizon} is not one of the horizons "
-                          f"{list(hs)}")
+        raise ConfigError(f"{source}: research.trade_horizon: {rc.trade_horizon} is not one of the horizons {list(hs)}")
     if rc.folds.purge_bars < max(hs):
-        raise ConfigError(f"{source}: research.folds.purge_bars: {rc.folds.purge_bars} is shorter than the "
-                          f"longest label horizon ({max(hs)} bars): training labels would read test bars")
+        raise ConfigError(
+            f"{source}: research.folds.purge_bars: {rc.folds.purge_bars} is shorter than the "
+            f"longest label horizon ({max(hs)} bars): training labels would read test bars"
+        )
     return rc
 
 

@@ -34,8 +34,9 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -97,15 +98,17 @@ def bar_times(times: Any) -> np.ndarray:
         raise InputError("no rows to split")
     off = arr % HOUR != 0
     if off.any():
-        raise InputError(f"bar times must lie on the hourly grid (multiples of 3600 s); "
-                         f"{int(off.sum())} do not, first {int(arr[off][0])}")
+        raise InputError(
+            f"bar times must lie on the hourly grid (multiples of 3600 s); "
+            f"{int(off.sum())} do not, first {int(arr[off][0])}"
+        )
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def _n_rows(X: Any) -> int | None:
     if X is None:
         return None
-    if hasattr(X, "shape") and len(getattr(X, "shape")) >= 1:
+    if hasattr(X, "shape") and len(X.shape) >= 1:
         return int(X.shape[0])
     return len(X)
 
@@ -138,15 +141,17 @@ def check_purge(purge_bars: int, horizons_bars: Any) -> None:
     if not hs:
         return
     if purge_bars < max(hs):
-        raise InputError(f"purge_bars={purge_bars} is shorter than the longest label horizon "
-                         f"({max(hs)} bars): training labels would read test bars")
+        raise InputError(
+            f"purge_bars={purge_bars} is shorter than the longest label horizon "
+            f"({max(hs)} bars): training labels would read test bars"
+        )
 
 
 @dataclass(frozen=True)
 class _Grid:
     t0: int
-    bar_idx: np.ndarray   # int64 per row
-    present: np.ndarray   # bool per bar: at least one row
+    bar_idx: np.ndarray  # int64 per row
+    present: np.ndarray  # bool per bar: at least one row
     n_bars: int
 
     def time(self, b: int) -> int:
@@ -181,7 +186,7 @@ class _SplitterBase:
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params: Any) -> "_SplitterBase":
+    def set_params(self, **params: Any) -> _SplitterBase:
         valid = set(self._param_names())
         for k, v in params.items():
             if k not in valid:
@@ -201,8 +206,8 @@ class _SplitterBase:
 @dataclass(frozen=True)
 class _WFPlan:
     grid: _Grid
-    bounds: np.ndarray          # (k, 4) candidate folds, bar indices
-    kept: tuple[int, ...]       # candidate indices that become folds
+    bounds: np.ndarray  # (k, 4) candidate folds, bar indices
+    kept: tuple[int, ...]  # candidate indices that become folds
     train_masks: tuple[np.ndarray, ...]  # per kept fold, bool over bars
 
 
@@ -243,9 +248,17 @@ class PurgedWalkForward(_SplitterBase):
     unchanged. At least two folds are required: a single static train/test split is refused.
     """
 
-    def __init__(self, train_bars: int, test_bars: int, purge_bars: int, embargo_bars: int = 0,
-                 expanding: bool = False, min_train_bars: int | None = None,
-                 step_bars: int | None = None, start: int | None = None) -> None:
+    def __init__(
+        self,
+        train_bars: int,
+        test_bars: int,
+        purge_bars: int,
+        embargo_bars: int = 0,
+        expanding: bool = False,
+        min_train_bars: int | None = None,
+        step_bars: int | None = None,
+        start: int | None = None,
+    ) -> None:
         self.train_bars = train_bars
         self.test_bars = test_bars
         self.purge_bars = purge_bars
@@ -264,12 +277,13 @@ class PurgedWalkForward(_SplitterBase):
         emb = _int_param(own, "embargo_bars", self.embargo_bars, 0)
         if not isinstance(self.expanding, (bool, np.bool_)):
             raise InputError(f"{own}: expanding must be true or false, got {self.expanding!r}")
-        min_train = 1 if self.min_train_bars is None else _int_param(
-            own, "min_train_bars", self.min_train_bars, 1)
+        min_train = 1 if self.min_train_bars is None else _int_param(own, "min_train_bars", self.min_train_bars, 1)
         step = test if self.step_bars is None else _int_param(own, "step_bars", self.step_bars, 1)
         if step < test:
-            raise InputError(f"{own}: step_bars={step} is smaller than test_bars={test}: "
-                             "test blocks would overlap and bars would be tested twice")
+            raise InputError(
+                f"{own}: step_bars={step} is smaller than test_bars={test}: "
+                "test blocks would overlap and bars would be tested twice"
+            )
         if self.start is not None:
             _int_param(own, "start", self.start, -(2**62))
         return train, test, purge, emb, bool(self.expanding), min_train, step
@@ -285,21 +299,21 @@ class PurgedWalkForward(_SplitterBase):
             if grid.n_bars < need:
                 raise InputError(
                     f"{own}: the data span {grid.n_bars} hourly bars but one fold needs "
-                    f"train_bars + purge_bars + test_bars = {need}; at least two folds are required")
+                    f"train_bars + purge_bars + test_bars = {need}; at least two folds are required"
+                )
         else:
             st = int(self.start)
             if st % HOUR:
                 raise InputError(f"{own}: start={st} is not on the hourly grid")
             first = max((st - grid.t0) // HOUR, 0)
             if first >= grid.n_bars:
-                raise InputError(f"{own}: start={st} is after the last bar "
-                                 f"({grid.time(grid.n_bars - 1)})")
+                raise InputError(f"{own}: start={st} is after the last bar ({grid.time(grid.n_bars - 1)})")
         bounds = wf_bounds_nb(grid.n_bars, first, train, test, step, purge, expanding)
         kept: list[int] = []
         masks: list[np.ndarray] = []
         for i in range(bounds.shape[0]):
             lo, hi = int(bounds[i, 2]), int(bounds[i, 3])
-            if not grid.present[lo:hi + 1].any():
+            if not grid.present[lo : hi + 1].any():
                 continue
             tm = wf_train_mask_nb(grid.n_bars, bounds, i, emb)
             if int((tm & grid.present).sum()) < min_train:
@@ -310,22 +324,24 @@ class PurgedWalkForward(_SplitterBase):
             raise InputError(
                 f"{own}: only {len(kept)} fold(s) fit the data ({grid.n_bars} hourly bars); "
                 "walk-forward needs at least 2 (a single static split is refused): "
-                "shorten train_bars/test_bars, move start earlier or add data")
+                "shorten train_bars/test_bars, move start earlier or add data"
+            )
         return _WFPlan(grid, bounds, tuple(kept), tuple(masks))
 
     # -- scikit-learn interface ----------------------------------------------------------------
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         return len(self._plan(_row_times(X, groups, None)).kept)
 
-    def split(self, X: Any, y: Any = None, groups: Any = None, *,
-              times: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def split(
+        self, X: Any, y: Any = None, groups: Any = None, *, times: Any = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         plan = self._plan(_row_times(X, groups, times))
         g = plan.grid
         test_mask = np.zeros(g.n_bars, dtype=np.bool_)
         for i, tm in zip(plan.kept, plan.train_masks):
             lo, hi = int(plan.bounds[i, 2]), int(plan.bounds[i, 3])
             test_mask[:] = False
-            test_mask[lo:hi + 1] = True
+            test_mask[lo : hi + 1] = True
             yield rows_in_mask_nb(g.bar_idx, tm), rows_in_mask_nb(g.bar_idx, test_mask)
 
     # -- description for folds.json -------------------------------------------------------------
@@ -344,7 +360,7 @@ class PurgedWalkForward(_SplitterBase):
         for k, (i, tm) in enumerate(zip(plan.kept, plan.train_masks)):
             tr_lo, tr_hi, te_lo, te_hi = (int(v) for v in plan.bounds[i])
             test_mask = np.zeros(g.n_bars, dtype=np.bool_)
-            test_mask[te_lo:te_hi + 1] = True
+            test_mask[te_lo : te_hi + 1] = True
             a, b, n_tr = _present_span(g, tm)
             c, d, n_te = _present_span(g, test_mask)
             cut = []
@@ -354,15 +370,21 @@ class PurgedWalkForward(_SplitterBase):
                     lo, hi = e + 1, min(e + emb, tr_hi)
                     if hi >= max(lo, tr_lo):
                         cut.append([g.time(max(lo, tr_lo)), g.time(hi)])
-            rows.append({
-                "fold": k,
-                "train_start": g.time(a), "train_end": g.time(b),
-                "test_start": g.time(c), "test_end": g.time(d),
-                "purge_bars": int(self.purge_bars), "embargo_bars": emb,
-                "n_train_bars": n_tr, "n_test_bars": n_te,
-                "expanding": bool(self.expanding),
-                "embargoed": cut,
-            })
+            rows.append(
+                {
+                    "fold": k,
+                    "train_start": g.time(a),
+                    "train_end": g.time(b),
+                    "test_start": g.time(c),
+                    "test_end": g.time(d),
+                    "purge_bars": int(self.purge_bars),
+                    "embargo_bars": emb,
+                    "n_train_bars": n_tr,
+                    "n_test_bars": n_te,
+                    "expanding": bool(self.expanding),
+                    "embargoed": cut,
+                }
+            )
         return rows
 
 
@@ -392,8 +414,7 @@ class CombinatorialPurgedCV(_SplitterBase):
     backtest paths: :meth:`paths` maps (path, group) to the split whose prediction fills it.
     """
 
-    def __init__(self, n_groups: int, n_test_groups: int, purge_bars: int,
-                 embargo_bars: int = 0) -> None:
+    def __init__(self, n_groups: int, n_test_groups: int, purge_bars: int, embargo_bars: int = 0) -> None:
         self.n_groups = n_groups
         self.n_test_groups = n_test_groups
         self.purge_bars = purge_bars
@@ -424,8 +445,10 @@ class CombinatorialPurgedCV(_SplitterBase):
         for c in combos:
             train, _ = self._masks(plan, c, purge, emb)
             if not (train & grid.present).any():
-                raise InputError(f"{own}: purge_bars + embargo_bars leave split {c} with no "
-                                 "training bars; use fewer test groups or shorter gaps")
+                raise InputError(
+                    f"{own}: purge_bars + embargo_bars leave split {c} with no "
+                    "training bars; use fewer test groups or shorter gaps"
+                )
         return plan
 
     def _masks(self, plan: _CPCVPlan, combo: tuple[int, ...], purge: int, emb: int):
@@ -438,8 +461,9 @@ class CombinatorialPurgedCV(_SplitterBase):
         n, k, _, _ = self._checked()
         return math.comb(n, k)
 
-    def split(self, X: Any, y: Any = None, groups: Any = None, *,
-              times: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def split(
+        self, X: Any, y: Any = None, groups: Any = None, *, times: Any = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         _, _, purge, emb = self._checked()
         plan = self._plan(_row_times(X, groups, times))
         for c in plan.combos:
@@ -483,7 +507,7 @@ class CombinatorialPurgedCV(_SplitterBase):
         rows = []
         for i in range(plan.group_lo.shape[0]):
             m = np.zeros(g.n_bars, dtype=np.bool_)
-            m[plan.group_lo[i]:plan.group_hi[i] + 1] = True
+            m[plan.group_lo[i] : plan.group_hi[i] + 1] = True
             a, b, cnt = _present_span(g, m)
             rows.append({"group": i, "start": g.time(a), "end": g.time(b), "n_bars": cnt})
         return rows

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from scipy import stats as st
@@ -79,8 +80,9 @@ def return_moments(returns: Any) -> tuple[float, float, float, int]:
     return sr, skew, kurt, int(r.size)
 
 
-def probabilistic_sharpe_ratio(sr: float, n_obs: int, skew: float = 0.0, kurtosis: float = 3.0,
-                               sr_benchmark: float = 0.0) -> float:
+def probabilistic_sharpe_ratio(
+    sr: float, n_obs: int, skew: float = 0.0, kurtosis: float = 3.0, sr_benchmark: float = 0.0
+) -> float:
     """PSR: probability that the true per-period Sharpe ratio exceeds ``sr_benchmark``.
 
     ``sr`` is the observed per-period Sharpe ratio from ``n_obs`` returns with the given skewness
@@ -116,17 +118,18 @@ def expected_max_sharpe(n_trials: float, sr_variance: float, sr_mean: float = 0.
         raise InputError(f"sr_variance must be finite and >= 0, got {sr_variance!r}")
     if n_trials == 1 or sr_variance == 0:
         return float(sr_mean)
-    z = ((1.0 - EULER_GAMMA) * st.norm.ppf(1.0 - 1.0 / n_trials)
-         + EULER_GAMMA * st.norm.ppf(1.0 - 1.0 / (n_trials * math.e)))
+    z = (1.0 - EULER_GAMMA) * st.norm.ppf(1.0 - 1.0 / n_trials) + EULER_GAMMA * st.norm.ppf(
+        1.0 - 1.0 / (n_trials * math.e)
+    )
     return float(sr_mean + math.sqrt(sr_variance) * z)
 
 
 @dataclass(frozen=True)
 class DSRResult:
-    dsr: float            # PSR(sr0): probability the true Sharpe ratio beats the selection benchmark
-    sr: float             # observed per-period Sharpe ratio of the selected strategy
-    sr0: float            # expected maximum Sharpe ratio of n_trials skill-less trials
-    psr0: float           # PSR against 0 (no deflation), for comparison
+    dsr: float  # PSR(sr0): probability the true Sharpe ratio beats the selection benchmark
+    sr: float  # observed per-period Sharpe ratio of the selected strategy
+    sr0: float  # expected maximum Sharpe ratio of n_trials skill-less trials
+    psr0: float  # PSR against 0 (no deflation), for comparison
     skew: float
     kurtosis: float
     n_obs: int
@@ -137,8 +140,9 @@ class DSRResult:
         return {k: (float(v) if not isinstance(v, int) else v) for k, v in self.__dict__.items()}
 
 
-def deflated_sharpe_ratio(returns: Any, trial_sharpes: Any = None, *, n_trials: float | None = None,
-                          sr_variance: float | None = None) -> DSRResult:
+def deflated_sharpe_ratio(
+    returns: Any, trial_sharpes: Any = None, *, n_trials: float | None = None, sr_variance: float | None = None
+) -> DSRResult:
     """Deflated Sharpe ratio of the selected strategy's per-period ``returns``.
 
     Either give ``trial_sharpes`` (the per-period Sharpe ratios of EVERY configuration tried,
@@ -159,9 +163,16 @@ def deflated_sharpe_ratio(returns: Any, trial_sharpes: Any = None, *, n_trials: 
         raise InputError("deflated_sharpe_ratio needs trial_sharpes or both n_trials and sr_variance")
     sr0 = expected_max_sharpe(n_trials, sr_variance)
     return DSRResult(
-        dsr=probabilistic_sharpe_ratio(sr, n, skew, kurt, sr0), sr=sr, sr0=sr0,
-        psr0=probabilistic_sharpe_ratio(sr, n, skew, kurt, 0.0), skew=skew, kurtosis=kurt,
-        n_obs=n, n_trials=float(n_trials), sr_variance=float(sr_variance))
+        dsr=probabilistic_sharpe_ratio(sr, n, skew, kurt, sr0),
+        sr=sr,
+        sr0=sr0,
+        psr0=probabilistic_sharpe_ratio(sr, n, skew, kurt, 0.0),
+        skew=skew,
+        kurtosis=kurt,
+        n_obs=n,
+        n_trials=float(n_trials),
+        sr_variance=float(sr_variance),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,22 +181,27 @@ def deflated_sharpe_ratio(returns: Any, trial_sharpes: Any = None, *, n_trials: 
 
 @dataclass(frozen=True)
 class PBOResult:
-    pbo: float                 # share of combinations whose logit is <= 0
-    logits: np.ndarray         # (n_combinations,) logit of the OOS relative rank of the IS best
-    is_best: np.ndarray        # (n_combinations,) index of the in-sample best configuration
-    is_perf: np.ndarray        # (n_combinations,) its in-sample performance
-    oos_perf: np.ndarray       # (n_combinations,) its out-of-sample performance
-    slope: float               # performance degradation: OLS slope of oos_perf on is_perf
+    pbo: float  # share of combinations whose logit is <= 0
+    logits: np.ndarray  # (n_combinations,) logit of the OOS relative rank of the IS best
+    is_best: np.ndarray  # (n_combinations,) index of the in-sample best configuration
+    is_perf: np.ndarray  # (n_combinations,) its in-sample performance
+    oos_perf: np.ndarray  # (n_combinations,) its out-of-sample performance
+    slope: float  # performance degradation: OLS slope of oos_perf on is_perf
     intercept: float
-    prob_oos_loss: float       # share of combinations where the IS best loses out of sample (< 0)
+    prob_oos_loss: float  # share of combinations where the IS best loses out of sample (< 0)
     n_blocks: int
     n_combinations: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pbo": self.pbo, "slope": self.slope, "intercept": self.intercept,
-                "prob_oos_loss": self.prob_oos_loss, "n_blocks": self.n_blocks,
-                "n_combinations": self.n_combinations,
-                "logits": [float(v) for v in self.logits]}
+        return {
+            "pbo": self.pbo,
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "prob_oos_loss": self.prob_oos_loss,
+            "n_blocks": self.n_blocks,
+            "n_combinations": self.n_combinations,
+            "logits": [float(v) for v in self.logits],
+        }
 
 
 def _sharpe_from_sums(n: np.ndarray, s1: np.ndarray, s2: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -202,8 +218,8 @@ def _sharpe_from_sums(n: np.ndarray, s1: np.ndarray, s2: np.ndarray, shift: np.n
 
 
 def probability_of_backtest_overfitting(
-        perf: Any, n_blocks: int = 16,
-        metric: Callable[[np.ndarray], np.ndarray] | None = None) -> PBOResult:
+    perf: Any, n_blocks: int = 16, metric: Callable[[np.ndarray], np.ndarray] | None = None
+) -> PBOResult:
     """PBO by combinatorially symmetric cross-validation (Bailey, Borwein, Lopez de Prado, Zhu 2017).
 
     ``perf`` is a (T, N) matrix: per-period returns (or other performance) of N configurations
@@ -233,7 +249,7 @@ def probability_of_backtest_overfitting(
         shift = m.mean(axis=0)
         mc = m - shift
         cnt = np.array([b.size for b in blocks], dtype=np.float64)
-        s1 = np.stack([mc[b].sum(axis=0) for b in blocks])          # (S, N)
+        s1 = np.stack([mc[b].sum(axis=0) for b in blocks])  # (S, N)
         s2 = np.stack([(mc[b] ** 2).sum(axis=0) for b in blocks])
 
     combos = list(itertools.combinations(range(s), s // 2))
@@ -270,6 +286,14 @@ def probability_of_backtest_overfitting(
     else:
         slope, intercept = float("nan"), float("nan")
     return PBOResult(
-        pbo=float(np.mean(logits <= 0.0)), logits=logits, is_best=best, is_perf=is_perf,
-        oos_perf=oos_perf, slope=slope, intercept=intercept,
-        prob_oos_loss=float(np.mean(oos_perf < 0.0)), n_blocks=s, n_combinations=k)
+        pbo=float(np.mean(logits <= 0.0)),
+        logits=logits,
+        is_best=best,
+        is_perf=is_perf,
+        oos_perf=oos_perf,
+        slope=slope,
+        intercept=intercept,
+        prob_oos_loss=float(np.mean(oos_perf < 0.0)),
+        n_blocks=s,
+        n_combinations=k,
+    )

@@ -35,6 +35,7 @@ inside these functions (slow import); its INFO logging (database creation) is si
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,9 +48,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from engine.errors import InputError, KQError
 
-__all__ = ["TrackingError", "Candidate", "resolve_tracking", "check_tracking", "log_walkforward_run",
-           "log_bundle", "register_candidate", "get_candidate", "list_candidates", "set_candidate_tags", "flatten_params",
-           "redact_uri"]
+__all__ = [
+    "Candidate",
+    "TrackingError",
+    "check_tracking",
+    "flatten_params",
+    "get_candidate",
+    "list_candidates",
+    "log_bundle",
+    "log_walkforward_run",
+    "redact_uri",
+    "register_candidate",
+    "resolve_tracking",
+    "set_candidate_tags",
+]
 
 ENV_URI = "KQ_TRACKING_URI"
 MODEL_ARTIFACT = "model"
@@ -107,7 +119,7 @@ def resolve_tracking(tracking) -> tuple[str, Path | None]:
         d = default_tracking_dir()
         return f"sqlite:///{d / 'mlflow.db'}", d / "artifacts"
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         return uri, db.expanduser().resolve().parent / "artifacts"
     if "://" not in uri:  # a bare folder: MLflow's file store
         return Path(uri).expanduser().resolve().as_uri(), None
@@ -155,7 +167,7 @@ def _client(tracking):
                 client._tracking_client.store  # noqa: B018 - open (and on first use create) the tables now
                 client._get_registry_client().store  # noqa: B018
         return client, uri, root
-    except Exception as e:  # noqa: BLE001 - any store failure is one line
+    except Exception as e:  # any store failure is one line
         raise _fail(uri, "connection", e) from None
 
 
@@ -163,7 +175,7 @@ def _precheck_sqlite(uri: str) -> None:
     """Open the sqlite file directly first: MLflow retries a failing engine with backoff for ~100 s."""
     import sqlite3
 
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     try:
         con = sqlite3.connect(path, timeout=30)
         try:
@@ -180,7 +192,7 @@ class _init_lock:
     exists"). Logging itself relies on sqlite's own locking."""
 
     def __init__(self, uri: str) -> None:
-        self.path = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else None
+        self.path = Path(uri[len("sqlite:///") :] + ".lock") if uri.startswith("sqlite:///") else None
         self.f = None
 
     def __enter__(self):
@@ -207,13 +219,15 @@ def _experiment_id(client, tracking, uri: str, root: Path | None) -> str:
         try:
             loc = (root / re.sub(r"[^A-Za-z0-9_.\-]", "_", name)).as_uri() if root is not None else None
             return client.create_experiment(name, artifact_location=loc)
-        except Exception:  # noqa: BLE001 - created by a concurrent process meanwhile
+        except Exception:  # created by a concurrent process meanwhile
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage != "active":
-        raise TrackingError(f"MLflow experiment {name!r} at {redact_uri(uri)} is deleted; restore it or set "
-                            "[research.tracking] experiment")
+        raise TrackingError(
+            f"MLflow experiment {name!r} at {redact_uri(uri)} is deleted; restore it or set "
+            "[research.tracking] experiment"
+        )
     return exp.experiment_id
 
 
@@ -224,7 +238,7 @@ def check_tracking(tracking) -> str:
         return _experiment_id(client, tracking, uri, root)
     except TrackingError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "tracking store", e) from None
 
 
@@ -276,14 +290,13 @@ def _run_metrics(metrics: dict) -> list[tuple[str, float, int]]:
     return out
 
 
-def log_walkforward_run(out_dir, metrics: dict, meta: dict, cfg, rc, tracking, *,
-                        end_run: bool = True) -> str:
+def log_walkforward_run(out_dir, metrics: dict, meta: dict, cfg, rc, tracking, *, end_run: bool = True) -> str:
     """Log one walk-forward (already written to ``out_dir``) as an MLflow run; returns the run id.
 
     ``meta`` is the walk-forward's metrics meta (venue, pairs, start, end, config, seed, ...) plus
     ``data_sha256`` (feature set content hash) and ``feature_schema_sha256``. ``end_run=False``
     leaves the run RUNNING (the caller adds the model bundle, then :func:`finish_run`)."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     from research.bundle import git_state
     from research.config import research_to_json
@@ -294,40 +307,50 @@ def log_walkforward_run(out_dir, metrics: dict, meta: dict, cfg, rc, tracking, *
     try:
         exp_id = _experiment_id(client, tracking, uri, root)
         commit, dirty = git_state()
-        tags = {"kq.command": "walkforward", "git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower(),
-                "data_sha256": str(meta.get("data_sha256") or ""),
-                "feature_schema_sha256": str(meta.get("feature_schema_sha256") or ""),
-                "config_sha256": cfg.content_hash(), "venue": str(meta.get("venue", "")),
-                "pairs": str(meta.get("pairs", "")), "suspected_leak": str(bool(metrics.get("suspected_leak"))).lower(),
-                "out_dir": str(out.resolve())}
+        tags = {
+            "kq.command": "walkforward",
+            "git_commit": commit or "unknown",
+            "git_dirty": str(bool(dirty)).lower(),
+            "data_sha256": str(meta.get("data_sha256") or ""),
+            "feature_schema_sha256": str(meta.get("feature_schema_sha256") or ""),
+            "config_sha256": cfg.content_hash(),
+            "venue": str(meta.get("venue", "")),
+            "pairs": str(meta.get("pairs", "")),
+            "suspected_leak": str(bool(metrics.get("suspected_leak"))).lower(),
+            "out_dir": str(out.resolve()),
+        }
         if commit:
             tags["mlflow.source.git.commit"] = commit
         name = f"wf-{meta.get('venue', '')}-{_day(meta.get('start'))}-{_day(meta.get('end'))}"
         run = client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
-        params = {"seed": str(cfg.seed), "venue": str(meta.get("venue", "")), "pairs": str(meta.get("pairs", "")),
-                  "start": str(meta.get("start")), "end": str(meta.get("end")), "config": str(meta.get("config", "")),
-                  "bars_loaded": str(meta.get("bars_loaded", ""))}
+        params = {
+            "seed": str(cfg.seed),
+            "venue": str(meta.get("venue", "")),
+            "pairs": str(meta.get("pairs", "")),
+            "start": str(meta.get("start")),
+            "end": str(meta.get("end")),
+            "config": str(meta.get("config", "")),
+            "bars_loaded": str(meta.get("bars_loaded", "")),
+        }
         params.update(flatten_params(research_to_json(rc), "research."))
         plist = [Param(k[:250], v) for k, v in sorted(params.items())]
         now = int(time.time() * 1000)
         mlist = [Metric(k, v, now, s) for k, v, s in _run_metrics(metrics)]
         for i in range(0, len(plist), 100):
-            client.log_batch(run_id, params=plist[i:i + 100])
+            client.log_batch(run_id, params=plist[i : i + 100])
         for i in range(0, len(mlist), 1000):
-            client.log_batch(run_id, metrics=mlist[i:i + 1000])
+            client.log_batch(run_id, metrics=mlist[i : i + 1000])
         client.log_artifacts(run_id, str(out))
         if end_run:
             client.set_terminated(run_id, "FINISHED")
         return run_id
     except TrackingError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if run_id is not None:
-            try:
+            with contextlib.suppress(Exception):  # the original error is the one to report
                 client.set_terminated(run_id, "FAILED")
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                pass
         raise _fail(uri, "logging", e) from None
 
 
@@ -335,7 +358,7 @@ def finish_run(run_id: str, tracking, status: str = "FINISHED") -> None:
     client, uri, _ = _client(tracking)
     try:
         client.set_terminated(run_id, status)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "run update", e) from None
 
 
@@ -343,7 +366,7 @@ def _day(ts) -> str:
     import datetime as dt
 
     try:
-        return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).strftime("%Y%m%d")
+        return dt.datetime.fromtimestamp(int(ts), dt.UTC).strftime("%Y%m%d")
     except (TypeError, ValueError, OverflowError):
         return "na"
 
@@ -388,9 +411,14 @@ def _bundle_path(client, source: str, name: str, version: int) -> Path:
 
 
 def _candidate(client, mv) -> Candidate:
-    return Candidate(name=mv.name, version=int(mv.version), run_id=mv.run_id or None,
-                     path=_bundle_path(client, mv.source, mv.name, int(mv.version)),
-                     tags=dict(mv.tags or {}), created=int((mv.creation_timestamp or 0) // 1000))
+    return Candidate(
+        name=mv.name,
+        version=int(mv.version),
+        run_id=mv.run_id or None,
+        path=_bundle_path(client, mv.source, mv.name, int(mv.version)),
+        tags=dict(mv.tags or {}),
+        created=int((mv.creation_timestamp or 0) // 1000),
+    )
 
 
 def log_bundle(bundle_dir, *, tracking, run_id: str) -> str:
@@ -401,14 +429,14 @@ def log_bundle(bundle_dir, *, tracking, run_id: str) -> str:
     client, uri, _ = _client(tracking)
     try:
         held = client.list_artifacts(run_id, MODEL_ARTIFACT)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "artifact listing", e) from None
     if held:  # logging again would MERGE two bundles into one folder under a registered version
         raise InputError(f"MLflow run {run_id} already holds a {MODEL_ARTIFACT}/ artifact: one model bundle per run")
     try:
         client.log_artifacts(run_id, str(bundle_dir), MODEL_ARTIFACT)
         return client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + MODEL_ARTIFACT
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "artifact logging", e) from None
 
 
@@ -427,23 +455,36 @@ def register_candidate(bundle_dir, *, tracking, run_id: str) -> Candidate:
         if local is not None:
             verify_bundle(local)  # what the registry points at is intact
         try:
-            client.create_registered_model(name, description="krakenquant model bundles (research/bundle.py); "
-                                                              "each version is a candidate")
-        except Exception:  # noqa: BLE001 - exists already (or a concurrent process created it)
+            client.create_registered_model(
+                name, description="krakenquant model bundles (research/bundle.py); each version is a candidate"
+            )
+        except Exception:  # exists already (or a concurrent process created it)
             client.get_registered_model(name)
         data = man.get("data", {})
-        tags = {"feature_schema_sha256": man["features"]["schema_sha256"], "config_sha256": man["config_sha256"],
-                "git_commit": str(man.get("git_commit") or "unknown"), "git_dirty": str(bool(man.get("git_dirty"))).lower(),
-                "train_start": str(data.get("train_start")), "train_end": str(data.get("train_end")),
-                "manifest_sha256": man["manifest_sha256"], "bundle_format": man["format"],
-                "horizons": ",".join(str(h) for h in man["horizons"]), "trade_horizon": str(man["trade_horizon"])}
-        mv = client.create_model_version(name, source, run_id=run_id, tags=tags,
-                                         description=f"bundle {man['manifest_sha256'][:12]}, trained "
-                                                     f"{_day(data.get('train_start'))}..{_day(data.get('train_end'))}")
+        tags = {
+            "feature_schema_sha256": man["features"]["schema_sha256"],
+            "config_sha256": man["config_sha256"],
+            "git_commit": str(man.get("git_commit") or "unknown"),
+            "git_dirty": str(bool(man.get("git_dirty"))).lower(),
+            "train_start": str(data.get("train_start")),
+            "train_end": str(data.get("train_end")),
+            "manifest_sha256": man["manifest_sha256"],
+            "bundle_format": man["format"],
+            "horizons": ",".join(str(h) for h in man["horizons"]),
+            "trade_horizon": str(man["trade_horizon"]),
+        }
+        mv = client.create_model_version(
+            name,
+            source,
+            run_id=run_id,
+            tags=tags,
+            description=f"bundle {man['manifest_sha256'][:12]}, trained "
+            f"{_day(data.get('train_start'))}..{_day(data.get('train_end'))}",
+        )
         return _candidate(client, mv)
     except KQError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "model registration", e) from None
 
 
@@ -462,14 +503,14 @@ def get_candidate(ref: str, tracking) -> Candidate:
     client, uri, _ = _client(tracking)
     try:
         mv = client.get_model_version(name, str(ver))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         code = getattr(e, "error_code", "")
         if code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e).lower() or "does not exist" in str(e).lower():
             raise InputError(f"no candidate {name}/{ver} in {redact_uri(uri)}") from None
         raise _fail(uri, "registry lookup", e) from None
     try:
         return _candidate(client, mv)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "artifact download", e) from None
 
 
@@ -481,7 +522,7 @@ def set_candidate_tags(ref: str, tags: dict, tracking) -> Candidate:
     try:
         for k, v in tags.items():
             client.set_model_version_tag(name, str(ver), str(k), str(v))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "model version tagging", e) from None
     return get_candidate(f"{name}/{ver}", tracking)
 
@@ -493,5 +534,5 @@ def list_candidates(tracking) -> list[Candidate]:
     try:
         mvs = client.search_model_versions(f"name='{name}'")
         return sorted((_candidate(client, mv) for mv in mvs), key=lambda c: c.version)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "registry listing", e) from None

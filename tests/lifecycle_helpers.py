@@ -29,8 +29,9 @@ def lifecycle_config(tmp: Path, **lifecycle) -> object:
     return config_from_dict(raw)
 
 
-def backtest_records(n=720, drift=0.0004, every=48, hold=24, frac=0.08, entry_hour=12, crash_at=None,
-                     init_cash=10_000.0, fee_rate=0.004):
+def backtest_records(
+    n=720, drift=0.0004, every=48, hold=24, frac=0.08, entry_hour=12, crash_at=None, init_cash=10_000.0, fee_rate=0.004
+):
     """(equity, trades, events) frames of a one-pair long-only strategy: enter at ``entry_hour`` every
     ``every`` bars with ``frac`` of equity, exit ``hold`` bars later; price drifts by ``drift``/bar with
     a small wiggle (and drops 40% at ``crash_at``)."""
@@ -66,12 +67,14 @@ def backtest_records(n=720, drift=0.0004, every=48, hold=24, frac=0.08, entry_ho
         pos = qty * price[i]
         eq = cash + pos
         eq_rows.append((ts[i], eq, cash, pos / eq, 0.0, "ACTIVE", int(qty > 0), 0))
-    equity = pd.DataFrame(eq_rows, columns=["ts", "equity", "cash", "exposure", "drawdown", "trading_state",
-                                            "n_positions", "kill_reason"])
+    equity = pd.DataFrame(
+        eq_rows, columns=["ts", "equity", "cash", "exposure", "drawdown", "trading_state", "n_positions", "kill_reason"]
+    )
     peak = np.maximum.accumulate(np.concatenate([[init_cash], equity["equity"].to_numpy()]))[1:]
     equity["drawdown"] = 1.0 - equity["equity"] / peak
-    tr = pd.DataFrame(trades, columns=["ts", "pair", "side", "quantity", "price", "notional", "fee", "reason", "fill",
-                                       "pnl"])
+    tr = pd.DataFrame(
+        trades, columns=["ts", "pair", "side", "quantity", "price", "notional", "fee", "reason", "fill", "pnl"]
+    )
     tr["ts"] = tr["ts"].astype(np.int64)
     ev = pd.DataFrame({"ts": tr["ts"], "pair": tr["pair"], "event": "ORDER", "reason": tr["reason"], "value": 0.0})
     return equity, tr, ev
@@ -86,8 +89,12 @@ def write_records(bundle: Path, equity, trades, events, init_cash=10_000.0, metr
     trades.to_parquet(bt / "trades.parquet", index=False)
     events.to_parquet(bt / "events.parquet", index=False)
     s = recompute_strategy(equity, trades, init_cash)
-    strat = {"sharpe": s["sharpe"], "max_drawdown": s["max_drawdown"], "turnover": s["turnover"],
-             "n_trades": int((trades["side"] == "sell").sum())}
+    strat = {
+        "sharpe": s["sharpe"],
+        "max_drawdown": s["max_drawdown"],
+        "turnover": s["turnover"],
+        "n_trades": int((trades["side"] == "sell").sum()),
+    }
     strat.update(metrics_override or {})
     (bt / "metrics.json").write_text(json.dumps(strat) + "\n")
     (bundle / "walkforward" / "metrics.json").write_text(json.dumps({"strategy": strat}) + "\n")
@@ -99,8 +106,11 @@ def rehash(bundle: Path) -> dict:
     from research.bundle import manifest_digest
 
     m = json.loads((bundle / "manifest.json").read_text())
-    m["files"] = {p.relative_to(bundle).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                  for p in sorted(bundle.rglob("*")) if p.is_file() and p.name not in ("manifest.json", "verdict.json")}
+    m["files"] = {
+        p.relative_to(bundle).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(bundle.rglob("*"))
+        if p.is_file() and p.name not in ("manifest.json", "verdict.json")
+    }
     m.pop("manifest_sha256", None)
     m["manifest_sha256"] = manifest_digest(m)
     (bundle / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
@@ -115,17 +125,33 @@ def make_candidate(path: Path, cfg=None, records=None, **rec_kw) -> Path:
     path.mkdir(parents=True)
     (path / "models" / "h24").mkdir(parents=True)
     (path / "models" / "h24" / "meta.pkl").write_bytes(b"opaque model bytes " + path.name.encode())
-    (path / "config.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "research": {}},
-                                                 sort_keys=True) + "\n")
+    (path / "config.json").write_text(
+        json.dumps({"config": cfg.model_dump(mode="json"), "research": {}}, sort_keys=True) + "\n"
+    )
     eq, tr, ev = records if records is not None else backtest_records(**rec_kw)
     write_records(path, eq, tr, ev, float(cfg.backtest.init_cash))
-    m = {"format": "krakenquant-model/1", "created_utc": "2024-02-01T00:00:00Z", "git_commit": None,
-         "git_dirty": False, "seed": 7, "config_sha256": cfg.content_hash(), "research": {},
-         "features": {"names": list(feature_names(cfg.features)),
-                      "schema_sha256": feature_schema_sha256(cfg.features), "warmup_bars": 768},
-         "data": {"venue": "binance", "pairs": ["BTC/USDT"], "train_start": T0, "train_end": T0 + 3600 * 719},
-         "horizons": [24], "trade_horizon": 24, "warm_bars": 50, "outputs": ["p_up", "exp_return"],
-         "models": ["meta"], "walkforward": {"run_id": None, "out_dir": None, "strategy": None}, "files": {}}
+    m = {
+        "format": "krakenquant-model/1",
+        "created_utc": "2024-02-01T00:00:00Z",
+        "git_commit": None,
+        "git_dirty": False,
+        "seed": 7,
+        "config_sha256": cfg.content_hash(),
+        "research": {},
+        "features": {
+            "names": list(feature_names(cfg.features)),
+            "schema_sha256": feature_schema_sha256(cfg.features),
+            "warmup_bars": 768,
+        },
+        "data": {"venue": "binance", "pairs": ["BTC/USDT"], "train_start": T0, "train_end": T0 + 3600 * 719},
+        "horizons": [24],
+        "trade_horizon": 24,
+        "warm_bars": 50,
+        "outputs": ["p_up", "exp_return"],
+        "models": ["meta"],
+        "walkforward": {"run_id": None, "out_dir": None, "strategy": None},
+        "files": {},
+    }
     (path / "manifest.json").write_text(json.dumps(m) + "\n")
     rehash(path)
     return path

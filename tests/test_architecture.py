@@ -22,14 +22,17 @@ def _package_files(pkg: str) -> list[Path]:
 
 
 def test_engine_imports_neither_research_nor_live_bridge_nor_cli():
-    offenders = {str(p.relative_to(REPO_ROOT)): sorted(_imports(p) & {"research", "live_bridge", "kq"})
-                 for p in _package_files("engine")}
+    offenders = {
+        str(p.relative_to(REPO_ROOT)): sorted(_imports(p) & {"research", "live_bridge", "kq"})
+        for p in _package_files("engine")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_research_does_not_import_live_bridge():
-    offenders = {str(p.relative_to(REPO_ROOT)): sorted(_imports(p) & {"live_bridge", "kq"})
-                 for p in _package_files("research")}
+    offenders = {
+        str(p.relative_to(REPO_ROOT)): sorted(_imports(p) & {"live_bridge", "kq"}) for p in _package_files("research")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

@@ -20,8 +20,9 @@ def test_bad_config_is_one_line_exit_2_no_traceback(tmp_path):
 
 
 def test_usage_errors_are_one_clean_message_not_a_traceback():
-    r = subprocess.run([sys.executable, "-m", "kq", "config", "check", "--no-such-option"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kq", "config", "check", "--no-such-option"], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "no-such-option" in r.stderr

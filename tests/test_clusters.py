@@ -7,16 +7,16 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import require_shared
+
 from engine.features import nb
 from engine.paths import REPO_ROOT
 from engine.store.panel import load_shared_panel
 
 sys.path.insert(0, str(REPO_ROOT))
-from benchmarks import feature_reference as ref  # noqa: E402
+from benchmarks import feature_reference as ref
 
-BINANCE10 = [f"binance_{s}USDT_1h" for s in "BTC ETH SOL XRP ADA LTC DOT LINK AVAX DOGE".split()]
+BINANCE10 = [f"binance_{s}USDT_1h" for s in ["BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE"]]
 START = 1640995200  # 2022-01-01 .. +1,800 bars
 
 
@@ -52,8 +52,9 @@ def test_column_order_changes_only_the_label_names():
     r = _factor_returns(seed=1)
     perm = np.array([3, 5, 1, 0, 4, 2])
     lab = nb.average_linkage_labels_nb(nb.corr_matrix_nb(r, 399, 300, 200), np.ones(6, np.bool_), 0.7)
-    lp = nb.average_linkage_labels_nb(nb.corr_matrix_nb(np.ascontiguousarray(r[:, perm]), 399, 300, 200),
-                                      np.ones(6, np.bool_), 0.7)
+    lp = nb.average_linkage_labels_nb(
+        nb.corr_matrix_nb(np.ascontiguousarray(r[:, perm]), 399, 300, 200), np.ones(6, np.bool_), 0.7
+    )
     part = {frozenset(np.flatnonzero(lab == k)) for k in set(lab)}
     part_p = {frozenset(perm[np.flatnonzero(lp == k)]) for k in set(lp)}
     assert part == part_p
@@ -72,7 +73,7 @@ def test_corr_matrix_equals_pandas_pairwise_on_real_data(rets):
     assert np.isnan(r).any()  # real gaps in the window
     for t in (900, 1400, 1799):
         got = nb.corr_matrix_nb(r, t, 720, 600)
-        want = pd.DataFrame(r[t - 719:t + 1]).corr(min_periods=600).to_numpy()
+        want = pd.DataFrame(r[t - 719 : t + 1]).corr(min_periods=600).to_numpy()
         np.testing.assert_allclose(got, want, rtol=1e-9)
 
 
@@ -98,7 +99,7 @@ def test_clusters_refresh_only_at_anchored_hours_and_are_causal(rets):
     assert len(np.unique(got[got >= 0])) >= 2
     t = 1500
     r2 = r.copy()
-    r2[t + 1:] = np.random.default_rng(0).normal(size=r2[t + 1:].shape)
-    assert np.array_equal(nb.corr_clusters_nb(r2, hour, member, 720, 600, 24, 0.7)[:t + 1], got[:t + 1])
+    r2[t + 1 :] = np.random.default_rng(0).normal(size=r2[t + 1 :].shape)
+    assert np.array_equal(nb.corr_clusters_nb(r2, hour, member, 720, 600, 24, 0.7)[: t + 1], got[: t + 1])
     again = nb.corr_clusters_nb(r, hour, member, 720, 600, 24, 0.7)
     assert again.tobytes() == got.tobytes()

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from engine.config import config_from_dict, load_config
 from engine.errors import ConfigError
@@ -44,15 +45,18 @@ def test_every_shipped_config_is_valid():
         _loader_for(f.name)(f)
 
 
-@pytest.mark.parametrize("raw,needle", [
-    ({"risk": {"max_positions": 99}}, "risk.max_positions"),
-    ({"risk": {"not_a_rule": 1}}, "risk.not_a_rule: unknown key"),
-    ({"fees": {"fee_rate": -0.1}}, "fees.fee_rate"),
-    ({"bogus": 1}, "bogus: unknown key"),
-    ({"risk": {"dd_halt": 0.05}}, "drawdown tiers"),
-    ({"labels": {"horizons": [24, 1]}}, "horizons"),
-    ({"data": {"bar_seconds": 60}}, "data.bar_seconds"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        ({"risk": {"max_positions": 99}}, "risk.max_positions"),
+        ({"risk": {"not_a_rule": 1}}, "risk.not_a_rule: unknown key"),
+        ({"fees": {"fee_rate": -0.1}}, "fees.fee_rate"),
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"risk": {"dd_halt": 0.05}}, "drawdown tiers"),
+        ({"labels": {"horizons": [24, 1]}}, "horizons"),
+        ({"data": {"bar_seconds": 60}}, "data.bar_seconds"),
+    ],
+)
 def test_bad_values_name_the_key(raw, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         config_from_dict(raw, "x.toml")
@@ -60,7 +64,7 @@ def test_bad_values_name_the_key(raw, needle):
 
 def test_config_is_frozen():
     c = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         c.risk.max_positions = 3  # type: ignore[misc]
 
 
@@ -122,8 +126,8 @@ def _numeric_fields():
 
 def test_non_finite_numbers_are_refused_except_where_inf_means_off():
     seen = 0
-    for sec, key, kind, inf_off in _numeric_fields():
-        raw = (lambda v: {sec: {key: v}}) if sec else (lambda v: {key: v})
+    for sec, key, _kind, inf_off in _numeric_fields():
+        raw = (lambda v, s=sec, k=key: {s: {k: v}}) if sec else (lambda v, k=key: {k: v})
         name = f"{sec}.{key}" if sec else key
         for v in (float("nan"), float("inf"), float("-inf")):
             if inf_off and v == float("inf"):
@@ -186,6 +190,7 @@ def test_spread_max_inf_means_off_and_every_json_dump_stays_strict(tmp_path, cap
 
 # ---- files the loader must refuse with one line, never a traceback (issue 21 item 10)
 
+
 def _check(path, capsys) -> str:
     from kq.cli import main
 
@@ -203,7 +208,7 @@ def test_a_directory_a_fifo_and_a_missing_file_are_one_line_errors(tmp_path, cap
     assert "is a directory, not a config file" in _check(d, capsys)
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)
-    assert "not a regular file" in _check(fifo, capsys)        # never opened: reading a FIFO would hang
+    assert "not a regular file" in _check(fifo, capsys)  # never opened: reading a FIFO would hang
     assert "config file not found" in _check(tmp_path / "none.toml", capsys)
     (tmp_path / "child.toml").write_text('extends = "dir.toml"\n')
     assert "dir.toml: is a directory" in _check(tmp_path / "child.toml", capsys)
@@ -217,18 +222,21 @@ def test_a_file_that_is_not_utf8_or_too_large_is_a_one_line_error(tmp_path, caps
     assert "not UTF-8 text (byte 0xe9 at offset 30)" in _check(p, capsys)
     p.write_bytes(b"\xff\xfe[\x00r\x00")
     assert "not UTF-8 text" in _check(p, capsys)
-    p.write_bytes(b"\xef\xbb\xbf[risk]\nmax_positions = 5\n")    # a UTF-8 BOM (Windows editors) is fine
+    p.write_bytes(b"\xef\xbb\xbf[risk]\nmax_positions = 5\n")  # a UTF-8 BOM (Windows editors) is fine
     assert load_config(p).risk.max_positions == 5
     p.write_bytes(b"# " + b"x" * (1 << 20) + b"\n")
     assert "too large for a config file" in _check(p, capsys)
 
 
-@pytest.mark.parametrize("text", [
-    "x = " + "[" * 100_000 + "]" * 100_000,                      # RecursionError inside tomllib
-    "x = " + "{a=" * 3000 + "1" + "}" * 3000,
-    "x = " + "[" * 40 + "]" * 40,                                 # parses, but deeper than any config
-    "[risk]\ntraining_window_utc = " + "[" * 30 + "]" * 30,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x = " + "[" * 100_000 + "]" * 100_000,  # RecursionError inside tomllib
+        "x = " + "{a=" * 3000 + "1" + "}" * 3000,
+        "x = " + "[" * 40 + "]" * 40,  # parses, but deeper than any config
+        "[risk]\ntraining_window_utc = " + "[" * 30 + "]" * 30,
+    ],
+)
 def test_deeply_nested_toml_is_a_one_line_error(tmp_path, capsys, text):
     p = tmp_path / "deep.toml"
     p.write_text(text + "\n")
@@ -237,11 +245,11 @@ def test_deeply_nested_toml_is_a_one_line_error(tmp_path, capsys, text):
 
 def test_unknown_keys_are_refused_at_every_level_and_control_characters_are_escaped(tmp_path, capsys):
     p = tmp_path / "u.toml"
-    p.write_text('[risk]\nmax_postions = 5\n')
+    p.write_text("[risk]\nmax_postions = 5\n")
     assert "risk.max_postions: unknown key" in _check(p, capsys)
-    p.write_text('[riks]\nmax_positions = 5\n')
+    p.write_text("[riks]\nmax_positions = 5\n")
     assert "riks: unknown key" in _check(p, capsys)
-    p.write_text('"a\\nb\\u001b[2J" = 1\n')                        # a key with a newline and a terminal escape
+    p.write_text('"a\\nb\\u001b[2J" = 1\n')  # a key with a newline and a terminal escape
     assert "a\\nb\\x1b[2J: unknown key" in _check(p, capsys)
     p.write_text("\n".join(f"k{i} = {i}" for i in range(50)) + "\n")
     assert "(+45 more)" in _check(p, capsys)

@@ -39,8 +39,14 @@ def test_limit_first_fills_at_the_limit_when_traded_through():
 def test_limit_first_falls_back_to_market_at_the_close_with_slippage():
     s, o, tr, t = _entry(False)
     p = s.params[0]
-    slip = slippage_frac_nb(o["spread"], o["atr"] / o["ref_price"], o["qty"] * s.c[t, 0], s.v[t, 0] * s.c[t, 0],
-                            p["impact_coef"], p["min_slip"])
+    slip = slippage_frac_nb(
+        o["spread"],
+        o["atr"] / o["ref_price"],
+        o["qty"] * s.c[t, 0],
+        s.v[t, 0] * s.c[t, 0],
+        p["impact_coef"],
+        p["min_slip"],
+    )
     assert slip >= 0.0005  # at least half the 0.1% spread
     assert tr["how"] == FillHow.MARKET_CLOSE
     assert tr["price"] == market_fill_price_nb(BUY, s.c[t, 0], slip)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import require_shared
+
 from engine.config import load_config
 from engine.features.featureset import build_features
 from engine.store.panel import load_shared_panel
@@ -34,8 +34,23 @@ def store(tmp_path_factory):
 
 def test_kq_features_writes_the_feature_set(store, tmp_path, capsys):
     out = tmp_path / "f.parquet"
-    rc = main(["features", "--store", str(store), "--venue", "binance", "--pairs", "BTC/USDT,ETHUSDT",
-               "--start", "2024-01-01", "--end", "2024-01-31", "--out", str(out)])
+    rc = main(
+        [
+            "features",
+            "--store",
+            str(store),
+            "--venue",
+            "binance",
+            "--pairs",
+            "BTC/USDT,ETHUSDT",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-31",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert "wrote 1,488 rows x 21 features" in capsys.readouterr().out
     df = pd.read_parquet(out)
@@ -56,10 +71,25 @@ def test_kq_features_writes_the_feature_set(store, tmp_path, capsys):
 def test_bad_input_is_one_line_exit_2(store, tmp_path, capsys):
     cases = [
         (["--store", str(store), "--venue", "binance", "--out", str(tmp_path / "a.csv")], "must end in .parquet"),
-        (["--store", str(store), "--venue", "binance", "--pairs", "SOL/USDT", "--out", str(tmp_path / "a.parquet")],
-         "no bars for SOL/USDT"),
-        (["--store", str(store), "--venue", "binance", "--start", "2024-02-01", "--end", "2024-01-01",
-          "--out", str(tmp_path / "a.parquet")], "--end is before --start"),
+        (
+            ["--store", str(store), "--venue", "binance", "--pairs", "SOL/USDT", "--out", str(tmp_path / "a.parquet")],
+            "no bars for SOL/USDT",
+        ),
+        (
+            [
+                "--store",
+                str(store),
+                "--venue",
+                "binance",
+                "--start",
+                "2024-02-01",
+                "--end",
+                "2024-01-01",
+                "--out",
+                str(tmp_path / "a.parquet"),
+            ],
+            "--end is before --start",
+        ),
     ]
     for args, msg in cases:
         assert main(["features", *args]) == 2, args
@@ -67,8 +97,20 @@ def test_bad_input_is_one_line_exit_2(store, tmp_path, capsys):
         assert "kq: error: " in err and msg in err
         assert not (tmp_path / "a.parquet").exists()  # nothing half-written
     # as a process: one line on stderr, no traceback
-    r = subprocess.run([sys.executable, "-m", "kq", "features", "--store", str(tmp_path / "none.duckdb"),
-                        "--out", str(tmp_path / "a.parquet")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kq",
+            "features",
+            "--store",
+            str(tmp_path / "none.duckdb"),
+            "--out",
+            str(tmp_path / "a.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("kq: error: no market store")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import require_shared
+
 from engine.features.featureset import build_features
 from engine.store.panel import load_shared_panel
 
@@ -51,12 +51,18 @@ def test_returns_never_span_a_hole(gappy):
         np.testing.assert_array_equal(np.isnan(r), _hole_in_span(p.valid, h + 1))
 
 
-@pytest.mark.parametrize("name,span", [
-    ("mom_slope", lambda c: c.slope_window), ("vol", lambda c: c.vol_window + 1),
-    ("breakout", lambda c: c.breakout_window + 1), ("mr_z", lambda c: c.mr_window),
-    ("higher_high", lambda c: 2 * c.hhll_window), ("lower_low", lambda c: 2 * c.hhll_window),
-    ("spread", lambda c: c.spread_window + 1),
-])
+@pytest.mark.parametrize(
+    "name,span",
+    [
+        ("mom_slope", lambda c: c.slope_window),
+        ("vol", lambda c: c.vol_window + 1),
+        ("breakout", lambda c: c.breakout_window + 1),
+        ("mr_z", lambda c: c.mr_window),
+        ("higher_high", lambda c: 2 * c.hhll_window),
+        ("lower_low", lambda c: 2 * c.hhll_window),
+        ("spread", lambda c: c.spread_window + 1),
+    ],
+)
 def test_strict_windows_are_nan_over_any_hole(gappy, name, span):
     p, fs = gappy
     v = fs.feature(name)
@@ -80,10 +86,15 @@ def test_atr_restarts_after_every_hole(gappy):
             end = g + w + 1
             if end > p.n_bars or not v[g:end].all():
                 continue
-            assert np.isnan(atr[g:g + w, j]).all(), "ATR carried across a hole"
-            pc = c[g:g + w, j]
-            tr = np.maximum.reduce([h[g + 1:g + w + 1, j] - lo[g + 1:g + w + 1, j],
-                                    np.abs(h[g + 1:g + w + 1, j] - pc), np.abs(lo[g + 1:g + w + 1, j] - pc)])
+            assert np.isnan(atr[g : g + w, j]).all(), "ATR carried across a hole"
+            pc = c[g : g + w, j]
+            tr = np.maximum.reduce(
+                [
+                    h[g + 1 : g + w + 1, j] - lo[g + 1 : g + w + 1, j],
+                    np.abs(h[g + 1 : g + w + 1, j] - pc),
+                    np.abs(lo[g + 1 : g + w + 1, j] - pc),
+                ]
+            )
             np.testing.assert_allclose(atr[g + w, j], tr.mean(), rtol=1e-14)  # fresh seed
             checked += 1
     assert checked >= 20

@@ -17,7 +17,7 @@ def _direct(x, window, min_periods, fn, need_current=True):
         for t in range(n):
             if need_current and np.isnan(x[t, j]):
                 continue
-            w = x[max(0, t - window + 1):t + 1, j]
+            w = x[max(0, t - window + 1) : t + 1, j]
             idx = np.flatnonzero(~np.isnan(w))
             if idx.size >= min_periods and idx.size > 0:
                 out[t, j] = fn(w[idx], idx)  # values and their positions in the window
@@ -46,8 +46,9 @@ def test_mean_std_median_rank_slope_match_direct_windows(case):
     mean, std = nb.rolling_mean_std_nb(x, w, mp, 1)
     np.testing.assert_allclose(mean, _direct(x, w, max(mp, 2), lambda v, i: v.mean()), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(std, _direct(x, w, max(mp, 2), lambda v, i: v.std(ddof=1)), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(nb.rolling_mean_nb(x, w, mp), _direct(x, w, mp, lambda v, i: v.mean()),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        nb.rolling_mean_nb(x, w, mp), _direct(x, w, mp, lambda v, i: v.mean()), rtol=1e-12, atol=1e-12
+    )
     np.testing.assert_array_equal(nb.rolling_median_nb(x, w, mp), _direct(x, w, mp, lambda v, i: np.median(v)))
 
     def rank(v, i):
@@ -60,8 +61,7 @@ def test_mean_std_median_rank_slope_match_direct_windows(case):
         xi = i.astype(float)
         return ((xi - xi.mean()) * (v - v.mean())).sum() / ((xi - xi.mean()) ** 2).sum()
 
-    np.testing.assert_allclose(nb.rolling_slope_nb(x, w, mp), _direct(x, w, max(mp, 2), slope),
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(nb.rolling_slope_nb(x, w, mp), _direct(x, w, max(mp, 2), slope), rtol=1e-9, atol=1e-9)
 
     def z(v, i):
         s = v.std(ddof=1)
@@ -86,7 +86,7 @@ def test_rolling_extreme_with_lag(case, lag, is_max):
             if lo < 0 or (lag == 0 and np.isnan(x[t, j])):
                 assert np.isnan(got[t, j])
                 continue
-            v = x[lo:hi + 1, j]
+            v = x[lo : hi + 1, j]
             v = v[~np.isnan(v)]
             want = (v.max() if is_max else v.min()) if v.size >= mp else np.nan
             np.testing.assert_array_equal(got[t, j], want)
@@ -108,7 +108,7 @@ def test_block_beta_corr_matches_direct_two_pass(case, h0):
     for j in range(m):
         for t in range(n):
             lo = max(0, t - w + 1)
-            a, b = x[lo:t + 1, j], y[lo:t + 1]
+            a, b = x[lo : t + 1, j], y[lo : t + 1]
             ok = ~(np.isnan(a) | np.isnan(b))
             if np.isnan(x[t, j]) or np.isnan(y[t]) or ok.sum() < max(mp, 3):
                 assert np.isnan(beta[t, j]) and np.isnan(corr[t, j])
@@ -120,8 +120,13 @@ def test_block_beta_corr_matches_direct_two_pass(case, h0):
             np.testing.assert_allclose(beta[t, j], (da * db).sum() / vb, rtol=1e-6, atol=1e-9)
             # truncating the history to the window itself gives the same bits (pure function)
             if t - w + 1 >= 0:
-                b2, c2 = nb.rolling_beta_corr_nb(np.ascontiguousarray(x[t - w + 1:t + 1]),
-                                                 np.ascontiguousarray(y[t - w + 1:t + 1]), hour[t - w + 1:t + 1], w, mp)
+                b2, c2 = nb.rolling_beta_corr_nb(
+                    np.ascontiguousarray(x[t - w + 1 : t + 1]),
+                    np.ascontiguousarray(y[t - w + 1 : t + 1]),
+                    hour[t - w + 1 : t + 1],
+                    w,
+                    mp,
+                )
                 assert b2[-1, j].tobytes() == beta[t, j].tobytes()
 
 
@@ -137,5 +142,7 @@ def test_blocked_moments_match_direct_and_are_pure(case, h0):
     np.testing.assert_allclose(mean, _direct(x, w, max(mp, 2), lambda v, i: v.mean()), rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(std, _direct(x, w, max(mp, 2), lambda v, i: v.std(ddof=1)), rtol=1e-6, atol=1e-9)
     for t in range(w - 1, x.shape[0]):  # the window alone reproduces every value bit for bit
-        m2, s2 = nb.rolling_moments_blocked_nb(np.ascontiguousarray(x[t - w + 1:t + 1]), hour[t - w + 1:t + 1], w, mp, 1)
+        m2, s2 = nb.rolling_moments_blocked_nb(
+            np.ascontiguousarray(x[t - w + 1 : t + 1]), hour[t - w + 1 : t + 1], w, mp, 1
+        )
         assert m2[-1].tobytes() == mean[t].tobytes() and s2[-1].tobytes() == std[t].tobytes()

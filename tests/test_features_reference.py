@@ -18,8 +18,9 @@ from engine.paths import REPO_ROOT
 from engine.store.panel import load_shared_panel
 
 sys.path.insert(0, str(REPO_ROOT))
-from benchmarks import feature_reference as ref  # noqa: E402
-from conftest import require_shared  # noqa: E402
+from conftest import require_shared
+
+from benchmarks import feature_reference as ref
 
 # 2021-04-01 00:00 .. +150 days: four Binance pairs incl. BTC, with the April/August 2021 gaps.
 FILES = ["binance_BTCUSDT_1h", "binance_ETHUSDT_1h", "binance_SOLUSDT_1h", "binance_XRPUSDT_1h"]
@@ -61,12 +62,13 @@ def test_kernel_equals_reference(real, name):
 def test_full_ten_pair_panel_equals_reference_cheap_features():
     # the 10-pair Binance panel over one year: every feature except the slow reference clusters
     require_shared()
-    files = [f"binance_{s}USDT_1h" for s in "BTC ETH SOL XRP ADA LTC DOT LINK AVAX DOGE".split()]
+    files = [f"binance_{s}USDT_1h" for s in ["BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE"]]
     p = load_shared_panel(files, 1672531200, 1672531200 + 8760 * 3600)
     cfg = FeaturesConfig()
     fs = build_features(p, cfg)
-    refs = ref.reference_features(p, cfg, spread=spread_estimate(p, cfg.spread_window, cfg.spread_method),
-                                  with_clusters=False)
+    refs = ref.reference_features(
+        p, cfg, spread=spread_estimate(p, cfg.spread_window, cfg.spread_method), with_clusters=False
+    )
     err = ref.compare({n: fs.feature(n) for n in fs.names}, refs, cfg)
     assert set(err) == set(fs.names) - {"cluster"}
     assert max(err.values()) <= 1e-9, err
@@ -86,12 +88,12 @@ def test_pct_rank_ties_follow_the_average_rule():
     x = np.array([[1.0], [2.0], [2.0], [2.0], [3.0], [2.0], [np.nan], [2.0]])
     r = nb.rolling_pct_rank_nb(x, 4, 1)
     assert r[0, 0] == 1.0
-    assert r[1, 0] == 1.0                      # strict new max
-    assert r[2, 0] == (1 + 0.5 * 3) / 3        # [1,2,2]: less 1, equal 2
+    assert r[1, 0] == 1.0  # strict new max
+    assert r[2, 0] == (1 + 0.5 * 3) / 3  # [1,2,2]: less 1, equal 2
     assert r[3, 0] == (1 + 0.5 * 4) / 4
-    assert r[5, 0] == (0 + 0.5 * 4) / 4        # [2,2,3,2]: less 0, equal 3
+    assert r[5, 0] == (0 + 0.5 * 4) / 4  # [2,2,3,2]: less 0, equal 3
     assert np.isnan(r[6, 0])
-    assert r[7, 0] == (0 + 0.5 * 3) / 3        # [3,2,nan,2]: 3 valid, less 0, equal 2
+    assert r[7, 0] == (0 + 0.5 * 3) / 3  # [3,2,nan,2]: 3 valid, less 0, equal 2
     np.testing.assert_array_equal(r[:, 0], ref.pct_rank(x[:, 0], 4, 1))
 
 
@@ -162,16 +164,18 @@ def test_nothing_on_the_feature_path_imports_labels():
     assert len(files) >= 5
     assert [str(f) for f in files if _imports_labels(f)] == []
     # and at run time: building features never loads it
-    code = ("import sys, numpy as np\n"
-            "from engine.store.panel import panel_from_frames\n"
-            "import pandas as pd\n"
-            "from engine.features.featureset import build_features\n"
-            "import kq.features\n"
-            "ts = np.arange(100, dtype=np.int64) * 3600\n"
-            "px = 100 + np.cumsum(np.sin(np.arange(100)))\n"
-            "f = pd.DataFrame({'ts': ts, 'open': px, 'high': px + 1, 'low': px - 1, 'close': px, 'volume': 1.0})\n"
-            "build_features(panel_from_frames({'BTC/USD': f}, 'kraken'))\n"
-            "assert 'engine.features.labels' not in sys.modules, 'labels imported on the feature path'\n"
-            "print('ok')\n")
+    code = (
+        "import sys, numpy as np\n"
+        "from engine.store.panel import panel_from_frames\n"
+        "import pandas as pd\n"
+        "from engine.features.featureset import build_features\n"
+        "import kq.features\n"
+        "ts = np.arange(100, dtype=np.int64) * 3600\n"
+        "px = 100 + np.cumsum(np.sin(np.arange(100)))\n"
+        "f = pd.DataFrame({'ts': ts, 'open': px, 'high': px + 1, 'low': px - 1, 'close': px, 'volume': 1.0})\n"
+        "build_features(panel_from_frames({'BTC/USD': f}, 'kraken'))\n"
+        "assert 'engine.features.labels' not in sys.modules, 'labels imported on the feature path'\n"
+        "print('ok')\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

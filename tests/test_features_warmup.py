@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import require_shared
+
 from engine.features.config import FeaturesConfig
 from engine.features.featureset import ATR_REL_TOL, build_features, warmup_table
 from engine.store.panel import load_shared_panel
@@ -29,7 +29,7 @@ def _check(full, short, name: str, rule, first: int) -> None:
     """Compare short (history starts at bar s) with full at full-bars first .. end."""
     i = full.names.index(name)
     a = full.values[first:, :, i]
-    b = short.values[-a.shape[0]:, :, i]
+    b = short.values[-a.shape[0] :, :, i]
     assert np.array_equal(np.isnan(a), np.isnan(b)), f"{name}: NaN pattern differs after warm-up"
     ok = np.isfinite(a)
     assert ok.any(), f"{name}: nothing to compare"

@@ -215,15 +215,14 @@ def test_no_lookahead_future_bars_do_not_move_a_fold():
         assert np.array_equal(again[k][0], tr) and np.array_equal(again[k][1], te)
         # (c) the feature values of later rows do not matter (the splitter reads times only)
         X = rng.normal(size=(pert.size, 2))
-        X[cut.sum():] = 1e9  # rows after the fold's test end
+        X[cut.sum() :] = 1e9  # rows after the fold's test end
         third = list(cv.split(X, groups=pert))
         assert np.array_equal(third[k][0], tr)
 
 
 def test_determinism():
     times = long_times(grid(900), n_pairs=3, seed=9, drop=0.1)
-    for cv in (PurgedWalkForward(200, 80, HORIZON, embargo_bars=5),
-               CombinatorialPurgedCV(6, 2, HORIZON, 5)):
+    for cv in (PurgedWalkForward(200, 80, HORIZON, embargo_bars=5), CombinatorialPurgedCV(6, 2, HORIZON, 5)):
         a = list(cv.split(times, groups=times))
         b = list(type(cv)(**cv.get_params()).split(times.copy(), groups=times.copy()))
         assert len(a) == len(b)
@@ -237,9 +236,16 @@ def test_sklearn_interface():
     from sklearn.model_selection import cross_val_score
 
     cv = PurgedWalkForward(100, 50, HORIZON, embargo_bars=2)
-    assert cv.get_params() == {"train_bars": 100, "test_bars": 50, "purge_bars": HORIZON,
-                               "embargo_bars": 2, "expanding": False, "min_train_bars": None,
-                               "step_bars": None, "start": None}
+    assert cv.get_params() == {
+        "train_bars": 100,
+        "test_bars": 50,
+        "purge_bars": HORIZON,
+        "embargo_bars": 2,
+        "expanding": False,
+        "min_train_bars": None,
+        "step_bars": None,
+        "start": None,
+    }
     assert repr(cv).startswith("PurgedWalkForward(train_bars=100, test_bars=50, purge_bars=24")
     c2 = clone(cv)
     assert c2.get_params() == cv.get_params() and c2 is not cv
@@ -264,21 +270,24 @@ def test_sklearn_interface():
     assert np.array_equal(bar_times(times.astype("datetime64[s]")), times)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(train_bars=-1, test_bars=10, purge_bars=24), "train_bars must be >= 1"),
-    (dict(train_bars=10, test_bars=0, purge_bars=24), "test_bars must be >= 1"),
-    (dict(train_bars=10, test_bars=10, purge_bars=-2), "purge_bars must be >= 0"),
-    (dict(train_bars=10, test_bars=10, purge_bars=2, embargo_bars=-1), "embargo_bars must be >= 0"),
-    (dict(train_bars=10.5, test_bars=10, purge_bars=2), "integer"),
-    (dict(train_bars=True, test_bars=10, purge_bars=2), "integer"),
-    (dict(train_bars=10, test_bars=10, purge_bars=2, step_bars=5), "test blocks would overlap"),
-    (dict(train_bars=10, test_bars=10, purge_bars=2, min_train_bars=0), "min_train_bars"),
-    (dict(train_bars=10, test_bars=10, purge_bars=2, expanding="yes"), "expanding"),
-    (dict(train_bars=10, test_bars=10, purge_bars=2, start=T0 + 1), "hourly grid"),
-    (dict(train_bars=10, test_bars=10, purge_bars=2, start=T0 + 10**7 * H), "after the last bar"),
-    (dict(train_bars=100, test_bars=150, purge_bars=24), "one fold needs"),
-    (dict(train_bars=126, test_bars=100, purge_bars=24), "at least 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(train_bars=-1, test_bars=10, purge_bars=24), "train_bars must be >= 1"),
+        (dict(train_bars=10, test_bars=0, purge_bars=24), "test_bars must be >= 1"),
+        (dict(train_bars=10, test_bars=10, purge_bars=-2), "purge_bars must be >= 0"),
+        (dict(train_bars=10, test_bars=10, purge_bars=2, embargo_bars=-1), "embargo_bars must be >= 0"),
+        (dict(train_bars=10.5, test_bars=10, purge_bars=2), "integer"),
+        (dict(train_bars=True, test_bars=10, purge_bars=2), "integer"),
+        (dict(train_bars=10, test_bars=10, purge_bars=2, step_bars=5), "test blocks would overlap"),
+        (dict(train_bars=10, test_bars=10, purge_bars=2, min_train_bars=0), "min_train_bars"),
+        (dict(train_bars=10, test_bars=10, purge_bars=2, expanding="yes"), "expanding"),
+        (dict(train_bars=10, test_bars=10, purge_bars=2, start=T0 + 1), "hourly grid"),
+        (dict(train_bars=10, test_bars=10, purge_bars=2, start=T0 + 10**7 * H), "after the last bar"),
+        (dict(train_bars=100, test_bars=150, purge_bars=24), "one fold needs"),
+        (dict(train_bars=126, test_bars=100, purge_bars=24), "at least 2"),
+    ],
+)
 def test_bad_walk_forward_parameters(kwargs, match):
     times = grid(250)
     cv = PurgedWalkForward(**kwargs)  # __init__ only stores
@@ -301,12 +310,14 @@ def test_bad_times_and_purge_check():
     with pytest.raises(InputError, match="longest label horizon"):
         check_purge(4, [1, 4, 24])
     check_purge(24, [1, 4, 24])
-    for kw, match in [(dict(n_groups=1, n_test_groups=1, purge_bars=0), "n_groups must be >= 2"),
-                      (dict(n_groups=4, n_test_groups=4, purge_bars=0), "smaller than n_groups"),
-                      (dict(n_groups=4, n_test_groups=0, purge_bars=0), "n_test_groups must be >= 1"),
-                      (dict(n_groups=4, n_test_groups=1, purge_bars=-1), "purge_bars"),
-                      (dict(n_groups=50, n_test_groups=1, purge_bars=0), "only 40 bars"),
-                      (dict(n_groups=4, n_test_groups=3, purge_bars=20), "no training bars")]:
+    for kw, match in [
+        (dict(n_groups=1, n_test_groups=1, purge_bars=0), "n_groups must be >= 2"),
+        (dict(n_groups=4, n_test_groups=4, purge_bars=0), "smaller than n_groups"),
+        (dict(n_groups=4, n_test_groups=0, purge_bars=0), "n_test_groups must be >= 1"),
+        (dict(n_groups=4, n_test_groups=1, purge_bars=-1), "purge_bars"),
+        (dict(n_groups=50, n_test_groups=1, purge_bars=0), "only 40 bars"),
+        (dict(n_groups=4, n_test_groups=3, purge_bars=20), "no training bars"),
+    ]:
         with pytest.raises(InputError, match=match):
             list(CombinatorialPurgedCV(**kw).split(np.zeros(40), groups=grid(40)))
 
@@ -332,7 +343,7 @@ def check_cpcv(times: np.ndarray, cv: CombinatorialPurgedCV) -> None:
     for (tr, te), c in zip(folds, combos):
         assert np.intersect1d(tr, te).size == 0
         assert np.array_equal(te, np.flatnonzero(np.isin(rg, c)))  # test = exactly its groups
-        assert np.intersect1d(times[tr], times[te]).size == 0       # bars never split
+        assert np.intersect1d(times[tr], times[te]).size == 0  # bars never split
         ttr = times[tr]
         for g in c:
             lo, hi = table[g]["start"], table[g]["end"]
@@ -370,12 +381,19 @@ def test_cpcv_groups_purge_embargo_paths(n, k, purge, emb):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n_bars=hst.integers(60, 500), train=hst.integers(5, 150), test=hst.integers(1, 80),
-       purge=hst.integers(0, 30), emb=hst.integers(0, 20), expanding=hst.booleans(),
-       extra_step=hst.integers(0, 10), n_pairs=hst.integers(1, 3), drop=hst.floats(0, 0.4),
-       seed=hst.integers(0, 10**6))
-def test_walk_forward_properties(n_bars, train, test, purge, emb, expanding, extra_step, n_pairs,
-                                 drop, seed):
+@given(
+    n_bars=hst.integers(60, 500),
+    train=hst.integers(5, 150),
+    test=hst.integers(1, 80),
+    purge=hst.integers(0, 30),
+    emb=hst.integers(0, 20),
+    expanding=hst.booleans(),
+    extra_step=hst.integers(0, 10),
+    n_pairs=hst.integers(1, 3),
+    drop=hst.floats(0, 0.4),
+    seed=hst.integers(0, 10**6),
+)
+def test_walk_forward_properties(n_bars, train, test, purge, emb, expanding, extra_step, n_pairs, drop, seed):
     times = long_times(grid(n_bars), n_pairs, seed, drop)
     if times.size == 0:
         return
@@ -399,9 +417,15 @@ def test_walk_forward_properties(n_bars, train, test, purge, emb, expanding, ext
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n_bars=hst.integers(80, 400), n=hst.integers(2, 7), k=hst.integers(1, 3),
-       purge=hst.integers(0, 6), emb=hst.integers(0, 4), n_pairs=hst.integers(1, 2),
-       seed=hst.integers(0, 10**6))
+@given(
+    n_bars=hst.integers(80, 400),
+    n=hst.integers(2, 7),
+    k=hst.integers(1, 3),
+    purge=hst.integers(0, 6),
+    emb=hst.integers(0, 4),
+    n_pairs=hst.integers(1, 2),
+    seed=hst.integers(0, 10**6),
+)
 def test_cpcv_properties(n_bars, n, k, purge, emb, n_pairs, seed):
     if k >= n:
         return

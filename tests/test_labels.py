@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import require_shared
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import require_shared
 from engine.config import FeesConfig, LabelsConfig
 from engine.features.labels import forward_log_return_nb, future_labels, future_up_label_nb
 from engine.store.panel import FIELDS, Panel, load_shared_panel
@@ -27,7 +27,7 @@ def _ref_forward(c: np.ndarray, h: int) -> np.ndarray:
     n = c.shape[0]
     out = np.full(c.shape, np.nan)
     for t in range(n - h):
-        seg = c[t:t + h + 1]
+        seg = c[t : t + h + 1]
         if np.isfinite(seg).all():
             out[t] = np.log(c[t + h] / c[t])
     return out
@@ -65,10 +65,10 @@ def test_label_at_t_depends_only_on_bars_t_to_t_plus_h(real, h):
     for t in (100, 777, 1500):
         outside = np.array([i for i in range(n) if i < t or i > t + h])
         other = future_labels(_perturb(real, outside, rng), LabelsConfig(horizons=(h,)))[f"fwd_ret_{h}h"]
-        assert other[t].tobytes() == base[t].tobytes()       # past and far future: no effect
+        assert other[t].tobytes() == base[t].tobytes()  # past and far future: no effect
         inside = np.array([t + h])
         moved = future_labels(_perturb(real, inside, rng), LabelsConfig(horizons=(h,)))[f"fwd_ret_{h}h"]
-        assert not np.array_equal(moved[t], base[t])           # the label does read bar t+h
+        assert not np.array_equal(moved[t], base[t])  # the label does read bar t+h
         # a label at t never reads bars before t: perturbing bars < t changes no label at >= t
         past = future_labels(_perturb(real, np.arange(t), rng), LabelsConfig(horizons=(h,)))[f"fwd_ret_{h}h"]
         assert past[t:].tobytes() == base[t:].tobytes()
@@ -91,8 +91,9 @@ def test_cost_threshold_option(real):
     ok = np.isfinite(fwd)
     assert np.array_equal(costly["future_up_24h"][ok] == 1.0, fwd[ok] > cost)
     assert costly["future_up_24h"][ok].sum() < plain["future_up_24h"][ok].sum()
-    np.testing.assert_array_equal(future_up_label_nb(np.array([[cost], [cost * 1.0001], [np.nan]]), cost)[:, 0],
-                                  [0.0, 1.0, np.nan])
+    np.testing.assert_array_equal(
+        future_up_label_nb(np.array([[cost], [cost * 1.0001], [np.nan]]), cost)[:, 0], [0.0, 1.0, np.nan]
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -105,9 +106,9 @@ def test_label_window_property(seed, n, h, gap):
     base = forward_log_return_nb(c, h)
     t = int(rng.integers(0, n))
     other = c * np.exp(rng.normal(0, 0.1, size=c.shape))
-    other[t:t + h + 1] = c[t:t + h + 1]  # keep only bars t .. t+h
+    other[t : t + h + 1] = c[t : t + h + 1]  # keep only bars t .. t+h
     assert forward_log_return_nb(other, h)[t].tobytes() == base[t].tobytes()
     for j in range(2):
-        seg = c[t:t + h + 1, j]
+        seg = c[t : t + h + 1, j]
         want = np.log(seg[-1] / seg[0]) if seg.size == h + 1 and np.isfinite(seg).all() else np.nan
         np.testing.assert_allclose(base[t, j], want, rtol=1e-12, atol=0.0)

@@ -3,6 +3,8 @@ deterministic; the full five-model stack on real data through research.folds.Pur
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -26,7 +28,7 @@ class SimplePurgedSplit:
         n = len(X)
         first = n // (self.k + 1)
         edges = np.linspace(first, n, self.k + 1).astype(int)
-        for a, b in zip(edges[:-1], edges[1:]):
+        for a, b in itertools.pairwise(edges):
             yield np.arange(0, a - self.purge), np.arange(a, b)
 
 
@@ -55,9 +57,15 @@ def real_window():
 
 def noise_trees(seed=0):
     # a memorising forest (full depth, all rows) and a small booster
-    return [("random_forest", make_model("random_forest", n_estimators=30, max_depth=None, max_samples=1.0,
-                                         min_samples_leaf=1, seed=seed)),
-            ("xgboost", make_model("xgboost", tiny=True, seed=seed))]
+    return [
+        (
+            "random_forest",
+            make_model(
+                "random_forest", n_estimators=30, max_depth=None, max_samples=1.0, min_samples_leaf=1, seed=seed
+            ),
+        ),
+        ("xgboost", make_model("xgboost", tiny=True, seed=seed)),
+    ]
 
 
 def test_stacker_trains_on_out_of_fold_predictions_only(real_window):
@@ -129,8 +137,7 @@ def test_five_model_stack_on_real_data_with_purged_walk_forward(real_window):
     X, y, ret, c = real_window
     tr = slice(0, 2000)
     cv = PurgedWalkForward(train_bars=800, test_bars=600, purge_bars=24, expanding=True)
-    m = StackingMetaLearner(model_size="tiny", cv=cv, seed=1,
-                            regime=RegimeClassifier(trend_bars=48, vol_bars=24))
+    m = StackingMetaLearner(model_size="tiny", cv=cv, seed=1, regime=RegimeClassifier(trend_bars=48, vol_bars=24))
     m.fit(X[tr], y[tr], close=c[tr], returns=ret[tr])
     assert m.base_names_ == ("xgboost", "lightgbm", "random_forest", "lstm", "transformer")
     assert m.stacker_.coef_.shape == (1, 5 + 4)
@@ -169,8 +176,10 @@ def test_pooled_pairs_with_times_and_segments():
         Xs.append(X), ys.append(np.where(np.isfinite(r), (r > 0).astype(float), np.nan)), rs.append(r)
     X, y, ret = np.vstack(Xs), np.concatenate(ys), np.concatenate(rs)
     times, seg, close = np.tile(ts, 2), np.repeat(["BTC/USDT", "ETH/USDT"], n), cc.T.reshape(-1)
-    models = [("xgboost", make_model("xgboost", tiny=True)),
-              ("lstm", make_model("lstm", tiny=True, seq_len=8, learning_rate=1e-2))]
+    models = [
+        ("xgboost", make_model("xgboost", tiny=True)),
+        ("lstm", make_model("lstm", tiny=True, seq_len=8, learning_rate=1e-2)),
+    ]
     cv = PurgedWalkForward(train_bars=500, test_bars=380, purge_bars=24, expanding=True)
     m = StackingMetaLearner(models=models, cv=cv, regime=RegimeClassifier(trend_bars=48, vol_bars=24))
     m.fit(X, y, close=close, returns=ret, times=times, segments=seg)
@@ -181,15 +190,16 @@ def test_pooled_pairs_with_times_and_segments():
     P = m.predict_base_proba(X, segments=seg)
     lstm = m.base_models_[1][1]
     assert np.array_equal(P[n:, 1], lstm.predict_proba(X[n:])[:, 1], equal_nan=True)
-    assert np.isnan(P[n:n + 19, 1]).all()  # 12 NaN feature rows + 7 rows of warm-up of ETH alone
+    assert np.isnan(P[n : n + 19, 1]).all()  # 12 NaN feature rows + 7 rows of warm-up of ETH alone
     pp = m.predict_proba(X, close=close, segments=seg)[:, 1]
     assert np.isfinite(pp).all()
     assert np.array_equal(m.regime_.predict(close, seg)[n:], m.regime_.predict(close[n:]))
     # a second fit with the same seeds (a net included) gives bit-identical meta output
     m2 = clone(m).fit(X, y, close=close, returns=ret, times=times, segments=seg)
     assert np.array_equal(m2.predict_proba(X, close=close, segments=seg)[:, 1], pp)
-    assert np.array_equal(m2.predict_return(X, close=close, segments=seg),
-                          m.predict_return(X, close=close, segments=seg))
+    assert np.array_equal(
+        m2.predict_return(X, close=close, segments=seg), m.predict_return(X, close=close, segments=seg)
+    )
 
 
 def _two_horizons(real_window):
@@ -200,17 +210,20 @@ def _two_horizons(real_window):
 
 
 def _mixed_models(seed=0):
-    return [("xgboost", make_model("xgboost", tiny=True, seed=seed)),
-            ("random_forest", make_model("random_forest", tiny=True, seed=seed)),
-            ("lstm", make_model("lstm", tiny=True, seed=seed))]
+    return [
+        ("xgboost", make_model("xgboost", tiny=True, seed=seed)),
+        ("random_forest", make_model("random_forest", tiny=True, seed=seed)),
+        ("lstm", make_model("lstm", tiny=True, seed=seed)),
+    ]
 
 
 def test_multi_horizon_fit_without_sharing_equals_one_meta_per_horizon(real_window):
     """An (n, H) label matrix with share_horizons=False is exactly H single-horizon meta-learners:
     same inner folds, same base fits, same stackers (bit for bit)."""
     X, Y, R, c = _two_horizons(real_window)
-    kw = dict(models=_mixed_models(), cv=SimplePurgedSplit(k=2, purge=24),
-              regime=RegimeClassifier(trend_bars=48, vol_bars=24))
+    kw = dict(
+        models=_mixed_models(), cv=SimplePurgedSplit(k=2, purge=24), regime=RegimeClassifier(trend_bars=48, vol_bars=24)
+    )
     mm = StackingMetaLearner(share_horizons=False, **kw).fit(X, Y, close=c, returns=R)
     out = mm.predict_all(X, close=c)
     assert out["base"].shape == (len(X), 3, 2) and out["p_up"].shape == (len(X), 2)
@@ -228,8 +241,11 @@ def test_multi_horizon_shared_fits_out_of_fold_and_thread_count_invariant(real_w
     prediction; two threads give bit-identical results to one (each fit seeded, single-threaded,
     stored by position)."""
     X, Y, R, c = _two_horizons(real_window)
-    kw = dict(models=_mixed_models(1), cv=SimplePurgedSplit(k=2, purge=24),
-              regime=RegimeClassifier(trend_bars=48, vol_bars=24))
+    kw = dict(
+        models=_mixed_models(1),
+        cv=SimplePurgedSplit(k=2, purge=24),
+        regime=RegimeClassifier(trend_bars=48, vol_bars=24),
+    )
     m1 = StackingMetaLearner(n_jobs=1, **kw).fit(X, Y, close=c, returns=R)
     m2 = StackingMetaLearner(n_jobs=2, **kw).fit(X, Y, close=c, returns=R)
     o1, o2 = m1.predict_all(X, close=c), m2.predict_all(X, close=c)
@@ -250,8 +266,9 @@ def test_multi_horizon_shared_fits_out_of_fold_and_thread_count_invariant(real_w
             assert np.array_equal(m1.oof_[te, 0, col], xg.predict_proba(X[te])[:, 1])
     for col in range(2):
         rows = m1.stack_rows_[col]
-        assert np.array_equal(m1.stack_X_[col][:, :3],
-                              np.where(np.isfinite(m1.oof_[rows, :, col]), m1.oof_[rows, :, col], 0.5) - 0.5)
+        assert np.array_equal(
+            m1.stack_X_[col][:, :3], np.where(np.isfinite(m1.oof_[rows, :, col]), m1.oof_[rows, :, col], 0.5) - 0.5
+        )
         assert not np.intersect1d(rows, np.arange(0, 866)).size  # the first inner training block is never tested
     assert isinstance(m1.predict_proba(X, close=c), list) and m1.predict_return(X, close=c).shape == (len(X), 2)
 

@@ -35,7 +35,7 @@ def test_make_sequences_windows_are_exact_rows_and_end_at_t():
     seqs, ends = make_sequences(X, 5)
     assert ends.tolist() == list(range(4, 20))
     for s, t in zip(seqs, ends):
-        assert np.array_equal(s, X[t - 4:t + 1])  # rows t-4..t, never a later row
+        assert np.array_equal(s, X[t - 4 : t + 1])  # rows t-4..t, never a later row
     assert seqs.dtype == np.float32 and seqs.shape == (16, 5, 2)
 
 
@@ -66,10 +66,12 @@ def test_tensorflow_not_imported_by_engine_or_model_modules():
     """TensorFlow (~4.5 s, 700 MB) is imported only inside the nets' fit/predict."""
     import subprocess
 
-    code = ("import sys, engine.config, research.models.base, research.models.trees, research.models.lstm, "
-            "research.models.transformer, research.models.meta, research.models.regime; "
-            "from research.models.base import make_model; make_model('lstm'); make_model('meta'); "
-            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    code = (
+        "import sys, engine.config, research.models.base, research.models.trees, research.models.lstm, "
+        "research.models.transformer, research.models.meta, research.models.regime; "
+        "from research.models.base import make_model; make_model('lstm'); make_model('meta'); "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

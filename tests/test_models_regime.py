@@ -8,8 +8,16 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from engine.errors import InputError
-from research.models.regime import (CRASH, HIGH_VOL, RANGE, REGIME_NAMES, TRENDING, UNKNOWN,
-                                    RegimeClassifier, regime_features)
+from research.models.regime import (
+    CRASH,
+    HIGH_VOL,
+    RANGE,
+    REGIME_NAMES,
+    TRENDING,
+    UNKNOWN,
+    RegimeClassifier,
+    regime_features,
+)
 from tests.conftest import require_shared
 
 YEAR = 8760
@@ -75,7 +83,7 @@ def test_mapping_stable_across_windows_of_real_data(btc_close):
     f = regime_features(c, 168, 72)
     labs = []
     for a in (YEAR, 4 * YEAR):  # 2019 and 2022 (a bull and a bear year)
-        m = RegimeClassifier().fit(c[a:a + YEAR])
+        m = RegimeClassifier().fit(c[a : a + YEAR])
         lab = m.predict(c)
         labs.append(lab)
         mean = {k: {n: float(np.nanmean(v[lab == k])) for n, v in f.items()} for k in range(4)}

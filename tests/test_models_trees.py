@@ -33,12 +33,12 @@ def real_features(n_rows=9000):
     from engine.store.panel import load_shared_panel
 
     p = load_shared_panel(["binance_BTCUSDT_1h"])
-    c = p.close[-(n_rows + 60):, 0]
+    c = p.close[-(n_rows + 60) :, 0]
     lr = np.diff(np.log(c), prepend=np.nan)
     feats = [lr]
     for k in (2, 4, 12, 24):
         feats.append(np.log(c) - np.log(np.roll(c, k)))
-    vol = np.array([np.nan] * 24 + [np.std(lr[i - 23:i + 1]) for i in range(24, len(c))])
+    vol = np.array([np.nan] * 24 + [np.std(lr[i - 23 : i + 1]) for i in range(24, len(c))])
     feats.append(vol)
     X = np.column_stack(feats)
     X[:25] = np.nan
@@ -147,8 +147,9 @@ def test_random_forest_multi_output_one_forest_for_every_column():
     assert roc_auc_score(Y[te, 0], P[te, 0]) > 0.7 and roc_auc_score(Y[te, 1], P[te, 1]) > 0.7
     # exactly scikit-learn's multi-output forest on the fully labelled rows
     ok = np.isfinite(Y[tr]).all(axis=1)
-    ref = RandomForestClassifier(n_estimators=40, max_depth=6, max_samples=0.25, min_samples_leaf=20,
-                                 max_features=0.5, random_state=3).fit(X[tr][ok], Y[tr][ok].astype(int))
+    ref = RandomForestClassifier(
+        n_estimators=40, max_depth=6, max_samples=0.25, min_samples_leaf=20, max_features=0.5, random_state=3
+    ).fit(X[tr][ok], Y[tr][ok].astype(int))
     assert np.array_equal(P[:, 1], ref.predict_proba(X)[1][:, 1])
     assert m.mu_up_.shape == (2,) and np.isfinite(m.mu_up_).all()
     er = m.predict_return(X)

@@ -11,11 +11,20 @@ def test_every_kraken_spelling_of_btc_usd_is_one_pair(spelling):
     assert normalize_pair(spelling) == "BTC/USD"
 
 
-@pytest.mark.parametrize("spelling,expected", [
-    ("XDGUSD", "DOGE/USD"), ("XXDG/ZUSD", "DOGE/USD"), ("DOGEUSDT", "DOGE/USDT"),
-    ("XETHZUSD", "ETH/USD"), ("XXRPZUSD", "XRP/USD"), ("SOLUSD", "SOL/USD"),
-    ("BTCUSDT", "BTC/USDT"), ("LINKUSDT", "LINK/USDT"), ("AVAX/USD", "AVAX/USD"),
-])
+@pytest.mark.parametrize(
+    "spelling,expected",
+    [
+        ("XDGUSD", "DOGE/USD"),
+        ("XXDG/ZUSD", "DOGE/USD"),
+        ("DOGEUSDT", "DOGE/USDT"),
+        ("XETHZUSD", "ETH/USD"),
+        ("XXRPZUSD", "XRP/USD"),
+        ("SOLUSD", "SOL/USD"),
+        ("BTCUSDT", "BTC/USDT"),
+        ("LINKUSDT", "LINK/USDT"),
+        ("AVAX/USD", "AVAX/USD"),
+    ],
+)
 def test_aliases(spelling, expected):
     assert normalize_pair(spelling) == expected
 
@@ -34,7 +43,13 @@ def test_asset_ids():
 
 def test_kraken_ids_and_rules_match_the_published_btc_usd_pair():
     i = instrument("BTC/USD")
-    assert (i.kraken_id, i.altname, i.wsname, i.base_id, i.quote_id) == ("XXBTZUSD", "XBTUSD", "XBT/USD", "XXBT", "ZUSD")
+    assert (i.kraken_id, i.altname, i.wsname, i.base_id, i.quote_id) == (
+        "XXBTZUSD",
+        "XBTUSD",
+        "XBT/USD",
+        "XXBT",
+        "ZUSD",
+    )
     assert (i.pair_decimals, i.lot_decimals) == (1, 8)
     assert i.ordermin == Decimal("0.0001") and i.costmin == Decimal("0.5") and i.tick_size == Decimal("0.1")
     assert instrument("DOGE/USD").kraken_id == "XDGUSD"

@@ -3,13 +3,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import require_shared
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InputError
 from engine.features.spread import SPREAD_METHODS, spread_arrays, spread_estimate
 from engine.store.panel import load_shared_panel, panel_from_frames
-from conftest import require_shared
 
 METHODS = tuple(SPREAD_METHODS)
 
@@ -109,11 +109,11 @@ def test_no_lookahead_on_real_data(real, method):
         h2, l2, c2, v2 = h.copy(), l.copy(), c.copy(), v.copy()
         k = h.shape[0] - t - 1
         f = rng.uniform(0.5, 2.0, size=(k, h.shape[1]))
-        h2[t + 1:] *= f * 1.3
-        l2[t + 1:] *= f * 0.7
-        c2[t + 1:] *= f
-        v2[t + 1:] = rng.random((k, h.shape[1])) < 0.8
-        h2[t + 1:][rng.random((k, h.shape[1])) < 0.05] = np.nan
+        h2[t + 1 :] *= f * 1.3
+        l2[t + 1 :] *= f * 0.7
+        c2[t + 1 :] *= f
+        v2[t + 1 :] = rng.random((k, h.shape[1])) < 0.8
+        h2[t + 1 :][rng.random((k, h.shape[1])) < 0.05] = np.nan
         pert = spread_arrays(h2, l2, c2, v2, 24, method)
         assert _bits_equal(pert[: t + 1], full[: t + 1])
         # append later bars
@@ -129,8 +129,8 @@ def test_warm_up_exact_from_last_bars(real, method):
     assert np.isfinite(full[-1]).all()
     for t in (719, 2500, 4999):
         lo = t - 719
-        part = spread_arrays(h[lo: t + 1], l[lo: t + 1], c[lo: t + 1], v[lo: t + 1], 24, method)
-        assert _bits_equal(part[-1:], full[t: t + 1])
+        part = spread_arrays(h[lo : t + 1], l[lo : t + 1], c[lo : t + 1], v[lo : t + 1], 24, method)
+        assert _bits_equal(part[-1:], full[t : t + 1])
 
 
 @st.composite
@@ -159,10 +159,10 @@ def test_no_lookahead_hypothesis(data, method):
     rng = np.random.default_rng(seed + 1)
     h2, l2, c2, v2 = h.copy(), l.copy(), c.copy(), v.copy()
     k = h.shape[0] - t - 1
-    h2[t + 1:] = rng.uniform(50, 300, (k, h.shape[1]))
-    l2[t + 1:] = h2[t + 1:] * rng.uniform(0.5, 1.0, (k, h.shape[1]))
-    c2[t + 1:] = rng.uniform(l2[t + 1:], h2[t + 1:])
-    v2[t + 1:] = rng.random((k, h.shape[1])) < 0.7
+    h2[t + 1 :] = rng.uniform(50, 300, (k, h.shape[1]))
+    l2[t + 1 :] = h2[t + 1 :] * rng.uniform(0.5, 1.0, (k, h.shape[1]))
+    c2[t + 1 :] = rng.uniform(l2[t + 1 :], h2[t + 1 :])
+    v2[t + 1 :] = rng.random((k, h.shape[1])) < 0.7
     assert _bits_equal(spread_arrays(h2, l2, c2, v2, window, method)[: t + 1], full[: t + 1])
     cut = spread_arrays(h[: t + 1], l[: t + 1], c[: t + 1], v[: t + 1], window, method)
     assert _bits_equal(cut, full[: t + 1])
@@ -184,25 +184,27 @@ def test_gap_yields_nan_never_bridges_the_hole(method):
     h, l = c * 1.01, c * 0.99
     ts = np.arange(n, dtype=np.int64) * 3600
     keep = np.arange(n) != hole
-    f = pd.DataFrame({"ts": ts[keep], "open": c[keep], "high": h[keep], "low": l[keep], "close": c[keep],
-                      "volume": 1.0})
+    f = pd.DataFrame(
+        {"ts": ts[keep], "open": c[keep], "high": h[keep], "low": l[keep], "close": c[keep], "volume": 1.0}
+    )
     p = panel_from_frames({"BTC/USD": f}, "kraken")
     assert not p.valid[hole, 0]
     s = spread_estimate(p, w, method)[:, 0]
     assert np.isnan(s[:w]).all() and np.isfinite(s[w:hole]).all()
     # every window touching the hole (its two-bar estimates at hole and hole+1) is NaN
-    assert np.isnan(s[hole: hole + w + 1]).all()
-    assert np.isfinite(s[hole + w + 1:]).all()
+    assert np.isnan(s[hole : hole + w + 1]).all()
+    assert np.isfinite(s[hole + w + 1 :]).all()
     # the first value after the hole uses post-hole bars only: same as a series starting there
-    after = spread_arrays(h[hole + 1:, None], l[hole + 1:, None], c[hole + 1:, None],
-                          np.ones((n - hole - 1, 1), bool), w, method)[:, 0]
-    assert np.array_equal(s[hole + 1:], after, equal_nan=True)
+    after = spread_arrays(
+        h[hole + 1 :, None], l[hole + 1 :, None], c[hole + 1 :, None], np.ones((n - hole - 1, 1), bool), w, method
+    )[:, 0]
+    assert np.array_equal(s[hole + 1 :], after, equal_nan=True)
     # "valid" with a NaN price counts as a gap too
     v = np.ones((n, 1), bool)
     c2 = c.copy()
     c2[hole] = np.nan
     s2 = spread_arrays(h[:, None], l[:, None], c2[:, None], v, w, method)[:, 0]
-    assert np.isnan(s2[hole: hole + w + 1]).all() and np.isfinite(s2[hole + w + 1:]).all()
+    assert np.isnan(s2[hole : hole + w + 1]).all() and np.isfinite(s2[hole + w + 1 :]).all()
 
 
 # ---------------------------------------------------------------- known spread

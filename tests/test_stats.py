@@ -54,11 +54,11 @@ def test_psr_and_dsr_match_skfolio(kind, n):
     trials = rng.normal(0.0, 0.05, 40)
     for bench in (0.0, 0.01, -0.02, 0.05):
         assert psr_from_returns(r, bench) == pytest.approx(
-            skm.probabilistic_sharpe_ratio(r, benchmark_sharpe_ratio=bench), rel=1e-10, abs=1e-14)
+            skm.probabilistic_sharpe_ratio(r, benchmark_sharpe_ratio=bench), rel=1e-10, abs=1e-14
+        )
     res = deflated_sharpe_ratio(r, trials)
     assert res.dsr == pytest.approx(skm.deflated_sharpe_ratio(r, trials), rel=1e-10, abs=1e-14)
-    assert res.sr0 == pytest.approx(
-        skm.expected_max_sharpe_ratio(40, float(np.std(trials, ddof=1))), rel=1e-12)
+    assert res.sr0 == pytest.approx(skm.expected_max_sharpe_ratio(40, float(np.std(trials, ddof=1))), rel=1e-12)
     # moments follow the skfolio / paper conventions: ddof=1 Sharpe, biased skew, non-excess kurtosis
     sr, skew, kurt, t = return_moments(r)
     assert sr == pytest.approx(r.mean() / r.std(ddof=1), rel=1e-12)
@@ -73,13 +73,14 @@ def test_psr_and_dsr_match_skfolio(kind, n):
 def test_expected_max_sharpe_matches_skfolio(n_trials):
     for var in (0.0, 1e-4, 0.5 / 250):
         assert expected_max_sharpe(n_trials, var, 0.01) == pytest.approx(
-            skm.expected_max_sharpe_ratio(n_trials, math.sqrt(var), 0.01), rel=1e-12)
+            skm.expected_max_sharpe_ratio(n_trials, math.sqrt(var), 0.01), rel=1e-12
+        )
 
 
 def test_bailey_lopez_de_prado_2014_numerical_example():
     # inputs of the paper's example (annualised figures turned into daily ones, 250 days a year)
-    sr = 2.5 / math.sqrt(250)            # 0.158114 daily
-    var_trials = 0.5 / 250               # variance of the trials' daily Sharpe ratios
+    sr = 2.5 / math.sqrt(250)  # 0.158114 daily
+    var_trials = 0.5 / 250  # variance of the trials' daily Sharpe ratios
     t, skew, kurt, n = 1250, -3.0, 10.0, 100
     sr0 = expected_max_sharpe(n, var_trials)
     # independent: skfolio's expected maximum Sharpe ratio
@@ -104,9 +105,9 @@ def test_bailey_lopez_de_prado_2014_numerical_example():
 def test_psr_basic_properties():
     assert probabilistic_sharpe_ratio(0.05, 500, 0.0, 3.0, 0.05) == 0.5
     base = probabilistic_sharpe_ratio(0.05, 500, 0.0, 3.0, 0.0)
-    assert probabilistic_sharpe_ratio(0.05, 2000, 0.0, 3.0, 0.0) > base      # longer record
-    assert probabilistic_sharpe_ratio(0.05, 500, -2.0, 3.0, 0.0) < base     # negative skew
-    assert probabilistic_sharpe_ratio(0.05, 500, 0.0, 12.0, 0.0) < base     # fat tails
+    assert probabilistic_sharpe_ratio(0.05, 2000, 0.0, 3.0, 0.0) > base  # longer record
+    assert probabilistic_sharpe_ratio(0.05, 500, -2.0, 3.0, 0.0) < base  # negative skew
+    assert probabilistic_sharpe_ratio(0.05, 500, 0.0, 12.0, 0.0) < base  # fat tails
     # normal returns: PSR(0) is Z(SR sqrt(T-1) / sqrt(1 + SR^2/2)) (Lo 2002 / Mertens 2002)
     assert base == pytest.approx(st.norm.cdf(0.05 * math.sqrt(499) / math.sqrt(1 + 0.05**2 / 2)))
 
@@ -136,9 +137,9 @@ def test_dsr_is_calibrated_under_the_null():
         s = x.mean(axis=0) / x.std(axis=0, ddof=1)
         res = deflated_sharpe_ratio(x[:, int(np.argmax(s))], s)
         dsr[i], psr0[i] = res.dsr, res.psr0
-    assert np.mean(psr0 > 0.95) > 0.5         # the naive test is fooled by the selection
-    assert np.mean(dsr > 0.95) <= 0.05        # the deflated one keeps the false-positive rate
-    assert 0.35 < np.median(dsr) < 0.65       # SR0 is the expected maximum: DSR centred near 0.5
+    assert np.mean(psr0 > 0.95) > 0.5  # the naive test is fooled by the selection
+    assert np.mean(dsr > 0.95) <= 0.05  # the deflated one keeps the false-positive rate
+    assert 0.35 < np.median(dsr) < 0.65  # SR0 is the expected maximum: DSR centred near 0.5
     # a real edge survives the deflation
     x = rng.normal(size=(t, n)) * 0.01
     x[:, 0] += 0.003  # true per-period Sharpe 0.3
@@ -211,8 +212,7 @@ def test_pbo_custom_metric_and_determinism():
     a = probability_of_backtest_overfitting(m, n_blocks=6)
     b = probability_of_backtest_overfitting(m.copy(), n_blocks=6)
     assert np.array_equal(a.logits, b.logits) and a.pbo == b.pbo
-    naive = probability_of_backtest_overfitting(
-        m, n_blocks=6, metric=lambda x: x.mean(axis=0) / x.std(axis=0, ddof=1))
+    naive = probability_of_backtest_overfitting(m, n_blocks=6, metric=lambda x: x.mean(axis=0) / x.std(axis=0, ddof=1))
     assert np.allclose(a.logits, naive.logits) and np.array_equal(a.is_best, naive.is_best)
     assert np.allclose(a.is_perf, naive.is_perf, rtol=1e-9)
     by_mean = probability_of_backtest_overfitting(m, n_blocks=6, metric=lambda x: x.mean(axis=0))
@@ -220,14 +220,17 @@ def test_pbo_custom_metric_and_determinism():
     assert set(a.to_dict()) >= {"pbo", "logits", "slope", "prob_oos_loss"}
 
 
-@pytest.mark.parametrize("perf, blocks, match", [
-    (np.zeros((100, 1)), 4, "at least 2 configurations"),
-    (np.zeros(100), 4, "matrix"),
-    (np.zeros((100, 3)), 5, "even"),
-    (np.zeros((100, 3)), True, "even"),
-    (np.zeros((10, 3)), 8, "too few"),
-    (np.full((100, 3), np.nan), 4, "NaN"),
-])
+@pytest.mark.parametrize(
+    "perf, blocks, match",
+    [
+        (np.zeros((100, 1)), 4, "at least 2 configurations"),
+        (np.zeros(100), 4, "matrix"),
+        (np.zeros((100, 3)), 5, "even"),
+        (np.zeros((100, 3)), True, "even"),
+        (np.zeros((10, 3)), 8, "too few"),
+        (np.full((100, 3), np.nan), 4, "NaN"),
+    ],
+)
 def test_pbo_bad_input(perf, blocks, match):
     with pytest.raises(InputError, match=match):
         probability_of_backtest_overfitting(perf, n_blocks=blocks)
@@ -257,8 +260,8 @@ def _pbo_reference(m: np.ndarray, s: int) -> tuple[float, np.ndarray]:
 def test_pbo_matches_a_plain_transcription(seed):
     rng = np.random.default_rng(seed)
     m = rng.normal(0.0, 0.01, size=(640, 9))
-    m[:, 4] = m[:, 3]            # two identical configurations: tied ranks are averaged
-    m[:, 7] += 0.0005 * seed     # a mild edge in one case
+    m[:, 4] = m[:, 3]  # two identical configurations: tied ranks are averaged
+    m[:, 7] += 0.0005 * seed  # a mild edge in one case
     pbo, logits = _pbo_reference(m, 10)
     res = probability_of_backtest_overfitting(m, n_blocks=10)
     assert res.pbo == pbo
@@ -268,8 +271,8 @@ def test_pbo_matches_a_plain_transcription(seed):
 def test_pbo_never_trading_configuration_has_sharpe_zero():
     rng = np.random.default_rng(11)
     m = rng.normal(0.0, 0.01, size=(400, 5))
-    m[:, 2] = 0.0          # a configuration that never trades
-    m[:, 0] -= 0.002       # a losing one: the flat configuration beats it everywhere
+    m[:, 2] = 0.0  # a configuration that never trades
+    m[:, 0] -= 0.002  # a losing one: the flat configuration beats it everywhere
     res = probability_of_backtest_overfitting(m, n_blocks=4)
     assert np.all(np.isfinite(res.logits)) and np.all(np.isfinite(res.is_perf))
     assert 0 not in set(res.is_best.tolist())

@@ -7,7 +7,13 @@ import pytest
 from engine.errors import InputError
 from engine.store.panel import HOUR, panel_from_frames
 from engine.synth import (
-    CRASH, DEFAULT_START_TS, DEFAULT_SYNTH_PAIRS, PAIR_PARAMS, SYNTH_VENUE, TREND_UP, generate_market,
+    CRASH,
+    DEFAULT_START_TS,
+    DEFAULT_SYNTH_PAIRS,
+    PAIR_PARAMS,
+    SYNTH_VENUE,
+    TREND_UP,
+    generate_market,
     regime_path,
 )
 

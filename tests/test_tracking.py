@@ -15,8 +15,17 @@ import pytest
 
 from engine.errors import InputError, IntegrityError
 from research.config import TrackingConfig, load_research_config
-from research.tracking import (TrackingError, check_tracking, flatten_params, get_candidate, list_candidates,
-                               log_walkforward_run, redact_uri, register_candidate, resolve_tracking)
+from research.tracking import (
+    TrackingError,
+    check_tracking,
+    flatten_params,
+    get_candidate,
+    list_candidates,
+    log_walkforward_run,
+    redact_uri,
+    register_candidate,
+    resolve_tracking,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,13 +43,36 @@ def tc(tmp_path):
 def _metrics():
     rows = []
     for f, auc in ((0, 0.51), (1, 0.55), ("all", 0.53)):
-        rows.append({"model": "meta", "horizon": 24, "fold": f, "auc": auc, "log_loss": 0.69 + (0.01 if f == 1 else 0),
-                     "brier": 0.25, "hit_rate": 0.5, "n": 100})
-    rows.append({"model": "xgboost", "horizon": 24, "fold": 0, "auc": None, "log_loss": 0.7, "brier": 0.26,
-                 "hit_rate": 0.49, "n": 100})
-    return {"models": rows, "strategy": {"total_return": -0.01, "sharpe": 0.3, "n_trades": 4, "note": "x",
-                                         "bad": None},
-            "overfitting": {"deflated_sharpe": {"dsr": 0.4}, "pbo": {"pbo": 0.25}}, "suspected_leak": False}
+        rows.append(
+            {
+                "model": "meta",
+                "horizon": 24,
+                "fold": f,
+                "auc": auc,
+                "log_loss": 0.69 + (0.01 if f == 1 else 0),
+                "brier": 0.25,
+                "hit_rate": 0.5,
+                "n": 100,
+            }
+        )
+    rows.append(
+        {
+            "model": "xgboost",
+            "horizon": 24,
+            "fold": 0,
+            "auc": None,
+            "log_loss": 0.7,
+            "brier": 0.26,
+            "hit_rate": 0.49,
+            "n": 100,
+        }
+    )
+    return {
+        "models": rows,
+        "strategy": {"total_return": -0.01, "sharpe": 0.3, "n_trades": 4, "note": "x", "bad": None},
+        "overfitting": {"deflated_sharpe": {"dsr": 0.4}, "pbo": {"pbo": 0.25}},
+        "suspected_leak": False,
+    }
 
 
 def _out(tmp_path):
@@ -53,8 +85,16 @@ def _out(tmp_path):
     return out
 
 
-META = {"venue": "binance", "pairs": "BTC/USDT,ETH/USDT", "start": 1704067200, "end": 1714521600,
-        "config": "configs/ci.toml", "bars_loaded": 3000, "data_sha256": "d" * 64, "feature_schema_sha256": "f" * 64}
+META = {
+    "venue": "binance",
+    "pairs": "BTC/USDT,ETH/USDT",
+    "start": 1704067200,
+    "end": 1714521600,
+    "config": "configs/ci.toml",
+    "bars_loaded": 3000,
+    "data_sha256": "d" * 64,
+    "feature_schema_sha256": "f" * 64,
+}
 
 
 def _bundle(d: Path, train_end: int = 1714431600) -> Path:
@@ -66,13 +106,30 @@ def _bundle(d: Path, train_end: int = 1714431600) -> Path:
     (d / "models").mkdir()
     (d / "models" / "meta.pkl").write_bytes(b"not really a pickle")
     files = {r: hashlib.sha256((d / r).read_bytes()).hexdigest() for r in ("config.json", "models/meta.pkl")}
-    man = {"format": FORMAT, "created_utc": "2026-11-22T00:00:00Z", "git_commit": "c" * 40, "git_dirty": False,
-           "seed": 7, "config_sha256": "a" * 64, "research": {}, "features": {"names": ["x"], "schema_sha256": "f" * 64,
-                                                                                "warmup_bars": 10},
-           "data": {"venue": "binance", "pairs": ["BTC/USDT"], "train_start": train_end - 1439 * 3600,
-                    "train_end": train_end}, "horizons": [24], "trade_horizon": 24, "warm_bars": 50,
-           "outputs": ["p_up", "exp_return"], "models": [], "meta_files": {"24": "models/meta.pkl"},
-           "walkforward": {"run_id": None}, "files": files}
+    man = {
+        "format": FORMAT,
+        "created_utc": "2026-11-22T00:00:00Z",
+        "git_commit": "c" * 40,
+        "git_dirty": False,
+        "seed": 7,
+        "config_sha256": "a" * 64,
+        "research": {},
+        "features": {"names": ["x"], "schema_sha256": "f" * 64, "warmup_bars": 10},
+        "data": {
+            "venue": "binance",
+            "pairs": ["BTC/USDT"],
+            "train_start": train_end - 1439 * 3600,
+            "train_end": train_end,
+        },
+        "horizons": [24],
+        "trade_horizon": 24,
+        "warm_bars": 50,
+        "outputs": ["p_up", "exp_return"],
+        "models": [],
+        "meta_files": {"24": "models/meta.pkl"},
+        "walkforward": {"run_id": None},
+        "files": files,
+    }
     man["manifest_sha256"] = manifest_digest(man)
     (d / "manifest.json").write_text(json.dumps(man))
     return d
@@ -81,7 +138,10 @@ def _bundle(d: Path, train_end: int = 1714431600) -> Path:
 def test_default_store_is_under_the_data_dir_and_env_overrides(monkeypatch, tmp_path):
     monkeypatch.setenv("KQ_STORE", str(tmp_path / "d" / "market.duckdb"))
     uri, root = resolve_tracking(TrackingConfig())
-    assert uri == f"sqlite:///{tmp_path / 'd' / 'mlflow' / 'mlflow.db'}" and root == tmp_path / "d" / "mlflow" / "artifacts"
+    assert (
+        uri == f"sqlite:///{tmp_path / 'd' / 'mlflow' / 'mlflow.db'}"
+        and root == tmp_path / "d" / "mlflow" / "artifacts"
+    )
     monkeypatch.delenv("KQ_STORE")
     uri, root = resolve_tracking(TrackingConfig())
     assert uri == f"sqlite:///{REPO / 'data' / 'mlflow' / 'mlflow.db'}"
@@ -97,8 +157,10 @@ def test_config_table_validates_and_stays_out_of_the_research_json(tmp_path):
     from research.config import research_to_json
 
     p = tmp_path / "c.toml"
-    p.write_text(f'extends = "{REPO / "configs" / "ci.toml"}"\n[research.tracking]\nenabled = false\n'
-                 'uri = "https://u:secret@h"\n')
+    p.write_text(
+        f'extends = "{REPO / "configs" / "ci.toml"}"\n[research.tracking]\nenabled = false\n'
+        'uri = "https://u:secret@h"\n'
+    )
     cfg, rc = load_research_config(p)
     assert rc.tracking.enabled is False and rc.tracking.registered_model == "krakenquant"
     assert "tracking" not in research_to_json(rc) and "secret" not in json.dumps(research_to_json(rc))
@@ -110,8 +172,12 @@ def test_config_table_validates_and_stays_out_of_the_research_json(tmp_path):
 def test_redact_and_flatten():
     assert redact_uri("https://bob:pw@mlflow.example.com:5000/x") == "https://bob:***@mlflow.example.com:5000/x"
     assert redact_uri("sqlite:////a/b.db") == "sqlite:////a/b.db"
-    assert flatten_params({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": True}) == \
-        {"a.b": "1", "a.c": "[1, 2]", "d": "null", "e": "True"}
+    assert flatten_params({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": True}) == {
+        "a.b": "1",
+        "a.c": "[1, 2]",
+        "d": "null",
+        "e": "True",
+    }
 
 
 def test_run_holds_params_fold_metrics_tags_and_artifacts(tmp_path, tc, monkeypatch):
@@ -131,7 +197,10 @@ def test_run_holds_params_fold_metrics_tags_and_artifacts(tmp_path, tc, monkeypa
     assert p["research.base_models"] == json.dumps(list(rc.base_models))
     hist = sorted((m.step, m.value) for m in cl.get_metric_history(run_id, "meta.24h.auc"))
     assert hist == [(0, 0.51), (1, 0.55)]
-    assert sorted((m.step, m.value) for m in cl.get_metric_history(run_id, "meta.24h.log_loss")) == [(0, 0.69), (1, 0.70)]
+    assert sorted((m.step, m.value) for m in cl.get_metric_history(run_id, "meta.24h.log_loss")) == [
+        (0, 0.69),
+        (1, 0.70),
+    ]
     mt = run.data.metrics
     assert mt["oos.meta.24h.auc"] == 0.53 and "xgboost.24h.auc" not in mt and mt["xgboost.24h.brier"] == 0.26
     assert mt["strategy.total_return"] == -0.01 and mt["strategy.n_trades"] == 4 and "strategy.bad" not in mt
@@ -149,7 +218,11 @@ def test_candidate_registration_lookup_and_refusals(tmp_path, tc):
     b = _bundle(tmp_path / "b1")
     c = register_candidate(b, tracking=tc, run_id=run_id)
     assert (c.name, c.version, c.run_id, c.ref) == ("krakenquant", 1, run_id, "krakenquant/1")
-    assert c.path.is_dir() and c.path != b and (c.path / "manifest.json").read_bytes() == (b / "manifest.json").read_bytes()
+    assert (
+        c.path.is_dir()
+        and c.path != b
+        and (c.path / "manifest.json").read_bytes() == (b / "manifest.json").read_bytes()
+    )
     man = json.loads((b / "manifest.json").read_text())
     assert c.tags["manifest_sha256"] == man["manifest_sha256"] and c.tags["train_end"] == "1714431600"
     assert c.tags["feature_schema_sha256"] == "f" * 64 and c.tags["config_sha256"] == "a" * 64
@@ -226,9 +299,16 @@ def test_two_processes_log_to_one_fresh_sqlite_store_quietly(tmp_path):
     uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
     script = tmp_path / "log.py"
     script.write_text(_LOGGER)
-    procs = [subprocess.Popen([sys.executable, str(script), uri, str(out), str(REPO / "configs" / "ci.toml")],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), uri, str(out), str(REPO / "configs" / "ci.toml")],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     res = [p.communicate(timeout=300) for p in procs]
     for p, (o, e) in zip(procs, res):
         assert p.returncode == 0, e[-3000:]

@@ -5,16 +5,22 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import require_shared
 
 from engine.errors import ConfigError, InputError
 from engine.features.spread import spread_estimate
 from engine.store.panel import load_shared_panel, panel_from_frames
 from engine.synth import generate_market
 from engine.universe import (
-    UniverseConfig, daily_quote_volume, liquidity_mask, liquidity_stats, load_universe, member_mask,
-    universe_from_dict, universe_mask,
+    UniverseConfig,
+    daily_quote_volume,
+    liquidity_mask,
+    liquidity_stats,
+    load_universe,
+    member_mask,
+    universe_from_dict,
+    universe_mask,
 )
-from conftest import require_shared
 
 CFG = UniverseConfig()
 HIST = 23 + 30 * 24 - 1  # first possible join = first bar + 742, i.e. 743 bars of history (documented)
@@ -24,8 +30,9 @@ HIST = 23 + 30 * 24 - 1  # first possible join = first bar + 742, i.e. 743 bars 
 def binance():
     require_shared()
     # BTC, DOGE and AVAX (listed 2020-09-22 06:00) from 2020-06-01 to 2021-12-31
-    return load_shared_panel(["binance_BTCUSDT_1h", "binance_DOGEUSDT_1h", "binance_AVAXUSDT_1h"],
-                             start=1590969600, end=1640995200 - 3600)
+    return load_shared_panel(
+        ["binance_BTCUSDT_1h", "binance_DOGEUSDT_1h", "binance_AVAXUSDT_1h"], start=1590969600, end=1640995200 - 3600
+    )
 
 
 def test_toml_matches_the_defaults_and_loads():
@@ -66,13 +73,16 @@ def test_newly_listed_pair_needs_30_days_of_qualifying_history(binance):
     join = int(np.argmax(mask[:, j]))
     assert mask[join, j] and join >= first + HIST
     # it joins exactly at the first bar where its own past qualifies it
-    ok = (binance.valid[:, j] & (vol_med[:, j] >= CFG.liquidity.min_median_daily_quote_volume)
-          & (spread_med[:, j] <= CFG.liquidity.max_spread))
+    ok = (
+        binance.valid[:, j]
+        & (vol_med[:, j] >= CFG.liquidity.min_median_daily_quote_volume)
+        & (spread_med[:, j] <= CFG.liquidity.max_spread)
+    )
     assert join == int(np.argmax(ok))
     assert pd.Timestamp(binance.ts[join], unit="s") < pd.Timestamp("2020-12-01")
     # BTC, with a long history before the panel start, still needs the panel's own 743 bars
     jb = binance.column("BTC/USDT")
-    assert not mask[:HIST, jb].any() and mask[HIST:HIST + 100, jb].any()
+    assert not mask[:HIST, jb].any() and mask[HIST : HIST + 100, jb].any()
 
 
 def test_quote_volume_median_equals_pandas_reference(binance):
@@ -99,10 +109,10 @@ def test_causal_perturbing_the_future_leaves_the_past_unchanged(binance):
         arrays = {}
         for f in ("open", "high", "low", "close", "volume", "trades", "vwap"):
             a = getattr(binance, f).copy()
-            a[t + 1:] *= rng.uniform(0.01, 100.0, a[t + 1:].shape)
+            a[t + 1 :] *= rng.uniform(0.01, 100.0, a[t + 1 :].shape)
             arrays[f] = a
         valid = binance.valid.copy()
-        valid[t + 1:] = rng.random(valid[t + 1:].shape) < 0.5
+        valid[t + 1 :] = rng.random(valid[t + 1 :].shape) < 0.5
         pert = dataclasses.replace(binance, valid=valid, **arrays)
         assert np.array_equal(universe_mask(pert, CFG)[: t + 1], full[: t + 1])
 
@@ -130,8 +140,8 @@ def test_missing_hour_takes_a_pair_out_until_its_spread_estimate_is_back():
     p = panel_from_frames(fr, "synthetic")
     mask = universe_mask(p, CFG)
     w = CFG.liquidity.spread_window
-    assert mask[HIST: hole, :].all()  # synthetic majors qualify after the warm-up
-    assert not mask[hole: hole + w + 1, 1].any() and mask[hole + w + 1:, 1].all()
+    assert mask[HIST:hole, :].all()  # synthetic majors qualify after the warm-up
+    assert not mask[hole : hole + w + 1, 1].any() and mask[hole + w + 1 :, 1].all()
     assert mask[hole:, 0].all()
     assert np.isnan(spread_estimate(p, w)[hole + w, 1])
 
@@ -150,16 +160,19 @@ def test_membership_by_venue_quote():
     assert not usdt.is_member("USDT/USD", "kraken")  # a stablecoin is never a traded base
 
 
-@pytest.mark.parametrize("body,key", [
-    ("[liquidity]\nmax_sprad = 0.01\n", "liquidity.max_sprad"),
-    ("[liquidity]\nmin_median_daily_quote_volume = -5.0\n", "liquidity.min_median_daily_quote_volume"),
-    ("[liquidity]\nmax_spread = -0.001\n", "liquidity.max_spread"),
-    ("[liquidity]\nvolume_days = 0\n", "liquidity.volume_days"),
-    ("colour = 'red'\n", "colour"),
-    ("candidates = ['BTC', 'FOO']\n", "candidates"),
-    ("[exclude]\nmeme = ['DOGE', 'DOGE']\n", "exclude.meme"),
-    ("[quotes]\nkraken = 'XYZ'\n", "quotes"),
-])
+@pytest.mark.parametrize(
+    "body,key",
+    [
+        ("[liquidity]\nmax_sprad = 0.01\n", "liquidity.max_sprad"),
+        ("[liquidity]\nmin_median_daily_quote_volume = -5.0\n", "liquidity.min_median_daily_quote_volume"),
+        ("[liquidity]\nmax_spread = -0.001\n", "liquidity.max_spread"),
+        ("[liquidity]\nvolume_days = 0\n", "liquidity.volume_days"),
+        ("colour = 'red'\n", "colour"),
+        ("candidates = ['BTC', 'FOO']\n", "candidates"),
+        ("[exclude]\nmeme = ['DOGE', 'DOGE']\n", "exclude.meme"),
+        ("[quotes]\nkraken = 'XYZ'\n", "quotes"),
+    ],
+)
 def test_bad_config_is_rejected_naming_the_key(tmp_path, body, key):
     f = tmp_path / "u.toml"
     f.write_text(body)
@@ -172,8 +185,11 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path, body, key):
 
 def test_extends_and_missing_file(tmp_path):
     f = tmp_path / "u.toml"
-    f.write_text('extends = "{}"\n[liquidity]\nmax_spread = 0.01\n'.format(
-        (__import__("engine.paths").paths.configs_dir() / "universe.toml").as_posix()))
+    f.write_text(
+        'extends = "{}"\n[liquidity]\nmax_spread = 0.01\n'.format(
+            (__import__("engine.paths").paths.configs_dir() / "universe.toml").as_posix()
+        )
+    )
     cfg = load_universe(f)
     assert cfg.liquidity.max_spread == 0.01 and cfg.candidates == CFG.candidates
     with pytest.raises(ConfigError, match="not found"):

@@ -25,8 +25,14 @@ SELL = -1
 
 
 @njit(cache=True)
-def slippage_frac_nb(spread_frac: float, vol_frac: float, order_notional: float,
-                     bar_quote_volume: float, impact_coef: float, min_slip: float) -> float:
+def slippage_frac_nb(
+    spread_frac: float,
+    vol_frac: float,
+    order_notional: float,
+    bar_quote_volume: float,
+    impact_coef: float,
+    min_slip: float,
+) -> float:
     half_spread = 0.5 * spread_frac if (spread_frac == spread_frac and spread_frac > 0.0) else 0.0
     if bar_quote_volume == bar_quote_volume and bar_quote_volume > 0.0:
         part = order_notional / bar_quote_volume

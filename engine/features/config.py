@@ -27,9 +27,12 @@ class FeaturesConfig(Frozen):
     volume_median_window: int = Field(168, ge=2, le=20000, description="trailing median volume (current bar excluded)")
     volume_median_min_periods: int = Field(150, ge=1, le=20000)
     spread_method: Literal["corwin_schultz", "abdi_ranaldo", "none"] = Field(
-        "corwin_schultz", description="OHLC spread estimator (engine.features.spread); none = leave out")
+        "corwin_schultz", description="OHLC spread estimator (engine.features.spread); none = leave out"
+    )
     spread_window: int = Field(24, ge=1, le=5000, description="two-bar spread estimates averaged")
-    spread_median_window: int = Field(168, ge=2, le=20000, description="trailing median of the spread (current excluded)")
+    spread_median_window: int = Field(
+        168, ge=2, le=20000, description="trailing median of the spread (current excluded)"
+    )
     spread_median_min_periods: int = Field(150, ge=1, le=20000)
     # structure
     breakout_window: int = Field(24, ge=2, le=5000, description="previous N-bar high/low, current bar excluded")
@@ -42,18 +45,24 @@ class FeaturesConfig(Frozen):
     corr_window: int = Field(720, ge=4, le=20000, description="correlation-matrix window (1h returns)")
     corr_min_periods: int = Field(600, ge=3, le=20000)
     cluster_every: int = Field(24, ge=1, le=5000, description="recompute clusters at UTC hours divisible by this")
-    cluster_threshold: float = Field(0.7, gt=-1.0, lt=1.0, description="average correlation at or above which clusters merge")
+    cluster_threshold: float = Field(
+        0.7, gt=-1.0, lt=1.0, description="average correlation at or above which clusters merge"
+    )
     # live bridge
     warmup_bars: int = Field(768, ge=24, le=20000, description="bars of history the live bridge keeps")
 
     @model_validator(mode="after")
-    def _check(self) -> "FeaturesConfig":
+    def _check(self) -> FeaturesConfig:
         h = self.mom_horizons
         if not h or any(x < 1 or x > 5000 for x in h) or list(h) != sorted(set(h)):
             raise ValueError("mom_horizons must be strictly increasing whole numbers of bars in 1..5000")
-        for w, mp in (("vol_pct_window", "vol_pct_min_periods"), ("volume_median_window", "volume_median_min_periods"),
-                      ("spread_median_window", "spread_median_min_periods"), ("beta_window", "beta_min_periods"),
-                      ("corr_window", "corr_min_periods")):
+        for w, mp in (
+            ("vol_pct_window", "vol_pct_min_periods"),
+            ("volume_median_window", "volume_median_min_periods"),
+            ("spread_median_window", "spread_median_min_periods"),
+            ("beta_window", "beta_min_periods"),
+            ("corr_window", "corr_min_periods"),
+        ):
             if getattr(self, mp) > getattr(self, w):
                 raise ValueError(f"{mp} must be <= {w}")
         return self

@@ -60,9 +60,9 @@ BREADTH_RETURN_BARS = 24
 
 @dataclass(frozen=True)
 class WarmupRule:
-    bars: int        # history (bars up to and including t) after which the value at t is final
-    rel_tol: float   # 0.0: bit-identical; > 0: |a - b| <= rel_tol * |b|
-    kind: str        # "windowed" or "recursive"
+    bars: int  # history (bars up to and including t) after which the value at t is final
+    rel_tol: float  # 0.0: bit-identical; > 0: |a - b| <= rel_tol * |b|
+    kind: str  # "windowed" or "recursive"
 
 
 def feature_names(cfg: FeaturesConfig) -> tuple[str, ...]:
@@ -70,8 +70,18 @@ def feature_names(cfg: FeaturesConfig) -> tuple[str, ...]:
     names += ["mom_slope", "atr", "vol", "vol_pct", "vol_regime", "volume_surge"]
     if cfg.spread_method != "none":
         names += ["spread", "spread_widen"]
-    names += ["breakout", "mr_z", "higher_high", "lower_low", "beta_btc", "corr_btc",
-              "breadth_above", "breadth_up", "breadth", "cluster"]
+    names += [
+        "breakout",
+        "mr_z",
+        "higher_high",
+        "lower_low",
+        "beta_btc",
+        "corr_btc",
+        "breadth_above",
+        "breadth_up",
+        "breadth",
+        "cluster",
+    ]
     return tuple(names)
 
 
@@ -118,18 +128,19 @@ class FeatureSet:
 
     venue: str
     pairs: tuple[str, ...]
-    ts: np.ndarray          # int64 (n,), bar open times
+    ts: np.ndarray  # int64 (n,), bar open times
     names: tuple[str, ...]
-    values: np.ndarray      # float64 (n, m, k)
-    bar_valid: np.ndarray   # bool (n, m): the panel's bar exists
-    valid: np.ndarray       # bool (n, m): bar exists and no feature is NaN
-    clusters: np.ndarray    # int64 (n, m): correlation cluster id, -1 where none
+    values: np.ndarray  # float64 (n, m, k)
+    bar_valid: np.ndarray  # bool (n, m): the panel's bar exists
+    valid: np.ndarray  # bool (n, m): bar exists and no feature is NaN
+    clusters: np.ndarray  # int64 (n, m): correlation cluster id, -1 where none
     config: FeaturesConfig
 
     @cached_property
     def content_hash(self) -> str:
-        return content_hash(self.names, self.config, self.venue, self.pairs, self.ts, self.values, self.valid,
-                            self.clusters)
+        return content_hash(
+            self.names, self.config, self.venue, self.pairs, self.ts, self.values, self.valid, self.clusters
+        )
 
     def feature(self, name: str) -> np.ndarray:
         try:
@@ -137,14 +148,22 @@ class FeatureSet:
         except ValueError:
             raise InputError(f"no feature {name!r} (have: {', '.join(self.names)})") from None
 
-    def slice(self, start: int | None = None, end: int | None = None) -> "FeatureSet":
+    def slice(self, start: int | None = None, end: int | None = None) -> FeatureSet:
         """Bars with start <= ts <= end (values unchanged: they were computed with all earlier history)."""
         lo = 0 if start is None else int(np.searchsorted(self.ts, start, side="left"))
         hi = len(self.ts) if end is None else int(np.searchsorted(self.ts, end, side="right"))
         vals = np.ascontiguousarray(self.values.transpose(2, 0, 1)[:, lo:hi]).transpose(1, 2, 0)
-        return FeatureSet(self.venue, self.pairs, self.ts[lo:hi].copy(), self.names, vals,
-                          self.bar_valid[lo:hi].copy(), self.valid[lo:hi].copy(), self.clusters[lo:hi].copy(),
-                          self.config)
+        return FeatureSet(
+            self.venue,
+            self.pairs,
+            self.ts[lo:hi].copy(),
+            self.names,
+            vals,
+            self.bar_valid[lo:hi].copy(),
+            self.valid[lo:hi].copy(),
+            self.clusters[lo:hi].copy(),
+            self.config,
+        )
 
     def to_long(self, complete_only: bool = False) -> pd.DataFrame:
         """Rows (ts, pair, features...) for every existing bar (or only complete rows)."""
@@ -158,8 +177,13 @@ class FeatureSet:
 
 def content_hash(names, cfg: FeaturesConfig, venue, pairs, ts, values, valid, clusters) -> str:
     h = hashlib.sha256()
-    meta = {"names": list(names), "config": cfg.model_dump(mode="json"), "venue": venue, "pairs": list(pairs),
-            "shape": list(values.shape)}
+    meta = {
+        "names": list(names),
+        "config": cfg.model_dump(mode="json"),
+        "venue": venue,
+        "pairs": list(pairs),
+        "shape": list(values.shape),
+    }
     h.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
     for a in (ts, valid, clusters):
         h.update(np.ascontiguousarray(a).tobytes())
@@ -174,8 +198,11 @@ def feature_schema_sha256(cfg: FeaturesConfig) -> str:
     Two feature sets with the same schema hash have the same columns computed the same way, so a
     model trained on one can read the other. Data values are not part of it (that is
     :func:`content_hash`)."""
-    blob = json.dumps({"names": list(feature_names(cfg)), "config": cfg.model_dump(mode="json")},
-                      sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(
+        {"names": list(feature_names(cfg)), "config": cfg.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -187,8 +214,9 @@ def btc_column(pairs: tuple[str, ...]) -> int:
     return -1
 
 
-def compute_feature_arrays(panel: Panel, cfg: FeaturesConfig,
-                           universe_mask: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def compute_feature_arrays(
+    panel: Panel, cfg: FeaturesConfig, universe_mask: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every feature as an (n, m) float64 array, plus the int64 cluster ids."""
     n, m = panel.n_bars, panel.n_pairs
     valid = np.ascontiguousarray(panel.valid, dtype=np.bool_)
@@ -225,8 +253,9 @@ def compute_feature_arrays(panel: Panel, cfg: FeaturesConfig,
     if cfg.spread_method != "none":
         from engine.features.spread import spread_arrays
 
-        spr = np.ascontiguousarray(spread_arrays(high, low, close, valid, cfg.spread_window, cfg.spread_method),
-                                   dtype=np.float64)
+        spr = np.ascontiguousarray(
+            spread_arrays(high, low, close, valid, cfg.spread_window, cfg.spread_method), dtype=np.float64
+        )
         f["spread"] = spr
         smed = nb.rolling_median_nb(spr, cfg.spread_median_window, cfg.spread_median_min_periods)
         f["spread_widen"] = nb.ratio_to_prev_nb(spr, smed)
@@ -235,8 +264,9 @@ def compute_feature_arrays(panel: Panel, cfg: FeaturesConfig,
     f["higher_high"], f["lower_low"] = nb.higher_high_lower_low_nb(high, low, cfg.hhll_window)
     jb = btc_column(panel.pairs)
     if jb >= 0:
-        f["beta_btc"], f["corr_btc"] = nb.rolling_beta_corr_nb(r1, np.ascontiguousarray(r1[:, jb]), hour,
-                                                               cfg.beta_window, cfg.beta_min_periods)
+        f["beta_btc"], f["corr_btc"] = nb.rolling_beta_corr_nb(
+            r1, np.ascontiguousarray(r1[:, jb]), hour, cfg.beta_window, cfg.beta_min_periods
+        )
     else:
         f["beta_btc"] = np.full((n, m), np.nan)
         f["corr_btc"] = np.full((n, m), np.nan)
@@ -245,14 +275,16 @@ def compute_feature_arrays(panel: Panel, cfg: FeaturesConfig,
     above, up, both = nb.breadth_nb(close, sma, rets[BREADTH_RETURN_BARS], member)
     for name, share in (("breadth_above", above), ("breadth_up", up), ("breadth", both)):
         f[name] = np.ascontiguousarray(np.broadcast_to(share[:, None], (n, m)))
-    clusters = nb.corr_clusters_nb(r1, hour, member, cfg.corr_window, cfg.corr_min_periods,
-                                   cfg.cluster_every, float(cfg.cluster_threshold))
+    clusters = nb.corr_clusters_nb(
+        r1, hour, member, cfg.corr_window, cfg.corr_min_periods, cfg.cluster_every, float(cfg.cluster_threshold)
+    )
     f["cluster"] = np.where(clusters >= 0, clusters.astype(np.float64), np.nan)
     return f, clusters
 
 
-def build_features(panel: Panel, cfg: FeaturesConfig | None = None,
-                   universe_mask: np.ndarray | None = None) -> FeatureSet:
+def build_features(
+    panel: Panel, cfg: FeaturesConfig | None = None, universe_mask: np.ndarray | None = None
+) -> FeatureSet:
     """All features of ``panel`` (bars x pairs x features), causal, with names, mask and hash."""
     cfg = cfg or FeaturesConfig()
     names = feature_names(cfg)
@@ -263,5 +295,14 @@ def build_features(panel: Panel, cfg: FeaturesConfig | None = None,
     for i, name in enumerate(names):
         store[i] = arrays[name]
     valid = nb.all_present_nb(bar_valid, store)
-    return FeatureSet(panel.venue, tuple(panel.pairs), panel.ts.copy(), names, store.transpose(1, 2, 0),
-                      bar_valid, valid, clusters, cfg)
+    return FeatureSet(
+        panel.venue,
+        tuple(panel.pairs),
+        panel.ts.copy(),
+        names,
+        store.transpose(1, 2, 0),
+        bar_valid,
+        valid,
+        clusters,
+        cfg,
+    )

@@ -54,8 +54,9 @@ def future_up_label_nb(fwd, threshold):
     return out
 
 
-def future_labels(panel: Panel, labels: LabelsConfig | None = None, fees: FeesConfig | None = None,
-                  with_cost: bool = False) -> dict[str, np.ndarray]:
+def future_labels(
+    panel: Panel, labels: LabelsConfig | None = None, fees: FeesConfig | None = None, with_cost: bool = False
+) -> dict[str, np.ndarray]:
     """Forward log returns and up labels for every horizon: ``{"fwd_ret_{h}h": ..., "future_up_{h}h": ...}``.
 
     ``with_cost``: an up label needs the forward return to clear ``fees.round_trip_cost``

@@ -32,8 +32,8 @@ percentile ranks from exact integer counts (Fenwick tree over the column's disti
 moment sums of *returns* (vol, beta/corr to BTC, the correlation matrix) and the breadth's mean of
 closes are added from blocks anchored to UTC hours (``ts // 3600``), each block summed in a fixed
 order: still a pure function of the window, at O(1) per bar (raw second moments only for returns,
-whose mean is small against their spread; never for prices). Window sums use four interleaved accumulators fixed by the position in the
-window (deterministic, and faster than one dependency chain).
+whose mean is small against their spread; never for prices). Window sums use four interleaved
+accumulators fixed by the position in the window (deterministic, and faster than one dependency chain).
 
 Ties (percentile rank)
 ----------------------
@@ -352,7 +352,7 @@ def _dense_codes_nb(col):
 def _shift_left_nb(buf, p, q):
     """buf[p:q] = buf[p+1:q+1] (slice views + 0-based index: numba vectorizes the copy)."""
     dst = buf[p:q]
-    src = buf[p + 1:q + 1]
+    src = buf[p + 1 : q + 1]
     for i in range(q - p):
         dst[i] = src[i]
 
@@ -360,7 +360,7 @@ def _shift_left_nb(buf, p, q):
 @njit(cache=True)
 def _shift_right_nb(buf, q, p):
     """buf[q+1:p+1] = buf[q:p], copied from the top down."""
-    dst = buf[q + 1:p + 1]
+    dst = buf[q + 1 : p + 1]
     src = buf[q:p]
     L = p - q
     for k in range(L):
@@ -1063,7 +1063,7 @@ def average_linkage_labels_nb(corr, eligible, threshold):
             if eligible[a] and eligible[b] and a != b:
                 c = corr[a, b]
                 dist[a, b] = 1.0 - (0.0 if np.isnan(c) else c)
-    owner = np.arange(m)            # cluster slot of each column
+    owner = np.arange(m)  # cluster slot of each column
     size = np.ones(m, dtype=np.int64)
     active = eligible.copy()
     limit = 1.0 - threshold
@@ -1134,7 +1134,7 @@ def corr_clusters_nb(r, hour, member, window, min_periods, every, threshold):
     ring = np.zeros((nblk, 6, m, m))
     acc = np.zeros((6, m, m))
     filled = 0  # blocks stored in the ring (at most nblk)
-    head = 0    # ring slot of the next block
+    head = 0  # ring slot of the next block
     need = min_periods if min_periods > 3 else 3
     tot = np.zeros((6, m, m))
     corr = np.full((m, m), np.nan)
@@ -1178,7 +1178,11 @@ def corr_clusters_nb(r, hour, member, window, min_periods, every, threshold):
                         saa = tot[3, a, b] - tot[1, a, b] * tot[1, a, b] / cnt
                         sbb = tot[4, a, b] - tot[2, a, b] * tot[2, a, b] / cnt
                         if saa > 0.0 and sbb > 0.0:
-                            c = 1.0 if a == b else (tot[5, a, b] - tot[1, a, b] * tot[2, a, b] / cnt) / math.sqrt(saa * sbb)
+                            c = (
+                                1.0
+                                if a == b
+                                else (tot[5, a, b] - tot[1, a, b] * tot[2, a, b] / cnt) / math.sqrt(saa * sbb)
+                            )
                     corr[a, b] = c
                     corr[b, a] = c
         else:

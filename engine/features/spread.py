@@ -16,8 +16,14 @@ from engine.store.panel import Panel
 SPREAD_METHODS = {"corwin_schultz": corwin_schultz_nb, "abdi_ranaldo": abdi_ranaldo_nb}
 
 
-def spread_arrays(high: np.ndarray, low: np.ndarray, close: np.ndarray, valid: np.ndarray,
-                  window: int = 24, method: str = "corwin_schultz") -> np.ndarray:
+def spread_arrays(
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    valid: np.ndarray,
+    window: int = 24,
+    method: str = "corwin_schultz",
+) -> np.ndarray:
     """Estimated spread (fraction of price) per (bar, pair) from (n, m) arrays."""
     kernel = SPREAD_METHODS.get(method)
     if kernel is None:

@@ -14,15 +14,30 @@ from pathlib import Path
 
 from engine.errors import ConfigError, InputError, IntegrityError
 from engine.lifecycle_config import effective_thresholds, looser_than, protected_sha256
-
 from research.lifecycle.approvals import ENVS, ApprovalStore
 from research.lifecycle.gates import (
-    Verdict, check_files, gate_schema, read_manifest, read_verdict, validate_bundle, write_verdict,
+    Verdict,
+    check_files,
+    gate_schema,
+    read_manifest,
+    read_verdict,
+    validate_bundle,
+    write_verdict,
 )
 from research.lifecycle.util import operator_name, sha256_file, utc_now_iso
 
-__all__ = ["CandidateInfo", "PROMOTE_WORD", "ROLLBACK_WORD", "approvals_dir", "store_for", "validate",
-           "check_approvable", "required_thresholds", "promote", "rollback"]
+__all__ = [
+    "PROMOTE_WORD",
+    "ROLLBACK_WORD",
+    "CandidateInfo",
+    "approvals_dir",
+    "check_approvable",
+    "promote",
+    "required_thresholds",
+    "rollback",
+    "store_for",
+    "validate",
+]
 
 PROMOTE_WORD = "yes-promote"
 ROLLBACK_WORD = "yes-rollback"
@@ -30,8 +45,8 @@ ROLLBACK_WORD = "yes-rollback"
 
 @dataclass(frozen=True)
 class CandidateInfo:
-    ref: str                      # "NAME/VERSION"
-    path: Path                    # the bundle folder
+    ref: str  # "NAME/VERSION"
+    path: Path  # the bundle folder
     tags: dict = field(default_factory=dict)
     run_id: str | None = None
 
@@ -52,13 +67,20 @@ def validate(cand: CandidateInfo, cfg, *, load: bool = True, config_source: str 
     earlier verdict atomically). Returns (verdict, its path)."""
     if not Path(cand.path).is_dir():
         raise InputError(f"{cand.ref}: candidate folder {cand.path} does not exist")
-    v = validate_bundle(cand.path, cfg, candidate={"ref": cand.ref, "path": str(cand.path), "run_id": cand.run_id},
-                        tags=cand.tags, load=load, config_source=config_source)
+    v = validate_bundle(
+        cand.path,
+        cfg,
+        candidate={"ref": cand.ref, "path": str(cand.path), "run_id": cand.run_id},
+        tags=cand.tags,
+        load=load,
+        config_source=config_source,
+    )
     return v, write_verdict(cand.path, v)
 
 
-def check_approvable(path: str | Path, cfg, *, expect_manifest: str | None = None, what: str = "promote",
-                     env: str | None = None) -> tuple[dict, dict]:
+def check_approvable(
+    path: str | Path, cfg, *, expect_manifest: str | None = None, what: str = "promote", env: str | None = None
+) -> tuple[dict, dict]:
     """(manifest, verdict) of a bundle folder that may be approved for (or loaded in) ``env``: manifest
     intact (and the one expected), every file's sha256 as recorded, a PASSED verdict for exactly this
     manifest judged under thresholds at least as strict as :func:`required_thresholds` (the protected
@@ -73,27 +95,35 @@ def check_approvable(path: str | Path, cfg, *, expect_manifest: str | None = Non
         raise IntegrityError(f"{what} refused: {e}") from None
     msha = man["manifest_sha256"]
     if expect_manifest is not None and msha != expect_manifest:
-        raise IntegrityError(f"{what} refused: {p} manifest {msha[:16]} is not the approved {expect_manifest[:16]} "
-                             f"(the model changed after approval)")
+        raise IntegrityError(
+            f"{what} refused: {p} manifest {msha[:16]} is not the approved {expect_manifest[:16]} "
+            f"(the model changed after approval)"
+        )
     probs = check_files(p, man)
     if probs:
-        raise IntegrityError(f"{what} refused: tampered or incomplete model {p}: {probs[0]}"
-                             + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else ""))
+        raise IntegrityError(
+            f"{what} refused: tampered or incomplete model {p}: {probs[0]}"
+            + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else "")
+        )
     v = read_verdict(p)
     if v is None:
         raise IntegrityError(f"{what} refused: {p} has not been validated (run kq models validate first)")
     if v.get("manifest_sha256") != msha:
-        raise IntegrityError(f"{what} refused: the verdict in {p} is for another manifest "
-                             f"({str(v.get('manifest_sha256'))[:16]}, now {msha[:16]}): re-validate")
+        raise IntegrityError(
+            f"{what} refused: the verdict in {p} is for another manifest "
+            f"({str(v.get('manifest_sha256'))[:16]}, now {msha[:16]}): re-validate"
+        )
     if v.get("passed") is not True:
         bad = [g.get("message", g.get("gate")) for g in v.get("gates", []) if not g.get("passed")]
         raise IntegrityError(f"{what} refused: validation FAILED ({'; '.join(bad) or 'no gate passed'})")
     required = required_thresholds(cfg, env)
     looser = looser_than(v.get("thresholds"), required) + _looser_checks(v, required)
     if looser:
-        raise IntegrityError(f"{what} refused: {p} was validated under looser thresholds than the protected "
-                             f"{env or 'paper/live'} gates and this config require ({'; '.join(looser)}): "
-                             f"re-validate (kq models validate)")
+        raise IntegrityError(
+            f"{what} refused: {p} was validated under looser thresholds than the protected "
+            f"{env or 'paper/live'} gates and this config require ({'; '.join(looser)}): "
+            f"re-validate (kq models validate)"
+        )
     sch = gate_schema(p, cfg, load=False)
     if not sch.passed:
         raise ConfigError(f"{what} refused: {sch.message}")
@@ -107,8 +137,11 @@ def required_thresholds(cfg, env: str | None = None) -> dict:
 
 
 # the verdict's gate checks that compare with a threshold, and which threshold
-_CHECK_THRESHOLD = {"oos_sharpe": "min_sharpe", "oos_max_drawdown": "max_drawdown",
-                    "daily_turnover": "max_daily_turnover"}
+_CHECK_THRESHOLD = {
+    "oos_sharpe": "min_sharpe",
+    "oos_max_drawdown": "max_drawdown",
+    "daily_turnover": "max_daily_turnover",
+}
 
 
 def _looser_checks(v: dict, required: dict) -> list[str]:
@@ -119,32 +152,36 @@ def _looser_checks(v: dict, required: dict) -> list[str]:
         for c in (g.get("checks") or []) if isinstance(g, dict) else []:
             key = _CHECK_THRESHOLD.get(str(c.get("name"))) if isinstance(c, dict) else None
             if key is not None:
-                out += [f"check {c['name']}: {x}" for x in looser_than({key: c.get("threshold")},
-                                                                        {key: required[key]})]
+                out += [f"check {c['name']}: {x}" for x in looser_than({key: c.get("threshold")}, {key: required[key]})]
     return out
 
 
 def _threshold_record(v: dict, required: dict) -> dict:
     """What an approvals-log entry records about the thresholds behind it."""
     src = v.get("thresholds_source") or {}
-    return {"thresholds": v.get("thresholds"), "thresholds_required": required,
-            "thresholds_protected_sha256": protected_sha256(),
-            "verdict_protected_sha256": src.get("protected_sha256")}
+    return {
+        "thresholds": v.get("thresholds"),
+        "thresholds_required": required,
+        "thresholds_protected_sha256": protected_sha256(),
+        "verdict_protected_sha256": src.get("protected_sha256"),
+    }
 
 
 def _gate_summary(v: dict) -> list[dict]:
     return [{"gate": g.get("gate"), "passed": g.get("passed"), "message": g.get("message")} for g in v.get("gates", [])]
 
 
-def promote(cand: CandidateInfo, env: str, reason: str, confirm: str | None, cfg, *,
-            store: ApprovalStore | None = None) -> tuple[dict, dict]:
+def promote(
+    cand: CandidateInfo, env: str, reason: str, confirm: str | None, cfg, *, store: ApprovalStore | None = None
+) -> tuple[dict, dict]:
     """Approve a validated candidate for ``env``; the approved model it replaces becomes the rollback
     target. Returns (log entry, new state)."""
     if env not in ENVS:
         raise InputError(f"--env {env}: must be one of {', '.join(ENVS)}")
     if confirm != PROMOTE_WORD:
-        raise InputError(f"promote refused: pass --confirm {PROMOTE_WORD} to promote {cand.ref} to {env} "
-                         f"(nothing changed)")
+        raise InputError(
+            f"promote refused: pass --confirm {PROMOTE_WORD} to promote {cand.ref} to {env} (nothing changed)"
+        )
     if not reason or not reason.strip():
         raise InputError("promote refused: --reason must say why (nothing changed)")
     store = store or store_for(cfg)
@@ -154,18 +191,28 @@ def promote(cand: CandidateInfo, env: str, reason: str, confirm: str | None, cfg
         cur = store.state(env)["current"]
         if cur is not None and cur["model"] == cand.ref and cur["manifest_sha256"] == man["manifest_sha256"]:
             raise InputError(f"promote refused: {cand.ref} is already the approved {env} model (nothing changed)")
-        entry = {"ts_utc": utc_now_iso(), "who": operator_name(), "action": "promote", "env": env,
-                 "model": cand.ref, "path": str(Path(cand.path).resolve()), "run_id": cand.run_id,
-                 "manifest_sha256": man["manifest_sha256"],
-                 "verdict_sha256": sha256_file(Path(cand.path) / "verdict.json"),
-                 "validated_utc": v.get("validated_utc"), "gates": _gate_summary(v),
-                 **_threshold_record(v, required_thresholds(cfg, env)),
-                 "replaced": cur["model"] if cur else None, "reason": reason.strip()}
+        entry = {
+            "ts_utc": utc_now_iso(),
+            "who": operator_name(),
+            "action": "promote",
+            "env": env,
+            "model": cand.ref,
+            "path": str(Path(cand.path).resolve()),
+            "run_id": cand.run_id,
+            "manifest_sha256": man["manifest_sha256"],
+            "verdict_sha256": sha256_file(Path(cand.path) / "verdict.json"),
+            "validated_utc": v.get("validated_utc"),
+            "gates": _gate_summary(v),
+            **_threshold_record(v, required_thresholds(cfg, env)),
+            "replaced": cur["model"] if cur else None,
+            "reason": reason.strip(),
+        }
         return store.apply(entry, rep)
 
 
-def rollback(env: str, confirm: str | None, cfg, *, reason: str | None = None,
-             store: ApprovalStore | None = None) -> tuple[dict, dict]:
+def rollback(
+    env: str, confirm: str | None, cfg, *, reason: str | None = None, store: ApprovalStore | None = None
+) -> tuple[dict, dict]:
     """Restore the previous approved model of ``env`` (it must still verify); the current one is
     dropped from the approvals (its log entries stay). Returns (log entry, new state)."""
     if env not in ENVS:
@@ -180,15 +227,24 @@ def rollback(env: str, confirm: str | None, cfg, *, reason: str | None = None,
             what = f"{st['current']['model']} is the only approval" if st["current"] else "nothing is approved"
             raise InputError(f"rollback refused: nothing to roll back to in {env} ({what}; nothing changed)")
         target = st["previous"][-1]
-        man, v = check_approvable(target["path"], cfg, expect_manifest=target["manifest_sha256"], what="rollback",
-                                  env=env)
-        entry = {"ts_utc": utc_now_iso(), "who": operator_name(), "action": "rollback", "env": env,
-                 "model": target["model"], "path": target["path"], "manifest_sha256": target["manifest_sha256"],
-                 "verdict_sha256": sha256_file(Path(target["path"]) / "verdict.json"),
-                 "validated_utc": v.get("validated_utc"), "gates": _gate_summary(v),
-                 **_threshold_record(v, required_thresholds(cfg, env)),
-                 "replaced": st["current"]["model"] if st["current"] else None,
-                 "reason": (reason or "rollback").strip()}
+        man, v = check_approvable(
+            target["path"], cfg, expect_manifest=target["manifest_sha256"], what="rollback", env=env
+        )
+        entry = {
+            "ts_utc": utc_now_iso(),
+            "who": operator_name(),
+            "action": "rollback",
+            "env": env,
+            "model": target["model"],
+            "path": target["path"],
+            "manifest_sha256": target["manifest_sha256"],
+            "verdict_sha256": sha256_file(Path(target["path"]) / "verdict.json"),
+            "validated_utc": v.get("validated_utc"),
+            "gates": _gate_summary(v),
+            **_threshold_record(v, required_thresholds(cfg, env)),
+            "replaced": st["current"]["model"] if st["current"] else None,
+            "reason": (reason or "rollback").strip(),
+        }
         return store.apply(entry, rep)
 
 
@@ -215,8 +271,11 @@ def verdict_summary(path: str | Path) -> str:
         return "manifest damaged"
     if v.get("manifest_sha256") != msha:
         return "stale verdict (manifest changed)"
-    return "passed" if v.get("passed") else "failed: " + ", ".join(g["gate"] for g in v.get("gates", [])
-                                                                     if not g.get("passed"))
+    return (
+        "passed"
+        if v.get("passed")
+        else "failed: " + ", ".join(g["gate"] for g in v.get("gates", []) if not g.get("passed"))
+    )
 
 
 def load_json(path: Path) -> dict:

@@ -29,16 +29,15 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from engine.errors import InputError, IntegrityError
-
 from research.lifecycle.util import ZERO_HASH, atomic_write_text, canonical_json, fsync_dir
 
-__all__ = ["ENVS", "ApprovalStore", "AuditReport", "entry_hash", "empty_state", "replay"]
+__all__ = ["ENVS", "ApprovalStore", "AuditReport", "empty_state", "entry_hash", "replay"]
 
 ENVS = ("paper", "live")
 STATE_FORMAT = "krakenquant-approvals-state/1"
@@ -51,15 +50,21 @@ def entry_hash(prev_hash: str, entry: dict) -> str:
 
 
 def empty_state(env: str) -> dict:
-    return {"format": STATE_FORMAT, "env": env, "current": None, "previous": [], "last_seq": 0,
-            "last_hash": ZERO_HASH}
+    return {"format": STATE_FORMAT, "env": env, "current": None, "previous": [], "last_seq": 0, "last_hash": ZERO_HASH}
 
 
 def _approval_of(entry: dict) -> dict:
     """The APPROVAL record a promote entry creates (what state.json keeps per approved model)."""
-    return {"model": entry["model"], "path": entry["path"], "manifest_sha256": entry["manifest_sha256"],
-            "verdict_sha256": entry.get("verdict_sha256"), "seq": entry["seq"], "hash": entry["hash"],
-            "approved_utc": entry["ts_utc"], "who": entry["who"]}
+    return {
+        "model": entry["model"],
+        "path": entry["path"],
+        "manifest_sha256": entry["manifest_sha256"],
+        "verdict_sha256": entry.get("verdict_sha256"),
+        "seq": entry["seq"],
+        "hash": entry["hash"],
+        "approved_utc": entry["ts_utc"],
+        "who": entry["who"],
+    }
 
 
 def replay(entries: list[dict]) -> tuple[dict[str, dict], list[str]]:
@@ -82,8 +87,10 @@ def replay(entries: list[dict]) -> tuple[dict[str, dict], list[str]]:
                 probs.append(f"entry {en.get('seq')}: rollback in {env} with nothing to roll back to")
                 continue
             if st["previous"][-1]["model"] != en.get("model"):
-                probs.append(f"entry {en.get('seq')}: rollback in {env} restores {en.get('model')}, but the "
-                             f"previous approval is {st['previous'][-1]['model']}")
+                probs.append(
+                    f"entry {en.get('seq')}: rollback in {env} restores {en.get('model')}, but the "
+                    f"previous approval is {st['previous'][-1]['model']}"
+                )
                 continue
             st["current"] = st["previous"].pop()
         else:
@@ -99,15 +106,18 @@ class AuditReport:
     ok: bool
     n_entries: int
     problems: tuple[str, ...]
-    states: dict          # env -> state replayed from the log
+    states: dict  # env -> state replayed from the log
     head_hash: str
 
     @property
     def message(self) -> str:
         if self.ok:
             return f"approvals log ok: {self.n_entries} entries, chain head {self.head_hash[:16]}"
-        return "approvals log FAILED its audit: " + "; ".join(self.problems[:5]) + (
-            f" (+{len(self.problems) - 5} more)" if len(self.problems) > 5 else "")
+        return (
+            "approvals log FAILED its audit: "
+            + "; ".join(self.problems[:5])
+            + (f" (+{len(self.problems) - 5} more)" if len(self.problems) > 5 else "")
+        )
 
 
 class ApprovalStore:
@@ -187,8 +197,10 @@ class ApprovalStore:
             if e.get("seq") != i:
                 probs.append(f"line {i}: seq {e.get('seq')} (expected {i}): a line was deleted, inserted or moved")
             if prev is not None and e.get("prev_hash") != prev:
-                probs.append(f"line {i}: prev_hash does not match the hash of line {i - 1}: a line before it was "
-                             f"edited, deleted or moved")
+                probs.append(
+                    f"line {i}: prev_hash does not match the hash of line {i - 1}: a line before it was "
+                    f"edited, deleted or moved"
+                )
             if e.get("hash") != entry_hash(str(e.get("prev_hash")), e):
                 probs.append(f"line {i}: content does not match its hash: the line was edited")
             prev = e.get("hash")
@@ -215,8 +227,10 @@ class ApprovalStore:
                     continue
                 diff = [k for k in ("current", "previous", "last_seq", "last_hash") if s.get(k) != want.get(k)]
                 if diff:
-                    probs.append(f"{env}/state.json differs from the log replay in {', '.join(diff)} (edited, or a "
-                                 f"promote/rollback was interrupted: kq models audit --rebuild-state)")
+                    probs.append(
+                        f"{env}/state.json differs from the log replay in {', '.join(diff)} (edited, or a "
+                        f"promote/rollback was interrupted: kq models audit --rebuild-state)"
+                    )
         head = good[-1]["hash"] if good and isinstance(good[-1].get("hash"), str) else ZERO_HASH
         return AuditReport(not probs, n, tuple(probs), states, head)
 

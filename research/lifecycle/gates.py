@@ -34,14 +34,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, IntegrityError, InputError
+from engine.errors import ConfigError, InputError, IntegrityError
 from engine.lifecycle_config import PROTECTED_SOURCE, effective_thresholds, protected_sha256, protected_thresholds
-
 from research.lifecycle.util import atomic_write_text, canonical_json, operator_name, sha256_file, utc_now_iso
 
-__all__ = ["Check", "GateResult", "Verdict", "GATES", "MANIFEST_FORMAT", "VERDICT_FORMAT", "VERDICT_NAME",
-           "manifest_sha256", "read_manifest", "check_files", "gate_integrity", "gate_schema", "gate_quality",
-           "gate_risk", "validate_bundle", "write_verdict", "read_verdict", "candidate_config"]
+__all__ = [
+    "GATES",
+    "MANIFEST_FORMAT",
+    "VERDICT_FORMAT",
+    "VERDICT_NAME",
+    "Check",
+    "GateResult",
+    "Verdict",
+    "candidate_config",
+    "check_files",
+    "gate_integrity",
+    "gate_quality",
+    "gate_risk",
+    "gate_schema",
+    "manifest_sha256",
+    "read_manifest",
+    "read_verdict",
+    "validate_bundle",
+    "write_verdict",
+]
 
 MANIFEST_FORMAT = "krakenquant-model/1"
 VERDICT_FORMAT = "krakenquant-verdict/1"
@@ -56,7 +72,7 @@ class Check:
     name: str
     passed: bool
     measured: Any = None
-    op: str | None = None          # how measured compares to threshold for a pass: ">=", "<=", "=="
+    op: str | None = None  # how measured compares to threshold for a pass: ">=", "<=", "=="
     threshold: Any = None
     message: str = ""
 
@@ -75,8 +91,12 @@ class GateResult:
         return f"{self.gate}: FAILED: " + "; ".join(c.message for c in bad)
 
     def to_json(self) -> dict:
-        return {"gate": self.gate, "passed": self.passed, "message": self.message,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "gate": self.gate,
+            "passed": self.passed,
+            "message": self.message,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 @dataclass(frozen=True)
@@ -92,10 +112,18 @@ class Verdict:
     who: str = ""
 
     def to_json(self) -> dict:
-        return {"format": VERDICT_FORMAT, "passed": self.passed, "manifest_sha256": self.manifest_sha256,
-                "candidate": self.candidate, "validated_utc": self.validated_utc, "who": self.who,
-                "config": self.config, "thresholds": self.thresholds, "thresholds_source": self.thresholds_source,
-                "gates": [g.to_json() for g in self.gates]}
+        return {
+            "format": VERDICT_FORMAT,
+            "passed": self.passed,
+            "manifest_sha256": self.manifest_sha256,
+            "candidate": self.candidate,
+            "validated_utc": self.validated_utc,
+            "who": self.who,
+            "config": self.config,
+            "thresholds": self.thresholds,
+            "thresholds_source": self.thresholds_source,
+            "gates": [g.to_json() for g in self.gates],
+        }
 
     @property
     def failed_gates(self) -> list[GateResult]:
@@ -152,20 +180,43 @@ def gate_integrity(bundle_dir: str | Path, tags: dict | None = None) -> GateResu
         return _gate("integrity", [Check("manifest", False, str(e), message=str(e))])
     probs = check_files(bundle_dir, m)
     n = len(m["files"])
-    checks.append(Check("artifact_sha256", not probs, f"{n - sum(1 for p in probs if 'not listed' not in p)}/{n} "
-                        f"match" + (f", {len(probs)} problem(s)" if probs else ""), "==", f"{n}/{n} match",
-                        "" if not probs else "artifact files do not match the manifest: " + "; ".join(probs[:5])
-                        + (f" (+{len(probs) - 5} more)" if len(probs) > 5 else "")))
+    checks.append(
+        Check(
+            "artifact_sha256",
+            not probs,
+            f"{n - sum(1 for p in probs if 'not listed' not in p)}/{n} "
+            f"match" + (f", {len(probs)} problem(s)" if probs else ""),
+            "==",
+            f"{n}/{n} match",
+            ""
+            if not probs
+            else "artifact files do not match the manifest: "
+            + "; ".join(probs[:5])
+            + (f" (+{len(probs) - 5} more)" if len(probs) > 5 else ""),
+        )
+    )
     msha = m["manifest_sha256"]
     tags = tags or {}
-    pairs = [("manifest_sha256", msha), ("feature_schema_sha256", (m.get("features") or {}).get("schema_sha256")),
-             ("config_sha256", m.get("config_sha256"))]
+    pairs = [
+        ("manifest_sha256", msha),
+        ("feature_schema_sha256", (m.get("features") or {}).get("schema_sha256")),
+        ("config_sha256", m.get("config_sha256")),
+    ]
     for key, val in pairs:
         if key in tags:
             ok = str(tags[key]) == str(val)
-            checks.append(Check(f"registry_tag_{key}", ok, val, "==", tags[key],
-                                "" if ok else f"registry tag {key} {str(tags[key])[:16]} differs from the "
-                                              f"manifest's {str(val)[:16]}"))
+            checks.append(
+                Check(
+                    f"registry_tag_{key}",
+                    ok,
+                    val,
+                    "==",
+                    tags[key],
+                    ""
+                    if ok
+                    else f"registry tag {key} {str(tags[key])[:16]} differs from the manifest's {str(val)[:16]}",
+                )
+            )
     return _gate("integrity", checks)
 
 
@@ -187,26 +238,50 @@ def gate_schema(bundle_dir: str | Path, cfg, *, load: bool = True) -> GateResult
         missing = [x for x in want_names if x not in names]
         extra = [x for x in names if x not in want_names]
         if missing or extra:
-            msg = (f"inputs differ from the current feature set: missing {missing or 'none'}, extra {extra or 'none'}")
+            msg = f"inputs differ from the current feature set: missing {missing or 'none'}, extra {extra or 'none'}"
         else:
             i = next(i for i, (a, b) in enumerate(zip(names, want_names)) if a != b)
             msg = f"input order differs from the current feature set at position {i}: {names[i]} vs {want_names[i]}"
-    checks.append(Check("input_names", ok, f"{len(names)} features", "==", f"{len(want_names)} features, same order",
-                        msg))
+    checks.append(
+        Check("input_names", ok, f"{len(names)} features", "==", f"{len(want_names)} features, same order", msg)
+    )
     h = feats.get("schema_sha256")
     ok = h == want_hash
-    checks.append(Check("input_schema_sha256", ok, h, "==", want_hash,
-                        "" if ok else f"feature schema hash {str(h)[:16]} differs from the current "
-                                      f"feature set's {want_hash[:16]} (features config changed)"))
+    checks.append(
+        Check(
+            "input_schema_sha256",
+            ok,
+            h,
+            "==",
+            want_hash,
+            ""
+            if ok
+            else f"feature schema hash {str(h)[:16]} differs from the current "
+            f"feature set's {want_hash[:16]} (features config changed)",
+        )
+    )
     outs = m.get("outputs")
     ok = outs == OUTPUTS
     checks.append(Check("outputs", ok, outs, "==", OUTPUTS, "" if ok else f"outputs {outs} are not {OUTPUTS}"))
     hs = m.get("horizons")
     th = m.get("trade_horizon")
-    ok = (isinstance(hs, list) and bool(hs) and all(isinstance(x, int) and x >= 1 for x in hs)
-          and hs == sorted(set(hs)) and th in hs)
-    checks.append(Check("horizons", ok, {"horizons": hs, "trade_horizon": th}, None, "trade_horizon in horizons",
-                        "" if ok else f"horizons {hs} / trade horizon {th} are not a valid declaration"))
+    ok = (
+        isinstance(hs, list)
+        and bool(hs)
+        and all(isinstance(x, int) and x >= 1 for x in hs)
+        and hs == sorted(set(hs))
+        and th in hs
+    )
+    checks.append(
+        Check(
+            "horizons",
+            ok,
+            {"horizons": hs, "trade_horizon": th},
+            None,
+            "trade_horizon in horizons",
+            "" if ok else f"horizons {hs} / trade horizon {th} are not a valid declaration",
+        )
+    )
     if load and all(c.passed for c in checks):
         checks.append(_loaded_schema_check(bundle_dir, m, want_names, want_hash))
     return _gate("schema", checks)
@@ -218,16 +293,35 @@ def _loaded_schema_check(bundle_dir, m: dict, want_names: list, want_hash: str) 
     try:
         b = load_bundle(bundle_dir, verify=False)
     except Exception as e:  # a model file that does not deserialise fails the gate, never crashes it
-        return Check("loaded_model", False, f"{type(e).__name__}", "==", "loads",
-                     f"the bundle does not load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-    got = {"feature_names": list(b.feature_names), "feature_schema_sha256": b.feature_schema_sha256,
-           "horizons": sorted(int(h) for h in b.metas), "trade_horizon": int(b.trade_horizon)}
-    want = {"feature_names": want_names, "feature_schema_sha256": want_hash,
-            "horizons": sorted(m["horizons"]), "trade_horizon": m["trade_horizon"]}
+        return Check(
+            "loaded_model",
+            False,
+            f"{type(e).__name__}",
+            "==",
+            "loads",
+            f"the bundle does not load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+        )
+    got = {
+        "feature_names": list(b.feature_names),
+        "feature_schema_sha256": b.feature_schema_sha256,
+        "horizons": sorted(int(h) for h in b.metas),
+        "trade_horizon": int(b.trade_horizon),
+    }
+    want = {
+        "feature_names": want_names,
+        "feature_schema_sha256": want_hash,
+        "horizons": sorted(m["horizons"]),
+        "trade_horizon": m["trade_horizon"],
+    }
     bad = [k for k in want if got[k] != want[k]]
-    return Check("loaded_model", not bad, "loads" if not bad else f"differs in {', '.join(bad)}", "==",
-                 "matches the declaration", "" if not bad else f"the loaded model's {', '.join(bad)} differ "
-                                                               f"from the declaration / current feature set")
+    return Check(
+        "loaded_model",
+        not bad,
+        "loads" if not bad else f"differs in {', '.join(bad)}",
+        "==",
+        "matches the declaration",
+        "" if not bad else f"the loaded model's {', '.join(bad)} differ from the declaration / current feature set",
+    )
 
 
 def candidate_config(bundle_dir: str | Path):
@@ -309,19 +403,39 @@ def gate_quality(bundle_dir: str | Path, cfg, cand_cfg=None, thresholds: dict | 
     except ConfigError as e:
         return _gate("quality", [Check("config", False, str(e), message=f"candidate config unusable: {e}")])
     strat, re, probs = _strategy(root, cand_cfg)
-    checks = [Check("records_agree", not probs, "agree" if not probs else "disagree", "==", "agree",
-                    "; ".join(probs))]
+    checks = [Check("records_agree", not probs, "agree" if not probs else "disagree", "==", "agree", "; ".join(probs))]
     if re is None:
         return _gate("quality", checks)
     s = re["sharpe"]
     ok = s is not None and math.isfinite(s) and s >= min_sharpe
-    checks.append(Check("oos_sharpe", ok, s, ">=", min_sharpe,
-                        "" if ok else (f"out-of-sample Sharpe {s:.3f} is below the minimum {min_sharpe}"
-                                       if s is not None else "out-of-sample Sharpe undefined (flat equity)")))
+    checks.append(
+        Check(
+            "oos_sharpe",
+            ok,
+            s,
+            ">=",
+            min_sharpe,
+            ""
+            if ok
+            else (
+                f"out-of-sample Sharpe {s:.3f} is below the minimum {min_sharpe}"
+                if s is not None
+                else "out-of-sample Sharpe undefined (flat equity)"
+            ),
+        )
+    )
     d = re["max_drawdown"]
     ok = math.isfinite(d) and d <= max_dd
-    checks.append(Check("oos_max_drawdown", ok, d, "<=", max_dd,
-                        "" if ok else f"out-of-sample max drawdown {d:.2%} is above the maximum {max_dd:.2%}"))
+    checks.append(
+        Check(
+            "oos_max_drawdown",
+            ok,
+            d,
+            "<=",
+            max_dd,
+            "" if ok else f"out-of-sample max drawdown {d:.2%} is above the maximum {max_dd:.2%}",
+        )
+    )
     return _gate("quality", checks)
 
 
@@ -342,9 +456,19 @@ def gate_risk(bundle_dir: str | Path, cfg, cand_cfg=None, thresholds: dict | Non
     else:
         t = re["daily_turnover"]
         ok = math.isfinite(t) and t <= th["max_daily_turnover"]
-        checks.append(Check("daily_turnover", ok, t, "<=", th["max_daily_turnover"],
-                            "" if ok else f"turnover {t:.3f}x equity per day ({re['turnover']:.1f}x per year) is "
-                                          f"above the maximum {th['max_daily_turnover']}x per day"))
+        checks.append(
+            Check(
+                "daily_turnover",
+                ok,
+                t,
+                "<=",
+                th["max_daily_turnover"],
+                ""
+                if ok
+                else f"turnover {t:.3f}x equity per day ({re['turnover']:.1f}x per year) is "
+                f"above the maximum {th['max_daily_turnover']}x per day",
+            )
+        )
     a = audit_backtest(root / "walkforward" / "backtest", cand_cfg, exposure_tolerance=th["exposure_tolerance"])
     n = sum(a.n_breaches_by_rule.values())
     msg = ""
@@ -355,8 +479,15 @@ def gate_risk(bundle_dir: str | Path, cfg, cand_cfg=None, thresholds: dict | Non
     return _gate("risk", checks)
 
 
-def validate_bundle(bundle_dir: str | Path, cfg, *, candidate: dict | None = None, tags: dict | None = None,
-                    load: bool = True, config_source: str | None = None) -> Verdict:
+def validate_bundle(
+    bundle_dir: str | Path,
+    cfg,
+    *,
+    candidate: dict | None = None,
+    tags: dict | None = None,
+    load: bool = True,
+    config_source: str | None = None,
+) -> Verdict:
     """Run the four gates on a bundle folder; nothing is written (see :func:`write_verdict`)."""
     root = Path(bundle_dir)
     try:
@@ -368,19 +499,33 @@ def validate_bundle(bundle_dir: str | Path, cfg, *, candidate: dict | None = Non
     except ConfigError:
         cand_cfg = None
     th, ignored = effective_thresholds(cfg.lifecycle)
-    gates = (gate_integrity(root, tags), gate_schema(root, cfg, load=load),
-             gate_quality(root, cfg, cand_cfg, th), gate_risk(root, cfg, cand_cfg, th))
+    gates = (
+        gate_integrity(root, tags),
+        gate_schema(root, cfg, load=load),
+        gate_quality(root, cfg, cand_cfg, th),
+        gate_risk(root, cfg, cand_cfg, th),
+    )
     lc = cfg.lifecycle
-    source = {"protected": PROTECTED_SOURCE, "protected_sha256": protected_sha256(),
-              "protected_thresholds": protected_thresholds(), "config_source": config_source,
-              "config_thresholds": {k: float(getattr(lc, k)) for k in th},
-              "tightened_by_config": sorted(k for k in th if th[k] != protected_thresholds()[k]),
-              "ignored_as_looser": ignored}
+    source = {
+        "protected": PROTECTED_SOURCE,
+        "protected_sha256": protected_sha256(),
+        "protected_thresholds": protected_thresholds(),
+        "config_source": config_source,
+        "config_thresholds": {k: float(getattr(lc, k)) for k in th},
+        "tightened_by_config": sorted(k for k in th if th[k] != protected_thresholds()[k]),
+        "ignored_as_looser": ignored,
+    }
     return Verdict(
-        passed=all(g.passed for g in gates), manifest_sha256=msha, gates=gates, candidate=dict(candidate or {}),
-        thresholds=th, thresholds_source=source,
+        passed=all(g.passed for g in gates),
+        manifest_sha256=msha,
+        gates=gates,
+        candidate=dict(candidate or {}),
+        thresholds=th,
+        thresholds_source=source,
         config={"source": config_source, "config_sha256": cfg.content_hash()},
-        validated_utc=utc_now_iso(), who=operator_name())
+        validated_utc=utc_now_iso(),
+        who=operator_name(),
+    )
 
 
 def write_verdict(bundle_dir: str | Path, verdict: Verdict) -> Path:

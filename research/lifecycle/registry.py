@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.errors import InputError, KQError
-
 from research.lifecycle.actions import CandidateInfo
 
-__all__ = ["load_configs", "resolve", "list_all", "tag_verdict"]
+__all__ = ["list_all", "load_configs", "resolve", "tag_verdict"]
 
 
 def load_configs(config: str | Path):
@@ -41,10 +40,12 @@ def list_all(tracking) -> list[CandidateInfo]:
 def tag_verdict(cand: CandidateInfo, verdict, tracking) -> str | None:
     """Set ``validation=passed|failed`` (+ the manifest it judged and when) on the model version.
     Returns a warning line when the registry cannot be tagged (the verdict file is authoritative)."""
-    tags = {"validation": "passed" if verdict.passed else "failed",
-            "validation_manifest_sha256": str(verdict.manifest_sha256),
-            "validation_utc": verdict.validated_utc,
-            "validation_failed_gates": ",".join(g.gate for g in verdict.failed_gates) or "none"}
+    tags = {
+        "validation": "passed" if verdict.passed else "failed",
+        "validation_manifest_sha256": str(verdict.manifest_sha256),
+        "validation_utc": verdict.validated_utc,
+        "validation_failed_gates": ",".join(g.gate for g in verdict.failed_gates) or "none",
+    }
     try:
         import research.tracking as tr
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Breach", "AuditResult", "audit_backtest", "recompute_strategy"]
+__all__ = ["AuditResult", "Breach", "audit_backtest", "recompute_strategy"]
 
 TRADE_COLUMNS = ("ts", "pair", "side", "quantity", "price", "notional", "fee", "reason", "fill")
 EQUITY_COLUMNS = ("ts", "equity", "cash", "exposure", "drawdown", "trading_state", "n_positions")
@@ -58,7 +58,7 @@ class Breach:
 @dataclass(frozen=True)
 class AuditResult:
     breaches: tuple[Breach, ...]
-    checked: dict            # rule -> number of observations checked
+    checked: dict  # rule -> number of observations checked
     n_breaches_by_rule: dict
 
     @property
@@ -97,8 +97,13 @@ def recompute_strategy(equity: pd.DataFrame, trades: pd.DataFrame, init_cash: fl
     mdd = float(np.max(1.0 - eq / peak))
     traded = float(trades["notional"].to_numpy(dtype=np.float64).sum()) if len(trades) else 0.0
     turnover = traded / float(np.mean(eq)) * (BARS_PER_YEAR / n)
-    return {"sharpe": sharpe, "max_drawdown": max(mdd, 0.0), "turnover": turnover,
-            "daily_turnover": turnover / (BARS_PER_YEAR / 24.0), "bars": n}
+    return {
+        "sharpe": sharpe,
+        "max_drawdown": max(mdd, 0.0),
+        "turnover": turnover,
+        "daily_turnover": turnover / (BARS_PER_YEAR / 24.0),
+        "bars": n,
+    }
 
 
 def _caps(state: str, risk) -> tuple[float, int]:
@@ -109,8 +114,9 @@ def _caps(state: str, risk) -> tuple[float, int]:
     return cap, maxpos
 
 
-def audit_backtest(folder: str | Path, cfg, *, exposure_tolerance: float | None = None,
-                   max_breaches_per_rule: int = 20) -> AuditResult:
+def audit_backtest(
+    folder: str | Path, cfg, *, exposure_tolerance: float | None = None, max_breaches_per_rule: int = 20
+) -> AuditResult:
     """Audit ``folder`` (trades/equity/events Parquet of one backtest) against ``cfg`` (the engine
     Config the backtest ran with). Never raises for bad content: every problem is a breach."""
     folder = Path(folder)
@@ -124,9 +130,15 @@ def audit_backtest(folder: str | Path, cfg, *, exposure_tolerance: float | None 
     def breach(rule, ts, measured, limit, msg):
         counts[rule] = counts.get(rule, 0) + 1
         if counts[rule] <= max_breaches_per_rule:
-            breaches.append(Breach(rule, None if ts is None else int(ts),
-                                   None if measured is None else float(measured),
-                                   None if limit is None else float(limit), msg))
+            breaches.append(
+                Breach(
+                    rule,
+                    None if ts is None else int(ts),
+                    None if measured is None else float(measured),
+                    None if limit is None else float(limit),
+                    msg,
+                )
+            )
 
     def done():
         return AuditResult(tuple(breaches), checked, dict(counts))
@@ -168,12 +180,25 @@ def audit_backtest(folder: str | Path, cfg, *, exposure_tolerance: float | None 
     side = trades["side"].astype(str).to_numpy()
     pair = trades["pair"].astype(str).to_numpy()
     fill = trades["fill"].astype(str).to_numpy()
-    okv = np.isfinite(qty) & np.isfinite(px) & np.isfinite(notional) & np.isfinite(fee) & (qty > 0) & (px > 0) \
-        & (fee >= 0) & np.isin(side, ("buy", "sell"))
+    okv = (
+        np.isfinite(qty)
+        & np.isfinite(px)
+        & np.isfinite(notional)
+        & np.isfinite(fee)
+        & (qty > 0)
+        & (px > 0)
+        & (fee >= 0)
+        & np.isin(side, ("buy", "sell"))
+    )
     okv &= np.abs(notional - qty * px) <= 1e-9 * np.maximum(np.abs(notional), 1.0)
     for k in np.flatnonzero(~okv)[:max_breaches_per_rule]:
-        breach("records", tts[k], notional[k], None,
-               f"trade {int(k)} ({pair[k]} {side[k]}): quantity/price/notional/fee invalid or inconsistent")
+        breach(
+            "records",
+            tts[k],
+            notional[k],
+            None,
+            f"trade {int(k)} ({pair[k]} {side[k]}): quantity/price/notional/fee invalid or inconsistent",
+        )
 
     # ---- replay the fills: cash, positions, per-bar state
     state = equity["trading_state"].astype(str).to_numpy()
@@ -208,16 +233,22 @@ def audit_backtest(folder: str | Path, cfg, *, exposure_tolerance: float | None 
                 else:
                     prev_state = state[i - 1]
                 if prev_state in ("HALTED", "KILL_SWITCH"):
-                    breach("halt_kill", t, None, None,
-                           f"entry {p} executed after a decision bar that closed {prev_state}")
+                    breach(
+                        "halt_kill", t, None, None, f"entry {p} executed after a decision bar that closed {prev_state}"
+                    )
                 if fill[k] == "market_close" and t in kill_bars:
                     breach("halt_kill", t, None, None, f"close-phase entry {p} in a bar where the kill switch latched")
                 if in_window is not None:
                     checked["training_window"] = checked.get("training_window", 0) + 1
                     if in_window(t):
-                        breach("training_window", t, None, None,
-                               f"entry {p} executed in a bar opening inside the training window "
-                               f"{window[0]}-{window[1]} UTC")
+                        breach(
+                            "training_window",
+                            t,
+                            None,
+                            None,
+                            f"entry {p} executed in a bar opening inside the training window "
+                            f"{window[0]}-{window[1]} UTC",
+                        )
                 if held.get(p, 0.0) > 0.0:
                     breach("long_only", t, held[p], 0.0, f"buy {p} on top of an open position")
                 cash -= notional[k] + fee[k]
@@ -226,15 +257,25 @@ def audit_backtest(folder: str | Path, cfg, *, exposure_tolerance: float | None 
                 nopen = sum(1 for v in held.values() if v > 0.0)
                 checked["max_positions"] = checked.get("max_positions", 0) + 1
                 if nopen > maxpos:
-                    breach("max_positions", t, nopen, maxpos,
-                           f"{nopen} positions open after entry {p}, cap {maxpos} ({prev_state})")
+                    breach(
+                        "max_positions",
+                        t,
+                        nopen,
+                        maxpos,
+                        f"{nopen} positions open after entry {p}, cap {maxpos} ({prev_state})",
+                    )
                 eq_dec = rec_eq[i - 1] if i > 0 else init_cash
                 ccap = float(risk.max_cluster_exposure)
                 checked["exposure"] = checked.get("exposure", 0) + 1
                 if notional[k] > ccap * eq_dec * (1.0 + tol):
-                    breach("exposure", t, notional[k] / eq_dec, ccap,
-                           f"entry {p} alone is {notional[k] / eq_dec:.2%} of equity, above the cluster cap "
-                           f"{ccap:.2%} (+{tol:.0%} tolerance)")
+                    breach(
+                        "exposure",
+                        t,
+                        notional[k] / eq_dec,
+                        ccap,
+                        f"entry {p} alone is {notional[k] / eq_dec:.2%} of equity, above the cluster cap "
+                        f"{ccap:.2%} (+{tol:.0%} tolerance)",
+                    )
                 entry_bar = True
             else:
                 h = held.get(p, 0.0)
@@ -242,8 +283,13 @@ def audit_backtest(folder: str | Path, cfg, *, exposure_tolerance: float | None 
                 if h <= 0.0:
                     breach("long_only", t, -qty[k], 0.0, f"sell {p} while flat: a short position")
                 elif abs(qty[k] - h) > 1e-9 * h:
-                    breach("long_only", t, h - qty[k], 0.0,
-                           f"sell {p} of {qty[k]:.10g} does not close the whole position {h:.10g}")
+                    breach(
+                        "long_only",
+                        t,
+                        h - qty[k],
+                        0.0,
+                        f"sell {p} of {qty[k]:.10g} does not close the whole position {h:.10g}",
+                    )
                 cash += notional[k] - fee[k]
                 held[p] = 0.0
             checked["cash"] = checked.get("cash", 0) + 1
@@ -255,21 +301,36 @@ def audit_backtest(folder: str | Path, cfg, *, exposure_tolerance: float | None 
         if rec_cash[i] < -cash_tol:
             breach("cash", t, rec_cash[i], 0.0, f"recorded cash {rec_cash[i]:.2f} negative")
         if abs(rec_cash[i] - cash) > cash_tol:
-            breach("cash", t, rec_cash[i], cash,
-                   f"recorded cash {rec_cash[i]:.6f} differs from the cash re-derived from the fills {cash:.6f}")
+            breach(
+                "cash",
+                t,
+                rec_cash[i],
+                cash,
+                f"recorded cash {rec_cash[i]:.6f} differs from the cash re-derived from the fills {cash:.6f}",
+            )
             cash = float(rec_cash[i])  # report each divergence once, not every bar after it
         if rec_npos[i] != nopen:
-            breach("max_positions", t, rec_npos[i], nopen,
-                   f"recorded {rec_npos[i]} open positions, the fills give {nopen}")
+            breach(
+                "max_positions", t, rec_npos[i], nopen, f"recorded {rec_npos[i]} open positions, the fills give {nopen}"
+            )
         if rec_npos[i] > int(risk.max_positions):
-            breach("max_positions", t, rec_npos[i], risk.max_positions,
-                   f"{rec_npos[i]} positions open, cap {risk.max_positions}")
+            breach(
+                "max_positions",
+                t,
+                rec_npos[i],
+                risk.max_positions,
+                f"{rec_npos[i]} positions open, cap {risk.max_positions}",
+            )
         if entry_bar:
             cap, _ = _caps(state[i - 1] if i > 0 else "ACTIVE", risk)
             if not (rec_expo[i] <= cap * (1.0 + tol)):
-                breach("exposure", t, rec_expo[i], cap,
-                       f"exposure {rec_expo[i]:.2%} at the close of an entry bar, cap {cap:.2%} "
-                       f"(+{tol:.0%} tolerance)")
+                breach(
+                    "exposure",
+                    t,
+                    rec_expo[i],
+                    cap,
+                    f"exposure {rec_expo[i]:.2%} at the close of an entry bar, cap {cap:.2%} (+{tol:.0%} tolerance)",
+                )
     if k < n_tr:
         breach("records", tts[k], None, None, "trades after the last equity row")
     return done()

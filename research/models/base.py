@@ -37,16 +37,16 @@ from engine.config import Frozen
 from engine.errors import InputError
 
 __all__ = [
-    "MODEL_NAMES",
     "BASE_MODEL_NAMES",
+    "MODEL_NAMES",
     "TINY_PARAMS",
     "ModelBase",
+    "ModelsConfig",
+    "check_X_2d",
+    "check_label_matrix",
+    "check_labels",
     "make_model",
     "model_class",
-    "check_X_2d",
-    "check_labels",
-    "check_label_matrix",
-    "ModelsConfig",
 ]
 
 BASE_MODEL_NAMES: tuple[str, ...] = ("xgboost", "lightgbm", "random_forest", "lstm", "transformer")
@@ -125,8 +125,7 @@ def _return_means(y: np.ndarray, returns: np.ndarray, used: np.ndarray) -> tuple
     ok = used & np.isfinite(returns) & np.isfinite(y)
     up = ok & (y == 1)
     dn = ok & (y == 0)
-    return (float(returns[up].mean()) if up.any() else np.nan,
-            float(returns[dn].mean()) if dn.any() else np.nan)
+    return (float(returns[up].mean()) if up.any() else np.nan, float(returns[dn].mean()) if dn.any() else np.nan)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,7 +138,7 @@ class ModelBase(ClassifierMixin, BaseEstimator):
     #: sequence models need rows in time order of one pair (see research.models.sequences)
     uses_sequences: bool = False
 
-    def __sklearn_tags__(self):  # noqa: D105
+    def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         return tags
@@ -194,8 +193,10 @@ class ModelBase(ClassifierMixin, BaseEstimator):
         (n, H) after a multi-output fit."""
         p = self.predict_up(X)
         if not (np.isfinite(self.mu_up_).all() and np.isfinite(self.mu_down_).all()):
-            raise InputError(f"{type(self).__name__}: fit(..., returns=...) was not given forward returns, "
-                             "so there is no expected-return mapping")
+            raise InputError(
+                f"{type(self).__name__}: fit(..., returns=...) was not given forward returns, "
+                "so there is no expected-return mapping"
+            )
         out = p * np.atleast_1d(self.mu_up_) + (1.0 - p) * np.atleast_1d(self.mu_down_)
         return out[:, 0] if np.ndim(self.mu_up_) == 0 else out
 
@@ -273,12 +274,20 @@ class MetaConfig(Frozen):
     C: float = Field(1.0, gt=0)
     ridge_alpha: float = Field(1.0, ge=0)
     use_regime: bool = True
-    share_horizons: bool = Field(True, description="one multi-output fit for every horizon where the model "
-                                                   "supports it (LSTM, Transformer, RandomForest)")
-    n_jobs: int = Field(1, ge=1, le=64, description="threads running independent base fits (results do not "
-                                                    "depend on it)")
-    inner_stride: int = Field(1, ge=1, le=24, description="inner folds use every k-th hour: tabular models "
-                                                         "train on it, the stacker is fitted on it")
+    share_horizons: bool = Field(
+        True,
+        description="one multi-output fit for every horizon where the model "
+        "supports it (LSTM, Transformer, RandomForest)",
+    )
+    n_jobs: int = Field(
+        1, ge=1, le=64, description="threads running independent base fits (results do not depend on it)"
+    )
+    inner_stride: int = Field(
+        1,
+        ge=1,
+        le=24,
+        description="inner folds use every k-th hour: tabular models train on it, the stacker is fitted on it",
+    )
 
 
 class ModelsConfig(Frozen):
@@ -294,8 +303,13 @@ class ModelsConfig(Frozen):
 
 
 CONFIGS: dict[str, type[Frozen]] = {
-    "xgboost": XGBoostConfig, "lightgbm": LightGBMConfig, "random_forest": RandomForestConfig,
-    "lstm": LSTMConfig, "transformer": TransformerConfig, "regime": RegimeConfig, "meta": MetaConfig,
+    "xgboost": XGBoostConfig,
+    "lightgbm": LightGBMConfig,
+    "random_forest": RandomForestConfig,
+    "lstm": LSTMConfig,
+    "transformer": TransformerConfig,
+    "regime": RegimeConfig,
+    "meta": MetaConfig,
 }
 
 #: tiny sizes for tests and the CI config: seconds on a shared 2-core machine
@@ -304,8 +318,15 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     "lightgbm": {"n_estimators": 20, "num_leaves": 7, "min_child_samples": 10},
     "random_forest": {"n_estimators": 10, "max_depth": 4, "max_samples": 0.5, "min_samples_leaf": 5},
     "lstm": {"seq_len": 8, "units": 8, "epochs": 1, "batch_size": 64, "train_stride": 1},
-    "transformer": {"seq_len": 8, "d_model": 8, "num_heads": 2, "ff_dim": 16, "epochs": 1,
-                    "batch_size": 64, "train_stride": 1},
+    "transformer": {
+        "seq_len": 8,
+        "d_model": 8,
+        "num_heads": 2,
+        "ff_dim": 16,
+        "epochs": 1,
+        "batch_size": 64,
+        "train_stride": 1,
+    },
     "regime": {"trend_bars": 48, "vol_bars": 24},
     "meta": {},
 }

@@ -17,8 +17,16 @@ __all__ = ["LSTMModel", "make_sequences"]
 class LSTMModel(SequenceModelBase):
     """Seeded, op-deterministic LSTM classifier; small by default so a CPU trains it."""
 
-    def __init__(self, seq_len: int = 48, units: int = 32, epochs: int = 2, batch_size: int = 256,
-                 learning_rate: float = 1e-3, train_stride: int = 4, seed: int = 7) -> None:
+    def __init__(
+        self,
+        seq_len: int = 48,
+        units: int = 32,
+        epochs: int = 2,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        train_stride: int = 4,
+        seed: int = 7,
+    ) -> None:
         self.seq_len = seq_len
         self.units = units
         self.epochs = epochs
@@ -29,8 +37,10 @@ class LSTMModel(SequenceModelBase):
 
     def _build(self, keras, n_features: int, n_outputs: int = 1):
         layers = keras.layers
-        return keras.Sequential([
-            keras.Input(shape=(self.seq_len, n_features)),
-            layers.LSTM(self.units),
-            layers.Dense(n_outputs, activation="sigmoid"),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input(shape=(self.seq_len, n_features)),
+                layers.LSTM(self.units),
+                layers.Dense(n_outputs, activation="sigmoid"),
+            ]
+        )

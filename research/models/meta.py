@@ -68,7 +68,7 @@ from sklearn.exceptions import NotFittedError
 from engine.errors import InputError
 from research.models.base import BASE_MODEL_NAMES, check_label_matrix, check_returns, check_X_2d, make_model
 
-__all__ = ["StackingMetaLearner", "PerHorizonModel"]
+__all__ = ["PerHorizonModel", "StackingMetaLearner"]
 
 
 class StackingMetaLearner(ClassifierMixin, BaseEstimator):
@@ -89,10 +89,22 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
     inner_stride : inner folds on every k-th hour (tabular inner fits and stacker rows).
     """
 
-    def __init__(self, models: list | None = None, cv: Any = None, regime: Any = None,
-                 use_regime: bool = True, inner_folds: int = 3, purge_bars: int = 24, C: float = 1.0,
-                 ridge_alpha: float = 1.0, model_size: str = "research", seed: int = 7,
-                 share_horizons: bool = True, n_jobs: int = 1, inner_stride: int = 1) -> None:
+    def __init__(
+        self,
+        models: list | None = None,
+        cv: Any = None,
+        regime: Any = None,
+        use_regime: bool = True,
+        inner_folds: int = 3,
+        purge_bars: int = 24,
+        C: float = 1.0,
+        ridge_alpha: float = 1.0,
+        model_size: str = "research",
+        seed: int = 7,
+        share_horizons: bool = True,
+        n_jobs: int = 1,
+        inner_stride: int = 1,
+    ) -> None:
         self.models = models
         self.cv = cv
         self.regime = regime
@@ -135,15 +147,16 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         test = math.ceil((n - first - self.purge_bars) / k)
         if first < 1 or test < 1:
             raise InputError(f"StackingMetaLearner: {n} rows are too few for {k} inner folds")
-        return PurgedWalkForward(train_bars=first, test_bars=test, purge_bars=self.purge_bars,
-                                 expanding=True)
+        return PurgedWalkForward(train_bars=first, test_bars=test, purge_bars=self.purge_bars, expanding=True)
 
     def _regime_cols(self, reg, close: Any, n: int, segments: Any = None) -> np.ndarray:
         if not self.use_regime:
             return np.zeros((n, 0))
         if close is None:
-            raise InputError("StackingMetaLearner: close= (the pair's close prices, one per row) is "
-                             "required for the regime state (or set use_regime=False)")
+            raise InputError(
+                "StackingMetaLearner: close= (the pair's close prices, one per row) is "
+                "required for the regime state (or set use_regime=False)"
+            )
         c = np.asarray(close, dtype=np.float64).reshape(-1)
         if c.shape[0] != n:
             raise InputError(f"StackingMetaLearner: close has {c.shape[0]} rows, X has {n}")
@@ -194,8 +207,18 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         return np.column_stack([np.where(np.isfinite(P), P, 0.5) - 0.5, R])
 
     # ---------------------------------------------------------------------------------------------
-    def _plan(self, models: list, Xa: np.ndarray, Y: np.ndarray, R2: np.ndarray | None, folds: list,
-              tab_rows: list, segments: Any, multi: bool, on_fit: Any = None) -> list[tuple[bool, float, Any]]:
+    def _plan(
+        self,
+        models: list,
+        Xa: np.ndarray,
+        Y: np.ndarray,
+        R2: np.ndarray | None,
+        folds: list,
+        tab_rows: list,
+        segments: Any,
+        multi: bool,
+        on_fit: Any = None,
+    ) -> list[tuple[bool, float, Any]]:
         """The independent base fits of one ``fit``: (is a neural net, size, job) in the sequential
         order (inner folds x models [x horizons], then the refits). Each job fits a fresh clone and
         returns the OOF predictions (inner folds) or the fitted model (refit). Inner-fold training
@@ -223,6 +246,7 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
                 if col is None:
                     return self._base_up(est, Xa, te, segments)
                 return self._base_p(est, Xa, te, segments)[:, None]
+
             return run
 
         jobs = []
@@ -262,8 +286,17 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
                 f.result()
         return out
 
-    def fit(self, X: Any, y: Any, *, close: Any = None, returns: Any = None, times: Any = None,
-            segments: Any = None, on_fit: Any = None) -> "StackingMetaLearner":
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        close: Any = None,
+        returns: Any = None,
+        times: Any = None,
+        segments: Any = None,
+        on_fit: Any = None,
+    ) -> StackingMetaLearner:
         """Fit on one window. ``y`` (n,) is one horizon's label; an (n, H) matrix (one column per
         horizon, NaN = no label) fits every horizon at once: the regime, the inner folds and every
         base model that supports multi-output (the sequence nets: one network with H heads; the
@@ -313,8 +346,10 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
             tr = np.asarray(tr, dtype=np.int64)
             te = np.asarray(te, dtype=np.int64)
             if seen[te].any():
-                raise InputError("StackingMetaLearner: the inner splitter tests a row twice; "
-                                 "use a walk-forward splitter (each row tested at most once)")
+                raise InputError(
+                    "StackingMetaLearner: the inner splitter tests a row twice; "
+                    "use a walk-forward splitter (each row tested at most once)"
+                )
             seen[te] = True
             if on_grid is not None:
                 te = te[on_grid[te]]
@@ -336,7 +371,7 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         oof = np.full((n, K, H), np.nan)
         it = iter(results)
         base = []
-        for fi, (tr, te) in enumerate(folds + [(None, None)]):
+        for _tr, te in folds + [(None, None)]:
             for j, (name, m) in enumerate(models):
                 shared = multi and self.share_horizons and getattr(m, "supports_multi_output", False)
                 got = [next(it)] if shared else [next(it) for _ in range(H)]
@@ -374,7 +409,7 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         self.stack_rows_ = rows_h if multi else rows_h[0]
         self.stack_X_ = stack_X if multi else stack_X[0]
         self.inner_folds_ = folds
-        self.stackers_ = tuple(stackers)          # one logistic stacker per horizon (label column)
+        self.stackers_ = tuple(stackers)  # one logistic stacker per horizon (label column)
         self.return_heads_ = tuple(heads)
         self.stacker_ = tuple(stackers) if multi else stackers[0]
         self.return_head_ = tuple(heads) if multi else heads[0]
@@ -421,8 +456,7 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         st = self.stacker_ if self._multi() else (self.stacker_,)
         hd = self.return_head_ if self._multi() else (self.return_head_,)
         p = np.column_stack([s.predict_proba(Z)[:, 1] for s, Z in zip(st, Zs)])
-        r = np.column_stack([h.predict(Z) if h is not None else np.full(Z.shape[0], np.nan)
-                             for h, Z in zip(hd, Zs)])
+        r = np.column_stack([h.predict(Z) if h is not None else np.full(Z.shape[0], np.nan) for h, Z in zip(hd, Zs)])
         return {"base": P3, "p_up": p, "exp_return": r}
 
     def predict_proba(self, X: Any, *, close: Any = None, segments: Any = None) -> np.ndarray:
@@ -445,8 +479,10 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         self._check()
         heads = self.return_head_ if self._multi() else (self.return_head_,)
         if any(h is None for h in heads):
-            raise InputError("StackingMetaLearner: fit(..., returns=...) was not given forward returns, "
-                             "so there is no expected-return head")
+            raise InputError(
+                "StackingMetaLearner: fit(..., returns=...) was not given forward returns, "
+                "so there is no expected-return head"
+            )
         if self._multi():
             return self.predict_all(X, close=close, segments=segments)["exp_return"]
         return self.return_head_.predict(self._Z(X, close, segments))

@@ -35,6 +35,7 @@ for unknown rows); ``predict_proba`` is that one-hot (the rules are hard).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,16 @@ from sklearn.exceptions import NotFittedError
 
 from engine.errors import InputError
 
-__all__ = ["RegimeClassifier", "REGIME_NAMES", "RANGE", "TRENDING", "HIGH_VOL", "CRASH", "UNKNOWN",
-           "regime_features"]
+__all__ = [
+    "CRASH",
+    "HIGH_VOL",
+    "RANGE",
+    "REGIME_NAMES",
+    "TRENDING",
+    "UNKNOWN",
+    "RegimeClassifier",
+    "regime_features",
+]
 
 RANGE, TRENDING, HIGH_VOL, CRASH, UNKNOWN = 0, 1, 2, 3, -1
 REGIME_NAMES: tuple[str, ...] = ("range", "trending", "high_vol", "crash")
@@ -58,8 +67,9 @@ def _close(X: Any) -> np.ndarray:
     if a.ndim == 2 and a.shape[1] == 1:
         a = a[:, 0]
     if a.ndim != 1 or a.shape[0] == 0:
-        raise InputError(f"RegimeClassifier: X must be the close prices of one pair, (n,) or (n, 1); "
-                         f"got shape {a.shape}")
+        raise InputError(
+            f"RegimeClassifier: X must be the close prices of one pair, (n,) or (n, 1); got shape {a.shape}"
+        )
     if (a[np.isfinite(a)] <= 0).any() or np.isinf(a).any():
         raise InputError("RegimeClassifier: close prices must be positive and finite (NaN = missing bar)")
     return a
@@ -85,9 +95,15 @@ def regime_features(close: Any, trend_bars: int, vol_bars: int) -> dict[str, np.
 class RegimeClassifier(ClassifierMixin, BaseEstimator):
     """Rule-based regime labels with thresholds fitted on the training window (see module doc)."""
 
-    def __init__(self, trend_bars: int = 168, vol_bars: int = 72, high_vol_quantile: float = 0.85,
-                 trend_quantile: float = 0.7, crash_drawdown: float = 0.15,
-                 crash_return_quantile: float = 0.05) -> None:
+    def __init__(
+        self,
+        trend_bars: int = 168,
+        vol_bars: int = 72,
+        high_vol_quantile: float = 0.85,
+        trend_quantile: float = 0.7,
+        crash_drawdown: float = 0.15,
+        crash_return_quantile: float = 0.05,
+    ) -> None:
         self.trend_bars = trend_bars
         self.vol_bars = vol_bars
         self.high_vol_quantile = high_vol_quantile
@@ -105,16 +121,17 @@ class RegimeClassifier(ClassifierMixin, BaseEstimator):
 
         st = segment_starts(segments, c.shape[0])
         cuts = np.concatenate([[0], np.flatnonzero(st), [c.shape[0]]])
-        parts = [regime_features(c[a:b], int(self.trend_bars), int(self.vol_bars))
-                 for a, b in zip(cuts[:-1], cuts[1:])]
+        parts = [regime_features(c[a:b], int(self.trend_bars), int(self.vol_bars)) for a, b in itertools.pairwise(cuts)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def fit(self, X: Any, y: Any = None, segments: Any = None) -> "RegimeClassifier":
+    def fit(self, X: Any, y: Any = None, segments: Any = None) -> RegimeClassifier:
         f = self._feats(X, segments)
         ok = np.isfinite(f["trend"]) & np.isfinite(f["vol"]) & np.isfinite(f["strength"])
         if ok.sum() < 10:
-            raise InputError(f"RegimeClassifier: only {int(ok.sum())} bars with a full "
-                             f"{max(self.trend_bars, self.vol_bars)}-bar history; need more data to fit")
+            raise InputError(
+                f"RegimeClassifier: only {int(ok.sum())} bars with a full "
+                f"{max(self.trend_bars, self.vol_bars)}-bar history; need more data to fit"
+            )
         self.vol_hi_ = float(np.quantile(f["vol"][ok], self.high_vol_quantile))
         self.strength_hi_ = float(np.quantile(f["strength"][ok], self.trend_quantile))
         self.crash_ret_ = float(min(np.quantile(f["trend"][ok], self.crash_return_quantile), 0.0))

@@ -28,7 +28,7 @@ from sklearn.exceptions import NotFittedError
 from engine.errors import InputError
 from research.models.base import ModelBase, check_label_matrix, check_returns
 
-__all__ = ["make_sequences", "sequence_ends", "segment_starts", "SequenceModelBase", "tf_setup"]
+__all__ = ["SequenceModelBase", "make_sequences", "segment_starts", "sequence_ends", "tf_setup"]
 
 
 def segment_starts(segments: Any, n: int) -> np.ndarray | None:
@@ -42,8 +42,10 @@ def segment_starts(segments: Any, n: int) -> np.ndarray | None:
     start = np.zeros(n, dtype=bool)
     start[1:] = g[1:] != g[:-1]
     if int(start.sum()) + 1 != len(np.unique(g)):
-        raise InputError("segments: the rows of each segment (pair) must be one contiguous block "
-                         "in time order; sort rows by pair, then time")
+        raise InputError(
+            "segments: the rows of each segment (pair) must be one contiguous block "
+            "in time order; sort rows by pair, then time"
+        )
     return start
 
 
@@ -63,8 +65,9 @@ def sequence_ends(row_ok: np.ndarray, seq_len: int, seg_start: np.ndarray | None
     return t[keep]
 
 
-def make_sequences(X_2d: Any, seq_len: int, valid: Any = None, ends: np.ndarray | None = None,
-                   segments: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def make_sequences(
+    X_2d: Any, seq_len: int, valid: Any = None, ends: np.ndarray | None = None, segments: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(seqs, ends)``: ``seqs[k] = X_2d[ends[k]-seq_len+1 : ends[k]+1]`` (float32, shape
     (k, seq_len, features)); only fully valid windows inside one segment (see module doc).
     ``ends`` restricts the output to those end rows (they must be valid ends)."""
@@ -146,17 +149,19 @@ class SequenceModelBase(ModelBase):
             X = X.to_numpy()
         a = np.asarray(X, dtype=np.float64)
         if a.ndim not in (2, 3) or a.shape[0] == 0:
-            raise InputError(f"{type(self).__name__}: X must be 2-D (rows in time order, features) "
-                             f"or 3-D (samples, seq_len, features), got shape {a.shape}")
+            raise InputError(
+                f"{type(self).__name__}: X must be 2-D (rows in time order, features) "
+                f"or 3-D (samples, seq_len, features), got shape {a.shape}"
+            )
         if a.ndim == 3 and a.shape[1] != self.seq_len:
-            raise InputError(f"{type(self).__name__}: 3-D X has sequences of {a.shape[1]} rows, "
-                             f"seq_len is {self.seq_len}")
+            raise InputError(
+                f"{type(self).__name__}: 3-D X has sequences of {a.shape[1]} rows, seq_len is {self.seq_len}"
+            )
         if np.isinf(a).any():
             raise InputError(f"{type(self).__name__}: X contains inf")
         return a
 
-    def fit(self, X: Any, y: Any, *, returns: Any = None, valid: Any = None,
-            segments: Any = None) -> "SequenceModelBase":
+    def fit(self, X: Any, y: Any, *, returns: Any = None, valid: Any = None, segments: Any = None) -> SequenceModelBase:
         name = type(self).__name__
         a = self._as_array(X)
         ya = check_label_matrix(y, a.shape[0], name)
@@ -183,8 +188,10 @@ class SequenceModelBase(ModelBase):
         target = ya[ends]
         cols = target.T if multi else target[None, :]
         if seqs.shape[0] == 0 or any(not ((c == 1).any() and (c == 0).any()) for c in cols):
-            raise InputError(f"{name}: no training sequences with both up and down labels "
-                             f"(seq_len {self.seq_len}, {a.shape[0]} rows)")
+            raise InputError(
+                f"{name}: no training sequences with both up and down labels "
+                f"(seq_len {self.seq_len}, {a.shape[0]} rows)"
+            )
         self.n_features_in_ = a.shape[-1]
         self.n_outputs_ = ya.shape[1] if multi else 1
         with np.errstate(invalid="ignore"):
@@ -210,8 +217,14 @@ class SequenceModelBase(ModelBase):
             model = self._build(keras, self.n_features_in_)
             loss = "binary_crossentropy"
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate), loss=loss)
-        model.fit(self._prep(seqs), target.astype(np.float32), epochs=self.epochs,
-                  batch_size=self.batch_size, shuffle=True, verbose=0)
+        model.fit(
+            self._prep(seqs),
+            target.astype(np.float32),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            shuffle=True,
+            verbose=0,
+        )
         self.model_ = model
 
     def _check_fitted(self) -> None:
@@ -250,8 +263,9 @@ class SequenceModelBase(ModelBase):
         self._check_fitted()
         a = self._as_array(X)
         if a.shape[-1] != self.n_features_in_:
-            raise InputError(f"{type(self).__name__}: X has {a.shape[-1]} features, "
-                             f"the model was fitted on {self.n_features_in_}")
+            raise InputError(
+                f"{type(self).__name__}: X has {a.shape[-1]} features, the model was fitted on {self.n_features_in_}"
+            )
         if a.ndim == 3:
             p = self._predict_seqs(a.astype(np.float32))
         else:
@@ -264,7 +278,7 @@ class SequenceModelBase(ModelBase):
                 ends = ends[np.isin(ends, np.asarray(at, dtype=np.int64))]
             chunk = 16384
             for s in range(0, ends.shape[0], chunk):
-                seqs, e = make_sequences(a, self.seq_len, valid, ends=ends[s:s + chunk], segments=segments)
+                seqs, e = make_sequences(a, self.seq_len, valid, ends=ends[s : s + chunk], segments=segments)
                 p[e] = self._predict_seqs(seqs)
         return p
 

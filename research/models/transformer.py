@@ -30,9 +30,18 @@ def _positions(seq_len: int, d: int) -> np.ndarray:
 class TransformerModel(SequenceModelBase):
     """Seeded, op-deterministic Transformer-encoder classifier; small by default."""
 
-    def __init__(self, seq_len: int = 48, d_model: int = 32, num_heads: int = 2, ff_dim: int = 64,
-                 epochs: int = 2, batch_size: int = 256, learning_rate: float = 1e-3,
-                 train_stride: int = 4, seed: int = 7) -> None:
+    def __init__(
+        self,
+        seq_len: int = 48,
+        d_model: int = 32,
+        num_heads: int = 2,
+        ff_dim: int = 64,
+        epochs: int = 2,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        train_stride: int = 4,
+        seed: int = 7,
+    ) -> None:
         self.seq_len = seq_len
         self.d_model = d_model
         self.num_heads = num_heads
@@ -53,8 +62,7 @@ class TransformerModel(SequenceModelBase):
         # over all keys/values (the same function as full self-attention sliced at the end, at
         # about a third of the cost)
         q = h[:, -1:, :]
-        att = layers.MultiHeadAttention(num_heads=self.num_heads,
-                                        key_dim=max(1, self.d_model // self.num_heads))(q, h)
+        att = layers.MultiHeadAttention(num_heads=self.num_heads, key_dim=max(1, self.d_model // self.num_heads))(q, h)
         z = layers.LayerNormalization(epsilon=1e-6)(q + att)
         ff = layers.Dense(self.ff_dim, activation="relu")(z)
         ff = layers.Dense(self.d_model)(ff)

@@ -13,14 +13,14 @@ import numpy as np
 
 from research.models.base import ModelBase, check_label_matrix, check_labels, check_returns, check_X_2d
 
-__all__ = ["XGBoostModel", "LightGBMModel", "RandomForestModel"]
+__all__ = ["LightGBMModel", "RandomForestModel", "XGBoostModel"]
 
 
 class _TreeModel(ModelBase):
     def _make(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def fit(self, X: Any, y: Any, *, returns: Any = None) -> "_TreeModel":
+    def fit(self, X: Any, y: Any, *, returns: Any = None) -> _TreeModel:
         name = type(self).__name__
         Xa = check_X_2d(X, name)
         if self.supports_multi_output:
@@ -56,9 +56,18 @@ class _TreeModel(ModelBase):
 class XGBoostModel(_TreeModel):
     """XGBoost ``hist`` classifier (seeded; ``n_jobs`` threads)."""
 
-    def __init__(self, n_estimators: int = 300, max_depth: int = 6, learning_rate: float = 0.05,
-                 subsample: float = 0.8, colsample_bytree: float = 0.8, min_child_weight: float = 50.0,
-                 reg_lambda: float = 1.0, n_jobs: int = 1, seed: int = 7) -> None:
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        max_depth: int = 6,
+        learning_rate: float = 0.05,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        min_child_weight: float = 50.0,
+        reg_lambda: float = 1.0,
+        n_jobs: int = 1,
+        seed: int = 7,
+    ) -> None:
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.learning_rate = learning_rate
@@ -73,19 +82,37 @@ class XGBoostModel(_TreeModel):
         import xgboost as xgb
 
         return xgb.XGBClassifier(
-            n_estimators=self.n_estimators, max_depth=self.max_depth, learning_rate=self.learning_rate,
-            subsample=self.subsample, colsample_bytree=self.colsample_bytree,
-            min_child_weight=self.min_child_weight, reg_lambda=self.reg_lambda, tree_method="hist",
-            n_jobs=self.n_jobs, random_state=self.seed, objective="binary:logistic",
-            eval_metric="logloss", verbosity=0)
+            n_estimators=self.n_estimators,
+            max_depth=self.max_depth,
+            learning_rate=self.learning_rate,
+            subsample=self.subsample,
+            colsample_bytree=self.colsample_bytree,
+            min_child_weight=self.min_child_weight,
+            reg_lambda=self.reg_lambda,
+            tree_method="hist",
+            n_jobs=self.n_jobs,
+            random_state=self.seed,
+            objective="binary:logistic",
+            eval_metric="logloss",
+            verbosity=0,
+        )
 
 
 class LightGBMModel(_TreeModel):
     """LightGBM classifier with ``deterministic=True`` and row-wise histograms (seeded)."""
 
-    def __init__(self, n_estimators: int = 300, num_leaves: int = 63, learning_rate: float = 0.05,
-                 subsample: float = 0.8, colsample_bytree: float = 0.8, min_child_samples: int = 100,
-                 reg_lambda: float = 1.0, n_jobs: int = 1, seed: int = 7) -> None:
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        num_leaves: int = 63,
+        learning_rate: float = 0.05,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        min_child_samples: int = 100,
+        reg_lambda: float = 1.0,
+        n_jobs: int = 1,
+        seed: int = 7,
+    ) -> None:
         self.n_estimators = n_estimators
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
@@ -100,11 +127,20 @@ class LightGBMModel(_TreeModel):
         import lightgbm as lgb
 
         return lgb.LGBMClassifier(
-            n_estimators=self.n_estimators, num_leaves=self.num_leaves, learning_rate=self.learning_rate,
-            subsample=self.subsample, subsample_freq=1 if self.subsample < 1 else 0,
-            colsample_bytree=self.colsample_bytree, min_child_samples=self.min_child_samples,
-            reg_lambda=self.reg_lambda, n_jobs=self.n_jobs, random_state=self.seed,
-            deterministic=True, force_row_wise=True, verbose=-1)
+            n_estimators=self.n_estimators,
+            num_leaves=self.num_leaves,
+            learning_rate=self.learning_rate,
+            subsample=self.subsample,
+            subsample_freq=1 if self.subsample < 1 else 0,
+            colsample_bytree=self.colsample_bytree,
+            min_child_samples=self.min_child_samples,
+            reg_lambda=self.reg_lambda,
+            n_jobs=self.n_jobs,
+            random_state=self.seed,
+            deterministic=True,
+            force_row_wise=True,
+            verbose=-1,
+        )
 
 
 class RandomForestModel(_TreeModel):
@@ -116,9 +152,16 @@ class RandomForestModel(_TreeModel):
 
     supports_multi_output = True
 
-    def __init__(self, n_estimators: int = 100, max_depth: int = 8, max_samples: float = 0.25,
-                 min_samples_leaf: int = 20, max_features: float = 0.5, n_jobs: int = 1,
-                 seed: int = 7) -> None:
+    def __init__(
+        self,
+        n_estimators: int = 100,
+        max_depth: int = 8,
+        max_samples: float = 0.25,
+        min_samples_leaf: int = 20,
+        max_features: float = 0.5,
+        n_jobs: int = 1,
+        seed: int = 7,
+    ) -> None:
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.max_samples = max_samples
@@ -131,6 +174,12 @@ class RandomForestModel(_TreeModel):
         from sklearn.ensemble import RandomForestClassifier
 
         return RandomForestClassifier(
-            n_estimators=self.n_estimators, max_depth=self.max_depth, max_samples=self.max_samples,
-            min_samples_leaf=self.min_samples_leaf, max_features=self.max_features, bootstrap=True,
-            n_jobs=self.n_jobs, random_state=self.seed)
+            n_estimators=self.n_estimators,
+            max_depth=self.max_depth,
+            max_samples=self.max_samples,
+            min_samples_leaf=self.min_samples_leaf,
+            max_features=self.max_features,
+            bootstrap=True,
+            n_jobs=self.n_jobs,
+            random_state=self.seed,
+        )
