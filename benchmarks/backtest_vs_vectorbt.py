@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 
-PAIRS10 = ["binance_%sUSDT_1h" % s for s in "BTC ETH SOL XRP ADA LTC DOT LINK AVAX DOGE".split()]
+PAIRS10 = [f"binance_{s}USDT_1h" for s in ["BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE"]]
 START10 = 1600761600  # 2020-09-22 06:00: all ten pairs listed
 
 
@@ -109,10 +109,22 @@ def part_kernel(repeat):
     exits = (sig < 0.45).shift(1, fill_value=False)
 
     def run_vbt():
-        return vbt.Portfolio.from_signals(close=close, entries=entries, exits=exits, price=open_, size=0.1,
-                                          size_type="percent", fees=0.004, slippage=0.0005, init_cash=10_000.0,
-                                          cash_sharing=True, group_by=True, call_seq="auto", direction="longonly",
-                                          freq="1h")
+        return vbt.Portfolio.from_signals(
+            close=close,
+            entries=entries,
+            exits=exits,
+            price=open_,
+            size=0.1,
+            size_type="percent",
+            fees=0.004,
+            slippage=0.0005,
+            init_cash=10_000.0,
+            cash_sharing=True,
+            group_by=True,
+            call_seq="auto",
+            direction="longonly",
+            freq="1h",
+        )
 
     t0 = time.perf_counter()
     pf = run_vbt()
@@ -128,12 +140,25 @@ def part_kernel(repeat):
         times["vbt"].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     n, m = p.close.shape
-    return dict(bars=n, pairs=m, first_s=first, compile_s=max(first - med["steady"], 0.0), steady_s=med["steady"],
-                steady_cold_s=med["cold"], steady_records_s=med["records"], fills=int(r.metrics[0]["n_fills"]),
-                bars_halted=int(r.metrics[0]["bars_halted"]), steady_trading_s=med["trading"],
-                fills_trading=int(r_t.metrics[0]["n_fills"]), peak_mb=peak_ours, vbt_steady_s=med["vbt"],
-                vbt_first_s=first_v, vbt_fills=int(len(pf.orders.values)), vbt_peak_mb=_peak_mb(),
-                rounds=repeat)
+    return dict(
+        bars=n,
+        pairs=m,
+        first_s=first,
+        compile_s=max(first - med["steady"], 0.0),
+        steady_s=med["steady"],
+        steady_cold_s=med["cold"],
+        steady_records_s=med["records"],
+        fills=int(r.metrics[0]["n_fills"]),
+        bars_halted=int(r.metrics[0]["bars_halted"]),
+        steady_trading_s=med["trading"],
+        fills_trading=int(r_t.metrics[0]["n_fills"]),
+        peak_mb=peak_ours,
+        vbt_steady_s=med["vbt"],
+        vbt_first_s=first_v,
+        vbt_fills=len(pf.orders.values),
+        vbt_peak_mb=_peak_mb(),
+        rounds=repeat,
+    )
 
 
 def _btc50k():
@@ -155,8 +180,8 @@ def _btc50k():
     return replace(p, open=o, high=h, low=lo, close=c, volume=v, valid=np.ones_like(p.valid))
 
 
-FAST_WINDOWS = list(range(2, 42))          # 40
-SLOW_WINDOWS = list(range(45, 170, 5))     # 25
+FAST_WINDOWS = list(range(2, 42))  # 40
+SLOW_WINDOWS = list(range(45, 170, 5))  # 25
 
 
 def _combos():
@@ -183,8 +208,9 @@ def part_sweep(repeat, with_vbt=True):
     S = len(combos)
     fasts = np.array([a for a, _ in combos], dtype=np.int64)
     slows = np.array([b for _, b in combos], dtype=np.int64)
-    params = np.repeat(params_from_config(cfg, fixed_fraction=1.0, min_edge=-1.0, p_up_entry=0.5 + 1e-9,
-                                          p_up_exit=0.5), S)
+    params = np.repeat(
+        params_from_config(cfg, fixed_fraction=1.0, min_edge=-1.0, p_up_entry=0.5 + 1e-9, p_up_exit=0.5), S
+    )
 
     def run():
         return run_ma_sweep(inp, fasts, slows, 1e6, params)[0]
@@ -220,8 +246,17 @@ def part_sweep(repeat, with_vbt=True):
         exits = exits.shift(1, fill_value=False)
         t["signals_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pf = vbt.Portfolio.from_signals(close, entries, exits, price=open_, fees=0.004, slippage=0.0005,
-                                        init_cash=10_000.0, direction="longonly", freq="1h")
+        pf = vbt.Portfolio.from_signals(
+            close,
+            entries,
+            exits,
+            price=open_,
+            fees=0.004,
+            slippage=0.0005,
+            init_cash=10_000.0,
+            direction="longonly",
+            freq="1h",
+        )
         t["backtest_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         pf.total_return(), pf.max_drawdown(), pf.sharpe_ratio()
@@ -243,9 +278,17 @@ def part_sweep(repeat, with_vbt=True):
             ours.append(time.perf_counter() - t0)
     steady = sorted(ours)[len(ours) // 2]
     k = sorted(range(len(vts)), key=vts.__getitem__)[len(vts) // 2]
-    out.update(steady_s=steady, compile_s=max(first - steady, 0.0), vbt_steady_s=vts[k], vbt_parts=parts[k],
-               vbt_first_s=first_v, vbt_peak_mb=_peak_mb(), vbt_sets=parts[k]["sets"], ours_runs=len(ours),
-               vbt_runs=len(vts))
+    out.update(
+        steady_s=steady,
+        compile_s=max(first - steady, 0.0),
+        vbt_steady_s=vts[k],
+        vbt_parts=parts[k],
+        vbt_first_s=first_v,
+        vbt_peak_mb=_peak_mb(),
+        vbt_sets=parts[k]["sets"],
+        ours_runs=len(ours),
+        vbt_runs=len(vts),
+    )
     return out
 
 
@@ -273,13 +316,30 @@ def part_sweep10k(repeat, n_sets):
     mt, _ = run_sweep(inp, params)
     dt = time.perf_counter() - t0
     n, m = p.close.shape
-    return dict(sets=n_sets, bars=n, pairs=m, seconds=dt, peak_mb=_peak_mb(), peak_mb_before_sweep=before,
-                distinct_results=int(len(set(mt["final_equity"].tolist()))))
+    return dict(
+        sets=n_sets,
+        bars=n,
+        pairs=m,
+        seconds=dt,
+        peak_mb=_peak_mb(),
+        peak_mb_before_sweep=before,
+        distinct_results=len(set(mt["final_equity"].tolist())),
+    )
 
 
 def _child(part, args):
-    cmd = [sys.executable, __file__, "--child", part, "--repeat", str(args.repeat), "--sets10k", str(args.sets10k),
-           "--skip", args.skip]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        part,
+        "--repeat",
+        str(args.repeat),
+        "--sets10k",
+        str(args.sets10k),
+        "--skip",
+        args.skip,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
@@ -292,13 +352,18 @@ def main() -> None:
     ap.add_argument("--child")
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--sets10k", type=int, default=10_000)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: kernel,sweep,sweep_vbt,sweep10k "
-                    "(the vectorbt sweep peaks at several GB)")
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts to skip: kernel,sweep,sweep_vbt,sweep10k (the vectorbt sweep peaks at several GB)",
+    )
     args = ap.parse_args()
     if args.child:
-        fn = {"kernel": lambda: part_kernel(args.repeat),
-              "sweep": lambda: part_sweep(args.repeat, "sweep_vbt" not in set(args.skip.split(","))),
-              "sweep10k": lambda: part_sweep10k(args.repeat, args.sets10k)}[args.child]
+        fn = {
+            "kernel": lambda: part_kernel(args.repeat),
+            "sweep": lambda: part_sweep(args.repeat, "sweep_vbt" not in set(args.skip.split(","))),
+            "sweep10k": lambda: part_sweep10k(args.repeat, args.sets10k),
+        }[args.child]
         print(json.dumps(fn()))
         return
     skip = set(filter(None, args.skip.split(",")))
@@ -310,36 +375,58 @@ def main() -> None:
         ours_bps = steps / o["steady_s"]
         vbt_bps = steps / o["vbt_steady_s"]
         ratio = ours_bps / vbt_bps
-        print(f"[kernel] {o['pairs']} pairs x {o['bars']:,} bar-steps = {steps:,}; medians of {o['rounds']} alternating rounds")
-        print(f"  ours (all risk rules on, no records): {o['steady_s'] * 1e3:.1f} ms = {ours_bps / 1e6:.1f} M bar-steps/s "
-              f"(with records {o['steady_records_s'] * 1e3:.1f} ms); compile+first call {o['first_s']:.2f} s; "
-              f"{o['fills']} fills ({o['bars_halted']:,} bars halted); peak {o['peak_mb']:.0f} MB")
-        print(f"  ours incl. the kill-switch trigger pass (fresh inputs each run): {o['steady_cold_s'] * 1e3:.1f} ms = "
-              f"{steps / o['steady_cold_s'] / 1e6:.1f} M bar-steps/s; ratio {steps / o['steady_cold_s'] / vbt_bps:.2f}")
-        print(f"  ours, halt lifted after 300 bars (trades throughout): {o['steady_trading_s'] * 1e3:.1f} ms = "
-              f"{steps / o['steady_trading_s'] / 1e6:.1f} M bar-steps/s; {o['fills_trading']} fills; "
-              f"ratio {steps / o['steady_trading_s'] / vbt_bps:.2f}")
-        print(f"  vectorbt from_signals (cash sharing): {o['vbt_steady_s'] * 1e3:.1f} ms = {vbt_bps / 1e6:.1f} M bar-steps/s; "
-              f"compile+first call {o['vbt_first_s']:.2f} s; {o['vbt_fills']} fills; peak (both) {o['vbt_peak_mb']:.0f} MB")
+        print(
+            f"[kernel] {o['pairs']} pairs x {o['bars']:,} bar-steps = {steps:,}; "
+            f"medians of {o['rounds']} alternating rounds"
+        )
+        print(
+            f"  ours (all risk rules on, no records): {o['steady_s'] * 1e3:.1f} ms = "
+            f"{ours_bps / 1e6:.1f} M bar-steps/s (with records {o['steady_records_s'] * 1e3:.1f} ms); "
+            f"compile+first call {o['first_s']:.2f} s; "
+            f"{o['fills']} fills ({o['bars_halted']:,} bars halted); peak {o['peak_mb']:.0f} MB"
+        )
+        print(
+            f"  ours incl. the kill-switch trigger pass (fresh inputs each run): {o['steady_cold_s'] * 1e3:.1f} ms = "
+            f"{steps / o['steady_cold_s'] / 1e6:.1f} M bar-steps/s; ratio {steps / o['steady_cold_s'] / vbt_bps:.2f}"
+        )
+        print(
+            f"  ours, halt lifted after 300 bars (trades throughout): {o['steady_trading_s'] * 1e3:.1f} ms = "
+            f"{steps / o['steady_trading_s'] / 1e6:.1f} M bar-steps/s; {o['fills_trading']} fills; "
+            f"ratio {steps / o['steady_trading_s'] / vbt_bps:.2f}"
+        )
+        print(
+            f"  vectorbt from_signals (cash sharing): {o['vbt_steady_s'] * 1e3:.1f} ms = "
+            f"{vbt_bps / 1e6:.1f} M bar-steps/s; compile+first call {o['vbt_first_s']:.2f} s; "
+            f"{o['vbt_fills']} fills; peak (both) {o['vbt_peak_mb']:.0f} MB"
+        )
     if "sweep" not in skip:
         o = _child("sweep", args)
         steps = o["sets"] * o["bars"]
         print(f"[sweep] {o['sets']} SMA crossover sets x {o['bars']:,} bars (BTC/USDT), signals+backtest+metrics")
-        print(f"  ours: {o['steady_s']:.2f} s = {steps / o['steady_s'] / 1e6:.1f} M bar-steps/s; compile+first "
-              f"{o['first_s']:.2f} s; peak {o['peak_mb']:.0f} MB; mean trades/set {o['mean_trades']:.0f}")
+        print(
+            f"  ours: {o['steady_s']:.2f} s = {steps / o['steady_s'] / 1e6:.1f} M bar-steps/s; compile+first "
+            f"{o['first_s']:.2f} s; peak {o['peak_mb']:.0f} MB; mean trades/set {o['mean_trades']:.0f}"
+        )
         if "vbt_steady_s" in o:
             sp = o["vbt_parts"]
-            print(f"  vectorbt: {o['vbt_steady_s']:.2f} s (signals {sp['signals_s']:.2f} + from_signals {sp['backtest_s']:.2f} "
-                  f"+ metrics {sp['metrics_s']:.2f}) = {steps / o['vbt_steady_s'] / 1e6:.1f} M bar-steps/s; first run "
-                  f"{o['vbt_first_s']:.2f} s; peak (both) {o['vbt_peak_mb']:.0f} MB")
-            print(f"  pipeline speed-up vs vectorbt: {o['vbt_steady_s'] / o['steady_s']:.1f}x (medians: ours of "
-                  f"{o['ours_runs']} runs, vectorbt of {o['vbt_runs']}, alternating)")
+            print(
+                f"  vectorbt: {o['vbt_steady_s']:.2f} s (signals {sp['signals_s']:.2f} "
+                f"+ from_signals {sp['backtest_s']:.2f} "
+                f"+ metrics {sp['metrics_s']:.2f}) = {steps / o['vbt_steady_s'] / 1e6:.1f} M bar-steps/s; first run "
+                f"{o['vbt_first_s']:.2f} s; peak (both) {o['vbt_peak_mb']:.0f} MB"
+            )
+            print(
+                f"  pipeline speed-up vs vectorbt: {o['vbt_steady_s'] / o['steady_s']:.1f}x (medians: ours of "
+                f"{o['ours_runs']} runs, vectorbt of {o['vbt_runs']}, alternating)"
+            )
     if "sweep10k" not in skip:
         r = _child("sweep10k", args)
         steps = r["sets"] * r["bars"] * r["pairs"]
-        print(f"[sweep10k] {r['sets']:,} sets x {r['pairs']} pairs x {r['bars']:,} bars, all rules on, metrics only: "
-              f"{r['seconds']:.1f} s = {steps / r['seconds'] / 1e6:.1f} M bar-steps/s; peak {r['peak_mb']:.0f} MB "
-              f"(before the sweep {r['peak_mb_before_sweep']:.0f} MB); {r['distinct_results']} distinct results")
+        print(
+            f"[sweep10k] {r['sets']:,} sets x {r['pairs']} pairs x {r['bars']:,} bars, all rules on, metrics only: "
+            f"{r['seconds']:.1f} s = {steps / r['seconds'] / 1e6:.1f} M bar-steps/s; peak {r['peak_mb']:.0f} MB "
+            f"(before the sweep {r['peak_mb_before_sweep']:.0f} MB); {r['distinct_results']} distinct results"
+        )
     print(f"ratio_vs_vectorbt={ratio:.2f}")
 
 

@@ -133,7 +133,7 @@ def atomic_folder(out: str | Path, option: str = "--out", drop: tuple[str, ...] 
                 for f in sorted(tmp.iterdir()):
                     target = dst / f.name
                     if target.is_dir() and not target.is_symlink():
-                        os.replace(target, old / f.name)   # a folder is replaced whole
+                        os.replace(target, old / f.name)  # a folder is replaced whole
                     elif f.is_dir() and target.exists():
                         target.unlink()
                     os.replace(f, target)

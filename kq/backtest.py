@@ -15,7 +15,7 @@ def _common_span(names, stored, t0, t1, venue):
     (kill switch), so a range past one pair's last bar would keep tripping it. An explicit range
     is kept as asked, with a warning on stderr naming the pairs whose data does not cover it.
     """
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from engine.pairs import normalize_pair
 
@@ -28,27 +28,38 @@ def _common_span(names, stored, t0, t1, venue):
     first = max(i.first_ts for i in infos)
     last = min(i.last_ts for i in infos)
     if first > last:
-        def utc(ts: int) -> str:
-            return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M")
 
-        raise InputError("the selected pairs have no hours in common: "
-                         + ", ".join(f"{i.pair} {utc(i.first_ts)}..{utc(i.last_ts)}" for i in infos))
-    short = [i.pair for i in infos
-             if (t0 is not None and t0 < i.first_ts) or (t1 is not None and t1 > i.last_ts)]
+        def utc(ts: int) -> str:
+            return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+        raise InputError(
+            "the selected pairs have no hours in common: "
+            + ", ".join(f"{i.pair} {utc(i.first_ts)}..{utc(i.last_ts)}" for i in infos)
+        )
+    short = [i.pair for i in infos if (t0 is not None and t0 < i.first_ts) or (t1 is not None and t1 > i.last_ts)]
     if short:
-        typer.echo(f"kq: warning: no data for {', '.join(short)} over part of the range; missing bars of a "
-                   "pair already seen latch the data-integrity kill switch", err=True)
+        typer.echo(
+            f"kq: warning: no data for {', '.join(short)} over part of the range; missing bars of a "
+            "pair already seen latch the data-integrity kill switch",
+            err=True,
+        )
     return (first if t0 is None else t0), (last if t1 is None else t1)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("backtest")
     def backtest(
-        out: str = typer.Option(..., "--out", help="output folder (trades/equity/events .parquet, metrics.json, report.html)"),
+        out: str = typer.Option(
+            ..., "--out", help="output folder (trades/equity/events .parquet, metrics.json, report.html)"
+        ),
         config: str = typer.Option(None, "--config", help="config TOML (default configs/default.toml)"),
-        pairs: str = typer.Option(None, "--pairs", help="comma-separated pairs (default: the signals' pairs, else all of the venue)"),
+        pairs: str = typer.Option(
+            None, "--pairs", help="comma-separated pairs (default: the signals' pairs, else all of the venue)"
+        ),
         venue: str = typer.Option(None, "--venue", help="venue (default: the config's data.venue)"),
-        signals: str = typer.Option(None, "--signals", help="Parquet with ts, pair, p_up, exp_return (default: built-in MA demo signal)"),
+        signals: str = typer.Option(
+            None, "--signals", help="Parquet with ts, pair, p_up, exp_return (default: built-in MA demo signal)"
+        ),
         start: str = typer.Option(None, "--start", help="first bar: unix seconds or ISO date/datetime (UTC)"),
         end: str = typer.Option(None, "--end", help="last bar, inclusive"),
         store: str = typer.Option(None, "--store", help="market store file (default $KQ_STORE or data/market.duckdb)"),
@@ -87,7 +98,9 @@ def register(app: typer.Typer) -> None:
                 panel = s.load_panel(names, v, t0, t1)
             if panel.n_bars < 2:
                 raise InputError("fewer than 2 bars in the selected range")
-            prog.update(task, advance=1, description=f"signals and inputs ({panel.n_bars:,} bars x {panel.n_pairs} pairs)")
+            prog.update(
+                task, advance=1, description=f"signals and inputs ({panel.n_bars:,} bars x {panel.n_pairs} pairs)"
+            )
             if sig is not None:
                 p_up, er = signals_to_arrays(sig, panel.ts, panel.pairs)
                 source = f"signals file {signals}"
@@ -103,12 +116,20 @@ def register(app: typer.Typer) -> None:
             prog.update(task, advance=1, description="running the risk state machine")
             res = run_backtest(inp, params_from_config(cfg))
             prog.update(task, advance=1, description=f"writing {out}")
-            meta = {"venue": panel.venue, "pairs": ",".join(panel.pairs), "bars": panel.n_bars,
-                    "start": int(panel.ts[0]), "end": int(panel.ts[-1]), "signals": source,
-                    "config": config or "configs/default.toml"}
+            meta = {
+                "venue": panel.venue,
+                "pairs": ",".join(panel.pairs),
+                "bars": panel.n_bars,
+                "start": int(panel.ts[0]),
+                "end": int(panel.ts[-1]),
+                "signals": source,
+                "config": config or "configs/default.toml",
+            }
             write_outputs(out, res, cfg, meta)
             prog.update(task, advance=1, description="done")
         m = res.metrics[0]
-        typer.echo(f"{source}; {panel.venue} {', '.join(panel.pairs)}, {panel.n_bars:,} bars: total return "
-                   f"{m['total_return']:+.2%}, max drawdown {m['max_drawdown']:.2%}, {int(m['n_trades'])} trades, "
-                   f"{int(m['n_refusals'])} refusals; wrote {out}/")
+        typer.echo(
+            f"{source}; {panel.venue} {', '.join(panel.pairs)}, {panel.n_bars:,} bars: total return "
+            f"{m['total_return']:+.2%}, max drawdown {m['max_drawdown']:.2%}, {int(m['n_trades'])} trades, "
+            f"{int(m['n_refusals'])} refusals; wrote {out}/"
+        )

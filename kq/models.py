@@ -9,8 +9,10 @@ import typer
 from engine.errors import InputError, KQError
 
 DEFAULT_CONFIG = "configs/default.toml"
-_CONFIG_HELP = "config TOML: [lifecycle] approvals_dir and thresholds (these can only tighten the protected " \
-               "gate thresholds), [features] (the current input schema), [research.tracking] (the registry)"
+_CONFIG_HELP = (
+    "config TOML: [lifecycle] approvals_dir and thresholds (these can only tighten the protected "
+    "gate thresholds), [features] (the current input schema), [research.tracking] (the registry)"
+)
 
 
 def _configs(config: str):
@@ -39,13 +41,16 @@ def _echo_thresholds(v) -> None:
     for w in src.get("ignored_as_looser", []):
         typer.echo(f"warning: {w}: the protected value is used (a config may only tighten the gates)", err=True)
     tight = src.get("tightened_by_config") or []
-    typer.echo(f"thresholds: {_fmt_thresholds(v.thresholds)} (protected {src.get('protected_sha256', '')[:16]}"
-               f"{'; tightened by the config: ' + ', '.join(tight) if tight else ''})")
+    typer.echo(
+        f"thresholds: {_fmt_thresholds(v.thresholds)} (protected {src.get('protected_sha256', '')[:16]}"
+        f"{'; tightened by the config: ' + ', '.join(tight) if tight else ''})"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    models = typer.Typer(help="Model lifecycle: candidates, four validation gates, promotion, rollback, audit.",
-                         no_args_is_help=True)
+    models = typer.Typer(
+        help="Model lifecycle: candidates, four validation gates, promotion, rollback, audit.", no_args_is_help=True
+    )
 
     @models.command("validate")
     def validate(
@@ -85,19 +90,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Approve a validated candidate for an environment; the model it replaces is kept as the
         rollback target. Nothing changes without --confirm yes-promote."""
-        from research.lifecycle.actions import PROMOTE_WORD, promote as _promote
+        from research.lifecycle.actions import PROMOTE_WORD
+        from research.lifecycle.actions import promote as _promote
         from research.lifecycle.registry import resolve
 
         if confirm != PROMOTE_WORD:  # before touching the registry: nothing to look up, nothing changes
-            raise InputError(f"promote refused: pass --confirm {PROMOTE_WORD} to promote {model} to {env} "
-                             f"(nothing changed)")
+            raise InputError(
+                f"promote refused: pass --confirm {PROMOTE_WORD} to promote {model} to {env} (nothing changed)"
+            )
         cfg, tracking = _configs(config)
         cand = resolve(model, tracking)
         e, st = _promote(cand, env, reason, confirm, cfg)
         prev = f"; rollback target {st['previous'][-1]['model']}" if st["previous"] else "; no rollback target"
         typer.echo(f"promoted {cand.ref} to {env} (log entry {e['seq']}, hash {e['hash']}){prev}")
-        typer.echo(f"  judged under {_fmt_thresholds(e['thresholds'])}; {env} requires "
-                   f"{_fmt_thresholds(e['thresholds_required'])} (protected {e['thresholds_protected_sha256'][:16]})")
+        typer.echo(
+            f"  judged under {_fmt_thresholds(e['thresholds'])}; {env} requires "
+            f"{_fmt_thresholds(e['thresholds_required'])} (protected {e['thresholds_protected_sha256'][:16]})"
+        )
 
     @models.command("rollback")
     def rollback(
@@ -111,14 +120,16 @@ def register(app: typer.Typer) -> None:
         from research.lifecycle.actions import rollback as _rollback
 
         e, st = _rollback(env, confirm, _configs(config)[0], reason=reason)
-        typer.echo(f"rolled {env} back to {e['model']} (replacing {e['replaced']}; log entry {e['seq']}, "
-                   f"hash {e['hash']})")
+        typer.echo(
+            f"rolled {env} back to {e['model']} (replacing {e['replaced']}; log entry {e['seq']}, hash {e['hash']})"
+        )
 
     @models.command("audit")
     def audit(
         config: str = typer.Option(DEFAULT_CONFIG, "--config", help=_CONFIG_HELP),
-        rebuild_state: bool = typer.Option(False, "--rebuild-state",
-                                           help="rewrite state.json files from a log whose chain verifies"),
+        rebuild_state: bool = typer.Option(
+            False, "--rebuild-state", help="rewrite state.json files from a log whose chain verifies"
+        ),
         confirm: str = typer.Option(None, "--confirm", help="with --rebuild-state: must be exactly yes-rebuild"),
     ) -> None:
         """Verify the approvals log's hash chain and that replaying it reproduces each environment's
@@ -171,8 +182,10 @@ def register(app: typer.Typer) -> None:
         if not cands:
             typer.echo("(no candidates registered: kq walkforward --register or kq models retrain)")
         for env, s in st.items():
-            typer.echo(f"{env}: {s['current']['model'] if s['current'] else 'nothing approved'}"
-                       f"{' (rollback to ' + s['previous'][-1]['model'] + ')' if s['previous'] else ''}")
+            typer.echo(
+                f"{env}: {s['current']['model'] if s['current'] else 'nothing approved'}"
+                f"{' (rollback to ' + s['previous'][-1]['model'] + ')' if s['previous'] else ''}"
+            )
 
     @models.command("show")
     def show(
@@ -193,16 +206,24 @@ def register(app: typer.Typer) -> None:
         m = read_manifest(c.path)
         d = m.get("data", {})
         typer.echo(f"{c.ref}  run {c.run_id}  path {c.path}")
-        typer.echo(f"  created {m.get('created_utc')}  git {m.get('git_commit')}{' (dirty)' if m.get('git_dirty') else ''}"
-                   f"  config {str(m.get('config_sha256'))[:16]}  manifest {m['manifest_sha256'][:16]}")
-        typer.echo(f"  data {d.get('venue')} {', '.join(d.get('pairs', []))}  train {fmt_utc(d['train_start'])} .. "
-                   f"{fmt_utc(d['train_end'])}")
-        typer.echo(f"  inputs {len(m['features']['names'])} features, schema {m['features']['schema_sha256'][:16]}; "
-                   f"outputs {m.get('outputs')} for horizons {m.get('horizons')} (trades {m.get('trade_horizon')} h)")
+        typer.echo(
+            f"  created {m.get('created_utc')}  git {m.get('git_commit')}{' (dirty)' if m.get('git_dirty') else ''}"
+            f"  config {str(m.get('config_sha256'))[:16]}  manifest {m['manifest_sha256'][:16]}"
+        )
+        typer.echo(
+            f"  data {d.get('venue')} {', '.join(d.get('pairs', []))}  train {fmt_utc(d['train_start'])} .. "
+            f"{fmt_utc(d['train_end'])}"
+        )
+        typer.echo(
+            f"  inputs {len(m['features']['names'])} features, schema {m['features']['schema_sha256'][:16]}; "
+            f"outputs {m.get('outputs')} for horizons {m.get('horizons')} (trades {m.get('trade_horizon')} h)"
+        )
         s = (m.get("walkforward") or {}).get("strategy") or {}
         if s:
-            typer.echo(f"  out-of-sample: Sharpe {_fmt(s.get('sharpe'))}, max drawdown {_fmt(s.get('max_drawdown'))}, "
-                       f"turnover {_fmt(s.get('turnover'))}/year, {s.get('n_trades')} trades")
+            typer.echo(
+                f"  out-of-sample: Sharpe {_fmt(s.get('sharpe'))}, max drawdown {_fmt(s.get('max_drawdown'))}, "
+                f"turnover {_fmt(s.get('turnover'))}/year, {s.get('n_trades')} trades"
+            )
         typer.echo(f"  verdict: {verdict_summary(c.path)}")
         v = read_verdict(c.path)
         for g in (v or {}).get("gates", []):
@@ -244,8 +265,9 @@ def _sleep(s: float) -> None:
     time.sleep(s)
 
 
-def run_retrain(config: str, *, wait: bool = False, now: bool = False, out_root: str | None = None,
-                store: str | None = None) -> str:
+def run_retrain(
+    config: str, *, wait: bool = False, now: bool = False, out_root: str | None = None, store: str | None = None
+) -> str:
     """The body of ``kq models retrain``; returns the new candidate's ref."""
     from pathlib import Path
 
@@ -263,10 +285,14 @@ def run_retrain(config: str, *, wait: bool = False, now: bool = False, out_root:
         if nxt is None:
             raise InputError(f"{config}: risk.training_window_utc is empty: no training window (use --now)")
         if not wait:
-            raise InputError(f"outside the training window {window[0]}-{window[1]} UTC (next opens "
-                             f"{fmt_utc(nxt)}): use --wait to wait for it or --now to run anyway")
-        typer.echo(f"waiting for the training window {window[0]}-{window[1]} UTC: opens {fmt_utc(nxt)} "
-                   f"(in {(nxt - t) / 3600:.1f} h)")
+            raise InputError(
+                f"outside the training window {window[0]}-{window[1]} UTC (next opens "
+                f"{fmt_utc(nxt)}): use --wait to wait for it or --now to run anyway"
+            )
+        typer.echo(
+            f"waiting for the training window {window[0]}-{window[1]} UTC: opens {fmt_utc(nxt)} "
+            f"(in {(nxt - t) / 3600:.1f} h)"
+        )
         while True:
             t = int(_clock())
             if t >= nxt:
@@ -274,7 +300,7 @@ def run_retrain(config: str, *, wait: bool = False, now: bool = False, out_root:
             _sleep(min(60.0, nxt - t))
     import datetime as _dt
 
-    stamp = _dt.datetime.fromtimestamp(int(_clock()), _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _dt.datetime.fromtimestamp(int(_clock()), _dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = root / f"retrain-{stamp}"
     typer.echo(f"retraining at {fmt_utc(int(_clock()))}: kq walkforward --config {config} --register -> {out}")
     import time
@@ -287,8 +313,14 @@ def run_retrain(config: str, *, wait: bool = False, now: bool = False, out_root:
     lines: list[str] = []
     try:
         with progress_hooks() as (prog, final):
-            o = _lib.retrain(config, out, store=store, progress=prog, final_progress=final,
-                             on_outputs=lambda o: lines.append(summary_line(o, time.perf_counter() - t0)))
+            o = _lib.retrain(
+                config,
+                out,
+                store=store,
+                progress=prog,
+                final_progress=final,
+                on_outputs=lambda o: lines.append(summary_line(o, time.perf_counter() - t0)),
+            )
     except KQError as e:
         raise KQError(f"retraining failed ({e}); nothing was registered or promoted", exit_code=1) from None
     finally:
@@ -304,9 +336,11 @@ def run_retrain(config: str, *, wait: bool = False, now: bool = False, out_root:
     warn = tag_verdict(cand, v, tracking)
     if warn:
         typer.echo(f"warning: {warn}", err=True)
-    typer.echo(f"new candidate {ref}: validation {'PASSED' if v.passed else 'FAILED'} "
-               f"({'; '.join(g.message for g in v.failed_gates) or 'all four gates'}); promotion stays manual: "
-               f"kq models promote {ref} --env paper|live --reason ... --confirm yes-promote")
+    typer.echo(
+        f"new candidate {ref}: validation {'PASSED' if v.passed else 'FAILED'} "
+        f"({'; '.join(g.message for g in v.failed_gates) or 'all four gates'}); promotion stays manual: "
+        f"kq models promote {ref} --env paper|live --reason ... --confirm yes-promote"
+    )
     return ref
 
 

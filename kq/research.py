@@ -25,8 +25,11 @@ class _RichProgress:
             self.steps = p.add_task(f"walk-forward: {kw['n_folds']} folds x {len(kw['horizons'])} horizon(s)", total=n)
             self.fits = p.add_task("models", total=self.per_step)
         elif event == "step":
-            p.reset(self.fits, total=self.per_step,
-                    description=f"fold {kw['fold']} {kw['horizon']}h: {kw['n_train']:,} training rows")
+            p.reset(
+                self.fits,
+                total=self.per_step,
+                description=f"fold {kw['fold']} {kw['horizon']}h: {kw['n_train']:,} training rows",
+            )
         elif event == "fit" and kw["stage"] == "start":
             what = "refit on the window" if kw.get("final") else "inner fold"
             p.update(self.fits, description=f"fold {kw['fold']} {kw['horizon']}h: {kw['model']} ({what})")
@@ -64,8 +67,13 @@ def progress_hooks():
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True))
+    prog = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
     started = []
 
     def lazy(hook):
@@ -74,6 +82,7 @@ def progress_hooks():
                 prog.start()
                 started.append(True)
             hook(event, **kw)
+
         return call
 
     try:
@@ -90,28 +99,48 @@ def report_tracking(o) -> None:
     rc = o.spec.research
     if o.run_id is None:
         return
-    typer.echo(f"MLflow run {o.run_id} ({redact_uri(resolve_tracking(rc.tracking)[0])}, "
-               f"experiment {rc.tracking.experiment!r})")
+    typer.echo(
+        f"MLflow run {o.run_id} ({redact_uri(resolve_tracking(rc.tracking)[0])}, experiment {rc.tracking.experiment!r})"
+    )
     if o.candidate is not None:
-        typer.echo(f"final model registered: bundle {o.candidate.path} (copy in {o.model_dir}/); "
-                   f"{o.seconds:.1f} s in all")
+        typer.echo(
+            f"final model registered: bundle {o.candidate.path} (copy in {o.model_dir}/); {o.seconds:.1f} s in all"
+        )
         typer.echo(f"candidate: {o.candidate.ref}")  # the last line, stable
 
 
 def register(app: typer.Typer) -> None:
     @app.command("walkforward")
     def walkforward(
-        config: str = typer.Option(..., "--config", help="config TOML with a research table (configs/ci.toml, configs/research.toml)"),
-        out: str = typer.Option(..., "--out", help="output folder: folds.json, predictions.parquet, regime.parquet, signals.parquet, metrics.json, report.html, backtest/"),
-        pairs: str = typer.Option(None, "--pairs", help="comma-separated pairs (default: research.pairs, else every stored pair of the venue)"),
+        config: str = typer.Option(
+            ..., "--config", help="config TOML with a research table (configs/ci.toml, configs/research.toml)"
+        ),
+        out: str = typer.Option(
+            ...,
+            "--out",
+            help="output folder: folds.json, predictions.parquet, regime.parquet, signals.parquet, metrics.json, "
+            "report.html, backtest/",
+        ),
+        pairs: str = typer.Option(
+            None, "--pairs", help="comma-separated pairs (default: research.pairs, else every stored pair of the venue)"
+        ),
         venue: str = typer.Option(None, "--venue", help="venue (default: the config's data.venue)"),
-        start: str = typer.Option(None, "--start", help="first bar trained on or predicted: unix seconds or ISO date (default research.start)"),
+        start: str = typer.Option(
+            None, "--start", help="first bar trained on or predicted: unix seconds or ISO date (default research.start)"
+        ),
         end: str = typer.Option(None, "--end", help="last bar, inclusive (default research.end)"),
         store: str = typer.Option(None, "--store", help="market store file (default $KQ_STORE or data/market.duckdb)"),
-        register: bool = typer.Option(False, "--register", help="then fit the final model on the most recent window, "
-                                      "save it as OUT/model/, log it to the MLflow run and register it as a candidate"),
-        no_track: bool = typer.Option(False, "--no-track", help="do not log the run to MLflow "
-                                      "(default: [research.tracking], embedded store data/mlflow/)"),
+        register: bool = typer.Option(
+            False,
+            "--register",
+            help="then fit the final model on the most recent window, "
+            "save it as OUT/model/, log it to the MLflow run and register it as a candidate",
+        ),
+        no_track: bool = typer.Option(
+            False,
+            "--no-track",
+            help="do not log the run to MLflow (default: [research.tracking], embedded store data/mlflow/)",
+        ),
     ) -> None:
         """Walk-forward research: purged folds, five base models + regime + stacking, out-of-sample
         predictions, and a backtest of the meta-learner's signals. Logged as an MLflow run (params,
@@ -128,13 +157,21 @@ def register(app: typer.Typer) -> None:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         spec = load_spec(config)
         names = parse_pairs(pairs)
-        spec = spec.with_data(store=store, venue=venue, pairs=tuple(names) if names is not None else None,
-                              start=start, end=end)
+        spec = spec.with_data(
+            store=store, venue=venue, pairs=tuple(names) if names is not None else None, start=start, end=end
+        )
         lines: list[str] = []  # printed once the progress display is gone (also when tracking then fails)
         try:
             with progress_hooks() as (prog, final):
-                o = run(spec, out, track=not no_track, register=register, progress=prog, final_progress=final,
-                        on_outputs=lambda o: lines.append(summary_line(o, time.perf_counter() - t_start)))
+                o = run(
+                    spec,
+                    out,
+                    track=not no_track,
+                    register=register,
+                    progress=prog,
+                    final_progress=final,
+                    on_outputs=lambda o: lines.append(summary_line(o, time.perf_counter() - t_start)),
+                )
         finally:
             for line in lines:
                 typer.echo(line)

@@ -47,9 +47,10 @@ import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,8 +58,16 @@ import pandas as pd
 from engine.errors import InputError, IntegrityError
 from engine.hashing import sha256_file, sha256_json
 
-__all__ = ["FORMAT", "ModelBundle", "fit_final", "save_bundle", "load_bundle", "git_state", "manifest_digest",
-           "PREDICT_COLUMNS"]
+__all__ = [
+    "FORMAT",
+    "PREDICT_COLUMNS",
+    "ModelBundle",
+    "fit_final",
+    "git_state",
+    "load_bundle",
+    "manifest_digest",
+    "save_bundle",
+]
 
 FORMAT = "krakenquant-model/1"
 PREDICT_COLUMNS = ("ts", "pair", "horizon", "p_up", "exp_return")
@@ -67,8 +76,13 @@ PREDICT_COLUMNS = ("ts", "pair", "horizon", "p_up", "exp_return")
 VERDICT_NAME = "verdict.json"
 MODEL_NAMES = ("xgboost", "lightgbm", "random_forest", "lstm", "transformer", "regime", "meta")
 # the walk-forward's metrics and its backtest's records (engine.backtest.io), copied into a bundle
-_WF_FILES = ("metrics.json", "backtest/trades.parquet", "backtest/equity.parquet", "backtest/events.parquet",
-             "backtest/metrics.json")
+_WF_FILES = (
+    "metrics.json",
+    "backtest/trades.parquet",
+    "backtest/equity.parquet",
+    "backtest/events.parquet",
+    "backtest/metrics.json",
+)
 # training-time diagnostics of the meta-learner that prediction never reads (window-sized arrays)
 _DROP_ATTRS = ("oof_", "stack_X_", "stack_rows_", "inner_folds_")
 
@@ -82,12 +96,14 @@ def git_state() -> tuple[str | None, bool]:
     from engine.paths import REPO_ROOT
 
     try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return None, False
-        st = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain"], capture_output=True, text=True,
-                            timeout=30)
+        st = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain"], capture_output=True, text=True, timeout=30
+        )
         return head.stdout.strip() or None, bool(st.stdout.strip()) if st.returncode == 0 else True
     except (OSError, subprocess.SubprocessError):
         return None, False
@@ -121,8 +137,9 @@ def manifest_digest(manifest: dict) -> str:
     try:
         return sha256_json(body)
     except ValueError:
-        raise IntegrityError("the bundle manifest holds a non-finite number (NaN or Infinity): edited or "
-                             "corrupted") from None
+        raise IntegrityError(
+            "the bundle manifest holds a non-finite number (NaN or Infinity): edited or corrupted"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,17 +154,17 @@ class ModelBundle:
     trade_horizon: int
     feature_names: tuple[str, ...]
     feature_schema_sha256: str
-    metas: dict[int, Any]                      # horizon -> fitted StackingMetaLearner
-    warm_bars: int                             # history rows a prediction needs (sequence models / regime)
-    config: dict = field(repr=False, default_factory=dict)     # {"config": engine config, "research": table}
+    metas: dict[int, Any]  # horizon -> fitted StackingMetaLearner
+    warm_bars: int  # history rows a prediction needs (sequence models / regime)
+    config: dict = field(repr=False, default_factory=dict)  # {"config": engine config, "research": table}
     venue: str = ""
-    pairs: tuple[str, ...] = ()                # pairs that contributed training rows
+    pairs: tuple[str, ...] = ()  # pairs that contributed training rows
     train_windows: dict[int, tuple[int, int]] = field(default_factory=dict)  # h -> (first, last) bar open
-    n_train: dict[int, int] = field(default_factory=dict)      # h -> training targets
+    n_train: dict[int, int] = field(default_factory=dict)  # h -> training targets
     seed: int = 0
     config_sha256: str = ""
-    manifest: dict = field(repr=False, default_factory=dict)   # after save/load
-    path: Path | None = None                                   # after save/load
+    manifest: dict = field(repr=False, default_factory=dict)  # after save/load
+    path: Path | None = None  # after save/load
 
     def features_config(self):
         from engine.features.config import FeaturesConfig
@@ -162,15 +179,22 @@ class ModelBundle:
         from engine.features.featureset import feature_schema_sha256
         from research.walkforward import row_block
 
-        if tuple(features.names) != self.feature_names or \
-                feature_schema_sha256(features.config) != self.feature_schema_sha256:
-            raise InputError("the feature set's schema differs from the one the model was trained on "
-                             f"(model {self.feature_schema_sha256[:12]}, features "
-                             f"{feature_schema_sha256(features.config)[:12]}): rebuild the features with the "
-                             "model's [features] config")
+        if (
+            tuple(features.names) != self.feature_names
+            or feature_schema_sha256(features.config) != self.feature_schema_sha256
+        ):
+            raise InputError(
+                "the feature set's schema differs from the one the model was trained on "
+                f"(model {self.feature_schema_sha256[:12]}, features "
+                f"{feature_schema_sha256(features.config)[:12]}): rebuild the features with the "
+                "model's [features] config"
+            )
         n, m = panel.close.shape
-        if features.values.shape[:2] != (n, m) or not np.array_equal(features.ts, panel.ts) \
-                or tuple(features.pairs) != tuple(panel.pairs):
+        if (
+            features.values.shape[:2] != (n, m)
+            or not np.array_equal(features.ts, panel.ts)
+            or tuple(features.pairs) != tuple(panel.pairs)
+        ):
             raise InputError("features do not match the panel (bars or pairs)")
         if n == 0:
             raise InputError("the panel has no bars")
@@ -183,13 +207,19 @@ class ModelBundle:
         row = features.values[i]
         cols = [j for j in range(m) if features.valid[i, j] and np.isfinite(row[j]).all()]
         if not cols:
-            return pd.DataFrame({"ts": pd.Series([], dtype=np.int64), "pair": pd.Series([], dtype=object),
-                                 "horizon": pd.Series([], dtype=np.int64), "p_up": pd.Series([], dtype=np.float64),
-                                 "exp_return": pd.Series([], dtype=np.float64)})
+            return pd.DataFrame(
+                {
+                    "ts": pd.Series([], dtype=np.int64),
+                    "pair": pd.Series([], dtype=object),
+                    "horizon": pd.Series([], dtype=np.int64),
+                    "p_up": pd.Series([], dtype=np.float64),
+                    "exp_return": pd.Series([], dtype=np.float64),
+                }
+            )
         lo = max(i - int(self.warm_bars), 0)
-        v = features.values[lo:i + 1]
+        v = features.values[lo : i + 1]
         X3 = np.where(np.isfinite(v), v, np.nan)
-        close = np.where(panel.valid[lo:i + 1], panel.close[lo:i + 1], np.nan)
+        close = np.where(panel.valid[lo : i + 1], panel.close[lo : i + 1], np.nan)
         Xp, cp, sp, bp = row_block(X3, close, 0, i - lo, cols)
         last = bp == i - lo
         pairs = np.asarray(panel.pairs, dtype=object)[sp[last]]
@@ -202,8 +232,15 @@ class ModelBundle:
                 P = meta.predict_proba(Xp, close=cp, segments=sp)[:, 1][:, None]
                 E = np.asarray(meta.predict_return(Xp, close=cp, segments=sp)).reshape(-1, 1)
             for ci, h in enumerate(hs):
-                parts[h] = pd.DataFrame({"ts": np.full(len(pairs), int(panel.ts[i]), dtype=np.int64), "pair": pairs,
-                                         "horizon": np.int64(h), "p_up": P[last, ci], "exp_return": E[last, ci]})
+                parts[h] = pd.DataFrame(
+                    {
+                        "ts": np.full(len(pairs), int(panel.ts[i]), dtype=np.int64),
+                        "pair": pairs,
+                        "horizon": np.int64(h),
+                        "p_up": P[last, ci],
+                        "exp_return": E[last, ci],
+                    }
+                )
         out = pd.concat([parts[h] for h in self.horizons], ignore_index=True)
         out["pair"] = out["pair"].astype(str)
         return out[list(PREDICT_COLUMNS)]
@@ -213,8 +250,16 @@ class ModelBundle:
 # fitting
 
 
-def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None, start_ts: int | None = None,
-              progress: Callable[..., None] | None = None) -> ModelBundle:
+def fit_final(
+    panel,
+    cfg,
+    rc,
+    *,
+    features=None,
+    member: np.ndarray | None = None,
+    start_ts: int | None = None,
+    progress: Callable[..., None] | None = None,
+) -> ModelBundle:
     """Fit the production meta-learner of every horizon on the most recent training window.
 
     Same inputs as :func:`research.walkforward.run_walkforward` (``features``: prebuilt FeatureSet of
@@ -223,9 +268,9 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
     receives ``plan`` (horizons, models, inner_folds), ``step`` (horizon, n_train, window), ``fit``
     (horizon, model, stage, final) and ``horizon_done`` events. Deterministic: same inputs and seed ->
     identical predictions."""
+    from engine.config import LabelsConfig
     from engine.features.featureset import feature_names, feature_schema_sha256
     from engine.features.labels import future_labels
-    from engine.config import LabelsConfig
     from research import walkforward as wf
     from research.config import research_to_json
 
@@ -262,9 +307,9 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
         lb = np.flatnonzero(np.logical_or.reduce([labelled[h] for h in grp]).any(axis=1))
         hi = int(lb[-1])  # the last bar with a label (of the shortest horizon in the group)
         lo = first_bar if rc.folds.expanding else max(hi - int(rc.folds.train_bars) + 1, first_bar)
-        lo = int(np.flatnonzero(has_rows[lo:hi + 1])[0]) + lo  # first bar with a row, as a fold's min(train bars)
+        lo = int(np.flatnonzero(has_rows[lo : hi + 1])[0]) + lo  # first bar with a row, as a fold's min(train bars)
         is_train = np.zeros(n, dtype=bool)
-        is_train[lo:hi + 1] = has_rows[lo:hi + 1]
+        is_train[lo : hi + 1] = has_rows[lo : hi + 1]
         targets = [labelled[h] & is_train[:, None] for h in grp]
         wm = wf.window_matrix(X3, close, targets, [ups[h] for h in grp], [fwds[h] for h in grp], lo, hi)
         if wm is None:  # pragma: no cover - hi has a labelled row by construction
@@ -273,8 +318,12 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
         used_cols.update(int(j) for j in np.unique(seg))
         label = "/".join(str(h) for h in grp)
         if progress:
-            progress("step", horizon=label, n_train=int(np.isfinite(Y).any(axis=1).sum()),
-                     window=(int(panel.ts[lo]), int(panel.ts[hi])))
+            progress(
+                "step",
+                horizon=label,
+                n_train=int(np.isfinite(Y).any(axis=1).sum()),
+                window=(int(panel.ts[lo]), int(panel.ts[hi])),
+            )
         meta = wf.make_meta(rc, cfg.seed)
 
         def on_fit(ev, name, arg, _h=label):
@@ -298,11 +347,20 @@ def fit_final(panel, cfg, rc, *, features=None, member: np.ndarray | None = None
             progress("horizon_done", horizon=label)
 
     return ModelBundle(
-        horizons=horizons, trade_horizon=int(rc.trade_horizon), feature_names=tuple(features.names),
-        feature_schema_sha256=feature_schema_sha256(features.config), metas=metas, warm_bars=int(warm),
+        horizons=horizons,
+        trade_horizon=int(rc.trade_horizon),
+        feature_names=tuple(features.names),
+        feature_schema_sha256=feature_schema_sha256(features.config),
+        metas=metas,
+        warm_bars=int(warm),
         config={"config": cfg.model_dump(mode="json"), "research": research_to_json(rc)},
-        venue=str(panel.venue), pairs=tuple(p for j, p in enumerate(panel.pairs) if j in used_cols),
-        train_windows=windows, n_train=n_train, seed=int(cfg.seed), config_sha256=cfg.content_hash())
+        venue=str(panel.venue),
+        pairs=tuple(p for j, p in enumerate(panel.pairs) if j in used_cols),
+        train_windows=windows,
+        n_train=n_train,
+        seed=int(cfg.seed),
+        config_sha256=cfg.content_hash(),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -319,7 +377,7 @@ class _Pickler(pickle.Pickler):
         self.nets: list[tuple[Any, str]] = []
         self._keras = sys.modules.get("keras")
 
-    def persistent_id(self, obj):  # noqa: D102
+    def persistent_id(self, obj):
         if self._keras is None or not isinstance(obj, self._keras.Model):
             return None
         for o, name in self.nets:
@@ -337,7 +395,7 @@ class _Unpickler(pickle.Unpickler):
         self.folder = folder
         self.seed = seed
 
-    def persistent_load(self, pid):  # noqa: D102
+    def persistent_load(self, pid):
         kind, name = pid if isinstance(pid, tuple) and len(pid) == 2 else (None, None)
         if kind != "keras" or not isinstance(name, str) or Path(name).name != name or not name.endswith(".keras"):
             raise IntegrityError(f"{self.folder / 'meta.pkl'}: unknown persistent reference {pid!r}")
@@ -363,28 +421,37 @@ def _build_manifest(bundle: ModelBundle, files: dict[str, str], extra: dict) -> 
     ends = [w[1] for w in bundle.train_windows.values()]
     man = {
         "format": FORMAT,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "created_utc": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "git_commit": commit,
         "git_dirty": bool(dirty),
         "seed": int(bundle.seed),
         "config_sha256": bundle.config_sha256,
         "research": bundle.config.get("research", {}),
-        "features": {"names": list(bundle.feature_names), "schema_sha256": bundle.feature_schema_sha256,
-                     "warmup_bars": int(max(r.bars for r in warmup_table(fc).values()))},
-        "data": {"venue": bundle.venue, "pairs": list(bundle.pairs), "train_start": int(min(starts)),
-                 "train_end": int(max(ends)),
-                 "train_windows": {str(h): [int(a), int(b)] for h, (a, b) in sorted(bundle.train_windows.items())},
-                 "n_train": {str(h): int(v) for h, v in sorted(bundle.n_train.items())}},
+        "features": {
+            "names": list(bundle.feature_names),
+            "schema_sha256": bundle.feature_schema_sha256,
+            "warmup_bars": int(max(r.bars for r in warmup_table(fc).values())),
+        },
+        "data": {
+            "venue": bundle.venue,
+            "pairs": list(bundle.pairs),
+            "train_start": int(min(starts)),
+            "train_end": int(max(ends)),
+            "train_windows": {str(h): [int(a), int(b)] for h, (a, b) in sorted(bundle.train_windows.items())},
+            "n_train": {str(h): int(v) for h, v in sorted(bundle.n_train.items())},
+        },
         "horizons": [int(h) for h in bundle.horizons],
         "trade_horizon": int(bundle.trade_horizon),
         "warm_bars": int(bundle.warm_bars),
         "outputs": ["p_up", "exp_return"],
         "models": list(MODEL_NAMES),
-        "meta_files": extra.get("_meta_files", {}),   # horizon -> its meta-learner (shared when one fits all)
-        "walkforward": {"run_id": extra.get("run_id"),
-                        "out_dir": str(extra["walkforward_dir"]) if extra.get("walkforward_dir") else None,
-                        "strategy": wf_metrics.get("strategy"),
-                        "suspected_leak": wf_metrics.get("suspected_leak")},
+        "meta_files": extra.get("_meta_files", {}),  # horizon -> its meta-learner (shared when one fits all)
+        "walkforward": {
+            "run_id": extra.get("run_id"),
+            "out_dir": str(extra["walkforward_dir"]) if extra.get("walkforward_dir") else None,
+            "strategy": wf_metrics.get("strategy"),
+            "suspected_leak": wf_metrics.get("suspected_leak"),
+        },
         "files": dict(sorted(files.items())),
     }
     other = {k: v for k, v in extra.items() if k not in ("run_id", "walkforward_dir", "_wf_metrics", "_meta_files")}
@@ -514,8 +581,19 @@ def load_bundle(path, *, verify: bool = True) -> ModelBundle:
     data = man.get("data", {})
     tw = {int(k): (int(v[0]), int(v[1])) for k, v in (data.get("train_windows") or {}).items()}
     return ModelBundle(
-        horizons=horizons, trade_horizon=int(man["trade_horizon"]), feature_names=tuple(man["features"]["names"]),
-        feature_schema_sha256=man["features"]["schema_sha256"], metas=metas, warm_bars=int(man["warm_bars"]),
-        config=config, venue=data.get("venue", ""), pairs=tuple(data.get("pairs", ())), train_windows=tw,
-        n_train={int(k): int(v) for k, v in (data.get("n_train") or {}).items()}, seed=int(man.get("seed", 0)),
-        config_sha256=man.get("config_sha256", ""), manifest=man, path=p)
+        horizons=horizons,
+        trade_horizon=int(man["trade_horizon"]),
+        feature_names=tuple(man["features"]["names"]),
+        feature_schema_sha256=man["features"]["schema_sha256"],
+        metas=metas,
+        warm_bars=int(man["warm_bars"]),
+        config=config,
+        venue=data.get("venue", ""),
+        pairs=tuple(data.get("pairs", ())),
+        train_windows=tw,
+        n_train={int(k): int(v) for k, v in (data.get("n_train") or {}).items()},
+        seed=int(man.get("seed", 0)),
+        config_sha256=man.get("config_sha256", ""),
+        manifest=man,
+        path=p,
+    )

@@ -44,8 +44,16 @@ from engine.errors import ConfigError, InputError
 from engine.timeutil import HOUR, parse_utc
 from research.config import ResearchConfig, research_from_dict, research_to_json
 
-__all__ = ["DataSelection", "RunSpec", "RunOutputs", "load_spec", "spec_from_dict", "apply_overrides", "run",
-           "summary_line"]
+__all__ = [
+    "DataSelection",
+    "RunOutputs",
+    "RunSpec",
+    "apply_overrides",
+    "load_spec",
+    "run",
+    "spec_from_dict",
+    "summary_line",
+]
 
 
 @dataclass(frozen=True)
@@ -69,14 +77,14 @@ class RunSpec:
     config: Config
     research: ResearchConfig
     data: DataSelection = field(default_factory=DataSelection)
-    source: str = "<dict>"      # where the config came from (recorded as metrics meta "config")
+    source: str = "<dict>"  # where the config came from (recorded as metrics meta "config")
     raw: Mapping = field(default_factory=dict, repr=False)
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "RunSpec":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RunSpec:
         """The same spec with ``overrides`` applied to its tables and validated again."""
         return spec_from_dict(self.raw, self.source, overrides, self.data)
 
-    def with_data(self, **kw) -> "RunSpec":
+    def with_data(self, **kw) -> RunSpec:
         """The same configs with other :class:`DataSelection` fields."""
         return dataclasses.replace(self, data=dataclasses.replace(self.data, **kw))
 
@@ -107,8 +115,9 @@ def _merge_into(node: dict, key: str, value: Any) -> None:
         node[key] = value
 
 
-def spec_from_dict(raw: Mapping, source: str = "<dict>", overrides: Mapping[str, Any] | None = None,
-                   data: DataSelection | None = None) -> RunSpec:
+def spec_from_dict(
+    raw: Mapping, source: str = "<dict>", overrides: Mapping[str, Any] | None = None, data: DataSelection | None = None
+) -> RunSpec:
     """Validate config tables (an engine config with an optional ``research`` table) plus
     ``overrides`` into a :class:`RunSpec`. Errors are one ConfigError line naming the key."""
     merged = apply_overrides(raw, overrides)
@@ -122,8 +131,9 @@ def spec_from_dict(raw: Mapping, source: str = "<dict>", overrides: Mapping[str,
     return RunSpec(config=cfg, research=rc, data=data or DataSelection(), source=source, raw=merged)
 
 
-def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None,
-              data: DataSelection | None = None) -> RunSpec:
+def load_spec(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, data: DataSelection | None = None
+) -> RunSpec:
     """A :class:`RunSpec` from a TOML config file (``extends`` followed) and ``overrides``."""
     return spec_from_dict(read_toml(Path(path)), str(path), overrides, data)
 
@@ -133,14 +143,14 @@ class RunOutputs:
     """What :func:`run` produced. ``metrics`` is the metrics.json document (also without ``out``)."""
 
     spec: RunSpec
-    result: Any                     # research.walkforward.WalkForwardResult
+    result: Any  # research.walkforward.WalkForwardResult
     metrics: dict
     meta: dict
-    panel: Any                      # engine.store.panel.Panel (warm-up history included)
+    panel: Any  # engine.store.panel.Panel (warm-up history included)
     out: Path | None = None
-    run_id: str | None = None       # MLflow run (tracking on)
-    candidate: Any = None           # research.tracking.Candidate (register)
-    model_dir: Path | None = None   # OUT/model/ (register)
+    run_id: str | None = None  # MLflow run (tracking on)
+    candidate: Any = None  # research.tracking.Candidate (register)
+    model_dir: Path | None = None  # OUT/model/ (register)
     seconds: float = 0.0
 
 
@@ -157,9 +167,17 @@ def _select(spec: RunSpec) -> tuple[str, int | None, int | None, list[str] | Non
     return v, t0, t1, names
 
 
-def run(spec: RunSpec, out: str | Path | None = None, *, track: bool = True, register: bool = False,
-        progress: Callable[..., None] | None = None, final_progress: Callable[..., None] | None = None,
-        on_outputs: Callable[[RunOutputs], None] | None = None, max_folds: int | None = None) -> RunOutputs:
+def run(
+    spec: RunSpec,
+    out: str | Path | None = None,
+    *,
+    track: bool = True,
+    register: bool = False,
+    progress: Callable[..., None] | None = None,
+    final_progress: Callable[..., None] | None = None,
+    on_outputs: Callable[[RunOutputs], None] | None = None,
+    max_folds: int | None = None,
+) -> RunOutputs:
     """Run the walk-forward of ``spec`` (see the module doc).
 
     ``out``: output folder (None: nothing written, nothing tracked). ``track``: log to MLflow when
@@ -176,8 +194,10 @@ def run(spec: RunSpec, out: str | Path | None = None, *, track: bool = True, reg
         check_out_dir(out)  # before any training, so a bad --out never wastes a run
     track = bool(out is not None and rc.tracking.enabled and track)
     if register and not track:
-        raise InputError("--register needs MLflow tracking (drop --no-track / set [research.tracking] "
-                         "enabled = true): a candidate is a version in the model registry")
+        raise InputError(
+            "--register needs MLflow tracking (drop --no-track / set [research.tracking] "
+            "enabled = true): a candidate is a version in the model registry"
+        )
     v, t0, t1, names = _select(spec)
     if track:
         from research.tracking import TrackingError, check_tracking
@@ -206,16 +226,26 @@ def run(spec: RunSpec, out: str | Path | None = None, *, track: bool = True, reg
 
         member = universe_mask(panel)
     fs = build_features(panel, cfg.features, member)  # shared by the walk-forward and the final model
-    res = run_walkforward(panel, cfg, rc, features=fs, member=member, start_ts=t0, progress=progress,
-                          max_folds=max_folds)
-    meta = {"venue": panel.venue, "pairs": ",".join(panel.pairs), "bars_loaded": panel.n_bars,
-            "start": t0 if t0 is not None else int(panel.ts[0]), "end": int(panel.ts[-1]),
-            "config": spec.source, "config_sha256": cfg.content_hash(), "research": research_to_json(rc),
-            "seed": cfg.seed, "data_sha256": fs.content_hash,
-            "feature_schema_sha256": feature_schema_sha256(cfg.features),
-            "wall_seconds": round(time.perf_counter() - t_start, 2)}
-    outputs = RunOutputs(spec=spec, result=res, metrics={}, meta=meta, panel=panel,
-                         out=None if out is None else Path(out))
+    res = run_walkforward(
+        panel, cfg, rc, features=fs, member=member, start_ts=t0, progress=progress, max_folds=max_folds
+    )
+    meta = {
+        "venue": panel.venue,
+        "pairs": ",".join(panel.pairs),
+        "bars_loaded": panel.n_bars,
+        "start": t0 if t0 is not None else int(panel.ts[0]),
+        "end": int(panel.ts[-1]),
+        "config": spec.source,
+        "config_sha256": cfg.content_hash(),
+        "research": research_to_json(rc),
+        "seed": cfg.seed,
+        "data_sha256": fs.content_hash,
+        "feature_schema_sha256": feature_schema_sha256(cfg.features),
+        "wall_seconds": round(time.perf_counter() - t_start, 2),
+    }
+    outputs = RunOutputs(
+        spec=spec, result=res, metrics={}, meta=meta, panel=panel, out=None if out is None else Path(out)
+    )
     if out is None:
         from research.report import build_metrics
 
@@ -249,8 +279,9 @@ def run(spec: RunSpec, out: str | Path | None = None, *, track: bool = True, reg
         ok = False
         try:
             bundle = fit_final(panel, cfg, rc, features=fs, member=member, start_ts=t0, progress=final_progress)
-            save_bundle(bundle, model_dir, extra={"walkforward_dir": str(Path(out).resolve()),
-                                                  "run_id": outputs.run_id})
+            save_bundle(
+                bundle, model_dir, extra={"walkforward_dir": str(Path(out).resolve()), "run_id": outputs.run_id}
+            )
             outputs.candidate = register_candidate(model_dir, tracking=rc.tracking, run_id=outputs.run_id)
             outputs.model_dir = model_dir
             ok = True
@@ -273,8 +304,10 @@ def summary_line(o: RunOutputs, seconds: float) -> str:
     meta_auc = [r for r in res.model_metrics if r["model"] == "meta" and r["fold"] == "all"]
     aucs = ", ".join(f"{r['horizon']}h {r['auc']:.3f}" for r in meta_auc if r["auc"] is not None)
     where = f"wrote {o.out}/" if o.out is not None else "nothing written"
-    return (f"{len(res.folds)} folds, {panel.venue} {', '.join(panel.pairs)}; meta out-of-sample AUC {aucs}; "
-            f"strategy total return {strat.get('total_return', float('nan')):+.2%}, "
-            f"max drawdown {strat.get('max_drawdown', float('nan')):.2%}, {strat.get('n_trades')} trades"
-            f"{'; SUSPECTED LEAK (see metrics.json leak_flags)' if res.suspected_leak else ''}; "
-            f"{seconds:.1f} s; {where}")
+    return (
+        f"{len(res.folds)} folds, {panel.venue} {', '.join(panel.pairs)}; meta out-of-sample AUC {aucs}; "
+        f"strategy total return {strat.get('total_return', float('nan')):+.2%}, "
+        f"max drawdown {strat.get('max_drawdown', float('nan')):.2%}, {strat.get('n_trades')} trades"
+        f"{'; SUSPECTED LEAK (see metrics.json leak_flags)' if res.suspected_leak else ''}; "
+        f"{seconds:.1f} s; {where}"
+    )

@@ -17,7 +17,7 @@ import pandas as pd
 
 from engine.paths import atomic_folder
 
-__all__ = ["build_metrics", "write_walkforward", "write_report"]
+__all__ = ["build_metrics", "write_report", "write_walkforward"]
 
 
 def json_clean(v: Any) -> Any:
@@ -39,19 +39,24 @@ def json_clean(v: Any) -> Any:
 def build_metrics(res, meta: dict) -> dict:
     """The metrics.json document (see research.walkforward for every field's meaning)."""
     bt = res.backtest.metrics_dict() if res.backtest is not None else None
-    return json_clean({
-        "meta": meta,
-        "suspected_leak": res.suspected_leak,
-        "leak_flags": res.leak_flags,
-        "models": res.model_metrics,
-        "strategy": bt,
-        "overfitting": {"deflated_sharpe": res.strategy_stats.get("deflated_sharpe"),
-                        "pbo": res.strategy_stats.get("pbo")},
-        "strategy_diagnostics": {k: v for k, v in res.strategy_stats.items()
-                                 if k not in ("deflated_sharpe", "pbo")},
-        "timings": res.timings,
-        "stage_seconds": res.stage_seconds,
-    })
+    return json_clean(
+        {
+            "meta": meta,
+            "suspected_leak": res.suspected_leak,
+            "leak_flags": res.leak_flags,
+            "models": res.model_metrics,
+            "strategy": bt,
+            "overfitting": {
+                "deflated_sharpe": res.strategy_stats.get("deflated_sharpe"),
+                "pbo": res.strategy_stats.get("pbo"),
+            },
+            "strategy_diagnostics": {
+                k: v for k, v in res.strategy_stats.items() if k not in ("deflated_sharpe", "pbo")
+            },
+            "timings": res.timings,
+            "stage_seconds": res.stage_seconds,
+        }
+    )
 
 
 def write_walkforward(res, out_dir: str | Path, cfg, meta: dict) -> dict:
@@ -90,8 +95,13 @@ def write_report(res, metrics: dict, path: Path) -> None:
         for c, h in enumerate(hs, start=1):
             for mo in sorted(q["model"].unique(), key=lambda s: (s != "meta", s)):
                 s = q[(q["horizon"] == h) & (q["model"] == mo)]
-                f1.add_trace(go.Bar(x=[f"fold {f}" for f in s["fold"]], y=s["auc"], name=f"{mo}",
-                                    legendgroup=mo, showlegend=c == 1), row=1, col=c)
+                f1.add_trace(
+                    go.Bar(
+                        x=[f"fold {f}" for f in s["fold"]], y=s["auc"], name=f"{mo}", legendgroup=mo, showlegend=c == 1
+                    ),
+                    row=1,
+                    col=c,
+                )
             f1.add_hline(y=0.5, line_dash="dot", row=1, col=c)
         f1.update_layout(height=380, barmode="group", margin=dict(l=50, r=20, t=40, b=30))
         f1.update_yaxes(range=[0.4, 0.7])
@@ -99,11 +109,13 @@ def write_report(res, metrics: dict, path: Path) -> None:
     if res.backtest is not None:
         eq = res.backtest.equity_frame()
         x = pd.to_datetime(eq["ts"], unit="s")
-        f2 = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("equity (meta signals)",
-                                                                              "drawdown from peak"))
+        f2 = make_subplots(
+            rows=2, cols=1, shared_xaxes=True, subplot_titles=("equity (meta signals)", "drawdown from peak")
+        )
         f2.add_trace(go.Scattergl(x=x, y=eq["equity"], name="equity", line=dict(width=1)), row=1, col=1)
-        f2.add_trace(go.Scattergl(x=x, y=-eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
-                     row=2, col=1)
+        f2.add_trace(
+            go.Scattergl(x=x, y=-eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)), row=2, col=1
+        )
         for fd in res.folds:
             f2.add_vline(x=pd.to_datetime(fd["test_start"], unit="s"), line_dash="dot", line_color="grey")
         f2.update_layout(height=600, showlegend=False, margin=dict(l=50, r=20, t=40, b=30))
@@ -113,10 +125,20 @@ def write_report(res, metrics: dict, path: Path) -> None:
         f3 = go.Figure()
         for p in sorted(rg["pair"].unique()):
             s = rg[rg["pair"] == p]
-            f3.add_trace(go.Scattergl(x=pd.to_datetime(s["ts"], unit="s"), y=s["regime_code"], name=p,
-                                      mode="lines", line=dict(width=1, shape="hv")))
-        f3.update_layout(title="regime per pair (-1 unknown, 0 range, 1 trending, 2 high_vol, 3 crash)",
-                         height=350, margin=dict(l=50, r=20, t=40, b=30))
+            f3.add_trace(
+                go.Scattergl(
+                    x=pd.to_datetime(s["ts"], unit="s"),
+                    y=s["regime_code"],
+                    name=p,
+                    mode="lines",
+                    line=dict(width=1, shape="hv"),
+                )
+            )
+        f3.update_layout(
+            title="regime per pair (-1 unknown, 0 range, 1 trending, 2 high_vol, 3 crash)",
+            height=350,
+            margin=dict(l=50, r=20, t=40, b=30),
+        )
         figs.append(f3)
     body = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
 
@@ -129,8 +151,18 @@ def write_report(res, metrics: dict, path: Path) -> None:
         style = " style='background:#fbb'" if r.get("suspected_leak") else ""
         table += f"<tr{style}>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in cols) + "</tr>"
     strat = metrics.get("strategy") or {}
-    keys = ["total_return", "annual_return", "sharpe", "sortino", "max_drawdown", "n_trades", "win_rate",
-            "fees_paid", "n_refusals", "n_kill_events"]
+    keys = [
+        "total_return",
+        "annual_return",
+        "sharpe",
+        "sortino",
+        "max_drawdown",
+        "n_trades",
+        "win_rate",
+        "fees_paid",
+        "n_refusals",
+        "n_kill_events",
+    ]
     st = "".join(f"<tr><td>{k}</td><td>{fmt(strat.get(k))}</td></tr>" for k in keys)
     ov = metrics.get("overfitting", {})
     dsr = ov.get("deflated_sharpe") or {}
@@ -139,22 +171,34 @@ def write_report(res, metrics: dict, path: Path) -> None:
     st += f"<tr><td>PBO (CSCV over model strategies)</td><td>{fmt(pbo.get('pbo'))}</td></tr>"
     leak = ""
     if res.leak_flags:
-        items = "".join(f"<li>{html.escape(f['model'])} {f['horizon']}h: AUC {f['auc']:.3f} &gt; {f['threshold']}</li>"
-                        for f in res.leak_flags)
-        leak = ("<div style='border:2px solid red;padding:8px'><b>SUSPECTED LEAK</b>: out-of-sample AUC above "
-                f"the sanity bound. Investigate before trusting any figure.<ul>{items}</ul></div>")
+        items = "".join(
+            f"<li>{html.escape(f['model'])} {f['horizon']}h: AUC {f['auc']:.3f} &gt; {f['threshold']}</li>"
+            for f in res.leak_flags
+        )
+        leak = (
+            "<div style='border:2px solid red;padding:8px'><b>SUSPECTED LEAK</b>: out-of-sample AUC above "
+            f"the sanity bound. Investigate before trusting any figure.<ul>{items}</ul></div>"
+        )
     folds = "".join(
         f"<tr><td>{fd['fold']}</td><td>{pd.to_datetime(fd['train_start'], unit='s')}</td>"
         f"<td>{pd.to_datetime(fd['train_end'], unit='s')}</td><td>{pd.to_datetime(fd['test_start'], unit='s')}</td>"
-        f"<td>{pd.to_datetime(fd['test_end'], unit='s')}</td><td>{fd['purge_bars']}</td><td>{fd['embargo_bars']}</td></tr>"
-        for fd in res.folds)
+        f"<td>{pd.to_datetime(fd['test_end'], unit='s')}</td><td>{fd['purge_bars']}</td>"
+        f"<td>{fd['embargo_bars']}</td></tr>"
+        for fd in res.folds
+    )
     names = sorted({k for t in res.timings for k in t.get("base_fit_s", {})})
-    timing = "<tr><th>fold</th><th>horizon</th><th>train rows</th><th>fit s</th><th>predict s</th>" + "".join(
-        f"<th>{html.escape(k)} s</th>" for k in names) + "</tr>"
+    timing = (
+        "<tr><th>fold</th><th>horizon</th><th>train rows</th><th>fit s</th><th>predict s</th>"
+        + "".join(f"<th>{html.escape(k)} s</th>" for k in names)
+        + "</tr>"
+    )
     for t in res.timings:
-        timing += (f"<tr><td>{t['fold']}</td><td>{t['horizon']}</td><td>{t['n_train_rows']}</td>"
-                   f"<td>{t['fit_s']:.1f}</td><td>{t['predict_s']:.1f}</td>"
-                   + "".join(f"<td>{t['base_fit_s'].get(k, 0.0):.1f}</td>" for k in names) + "</tr>")
+        timing += (
+            f"<tr><td>{t['fold']}</td><td>{t['horizon']}</td><td>{t['n_train_rows']}</td>"
+            f"<td>{t['fit_s']:.1f}</td><td>{t['predict_s']:.1f}</td>"
+            + "".join(f"<td>{t['base_fit_s'].get(k, 0.0):.1f}</td>" for k in names)
+            + "</tr>"
+        )
     meta = html.escape(", ".join(f"{k}: {v}" for k, v in metrics.get("meta", {}).items()))
     path.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>krakenquant walk-forward</title>"
@@ -165,4 +209,5 @@ def write_report(res, metrics: dict, path: Path) -> None:
         f"<h3>strategy (meta-learner signals, out of sample)</h3><table>{st}</table>"
         f"<h3>model quality (out of sample)</h3><table>{table}</table>{body}"
         "<h3>time per fold and horizon (base-model columns: inner folds + refit)</h3>"
-        f"<table>{timing}</table></body></html>")
+        f"<table>{timing}</table></body></html>"
+    )

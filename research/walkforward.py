@@ -66,8 +66,9 @@ hourly return series, and the deflated Sharpe ratio of the meta strategy given `
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,8 +80,20 @@ from research.config import ResearchConfig
 from research.models.base import make_model, model_class
 from research.models.meta import StackingMetaLearner
 
-__all__ = ["WalkForwardResult", "run_walkforward", "eligible_rows", "make_splitter", "make_meta", "warm_bars",
-           "row_block", "window_matrix", "panel_features", "quality", "strategy_signals", "PREDICTION_COLUMNS"]
+__all__ = [
+    "PREDICTION_COLUMNS",
+    "WalkForwardResult",
+    "eligible_rows",
+    "make_meta",
+    "make_splitter",
+    "panel_features",
+    "quality",
+    "row_block",
+    "run_walkforward",
+    "strategy_signals",
+    "warm_bars",
+    "window_matrix",
+]
 
 PREDICTION_COLUMNS = ("ts", "pair", "horizon", "model", "fold", "p_up", "exp_return")
 
@@ -93,10 +106,10 @@ class WalkForwardResult:
     folds: list[dict]
     predictions: pd.DataFrame
     regime: pd.DataFrame
-    model_metrics: list[dict]           # per model, fold, horizon (and fold = "all")
+    model_metrics: list[dict]  # per model, fold, horizon (and fold = "all")
     leak_flags: list[dict]
     signals: pd.DataFrame
-    backtest: Any                        # engine.backtest.runner.BacktestResult of the meta signals
+    backtest: Any  # engine.backtest.runner.BacktestResult of the meta signals
     strategy_stats: dict
     timings: list[dict]
     labels: dict[int, np.ndarray] = field(repr=False, default_factory=dict)  # up labels (n, m) per horizon
@@ -127,8 +140,13 @@ def make_splitter(rc: ResearchConfig):
     from research.folds import PurgedWalkForward
 
     f = rc.folds
-    return PurgedWalkForward(train_bars=f.train_bars, test_bars=f.test_bars, purge_bars=f.purge_bars,
-                             embargo_bars=f.embargo_bars, expanding=f.expanding)
+    return PurgedWalkForward(
+        train_bars=f.train_bars,
+        test_bars=f.test_bars,
+        purge_bars=f.purge_bars,
+        embargo_bars=f.embargo_bars,
+        expanding=f.expanding,
+    )
 
 
 def _base_models(rc: ResearchConfig, seed: int) -> list[tuple[str, Any]]:
@@ -139,10 +157,20 @@ def make_meta(rc: ResearchConfig, seed: int) -> StackingMetaLearner:
     """A new (unfitted) stacking meta-learner of the research config: the walk-forward's per fold,
     the final model's (research.bundle.fit_final)."""
     mc = rc.models.meta
-    return StackingMetaLearner(models=_base_models(rc, seed), regime=make_model("regime", tiny=rc.tiny, config=rc.models.regime),
-                      use_regime=mc.use_regime, inner_folds=rc.folds.inner_folds, purge_bars=rc.folds.purge_bars,
-                      C=mc.C, ridge_alpha=mc.ridge_alpha, model_size="tiny" if rc.tiny else "research", seed=seed,
-                      share_horizons=mc.share_horizons, n_jobs=mc.n_jobs, inner_stride=mc.inner_stride)
+    return StackingMetaLearner(
+        models=_base_models(rc, seed),
+        regime=make_model("regime", tiny=rc.tiny, config=rc.models.regime),
+        use_regime=mc.use_regime,
+        inner_folds=rc.folds.inner_folds,
+        purge_bars=rc.folds.purge_bars,
+        C=mc.C,
+        ridge_alpha=mc.ridge_alpha,
+        model_size="tiny" if rc.tiny else "research",
+        seed=seed,
+        share_horizons=mc.share_horizons,
+        n_jobs=mc.n_jobs,
+        inner_stride=mc.inner_stride,
+    )
 
 
 def warm_bars(meta: StackingMetaLearner) -> int:
@@ -158,8 +186,8 @@ def warm_bars(meta: StackingMetaLearner) -> int:
 def row_block(X3: np.ndarray, close: np.ndarray, lo: int, hi: int, cols: list[int]):
     """Rows lo..hi (inclusive) of every pair in ``cols``, pair-major: X (r, k), close, segments, bar."""
     nb = hi - lo + 1
-    X = np.concatenate([X3[lo:hi + 1, j, :] for j in cols], axis=0)
-    c = np.concatenate([close[lo:hi + 1, j] for j in cols])
+    X = np.concatenate([X3[lo : hi + 1, j, :] for j in cols], axis=0)
+    c = np.concatenate([close[lo : hi + 1, j] for j in cols])
     seg = np.repeat(np.asarray(cols, dtype=np.int64), nb)
     bar = np.tile(np.arange(lo, hi + 1, dtype=np.int64), len(cols))
     return X, c, seg, bar
@@ -175,16 +203,16 @@ def window_matrix(X3: np.ndarray, close: np.ndarray, targets: list, ups: list, f
     are (rows, H), NaN outside each horizon's targets (history rows). Used by the final model
     (research.bundle.fit_final) so it trains on the same rows a fold would."""
     anyt = np.logical_or.reduce(targets)
-    cols = [j for j in range(anyt.shape[1]) if anyt[lo:hi + 1, j].any()]
+    cols = [j for j in range(anyt.shape[1]) if anyt[lo : hi + 1, j].any()]
     if not cols:
         return None
     X, c, seg, bar = row_block(X3, close, lo, hi, cols)
     Y = np.full((X.shape[0], len(targets)), np.nan)
     R = np.full((X.shape[0], len(targets)), np.nan)
     for ci, (t, u, f) in enumerate(zip(targets, ups, fwds)):
-        tmask = np.concatenate([t[lo:hi + 1, j] for j in cols])
-        Y[:, ci] = np.where(tmask, np.concatenate([u[lo:hi + 1, j] for j in cols]), np.nan)
-        R[:, ci] = np.where(tmask, np.concatenate([f[lo:hi + 1, j] for j in cols]), np.nan)
+        tmask = np.concatenate([t[lo : hi + 1, j] for j in cols])
+        Y[:, ci] = np.where(tmask, np.concatenate([u[lo : hi + 1, j] for j in cols]), np.nan)
+        R[:, ci] = np.where(tmask, np.concatenate([f[lo : hi + 1, j] for j in cols]), np.nan)
     return X, c, seg, bar, Y, R
 
 
@@ -227,10 +255,20 @@ def panel_features(panel, cfg: Config, rc: ResearchConfig, features=None, member
     return member, features
 
 
-def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, member: np.ndarray | None = None,
-                    start_ts: int | None = None, progress: Callable[..., None] | None = None,
-                    shuffle_train_labels: int | None = None, keep_models: bool = False,
-                    backtest: bool = True, max_folds: int | None = None) -> WalkForwardResult:
+def run_walkforward(
+    panel,
+    cfg: Config,
+    rc: ResearchConfig,
+    *,
+    features=None,
+    member: np.ndarray | None = None,
+    start_ts: int | None = None,
+    progress: Callable[..., None] | None = None,
+    shuffle_train_labels: int | None = None,
+    keep_models: bool = False,
+    backtest: bool = True,
+    max_folds: int | None = None,
+) -> WalkForwardResult:
     """Run the whole loop on ``panel`` (see the module doc).
 
     ``features``: a prebuilt FeatureSet of ``panel`` (default: built with ``cfg.features``).
@@ -251,8 +289,10 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
     member, features = panel_features(panel, cfg, rc, features, member)
     elig = eligible_rows(features, member, start_ts)
     if not elig.any():
-        raise InputError("no eligible rows: no bar has complete features for a universe member in the range "
-                         "(span too short for the feature warm-up, or no pair in the universe)")
+        raise InputError(
+            "no eligible rows: no bar has complete features for a universe member in the range "
+            "(span too short for the feature warm-up, or no pair in the universe)"
+        )
     X3 = np.where(np.isfinite(features.values), features.values, np.nan)
     close = np.where(panel.valid, panel.close, np.nan)
     lab = future_labels(panel, LabelsConfig(horizons=horizons), cfg.fees, with_cost=rc.label_with_cost)
@@ -268,13 +308,24 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
     splits = [(bars[tr], bars[te]) for tr, te in splitter.split(None, times=btimes)]
     n_folds_total = len(splits)
     if max_folds is not None:
-        splits, table = splits[:int(max_folds)], table[:int(max_folds)]
+        splits, table = splits[: int(max_folds)], table[: int(max_folds)]
     if progress:
-        shared = [bool(rc.models.meta.share_horizons and len(horizons) > 1
-                       and getattr(model_class(nm), "supports_multi_output", False)) for nm in rc.base_models]
-        progress("plan", n_folds=len(splits), horizons=horizons, models=rc.base_models,
-                 inner_folds=rc.folds.inner_folds,
-                 fits_per_fold=(rc.folds.inner_folds + 1) * sum(1 if s else len(horizons) for s in shared))
+        shared = [
+            bool(
+                rc.models.meta.share_horizons
+                and len(horizons) > 1
+                and getattr(model_class(nm), "supports_multi_output", False)
+            )
+            for nm in rc.base_models
+        ]
+        progress(
+            "plan",
+            n_folds=len(splits),
+            horizons=horizons,
+            models=rc.base_models,
+            inner_folds=rc.folds.inner_folds,
+            fits_per_fold=(rc.folds.inner_folds + 1) * sum(1 if s else len(horizons) for s in shared),
+        )
 
     pair_arr = np.asarray(panel.pairs, dtype=object)
     pred_parts: list[pd.DataFrame] = []
@@ -319,8 +370,15 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
         if progress:
             progress("step", fold=k, horizon=hs_label, n_train=int(np.isfinite(Y).any(axis=1).sum()))
         t0 = time.perf_counter()
-        meta.fit(X, Y if len(horizons) > 1 else Y[:, 0], close=c, returns=Rt if len(horizons) > 1 else Rt[:, 0],
-                 times=times, segments=seg, on_fit=on_fit)
+        meta.fit(
+            X,
+            Y if len(horizons) > 1 else Y[:, 0],
+            close=c,
+            returns=Rt if len(horizons) > 1 else Rt[:, 0],
+            times=times,
+            segments=seg,
+            on_fit=on_fit,
+        )
         t_fit = time.perf_counter() - t0
 
         # predict the test block with warm-up rows before it (every horizon in one pass)
@@ -328,7 +386,7 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
         plo = max(int(te_b.min()) - warm_bars(meta), 0)
         phi = int(te_b.max())
         Xp, cp, sp, bp = row_block(X3, close, plo, phi, test_cols)
-        keep = np.concatenate([test_rows[plo:phi + 1, j] for j in test_cols])
+        keep = np.concatenate([test_rows[plo : phi + 1, j] for j in test_cols])
         out = meta.predict_all(Xp, close=cp, segments=sp)
         t_pred = time.perf_counter() - t0
         ts_k = panel.ts[bp[keep]]
@@ -339,11 +397,32 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
                 mu_u = np.atleast_1d(est.mu_up_)[ci]
                 mu_d = np.atleast_1d(est.mu_down_)[ci]
                 er = p * mu_u + (1.0 - p) * mu_d
-                pred_parts.append(pd.DataFrame({"ts": ts_k, "pair": pr_k, "horizon": np.int64(h), "model": name,
-                                                "fold": np.int64(k), "p_up": p, "exp_return": er}))
-            pred_parts.append(pd.DataFrame({"ts": ts_k, "pair": pr_k, "horizon": np.int64(h), "model": "meta",
-                                            "fold": np.int64(k), "p_up": out["p_up"][keep, ci],
-                                            "exp_return": out["exp_return"][keep, ci]}))
+                pred_parts.append(
+                    pd.DataFrame(
+                        {
+                            "ts": ts_k,
+                            "pair": pr_k,
+                            "horizon": np.int64(h),
+                            "model": name,
+                            "fold": np.int64(k),
+                            "p_up": p,
+                            "exp_return": er,
+                        }
+                    )
+                )
+            pred_parts.append(
+                pd.DataFrame(
+                    {
+                        "ts": ts_k,
+                        "pair": pr_k,
+                        "horizon": np.int64(h),
+                        "model": "meta",
+                        "fold": np.int64(k),
+                        "p_up": out["p_up"][keep, ci],
+                        "exp_return": out["exp_return"][keep, ci],
+                    }
+                )
+            )
         if k not in reg_done:
             reg_done.add(k)
             if meta.regime_ is not None:
@@ -351,13 +430,23 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
 
                 codes = meta.regime_.predict(cp, segments=sp)[keep].astype(np.int64)
                 names = np.array(REGIME_NAMES + ("unknown",), dtype=object)[np.where(codes < 0, 4, codes)]
-                part = pd.DataFrame({"ts": ts_k, "pair": pr_k, "fold": np.int64(k), "regime": names,
-                                     "regime_code": codes})
+                part = pd.DataFrame(
+                    {"ts": ts_k, "pair": pr_k, "fold": np.int64(k), "regime": names, "regime_code": codes}
+                )
                 reg_parts.append(part)
-        timings.append({"fold": k, "horizon": hs_label, "horizons": [int(h) for h in horizons], "fit_s": t_fit,
-                        "predict_s": t_pred, "n_train_rows": max(n_train.values()), "n_train_rows_by_horizon": n_train,
-                        "n_test_rows": int(keep.sum()),
-                        "base_fit_s": {kk: round(v, 4) for kk, v in fit_times.items()}})
+        timings.append(
+            {
+                "fold": k,
+                "horizon": hs_label,
+                "horizons": [int(h) for h in horizons],
+                "fit_s": t_fit,
+                "predict_s": t_pred,
+                "n_train_rows": max(n_train.values()),
+                "n_train_rows_by_horizon": n_train,
+                "n_test_rows": int(keep.sum()),
+                "base_fit_s": {kk: round(v, 4) for kk, v in fit_times.items()},
+            }
+        )
         for h in horizons:
             if keep_models:
                 fitted[(k, int(h))] = meta
@@ -371,8 +460,11 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
     preds["pair"] = preds["pair"].astype(str)
     preds = preds.sort_values(["horizon", "model", "fold", "ts", "pair"], kind="mergesort").reset_index(drop=True)
     preds = preds[list(PREDICTION_COLUMNS)]
-    regime = (pd.concat(reg_parts, ignore_index=True) if reg_parts
-              else pd.DataFrame({"ts": [], "pair": [], "fold": [], "regime": [], "regime_code": []}))
+    regime = (
+        pd.concat(reg_parts, ignore_index=True)
+        if reg_parts
+        else pd.DataFrame({"ts": [], "pair": [], "fold": [], "regime": [], "regime_code": []})
+    )
     if len(regime):
         regime["ts"] = regime["ts"].astype(np.int64)
         regime["pair"] = regime["pair"].astype(str)
@@ -382,9 +474,21 @@ def run_walkforward(panel, cfg: Config, rc: ResearchConfig, *, features=None, me
     t_stage = time.perf_counter()
     model_metrics, leak = _model_metrics(preds, up, panel, rc)
     signals = strategy_signals(preds, rc.trade_horizon)
-    res = WalkForwardResult(folds=table, predictions=preds, regime=regime, model_metrics=model_metrics,
-                            leak_flags=leak, signals=signals, backtest=None, strategy_stats={}, timings=timings,
-                            labels=up, ts=panel.ts, pairs=tuple(panel.pairs), fitted=fitted)
+    res = WalkForwardResult(
+        folds=table,
+        predictions=preds,
+        regime=regime,
+        model_metrics=model_metrics,
+        leak_flags=leak,
+        signals=signals,
+        backtest=None,
+        strategy_stats={},
+        timings=timings,
+        labels=up,
+        ts=panel.ts,
+        pairs=tuple(panel.pairs),
+        fitted=fitted,
+    )
     stage["metrics_s"] = time.perf_counter() - t_stage
     if backtest:
         t_stage = time.perf_counter()
@@ -422,13 +526,21 @@ def _model_metrics(preds: pd.DataFrame, up: dict, panel, rc: ResearchConfig) -> 
         row = {"model": g[0], "horizon": g[1], "fold": g[2], **q}
         n_eff = q["n"] / max(int(g[1]), 1)  # overlapping h-bar labels: about n / h independent outcomes
         row["effective_n"] = float(n_eff)
-        row["suspected_leak"] = bool(g[2] == "all" and q.get("auc") is not None and q["auc"] > rc.leak_auc
-                                     and n_eff >= rc.leak_min_effective_n)
+        row["suspected_leak"] = bool(
+            g[2] == "all" and q.get("auc") is not None and q["auc"] > rc.leak_auc and n_eff >= rc.leak_min_effective_n
+        )
         out.append(row)
         if row["suspected_leak"]:
-            leak.append({"model": g[0], "horizon": g[1], "auc": q["auc"], "threshold": rc.leak_auc,
-                         "effective_n": float(n_eff),
-                         "note": "out-of-sample AUC above the sanity bound: a leak to investigate, not a result"})
+            leak.append(
+                {
+                    "model": g[0],
+                    "horizon": g[1],
+                    "auc": q["auc"],
+                    "threshold": rc.leak_auc,
+                    "effective_n": float(n_eff),
+                    "note": "out-of-sample AUC above the sanity bound: a leak to investigate, not a result",
+                }
+            )
     return out, leak
 
 
@@ -454,8 +566,9 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
     lo = int(np.searchsorted(panel.ts, t0))
     hi = int(np.searchsorted(panel.ts, t1, side="right"))
     atr = default_atr(panel.high, panel.low, panel.close, cfg.features.atr_window)[lo:hi]
-    spread = np.asarray(default_spread(panel.high, panel.low, panel.close, panel.valid,
-                                       cfg.backtest.spread_window))[lo:hi]
+    spread = np.asarray(default_spread(panel.high, panel.low, panel.close, panel.valid, cfg.backtest.spread_window))[
+        lo:hi
+    ]
     cluster = default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi]
     sub = panel.slice(t0, t1)
     params = params_from_config(cfg)
@@ -493,7 +606,8 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
         else:
             d = deflated_sharpe_ratio(r, n_trials=1, sr_variance=0.0)
         stats["deflated_sharpe"] = d.to_dict() | {
-            "note": f"{rc.n_trials} configuration(s) tried; per-hour Sharpe ratios"}
+            "note": f"{rc.n_trials} configuration(s) tried; per-hour Sharpe ratios"
+        }
     except InputError as e:
         stats["deflated_sharpe"] = {"error": str(e)}
     names = list(rets)
@@ -503,8 +617,10 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
         pbo = probability_of_backtest_overfitting(M, n_blocks=nb)
         d = pbo.to_dict()
         d.pop("logits", None)
-        stats["pbo"] = d | {"configurations": names,
-                            "note": "CSCV over the hourly returns of each model's own strategy"}
+        stats["pbo"] = d | {
+            "configurations": names,
+            "note": "CSCV over the hourly returns of each model's own strategy",
+        }
     except InputError as e:
         stats["pbo"] = {"error": str(e), "configurations": names}
     return res, stats
@@ -515,4 +631,3 @@ def auc_of(result: WalkForwardResult, model: str, horizon: int, fold: Any = "all
         if r["model"] == model and r["horizon"] == int(horizon) and r["fold"] == fold:
             return r["auc"]
     return None
-

@@ -31,4 +31,5 @@ def pytest_sessionfinish(session, exitstatus):
     out = os.environ.get("KQ_FUZZ_REPORT")
     if out:
         from fuzzing import write_report
+
         write_report(out)

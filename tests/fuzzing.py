@@ -25,10 +25,17 @@ FAILURES: Counter[str] = Counter()
 def fuzz_settings(short: int | None = None, campaign: int | None = None):
     """Hypothesis settings for one fuzz target: few examples by default, many in a campaign."""
     n = (campaign or CAMPAIGN_EXAMPLES) if CAMPAIGN else (short or SHORT_EXAMPLES)
-    return settings(max_examples=n, deadline=None, derandomize=not CAMPAIGN,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                           HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=not CAMPAIGN,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
 
 
 def count_case(target: str) -> None:

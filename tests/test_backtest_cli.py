@@ -12,13 +12,23 @@ from kq.cli import main
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, ):
+def store(
+    tmp_path_factory,
+):
     from tests.conftest import require_shared
 
     d = require_shared()
     path = tmp_path_factory.mktemp("bt") / "m.duckdb"
-    rc = main(["data", "import", str(d / "binance_BTCUSDT_1h.parquet"), str(d / "binance_ETHUSDT_1h.parquet"),
-               "--store", str(path)])
+    rc = main(
+        [
+            "data",
+            "import",
+            str(d / "binance_BTCUSDT_1h.parquet"),
+            str(d / "binance_ETHUSDT_1h.parquet"),
+            "--store",
+            str(path),
+        ]
+    )
     assert rc == 0
     return path
 
@@ -38,8 +48,23 @@ def test_backtest_with_signals_writes_everything(store, tmp_path):
     sig = tmp_path / "sig.parquet"
     _signals(sig, ts, ["BTC/USDT", "XETH/USDT".replace("XETH", "ETH")])
     out = tmp_path / "out"
-    rc = main(["backtest", "--store", str(store), "--venue", "binance", "--signals", str(sig),
-               "--start", "2022-01-01", "--end", "2022-03-01", "--out", str(out)])
+    rc = main(
+        [
+            "backtest",
+            "--store",
+            str(store),
+            "--venue",
+            "binance",
+            "--signals",
+            str(sig),
+            "--start",
+            "2022-01-01",
+            "--end",
+            "2022-03-01",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     tr = pd.read_parquet(out / "trades.parquet")
     eq = pd.read_parquet(out / "equity.parquet")

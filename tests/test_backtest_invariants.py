@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,8 +19,8 @@ from engine.risk.enums import SIZING_RISK, FillHow, Reason, TradingState, metric
 from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
 
-PAIRS10 = ["binance_%sUSDT_1h" % s for s in "BTC ETH SOL XRP ADA LTC DOT LINK AVAX DOGE".split()]
-START = 1619337600 + 2200 * 3600   # 2021-07-27: a stretch with missing hours inside (data kill switch)
+PAIRS10 = [f"binance_{s}USDT_1h" for s in ["BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE"]]
+START = 1619337600 + 2200 * 3600  # 2021-07-27: a stretch with missing hours inside (data kill switch)
 N_BARS = 1500
 
 
@@ -47,8 +46,12 @@ def _inputs_with(p_up, exp_ret, api_fault=None):
     cfg, base = _base_inputs()
     from dataclasses import replace
 
-    return replace(base, p_up=np.ascontiguousarray(p_up), exp_ret=np.ascontiguousarray(exp_ret),
-                   api_fault=base.api_fault if api_fault is None else api_fault)
+    return replace(
+        base,
+        p_up=np.ascontiguousarray(p_up),
+        exp_ret=np.ascontiguousarray(exp_ret),
+        api_fault=base.api_fault if api_fault is None else api_fault,
+    )
 
 
 def check_invariants(res, inp, p):
@@ -114,9 +117,15 @@ def check_invariants(res, inp, p):
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31 - 1), noise=st.floats(0.0, 0.3), bias=st.floats(-0.05, 0.25),
-       max_pos=st.integers(1, 10), max_expo=st.floats(0.02, 0.2), market=st.booleans(),
-       api_rate=st.sampled_from([0.0, 0.002]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    noise=st.floats(0.0, 0.3),
+    bias=st.floats(-0.05, 0.25),
+    max_pos=st.integers(1, 10),
+    max_expo=st.floats(0.02, 0.2),
+    market=st.booleans(),
+    api_rate=st.sampled_from([0.0, 0.002]),
+)
 def test_invariants_under_random_signals(seed, noise, bias, max_pos, max_expo, market, api_rate):
     cfg, base = _base_inputs()
     rng = np.random.default_rng(seed)
@@ -125,9 +134,14 @@ def test_invariants_under_random_signals(seed, noise, bias, max_pos, max_expo, m
     exp_ret = np.where(np.isnan(base.exp_ret), np.nan, 0.02 * rng.standard_normal((n, m)) + 0.01)
     api = rng.random(n) < api_rate
     inp = _inputs_with(p_up, exp_ret, api)
-    params = params_from_config(cfg, max_positions=max_pos, max_exposure=max_expo,
-                                max_cluster_exposure=min(max_expo, 0.1),
-                                entry_kind=1 if market else 2, tier2_max_positions=min(5, max_pos))
+    params = params_from_config(
+        cfg,
+        max_positions=max_pos,
+        max_exposure=max_expo,
+        max_cluster_exposure=min(max_expo, 0.1),
+        entry_kind=1 if market else 2,
+        tier2_max_positions=min(5, max_pos),
+    )
     res = run_backtest(inp, params)
     check_invariants(res, inp, params)
 
@@ -142,8 +156,9 @@ def test_invariants_hold_where_the_rules_bind():
     api = np.zeros(n, dtype=bool)
     api[300] = True
     inp = _inputs_with(p_up, exp_ret, api)
-    params = params_from_config(cfg, stop_atr_mult=0.5, tp_atr_mult=0.0, max_hold_bars=4, sizing=SIZING_RISK,
-                                base_risk=0.05)
+    params = params_from_config(
+        cfg, stop_atr_mult=0.5, tp_atr_mult=0.0, max_hold_bars=4, sizing=SIZING_RISK, base_risk=0.05
+    )
     res = run_backtest(inp, params)
     n_entries = check_invariants(res, inp, params)
     mt = res.metrics[0]
@@ -157,8 +172,9 @@ def test_invariants_hold_where_the_rules_bind():
 
 def test_deterministic_across_runs_and_parallel_vs_serial():
     cfg, base = _base_inputs()
-    params = np.concatenate([params_from_config(cfg, p_up_entry=th, max_exposure=mx)
-                             for th in (0.52, 0.56, 0.6) for mx in (0.1, 0.2)])
+    params = np.concatenate(
+        [params_from_config(cfg, p_up_entry=th, max_exposure=mx) for th in (0.52, 0.56, 0.6) for mx in (0.1, 0.2)]
+    )
     a = run_backtest(base, params[:1])
     b = run_backtest(base, params[:1])
     assert a.trades.tobytes() == b.trades.tobytes() and len(a.trades) > 0
@@ -167,7 +183,7 @@ def test_deterministic_across_runs_and_parallel_vs_serial():
     m1, r1 = run_sweep(base, params)
     m2, r2 = run_sweep(base, params)
     assert m1.tobytes() == m2.tobytes() and r1.tobytes() == r2.tobytes()
-    serial = np.concatenate([run_backtest(base, params[i:i + 1], record=False).metrics for i in range(len(params))])
+    serial = np.concatenate([run_backtest(base, params[i : i + 1], record=False).metrics for i in range(len(params))])
     assert serial.dtype == metrics_dt
     assert m1.tobytes() == serial.tobytes()
     assert len(set(m1["final_equity"].tolist())) > 1, "the sets must differ"
@@ -183,14 +199,14 @@ def test_no_lookahead_future_perturbation_leaves_the_past_unchanged():
     from dataclasses import replace
 
     f = np.ones_like(p.close)
-    f[k + 1:] = np.exp(0.05 * rng.standard_normal(f[k + 1:].shape))
+    f[k + 1 :] = np.exp(0.05 * rng.standard_normal(f[k + 1 :].shape))
     wide = np.ones_like(f)
-    wide[k + 1:] = 1.01
+    wide[k + 1 :] = 1.01
     p2 = replace(p, open=p.open * f, high=p.high * f * wide, low=p.low * f / wide, close=p.close * f)
     pu = base.p_up.copy()
-    pu[k + 1:] = rng.random(pu[k + 1:].shape)
+    pu[k + 1 :] = rng.random(pu[k + 1 :].shape)
     er = base.exp_ret.copy()
-    er[k + 1:] = 0.1
+    er[k + 1 :] = 0.1
     a = run_backtest(base, params_from_config(cfg))
     b = run_backtest(make_inputs(p2, pu, er, cfg), params_from_config(cfg))
     assert a.equity[: k + 1].tobytes() == b.equity[: k + 1].tobytes()
@@ -198,4 +214,4 @@ def test_no_lookahead_future_perturbation_leaves_the_past_unchanged():
     assert len(ta) > 10 and ta.tobytes() == tb.tobytes()
     ea, eb = a.events[a.events["bar"] <= k], b.events[b.events["bar"] <= k]
     assert ea.tobytes() == eb.tobytes()
-    assert a.equity[k + 1:].tobytes() != b.equity[k + 1:].tobytes()
+    assert a.equity[k + 1 :].tobytes() != b.equity[k + 1 :].tobytes()

@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 from engine.backtest.io import (
-    EQUITY_COLUMNS, EVENT_COLUMNS, METRICS_KEYS, TRADE_COLUMNS, enum_codes, read_outputs, write_outputs,
+    EQUITY_COLUMNS,
+    EVENT_COLUMNS,
+    METRICS_KEYS,
+    TRADE_COLUMNS,
+    enum_codes,
+    read_outputs,
+    write_outputs,
 )
 from engine.errors import InputError, IntegrityError
 from engine.risk.enums import EventCode, KillReason, Reason, TradingState
@@ -47,7 +53,8 @@ def test_round_trip_schemas_and_codes_decoded_by_name(run, tmp_path):
     out = tmp_path / "bt"
     m = write_outputs(out, res, cfg, {"note": "io test"})
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html"])
+        ["trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html"]
+    )
     assert _siblings(out) == []  # no temporary folder left behind
     assert tuple(pd.read_parquet(out / "trades.parquet").columns) == TRADE_COLUMNS
     assert tuple(pd.read_parquet(out / "equity.parquet").columns) == EQUITY_COLUMNS

@@ -14,9 +14,18 @@ from engine.paths import configs_dir
 from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
 
-PAIRS10 = ["binance_BTCUSDT_1h", "binance_ETHUSDT_1h", "binance_SOLUSDT_1h", "binance_XRPUSDT_1h",
-           "binance_ADAUSDT_1h", "binance_LTCUSDT_1h", "binance_DOTUSDT_1h", "binance_LINKUSDT_1h",
-           "binance_AVAXUSDT_1h", "binance_DOGEUSDT_1h"]
+PAIRS10 = [
+    "binance_BTCUSDT_1h",
+    "binance_ETHUSDT_1h",
+    "binance_SOLUSDT_1h",
+    "binance_XRPUSDT_1h",
+    "binance_ADAUSDT_1h",
+    "binance_LTCUSDT_1h",
+    "binance_DOTUSDT_1h",
+    "binance_LINKUSDT_1h",
+    "binance_AVAXUSDT_1h",
+    "binance_DOGEUSDT_1h",
+]
 
 
 def _complete_window(panel, n_bars):
@@ -55,10 +64,21 @@ def parity_run(request):
     entries = (sig >= cfg.risk.p_up_entry).shift(1, fill_value=False)
     exits = (sig < cfg.risk.p_up_exit).shift(1, fill_value=False)
     pf = vbt.Portfolio.from_signals(
-        close=close, entries=entries, exits=exits, price=open_, size=cfg.risk.fixed_fraction,
-        size_type="percent", fees=cfg.fees.fee_rate, slippage=cfg.execution.min_slippage_bps * 1e-4,
-        init_cash=cfg.backtest.init_cash, cash_sharing=True, group_by=True, call_seq="auto",
-        direction="longonly", freq="1h")
+        close=close,
+        entries=entries,
+        exits=exits,
+        price=open_,
+        size=cfg.risk.fixed_fraction,
+        size_type="percent",
+        fees=cfg.fees.fee_rate,
+        slippage=cfg.execution.min_slippage_bps * 1e-4,
+        init_cash=cfg.backtest.init_cash,
+        cash_sharing=True,
+        group_by=True,
+        call_seq="auto",
+        direction="longonly",
+        freq="1h",
+    )
     return panel, res, pf
 
 
@@ -68,10 +88,26 @@ def test_fills_equal_vectorbt(parity_run):
     vo = pf.orders.values
     assert len(ours) > 100, "the oracle must compare a real number of fills"
     assert len(ours) == len(vo)
-    a = pd.DataFrame({"bar": ours["bar"], "col": ours["pair"], "side": np.where(ours["side"] > 0, 0, 1),
-                      "size": ours["qty"], "price": ours["price"], "fees": ours["fee"]})
-    b = pd.DataFrame({"bar": vo["idx"], "col": vo["col"], "side": vo["side"], "size": vo["size"],
-                      "price": vo["price"], "fees": vo["fees"]})
+    a = pd.DataFrame(
+        {
+            "bar": ours["bar"],
+            "col": ours["pair"],
+            "side": np.where(ours["side"] > 0, 0, 1),
+            "size": ours["qty"],
+            "price": ours["price"],
+            "fees": ours["fee"],
+        }
+    )
+    b = pd.DataFrame(
+        {
+            "bar": vo["idx"],
+            "col": vo["col"],
+            "side": vo["side"],
+            "size": vo["size"],
+            "price": vo["price"],
+            "fees": vo["fees"],
+        }
+    )
     a = a.sort_values(["bar", "side", "col"], kind="mergesort").reset_index(drop=True)
     b = b.sort_values(["bar", "side", "col"], kind="mergesort").reset_index(drop=True)
     assert (a[["bar", "col", "side"]].to_numpy() == b[["bar", "col", "side"]].to_numpy()).all()

@@ -31,8 +31,9 @@ def test_default_range_is_the_common_span(tmp_path, capsys):
 def test_explicit_range_past_a_pairs_data_warns(tmp_path, capsys):
     path, frames = _store(tmp_path)
     end = int(frames["BTC/USD"]["ts"].iloc[-1])
-    rc = main(["backtest", "--venue", "synthetic", "--store", str(path), "--end", str(end),
-               "--out", str(tmp_path / "bt")])
+    rc = main(
+        ["backtest", "--venue", "synthetic", "--store", str(path), "--end", str(end), "--out", str(tmp_path / "bt")]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "warning" in err and "ETH/USD" in err

@@ -18,14 +18,21 @@ from engine.backtest.runner import _rules, make_inputs, run_backtest, run_sweep
 from engine.config import load_config
 from engine.paths import configs_dir
 from engine.risk.enums import (
-    N_REASONS, SIZING_FIXED_FRACTION, SIZING_RISK, Reason, equity_dt, event_dt, metrics_dt, trade_dt,
+    N_REASONS,
+    SIZING_FIXED_FRACTION,
+    SIZING_RISK,
+    Reason,
+    equity_dt,
+    event_dt,
+    metrics_dt,
+    trade_dt,
 )
 from engine.risk.nb import N_CNT
 from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
 
-PAIRS10 = ["binance_%sUSDT_1h" % s for s in "BTC ETH SOL XRP ADA LTC DOT LINK AVAX DOGE".split()]
-START = 1619337600 + 2200 * 3600   # 2021-07-27: a stretch with missing hours inside (data kill switch)
+PAIRS10 = [f"binance_{s}USDT_1h" for s in ["BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE"]]
+START = 1619337600 + 2200 * 3600  # 2021-07-27: a stretch with missing hours inside (data kill switch)
 N_BARS = 2000
 
 
@@ -53,10 +60,36 @@ def _reference(inp, params):
     metrics = np.zeros(1, dtype=metrics_dt)
     refusals = np.zeros(N_REASONS, dtype=np.int64)
     cnt = np.zeros(N_CNT, dtype=np.int64)
-    simulate_reference_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.p_up, inp.exp_ret,
-                          inp.atr, inp.spread, inp.cluster, inp.tradable, inp.entry_block, inp.api_fault,
-                          inp.operator, inp.month_id, ordermin, costmin, lot, price, params[0], True, trades, events,
-                          eqrows, metrics[0], refusals, cnt)
+    simulate_reference_nb(
+        inp.open,
+        inp.high,
+        inp.low,
+        inp.close,
+        inp.volume,
+        inp.valid,
+        inp.p_up,
+        inp.exp_ret,
+        inp.atr,
+        inp.spread,
+        inp.cluster,
+        inp.tradable,
+        inp.entry_block,
+        inp.api_fault,
+        inp.operator,
+        inp.month_id,
+        ordermin,
+        costmin,
+        lot,
+        price,
+        params[0],
+        True,
+        trades,
+        events,
+        eqrows,
+        metrics[0],
+        refusals,
+        cnt,
+    )
     assert not metrics[0]["records_overflow"]
     return metrics, refusals, trades[: cnt[0]], events[: cnt[1]], eqrows
 
@@ -71,49 +104,107 @@ def _cases():
     noisy_pu = np.clip(inp.p_up + rng.normal(0.0, 0.15, inp.p_up.shape), 0.0, 1.0)
     big_er = np.abs(inp.exp_ret) * 5.0
     spread = inp.spread.copy()
-    spread[rng.random(spread.shape) < 0.001] = 0.05      # spread anomalies (spread_max and the EWMA rule)
+    spread[rng.random(spread.shape) < 0.001] = 0.05  # spread anomalies (spread_max and the EWMA rule)
     # universe membership switching on and off per pair (R9) and a random entry-block schedule (R25)
     tradable = np.repeat(rng.random((n // 50 + 1, m)) < 0.7, 50, axis=0)[:n]
     block = rng.random(n) < 0.1
     return {
         "default": (inp, params_from_config(cfg)),
-        "halt_resets": (inp, params_from_config(cfg, halt_reset_bars=150, dd_tier1=0.01, dd_tier2=0.02,
-                                                  dd_halt=0.04, sizing=SIZING_RISK, base_risk=0.1, max_exposure=0.8,
-                                                  max_cluster_exposure=0.5)),
-        "faults_operator_market": (replace(inp, api_fault=api, operator=op, spread=spread),
-                                   params_from_config(cfg, dd_tier1=0.01, dd_tier2=0.02, dd_halt=0.03,
-                                                      halt_reset_bars=100, vol_spike_mult=3.0,
-                                                      spread_anomaly_mult=2.0, entry_kind=1, exit_kind=1,
-                                                      sizing=SIZING_RISK, base_risk=0.2, max_exposure=0.9,
-                                                      max_cluster_exposure=0.5)),
-        "noisy_caps": (replace(inp, p_up=noisy_pu, exp_ret=big_er, tradable=tradable, entry_block=block),
-                       params_from_config(cfg, max_exposure=0.6, max_cluster_exposure=0.3, max_positions=4,
-                                          min_edge=0.0, kill_reset_bars=6)),
-        "fixed_fraction_no_precision": (replace(inp, p_up=noisy_pu, exp_ret=big_er, tradable=tradable),
-                                        params_from_config(cfg, sizing=SIZING_FIXED_FRACTION, fixed_fraction=0.3,
-                                                           max_exposure=1.0, max_cluster_exposure=1.0,
-                                                           min_edge=0.0, stop_atr_mult=1.0, tp_atr_mult=0.0,
-                                                           max_hold_bars=5, enforce_precision=0,
-                                                           kill_reset_bars=3)),
+        "halt_resets": (
+            inp,
+            params_from_config(
+                cfg,
+                halt_reset_bars=150,
+                dd_tier1=0.01,
+                dd_tier2=0.02,
+                dd_halt=0.04,
+                sizing=SIZING_RISK,
+                base_risk=0.1,
+                max_exposure=0.8,
+                max_cluster_exposure=0.5,
+            ),
+        ),
+        "faults_operator_market": (
+            replace(inp, api_fault=api, operator=op, spread=spread),
+            params_from_config(
+                cfg,
+                dd_tier1=0.01,
+                dd_tier2=0.02,
+                dd_halt=0.03,
+                halt_reset_bars=100,
+                vol_spike_mult=3.0,
+                spread_anomaly_mult=2.0,
+                entry_kind=1,
+                exit_kind=1,
+                sizing=SIZING_RISK,
+                base_risk=0.2,
+                max_exposure=0.9,
+                max_cluster_exposure=0.5,
+            ),
+        ),
+        "noisy_caps": (
+            replace(inp, p_up=noisy_pu, exp_ret=big_er, tradable=tradable, entry_block=block),
+            params_from_config(
+                cfg, max_exposure=0.6, max_cluster_exposure=0.3, max_positions=4, min_edge=0.0, kill_reset_bars=6
+            ),
+        ),
+        "fixed_fraction_no_precision": (
+            replace(inp, p_up=noisy_pu, exp_ret=big_er, tradable=tradable),
+            params_from_config(
+                cfg,
+                sizing=SIZING_FIXED_FRACTION,
+                fixed_fraction=0.3,
+                max_exposure=1.0,
+                max_cluster_exposure=1.0,
+                min_edge=0.0,
+                stop_atr_mult=1.0,
+                tp_atr_mult=0.0,
+                max_hold_bars=5,
+                enforce_precision=0,
+                kill_reset_bars=3,
+            ),
+        ),
         "parity": (replace(inp, exp_ret=np.full_like(inp.exp_ret, 1.0)), params_from_config(pcfg, kill_reset_bars=4)),
         # one pair, the benchmark sweep's rules (all-in fixed fraction, enter on any up-signal): long
         # flat and held stretches (the quiet and hold runs of the records-off loop), data kill-switch
         # latches and resets, then the halt with every later candidate refused
-        "one_pair_runs": (_one_pair(inp), params_from_config(pcfg, fixed_fraction=1.0, min_edge=-1.0,
-                                                             p_up_entry=0.5 + 1e-9, p_up_exit=0.5, dd_halt=0.2,
-                                                             kill_reset_bars=4)),
+        "one_pair_runs": (
+            _one_pair(inp),
+            params_from_config(
+                pcfg,
+                fixed_fraction=1.0,
+                min_edge=-1.0,
+                p_up_entry=0.5 + 1e-9,
+                p_up_exit=0.5,
+                dd_halt=0.2,
+                kill_reset_bars=4,
+            ),
+        ),
     }
 
 
 def _one_pair(inp):
-    one = replace(inp, pairs=inp.pairs[:1], **{f: np.ascontiguousarray(getattr(inp, f)[:, :1]) for f in (
-        "open", "high", "low", "close", "volume", "valid", "atr", "spread", "cluster", "tradable")})
+    one = replace(
+        inp,
+        pairs=inp.pairs[:1],
+        **{
+            f: np.ascontiguousarray(getattr(inp, f)[:, :1])
+            for f in ("open", "high", "low", "close", "volume", "valid", "atr", "spread", "cluster", "tradable")
+        },
+    )
     pu, er = ma_signal(one.close, 5, 45, 1e6)
     return replace(one, p_up=pu, exp_ret=er)
 
 
-CASES = ["default", "halt_resets", "faults_operator_market", "noisy_caps", "fixed_fraction_no_precision", "parity",
-         "one_pair_runs"]
+CASES = [
+    "default",
+    "halt_resets",
+    "faults_operator_market",
+    "noisy_caps",
+    "fixed_fraction_no_precision",
+    "parity",
+    "one_pair_runs",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -134,11 +225,11 @@ def test_fused_kernel_bit_identical_to_step_nb_loop(case):
     m = fast.metrics[0]
     assert m["n_fills"] > 0 and len(fast.events) > 0
     if case == "halt_resets":
-        assert m["bars_halted"] > 0 and (fast.events["reason"] == 43).any()      # RESET_HALT
+        assert m["bars_halted"] > 0 and (fast.events["reason"] == 43).any()  # RESET_HALT
     if case == "faults_operator_market":
         reasons = set(fast.events["reason"].tolist())
         assert {30, 42}.issubset(reasons) and m["bars_reducing_1"] + m["bars_reducing_2"] > 0
-    if case in ("default", "noisy_caps"):       # the entry-block window (default config 03:00-05:00)
+    if case in ("default", "noisy_caps"):  # the entry-block window (default config 03:00-05:00)
         assert fast.refusals[Reason.REFUSE_TRAINING_WINDOW] > 0
     if case in ("noisy_caps", "fixed_fraction_no_precision"):
         assert fast.refusals[Reason.REFUSE_NOT_TRADABLE] > 0
@@ -158,8 +249,8 @@ def test_sweep_matches_reference_per_set():
     params["entry_kind"] = [1, 2, 1, 2]
     metrics, refusals = run_sweep(inp, params)
     for s in range(S):
-        ref_metrics, ref_refusals, *_ = _reference(inp, params[s:s + 1])
-        assert metrics[s:s + 1].tobytes() == ref_metrics.tobytes()
+        ref_metrics, ref_refusals, *_ = _reference(inp, params[s : s + 1])
+        assert metrics[s : s + 1].tobytes() == ref_metrics.tobytes()
         assert refusals[s].tobytes() == ref_refusals.tobytes()
 
 
@@ -171,10 +262,10 @@ def test_sweep_with_differing_kill_params_matches_reference():
     params["vol_spike_mult"] = [8.0, 3.0, 0.0]
     params["spread_anomaly_mult"] = [5.0, 2.0, 0.0]
     metrics, refusals = run_sweep(inp, params)
-    assert len(set(metrics["n_kill_events"].tolist())) > 1      # the parameters matter on these bars
+    assert len(set(metrics["n_kill_events"].tolist())) > 1  # the parameters matter on these bars
     for s in range(3):
-        ref_metrics, ref_refusals, *_ = _reference(inp, params[s:s + 1])
-        assert metrics[s:s + 1].tobytes() == ref_metrics.tobytes()
+        ref_metrics, ref_refusals, *_ = _reference(inp, params[s : s + 1])
+        assert metrics[s : s + 1].tobytes() == ref_metrics.tobytes()
         assert refusals[s].tobytes() == ref_refusals.tobytes()
 
 
@@ -183,7 +274,7 @@ def test_memoised_kill_triggers_follow_the_kill_params_and_the_inputs():
     that alternate kill parameters on one inputs object each equal the step_nb loop, and inputs made
     with dataclasses.replace (new spreads) start with an empty memo, so no stale trigger is reused."""
     _, inp = _inputs()
-    inp = replace(inp)                       # a private copy: its memo starts empty
+    inp = replace(inp)  # a private copy: its memo starts empty
     cfg = load_config()
     a = params_from_config(cfg, halt_reset_bars=150)
     b = params_from_config(cfg, halt_reset_bars=150, vol_spike_mult=3.0, spread_anomaly_mult=2.0)
@@ -195,7 +286,7 @@ def test_memoised_kill_triggers_follow_the_kill_params_and_the_inputs():
         assert r.metrics.tobytes() == ref_metrics.tobytes()
         assert r.refusals.tobytes() == ref_refusals.tobytes()
     spread = inp.spread.copy()
-    spread[::97] = 0.05                      # spread anomalies the first memo has not seen
+    spread[::97] = 0.05  # spread anomalies the first memo has not seen
     inp2 = replace(inp, spread=spread)
     assert inp2._kill_memo == {}
     r2 = run_backtest(inp2, a, record=False)
@@ -214,9 +305,27 @@ def test_ma_sweep_matches_single_runs():
 
     _, inp = _inputs()
     cfg = load_config()
-    sub = replace(inp, pairs=inp.pairs[:2], **{f: np.ascontiguousarray(getattr(inp, f)[:, :2]) for f in (
-        "open", "high", "low", "close", "volume", "valid", "p_up", "exp_ret", "atr", "spread", "cluster",
-        "tradable")})
+    sub = replace(
+        inp,
+        pairs=inp.pairs[:2],
+        **{
+            f: np.ascontiguousarray(getattr(inp, f)[:, :2])
+            for f in (
+                "open",
+                "high",
+                "low",
+                "close",
+                "volume",
+                "valid",
+                "p_up",
+                "exp_ret",
+                "atr",
+                "spread",
+                "cluster",
+                "tradable",
+            )
+        },
+    )
     fasts = np.array([3, 6, 12], dtype=np.int64)
     slows = np.array([20, 24, 48], dtype=np.int64)
     params = np.repeat(params_from_config(cfg, halt_reset_bars=100, min_edge=0.0), 3)
@@ -233,9 +342,9 @@ def test_ma_sweep_matches_single_runs():
     assert m0.tobytes() == metrics.tobytes() and r0.tobytes() == refusals.tobytes()
     for s in range(3):
         pu, er = ma_signal(sub.close, int(fasts[s]), int(slows[s]), 80.0)
-        one = run_backtest(replace(sub, p_up=pu, exp_ret=er), params[s:s + 1], record=False)
+        one = run_backtest(replace(sub, p_up=pu, exp_ret=er), params[s : s + 1], record=False)
         assert one.metrics[0]["n_fills"] > 0
-        assert metrics[s:s + 1].tobytes() == one.metrics.tobytes()
+        assert metrics[s : s + 1].tobytes() == one.metrics.tobytes()
         assert refusals[s].tobytes() == one.refusals.tobytes()
 
 

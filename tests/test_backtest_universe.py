@@ -4,8 +4,8 @@ event with reason REFUSE_NOT_TRADABLE and counted in the metrics); exits are unc
 import numpy as np
 
 from engine.backtest.runner import make_inputs, run_backtest
-from engine.risk.enums import EventCode, Reason
 from engine.config import load_config
+from engine.risk.enums import EventCode, Reason
 from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
 from engine.universe import universe_mask
@@ -14,7 +14,9 @@ from engine.universe import universe_mask
 def _real(require):
     require()
     # DOGE is a meme coin: its bars are real and stored, the universe keeps it out of trading.
-    return load_shared_panel(["binance_BTCUSDT_1h", "binance_DOGEUSDT_1h"], start=1609459200, end=1609459200 + 3000 * 3600)
+    return load_shared_panel(
+        ["binance_BTCUSDT_1h", "binance_DOGEUSDT_1h"], start=1609459200, end=1609459200 + 3000 * 3600
+    )
 
 
 def test_doge_never_enters_and_btc_trades_the_same_as_alone(shared_dir):
@@ -23,7 +25,7 @@ def test_doge_never_enters_and_btc_trades_the_same_as_alone(shared_dir):
     panel = _real(require_shared)
     cfg = load_config()
     n, m = panel.close.shape
-    p_up = np.full((n, m), 0.9)          # a signal that wants both pairs all the time
+    p_up = np.full((n, m), 0.9)  # a signal that wants both pairs all the time
     er = np.full((n, m), 0.05)
     tradable = universe_mask(panel)
     assert not tradable[:, 1].any() and tradable[:, 0].any()
@@ -72,7 +74,7 @@ def test_a_pair_leaving_the_universe_still_exits_exactly_as_before(shared_dir):
     ungated = run_backtest(make_inputs(panel, p_up, er, cfg), params_from_config(cfg)).trades_frame()
     btc = ungated[ungated["pair"] == "BTC/USDT"]
     first_buy = btc[btc["side"] == "buy"]["ts"].min()
-    k = int(np.searchsorted(panel.ts, first_buy)) + 1      # BTC leaves the universe right after its entry
+    k = int(np.searchsorted(panel.ts, first_buy)) + 1  # BTC leaves the universe right after its entry
     tradable = np.zeros((n, m), dtype=bool)
     tradable[:k, 0] = True
     gated = run_backtest(make_inputs(panel, p_up, er, cfg, tradable=tradable), params_from_config(cfg)).trades_frame()
@@ -88,8 +90,8 @@ def test_a_pair_leaving_the_universe_still_exits_exactly_as_before(shared_dir):
 
 def test_bad_gate_shapes_are_one_line_input_errors(shared_dir):
     import pytest
-
     from conftest import require_shared
+
     from engine.errors import InputError
 
     panel = _real(require_shared).slice(None, 1609459200 + 100 * 3600)
@@ -103,4 +105,4 @@ def test_bad_gate_shapes_are_one_line_input_errors(shared_dir):
     inp = make_inputs(panel, p_up, p_up, cfg)
     assert inp.tradable.all() and inp.entry_block.any()
     hours = (inp.ts + 3600) % 86400 // 3600
-    assert (inp.entry_block == np.isin(hours, [3, 4])).all()      # default window, execution-bar open
+    assert (inp.entry_block == np.isin(hours, [3, 4])).all()  # default window, execution-bar open

@@ -23,9 +23,15 @@ END = START + 40 * 24 * H - H  # 40 days
 
 def _rc(cfg):
     # all five base models (the Keras nets must round-trip too), two horizons, a 480-bar window
-    return research_from_dict({"tiny": True, "horizons": [1, 24], "trade_horizon": 24,
-                               "folds": {"train_bars": 480, "test_bars": 240, "purge_bars": 24,
-                                         "embargo_bars": 24, "inner_folds": 2}}, cfg)
+    return research_from_dict(
+        {
+            "tiny": True,
+            "horizons": [1, 24],
+            "trade_horizon": 24,
+            "folds": {"train_bars": 480, "test_bars": 240, "purge_bars": 24, "embargo_bars": 24, "inner_folds": 2},
+        },
+        cfg,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +47,7 @@ def setup():
     panel = load_shared_panel(["binance_BTCUSDT_1h", "binance_ETHUSDT_1h"], START - WARM * H, END)
     fs = build_features(panel, cfg.features, universe_mask(panel))
     events = []
-    bundle = fit_final(panel, cfg, rc, features=fs, start_ts=START,
-                       progress=lambda ev, **kw: events.append((ev, kw)))
+    bundle = fit_final(panel, cfg, rc, features=fs, start_ts=START, progress=lambda ev, **kw: events.append((ev, kw)))
     return cfg, rc, panel, fs, bundle, events
 
 
@@ -96,8 +101,8 @@ def test_predict_rows_are_meta_outputs_for_the_bar(setup):
 
     i = len(panel.ts) - 1
     lo = i - b.warm_bars
-    X3 = np.where(np.isfinite(fs.values[lo:i + 1]), fs.values[lo:i + 1], np.nan)
-    c = np.where(panel.valid[lo:i + 1], panel.close[lo:i + 1], np.nan)
+    X3 = np.where(np.isfinite(fs.values[lo : i + 1]), fs.values[lo : i + 1], np.nan)
+    c = np.where(panel.valid[lo : i + 1], panel.close[lo : i + 1], np.nan)
     X, cc, seg, bar = row_block(X3, c, 0, i - lo, [0, 1])
     meta = b.metas[24]
     if hasattr(meta, "predict_all"):  # a meta-learner fitted on several horizons: one column each
@@ -117,8 +122,13 @@ def test_save_load_predictions_bit_identical(setup, saved):
     out, man = saved
     assert man["format"] == FORMAT and (out / "manifest.json").is_file()
     d = man["meta_files"]["24"].rsplit("/", 1)[0]
-    assert set(man["files"]) >= {"config.json", man["meta_files"]["1"], man["meta_files"]["24"],
-                                 f"{d}/net0.keras", f"{d}/net1.keras"}  # the lstm and the transformer
+    assert set(man["files"]) >= {
+        "config.json",
+        man["meta_files"]["1"],
+        man["meta_files"]["24"],
+        f"{d}/net0.keras",
+        f"{d}/net1.keras",
+    }  # the lstm and the transformer
     assert man["data"]["train_windows"] == {"1": list(b.train_windows[1]), "24": list(b.train_windows[24])}
     assert man["config_sha256"] == cfg.content_hash() and man["seed"] == cfg.seed
     assert man["features"]["schema_sha256"] == b.feature_schema_sha256 and man["walkforward"]["run_id"] == "abc"
@@ -235,9 +245,10 @@ def test_predict_is_causal(setup):
     assert p_full.equals(p_cut)
     i = int(np.searchsorted(panel.ts, at))
     close = panel.close.copy()
-    close[i + 1:] *= 1.7
-    future = dataclasses.replace(panel, close=close, high=np.maximum(panel.high, close),
-                                 low=np.minimum(panel.low, close))
+    close[i + 1 :] *= 1.7
+    future = dataclasses.replace(
+        panel, close=close, high=np.maximum(panel.high, close), low=np.minimum(panel.low, close)
+    )
     fs_f = build_features(future, cfg.features, universe_mask(future))
     assert b.predict(fs_f, future, at=at).equals(p_full)
     close2 = panel.close.copy()
@@ -291,12 +302,19 @@ def test_final_model_equals_a_fold_model_on_the_same_window():
     from research.walkforward import row_block, run_walkforward
 
     cfg = load_config()
-    rc = research_from_dict({"tiny": True, "horizons": [24], "trade_horizon": 24,
-                             "base_models": ["xgboost", "lightgbm", "random_forest"],
-                             "folds": {"train_bars": 480, "test_bars": 240, "purge_bars": 24, "embargo_bars": 24,
-                                       "inner_folds": 2}}, cfg)
-    panel = load_shared_panel(["binance_BTCUSDT_1h", "binance_ETHUSDT_1h"], START - WARM * H,
-                              START + (480 + 24 + 480) * H - H)
+    rc = research_from_dict(
+        {
+            "tiny": True,
+            "horizons": [24],
+            "trade_horizon": 24,
+            "base_models": ["xgboost", "lightgbm", "random_forest"],
+            "folds": {"train_bars": 480, "test_bars": 240, "purge_bars": 24, "embargo_bars": 24, "inner_folds": 2},
+        },
+        cfg,
+    )
+    panel = load_shared_panel(
+        ["binance_BTCUSDT_1h", "binance_ETHUSDT_1h"], START - WARM * H, START + (480 + 24 + 480) * H - H
+    )
     res = run_walkforward(panel, cfg, rc, start_ts=START, keep_models=True, backtest=False, max_folds=1)
     f0 = res.folds[0]
     fold_meta = res.fitted[(0, 24)]
@@ -307,6 +325,9 @@ def test_final_model_equals_a_fold_model_on_the_same_window():
     lo, hi = len(panel.ts) - 300, len(panel.ts) - 1
     X3 = np.where(np.isfinite(fs.values), fs.values, np.nan)
     X, c, seg, _ = row_block(X3, np.where(panel.valid, panel.close, np.nan), lo, hi, [0, 1])
-    pred = (lambda mt: mt.predict_all(X, close=c, segments=seg)["p_up"]) if hasattr(fold_meta, "predict_all") \
+    pred = (
+        (lambda mt: mt.predict_all(X, close=c, segments=seg)["p_up"])
+        if hasattr(fold_meta, "predict_all")
         else (lambda mt: mt.predict_proba(X, close=c, segments=seg)[:, 1])
+    )
     assert np.array_equal(pred(fold_meta), pred(b.metas[24]))

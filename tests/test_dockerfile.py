@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import require_shared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,16 +30,21 @@ def _hadolint() -> str:
 
 
 def test_hadolint_clean():
-    r = subprocess.run([_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_hadolint_catches_a_planted_problem(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text(DOCKERFILE.read_text().replace("FROM python:3.11.7-slim-bookworm", "FROM python:latest"))
-    r = subprocess.run([_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), str(bad)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode != 0 and "DL3007" in r.stdout
 
 
@@ -62,7 +66,7 @@ def _dockerfile_facts() -> tuple[str, list[str], str]:
     assert len(pip) == 1, f"expected one pip install line, found {pip}"
     user = re.search(r"^USER\s+(\S+)", text, re.M)
     assert user, "no USER line"
-    return base.group(1), shlex.split(pip[0][len("RUN "):]), user.group(1)
+    return base.group(1), shlex.split(pip[0][len("RUN ") :]), user.group(1)
 
 
 def test_image_is_pinned_and_not_root():
@@ -104,25 +108,45 @@ def test_dockerfile_install_runs_kq(tmp_path):
     assert {"KQ_DATA", "KQ_CONFIGS"} <= set(env), "the image must say where its data and configs are"
     env.update(NUMBA_CACHE_DIR=str(tmp_path / "numba"), KQ_SHARED=str(shared.parent.parent))
     kq = venv / "bin" / "kq"
-    work = tmp_path / "work"   # not the repo: the installed package must be what runs
+    work = tmp_path / "work"  # not the repo: the installed package must be what runs
     work.mkdir()
     r = subprocess.run([str(kq), "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "walkforward" in r.stdout, r.stderr[-2000:]
-    r = subprocess.run([str(py), "-c", "import kq, engine; print(engine.__file__)"], cwd=work, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(py), "-c", "import kq, engine; print(engine.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert str(venv) in r.stdout, r.stdout + r.stderr
 
     store = Path(env["KQ_STORE"])
     files = [str(shared / f"binance_{p}USDT_1h.parquet") for p in ("BTC", "ETH")]
-    r = subprocess.run([str(kq), "data", "import", *files, "--store", str(store)], cwd=work, env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [str(kq), "data", "import", *files, "--store", str(store)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     # ci.toml cut short: two folds of 720 train / 240 test hours, 2024-01-01 to 2024-02-22
     tiny = tmp_path / "tiny.toml"
-    tiny.write_text(f'extends = "{ctx / "configs" / "ci.toml"}"\n[research]\nend = "2024-02-22"\n'
-                    "[research.folds]\ntrain_bars = 720\ntest_bars = 240\n")
+    tiny.write_text(
+        f'extends = "{ctx / "configs" / "ci.toml"}"\n[research]\nend = "2024-02-22"\n'
+        "[research.folds]\ntrain_bars = 720\ntest_bars = 240\n"
+    )
     out = tmp_path / "wf"
-    r = subprocess.run([str(kq), "walkforward", "--config", str(tiny), "--store", str(store), "--out", str(out),
-                        "--no-track"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [str(kq), "walkforward", "--config", str(tiny), "--store", str(store), "--out", str(out), "--no-track"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (out / "predictions.parquet").is_file() and (out / "metrics.json").is_file()

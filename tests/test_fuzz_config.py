@@ -35,9 +35,16 @@ from engine.lifecycle_config import LifecycleConfig
 from engine.paths import configs_dir
 from engine.risk.config import RiskConfig
 
-SECTIONS = {"data": DataConfig, "fees": FeesConfig, "labels": LabelsConfig, "features": FeaturesConfig,
-            "risk": RiskConfig, "execution": ExecutionConfig, "backtest": BacktestConfig,
-            "lifecycle": LifecycleConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "fees": FeesConfig,
+    "labels": LabelsConfig,
+    "features": FeaturesConfig,
+    "risk": RiskConfig,
+    "execution": ExecutionConfig,
+    "backtest": BacktestConfig,
+    "lifecycle": LifecycleConfig,
+}
 KEYS = {sec: list(model.model_fields) for sec, model in SECTIONS.items()}
 
 # ---- a tiny TOML writer (the generator needs to write what tomllib must then read)
@@ -59,9 +66,9 @@ def _val(v) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        if v.startswith("@raw:"):          # a literal TOML token (dates, odd spellings)
+        if v.startswith("@raw:"):  # a literal TOML token (dates, odd spellings)
             return v[5:]
-        return json.dumps(v)               # JSON escapes are TOML basic-string escapes
+        return json.dumps(v)  # JSON escapes are TOML basic-string escapes
     if isinstance(v, list):
         return "[" + ", ".join(_val(x) for x in v) + "]"
     if isinstance(v, dict):
@@ -87,16 +94,53 @@ _FLOATS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0, 1e-300, 1e308, -1e308, 0.5, 1.0, 2.0, 0.02, 0.999999, 1.0000001]),
 )
-_INTS = st.one_of(st.integers(-10, 10_000), st.integers(-(2**63), 2**63 - 1),
-                  st.sampled_from([2**32, 2**63 - 1, -(2**63), 0, 1, 24, 168]))
+_INTS = st.one_of(
+    st.integers(-10, 10_000),
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([2**32, 2**63 - 1, -(2**63), 0, 1, 24, 168]),
+)
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
-_TOKENS = st.sampled_from(["@raw:1979-05-27T07:32:00Z", "@raw:07:32:00", "@raw:1979-05-27", "@raw:0x_ff",
-                           "@raw:+inf", "@raw:-nan", "@raw:1_000", "@raw:1e400", "@raw:0o777", "@raw:'lit'"])
-_SCALARS = st.one_of(_FLOATS, _INTS, st.booleans(), _TEXT, _TOKENS,
-                     st.sampled_from(["limit_first", "market", "risk", "fixed_fraction", "vol_target",
-                                      "corwin_schultz", "none", "03:00", "25:00", "kraken", "binance"]))
-_VALUES = st.recursive(_SCALARS, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                                        st.dictionaries(_TEXT, kids, max_size=3)), max_leaves=12)
+_TOKENS = st.sampled_from(
+    [
+        "@raw:1979-05-27T07:32:00Z",
+        "@raw:07:32:00",
+        "@raw:1979-05-27",
+        "@raw:0x_ff",
+        "@raw:+inf",
+        "@raw:-nan",
+        "@raw:1_000",
+        "@raw:1e400",
+        "@raw:0o777",
+        "@raw:'lit'",
+    ]
+)
+_SCALARS = st.one_of(
+    _FLOATS,
+    _INTS,
+    st.booleans(),
+    _TEXT,
+    _TOKENS,
+    st.sampled_from(
+        [
+            "limit_first",
+            "market",
+            "risk",
+            "fixed_fraction",
+            "vol_target",
+            "corwin_schultz",
+            "none",
+            "03:00",
+            "25:00",
+            "kraken",
+            "binance",
+        ]
+    ),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(_TEXT, kids, max_size=3)),
+    max_leaves=12,
+)
 
 
 def _near_default(sec: str, key: str):
@@ -129,7 +173,7 @@ def _documents(draw) -> str:
         body = {}
         for key in draw(st.lists(st.sampled_from(KEYS[sec]), max_size=5, unique=True)):
             body[key] = draw(st.one_of(_near_default(sec, key), _near_default(sec, key), _SCALARS, _VALUES))
-        if draw(st.integers(0, 4)) == 0:   # an unknown key
+        if draw(st.integers(0, 4)) == 0:  # an unknown key
             known = set(KEYS[sec])
             body[draw(_TEXT.filter(lambda k, known=known: k not in known))] = draw(_SCALARS)
         if shape == "table":
@@ -140,9 +184,9 @@ def _documents(draw) -> str:
             top[sec] = body
         else:
             arrays[sec] = [body] * draw(st.integers(1, 2))
-    if draw(st.integers(0, 5)) == 0:       # an unknown section or top-level key
+    if draw(st.integers(0, 5)) == 0:  # an unknown section or top-level key
         top[draw(_TEXT.filter(lambda k: k not in SECTIONS and k not in ("seed", "extends")))] = draw(_VALUES)
-    if draw(st.integers(0, 7)) == 0:       # deep nesting
+    if draw(st.integers(0, 7)) == 0:  # deep nesting
         d = draw(st.integers(10, 3000))
         top["deep"] = "@raw:" + ("[" * d + "]" * d if draw(st.booleans()) else "{a=" * d + "1" + "}" * d)
     return _doc(top, tables, arrays)
@@ -158,14 +202,18 @@ def _spliced_default(draw) -> bytes:
         if op == "insert":
             raw = raw[:i] + draw(st.binary(min_size=1, max_size=8)) + raw[i:]
         elif op == "delete":
-            raw = raw[:i] + raw[i + draw(st.integers(1, 40)):]
+            raw = raw[:i] + raw[i + draw(st.integers(1, 40)) :]
         else:
             raw = raw[:i]
     return raw
 
 
-_CASES = st.one_of(*[_documents().map(str.encode)] * 5, _spliced_default(), _spliced_default(),
-                   st.one_of(_documents().map(lambda s: s.encode("utf-16")), st.binary(max_size=200)))
+_CASES = st.one_of(
+    *[_documents().map(str.encode)] * 5,
+    _spliced_default(),
+    _spliced_default(),
+    st.one_of(_documents().map(lambda s: s.encode("utf-16")), st.binary(max_size=200)),
+)
 
 
 # ---- the properties a config that loads must have

@@ -261,9 +261,12 @@ def test_a_verdict_judged_under_looser_thresholds_is_not_enough_to_promote_or_lo
         v, _ = validate(loser, lax, load=False)
     q = {ch.name: ch for g in v.gates for ch in g.checks}
     assert v.passed and v.thresholds["min_sharpe"] == -10.0 and q["oos_sharpe"].measured < -3  # a losing model
-    for who in (cfg, lax):   # neither the real config nor the lax one that judged it can promote it
-        with pytest.raises(IntegrityError, match=r"validated under looser thresholds than the protected paper gates "
-                                                 r".*min_sharpe -10.0 vs 0.5; max_drawdown 0.5 vs 0.15"):
+    for who in (cfg, lax):  # neither the real config nor the lax one that judged it can promote it
+        with pytest.raises(
+            IntegrityError,
+            match=r"validated under looser thresholds than the protected paper gates "
+            r".*min_sharpe -10.0 vs 0.5; max_drawdown 0.5 vs 0.15",
+        ):
             promote(loser, "paper", "sneak", "yes-promote", who)
     assert _snapshot(store) == {}
     # approved while the protected floor was lower: the loader (live bridge) refuses it now
@@ -302,9 +305,9 @@ def test_a_lax_config_cannot_approve_a_losing_model_and_the_approval_names_its_t
 def test_a_stricter_config_is_honoured_and_a_verdict_judged_more_loosely_than_it_is_refused(env, tmp_path):
     cfg, c, store = env
     strict = lifecycle_config(tmp_path, min_sharpe=5.0)
-    v, _ = validate(c["a"], strict, load=False)       # Sharpe 3.3 < 5
+    v, _ = validate(c["a"], strict, load=False)  # Sharpe 3.3 < 5
     assert not v.passed and v.thresholds["min_sharpe"] == 5.0
-    validate(c["a"], cfg, load=False)                  # passed under the protected 0.5
+    validate(c["a"], cfg, load=False)  # passed under the protected 0.5
     with pytest.raises(IntegrityError, match=r"looser thresholds .*min_sharpe 0.5 vs 5.0"):
         promote(c["a"], "paper", "x", "yes-promote", strict)
 

@@ -16,7 +16,7 @@ from engine.errors import ConfigError, InputError, IntegrityError
 
 
 def _main(argv):
-    return kq.cli.main(argv)      # kq.research and kq.models are in COMMAND_MODULES
+    return kq.cli.main(argv)  # kq.research and kq.models are in COMMAND_MODULES
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +29,32 @@ def real(tmp_path_factory):
     mp.setenv("KQ_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
     mp.setenv("KQ_OPERATOR", "dave")
     store = tmp / "m.duckdb"
-    assert _main(["data", "import", str(d / "binance_BTCUSDT_1h.parquet"), str(d / "binance_ETHUSDT_1h.parquet"),
-                  "--store", str(store)]) == 0
-    from engine.paths import configs_dir
-
+    assert (
+        _main(
+            [
+                "data",
+                "import",
+                str(d / "binance_BTCUSDT_1h.parquet"),
+                str(d / "binance_ETHUSDT_1h.parquet"),
+                "--store",
+                str(store),
+            ]
+        )
+        == 0
+    )
     # the tiny ci model loses money out of sample: quality thresholds opened so the REST of the
     # lifecycle can be exercised on it (the gate itself is proven on purpose-made candidates). A config
     # can no longer loosen them: the PROTECTED table (a code constant) is patched for this test only.
     import engine.lifecycle_config as lcm
+    from engine.paths import configs_dir
 
     lax = dict(lcm.PROTECTED_GATE_THRESHOLDS["live"], min_sharpe=-10.0, max_drawdown=0.5)
     mp.setattr(lcm, "PROTECTED_GATE_THRESHOLDS", {"paper": lax, "live": lax})
     cfg = tmp / "cfg.toml"
-    cfg.write_text(f'extends = "{configs_dir() / "ci.toml"}"\n\n[lifecycle]\napprovals_dir = "{tmp / "approvals"}"\n'
-                   'min_sharpe = -10.0\nmax_drawdown = 0.5\n')
+    cfg.write_text(
+        f'extends = "{configs_dir() / "ci.toml"}"\n\n[lifecycle]\napprovals_dir = "{tmp / "approvals"}"\n'
+        "min_sharpe = -10.0\nmax_drawdown = 0.5\n"
+    )
     out = tmp / "wf"
     assert _main(["walkforward", "--config", str(cfg), "--store", str(store), "--out", str(out), "--register"]) == 0
     yield tmp, str(cfg), out
@@ -99,8 +111,12 @@ def test_loader_returns_only_the_approved_model_and_refuses_a_tampered_one(real,
         assert _main(["models", "validate", "1", "--config", cfg]) == 0
     with pytest.raises(ConfigError, match="no model is approved for paper"):
         load_approved("paper", c)
-    assert _main(["models", "promote", "1", "--env", "paper", "--reason", "e2e", "--confirm", "yes-promote",
-                  "--config", cfg]) == 0
+    assert (
+        _main(
+            ["models", "promote", "1", "--env", "paper", "--reason", "e2e", "--confirm", "yes-promote", "--config", cfg]
+        )
+        == 0
+    )
     m = load_approved("paper", c)
     cand1 = resolve("1", tracking)
     assert m.model == "krakenquant/1" and m.path == cand1.path and m.approval["who"] == "dave"
@@ -123,8 +139,12 @@ def test_loader_returns_only_the_approved_model_and_refuses_a_tampered_one(real,
     assert load_approved("paper", c).model == "krakenquant/1"
     with pytest.raises(ConfigError, match="no model is approved for live"):
         load_approved("live", c)
-    assert _main(["models", "promote", "2", "--env", "live", "--reason", "live", "--confirm", "yes-promote",
-                  "--config", cfg]) == 0
+    assert (
+        _main(
+            ["models", "promote", "2", "--env", "live", "--reason", "live", "--confirm", "yes-promote", "--config", cfg]
+        )
+        == 0
+    )
     assert load_approved("live", c).model == "krakenquant/2" and load_approved("paper", c).model == "krakenquant/1"
     # tamper with the live model's pickle: live refuses, paper (a different folder) still loads
     p2 = resolve("2", tracking).path / "models" / "h24" / "meta.pkl"

@@ -135,24 +135,65 @@ def test_a_lax_config_cannot_loosen_the_protected_gate_thresholds(tmp_path):
     from engine.lifecycle_config import PROTECTED_SOURCE, protected_sha256, protected_thresholds
 
     c = make_candidate(tmp_path / "c", crash_at=310)
-    lax = lifecycle_config(tmp_path, min_sharpe=-10.0, max_drawdown=0.5, max_daily_turnover=100.0,
-                           exposure_tolerance=0.5)
+    lax = lifecycle_config(
+        tmp_path, min_sharpe=-10.0, max_drawdown=0.5, max_daily_turnover=100.0, exposure_tolerance=0.5
+    )
     v = validate_bundle(c, lax, load=False)
     assert not v.passed and _failed(v) == {"quality"}
     ch = next(x for x in _gate(v, "quality").checks if x.name == "oos_sharpe")
     assert not ch.passed and ch.measured < 0 and ch.threshold == 0.5
-    assert v.thresholds == protected_thresholds() == {"min_sharpe": 0.5, "max_drawdown": 0.15,
-                                                      "max_daily_turnover": 2.0, "exposure_tolerance": 0.05}
+    assert (
+        v.thresholds
+        == protected_thresholds()
+        == {"min_sharpe": 0.5, "max_drawdown": 0.15, "max_daily_turnover": 2.0, "exposure_tolerance": 0.05}
+    )
     src = v.thresholds_source
     assert src["protected"] == PROTECTED_SOURCE and src["protected_sha256"] == protected_sha256()
     assert src["config_thresholds"]["min_sharpe"] == -10.0 and src["tightened_by_config"] == []
-    assert len(src["ignored_as_looser"]) == 4 and "lifecycle.min_sharpe -10 is looser than the protected 0.5" \
-        in src["ignored_as_looser"]
+    assert (
+        len(src["ignored_as_looser"]) == 4
+        and "lifecycle.min_sharpe -10 is looser than the protected 0.5" in src["ignored_as_looser"]
+    )
     from research.lifecycle.gates import read_verdict, write_verdict
 
     write_verdict(c, v)
     stored = read_verdict(c)
-    assert stored["thresholds"] == v.thresholds and stored["thresholds_source"]["protected_sha256"] == protected_sha256()
+    assert (
+        stored["thresholds"] == v.thresholds and stored["thresholds_source"]["protected_sha256"] == protected_sha256()
+    )
+
+
+@pytest.mark.parametrize(
+    "section,changes",
+    [("fees", {"fee_rate": 0.0, "slippage_bps": 0.0}), ("risk", {"max_exposure": 1.0}), ("backtest", {"init_cash": 1e6})],
+)
+def test_a_candidate_backtested_under_another_config_fails_for_paper_and_live(tmp_path, cfg, section, changes):
+    """A Sharpe measured without fees (or under looser caps) is not judged against the protected 0.5:
+    the candidate's fees/execution/risk/backtest sections must equal the validating config's."""
+    from engine.config import load_config
+    from engine.errors import IntegrityError
+    from research.lifecycle.actions import check_approvable
+
+    base = load_config()
+    lax = base.model_copy(update={section: getattr(base, section).model_copy(update=changes)})
+    c = make_candidate(tmp_path / "c", cfg=lax)
+    v = validate_bundle(c, cfg, load=False)
+    assert not v.passed and _failed(v) == {"quality"}
+    ch = next(x for x in _gate(v, "quality").checks if x.name == "backtest_config")
+    keys = sorted(f"{section}.{k}" for k in changes)
+    assert not ch.passed and [d["key"] for d in ch.measured["differs"]] == keys
+    msg = _gate(v, "quality").message
+    assert all(k in msg for k in keys) and "retrain" in msg
+    write_verdict(c, v)
+    stored = read_verdict(c)
+    assert [d["key"] for d in stored["config"]["differs"]] == keys
+    assert stored["config"]["compared_sections"] == ["fees", "execution", "risk", "backtest"]
+    for env in ("paper", "live"):
+        with pytest.raises(IntegrityError, match="validation FAILED.*backtest ran under a config"):
+            check_approvable(c, cfg, env=env)
+    # the same records under the validating config pass: it is the config that failed
+    ok = make_candidate(tmp_path / "ok", cfg=base)
+    assert validate_bundle(ok, cfg, load=False).passed
 
 
 def test_quality_gate_refuses_metrics_that_disagree_with_the_records(tmp_path, cfg):

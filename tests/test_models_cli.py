@@ -15,7 +15,7 @@ from tests.lifecycle_helpers import make_candidate
 
 
 def _main(argv):
-    return kq.cli.main(argv)      # kq.research and kq.models are in COMMAND_MODULES
+    return kq.cli.main(argv)  # kq.research and kq.models are in COMMAND_MODULES
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,9 @@ def reg(tmp_path_factory):
     cfg = tmp / "cfg.toml"
     from engine.paths import configs_dir
 
-    cfg.write_text(f'extends = "{configs_dir() / "default.toml"}"\n\n[lifecycle]\napprovals_dir = "{tmp / "approvals"}"\n')
+    cfg.write_text(
+        f'extends = "{configs_dir() / "default.toml"}"\n\n[lifecycle]\napprovals_dir = "{tmp / "approvals"}"\n'
+    )
     tracking = TrackingConfig()
     client = _client(tracking)[0]
     exp = client.create_experiment("cli-test", artifact_location=(tmp / "artifacts").as_uri())
@@ -77,11 +79,31 @@ def test_promote_rollback_audit_list_show(reg, capsys):
     err = capsys.readouterr().err
     assert err.startswith("kq: error: promote refused: pass --confirm yes-promote") and "nothing changed" in err
     assert not (tmp / "approvals" / "approvals.log").exists()
-    assert _main(["models", "promote", "2", "--env", "paper", "--reason", "x", "--confirm", "yes-promote",
-                  "--config", cfg]) == 1
+    assert (
+        _main(
+            ["models", "promote", "2", "--env", "paper", "--reason", "x", "--confirm", "yes-promote", "--config", cfg]
+        )
+        == 1
+    )
     assert "validation FAILED" in capsys.readouterr().err
-    assert _main(["models", "promote", "1", "--env", "paper", "--reason", "first", "--confirm", "yes-promote",
-                  "--config", cfg]) == 0
+    assert (
+        _main(
+            [
+                "models",
+                "promote",
+                "1",
+                "--env",
+                "paper",
+                "--reason",
+                "first",
+                "--confirm",
+                "yes-promote",
+                "--config",
+                cfg,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "promoted krakenquant/1 to paper (log entry 1, hash " in out and "no rollback target" in out
     assert _main(["models", "rollback", "--env", "paper", "--confirm", "yes-rollback", "--config", cfg]) == 2
@@ -114,11 +136,29 @@ def test_a_lax_config_cannot_get_a_losing_model_approved_for_live(reg, capsys):
     assert _main(["models", "validate", "2", "--config", str(lax), "--no-load"]) == 1
     cap = capsys.readouterr()
     assert "warning: lifecycle.min_sharpe -10 is looser than the protected 0.5: the protected value is used" in cap.err
-    assert "thresholds: min_sharpe >= 0.5, max_drawdown <= 0.15, max_daily_turnover <= 2, " \
-           "exposure_tolerance <= 0.05 (protected " in cap.out
+    assert (
+        "thresholds: min_sharpe >= 0.5, max_drawdown <= 0.15, max_daily_turnover <= 2, "
+        "exposure_tolerance <= 0.05 (protected " in cap.out
+    )
     assert "gate 3 quality: FAILED: out-of-sample Sharpe -" in cap.out and "validation FAILED" in cap.out
-    assert _main(["models", "promote", "2", "--env", "live", "--reason", "x", "--confirm", "yes-promote",
-                  "--config", str(lax)]) == 1
+    assert (
+        _main(
+            [
+                "models",
+                "promote",
+                "2",
+                "--env",
+                "live",
+                "--reason",
+                "x",
+                "--confirm",
+                "yes-promote",
+                "--config",
+                str(lax),
+            ]
+        )
+        == 1
+    )
     assert "promote refused: validation FAILED" in capsys.readouterr().err
     from engine.lifecycle_config import protected_sha256
     from research.config import TrackingConfig

@@ -14,13 +14,25 @@ from engine.paths import configs_dir
 
 CI = configs_dir() / "ci.toml"
 # two folds of 480 training + 24 purge + 168 test hours from 2024-01-01 (2024-02-04 is the last day)
-TINY = {"research.folds.train_bars": 480, "research.folds.test_bars": 168, "research.start": "2024-01-01",
-        "research.end": "2024-02-04", "research.tracking.enabled": False}
+TINY = {
+    "research.folds.train_bars": 480,
+    "research.folds.test_bars": 168,
+    "research.start": "2024-01-01",
+    "research.end": "2024-02-04",
+    "research.tracking.enabled": False,
+}
 SPEC_A = TINY | {"research.base_models": ["xgboost", "random_forest"]}
 SPEC_B = TINY | {"research.base_models": ["lightgbm", "xgboost"], "seed": 11, "research.models.meta.n_jobs": 1}
 # files that must be identical byte for byte (metrics.json holds wall-clock timings: compared by key)
-SAME = ("folds.json", "predictions.parquet", "regime.parquet", "signals.parquet", "backtest/trades.parquet",
-        "backtest/equity.parquet", "backtest/events.parquet")
+SAME = (
+    "folds.json",
+    "predictions.parquet",
+    "regime.parquet",
+    "signals.parquet",
+    "backtest/trades.parquet",
+    "backtest/equity.parquet",
+    "backtest/events.parquet",
+)
 
 
 def test_overrides_are_validated_by_the_typed_config():
@@ -30,19 +42,22 @@ def test_overrides_are_validated_by_the_typed_config():
     cfg, rc = load_research_config(CI)
     s = load_spec(CI)
     assert s.config.content_hash() == cfg.content_hash() and s.research == rc and s.source == str(CI)
-    o = load_spec(CI, {"research.folds.train_bars": 720, "risk": {"max_positions": 3}, "seed": 5},
-                  DataSelection(venue="binance"))
+    o = load_spec(
+        CI, {"research.folds.train_bars": 720, "risk": {"max_positions": 3}, "seed": 5}, DataSelection(venue="binance")
+    )
     assert o.research.folds.train_bars == 720 and o.research.folds.test_bars == rc.folds.test_bars
     assert o.config.risk.max_positions == 3 and o.config.seed == 5 and o.data.venue == "binance"
     assert o.research.pairs == rc.pairs  # untouched keys keep the file's values
     assert s.research.folds.train_bars == 1440  # the base spec is not changed by an override of a copy
     t = s.with_overrides({"research.folds.train_bars": 720, "risk.max_positions": 3, "seed": 5})
     assert t.config.content_hash() == o.config.content_hash() and t.research == o.research
-    cases = [({"research.folds.train_bars": 5}, "+ overrides: research.folds.train_bars: Input should be greater"),
-             ({"risk.no_such_rule": 1}, "risk.no_such_rule: unknown key"),
-             ({"research.folds.purge_bars": 4}, "research.folds.purge_bars: 4 is shorter than the longest"),
-             ({"research": 3}, "research: must be a table"),
-             ({"research..folds": 1}, "not a dotted config key")]
+    cases = [
+        ({"research.folds.train_bars": 5}, "+ overrides: research.folds.train_bars: Input should be greater"),
+        ({"risk.no_such_rule": 1}, "risk.no_such_rule: unknown key"),
+        ({"research.folds.purge_bars": 4}, "research.folds.purge_bars: 4 is shorter than the longest"),
+        ({"research": 3}, "research: must be a table"),
+        ({"research..folds": 1}, "not a dotted config key"),
+    ]
     for bad, msg in cases:
         with pytest.raises(ConfigError, match=msg.replace("+", r"\+").replace("(", r"\(")) as e:
             s.with_overrides(bad)

@@ -30,15 +30,18 @@ def test_parity_config_turns_rules_off():
     assert p["enforce_precision"] == 0 and p["entry_kind"] == 1 and p["spread_slip"] == 0
 
 
-@pytest.mark.parametrize("section, key, value, words", [
-    ("risk", "p_up_exit", 0.6, "p_up_exit must be below p_up_entry"),
-    ("risk", "dd_halt", 0.12, "drawdown tiers"),
-    ("risk", "max_cluster_exposure", 0.5, "max_cluster_exposure"),
-    ("risk", "base_risk", 0.5, "risk.base_risk"),
-    ("execution", "entry_order", "iceberg", "execution.entry_order"),
-    ("backtest", "init_cash", -1, "backtest.init_cash"),
-    ("risk", "bogus", 1, "risk.bogus: unknown key"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, words",
+    [
+        ("risk", "p_up_exit", 0.6, "p_up_exit must be below p_up_entry"),
+        ("risk", "dd_halt", 0.12, "drawdown tiers"),
+        ("risk", "max_cluster_exposure", 0.5, "max_cluster_exposure"),
+        ("risk", "base_risk", 0.5, "risk.base_risk"),
+        ("execution", "entry_order", "iceberg", "execution.entry_order"),
+        ("backtest", "init_cash", -1, "backtest.init_cash"),
+        ("risk", "bogus", 1, "risk.bogus: unknown key"),
+    ],
+)
 def test_bad_values_name_the_key(section, key, value, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         config_from_dict({section: {key: value}})

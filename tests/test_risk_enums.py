@@ -12,8 +12,14 @@ import pytest
 from engine.risk import enums as E
 
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS = [(E.TradingState, E.STATE), (E.KillReason, E.KILL), (E.OrderKind, E.KIND), (E.FillHow, E.HOW),
-         (E.EventCode, E.EVENT), (E.Reason, E.REASON)]
+PAIRS = [
+    (E.TradingState, E.STATE),
+    (E.KillReason, E.KILL),
+    (E.OrderKind, E.KIND),
+    (E.FillHow, E.HOW),
+    (E.EventCode, E.EVENT),
+    (E.Reason, E.REASON),
+]
 
 
 @pytest.mark.parametrize("enum_cls,consts", PAIRS, ids=[e.__name__ for e, _ in PAIRS])
@@ -28,9 +34,12 @@ def test_kernel_constants_equal_the_enums(enum_cls, consts):
 
 def test_code_relations_the_kernels_rely_on():
     # kill_check_nb emits Reason.KILL_API + kill_reason - 1 for a latched trigger
-    for k, r in ((E.KillReason.API_INSTABILITY, E.Reason.KILL_API), (E.KillReason.SPREAD_ANOMALY, E.Reason.KILL_SPREAD),
-                 (E.KillReason.VOLATILITY_SPIKE, E.Reason.KILL_VOLATILITY),
-                 (E.KillReason.DATA_INTEGRITY, E.Reason.KILL_DATA)):
+    for k, r in (
+        (E.KillReason.API_INSTABILITY, E.Reason.KILL_API),
+        (E.KillReason.SPREAD_ANOMALY, E.Reason.KILL_SPREAD),
+        (E.KillReason.VOLATILITY_SPIKE, E.Reason.KILL_VOLATILITY),
+        (E.KillReason.DATA_INTEGRITY, E.Reason.KILL_DATA),
+    ):
         assert E.Reason.KILL_API + k - 1 == r
     # refusal counts are indexed by reason; bar counts by trading state (effective_state_nb: the tier
     # numbers are the states ACTIVE, REDUCING_1, REDUCING_2)

@@ -24,7 +24,7 @@ from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
 
 PAIRS10 = [f"binance_{s}USDT_1h" for s in ("BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE")]
-START = 1619337600 + 2200 * 3600   # 2021-07-27: missing hours inside (data kill switch, resets)
+START = 1619337600 + 2200 * 3600  # 2021-07-27: missing hours inside (data kill switch, resets)
 N_BARS = 2200
 
 
@@ -46,9 +46,19 @@ def _case():
     op = np.where(rng.random(n) < 0.004, rng.integers(1, 4, n), 0).astype(np.int64)
     cfg = load_config()
     inp = make_inputs(p, pu, er, cfg, api_fault=api, operator=op)
-    params = params_from_config(cfg, sizing=SIZING_VOL_TARGET, position_size=0.1, max_hold_bars=12, dd_tier1=0.01,
-                                dd_tier2=0.02, dd_halt=0.04, halt_reset_bars=60, kill_reset_bars=24, max_exposure=0.9,
-                                max_cluster_exposure=0.5)
+    params = params_from_config(
+        cfg,
+        sizing=SIZING_VOL_TARGET,
+        position_size=0.1,
+        max_hold_bars=12,
+        dd_tier1=0.01,
+        dd_tier2=0.02,
+        dd_halt=0.04,
+        halt_reset_bars=60,
+        kill_reset_bars=24,
+        max_exposure=0.9,
+        max_cluster_exposure=0.5,
+    )
     bt = run_backtest(inp, params, record=True)
     # the run must exercise what the bar ids carry: time exits, kill-switch latches and timed
     # resets, the halt and its timed reset, and both fill paths
@@ -109,16 +119,38 @@ def test_machine_restored_into_a_feeder_whose_rows_start_mid_window():
     k = next(t for t in range(1200, N_BARS) if bt.equity[t - 1]["n_positions"] >= 2)
     m1, res1 = _run(RiskMachine(inp.pairs, params), inp, range(k))
     assert m1.positions["qty"].any()
-    cut = replace(inp, ts=inp.ts[k:], month_id=inp.month_id[k:], api_fault=inp.api_fault[k:],
-                  operator=inp.operator[k:], entry_block=inp.entry_block[k:],
-                  **{f: getattr(inp, f)[k:] for f in ("open", "high", "low", "close", "volume", "valid", "p_up",
-                                                      "exp_ret", "atr", "spread", "cluster", "tradable")})
+    cut = replace(
+        inp,
+        ts=inp.ts[k:],
+        month_id=inp.month_id[k:],
+        api_fault=inp.api_fault[k:],
+        operator=inp.operator[k:],
+        entry_block=inp.entry_block[k:],
+        **{
+            f: getattr(inp, f)[k:]
+            for f in (
+                "open",
+                "high",
+                "low",
+                "close",
+                "volume",
+                "valid",
+                "p_up",
+                "exp_ret",
+                "atr",
+                "spread",
+                "cluster",
+                "tradable",
+            )
+        },
+    )
     m2 = RiskMachine.restore(m1.snapshot())
     _, res2 = _run(m2, cut, range(N_BARS - k))
     _assert_equal(res1 + res2, inp, bt)
 
 
 # ---- the live path: exchange fills, fallbacks, cancels
+
 
 def _live_machine(**over):
     inp, _, _ = _case()
@@ -195,7 +227,7 @@ def test_live_fallback_entry_cancelled_under_the_kill_switch():
     inp, m = _live_machine(entry_kind=int(OrderKind.LIMIT_FIRST))
     t, r = _first_order_bar(m, inp, 300)
     args = list(bar_inputs(inp, t + 1))
-    args[5] = True                                  # API fault at bar t+1: the kill switch latches
+    args[5] = True  # API fault at bar t+1: the kill switch latches
     r2 = m.on_bar(*args)
     assert m.state[0]["trading_state"] == TradingState.KILL_SWITCH
     cancels = r2.events[r2.events["code"] == EventCode.CANCEL]
@@ -219,10 +251,11 @@ def test_hours_must_come_in_order_and_inputs_are_checked():
         m.on_bar(h, bars, pred, trd, blk, api, 9)
     with pytest.raises(InputError, match="hour must be an int"):
         m.on_bar(float(h), bars, pred, trd, blk, api, op)
-    assert m.last_hour == int(inp.ts[10]) // 3600        # nothing changed by the refused calls
+    assert m.last_hour == int(inp.ts[10]) // 3600  # nothing changed by the refused calls
 
 
 # ---- snapshot integrity
+
 
 def test_snapshot_refuses_corrupted_truncated_and_foreign_bytes():
     inp, params, _ = _case()
@@ -256,14 +289,14 @@ def test_snapshot_of_another_record_layout_is_refused():
 
     inp, params, _ = _case()
     blob = RiskMachine(inp.pairs, params).snapshot()
-    body = blob[M._HEADER.size:]
+    body = blob[M._HEADER.size :]
     (ml,) = struct.unpack_from("<I", body)
-    meta = json.loads(body[4:4 + ml])
+    meta = json.loads(body[4 : 4 + ml])
     for a in meta["arrays"]:
         if a[0] == "positions":
             a[1] = [d if d[0] != "entry_bar" else ["entry_hour", d[1]] for d in a[1]]
     mj = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    body2 = struct.pack("<I", len(mj)) + mj + body[4 + ml:]
+    body2 = struct.pack("<I", len(mj)) + mj + body[4 + ml :]
     blob2 = M._HEADER.pack(M.SNAPSHOT_MAGIC, M.SNAPSHOT_VERSION, len(body2), hashlib.sha256(body2).digest()) + body2
     with pytest.raises(SnapshotError, match="record 'positions' differs"):
         RiskMachine.restore(blob2)

@@ -11,16 +11,24 @@ import pytest
 from engine.backtest.runner import default_atr
 from engine.config import load_config
 from engine.risk.enums import (
-    OP_RESET_HALT, OP_RESET_KILL, SIZING_RISK, EventCode, KillReason, Reason, TradingState, event_dt, trade_dt,
+    OP_RESET_HALT,
+    OP_RESET_KILL,
+    SIZING_RISK,
+    EventCode,
+    KillReason,
+    Reason,
+    TradingState,
+    event_dt,
+    trade_dt,
 )
-from engine.risk.nb import N_ACC, N_CNT, C_RECORD, new_state, step_nb
+from engine.risk.nb import C_RECORD, N_ACC, N_CNT, new_state, step_nb
 from engine.risk.params import instrument_arrays, params_from_config
 from engine.store.panel import load_shared_panel
 
 PAIRS = ["binance_BTCUSDT_1h", "binance_ETHUSDT_1h", "binance_SOLUSDT_1h"]
 START = 1632906000  # 2021-09-29: a complete stretch (no missing bars) for all three
 N = 400
-WARM = 250          # bars stepped without signals first (ATR and spread baselines)
+WARM = 250  # bars stepped without signals first (ATR and spread baselines)
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,11 +75,36 @@ class Sim:
 
     def step(self, upto):
         while self.t < upto:
-            step_nb(self.t, self.state, self.pos, self.pend, self.o, self.h, self.l, self.c, self.v, self.valid,
-                    self.p_up, self.exp_ret, self.atr, self.spread, self.cluster, self.tradable, self.entry_block,
-                    self.api, self.op, *self.rules,
-                    self.params[0], self.trades, self.events, self.cnt, self.acc, self.refusals, self.marks,
-                    self.order_buf)
+            step_nb(
+                self.t,
+                self.state,
+                self.pos,
+                self.pend,
+                self.o,
+                self.h,
+                self.l,
+                self.c,
+                self.v,
+                self.valid,
+                self.p_up,
+                self.exp_ret,
+                self.atr,
+                self.spread,
+                self.cluster,
+                self.tradable,
+                self.entry_block,
+                self.api,
+                self.op,
+                *self.rules,
+                self.params[0],
+                self.trades,
+                self.events,
+                self.cnt,
+                self.acc,
+                self.refusals,
+                self.marks,
+                self.order_buf,
+            )
             self.t += 1
 
     def events_at(self, t):
@@ -125,8 +158,10 @@ def _hold(s, j, frac):
 
 
 def test_tier2_cuts_exposure_cap_and_position_count():
-    for dd, expect_state, expect in ((0.0, TradingState.ACTIVE, None),
-                                     (0.16, TradingState.REDUCING_2, Reason.REFUSE_EXPOSURE)):
+    for dd, expect_state, expect in (
+        (0.0, TradingState.ACTIVE, None),
+        (0.16, TradingState.REDUCING_2, Reason.REFUSE_EXPOSURE),
+    ):
         s = Sim(max_hold_bars=0, tp_atr_mult=0.0, stop_atr_mult=2.0)
         s.step(WARM)
         _hold(s, 1, 0.12)  # 12% exposure: inside the 20% cap, above the tier-2 cap of 10%
@@ -153,7 +188,7 @@ def test_halt_latches_until_manual_reset():
     s = Sim()
     s.step(WARM)
     s.set_drawdown(0.21)
-    s.p_up[WARM:WARM + 4, 0] = 0.9
+    s.p_up[WARM : WARM + 4, 0] = 0.9
     s.step(WARM + 1)
     assert s.st["trading_state"] == TradingState.HALTED and s.st["halted"] == 1
     assert (-1, EventCode.TIER, Reason.HALT) in s.events_at(WARM)
@@ -194,13 +229,16 @@ def _data(s, t):
         a[t, 2] = np.nan
 
 
-@pytest.mark.parametrize("inject, kill, reason, extra", [
-    (_api, KillReason.API_INSTABILITY, Reason.KILL_API, {}),
-    (_spread_rel, KillReason.SPREAD_ANOMALY, Reason.KILL_SPREAD, {}),
-    (_spread_abs, KillReason.SPREAD_ANOMALY, Reason.KILL_SPREAD, {"spread_anomaly_mult": 0.0}),
-    (_vol, KillReason.VOLATILITY_SPIKE, Reason.KILL_VOLATILITY, {}),
-    (_data, KillReason.DATA_INTEGRITY, Reason.KILL_DATA, {}),
-])
+@pytest.mark.parametrize(
+    "inject, kill, reason, extra",
+    [
+        (_api, KillReason.API_INSTABILITY, Reason.KILL_API, {}),
+        (_spread_rel, KillReason.SPREAD_ANOMALY, Reason.KILL_SPREAD, {}),
+        (_spread_abs, KillReason.SPREAD_ANOMALY, Reason.KILL_SPREAD, {"spread_anomaly_mult": 0.0}),
+        (_vol, KillReason.VOLATILITY_SPIKE, Reason.KILL_VOLATILITY, {}),
+        (_data, KillReason.DATA_INTEGRITY, Reason.KILL_DATA, {}),
+    ],
+)
 def test_kill_switch_trigger_latches_blocks_entries_allows_exits_until_reactivated(inject, kill, reason, extra):
     s = Sim(max_hold_bars=0, tp_atr_mult=0.0, kill_reset_bars=0, **extra)
     s.step(WARM)
@@ -208,7 +246,7 @@ def test_kill_switch_trigger_latches_blocks_entries_allows_exits_until_reactivat
     _hold(s, 1, 0.05)
     t = WARM
     inject(s, t)
-    s.p_up[t:t + 4, 0] = 0.9
+    s.p_up[t : t + 4, 0] = 0.9
     s.p_up[t + 1, 1] = 0.1  # the held position's signal reverses while the switch is latched
     s.step(t + 1)
     assert s.st["kill_reason"] == kill and s.st["trading_state"] == TradingState.KILL_SWITCH
@@ -291,7 +329,7 @@ def test_entry_rules_edge_and_threshold():
     s.step(WARM)
     s.p_up[WARM, 0] = 0.9
     s.exp_ret[WARM, 0] = s.cfg.fees.round_trip_cost  # not strictly above the hurdle
-    s.p_up[WARM, 1] = 0.54                            # below the threshold: no signal, no refusal
+    s.p_up[WARM, 1] = 0.54  # below the threshold: no signal, no refusal
     s.step(WARM + 1)
     ev = s.events_at(WARM)
     assert (0, EventCode.REFUSAL, Reason.REFUSE_EDGE) in ev
@@ -319,7 +357,7 @@ def test_exits_stop_take_profit_time():
     s = Sim(stop_atr_mult=2.0, tp_atr_mult=4.0, max_hold_bars=5)
     s.step(WARM)
     s.p_up[WARM, 0] = 0.9
-    s.p_up[WARM + 1:, 0] = 0.5   # neutral afterwards: no signal exit
+    s.p_up[WARM + 1 :, 0] = 0.5  # neutral afterwards: no signal exit
     s.step(WARM + 2)
     assert s.pos[0]["qty"] > 0
     e = s.pos[0]["entry_bar"]
@@ -331,7 +369,7 @@ def test_exits_stop_take_profit_time():
     s = Sim(stop_atr_mult=2.0, tp_atr_mult=0.0, max_hold_bars=0)
     s.step(WARM)
     s.p_up[WARM, 0] = 0.9
-    s.p_up[WARM + 1:, 0] = 0.5
+    s.p_up[WARM + 1 :, 0] = 0.5
     s.step(WARM + 2)
     stop = s.pos[0]["stop"]
     t = s.t
@@ -356,13 +394,13 @@ def test_not_tradable_refuses_entries_but_never_blocks_exits():
     s.step(WARM + 1)
     ev = s.events_at(WARM)
     assert (0, EventCode.REFUSAL, Reason.REFUSE_NOT_TRADABLE) in ev
-    assert s.pend[0]["active"] == 0 and s.pend[1]["active"] == 1   # the tradable pair still enters
+    assert s.pend[0]["active"] == 0 and s.pend[1]["active"] == 1  # the tradable pair still enters
     assert s.refusals[Reason.REFUSE_NOT_TRADABLE] == 1
     # pair 1 enters, then leaves the universe: its signal exit is unaffected
-    s.p_up[WARM + 1:, 1] = 0.5
+    s.p_up[WARM + 1 :, 1] = 0.5
     s.step(WARM + 3)
     assert s.pos[1]["qty"] > 0
-    s.tradable[s.t:, 1] = False
+    s.tradable[s.t :, 1] = False
     s.p_up[s.t, 1] = 0.1
     t = s.t
     s.step(t + 3)
@@ -378,16 +416,16 @@ def test_entry_block_window_refuses_entries_exits_still_happen():
     s = Sim()
     s.step(WARM)
     _hold(s, 1, 0.05)
-    s.entry_block[WARM:WARM + 2] = True
-    s.p_up[WARM:WARM + 3, 0] = 0.9
-    s.p_up[WARM, 1] = 0.1          # signal exit of the held pair inside the window
+    s.entry_block[WARM : WARM + 2] = True
+    s.p_up[WARM : WARM + 3, 0] = 0.9
+    s.p_up[WARM, 1] = 0.1  # signal exit of the held pair inside the window
     s.step(WARM + 1)
     ev = s.events_at(WARM)
     assert (0, EventCode.REFUSAL, Reason.REFUSE_TRAINING_WINDOW) in ev
     assert (1, EventCode.ORDER, Reason.EXIT_SIGNAL) in ev
     assert s.pend[0]["active"] == 0 and s.pend[1]["active"] == 1
     s.step(WARM + 2)
-    assert s.pos[1]["qty"] == 0.0                                   # the exit filled in the window
+    assert s.pos[1]["qty"] == 0.0  # the exit filled in the window
     assert (0, EventCode.REFUSAL, Reason.REFUSE_TRAINING_WINDOW) in s.events_at(WARM + 1)
     s.step(WARM + 3)
     assert (0, EventCode.ORDER, Reason.ENTRY) in s.events_at(WARM + 2)  # window over: enters
@@ -398,7 +436,7 @@ def test_refusal_order_universe_and_window_after_data_before_halt():
     """Refusal precedence: no data, not tradable, halted, kill switch, entry-block window, edge."""
     s = Sim()
     s.step(WARM)
-    s.set_drawdown(0.25)                 # the halt latches at this bar's mark
+    s.set_drawdown(0.25)  # the halt latches at this bar's mark
     s.entry_block[WARM] = True
     s.tradable[WARM, 0] = False
     s.p_up[WARM, :2] = 0.9
@@ -410,6 +448,6 @@ def test_refusal_order_universe_and_window_after_data_before_halt():
     s2.step(WARM)
     s2.entry_block[WARM] = True
     s2.p_up[WARM, 0] = 0.9
-    s2.exp_ret[WARM, 0] = 0.0            # also no edge: the window is reported first
+    s2.exp_ret[WARM, 0] = 0.0  # also no edge: the window is reported first
     s2.step(WARM + 1)
     assert (0, EventCode.REFUSAL, Reason.REFUSE_TRAINING_WINDOW) in s2.events_at(WARM)

@@ -21,8 +21,13 @@ TREES = ["xgboost", "lightgbm", "random_forest"]
 
 
 def _rc(cfg, **kw):
-    raw = {"tiny": True, "horizons": [1, 24], "trade_horizon": 24, "base_models": TREES,
-           "folds": {"train_bars": 720, "test_bars": 240, "purge_bars": 24, "embargo_bars": 24, "inner_folds": 2}}
+    raw = {
+        "tiny": True,
+        "horizons": [1, 24],
+        "trade_horizon": 24,
+        "base_models": TREES,
+        "folds": {"train_bars": 720, "test_bars": 240, "purge_bars": 24, "embargo_bars": 24, "inner_folds": 2},
+    }
     raw.update(kw)
     return research_from_dict(raw, cfg)
 
@@ -73,7 +78,11 @@ def test_folds_written_match_the_splitter_and_the_purge_holds(setup, honest):
         assert tr_t.max() + 24 * H < te_t.min()
         assert te_t.min() - tr_t.max() == (rc.folds.purge_bars + 1) * H
         assert (fd["train_start"], fd["train_end"], fd["test_start"], fd["test_end"]) == (
-            tr_t.min(), tr_t.max(), te_t.min(), te_t.max())
+            tr_t.min(),
+            tr_t.max(),
+            te_t.min(),
+            te_t.max(),
+        )
         assert fd["purge_bars"] == 24 and fd["embargo_bars"] == 24
     # the embargo: fold 1 never trains on the 24 bars after fold 0's test block
     tr1 = btimes[splits[1][0]]
@@ -158,8 +167,9 @@ def test_planted_leak_is_flagged_and_label_permutation_removes_skill(setup, tmp_
     assert "SUSPECTED LEAK" in (tmp_path / "out" / "report.html").read_text()
     # the same leaky features, but labels permuted among each fold's training rows: out-of-sample
     # skill must vanish (nothing else carries the test labels into the models)
-    perm = run_walkforward(panel, cfg, rc, features=fs, member=u, start_ts=START, shuffle_train_labels=11,
-                           backtest=False)
+    perm = run_walkforward(
+        panel, cfg, rc, features=fs, member=u, start_ts=START, shuffle_train_labels=11, backtest=False
+    )
     for mo in TREES + ["meta"]:
         for h in (1, 24):
             assert 0.44 < auc_of(perm, mo, h) < 0.56, (mo, h, auc_of(perm, mo, h))
@@ -176,8 +186,14 @@ def test_perturbing_bars_after_the_training_end_leaves_the_fold_unchanged(setup,
     later = panel.ts >= cut
     k = np.where(later[:, None], rng.uniform(0.97, 1.03, panel.close.shape), 1.0)
     kv = np.where(later[:, None], rng.uniform(0.5, 2.0, panel.close.shape), 1.0)
-    p2 = dataclasses.replace(panel, open=panel.open * k, high=panel.high * k, low=panel.low * k,
-                             close=panel.close * k, volume=panel.volume * kv)
+    p2 = dataclasses.replace(
+        panel,
+        open=panel.open * k,
+        high=panel.high * k,
+        low=panel.low * k,
+        close=panel.close * k,
+        volume=panel.volume * kv,
+    )
     assert np.array_equal(p2.close[~later], panel.close[~later], equal_nan=True)
     other = run_walkforward(p2, cfg, rc, start_ts=START, keep_models=True, backtest=False)
     assert other.folds[0] == f0

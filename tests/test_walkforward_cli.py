@@ -30,8 +30,16 @@ def store(tmp_path_factory):
 
     d = require_shared()
     path = tmp_path_factory.mktemp("wf") / "m.duckdb"
-    rc = _main(["data", "import", str(d / "binance_BTCUSDT_1h.parquet"), str(d / "binance_ETHUSDT_1h.parquet"),
-                "--store", str(path)])
+    rc = _main(
+        [
+            "data",
+            "import",
+            str(d / "binance_BTCUSDT_1h.parquet"),
+            str(d / "binance_ETHUSDT_1h.parquet"),
+            "--store",
+            str(path),
+        ]
+    )
     assert rc == 0
     return path
 
@@ -60,12 +68,25 @@ def runs(store, tracking_uri, tmp_path_factory):
         o, e = io.StringIO(), io.StringIO()
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
             if i == 1:  # the store works (checked before training) but logging the run fails
+
                 def boom(*a, **k):
                     raise TrackingError("MLflow logging failed at sqlite:///x.db: OperationalError: disk I/O error")
 
                 mp.setattr(research.tracking, "log_walkforward_run", boom)
-            rcs.append(_main(["walkforward", "--config", str(configs_dir() / "ci.toml"), "--store", str(store),
-                              "--out", str(out)] + (["--register"] if i == 0 else [])))
+            rcs.append(
+                _main(
+                    [
+                        "walkforward",
+                        "--config",
+                        str(configs_dir() / "ci.toml"),
+                        "--store",
+                        str(store),
+                        "--out",
+                        str(out),
+                    ]
+                    + (["--register"] if i == 0 else [])
+                )
+            )
         outs.append(out)
         stdout.append(o.getvalue())
         stderr.append(e.getvalue())
@@ -79,9 +100,19 @@ def _sha(p):
 
 def test_ci_config_writes_every_output_with_documented_columns(runs):
     out = runs["outs"][0]
-    for f in ("folds.json", "predictions.parquet", "regime.parquet", "signals.parquet", "metrics.json",
-              "report.html", "backtest/trades.parquet", "backtest/equity.parquet", "backtest/events.parquet",
-              "backtest/metrics.json", "backtest/report.html"):
+    for f in (
+        "folds.json",
+        "predictions.parquet",
+        "regime.parquet",
+        "signals.parquet",
+        "metrics.json",
+        "report.html",
+        "backtest/trades.parquet",
+        "backtest/equity.parquet",
+        "backtest/events.parquet",
+        "backtest/metrics.json",
+        "backtest/report.html",
+    ):
         assert (out / f).is_file(), f
     folds = json.loads((out / "folds.json").read_text())
     assert len(folds) == 2
@@ -140,8 +171,21 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(store, tmp_path, capsy
     rc = _main(["walkforward", "--config", str(bad), "--store", str(store), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "research.folds.purge_bars" in err and "Traceback" not in err
-    rc = _main(["walkforward", "--config", str(configs_dir() / "ci.toml"), "--store", str(store),
-                "--start", "2024-03-01", "--end", "2024-02-01", "--out", str(out)])
+    rc = _main(
+        [
+            "walkforward",
+            "--config",
+            str(configs_dir() / "ci.toml"),
+            "--store",
+            str(store),
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-02-01",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2 and "--end is before --start" in capsys.readouterr().err
     assert not out.exists()
 
@@ -181,8 +225,11 @@ def test_run_is_logged_to_mlflow_with_params_fold_metrics_tags_and_artifacts(run
     for model in ("meta", "xgboost", "lstm"):
         for k in ("auc", "log_loss", "brier", "hit_rate"):
             hist = sorted((x.step, x.value) for x in cl.get_metric_history(run_id, f"{model}.24h.{k}"))
-            want = sorted((r["fold"], r[k]) for r in m["models"]
-                          if r["model"] == model and r["fold"] != "all" and r["horizon"] == 24)
+            want = sorted(
+                (r["fold"], r[k])
+                for r in m["models"]
+                if r["model"] == model and r["fold"] != "all" and r["horizon"] == 24
+            )
             assert hist == want and len(hist) == 2, (model, k)
     pooled = next(r for r in m["models"] if r["model"] == "meta" and r["fold"] == "all")
     assert run.data.metrics["oos.meta.24h.auc"] == pooled["auc"]
@@ -196,10 +243,19 @@ def test_run_is_logged_to_mlflow_with_params_fold_metrics_tags_and_artifacts(run
     assert t["feature_schema_sha256"] == feature_schema_sha256(cfg.features)
     assert t["config_sha256"] == cfg.content_hash() == m["meta"]["config_sha256"]
     top = {a.path for a in cl.list_artifacts(run_id)}
-    assert {"report.html", "metrics.json", "folds.json", "predictions.parquet", "signals.parquet", "backtest",
-            "model"} <= top
-    assert {a.path for a in cl.list_artifacts(run_id, "backtest")} >= {"backtest/trades.parquet",
-                                                                       "backtest/metrics.json"}
+    assert {
+        "report.html",
+        "metrics.json",
+        "folds.json",
+        "predictions.parquet",
+        "signals.parquet",
+        "backtest",
+        "model",
+    } <= top
+    assert {a.path for a in cl.list_artifacts(run_id, "backtest")} >= {
+        "backtest/trades.parquet",
+        "backtest/metrics.json",
+    }
 
 
 def test_register_creates_a_candidate_whose_bundle_loads(runs, tracking_uri):
@@ -252,6 +308,17 @@ def test_unreachable_tracking_server_fails_before_training(store, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 1 and "127.0.0.1:9" in err and "nothing was run" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
-    rc = _main(["walkforward", "--config", str(configs_dir() / "ci.toml"), "--store", str(store), "--out", str(out),
-                "--register", "--no-track"])
+    rc = _main(
+        [
+            "walkforward",
+            "--config",
+            str(configs_dir() / "ci.toml"),
+            "--store",
+            str(store),
+            "--out",
+            str(out),
+            "--register",
+            "--no-track",
+        ]
+    )
     assert rc == 2 and "--register needs MLflow tracking" in capsys.readouterr().err

@@ -39,10 +39,26 @@ from engine.errors import InputError, IntegrityError
 from engine.risk.enums import EventCode, KillReason, Reason, TradingState, metrics_dt
 from engine.timeutil import HOUR
 
-__all__ = ["SIGNAL_COLUMNS", "TRADE_SCHEMA", "EQUITY_SCHEMA", "EVENT_SCHEMA", "METRICS_KEYS", "OUTPUT_FILES",
-           "TRADE_COLUMNS", "EQUITY_COLUMNS", "EVENT_COLUMNS", "BacktestOutputs", "read_signals",
-           "signals_to_arrays", "write_files", "write_outputs", "write_report", "read_outputs", "read_table",
-           "enum_codes"]
+__all__ = [
+    "EQUITY_COLUMNS",
+    "EQUITY_SCHEMA",
+    "EVENT_COLUMNS",
+    "EVENT_SCHEMA",
+    "METRICS_KEYS",
+    "OUTPUT_FILES",
+    "SIGNAL_COLUMNS",
+    "TRADE_COLUMNS",
+    "TRADE_SCHEMA",
+    "BacktestOutputs",
+    "enum_codes",
+    "read_outputs",
+    "read_signals",
+    "read_table",
+    "signals_to_arrays",
+    "write_files",
+    "write_outputs",
+    "write_report",
+]
 
 # ------------------------------------------------------------------------------------------------
 # schemas
@@ -51,16 +67,16 @@ SIGNAL_COLUMNS = ("ts", "pair", "p_up", "exp_return")
 
 #: trades.parquet: one row per fill, in execution order
 TRADE_SCHEMA: dict[str, Any] = {
-    "ts": "int64",          # bar open time (UTC seconds) of the execution bar
+    "ts": "int64",  # bar open time (UTC seconds) of the execution bar
     "pair": "str",
-    "side": "str",          # buy | sell
+    "side": "str",  # buy | sell
     "quantity": "float64",
     "price": "float64",
     "notional": "float64",
     "fee": "float64",
-    "reason": Reason,       # ENTRY, EXIT_STOP, ...
-    "fill": "str",          # market_open | limit | market_close
-    "pnl": "float64",       # sells: round-trip P&L net of both fees; buys: 0
+    "reason": Reason,  # ENTRY, EXIT_STOP, ...
+    "fill": "str",  # market_open | limit | market_close
+    "pnl": "float64",  # sells: round-trip P&L net of both fees; buys: 0
 }
 #: equity.parquet: one row per bar
 EQUITY_SCHEMA: dict[str, Any] = {
@@ -76,7 +92,7 @@ EQUITY_SCHEMA: dict[str, Any] = {
 #: events.parquet: refusals, orders, cancels, tier changes, kill switch, resets
 EVENT_SCHEMA: dict[str, Any] = {
     "ts": "int64",
-    "pair": "str",          # "" for portfolio-level events
+    "pair": "str",  # "" for portfolio-level events
     "event": EventCode,
     "reason": Reason,
     "value": "float64",
@@ -117,7 +133,7 @@ def read_signals(path: str, panel_pairs: tuple[str, ...] | None = None) -> pd.Da
     ts = df["ts"]
     if pd.api.types.is_datetime64_any_dtype(ts):
         ts = ts.dt.tz_localize(None) if getattr(ts.dt, "tz", None) is not None else ts
-        df["ts"] = (ts.astype("datetime64[s]").astype(np.int64))
+        df["ts"] = ts.astype("datetime64[s]").astype(np.int64)
     elif not pd.api.types.is_integer_dtype(ts):
         raise InputError(f"--signals {path}: column ts must be integer UTC seconds or timestamps")
     df["ts"] = df["ts"].astype(np.int64)
@@ -139,7 +155,9 @@ def read_signals(path: str, panel_pairs: tuple[str, ...] | None = None) -> pd.Da
     dup = df.duplicated(["ts", "pair"])
     if dup.any():
         i = int(np.argmax(dup.to_numpy()))
-        raise InputError(f"--signals {path}: row {i}: duplicate (ts, pair) {int(df['ts'].iloc[i])}, {df['pair'].iloc[i]}")
+        raise InputError(
+            f"--signals {path}: row {i}: duplicate (ts, pair) {int(df['ts'].iloc[i])}, {df['pair'].iloc[i]}"
+        )
     if panel_pairs is not None:
         extra = sorted(set(df["pair"]) - set(panel_pairs))
         if extra:
@@ -205,19 +223,42 @@ def write_report(eq: pd.DataFrame, metrics: dict, path: str | Path) -> None:
 
     x = pd.to_datetime(eq["ts"], unit="s")
     code = eq["trading_state"].map({s.name: int(s) for s in TradingState})
-    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.04,
-                        subplot_titles=("equity", "drawdown from peak", "exposure (fraction of equity)",
-                                        "trading state (0 active, 1-2 reducing, 3 halted, 4 kill switch)"))
+    fig = make_subplots(
+        rows=4,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.04,
+        subplot_titles=(
+            "equity",
+            "drawdown from peak",
+            "exposure (fraction of equity)",
+            "trading state (0 active, 1-2 reducing, 3 halted, 4 kill switch)",
+        ),
+    )
     fig.add_trace(go.Scattergl(x=x, y=eq["equity"], name="equity", line=dict(width=1)), row=1, col=1)
-    fig.add_trace(go.Scattergl(x=x, y=-eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
-                  row=2, col=1)
+    fig.add_trace(
+        go.Scattergl(x=x, y=-eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)), row=2, col=1
+    )
     fig.add_trace(go.Scattergl(x=x, y=eq["exposure"], name="exposure", line=dict(width=1)), row=3, col=1)
-    fig.add_trace(go.Scattergl(x=x, y=code, name="state", mode="lines", line=dict(width=1, shape="hv")),
-                  row=4, col=1)
+    fig.add_trace(go.Scattergl(x=x, y=code, name="state", mode="lines", line=dict(width=1, shape="hv")), row=4, col=1)
     fig.update_layout(height=1000, showlegend=False, margin=dict(l=50, r=20, t=40, b=30))
-    keys = ["total_return", "annual_return", "sharpe", "sortino", "calmar", "max_drawdown",
-            "worst_month_drawdown", "turnover", "mean_exposure", "n_trades", "win_rate", "profit_factor",
-            "fees_paid", "n_refusals", "n_kill_events"]
+    keys = [
+        "total_return",
+        "annual_return",
+        "sharpe",
+        "sortino",
+        "calmar",
+        "max_drawdown",
+        "worst_month_drawdown",
+        "turnover",
+        "mean_exposure",
+        "n_trades",
+        "win_rate",
+        "profit_factor",
+        "fees_paid",
+        "n_refusals",
+        "n_kill_events",
+    ]
 
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -230,7 +271,8 @@ def write_report(eq: pd.DataFrame, metrics: dict, path: str | Path) -> None:
     Path(path).write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>krakenquant backtest</title>"
         "<style>body{font-family:sans-serif;margin:20px}td{padding:2px 12px}</style></head><body>"
-        f"<h2>krakenquant backtest</h2><p>{meta}</p><table>{rows}</table>{body}</body></html>")
+        f"<h2>krakenquant backtest</h2><p>{meta}</p><table>{rows}</table>{body}</body></html>"
+    )
 
 
 # ------------------------------------------------------------------------------------------------

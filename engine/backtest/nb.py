@@ -92,8 +92,7 @@ def _merge_zero_returns_nb(r_n, r_z, r_mean, r_m2):
 
 
 @njit(cache=True, inline="always")
-def _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
-                    worst_mdd):
+def _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd):
     """One bar of the streaming metrics (the equity ``eq`` after the bar, ``prev_eq`` before it, the
     bar's calendar month ``mo``): hourly return moments, downside sum, drawdown from the metric peak
     (never reset by an operator), worst drawdown within a calendar month. Returns of exactly 0 (a
@@ -110,7 +109,7 @@ def _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max
         d = r - r_mean
         r_mean += d / r_n
         r_m2 += d * (r - r_mean)
-        rn = r if r < 0.0 else 0.0     # no branch: the sign of an hourly return is a coin flip
+        rn = r if r < 0.0 else 0.0  # no branch: the sign of an hourly return is a coin flip
         down_sq += rn * rn
     if eq > mpeak:
         mpeak = eq
@@ -129,19 +128,49 @@ def _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max
 
 
 @njit(cache=True, inline="always")
-def _bar_end_nb(st, mo, bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
-                worst_mdd, sum_eq, sum_expo):
+def _bar_end_nb(
+    st,
+    mo,
+    bars_state,
+    prev_eq,
+    r_n,
+    r_z,
+    r_mean,
+    r_m2,
+    down_sq,
+    mpeak,
+    max_dd,
+    cur_month,
+    month_peak,
+    worst_mdd,
+    sum_eq,
+    sum_expo,
+):
     """The end of a bar: its metrics (_bar_metrics_nb) at the state's equity, the equity and exposure
     sums, the bar counted in its trading state. Returns the accumulators (``prev_eq`` is now this
     bar's equity) and the bar's exposure as a fraction of equity."""
     eq = st.equity
-    (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak,
-     worst_mdd) = _bar_metrics_nb(eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month,
-                                  month_peak, worst_mdd)
+    (r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd) = _bar_metrics_nb(
+        eq, prev_eq, mo, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd
+    )
     xf = st.exposure / eq if eq > 0.0 else 0.0
     bars_state[st.trading_state] += 1
-    return (eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq + eq,
-            sum_expo + xf, xf)
+    return (
+        eq,
+        r_n,
+        r_z,
+        r_mean,
+        r_m2,
+        down_sq,
+        mpeak,
+        max_dd,
+        cur_month,
+        month_peak,
+        worst_mdd,
+        sum_eq + eq,
+        sum_expo + xf,
+        xf,
+    )
 
 
 @njit(cache=True, inline="always")
@@ -181,8 +210,25 @@ def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
 
 
 @njit(cache=True, inline="always")
-def _quiet_run_nb(t, st, p, p_up, positions, valid, close, tradable, entry_block, api_fault, operator, kcode,
-                  month_id, eq, sum_eq, cur_month, month_peak):
+def _quiet_run_nb(
+    t,
+    st,
+    p,
+    p_up,
+    positions,
+    valid,
+    close,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    kcode,
+    month_id,
+    eq,
+    sum_eq,
+    cur_month,
+    month_peak,
+):
     """Bars from ``t`` on that are quiet, for a flat book with nothing pending and no records kept,
     whose equity ``eq`` is that of the last bar: no operator or timed reset due, no kill-switch
     trigger that would latch, and no entry candidate unless entries are blocked (halt, kill switch,
@@ -199,7 +245,7 @@ def _quiet_run_nb(t, st, p, p_up, positions, valid, close, tradable, entry_block
     n_nt = 0
     n_bl = 0
     while t < n:
-        u = np.uint64(t)           # an unsigned index: no negative-index wraparound per access
+        u = np.uint64(t)  # an unsigned index: no negative-index wraparound per access
         op = operator[u]
         trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
         if (trig != 0 and st.kill_reason == 0) or kill_reset_due_nb(st, op, t, p) or halt_reset_due_nb(st, op, t, p):
@@ -225,9 +271,36 @@ def _quiet_run_nb(t, st, p, p_up, positions, valid, close, tradable, entry_block
 
 
 @njit(cache=True, _nrt=False)
-def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_block, api_fault, operator, kcode,
-                 month_id, bars_state, refusals, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month,
-                 month_peak, worst_mdd, sum_eq, sum_expo):
+def _hold_run_nb(
+    t,
+    state,
+    p,
+    positions,
+    p_up,
+    valid,
+    close,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    kcode,
+    month_id,
+    bars_state,
+    refusals,
+    prev_eq,
+    r_n,
+    r_z,
+    r_mean,
+    r_m2,
+    down_sq,
+    mpeak,
+    max_dd,
+    cur_month,
+    month_peak,
+    worst_mdd,
+    sum_eq,
+    sum_expo,
+):
     """Bars from ``t`` on where a book (flat or not) with nothing pending and no records kept only
     marks to market: no operator or timed reset due, no kill-switch trigger that would latch, no
     exit (exit_reason_nb) for any held pair, and no entry candidate unless entries are blocked (then
@@ -241,7 +314,7 @@ def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_blo
     n, m = close.shape
     thr = p.p_up_entry
     while t < n:
-        u = np.uint64(t)           # an unsigned index: no negative-index wraparound per access
+        u = np.uint64(t)  # an unsigned index: no negative-index wraparound per access
         # ---- the checks (nothing changes before all pass)
         op = operator[u]
         trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
@@ -268,31 +341,164 @@ def _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_blo
             n_nd, n_nt, n_bl = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
             _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
         # ---- metrics
-        (prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
-         sum_expo, xf) = _bar_end_nb(st, month_id[u], bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak,
-                                     max_dd, cur_month, month_peak, worst_mdd, sum_eq, sum_expo)
+        (
+            prev_eq,
+            r_n,
+            r_z,
+            r_mean,
+            r_m2,
+            down_sq,
+            mpeak,
+            max_dd,
+            cur_month,
+            month_peak,
+            worst_mdd,
+            sum_eq,
+            sum_expo,
+            xf,
+        ) = _bar_end_nb(
+            st,
+            month_id[u],
+            bars_state,
+            prev_eq,
+            r_n,
+            r_z,
+            r_mean,
+            r_m2,
+            down_sq,
+            mpeak,
+            max_dd,
+            cur_month,
+            month_peak,
+            worst_mdd,
+            sum_eq,
+            sum_expo,
+        )
         t += 1
-    return (t, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
-            sum_expo)
+    return (
+        t,
+        prev_eq,
+        r_n,
+        r_z,
+        r_mean,
+        r_m2,
+        down_sq,
+        mpeak,
+        max_dd,
+        cur_month,
+        month_peak,
+        worst_mdd,
+        sum_eq,
+        sum_expo,
+    )
 
 
 @njit(cache=True)
-def simulate_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable, entry_block,
-                api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
-                trades, events, equity_rows, metrics, refusals, cnt):
+def simulate_nb(
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    month_id,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    record: bool,
+    trades,
+    events,
+    equity_rows,
+    metrics,
+    refusals,
+    cnt,
+):
     """Run one portfolio over all bars; fill ``metrics`` (one metrics_dt record) and ``refusals``.
 
     Bit-identical to ``simulate_reference_nb`` (step_nb per bar); see the module docstring."""
     none_i = np.zeros(0, dtype=np.int64)
-    simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-                     entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record,
-                     trades, events, equity_rows, metrics, refusals, cnt, False, none_i, none_i, np.zeros(0))
+    simulate_core_nb(
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        valid,
+        p_up,
+        exp_ret,
+        atr,
+        spread,
+        cluster,
+        tradable,
+        entry_block,
+        api_fault,
+        operator,
+        month_id,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        p,
+        record,
+        trades,
+        events,
+        equity_rows,
+        metrics,
+        refusals,
+        cnt,
+        False,
+        none_i,
+        none_i,
+        np.zeros(0),
+    )
 
 
 @njit(cache=True)
-def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-                     entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record: bool,
-                     trades, events, equity_rows, metrics, refusals, cnt, kill_pre: bool, kcode, kpair, kval):
+def simulate_core_nb(
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    month_id,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    record: bool,
+    trades,
+    events,
+    equity_rows,
+    metrics,
+    refusals,
+    cnt,
+    kill_pre: bool,
+    kcode,
+    kpair,
+    kval,
+):
     """``simulate_nb``; with ``kill_pre`` the kill-switch triggers of each bar are the given
     ``kcode``/``kpair``/``kval`` (``engine.risk.nb.kill_triggers_nb``, computed once for all the sets of
     a sweep), otherwise this run computes them first. Allocates the portfolio's state and scratch
@@ -312,10 +518,46 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
     marks = np.empty(m)
     order_buf = np.empty(m, dtype=np.int64)
     bars_state = np.zeros(N_STATES, dtype=np.int64)
-    _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-                      entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, record,
-                      trades, events, equity_rows, metrics, refusals, cnt, kcode, kpair, kval, state, positions,
-                      pending, acc, marks, order_buf, bars_state)
+    _simulate_loop_nb(
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        valid,
+        p_up,
+        exp_ret,
+        atr,
+        spread,
+        cluster,
+        tradable,
+        entry_block,
+        api_fault,
+        operator,
+        month_id,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        p,
+        record,
+        trades,
+        events,
+        equity_rows,
+        metrics,
+        refusals,
+        cnt,
+        kcode,
+        kpair,
+        kval,
+        state,
+        positions,
+        pending,
+        acc,
+        marks,
+        order_buf,
+        bars_state,
+    )
 
 
 # No reference counting in the bar loop (``_nrt=False``: it allocates nothing, its caller owns every
@@ -323,10 +565,46 @@ def simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr,
 # an inlined phase (execute_open_nb/execute_close_nb take 20), two atomic calls apiece on every bar
 # with orders; measured: 12.5 -> 11.4 ms for 10 pairs x 45k bars trading throughout.
 @njit(cache=True, _nrt=False)
-def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-                      entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p,
-                      record: bool, trades, events, equity_rows, metrics, refusals, cnt, kcode, kpair, kval, state,
-                      positions, pending, acc, marks, order_buf, bars_state):
+def _simulate_loop_nb(
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    month_id,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    record: bool,
+    trades,
+    events,
+    equity_rows,
+    metrics,
+    refusals,
+    cnt,
+    kcode,
+    kpair,
+    kval,
+    state,
+    positions,
+    pending,
+    acc,
+    marks,
+    order_buf,
+    bars_state,
+):
     n, m = close.shape
     init_state_nb(state, positions, pending, p.init_cash)
     st = state[0]
@@ -336,15 +614,15 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
     for i in range(refusals.shape[0]):
         refusals[i] = 0
     rec = record
-    placed = False             # orders were decided at the last close (pending until bar t's close)
+    placed = False  # orders were decided at the last close (pending until bar t's close)
     # streaming metrics
     prev_eq = p.init_cash
-    r_n = 0                    # returns folded into r_mean / r_m2
-    r_z = 0                    # zero returns not yet folded in (_bar_metrics_nb)
+    r_n = 0  # returns folded into r_mean / r_m2
+    r_z = 0  # zero returns not yet folded in (_bar_metrics_nb)
     r_mean = 0.0
     r_m2 = 0.0
     down_sq = 0.0
-    mpeak = p.init_cash        # metric peak (never reset by an operator)
+    mpeak = p.init_cash  # metric peak (never reset by an operator)
     max_dd = 0.0
     cur_month = -1
     month_peak = p.init_cash
@@ -358,25 +636,103 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             # exactly 0, so only the counters move.
             t0 = t
             t, sum_eq, cur_month, month_peak, n_nd, n_nt, n_bl = _quiet_run_nb(
-                t, st, p, p_up, positions, valid, close, tradable, entry_block, api_fault, operator, kcode, month_id,
-                prev_eq, sum_eq, cur_month, month_peak)
+                t,
+                st,
+                p,
+                p_up,
+                positions,
+                valid,
+                close,
+                tradable,
+                entry_block,
+                api_fault,
+                operator,
+                kcode,
+                month_id,
+                prev_eq,
+                sum_eq,
+                cur_month,
+                month_peak,
+            )
             if t > t0:
                 r_z += t - t0
                 bars_state[st.trading_state] += t - t0
                 st.bar = t - 1
                 _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
         elif not placed and not rec:
-            (t, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
-             sum_expo) = _hold_run_nb(t, state, p, positions, p_up, valid, close, tradable, entry_block, api_fault,
-                                      operator, kcode, month_id, bars_state, refusals, prev_eq, r_n, r_z, r_mean,
-                                      r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
-                                      sum_expo)
+            (
+                t,
+                prev_eq,
+                r_n,
+                r_z,
+                r_mean,
+                r_m2,
+                down_sq,
+                mpeak,
+                max_dd,
+                cur_month,
+                month_peak,
+                worst_mdd,
+                sum_eq,
+                sum_expo,
+            ) = _hold_run_nb(
+                t,
+                state,
+                p,
+                positions,
+                p_up,
+                valid,
+                close,
+                tradable,
+                entry_block,
+                api_fault,
+                operator,
+                kcode,
+                month_id,
+                bars_state,
+                refusals,
+                prev_eq,
+                r_n,
+                r_z,
+                r_mean,
+                r_m2,
+                down_sq,
+                mpeak,
+                max_dd,
+                cur_month,
+                month_peak,
+                worst_mdd,
+                sum_eq,
+                sum_expo,
+            )
         if t >= n:
             break
         # ---- 1. orders decided at t-1 execute in bar t (engine.risk.nb.execute_open_nb)
         if placed:
-            execute_open_nb(t, t, state, positions, pending, open_, high, low, close, volume, valid, cluster,
-                            ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
+            execute_open_nb(
+                t,
+                t,
+                state,
+                positions,
+                pending,
+                open_,
+                high,
+                low,
+                close,
+                volume,
+                valid,
+                cluster,
+                ordermin,
+                costmin,
+                lot_dec,
+                p,
+                trades,
+                events,
+                cnt,
+                acc,
+                refusals,
+                marks,
+            )
         # ---- 2. resets and kill-switch triggers (engine.risk.nb.kill_check_nb)
         op = operator[t]
         if kill_reset_due_nb(st, op, t, p):
@@ -399,15 +755,35 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
         st.trading_state = effective_state_nb(st)
         # ---- 3. limit orders not traded through: market fallback at the close (execute_close_nb)
         if placed:
-            execute_close_nb(t, t, state, positions, pending, close, volume, valid, cluster,
-                             ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
+            execute_close_nb(
+                t,
+                t,
+                state,
+                positions,
+                pending,
+                close,
+                volume,
+                valid,
+                cluster,
+                ordermin,
+                costmin,
+                lot_dec,
+                p,
+                trades,
+                events,
+                cnt,
+                acc,
+                refusals,
+                marks,
+            )
         # every order of bar t-1 is now filled or cancelled: nothing is pending until decisions below
         placed = False
         # ---- 4. mark to the close (engine.risk.nb.mark_nb)
         # (only held pairs' marks are ever read: a flat book needs no marking, its exposure is 0)
         n_held = st.n_positions
-        halt_ev, tier_ev = mark_state_nb(st, mark_positions_nb(t, positions, close, valid) if n_held != 0 else 0.0,
-                                         t, p)
+        halt_ev, tier_ev = mark_state_nb(
+            st, mark_positions_nb(t, positions, close, valid) if n_held != 0 else 0.0, t, p
+        )
         if rec and halt_ev:
             emit_event_nb(events, cnt, t, -1, EVENT.TIER, REASON.HALT, st.drawdown)
         if rec and tier_ev:
@@ -434,14 +810,67 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             any_cand = False
             for j in range(m):
                 any_cand |= (p_up[t, j] >= thr) & (positions[j].qty == 0.0) & (pending[j].active == 0)
-            if any_cand and entries_nb(t, t, state, positions, pending, close, valid, p_up, exp_ret, atr,
-                                        spread, cluster, tradable, entry_block, ordermin, costmin, lot_dec, price_dec,
-                                        p, rec, events, cnt, refusals, order_buf):
+            if any_cand and entries_nb(
+                t,
+                t,
+                state,
+                positions,
+                pending,
+                close,
+                valid,
+                p_up,
+                exp_ret,
+                atr,
+                spread,
+                cluster,
+                tradable,
+                entry_block,
+                ordermin,
+                costmin,
+                lot_dec,
+                price_dec,
+                p,
+                rec,
+                events,
+                cnt,
+                refusals,
+                order_buf,
+            ):
                 placed = True
         # ---- streaming metrics
-        (prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
-         sum_expo, xf) = _bar_end_nb(st, month_id[t], bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak,
-                                     max_dd, cur_month, month_peak, worst_mdd, sum_eq, sum_expo)
+        (
+            prev_eq,
+            r_n,
+            r_z,
+            r_mean,
+            r_m2,
+            down_sq,
+            mpeak,
+            max_dd,
+            cur_month,
+            month_peak,
+            worst_mdd,
+            sum_eq,
+            sum_expo,
+            xf,
+        ) = _bar_end_nb(
+            st,
+            month_id[t],
+            bars_state,
+            prev_eq,
+            r_n,
+            r_z,
+            r_mean,
+            r_m2,
+            down_sq,
+            mpeak,
+            max_dd,
+            cur_month,
+            month_peak,
+            worst_mdd,
+            sum_eq,
+            sum_expo,
+        )
         eq = prev_eq
         if rec and t < equity_rows.shape[0]:
             row = equity_rows[t]
@@ -455,14 +884,57 @@ def _simulate_loop_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr
             row.kill_reason = st.kill_reason
         t += 1
     r_n, r_mean, r_m2 = _merge_zero_returns_nb(r_n, r_z, r_mean, r_m2)
-    _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo,
-                       bars_state, cnt, acc, refusals)
+    _finish_metrics_nb(
+        metrics,
+        st,
+        p,
+        n,
+        r_n,
+        r_mean,
+        r_m2,
+        down_sq,
+        max_dd,
+        worst_mdd,
+        sum_eq,
+        sum_expo,
+        bars_state,
+        cnt,
+        acc,
+        refusals,
+    )
 
 
 @njit(cache=True)
-def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-                          entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p,
-                          record: bool, trades, events, equity_rows, metrics, refusals, cnt):
+def simulate_reference_nb(
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    month_id,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    record: bool,
+    trades,
+    events,
+    equity_rows,
+    metrics,
+    refusals,
+    cnt,
+):
     """Reference: ``simulate_nb`` as a plain loop over :func:`engine.risk.nb.step_nb` (tests only)."""
     n, m = close.shape
     state = np.zeros(1, dtype=state_dt)
@@ -480,12 +952,12 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
         refusals[i] = 0
     # streaming metrics
     prev_eq = p.init_cash
-    r_n = 0                    # returns folded into r_mean / r_m2
-    r_z = 0                    # zero returns not yet folded in (_bar_metrics_nb)
+    r_n = 0  # returns folded into r_mean / r_m2
+    r_z = 0  # zero returns not yet folded in (_bar_metrics_nb)
     r_mean = 0.0
     r_m2 = 0.0
     down_sq = 0.0
-    mpeak = p.init_cash        # metric peak (never reset by an operator)
+    mpeak = p.init_cash  # metric peak (never reset by an operator)
     max_dd = 0.0
     cur_month = -1
     month_peak = p.init_cash
@@ -494,12 +966,72 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
     sum_expo = 0.0
     bars_state = np.zeros(N_STATES, dtype=np.int64)
     for t in range(n):
-        step_nb(t, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
-                spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
-                trades, events, cnt, acc, refusals, marks, order_buf)
-        (prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak, max_dd, cur_month, month_peak, worst_mdd, sum_eq,
-         sum_expo, xf) = _bar_end_nb(st, month_id[t], bars_state, prev_eq, r_n, r_z, r_mean, r_m2, down_sq, mpeak,
-                                     max_dd, cur_month, month_peak, worst_mdd, sum_eq, sum_expo)
+        step_nb(
+            t,
+            state,
+            positions,
+            pending,
+            open_,
+            high,
+            low,
+            close,
+            volume,
+            valid,
+            p_up,
+            exp_ret,
+            atr,
+            spread,
+            cluster,
+            tradable,
+            entry_block,
+            api_fault,
+            operator,
+            ordermin,
+            costmin,
+            lot_dec,
+            price_dec,
+            p,
+            trades,
+            events,
+            cnt,
+            acc,
+            refusals,
+            marks,
+            order_buf,
+        )
+        (
+            prev_eq,
+            r_n,
+            r_z,
+            r_mean,
+            r_m2,
+            down_sq,
+            mpeak,
+            max_dd,
+            cur_month,
+            month_peak,
+            worst_mdd,
+            sum_eq,
+            sum_expo,
+            xf,
+        ) = _bar_end_nb(
+            st,
+            month_id[t],
+            bars_state,
+            prev_eq,
+            r_n,
+            r_z,
+            r_mean,
+            r_m2,
+            down_sq,
+            mpeak,
+            max_dd,
+            cur_month,
+            month_peak,
+            worst_mdd,
+            sum_eq,
+            sum_expo,
+        )
         eq = prev_eq
         if record and t < equity_rows.shape[0]:
             row = equity_rows[t]
@@ -512,13 +1044,30 @@ def simulate_reference_nb(open_, high, low, close, volume, valid, p_up, exp_ret,
             row.n_positions = st.n_positions
             row.kill_reason = st.kill_reason
     r_n, r_mean, r_m2 = _merge_zero_returns_nb(r_n, r_z, r_mean, r_m2)
-    _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo,
-                       bars_state, cnt, acc, refusals)
+    _finish_metrics_nb(
+        metrics,
+        st,
+        p,
+        n,
+        r_n,
+        r_mean,
+        r_m2,
+        down_sq,
+        max_dd,
+        worst_mdd,
+        sum_eq,
+        sum_expo,
+        bars_state,
+        cnt,
+        acc,
+        refusals,
+    )
 
 
 @njit(cache=True)
-def _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo,
-                       bars_state, cnt, acc, refusals):
+def _finish_metrics_nb(
+    metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, worst_mdd, sum_eq, sum_expo, bars_state, cnt, acc, refusals
+):
     mt = metrics
     mt.final_equity = st.equity
     mt.total_return = st.equity / p.init_cash - 1.0
@@ -540,8 +1089,11 @@ def _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, wo
     mt.n_fills = cnt[C_FILLS]
     mt.n_trades = int(acc[A_CLOSED])
     mt.win_rate = acc[A_WINS] / acc[A_CLOSED] if acc[A_CLOSED] > 0 else np.nan
-    mt.profit_factor = acc[A_GROSS_PROFIT] / acc[A_GROSS_LOSS] if acc[A_GROSS_LOSS] > 0.0 else (
-        np.inf if acc[A_GROSS_PROFIT] > 0.0 else np.nan)
+    mt.profit_factor = (
+        acc[A_GROSS_PROFIT] / acc[A_GROSS_LOSS]
+        if acc[A_GROSS_LOSS] > 0.0
+        else (np.inf if acc[A_GROSS_PROFIT] > 0.0 else np.nan)
+    )
     mt.fees_paid = st.fees_paid
     mt.bars_active = bars_state[STATE.ACTIVE]
     mt.bars_reducing_1 = bars_state[STATE.REDUCING_1]
@@ -557,16 +1109,73 @@ def _finish_metrics_nb(metrics, st, p, n, r_n, r_mean, r_m2, down_sq, max_dd, wo
 
 
 @njit(cache=True)
-def _run_set_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable, entry_block,
-                api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, metrics, refusals,
-                kill_pre, kcode, kpair, kval):
+def _run_set_nb(
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    month_id,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    metrics,
+    refusals,
+    kill_pre,
+    kcode,
+    kpair,
+    kval,
+):
     trades = np.zeros(0, dtype=trade_dt)
     events = np.zeros(0, dtype=event_dt)
     eqrows = np.zeros(0, dtype=equity_dt)
     cnt = np.zeros(N_CNT, dtype=np.int64)
-    simulate_core_nb(open_, high, low, close, volume, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-                     entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, p, False,
-                     trades, events, eqrows, metrics, refusals, cnt, kill_pre, kcode, kpair, kval)
+    simulate_core_nb(
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        valid,
+        p_up,
+        exp_ret,
+        atr,
+        spread,
+        cluster,
+        tradable,
+        entry_block,
+        api_fault,
+        operator,
+        month_id,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        p,
+        False,
+        trades,
+        events,
+        eqrows,
+        metrics,
+        refusals,
+        cnt,
+        kill_pre,
+        kcode,
+        kpair,
+        kval,
+    )
 
 
 @njit(cache=True)
@@ -584,9 +1193,32 @@ def _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params
 
 
 @njit(cache=True, parallel=True)
-def run_sets_nb(open_, high, low, close, volume, valid, p_up, exp_ret, sig_of_set, atr, spread, cluster,
-                tradable, entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params,
-                metrics_out, refusals_out):
+def run_sets_nb(
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    p_up,
+    exp_ret,
+    sig_of_set,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    month_id,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    params,
+    metrics_out,
+    refusals_out,
+):
     """Many parameter sets in one call, in parallel. ``p_up``/``exp_ret`` are (K, n, m) signal sets;
     set s reads signal set ``sig_of_set[s]``. Only metrics and refusal counts are kept (flat memory).
     Kill-switch triggers are computed once when every set shares their parameters."""
@@ -594,16 +1226,68 @@ def run_sets_nb(open_, high, low, close, volume, valid, p_up, exp_ret, sig_of_se
     pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
     for s in prange(S):
         k = sig_of_set[s]
-        _run_set_nb(open_, high, low, close, volume, valid, p_up[k], exp_ret[k], atr, spread, cluster,
-                    tradable, entry_block, api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec,
-                    params[s],
-                    metrics_out[s], refusals_out[s], pre, kcode, kpair, kval)
+        _run_set_nb(
+            open_,
+            high,
+            low,
+            close,
+            volume,
+            valid,
+            p_up[k],
+            exp_ret[k],
+            atr,
+            spread,
+            cluster,
+            tradable,
+            entry_block,
+            api_fault,
+            operator,
+            month_id,
+            ordermin,
+            costmin,
+            lot_dec,
+            price_dec,
+            params[s],
+            metrics_out[s],
+            refusals_out[s],
+            pre,
+            kcode,
+            kpair,
+            kval,
+        )
 
 
 @njit(cache=True, parallel=True)
-def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, tradable, entry_block, api_fault,
-                operator, month_id, ordermin, costmin, lot_dec, price_dec, fasts, slows, scale, params, metrics_out,
-                refusals_out, n_buf, windows, fast_w, slow_w):
+def ma_sweep_nb(
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    month_id,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    fasts,
+    slows,
+    scale,
+    params,
+    metrics_out,
+    refusals_out,
+    n_buf,
+    windows,
+    fast_w,
+    slow_w,
+):
     """Signal sweep through the whole pipeline in one call: for each set s, the SMA(fasts[s]) /
     SMA(slows[s]) signal (engine.backtest.demo.ma_signal_nb), the backtest with params[s], and its
     metrics. Signals are built per set inside the parallel loop into one of ``n_buf`` buffers (pass
@@ -632,6 +1316,32 @@ def ma_sweep_nb(open_, high, low, close, volume, valid, atr, spread, cluster, tr
                 ma_signal_from_sma_nb(table[fast_w[s]], table[slow_w[s]], scale, pu, er)
             else:
                 ma_signal_into_nb(close, fasts[s], slows[s], scale, pu, er)
-            _run_set_nb(open_, high, low, close, volume, valid, pu, er, atr, spread, cluster, tradable, entry_block,
-                        api_fault, operator, month_id, ordermin, costmin, lot_dec, price_dec, params[s],
-                        metrics_out[s], refusals_out[s], pre, kcode, kpair, kval)
+            _run_set_nb(
+                open_,
+                high,
+                low,
+                close,
+                volume,
+                valid,
+                pu,
+                er,
+                atr,
+                spread,
+                cluster,
+                tradable,
+                entry_block,
+                api_fault,
+                operator,
+                month_id,
+                ordermin,
+                costmin,
+                lot_dec,
+                price_dec,
+                params[s],
+                metrics_out[s],
+                refusals_out[s],
+                pre,
+                kcode,
+                kpair,
+                kval,
+            )

@@ -17,7 +17,15 @@ import pandas as pd
 
 from engine.errors import InputError
 from engine.risk.enums import (
-    N_REASONS, N_STATES, Reason, TradingState, equity_dt, event_dt, metrics_dt, params_dt, trade_dt,
+    N_REASONS,
+    N_STATES,
+    Reason,
+    TradingState,
+    equity_dt,
+    event_dt,
+    metrics_dt,
+    params_dt,
+    trade_dt,
 )
 from engine.risk.nb import N_CNT
 from engine.risk.params import instrument_arrays
@@ -26,22 +34,22 @@ from engine.risk.params import instrument_arrays
 @dataclass(frozen=True, eq=False)
 class BacktestInputs:
     pairs: tuple[str, ...]
-    ts: np.ndarray          # int64 (n,) bar open times, UTC seconds
+    ts: np.ndarray  # int64 (n,) bar open times, UTC seconds
     open: np.ndarray
     high: np.ndarray
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
-    valid: np.ndarray       # bool (n, m)
-    p_up: np.ndarray        # (n, m) float64, NaN = no signal
-    exp_ret: np.ndarray     # (n, m) float64
-    atr: np.ndarray         # (n, m) float64, price units
-    spread: np.ndarray      # (n, m) float64, fraction of price
-    cluster: np.ndarray     # (n, m) int64, -1 = no cluster
-    api_fault: np.ndarray   # bool (n,)
-    operator: np.ndarray    # int64 (n,): OP_RESET_KILL | OP_RESET_HALT bit flags (manual resets)
+    valid: np.ndarray  # bool (n, m)
+    p_up: np.ndarray  # (n, m) float64, NaN = no signal
+    exp_ret: np.ndarray  # (n, m) float64
+    atr: np.ndarray  # (n, m) float64, price units
+    spread: np.ndarray  # (n, m) float64, fraction of price
+    cluster: np.ndarray  # (n, m) int64, -1 = no cluster
+    api_fault: np.ndarray  # bool (n,)
+    operator: np.ndarray  # int64 (n,): OP_RESET_KILL | OP_RESET_HALT bit flags (manual resets)
     month_id: np.ndarray = field(default=None)  # int64 (n,)
-    tradable: np.ndarray = field(default=None)     # bool (n, m): universe member at bar t (R9); None = all
+    tradable: np.ndarray = field(default=None)  # bool (n, m): universe member at bar t (R9); None = all
     entry_block: np.ndarray = field(default=None)  # bool (n,): entries decided at t refused (R25); None = none
     # kill-switch triggers per bar (kill_triggers_nb), memoised per kill-switch parameter tuple: like
     # ATR and the spread estimate they are a function of these arrays only, so the arrays must not be
@@ -73,8 +81,12 @@ def _f64(a, shape, name):
 def default_atr(high, low, close, window: int) -> np.ndarray:
     from engine.features.nb import wilder_atr_nb
 
-    return wilder_atr_nb(np.ascontiguousarray(high, dtype=np.float64), np.ascontiguousarray(low, dtype=np.float64),
-                         np.ascontiguousarray(close, dtype=np.float64), int(window))
+    return wilder_atr_nb(
+        np.ascontiguousarray(high, dtype=np.float64),
+        np.ascontiguousarray(low, dtype=np.float64),
+        np.ascontiguousarray(close, dtype=np.float64),
+        int(window),
+    )
 
 
 def default_spread(high, low, close, valid, window: int) -> np.ndarray:
@@ -88,17 +100,36 @@ def default_clusters(ts, close, valid, fcfg) -> np.ndarray:
 
     r = log_return_nb(np.ascontiguousarray(close, dtype=np.float64), 1)
     hour = np.ascontiguousarray(ts // 3600, dtype=np.int64)
-    return corr_clusters_nb(r, hour, np.ascontiguousarray(valid, dtype=np.bool_), int(fcfg.corr_window),
-                            int(fcfg.corr_min_periods), int(fcfg.cluster_every), float(fcfg.cluster_threshold))
+    return corr_clusters_nb(
+        r,
+        hour,
+        np.ascontiguousarray(valid, dtype=np.bool_),
+        int(fcfg.corr_window),
+        int(fcfg.corr_min_periods),
+        int(fcfg.cluster_every),
+        float(fcfg.cluster_threshold),
+    )
 
 
 def month_ids(ts: np.ndarray) -> np.ndarray:
     d = pd.to_datetime(np.asarray(ts, dtype=np.int64), unit="s")
-    return (d.year.to_numpy().astype(np.int64) * 12 + d.month.to_numpy().astype(np.int64) - 1)
+    return d.year.to_numpy().astype(np.int64) * 12 + d.month.to_numpy().astype(np.int64) - 1
 
 
-def make_inputs(panel, p_up, exp_ret, cfg=None, *, atr=None, spread=None, cluster=None, api_fault=None,
-                operator=None, tradable=None, entry_block=None) -> BacktestInputs:
+def make_inputs(
+    panel,
+    p_up,
+    exp_ret,
+    cfg=None,
+    *,
+    atr=None,
+    spread=None,
+    cluster=None,
+    api_fault=None,
+    operator=None,
+    tradable=None,
+    entry_block=None,
+) -> BacktestInputs:
     """Assemble kernel inputs from a Panel and (n, m) signal arrays; missing ATR/spread/clusters are
     computed with the feature kernels (windows from ``cfg``).
 
@@ -142,61 +173,99 @@ def make_inputs(panel, p_up, exp_ret, cfg=None, *, atr=None, spread=None, cluste
         raise InputError("api_fault and operator must be (n_bars,) arrays")
     ts = np.ascontiguousarray(panel.ts, dtype=np.int64)
     return BacktestInputs(
-        tuple(panel.pairs), ts, _f64(panel.open, shape, "open"), _f64(hi, shape, "high"), _f64(lo, shape, "low"),
-        _f64(cl, shape, "close"), _f64(panel.volume, shape, "volume"),
-        np.ascontiguousarray(panel.valid, dtype=np.bool_), _f64(p_up, shape, "p_up"),
-        _f64(exp_ret, shape, "exp_ret"), _f64(atr, shape, "atr"), _f64(spread, shape, "spread"), cluster,
-        api, op, month_ids(ts), trd, np.ascontiguousarray(blk, dtype=np.bool_))
+        tuple(panel.pairs),
+        ts,
+        _f64(panel.open, shape, "open"),
+        _f64(hi, shape, "high"),
+        _f64(lo, shape, "low"),
+        _f64(cl, shape, "close"),
+        _f64(panel.volume, shape, "volume"),
+        np.ascontiguousarray(panel.valid, dtype=np.bool_),
+        _f64(p_up, shape, "p_up"),
+        _f64(exp_ret, shape, "exp_ret"),
+        _f64(atr, shape, "atr"),
+        _f64(spread, shape, "spread"),
+        cluster,
+        api,
+        op,
+        month_ids(ts),
+        trd,
+        np.ascontiguousarray(blk, dtype=np.bool_),
+    )
 
 
 @dataclass(frozen=True, eq=False)
 class BacktestResult:
     pairs: tuple[str, ...]
     ts: np.ndarray
-    metrics: np.ndarray     # one metrics_dt record, shape (1,)
-    refusals: np.ndarray    # int64 (N_REASONS,)
-    trades: np.ndarray      # trade_dt
-    events: np.ndarray      # event_dt
-    equity: np.ndarray      # equity_dt, one row per bar
+    metrics: np.ndarray  # one metrics_dt record, shape (1,)
+    refusals: np.ndarray  # int64 (N_REASONS,)
+    trades: np.ndarray  # trade_dt
+    events: np.ndarray  # event_dt
+    equity: np.ndarray  # equity_dt, one row per bar
 
     def metrics_dict(self) -> dict:
         out = {k: _py(self.metrics[0][k]) for k in metrics_dt.names}
-        out["bars_in_state"] = {TradingState(i).name: int(self.metrics[0][f]) for i, f in enumerate(
-            ("bars_active", "bars_reducing_1", "bars_reducing_2", "bars_halted", "bars_kill_switch"))}
-        out["refusals_by_reason"] = {Reason(i).name: int(c) for i, c in enumerate(self.refusals)
-                                     if c and i in Reason._value2member_map_}
+        out["bars_in_state"] = {
+            TradingState(i).name: int(self.metrics[0][f])
+            for i, f in enumerate(
+                ("bars_active", "bars_reducing_1", "bars_reducing_2", "bars_halted", "bars_kill_switch")
+            )
+        }
+        out["refusals_by_reason"] = {
+            Reason(i).name: int(c) for i, c in enumerate(self.refusals) if c and i in Reason._value2member_map_
+        }
         return out
 
     def trades_frame(self) -> pd.DataFrame:
         t = self.trades
         pairs = np.asarray(self.pairs, dtype=object)
-        return pd.DataFrame({
-            "ts": self.ts[t["bar"]], "pair": pairs[t["pair"]],
-            "side": np.where(t["side"] > 0, "buy", "sell"), "quantity": t["qty"], "price": t["price"],
-            "notional": t["notional"], "fee": t["fee"],
-            "reason": [Reason(int(r)).name for r in t["reason"]],
-            "fill": [("", "market_open", "limit", "market_close")[int(h)] for h in t["how"]],
-            "pnl": t["pnl"], "cash_after": t["cash_after"], "exposure_after": t["exposure_after"],
-        })
+        return pd.DataFrame(
+            {
+                "ts": self.ts[t["bar"]],
+                "pair": pairs[t["pair"]],
+                "side": np.where(t["side"] > 0, "buy", "sell"),
+                "quantity": t["qty"],
+                "price": t["price"],
+                "notional": t["notional"],
+                "fee": t["fee"],
+                "reason": [Reason(int(r)).name for r in t["reason"]],
+                "fill": [("", "market_open", "limit", "market_close")[int(h)] for h in t["how"]],
+                "pnl": t["pnl"],
+                "cash_after": t["cash_after"],
+                "exposure_after": t["exposure_after"],
+            }
+        )
 
     def equity_frame(self) -> pd.DataFrame:
         e = self.equity
-        return pd.DataFrame({
-            "ts": self.ts[e["bar"]], "equity": e["equity"], "cash": e["cash"], "exposure": e["exposure"],
-            "drawdown": e["drawdown"], "trading_state": [TradingState(int(s)).name for s in e["trading_state"]],
-            "n_positions": e["n_positions"], "kill_reason": e["kill_reason"],
-        })
+        return pd.DataFrame(
+            {
+                "ts": self.ts[e["bar"]],
+                "equity": e["equity"],
+                "cash": e["cash"],
+                "exposure": e["exposure"],
+                "drawdown": e["drawdown"],
+                "trading_state": [TradingState(int(s)).name for s in e["trading_state"]],
+                "n_positions": e["n_positions"],
+                "kill_reason": e["kill_reason"],
+            }
+        )
 
     def events_frame(self) -> pd.DataFrame:
         from engine.risk.enums import EventCode
 
         v = self.events
         pairs = np.asarray(("",) + tuple(self.pairs), dtype=object)
-        return pd.DataFrame({
-            "ts": self.ts[v["bar"]], "pair": pairs[v["pair"] + 1],
-            "event": [EventCode(int(c)).name for c in v["code"]],
-            "reason": [Reason(int(r)).name for r in v["reason"]], "value": v["value"],
-        })
+        return pd.DataFrame(
+            {
+                "ts": self.ts[v["bar"]],
+                "pair": pairs[v["pair"] + 1],
+                "event": [EventCode(int(c)).name for c in v["code"]],
+                "reason": [Reason(int(r)).name for r in v["reason"]],
+                "value": v["value"],
+            }
+        )
 
 
 def _py(x):
@@ -229,7 +298,7 @@ def kill_triggers(inp: BacktestInputs, p) -> tuple[np.ndarray, np.ndarray, np.nd
         n = inp.shape[0]
         code, pair, val = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n)
         kill_triggers_nb(inp.open, inp.high, inp.low, inp.close, inp.valid, inp.atr, inp.spread, p, code, pair, val)
-        if len(inp._kill_memo) >= 8:          # a sweep over kill parameters keeps memory flat
+        if len(inp._kill_memo) >= 8:  # a sweep over kill parameters keeps memory flat
             inp._kill_memo.clear()
         hit = inp._kill_memo[key] = (code, pair, val)
     return hit
@@ -250,14 +319,45 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
     refusals = np.zeros(N_REASONS, dtype=np.int64)
     cnt = np.zeros(N_CNT, dtype=np.int64)
     kcode, kpair, kval = kill_triggers(inp, params[0])
-    simulate_core_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.p_up, inp.exp_ret, inp.atr,
-                     inp.spread, inp.cluster, inp.tradable, inp.entry_block, inp.api_fault, inp.operator,
-                     inp.month_id, ordermin, costmin, lot, price, params[0], record, trades, events, eqrows,
-                     metrics[0], refusals, cnt, True, kcode, kpair, kval)
+    simulate_core_nb(
+        inp.open,
+        inp.high,
+        inp.low,
+        inp.close,
+        inp.volume,
+        inp.valid,
+        inp.p_up,
+        inp.exp_ret,
+        inp.atr,
+        inp.spread,
+        inp.cluster,
+        inp.tradable,
+        inp.entry_block,
+        inp.api_fault,
+        inp.operator,
+        inp.month_id,
+        ordermin,
+        costmin,
+        lot,
+        price,
+        params[0],
+        record,
+        trades,
+        events,
+        eqrows,
+        metrics[0],
+        refusals,
+        cnt,
+        True,
+        kcode,
+        kpair,
+        kval,
+    )
     if metrics[0]["records_overflow"]:
         raise RuntimeError("record buffers overflowed (bug: capacities are upper bounds)")
-    return BacktestResult(inp.pairs, inp.ts, metrics, refusals, trades[: cnt[0]].copy(),
-                          events[: cnt[1]].copy(), eqrows)
+    return BacktestResult(
+        inp.pairs, inp.ts, metrics, refusals, trades[: cnt[0]].copy(), events[: cnt[1]].copy(), eqrows
+    )
 
 
 def _check_params_1d(params: np.ndarray) -> None:
@@ -265,8 +365,13 @@ def _check_params_1d(params: np.ndarray) -> None:
         raise InputError("params must be a 1-D params_dt array")
 
 
-def run_sweep(inp: BacktestInputs, params: np.ndarray, p_up_sets: np.ndarray | None = None,
-              exp_ret_sets: np.ndarray | None = None, sig_of_set: np.ndarray | None = None):
+def run_sweep(
+    inp: BacktestInputs,
+    params: np.ndarray,
+    p_up_sets: np.ndarray | None = None,
+    exp_ret_sets: np.ndarray | None = None,
+    sig_of_set: np.ndarray | None = None,
+):
     """Many parameter sets in one parallel call; returns (metrics (S,), refusals (S, N_REASONS)).
 
     Signal sets: ``p_up_sets``/``exp_ret_sets`` of shape (K, n, m) and ``sig_of_set`` (S,) picking one
@@ -287,15 +392,36 @@ def run_sweep(inp: BacktestInputs, params: np.ndarray, p_up_sets: np.ndarray | N
     ordermin, costmin, lot, price = _rules(inp)
     metrics = np.zeros(S, dtype=metrics_dt)
     refusals = np.zeros((S, N_REASONS), dtype=np.int64)
-    run_sets_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid,
-                np.ascontiguousarray(p_up_sets, dtype=np.float64), np.ascontiguousarray(exp_ret_sets, dtype=np.float64),
-                sig_of_set, inp.atr, inp.spread, inp.cluster, inp.tradable, inp.entry_block, inp.api_fault,
-                inp.operator, inp.month_id, ordermin, costmin, lot, price, params, metrics, refusals)
+    run_sets_nb(
+        inp.open,
+        inp.high,
+        inp.low,
+        inp.close,
+        inp.volume,
+        inp.valid,
+        np.ascontiguousarray(p_up_sets, dtype=np.float64),
+        np.ascontiguousarray(exp_ret_sets, dtype=np.float64),
+        sig_of_set,
+        inp.atr,
+        inp.spread,
+        inp.cluster,
+        inp.tradable,
+        inp.entry_block,
+        inp.api_fault,
+        inp.operator,
+        inp.month_id,
+        ordermin,
+        costmin,
+        lot,
+        price,
+        params,
+        metrics,
+        refusals,
+    )
     return metrics, refusals
 
 
-def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.ndarray,
-                 table_budget_mb: float = 512.0):
+def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.ndarray, table_budget_mb: float = 512.0):
     """The SMA-crossover signal sweep through the whole pipeline (``engine.backtest.nb.ma_sweep_nb``):
     set s reads the signal ``ma_signal(close, fasts[s], slows[s], scale)`` and ``params[s]``; returns
     (metrics (S,), refusals (S, N_REASONS)). Only ``inp``'s market data is read (not its signal).
@@ -319,10 +445,34 @@ def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.nda
         windows = np.zeros(0, dtype=np.int64)
     fast_w = np.searchsorted(windows, fasts) if windows.size else np.zeros(S, dtype=np.int64)
     slow_w = np.searchsorted(windows, slows) if windows.size else np.zeros(S, dtype=np.int64)
-    ma_sweep_nb(inp.open, inp.high, inp.low, inp.close, inp.volume, inp.valid, inp.atr, inp.spread, inp.cluster,
-                inp.tradable, inp.entry_block, inp.api_fault, inp.operator, inp.month_id, *_rules(inp), fasts, slows,
-                float(scale), params, metrics, refusals, numba.get_num_threads(), windows, fast_w, slow_w)
+    ma_sweep_nb(
+        inp.open,
+        inp.high,
+        inp.low,
+        inp.close,
+        inp.volume,
+        inp.valid,
+        inp.atr,
+        inp.spread,
+        inp.cluster,
+        inp.tradable,
+        inp.entry_block,
+        inp.api_fault,
+        inp.operator,
+        inp.month_id,
+        *_rules(inp),
+        fasts,
+        slows,
+        float(scale),
+        params,
+        metrics,
+        refusals,
+        numba.get_num_threads(),
+        windows,
+        fast_w,
+        slow_w,
+    )
     return metrics, refusals
 
 
-assert N_STATES == len(TradingState)
+assert len(TradingState) == N_STATES

@@ -23,10 +23,10 @@ class TradingState(IntEnum):
     """Effective trading state of a portfolio (``state['trading_state']``)."""
 
     ACTIVE = 0
-    REDUCING_1 = 1     # drawdown tier 1: risk per trade cut
-    REDUCING_2 = 2     # drawdown tier 2: exposure cap and position count cut too
-    HALTED = 3         # drawdown tier 3: no new entries until a manual reset (latched)
-    KILL_SWITCH = 4    # kill switch latched: no new entries until manual reactivation
+    REDUCING_1 = 1  # drawdown tier 1: risk per trade cut
+    REDUCING_2 = 2  # drawdown tier 2: exposure cap and position count cut too
+    HALTED = 3  # drawdown tier 3: no new entries until a manual reset (latched)
+    KILL_SWITCH = 4  # kill switch latched: no new entries until manual reactivation
 
 
 N_STATES = len(TradingState)
@@ -43,23 +43,23 @@ class KillReason(IntEnum):
 
 
 class OrderKind(IntEnum):
-    MARKET = 1         # market order at the next bar's open
-    LIMIT_FIRST = 2    # limit at an offset for one bar, then market fallback at that bar's close
+    MARKET = 1  # market order at the next bar's open
+    LIMIT_FIRST = 2  # limit at an offset for one bar, then market fallback at that bar's close
 
 
 class FillHow(IntEnum):
-    MARKET_OPEN = 1    # market order filled at bar t+1 open (+ slippage)
-    LIMIT = 2          # limit traded through in bar t+1, filled at the limit price
-    MARKET_CLOSE = 3   # limit not filled: market fallback at bar t+1 close (+ slippage)
+    MARKET_OPEN = 1  # market order filled at bar t+1 open (+ slippage)
+    LIMIT = 2  # limit traded through in bar t+1, filled at the limit price
+    MARKET_CLOSE = 3  # limit not filled: market fallback at bar t+1 close (+ slippage)
 
 
 class EventCode(IntEnum):
-    REFUSAL = 1        # an entry the signal wanted was refused (reason says why)
-    ORDER = 2          # an order was decided (reason: entry or exit kind)
-    CANCEL = 3         # a pending order was cancelled or clipped to nothing at execution
-    TIER = 4           # drawdown tier changed (value = drawdown)
-    KILL = 5           # kill switch latched (reason = trigger; pair = first pair that tripped it)
-    RESET = 6          # manual reset (kill switch reactivated or halt lifted)
+    REFUSAL = 1  # an entry the signal wanted was refused (reason says why)
+    ORDER = 2  # an order was decided (reason: entry or exit kind)
+    CANCEL = 3  # a pending order was cancelled or clipped to nothing at execution
+    TIER = 4  # drawdown tier changed (value = drawdown)
+    KILL = 5  # kill switch latched (reason = trigger; pair = first pair that tripped it)
+    RESET = 6  # manual reset (kill switch reactivated or halt lifted)
 
 
 class Reason(IntEnum):
@@ -73,19 +73,19 @@ class Reason(IntEnum):
     EXIT_SIGNAL = 4
     EXIT_TIME = 5
     # why an entry was refused (or an order cancelled at execution)
-    REFUSE_NO_DATA = 10        # the pair's bar is missing or invalid
-    REFUSE_HALTED = 11         # drawdown halt latched
-    REFUSE_KILL_SWITCH = 12    # kill switch latched
-    REFUSE_EDGE = 13           # expected return <= round-trip cost hurdle
-    REFUSE_NO_ATR = 14         # no volatility estimate for the stop distance
+    REFUSE_NO_DATA = 10  # the pair's bar is missing or invalid
+    REFUSE_HALTED = 11  # drawdown halt latched
+    REFUSE_KILL_SWITCH = 12  # kill switch latched
+    REFUSE_EDGE = 13  # expected return <= round-trip cost hurdle
+    REFUSE_NO_ATR = 14  # no volatility estimate for the stop distance
     REFUSE_MAX_POSITIONS = 15  # open positions + pending entries at the (tier) maximum
-    REFUSE_EXPOSURE = 16       # no room under the (tier) total exposure cap
-    REFUSE_CLUSTER = 17        # no room under the correlation-cluster exposure cap
-    REFUSE_CASH = 18           # not enough free cash (long-only, no leverage)
-    REFUSE_ORDERMIN = 19       # quantity (rounded down to lot_decimals) below Kraken ordermin
-    REFUSE_COSTMIN = 20        # notional below Kraken costmin
-    REFUSE_NO_BAR = 21         # execution bar missing: order cancelled
-    REFUSE_NOT_TRADABLE = 22   # the pair is outside the tradable universe at this bar (R9)
+    REFUSE_EXPOSURE = 16  # no room under the (tier) total exposure cap
+    REFUSE_CLUSTER = 17  # no room under the correlation-cluster exposure cap
+    REFUSE_CASH = 18  # not enough free cash (long-only, no leverage)
+    REFUSE_ORDERMIN = 19  # quantity (rounded down to lot_decimals) below Kraken ordermin
+    REFUSE_COSTMIN = 20  # notional below Kraken costmin
+    REFUSE_NO_BAR = 21  # execution bar missing: order cancelled
+    REFUSE_NOT_TRADABLE = 22  # the pair is outside the tradable universe at this bar (R9)
     REFUSE_TRAINING_WINDOW = 23  # the order would execute in a scheduled entry-block window (R25)
     # kill-switch triggers
     KILL_API = 30
@@ -99,7 +99,7 @@ class Reason(IntEnum):
     RESET_HALT = 43
 
 
-N_REASONS = 48     # length of a refusal-count array (every Reason value indexes it)
+N_REASONS = 48  # length of a refusal-count array (every Reason value indexes it)
 
 
 def _nb_constants(enum_cls):
@@ -125,184 +125,204 @@ OP_RESET_KILL = 1
 OP_RESET_HALT = 2
 
 # Portfolio state: one record per portfolio.
-state_dt = np.dtype([
-    ("bar", np.int64),            # last bar processed
-    ("cash", np.float64),
-    ("equity", np.float64),       # cash + sum(qty * mark) at the last close
-    ("exposure", np.float64),     # sum(qty * mark)
-    ("peak", np.float64),         # equity peak (reset on a manual halt reset)
-    ("drawdown", np.float64),     # 1 - equity / peak
-    ("tier", np.int64),           # drawdown tier 0, 1, 2 (3 is the latched halt)
-    ("halted", np.int64),         # 1 while the drawdown halt is latched
-    ("halt_bar", np.int64),
-    ("kill_reason", np.int64),    # KillReason; 0 = not latched
-    ("kill_bar", np.int64),
-    ("trading_state", np.int64),  # TradingState
-    ("n_positions", np.int64),
-    ("fees_paid", np.float64),
-    ("traded_notional", np.float64),
-])
+state_dt = np.dtype(
+    [
+        ("bar", np.int64),  # last bar processed
+        ("cash", np.float64),
+        ("equity", np.float64),  # cash + sum(qty * mark) at the last close
+        ("exposure", np.float64),  # sum(qty * mark)
+        ("peak", np.float64),  # equity peak (reset on a manual halt reset)
+        ("drawdown", np.float64),  # 1 - equity / peak
+        ("tier", np.int64),  # drawdown tier 0, 1, 2 (3 is the latched halt)
+        ("halted", np.int64),  # 1 while the drawdown halt is latched
+        ("halt_bar", np.int64),
+        ("kill_reason", np.int64),  # KillReason; 0 = not latched
+        ("kill_bar", np.int64),
+        ("trading_state", np.int64),  # TradingState
+        ("n_positions", np.int64),
+        ("fees_paid", np.float64),
+        ("traded_notional", np.float64),
+    ]
+)
 
 # Per pair: open position, last mark and the baselines the kill-switch triggers compare against.
-position_dt = np.dtype([
-    ("qty", np.float64),          # base units held (>= 0: long-only)
-    ("entry_price", np.float64),
-    ("entry_cost", np.float64),   # notional + fee paid at entry (for round-trip P&L)
-    ("entry_bar", np.int64),
-    ("stop", np.float64),         # NaN = no stop
-    ("take_profit", np.float64),  # NaN = no take-profit
-    ("mark", np.float64),         # last valid close
-    ("seen", np.int64),           # 1 once the pair has had a valid bar (it is then expected every hour)
-    ("spread_base", np.float64),  # EWMA of the spread estimate
-    ("n_spread", np.int64),       # spread observations in the EWMA
-    ("atr_prev", np.float64),     # ATR known before this bar (volatility-spike baseline)
-    ("prev_close", np.float64),
-    ("cluster", np.int64),        # cluster id at the last decision
-])
+position_dt = np.dtype(
+    [
+        ("qty", np.float64),  # base units held (>= 0: long-only)
+        ("entry_price", np.float64),
+        ("entry_cost", np.float64),  # notional + fee paid at entry (for round-trip P&L)
+        ("entry_bar", np.int64),
+        ("stop", np.float64),  # NaN = no stop
+        ("take_profit", np.float64),  # NaN = no take-profit
+        ("mark", np.float64),  # last valid close
+        ("seen", np.int64),  # 1 once the pair has had a valid bar (it is then expected every hour)
+        ("spread_base", np.float64),  # EWMA of the spread estimate
+        ("n_spread", np.int64),  # spread observations in the EWMA
+        ("atr_prev", np.float64),  # ATR known before this bar (volatility-spike baseline)
+        ("prev_close", np.float64),
+        ("cluster", np.int64),  # cluster id at the last decision
+    ]
+)
 
 # Pending order per pair (at most one), decided at the close of bar t, executed in bar t+1.
-order_dt = np.dtype([
-    ("active", np.int64),
-    ("bar", np.int64),            # decision bar
-    ("side", np.int64),           # BUY = 1, SELL = -1
-    ("kind", np.int64),           # OrderKind
-    ("reason", np.int64),         # Reason (ENTRY or EXIT_*)
-    ("qty", np.float64),          # planned quantity (entries: rounded down to lot_decimals)
-    ("limit_price", np.float64),  # NaN for market orders
-    ("ref_price", np.float64),    # close at decision
-    ("atr", np.float64),          # ATR at decision (stop/take-profit distance)
-    ("spread", np.float64),       # spread estimate at decision (slippage)
-    ("frac", np.float64),         # fixed-fraction sizing: fraction of cash at the fill
-])
+order_dt = np.dtype(
+    [
+        ("active", np.int64),
+        ("bar", np.int64),  # decision bar
+        ("side", np.int64),  # BUY = 1, SELL = -1
+        ("kind", np.int64),  # OrderKind
+        ("reason", np.int64),  # Reason (ENTRY or EXIT_*)
+        ("qty", np.float64),  # planned quantity (entries: rounded down to lot_decimals)
+        ("limit_price", np.float64),  # NaN for market orders
+        ("ref_price", np.float64),  # close at decision
+        ("atr", np.float64),  # ATR at decision (stop/take-profit distance)
+        ("spread", np.float64),  # spread estimate at decision (slippage)
+        ("frac", np.float64),  # fixed-fraction sizing: fraction of cash at the fill
+    ]
+)
 
 # One fill.
-trade_dt = np.dtype([
-    ("bar", np.int64),            # execution bar
-    ("pair", np.int64),
-    ("side", np.int64),
-    ("qty", np.float64),
-    ("price", np.float64),
-    ("notional", np.float64),
-    ("fee", np.float64),
-    ("reason", np.int64),
-    ("how", np.int64),            # FillHow
-    ("cash_after", np.float64),
-    ("equity_after", np.float64),     # at the marks of the fill phase
-    ("exposure_after", np.float64),   # fraction of equity, at the marks of the fill phase
-    ("pnl", np.float64),          # sells: round-trip P&L net of both fees; buys: 0
-])
+trade_dt = np.dtype(
+    [
+        ("bar", np.int64),  # execution bar
+        ("pair", np.int64),
+        ("side", np.int64),
+        ("qty", np.float64),
+        ("price", np.float64),
+        ("notional", np.float64),
+        ("fee", np.float64),
+        ("reason", np.int64),
+        ("how", np.int64),  # FillHow
+        ("cash_after", np.float64),
+        ("equity_after", np.float64),  # at the marks of the fill phase
+        ("exposure_after", np.float64),  # fraction of equity, at the marks of the fill phase
+        ("pnl", np.float64),  # sells: round-trip P&L net of both fees; buys: 0
+    ]
+)
 
-event_dt = np.dtype([
-    ("bar", np.int64),
-    ("pair", np.int64),           # -1 for portfolio-level events
-    ("code", np.int64),           # EventCode
-    ("reason", np.int64),         # Reason
-    ("value", np.float64),
-])
+event_dt = np.dtype(
+    [
+        ("bar", np.int64),
+        ("pair", np.int64),  # -1 for portfolio-level events
+        ("code", np.int64),  # EventCode
+        ("reason", np.int64),  # Reason
+        ("value", np.float64),
+    ]
+)
 
-equity_dt = np.dtype([
-    ("bar", np.int64),
-    ("equity", np.float64),
-    ("cash", np.float64),
-    ("exposure", np.float64),     # fraction of equity
-    ("drawdown", np.float64),
-    ("trading_state", np.int64),
-    ("n_positions", np.int64),
-    ("kill_reason", np.int64),
-])
+equity_dt = np.dtype(
+    [
+        ("bar", np.int64),
+        ("equity", np.float64),
+        ("cash", np.float64),
+        ("exposure", np.float64),  # fraction of equity
+        ("drawdown", np.float64),
+        ("trading_state", np.int64),
+        ("n_positions", np.int64),
+        ("kill_reason", np.int64),
+    ]
+)
 
 # One bar of one pair as the live-facing RiskMachine takes it (engine.risk.machine.bar_inputs builds
 # it from backtest inputs): market data plus the inputs computed from history like the backtester's.
-bar_dt = np.dtype([
-    ("open", np.float64),
-    ("high", np.float64),
-    ("low", np.float64),
-    ("close", np.float64),
-    ("volume", np.float64),
-    ("valid", np.bool_),          # the bar exists and passed validation
-    ("atr", np.float64),          # Wilder ATR (engine.backtest.runner.default_atr)
-    ("spread", np.float64),       # spread estimate, fraction (default_spread)
-    ("cluster", np.int64),        # correlation cluster id, -1 = none (default_clusters)
-])
+bar_dt = np.dtype(
+    [
+        ("open", np.float64),
+        ("high", np.float64),
+        ("low", np.float64),
+        ("close", np.float64),
+        ("volume", np.float64),
+        ("valid", np.bool_),  # the bar exists and passed validation
+        ("atr", np.float64),  # Wilder ATR (engine.backtest.runner.default_atr)
+        ("spread", np.float64),  # spread estimate, fraction (default_spread)
+        ("cluster", np.int64),  # correlation cluster id, -1 = none (default_clusters)
+    ]
+)
 
 # The model's output for one pair at one bar.
-prediction_dt = np.dtype([
-    ("p_up", np.float64),         # NaN = no signal
-    ("exp_ret", np.float64),
-])
+prediction_dt = np.dtype(
+    [
+        ("p_up", np.float64),  # NaN = no signal
+        ("exp_ret", np.float64),
+    ]
+)
 
 # Sizing modes and order-kind choices inside the parameter record.
-SIZING_RISK = 0            # base risk at the ATR stop distance
+SIZING_RISK = 0  # base risk at the ATR stop distance
 SIZING_FIXED_FRACTION = 1  # fixed fraction of cash at the fill (vectorbt "percent")
-SIZING_VOL_TARGET = 2      # position_size of equity x clamp(vol_target / (ATR / close), vol_adj_min, vol_adj_max)
+SIZING_VOL_TARGET = 2  # position_size of equity x clamp(vol_target / (ATR / close), vol_adj_min, vol_adj_max)
 
 # One parameter set (everything step_nb reads). Built by engine.risk.params.params_from_config.
-params_dt = np.dtype([
-    ("init_cash", np.float64),
-    ("p_up_entry", np.float64),
-    ("p_up_exit", np.float64),
-    ("min_edge", np.float64),          # expected return must exceed this (2 fees + slippage)
-    ("sizing", np.int64),
-    ("base_risk", np.float64),
-    ("fixed_fraction", np.float64),
-    ("position_size", np.float64),     # vol-target sizing: notional fraction of equity at the target volatility
-    ("vol_target", np.float64),        # vol-target sizing: target ATR / close (hourly)
-    ("vol_adj_min", np.float64),       # vol-target sizing: clamp of vol_target / (ATR / close)
-    ("vol_adj_max", np.float64),
-    ("stop_atr_mult", np.float64),     # 0 = no stop
-    ("tp_atr_mult", np.float64),       # 0 = no take-profit
-    ("max_hold_bars", np.int64),       # 0 = no time exit
-    ("max_positions", np.int64),
-    ("max_exposure", np.float64),
-    ("max_cluster_exposure", np.float64),
-    ("dd_tier1", np.float64),
-    ("dd_tier2", np.float64),
-    ("dd_halt", np.float64),
-    ("tier1_risk_mult", np.float64),
-    ("tier2_exposure_mult", np.float64),
-    ("tier2_max_positions", np.int64),
-    ("spread_max", np.float64),        # absolute spread anomaly threshold (fraction); inf = off
-    ("spread_anomaly_mult", np.float64),  # x EWMA baseline; 0 = off
-    ("spread_alpha", np.float64),
-    ("spread_min_obs", np.int64),
-    ("vol_spike_mult", np.float64),    # true range > mult x previous ATR; 0 = off
-    ("fee_rate", np.float64),
-    ("entry_kind", np.int64),          # OrderKind
-    ("exit_kind", np.int64),           # OrderKind for signal/time exits (stops are market)
-    ("limit_offset", np.float64),      # limit price offset from the decision close (fraction)
-    ("impact_coef", np.float64),
-    ("spread_slip", np.int64),         # 1: half the spread estimate is part of market slippage
-    ("min_slip", np.float64),
-    ("slip_buffer", np.float64),       # cash reserved per entry for slippage (fraction)
-    ("enforce_precision", np.int64),   # 1: lot/price rounding and ordermin/costmin
-    ("kill_reset_bars", np.int64),     # backtest only: emulated operator reactivation; 0 = never
-    ("halt_reset_bars", np.int64),     # backtest only: emulated operator halt reset; 0 = never
-])
+params_dt = np.dtype(
+    [
+        ("init_cash", np.float64),
+        ("p_up_entry", np.float64),
+        ("p_up_exit", np.float64),
+        ("min_edge", np.float64),  # expected return must exceed this (2 fees + slippage)
+        ("sizing", np.int64),
+        ("base_risk", np.float64),
+        ("fixed_fraction", np.float64),
+        ("position_size", np.float64),  # vol-target sizing: notional fraction of equity at the target volatility
+        ("vol_target", np.float64),  # vol-target sizing: target ATR / close (hourly)
+        ("vol_adj_min", np.float64),  # vol-target sizing: clamp of vol_target / (ATR / close)
+        ("vol_adj_max", np.float64),
+        ("stop_atr_mult", np.float64),  # 0 = no stop
+        ("tp_atr_mult", np.float64),  # 0 = no take-profit
+        ("max_hold_bars", np.int64),  # 0 = no time exit
+        ("max_positions", np.int64),
+        ("max_exposure", np.float64),
+        ("max_cluster_exposure", np.float64),
+        ("dd_tier1", np.float64),
+        ("dd_tier2", np.float64),
+        ("dd_halt", np.float64),
+        ("tier1_risk_mult", np.float64),
+        ("tier2_exposure_mult", np.float64),
+        ("tier2_max_positions", np.int64),
+        ("spread_max", np.float64),  # absolute spread anomaly threshold (fraction); inf = off
+        ("spread_anomaly_mult", np.float64),  # x EWMA baseline; 0 = off
+        ("spread_alpha", np.float64),
+        ("spread_min_obs", np.int64),
+        ("vol_spike_mult", np.float64),  # true range > mult x previous ATR; 0 = off
+        ("fee_rate", np.float64),
+        ("entry_kind", np.int64),  # OrderKind
+        ("exit_kind", np.int64),  # OrderKind for signal/time exits (stops are market)
+        ("limit_offset", np.float64),  # limit price offset from the decision close (fraction)
+        ("impact_coef", np.float64),
+        ("spread_slip", np.int64),  # 1: half the spread estimate is part of market slippage
+        ("min_slip", np.float64),
+        ("slip_buffer", np.float64),  # cash reserved per entry for slippage (fraction)
+        ("enforce_precision", np.int64),  # 1: lot/price rounding and ordermin/costmin
+        ("kill_reset_bars", np.int64),  # backtest only: emulated operator reactivation; 0 = never
+        ("halt_reset_bars", np.int64),  # backtest only: emulated operator halt reset; 0 = never
+    ]
+)
 
 # Per-parameter-set summary streamed by the backtester.
-metrics_dt = np.dtype([
-    ("final_equity", np.float64),
-    ("total_return", np.float64),
-    ("annual_return", np.float64),
-    ("sharpe", np.float64),
-    ("sortino", np.float64),
-    ("calmar", np.float64),
-    ("max_drawdown", np.float64),
-    ("worst_month_drawdown", np.float64),
-    ("turnover", np.float64),          # traded notional / mean equity, annualised
-    ("mean_exposure", np.float64),     # mean exposure fraction over bars
-    ("n_fills", np.int64),
-    ("n_trades", np.int64),            # closed round trips
-    ("win_rate", np.float64),
-    ("profit_factor", np.float64),
-    ("fees_paid", np.float64),
-    ("bars", np.int64),
-    ("bars_active", np.int64),
-    ("bars_reducing_1", np.int64),
-    ("bars_reducing_2", np.int64),
-    ("bars_halted", np.int64),
-    ("bars_kill_switch", np.int64),
-    ("n_refusals", np.int64),
-    ("n_kill_events", np.int64),
-    ("records_overflow", np.int64),
-])
+metrics_dt = np.dtype(
+    [
+        ("final_equity", np.float64),
+        ("total_return", np.float64),
+        ("annual_return", np.float64),
+        ("sharpe", np.float64),
+        ("sortino", np.float64),
+        ("calmar", np.float64),
+        ("max_drawdown", np.float64),
+        ("worst_month_drawdown", np.float64),
+        ("turnover", np.float64),  # traded notional / mean equity, annualised
+        ("mean_exposure", np.float64),  # mean exposure fraction over bars
+        ("n_fills", np.int64),
+        ("n_trades", np.int64),  # closed round trips
+        ("win_rate", np.float64),
+        ("profit_factor", np.float64),
+        ("fees_paid", np.float64),
+        ("bars", np.int64),
+        ("bars_active", np.int64),
+        ("bars_reducing_1", np.int64),
+        ("bars_reducing_2", np.int64),
+        ("bars_halted", np.int64),
+        ("bars_kill_switch", np.int64),
+        ("n_refusals", np.int64),
+        ("n_kill_events", np.int64),
+        ("records_overflow", np.int64),
+    ]
+)

@@ -95,7 +95,7 @@ from engine.timeutil import HOUR
 
 SNAPSHOT_MAGIC = b"KQRISKM\x00"
 SNAPSHOT_VERSION = 1
-_HEADER = struct.Struct("<8sIQ32s")    # magic, version, body length, SHA-256 of the body
+_HEADER = struct.Struct("<8sIQ32s")  # magic, version, body length, SHA-256 of the body
 
 # machine record: the last hour begun, and whether its close waits for fallback fills
 machine_dt = np.dtype([("hour", np.int64), ("awaiting", np.int64)])
@@ -108,29 +108,76 @@ class SnapshotError(IntegrityError):
 @dataclass(frozen=True, eq=False)
 class BarResult:
     hour: int
-    orders: np.ndarray      # order_dt: the orders pending now (to send: new decisions, or fallbacks)
+    orders: np.ndarray  # order_dt: the orders pending now (to send: new decisions, or fallbacks)
     order_pairs: np.ndarray  # int64: the pair index of each of ``orders``
-    trades: np.ndarray      # trade_dt booked during this call (simulated fills only)
-    events: np.ndarray      # event_dt emitted during this call
-    equity: np.ndarray | None   # equity_dt row of the close (None while the close waits for fills)
-    complete: bool          # False: fallback orders await on_fill/on_cancel, then finish_bar()
+    trades: np.ndarray  # trade_dt booked during this call (simulated fills only)
+    events: np.ndarray  # event_dt emitted during this call
+    equity: np.ndarray | None  # equity_dt row of the close (None while the close waits for fills)
+    complete: bool  # False: fallback orders await on_fill/on_cancel, then finish_bar()
 
 
 # ---- kernels: compositions of engine.risk.nb phases on a one-row window (row 0, bar id = hour)
 
+
 @njit(cache=True)
-def _begin_close_nb(hour, state, positions, pending, o, h, lo, c, valid, atr, spread, api, op, p, events, cnt,
-                    refusals):
+def _begin_close_nb(
+    hour, state, positions, pending, o, h, lo, c, valid, atr, spread, api, op, p, events, cnt, refusals
+):
     kill_check_nb(0, hour, state, positions, o, h, lo, c, valid, atr, spread, api, op, p, events, cnt)
     return fallback_orders_nb(hour, state, pending, events, cnt, refusals)
 
 
 @njit(cache=True)
-def _finish_close_nb(hour, state, positions, pending, c, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-                     entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf):
+def _finish_close_nb(
+    hour,
+    state,
+    positions,
+    pending,
+    c,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    events,
+    cnt,
+    refusals,
+    order_buf,
+):
     mark_nb(0, hour, state, positions, c, valid, p, events, cnt)
-    decide_nb(0, hour, state, positions, pending, c, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-              entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf)
+    decide_nb(
+        0,
+        hour,
+        state,
+        positions,
+        pending,
+        c,
+        valid,
+        p_up,
+        exp_ret,
+        atr,
+        spread,
+        cluster,
+        tradable,
+        entry_block,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        p,
+        events,
+        cnt,
+        refusals,
+        order_buf,
+    )
 
 
 def bar_inputs(inp, t: int):
@@ -141,15 +188,30 @@ def bar_inputs(inp, t: int):
     if not -n <= t < n:
         raise InputError(f"row {t} outside the inputs' {n} bars")
     bars = np.zeros(m, dtype=bar_dt)
-    for f, a in (("open", inp.open), ("high", inp.high), ("low", inp.low), ("close", inp.close),
-                 ("volume", inp.volume), ("valid", inp.valid), ("atr", inp.atr), ("spread", inp.spread),
-                 ("cluster", inp.cluster)):
+    for f, a in (
+        ("open", inp.open),
+        ("high", inp.high),
+        ("low", inp.low),
+        ("close", inp.close),
+        ("volume", inp.volume),
+        ("valid", inp.valid),
+        ("atr", inp.atr),
+        ("spread", inp.spread),
+        ("cluster", inp.cluster),
+    ):
         bars[f] = a[t]
     pred = np.zeros(m, dtype=prediction_dt)
     pred["p_up"] = inp.p_up[t]
     pred["exp_ret"] = inp.exp_ret[t]
-    return (int(inp.ts[t]) // HOUR, bars, pred, inp.tradable[t].copy(), bool(inp.entry_block[t]),
-            bool(inp.api_fault[t]), int(inp.operator[t]))
+    return (
+        int(inp.ts[t]) // HOUR,
+        bars,
+        pred,
+        inp.tradable[t].copy(),
+        bool(inp.entry_block[t]),
+        bool(inp.api_fault[t]),
+        int(inp.operator[t]),
+    )
 
 
 class RiskMachine:
@@ -167,19 +229,22 @@ class RiskMachine:
         self.params = params.copy()
         rules = instrument_arrays(self.pairs) if instruments is None else instruments
         self.ordermin, self.costmin, self.lot_dec, self.price_dec = (
-            np.ascontiguousarray(rules[0], dtype=np.float64), np.ascontiguousarray(rules[1], dtype=np.float64),
-            np.ascontiguousarray(rules[2], dtype=np.int64), np.ascontiguousarray(rules[3], dtype=np.int64))
+            np.ascontiguousarray(rules[0], dtype=np.float64),
+            np.ascontiguousarray(rules[1], dtype=np.float64),
+            np.ascontiguousarray(rules[2], dtype=np.int64),
+            np.ascontiguousarray(rules[3], dtype=np.int64),
+        )
         self.state = np.zeros(1, dtype=state_dt)
         self.positions = np.zeros(m, dtype=position_dt)
         self.pending = np.zeros(m, dtype=order_dt)
         init_state_nb(self.state, self.positions, self.pending, float(self.params[0]["init_cash"]))
         self.acc = np.zeros(N_ACC)
         self.refusals = np.zeros(N_REASONS, dtype=np.int64)
-        self.cnt = np.zeros(N_CNT, dtype=np.int64)      # cumulative: kill events, fills
+        self.cnt = np.zeros(N_CNT, dtype=np.int64)  # cumulative: kill events, fills
         self.cnt[C_RECORD] = 1
         self.machine = np.zeros(1, dtype=machine_dt)
         self.machine[0]["hour"] = np.iinfo(np.int64).min
-        self.bar = np.zeros(m, dtype=bar_dt)              # the bar in progress (kept while a close waits)
+        self.bar = np.zeros(m, dtype=bar_dt)  # the bar in progress (kept while a close waits)
         self.pred = np.zeros(m, dtype=prediction_dt)
         self.tradable = np.ones(m, dtype=np.bool_)
         self.flags = np.zeros(1, dtype=[("entry_block", np.bool_), ("api_fault", np.bool_), ("operator", np.int64)])
@@ -214,11 +279,14 @@ class RiskMachine:
         hour = int(hour)
         last = self.last_hour
         if self.awaiting_fills:
-            raise InputError(f"the close of hour {last} waits for fills of its fallback orders "
-                             "(on_fill/on_cancel, then finish_bar)")
+            raise InputError(
+                f"the close of hour {last} waits for fills of its fallback orders (on_fill/on_cancel, then finish_bar)"
+            )
         if last is not None and hour != last + 1:
-            raise InputError(f"hour {hour}: the last bar was hour {last}; feed every hour in order "
-                             "(a missing bar is a bar with valid False)")
+            raise InputError(
+                f"hour {hour}: the last bar was hour {last}; feed every hour in order "
+                "(a missing bar is a bar with valid False)"
+            )
         for name, a, dt in (("bars", bars, bar_dt), ("predictions", predictions, prediction_dt)):
             if not isinstance(a, np.ndarray) or a.dtype != dt or a.shape != (m,):
                 raise InputError(f"{name}: expected {m} records of engine.risk.enums.{dt_name(dt)}")
@@ -233,8 +301,18 @@ class RiskMachine:
     def _row(self, f):
         return np.ascontiguousarray(self.bar[f])[None, :]
 
-    def on_bar(self, hour, bars, predictions, tradable=None, entry_block=False, api_fault=False, operator=0, *,
-               simulate_fills: bool = False) -> BarResult:
+    def on_bar(
+        self,
+        hour,
+        bars,
+        predictions,
+        tradable=None,
+        entry_block=False,
+        api_fault=False,
+        operator=0,
+        *,
+        simulate_fills: bool = False,
+    ) -> BarResult:
         """The close of bar ``hour``: the orders and events decided at it (module docstring).
 
         ``bars``: ``bar_dt`` records (OHLCV, valid, ATR, spread estimate, cluster id) per pair;
@@ -255,17 +333,60 @@ class RiskMachine:
         opa = self.flags["operator"].copy()
         blk = self.flags["entry_block"].copy()
         if simulate_fills:
-            step_bar_nb(0, hour, st, pos, pend, self._row("open"), self._row("high"), self._row("low"),
-                        self._row("close"), self._row("volume"), self._row("valid"),
-                        np.ascontiguousarray(self.pred["p_up"])[None, :],
-                        np.ascontiguousarray(self.pred["exp_ret"])[None, :], self._row("atr"), self._row("spread"),
-                        self._row("cluster"), self.tradable[None, :].copy(), blk, api, opa, self.ordermin,
-                        self.costmin, self.lot_dec, self.price_dec, self.params[0], trades, events, self.cnt,
-                        self.acc, self.refusals, self._marks, self._order_buf)
+            step_bar_nb(
+                0,
+                hour,
+                st,
+                pos,
+                pend,
+                self._row("open"),
+                self._row("high"),
+                self._row("low"),
+                self._row("close"),
+                self._row("volume"),
+                self._row("valid"),
+                np.ascontiguousarray(self.pred["p_up"])[None, :],
+                np.ascontiguousarray(self.pred["exp_ret"])[None, :],
+                self._row("atr"),
+                self._row("spread"),
+                self._row("cluster"),
+                self.tradable[None, :].copy(),
+                blk,
+                api,
+                opa,
+                self.ordermin,
+                self.costmin,
+                self.lot_dec,
+                self.price_dec,
+                self.params[0],
+                trades,
+                events,
+                self.cnt,
+                self.acc,
+                self.refusals,
+                self._marks,
+                self._order_buf,
+            )
             return self._result(hour, trades, events)
-        n_wait = _begin_close_nb(hour, st, pos, pend, self._row("open"), self._row("high"), self._row("low"),
-                                 self._row("close"), self._row("valid"), self._row("atr"), self._row("spread"), api,
-                                 opa, self.params[0], events, self.cnt, self.refusals)
+        n_wait = _begin_close_nb(
+            hour,
+            st,
+            pos,
+            pend,
+            self._row("open"),
+            self._row("high"),
+            self._row("low"),
+            self._row("close"),
+            self._row("valid"),
+            self._row("atr"),
+            self._row("spread"),
+            api,
+            opa,
+            self.params[0],
+            events,
+            self.cnt,
+            self.refusals,
+        )
         if n_wait > 0:
             self.machine[0]["awaiting"] = 1
             return self._result(hour, trades, events, complete=False)
@@ -284,12 +405,30 @@ class RiskMachine:
 
     def _finish(self, hour, trades, events):
         blk = self.flags["entry_block"].copy()
-        _finish_close_nb(hour, self.state, self.positions, self.pending, self._row("close"), self._row("valid"),
-                         np.ascontiguousarray(self.pred["p_up"])[None, :],
-                         np.ascontiguousarray(self.pred["exp_ret"])[None, :], self._row("atr"), self._row("spread"),
-                         self._row("cluster"), self.tradable[None, :].copy(), blk, self.ordermin, self.costmin,
-                         self.lot_dec, self.price_dec, self.params[0], events, self.cnt, self.refusals,
-                         self._order_buf)
+        _finish_close_nb(
+            hour,
+            self.state,
+            self.positions,
+            self.pending,
+            self._row("close"),
+            self._row("valid"),
+            np.ascontiguousarray(self.pred["p_up"])[None, :],
+            np.ascontiguousarray(self.pred["exp_ret"])[None, :],
+            self._row("atr"),
+            self._row("spread"),
+            self._row("cluster"),
+            self.tradable[None, :].copy(),
+            blk,
+            self.ordermin,
+            self.costmin,
+            self.lot_dec,
+            self.price_dec,
+            self.params[0],
+            events,
+            self.cnt,
+            self.refusals,
+            self._order_buf,
+        )
         return self._result(hour, trades, events)
 
     def _result(self, hour, trades, events, complete=True):
@@ -300,11 +439,26 @@ class RiskMachine:
             st = self.state[0]
             eq = np.zeros(1, dtype=equity_dt)
             e = float(st["equity"])
-            eq[0] = (hour, e, st["cash"], st["exposure"] / e if e > 0.0 else 0.0, st["drawdown"],
-                     st["trading_state"], st["n_positions"], st["kill_reason"])
+            eq[0] = (
+                hour,
+                e,
+                st["cash"],
+                st["exposure"] / e if e > 0.0 else 0.0,
+                st["drawdown"],
+                st["trading_state"],
+                st["n_positions"],
+                st["kill_reason"],
+            )
         act = np.flatnonzero(self.pending["active"]).astype(np.int64)
-        return BarResult(hour, self.pending[act].copy(), act, trades[: self.cnt[C_TRADES]].copy(),
-                         events[: self.cnt[C_EVENTS]].copy(), eq, complete)
+        return BarResult(
+            hour,
+            self.pending[act].copy(),
+            act,
+            trades[: self.cnt[C_TRADES]].copy(),
+            events[: self.cnt[C_EVENTS]].copy(),
+            eq,
+            complete,
+        )
 
     # ---- exchange reports
 
@@ -329,11 +483,13 @@ class RiskMachine:
         if not (qty > 0.0 and np.isfinite(qty) and price > 0.0 and np.isfinite(price)):
             raise InputError(f"fill of {self.pairs[j]}: quantity and price must be positive and finite")
         if o["side"] != BUY and qty != self.positions[j]["qty"]:
-            raise InputError(f"fill of {self.pairs[j]}: a sell closes the whole position "
-                             f"({self.positions[j]['qty']!r}), got {qty!r} (report partial fills as one)")
+            raise InputError(
+                f"fill of {self.pairs[j]}: a sell closes the whole position "
+                f"({self.positions[j]['qty']!r}), got {qty!r} (report partial fills as one)"
+            )
         if o["side"] == BUY and self.positions[j]["qty"] != 0.0:
             raise InputError(f"fill of {self.pairs[j]}: the position is already open")
-        marks = np.full(self.n_pairs, np.nan)     # NaN: the others at their last close (apply_fill_nb)
+        marks = np.full(self.n_pairs, np.nan)  # NaN: the others at their last close (apply_fill_nb)
         trades = np.zeros(1, dtype=trade_dt)
         self.cnt[C_TRADES] = 0
         # the bar the fill executes in: the bar after the last close, or that close's own bar for a
@@ -341,9 +497,23 @@ class RiskMachine:
         last = self.last_hour
         if last is None:
             raise InputError("no bar has been processed: nothing can have been ordered")
-        apply_fill_nb(last if self.awaiting_fills else last + 1,
-                      j, int(o["side"]), qty, price, int(o["reason"]), int(how), float(o["atr"]), self.state,
-                      self.positions, marks, self.params[0], trades, self.cnt, self.acc)
+        apply_fill_nb(
+            last if self.awaiting_fills else last + 1,
+            j,
+            int(o["side"]),
+            qty,
+            price,
+            int(o["reason"]),
+            int(how),
+            float(o["atr"]),
+            self.state,
+            self.positions,
+            marks,
+            self.params[0],
+            trades,
+            self.cnt,
+            self.acc,
+        )
         self.pending[j]["active"] = 0
         return trades[: self.cnt[C_TRADES]].copy()
 
@@ -355,14 +525,36 @@ class RiskMachine:
     # ---- persistence
 
     def _arrays(self):
-        ins = np.zeros(self.n_pairs, dtype=[("ordermin", np.float64), ("costmin", np.float64),
-                                            ("lot_decimals", np.int64), ("pair_decimals", np.int64)])
+        ins = np.zeros(
+            self.n_pairs,
+            dtype=[
+                ("ordermin", np.float64),
+                ("costmin", np.float64),
+                ("lot_decimals", np.int64),
+                ("pair_decimals", np.int64),
+            ],
+        )
         ins["ordermin"], ins["costmin"], ins["lot_decimals"], ins["pair_decimals"] = (
-            self.ordermin, self.costmin, self.lot_dec, self.price_dec)
-        return {"params": self.params, "instruments": ins, "state": self.state, "positions": self.positions,
-                "pending": self.pending, "acc": self.acc, "refusals": self.refusals, "cnt": self.cnt,
-                "machine": self.machine, "bar": self.bar, "pred": self.pred, "tradable": self.tradable,
-                "flags": self.flags}
+            self.ordermin,
+            self.costmin,
+            self.lot_dec,
+            self.price_dec,
+        )
+        return {
+            "params": self.params,
+            "instruments": ins,
+            "state": self.state,
+            "positions": self.positions,
+            "pending": self.pending,
+            "acc": self.acc,
+            "refusals": self.refusals,
+            "cnt": self.cnt,
+            "machine": self.machine,
+            "bar": self.bar,
+            "pred": self.pred,
+            "tradable": self.tradable,
+            "flags": self.flags,
+        }
 
     def snapshot(self) -> bytes:
         """Everything the machine holds, as bytes (see :meth:`restore`)."""
@@ -391,14 +583,14 @@ class RiskMachine:
             raise SnapshotError("not a RiskMachine snapshot (bad magic)")
         if version != SNAPSHOT_VERSION:
             raise SnapshotError(f"RiskMachine snapshot version {version}; this build reads version {SNAPSHOT_VERSION}")
-        body = blob[_HEADER.size:]
+        body = blob[_HEADER.size :]
         if len(body) != n:
             raise SnapshotError(f"RiskMachine snapshot truncated or padded: body {len(body)} bytes, header says {n}")
         if hashlib.sha256(body).digest() != digest:
             raise SnapshotError("RiskMachine snapshot digest mismatch: the bytes are corrupted")
         try:
             (ml,) = struct.unpack_from("<I", body)
-            meta = json.loads(body[4:4 + ml])
+            meta = json.loads(body[4 : 4 + ml])
             pos = 4 + ml
             got = {}
             for name, descr, shape, nbytes in meta["arrays"]:

@@ -74,13 +74,13 @@ _TINY = 1e-12
 @njit(cache=True)
 def round_down_nb(x: float, decimals: int) -> float:
     """Round a non-negative quantity DOWN to ``decimals`` places (never up: never more than affordable)."""
-    s = 10.0 ** decimals
+    s = 10.0**decimals
     return math.floor(x * s) / s
 
 
 @njit(cache=True)
 def round_price_nb(x: float, decimals: int, up: bool) -> float:
-    s = 10.0 ** decimals
+    s = 10.0**decimals
     if up:
         return math.ceil(x * s) / s
     return math.floor(x * s) / s
@@ -178,15 +178,30 @@ def book_nb(st, positions, marks):
         q = positions[j].qty
         if q != 0.0:
             mk = marks[j]
-            if not (mk == mk):
+            if not (mk == mk):  # noqa: SIM201 NaN test kept verbatim in the kernel
                 mk = positions[j].mark
             expo += q * mk
     return st.cash + expo, expo
 
 
 @njit(cache=True)
-def apply_fill_nb(bar: int, j: int, side: int, qty: float, price: float, reason: int, how: int,
-                  atr: float, state, positions, marks, p, trades, cnt, acc) -> None:
+def apply_fill_nb(
+    bar: int,
+    j: int,
+    side: int,
+    qty: float,
+    price: float,
+    reason: int,
+    how: int,
+    atr: float,
+    state,
+    positions,
+    marks,
+    p,
+    trades,
+    cnt,
+    acc,
+) -> None:
     """Book one fill: cash, position, fee (fee_nb, on every fill), stops, trade record."""
     st = state[0]
     pos = positions[j]
@@ -237,7 +252,7 @@ def apply_fill_nb(bar: int, j: int, side: int, qty: float, price: float, reason:
                 expo += q * price
             else:
                 mk = marks[i]
-                if not (mk == mk):
+                if not (mk == mk):  # noqa: SIM201 NaN test kept verbatim in the kernel
                     mk = positions[i].mark
                 expo += q * mk
     eq = st.cash + expo
@@ -267,15 +282,33 @@ def cluster_exposure_nb(positions, marks, cluster_row, c: int, skip: int) -> flo
     for i in range(positions.shape[0]):
         if i != skip and positions[i].qty != 0.0 and cluster_row[i] == c:
             mk = marks[i]
-            if not (mk == mk):
+            if not (mk == mk):  # noqa: SIM201 NaN test kept verbatim in the kernel
                 mk = positions[i].mark
             s += positions[i].qty * mk
     return s
 
 
 @njit(cache=True)
-def execute_buy_nb(bar: int, j: int, o, price: float, how: int, state, positions, marks, cluster_row,
-                   ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals) -> None:
+def execute_buy_nb(
+    bar: int,
+    j: int,
+    o,
+    price: float,
+    how: int,
+    state,
+    positions,
+    marks,
+    cluster_row,
+    ordermin,
+    costmin,
+    lot_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+) -> None:
     """Fill an entry at ``price``, clipped to cash and the (tier) exposure and cluster caps at the fill."""
     st = state[0]
     f = p.fee_rate
@@ -314,8 +347,9 @@ def execute_buy_nb(bar: int, j: int, o, price: float, how: int, state, positions
             refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
             return
         if qty * price < costmin[j]:
-            refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_COSTMIN,
-                      qty * price)
+            refuse_nb(
+                events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_COSTMIN, qty * price
+            )
             return
     elif not (qty > 0.0):
         refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
@@ -334,15 +368,37 @@ def _market_price_nb(t: int, j: int, o, ref: float, volume, close, p) -> float:
 
 @njit(cache=True)
 def any_pending_nb(pending) -> bool:
-    for j in range(pending.shape[0]):
+    for j in range(pending.shape[0]):  # noqa: SIM110 explicit loop: no generator inside an njit kernel
         if pending[j].active != 0:
             return True
     return False
 
 
 @njit(cache=True, inline="always")
-def execute_open_nb(t: int, bar: int, state, positions, pending, open_, high, low, close, volume, valid,
-                    cluster, ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks) -> None:
+def execute_open_nb(
+    t: int,
+    bar: int,
+    state,
+    positions,
+    pending,
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    cluster,
+    ordermin,
+    costmin,
+    lot_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+    marks,
+) -> None:
     """Phase 1 of bar t: market orders at the open, limit orders bar t trades through at their limit."""
     m = positions.shape[0]
     if not any_pending_nb(pending):
@@ -370,11 +426,44 @@ def execute_open_nb(t: int, bar: int, state, positions, pending, open_, high, lo
             o.active = 0
             if want == SELL:
                 if positions[j].qty > 0.0:
-                    apply_fill_nb(bar, j, SELL, positions[j].qty, price, o.reason, how, o.atr,
-                                  state, positions, marks, p, trades, cnt, acc)
+                    apply_fill_nb(
+                        bar,
+                        j,
+                        SELL,
+                        positions[j].qty,
+                        price,
+                        o.reason,
+                        how,
+                        o.atr,
+                        state,
+                        positions,
+                        marks,
+                        p,
+                        trades,
+                        cnt,
+                        acc,
+                    )
             else:
-                execute_buy_nb(bar, j, o, price, how, state, positions, marks, cluster[t], ordermin, costmin,
-                               lot_dec, p, trades, events, cnt, acc, refusals)
+                execute_buy_nb(
+                    bar,
+                    j,
+                    o,
+                    price,
+                    how,
+                    state,
+                    positions,
+                    marks,
+                    cluster[t],
+                    ordermin,
+                    costmin,
+                    lot_dec,
+                    p,
+                    trades,
+                    events,
+                    cnt,
+                    acc,
+                    refusals,
+                )
 
 
 @njit(cache=True, inline="always")
@@ -413,8 +502,27 @@ def fallback_orders_nb(bar: int, state, pending, events, cnt, refusals) -> int:
 
 
 @njit(cache=True, inline="always")
-def execute_close_nb(t: int, bar: int, state, positions, pending, close, volume, valid, cluster,
-                     ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks) -> None:
+def execute_close_nb(
+    t: int,
+    bar: int,
+    state,
+    positions,
+    pending,
+    close,
+    volume,
+    valid,
+    cluster,
+    ordermin,
+    costmin,
+    lot_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+    marks,
+) -> None:
     """Phase 3 of bar t: unfilled limit orders fall back to market at bar t's close."""
     m = positions.shape[0]
     st = state[0]
@@ -437,11 +545,44 @@ def execute_close_nb(t: int, bar: int, state, positions, pending, close, volume,
             price = _market_price_nb(t, j, o, close[t, j], volume, close, p)
             if want == SELL:
                 if positions[j].qty > 0.0:
-                    apply_fill_nb(bar, j, SELL, positions[j].qty, price, o.reason, HOW.MARKET_CLOSE, o.atr,
-                                  state, positions, marks, p, trades, cnt, acc)
+                    apply_fill_nb(
+                        bar,
+                        j,
+                        SELL,
+                        positions[j].qty,
+                        price,
+                        o.reason,
+                        HOW.MARKET_CLOSE,
+                        o.atr,
+                        state,
+                        positions,
+                        marks,
+                        p,
+                        trades,
+                        cnt,
+                        acc,
+                    )
             else:
-                execute_buy_nb(bar, j, o, price, HOW.MARKET_CLOSE, state, positions, marks, cluster[t], ordermin,
-                               costmin, lot_dec, p, trades, events, cnt, acc, refusals)
+                execute_buy_nb(
+                    bar,
+                    j,
+                    o,
+                    price,
+                    HOW.MARKET_CLOSE,
+                    state,
+                    positions,
+                    marks,
+                    cluster[t],
+                    ordermin,
+                    costmin,
+                    lot_dec,
+                    p,
+                    trades,
+                    events,
+                    cnt,
+                    acc,
+                    refusals,
+                )
 
 
 @njit(cache=True)
@@ -486,8 +627,22 @@ def halt_reset_due_nb(st, op: int, bar: int, p) -> bool:
 
 
 @njit(cache=True, inline="always")
-def kill_pair_scalar_nb(seen: int, sbase: float, nspread: int, aprev: float, pclose: float, vld: bool, o: float,
-                        h: float, lo: float, c: float, s: float, a: float, trig: int, p):
+def kill_pair_scalar_nb(
+    seen: int,
+    sbase: float,
+    nspread: int,
+    aprev: float,
+    pclose: float,
+    vld: bool,
+    o: float,
+    h: float,
+    lo: float,
+    c: float,
+    s: float,
+    a: float,
+    trig: int,
+    p,
+):
     """Kill-switch checks of one pair's bar and its baseline updates, on the baselines as scalars
     (seen, spread EWMA, spread observations, previous ATR, previous close).
 
@@ -495,7 +650,7 @@ def kill_pair_scalar_nb(seen: int, sbase: float, nspread: int, aprev: float, pcl
     its value, and the updated baselines). A bar never hides its own anomaly: baselines update after
     the checks. :func:`kill_pair_nb` is the same rule on a position record."""
     # positive, finite (NaN fails every comparison) and consistent
-    ok = vld & (0.0 < lo) & (lo <= h) & (h < np.inf) & (0.0 < o) & (o < np.inf) & (0.0 < c) & (c < np.inf)
+    ok = vld & (0.0 < lo) & (lo <= h) & (h < np.inf) & (0.0 < o) & (o < np.inf) & (0.0 < c) & (c < np.inf)  # noqa: SIM300 interval form
     new = 0
     val = 0.0
     if not ok:
@@ -504,8 +659,9 @@ def kill_pair_scalar_nb(seen: int, sbase: float, nspread: int, aprev: float, pcl
         return new, val, seen, sbase, nspread, aprev, pclose
     # the checks are evaluated without short-circuit branches (NaN compares false, as the guards
     # require), then one rarely-taken branch
-    spike = (s > p.spread_max) | ((p.spread_anomaly_mult > 0.0) & (nspread >= p.spread_min_obs)
-                                  & (s > p.spread_anomaly_mult * sbase))
+    spike = (s > p.spread_max) | (
+        (p.spread_anomaly_mult > 0.0) & (nspread >= p.spread_min_obs) & (s > p.spread_anomaly_mult * sbase)
+    )
     if trig == 0 and spike:
         new = KILL.SPREAD_ANOMALY
         val = s
@@ -535,7 +691,8 @@ def kill_pair_nb(pos, vld: bool, o: float, h: float, lo: float, c: float, s: flo
     """Kill-switch checks of one pair's bar (:func:`kill_pair_scalar_nb`) on its position record's
     baselines; returns (new trigger of this pair or 0, its value)."""
     new, val, seen, sbase, nspread, aprev, pclose = kill_pair_scalar_nb(
-        pos.seen, pos.spread_base, pos.n_spread, pos.atr_prev, pos.prev_close, vld, o, h, lo, c, s, a, trig, p)
+        pos.seen, pos.spread_base, pos.n_spread, pos.atr_prev, pos.prev_close, vld, o, h, lo, c, s, a, trig, p
+    )
     pos.seen = seen
     pos.spread_base = sbase
     pos.n_spread = nspread
@@ -567,8 +724,21 @@ def kill_triggers_nb(open_, high, low, close, valid, atr, spread, p, code, pair,
         vt = 0.0
         for j in range(m):
             nt, v, seen[j], sbase[j], nspread[j], aprev[j], pclose[j] = kill_pair_scalar_nb(
-                seen[j], sbase[j], nspread[j], aprev[j], pclose[j], valid[t, j], open_[t, j], high[t, j], low[t, j],
-                close[t, j], spread[t, j], atr[t, j], ct, p)
+                seen[j],
+                sbase[j],
+                nspread[j],
+                aprev[j],
+                pclose[j],
+                valid[t, j],
+                open_[t, j],
+                high[t, j],
+                low[t, j],
+                close[t, j],
+                spread[t, j],
+                atr[t, j],
+                ct,
+                p,
+            )
             if nt != 0:
                 ct = nt
                 pt = j
@@ -585,9 +755,13 @@ def same_kill_params_nb(params) -> bool:
     a = params[0]
     for s in range(1, params.shape[0]):
         b = params[s]
-        if not (b.spread_max == a.spread_max and b.spread_anomaly_mult == a.spread_anomaly_mult
-                and b.spread_min_obs == a.spread_min_obs and b.spread_alpha == a.spread_alpha
-                and b.vol_spike_mult == a.vol_spike_mult):
+        if not (
+            b.spread_max == a.spread_max
+            and b.spread_anomaly_mult == a.spread_anomaly_mult
+            and b.spread_min_obs == a.spread_min_obs
+            and b.spread_alpha == a.spread_alpha
+            and b.vol_spike_mult == a.vol_spike_mult
+        ):
             return False
     return True
 
@@ -603,8 +777,9 @@ def latch_kill_nb(st, bar: int, trig: int) -> bool:
 
 
 @njit(cache=True, inline="always")
-def kill_check_nb(t: int, bar: int, state, positions, open_, high, low, close, valid, atr, spread, api_fault,
-                  operator, p, events, cnt) -> None:
+def kill_check_nb(
+    t: int, bar: int, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator, p, events, cnt
+) -> None:
     """Operator resets, then kill-switch triggers on bar t; updates the per-pair baselines."""
     st = state[0]
     op = operator[t]
@@ -619,8 +794,9 @@ def kill_check_nb(t: int, bar: int, state, positions, open_, high, low, close, v
         trig = KILL.API_INSTABILITY
     m = positions.shape[0]
     for j in range(m):
-        nt, v = kill_pair_nb(positions[j], valid[t, j], open_[t, j], high[t, j], low[t, j], close[t, j],
-                             spread[t, j], atr[t, j], trig, p)
+        nt, v = kill_pair_nb(
+            positions[j], valid[t, j], open_[t, j], high[t, j], low[t, j], close[t, j], spread[t, j], atr[t, j], trig, p
+        )
         if nt != 0:
             trig = nt
             trig_pair = j
@@ -687,8 +863,19 @@ def mark_nb(t: int, bar: int, state, positions, close, valid, p, events, cnt) ->
 
 
 @njit(cache=True)
-def _set_order_nb(o, bar: int, side: int, kind: int, reason: int, qty: float, limit: float, ref: float,
-                  atr: float, spread: float, frac: float) -> None:
+def _set_order_nb(
+    o,
+    bar: int,
+    side: int,
+    kind: int,
+    reason: int,
+    qty: float,
+    limit: float,
+    ref: float,
+    atr: float,
+    spread: float,
+    frac: float,
+) -> None:
     o.active = 1
     o.bar = bar
     o.side = side
@@ -745,7 +932,7 @@ def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: fl
         return REASON.REFUSE_KILL_SWITCH, float(st.kill_reason)
     if blk:
         return REASON.REFUSE_TRAINING_WINDOW, pu
-    if not (er == er) or er <= p.min_edge:
+    if not (er == er) or er <= p.min_edge:  # noqa: SIM201 NaN test kept verbatim in the kernel
         return REASON.REFUSE_EDGE, er
     if p.sizing != SIZING_FIXED_FRACTION and not (a == a and a > 0.0):  # risk and vol-target sizing need it
         return REASON.REFUSE_NO_ATR, a
@@ -753,8 +940,22 @@ def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: fl
 
 
 @njit(cache=True, inline="always")
-def entry_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float, trd: bool, blk: bool, n_open: int,
-                  maxpos: int, cap: float, eq: float, committed: float):
+def entry_gate_nb(
+    st,
+    p,
+    vld: bool,
+    c: float,
+    pu: float,
+    er: float,
+    a: float,
+    trd: bool,
+    blk: bool,
+    n_open: int,
+    maxpos: int,
+    cap: float,
+    eq: float,
+    committed: float,
+):
     """Entry checks before the cluster cap: (refusal reason or 0, refusal value, exposure room)."""
     r, v = entry_static_gate_nb(st, p, vld, c, pu, er, a, trd, blk)
     if r != 0:
@@ -780,8 +981,20 @@ def vol_adj_nb(p, c: float, a: float) -> float:
 
 
 @njit(cache=True)
-def entry_size_nb(st, p, reserved: float, room_x: float, room_c: float, c: float, a: float, eq: float,
-                  rmult: float, lot: int, omin: float, cmin: float):
+def entry_size_nb(
+    st,
+    p,
+    reserved: float,
+    room_x: float,
+    room_c: float,
+    c: float,
+    a: float,
+    eq: float,
+    rmult: float,
+    lot: int,
+    omin: float,
+    cmin: float,
+):
     """Entry size after the caps: (refusal reason or 0, refusal value, quantity).
 
     Wanted notional, by ``p.sizing``: SIZING_VOL_TARGET ``rmult x position_size x vol_adj_nb x equity``;
@@ -831,8 +1044,32 @@ def entry_order_nb(o, bar: int, qty: float, c: float, a: float, s: float, pdec: 
 
 
 @njit(cache=True)
-def entries_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
-               tradable, entry_block, ordermin, costmin, lot_dec, price_dec, p, rec, events, cnt, refusals, order_buf):
+def entries_nb(
+    t: int,
+    bar: int,
+    state,
+    positions,
+    pending,
+    close,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    rec,
+    events,
+    cnt,
+    refusals,
+    order_buf,
+):
     """Entries at the close of bar t, after the exits: candidates (P(up) >= threshold, flat, nothing
     pending) by expected return, highest first, ties by column (stable insertion sort; NaN expected
     return last), each through the entry gate, the cluster cap and the sizing, as pending orders for
@@ -851,8 +1088,9 @@ def entries_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, 
                 # the refusal counts do not depend on the order: candidates the per-bar checks refuse
                 # (no data, halt, kill switch, edge, ATR) are counted here and never sorted; the rest
                 # keep their relative order (stable sort), so every entry decision is the same
-                rr, v = entry_static_gate_nb(st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j],
-                                             tradable[t, j], entry_block[t])
+                rr, v = entry_static_gate_nb(
+                    st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j], tradable[t, j], entry_block[t]
+                )
                 if rr != 0:
                     refusals[rr] += 1
                     continue
@@ -879,8 +1117,22 @@ def entries_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, 
             j = order_buf[k]
             c = close[t, j]
             a = atr[t, j]
-            rr, v, room_x = entry_gate_nb(st, p, valid[t, j], c, p_up[t, j], exp_ret[t, j], a, tradable[t, j],
-                                          entry_block[t], n_open, maxpos, cap, eq, committed)
+            rr, v, room_x = entry_gate_nb(
+                st,
+                p,
+                valid[t, j],
+                c,
+                p_up[t, j],
+                exp_ret[t, j],
+                a,
+                tradable[t, j],
+                entry_block[t],
+                n_open,
+                maxpos,
+                cap,
+                eq,
+                committed,
+            )
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
@@ -900,8 +1152,9 @@ def entries_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, 
                 if rec:
                     emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, REASON.REFUSE_CLUSTER, float(cj))
                 continue
-            rr, v, qty = entry_size_nb(st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j],
-                                      ordermin[j], costmin[j])
+            rr, v, qty = entry_size_nb(
+                st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j], ordermin[j], costmin[j]
+            )
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
@@ -918,14 +1171,35 @@ def entries_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, 
 
 
 @njit(cache=True, inline="always")
-def decide_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster,
-              tradable, entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals,
-              order_buf) -> None:
+def decide_nb(
+    t: int,
+    bar: int,
+    state,
+    positions,
+    pending,
+    close,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    events,
+    cnt,
+    refusals,
+    order_buf,
+) -> None:
     """Decisions at the close of bar t: exits, then entries, as pending orders for bar t+1.
 
     ``tradable[t, j]`` (universe, R9) and ``entry_block[t]`` (entry-block window, R25) refuse entries
     only; exits of open positions never look at them."""
-    st = state[0]
     m = positions.shape[0]
     # ---- exits (always allowed: halt and kill switch block entries only)
     for j in range(m):
@@ -941,35 +1215,216 @@ def decide_nb(t: int, bar: int, state, positions, pending, close, valid, p_up, e
     # ---- entries (entries_nb); positions[].cluster: the cluster id at the last decision
     for j in range(m):
         positions[j].cluster = cluster[t, j]
-    entries_nb(t, bar, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-               entry_block, ordermin, costmin, lot_dec, price_dec, p, True, events, cnt, refusals, order_buf)
+    entries_nb(
+        t,
+        bar,
+        state,
+        positions,
+        pending,
+        close,
+        valid,
+        p_up,
+        exp_ret,
+        atr,
+        spread,
+        cluster,
+        tradable,
+        entry_block,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        p,
+        True,
+        events,
+        cnt,
+        refusals,
+        order_buf,
+    )
 
 
 @njit(cache=True)
-def step_nb(t: int, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
-            spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec, p,
-            trades, events, cnt, acc, refusals, marks, order_buf) -> None:
+def step_nb(
+    t: int,
+    state,
+    positions,
+    pending,
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+    marks,
+    order_buf,
+) -> None:
     """``step_bar_nb`` with the row as the bar id (the backtester's convention)."""
-    step_bar_nb(t, t, state, positions, pending, open_, high, low, close, volume, valid, p_up, exp_ret, atr,
-                spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin, lot_dec, price_dec,
-                p, trades, events, cnt, acc, refusals, marks, order_buf)
+    step_bar_nb(
+        t,
+        t,
+        state,
+        positions,
+        pending,
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        valid,
+        p_up,
+        exp_ret,
+        atr,
+        spread,
+        cluster,
+        tradable,
+        entry_block,
+        api_fault,
+        operator,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        p,
+        trades,
+        events,
+        cnt,
+        acc,
+        refusals,
+        marks,
+        order_buf,
+    )
 
 
 @njit(cache=True)
-def step_bar_nb(t: int, bar: int, state, positions, pending, open_, high, low, close, volume, valid, p_up,
-                exp_ret, atr, spread, cluster, tradable, entry_block, api_fault, operator, ordermin, costmin,
-                lot_dec, price_dec, p, trades, events, cnt, acc, refusals, marks, order_buf) -> None:
+def step_bar_nb(
+    t: int,
+    bar: int,
+    state,
+    positions,
+    pending,
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    p_up,
+    exp_ret,
+    atr,
+    spread,
+    cluster,
+    tradable,
+    entry_block,
+    api_fault,
+    operator,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+    marks,
+    order_buf,
+) -> None:
     """One bar of a simulated portfolio, row ``t`` of the inputs, bar id ``bar``: execute the orders
     of the last close in this bar, then decide at its close."""
-    execute_open_nb(t, bar, state, positions, pending, open_, high, low, close, volume, valid, cluster,
-                    ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
-    kill_check_nb(t, bar, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator,
-                  p, events, cnt)
-    execute_close_nb(t, bar, state, positions, pending, close, volume, valid, cluster,
-                     ordermin, costmin, lot_dec, p, trades, events, cnt, acc, refusals, marks)
+    execute_open_nb(
+        t,
+        bar,
+        state,
+        positions,
+        pending,
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        valid,
+        cluster,
+        ordermin,
+        costmin,
+        lot_dec,
+        p,
+        trades,
+        events,
+        cnt,
+        acc,
+        refusals,
+        marks,
+    )
+    kill_check_nb(
+        t, bar, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator, p, events, cnt
+    )
+    execute_close_nb(
+        t,
+        bar,
+        state,
+        positions,
+        pending,
+        close,
+        volume,
+        valid,
+        cluster,
+        ordermin,
+        costmin,
+        lot_dec,
+        p,
+        trades,
+        events,
+        cnt,
+        acc,
+        refusals,
+        marks,
+    )
     mark_nb(t, bar, state, positions, close, valid, p, events, cnt)
-    decide_nb(t, bar, state, positions, pending, close, valid, p_up, exp_ret, atr, spread, cluster, tradable,
-              entry_block, ordermin, costmin, lot_dec, price_dec, p, events, cnt, refusals, order_buf)
+    decide_nb(
+        t,
+        bar,
+        state,
+        positions,
+        pending,
+        close,
+        valid,
+        p_up,
+        exp_ret,
+        atr,
+        spread,
+        cluster,
+        tradable,
+        entry_block,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        p,
+        events,
+        cnt,
+        refusals,
+        order_buf,
+    )
 
 
 def new_state(n_pairs: int, init_cash: float):

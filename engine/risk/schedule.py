@@ -63,7 +63,7 @@ def training_window_mask(ts: np.ndarray, window: Sequence[str] | None) -> np.nda
     if w is None:
         return np.zeros(ts.shape, dtype=np.bool_)
     a, b = w
-    sod = np.mod(ts.astype(np.int64), DAY)          # floor modulo: correct before 1970 too
+    sod = np.mod(ts.astype(np.int64), DAY)  # floor modulo: correct before 1970 too
     if a < b:
         return (sod >= a) & (sod < b)
     return (sod >= a) | (sod < b)

@@ -15,11 +15,18 @@ from pathlib import Path
 
 from engine.risk.schedule import DAY, in_training_window, parse_window
 
-__all__ = ["window_status", "next_window_start", "fmt_utc", "retrain"]
+__all__ = ["fmt_utc", "next_window_start", "retrain", "window_status"]
 
 
-def retrain(config: str | Path, out: str | Path, *, store: str | None = None, progress=None,
-            final_progress=None, on_outputs=None):
+def retrain(
+    config: str | Path,
+    out: str | Path,
+    *,
+    store: str | None = None,
+    progress=None,
+    final_progress=None,
+    on_outputs=None,
+):
     """Run the walk-forward of ``config`` into ``out``, fit the final model and register it as a
     candidate (:func:`research.pipeline.run` with ``register=True``); returns the
     :class:`~research.pipeline.RunOutputs` (``.candidate`` is the new candidate). Callbacks as in
@@ -31,7 +38,7 @@ def retrain(config: str | Path, out: str | Path, *, store: str | None = None, pr
 
 
 def fmt_utc(ts: int) -> str:
-    return _dt.datetime.fromtimestamp(int(ts), _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _dt.datetime.fromtimestamp(int(ts), _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def next_window_start(now: int, window) -> int | None:

@@ -11,14 +11,21 @@ from pathlib import Path
 from engine.hashing import canonical_json, sha256_file
 from engine.paths import fsync_dir
 
-__all__ = ["ZERO_HASH", "sha256_file", "canonical_json", "fsync_dir", "utc_now_iso", "operator_name",
-           "atomic_write_text"]
+__all__ = [
+    "ZERO_HASH",
+    "atomic_write_text",
+    "canonical_json",
+    "fsync_dir",
+    "operator_name",
+    "sha256_file",
+    "utc_now_iso",
+]
 
 ZERO_HASH = "0" * 64
 
 
 def utc_now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def operator_name() -> str:
