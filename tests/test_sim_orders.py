@@ -111,6 +111,34 @@ def test_market_modes(sim):
     assert add(sim, ordertype="market", side="buy", volume="0.01")
 
 
+def test_limit_only_and_reduce_only_pair_statuses(sim):
+    """Kraken's pair-only statuses: limit_only refuses market orders, reduce_only refuses buys (spot:
+    only a sell reduces a holding); both show in AssetPairs, never as the venue's SystemStatus."""
+    def err(**kw):
+        kw.setdefault("pair", "XBTUSD")
+        return sim.raw_private("AddOrder", kw).json()["error"]
+
+    code, r = sim.admin("/admin/status", {"status": "limit_only"})
+    assert code == 400 and "name a pair" in r["error"]  # not a venue status
+    assert sim.admin("/admin/status", {"status": "limit_only", "pair": "BTC/USD"})[0] == 200
+    assert sim.market.get_asset_pairs(pair="XBTUSD")["XXBTZUSD"]["status"] == "limit_only"
+    assert sim.market.get_system_status()["status"] == "online"
+    assert err(type="buy", ordertype="market", volume="0.01") == ["EService:Market in limit_only mode"]
+    assert err(type="sell", ordertype="market", volume="0.01") == ["EService:Market in limit_only mode"]
+    assert add(sim, ordertype="limit", side="buy", volume="0.01", price="19000")  # limits pass
+    sim.admin("/admin/status", {"status": "reduce_only", "pair": "XBTUSD"})
+    assert err(type="buy", ordertype="limit", volume="0.01", price="19000") == ["EService:Market in reduce_only mode"]
+    assert err(type="buy", ordertype="market", volume="0.01") == ["EService:Market in reduce_only mode"]
+    assert add(sim, ordertype="market", side="sell", volume="0.01")  # a sell reduces: it passes
+    sim.admin("/admin/status", {"status": "online", "pair": "XBTUSD"})
+    # the same through a market_status fault, venue-wide: every pair, SystemStatus stays online
+    assert sim.admin("/admin/faults", {"kind": "market_status", "status": "limit_only"})[0] == 200
+    assert sim.market.get_system_status()["status"] == "online"
+    assert err(type="buy", ordertype="market", volume="0.01") == ["EService:Market in limit_only mode"]
+    sim.admin("/admin/faults", method="DELETE")
+    assert add(sim, ordertype="market", side="buy", volume="0.01")
+
+
 def test_order_limit_and_unknown_cancel():
     s = start_sim(flat_panel(), start=T0 + 3 * 3600, config=sim_test_config(fills={"max_open_orders": 2}))
     try:

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.errors import InputError
 
 from .exchange import Account, Exchange, KrakenAPIError
-from .faults import MAX_FAULTS, STATUSES, Fault
+from .faults import MAX_FAULTS, PAIR_ONLY_STATUSES, STATUSES, Fault
 from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, decimal_of, float_of, int_of
 
 PUBLIC = ("Time", "SystemStatus", "Assets", "AssetPairs", "Ticker", "OHLC", "Depth")
@@ -458,10 +458,12 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
         d = obj(d, {"status", "pair"})
         st = d.get("status")
         if not isinstance(st, str) or st not in STATUSES:
-            raise AdminError("status must be online, cancel_only, post_only or maintenance")
+            raise AdminError("status must be online, cancel_only, post_only, limit_only, reduce_only or maintenance")
         pair = d.get("pair")
         if pair is not None and not isinstance(pair, str):
             raise AdminError("pair must be a string")
+        if not pair and st in PAIR_ONLY_STATUSES:
+            raise AdminError(f"{st} is a pair status (Kraken's SystemStatus has no {st}): name a pair")
         with ex.lock:
             if pair:
                 p = ex.market.resolve(pair) if len(pair) <= 40 else None

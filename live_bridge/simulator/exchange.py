@@ -456,6 +456,8 @@ class Exchange:
         return q(d, inst.pair_decimals)
 
     def market_status(self, pair: str | None, now: float) -> str:
+        """The pair's status (AssetPairs), or the venue's (SystemStatus) when ``pair`` is None: a
+        pair-only status (limit_only, reduce_only) never shows as the venue's."""
         s = self.faults.status(pair, now)
         if s is not None:
             return s
@@ -564,6 +566,10 @@ class Exchange:
                 raise KrakenAPIError("EService:Market in cancel_only mode")
             if status == "post_only" and not post:
                 raise KrakenAPIError("EService:Market in post_only mode")
+            if status == "limit_only" and ordertype != "limit":
+                raise KrakenAPIError("EService:Market in limit_only mode")
+            if status == "reduce_only" and side == "buy":  # spot, no margin: only a sell reduces a holding
+                raise KrakenAPIError("EService:Market in reduce_only mode")
             n_open = sum(1 for o in self.open_orders_list() if o.account == acct.key and o.pair == pair)
             if n_open >= self.config.fills.max_open_orders:
                 raise KrakenAPIError("EOrder:Orders limit exceeded")

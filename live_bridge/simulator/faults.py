@@ -22,7 +22,9 @@ order faults (taken by the next AddOrder(s) inside the window; ``pair`` optional
   ``invisible``      the order is missing from QueryOrders/OpenOrders/ClosedOrders for ``seconds``
                      wall seconds after AddOrder.
 market faults (in force inside their sim-time window; ``pair`` optional = every pair):
-  ``market_status``  ``status`` = cancel_only | post_only | maintenance | online.
+  ``market_status``  ``status`` = cancel_only | post_only | limit_only | reduce_only | maintenance |
+                     online. Without ``pair``, limit_only / reduce_only hold for every pair while
+                     SystemStatus stays online (Kraken has them as pair statuses only).
   ``spread_blowup``  spread times ``factor``.
   ``price_gap``      every bar from ``from_ts`` on is scaled by ``factor`` (a 10-30 % gap).
   ``missing_candle`` the bar at ``ts`` does not exist (no OHLC row, no fills).
@@ -54,7 +56,9 @@ MARKET_KINDS = {"market_status", "spread_blowup", "price_gap", "missing_candle",
                 "stale_ticker", "clock_skew", "delist", "rules_change"}
 RULE_FIELDS = {"ordermin", "costmin", "tick_size", "pair_decimals", "lot_decimals"}
 KINDS = REQUEST_KINDS | ORDER_KINDS | MARKET_KINDS
-STATUSES = {"online", "cancel_only", "post_only", "maintenance"}
+SYSTEM_STATUSES = {"online", "cancel_only", "post_only", "maintenance"}  # SystemStatus values
+PAIR_ONLY_STATUSES = {"limit_only", "reduce_only"}  # AssetPairs status values a venue-wide status never takes
+STATUSES = SYSTEM_STATUSES | PAIR_ONLY_STATUSES
 
 
 # Parameters each kind takes: name -> parser (value, field name) -> typed value. Anything else is refused.
@@ -235,9 +239,12 @@ class FaultPlan:
         return out
 
     def status(self, pair: str | None, now: float) -> str | None:
-        """A market_status fault in force for this pair (or globally when pair is None)."""
+        """A market_status fault in force for this pair, or for the venue when pair is None (then a
+        pair-only status, limit_only / reduce_only, is not the venue's)."""
         for f in self.faults:
             if f.kind == "market_status" and f.in_window(now) and (f.pair is None or f.pair == pair):
+                if pair is None and f.params["status"] in PAIR_ONLY_STATUSES:
+                    continue
                 return str(f.params["status"])
         return None
 
