@@ -165,7 +165,11 @@ def test_a_lax_config_cannot_loosen_the_protected_gate_thresholds(tmp_path):
 
 @pytest.mark.parametrize(
     "section,changes",
-    [("fees", {"fee_rate": 0.0, "slippage_bps": 0.0}), ("risk", {"max_exposure": 1.0}), ("backtest", {"init_cash": 1e6})],
+    [
+        ("fees", {"fee_rate": 0.0, "slippage_bps": 0.0}),
+        ("risk", {"max_exposure": 1.0}),
+        ("backtest", {"init_cash": 1e6}),
+    ],
 )
 def test_a_candidate_backtested_under_another_config_fails_for_paper_and_live(tmp_path, cfg, section, changes):
     """A Sharpe measured without fees (or under looser caps) is not judged against the protected 0.5:
@@ -178,7 +182,7 @@ def test_a_candidate_backtested_under_another_config_fails_for_paper_and_live(tm
     lax = base.model_copy(update={section: getattr(base, section).model_copy(update=changes)})
     c = make_candidate(tmp_path / "c", cfg=lax)
     v = validate_bundle(c, cfg, load=False)
-    assert not v.passed and _failed(v) == {"quality"}
+    assert not v.passed and "quality" in _failed(v)
     ch = next(x for x in _gate(v, "quality").checks if x.name == "backtest_config")
     keys = sorted(f"{section}.{k}" for k in changes)
     assert not ch.passed and [d["key"] for d in ch.measured["differs"]] == keys

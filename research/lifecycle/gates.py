@@ -8,9 +8,12 @@
    (``engine.features.featureset.feature_names`` / ``feature_schema_sha256`` of the config given);
    the outputs are ``p_up`` and ``exp_return`` for every declared horizon and the trade horizon is one
    of them; with ``load=True`` the bundle is also loaded and must expose exactly those.
-3. ``quality`` - the candidate's out-of-sample walk-forward backtest (``walkforward/metrics.json``
-   "strategy", re-derived from ``walkforward/backtest/equity.parquet``): annualised Sharpe
-   >= ``min_sharpe`` and max drawdown <= ``max_drawdown``.
+3. ``quality`` - the candidate's backtest ran under the validating config: its ``fees``,
+   ``execution``, ``risk`` and ``backtest`` sections equal this config's (``backtest_config``; no field
+   is exempt, see :data:`STRICTER_ALLOWED`), else its figures (a cost-free Sharpe, a drawdown under
+   smaller caps) say nothing about this config; and its out-of-sample walk-forward backtest
+   (``walkforward/metrics.json`` "strategy", re-derived from ``walkforward/backtest/equity.parquet``):
+   annualised Sharpe >= ``min_sharpe`` and max drawdown <= ``max_drawdown``.
 4. ``risk`` - turnover per day (traded notional / mean equity, /365 of metrics.json's annual figure)
    <= ``max_daily_turnover`` and no breach in the independent audit of the backtest records
    (:mod:`research.lifecycle.riskaudit`) against the risk rules of the config that ran it.
@@ -39,8 +42,10 @@ from engine.lifecycle_config import PROTECTED_SOURCE, effective_thresholds, prot
 from research.lifecycle.util import atomic_write_text, canonical_json, operator_name, sha256_file, utc_now_iso
 
 __all__ = [
+    "BACKTEST_SECTIONS",
     "GATES",
     "MANIFEST_FORMAT",
+    "STRICTER_ALLOWED",
     "VERDICT_FORMAT",
     "VERDICT_NAME",
     "Check",
@@ -48,6 +53,7 @@ __all__ = [
     "Verdict",
     "candidate_config",
     "check_files",
+    "config_differences",
     "gate_integrity",
     "gate_quality",
     "gate_risk",
@@ -355,6 +361,59 @@ def candidate_config(bundle_dir: str | Path):
     return config_from_dict(raw, str(src))
 
 
+# The config sections that produce the figures gates 3 and 4 judge (costs, fills, risk caps, cash).
+BACKTEST_SECTIONS = ("fees", "execution", "risk", "backtest")
+# Fields of those sections where a candidate's value may differ from the validating config's because
+# it is provably stricter for the gates. Deliberately empty: no field qualifies. Higher fees or
+# slippage also raise the entry edge rule (``fees.round_trip_cost``) and the cost-aware labels, so
+# marginal trades are filtered out and Sharpe can RISE; tighter caps (max_exposure, max_positions,
+# dd_halt, ...) lower the measured drawdown and turnover below what the production caps allow. Any
+# difference therefore fails the gate: retrain under the validating config.
+STRICTER_ALLOWED: dict[str, str] = {}
+
+
+def _flat(d: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: d}
+
+
+def config_differences(cand_cfg, cfg) -> list[dict]:
+    """Keys of :data:`BACKTEST_SECTIONS` whose candidate value differs from the validating config's
+    (``[{"key", "candidate", "config"}]``, sorted by key; empty = equal)."""
+    out = []
+    for sec in BACKTEST_SECTIONS:
+        a = _flat(getattr(cand_cfg, sec).model_dump(mode="json"), sec)
+        b = _flat(getattr(cfg, sec).model_dump(mode="json"), sec)
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                out.append({"key": k, "candidate": a.get(k), "config": b.get(k)})
+    return out
+
+
+def _config_check(cand_cfg, cfg) -> Check:
+    diff = config_differences(cand_cfg, cfg)
+    msg = ""
+    if diff:
+        shown = ", ".join(f"{d['key']} {d['candidate']!r} (config {d['config']!r})" for d in diff[:8])
+        more = f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""
+        msg = (
+            f"the candidate's backtest ran under a config that differs from the validating one in "
+            f"{len(diff)} key(s): {shown}{more}: its figures do not hold under this config (retrain)"
+        )
+    return Check(
+        "backtest_config",
+        not diff,
+        {"sections": list(BACKTEST_SECTIONS), "differs": diff},
+        "==",
+        "validating config's " + "/".join(BACKTEST_SECTIONS),
+        msg,
+    )
+
+
 def _close(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -403,7 +462,10 @@ def gate_quality(bundle_dir: str | Path, cfg, cand_cfg=None, thresholds: dict | 
     except ConfigError as e:
         return _gate("quality", [Check("config", False, str(e), message=f"candidate config unusable: {e}")])
     strat, re, probs = _strategy(root, cand_cfg)
-    checks = [Check("records_agree", not probs, "agree" if not probs else "disagree", "==", "agree", "; ".join(probs))]
+    checks = [_config_check(cand_cfg, cfg)]
+    checks.append(
+        Check("records_agree", not probs, "agree" if not probs else "disagree", "==", "agree", "; ".join(probs))
+    )
     if re is None:
         return _gate("quality", checks)
     s = re["sharpe"]
@@ -522,7 +584,14 @@ def validate_bundle(
         candidate=dict(candidate or {}),
         thresholds=th,
         thresholds_source=source,
-        config={"source": config_source, "config_sha256": cfg.content_hash()},
+        config={
+            "source": config_source,
+            "config_sha256": cfg.content_hash(),
+            "candidate_config_sha256": cand_cfg.content_hash() if cand_cfg is not None else None,
+            "compared_sections": list(BACKTEST_SECTIONS),
+            "stricter_allowed": dict(STRICTER_ALLOWED),
+            "differs": config_differences(cand_cfg, cfg) if cand_cfg is not None else None,
+        },
         validated_utc=utc_now_iso(),
         who=operator_name(),
     )
