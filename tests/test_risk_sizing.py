@@ -1,11 +1,12 @@
 """Vol-target sizing under the default config (R1, R2, R3, R4, R5 of docs/RISK_RULES.md), bar by bar
 through step_nb on constructed bars whose volatility is known exactly.
 
-Every pair's price is flat at 1.0 with a constant range, so its Wilder ATR / close is exactly the range
-(``2 h``) once the ATR has warmed up: the wanted entry is ``position_size x clamp(vol_target / 2h,
-vol_adj_min, vol_adj_max)`` of equity, times the tier multiplier. The seed's numbers must bind:
-tier 1 halves an entry, tier 2 lowers the exposure cap and the position count, and 10 positions of
-2% fill the 20% exposure cap at once.
+Every pair's price is flat at its level (``PRICE``: 250.0 or 0.5, never 1.0, so that a sizing that
+forgets to divide the ATR by the close is caught) with a constant range of ``atr_frac x price``, so its
+Wilder ATR / close is exactly ``atr_frac`` once the ATR has warmed up: the wanted entry is
+``position_size x clamp(vol_target / atr_frac, vol_adj_min, vol_adj_max)`` of equity, times the tier
+multiplier. The seed's numbers must bind: tier 1 halves an entry, tier 2 lowers the exposure cap
+and the position count, and 10 positions of 2% fill the 20% exposure cap at once.
 """
 
 from __future__ import annotations
@@ -32,19 +33,22 @@ PAIRS = (
     "AVAX/USD",
     "DOGE/USD",
 )
+# flat price level per pair: 250.0 where Kraken's ordermin allows a 1% entry in few units, else 0.5
+PRICE = np.array([250.0, 0.5, 250.0, 0.5, 0.5, 250.0, 0.5, 250.0, 250.0, 0.5])
 N = 60
 WARM = 40  # bars stepped without signals (the 14-bar Wilder ATR settles on the constant range)
 
 
 class Sim:
-    """step_nb bar by bar on flat bars at 1.0; ``atr_frac[j]`` is pair j's ATR / close (= its range)."""
+    """step_nb bar by bar on flat bars at ``PRICE``; ``atr_frac[j]`` is pair j's ATR / close (its
+    high - low as a fraction of the close)."""
 
     def __init__(self, atr_frac, **overrides):
         self.cfg = load_config()
         self.params = params_from_config(self.cfg, **overrides)
         m = len(PAIRS)
         af = np.broadcast_to(np.asarray(atr_frac, dtype=np.float64), (m,))
-        self.c = np.ones((N, m))
+        self.c = np.tile(PRICE, (N, 1))
         self.o = self.c.copy()
         self.h = self.c * (1.0 + af / 2.0)
         self.l = self.c * (1.0 - af / 2.0)
@@ -71,7 +75,8 @@ class Sim:
         self.order_buf = np.empty(m, dtype=np.int64)
         self.t = 0
         self.step(WARM)
-        assert np.allclose(self.atr[WARM - 1], af, rtol=1e-9)
+        assert np.allclose(self.atr[WARM - 1], af * PRICE, rtol=1e-9)  # ATR in price units
+        assert np.allclose(self.atr[WARM - 1] / self.c[WARM - 1], af, rtol=1e-9)
 
     def step(self, upto):
         while self.t < upto:
@@ -117,10 +122,11 @@ class Sim:
 
     def hold(self, j, frac):
         """A position in pair j worth ``frac`` of equity (no stop, no take-profit)."""
-        q = frac * self.st["equity"] / self.c[self.t - 1, j]
-        self.pos[j]["qty"], self.pos[j]["entry_price"], self.pos[j]["entry_cost"] = q, 1.0, q
+        px = self.c[self.t - 1, j]
+        q = frac * self.st["equity"] / px
+        self.pos[j]["qty"], self.pos[j]["entry_price"], self.pos[j]["entry_cost"] = q, px, q * px
         self.pos[j]["entry_bar"], self.pos[j]["stop"], self.pos[j]["take_profit"] = self.t - 1, np.nan, np.nan
-        self.st["cash"] -= q
+        self.st["cash"] -= q * px
         self.st["n_positions"] += 1
 
     def decide(self, pairs, dd=None):
