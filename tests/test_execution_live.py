@@ -83,6 +83,7 @@ class Rig:
         self.creds = Credentials(key, secret)
         self.tmp = tmp_path
         self.ft = FakeTime()
+        sim.ex.wall = self.ft.time  # the simulator checks AddOrder deadlines against the same wall clock
         self.ledger = Ledger.open(tmp_path / "ledger.sqlite")
         self.cfg = ExecConfig(
             **(

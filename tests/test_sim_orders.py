@@ -139,6 +139,50 @@ def test_limit_only_and_reduce_only_pair_statuses(sim):
     assert add(sim, ordertype="market", side="buy", volume="0.01")
 
 
+def test_add_order_deadline_window_and_elapsed(sim):
+    """``deadline`` (RFC 3339): outside now+2 s .. now+60 s at arrival -> EGeneral:Invalid arguments:
+    deadline; processed after it -> EService:Deadline elapsed and nothing placed (wall time, not the
+    simulated clock)."""
+    from datetime import datetime, timedelta, timezone
+
+    wall = 1_800_000_000.0
+    sim.ex.wall = lambda: wall
+
+    def iso(t, fmt="%Y-%m-%dT%H:%M:%SZ", tz=timezone.utc):
+        return datetime.fromtimestamp(t, tz=tz).strftime(fmt)
+
+    def send(deadline, **kw):
+        p = {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000",
+             "deadline": deadline} | kw
+        return sim.raw_private("AddOrder", p).json()
+
+    invalid = ["EGeneral:Invalid arguments:deadline"]
+    for bad in ["", "soon", str(int(wall) + 10), iso(wall + 10, "%Y-%m-%d %H:%M:%S"), "2027-13-01T00:00:00Z",
+                iso(wall + 10) + "\n", iso(wall + 1), iso(wall - 30), iso(wall + 61), "１" + iso(wall + 10)[1:]]:
+        assert send(bad)["error"] == invalid, bad
+    n = len(sim.ex.orders)
+    assert n == 0  # none of them placed anything
+    ok = [iso(wall + 2), iso(wall + 60), iso(wall + 10, "%Y-%m-%dT%H:%M:%S.123456789Z"),
+          iso(wall + 10, "%Y-%m-%dT%H:%M:%S%z", timezone(timedelta(hours=2)))[:-2] + ":00"]
+    for good in ok:
+        assert send(good)["result"]["txid"], good
+    assert len(sim.ex.orders) == n + len(ok)
+    # arrives in time, processed 10 s later (a queue): refused as elapsed, nothing placed
+    calls = []
+
+    def late():
+        calls.append(1)
+        return wall if len(calls) == 1 else wall + 10
+
+    sim.ex.wall = late
+    assert send(iso(wall + 5))["error"] == ["EService:Deadline elapsed"]
+    calls.clear()
+    assert send(iso(wall + 5), validate="true")["error"] == ["EService:Deadline elapsed"]
+    assert len(sim.ex.orders) == n + len(ok)
+    calls.clear()
+    assert send(iso(wall + 11))["result"]["txid"]  # still ahead when processed: placed
+
+
 def test_order_limit_and_unknown_cancel():
     s = start_sim(flat_panel(), start=T0 + 3 * 3600, config=sim_test_config(fills={"max_open_orders": 2}))
     try:

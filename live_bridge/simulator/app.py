@@ -293,6 +293,7 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
     # ---- private -------------------------------------------------------------------------------
     @app.post("/0/private/{name}")
     async def private(name: str, request: Request) -> Response:
+        received = ex.wall()  # when the request arrived: AddOrder's deadline window is checked against it
         if foreign_request(request.headers):
             return json_response(envelope(None, ["EGeneral:Permission denied"]))
         body = await read_body(request, KRAKEN_MAX_BODY)
@@ -334,7 +335,7 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
 
         def action() -> bytes:
             try:
-                return _guarded(lambda: _private(ex, name, acct, params))
+                return _guarded(lambda: _private(ex, name, acct, params, received))
             finally:
                 ex.persist()
 
@@ -602,7 +603,7 @@ def _public(ex: Exchange, name: str, p: dict[str, str]) -> Any:
     raise KrakenAPIError("EGeneral:Unknown method")
 
 
-def _private(ex: Exchange, name: str, acct: Account, p: dict[str, str]) -> Any:
+def _private(ex: Exchange, name: str, acct: Account, p: dict[str, str], received: float | None = None) -> Any:
     if name == "Balance":
         return ex.balance(acct)
     if name == "BalanceEx":
@@ -618,7 +619,7 @@ def _private(ex: Exchange, name: str, acct: Account, p: dict[str, str]) -> Any:
     if name == "TradesHistory":
         return ex.trades_history(acct, p)
     if name == "AddOrder":
-        return ex.add_order(acct, p)
+        return ex.add_order(acct, p, received=received)
     if name == "CancelOrder":
         return ex.cancel(acct, p.get("txid"), p.get("cl_ord_id"))
     if name == "CancelAll":

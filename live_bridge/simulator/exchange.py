@@ -21,6 +21,7 @@ Fill model (the backtester's, through the shared kernels in :mod:`engine.executi
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -195,6 +196,7 @@ class Exchange:
         self._dirty_trades: set[str] = set()
         self._order_counter: dict[tuple[str, str], tuple[float, float]] = {}
         self._hold_cache: dict[str, tuple[tuple, tuple[str, Decimal]]] = {}
+        self.wall = time.time  # real time: AddOrder ``deadline`` is a wall-clock time, as on Kraken
 
     # ---- ids ----------------------------------------------------------------------------------
     def _id(self, prefix: str) -> str:
@@ -478,8 +480,15 @@ class Exchange:
         self._order_counter[k] = (val + add, now)
 
     # ---- AddOrder -----------------------------------------------------------------------------
-    def add_order(self, acct: Account, p: dict[str, str], order_faults=None) -> dict[str, Any]:
+    def add_order(self, acct: Account, p: dict[str, str], order_faults=None,
+                  received: float | None = None) -> dict[str, Any]:
+        """Place (or with ``validate`` check) one order. ``received``: the wall time the request
+        arrived (the ``deadline`` window is checked against it; the deadline itself against the
+        wall time the order is processed)."""
+        deadline = _deadline(p.get("deadline"), self.wall() if received is None else received)
         with self.lock:
+            if deadline is not None and self.wall() > deadline:
+                raise KrakenAPIError("EService:Deadline elapsed")
             self.sync()
             now = self.now()
             pair = self.market.resolve(p.get("pair", ""))
@@ -952,6 +961,32 @@ class Exchange:
             self.store.save(self, self._dirty_orders, self._dirty_trades)
         self._dirty_orders = set()
         self._dirty_trades = set()
+
+
+DEADLINE_MIN_S, DEADLINE_MAX_S = 2.0, 60.0  # Kraken: min now() + 2 seconds, max now() + 60 seconds
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def _deadline(v: str | None, received: float) -> float | None:
+    """AddOrder's optional ``deadline``: an RFC 3339 time between ``received`` + 2 s and + 60 s (the
+    window Kraken documents), as unix seconds; EGeneral:Invalid arguments:deadline otherwise."""
+    if v is None:
+        return None
+    bad = KrakenAPIError("EGeneral:Invalid arguments:deadline")
+    if not _RFC3339.fullmatch(v):
+        raise bad
+    frac = ""
+    if "." in v:  # fromisoformat takes at most 6 fraction digits
+        head, _, rest = v.partition(".")
+        digits = re.match(r"[0-9]+", rest).group(0)
+        frac, v = "0." + digits, head + rest[len(digits):]
+    try:
+        t = datetime.fromisoformat(v.upper().replace("Z", "+00:00")).timestamp() + (float(frac) if frac else 0.0)
+    except ValueError:  # e.g. month 13, hour 25
+        raise bad from None
+    if not received + DEADLINE_MIN_S <= t <= received + DEADLINE_MAX_S:
+        raise bad
+    return t
 
 
 def _true(v: str | None) -> bool:
