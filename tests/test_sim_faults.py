@@ -107,6 +107,28 @@ def test_kraken_service_errors(sim):
     assert sim.user.get_account_balance()["ZUSD"] == "100000.0000"
 
 
+def test_warning_fault_rides_along_a_normal_result(sim):
+    """An ``error`` fault with a ``W...`` message is a Kraken warning: the call IS executed and the
+    warning sits in ``error`` next to the normal result (the adapter must treat it as unknown, not done)."""
+    fault(sim, kind="error", endpoint="AddOrder", message="WGeneral:Danger:market order")
+    r = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
+                                     "price": "19000", "cl_ord_id": "warned"}).json()
+    assert r["error"] == ["WGeneral:Danger:market order"] and r["result"]["txid"] == orders_with(sim, "warned")
+    assert len(orders_with(sim, "warned")) == 1
+    # once only (count 1); an error the call itself answers keeps the warning after it
+    fault(sim, kind="error", endpoint="AddOrder", message="WOrder:Something")
+    r = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
+                                     "price": "19000.05"}).json()
+    assert r == {"error": ["EOrder:Invalid price:XBTUSD price can only be specified up to 1 decimals.",
+                           "WOrder:Something"], "result": {}}
+    fault(sim, kind="error", endpoint="Time", message="WGeneral:Public")
+    r = sim.raw_public("Time").json()
+    assert r["error"] == ["WGeneral:Public"] and r["result"]["unixtime"] == int(NOW)
+    assert sim.raw_public("Time").json()["error"] == []
+    code, body = sim.admin("/admin/faults", {"kind": "error", "message": "Xnope"})
+    assert code == 400 and "warning" in body["error"]
+
+
 def test_lockout_fault(sim):
     fault(sim, kind="lockout", endpoint="Balance", seconds=1)
     with pytest.raises(KrakenTemporaryLockoutError):

@@ -151,6 +151,18 @@ def envelope(result: Any = None, errors: list[str] | None = None) -> bytes:
                       separators=(",", ":")).encode()
 
 
+def is_warning(fault: Fault) -> bool:
+    """An ``error`` fault whose message is a Kraken warning (``W...``): the call runs, the warning rides along."""
+    return fault.kind == "error" and str(fault.params.get("message", "")).startswith("W")
+
+
+def with_warning(body: bytes, warning: str) -> bytes:
+    """A Kraken answer with ``warning`` appended to its ``error`` list (the result kept as it is)."""
+    d = json.loads(body)
+    return json.dumps({"error": list(d.get("error") or []) + [warning], "result": d.get("result", {})},
+                      separators=(",", ":")).encode()
+
+
 def json_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
@@ -252,6 +264,8 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
             return json_response(action())
         k, prm = fault.kind, fault.params
         apply = bool(prm.get("apply", k == "truncated_json"))
+        if k == "error" and is_warning(fault):
+            return json_response(with_warning(action(), str(prm["message"])))
         if k == "error":
             return json_response(envelope(None, [str(prm["message"])]))
         if k == "http_429":
@@ -307,7 +321,7 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
         if fault is not None and fault.kind == "lockout":
             guard.lock(key, float(fault.params.get("seconds", 60)))
             fault = None
-        if fault is not None and (fault.kind in ("error", "http_429") or
+        if fault is not None and ((fault.kind == "error" and not is_warning(fault)) or fault.kind == "http_429" or
                                   (fault.kind in ("timeout", "http_error") and not fault.params.get("apply"))):
             return await run_with_faults(name, lambda: b"", fault)
         ctype = request.headers.get("content-type", "")

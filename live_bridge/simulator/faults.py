@@ -14,7 +14,8 @@ request faults (matched on the endpoint name, e.g. ``AddOrder``, ``Ticker``, or 
   ``truncated_json`` the real answer (the request IS executed) cut in half.
   ``error``          the Kraken error ``message`` (EService:Unavailable, EService:Busy,
                      EService:Throttled:<ts>, EAPI:Rate limit exceeded, EAPI:Invalid nonce, ...),
-                     not executed.
+                     not executed. A ``W...`` message (a Kraken warning) is different: the request
+                     IS executed and the warning is added to the ``error`` list of its normal answer.
   ``lockout``        the calling key is locked out for ``seconds``: EGeneral:Temporary lockout.
 order faults (taken by the next AddOrder(s) inside the window; ``pair`` optional):
   ``partial_fills``  the order fills over ``polls`` later QueryOrders/OpenOrders polls.
@@ -77,9 +78,9 @@ def _status_code(v: Any, w: str) -> int:
 
 
 def _message(v: Any, w: str) -> str:
-    if not (isinstance(v, str) and v.startswith("E") and len(v) <= 200 and v.isascii() and v.isprintable()):
-        raise InputError("error fault needs a Kraken error message (EService:Busy, ...): printable ASCII, "
-                         "at most 200 characters")
+    if not (isinstance(v, str) and v[:1] in ("E", "W") and len(v) <= 200 and v.isascii() and v.isprintable()):
+        raise InputError("error fault needs a Kraken error (EService:Busy, ...) or warning (WGeneral:...) "
+                         "message: printable ASCII, at most 200 characters")
     return v
 
 
