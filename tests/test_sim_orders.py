@@ -183,6 +183,28 @@ def test_add_order_deadline_window_and_elapsed(sim):
     assert send(iso(wall + 11))["result"]["txid"]  # still ahead when processed: placed
 
 
+def test_query_orders_leaves_out_unknown_and_foreign_txids(sim):
+    """Kraken answers QueryOrders with the orders it knows for this key; an unknown txid, or another
+    key's, is left out (``{}`` when none is known), never an error. No txid at all is still refused."""
+    import base64
+    import secrets
+
+    mine = add(sim, ordertype="limit", side="buy", volume="0.01", price="19000")
+    key, secret = "other" + secrets.token_hex(8), base64.b64encode(secrets.token_bytes(64)).decode()
+    sim.ex.add_account("other", key, secret, {"USD": Decimal(1000)})
+    theirs = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
+                                          "price": "19000"}, key=key, secret=secret).json()["result"]["txid"][0]
+
+    def q(txid):
+        return sim.raw_private("QueryOrders", {"txid": txid}).json()
+
+    assert q("OAAAAA-BBBBB-CCCCCC") == {"error": [], "result": {}}
+    assert q(theirs) == {"error": [], "result": {}}
+    r = q(f"OAAAAA-BBBBB-CCCCCC,{mine},{theirs}")
+    assert r["error"] == [] and list(r["result"]) == [mine] and r["result"][mine]["status"] == "open"
+    assert q("")["error"] == ["EGeneral:Invalid arguments:txid"]
+
+
 def test_order_limit_and_unknown_cancel():
     s = start_sim(flat_panel(), start=T0 + 3 * 3600, config=sim_test_config(fills={"max_open_orders": 2}))
     try:

@@ -775,6 +775,9 @@ class Exchange:
             return {"closed": {o.txid: self.order_view(o, tr) for o in page}, "count": len(sel)}
 
     def query_orders(self, acct: Account, p: dict[str, str]) -> dict[str, Any]:
+        """QueryOrders: txid -> order for the (up to 50) txids asked. A txid Kraken does not know,
+        another key's, or one not visible yet (the ``invisible`` fault) is simply absent: a lookup
+        right after AddOrder can answer ``{}``, which proves nothing about the order."""
         with self.lock:
             self.sync()
             raw = p.get("txid") or ""
@@ -788,7 +791,7 @@ class Exchange:
             for t in ids:
                 o = self.orders.get(t)
                 if o is None or o.account != acct.key or not self._visible(o):
-                    raise KrakenAPIError("EOrder:Invalid order")
+                    continue  # Kraken: a txid it does not know (yet) is left out, not an error
                 if uref is not None and o.userref != uref:
                     continue
                 self._poll(o)
