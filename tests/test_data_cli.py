@@ -10,8 +10,8 @@ import sys
 import duckdb
 import pandas as pd
 import pytest
-
 from conftest import require_shared
+
 from engine.errors import InputError
 from engine.store.market import MarketStore
 from kq.cli import main

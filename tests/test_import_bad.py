@@ -296,24 +296,24 @@ def test_parquet_wrong_column_types(store, tmp_path, capsys, cols, rule):
 
 @pytest.mark.parametrize("body, rule", [
     ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
-    ('{"XXBTZUSD": [[%d, NaN, "2", "0.5", "1.5", "1", "3", 5]], "last": %d}' % (T0, T0),
+    ('{"XXBTZUSD": [[@T, NaN, "2", "0.5", "1.5", "1", "3", 5]], "last": @T}',
      "NaN is not a JSON number"),
-    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": NaN}' % T0, "NaN is not a JSON number"),
-    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": -Infinity}' % T0,
+    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": NaN}', "NaN is not a JSON number"),
+    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": -Infinity}',
      "-Infinity is not a JSON number"),
-    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": "soon"}' % T0,
+    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": "soon"}',
      "'last' is not a whole number of unix seconds ('soon')"),
-    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": 1e999}' % T0,
+    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": 1e999}',
      "'last' is not a whole number of unix seconds (inf)"),
-    ('{"XXBTZUSD": [[%d, [["1"]], "2", "0.5", "1.5", "1", "3", 5]]}' % T0, "row 1: non-numeric field 'open'"),
-    ('{"XXBTZUSD": [[%d, {"a": 1}, "2", "0.5", "1.5", "1", "3", 5]]}' % T0, "row 1: non-numeric field 'open'"),
-    ('{"XXBTZUSD": [[%d, "1", "2", "0.5", "1.5", "1", "3", 1%s]]}' % (T0, "0" * 400),
+    ('{"XXBTZUSD": [[@T, [["1"]], "2", "0.5", "1.5", "1", "3", 5]]}', "row 1: non-numeric field 'open'"),
+    ('{"XXBTZUSD": [[@T, {"a": 1}, "2", "0.5", "1.5", "1", "3", 5]]}', "row 1: non-numeric field 'open'"),
+    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 1' + "0" * 400 + ']]}',
      "row 1: non-numeric field 'count'"),
     ('{"error": ["line one\\nline two"], "result": {}}', "Kraken returned an error: ['line one\\nline two']"),
 ])
 def test_rest_json_hostile_structure(store, tmp_path, capsys, body, rule):
     p = tmp_path / "ohlc.json"
-    p.write_text(body)
+    p.write_text(body.replace("@T", str(T0)))
     reject(store, capsys, p, rule=rule)
 
 
@@ -360,6 +360,7 @@ def test_venue_option_outside_the_fixed_set(store, tmp_path, capsys):
     err = reject(store, capsys, p, "--venue", SQLISH, rule="unknown venue", named=False)
     assert err.startswith("kq: error: --venue: unknown venue") and "known: kraken, binance, coinbase, synthetic" in err
     reject(store, capsys, p, "--venue", "krakenfutures", rule="unknown venue 'krakenfutures'", named=False)
+    reject(store, capsys, p, "--venue", "kraken\n", rule="unknown venue 'kraken\\n'", named=False)  # found by fuzz
 
 
 def test_venue_from_parquet_metadata_or_name_outside_the_fixed_set(store, tmp_path, capsys):

@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import require_shared
+
 from engine.errors import InputError
 from engine.store.market import MarketStore
 from engine.store.panel import read_shared_parquet

@@ -14,10 +14,18 @@ import tracemalloc
 import zipfile
 
 import pytest
+from test_import_bad import T0, digest, kraken_lines, reject, write
 
 from engine.store import readers
 from kq.cli import main
-from test_import_bad import T0, digest, kraken_lines, reject, store, write  # noqa: F401 - fixture
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store already holding a good ETH/USD file, so 'unchanged' is checked on real content."""
+    p = tmp_path / "market.duckdb"
+    assert main(["data", "import", str(write(tmp_path / "ETHUSD_60.csv", kraken_lines(24))), "--store", str(p)]) == 0
+    return p
 
 
 def csv_text(n=5, t0=T0):

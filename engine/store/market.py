@@ -21,6 +21,7 @@ whole import (docs/DECISIONS.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -535,10 +536,8 @@ class MarketStore:
         except OSError as e:
             raise InputError(f"{out}: cannot write ({e.strerror or type(e).__name__})") from None
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
         return n
 
     def integrity_findings(self, venue: str | None = None, pair: str | None = None,

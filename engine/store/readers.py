@@ -97,7 +97,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAEr
 _KRAKEN_NAME = re.compile(r"^(?P<pair>[A-Za-z0-9]+)_(?P<minutes>\d+)$")
 #: The venues bars may be stored under (a fixed set: a venue name is never taken from a file as typed).
 VENUES = ("kraken", "binance", "coinbase", "synthetic")
-_VENUE = re.compile(r"([a-z]+)(?:\s*\(spot\))?")
+_VENUE = re.compile(r"([a-z]+)(?: ?\(spot\))?")
 
 
 @dataclass
@@ -130,7 +130,7 @@ def sha256_bytes(data: bytes) -> str:
 def normalize_venue(venue: str, label: str | None = None) -> str:
     """``Binance (spot)`` -> ``binance``, ``Kraken`` -> ``kraken``: one of :data:`VENUES`, optionally
     followed by ``(spot)``; anything else is refused (never cut down to a known prefix)."""
-    m = _VENUE.fullmatch(venue.strip().lower()) if isinstance(venue, str) else None
+    m = _VENUE.fullmatch(venue.strip(" ").lower()) if isinstance(venue, str) else None
     if m is None or m.group(1) not in VENUES:
         where = f"{label}: " if label else ""
         raise InputError(f"{where}unknown venue {_echo(venue)} (known: {', '.join(VENUES)})")
@@ -251,17 +251,18 @@ def _numbers(s: pd.Series, plain_ascii: bool = False) -> np.ndarray:
     if plain_ascii:
         return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     vals = s.to_numpy(dtype=object)
-    kinds = np.fromiter((type(x) for x in vals), dtype=object, count=len(vals))
+    kinds = [type(x) for x in vals]
     out = np.full(len(vals), np.nan)
-    is_str = kinds == str
+    is_str = np.fromiter((k is str for k in kinds), dtype=bool, count=len(vals))
     if is_str.any():
         strs = pd.Series(vals[is_str], dtype=object)
         ok = strs.str.fullmatch(_NUMBER).to_numpy(dtype=bool)
         out[np.flatnonzero(is_str)[ok]] = pd.to_numeric(strs[ok], errors="coerce").to_numpy(
             dtype=np.float64, na_value=np.nan)
-    is_float = kinds == float
+    is_float = np.fromiter((k is float for k in kinds), dtype=bool, count=len(vals))
     out[is_float] = vals[is_float].astype(np.float64)
-    is_int = kinds == int  # a bool is not a number here (True is not a volume of 1)
+    # a bool is not a number here (True is not a volume of 1): type(True) is bool, not int
+    is_int = np.fromiter((k is int for k in kinds), dtype=bool, count=len(vals))
     out[is_int] = [float(x) if abs(x) < 2**1000 else (math.inf if x > 0 else -math.inf) for x in vals[is_int]]
     return out
 
@@ -450,14 +451,14 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
     try:
         pf = pq.ParquetFile(io.BytesIO(data))
         declared = pf.metadata.num_rows
-    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a corrupt file
+    except Exception as e:  # pyarrow raises many kinds for a corrupt file
         raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
     if declared > MAX_PARQUET_ROWS:
         raise InputError(f"{label}: {declared:,} rows declared; at most {MAX_PARQUET_ROWS:,} can be imported "
                          f"from one parquet file")
     try:
         schema = pf.schema_arrow
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # pyarrow raises many kinds for a corrupt file
         raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
     names = schema.names
     dup = sorted({c for c in names if names.count(c) > 1} & {"ts", *VALUE_FIELDS})
@@ -465,7 +466,7 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
         raise InputError(f"{label}: column {dup[0]!r} appears more than once")
     try:  # only the columns this reader uses: a wide or string-heavy file is not decompressed whole
         table = pf.read(columns=[c for c in ("ts", *VALUE_FIELDS) if c in names])
-    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a corrupt file
+    except Exception as e:  # pyarrow raises many kinds for a corrupt file
         raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
     if table.num_rows != declared:
         raise InputError(f"{label}: not a readable parquet file ({table.num_rows} rows read, {declared} declared)")
@@ -713,7 +714,7 @@ def zip_members(data: bytes | BinaryIO, label: str,
             try:
                 with zf.open(info) as m:
                     body = read_capped(m, mlabel, min(MAX_UNIT_BYTES, budget),
-                                       None if MAX_UNIT_BYTES <= budget else over_archive)
+                                       None if budget >= MAX_UNIT_BYTES else over_archive)
             except _ZIP_ERRORS as e:
                 raise InputError(f"{mlabel}: cannot be read from the archive ({type(e).__name__}: "
                                  f"{_echo(str(e), 80)})") from None
