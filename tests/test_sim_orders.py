@@ -205,6 +205,26 @@ def test_query_orders_leaves_out_unknown_and_foreign_txids(sim):
     assert q("")["error"] == ["EGeneral:Invalid arguments:txid"]
 
 
+def test_cl_ord_id_takes_only_kraken_forms(sim):
+    """A long UUID, a short (32 hex) UUID, or free ASCII text of at most 18 characters; anything else
+    is EGeneral:Invalid arguments:cl_ord_id and places nothing."""
+    def send(cl):
+        return sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
+                                            "price": "19000", "cl_ord_id": cl}).json()
+
+    good = ["6d1b345e-2821-40e2-ad83-4ecb18a06876", "6D1B345E-2821-40E2-AD83-4ECB18A06876",
+            "da8e4ad59b78481c93e589746b0cf91f", "arb-20240509-00010", "x" * 18, "a", "kq 1/2:#"]
+    for cl in good:
+        assert send(cl)["result"]["txid"], cl
+    bad = ["", "x" * 19, "da8e4ad59b78481c93e589746b0cf91",  # 31 hex: neither a UUID nor short text
+           "6d1b345e-2821-40e2-ad83-4ecb18a0687g", "6d1b345e2821-40e2-ad83-4ecb18a06876x", "café-1",
+           "tab\there", "line\n", "１２３", "{6d1b345e-2821-40e2-ad83-4ecb18a06876}"]
+    n = len(sim.ex.orders)
+    for cl in bad:
+        assert send(cl)["error"] == ["EGeneral:Invalid arguments:cl_ord_id"], cl
+    assert len(sim.ex.orders) == n == len(good)
+
+
 def test_order_limit_and_unknown_cancel():
     s = start_sim(flat_panel(), start=T0 + 3 * 3600, config=sim_test_config(fills={"max_open_orders": 2}))
     try:

@@ -541,7 +541,7 @@ class Exchange:
             if cl is not None:
                 if userref is not None:
                     raise KrakenAPIError("EGeneral:Invalid arguments:cl_ord_id and userref are exclusive")
-                if not cl or len(cl) > 36:
+                if not valid_cl_ord_id(cl):
                     raise KrakenAPIError("EGeneral:Invalid arguments:cl_ord_id")
             expiretm = 0.0
             if tif == "GTD" or p.get("expiretm") not in (None, "", "0"):
@@ -964,6 +964,17 @@ class Exchange:
             self.store.save(self, self._dirty_orders, self._dirty_trades)
         self._dirty_orders = set()
         self._dirty_trades = set()
+
+
+_UUID_LONG = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+_UUID_SHORT = re.compile(r"[0-9A-Fa-f]{32}")
+_FREE_TEXT = re.compile(r"[\x20-\x7e]{1,18}")
+
+
+def valid_cl_ord_id(cl: str) -> bool:
+    """The ``cl_ord_id`` forms Kraken's AddOrder takes: a long UUID (32 hex digits in 8-4-4-4-12
+    groups), a short UUID (32 hex digits) or free ASCII text of at most 18 characters."""
+    return bool(_UUID_LONG.fullmatch(cl) or _UUID_SHORT.fullmatch(cl) or _FREE_TEXT.fullmatch(cl))
 
 
 DEADLINE_MIN_S, DEADLINE_MAX_S = 2.0, 60.0  # Kraken: min now() + 2 seconds, max now() + 60 seconds
