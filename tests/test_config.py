@@ -138,6 +138,34 @@ def test_non_finite_numbers_are_refused_except_where_inf_means_off():
     assert seen > 60
 
 
+def test_booleans_and_strings_are_refused_for_every_number_naming_the_key():
+    """Pydantic's lax mode turned ``max_positions = true`` into 1, ``init_cash = true`` into 1.0 and
+    ``max_exposure = "0.5"`` into 0.5. Every int/float field (and ``seed``) is now strict about them;
+    an int for a float field stays allowed (TOML writes 1 for 1.0)."""
+    seen = 0
+    for sec, key, _kind, _inf_off in _numeric_fields():
+        raw = (lambda v, s=sec, k=key: {s: {k: v}}) if sec else (lambda v, k=key: {k: v})
+        name = f"{sec}.{key}" if sec else key
+        for v in (True, False, "1", "0.5", ""):
+            with pytest.raises(ConfigError, match=rf"{name}: .*must be a number, not a (boolean|string)"):
+                config_from_dict(raw(v))
+            seen += 1
+    assert seen > 250
+    for raw in (
+        {"risk": {"max_positions": True}},
+        {"backtest": {"init_cash": True}},
+        {"risk": {"max_exposure": "0.5"}},
+    ):
+        with pytest.raises(ConfigError, match="must be a number"):
+            config_from_dict(raw)
+    with pytest.raises(ConfigError, match=r"labels\.horizons: .*not a boolean"):
+        config_from_dict({"labels": {"horizons": [1, True, 24]}})
+    # an int for a float field, and "inf" where inf means off (what a JSON dump writes), still load
+    cfg = config_from_dict({"backtest": {"init_cash": 10000}, "risk": {"spread_max": "inf", "max_exposure": 1}})
+    assert cfg.backtest.init_cash == 10000.0 and cfg.risk.max_exposure == 1.0
+    assert config_from_dict(cfg.model_dump(mode="json")) == cfg
+
+
 def test_every_number_has_an_upper_bound_and_huge_values_are_refused():
     for sec, key, kind, inf_off in _numeric_fields():
         if inf_off:

@@ -8,7 +8,9 @@ and strings, and the shipped default.toml with random bytes spliced in (not UTF-
 
 Each case must end in exactly one of:
 * exit 2 with one line ``kq: error: ...`` on stderr (nothing else printed);
-* exit 0, and then the resolved config has every number finite and within its declared bounds
+* exit 0, and then the document held no boolean or quoted number where a number belongs (lax
+  parsing would read ``true`` as 1 and ``"0.5"`` as 0.5), and the resolved config has every number
+  finite and within its declared bounds
   (only ``risk.spread_max`` may be ``inf``, "off"), dumps to strict JSON, and the backtest's
   parameter record (``engine.risk.params.params_from_config``) and feature names build without
   an exception.
@@ -156,9 +158,11 @@ def _near_default(sec: str, key: str):
     for b in (lo, hi):
         if b is not None:
             edges += [b, b - 1e-9, b + 1e-9, b - 1, b + 1]
+    # lax spellings of a number that must be refused: a boolean, the number quoted
+    loose = st.sampled_from([True, False, str(d), repr(float(d))])
     if isinstance(d, int):
-        return st.sampled_from(sorted({int(x) for x in edges}))
-    return st.sampled_from(edges + [math.inf, math.nan])
+        return st.one_of(st.sampled_from(sorted({int(x) for x in edges})), loose)
+    return st.one_of(st.sampled_from(edges + [math.inf, math.nan]), loose)
 
 
 @st.composite
@@ -208,8 +212,35 @@ def _spliced_default(draw) -> bytes:
     return raw
 
 
+def _numeric(ann) -> bool:
+    base = typing.get_args(ann)[0] if typing.get_origin(ann) is typing.Annotated else ann
+    if typing.get_origin(base) in (tuple, list):
+        return all(a in (int, float) for a in typing.get_args(base) if a is not Ellipsis)
+    return base in (int, float)
+
+
+_NUMERIC_KEYS = sorted(
+    (sec, key) for sec, model in SECTIONS.items() for key, f in model.model_fields.items() if _numeric(f.annotation)
+)
+
+
+@st.composite
+def _loose_number(draw) -> str:
+    """A valid document but for one number written as a boolean or a quoted number (or a list of
+    numbers holding one): must be refused, naming the key."""
+    sec, key = draw(st.sampled_from(_NUMERIC_KEYS))
+    d = SECTIONS[sec].model_fields[key].default
+    bad = draw(st.sampled_from([True, False, str(d), json.dumps(d), "1", " 0.5", "1e3"]))
+    if isinstance(d, tuple):
+        bad = [*list(d)[:-1], bad] if d else [bad]
+    if draw(st.integers(0, 7)) == 0:
+        return _doc({"seed": draw(st.sampled_from([True, "7", "0"]))}, {}, {})
+    return _doc({}, {sec: {key: bad}}, {})
+
+
 _CASES = st.one_of(
     *[_documents().map(str.encode)] * 5,
+    _loose_number().map(str.encode),
     _spliced_default(),
     _spliced_default(),
     st.one_of(_documents().map(lambda s: s.encode("utf-16")), st.binary(max_size=200)),
@@ -253,6 +284,26 @@ def _check_numbers(model) -> None:
             assert v <= hi, (name, v)
 
 
+def _no_loose_numbers(data: bytes) -> None:
+    """A config that loaded had no boolean or string (other than "inf") where a number belongs."""
+    import tomllib
+
+    raw = tomllib.loads(data.decode("utf-8-sig"))
+
+    def ok(v) -> bool:
+        if isinstance(v, list):
+            return all(ok(x) for x in v)
+        return not isinstance(v, bool) and not (isinstance(v, str) and v.strip().lower() not in ("inf", "+inf", "-inf"))
+
+    if "seed" in raw:
+        assert ok(raw["seed"]), ("seed", raw["seed"])
+    for sec, model in SECTIONS.items():
+        body = raw.get(sec)
+        for key, f in model.model_fields.items():
+            if isinstance(body, dict) and key in body and _numeric(f.annotation):
+                assert ok(body[key]), (sec, key, body[key])
+
+
 def _use(cfg) -> None:
     """What kq backtest does with a config before the data: the parameter record and the features."""
     from engine.features.featureset import feature_names, feature_schema_sha256
@@ -293,4 +344,5 @@ def test_fuzz_config_check_is_a_one_line_error_or_a_usable_config(tmp_path_facto
     else:
         cfg = load_config(path)
     _check_numbers(cfg)
+    _no_loose_numbers(data)
     _use(cfg)
