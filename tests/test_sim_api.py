@@ -138,6 +138,11 @@ def test_private_endpoints_validate(sim, spec):
     th = u.get_trades_history()
     ok(spec, "TradesHistory", th)
     assert th["count"] == 1 and next(iter(th["trades"].values()))["pair"] == "XXBTZUSD"
+    (tid,) = q[mk]["trades"]
+    qt = u.get_trades_info(txid=[tid, "TAAAAA-BBBBB-CCCCCC"], trades=True)
+    ok(spec, "QueryTrades", qt)
+    assert qt == {tid: th["trades"][tid]} and qt[tid]["ordertxid"] == mk and qt[tid]["vol"] == "0.01000000"
+    assert u.get_trades_info(txid=tid) == qt
     bx = u.get_balances()
     assert bx["XETH"]["hold_trade"] == "0.5000000000"
     assert u.get_balance("XBT")["balance"] == pytest.approx(0.01)
@@ -189,14 +194,38 @@ def test_raw_bodies_validate_as_sent(sim, spec):
     t = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001",
                                      "price": "30000", "userref": 9})
     txid = t.json()["result"]["txid"][0]
+    m = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.001"})
+    fills = sim.ex.orders[m.json()["result"]["txid"][0]].trades
+    assert fills
     private = [("AddOrder", t), ("Balance", sim.raw_private("Balance")),
                ("BalanceEx", sim.raw_private("BalanceEx")), ("TradeBalance", sim.raw_private("TradeBalance")),
                ("OpenOrders", sim.raw_private("OpenOrders")), ("ClosedOrders", sim.raw_private("ClosedOrders")),
                ("QueryOrders", sim.raw_private("QueryOrders", {"txid": txid})),
                ("TradesHistory", sim.raw_private("TradesHistory")),
+               ("QueryTrades", sim.raw_private("QueryTrades", {"txid": ",".join(fills)})),
                ("CancelOrder", sim.raw_private("CancelOrder", {"txid": txid})),
                ("CancelAll", sim.raw_private("CancelAll")),
                ("CancelAllOrdersAfter", sim.raw_private("CancelAllOrdersAfter", {"timeout": 0}))]
     for ep, r in private:
         b = json.loads(r.text)
         assert r.status_code == 200 and b["error"] == [] and spec.errors(ep, b) == [], (ep, b)
+
+
+def test_query_trades_arguments(sim):
+    """QueryTrades takes 1-20 comma-separated trade txids and an optional boolean ``trades``; unknown
+    and other keys' txids are left out."""
+    r = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.002"})
+    (tid,) = sim.ex.orders[r.json()["result"]["txid"][0]].trades
+
+    def q(**p):
+        return sim.raw_private("QueryTrades", p).json()
+
+    got = q(txid=f" {tid} ,TAAAAA-BBBBB-CCCCCC", trades="true")
+    assert got["error"] == [] and list(got["result"]) == [tid] and got["result"][tid]["maker"] is False
+    assert q(txid="TAAAAA-BBBBB-CCCCCC") == {"error": [], "result": {}}
+    assert q()["error"] == q(txid=" , ")["error"] == ["EGeneral:Invalid arguments:txid"]
+    assert q(txid=",".join([tid] * 21))["error"] == ["EGeneral:Invalid arguments:txid (at most 20)"]
+    assert q(txid=",".join([tid] * 20))["result"] == {tid: got["result"][tid]}
+    assert q(txid=tid, trades="maybe")["error"] == ["EGeneral:Invalid arguments:trades"]
+    sim.ex.trades[tid].account = "someone-else"  # another key's trade is not this key's to see
+    assert q(txid=tid) == {"error": [], "result": {}}

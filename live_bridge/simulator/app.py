@@ -43,7 +43,7 @@ from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, decimal_of, floa
 
 PUBLIC = ("Time", "SystemStatus", "Assets", "AssetPairs", "Ticker", "OHLC", "Depth")
 PRIVATE = ("Balance", "BalanceEx", "TradeBalance", "OpenOrders", "ClosedOrders", "QueryOrders",
-           "TradesHistory", "AddOrder", "CancelOrder", "CancelAll", "CancelAllOrdersAfter")
+           "TradesHistory", "QueryTrades", "AddOrder", "CancelOrder", "CancelAll", "CancelAllOrdersAfter")
 HISTORY_CALLS = {"ClosedOrders", "TradesHistory", "QueryTrades", "Ledgers", "QueryLedgers"}
 UNCOUNTED = {"AddOrder", "CancelOrder"}  # they count on the matching-engine counter instead
 
@@ -632,6 +632,8 @@ def _private(ex: Exchange, name: str, acct: Account, p: dict[str, str], received
         return ex.query_orders(acct, p)
     if name == "TradesHistory":
         return ex.trades_history(acct, p)
+    if name == "QueryTrades":
+        return ex.query_trades(acct, p)
     if name == "AddOrder":
         return ex.add_order(acct, p, received=received)
     if name == "CancelOrder":

@@ -810,16 +810,37 @@ class Exchange:
                 sel = [t for t in sel if t.side == typ]
             sel.sort(key=lambda t: (t.time, t.trade_id), reverse=True)
             ofs = _ofs(p)
+            return {"trades": {t.txid: self.trade_view(t) for t in sel[ofs: ofs + HISTORY_PAGE]}, "count": len(sel)}
+
+    def trade_view(self, t: Trade) -> dict[str, Any]:
+        """One trade as TradesHistory and QueryTrades show it."""
+        inst = self.market.instruments[t.pair]
+        qd = asset_decimals(inst.quote)
+        return {"ordertxid": t.ordertxid, "postxid": "TKH2SE-M7IF5-CFI7LT", "pair": inst.kraken_id,
+                "time": t.time, "type": t.side, "ordertype": t.ordertype,
+                "price": fmt(t.price, inst.pair_decimals), "cost": fmt(t.cost, qd),
+                "fee": fmt(t.fee, qd), "vol": fmt(t.vol, inst.lot_decimals), "margin": fmt(0, qd),
+                "leverage": "0", "misc": "", "trade_id": t.trade_id, "maker": t.maker}
+
+    def query_trades(self, acct: Account, p: dict[str, str]) -> dict[str, Any]:
+        """QueryTrades: trade txid -> trade for the (up to 20) comma-separated txids asked. ``trades``
+        (include trades related to a position) is a boolean; spot has no positions, so it adds
+        nothing. Unknown and other keys' txids are left out, as QueryOrders does."""
+        with self.lock:
+            self.sync()
+            ids = [t.strip() for t in (p.get("txid") or "").split(",") if t.strip()]
+            if not ids:
+                raise KrakenAPIError("EGeneral:Invalid arguments:txid")
+            if len(ids) > 20:
+                raise KrakenAPIError("EGeneral:Invalid arguments:txid (at most 20)")
+            if str(p.get("trades", "false")).lower() not in ("true", "false", "1", "0"):
+                raise KrakenAPIError("EGeneral:Invalid arguments:trades")
             out = {}
-            for t in sel[ofs: ofs + HISTORY_PAGE]:
-                inst = self.market.instruments[t.pair]
-                qd = asset_decimals(inst.quote)
-                out[t.txid] = {"ordertxid": t.ordertxid, "postxid": "TKH2SE-M7IF5-CFI7LT", "pair": inst.kraken_id,
-                               "time": t.time, "type": t.side, "ordertype": t.ordertype,
-                               "price": fmt(t.price, inst.pair_decimals), "cost": fmt(t.cost, qd),
-                               "fee": fmt(t.fee, qd), "vol": fmt(t.vol, inst.lot_decimals), "margin": fmt(0, qd),
-                               "leverage": "0", "misc": "", "trade_id": t.trade_id, "maker": t.maker}
-            return {"trades": out, "count": len(sel)}
+            for t in ids:
+                tr = self.trades.get(t)
+                if tr is not None and tr.account == acct.key:
+                    out[t] = self.trade_view(tr)
+            return out
 
     def balance(self, acct: Account) -> dict[str, str]:
         with self.lock:
