@@ -17,7 +17,8 @@ from engine.errors import KQError, one_line
 try:  # typer >= 0.29 ships its own copy of click; its usage errors are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException
 except ImportError:  # pragma: no cover - older typer uses click itself
-    _TyperClickException = click.exceptions.ClickException
+    # the fallback binds the other (same-named) class to the import's name, which mypy refuses
+    _TyperClickException = click.exceptions.ClickException  # type: ignore[misc,assignment]
 
 _CLICK_ERRORS = (click.exceptions.ClickException, _TyperClickException)
 

@@ -128,6 +128,7 @@ def _row_times(X: Any, groups: Any, times: Any) -> np.ndarray:
         elif index is not None and getattr(index, "dtype", None) is not None and index.dtype.kind == "M":
             t = index
         else:
+            assert n is not None  # X is not None here, so _n_rows gave its row count
             return np.arange(n, dtype=np.int64) * HOUR
     out = bar_times(t)
     if n is not None and out.shape[0] != n:

@@ -151,6 +151,8 @@ def audit_backtest(
             breach("records", None, None, None, f"backtest record {e}")
     if e1 or e2 or e3:
         return done()
+    # _read returns a frame whenever it returns no error
+    assert trades is not None and equity is not None and events is not None
 
     # ---- records
     ets = equity["ts"].to_numpy(dtype=np.int64)

@@ -157,8 +157,9 @@ class ModelBase(ClassifierMixin, BaseEstimator):
         if y.ndim == 2:
             H = y.shape[1]
             if returns is None:
-                self.mu_up_ = np.full(H, np.nan)
-                self.mu_down_ = np.full(H, np.nan)
+                # (H,) arrays after a multi-output fit, floats after a single-label one
+                self.mu_up_: np.ndarray | float = np.full(H, np.nan)
+                self.mu_down_: np.ndarray | float = np.full(H, np.nan)
                 return
             r2 = returns.reshape(y.shape[0], -1)
             if r2.shape[1] != H:
@@ -204,66 +205,75 @@ class ModelBase(ClassifierMixin, BaseEstimator):
 # ------------------------------------------------------------------------------------------------
 # configs (research-sized defaults; the estimator constructors use the same defaults, tested)
 
+# upper bounds: far above any sensible run, low enough that a typo cannot ask for an absurd fit
+MAX_JOBS = 256  # threads
+MAX_SEED = 2**32 - 1  # numpy / sklearn / TensorFlow seeds
+MAX_TREES = 100_000
+MAX_ROWS = 10_000_000  # rows per leaf
+MAX_WIDTH = 4096  # LSTM units, Transformer d_model
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 20
+
 
 class XGBoostConfig(Frozen):
-    n_estimators: int = Field(300, ge=1)
+    n_estimators: int = Field(300, ge=1, le=MAX_TREES)
     max_depth: int = Field(6, ge=1, le=16)
     learning_rate: float = Field(0.05, gt=0, le=1)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
-    min_child_weight: float = Field(50.0, ge=0)
-    reg_lambda: float = Field(1.0, ge=0)
-    n_jobs: int = Field(1, ge=1)
-    seed: int = Field(7, ge=0)
+    min_child_weight: float = Field(50.0, ge=0, le=1e9)
+    reg_lambda: float = Field(1.0, ge=0, le=1e6)
+    n_jobs: int = Field(1, ge=1, le=MAX_JOBS)
+    seed: int = Field(7, ge=0, le=MAX_SEED)
 
 
 class LightGBMConfig(Frozen):
-    n_estimators: int = Field(300, ge=1)
-    num_leaves: int = Field(63, ge=2)
+    n_estimators: int = Field(300, ge=1, le=MAX_TREES)
+    num_leaves: int = Field(63, ge=2, le=131_072)
     learning_rate: float = Field(0.05, gt=0, le=1)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
-    min_child_samples: int = Field(100, ge=1)
-    reg_lambda: float = Field(1.0, ge=0)
-    n_jobs: int = Field(1, ge=1)
-    seed: int = Field(7, ge=0)
+    min_child_samples: int = Field(100, ge=1, le=MAX_ROWS)
+    reg_lambda: float = Field(1.0, ge=0, le=1e6)
+    n_jobs: int = Field(1, ge=1, le=MAX_JOBS)
+    seed: int = Field(7, ge=0, le=MAX_SEED)
 
 
 class RandomForestConfig(Frozen):
-    n_estimators: int = Field(100, ge=1)
-    max_depth: int = Field(8, ge=1)
+    n_estimators: int = Field(100, ge=1, le=MAX_TREES)
+    max_depth: int = Field(8, ge=1, le=64)
     max_samples: float = Field(0.25, gt=0, le=1)
-    min_samples_leaf: int = Field(20, ge=1)
+    min_samples_leaf: int = Field(20, ge=1, le=MAX_ROWS)
     max_features: float = Field(0.5, gt=0, le=1)
-    n_jobs: int = Field(1, ge=1)
-    seed: int = Field(7, ge=0)
+    n_jobs: int = Field(1, ge=1, le=MAX_JOBS)
+    seed: int = Field(7, ge=0, le=MAX_SEED)
 
 
 class LSTMConfig(Frozen):
     seq_len: int = Field(48, ge=1, le=1000)
-    units: int = Field(32, ge=1)
-    epochs: int = Field(2, ge=1)
-    batch_size: int = Field(256, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    train_stride: int = Field(4, ge=1)
-    seed: int = Field(7, ge=0)
+    units: int = Field(32, ge=1, le=MAX_WIDTH)
+    epochs: int = Field(2, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    train_stride: int = Field(4, ge=1, le=720)
+    seed: int = Field(7, ge=0, le=MAX_SEED)
 
 
 class TransformerConfig(Frozen):
     seq_len: int = Field(48, ge=1, le=1000)
-    d_model: int = Field(32, ge=2)
-    num_heads: int = Field(2, ge=1)
-    ff_dim: int = Field(64, ge=1)
-    epochs: int = Field(2, ge=1)
-    batch_size: int = Field(256, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    train_stride: int = Field(4, ge=1)
-    seed: int = Field(7, ge=0)
+    d_model: int = Field(32, ge=2, le=MAX_WIDTH)
+    num_heads: int = Field(2, ge=1, le=64)
+    ff_dim: int = Field(64, ge=1, le=4 * MAX_WIDTH)
+    epochs: int = Field(2, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    train_stride: int = Field(4, ge=1, le=720)
+    seed: int = Field(7, ge=0, le=MAX_SEED)
 
 
 class RegimeConfig(Frozen):
-    trend_bars: int = Field(168, ge=2)
-    vol_bars: int = Field(72, ge=2)
+    trend_bars: int = Field(168, ge=2, le=100_000)
+    vol_bars: int = Field(72, ge=2, le=100_000)
     high_vol_quantile: float = Field(0.85, gt=0, lt=1)
     trend_quantile: float = Field(0.7, gt=0, lt=1)
     crash_drawdown: float = Field(0.15, gt=0, lt=1)
@@ -271,8 +281,8 @@ class RegimeConfig(Frozen):
 
 
 class MetaConfig(Frozen):
-    C: float = Field(1.0, gt=0)
-    ridge_alpha: float = Field(1.0, ge=0)
+    C: float = Field(1.0, gt=0, le=1e6)
+    ridge_alpha: float = Field(1.0, ge=0, le=1e6)
     use_regime: bool = True
     share_horizons: bool = Field(
         True,
@@ -334,6 +344,7 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
 
 def model_class(name: str) -> type:
     """The estimator class registered under ``name`` (imports TensorFlow only for the nets' fit)."""
+    cls: type
     if name == "xgboost":
         from research.models.trees import XGBoostModel as cls
     elif name == "lightgbm":

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -411,8 +411,9 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         self.inner_folds_ = folds
         self.stackers_ = tuple(stackers)  # one logistic stacker per horizon (label column)
         self.return_heads_ = tuple(heads)
-        self.stacker_ = tuple(stackers) if multi else stackers[0]
-        self.return_head_ = tuple(heads) if multi else heads[0]
+        # one per horizon (a tuple) after a multi-horizon fit, else the single stacker / head
+        self.stacker_: Any = tuple(stackers) if multi else stackers[0]
+        self.return_head_: Any = tuple(heads) if multi else heads[0]
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = Xa.shape[1]
         return self
@@ -459,7 +460,7 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
         r = np.column_stack([h.predict(Z) if h is not None else np.full(Z.shape[0], np.nan) for h, Z in zip(hd, Zs)])
         return {"base": P3, "p_up": p, "exp_return": r}
 
-    def predict_proba(self, X: Any, *, close: Any = None, segments: Any = None) -> np.ndarray:
+    def predict_proba(self, X: Any, *, close: Any = None, segments: Any = None) -> np.ndarray | list[np.ndarray]:
         """Meta (n, 2), P(up) in column 1 (a list of (n, 2), one per horizon, after a
         multi-horizon fit). ``close`` is required when ``use_regime``."""
         self._check()
@@ -471,7 +472,9 @@ class StackingMetaLearner(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any, *, close: Any = None, segments: Any = None) -> np.ndarray:
         if self._multi():
             return (self.predict_all(X, close=close, segments=segments)["p_up"] >= 0.5).astype(np.int64)
-        return (self.predict_proba(X, close=close, segments=segments)[:, 1] >= 0.5).astype(np.int64)
+        # a single-label fit: predict_proba gives one (n, 2) array
+        p = cast(np.ndarray, self.predict_proba(X, close=close, segments=segments))
+        return (p[:, 1] >= 0.5).astype(np.int64)
 
     def predict_return(self, X: Any, *, close: Any = None, segments: Any = None) -> np.ndarray:
         """Meta expected forward return (ridge head on the stacked columns); (n, H) after a

@@ -120,6 +120,7 @@ class RegimeClassifier(ClassifierMixin, BaseEstimator):
         from research.models.sequences import segment_starts
 
         st = segment_starts(segments, c.shape[0])
+        assert st is not None  # segments is not None here
         cuts = np.concatenate([[0], np.flatnonzero(st), [c.shape[0]]])
         parts = [regime_features(c[a:b], int(self.trend_bars), int(self.vol_bars)) for a, b in itertools.pairwise(cuts)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -20,9 +20,11 @@ This module imports TensorFlow only inside the functions that train or predict.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.exceptions import NotFittedError
 
 from engine.errors import InputError
@@ -49,7 +51,7 @@ def segment_starts(segments: Any, n: int) -> np.ndarray | None:
     return start
 
 
-def sequence_ends(row_ok: np.ndarray, seq_len: int, seg_start: np.ndarray | None = None) -> np.ndarray:
+def sequence_ends(row_ok: npt.ArrayLike, seq_len: int, seg_start: np.ndarray | None = None) -> np.ndarray:
     """Rows t (int64, ascending) whose window ``t-seq_len+1 .. t`` is all ``row_ok`` and, with
     ``seg_start`` (see :func:`segment_starts`), lies inside one segment."""
     ok = np.asarray(row_ok, dtype=bool).reshape(-1)
@@ -207,6 +209,7 @@ class SequenceModelBase(ModelBase):
 
     def _train(self, seqs: np.ndarray, target: np.ndarray, multi: bool) -> None:
         tf, keras = tf_setup(self.seed)
+        loss: str | Callable[[Any, Any], Any]
         if multi:
             # one network, one sigmoid head per label column; the loss averages the binary
             # cross-entropy over the labelled (sequence, column) pairs only (NaN = no label -> -1)
@@ -256,7 +259,10 @@ class SequenceModelBase(ModelBase):
             return np.column_stack([1.0 - p[:, 0], p[:, 0]])
         return [np.column_stack([1.0 - p[:, h], p[:, h]]) for h in range(p.shape[1])]
 
-    def predict_up(self, X: Any, *, valid: Any = None, segments: Any = None, at: Any = None) -> np.ndarray:
+    # ModelBase.predict_up forwards **kw to predict_proba; the nets name the keywords theirs takes
+    def predict_up(  # type: ignore[override]
+        self, X: Any, *, valid: Any = None, segments: Any = None, at: Any = None
+    ) -> np.ndarray:
         """(n, H) P(up), H = number of label columns fitted (NaN rows: no full valid sequence).
         ``at`` (row indices, 2-D X only): predict those rows only, the others stay NaN; a row's value
         is bit-identical to a full prediction (fixed batch shapes)."""
