@@ -130,3 +130,19 @@ def test_symlink_inside_the_folder_is_followed(store, tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "import", str(d), "--store", str(store)]) == 0
     assert "1 imported" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cmd", [["data", "check"], ["data", "import", "X_60.csv"]])
+def test_store_path_that_is_a_fifo_is_refused(tmp_path, capsys, cmd):
+    fifo = tmp_path / "market.duckdb"
+    os.mkfifo(fifo)
+    write(tmp_path / "X_60.csv", kraken_lines())
+    args = [a if a != "X_60.csv" else str(tmp_path / a) for a in cmd] + ["--store", str(fifo)]
+    capsys.readouterr()
+    t, out = _import_in_thread(args)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+        pytest.fail("opening a FIFO as the store blocked")
+    err = capsys.readouterr().err.strip()
+    assert out["rc"] == 2 and err == f"kq: error: market store {fifo}: a FIFO (named pipe), not a regular file"

@@ -168,6 +168,9 @@ class MarketStore:
         self.read_only = read_only
         if read_only and not self.path.exists():
             raise InputError(f"no market store at {self.path} (run `kq data import` or `kq data synth` first)")
+        what = readers.path_kind(self.path)
+        if what is not None:  # a FIFO would block the open forever
+            raise InputError(readers.one_line(f"market store {self.path}: {what}, not a regular file"))
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -560,6 +560,15 @@ def _not_regular(mode: int) -> str | None:
     return next((what for test, what in _KIND_OF_MODE if test(mode)), "not a regular file")
 
 
+def path_kind(p: Path) -> str | None:
+    """None when ``p`` is a regular file or does not exist, else what it is (a FIFO, a folder, ...)."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return _not_regular(st.st_mode)
+
+
 def _inside(target: Path, root: Path) -> bool:
     return target == root or root in target.parents
 
