@@ -730,7 +730,6 @@ def test_a_wait_over_the_budgets_limit_is_a_one_line_kq_error(tmp_path):
 
 def test_rate_budget_keeps_the_simulators_counter_below_its_limit(sim, tmp_path, monkeypatch):
     from live_bridge.simulator import app as sim_app
-    from live_bridge.simulator.testing import sim_test_config
 
     levels: dict[str, list[tuple[float, bool]]] = {}  # key -> the simulator's counter after each charge
     charge = sim_app.Guard.charge
@@ -742,8 +741,10 @@ def test_rate_budget_keeps_the_simulators_counter_below_its_limit(sim, tmp_path,
 
     monkeypatch.setattr(sim_app.Guard, "charge", watched)
 
-    old = sim.ex.config
-    sim.ex.config = sim_test_config(rate_limit={"max_counter": 6.0, "decay_per_s": 3.0})
+    code, old = sim.admin("/admin/limits")
+    assert code == 200
+    code, _ = sim.admin("/admin/limits", {"max_counter": 6.0, "decay_per_s": 3.0, "reset_counters": True})
+    assert code == 200
     try:
         # control: the bare SDK in a tight loop is refused by the simulator's counter
         ctl = account(sim)
@@ -767,7 +768,7 @@ def test_rate_budget_keeps_the_simulators_counter_below_its_limit(sim, tmp_path,
         assert len(mine) == 12 and all(ok_ for _, ok_ in mine)
         assert max(lvl for lvl, _ in mine) <= 6.0  # the simulator's counter never passed its limit
     finally:
-        sim.ex.config = old
+        assert sim.admin("/admin/limits", old["rate_limit"])[0] == 200
 
 
 # ---- market status -----------------------------------------------------------------------------

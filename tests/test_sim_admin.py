@@ -40,7 +40,8 @@ def client(ex):
 
 def snapshot(ex) -> tuple:
     st = ex.state()
-    return st["now"], st["accounts"], st["orders"], st["trades"], st["faults"], st["status"], st["pair_status"]
+    return (st["now"], st["accounts"], st["orders"], st["trades"], st["faults"], st["status"], st["pair_status"],
+            ex.config.rate_limit)
 
 
 CALLS = [
@@ -51,6 +52,8 @@ CALLS = [
     ("DELETE", "/admin/faults", None),
     ("POST", "/admin/status", {"status": "maintenance"}),
     ("POST", "/admin/balance", {"account": "default", "asset": "USD", "delta": "1000000"}),
+    ("GET", "/admin/limits", None),
+    ("POST", "/admin/limits", {"tier": "starter", "max_counter": 3, "reset_counters": True}),
 ]
 
 
@@ -145,3 +148,45 @@ def test_kraken_paths_refuse_foreign_host_or_origin_in_the_envelope(client):
     body, h = signed_form("Balance", {})
     assert client.post("/0/private/Balance", content=body, headers=h).json() == {
         "error": [], "result": {"ZUSD": "1000.0000"}}
+
+
+def test_rate_limits_set_at_runtime(ex, client):
+    """POST /admin/limits: a Kraken tier and/or single counters, validated strictly, applied at once to
+    the REST counter (and the matching engine's); nothing changes on a refused body."""
+    from live_bridge.simulator.testing import signed_form
+
+    def balance():
+        body, h = signed_form("Balance", {})
+        return client.post("/0/private/Balance", content=body, headers=h).json()["error"]
+
+    h = admin_headers()
+    assert client.get("/admin/limits", headers=h).json()["rate_limit"] == ex.config.rate_limit.model_dump()
+    before = snapshot(ex)
+    for bad in ({}, {"tier": "platinum"}, {"tier": 1}, {"max_counter": 0}, {"max_counter": "NaN"},
+                {"max_counter": True}, {"decay_per_s": -1}, {"lockout_after": 1.5}, {"lockout_after": 0},
+                {"order_max_counter": "1e13"}, {"lockout_window_s": 0}, {"reset_counters": "yes"}, {"burst": 3},
+                [], "starter"):
+        r = client.post("/admin/limits", json=bad, headers=h)
+        assert r.status_code == 400 and r.json()["error"], bad
+    assert snapshot(ex) == before
+    r = client.post("/admin/limits", json={"tier": "starter"}, headers=h)
+    assert r.status_code == 200 and r.json()["rate_limit"] | {} == ex.config.rate_limit.model_dump()
+    rl = ex.config.rate_limit
+    assert (rl.max_counter, rl.decay_per_s, rl.order_max_counter, rl.order_decay_per_s) == (15.0, 0.33, 60.0, 1.0)
+    assert rl.lockout_after == 5  # fields a tier does not name are kept
+    # a ceiling of 3 with no decay: the 4th call is refused; a reset and a higher ceiling let it through
+    r = client.post("/admin/limits", json={"max_counter": "3", "decay_per_s": 0, "reset_counters": True}, headers=h)
+    assert r.status_code == 200 and r.json()["rate_limit"]["max_counter"] == 3.0
+    assert [balance() for _ in range(4)] == [[], [], [], ["EAPI:Rate limit exceeded"]]
+    assert client.post("/admin/limits", json={"max_counter": 4}, headers=h).status_code == 200
+    assert balance() == [] and balance() == ["EAPI:Rate limit exceeded"]
+    assert client.post("/admin/limits", json={"reset_counters": True}, headers=h).status_code == 200
+    assert balance() == []
+    # the matching-engine counter: a threshold of 1 admits one order per pair
+    client.post("/admin/limits", json={"order_max_counter": 1, "order_decay_per_s": 0}, headers=h)
+    order = {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"}
+    ex.add_order(ex.accounts[KEY], order)
+    from live_bridge.simulator.exchange import KrakenAPIError
+
+    with pytest.raises(KrakenAPIError, match="EOrder:Rate limit exceeded"):
+        ex.add_order(ex.accounts[KEY], order)

@@ -1,5 +1,5 @@
 """The HTTP face of the simulator: Kraken's spot REST API at ``/0/public/*`` and ``/0/private/*``,
-and an admin API under ``/admin/*`` (clock, faults, market status, balances, full state).
+and an admin API under ``/admin/*`` (clock, faults, market status, rate limits, balances, full state).
 
 Kraken conventions kept: every answer is ``{"error": [...], "result": ...}`` (both keys, HTTP 200
 for API errors), numbers are decimal strings, result keys are Kraken pair ids whatever alias was
@@ -33,10 +33,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import InputError
 
+from .config import RateLimitConfig
 from .exchange import Account, Exchange, KrakenAPIError
 from .faults import MAX_FAULTS, PAIR_ONLY_STATUSES, STATUSES, Fault
 from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, decimal_of, float_of, int_of
@@ -52,6 +54,21 @@ HTML_ERROR = ("<html><head><title>{code} {text}</title></head><body><center><h1>
 HTTP_TEXT = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
              504: "Gateway Time-out", 520: "Web Server Returned an Unknown Error", 429: "Too Many Requests"}
 
+
+# Kraken's published limits per verification tier: REST counter (ceiling, decay per second) and the
+# per-pair matching-engine counter (threshold, decay per second).
+RATE_TIERS: dict[str, dict[str, float]] = {
+    "starter": {"max_counter": 15.0, "decay_per_s": 0.33, "order_max_counter": 60.0, "order_decay_per_s": 1.0},
+    "intermediate": {"max_counter": 20.0, "decay_per_s": 0.5, "order_max_counter": 125.0, "order_decay_per_s": 2.34},
+    "pro": {"max_counter": 20.0, "decay_per_s": 1.0, "order_max_counter": 180.0, "order_decay_per_s": 3.75},
+}
+# Settable counter fields: (low, high, integer?)
+LIMIT_FIELDS: dict[str, tuple[float, float, bool]] = {
+    "max_counter": (0.0, 1e12, False), "decay_per_s": (0.0, 1e12, False),
+    "order_max_counter": (0.0, 1e12, False), "order_decay_per_s": (0.0, 1e12, False),
+    "lockout_after": (1, 10**6, True), "lockout_window_s": (0.0, 7 * 86400.0, False),
+    "lockout_s": (0.0, 7 * 86400.0, False),
+}
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ADMIN_MAX_BODY = 64 * 1024
@@ -489,6 +506,46 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
                 ex.status = st
             ex.persist()
         return {"status": ex.status, "pair_status": ex.pair_status}
+
+    @admin_route("/admin/limits", "GET", False)
+    def admin_limits_get(_: Any) -> Any:
+        return {"rate_limit": ex.config.rate_limit.model_dump()}
+
+    @admin_route("/admin/limits", "POST", True)
+    def admin_limits(d: Any) -> Any:
+        """Rate limits at runtime (until the simulator restarts): a Kraken verification ``tier``
+        (starter, intermediate, pro: REST and matching-engine counters as Kraken publishes them)
+        and/or single counter settings; ``reset_counters`` true also empties every key's counters."""
+        d = obj(d, {"tier", "reset_counters", *LIMIT_FIELDS})
+        tier = d.get("tier")
+        if tier is not None and (not isinstance(tier, str) or tier not in RATE_TIERS):
+            raise AdminError(f"tier must be one of {', '.join(RATE_TIERS)}")
+        reset = d.get("reset_counters", False)
+        if not isinstance(reset, bool):
+            raise AdminError("reset_counters must be true or false")
+        if tier is None and not set(d) & set(LIMIT_FIELDS) and not reset:
+            raise AdminError(f"give a tier, reset_counters and/or any of {', '.join(LIMIT_FIELDS)}")
+        new = ex.config.rate_limit.model_dump() | (RATE_TIERS[tier] if tier else {})
+        try:
+            for k, (lo, hi, is_int) in LIMIT_FIELDS.items():
+                if k in d:
+                    new[k] = int_of(d[k], k, lo, hi) if is_int else float_of(d[k], k, lo, hi)
+        except BadNumber as e:
+            raise AdminError(str(e)) from None
+        for k in ("max_counter", "order_max_counter", "lockout_window_s"):
+            if new[k] <= 0:
+                raise AdminError(f"{k} must be > 0")
+        with ex.lock:
+            try:
+                rl = RateLimitConfig.model_validate(new)
+            except ValidationError as e:
+                raise AdminError(f"bad rate limits: {e.errors()[0]['msg']}") from None
+            ex.config = ex.config.model_copy(update={"rate_limit": rl})
+            if reset:
+                guard.counters.clear()
+                ex.reset_order_counters()
+        log.info("simulator: rate limits set to %s%s", new, " (counters reset)" if reset else "")
+        return {"rate_limit": ex.config.rate_limit.model_dump()}
 
     @admin_route("/admin/balance", "POST", True)
     def admin_balance(d: Any) -> Any:

@@ -479,6 +479,11 @@ class Exchange:
             raise KrakenAPIError("EOrder:Rate limit exceeded")
         self._order_counter[k] = (val + add, now)
 
+    def reset_order_counters(self) -> None:
+        """Empty every matching-engine counter (admin: new rate limits start from zero)."""
+        with self.lock:
+            self._order_counter.clear()
+
     # ---- AddOrder -----------------------------------------------------------------------------
     def add_order(self, acct: Account, p: dict[str, str], order_faults=None,
                   received: float | None = None) -> dict[str, Any]:
