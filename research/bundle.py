@@ -285,7 +285,7 @@ def fit_final(
     X3 = np.where(np.isfinite(features.values), features.values, np.nan)
     close = np.where(panel.valid, panel.close, np.nan)
     lab = future_labels(panel, LabelsConfig(horizons=horizons), cfg.fees, with_cost=rc.label_with_cost)
-    has_rows = elig.any(axis=1)
+    has_rows = np.asarray(elig.any(axis=1))
     first_bar = int(np.flatnonzero(has_rows)[0])
     if progress:
         progress("plan", horizons=horizons, models=rc.base_models, inner_folds=rc.folds.inner_folds)
@@ -499,10 +499,10 @@ def save_bundle(bundle: ModelBundle, out_dir, *, extra: dict | None = None) -> d
                 meta_files[str(h)] = f"{_meta_dir(hs)}/meta.pkl"
         extra["_meta_files"] = meta_files
         if wfd is not None:
-            for f in _WF_FILES:
-                dst = tmp / "walkforward" / f
+            for name in _WF_FILES:
+                dst = tmp / "walkforward" / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(wfd / f, dst)
+                shutil.copyfile(wfd / name, dst)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         man = _build_manifest(bundle, files, extra)
         (tmp / "manifest.json").write_text(json.dumps(man, indent=2) + "\n")  # last

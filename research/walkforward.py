@@ -176,6 +176,7 @@ def make_meta(rc: ResearchConfig, seed: int) -> StackingMetaLearner:
 def warm_bars(meta: StackingMetaLearner) -> int:
     """History rows a prediction needs before its bar (sequence length / regime windows + 2)."""
     w = 1
+    assert meta.models is not None  # make_meta always passes the base models
     for _, m in meta.models:
         w = max(w, int(getattr(m, "seq_len", 1)))
     if meta.use_regime and meta.regime is not None:
@@ -615,9 +616,9 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
     nb = 16 if M.shape[0] >= 16 * 40 else 8
     try:
         pbo = probability_of_backtest_overfitting(M, n_blocks=nb)
-        d = pbo.to_dict()
-        d.pop("logits", None)
-        stats["pbo"] = d | {
+        pbo_d = pbo.to_dict()
+        pbo_d.pop("logits", None)
+        stats["pbo"] = pbo_d | {
             "configurations": names,
             "note": "CSCV over the hourly returns of each model's own strategy",
         }

@@ -101,7 +101,7 @@ TRADE_COLUMNS = tuple(TRADE_SCHEMA)
 EQUITY_COLUMNS = tuple(EQUITY_SCHEMA)
 EVENT_COLUMNS = tuple(EVENT_SCHEMA)
 #: metrics.json: the backtester's metrics record, the bars per trading state and the refusal counts
-METRICS_KEYS = tuple(metrics_dt.names) + ("bars_in_state", "refusals_by_reason")
+METRICS_KEYS = tuple(metrics_dt.names or ()) + ("bars_in_state", "refusals_by_reason")
 #: the files of an output folder (report.html is for people; read_outputs does not read it)
 OUTPUT_FILES = ("trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html")
 _CODED = {"kill_reason"}  # enum columns stored as codes rather than names

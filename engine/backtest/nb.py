@@ -270,7 +270,7 @@ def _quiet_run_nb(
     return t, sum_eq, cur_month, month_peak, n_nd, n_nt, n_bl
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt: numba option absent from its stubs
 def _hold_run_nb(
     t,
     state,
@@ -564,7 +564,7 @@ def simulate_core_nb(
 # array). With it, numba increments and decrements the count of each array bound to a parameter of
 # an inlined phase (execute_open_nb/execute_close_nb take 20), two atomic calls apiece on every bar
 # with orders; measured: 12.5 -> 11.4 ms for 10 pairs x 45k bars trading throughout.
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt: numba option absent from its stubs
 def _simulate_loop_nb(
     open_,
     high,

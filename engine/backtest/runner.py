@@ -48,9 +48,10 @@ class BacktestInputs:
     cluster: np.ndarray  # (n, m) int64, -1 = no cluster
     api_fault: np.ndarray  # bool (n,)
     operator: np.ndarray  # int64 (n,): OP_RESET_KILL | OP_RESET_HALT bit flags (manual resets)
-    month_id: np.ndarray = field(default=None)  # int64 (n,)
-    tradable: np.ndarray = field(default=None)  # bool (n, m): universe member at bar t (R9); None = all
-    entry_block: np.ndarray = field(default=None)  # bool (n,): entries decided at t refused (R25); None = none
+    # the three below: None is filled in by __post_init__, so they are arrays once constructed
+    month_id: np.ndarray | None = None  # int64 (n,)
+    tradable: np.ndarray | None = None  # bool (n, m): universe member at bar t (R9); None = all
+    entry_block: np.ndarray | None = None  # bool (n,): entries decided at t refused (R25); None = none
     # kill-switch triggers per bar (kill_triggers_nb), memoised per kill-switch parameter tuple: like
     # ATR and the spread estimate they are a function of these arrays only, so the arrays must not be
     # modified in place after construction (build new inputs, e.g. dataclasses.replace, which starts
@@ -205,7 +206,7 @@ class BacktestResult:
     equity: np.ndarray  # equity_dt, one row per bar
 
     def metrics_dict(self) -> dict:
-        out = {k: _py(self.metrics[0][k]) for k in metrics_dt.names}
+        out = {k: _py(self.metrics[0][k]) for k in metrics_dt.names or ()}
         out["bars_in_state"] = {
             TradingState(i).name: int(self.metrics[0][f])
             for i, f in enumerate(
@@ -275,7 +276,7 @@ def _py(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def _rules(inp: BacktestInputs):
+def _rules(inp: BacktestInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return instrument_arrays(inp.pairs)
 
 
