@@ -174,10 +174,15 @@ class OrderIntent:
         Mapping: ``side`` 1 -> buy, -1 -> sell; ``kind`` OrderKind.LIMIT_FIRST -> limit_first,
         OrderKind.MARKET -> market; ``reason`` -> its Reason name; ``qty``, ``limit_price``
         (NaN for market) and ``ref_price`` (close at decision) from their float64 fields through
-        their shortest repr (the executor rounds them to the pair's grid before sending). ``pair``
-        is the universe member of the order's column and ``hour`` the decision bar's hour (the
-        record's ``bar`` is an index the daemon maps to its hour). ``atr``, ``spread`` and ``frac``
-        stay with the RiskMachine (they size and price nothing here)."""
+        their shortest repr (the executor rounds them to the pair's grid before sending); ``qty`` is
+        what is left to fill (the RiskMachine books partial fills and lowers it). ``pair`` is the
+        universe member of the order's column and ``hour`` the decision bar's hour, which is the
+        record's ``bar`` (the RiskMachine records absolute hours, unix seconds // 3600). ``atr``,
+        ``spread``, ``frac``, ``filled`` and ``fallback`` stay with the RiskMachine. The executor
+        owns the limit -> market fallback within the hour; an order with ``fallback`` 1 is one the
+        machine's close turned to market because it was still pending (a re-issue, not a new
+        decision: this method derives the same ``cl_ord_id`` as for the original, so the ledger,
+        which holds one intent per id, resolves it as that order)."""
         from engine.risk.enums import OrderKind, Reason
 
         side = {1: "buy", -1: "sell"}.get(int(order["side"]))

@@ -60,6 +60,7 @@ class EventCode(IntEnum):
     TIER = 4  # drawdown tier changed (value = drawdown)
     KILL = 5  # kill switch latched (reason = trigger; pair = first pair that tripped it)
     RESET = 6  # manual reset (kill switch reactivated or halt lifted)
+    DUST = 7  # live: a partial sell left less than ordermin; the remainder was written off (value = qty)
 
 
 class Reason(IntEnum):
@@ -87,6 +88,7 @@ class Reason(IntEnum):
     REFUSE_NO_BAR = 21  # execution bar missing: order cancelled
     REFUSE_NOT_TRADABLE = 22  # the pair is outside the tradable universe at this bar (R9)
     REFUSE_TRAINING_WINDOW = 23  # the order would execute in a scheduled entry-block window (R25)
+    DUST = 24  # live: position remainder below ordermin after a partial sell, written off
     # kill-switch triggers
     KILL_API = 30
     KILL_SPREAD = 31
@@ -161,6 +163,7 @@ position_dt = np.dtype(
         ("atr_prev", np.float64),  # ATR known before this bar (volatility-spike baseline)
         ("prev_close", np.float64),
         ("cluster", np.int64),  # cluster id at the last decision
+        ("realized", np.float64),  # live: P&L booked by partial sells of the open position (0 otherwise)
     ]
 )
 
@@ -172,12 +175,14 @@ order_dt = np.dtype(
         ("side", np.int64),  # BUY = 1, SELL = -1
         ("kind", np.int64),  # OrderKind
         ("reason", np.int64),  # Reason (ENTRY or EXIT_*)
-        ("qty", np.float64),  # planned quantity (entries: rounded down to lot_decimals)
+        ("qty", np.float64),  # quantity still to fill (planned at decision; live: less what was filled)
         ("limit_price", np.float64),  # NaN for market orders
         ("ref_price", np.float64),  # close at decision
         ("atr", np.float64),  # ATR at decision (stop/take-profit distance)
         ("spread", np.float64),  # spread estimate at decision (slippage)
         ("frac", np.float64),  # fixed-fraction sizing: fraction of cash at the fill
+        ("filled", np.float64),  # live: quantity filled so far (partial fills; engine.risk.nb.book_fill_nb)
+        ("fallback", np.int64),  # live: 1 once the machine's close turned this limit into a market order
     ]
 )
 

@@ -14,17 +14,28 @@ bar with ``valid`` False (the data kill switch handles it), never skipped.
 At the close of bar ``hour`` (:meth:`RiskMachine.on_bar`):
 
 1. ``kill_check_nb``: operator resets, then the kill-switch triggers on the bar's data.
-2. ``fallback_orders_nb``: an order decided at an earlier close and still pending (not filled during
-   the bar) falls back to market (exits always; entries unless the halt or the kill switch is
-   latched: then cancelled), the rule of ``execute_close_nb``. Such orders are returned for sending
-   and the close waits (``BarResult.complete`` False) until each is settled by :meth:`on_fill` or
-   :meth:`on_cancel`; then :meth:`finish_bar` runs 3 and 4, so every decision sees a settled book,
-   as in the backtester.
+2. ``fallback_orders_nb``: an order decided at an earlier close and still pending (not settled
+   during the bar) is cancelled if its pair's bar is missing or invalid (R23) or if it is an entry
+   under the latched halt or kill switch; otherwise a limit becomes a market order for its
+   remainder (``fallback`` 1 in its record: a re-issue, not a new decision) and an order already at
+   market is reported as it is, never re-issued. One owner: the executor (live_bridge/execution.py)
+   runs the limit -> market fallback within the hour; the close only reports what it has not
+   settled. The close then waits (``BarResult.complete`` False) until each pending order is settled
+   by :meth:`on_fill` or :meth:`on_cancel`; then :meth:`finish_bar` runs 3 and 4, so every decision
+   sees a settled book, as in the backtester.
 3. ``mark_nb``: mark to the close, equity, drawdown tiers, halt latch.
 4. ``decide_nb``: exits, then entries, as pending orders (returned in ``BarResult.orders``).
 
-Fills from the exchange go through :meth:`on_fill` (``apply_fill_nb``, the backtester's booking of a
-fill: cash, fee, position, stop and take-profit, trade record). A live fill is booked as the
+Fills from the exchange go through :meth:`on_fill` (``book_fill_nb``, which books with
+``apply_fill_nb``, the backtester's booking: cash, the exchange's fee, position, stop and
+take-profit, trade record). Fills book cumulatively: a partial fill leaves the order pending for
+its remainder (``qty`` is what is left, ``filled`` what was filled); a partial sell reduces the
+position and its entry cost pro rata and books that part's P&L; a sell leaving less than the pair's
+ordermin closes the position (event DUST); a cancel keeps what was filled. :meth:`on_fill` checks
+the side, the quantity (at most the remainder plus one lot step) and ``how``; a fill the machine did
+not order (over-fill, fill with no order pending, external trade) is booked by
+:meth:`on_unexpected_fill`, which latches the kill switch (API instability) so that the book matches
+the exchange and nothing new is opened until an operator looks. A live fill is booked as the
 exchange reports it: the backtester's re-clipping of an entry at its fill price (``execute_buy_nb``)
 cannot be applied to an order already filled, so sizes are bounded at the decision only (with the
 decision's slippage buffer reserved); the replay/parity work measures the difference.
@@ -50,7 +61,10 @@ backtest.
 
 :meth:`snapshot` returns bytes (magic, format version, length, SHA-256 digest, then every record and
 the bar in progress); :meth:`restore` checks all of them and raises :class:`SnapshotError` naming
-the problem (not a snapshot, other version, truncated, digest mismatch, other record layout).
+the problem (not a snapshot, other version, truncated, digest mismatch, other record layout or
+size, a book that breaks its invariants), and checks the current configuration against it (params
+and pairs must match, unless a parameter change is accepted explicitly; instruments are taken as
+given). Bars whose prices break the stored-bar rule are treated as missing (``valid`` cleared).
 """
 
 from __future__ import annotations
@@ -66,6 +80,8 @@ from numba import njit
 from engine.errors import InputError, IntegrityError
 from engine.risk.enums import (
     N_REASONS,
+    FillHow,
+    KillReason,
     bar_dt,
     equity_dt,
     event_dt,
@@ -83,18 +99,19 @@ from engine.risk.nb import (
     C_TRADES,
     N_ACC,
     N_CNT,
-    apply_fill_nb,
+    book_fill_nb,
     decide_nb,
     fallback_orders_nb,
     init_state_nb,
     kill_check_nb,
+    latch_external_kill_nb,
     mark_nb,
     step_bar_nb,
 )
 from engine.timeutil import HOUR
 
 SNAPSHOT_MAGIC = b"KQRISKM\x00"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: order_dt filled/fallback, position_dt realized
 _HEADER = struct.Struct("<8sIQ32s")  # magic, version, body length, SHA-256 of the body
 
 # machine record: the last hour begun, and whether its close waits for fallback fills
@@ -116,6 +133,14 @@ class BarResult:
     complete: bool  # False: fallback orders await on_fill/on_cancel, then finish_bar()
 
 
+@dataclass(frozen=True, eq=False)
+class FillResult:
+    trades: np.ndarray  # trade_dt: the fill as booked
+    events: np.ndarray  # event_dt: DUST, a settled remainder (CANCEL), KILL (unexpected fills)
+    pending: bool  # the order still waits for the rest of its quantity (``remaining``)
+    remaining: float  # quantity still to fill (0 when settled)
+
+
 # ---- kernels: compositions of engine.risk.nb phases on a one-row window (row 0, bar id = hour)
 
 
@@ -124,7 +149,7 @@ def _begin_close_nb(
     hour, state, positions, pending, o, h, lo, c, valid, atr, spread, api, op, p, events, cnt, refusals
 ):
     kill_check_nb(0, hour, state, positions, o, h, lo, c, valid, atr, spread, api, op, p, events, cnt)
-    return fallback_orders_nb(hour, state, pending, events, cnt, refusals)
+    return fallback_orders_nb(0, hour, state, pending, valid, events, cnt, refusals)
 
 
 @njit(cache=True)
@@ -228,12 +253,18 @@ class RiskMachine:
             raise InputError("pairs must be a non-empty list of distinct pair names")
         self.params = params.copy()
         rules = instrument_arrays(self.pairs) if instruments is None else instruments
-        self.ordermin, self.costmin, self.lot_dec, self.price_dec = (
-            np.ascontiguousarray(rules[0], dtype=np.float64),
-            np.ascontiguousarray(rules[1], dtype=np.float64),
-            np.ascontiguousarray(rules[2], dtype=np.int64),
-            np.ascontiguousarray(rules[3], dtype=np.int64),
-        )
+        try:
+            self.ordermin, self.costmin, self.lot_dec, self.price_dec = (
+                np.ascontiguousarray(rules[0], dtype=np.float64),
+                np.ascontiguousarray(rules[1], dtype=np.float64),
+                np.ascontiguousarray(rules[2], dtype=np.int64),
+                np.ascontiguousarray(rules[3], dtype=np.int64),
+            )
+        except (TypeError, ValueError, IndexError):
+            raise InputError("instruments: (ordermin, costmin, lot_decimals, pair_decimals) arrays") from None
+        for a in (self.ordermin, self.costmin, self.lot_dec, self.price_dec):
+            if a.shape != (m,):
+                raise InputError(f"instruments: each rule must hold one value per pair ({m}), got shape {a.shape}")
         self.state = np.zeros(1, dtype=state_dt)
         self.positions = np.zeros(m, dtype=position_dt)
         self.pending = np.zeros(m, dtype=order_dt)
@@ -298,6 +329,20 @@ class RiskMachine:
             raise InputError(f"operator must be a combination of OP_RESET_KILL and OP_RESET_HALT, got {operator!r}")
         return hour, trd, op
 
+    @staticmethod
+    def _sane(bars: np.ndarray) -> np.ndarray:
+        """``bars`` with ``valid`` cleared where the bar breaks the rule stored bars pass
+        (engine.store.readers.validate): finite OHLCV, prices > 0, high >= low, open and close in
+        [low, high], volume >= 0. Such a bar is a missing bar to the kill switch and the decisions."""
+        b = bars.copy()
+        o, h, lo, c, v = b["open"], b["high"], b["low"], b["close"], b["volume"]
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
+            ok &= (o > 0) & (h > 0) & (lo > 0) & (c > 0) & (h >= lo) & (v >= 0)
+            ok &= (o >= lo) & (o <= h) & (c >= lo) & (c <= h)
+        b["valid"] &= ok
+        return b
+
     def _row(self, f):
         return np.ascontiguousarray(self.bar[f])[None, :]
 
@@ -322,7 +367,7 @@ class RiskMachine:
         ``simulate_fills``: fill the last close's orders in this bar by the backtester's fill model
         instead of waiting for :meth:`on_fill`."""
         hour, trd, op = self._check_bar(hour, bars, predictions, tradable, operator)
-        self.bar[:] = bars
+        self.bar[:] = self._sane(bars)
         self.pred[:] = predictions
         self.tradable[:] = trd
         self.flags[0] = (bool(entry_block), bool(api_fault), op)
@@ -462,78 +507,137 @@ class RiskMachine:
 
     # ---- exchange reports
 
-    def _pending_for(self, pair):
+    def _pair(self, pair) -> int:
         j = self.pairs.index(pair) if isinstance(pair, str) and pair in self.pairs else pair
         if isinstance(j, (bool, np.bool_)) or not isinstance(j, (int, np.integer)) or not 0 <= int(j) < self.n_pairs:
             raise InputError(f"unknown pair {pair!r}")
-        j = int(j)
+        return int(j)
+
+    def _pending_for(self, pair):
+        j = self._pair(pair)
         if self.pending[j]["active"] == 0:
-            raise InputError(f"no order pending for {self.pairs[j]}: a fill or cancel must match a decided order")
+            raise InputError(
+                f"no order pending for {self.pairs[j]}: a fill or cancel must match a decided order "
+                "(a fill the machine did not order is booked by on_unexpected_fill)"
+            )
         return j
 
-    def on_fill(self, pair, qty: float, price: float, how: int) -> np.ndarray:
-        """Book the exchange's complete fill of the order pending for ``pair`` (name or index):
-        ``qty`` base units at ``price`` (``how``: FillHow) through ``apply_fill_nb``; the order is
-        then settled. Sells must close the whole position. Returns the trade record."""
-        from engine.execution.nb import BUY
+    def _fill_args(self, j, side, qty, price, fee, how):
+        from engine.execution.nb import BUY, SELL
 
-        j = self._pending_for(pair)
-        o = self.pending[j]
-        qty, price = float(qty), float(price)
+        name = self.pairs[j]
+        sd = {"buy": BUY, "sell": SELL}.get(side, side) if isinstance(side, str) else side
+        if isinstance(sd, (bool, np.bool_)) or not isinstance(sd, (int, np.integer)) or int(sd) not in (BUY, SELL):
+            raise InputError(f"fill of {name}: side must be 'buy'/'sell' or BUY (1)/SELL (-1), got {side!r}")
+        try:
+            qty, price, fee = float(qty), float(price), float(fee)
+        except (TypeError, ValueError):
+            raise InputError(f"fill of {name}: quantity, price and fee must be numbers") from None
         if not (qty > 0.0 and np.isfinite(qty) and price > 0.0 and np.isfinite(price)):
-            raise InputError(f"fill of {self.pairs[j]}: quantity and price must be positive and finite")
-        if o["side"] != BUY and qty != self.positions[j]["qty"]:
             raise InputError(
-                f"fill of {self.pairs[j]}: a sell closes the whole position "
-                f"({self.positions[j]['qty']!r}), got {qty!r} (report partial fills as one)"
+                f"fill of {name}: quantity and price must be positive and finite, got {qty!r} at {price!r}"
             )
-        if o["side"] == BUY and self.positions[j]["qty"] != 0.0:
-            raise InputError(f"fill of {self.pairs[j]}: the position is already open")
-        marks = np.full(self.n_pairs, np.nan)  # NaN: the others at their last close (apply_fill_nb)
+        if not (fee >= 0.0 and np.isfinite(fee)):
+            raise InputError(f"fill of {name}: the fee must be finite and >= 0, got {fee!r}")
+        if not isinstance(how, (int, np.integer)) or isinstance(how, (bool, np.bool_)) or int(how) not in set(FillHow):
+            raise InputError(
+                f"fill of {name}: how must be a FillHow ({', '.join(h.name for h in FillHow)}), got {how!r}"
+            )
+        if self.last_hour is None:
+            raise InputError("no bar has been processed: nothing can have been ordered")
+        return int(sd), qty, price, fee, int(how)
+
+    def _book(self, j, side, qty, price, fee, how, kill: bool) -> FillResult:
         trades = np.zeros(1, dtype=trade_dt)
+        events = np.zeros(4, dtype=event_dt)
         self.cnt[C_TRADES] = 0
+        self.cnt[C_EVENTS] = 0
         # the bar the fill executes in: the bar after the last close, or that close's own bar for a
         # fallback order (as execute_open_nb / execute_close_nb record them)
         last = self.last_hour
-        if last is None:
+        if last is None:  # _fill_args refuses this first
             raise InputError("no bar has been processed: nothing can have been ordered")
-        apply_fill_nb(
-            last if self.awaiting_fills else last + 1,
+        bar = last if self.awaiting_fills else last + 1
+        marks = np.full(self.n_pairs, np.nan)  # NaN: the others at their last close (apply_fill_nb)
+        left = book_fill_nb(
+            bar,
             j,
-            int(o["side"]),
+            side,
             qty,
             price,
-            int(o["reason"]),
-            int(how),
-            float(o["atr"]),
+            fee,
+            how,
             self.state,
             self.positions,
+            self.pending,
             marks,
+            self.ordermin,
             self.params[0],
             trades,
+            events,
             self.cnt,
             self.acc,
         )
-        self.pending[j]["active"] = 0
-        return trades[: self.cnt[C_TRADES]].copy()
+        if kill:
+            latch_external_kill_nb(self.state, bar, int(KillReason.API_INSTABILITY), j, qty, events, self.cnt)
+        if self.cnt[C_OVERFLOW]:
+            raise RuntimeError("RiskMachine record buffers overflowed (bug: capacities are upper bounds)")
+        o = self.pending[j]
+        return FillResult(
+            trades[: self.cnt[C_TRADES]].copy(),
+            events[: self.cnt[C_EVENTS]].copy(),
+            bool(left),
+            float(o["qty"]) if left else 0.0,
+        )
+
+    def on_fill(self, pair, side, qty, price, fee, how) -> FillResult:
+        """Book one exchange fill (whole or partial) of the order pending for ``pair`` (name or
+        index): ``qty`` base units at ``price``, the exchange's ``fee`` (quote currency), ``side``
+        'buy'/'sell' (or BUY/SELL) which must be the order's, ``how`` a FillHow. Fills book
+        cumulatively (``book_fill_nb``): the order stays pending for its remainder until that is
+        below the pair's ordermin; a sell reduces the position pro rata (a remainder below ordermin
+        is written off, event DUST). Refused (InputError, nothing booked): another side, a quantity
+        above the remainder plus one lot step, a bad ``how``. A fill the machine did not order goes
+        through :meth:`on_unexpected_fill`."""
+        j = self._pending_for(pair)
+        sd, qty, price, fee, how = self._fill_args(j, side, qty, price, fee, how)
+        o = self.pending[j]
+        if sd != int(o["side"]):
+            raise InputError(
+                f"fill of {self.pairs[j]}: a {'buy' if sd > 0 else 'sell'} against the pending "
+                f"{'buy' if o['side'] > 0 else 'sell'} (book it with on_unexpected_fill if the exchange did it)"
+            )
+        if sd < 0 and self.positions[j]["qty"] <= 0.0:
+            raise InputError(f"fill of {self.pairs[j]}: a sell with no position open")
+        step = 10.0 ** -int(self.lot_dec[j])
+        limit = float(o["qty"]) + step
+        if qty > limit * (1.0 + 1e-12):
+            raise InputError(
+                f"fill of {self.pairs[j]}: quantity {qty!r} above the order's remaining {float(o['qty'])!r} "
+                f"plus one lot step {step!r} (book an over-fill with on_unexpected_fill)"
+            )
+        return self._book(j, sd, qty, price, fee, how, kill=False)
+
+    def on_unexpected_fill(self, pair, side, qty, price, fee, how) -> FillResult:
+        """Book a fill the machine did not order (over-fill, fill with no order pending, e.g. one
+        landing during a cancel, or an external trade) so that the book matches the exchange, and
+        latch the kill switch (API instability: an exchange doing what was not asked stops new
+        entries until an operator reactivates). A pending order of the same side is charged with it;
+        a buy without one opens without a stop (no decision ATR)."""
+        j = self._pair(pair)
+        sd, qty, price, fee, how = self._fill_args(j, side, qty, price, fee, how)
+        return self._book(j, sd, qty, price, fee, how, kill=True)
 
     def on_cancel(self, pair) -> None:
-        """The exchange cancelled or rejected the order pending for ``pair``: it is dropped."""
+        """The exchange cancelled, rejected or expired the order pending for ``pair``: it is dropped;
+        what was filled of it stays booked."""
         j = self._pending_for(pair)
         self.pending[j]["active"] = 0
 
     # ---- persistence
 
     def _arrays(self):
-        ins = np.zeros(
-            self.n_pairs,
-            dtype=[
-                ("ordermin", np.float64),
-                ("costmin", np.float64),
-                ("lot_decimals", np.int64),
-                ("pair_decimals", np.int64),
-            ],
-        )
+        ins = np.zeros(self.n_pairs, dtype=_instrument_dt)
         ins["ordermin"], ins["costmin"], ins["lot_decimals"], ins["pair_decimals"] = (
             self.ordermin,
             self.costmin,
@@ -570,9 +674,24 @@ class RiskMachine:
         return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(body), hashlib.sha256(body).digest()) + body
 
     @classmethod
-    def restore(cls, blob: bytes) -> RiskMachine:
+    def restore(
+        cls,
+        blob: bytes,
+        params: np.ndarray | None = None,
+        pairs=None,
+        instruments=None,
+        *,
+        accept_param_change: bool = False,
+    ) -> RiskMachine:
         """A machine from :meth:`snapshot` bytes; :class:`SnapshotError` if they are not a complete,
-        intact snapshot of this format version and record layout."""
+        intact snapshot of this format version and record layout, or break the book's invariants.
+
+        The current configuration is checked against the snapshot: ``params`` (params_dt, shape (1,))
+        must equal the snapshot's, or SnapshotError names the differing fields, unless
+        ``accept_param_change`` (then the given params rule from now on: e.g. a tightened limit);
+        ``pairs`` must equal the snapshot's always (positions are kept by column: another universe
+        would put them on other pairs). ``instruments`` (ordermin, costmin, lot_decimals,
+        pair_decimals arrays; not state) are taken as given; without them, the snapshot's."""
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise SnapshotError("RiskMachine snapshot: expected bytes")
         blob = bytes(blob)
@@ -588,22 +707,40 @@ class RiskMachine:
             raise SnapshotError(f"RiskMachine snapshot truncated or padded: body {len(body)} bytes, header says {n}")
         if hashlib.sha256(body).digest() != digest:
             raise SnapshotError("RiskMachine snapshot digest mismatch: the bytes are corrupted")
-        try:
-            (ml,) = struct.unpack_from("<I", body)
-            meta = json.loads(body[4 : 4 + ml])
-            pos = 4 + ml
-            got = {}
-            for name, descr, shape, nbytes in meta["arrays"]:
-                dt = np.lib.format.descr_to_dtype(_tuples(descr))
-                got[name] = np.frombuffer(body, dtype=dt, count=int(np.prod(shape)), offset=pos).reshape(shape).copy()
-                pos += nbytes
-            pairs = meta["pairs"]
-        except (ValueError, KeyError, TypeError, struct.error) as e:
-            raise SnapshotError(f"RiskMachine snapshot unreadable: {e}") from None
+        got, snap_pairs = _parse_body(body)
         ins = got.get("instruments")
-        if ins is None or "params" not in got or got["params"].dtype != params_dt:
-            raise SnapshotError("RiskMachine snapshot written by another build: the parameter record differs")
-        self = cls(pairs, got["params"], (ins["ordermin"], ins["costmin"], ins["lot_decimals"], ins["pair_decimals"]))
+        if ins is None or ins.dtype != _instrument_dt or ins.ndim != 1:
+            raise SnapshotError("RiskMachine snapshot written by another build: record 'instruments' differs")
+        sp = got.get("params")
+        if sp is None or sp.dtype != params_dt or sp.shape != (1,):
+            raise SnapshotError("RiskMachine snapshot written by another build: record 'params' differs")
+        if pairs is not None and tuple(str(x) for x in pairs) != tuple(snap_pairs):
+            raise SnapshotError(
+                f"RiskMachine snapshot holds pairs {list(snap_pairs)}, the configuration {[str(x) for x in pairs]}: "
+                "positions are kept by column, so the universe must not change across a restore"
+            )
+        use = sp
+        if params is not None:
+            if not isinstance(params, np.ndarray) or params.dtype != params_dt or params.shape != (1,):
+                raise InputError("params must be a params_dt array of shape (1,)")
+            diff = [f for f in params_dt.names or () if params[0][f].tobytes() != sp[0][f].tobytes()]
+            if diff and not accept_param_change:
+                raise SnapshotError(
+                    "RiskMachine snapshot parameters differ from the configuration in "
+                    + ", ".join(f"{f} ({sp[0][f].item()!r} -> {params[0][f].item()!r})" for f in diff)
+                    + ": pass accept_param_change=True to restore under the new ones"
+                )
+            use = params
+        rules = (ins["ordermin"], ins["costmin"], ins["lot_decimals"], ins["pair_decimals"])
+        if instruments is not None:
+            rules = instruments
+        if instruments is not None:
+            self = cls(snap_pairs, use, rules)  # a bad argument: InputError
+        else:
+            try:
+                self = cls(snap_pairs, use, rules)
+            except InputError as e:
+                raise SnapshotError(f"RiskMachine snapshot unreadable: {e}") from None
         for name, a in self._arrays().items():
             if name in ("params", "instruments"):
                 continue
@@ -611,7 +748,82 @@ class RiskMachine:
             if b is None or b.dtype != a.dtype or b.shape != a.shape:
                 raise SnapshotError(f"RiskMachine snapshot written by another build: record {name!r} differs")
             a[...] = b
+        self._check_invariants()
         return self
+
+    def _check_invariants(self) -> None:
+        st, pos, pend = self.state[0], self.positions, self.pending
+        q = pos["qty"]
+        bad = None
+        if not (np.isfinite(q).all() and (q >= 0.0).all()):
+            bad = "a position quantity is negative or not finite"
+        elif int(st["n_positions"]) != int(np.count_nonzero(q)):
+            bad = f"n_positions {int(st['n_positions'])} but {int(np.count_nonzero(q))} positions open"
+        elif not np.isfinite([st["cash"], st["equity"], st["peak"]]).all():
+            bad = "cash, equity or peak not finite"
+        elif not np.isin(pend["active"], (0, 1)).all() or not np.isin(pend["fallback"], (0, 1)).all():
+            bad = "an order's active or fallback flag is neither 0 nor 1"
+        elif (pend["active"] == 1).any() and not (
+            np.isin(pend["side"][pend["active"] == 1], (1, -1)).all()
+            and (pend["qty"][pend["active"] == 1] >= 0.0).all()
+        ):
+            bad = "a pending order has no side or a negative quantity"
+        elif int(self.machine[0]["awaiting"]) not in (0, 1):
+            bad = "the awaiting flag is neither 0 nor 1"
+        elif int(st["trading_state"]) not in range(5) or int(st["kill_reason"]) not in range(5):
+            bad = "trading state or kill reason out of range"
+        if bad is not None:
+            raise SnapshotError(f"RiskMachine snapshot breaks the book's invariants: {bad}")
+
+
+_instrument_dt = np.dtype(
+    [("ordermin", np.float64), ("costmin", np.float64), ("lot_decimals", np.int64), ("pair_decimals", np.int64)]
+)
+
+
+def _parse_body(body: bytes):
+    """(records by name, pairs) of a snapshot body whose digest checked; SnapshotError on anything
+    another build or a hand-made blob could put there (no KeyError/ValueError escapes)."""
+    try:
+        (ml,) = struct.unpack_from("<I", body)
+        if 4 + ml > len(body):
+            raise SnapshotError("RiskMachine snapshot unreadable: header longer than the body")
+        meta = json.loads(body[4 : 4 + ml])
+        if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), list):
+            raise SnapshotError("RiskMachine snapshot unreadable: no record table")
+        pairs = meta.get("pairs")
+        if not isinstance(pairs, list) or not pairs or not all(isinstance(x, str) for x in pairs):
+            raise SnapshotError("RiskMachine snapshot unreadable: pairs are not a list of names")
+        pos = 4 + ml
+        got = {}
+        for entry in meta["arrays"]:
+            if not isinstance(entry, list) or len(entry) != 4:
+                raise SnapshotError("RiskMachine snapshot unreadable: malformed record entry")
+            name, descr, shape, nbytes = entry
+            if not isinstance(name, str) or name in got:
+                raise SnapshotError(f"RiskMachine snapshot unreadable: record name {name!r} repeated or invalid")
+            if not isinstance(shape, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape
+            ):
+                raise SnapshotError(f"RiskMachine snapshot unreadable: record {name!r} has a bad shape")
+            dt = np.lib.format.descr_to_dtype(_tuples(descr))
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if not isinstance(nbytes, int) or nbytes != count * dt.itemsize:
+                raise SnapshotError(
+                    f"RiskMachine snapshot unreadable: record {name!r} says {nbytes!r} bytes, "
+                    f"its layout and shape make {count * dt.itemsize}"
+                )
+            if pos + nbytes > len(body):
+                raise SnapshotError(f"RiskMachine snapshot unreadable: record {name!r} runs past the body")
+            got[name] = np.frombuffer(body, dtype=dt, count=count, offset=pos).reshape(shape).copy()
+            pos += nbytes
+        if pos != len(body):
+            raise SnapshotError(f"RiskMachine snapshot unreadable: {len(body) - pos} bytes after the records")
+    except SnapshotError:
+        raise
+    except Exception as e:
+        raise SnapshotError(f"RiskMachine snapshot unreadable: {type(e).__name__}: {e}") from None
+    return got, pairs
 
 
 def dt_name(dt) -> str:

@@ -23,8 +23,9 @@ records (trades, events, orders) and keeps in the state (``entry_bar``, ``kill_b
 row as the id (its records index ``ts``; its rows are consecutive hours). The live-facing
 :class:`engine.risk.machine.RiskMachine` passes the absolute hour (unix seconds // 3600) with a
 one-row input window (``t`` = 0), so a restored machine continues exactly where it stopped. It
-applies exchange fills with :func:`apply_fill_nb`, runs ``kill_check_nb``, ``fallback_orders_nb``
-(orders still pending at the close: market fallback or cancel, the rule of ``execute_close_nb``),
+books exchange fills, whole or partial, with :func:`book_fill_nb` (through :func:`apply_fill_nb`,
+with the exchange's fee), runs ``kill_check_nb``, ``fallback_orders_nb`` (orders still pending at
+the close: cancel, market fallback of a limit, or reported as they are),
 ``mark_nb`` and ``decide_nb`` at each close, or ``step_bar_nb`` with the backtester's fill model.
 State lives in numpy records (engine.risk.enums) so it persists and restores exactly.
 
@@ -191,9 +192,11 @@ def apply_fill_nb(
     side: int,
     qty: float,
     price: float,
+    fee: float,
     reason: int,
     how: int,
     atr: float,
+    dust: float,
     state,
     positions,
     marks,
@@ -202,38 +205,68 @@ def apply_fill_nb(
     cnt,
     acc,
 ) -> None:
-    """Book one fill: cash, position, fee (fee_nb, on every fill), stops, trade record."""
+    """Book one fill: cash, position, ``fee`` (the backtester passes ``fee_nb``; the live machine the
+    exchange's), stops, trade record.
+
+    Fills book cumulatively (the live machine's partial fills; the backtester fills every order
+    whole, so only the first branch of each side runs there): a buy into an open position adds to
+    it at the quantity-weighted entry price (stops re-set from it); a sell of less than the position
+    reduces ``qty`` and ``entry_cost`` pro rata and books that part's P&L (``realized`` carries it to
+    the round-trip statistics), unless the remainder is below ``dust`` (the pair's ordermin: it
+    cannot be sold) - then the position closes and its remaining cost is in this trade's P&L. A sell
+    with no position on the book (an external fill, booked to match the exchange) only adds its
+    proceeds to cash."""
     st = state[0]
     pos = positions[j]
     notional = qty * price
-    fee = fee_nb(notional, p.fee_rate)
     pnl = 0.0
     if side == BUY:
         st.cash -= notional + fee
-        pos.qty = qty
-        pos.entry_price = price
-        pos.entry_cost = notional + fee
-        pos.entry_bar = bar
-        pos.stop = price - p.stop_atr_mult * atr if p.stop_atr_mult > 0.0 else np.nan
-        pos.take_profit = price + p.tp_atr_mult * atr if p.tp_atr_mult > 0.0 else np.nan
-        st.n_positions += 1
-    else:
+        if pos.qty == 0.0:
+            pos.qty = qty
+            pos.entry_price = price
+            pos.entry_cost = notional + fee
+            pos.entry_bar = bar
+            pos.realized = 0.0
+            st.n_positions += 1
+        else:
+            q = pos.qty + qty
+            pos.entry_price = (pos.entry_price * pos.qty + notional) / q
+            pos.qty = q
+            pos.entry_cost += notional + fee
+        ep = pos.entry_price
+        pos.stop = ep - p.stop_atr_mult * atr if p.stop_atr_mult > 0.0 else np.nan
+        pos.take_profit = ep + p.tp_atr_mult * atr if p.tp_atr_mult > 0.0 else np.nan
+    elif pos.qty <= 0.0:
+        pnl = notional - fee
+        st.cash += pnl
+    elif qty >= pos.qty or pos.qty - qty < dust:
         proceeds = notional - fee
         st.cash += proceeds
         pnl = proceeds - pos.entry_cost
+        total = pnl + pos.realized
         pos.qty = 0.0
         pos.entry_price = np.nan
         pos.entry_cost = 0.0
         pos.entry_bar = -1
         pos.stop = np.nan
         pos.take_profit = np.nan
+        pos.realized = 0.0
         st.n_positions -= 1
         acc[A_CLOSED] += 1.0
-        if pnl > 0.0:
+        if total > 0.0:
             acc[A_WINS] += 1.0
-            acc[A_GROSS_PROFIT] += pnl
+            acc[A_GROSS_PROFIT] += total
         else:
-            acc[A_GROSS_LOSS] -= pnl
+            acc[A_GROSS_LOSS] -= total
+    else:
+        proceeds = notional - fee
+        st.cash += proceeds
+        part = pos.entry_cost * (qty / pos.qty)
+        pnl = proceeds - part
+        pos.qty -= qty
+        pos.entry_cost -= part
+        pos.realized += pnl
     st.fees_paid += fee
     st.traded_notional += notional
     cnt[C_FILLS] += 1
@@ -354,7 +387,25 @@ def execute_buy_nb(
     elif not (qty > 0.0):
         refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
         return
-    apply_fill_nb(bar, j, BUY, qty, price, o.reason, how, o.atr, state, positions, marks, p, trades, cnt, acc)
+    apply_fill_nb(
+        bar,
+        j,
+        BUY,
+        qty,
+        price,
+        fee_nb(qty * price, p.fee_rate),
+        o.reason,
+        how,
+        o.atr,
+        0.0,
+        state,
+        positions,
+        marks,
+        p,
+        trades,
+        cnt,
+        acc,
+    )
 
 
 @njit(cache=True)
@@ -432,9 +483,11 @@ def execute_open_nb(
                         SELL,
                         positions[j].qty,
                         price,
+                        fee_nb(positions[j].qty * price, p.fee_rate),
                         o.reason,
                         how,
                         o.atr,
+                        0.0,
                         state,
                         positions,
                         marks,
@@ -478,27 +531,108 @@ def fallback_refusal_nb(st) -> int:
 
 
 @njit(cache=True)
-def fallback_orders_nb(bar: int, state, pending, events, cnt, refusals) -> int:
+def fallback_orders_nb(t: int, bar: int, state, pending, valid, events, cnt, refusals) -> int:
     """The live form of phase 3 (the machine's close when fills come from an exchange): every order
     still pending at this close is resolved by the rule of ``execute_close_nb`` without being filled
-    here: cancelled if ``fallback_refusal_nb`` refuses it (event CANCEL), otherwise it stays pending as
-    a market order to send now (event ORDER). Returns the number of orders left pending."""
+    here: cancelled if the bar of its pair is missing or invalid (REFUSE_NO_BAR, the rule of
+    ``execute_open_nb``) or if ``fallback_refusal_nb`` refuses it (event CANCEL); otherwise a limit
+    becomes a market order to send now (``fallback`` 1, event ORDER), and an order already at market
+    (sent as such, or re-issued at an earlier close) stays pending as it is: it is reported, never
+    re-issued. The executor owns the limit -> market fallback within the hour (live_bridge/
+    execution.py); this one only reaches orders the executor has not settled by the close. Returns
+    the number of orders left pending."""
     st = state[0]
     n = 0
     for j in range(pending.shape[0]):
         o = pending[j]
         if o.active == 0:
             continue
+        if not valid[t, j]:
+            o.active = 0
+            refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, REASON.REFUSE_NO_BAR, o.qty)
+            continue
         r = fallback_refusal_nb(st) if o.side == BUY else 0
         if r != 0:
             o.active = 0
             refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, r, o.qty)
             continue
-        o.kind = KIND.MARKET
-        o.limit_price = np.nan
-        emit_event_nb(events, cnt, bar, j, EVENT.ORDER, o.reason, o.qty)
+        if o.kind != KIND.MARKET:
+            o.kind = KIND.MARKET
+            o.limit_price = np.nan
+            o.fallback = 1
+            emit_event_nb(events, cnt, bar, j, EVENT.ORDER, o.reason, o.qty)
         n += 1
     return n
+
+
+@njit(cache=True)
+def book_fill_nb(
+    bar: int,
+    j: int,
+    side: int,
+    qty: float,
+    price: float,
+    fee: float,
+    how: int,
+    state,
+    positions,
+    pending,
+    marks,
+    ordermin,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+) -> int:
+    """Book one exchange fill (whole or partial) of pair ``j`` against its pending order (the live
+    machine's fill booking; ``apply_fill_nb`` does the position and cash).
+
+    The pending order of the same side, if any, is charged with it: ``filled`` grows, ``qty`` (what
+    is left to fill) shrinks, and the order stays active for the remainder (a fallback sends only
+    that); it is settled when the remainder is below the pair's ``ordermin`` (it cannot be sent:
+    a CANCEL event with REFUSE_ORDERMIN names a non-zero remainder). A sell whose remaining
+    position is below ``ordermin`` closes the position (event DUST, value = the quantity written
+    off). Without a matching order (an external fill: the caller latches the kill switch) the
+    order's reason and ATR are NONE and NaN (no stop for a buy). Returns 1 if an order of this side
+    is still pending after the fill, else 0."""
+    o = pending[j]
+    match = o.active != 0 and o.side == side
+    reason = o.reason if match else REASON.NONE
+    atr = o.atr if match else np.nan
+    om = ordermin[j]
+    left_before = positions[j].qty
+    dust = max(om, 1e-9 * left_before)  # below ordermin (or a float residue): cannot be sold
+    apply_fill_nb(bar, j, side, qty, price, fee, reason, how, atr, dust, state, positions, marks, p, trades, cnt, acc)
+    if side == SELL and left_before > qty and positions[j].qty == 0.0:
+        emit_event_nb(events, cnt, bar, j, EVENT.DUST, REASON.DUST, left_before - qty)
+    if not match:
+        return 0
+    o.filled += qty
+    rem = o.qty - qty
+    if rem < 0.0:
+        rem = 0.0
+    o.qty = rem
+    if side == SELL and positions[j].qty == 0.0:
+        o.active = 0
+        return 0
+    if rem < om or rem <= 1e-9 * o.filled:
+        o.active = 0
+        if rem > 0.0:
+            emit_event_nb(events, cnt, bar, j, EVENT.CANCEL, REASON.REFUSE_ORDERMIN, rem)
+        return 0
+    return 1
+
+
+@njit(cache=True)
+def latch_external_kill_nb(state, bar: int, trig: int, pair: int, value: float, events, cnt) -> None:
+    """Latch the kill switch on ``trig`` from outside the bar's data (the live machine booking a fill
+    it did not order: over-fill, fill without a pending order); event KILL as ``kill_check_nb``."""
+    st = state[0]
+    if latch_kill_nb(st, bar, trig):
+        cnt[C_KILLS] += 1
+        emit_event_nb(events, cnt, bar, pair, EVENT.KILL, REASON.KILL_API + trig - 1, value)
+    st.trading_state = effective_state_nb(st)
 
 
 @njit(cache=True, inline="always")
@@ -551,9 +685,11 @@ def execute_close_nb(
                         SELL,
                         positions[j].qty,
                         price,
+                        fee_nb(positions[j].qty * price, p.fee_rate),
                         o.reason,
                         HOW.MARKET_CLOSE,
                         o.atr,
+                        0.0,
                         state,
                         positions,
                         marks,
@@ -887,6 +1023,8 @@ def _set_order_nb(
     o.atr = atr
     o.spread = spread
     o.frac = frac
+    o.filled = 0.0
+    o.fallback = 0
 
 
 @njit(cache=True, inline="always")
