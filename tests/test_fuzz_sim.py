@@ -7,6 +7,10 @@ raw bytes), ``sim private json`` (signed JSON bodies: booleans, floats, NaN lite
 non-objects) and ``sim admin`` (/admin/*: hostile JSON and raw bodies, every header combination of
 token, Origin, Host and Content-Type).
 
+Also covered: AddOrder ``deadline`` (RFC 3339 inside/outside Kraken's now+2..60 s window, malformed)
+and ``cl_ord_id`` forms, QueryTrades, ``W...`` warning faults on private calls (the warning rides
+along; with no ``E`` error the call may change the books), and ``/admin/limits``.
+
 Values: NaN/inf spellings, 1e25 and 1e999999999, Unicode digits (``²``, ``١٢``), underscores,
 blanks, hex, booleans, empty strings, random text, huge integers, nested JSON.
 
@@ -32,7 +36,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from live_bridge.simulator.app import PRIVATE, PUBLIC, sign
-from live_bridge.simulator.faults import KINDS
+from live_bridge.simulator.faults import KINDS, Fault
 from live_bridge.simulator.server import build_exchange
 from live_bridge.simulator.testing import ADMIN_TOKEN, KEY, SECRET, T0, flat_panel, local_client, sim_test_config
 
@@ -42,7 +46,23 @@ NUMBERISH = ["NaN", "nan", "-nan", "inf", "-inf", "+inf", "Infinity", "1e25", "1
              "1e-999999999", "-1", "0", "-0", "١٢", "²", "¹²", "1_000", " 1", "1 ", "0x10", "True", "False", "",
              "0.01", "0.0001", "19000", "19000.05", "20000", "+3600", "+nan", "9" * 40, ".5", "5.", "1e3", "1e",
              "12", "-12", "2147483648", "86399", str(T0 + 6 * 3600)]
-hostile_text = st.one_of(st.sampled_from(NUMBERISH), st.text(max_size=24), st.integers().map(str),
+# AddOrder deadline / cl_ord_id spellings: malformed times, Unicode digits, bad offsets, UUID look-alikes
+STRINGISH = ["2026-12-07T15:00:00Z", "2026-13-40T25:61:61Z", "2026-12-07t15:00:00z", "2026-12-07T15:00:00+25:00",
+             "2026-12-07T15:00:00." + "9" * 30 + "Z", "٢٠٢٦-12-07T15:00:00Z", "9999-12-31T23:59:59Z",
+             "0001-01-01T00:00:00Z", "2026-12-07 15:00:00", "6d1b345e-2821-40e2-ad83-4ecb18a06876",
+             "da8e4ad59b78481c93e589746b0cf91f", "da8e4ad59b78481c93e589746b0cf91", "x" * 18, "x" * 19,
+             "café", "TAAAAA-AAAAA-AAAAAA", "TAAAAA-AAAAA-AAAAAA," * 21, "true", "TRUE", "maybe"]
+
+
+def _rfc3339_in(seconds: float) -> str:
+    """A deadline ``seconds`` from the wall clock when drawn (inside, at and outside Kraken's window)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(time.time() + seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+hostile_text = st.one_of(st.sampled_from(NUMBERISH), st.sampled_from(STRINGISH),
+                         st.floats(-120, 120).map(_rfc3339_in), st.text(max_size=24), st.integers().map(str),
                          st.floats().map(repr), st.decimals(allow_nan=True, allow_infinity=True).map(str))
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**40, max_value=10**40), st.floats(),
                         hostile_text)
@@ -51,10 +71,11 @@ json_value = st.recursive(json_scalar, lambda c: st.lists(c, max_size=3) | st.di
 
 PARAM_NAMES = ["pair", "type", "ordertype", "volume", "price", "oflags", "timeinforce", "expiretm", "userref",
                "cl_ord_id", "validate", "txid", "trades", "start", "end", "ofs", "asset", "timeout", "interval",
-               "since", "count", "nonce"]
+               "since", "count", "nonce", "deadline"]
 BASE = {
     "AddOrder": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"},
     "CancelOrder": {"txid": "12"}, "QueryOrders": {"txid": "OAAAAA-AAAAA-AAAAAA"},
+    "QueryTrades": {"txid": "TAAAAA-AAAAA-AAAAAA", "trades": "true"},
     "CancelAllOrdersAfter": {"timeout": "0"}, "OHLC": {"pair": "XBTUSD", "interval": "60"},
     "Depth": {"pair": "XBTUSD"}, "Ticker": {"pair": "XBTUSD"},
 }
@@ -62,7 +83,9 @@ params_st = st.dictionaries(st.one_of(st.sampled_from(PARAM_NAMES), st.text(max_
 
 ADMIN_CALLS = [("GET", "/admin/state"), ("POST", "/admin/clock/advance"), ("GET", "/admin/faults"),
                ("POST", "/admin/faults"), ("DELETE", "/admin/faults"), ("POST", "/admin/status"),
-               ("POST", "/admin/balance"), ("PUT", "/admin/balance"), ("POST", "/admin/nope")]
+               ("POST", "/admin/balance"), ("PUT", "/admin/balance"), ("POST", "/admin/nope"),
+               ("GET", "/admin/limits"), ("POST", "/admin/limits"), ("DELETE", "/admin/limits")]
+UNROUTED = {("POST", "/admin/nope"), ("PUT", "/admin/balance"), ("DELETE", "/admin/limits")}
 number_st = st.one_of(st.sampled_from(NUMBERISH), st.sampled_from([math.nan, math.inf, -math.inf, 1e308, True, False,
                                                                   None, 10**40, -1, 0, 3600, 0.5]), json_value)
 BODY_FOR = {
@@ -77,9 +100,15 @@ BODY_FOR = {
         st.dictionaries(st.sampled_from(["seconds", "status", "factor", "ts", "delay", "polls", "message", "apply",
                                          "pair", "from_ts", "until_ts", "count", "endpoint", "tick_size",
                                          "ordermin", "pair_decimals", "params"]),
-                        st.one_of(number_st, st.sampled_from(["XBTUSD", "maintenance", "EService:Busy", "*"])),
+                        st.one_of(number_st, st.sampled_from(["XBTUSD", "maintenance", "EService:Busy", "*",
+                                                              "limit_only", "reduce_only", "WGeneral:Warn", "W"])),
                         max_size=3)),
-    "/admin/status": st.fixed_dictionaries({"status": st.one_of(st.sampled_from(["online", "maintenance"]),
+    "/admin/limits": st.dictionaries(
+        st.sampled_from(["tier", "reset_counters", "max_counter", "decay_per_s", "order_max_counter",
+                         "order_decay_per_s", "lockout_after", "lockout_window_s", "lockout_s", "burst"]),
+        st.one_of(number_st, st.sampled_from(["starter", "intermediate", "pro", "platinum"])), max_size=4),
+    "/admin/status": st.fixed_dictionaries({"status": st.one_of(st.sampled_from(["online", "maintenance",
+                                                                              "limit_only", "reduce_only"]),
                                                                 json_value)},
                                            optional={"pair": st.one_of(st.just("XBTUSD"), json_value)}),
 }
@@ -127,7 +156,8 @@ def new_exchange():
 def books(ex) -> tuple:
     st_ = ex.state()
     accts = {n: (a["balances"], a["deadman"]) for n, a in st_["accounts"].items()}
-    return (st_["now"], accts, st_["orders"], st_["trades"], st_["faults"], st_["status"], st_["pair_status"])
+    return (st_["now"], accts, st_["orders"], st_["trades"], st_["faults"], st_["status"], st_["pair_status"],
+            ex.config.rate_limit)
 
 
 def check_invariants(ex, client) -> None:
@@ -191,11 +221,13 @@ def test_fuzz_public(name, method, params, raw, base, origin):
                       st.text(max_size=10)), params=params_st, base=st.booleans(),
        auth=st.sampled_from(["ok"] * 6 + ["bad_sig", "non_ascii_sig", "no_key", "unknown_key", "foreign_origin",
                                           "foreign_host", "hostile_nonce", "raw"]),
-       nonce=hostile_text, raw=st.binary(max_size=64))
-def test_fuzz_private(name, params, base, auth, nonce, raw):
+       nonce=hostile_text, raw=st.binary(max_size=64), warn=st.integers(0, 5))
+def test_fuzz_private(name, params, base, auth, nonce, raw, warn):
     count_case("sim private")
     ex = _shared("private")
     c = _client("private")
+    if warn == 0:  # a W... warning fault: the call runs, the warning rides along in the answer
+        ex.faults.add(Fault.from_dict({"kind": "error", "message": "WGeneral:fuzz"}, ex.market.resolve))
     before = books(ex)
     p = (BASE.get(name, {}) if base else {}) | params
     p["nonce"] = nonce if auth == "hostile_nonce" else next_nonce()
@@ -218,10 +250,61 @@ def test_fuzz_private(name, params, base, auth, nonce, raw):
     content = raw if auth == "raw" else body.encode()
     r = c.post(path, content=content, headers={k: v.encode("latin-1") for k, v in headers.items()})
     b = kraken_answer(r)
+    errors = [e for e in b["error"] if not e.startswith("W")]
+    if warn == 0:
+        fired = ex.faults.faults[0].fired
+        ex.faults.clear()
+        before = before[:4] + ([],) + before[5:]  # the fault plan itself is not the call's doing
+        if fired and not errors:
+            assert b["error"] == ["WGeneral:fuzz"], b
     if auth in ("foreign_origin", "foreign_host"):
         assert b["error"] == ["EGeneral:Permission denied"]
-    if auth in ("bad_sig", "non_ascii_sig", "no_key", "unknown_key", "raw") or b["error"]:
+    if auth in ("bad_sig", "non_ascii_sig", "no_key", "unknown_key", "raw") or errors:
         assert books(ex) == before, (name, p, b)
+    check_invariants(ex, c)
+
+
+def _signed(c, name: str, p: dict) -> dict:
+    p = p | {"nonce": next_nonce()}
+    body = urllib.parse.urlencode(p)
+    path = f"/0/private/{name}"
+    headers = {"API-Key": KEY, "API-Sign": sign(SECRET, path, p["nonce"], body),
+               "Content-Type": "application/x-www-form-urlencoded"}
+    return kraken_answer(c.post(path, content=body.encode(), headers=headers))
+
+
+@fuzz_settings()
+@given(deadline=st.one_of(st.none(), st.floats(-120, 120).map(_rfc3339_in), st.sampled_from(STRINGISH),
+                          hostile_text),
+       cl_ord_id=st.one_of(st.none(), st.uuids().map(str), st.uuids().map(lambda u: u.hex), st.text(max_size=20),
+                           st.sampled_from(STRINGISH)),
+       side=st.sampled_from(["buy", "sell"]), market=st.booleans(), extra=params_st,
+       picks=st.lists(st.integers(0, 10**6), max_size=25), junk=st.lists(hostile_text, max_size=3),
+       trades=st.one_of(st.none(), hostile_text))
+def test_fuzz_add_order_and_query_trades(deadline, cl_ord_id, side, market, extra, picks, junk, trades):
+    """AddOrder's deadline and cl_ord_id, then QueryTrades over real and hostile trade txids."""
+    count_case("sim add order")
+    ex = _shared("add order")
+    c = _client("add order")
+    if len(ex.open_ids) > 40:  # a long campaign keeps placing: stay under the open-orders limit
+        ex.cancel_all(next(iter(ex.accounts.values())))
+    before = books(ex)
+    p = BASE["AddOrder"] | {"type": side, "volume": "0.001"} | ({"ordertype": "market"} if market else {})
+    p |= {k: v for k, v in (("deadline", deadline), ("cl_ord_id", cl_ord_id)) if v is not None}
+    p |= {k: v for k, v in extra.items() if k not in ("nonce", "pair", "volume", "validate")}
+    b = _signed(c, "AddOrder", p)
+    if b["error"]:
+        assert books(ex) == before, (p, b)
+    else:
+        assert len(b["result"]["txid"]) == 1
+    ids = sorted(ex.trades)
+    asked = [ids[i % len(ids)] for i in picks] if ids else []
+    q = {"txid": ",".join(asked + junk)} | ({"trades": trades} if trades is not None else {})
+    before = books(ex)
+    r = _signed(c, "QueryTrades", q)
+    assert books(ex) == before
+    if not r["error"]:
+        assert set(r["result"]) <= set(ex.trades) and set(r["result"]) >= set(asked), (q, r)
     check_invariants(ex, c)
 
 
@@ -259,7 +342,7 @@ def test_fuzz_admin(req):
     r = c.request(method, path, content=content if method != "GET" else None, headers=headers)
     assert r.status_code < 500, (method, path, headers, content[:100], r.status_code, r.text[:200])
     answer = json.loads(r.text)
-    if path != "/admin/nope" and method != "PUT":
+    if (method, path) not in UNROUTED:
         if foreign:
             assert r.status_code == 403, (headers, r.text)
         elif token != "ok":
