@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.backtest.config import BacktestConfig
 from engine.config_base import Frozen
@@ -53,6 +53,15 @@ class DataConfig(Frozen):
     store: str | None = Field(None, description="market store path; default data/market.duckdb or $KQ_STORE")
     venue: str = Field("kraken", description="venue whose bars research reads: kraken, binance, synthetic")
     bar_seconds: Literal[3600] = 3600
+
+    @field_validator("venue")
+    @classmethod
+    def _venue(cls, v: str) -> str:
+        from engine.store.readers import VENUES
+
+        if v not in VENUES:
+            raise ValueError(f"unknown venue {v[:40]!r} (known: {', '.join(VENUES)})")
+        return v
 
 
 class FeesConfig(Frozen):

@@ -43,6 +43,7 @@ Keys (all optional; defaults are the research-sized run)::
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,26 @@ class ResearchConfig(Frozen):
             raise ValueError("base_models must be a non-empty list without repeats")
         return v
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time(cls, v, info):
+        """A time ``engine.timeutil.parse_utc`` reads (unix seconds or an ISO date/datetime, UTC),
+        checked at load so a bad one names its key; the value is kept as written."""
+        from engine.errors import InputError
+        from engine.timeutil import parse_utc
+
+        if v is None:
+            return v
+        if isinstance(v, (dt.date, dt.time)):  # a bare TOML date/datetime
+            raise ValueError(f'write the time as a string: "{v.isoformat()}"')
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            raise ValueError("must be a date (2024-01-31), a datetime (2024-01-31T13:00) or unix seconds")
+        try:
+            parse_utc(v, end=info.field_name == "end")
+        except InputError as e:
+            raise ValueError(str(e)) from None
+        return v
+
     @field_validator("pairs")
     @classmethod
     def _pairs(cls, v):
@@ -149,6 +170,12 @@ class ResearchConfig(Frozen):
         h = self.horizons
         if h is not None and (not h or any(x < 1 or x > 720 for x in h) or list(h) != sorted(set(h))):
             raise ValueError("horizons must be strictly increasing whole numbers of bars in 1..720")
+        if self.start is not None and self.end is not None:
+            from engine.timeutil import parse_utc
+
+            t0, t1 = parse_utc(self.start), parse_utc(self.end, end=True)
+            if t0 is not None and t1 is not None and t1 < t0:
+                raise ValueError(f"end {self.end!r} is before start {self.start!r}")
         return self
 
     def horizons_for(self, cfg: Config) -> tuple[int, ...]:

@@ -327,3 +327,55 @@ def test_metrics_json_stays_strict_when_a_metric_is_infinite(tmp_path):
 
     doc = json.loads((tmp_path / "bt" / "metrics.json").read_text(), parse_constant=_refuse)
     assert doc["profit_factor"] is None and doc["calmar"] is None
+
+
+@pytest.mark.parametrize(
+    "body, key, words",
+    [
+        ('[data]\nvenue = "nope"\n', "data.venue", "unknown venue 'nope'"),
+        ('[research]\nstart = "garbage"\n', "research.start", "invalid time 'garbage'"),
+        ('[research]\nend = "2024-13-01"\n', "research.end", "invalid time '2024-13-01'"),
+        ("[research]\nstart = 2024-01-01\n", "research.start", 'write the time as a string: "2024-01-01"'),
+        ("[research]\nstart = true\n", "research.start", "must be a date"),
+        ('[research]\nstart = "2024-02-01"\nend = "2024-01-01"\n', "research", "is before start"),
+        ("[research.models.xgboost]\nn_jobs = 257\n", "research.models.xgboost.n_jobs", "less than or equal to 256"),
+        ("[research.models.lstm]\nunits = 100000\n", "research.models.lstm.units", "less than or equal to 4096"),
+        (
+            "[research.models.random_forest]\nn_estimators = 10000000\n",
+            "research.models.random_forest.n_estimators",
+            "",
+        ),
+        ("[research.models.lightgbm]\nseed = 4294967296\n", "research.models.lightgbm.seed", ""),
+    ],
+)
+def test_config_check_refuses_bad_venue_dates_and_huge_model_sizes_naming_the_key(tmp_path, capsys, body, key, words):
+    """These used to pass ``kq config check`` and fail later (or run an absurd fit) without naming the key."""
+    p = tmp_path / "c.toml"
+    p.write_text(f'extends = "{configs_dir() / "default.toml"}"\n{body}')
+    err = _check(p, capsys)
+    assert f"{key}: " in err and words in err, err
+
+
+def test_every_research_number_has_an_upper_bound():
+    import typing
+
+    from pydantic import BaseModel
+
+    from research.config import ResearchConfig
+
+    missing = []
+
+    def walk(model, prefix):
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}.{name}")
+                continue
+            base = typing.get_args(ann)[0] if typing.get_origin(ann) is typing.Annotated else ann
+            if base in (int, float) and not any(
+                getattr(m, a, None) is not None for m in f.metadata for a in ("le", "lt")
+            ):
+                missing.append(f"{prefix}.{name}")
+
+    walk(ResearchConfig, "research")
+    assert not missing, missing
