@@ -56,9 +56,9 @@ STRINGISH = ["2026-12-07T15:00:00Z", "2026-13-40T25:61:61Z", "2026-12-07t15:00:0
 
 def _rfc3339_in(seconds: float) -> str:
     """A deadline ``seconds`` from the wall clock when drawn (inside, at and outside Kraken's window)."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(time.time() + seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(time.time() + seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 hostile_text = st.one_of(st.sampled_from(NUMBERISH), st.sampled_from(STRINGISH),

@@ -143,12 +143,12 @@ def test_add_order_deadline_window_and_elapsed(sim):
     """``deadline`` (RFC 3339): outside now+2 s .. now+60 s at arrival -> EGeneral:Invalid arguments:
     deadline; processed after it -> EService:Deadline elapsed and nothing placed (wall time, not the
     simulated clock)."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import UTC, datetime, timedelta, timezone
 
     wall = 1_800_000_000.0
     sim.ex.wall = lambda: wall
 
-    def iso(t, fmt="%Y-%m-%dT%H:%M:%SZ", tz=timezone.utc):
+    def iso(t, fmt="%Y-%m-%dT%H:%M:%SZ", tz=UTC):
         return datetime.fromtimestamp(t, tz=tz).strftime(fmt)
 
     def send(deadline, **kw):

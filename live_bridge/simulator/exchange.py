@@ -1004,7 +1004,8 @@ def valid_cl_ord_id(cl: str) -> bool:
 
 
 DEADLINE_MIN_S, DEADLINE_MAX_S = 2.0, 60.0  # Kraken: min now() + 2 seconds, max now() + 60 seconds
-_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
+                      r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
 
 
 def _deadline(v: str | None, received: float) -> float | None:
