@@ -31,8 +31,9 @@ def parse_balances(items: list[str] | None) -> dict:
     return out
 
 
-def load_market_panel(store: str | None, venue: str, pairs: list[str] | None, shared: str | None,
-                      start: int | None, end: int | None):
+def load_market_panel(
+    store: str | None, venue: str, pairs: list[str] | None, shared: str | None, start: int | None, end: int | None
+):
     """The panel to replay: shared parquet stems (``--shared``) or the market store."""
     from engine.pairs import INSTRUMENTS, normalize_pair
 
@@ -58,8 +59,13 @@ def load_market_panel(store: str | None, venue: str, pairs: list[str] | None, sh
         keep = [j for j, p in enumerate(panel.pairs) if p in INSTRUMENTS]
         from engine.store.panel import FIELDS, Panel
 
-        panel = Panel(panel.venue, tuple(panel.pairs[j] for j in keep), panel.ts,
-                      *(getattr(panel, f)[:, keep].copy() for f in FIELDS), panel.valid[:, keep].copy())
+        panel = Panel(
+            panel.venue,
+            tuple(panel.pairs[j] for j in keep),
+            panel.ts,
+            *(getattr(panel, f)[:, keep].copy() for f in FIELDS),
+            panel.valid[:, keep].copy(),
+        )
         typer.echo(f"kq sim: no Kraken trading rules for {', '.join(skipped)}: not served", err=True)
     return panel
 
@@ -77,8 +83,9 @@ def register(app: typer.Typer) -> None:
         store: str = typer.Option(None, help="market store file (default $KQ_STORE or data/market.duckdb)"),
         venue: str = typer.Option("kraken", help="store venue whose bars are replayed (kraken, binance, synthetic)"),
         pairs: str = typer.Option(None, help="comma-separated pairs (default: every pair of the venue)"),
-        shared: str = typer.Option(None, help="replay shared parquet files instead of the store, e.g. "
-                                              "XBTUSD_1h,binance_ETHUSDT_1h"),
+        shared: str = typer.Option(
+            None, help="replay shared parquet files instead of the store, e.g. XBTUSD_1h,binance_ETHUSDT_1h"
+        ),
         start: str = typer.Option(None, help="simulated start time (unix seconds or ISO date; default first bar)"),
         end: str = typer.Option(None, help="last bar to load (default: all)"),
         clock: str = typer.Option("manual", help="manual | realtime | accelerated"),
@@ -122,14 +129,17 @@ def register(app: typer.Typer) -> None:
         t0, t1 = parse_time(start), parse_time(end, end=True)
         panel = load_market_panel(store, venue, parse_pairs(pairs), shared, t0, t1)
         state_path = state if os.path.isabs(state) else str(REPO_ROOT / state)
-        ex = build_exchange(panel, config=cfg, start=t0, clock=clock, speed=speed, state=state_path, balances=bal,
-                            run_clock=False)
+        ex = build_exchange(
+            panel, config=cfg, start=t0, clock=clock, speed=speed, state=state_path, balances=bal, run_clock=False
+        )
         srv = SimServer(ex, host=host, port=port, admin_token=admin_token)
         names = ", ".join(f"{i.kraken_id} ({p})" for p, i in ex.market.instruments.items())
         typer.echo(f"kq sim: {srv.url}  venue {panel.venue}  pairs {names}")
-        typer.echo(f"kq sim: clock {clock} at {int(ex.now())}  state {state_path}  "
-                   f"accounts {', '.join(a.name for a in ex.accounts.values()) or 'none (set KRAKEN_API_KEY/SECRET)'}  "
-                   f"spread {ex.market.spread_source}")
+        typer.echo(
+            f"kq sim: clock {clock} at {int(ex.now())}  state {state_path}  "
+            f"accounts {', '.join(a.name for a in ex.accounts.values()) or 'none (set KRAKEN_API_KEY/SECRET)'}  "
+            f"spread {ex.market.spread_source}"
+        )
         ex.clock.resume()
         srv.server.run()  # foreground; Ctrl-C stops it
         if ex.store is not None:
@@ -156,8 +166,11 @@ def register(app: typer.Typer) -> None:
 
     @sim.command("fault")
     def fault(
-        spec: str = typer.Argument(..., help='JSON fault, e.g. \'{"kind": "error", "endpoint": "AddOrder", '
-                                             '"message": "EService:Busy"}\', or "clear"'),
+        spec: str = typer.Argument(
+            ...,
+            help='JSON fault, e.g. \'{"kind": "error", "endpoint": "AddOrder", '
+            '"message": "EService:Busy"}\', or "clear"',
+        ),
         url: str = url_opt,
     ) -> None:
         """Inject a fault into a running simulator (or clear them all)."""
@@ -202,8 +215,9 @@ def _admin(url: str, method: str, path: str, body):
     if not token:
         raise InputError(f"{ADMIN_TOKEN_ENV} is not set: the admin API needs the token the simulator was started with")
     try:
-        r = requests.request(method, url.rstrip("/") + path, json=body, timeout=15,
-                             headers={"Authorization": f"Bearer {token}"})
+        r = requests.request(
+            method, url.rstrip("/") + path, json=body, timeout=15, headers={"Authorization": f"Bearer {token}"}
+        )
     except (requests.RequestException, UnicodeError) as e:
         raise InputError(f"no simulator at {url}: {type(e).__name__}") from None
     try:
@@ -211,6 +225,7 @@ def _admin(url: str, method: str, path: str, body):
     except ValueError:
         raise InputError(f"no simulator at {url}: HTTP {r.status_code} without a JSON answer") from None
     if r.status_code != 200:
-        raise InputError(f"simulator refused (HTTP {r.status_code}): "
-                         f"{data.get('error', data) if isinstance(data, dict) else data}")
+        raise InputError(
+            f"simulator refused (HTTP {r.status_code}): {data.get('error', data) if isinstance(data, dict) else data}"
+        )
     return data

@@ -42,16 +42,72 @@ from live_bridge.simulator.testing import ADMIN_TOKEN, KEY, SECRET, T0, flat_pan
 
 ENV = {"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET}
 
-NUMBERISH = ["NaN", "nan", "-nan", "inf", "-inf", "+inf", "Infinity", "1e25", "1e999999999", "-1e999999999",
-             "1e-999999999", "-1", "0", "-0", "١٢", "²", "¹²", "1_000", " 1", "1 ", "0x10", "True", "False", "",
-             "0.01", "0.0001", "19000", "19000.05", "20000", "+3600", "+nan", "9" * 40, ".5", "5.", "1e3", "1e",
-             "12", "-12", "2147483648", "86399", str(T0 + 6 * 3600)]
+NUMBERISH = [
+    "NaN",
+    "nan",
+    "-nan",
+    "inf",
+    "-inf",
+    "+inf",
+    "Infinity",
+    "1e25",
+    "1e999999999",
+    "-1e999999999",
+    "1e-999999999",
+    "-1",
+    "0",
+    "-0",
+    "١٢",
+    "²",
+    "¹²",
+    "1_000",
+    " 1",
+    "1 ",
+    "0x10",
+    "True",
+    "False",
+    "",
+    "0.01",
+    "0.0001",
+    "19000",
+    "19000.05",
+    "20000",
+    "+3600",
+    "+nan",
+    "9" * 40,
+    ".5",
+    "5.",
+    "1e3",
+    "1e",
+    "12",
+    "-12",
+    "2147483648",
+    "86399",
+    str(T0 + 6 * 3600),
+]
 # AddOrder deadline / cl_ord_id spellings: malformed times, Unicode digits, bad offsets, UUID look-alikes
-STRINGISH = ["2026-12-07T15:00:00Z", "2026-13-40T25:61:61Z", "2026-12-07t15:00:00z", "2026-12-07T15:00:00+25:00",
-             "2026-12-07T15:00:00." + "9" * 30 + "Z", "٢٠٢٦-12-07T15:00:00Z", "9999-12-31T23:59:59Z",
-             "0001-01-01T00:00:00Z", "2026-12-07 15:00:00", "6d1b345e-2821-40e2-ad83-4ecb18a06876",
-             "da8e4ad59b78481c93e589746b0cf91f", "da8e4ad59b78481c93e589746b0cf91", "x" * 18, "x" * 19,
-             "café", "TAAAAA-AAAAA-AAAAAA", "TAAAAA-AAAAA-AAAAAA," * 21, "true", "TRUE", "maybe"]
+STRINGISH = [
+    "2026-12-07T15:00:00Z",
+    "2026-13-40T25:61:61Z",
+    "2026-12-07t15:00:00z",
+    "2026-12-07T15:00:00+25:00",
+    "2026-12-07T15:00:00." + "9" * 30 + "Z",
+    "٢٠٢٦-12-07T15:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "0001-01-01T00:00:00Z",
+    "2026-12-07 15:00:00",
+    "6d1b345e-2821-40e2-ad83-4ecb18a06876",
+    "da8e4ad59b78481c93e589746b0cf91f",
+    "da8e4ad59b78481c93e589746b0cf91",
+    "x" * 18,
+    "x" * 19,
+    "café",
+    "TAAAAA-AAAAA-AAAAAA",
+    "TAAAAA-AAAAA-AAAAAA," * 21,
+    "true",
+    "TRUE",
+    "maybe",
+]
 
 
 def _rfc3339_in(seconds: float) -> str:
@@ -61,56 +117,146 @@ def _rfc3339_in(seconds: float) -> str:
     return datetime.fromtimestamp(time.time() + seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-hostile_text = st.one_of(st.sampled_from(NUMBERISH), st.sampled_from(STRINGISH),
-                         st.floats(-120, 120).map(_rfc3339_in), st.text(max_size=24), st.integers().map(str),
-                         st.floats().map(repr), st.decimals(allow_nan=True, allow_infinity=True).map(str))
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**40, max_value=10**40), st.floats(),
-                        hostile_text)
-json_value = st.recursive(json_scalar, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
-                                                                                           max_size=3), max_leaves=6)
+hostile_text = st.one_of(
+    st.sampled_from(NUMBERISH),
+    st.sampled_from(STRINGISH),
+    st.floats(-120, 120).map(_rfc3339_in),
+    st.text(max_size=24),
+    st.integers().map(str),
+    st.floats().map(repr),
+    st.decimals(allow_nan=True, allow_infinity=True).map(str),
+)
+json_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40), st.floats(), hostile_text
+)
+json_value = st.recursive(
+    json_scalar, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=6
+)
 
-PARAM_NAMES = ["pair", "type", "ordertype", "volume", "price", "oflags", "timeinforce", "expiretm", "userref",
-               "cl_ord_id", "validate", "txid", "trades", "start", "end", "ofs", "asset", "timeout", "interval",
-               "since", "count", "nonce", "deadline"]
+PARAM_NAMES = [
+    "pair",
+    "type",
+    "ordertype",
+    "volume",
+    "price",
+    "oflags",
+    "timeinforce",
+    "expiretm",
+    "userref",
+    "cl_ord_id",
+    "validate",
+    "txid",
+    "trades",
+    "start",
+    "end",
+    "ofs",
+    "asset",
+    "timeout",
+    "interval",
+    "since",
+    "count",
+    "nonce",
+    "deadline",
+]
 BASE = {
     "AddOrder": {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"},
-    "CancelOrder": {"txid": "12"}, "QueryOrders": {"txid": "OAAAAA-AAAAA-AAAAAA"},
+    "CancelOrder": {"txid": "12"},
+    "QueryOrders": {"txid": "OAAAAA-AAAAA-AAAAAA"},
     "QueryTrades": {"txid": "TAAAAA-AAAAA-AAAAAA", "trades": "true"},
-    "CancelAllOrdersAfter": {"timeout": "0"}, "OHLC": {"pair": "XBTUSD", "interval": "60"},
-    "Depth": {"pair": "XBTUSD"}, "Ticker": {"pair": "XBTUSD"},
+    "CancelAllOrdersAfter": {"timeout": "0"},
+    "OHLC": {"pair": "XBTUSD", "interval": "60"},
+    "Depth": {"pair": "XBTUSD"},
+    "Ticker": {"pair": "XBTUSD"},
 }
 params_st = st.dictionaries(st.one_of(st.sampled_from(PARAM_NAMES), st.text(max_size=8)), hostile_text, max_size=5)
 
-ADMIN_CALLS = [("GET", "/admin/state"), ("POST", "/admin/clock/advance"), ("GET", "/admin/faults"),
-               ("POST", "/admin/faults"), ("DELETE", "/admin/faults"), ("POST", "/admin/status"),
-               ("POST", "/admin/balance"), ("PUT", "/admin/balance"), ("POST", "/admin/nope"),
-               ("GET", "/admin/limits"), ("POST", "/admin/limits"), ("DELETE", "/admin/limits")]
+ADMIN_CALLS = [
+    ("GET", "/admin/state"),
+    ("POST", "/admin/clock/advance"),
+    ("GET", "/admin/faults"),
+    ("POST", "/admin/faults"),
+    ("DELETE", "/admin/faults"),
+    ("POST", "/admin/status"),
+    ("POST", "/admin/balance"),
+    ("PUT", "/admin/balance"),
+    ("POST", "/admin/nope"),
+    ("GET", "/admin/limits"),
+    ("POST", "/admin/limits"),
+    ("DELETE", "/admin/limits"),
+]
 UNROUTED = {("POST", "/admin/nope"), ("PUT", "/admin/balance"), ("DELETE", "/admin/limits")}
-number_st = st.one_of(st.sampled_from(NUMBERISH), st.sampled_from([math.nan, math.inf, -math.inf, 1e308, True, False,
-                                                                  None, 10**40, -1, 0, 3600, 0.5]), json_value)
+number_st = st.one_of(
+    st.sampled_from(NUMBERISH),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e308, True, False, None, 10**40, -1, 0, 3600, 0.5]),
+    json_value,
+)
 BODY_FOR = {
     "/admin/balance": st.fixed_dictionaries(
-        {"account": st.one_of(st.just("default"), json_value),
-         "asset": st.one_of(st.sampled_from(["USD", "XBT", "ZUSD", "BTC", "DOGE", "usd"]), json_value),
-         "delta": number_st}),
-    "/admin/clock/advance": st.dictionaries(st.sampled_from(["to", "bars", "seconds", "hours"]), number_st,
-                                            min_size=1, max_size=2),
+        {
+            "account": st.one_of(st.just("default"), json_value),
+            "asset": st.one_of(st.sampled_from(["USD", "XBT", "ZUSD", "BTC", "DOGE", "usd"]), json_value),
+            "delta": number_st,
+        }
+    ),
+    "/admin/clock/advance": st.dictionaries(
+        st.sampled_from(["to", "bars", "seconds", "hours"]), number_st, min_size=1, max_size=2
+    ),
     "/admin/faults": st.builds(
-        lambda k, extra: {"kind": k} | extra, st.sampled_from(sorted(KINDS)),
-        st.dictionaries(st.sampled_from(["seconds", "status", "factor", "ts", "delay", "polls", "message", "apply",
-                                         "pair", "from_ts", "until_ts", "count", "endpoint", "tick_size",
-                                         "ordermin", "pair_decimals", "params"]),
-                        st.one_of(number_st, st.sampled_from(["XBTUSD", "maintenance", "EService:Busy", "*",
-                                                              "limit_only", "reduce_only", "WGeneral:Warn", "W"])),
-                        max_size=3)),
+        lambda k, extra: {"kind": k} | extra,
+        st.sampled_from(sorted(KINDS)),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "seconds",
+                    "status",
+                    "factor",
+                    "ts",
+                    "delay",
+                    "polls",
+                    "message",
+                    "apply",
+                    "pair",
+                    "from_ts",
+                    "until_ts",
+                    "count",
+                    "endpoint",
+                    "tick_size",
+                    "ordermin",
+                    "pair_decimals",
+                    "params",
+                ]
+            ),
+            st.one_of(
+                number_st,
+                st.sampled_from(
+                    ["XBTUSD", "maintenance", "EService:Busy", "*", "limit_only", "reduce_only", "WGeneral:Warn", "W"]
+                ),
+            ),
+            max_size=3,
+        ),
+    ),
     "/admin/limits": st.dictionaries(
-        st.sampled_from(["tier", "reset_counters", "max_counter", "decay_per_s", "order_max_counter",
-                         "order_decay_per_s", "lockout_after", "lockout_window_s", "lockout_s", "burst"]),
-        st.one_of(number_st, st.sampled_from(["starter", "intermediate", "pro", "platinum"])), max_size=4),
-    "/admin/status": st.fixed_dictionaries({"status": st.one_of(st.sampled_from(["online", "maintenance",
-                                                                              "limit_only", "reduce_only"]),
-                                                                json_value)},
-                                           optional={"pair": st.one_of(st.just("XBTUSD"), json_value)}),
+        st.sampled_from(
+            [
+                "tier",
+                "reset_counters",
+                "max_counter",
+                "decay_per_s",
+                "order_max_counter",
+                "order_decay_per_s",
+                "lockout_after",
+                "lockout_window_s",
+                "lockout_s",
+                "burst",
+            ]
+        ),
+        st.one_of(number_st, st.sampled_from(["starter", "intermediate", "pro", "platinum"])),
+        max_size=4,
+    ),
+    "/admin/status": st.fixed_dictionaries(
+        {"status": st.one_of(st.sampled_from(["online", "maintenance", "limit_only", "reduce_only"]), json_value)},
+        optional={"pair": st.one_of(st.just("XBTUSD"), json_value)},
+    ),
 }
 
 
@@ -125,39 +271,74 @@ def admin_request(draw):
         content = draw(st.binary(max_size=64))
     gate_ok = draw(st.integers(0, 9)) < 7
     token = "ok" if gate_ok else draw(st.sampled_from(["ok", "none", "wrong", "prefix", "basic", "empty"]))
-    origin = None if gate_ok else draw(st.sampled_from([None, "http://evil.example", "null",
-                                                        "http://localhost:3000", "file://"]))
-    host = None if gate_ok else draw(st.sampled_from([None, "evil.example", "127.0.0.1.evil.example:8765",
-                                                      "localhost:8765", "[::1]:8765", "127.0.0.1:x"]))
-    ctype = "application/json" if gate_ok else draw(st.sampled_from(
-        ["application/json", "text/plain", None, "application/x-www-form-urlencoded",
-         "application/json; charset=utf-8"]))
+    origin = (
+        None
+        if gate_ok
+        else draw(st.sampled_from([None, "http://evil.example", "null", "http://localhost:3000", "file://"]))
+    )
+    host = (
+        None
+        if gate_ok
+        else draw(
+            st.sampled_from(
+                [None, "evil.example", "127.0.0.1.evil.example:8765", "localhost:8765", "[::1]:8765", "127.0.0.1:x"]
+            )
+        )
+    )
+    ctype = (
+        "application/json"
+        if gate_ok
+        else draw(
+            st.sampled_from(
+                [
+                    "application/json",
+                    "text/plain",
+                    None,
+                    "application/x-www-form-urlencoded",
+                    "application/json; charset=utf-8",
+                ]
+            )
+        )
+    )
     headers = {}
     if token != "none":
-        headers["Authorization"] = {"ok": f"Bearer {ADMIN_TOKEN}", "wrong": "Bearer not-the-token-at-all",
-                                    "prefix": f"Bearer {ADMIN_TOKEN[:-2]}", "basic": f"Basic {ADMIN_TOKEN}",
-                                    "empty": "Bearer "}[token]
+        headers["Authorization"] = {
+            "ok": f"Bearer {ADMIN_TOKEN}",
+            "wrong": "Bearer not-the-token-at-all",
+            "prefix": f"Bearer {ADMIN_TOKEN[:-2]}",
+            "basic": f"Basic {ADMIN_TOKEN}",
+            "empty": "Bearer ",
+        }[token]
     if origin:
         headers["Origin"] = origin
     if host:
         headers["Host"] = host
     if ctype:
         headers["Content-Type"] = ctype
-    foreign = host not in (None, "localhost:8765", "[::1]:8765") or origin in ("http://evil.example", "null",
-                                                                               "file://")
+    foreign = host not in (None, "localhost:8765", "[::1]:8765") or origin in ("http://evil.example", "null", "file://")
     return method, path, headers, content, token, foreign
+
 
 def new_exchange():
     cfg = sim_test_config(rate_limit={"lockout_after": 10**9})
-    return build_exchange(flat_panel(), config=cfg, start=T0 + 5 * 3600, env=ENV,
-                          balances={"USD": Decimal("100000"), "BTC": Decimal("1")})
+    return build_exchange(
+        flat_panel(), config=cfg, start=T0 + 5 * 3600, env=ENV, balances={"USD": Decimal("100000"), "BTC": Decimal("1")}
+    )
 
 
 def books(ex) -> tuple:
     st_ = ex.state()
     accts = {n: (a["balances"], a["deadman"]) for n, a in st_["accounts"].items()}
-    return (st_["now"], accts, st_["orders"], st_["trades"], st_["faults"], st_["status"], st_["pair_status"],
-            ex.config.rate_limit)
+    return (
+        st_["now"],
+        accts,
+        st_["orders"],
+        st_["trades"],
+        st_["faults"],
+        st_["status"],
+        st_["pair_status"],
+        ex.config.rate_limit,
+    )
 
 
 def check_invariants(ex, client) -> None:
@@ -195,9 +376,14 @@ def next_nonce() -> str:
 
 
 @fuzz_settings()
-@given(name=st.one_of(st.sampled_from(PUBLIC), st.text(max_size=10)), method=st.sampled_from(["GET", "POST"]),
-       params=params_st, raw=st.one_of(st.none(), st.binary(max_size=64)),
-       base=st.booleans(), origin=st.sampled_from([None, None, None, "http://evil.example", "null"]))
+@given(
+    name=st.one_of(st.sampled_from(PUBLIC), st.text(max_size=10)),
+    method=st.sampled_from(["GET", "POST"]),
+    params=params_st,
+    raw=st.one_of(st.none(), st.binary(max_size=64)),
+    base=st.booleans(),
+    origin=st.sampled_from([None, None, None, "http://evil.example", "null"]),
+)
 def test_fuzz_public(name, method, params, raw, base, origin):
     count_case("sim public")
     ex = _shared("public")
@@ -217,11 +403,27 @@ def test_fuzz_public(name, method, params, raw, base, origin):
 
 
 @fuzz_settings()
-@given(name=st.one_of(st.sampled_from(PRIVATE), st.sampled_from(PRIVATE), st.sampled_from(PRIVATE),
-                      st.text(max_size=10)), params=params_st, base=st.booleans(),
-       auth=st.sampled_from(["ok"] * 6 + ["bad_sig", "non_ascii_sig", "no_key", "unknown_key", "foreign_origin",
-                                          "foreign_host", "hostile_nonce", "raw"]),
-       nonce=hostile_text, raw=st.binary(max_size=64), warn=st.integers(0, 5))
+@given(
+    name=st.one_of(st.sampled_from(PRIVATE), st.sampled_from(PRIVATE), st.sampled_from(PRIVATE), st.text(max_size=10)),
+    params=params_st,
+    base=st.booleans(),
+    auth=st.sampled_from(
+        ["ok"] * 6
+        + [
+            "bad_sig",
+            "non_ascii_sig",
+            "no_key",
+            "unknown_key",
+            "foreign_origin",
+            "foreign_host",
+            "hostile_nonce",
+            "raw",
+        ]
+    ),
+    nonce=hostile_text,
+    raw=st.binary(max_size=64),
+    warn=st.integers(0, 5),
+)
 def test_fuzz_private(name, params, base, auth, nonce, raw, warn):
     count_case("sim private")
     ex = _shared("private")
@@ -233,8 +435,11 @@ def test_fuzz_private(name, params, base, auth, nonce, raw, warn):
     p["nonce"] = nonce if auth == "hostile_nonce" else next_nonce()
     body = urllib.parse.urlencode(p)
     path = "/0/private/" + urllib.parse.quote(name, safe="")
-    headers = {"API-Key": KEY, "API-Sign": sign(SECRET, path, p["nonce"], body),
-               "Content-Type": "application/x-www-form-urlencoded"}
+    headers = {
+        "API-Key": KEY,
+        "API-Sign": sign(SECRET, path, p["nonce"], body),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
     if auth == "bad_sig":
         headers["API-Sign"] = sign("eHh4eA==", path, p["nonce"], body)
     elif auth == "non_ascii_sig":
@@ -268,19 +473,31 @@ def _signed(c, name: str, p: dict) -> dict:
     p = p | {"nonce": next_nonce()}
     body = urllib.parse.urlencode(p)
     path = f"/0/private/{name}"
-    headers = {"API-Key": KEY, "API-Sign": sign(SECRET, path, p["nonce"], body),
-               "Content-Type": "application/x-www-form-urlencoded"}
+    headers = {
+        "API-Key": KEY,
+        "API-Sign": sign(SECRET, path, p["nonce"], body),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
     return kraken_answer(c.post(path, content=body.encode(), headers=headers))
 
 
 @fuzz_settings()
-@given(deadline=st.one_of(st.none(), st.floats(-120, 120).map(_rfc3339_in), st.sampled_from(STRINGISH),
-                          hostile_text),
-       cl_ord_id=st.one_of(st.none(), st.uuids().map(str), st.uuids().map(lambda u: u.hex), st.text(max_size=20),
-                           st.sampled_from(STRINGISH)),
-       side=st.sampled_from(["buy", "sell"]), market=st.booleans(), extra=params_st,
-       picks=st.lists(st.integers(0, 10**6), max_size=25), junk=st.lists(hostile_text, max_size=3),
-       trades=st.one_of(st.none(), hostile_text))
+@given(
+    deadline=st.one_of(st.none(), st.floats(-120, 120).map(_rfc3339_in), st.sampled_from(STRINGISH), hostile_text),
+    cl_ord_id=st.one_of(
+        st.none(),
+        st.uuids().map(str),
+        st.uuids().map(lambda u: u.hex),
+        st.text(max_size=20),
+        st.sampled_from(STRINGISH),
+    ),
+    side=st.sampled_from(["buy", "sell"]),
+    market=st.booleans(),
+    extra=params_st,
+    picks=st.lists(st.integers(0, 10**6), max_size=25),
+    junk=st.lists(hostile_text, max_size=3),
+    trades=st.one_of(st.none(), hostile_text),
+)
 def test_fuzz_add_order_and_query_trades(deadline, cl_ord_id, side, market, extra, picks, junk, trades):
     """AddOrder's deadline and cl_ord_id, then QueryTrades over real and hostile trade txids."""
     count_case("sim add order")
@@ -309,9 +526,12 @@ def test_fuzz_add_order_and_query_trades(deadline, cl_ord_id, side, market, extr
 
 
 @fuzz_settings()
-@given(name=st.sampled_from(PRIVATE), body=st.one_of(
-    st.dictionaries(st.sampled_from(PARAM_NAMES), json_value, max_size=5), json_value),
-    base=st.booleans(), nan_literal=st.booleans())
+@given(
+    name=st.sampled_from(PRIVATE),
+    body=st.one_of(st.dictionaries(st.sampled_from(PARAM_NAMES), json_value, max_size=5), json_value),
+    base=st.booleans(),
+    nan_literal=st.booleans(),
+)
 def test_fuzz_private_json(name, body, base, nan_literal):
     count_case("sim private json")
     ex = _shared("private json")

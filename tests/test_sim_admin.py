@@ -28,8 +28,9 @@ EVIL = "http://evil.example"
 
 @pytest.fixture
 def ex():
-    return build_exchange(flat_panel(), config=sim_test_config(), start=T0 + 5 * 3600, env=ENV,
-                          balances={"USD": Decimal("1000")})
+    return build_exchange(
+        flat_panel(), config=sim_test_config(), start=T0 + 5 * 3600, env=ENV, balances={"USD": Decimal("1000")}
+    )
 
 
 @pytest.fixture
@@ -40,8 +41,16 @@ def client(ex):
 
 def snapshot(ex) -> tuple:
     st = ex.state()
-    return (st["now"], st["accounts"], st["orders"], st["trades"], st["faults"], st["status"], st["pair_status"],
-            ex.config.rate_limit)
+    return (
+        st["now"],
+        st["accounts"],
+        st["orders"],
+        st["trades"],
+        st["faults"],
+        st["status"],
+        st["pair_status"],
+        ex.config.rate_limit,
+    )
 
 
 CALLS = [
@@ -78,14 +87,24 @@ def test_the_web_page_attack_mints_nothing(ex, client):
     after DNS rebinding, its own Host. It minted 1,000,000 USD before."""
     before = snapshot(ex)
     body = json.dumps({"account": "default", "asset": "USD", "delta": "1000000"})
-    for headers in ({"Origin": EVIL, "Host": "evil.example:8765"}, {"Origin": EVIL}, {"Host": "evil.example"},
-                    {"Host": "rebind.127.0.0.1.nip.io:8765"}, {}):
+    for headers in (
+        {"Origin": EVIL, "Host": "evil.example:8765"},
+        {"Origin": EVIL},
+        {"Host": "evil.example"},
+        {"Host": "rebind.127.0.0.1.nip.io:8765"},
+        {},
+    ):
         r = client.post("/admin/balance", content=body, headers={"Content-Type": "text/plain"} | headers)
         assert r.status_code in (401, 403), (headers, r.status_code)
     # even with the token: foreign Host or Origin, or a non-JSON body, are refused
-    for headers, code in (({"Origin": EVIL}, 403), ({"Host": "evil.example"}, 403), ({"Origin": "null"}, 403),
-                          ({"Host": "127.0.0.1.evil.example"}, 403), ({"Content-Type": "text/plain"}, 415),
-                          ({"Content-Type": "application/x-www-form-urlencoded"}, 415)):
+    for headers, code in (
+        ({"Origin": EVIL}, 403),
+        ({"Host": "evil.example"}, 403),
+        ({"Origin": "null"}, 403),
+        ({"Host": "127.0.0.1.evil.example"}, 403),
+        ({"Content-Type": "text/plain"}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ):
         h = admin_headers() | {"Content-Type": "application/json"} | headers
         r = client.post("/admin/balance", content=body, headers=h)
         assert r.status_code == code, (headers, r.text)
@@ -113,8 +132,9 @@ def test_admin_api_is_off_without_a_token(ex):
             assert r.status_code == 403 and "admin API is off" in r.json()["error"]
 
 
-@pytest.mark.parametrize("bad", ["", "short", "x" * 15, "has a space in it ok", "tøken-with-non-ascii-chars",
-                                 "x" * 513])
+@pytest.mark.parametrize(
+    "bad", ["", "short", "x" * 15, "has a space in it ok", "tøken-with-non-ascii-chars", "x" * 513]
+)
 def test_weak_tokens_are_refused(ex, bad):
     from engine.errors import InputError
 
@@ -125,8 +145,9 @@ def test_weak_tokens_are_refused(ex, bad):
 
 
 def test_state_shows_no_api_key_or_secret(ex, client):
-    ex.add_order(ex.accounts[KEY], {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
-                                    "price": "19000"})
+    ex.add_order(
+        ex.accounts[KEY], {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"}
+    )
     r = client.get("/admin/state", headers=admin_headers())
     assert r.status_code == 200
     assert KEY not in r.text and SECRET not in r.text and ADMIN_TOKEN not in r.text
@@ -147,7 +168,9 @@ def test_kraken_paths_refuse_foreign_host_or_origin_in_the_envelope(client):
         assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Permission denied"], "result": {}}
     body, h = signed_form("Balance", {})
     assert client.post("/0/private/Balance", content=body, headers=h).json() == {
-        "error": [], "result": {"ZUSD": "1000.0000"}}
+        "error": [],
+        "result": {"ZUSD": "1000.0000"},
+    }
 
 
 def test_rate_limits_set_at_runtime(ex, client):
@@ -162,10 +185,23 @@ def test_rate_limits_set_at_runtime(ex, client):
     h = admin_headers()
     assert client.get("/admin/limits", headers=h).json()["rate_limit"] == ex.config.rate_limit.model_dump()
     before = snapshot(ex)
-    for bad in ({}, {"tier": "platinum"}, {"tier": 1}, {"max_counter": 0}, {"max_counter": "NaN"},
-                {"max_counter": True}, {"decay_per_s": -1}, {"lockout_after": 1.5}, {"lockout_after": 0},
-                {"order_max_counter": "1e13"}, {"lockout_window_s": 0}, {"reset_counters": "yes"}, {"burst": 3},
-                [], "starter"):
+    for bad in (
+        {},
+        {"tier": "platinum"},
+        {"tier": 1},
+        {"max_counter": 0},
+        {"max_counter": "NaN"},
+        {"max_counter": True},
+        {"decay_per_s": -1},
+        {"lockout_after": 1.5},
+        {"lockout_after": 0},
+        {"order_max_counter": "1e13"},
+        {"lockout_window_s": 0},
+        {"reset_counters": "yes"},
+        {"burst": 3},
+        [],
+        "starter",
+    ):
         r = client.post("/admin/limits", json=bad, headers=h)
         assert r.status_code == 400 and r.json()["error"], bad
     assert snapshot(ex) == before

@@ -33,8 +33,9 @@ def sim():
     require_shared()
     from engine.store.panel import load_shared_panel
 
-    panel = load_shared_panel(["XBTUSD_1h", "binance_BTCUSDT_1h", "binance_ETHUSDT_1h"],
-                              start=START, end=START + 7 * 86400)
+    panel = load_shared_panel(
+        ["XBTUSD_1h", "binance_BTCUSDT_1h", "binance_ETHUSDT_1h"], start=START, end=START + 7 * 86400
+    )
     s = start_sim(panel, start=NOW, balances={"USD": "100000", "USDT": "50000", "ETH": "3"})
     yield s
     s.stop()
@@ -69,8 +70,9 @@ def test_public_endpoints_validate(sim, spec):
     o = m.get_ohlc(pair="XBTUSDT", interval=60)
     ok(spec, "OHLC", o)
     rows = o["XBTUSDT"]
-    assert all(isinstance(r[0], int) and all(isinstance(x, str) for x in r[1:7]) and isinstance(r[7], int)
-               for r in rows)
+    assert all(
+        isinstance(r[0], int) and all(isinstance(x, str) for x in r[1:7]) and isinstance(r[7], int) for r in rows
+    )
     assert rows[-1][0] == NOW and rows[-2][0] == NOW - 3600 == o["last"]
     d = m.get_order_book(pair="ETH/USDT", count=5)
     ok(spec, "Depth", d)
@@ -116,12 +118,19 @@ def test_private_endpoints_validate(sim, spec):
     r = tr.create_order(ordertype="market", side="buy", pair="XBTUSD", volume="0.01", userref=11)
     ok(spec, "AddOrder", r)
     mk = r["txid"][0]
-    r2 = tr.create_order(ordertype="limit", side="buy", pair="BTC/USDT", volume="0.002", price="30000",
-                         cl_ord_id="kq-1", timeinforce="GTD", expiretm=str(NOW + 7200))
+    r2 = tr.create_order(
+        ordertype="limit",
+        side="buy",
+        pair="BTC/USDT",
+        volume="0.002",
+        price="30000",
+        cl_ord_id="kq-1",
+        timeinforce="GTD",
+        expiretm=str(NOW + 7200),
+    )
     ok(spec, "AddOrder", r2)
     lim = r2["txid"][0]
-    r3 = tr.create_order(ordertype="limit", side="sell", pair="ETHUSDT", volume="0.5", price="9000.00",
-                         oflags=["post"])
+    r3 = tr.create_order(ordertype="limit", side="sell", pair="ETHUSDT", volume="0.5", price="9000.00", oflags=["post"])
     ok(spec, "AddOrder", r3)
     v = tr.create_order(ordertype="limit", side="buy", pair="XBTUSD", volume="0.01", price="30000", validate=True)
     assert "txid" not in v and v["descr"]["order"] == "buy 0.01000000 XBTUSD @ limit 30000.0"
@@ -161,11 +170,14 @@ def test_private_endpoints_validate(sim, spec):
 
 
 def test_errors_keep_the_envelope(sim, spec):
-    for resp in (sim.raw_public("Ticker", {"pair": "NOPEUSD"}),
-                 sim.raw_public("OHLC", {"pair": "XBTUSD", "interval": 5}),
-                 sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit",
-                                              "volume": "0.01", "price": "30000.05"}),
-                 sim.raw_public("Nope")):
+    for resp in (
+        sim.raw_public("Ticker", {"pair": "NOPEUSD"}),
+        sim.raw_public("OHLC", {"pair": "XBTUSD", "interval": 5}),
+        sim.raw_private(
+            "AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "30000.05"}
+        ),
+        sim.raw_public("Nope"),
+    ):
         assert resp.status_code == 200
         b = json.loads(resp.text)
         assert set(b) == {"error", "result"} and b["error"]
@@ -184,28 +196,41 @@ def test_admin_state_is_complete(sim):
 
 def test_raw_bodies_validate_as_sent(sim, spec):
     """The exact bytes on the wire (not the SDK's unwrapped result) match the spec, envelope included."""
-    public = {"Time": {}, "SystemStatus": {}, "Assets": {"asset": "XBT,USD"}, "AssetPairs": {"pair": "XBTUSDT"},
-              "Ticker": {"pair": "ETHUSDT"}, "OHLC": {"pair": "XBTUSD", "interval": 60, "since": NOW - 7200},
-              "Depth": {"pair": "XBTUSD", "count": 3}}
+    public = {
+        "Time": {},
+        "SystemStatus": {},
+        "Assets": {"asset": "XBT,USD"},
+        "AssetPairs": {"pair": "XBTUSDT"},
+        "Ticker": {"pair": "ETHUSDT"},
+        "OHLC": {"pair": "XBTUSD", "interval": 60, "since": NOW - 7200},
+        "Depth": {"pair": "XBTUSD", "count": 3},
+    }
     for ep, params in public.items():
         r = sim.raw_public(ep, params)
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
         assert spec.errors(ep, json.loads(r.text)) == [], ep
-    t = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001",
-                                     "price": "30000", "userref": 9})
+    t = sim.raw_private(
+        "AddOrder",
+        {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001", "price": "30000", "userref": 9},
+    )
     txid = t.json()["result"]["txid"][0]
     m = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.001"})
     fills = sim.ex.orders[m.json()["result"]["txid"][0]].trades
     assert fills
-    private = [("AddOrder", t), ("Balance", sim.raw_private("Balance")),
-               ("BalanceEx", sim.raw_private("BalanceEx")), ("TradeBalance", sim.raw_private("TradeBalance")),
-               ("OpenOrders", sim.raw_private("OpenOrders")), ("ClosedOrders", sim.raw_private("ClosedOrders")),
-               ("QueryOrders", sim.raw_private("QueryOrders", {"txid": txid})),
-               ("TradesHistory", sim.raw_private("TradesHistory")),
-               ("QueryTrades", sim.raw_private("QueryTrades", {"txid": ",".join(fills)})),
-               ("CancelOrder", sim.raw_private("CancelOrder", {"txid": txid})),
-               ("CancelAll", sim.raw_private("CancelAll")),
-               ("CancelAllOrdersAfter", sim.raw_private("CancelAllOrdersAfter", {"timeout": 0}))]
+    private = [
+        ("AddOrder", t),
+        ("Balance", sim.raw_private("Balance")),
+        ("BalanceEx", sim.raw_private("BalanceEx")),
+        ("TradeBalance", sim.raw_private("TradeBalance")),
+        ("OpenOrders", sim.raw_private("OpenOrders")),
+        ("ClosedOrders", sim.raw_private("ClosedOrders")),
+        ("QueryOrders", sim.raw_private("QueryOrders", {"txid": txid})),
+        ("TradesHistory", sim.raw_private("TradesHistory")),
+        ("QueryTrades", sim.raw_private("QueryTrades", {"txid": ",".join(fills)})),
+        ("CancelOrder", sim.raw_private("CancelOrder", {"txid": txid})),
+        ("CancelAll", sim.raw_private("CancelAll")),
+        ("CancelAllOrdersAfter", sim.raw_private("CancelAllOrdersAfter", {"timeout": 0})),
+    ]
     for ep, r in private:
         b = json.loads(r.text)
         assert r.status_code == 200 and b["error"] == [] and spec.errors(ep, b) == [], (ep, b)

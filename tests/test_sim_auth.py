@@ -20,8 +20,11 @@ from live_bridge.simulator.testing import KEY, SECRET, flat_panel, sim_test_conf
 
 @pytest.fixture
 def sim():
-    s = start_sim(flat_panel(), start=flat_panel().ts[5],
-                  config=sim_test_config(rate_limit={"lockout_after": 3, "lockout_s": 1.0}))
+    s = start_sim(
+        flat_panel(),
+        start=flat_panel().ts[5],
+        config=sim_test_config(rate_limit={"lockout_after": 3, "lockout_s": 1.0}),
+    )
     yield s
     s.stop()
 
@@ -46,12 +49,20 @@ def test_tampered_body_is_rejected(sim):
     from live_bridge.simulator.app import sign
 
     nonce = str(time.time_ns())
-    signed = urllib.parse.urlencode({"nonce": nonce, "pair": "XBTUSD", "type": "buy", "ordertype": "market",
-                                     "volume": "0.001"})
+    signed = urllib.parse.urlencode(
+        {"nonce": nonce, "pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.001"}
+    )
     sent = signed.replace("0.001", "0.002")
-    r = requests.post(sim.url + "/0/private/AddOrder", data=sent, timeout=10,
-                      headers={"API-Key": KEY, "API-Sign": sign(SECRET, "/0/private/AddOrder", nonce, signed),
-                               "Content-Type": "application/x-www-form-urlencoded"})
+    r = requests.post(
+        sim.url + "/0/private/AddOrder",
+        data=sent,
+        timeout=10,
+        headers={
+            "API-Key": KEY,
+            "API-Sign": sign(SECRET, "/0/private/AddOrder", nonce, signed),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
     assert r.json()["error"] == ["EAPI:Invalid signature"]
     assert sim.ex.orders == {}
 
@@ -89,8 +100,11 @@ def test_repeated_bad_nonces_lock_the_key_out_then_it_recovers(sim):
 
 
 def test_rate_limit_counter_with_decay():
-    s = start_sim(flat_panel(), start=flat_panel().ts[5],
-                  config=sim_test_config(rate_limit={"max_counter": 6, "decay_per_s": 2.0}))
+    s = start_sim(
+        flat_panel(),
+        start=flat_panel().ts[5],
+        config=sim_test_config(rate_limit={"max_counter": 6, "decay_per_s": 2.0}),
+    )
     try:
         # history calls cost 2: three fit under 6, the fourth is refused
         errs = [s.raw_private("TradesHistory").json()["error"] for _ in range(4)]
@@ -98,8 +112,12 @@ def test_rate_limit_counter_with_decay():
         with pytest.raises(KrakenApiLimitExceededError):
             s.user.get_trades_history()
         # AddOrder is not counted on the REST counter
-        assert s.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001",
-                                          "price": "19000"}).json()["error"] == []
+        assert (
+            s.raw_private(
+                "AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001", "price": "19000"}
+            ).json()["error"]
+            == []
+        )
         time.sleep(1.1)  # decays by 2.2: one more history call fits
         assert s.raw_private("TradesHistory").json()["error"] == []
     finally:
@@ -107,13 +125,17 @@ def test_rate_limit_counter_with_decay():
 
 
 def test_matching_engine_counter_on_early_cancels():
-    s = start_sim(flat_panel(), start=flat_panel().ts[5],
-                  config=sim_test_config(rate_limit={"order_max_counter": 20, "order_decay_per_s": 0.0}))
+    s = start_sim(
+        flat_panel(),
+        start=flat_panel().ts[5],
+        config=sim_test_config(rate_limit={"order_max_counter": 20, "order_decay_per_s": 0.0}),
+    )
     try:
         errs = []
         for _ in range(3):
-            r = s.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001",
-                                           "price": "19000"}).json()
+            r = s.raw_private(
+                "AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.001", "price": "19000"}
+            ).json()
             errs.append(r["error"])
             if not r["error"]:
                 errs.append(s.raw_private("CancelOrder", {"txid": r["result"]["txid"][0]}).json()["error"])
@@ -132,8 +154,11 @@ def test_json_bodies_are_signed_over_the_json_text(sim):
 
     nonce = str(time.time_ns())
     text = json.dumps({"nonce": nonce})
-    headers = {"API-Key": KEY, "API-Sign": sign(SECRET, "/0/private/Balance", nonce, text),
-               "Content-Type": "application/json; charset=utf-8"}
+    headers = {
+        "API-Key": KEY,
+        "API-Sign": sign(SECRET, "/0/private/Balance", nonce, text),
+        "Content-Type": "application/json; charset=utf-8",
+    }
     r = requests.post(sim.url + "/0/private/Balance", data=text, headers=headers, timeout=10)
     assert r.json() == {"error": [], "result": {"ZUSD": "100000.0000"}}
 
@@ -156,9 +181,13 @@ def test_the_auth_failure_table_is_bounded_and_real_lockouts_survive_a_flood():
     from live_bridge.simulator.server import build_exchange
     from live_bridge.simulator.testing import T0
 
-    ex = build_exchange(flat_panel(), config=sim_test_config(rate_limit={"lockout_after": 3, "lockout_s": 60.0}),
-                        start=T0 + 5 * 3600, env={"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET},
-                        balances={"USD": Decimal(1)})
+    ex = build_exchange(
+        flat_panel(),
+        config=sim_test_config(rate_limit={"lockout_after": 3, "lockout_s": 60.0}),
+        start=T0 + 5 * 3600,
+        env={"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET},
+        balances={"USD": Decimal(1)},
+    )
     g = Guard(ex)
     for _ in range(3):
         g.fail(KEY)

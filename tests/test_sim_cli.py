@@ -25,16 +25,19 @@ def test_refuses_anything_but_loopback(capsys):
     assert err.strip() == "kq: error: --host '0.0.0.0': the simulator binds loopback only (127.0.0.1 or ::1)"
 
 
-@pytest.mark.parametrize("args, msg", [
-    (["--balance", "USD"], "use ASSET=AMOUNT"),
-    (["--balance", "USD=-1"], "amount must be >= 0"),
-    (["--balance", "USD=lots"], "is not a number"),
-    (["--balance", "USD=١٢"], "is not a number"),
-    (["--balance", "USD=1_000"], "is not a number"),
-    (["--balance", "USD=NaN"], "is not a number"),
-    (["--balance", "USD=1e99"], "amount must be >= 0 and <= 1,000,000,000,000,000"),
-    (["--clock", "warp"], "use manual, realtime or accelerated"),
-])
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--balance", "USD"], "use ASSET=AMOUNT"),
+        (["--balance", "USD=-1"], "amount must be >= 0"),
+        (["--balance", "USD=lots"], "is not a number"),
+        (["--balance", "USD=١٢"], "is not a number"),
+        (["--balance", "USD=1_000"], "is not a number"),
+        (["--balance", "USD=NaN"], "is not a number"),
+        (["--balance", "USD=1e99"], "amount must be >= 0 and <= 1,000,000,000,000,000"),
+        (["--clock", "warp"], "use manual, realtime or accelerated"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(capsys, args, msg):
     assert main(["sim", "serve", *args]) == 2
     err = capsys.readouterr().err
@@ -48,12 +51,15 @@ def test_secret_must_be_base64(capsys, monkeypatch):
     assert "KRAKEN_API_SECRET is not valid base64" in err and "not base64!!" not in err
 
 
-@pytest.mark.parametrize("token, msg", [
-    (None, "KQ_SIM_ADMIN_TOKEN is not set"),
-    ("", "KQ_SIM_ADMIN_TOKEN is not set"),
-    ("short", "KQ_SIM_ADMIN_TOKEN must be 16 to 512 printable ASCII characters"),
-    (SECRET, "KQ_SIM_ADMIN_TOKEN must differ from the Kraken API key and secret"),
-])
+@pytest.mark.parametrize(
+    "token, msg",
+    [
+        (None, "KQ_SIM_ADMIN_TOKEN is not set"),
+        ("", "KQ_SIM_ADMIN_TOKEN is not set"),
+        ("short", "KQ_SIM_ADMIN_TOKEN must be 16 to 512 printable ASCII characters"),
+        (SECRET, "KQ_SIM_ADMIN_TOKEN must differ from the Kraken API key and secret"),
+    ],
+)
 def test_serve_refuses_to_start_without_a_strong_admin_token(capsys, monkeypatch, token, msg):
     monkeypatch.setenv("KRAKEN_API_KEY", KEY)
     monkeypatch.setenv("KRAKEN_API_SECRET", SECRET)
@@ -93,9 +99,25 @@ def test_serves_binance_bars_as_kraken_pairs(shared_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, KRAKEN_API_KEY=KEY, KRAKEN_API_SECRET=SECRET, KQ_SIM_ADMIN_TOKEN=ADMIN_TOKEN)
-    cmd = [sys.executable, "-m", "kq", "sim", "serve", "--port", str(port), "--shared",
-           "binance_BTCUSDT_1h,binance_SOLUSDT_1h", "--start", "2024-03-01", "--end", "2024-03-10",
-           "--balance", "USDT=2500", "--state", str(tmp_path / "s.sqlite")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kq",
+        "sim",
+        "serve",
+        "--port",
+        str(port),
+        "--shared",
+        "binance_BTCUSDT_1h,binance_SOLUSDT_1h",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-10",
+        "--balance",
+        "USDT=2500",
+        "--state",
+        str(tmp_path / "s.sqlite"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -143,8 +165,10 @@ def test_admin_commands_drive_a_running_simulator(capsys):
     try:
         assert main(["sim", "advance", "--url", s.url, "--bars", "2"]) == 0
         assert capsys.readouterr().out.strip() == f"now {T0 + 7 * 3600}"
-        assert main(["sim", "fault", "--url", s.url, '{"kind": "error", "endpoint": "Time", '
-                                                     '"message": "EService:Busy"}']) == 0
+        assert (
+            main(["sim", "fault", "--url", s.url, '{"kind": "error", "endpoint": "Time", "message": "EService:Busy"}'])
+            == 0
+        )
         assert s.raw_public("Time").json()["error"] == ["EService:Busy"]
         assert main(["sim", "fault", "--url", s.url, '{"kind": "meteor"}']) == 2
         assert "unknown fault kind" in capsys.readouterr().err
@@ -166,8 +190,9 @@ def test_a_state_file_from_other_data_is_refused(tmp_path):
     env = {"KRAKEN_API_KEY": "k", "KRAKEN_API_SECRET": "c2VjcmV0"}
     state = str(tmp_path / "s.sqlite")
     ex = build_exchange(flat_panel(), start=T0 + 3 * 3600, state=state, env=env, balances={"USD": Decimal(10**5)})
-    ex.add_order(ex.accounts["k"], {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
-                                    "price": "19000"})
+    ex.add_order(
+        ex.accounts["k"], {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"}
+    )
     ex.store.close()
     with pytest.raises(InputError, match=r"holds orders on pairs this market does not serve \(BTC/USD\)"):
         build_exchange(flat_panel(pair="ETH/USD"), start=T0 + 3 * 3600, state=state, env=env)

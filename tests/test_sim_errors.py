@@ -19,8 +19,13 @@ LIMIT = {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01"
 
 @pytest.fixture
 def ex():
-    return build_exchange(flat_panel(), config=sim_test_config(), start=T0 + 5 * 3600, env=ENV,
-                          balances={"USD": Decimal("100000"), "BTC": Decimal("1")})
+    return build_exchange(
+        flat_panel(),
+        config=sim_test_config(),
+        start=T0 + 5 * 3600,
+        env=ENV,
+        balances={"USD": Decimal("100000"), "BTC": Decimal("1")},
+    )
 
 
 @pytest.fixture
@@ -48,12 +53,33 @@ def refused(client, ex, endpoint, params, error):
     assert books(ex) == before
 
 
-@pytest.mark.parametrize("v", ["1e25", "1e999999999", "-1e999999999", "1e-999999999", "١", "²", "1_0", " 1",
-                               "0x1", "True", "NaN", "Infinity", "1e16"])
+@pytest.mark.parametrize(
+    "v",
+    [
+        "1e25",
+        "1e999999999",
+        "-1e999999999",
+        "1e-999999999",
+        "١",
+        "²",
+        "1_0",
+        " 1",
+        "0x1",
+        "True",
+        "NaN",
+        "Infinity",
+        "1e16",
+    ],
+)
 def test_absurd_volumes(client, ex, v):
     refused(client, ex, "AddOrder", LIMIT | {"volume": v}, "EGeneral:Invalid arguments:volume")
-    refused(client, ex, "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market", "volume": v},
-            "EGeneral:Invalid arguments:volume")
+    refused(
+        client,
+        ex,
+        "AddOrder",
+        {"pair": "XBTUSD", "type": "sell", "ordertype": "market", "volume": v},
+        "EGeneral:Invalid arguments:volume",
+    )
 
 
 @pytest.mark.parametrize("v", ["1e25", "1e999999999", "1e16"])
@@ -67,8 +93,9 @@ def test_prices_that_are_not_numbers(client, ex, v):
 
 
 def test_a_notional_beyond_any_balance_is_insufficient_funds(client, ex):
-    refused(client, ex, "AddOrder", LIMIT | {"volume": "1000000000", "price": "1000000000"},
-            "EOrder:Insufficient funds")
+    refused(
+        client, ex, "AddOrder", LIMIT | {"volume": "1000000000", "price": "1000000000"}, "EOrder:Insufficient funds"
+    )
 
 
 @pytest.mark.parametrize("endpoint", ["AddOrder", "OpenOrders", "ClosedOrders", "QueryOrders"])
@@ -99,8 +126,9 @@ def test_cancel_by_unicode_digits_is_an_unknown_order(client, ex, v):
 
 @pytest.mark.parametrize("v", ["nan", "inf", "+inf", "+nan", "-inf", "1e999", "+1e999", "٣", "9e18", "True"])
 def test_expiretm_must_be_a_finite_time(client, ex, v):
-    refused(client, ex, "AddOrder", LIMIT | {"timeinforce": "GTD", "expiretm": v},
-            "EGeneral:Invalid arguments:expiretm")
+    refused(
+        client, ex, "AddOrder", LIMIT | {"timeinforce": "GTD", "expiretm": v}, "EGeneral:Invalid arguments:expiretm"
+    )
 
 
 @pytest.mark.parametrize("v", ["١", "²", "1e3", "nan", "True", "86400", "-1"])
@@ -112,8 +140,11 @@ def test_cancel_after_timeout(client, ex, v):
 def test_odd_nonces_are_invalid_nonces(client, ex, nonce):
     before = books(ex)
     body = f"nonce={nonce}"
-    headers = {"API-Key": KEY, "API-Sign": sign(SECRET, "/0/private/Balance", nonce, body),
-               "Content-Type": "application/x-www-form-urlencoded"}
+    headers = {
+        "API-Key": KEY,
+        "API-Sign": sign(SECRET, "/0/private/Balance", nonce, body),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
     r = client.post("/0/private/Balance", content=body.encode(), headers=headers)
     assert r.status_code == 200 and r.json() == {"error": ["EAPI:Invalid nonce"], "result": {}}
     assert books(ex) == before
@@ -132,9 +163,14 @@ def test_a_non_utf8_public_body_is_invalid_arguments(client, raw):
     assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Invalid arguments"], "result": {}}
 
 
-@pytest.mark.parametrize("params", [{"pair": "XBTUSD", "interval": "60", "since": "nan"},
-                                    {"pair": "XBTUSD", "interval": "60", "since": "١"},
-                                    {"pair": "XBTUSD", "interval": "60", "since": "1e999"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"pair": "XBTUSD", "interval": "60", "since": "nan"},
+        {"pair": "XBTUSD", "interval": "60", "since": "١"},
+        {"pair": "XBTUSD", "interval": "60", "since": "1e999"},
+    ],
+)
 def test_ohlc_since_must_be_a_time(client, params):
     r = client.get("/0/public/OHLC", params=params)
     assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Invalid arguments:since"], "result": {}}
@@ -149,8 +185,11 @@ def test_depth_count_must_be_an_integer(client, count):
 @pytest.mark.parametrize("raw", ['{"nonce": "1", "x": NaN}', "[" * 50_000 + "]" * 50_000, '{"nonce": 1', "[1]", "5"])
 def test_bad_private_json_is_invalid_arguments(client, ex, raw):
     nonce = str(time.time_ns())
-    headers = {"API-Key": KEY, "API-Sign": sign(SECRET, "/0/private/Balance", nonce, raw),
-               "Content-Type": "application/json"}
+    headers = {
+        "API-Key": KEY,
+        "API-Sign": sign(SECRET, "/0/private/Balance", nonce, raw),
+        "Content-Type": "application/json",
+    }
     before = books(ex)
     r = client.post("/0/private/Balance", content=raw.encode(), headers=headers)
     assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Invalid arguments"], "result": {}}
@@ -160,8 +199,11 @@ def test_bad_private_json_is_invalid_arguments(client, ex, raw):
 def test_booleans_in_json_bodies_are_not_numbers(client, ex):
     nonce = str(time.time_ns())
     raw = json.dumps({"nonce": nonce, **LIMIT, "volume": True})
-    headers = {"API-Key": KEY, "API-Sign": sign(SECRET, "/0/private/AddOrder", nonce, raw),
-               "Content-Type": "application/json"}
+    headers = {
+        "API-Key": KEY,
+        "API-Sign": sign(SECRET, "/0/private/AddOrder", nonce, raw),
+        "Content-Type": "application/json",
+    }
     before = books(ex)
     r = client.post("/0/private/AddOrder", content=raw.encode(), headers=headers)
     assert r.json() == {"error": ["EGeneral:Invalid arguments:volume"], "result": {}}
@@ -169,8 +211,14 @@ def test_booleans_in_json_bodies_are_not_numbers(client, ex):
 
 
 def test_unknown_paths_and_methods_under_0_get_the_envelope(client):
-    for method, path in (("GET", "/0/private/Balance"), ("PUT", "/0/public/Time"), ("GET", "/0/nothing/here"),
-                         ("DELETE", "/0/private/AddOrder"), ("POST", "/0/private/%2F%0A0"), ("GET", "/0/%0A")):
+    for method, path in (
+        ("GET", "/0/private/Balance"),
+        ("PUT", "/0/public/Time"),
+        ("GET", "/0/nothing/here"),
+        ("DELETE", "/0/private/AddOrder"),
+        ("POST", "/0/private/%2F%0A0"),
+        ("GET", "/0/%0A"),
+    ):
         r = client.request(method, path)
         assert r.status_code == 200 and r.json() == {"error": ["EGeneral:Unknown method"], "result": {}}, path
         r = client.request(method, path, headers={"Origin": "http://evil.example"})

@@ -110,16 +110,28 @@ def test_warning_fault_rides_along_a_normal_result(sim):
     """An ``error`` fault with a ``W...`` message is a Kraken warning: the call IS executed and the
     warning sits in ``error`` next to the normal result (the adapter must treat it as unknown, not done)."""
     fault(sim, kind="error", endpoint="AddOrder", message="WGeneral:Danger:market order")
-    r = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
-                                     "price": "19000", "cl_ord_id": "warned"}).json()
+    r = sim.raw_private(
+        "AddOrder",
+        {
+            "pair": "XBTUSD",
+            "type": "buy",
+            "ordertype": "limit",
+            "volume": "0.01",
+            "price": "19000",
+            "cl_ord_id": "warned",
+        },
+    ).json()
     assert r["error"] == ["WGeneral:Danger:market order"] and r["result"]["txid"] == orders_with(sim, "warned")
     assert len(orders_with(sim, "warned")) == 1
     # once only (count 1); an error the call itself answers keeps the warning after it
     fault(sim, kind="error", endpoint="AddOrder", message="WOrder:Something")
-    r = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
-                                     "price": "19000.05"}).json()
-    assert r == {"error": ["EOrder:Invalid price:XBTUSD price can only be specified up to 1 decimals.",
-                           "WOrder:Something"], "result": {}}
+    r = sim.raw_private(
+        "AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000.05"}
+    ).json()
+    assert r == {
+        "error": ["EOrder:Invalid price:XBTUSD price can only be specified up to 1 decimals.", "WOrder:Something"],
+        "result": {},
+    }
     fault(sim, kind="error", endpoint="Time", message="WGeneral:Public")
     r = sim.raw_public("Time").json()
     assert r["error"] == ["WGeneral:Public"] and r["result"]["unixtime"] == int(NOW)
@@ -155,8 +167,7 @@ def test_partial_fills_over_several_polls(sim):
     fault(sim, kind="partial_fills", polls=3)
     t = sim.trade.create_order(ordertype="market", side="buy", pair="XBTUSD", volume="0.03")["txid"][0]
     seen = [(o["status"], o["vol_exec"]) for o in (sim.user.get_orders_info(txid=t)[t] for _ in range(4))]
-    assert seen == [("open", "0.01000000"), ("open", "0.02000000"), ("closed", "0.03000000"),
-                    ("closed", "0.03000000")]
+    assert seen == [("open", "0.01000000"), ("open", "0.02000000"), ("closed", "0.03000000"), ("closed", "0.03000000")]
     assert len(sim.user.get_trades_history()["trades"]) == 3
 
 
@@ -252,8 +263,9 @@ def test_pair_rules_change_and_delisting(sim):
     assert (p["ordermin"], p["tick_size"], p["pair_decimals"]) == ("0.05", "5", 0)
     with pytest.raises(KrakenInvalidArgumentsError):
         buy(sim, volume="0.01")
-    r = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.05",
-                                     "price": "19001"})
+    r = sim.raw_private(
+        "AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.05", "price": "19001"}
+    )
     assert r.json()["error"] == ["EOrder:Tick size check failed"]
     t = buy(sim, volume="0.05", price="19000")["txid"][0]
     fault(sim, kind="delist", pair="BTC/USD")

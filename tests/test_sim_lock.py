@@ -17,8 +17,14 @@ BUY = {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.01"}
 
 
 def open_state(path):
-    return build_exchange(flat_panel(), config=sim_test_config(), start=T0 + 5 * 3600, env=ENV, state=str(path),
-                          balances={"USD": Decimal("10000")})
+    return build_exchange(
+        flat_panel(),
+        config=sim_test_config(),
+        start=T0 + 5 * 3600,
+        env=ENV,
+        state=str(path),
+        balances={"USD": Decimal("10000")},
+    )
 
 
 def test_a_second_simulator_on_the_same_state_file_refuses(tmp_path):
@@ -49,8 +55,25 @@ def test_kq_sim_serve_on_a_held_state_file_is_one_line_exit_2(tmp_path, capsys, 
     try:
         before = path.read_bytes()
         monkeypatch.setenv("KQ_SIM_ADMIN_TOKEN", ADMIN_TOKEN)
-        assert main(["sim", "serve", "--shared", "XBTUSD_1h", "--start", "2022-01-02", "--end", "2022-01-05",
-                     "--port", str(busy.getsockname()[1]), "--state", str(path)]) == 2
+        assert (
+            main(
+                [
+                    "sim",
+                    "serve",
+                    "--shared",
+                    "XBTUSD_1h",
+                    "--start",
+                    "2022-01-02",
+                    "--end",
+                    "2022-01-05",
+                    "--port",
+                    str(busy.getsockname()[1]),
+                    "--state",
+                    str(path),
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert err.startswith("kq: error: ") and "is in use by another simulator" in err and err.count("\n") == 1
         assert path.read_bytes() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from decimal import Decimal
 
@@ -39,8 +40,11 @@ def panel_with(changes: dict[int, tuple], n: int = 24):
 
 @pytest.fixture
 def sim():
-    s = start_sim(panel_with({7: (P, P * 1.01, 18900.0, P, 1.0), 8: (P, P * 1.01, 18900.0, P, 1.0)}),
-                  start=T0 + 5 * 3600, balances={"USD": "100000", "BTC": "1"})
+    s = start_sim(
+        panel_with({7: (P, P * 1.01, 18900.0, P, 1.0), 8: (P, P * 1.01, 18900.0, P, 1.0)}),
+        start=T0 + 5 * 3600,
+        balances={"USD": "100000", "BTC": "1"},
+    )
     yield s
     s.stop()
 
@@ -58,19 +62,37 @@ def status(sim, txid):
 def test_validation_errors_as_the_client_sees_them(sim):
     t = sim.trade
     cases = [
-        (KrakenInvalidPriceError, "EOrder:Invalid price:XBTUSD price can only be specified up to 1 decimals.",
-         dict(ordertype="limit", side="buy", volume="0.01", price="19000.05")),
-        (KrakenInvalidArgumentsError, "EGeneral:Invalid arguments:volume minimum not met",
-         dict(ordertype="limit", side="buy", volume="0.00005", price="19000")),
-        (KrakenInvalidArgumentsError, "EGeneral:Invalid arguments:volume can only be specified up to 8 decimals",
-         dict(ordertype="limit", side="buy", volume="0.000100001", price="19000")),
-        (KrakenInsufficientFundsError, "EOrder:Insufficient funds",
-         dict(ordertype="limit", side="buy", volume="10", price="19000")),
-        (KrakenInsufficientFundsError, "EOrder:Insufficient funds",
-         dict(ordertype="market", side="sell", volume="1.5")),
+        (
+            KrakenInvalidPriceError,
+            "EOrder:Invalid price:XBTUSD price can only be specified up to 1 decimals.",
+            dict(ordertype="limit", side="buy", volume="0.01", price="19000.05"),
+        ),
+        (
+            KrakenInvalidArgumentsError,
+            "EGeneral:Invalid arguments:volume minimum not met",
+            dict(ordertype="limit", side="buy", volume="0.00005", price="19000"),
+        ),
+        (
+            KrakenInvalidArgumentsError,
+            "EGeneral:Invalid arguments:volume can only be specified up to 8 decimals",
+            dict(ordertype="limit", side="buy", volume="0.000100001", price="19000"),
+        ),
+        (
+            KrakenInsufficientFundsError,
+            "EOrder:Insufficient funds",
+            dict(ordertype="limit", side="buy", volume="10", price="19000"),
+        ),
+        (
+            KrakenInsufficientFundsError,
+            "EOrder:Insufficient funds",
+            dict(ordertype="market", side="sell", volume="1.5"),
+        ),
         # the SDK matches "EQuery:Unknown asset" first, so this surfaces as KrakenUnknownAssetError
-        (KrakenUnknownAssetError, "EQuery:Unknown asset pair",
-         dict(ordertype="market", side="buy", volume="1", pair="XBTJPY")),
+        (
+            KrakenUnknownAssetError,
+            "EQuery:Unknown asset pair",
+            dict(ordertype="market", side="buy", volume="1", pair="XBTJPY"),
+        ),
     ]
     for exc, msg, kw in cases:
         kw.setdefault("pair", "XBTUSD")
@@ -86,8 +108,9 @@ def test_cost_minimum():
         with pytest.raises(KrakenCostMinimumNotMetError) as ei:
             s.trade.create_order(ordertype="limit", side="buy", pair="XDGUSD", volume="40", price="0.0100000")
         assert "'error': ['EOrder:Cost minimum not met']" in str(ei.value)
-        assert s.trade.create_order(ordertype="limit", side="buy", pair="DOGE/USD", volume="60",
-                                    price="0.0100000")["txid"]
+        assert s.trade.create_order(ordertype="limit", side="buy", pair="DOGE/USD", volume="60", price="0.0100000")[
+            "txid"
+        ]
     finally:
         s.stop()
 
@@ -114,6 +137,7 @@ def test_market_modes(sim):
 def test_limit_only_and_reduce_only_pair_statuses(sim):
     """Kraken's pair-only statuses: limit_only refuses market orders, reduce_only refuses buys (spot:
     only a sell reduces a holding); both show in AssetPairs, never as the venue's SystemStatus."""
+
     def err(**kw):
         kw.setdefault("pair", "XBTUSD")
         return sim.raw_private("AddOrder", kw).json()["error"]
@@ -152,18 +176,38 @@ def test_add_order_deadline_window_and_elapsed(sim):
         return datetime.fromtimestamp(t, tz=tz).strftime(fmt)
 
     def send(deadline, **kw):
-        p = {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000",
-             "deadline": deadline} | kw
+        p = {
+            "pair": "XBTUSD",
+            "type": "buy",
+            "ordertype": "limit",
+            "volume": "0.01",
+            "price": "19000",
+            "deadline": deadline,
+        } | kw
         return sim.raw_private("AddOrder", p).json()
 
     invalid = ["EGeneral:Invalid arguments:deadline"]
-    for bad in ["", "soon", str(int(wall) + 10), iso(wall + 10, "%Y-%m-%d %H:%M:%S"), "2027-13-01T00:00:00Z",
-                iso(wall + 10) + "\n", iso(wall + 1), iso(wall - 30), iso(wall + 61), "１" + iso(wall + 10)[1:]]:
+    for bad in [
+        "",
+        "soon",
+        str(int(wall) + 10),
+        iso(wall + 10, "%Y-%m-%d %H:%M:%S"),
+        "2027-13-01T00:00:00Z",
+        iso(wall + 10) + "\n",
+        iso(wall + 1),
+        iso(wall - 30),
+        iso(wall + 61),
+        "１" + iso(wall + 10)[1:],
+    ]:
         assert send(bad)["error"] == invalid, bad
     n = len(sim.ex.orders)
     assert n == 0  # none of them placed anything
-    ok = [iso(wall + 2), iso(wall + 60), iso(wall + 10, "%Y-%m-%dT%H:%M:%S.123456789Z"),
-          iso(wall + 10, "%Y-%m-%dT%H:%M:%S%z", timezone(timedelta(hours=2)))[:-2] + ":00"]
+    ok = [
+        iso(wall + 2),
+        iso(wall + 60),
+        iso(wall + 10, "%Y-%m-%dT%H:%M:%S.123456789Z"),
+        iso(wall + 10, "%Y-%m-%dT%H:%M:%S%z", timezone(timedelta(hours=2)))[:-2] + ":00",
+    ]
     for good in ok:
         assert send(good)["result"]["txid"], good
     assert len(sim.ex.orders) == n + len(ok)
@@ -192,8 +236,12 @@ def test_query_orders_leaves_out_unknown_and_foreign_txids(sim):
     mine = add(sim, ordertype="limit", side="buy", volume="0.01", price="19000")
     key, secret = "other" + secrets.token_hex(8), base64.b64encode(secrets.token_bytes(64)).decode()
     sim.ex.add_account("other", key, secret, {"USD": Decimal(1000)})
-    theirs = sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
-                                          "price": "19000"}, key=key, secret=secret).json()["result"]["txid"][0]
+    theirs = sim.raw_private(
+        "AddOrder",
+        {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"},
+        key=key,
+        secret=secret,
+    ).json()["result"]["txid"][0]
 
     def q(txid):
         return sim.raw_private("QueryOrders", {"txid": txid}).json()
@@ -208,17 +256,43 @@ def test_query_orders_leaves_out_unknown_and_foreign_txids(sim):
 def test_cl_ord_id_takes_only_kraken_forms(sim):
     """A long UUID, a short (32 hex) UUID, or free ASCII text of at most 18 characters; anything else
     is EGeneral:Invalid arguments:cl_ord_id and places nothing."""
-    def send(cl):
-        return sim.raw_private("AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
-                                            "price": "19000", "cl_ord_id": cl}).json()
 
-    good = ["6d1b345e-2821-40e2-ad83-4ecb18a06876", "6D1B345E-2821-40E2-AD83-4ECB18A06876",
-            "da8e4ad59b78481c93e589746b0cf91f", "arb-20240509-00010", "x" * 18, "a", "kq 1/2:#"]
+    def send(cl):
+        return sim.raw_private(
+            "AddOrder",
+            {
+                "pair": "XBTUSD",
+                "type": "buy",
+                "ordertype": "limit",
+                "volume": "0.01",
+                "price": "19000",
+                "cl_ord_id": cl,
+            },
+        ).json()
+
+    good = [
+        "6d1b345e-2821-40e2-ad83-4ecb18a06876",
+        "6D1B345E-2821-40E2-AD83-4ECB18A06876",
+        "da8e4ad59b78481c93e589746b0cf91f",
+        "arb-20240509-00010",
+        "x" * 18,
+        "a",
+        "kq 1/2:#",
+    ]
     for cl in good:
         assert send(cl)["result"]["txid"], cl
-    bad = ["", "x" * 19, "da8e4ad59b78481c93e589746b0cf91",  # 31 hex: neither a UUID nor short text
-           "6d1b345e-2821-40e2-ad83-4ecb18a0687g", "6d1b345e2821-40e2-ad83-4ecb18a06876x", "café-1",
-           "tab\there", "line\n", "１２３", "{6d1b345e-2821-40e2-ad83-4ecb18a06876}"]
+    bad = [
+        "",
+        "x" * 19,
+        "da8e4ad59b78481c93e589746b0cf91",  # 31 hex: neither a UUID nor short text
+        "6d1b345e-2821-40e2-ad83-4ecb18a0687g",
+        "6d1b345e2821-40e2-ad83-4ecb18a06876x",
+        "café-1",
+        "tab\there",
+        "line\n",
+        "１２３",
+        "{6d1b345e-2821-40e2-ad83-4ecb18a06876}",
+    ]
     n = len(sim.ex.orders)
     for cl in bad:
         assert send(cl)["error"] == ["EGeneral:Invalid arguments:cl_ord_id"], cl
@@ -258,7 +332,7 @@ def test_limit_buy_fills_only_once_a_later_low_trades_through(sim):
 
 def test_order_placed_after_a_bar_closed_does_not_fill_from_it(sim):
     sim.ex.advance(to=T0 + 8 * 3600 - 1)  # bar 7 (low 18900) is still forming
-    sim.ex.advance(to=T0 + 8 * 3600)      # now closed
+    sim.ex.advance(to=T0 + 8 * 3600)  # now closed
     a = add(sim, ordertype="limit", side="buy", volume="0.05", price="19000")
     sim.ex.advance(to=T0 + 8 * 3600 + 1800)
     assert status(sim, a)["status"] == "open"
@@ -285,8 +359,14 @@ def test_market_order_uses_the_shared_slippage_model(sim):
     a = add(sim, ordertype="market", side="buy", volume="0.5")
     s = status(sim, a)
     fc = ex.config.fills
-    slip = slippage_frac_nb(ex.market.spread_frac("BTC/USD", now), ex.market.vol_frac("BTC/USD", now),
-                            0.5 * P, ex.market.quote_volume("BTC/USD", now), fc.impact_coef, fc.min_slip)
+    slip = slippage_frac_nb(
+        ex.market.spread_frac("BTC/USD", now),
+        ex.market.vol_frac("BTC/USD", now),
+        0.5 * P,
+        ex.market.quote_volume("BTC/USD", now),
+        fc.impact_coef,
+        fc.min_slip,
+    )
     expect = market_fill_price_nb(BUY, P, slip)
     assert float(s["price"]) == pytest.approx(expect, abs=0.1) and float(s["price"]) >= expect
     assert float(s["price"]) > P * (1 + 0.0005 - 1e-12)  # at least half the 0.1 % default spread
@@ -304,8 +384,15 @@ def test_post_only_cross_is_cancelled_and_ioc_remainder_cancelled(sim):
 
 
 def test_gtd_expires_before_a_later_fill(sim):
-    a = add(sim, ordertype="limit", side="buy", volume="0.05", price="19000", timeinforce="GTD",
-            expiretm=str(T0 + 7 * 3600 + 60))
+    a = add(
+        sim,
+        ordertype="limit",
+        side="buy",
+        volume="0.05",
+        price="19000",
+        timeinforce="GTD",
+        expiretm=str(T0 + 7 * 3600 + 60),
+    )
     sim.ex.advance(to=T0 + 9 * 3600)  # bar 7 would fill it, but it ends after expiretm
     s = status(sim, a)
     assert s["status"] == "expired" and s["closetm"] == T0 + 7 * 3600 + 60 and s["vol_exec"] == "0.00000000"
@@ -340,9 +427,15 @@ def _walk_panel(seed: int, n: int = 60):
     return bars_panel([tuple(r) for r in np.c_[open_, high, low, close, vol]])
 
 
-OPS = st.lists(st.tuples(st.sampled_from(["mkt_buy", "mkt_sell", "lim_buy", "lim_sell", "cancel", "advance",
-                                          "fault", "poll"]),
-                         st.integers(1, 4000), st.integers(-300, 300)), min_size=1, max_size=25)
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["mkt_buy", "mkt_sell", "lim_buy", "lim_sell", "cancel", "advance", "fault", "poll"]),
+        st.integers(1, 4000),
+        st.integers(-300, 300),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -361,8 +454,7 @@ def test_fees_and_balances_add_up_to_the_cent(ops, seed):
                 ex.add_order(acct, {"pair": "XBTUSD", "type": "sell", "ordertype": "market", "volume": vol})
             elif op in ("lim_buy", "lim_sell"):
                 px = f"{round(mid * (1 + off / 10000), 1):.1f}"
-                ex.add_order(acct, {"pair": "XBTUSD", "type": op[4:], "ordertype": "limit", "volume": vol,
-                                    "price": px})
+                ex.add_order(acct, {"pair": "XBTUSD", "type": op[4:], "ordertype": "limit", "volume": vol, "price": px})
             elif op == "fault":  # the next order fills over polls, or sticks
                 from live_bridge.simulator.faults import Fault
 
@@ -408,7 +500,7 @@ def test_public_data_never_reveals_a_bar_after_now():
     def perturbed(bar_k: bool):
         p = _walk_panel(1)
         for f in ("open", "high", "low", "close", "volume"):
-            getattr(p, f)[k + 1:] *= 1.3  # every later bar
+            getattr(p, f)[k + 1 :] *= 1.3  # every later bar
         if bar_k:  # the forming bar's unknown part
             p.high[k] *= 1.2
             p.low[k] *= 0.8
@@ -419,8 +511,12 @@ def test_public_data_never_reveals_a_bar_after_now():
     def seen(panel, impact_volume="execution_bar"):
         m = Market(panel, use_estimator=False, impact_volume=impact_volume)
         ex = Exchange(m, SimClock(now), sim_test_config())
-        return (m.ohlc("BTC/USD", now, None), m.ticker("BTC/USD", now), m.depth("BTC/USD", now, 10),
-                ex.taker_price("BTC/USD", "buy", Decimal("0.5"), now))
+        return (
+            m.ohlc("BTC/USD", now, None),
+            m.ticker("BTC/USD", now),
+            m.depth("BTC/USD", now, 10),
+            ex.taker_price("BTC/USD", "buy", Decimal("0.5"), now),
+        )
 
     base = seen(_walk_panel(1))
     later, forming = seen(perturbed(False)), seen(perturbed(True))
@@ -466,8 +562,16 @@ def test_same_inputs_same_books():
         ex = Exchange(Market(_walk_panel(2), use_estimator=False), SimClock(T0 + 30 * 3600), sim_test_config())
         acct = ex.add_account("a", "k", "c2VjcmV0", {"USD": Decimal("5000")})
         ex.add_order(acct, {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.01"})
-        ex.add_order(acct, {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.02",
-                            "price": f"{ex.market.mid('BTC/USD', ex.now()) * 0.99:.1f}"})
+        ex.add_order(
+            acct,
+            {
+                "pair": "XBTUSD",
+                "type": "buy",
+                "ordertype": "limit",
+                "volume": "0.02",
+                "price": f"{ex.market.mid('BTC/USD', ex.now()) * 0.99:.1f}",
+            },
+        )
         ex.advance(seconds=20 * 3600)
         st_ = ex.state()
         return st_["orders"], st_["trades"], st_["accounts"]
@@ -478,12 +582,19 @@ def test_same_inputs_same_books():
 def test_accelerated_clock_replays_bars_and_fills_lazily():
     from live_bridge.simulator.server import build_exchange
 
-    ex = build_exchange(panel_with({7: (P, P * 1.01, 18900.0, P, 1.0)}), config=sim_test_config(),
-                        start=T0 + 5 * 3600, clock="accelerated", speed=36000.0,
-                        env={"KRAKEN_API_KEY": "k", "KRAKEN_API_SECRET": "c2VjcmV0"}, balances={"USD": Decimal("1e5")})
+    ex = build_exchange(
+        panel_with({7: (P, P * 1.01, 18900.0, P, 1.0)}),
+        config=sim_test_config(),
+        start=T0 + 5 * 3600,
+        clock="accelerated",
+        speed=36000.0,
+        env={"KRAKEN_API_KEY": "k", "KRAKEN_API_SECRET": "c2VjcmV0"},
+        balances={"USD": Decimal("1e5")},
+    )
     acct = ex.accounts["k"]
-    t = ex.add_order(acct, {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
-                            "price": "19000"})["txid"][0]
+    t = ex.add_order(acct, {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"})[
+        "txid"
+    ][0]
     time.sleep(0.35)  # 0.35 s wall = 3.5 simulated hours: bar 7 closes at T0 + 8h
     assert ex.now() >= T0 + 8 * 3600
     assert ex.query_orders(acct, {"txid": t})[t]["status"] == "closed"
@@ -495,31 +606,51 @@ def test_config_accounts_and_fee_tiers():
     from live_bridge.simulator.config import sim_config_from_dict
     from live_bridge.simulator.server import build_exchange
 
-    cfg = sim_config_from_dict({
-        "fills": {"use_estimator": False},
-        "fees": {"tiers": {"vip": {"taker": "0.001", "maker": "0.0005"}},
-                 "pairs": {"XBTUSD": {"taker": "0.002", "maker": "0.002"}}},
-        "accounts": [{"name": "p2", "key_env": "P2_KEY", "secret_env": "P2_SECRET", "balances": {"USD": "1000"},
-                      "fee_tier": "vip"},
-                     {"name": "absent", "key_env": "NOPE_KEY", "secret_env": "NOPE_SECRET"}]})
+    cfg = sim_config_from_dict(
+        {
+            "fills": {"use_estimator": False},
+            "fees": {
+                "tiers": {"vip": {"taker": "0.001", "maker": "0.0005"}},
+                "pairs": {"XBTUSD": {"taker": "0.002", "maker": "0.002"}},
+            },
+            "accounts": [
+                {
+                    "name": "p2",
+                    "key_env": "P2_KEY",
+                    "secret_env": "P2_SECRET",
+                    "balances": {"USD": "1000"},
+                    "fee_tier": "vip",
+                },
+                {"name": "absent", "key_env": "NOPE_KEY", "secret_env": "NOPE_SECRET"},
+            ],
+        }
+    )
     panel = bars_panel([FLAT] * 24, pair="BTC/USD")
     eth = bars_panel([(2000.0, 2020.0, 1980.0, 2000.0, 10.0)] * 24, pair="ETH/USD")
     from engine.store.panel import FIELDS, Panel
 
-    both = Panel("synthetic", ("BTC/USD", "ETH/USD"), panel.ts,
-                 *(np.hstack([getattr(panel, f), getattr(eth, f)]) for f in FIELDS),
-                 np.hstack([panel.valid, eth.valid]))
-    ex = build_exchange(both, config=cfg, start=T0 + 5 * 3600,
-                        env={"KRAKEN_API_KEY": "k1", "KRAKEN_API_SECRET": "c2VjcmV0", "P2_KEY": "k2",
-                             "P2_SECRET": "c2VjcmV0"}, balances={"USD": Decimal("1000")})
+    both = Panel(
+        "synthetic",
+        ("BTC/USD", "ETH/USD"),
+        panel.ts,
+        *(np.hstack([getattr(panel, f), getattr(eth, f)]) for f in FIELDS),
+        np.hstack([panel.valid, eth.valid]),
+    )
+    ex = build_exchange(
+        both,
+        config=cfg,
+        start=T0 + 5 * 3600,
+        env={"KRAKEN_API_KEY": "k1", "KRAKEN_API_SECRET": "c2VjcmV0", "P2_KEY": "k2", "P2_SECRET": "c2VjcmV0"},
+        balances={"USD": Decimal("1000")},
+    )
     assert {a.name for a in ex.accounts.values()} == {"default", "p2"}
     p2 = ex.accounts["k2"]
     assert p2.balances == {"USD": Decimal("1000.0000")}
     ex.add_order(p2, {"pair": "ETHUSD", "type": "buy", "ordertype": "market", "volume": "0.1"})
     ex.add_order(p2, {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.01"})
     fees = {t.pair: float(t.fee / t.cost) for t in ex.trades.values()}
-    assert fees["ETH/USD"] == pytest.approx(0.001, abs=1e-6)   # the account's tier
-    assert fees["BTC/USD"] == pytest.approx(0.002, abs=1e-6)   # the per-pair override wins
+    assert fees["ETH/USD"] == pytest.approx(0.001, abs=1e-6)  # the account's tier
+    assert fees["BTC/USD"] == pytest.approx(0.002, abs=1e-6)  # the per-pair override wins
 
 
 def test_a_restart_midway_changes_nothing(tmp_path):
@@ -533,16 +664,28 @@ def test_a_restart_midway_changes_nothing(tmp_path):
         acct = ex.accounts["k"]
         mid = ex.market.mid("BTC/USD", ex.now())
         for side, off in (("buy", 0.995), ("sell", 1.004), ("buy", 0.99)):
-            try:
-                ex.add_order(acct, {"pair": "XBTUSD", "type": side, "ordertype": "limit", "volume": "0.013",
-                                    "price": f"{mid * off:.1f}"})
-            except KrakenAPIError:
-                pass
+            with contextlib.suppress(KrakenAPIError):
+                ex.add_order(
+                    acct,
+                    {
+                        "pair": "XBTUSD",
+                        "type": side,
+                        "ordertype": "limit",
+                        "volume": "0.013",
+                        "price": f"{mid * off:.1f}",
+                    },
+                )
         ex.advance(seconds=2 * 3600 + 17)
 
     def run(state, crash_at):
-        ex = build_exchange(panel, config=sim_test_config(), start=T0 + 30 * 3600, state=state, env=env,
-                            balances={"USD": Decimal("3000"), "BTC": Decimal("0.05")})
+        ex = build_exchange(
+            panel,
+            config=sim_test_config(),
+            start=T0 + 30 * 3600,
+            state=state,
+            env=env,
+            balances={"USD": Decimal("3000"), "BTC": Decimal("0.05")},
+        )
         for i in range(10):
             if i == crash_at:
                 ex.store.close()  # the process dies; a new one resumes from the file
@@ -566,10 +709,15 @@ def test_concurrent_clients_on_separate_accounts_keep_exact_books():
     from live_bridge.simulator.testing import SECRET
 
     names = [f"a{i}" for i in range(4)]
-    cfg = sim_config_from_dict({
-        "fills": {"use_estimator": False}, "rate_limit": {"max_counter": 1e9, "order_max_counter": 1e9},
-        "accounts": [{"name": n, "key_env": f"K_{n}", "secret_env": "S", "balances": {"USD": "10000"}}
-                     for n in names]})
+    cfg = sim_config_from_dict(
+        {
+            "fills": {"use_estimator": False},
+            "rate_limit": {"max_counter": 1e9, "order_max_counter": 1e9},
+            "accounts": [
+                {"name": n, "key_env": f"K_{n}", "secret_env": "S", "balances": {"USD": "10000"}} for n in names
+            ],
+        }
+    )
     env = {"S": SECRET} | {f"K_{n}": f"key-{n}" for n in names}
     srv = SimServer(build_exchange(_walk_panel(5), config=cfg, start=T0 + 30 * 3600, env=env)).start()
     errors = []
@@ -578,9 +726,13 @@ def test_concurrent_clients_on_separate_accounts_keep_exact_books():
         t = Trade(key=f"key-{n}", secret=SECRET, url=srv.url)
         try:
             for i in range(8):
-                t.create_order(ordertype="market", side="sell" if i % 3 == 2 else "buy", pair="XBTUSD",
-                               volume="0.001" if i % 3 == 2 else "0.002")
-        except Exception as e:  # noqa: BLE001
+                t.create_order(
+                    ordertype="market",
+                    side="sell" if i % 3 == 2 else "buy",
+                    pair="XBTUSD",
+                    volume="0.001" if i % 3 == 2 else "0.002",
+                )
+        except Exception as e:
             errors.append(repr(e))
 
     threads = [threading.Thread(target=client, args=(n,)) for n in names]
@@ -594,8 +746,9 @@ def test_concurrent_clients_on_separate_accounts_keep_exact_books():
     for n in names:
         acct = ex.accounts[f"key-{n}"]
         tr = [t for t in ex.trades.values() if t.account == acct.key]
-        usd = Decimal("10000") + sum((t.cost - t.fee if t.side == "sell" else -(t.cost + t.fee) for t in tr),
-                                     Decimal(0))
+        usd = Decimal("10000") + sum(
+            (t.cost - t.fee if t.side == "sell" else -(t.cost + t.fee) for t in tr), Decimal(0)
+        )
         assert acct.balances["USD"] == usd and acct.balances["BTC"] == Decimal("0.0100000000")
 
 

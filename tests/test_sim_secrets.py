@@ -20,8 +20,14 @@ BUY = {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", 
 
 
 def start(tmp_path, env):
-    return build_exchange(flat_panel(), config=sim_test_config(), start=T0 + 5 * 3600, env=env,
-                          state=str(tmp_path / "s.sqlite"), balances={"USD": Decimal("10000")})
+    return build_exchange(
+        flat_panel(),
+        config=sim_test_config(),
+        start=T0 + 5 * 3600,
+        env=env,
+        state=str(tmp_path / "s.sqlite"),
+        balances={"USD": Decimal("10000")},
+    )
 
 
 def call(ex, endpoint="Balance", key=KEY, secret=SECRET, params=None):
@@ -111,5 +117,9 @@ def test_two_accounts_on_one_key_are_refused(tmp_path):
 
     cfg = sim_config_from_dict({"accounts": [{"name": "p2", "key_env": "K", "secret_env": "S"}]})
     with pytest.raises(InputError, match="same API key"):
-        build_exchange(flat_panel(), config=cfg, start=T0 + 5 * 3600,
-                       env={"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET, "K": KEY, "S": SECRET})
+        build_exchange(
+            flat_panel(),
+            config=cfg,
+            start=T0 + 5 * 3600,
+            env={"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET, "K": KEY, "S": SECRET},
+        )

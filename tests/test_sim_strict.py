@@ -18,14 +18,46 @@ from live_bridge.simulator.testing import KEY, SECRET, T0, admin_headers, flat_p
 
 ENV = {"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET}
 NOW = T0 + 5 * 3600
-HOSTILE_NUMBERS = ["NaN", "nan", "-nan", "Infinity", "inf", "-inf", "1e999999999", "1e25", "١٢", "²", "1_000",
-                   " 5", "5 ", "0x10", "", "1e", True, False, None, [], {}, [5], {"v": 5}, 1e300, -1e300]
+HOSTILE_NUMBERS = [
+    "NaN",
+    "nan",
+    "-nan",
+    "Infinity",
+    "inf",
+    "-inf",
+    "1e999999999",
+    "1e25",
+    "١٢",
+    "²",
+    "1_000",
+    " 5",
+    "5 ",
+    "0x10",
+    "",
+    "1e",
+    True,
+    False,
+    None,
+    [],
+    {},
+    [5],
+    {"v": 5},
+    1e300,
+    -1e300,
+]
 
 
 def make(tmp_path=None, **kw):
     state = str(tmp_path / "s.sqlite") if tmp_path is not None else None
-    return build_exchange(flat_panel(), config=sim_test_config(), start=NOW, env=ENV, state=state,
-                          balances={"USD": Decimal("1000"), "BTC": Decimal("2")}, **kw)
+    return build_exchange(
+        flat_panel(),
+        config=sim_test_config(),
+        start=NOW,
+        env=ENV,
+        state=state,
+        balances={"USD": Decimal("1000"), "BTC": Decimal("2")},
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -60,9 +92,15 @@ def test_balance_changes_take_finite_amounts_only(ex, client, delta):
 
 def test_json_nan_literals_and_bad_json_are_400(ex, client):
     before = books(ex)
-    for raw in ('{"account": "default", "asset": "USD", "delta": NaN}', '{"to": Infinity}', "{", "[1,",
-                '{"account": "default", "account": "x", "asset": "USD", "delta": 1}', b"\xff\xfe{}",
-                "[" * 100_000 + "]" * 100_000):
+    for raw in (
+        '{"account": "default", "asset": "USD", "delta": NaN}',
+        '{"to": Infinity}',
+        "{",
+        "[1,",
+        '{"account": "default", "account": "x", "asset": "USD", "delta": 1}',
+        b"\xff\xfe{}",
+        "[" * 100_000 + "]" * 100_000,
+    ):
         for path in ("/admin/balance", "/admin/clock/advance", "/admin/faults", "/admin/status"):
             r = post(client, path, raw)
             assert r.status_code in (400, 413) and "error" in r.json(), (path, raw[:20], r.text)
@@ -71,24 +109,42 @@ def test_json_nan_literals_and_bad_json_are_400(ex, client):
 
 def test_balance_changes_that_stay_valid_are_applied(ex, client):
     assert post(client, "/admin/balance", {"account": "default", "asset": "USD", "delta": "-999.5"}).json() == {
-        "XXBT": "2.0000000000", "ZUSD": "0.5000"}
+        "XXBT": "2.0000000000",
+        "ZUSD": "0.5000",
+    }
     assert post(client, "/admin/balance", {"account": "default", "asset": "XBT", "delta": 1.5}).status_code == 200
     assert ex.accounts[KEY].balances == {"USD": Decimal("0.5"), "BTC": Decimal("3.5")}
 
 
 def test_a_withdrawal_cannot_take_funds_held_by_open_orders(ex, client):
-    ex.add_order(ex.accounts[KEY], {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.04",
-                                    "price": "19000"})
+    ex.add_order(
+        ex.accounts[KEY], {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.04", "price": "19000"}
+    )
     held = ex.holds(ex.accounts[KEY])["USD"]
     r = post(client, "/admin/balance", {"account": "default", "asset": "USD", "delta": str(-(1000 - held) - 1)})
     assert r.status_code == 400 and "its open orders hold" in r.json()["error"]
     assert ex.accounts[KEY].balances["USD"] == Decimal(1000)
 
 
-@pytest.mark.parametrize("body", [{"to": v} for v in HOSTILE_NUMBERS] + [{"bars": v} for v in HOSTILE_NUMBERS] +
-                         [{"seconds": v} for v in HOSTILE_NUMBERS] +
-                         [{"to": -1}, {"to": NOW - 1}, {"to": 1e10}, {"seconds": -5}, {"bars": -1},
-                          {"bars": 10**7}, {"to": NOW + 3600, "bars": 1}, {"hours": 1}, [1], "x", 5])
+@pytest.mark.parametrize(
+    "body",
+    [{"to": v} for v in HOSTILE_NUMBERS]
+    + [{"bars": v} for v in HOSTILE_NUMBERS]
+    + [{"seconds": v} for v in HOSTILE_NUMBERS]
+    + [
+        {"to": -1},
+        {"to": NOW - 1},
+        {"to": 1e10},
+        {"seconds": -5},
+        {"bars": -1},
+        {"bars": 10**7},
+        {"to": NOW + 3600, "bars": 1},
+        {"hours": 1},
+        [1],
+        "x",
+        5,
+    ],
+)
 def test_the_clock_takes_finite_forward_moves_only(ex, client, body):
     before = books(ex)
     r = post(client, "/admin/clock/advance", body)
@@ -125,24 +181,47 @@ def test_sim_clock_refuses_non_finite_times(t):
     assert c.now() == NOW
 
 
-@pytest.mark.parametrize("fault", [
-    {"kind": "timeout", "seconds": "inf"}, {"kind": "timeout", "seconds": 1e9}, {"kind": "timeout", "apply": "yes"},
-    {"kind": "http_error", "status": "abc"}, {"kind": "http_error", "status": 200},
-    {"kind": "http_error", "status": True},
-    {"kind": "spread_blowup", "factor": "nan"}, {"kind": "spread_blowup", "factor": True},
-    {"kind": "price_gap", "factor": 1.2}, {"kind": "price_gap", "factor": "١", "from_ts": NOW},
-    {"kind": "error", "message": "E" * 1000}, {"kind": "error", "message": 5}, {"kind": "error"},
-    {"kind": "missing_candle", "ts": "x"}, {"kind": "missing_candle"}, {"kind": "late_candle", "delay": -1},
-    {"kind": "clock_skew", "seconds": math.inf}, {"kind": "partial_fills", "polls": 0},
-    {"kind": "rules_change", "pair": "XBTUSD", "tick_size": "1e-30"},
-    {"kind": "rules_change", "pair": "XBTUSD", "pair_decimals": 99}, {"kind": "rules_change", "pair": "XBTUSD"},
-    {"kind": "delist"}, {"kind": "delist", "pair": ["XBTUSD"]}, {"kind": "stuck_open", "count": 0},
-    {"kind": "stuck_open", "count": "many"}, {"kind": "stuck_open", "from_ts": "nan"},
-    {"kind": "stuck_open", "from_ts": NOW + 10, "until_ts": NOW}, {"kind": "empty_book", "colour": "red"},
-    {"kind": "error", "message": "EService:Busy", "params": []}, {"kind": "error", "endpoint": 5, "message": "E"},
-    {"kind": ["error"]}, {"faults": 5}, [1, 2], "error", None,
-    {"faults": [{"kind": "stuck_open"}, {"kind": "meteor"}]},  # all or nothing: the valid one is not added
-])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "timeout", "seconds": "inf"},
+        {"kind": "timeout", "seconds": 1e9},
+        {"kind": "timeout", "apply": "yes"},
+        {"kind": "http_error", "status": "abc"},
+        {"kind": "http_error", "status": 200},
+        {"kind": "http_error", "status": True},
+        {"kind": "spread_blowup", "factor": "nan"},
+        {"kind": "spread_blowup", "factor": True},
+        {"kind": "price_gap", "factor": 1.2},
+        {"kind": "price_gap", "factor": "١", "from_ts": NOW},
+        {"kind": "error", "message": "E" * 1000},
+        {"kind": "error", "message": 5},
+        {"kind": "error"},
+        {"kind": "missing_candle", "ts": "x"},
+        {"kind": "missing_candle"},
+        {"kind": "late_candle", "delay": -1},
+        {"kind": "clock_skew", "seconds": math.inf},
+        {"kind": "partial_fills", "polls": 0},
+        {"kind": "rules_change", "pair": "XBTUSD", "tick_size": "1e-30"},
+        {"kind": "rules_change", "pair": "XBTUSD", "pair_decimals": 99},
+        {"kind": "rules_change", "pair": "XBTUSD"},
+        {"kind": "delist"},
+        {"kind": "delist", "pair": ["XBTUSD"]},
+        {"kind": "stuck_open", "count": 0},
+        {"kind": "stuck_open", "count": "many"},
+        {"kind": "stuck_open", "from_ts": "nan"},
+        {"kind": "stuck_open", "from_ts": NOW + 10, "until_ts": NOW},
+        {"kind": "empty_book", "colour": "red"},
+        {"kind": "error", "message": "EService:Busy", "params": []},
+        {"kind": "error", "endpoint": 5, "message": "E"},
+        {"kind": ["error"]},
+        {"faults": 5},
+        [1, 2],
+        "error",
+        None,
+        {"faults": [{"kind": "stuck_open"}, {"kind": "meteor"}]},  # all or nothing: the valid one is not added
+    ],
+)
 def test_faults_are_validated_whole(ex, client, fault):
     before = books(ex)
     r = post(client, "/admin/faults", fault)
@@ -150,9 +229,19 @@ def test_faults_are_validated_whole(ex, client, fault):
     assert books(ex) == before and ex.faults.faults == []
 
 
-@pytest.mark.parametrize("body", [{"status": "melted"}, {"status": True}, {"status": ["online"]},
-                                  {"status": "online", "pair": 5}, {"status": "online", "pair": "NOPE"}, {"mode": "x"},
-                                  [], "online"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "melted"},
+        {"status": True},
+        {"status": ["online"]},
+        {"status": "online", "pair": 5},
+        {"status": "online", "pair": "NOPE"},
+        {"mode": "x"},
+        [],
+        "online",
+    ],
+)
 def test_market_status_takes_known_values_only(ex, client, body):
     r = post(client, "/admin/status", body)
     assert r.status_code == 400, r.text
@@ -162,8 +251,9 @@ def test_market_status_takes_known_values_only(ex, client, body):
 # ---- the state file ------------------------------------------------------------------------------
 def _saved(tmp_path) -> str:
     ex = make(tmp_path)
-    ex.add_order(ex.accounts[KEY], {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01",
-                                    "price": "19000"})
+    ex.add_order(
+        ex.accounts[KEY], {"pair": "XBTUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "19000"}
+    )
     ex.store.close()
     return str(tmp_path / "s.sqlite")
 
@@ -193,7 +283,7 @@ CORRUPTIONS = [
     ("UPDATE orders SET data = json_set(data, '$.vol', ?)", "NaN"),
     ("UPDATE orders SET data = json_set(data, '$.expiretm', ?)", 1e999),
     ("UPDATE orders SET data = json_set(data, '$.surprise', ?)", 1),
-    ("DROP TABLE balances", ),
+    ("DROP TABLE balances",),
 ]
 
 

@@ -27,8 +27,9 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request
@@ -44,15 +45,35 @@ from .faults import MAX_FAULTS, PAIR_ONLY_STATUSES, STATUSES, Fault
 from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, decimal_of, float_of, int_of
 
 PUBLIC = ("Time", "SystemStatus", "Assets", "AssetPairs", "Ticker", "OHLC", "Depth")
-PRIVATE = ("Balance", "BalanceEx", "TradeBalance", "OpenOrders", "ClosedOrders", "QueryOrders",
-           "TradesHistory", "QueryTrades", "AddOrder", "CancelOrder", "CancelAll", "CancelAllOrdersAfter")
+PRIVATE = (
+    "Balance",
+    "BalanceEx",
+    "TradeBalance",
+    "OpenOrders",
+    "ClosedOrders",
+    "QueryOrders",
+    "TradesHistory",
+    "QueryTrades",
+    "AddOrder",
+    "CancelOrder",
+    "CancelAll",
+    "CancelAllOrdersAfter",
+)
 HISTORY_CALLS = {"ClosedOrders", "TradesHistory", "QueryTrades", "Ledgers", "QueryLedgers"}
 UNCOUNTED = {"AddOrder", "CancelOrder"}  # they count on the matching-engine counter instead
 
-HTML_ERROR = ("<html><head><title>{code} {text}</title></head><body><center><h1>{code} {text}</h1>"
-              "</center><hr><center>cloudflare</center></body></html>")
-HTTP_TEXT = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-             504: "Gateway Time-out", 520: "Web Server Returned an Unknown Error", 429: "Too Many Requests"}
+HTML_ERROR = (
+    "<html><head><title>{code} {text}</title></head><body><center><h1>{code} {text}</h1>"
+    "</center><hr><center>cloudflare</center></body></html>"
+)
+HTTP_TEXT = {
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Time-out",
+    520: "Web Server Returned an Unknown Error",
+    429: "Too Many Requests",
+}
 
 
 # Kraken's published limits per verification tier: REST counter (ceiling, decay per second) and the
@@ -64,9 +85,12 @@ RATE_TIERS: dict[str, dict[str, float]] = {
 }
 # Settable counter fields: (low, high, integer?)
 LIMIT_FIELDS: dict[str, tuple[float, float, bool]] = {
-    "max_counter": (0.0, 1e12, False), "decay_per_s": (0.0, 1e12, False),
-    "order_max_counter": (0.0, 1e12, False), "order_decay_per_s": (0.0, 1e12, False),
-    "lockout_after": (1, 10**6, True), "lockout_window_s": (0.0, 7 * 86400.0, False),
+    "max_counter": (0.0, 1e12, False),
+    "decay_per_s": (0.0, 1e12, False),
+    "order_max_counter": (0.0, 1e12, False),
+    "order_decay_per_s": (0.0, 1e12, False),
+    "lockout_after": (1, 10**6, True),
+    "lockout_window_s": (0.0, 7 * 86400.0, False),
     "lockout_s": (0.0, 7 * 86400.0, False),
 }
 
@@ -89,17 +113,20 @@ async def read_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
 MIN_TOKEN_LEN = 16
 
 
 def check_admin_token(token: str | None) -> str:
     """The admin token as given, or InputError: 16-512 printable ASCII characters, no spaces."""
     if not token:
-        raise InputError("KQ_SIM_ADMIN_TOKEN is not set: the simulator's admin API needs a bearer token, e.g. "
-                         "export KQ_SIM_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise InputError(
+            "KQ_SIM_ADMIN_TOKEN is not set: the simulator's admin API needs a bearer token, e.g. "
+            "export KQ_SIM_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     if not (MIN_TOKEN_LEN <= len(token) <= 512 and all(33 <= ord(c) < 127 for c in token)):
-        raise InputError(f"KQ_SIM_ADMIN_TOKEN must be {MIN_TOKEN_LEN} to 512 printable ASCII characters "
-                         "without spaces")
+        raise InputError(f"KQ_SIM_ADMIN_TOKEN must be {MIN_TOKEN_LEN} to 512 printable ASCII characters without spaces")
     return token
 
 
@@ -110,7 +137,7 @@ def host_name(header: str) -> str:
         end = h.find("]")
         if end < 0:
             return ""
-        name, rest = h[1:end], h[end + 1:]
+        name, rest = h[1:end], h[end + 1 :]
     else:
         name, sep, port = h.partition(":")
         rest = sep + port
@@ -146,6 +173,7 @@ class AdminError(Exception):
 
 def strict_json(raw: bytes | str) -> Any:
     """JSON as RFC 8259 defines it: no NaN/Infinity, no duplicate keys; ValueError otherwise."""
+
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
@@ -164,8 +192,9 @@ def strict_json(raw: bytes | str) -> Any:
 
 
 def envelope(result: Any = None, errors: list[str] | None = None) -> bytes:
-    return json.dumps({"error": errors or [], "result": result if result is not None else {}},
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {"error": errors or [], "result": result if result is not None else {}}, separators=(",", ":")
+    ).encode()
 
 
 def is_warning(fault: Fault) -> bool:
@@ -176,8 +205,9 @@ def is_warning(fault: Fault) -> bool:
 def with_warning(body: bytes, warning: str) -> bytes:
     """A Kraken answer with ``warning`` appended to its ``error`` list (the result kept as it is)."""
     d = json.loads(body)
-    return json.dumps({"error": list(d.get("error") or []) + [warning], "result": d.get("result", {})},
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {"error": list(d.get("error") or []) + [warning], "result": d.get("result", {})}, separators=(",", ":")
+    ).encode()
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
@@ -185,8 +215,9 @@ def json_response(body: bytes, status: int = 200) -> Response:
 
 
 def html_response(status: int) -> Response:
-    return Response(HTML_ERROR.format(code=status, text=HTTP_TEXT.get(status, "Error")), status_code=status,
-                    media_type="text/html")
+    return Response(
+        HTML_ERROR.format(code=status, text=HTTP_TEXT.get(status, "Error")), status_code=status, media_type="text/html"
+    )
 
 
 class LRU(OrderedDict):
@@ -262,8 +293,9 @@ class Guard:
 
 
 def sign(secret_b64: str, path: str, nonce: str, body: str) -> str:
-    mac = hmac.new(base64.b64decode(secret_b64), path.encode() + hashlib.sha256((nonce + body).encode()).digest(),
-                   hashlib.sha512)
+    mac = hmac.new(
+        base64.b64decode(secret_b64), path.encode() + hashlib.sha256((nonce + body).encode()).digest(), hashlib.sha512
+    )
     return base64.b64encode(mac.digest()).decode()
 
 
@@ -338,8 +370,11 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
         if fault is not None and fault.kind == "lockout":
             guard.lock(key, float(fault.params.get("seconds", 60)))
             fault = None
-        if fault is not None and ((fault.kind == "error" and not is_warning(fault)) or fault.kind == "http_429" or
-                                  (fault.kind in ("timeout", "http_error") and not fault.params.get("apply"))):
+        if fault is not None and (
+            (fault.kind == "error" and not is_warning(fault))
+            or fault.kind == "http_429"
+            or (fault.kind in ("timeout", "http_error") and not fault.params.get("apply"))
+        ):
             return await run_with_faults(name, lambda: b"", fault)
         ctype = request.headers.get("content-type", "")
         if "json" in ctype:
@@ -347,8 +382,10 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
                 d = strict_json(raw or "{}")
                 if not isinstance(d, dict):
                     raise ValueError("not an object")
-                params = {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                          for k, v in d.items()}
+                params = {
+                    k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                    for k, v in d.items()
+                }
             except ValueError:
                 return json_response(envelope(None, [INVALID]))
         else:
@@ -384,8 +421,9 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
         match): Kraken's envelope under /0/, a JSON ``{"error": ...}`` elsewhere."""
         if request.url.path.startswith("/0/"):
             refused = foreign_request(request.headers)
-            return json_response(envelope(None, ["EGeneral:Permission denied" if refused else
-                                                 "EGeneral:Unknown method"]))
+            return json_response(
+                envelope(None, ["EGeneral:Permission denied" if refused else "EGeneral:Unknown method"])
+            )
         return _admin_error(str(exc.detail), exc.status_code if 400 <= exc.status_code < 500 else 400)
 
     # ---- admin ---------------------------------------------------------------------------------
@@ -429,6 +467,7 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
 
             app.add_api_route(path, endpoint, methods=[method], name=f"admin {method} {path}")
             return fn
+
         return deco
 
     def obj(d: Any, allowed: set[str]) -> dict[str, Any]:
@@ -452,8 +491,9 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
                     raise AdminError("give either to, or seconds and/or bars")
                 to = float_of(d["to"], "to", 0, MAX_TIME)
                 return {"now": ex.advance(to=to)}
-            step = float_of(d.get("seconds", 0), "seconds", 0, MAX_STEP) + \
-                3600.0 * float_of(d.get("bars", 0), "bars", 0, MAX_STEP / 3600)
+            step = float_of(d.get("seconds", 0), "seconds", 0, MAX_STEP) + 3600.0 * float_of(
+                d.get("bars", 0), "bars", 0, MAX_STEP / 3600
+            )
         except BadNumber as e:
             raise AdminError(str(e)) from None
         if step > MAX_STEP:
@@ -583,8 +623,9 @@ def _guarded(fn: Callable[[], Any]) -> bytes:
         return envelope(None, ["EGeneral:Internal error"])
 
 
-def _authenticate(ex: Exchange, guard: Guard, key: str, sig: str, path: str, raw: str,
-                  params: dict[str, str]) -> str | None:
+def _authenticate(
+    ex: Exchange, guard: Guard, key: str, sig: str, path: str, raw: str, params: dict[str, str]
+) -> str | None:
     if guard.locked(key):
         return "EGeneral:Temporary lockout"
     acct = ex.accounts.get(key) if key else None
@@ -634,11 +675,12 @@ def _public(ex: Exchange, name: str, p: dict[str, str]) -> Any:
         now = ex.now()
         if name == "Time":
             t = int(now + ex.market.time_skew(now))
-            return {"unixtime": t,
-                    "rfc1123": datetime.fromtimestamp(t, tz=timezone.utc).strftime("%a, %d %b %y %H:%M:%S +0000")}
+            return {"unixtime": t, "rfc1123": datetime.fromtimestamp(t, tz=UTC).strftime("%a, %d %b %y %H:%M:%S +0000")}
         if name == "SystemStatus":
-            return {"status": ex.market_status(None, now),
-                    "timestamp": datetime.fromtimestamp(int(now), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            return {
+                "status": ex.market_status(None, now),
+                "timestamp": datetime.fromtimestamp(int(now), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
         if name == "Assets":
             return ex.assets([a for a in p.get("asset", "").split(",") if a] or None)
         if name == "AssetPairs":

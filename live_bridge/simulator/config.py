@@ -59,20 +59,30 @@ class RateLimitConfig(Frozen):
 
 
 class FillConfig(Frozen):
-    default_spread: float = Field(0.001, ge=0, le=0.2,
-                                  description="spread fraction used until/where the OHLC estimator has none")
+    default_spread: float = Field(
+        0.001, ge=0, le=0.2, description="spread fraction used until/where the OHLC estimator has none"
+    )
     use_estimator: bool = Field(True, description="use engine.features.spread.spread_estimate if present")
     spread_window: int = Field(24, ge=2)
-    atr_window: int = Field(14, ge=2, description="Wilder ATR window; impact volatility = ATR / close "
-                                                   "(the backtester's features.atr_window)")
+    atr_window: int = Field(
+        14,
+        ge=2,
+        description="Wilder ATR window; impact volatility = ATR / close (the backtester's features.atr_window)",
+    )
     impact_coef: float = Field(_EXEC.impact_coef, ge=0, description="[execution] impact_coef by default")
-    min_slip: float = Field(_EXEC.min_slippage_bps * 1e-4, ge=0,
-                            description="floor of a market fill's slippage ([execution] min_slippage_bps)")
+    min_slip: float = Field(
+        _EXEC.min_slippage_bps * 1e-4,
+        ge=0,
+        description="floor of a market fill's slippage ([execution] min_slippage_bps)",
+    )
     impact_volume: Literal["execution_bar", "last_closed"] = Field(
-        "execution_bar", description="quote volume the impact is measured against: the hour the order executes "
-                                     "in (as the backtester) or the last closed bar")
-    participation_cap: float = Field(0.10, gt=0, le=1.0,
-                                     description="a resting order fills at most this share of a bar's volume")
+        "execution_bar",
+        description="quote volume the impact is measured against: the hour the order executes "
+        "in (as the backtester) or the last closed bar",
+    )
+    participation_cap: float = Field(
+        0.10, gt=0, le=1.0, description="a resting order fills at most this share of a bar's volume"
+    )
     max_open_orders: int = Field(80, ge=1, description="open orders per account and pair")
 
 

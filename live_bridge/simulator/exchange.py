@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Any
 
@@ -68,7 +68,7 @@ def q(x: Decimal, places: int, rounding=ROUND_HALF_EVEN) -> Decimal:
 
 
 def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(int(t), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def decimals_of(d: Decimal) -> int:
@@ -112,11 +112,11 @@ class Order:
     trades: list[str] = field(default_factory=list)
     misc: str = ""
     stuck: bool = False
-    poll_fills: int = 0            # fault: fill over this many polls
+    poll_fills: int = 0  # fault: fill over this many polls
     poll_price: Decimal | None = None
-    invisible_until: float = 0.0   # wall monotonic
+    invisible_until: float = 0.0  # wall monotonic
     placed_wall: float = 0.0
-    seqno: int = 0                 # placement sequence (time priority, survives restarts)
+    seqno: int = 0  # placement sequence (time priority, survives restarts)
 
     @property
     def remaining(self) -> Decimal:
@@ -132,7 +132,7 @@ class Order:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Order":
+    def from_json(cls, d: dict[str, Any]) -> Order:
         d = dict(d)
         for k in ("vol", "vol_exec", "cost", "fee"):
             d[k] = Decimal(d[k])
@@ -165,7 +165,7 @@ class Trade:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Trade":
+    def from_json(cls, d: dict[str, Any]) -> Trade:
         d = dict(d)
         for k in ("price", "vol", "cost", "fee"):
             d[k] = Decimal(d[k])
@@ -175,8 +175,7 @@ class Trade:
 class Exchange:
     """All state of the simulated venue; every public method runs under one lock."""
 
-    def __init__(self, market: Market, clock: SimClock, config: SimConfig | None = None,
-                 store=None) -> None:
+    def __init__(self, market: Market, clock: SimClock, config: SimConfig | None = None, store=None) -> None:
         self.market = market
         self.clock = clock
         self.config = config or SimConfig()
@@ -211,21 +210,28 @@ class Exchange:
         return f"{s[:6]}-{s[6:11]}-{s[11:17]}"
 
     # ---- accounts -----------------------------------------------------------------------------
-    def add_account(self, name: str, key: str, secret: str, balances: dict[str, Decimal] | None = None,
-                    fee_tier: str | None = None) -> Account:
+    def add_account(
+        self, name: str, key: str, secret: str, balances: dict[str, Decimal] | None = None, fee_tier: str | None = None
+    ) -> Account:
         with self.lock:
             if key in self.accounts:
                 return self.accounts[key]
-            acct = Account(name=name, key=key, secret=secret, fee_tier=fee_tier,
-                           balances={normalize_asset(a): Decimal(v) for a, v in (balances or {}).items()})
+            acct = Account(
+                name=name,
+                key=key,
+                secret=secret,
+                fee_tier=fee_tier,
+                balances={normalize_asset(a): Decimal(v) for a, v in (balances or {}).items()},
+            )
             for a in list(acct.balances):
                 acct.balances[a] = q(acct.balances[a], asset_decimals(a))
             self.accounts[key] = acct
             self.persist()
             return acct
 
-    def set_credentials(self, name: str, key: str, secret: str, balances: dict[str, Decimal] | None = None,
-                        fee_tier: str | None = None) -> Account:
+    def set_credentials(
+        self, name: str, key: str, secret: str, balances: dict[str, Decimal] | None = None, fee_tier: str | None = None
+    ) -> Account:
         """Serve account ``name`` under ``key``/``secret`` (read from the environment at each start).
         A new account gets ``balances``; an existing one keeps its books, takes the new secret and,
         if the key changed, moves its orders and trades to the new key (the old key stops working)."""
@@ -279,8 +285,10 @@ class Exchange:
         else:
             px = o.price if o.price is not None else (o.poll_price or Decimal(0))
             rate = self.fee_rates(acct, o.pair)
-            val = (inst.quote, q(o.remaining * px * (1 + max(rate.maker, rate.taker)), asset_decimals(inst.quote),
-                                 ROUND_UP))
+            val = (
+                inst.quote,
+                q(o.remaining * px * (1 + max(rate.maker, rate.taker)), asset_decimals(inst.quote), ROUND_UP),
+            )
         self._hold_cache[o.txid] = (key, val)
         return val
 
@@ -311,8 +319,11 @@ class Exchange:
             new = acct.balances.get(a, Decimal(0)) + d
             held = self.holds(acct).get(a, Decimal(0))
             if new < held:
-                raise InputError(f"{a} would fall to {new}, below the {held} its open orders hold"
-                                 if held else f"{a} would fall below zero ({new})")
+                raise InputError(
+                    f"{a} would fall to {new}, below the {held} its open orders hold"
+                    if held
+                    else f"{a} would fall below zero ({new})"
+                )
             if new > MAX_AMOUNT:
                 raise InputError(f"{a} would exceed {MAX_AMOUNT:,}")
             acct.balances[a] = q(new, places)
@@ -425,9 +436,21 @@ class Exchange:
             acct.balances[base] = acct.balances.get(base, Decimal(0)) - qty
             acct.balances[quote] = acct.balances.get(quote, Decimal(0)) + cost - fee
         self.trade_seq += 1
-        tr = Trade(txid=self._id("T"), ordertxid=o.txid, account=acct.key, pair=o.pair, time=float(t),
-                   side=o.side, ordertype=o.ordertype, price=price, vol=qty, cost=cost, fee=fee,
-                   maker=maker, trade_id=self.trade_seq)
+        tr = Trade(
+            txid=self._id("T"),
+            ordertxid=o.txid,
+            account=acct.key,
+            pair=o.pair,
+            time=float(t),
+            side=o.side,
+            ordertype=o.ordertype,
+            price=price,
+            vol=qty,
+            cost=cost,
+            fee=fee,
+            maker=maker,
+            trade_id=self.trade_seq,
+        )
         self.trades[tr.txid] = tr
         self._dirty_trades.add(tr.txid)
         o.vol_exec += qty
@@ -448,8 +471,14 @@ class Exchange:
             return None
         fc = self.config.fills
         s = self.market.spread_frac(pair, now)
-        slip = slippage_frac_nb(s, self.market.vol_frac(pair, now), float(vol) * m,
-                                self.market.quote_volume(pair, now), fc.impact_coef, fc.min_slip)
+        slip = slippage_frac_nb(
+            s,
+            self.market.vol_frac(pair, now),
+            float(vol) * m,
+            self.market.quote_volume(pair, now),
+            fc.impact_coef,
+            fc.min_slip,
+        )
         sd = BUY if side == "buy" else SELL
         px = market_fill_price_nb(sd, m, slip)
         inst = self.market.instruments[pair]
@@ -485,8 +514,9 @@ class Exchange:
             self._order_counter.clear()
 
     # ---- AddOrder -----------------------------------------------------------------------------
-    def add_order(self, acct: Account, p: dict[str, str], order_faults=None,
-                  received: float | None = None) -> dict[str, Any]:
+    def add_order(
+        self, acct: Account, p: dict[str, str], order_faults=None, received: float | None = None
+    ) -> dict[str, Any]:
         """Place (or with ``validate`` check) one order. ``received``: the wall time the request
         arrived (the ``deadline`` window is checked against it; the deadline itself against the
         wall time the order is processed)."""
@@ -524,8 +554,9 @@ class Exchange:
             if vol <= 0:
                 raise KrakenAPIError("EGeneral:Invalid arguments:volume")
             if decimals_of(vol) > inst.lot_decimals:
-                raise KrakenAPIError(f"EGeneral:Invalid arguments:volume can only be specified up to "
-                                     f"{inst.lot_decimals} decimals")
+                raise KrakenAPIError(
+                    f"EGeneral:Invalid arguments:volume can only be specified up to {inst.lot_decimals} decimals"
+                )
             price: Decimal | None = None
             if ordertype == "limit":
                 try:
@@ -537,8 +568,10 @@ class Exchange:
                 if price <= 0:
                     raise KrakenAPIError("EGeneral:Invalid arguments:price")
                 if decimals_of(price) > inst.pair_decimals:
-                    raise KrakenAPIError(f"EOrder:Invalid price:{inst.altname} price can only be specified up to "
-                                         f"{inst.pair_decimals} decimals.")
+                    raise KrakenAPIError(
+                        f"EOrder:Invalid price:{inst.altname} price can only be specified up to "
+                        f"{inst.pair_decimals} decimals."
+                    )
                 if price % inst.tick_size != 0:
                     raise KrakenAPIError("EOrder:Tick size check failed")
             userref = _userref(p)
@@ -552,8 +585,11 @@ class Exchange:
             if tif == "GTD" or p.get("expiretm") not in (None, "", "0"):
                 raw = p.get("expiretm", "")
                 try:  # "+<seconds>" from now, or a unix time; finite and before 2100 either way
-                    expiretm = (now + float_of(raw[1:], "expiretm", 0, MAX_STEP) if raw.startswith("+")
-                                else float_of(raw, "expiretm", 0, MAX_TIME))
+                    expiretm = (
+                        now + float_of(raw[1:], "expiretm", 0, MAX_STEP)
+                        if raw.startswith("+")
+                        else float_of(raw, "expiretm", 0, MAX_TIME)
+                    )
                 except BadNumber:
                     raise KrakenAPIError("EGeneral:Invalid arguments:expiretm") from None
                 if expiretm > MAX_TIME:
@@ -590,9 +626,13 @@ class Exchange:
             # taker price if the order crosses now
             crosses = ordertype == "market" or (side == "buy" and price >= ask) or (side == "sell" and price <= bid)
             tpx = self.taker_price(pair, side, vol, now) if crosses else None
-            if tpx is not None and ordertype == "limit" and not post:
-                if (side == "buy" and tpx > price) or (side == "sell" and tpx < price):
-                    tpx = None  # slippage would pass the limit: it rests instead
+            if (
+                tpx is not None
+                and ordertype == "limit"
+                and not post
+                and ((side == "buy" and tpx > price) or (side == "sell" and tpx < price))
+            ):
+                tpx = None  # slippage would pass the limit: it rests instead
             rate = self.fee_rates(acct, pair)
             qd = asset_decimals(inst.quote)
             if side == "buy":
@@ -606,12 +646,24 @@ class Exchange:
             if p.get("validate", "false").lower() in ("true", "1"):
                 return {"descr": {"order": descr}}
             self.order_counter(acct, pair, 1.0)
-            o = Order(txid=self._id("O"), account=acct.key, pair=pair, side=side, ordertype=ordertype,
-                      vol=vol, price=price, oflags=",".join(flags) or ("fciq" if side == "buy" else "fcib"),
-                      timeinforce=tif, opentm=now,
-                      eligible_from=int(self.market.t0 + self.market.forming_index(now) * HOUR),
-                      expiretm=expiretm, userref=userref, cl_ord_id=cl, placed_wall=time.monotonic(),
-                      seqno=self.seq)
+            o = Order(
+                txid=self._id("O"),
+                account=acct.key,
+                pair=pair,
+                side=side,
+                ordertype=ordertype,
+                vol=vol,
+                price=price,
+                oflags=",".join(flags) or ("fciq" if side == "buy" else "fcib"),
+                timeinforce=tif,
+                opentm=now,
+                eligible_from=int(self.market.t0 + self.market.forming_index(now) * HOUR),
+                expiretm=expiretm,
+                userref=userref,
+                cl_ord_id=cl,
+                placed_wall=time.monotonic(),
+                seqno=self.seq,
+            )
             self.orders[o.txid] = o
             self.open_ids[o.txid] = None
             self._dirty_orders.add(o.txid)
@@ -674,7 +726,7 @@ class Exchange:
                 for t in str(txid).split(","):
                     t = t.strip()
                     try:  # an int32 (ASCII digits only) is a userref; anything else a txid
-                        ref = int_of(t, "txid", -2**31, 2**31 - 1)
+                        ref = int_of(t, "txid", -(2**31), 2**31 - 1)
                     except BadNumber:
                         targets += [o for o in mine if o.txid == t]
                     else:
@@ -718,15 +770,31 @@ class Exchange:
         qd = asset_decimals(inst.quote)
         avg = o.cost / o.vol_exec if o.vol_exec > 0 else Decimal(0)
         v: dict[str, Any] = {
-            "refid": None, "userref": o.userref if o.userref is not None else 0,
-            "status": o.status, "opentm": o.opentm, "starttm": 0, "expiretm": o.expiretm,
-            "descr": {"pair": inst.altname, "type": o.side, "ordertype": o.ordertype,
-                      "price": fmt(o.price, inst.pair_decimals) if o.price is not None else "0",
-                      "price2": "0", "leverage": "none",
-                      "order": self._descr_order(o.side, o.vol, inst, o.ordertype, o.price), "close": ""},
-            "vol": fmt(o.vol, inst.lot_decimals), "vol_exec": fmt(o.vol_exec, inst.lot_decimals),
-            "cost": fmt(o.cost, qd), "fee": fmt(o.fee, qd), "price": fmt(avg, inst.pair_decimals),
-            "stopprice": "0.00000", "limitprice": "0.00000", "misc": o.misc, "oflags": o.oflags,
+            "refid": None,
+            "userref": o.userref if o.userref is not None else 0,
+            "status": o.status,
+            "opentm": o.opentm,
+            "starttm": 0,
+            "expiretm": o.expiretm,
+            "descr": {
+                "pair": inst.altname,
+                "type": o.side,
+                "ordertype": o.ordertype,
+                "price": fmt(o.price, inst.pair_decimals) if o.price is not None else "0",
+                "price2": "0",
+                "leverage": "none",
+                "order": self._descr_order(o.side, o.vol, inst, o.ordertype, o.price),
+                "close": "",
+            },
+            "vol": fmt(o.vol, inst.lot_decimals),
+            "vol_exec": fmt(o.vol_exec, inst.lot_decimals),
+            "cost": fmt(o.cost, qd),
+            "fee": fmt(o.fee, qd),
+            "price": fmt(avg, inst.pair_decimals),
+            "stopprice": "0.00000",
+            "limitprice": "0.00000",
+            "misc": o.misc,
+            "oflags": o.oflags,
         }
         if o.cl_ord_id is not None:
             v["cl_ord_id"] = o.cl_ord_id
@@ -754,7 +822,7 @@ class Exchange:
         out = []
         uref = _userref(p, blank_ok=True)
         cl = p.get("cl_ord_id")
-        for o in (self.open_orders_list() if open_ else self.orders.values()):
+        for o in self.open_orders_list() if open_ else self.orders.values():
             if o.account != acct.key or not self._visible(o):
                 continue
             if (o.status == "open") != open_:
@@ -771,12 +839,15 @@ class Exchange:
             self.sync()
             sel = self._select(acct, p, open_=False)
             start, end = _num(p, "start"), _num(p, "end")
-            sel = [o for o in sel if (start is None or (o.closetm or 0) > start) and
-                   (end is None or (o.closetm or 0) <= end)]
+            sel = [
+                o
+                for o in sel
+                if (start is None or (o.closetm or 0) > start) and (end is None or (o.closetm or 0) <= end)
+            ]
             sel.sort(key=lambda o: (o.closetm or 0, o.txid), reverse=True)
             ofs = _ofs(p)
             tr = _true(p.get("trades"))
-            page = sel[ofs: ofs + HISTORY_PAGE]
+            page = sel[ofs : ofs + HISTORY_PAGE]
             return {"closed": {o.txid: self.order_view(o, tr) for o in page}, "count": len(sel)}
 
     def query_orders(self, acct: Account, p: dict[str, str]) -> dict[str, Any]:
@@ -809,23 +880,38 @@ class Exchange:
             self.sync()
             start, end = _num(p, "start"), _num(p, "end")
             typ = p.get("type") or "all"
-            sel = [t for t in self.trades.values() if t.account == acct.key
-                   and (start is None or t.time > start) and (end is None or t.time <= end)]
+            sel = [
+                t
+                for t in self.trades.values()
+                if t.account == acct.key and (start is None or t.time > start) and (end is None or t.time <= end)
+            ]
             if typ in ("buy", "sell"):
                 sel = [t for t in sel if t.side == typ]
             sel.sort(key=lambda t: (t.time, t.trade_id), reverse=True)
             ofs = _ofs(p)
-            return {"trades": {t.txid: self.trade_view(t) for t in sel[ofs: ofs + HISTORY_PAGE]}, "count": len(sel)}
+            return {"trades": {t.txid: self.trade_view(t) for t in sel[ofs : ofs + HISTORY_PAGE]}, "count": len(sel)}
 
     def trade_view(self, t: Trade) -> dict[str, Any]:
         """One trade as TradesHistory and QueryTrades show it."""
         inst = self.market.instruments[t.pair]
         qd = asset_decimals(inst.quote)
-        return {"ordertxid": t.ordertxid, "postxid": "TKH2SE-M7IF5-CFI7LT", "pair": inst.kraken_id,
-                "time": t.time, "type": t.side, "ordertype": t.ordertype,
-                "price": fmt(t.price, inst.pair_decimals), "cost": fmt(t.cost, qd),
-                "fee": fmt(t.fee, qd), "vol": fmt(t.vol, inst.lot_decimals), "margin": fmt(0, qd),
-                "leverage": "0", "misc": "", "trade_id": t.trade_id, "maker": t.maker}
+        return {
+            "ordertxid": t.ordertxid,
+            "postxid": "TKH2SE-M7IF5-CFI7LT",
+            "pair": inst.kraken_id,
+            "time": t.time,
+            "type": t.side,
+            "ordertype": t.ordertype,
+            "price": fmt(t.price, inst.pair_decimals),
+            "cost": fmt(t.cost, qd),
+            "fee": fmt(t.fee, qd),
+            "vol": fmt(t.vol, inst.lot_decimals),
+            "margin": fmt(0, qd),
+            "leverage": "0",
+            "misc": "",
+            "trade_id": t.trade_id,
+            "maker": t.maker,
+        }
 
     def query_trades(self, acct: Account, p: dict[str, str]) -> dict[str, Any]:
         """QueryTrades: trade txid -> trade for the (up to 20) comma-separated txids asked. ``trades``
@@ -856,9 +942,13 @@ class Exchange:
         with self.lock:
             self.sync()
             h = self.holds(acct)
-            return {kraken_asset_id(a): {"balance": fmt(v, asset_decimals(a)),
-                                         "hold_trade": fmt(h.get(a, Decimal(0)), asset_decimals(a))}
-                    for a, v in sorted(acct.balances.items())}
+            return {
+                kraken_asset_id(a): {
+                    "balance": fmt(v, asset_decimals(a)),
+                    "hold_trade": fmt(h.get(a, Decimal(0)), asset_decimals(a)),
+                }
+                for a, v in sorted(acct.balances.items())
+            }
 
     def value_in(self, asset: str, amount: Decimal, target: str, now: float) -> Decimal | None:
         if asset == target:
@@ -900,8 +990,17 @@ class Exchange:
                     uv += val or Decimal(0)
             d = asset_decimals(target)
             z = fmt(0, d)
-            return {"eb": fmt(total, d), "tb": fmt(total, d), "m": z, "n": z, "c": z, "v": z,
-                    "e": fmt(total, d), "mf": fmt(total, d), "uv": fmt(uv, d)}
+            return {
+                "eb": fmt(total, d),
+                "tb": fmt(total, d),
+                "m": z,
+                "n": z,
+                "c": z,
+                "v": z,
+                "e": fmt(total, d),
+                "mf": fmt(total, d),
+                "uv": fmt(uv, d),
+            }
 
     # ---- public data --------------------------------------------------------------------------
     def asset_pairs(self, names: list[str] | None) -> dict[str, Any]:
@@ -920,14 +1019,28 @@ class Exchange:
             st = self.market_status(p, now)
             tier = self.config.fees.default
             out[inst.kraken_id] = {
-                "altname": inst.altname, "wsname": inst.wsname, "aclass_base": "currency", "base": inst.base_id,
-                "aclass_quote": "currency", "quote": inst.quote_id, "lot": "unit",
-                "cost_decimals": inst.cost_decimals, "pair_decimals": inst.pair_decimals,
-                "lot_decimals": inst.lot_decimals, "lot_multiplier": 1, "leverage_buy": [], "leverage_sell": [],
-                "fees": [[0, float(tier.taker * 100)]], "fees_maker": [[0, float(tier.maker * 100)]],
-                "fee_volume_currency": "ZUSD", "margin_call": 80, "margin_stop": 40,
-                "ordermin": f"{inst.ordermin:f}", "costmin": f"{inst.costmin:f}",
-                "tick_size": f"{inst.tick_size:f}", "status": "online" if st == "maintenance" else st,
+                "altname": inst.altname,
+                "wsname": inst.wsname,
+                "aclass_base": "currency",
+                "base": inst.base_id,
+                "aclass_quote": "currency",
+                "quote": inst.quote_id,
+                "lot": "unit",
+                "cost_decimals": inst.cost_decimals,
+                "pair_decimals": inst.pair_decimals,
+                "lot_decimals": inst.lot_decimals,
+                "lot_multiplier": 1,
+                "leverage_buy": [],
+                "leverage_sell": [],
+                "fees": [[0, float(tier.taker * 100)]],
+                "fees_maker": [[0, float(tier.maker * 100)]],
+                "fee_volume_currency": "ZUSD",
+                "margin_call": 80,
+                "margin_stop": 40,
+                "ordermin": f"{inst.ordermin:f}",
+                "costmin": f"{inst.costmin:f}",
+                "tick_size": f"{inst.tick_size:f}",
+                "status": "online" if st == "maintenance" else st,
             }
         return out
 
@@ -947,9 +1060,16 @@ class Exchange:
                     raise KrakenAPIError("EQuery:Unknown asset")
                 sel.add(a)
             codes = sel
-        return {kraken_asset_id(a): {"aclass": "currency", "altname": kraken_asset_alt(a),
-                                     "decimals": asset_decimals(a), "display_decimals": min(5, asset_decimals(a)),
-                                     "status": "enabled"} for a in sorted(codes)}
+        return {
+            kraken_asset_id(a): {
+                "aclass": "currency",
+                "altname": kraken_asset_alt(a),
+                "decimals": asset_decimals(a),
+                "display_decimals": min(5, asset_decimals(a)),
+                "status": "enabled",
+            }
+            for a in sorted(codes)
+        }
 
     # ---- state --------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -964,13 +1084,22 @@ class Exchange:
                 return d
 
             return {
-                "now": self.now(), "clock": self.clock.mode, "status": self.status, "pair_status": self.pair_status,
-                "processed_bars": self.processed, "spread_source": self.market.spread_source,
+                "now": self.now(),
+                "clock": self.clock.mode,
+                "status": self.status,
+                "pair_status": self.pair_status,
+                "processed_bars": self.processed,
+                "spread_source": self.market.spread_source,
                 "pairs": {p: i.kraken_id for p, i in self.market.instruments.items()},
-                "accounts": {a.name: {"balances": {k: str(v) for k, v in a.balances.items()},
-                                      "holds": {k: str(v) for k, v in self.holds(a).items()},
-                                      "last_nonce": a.last_nonce, "deadman": a.deadman}
-                             for a in self.accounts.values()},
+                "accounts": {
+                    a.name: {
+                        "balances": {k: str(v) for k, v in a.balances.items()},
+                        "holds": {k: str(v) for k, v in self.holds(a).items()},
+                        "last_nonce": a.last_nonce,
+                        "deadman": a.deadman,
+                    }
+                    for a in self.accounts.values()
+                },
                 "orders": {t: named(o.to_json()) for t, o in self.orders.items()},
                 "trades": {t: named(tr.to_json()) for t, tr in self.trades.items()},
                 "faults": self.faults.to_list(),
@@ -1004,8 +1133,10 @@ def valid_cl_ord_id(cl: str) -> bool:
 
 
 DEADLINE_MIN_S, DEADLINE_MAX_S = 2.0, 60.0  # Kraken: min now() + 2 seconds, max now() + 60 seconds
-_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
-                      r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 def _deadline(v: str | None, received: float) -> float | None:
@@ -1020,7 +1151,7 @@ def _deadline(v: str | None, received: float) -> float | None:
     if "." in v:  # fromisoformat takes at most 6 fraction digits
         head, _, rest = v.partition(".")
         digits = re.match(r"[0-9]+", rest).group(0)
-        frac, v = "0." + digits, head + rest[len(digits):]
+        frac, v = "0." + digits, head + rest[len(digits) :]
     try:
         t = datetime.fromisoformat(v.upper().replace("Z", "+00:00")).timestamp() + (float(frac) if frac else 0.0)
     except ValueError:  # e.g. month 13, hour 25
@@ -1051,7 +1182,7 @@ def _userref(p: dict[str, str], blank_ok: bool = False) -> int | None:
     if v is None or (blank_ok and v == ""):
         return None
     try:
-        return int_of(v, "userref", -2**31, 2**31 - 1)
+        return int_of(v, "userref", -(2**31), 2**31 - 1)
     except BadNumber:
         raise KrakenAPIError("EGeneral:Invalid arguments:userref") from None
 

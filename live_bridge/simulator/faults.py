@@ -43,9 +43,8 @@ market rule changes (take effect when posted, until the faults are cleared; ``pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 from decimal import Decimal
+from typing import Any
 
 from engine.errors import InputError
 
@@ -53,8 +52,18 @@ from .numbers import MAX_TIME, BadNumber, decimal_of, float_of, int_of
 
 REQUEST_KINDS = {"timeout", "http_error", "http_429", "truncated_json", "error", "lockout"}
 ORDER_KINDS = {"partial_fills", "stuck_open", "invisible"}
-MARKET_KINDS = {"market_status", "spread_blowup", "price_gap", "missing_candle", "late_candle", "empty_book",
-                "stale_ticker", "clock_skew", "delist", "rules_change"}
+MARKET_KINDS = {
+    "market_status",
+    "spread_blowup",
+    "price_gap",
+    "missing_candle",
+    "late_candle",
+    "empty_book",
+    "stale_ticker",
+    "clock_skew",
+    "delist",
+    "rules_change",
+}
 RULE_FIELDS = {"ordermin", "costmin", "tick_size", "pair_decimals", "lot_decimals"}
 KINDS = REQUEST_KINDS | ORDER_KINDS | MARKET_KINDS
 SYSTEM_STATUSES = {"online", "cancel_only", "post_only", "maintenance"}  # SystemStatus values
@@ -79,8 +88,10 @@ def _status_code(v: Any, w: str) -> int:
 
 def _message(v: Any, w: str) -> str:
     if not (isinstance(v, str) and v[:1] in ("E", "W") and len(v) <= 200 and v.isascii() and v.isprintable()):
-        raise InputError("error fault needs a Kraken error (EService:Busy, ...) or warning (WGeneral:...) "
-                         "message: printable ASCII, at most 200 characters")
+        raise InputError(
+            "error fault needs a Kraken error (EService:Busy, ...) or warning (WGeneral:...) "
+            "message: printable ASCII, at most 200 characters"
+        )
     return v
 
 
@@ -96,6 +107,7 @@ def _positive(hi: float):
         if x <= 0:
             raise BadNumber(f"{w} must be > 0")
         return x
+
     return parse
 
 
@@ -125,12 +137,21 @@ PARAMS: dict[str, dict[str, Any]] = {
     "stale_ticker": {},
     "clock_skew": {"seconds": _secs(1e7, -1e7)},
     "delist": {},
-    "rules_change": {"ordermin": _rule_amount, "costmin": _rule_amount, "tick_size": _rule_amount,
-                     "pair_decimals": lambda v, w: int_of(v, w, 0, 12),
-                     "lot_decimals": lambda v, w: int_of(v, w, 0, 12)},
+    "rules_change": {
+        "ordermin": _rule_amount,
+        "costmin": _rule_amount,
+        "tick_size": _rule_amount,
+        "pair_decimals": lambda v, w: int_of(v, w, 0, 12),
+        "lot_decimals": lambda v, w: int_of(v, w, 0, 12),
+    },
 }
-REQUIRED = {"error": {"message"}, "market_status": {"status"}, "spread_blowup": {"factor"},
-            "price_gap": {"factor"}, "missing_candle": {"ts"}}
+REQUIRED = {
+    "error": {"message"},
+    "market_status": {"status"},
+    "spread_blowup": {"factor"},
+    "price_gap": {"factor"},
+    "missing_candle": {"ts"},
+}
 COMMON = {"kind", "endpoint", "pair", "from_ts", "until_ts", "count", "params"}
 MAX_FAULTS = 1000
 
@@ -151,7 +172,7 @@ class Fault:
     fired: int = 0
 
     @classmethod
-    def from_dict(cls, d: Any, resolve_pair) -> "Fault":
+    def from_dict(cls, d: Any, resolve_pair) -> Fault:
         """A validated fault from a caller's JSON object; InputError names what is wrong."""
         if not isinstance(d, dict):
             raise InputError("a fault must be a JSON object")
@@ -178,8 +199,9 @@ class Fault:
         try:
             params = {k: allowed[k](v, f"{kind}.{k}") for k, v in params.items()}
             endpoint = d.get("endpoint", "*")
-            if not isinstance(endpoint, str) or not (endpoint == "*" or (endpoint.isascii() and endpoint.isalpha()
-                                                                           and len(endpoint) <= 40)):
+            if not isinstance(endpoint, str) or not (
+                endpoint == "*" or (endpoint.isascii() and endpoint.isalpha() and len(endpoint) <= 40)
+            ):
                 raise InputError("endpoint must be a Kraken method name (AddOrder, Ticker, ...) or *")
             pair = d.get("pair")
             if pair is not None:
@@ -198,12 +220,21 @@ class Fault:
             raise InputError("price_gap needs from_ts")
         if kind in {"delist", "rules_change"} and pair is None:
             raise InputError(f"{kind} needs a pair")
-        return cls(kind=kind, endpoint=endpoint, pair=pair, from_ts=from_ts, until_ts=until_ts, count=count,
-                   params=params)
+        return cls(
+            kind=kind, endpoint=endpoint, pair=pair, from_ts=from_ts, until_ts=until_ts, count=count, params=params
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "endpoint": self.endpoint, "pair": self.pair, "from_ts": self.from_ts,
-                "until_ts": self.until_ts, "count": self.count, "fired": self.fired, **self.params}
+        return {
+            "kind": self.kind,
+            "endpoint": self.endpoint,
+            "pair": self.pair,
+            "from_ts": self.from_ts,
+            "until_ts": self.until_ts,
+            "count": self.count,
+            "fired": self.fired,
+            **self.params,
+        }
 
     def in_window(self, now: float) -> bool:
         return (self.from_ts is None or now >= self.from_ts) and (self.until_ts is None or now < self.until_ts)
@@ -224,8 +255,7 @@ class FaultPlan:
 
     def take_request(self, endpoint: str, now: float) -> Fault | None:
         for f in self.faults:
-            if (f.kind in REQUEST_KINDS and f.endpoint in ("*", endpoint) and f.in_window(now)
-                    and not f.exhausted()):
+            if f.kind in REQUEST_KINDS and f.endpoint in ("*", endpoint) and f.in_window(now) and not f.exhausted():
                 f.fired += 1
                 return f
         return None
@@ -233,8 +263,7 @@ class FaultPlan:
     def take_order(self, pair: str, now: float) -> list[Fault]:
         out = []
         for f in self.faults:
-            if (f.kind in ORDER_KINDS and (f.pair is None or f.pair == pair) and f.in_window(now)
-                    and not f.exhausted()):
+            if f.kind in ORDER_KINDS and (f.pair is None or f.pair == pair) and f.in_window(now) and not f.exhausted():
                 f.fired += 1
                 out.append(f)
         return out
@@ -251,19 +280,30 @@ class FaultPlan:
 
     def apply_market(self, market) -> None:
         """Rebuild the market's fault lists from the plan."""
-        market.gaps = [(f.pair, float(f.from_ts), float(f.params["factor"]))
-                       for f in self.faults if f.kind == "price_gap"]
+        market.gaps = [
+            (f.pair, float(f.from_ts), float(f.params["factor"])) for f in self.faults if f.kind == "price_gap"
+        ]
         market.missing = set()
         for f in self.faults:
             if f.kind == "missing_candle":
                 pairs = [f.pair] if f.pair else list(market.panel.pairs)
                 market.missing |= {(p, int(f.params["ts"])) for p in pairs}
-        market.spread_blowups = [(f.pair, float(f.from_ts if f.from_ts is not None else float("-inf")),
-                                  float(f.until_ts if f.until_ts is not None else float("inf")),
-                                  float(f.params["factor"])) for f in self.faults if f.kind == "spread_blowup"]
+        market.spread_blowups = [
+            (
+                f.pair,
+                float(f.from_ts if f.from_ts is not None else float("-inf")),
+                float(f.until_ts if f.until_ts is not None else float("inf")),
+                float(f.params["factor"]),
+            )
+            for f in self.faults
+            if f.kind == "spread_blowup"
+        ]
+
         def win(f):
-            return (float(f.from_ts if f.from_ts is not None else float("-inf")),
-                    float(f.until_ts if f.until_ts is not None else float("inf")))
+            return (
+                float(f.from_ts if f.from_ts is not None else float("-inf")),
+                float(f.until_ts if f.until_ts is not None else float("inf")),
+            )
 
         market.empty_book = [(f.pair, *win(f)) for f in self.faults if f.kind == "empty_book"]
         market.stale = [(f.pair, *win(f)) for f in self.faults if f.kind == "stale_ticker"]
@@ -277,9 +317,15 @@ class FaultPlan:
             if f.kind == "rules_change":
                 ch = {k: (int(v) if k.endswith("decimals") else Decimal(str(v))) for k, v in f.params.items()}
                 market.instruments[f.pair] = replace(market.instruments[f.pair], **ch)
-        market.late = [(float(f.from_ts if f.from_ts is not None else float("-inf")),
-                        float(f.until_ts if f.until_ts is not None else float("inf")),
-                        float(f.params.get("delay", 600))) for f in self.faults if f.kind == "late_candle"]
+        market.late = [
+            (
+                float(f.from_ts if f.from_ts is not None else float("-inf")),
+                float(f.until_ts if f.until_ts is not None else float("inf")),
+                float(f.params.get("delay", 600)),
+            )
+            for f in self.faults
+            if f.kind == "late_candle"
+        ]
 
     def to_list(self) -> list[dict[str, Any]]:
         return [f.to_dict() for f in self.faults]

@@ -110,8 +110,12 @@ def atr_frac(panel: Panel, window: int) -> np.ndarray:
     """Wilder ATR / close per (bar, pair), causal: the backtester's impact volatility."""
     from engine.features.nb import wilder_atr_nb
 
-    atr = wilder_atr_nb(np.ascontiguousarray(panel.high), np.ascontiguousarray(panel.low),
-                        np.ascontiguousarray(panel.close), int(window))
+    atr = wilder_atr_nb(
+        np.ascontiguousarray(panel.high),
+        np.ascontiguousarray(panel.low),
+        np.ascontiguousarray(panel.close),
+        int(window),
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         return atr / panel.close
 
@@ -119,8 +123,16 @@ def atr_frac(panel: Panel, window: int) -> np.ndarray:
 class Market:
     """Bars of a panel, the spread and volatility arrays, and the market faults in force."""
 
-    def __init__(self, panel: Panel, *, default_spread: float = 0.001, use_estimator: bool = True,
-                 spread_window: int = 24, atr_window: int = 14, impact_volume: str = "execution_bar") -> None:
+    def __init__(
+        self,
+        panel: Panel,
+        *,
+        default_spread: float = 0.001,
+        use_estimator: bool = True,
+        spread_window: int = 24,
+        atr_window: int = 14,
+        impact_volume: str = "execution_bar",
+    ) -> None:
         if panel.n_bars == 0:
             raise InputError("the simulator needs at least one bar")
         self.panel = panel
@@ -176,7 +188,7 @@ class Market:
     # ---- time ---------------------------------------------------------------------------------
     def forming_index(self, now: float) -> int:
         """Row of the bar forming at ``now`` (may be < 0 before the data or >= n after it)."""
-        return int(math.floor((now - self.t0) / HOUR))
+        return math.floor((now - self.t0) / HOUR)
 
     def committed_end(self, now: float) -> float:
         """Bars with ts + 3600 <= this are committed (closed and published)."""
@@ -185,7 +197,7 @@ class Market:
 
     def closed_count(self, now: float) -> int:
         """Number of rows closed (published) at ``now``: rows 0..k-1."""
-        k = int(math.floor((self.committed_end(now) - self.t0) / HOUR))  # rows with ts+3600 <= end
+        k = math.floor((self.committed_end(now) - self.t0) / HOUR)  # rows with ts+3600 <= end
         return max(0, min(k, self.panel.n_bars))
 
     # ---- bars ---------------------------------------------------------------------------------
@@ -198,8 +210,11 @@ class Market:
 
     def valid(self, i: int, j: int) -> bool:
         pair = self.panel.pairs[j]
-        return (0 <= i < self.panel.n_bars and bool(self.panel.valid[i, j])
-                and (pair, int(self.panel.ts[i])) not in self.missing)
+        return (
+            0 <= i < self.panel.n_bars
+            and bool(self.panel.valid[i, j])
+            and (pair, int(self.panel.ts[i])) not in self.missing
+        )
 
     def bar(self, i: int, j: int) -> tuple[float, float, float, float, float, float, float] | None:
         """(open, high, low, close, volume, vwap, trades) of row i, with faults applied; None if absent."""
@@ -207,8 +222,12 @@ class Market:
             return None
         P = self.panel
         f = self._factor(P.pairs[j], float(P.ts[i]))
-        o, h, lo, c = (float(P.open[i, j]) * f, float(P.high[i, j]) * f, float(P.low[i, j]) * f,
-                       float(P.close[i, j]) * f)
+        o, h, lo, c = (
+            float(P.open[i, j]) * f,
+            float(P.high[i, j]) * f,
+            float(P.low[i, j]) * f,
+            float(P.close[i, j]) * f,
+        )
         vw = float(P.vwap[i, j])
         vw = vw * f if vw == vw else (h + lo + c) / 3.0
         tr = float(P.trades[i, j])
@@ -292,8 +311,7 @@ class Market:
             if b is None:
                 continue
             o, h, l_, c, v, vw, tr = b
-            rows.append([ts, fmt(o, pd_), fmt(h, pd_), fmt(l_, pd_), fmt(c, pd_), fmt(vw, pd_),
-                         fmt(v, 8), int(tr)])
+            rows.append([ts, fmt(o, pd_), fmt(h, pd_), fmt(l_, pd_), fmt(c, pd_), fmt(vw, pd_), fmt(v, 8), int(tr)])
         # the forming candle: only its open is known
         fts = int(self.t0 + nclosed * HOUR)
         fo = None
@@ -329,15 +347,28 @@ class Market:
                 return "0.00000000", fmt(m, pd_), 0, fmt(m, pd_), fmt(m, pd_)
             v = sum(b[4] for b in bs)
             vw = sum(b[5] * b[4] for b in bs) / v if v > 0 else bs[-1][3]
-            return fmt(v, 8), fmt(vw, pd_), int(sum(b[6] for b in bs)), fmt(min(b[2] for b in bs), pd_), \
-                fmt(max(b[1] for b in bs), pd_)
+            return (
+                fmt(v, 8),
+                fmt(vw, pd_),
+                int(sum(b[6] for b in bs)),
+                fmt(min(b[2] for b in bs), pd_),
+                fmt(max(b[1] for b in bs), pd_),
+            )
 
         vt, pt, tt, lt, ht = agg(today)
         v24, p24, t24, l24, h24 = agg([b for _, b in bars])
         o = fmt(today[0][0], pd_) if today else fmt(m, pd_)
-        return {"a": [fmt(ask, pd_), "1", "1.000"], "b": [fmt(bid, pd_), "1", "1.000"],
-                "c": [fmt(m, pd_), "0.00000000"], "v": [vt, v24], "p": [pt, p24], "t": [tt, t24],
-                "l": [lt, l24], "h": [ht, h24], "o": o}
+        return {
+            "a": [fmt(ask, pd_), "1", "1.000"],
+            "b": [fmt(bid, pd_), "1", "1.000"],
+            "c": [fmt(m, pd_), "0.00000000"],
+            "v": [vt, v24],
+            "p": [pt, p24],
+            "t": [tt, t24],
+            "l": [lt, l24],
+            "h": [ht, h24],
+            "o": o,
+        }
 
     def depth(self, pair: str, now: float, count: int) -> dict | None:
         """A synthetic book: ``count`` levels a tick-rounded quarter-spread apart, each holding 1% of
@@ -354,6 +385,9 @@ class Market:
         step = max(inst.tick_size, _dec(m * self.spread_frac(pair, now) / 4, inst.pair_decimals, ROUND_UP))
         ts = int(now)
         asks = [[fmt(ask + step * n, inst.pair_decimals), fmt(lvl, inst.lot_decimals), ts] for n in range(count)]
-        bids = [[fmt(bid - step * n, inst.pair_decimals), fmt(lvl, inst.lot_decimals), ts]
-                for n in range(count) if bid - step * n > 0]
+        bids = [
+            [fmt(bid - step * n, inst.pair_decimals), fmt(lvl, inst.lot_decimals), ts]
+            for n in range(count)
+            if bid - step * n > 0
+        ]
         return {"asks": asks, "bids": bids}

@@ -24,19 +24,32 @@ from .store import SimStore, restore
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-def build_exchange(panel: Panel, *, config: SimConfig | None = None, start: float | None = None,
-                   clock: str = "manual", speed: float = 60.0, state: str | Path | None = None,
-                   balances: dict[str, Decimal] | None = None, env: dict[str, str] | None = None,
-                   run_clock: bool = True) -> Exchange:
+def build_exchange(
+    panel: Panel,
+    *,
+    config: SimConfig | None = None,
+    start: float | None = None,
+    clock: str = "manual",
+    speed: float = 60.0,
+    state: str | Path | None = None,
+    balances: dict[str, Decimal] | None = None,
+    env: dict[str, str] | None = None,
+    run_clock: bool = True,
+) -> Exchange:
     """A ready exchange. A fresh state gets the env account (KRAKEN_API_KEY/SECRET) with ``balances``
     and the config's accounts; an existing state file is resumed as saved (balances untouched).
     ``run_clock=False`` leaves a realtime/accelerated clock paused until ``clock.resume()``
     (``SimServer.start`` resumes it), so loading time does not count as simulated time."""
     cfg = config or SimConfig()
     fc = cfg.fills
-    market = Market(panel, default_spread=fc.default_spread, use_estimator=fc.use_estimator,
-                    spread_window=fc.spread_window, atr_window=fc.atr_window,
-                    impact_volume=fc.impact_volume)
+    market = Market(
+        panel,
+        default_spread=fc.default_spread,
+        use_estimator=fc.use_estimator,
+        spread_window=fc.spread_window,
+        atr_window=fc.atr_window,
+        impact_volume=fc.impact_volume,
+    )
     t = float(start) if start is not None else float(panel.ts[0])
     if t < float(panel.ts[0]) or t > float(panel.ts[-1]) + 3600:
         raise InputError(f"start {int(t)} is outside the data ({int(panel.ts[0])}..{int(panel.ts[-1])})")
@@ -52,8 +65,9 @@ def build_exchange(panel: Panel, *, config: SimConfig | None = None, start: floa
         # credentials come from this environment only (never from the state file): an account keeps
         # its books under its name; a new key (rotation) takes them over, a new secret replaces the old
         wanted = [("default", env.get("KRAKEN_API_KEY"), env.get("KRAKEN_API_SECRET"), balances or {}, None)]
-        wanted += [(a.name, env.get(a.key_env), env.get(a.secret_env), dict(a.balances), a.fee_tier)
-                   for a in cfg.accounts]
+        wanted += [
+            (a.name, env.get(a.key_env), env.get(a.secret_env), dict(a.balances), a.fee_tier) for a in cfg.accounts
+        ]
         for name, key, secret, bal, tier in wanted:
             if not key or not secret:
                 continue  # an account whose credentials are not in this environment is not served
@@ -75,8 +89,7 @@ class SimServer:
     """uvicorn in a daemon thread, bound to loopback only. ``admin_token`` (KQ_SIM_ADMIN_TOKEN) opens
     the admin API to callers presenting it; None leaves the admin API off."""
 
-    def __init__(self, ex: Exchange, host: str = "127.0.0.1", port: int = 0,
-                 admin_token: str | None = None) -> None:
+    def __init__(self, ex: Exchange, host: str = "127.0.0.1", port: int = 0, admin_token: str | None = None) -> None:
         if host not in LOOPBACK:
             raise InputError(f"the simulator binds loopback only (127.0.0.1, ::1), not {host!r}")
         import uvicorn
@@ -93,8 +106,16 @@ class SimServer:
         # log_config=None: uvicorn's default applies logging.config.dictConfig, which closes every
         # existing handler in the process (the daemon's, or pytest's capture handlers); the
         # simulator must not reconfigure global logging.
-        cfg = uvicorn.Config(self.app, host=host, port=port, log_level="warning", access_log=False,
-                             lifespan="off", timeout_keep_alive=30, log_config=None)
+        cfg = uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            log_config=None,
+        )
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, name=f"kq-sim-{port}", daemon=True)
 
@@ -102,7 +123,7 @@ class SimServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "SimServer":
+    def start(self, timeout: float = 10.0) -> SimServer:
         self.exchange.clock.resume()
         self.thread.start()
         deadline = time.monotonic() + timeout
@@ -118,7 +139,7 @@ class SimServer:
         if self.exchange.store is not None:
             self.exchange.store.close()
 
-    def __enter__(self) -> "SimServer":
+    def __enter__(self) -> SimServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

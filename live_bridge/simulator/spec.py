@@ -13,7 +13,7 @@ with ``referencing``. Two defects of the published spec are worked around, not h
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,11 @@ import yaml
 from engine.errors import InputError
 from engine.paths import shared_dir
 
-ENVELOPE = {"type": "object", "required": ["error", "result"],
-            "properties": {"error": {"type": "array", "items": {"type": "string"}}}}
+ENVELOPE = {
+    "type": "object",
+    "required": ["error", "result"],
+    "properties": {"error": {"type": "array", "items": {"type": "string"}}},
+}
 
 
 def spec_dir() -> Path:
@@ -51,7 +54,7 @@ class SpecValidator:
         if not entry.is_file():
             raise InputError(f"Kraken OpenAPI spec not found at {entry} (set KQ_SHARED)")
 
-        @lru_cache(maxsize=None)
+        @cache
         def load(uri: str):
             path = Path(uri.removeprefix("file://"))
             return Resource.from_contents(_nullable(yaml.safe_load(path.read_text())), default_specification=DRAFT7)
@@ -85,13 +88,19 @@ class SpecValidator:
         if out:
             return out
         if body["error"]:
-            return [e.message for e in self._validator(
-                (self.root / "schemas/objects/errors/error.yaml").as_uri()).iter_errors(body["error"])]
+            return [
+                e.message
+                for e in self._validator((self.root / "schemas/objects/errors/error.yaml").as_uri()).iter_errors(
+                    body["error"]
+                )
+            ]
         if endpoint == "QueryOrders":
             for txid, order in body["result"].items():
                 which = "open" if order.get("status") in ("pending", "open") else "closed"
                 v = self._validator((self.root / f"schemas/objects/user/orders/{which}.yaml").as_uri())
                 out += [f"{txid}: {e.message}" for e in v.iter_errors(order)]
             return out
-        return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                for e in self._validator(self._path_ref(endpoint)).iter_errors(body)]
+        return [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in self._validator(self._path_ref(endpoint)).iter_errors(body)
+        ]

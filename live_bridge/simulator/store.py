@@ -70,7 +70,7 @@ class SimStore:
         try:
             # look before writing: a file of someone else's (or missing tables) is refused untouched
             tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and not TABLES <= tables:
+            if tables and not tables >= TABLES:
                 raise sqlite3.DatabaseError(f"tables {', '.join(sorted(TABLES - tables))} missing")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -79,8 +79,9 @@ class SimStore:
                 self.conn.executescript(SCHEMA)
         except sqlite3.Error as e:
             self.close()
-            raise InputError(f"{self.path}: not a usable simulator state file ({e}); "
-                             "move it aside or pass another --state") from None
+            raise InputError(
+                f"{self.path}: not a usable simulator state file ({e}); move it aside or pass another --state"
+            ) from None
 
     def _take_lock(self) -> None:
         lp = lock_path(self.path)
@@ -92,8 +93,9 @@ class SimStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise InputError(f"{self.path} is in use by another simulator (lock {lp} is held); "
-                             "stop it first or pass another --state") from None
+            raise InputError(
+                f"{self.path} is in use by another simulator (lock {lp} is held); stop it first or pass another --state"
+            ) from None
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
@@ -105,11 +107,18 @@ class SimStore:
     def is_empty(self) -> bool:
         return self.conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 0
 
-    def save(self, ex: "Exchange", dirty_orders: set[str], dirty_trades: set[str]) -> None:
-        meta = {"now": repr(ex.clock.now()), "clock_mode": ex.clock.mode, "clock_speed": repr(ex.clock.speed),
-                "status": ex.status, "pair_status": json.dumps(ex.pair_status), "seq": str(ex.seq),
-                "trade_seq": str(ex.trade_seq), "processed": str(ex.processed),
-                "faults": json.dumps(ex.faults.to_list())}
+    def save(self, ex: Exchange, dirty_orders: set[str], dirty_trades: set[str]) -> None:
+        meta = {
+            "now": repr(ex.clock.now()),
+            "clock_mode": ex.clock.mode,
+            "clock_speed": repr(ex.clock.speed),
+            "status": ex.status,
+            "pair_status": json.dumps(ex.pair_status),
+            "seq": str(ex.seq),
+            "trade_seq": str(ex.trade_seq),
+            "processed": str(ex.processed),
+            "faults": json.dumps(ex.faults.to_list()),
+        }
         with self._lock:
             c = self.conn
             c.execute("BEGIN")
@@ -120,14 +129,22 @@ class SimStore:
                 c.execute(f"DELETE FROM accounts WHERE key NOT IN ({marks})", keys)  # a rotated key's old row
                 c.execute(f"DELETE FROM balances WHERE account NOT IN ({marks})", keys)
                 for a in ex.accounts.values():
-                    c.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, '', ?, ?, ?)",  # never the secret
-                              (a.key, a.name, str(a.last_nonce), a.fee_tier, a.deadman))
-                    c.executemany("INSERT OR REPLACE INTO balances VALUES (?, ?, ?)",
-                                  [(a.key, asset, str(v)) for asset, v in a.balances.items()])
-                c.executemany("INSERT OR REPLACE INTO orders VALUES (?, ?, ?)",
-                              [(t, ex.orders[t].account, json.dumps(ex.orders[t].to_json())) for t in dirty_orders])
-                c.executemany("INSERT OR REPLACE INTO trades VALUES (?, ?, ?)",
-                              [(t, ex.trades[t].account, json.dumps(ex.trades[t].to_json())) for t in dirty_trades])
+                    c.execute(
+                        "INSERT OR REPLACE INTO accounts VALUES (?, ?, '', ?, ?, ?)",  # never the secret
+                        (a.key, a.name, str(a.last_nonce), a.fee_tier, a.deadman),
+                    )
+                    c.executemany(
+                        "INSERT OR REPLACE INTO balances VALUES (?, ?, ?)",
+                        [(a.key, asset, str(v)) for asset, v in a.balances.items()],
+                    )
+                c.executemany(
+                    "INSERT OR REPLACE INTO orders VALUES (?, ?, ?)",
+                    [(t, ex.orders[t].account, json.dumps(ex.orders[t].to_json())) for t in dirty_orders],
+                )
+                c.executemany(
+                    "INSERT OR REPLACE INTO trades VALUES (?, ?, ?)",
+                    [(t, ex.trades[t].account, json.dumps(ex.trades[t].to_json())) for t in dirty_trades],
+                )
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -137,8 +154,10 @@ class SimStore:
         with self._lock:
             c = self.conn
             meta = dict(c.execute("SELECT k, v FROM meta").fetchall())
-            accounts = [dict(zip(("key", "name", "last_nonce", "fee_tier", "deadman"), r))
-                        for r in c.execute("SELECT key, name, last_nonce, fee_tier, deadman FROM accounts")]
+            accounts = [
+                dict(zip(("key", "name", "last_nonce", "fee_tier", "deadman"), r))
+                for r in c.execute("SELECT key, name, last_nonce, fee_tier, deadman FROM accounts")
+            ]
             balances: dict[str, dict[str, str]] = {}
             for acc, asset, amt in c.execute("SELECT account, asset, amount FROM balances"):
                 balances.setdefault(acc, {})[asset] = amt  # parsed (strictly) by restore
@@ -149,8 +168,11 @@ class SimStore:
     def scrub(self) -> None:
         """After a successful load: owner-only modes, no secret left in the file or its WAL."""
         with self._lock:
-            for p in (self.path, self.path.with_name(self.path.name + "-wal"),
-                      self.path.with_name(self.path.name + "-shm")):
+            for p in (
+                self.path,
+                self.path.with_name(self.path.name + "-wal"),
+                self.path.with_name(self.path.name + "-shm"),
+            ):
                 if p.exists():
                     os.chmod(p, 0o600)
             if self.conn.execute("SELECT COUNT(*) FROM accounts WHERE secret != ''").fetchone()[0]:
@@ -168,7 +190,7 @@ class SimStore:
             self._release_lock()
 
 
-def restore(ex: "Exchange", store: SimStore) -> bool:
+def restore(ex: Exchange, store: SimStore) -> bool:
     """Load a saved state into a fresh exchange; False if the file holds none. A file that cannot be
     read, or holds anything but finite numbers in range, raises InputError (one line) and is left as
     it is: nothing is written before the whole state has loaded."""
@@ -177,18 +199,23 @@ def restore(ex: "Exchange", store: SimStore) -> bool:
             return False
         s = store.load()
     except (sqlite3.Error, ValueError, InvalidOperation) as e:
-        raise InputError(f"{store.path}: not a readable simulator state file ({_why(e)}); "
-                         "move it aside or pass another --state") from None
-    unknown = sorted({str(d.get("pair")) if isinstance(d, dict) else "?" for d in s["orders"]}
-                     - set(ex.market.instruments))
+        raise InputError(
+            f"{store.path}: not a readable simulator state file ({_why(e)}); move it aside or pass another --state"
+        ) from None
+    unknown = sorted(
+        {str(d.get("pair")) if isinstance(d, dict) else "?" for d in s["orders"]} - set(ex.market.instruments)
+    )
     if unknown:
-        raise InputError(f"{store.path} holds orders on pairs this market does not serve "
-                         f"({', '.join(unknown)}): replay the same data or start a new --state file")
+        raise InputError(
+            f"{store.path} holds orders on pairs this market does not serve "
+            f"({', '.join(unknown)}): replay the same data or start a new --state file"
+        )
     try:
         _restore(ex, s)
     except (KeyError, TypeError, ValueError, AttributeError, InvalidOperation, InputError) as e:
-        raise InputError(f"{store.path}: corrupt simulator state ({_why(e)}); "
-                         "move it aside or pass another --state") from None
+        raise InputError(
+            f"{store.path}: corrupt simulator state ({_why(e)}); move it aside or pass another --state"
+        ) from None
     return True
 
 
@@ -197,7 +224,7 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _restore(ex: "Exchange", s: dict[str, Any]) -> None:
+def _restore(ex: Exchange, s: dict[str, Any]) -> None:
     from .exchange import Account, Order, Trade
     from .faults import STATUSES
 
@@ -205,8 +232,11 @@ def _restore(ex: "Exchange", s: dict[str, Any]) -> None:
     now = float_of(m["now"], "now", 0, MAX_TIME)
     status = m.get("status", "online")
     pair_status = json.loads(m.get("pair_status", "{}"))
-    if status not in STATUSES or not isinstance(pair_status, dict) or not all(
-            p in ex.market.instruments and v in STATUSES for p, v in pair_status.items()):
+    if (
+        status not in STATUSES
+        or not isinstance(pair_status, dict)
+        or not all(p in ex.market.instruments and v in STATUSES for p, v in pair_status.items())
+    ):
         raise ValueError("market status")
     seq, trade_seq = int_of(m.get("seq", "0"), "seq", 0), int_of(m.get("trade_seq", "0"), "trade_seq", 0)
     processed = int_of(m.get("processed", "0"), "processed", 0)
@@ -216,9 +246,15 @@ def _restore(ex: "Exchange", s: dict[str, Any]) -> None:
         bal = {}
         for asset, amt in s["balances"].get(a["key"], {}).items():
             bal[asset] = decimal_of(amt, f"balance {asset}", 0, MAX_BALANCE)
-        accounts[a["key"]] = Account(name=str(a["name"]), key=str(a["key"]), secret="", balances=bal,
-                                     last_nonce=int_of(a["last_nonce"], "last_nonce", 0),
-                                     fee_tier=a["fee_tier"], deadman=float_of(a["deadman"], "deadman", 0, MAX_TIME))
+        accounts[a["key"]] = Account(
+            name=str(a["name"]),
+            key=str(a["key"]),
+            secret="",
+            balances=bal,
+            last_nonce=int_of(a["last_nonce"], "last_nonce", 0),
+            fee_tier=a["fee_tier"],
+            deadman=float_of(a["deadman"], "deadman", 0, MAX_TIME),
+        )
     orders = {}
     for d in s["orders"]:
         o = Order.from_json(d)
@@ -237,8 +273,7 @@ def _restore(ex: "Exchange", s: dict[str, Any]) -> None:
     ex.accounts = accounts
     ex.orders = orders
     ex.trades = trades
-    ex.open_ids = {t: None for t, o in sorted(ex.orders.items(), key=lambda kv: kv[1].seqno)
-                   if o.status == "open"}
+    ex.open_ids = {t: None for t, o in sorted(ex.orders.items(), key=lambda kv: kv[1].seqno) if o.status == "open"}
 
 
 def _finite(obj: Any, fields: tuple[str, ...]) -> None:
@@ -248,7 +283,7 @@ def _finite(obj: Any, fields: tuple[str, ...]) -> None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
             raise TypeError(f"{f} is {type(v).__name__}")
-        if isinstance(v, Decimal) and not v.is_finite() or isinstance(v, float) and not math.isfinite(v):
+        if (isinstance(v, Decimal) and not v.is_finite()) or (isinstance(v, float) and not math.isfinite(v)):
             raise ValueError(f"{f} is not finite")
         if abs(v) > MAX_BALANCE:
             raise ValueError(f"{f} is out of range")

@@ -26,8 +26,9 @@ LOCAL = "http://127.0.0.1:8765"  # base URL of in-process clients (the Host chec
 T0 = 1_700_000_000 // 3600 * 3600  # 2023-11-14 22:00 UTC
 
 
-def bars_panel(rows: list[tuple[float, float, float, float, float]], pair: str = "BTC/USD",
-               t0: int = T0, venue: str = "synthetic") -> Panel:
+def bars_panel(
+    rows: list[tuple[float, float, float, float, float]], pair: str = "BTC/USD", t0: int = T0, venue: str = "synthetic"
+) -> Panel:
     """A one-pair panel from explicit (open, high, low, close, volume) rows; NaN rows are missing bars."""
     a = np.asarray(rows, dtype=np.float64).reshape(len(rows), 5)
     n = a.shape[0]
@@ -65,8 +66,14 @@ class Sim:
     def url(self) -> str:
         return self.server.url
 
-    def admin(self, path: str, body: Any = None, method: str | None = None, token: str | None = ADMIN_TOKEN,
-              headers: dict[str, str] | None = None) -> Any:
+    def admin(
+        self,
+        path: str,
+        body: Any = None,
+        method: str | None = None,
+        token: str | None = ADMIN_TOKEN,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         import requests
 
         m = method or ("POST" if body is not None else "GET")
@@ -74,8 +81,16 @@ class Sim:
         r = requests.request(m, self.url + path, json=body, timeout=10, headers=h)
         return r.status_code, r.json()
 
-    def raw_private(self, endpoint: str, params: dict[str, Any] | None = None, *, key: str = KEY,
-                    secret: str = SECRET, nonce: int | None = None, timeout: float = 10.0):
+    def raw_private(
+        self,
+        endpoint: str,
+        params: dict[str, Any] | None = None,
+        *,
+        key: str = KEY,
+        secret: str = SECRET,
+        nonce: int | None = None,
+        timeout: float = 10.0,
+    ):
         """A signed private call without the SDK: returns the requests.Response."""
         import requests
 
@@ -91,15 +106,19 @@ class Sim:
         self.server.stop()
 
 
-def signed_form(endpoint: str, params: dict[str, Any], *, key: str = KEY, secret: str = SECRET,
-                nonce: int | None = None) -> tuple[str, dict[str, str]]:
+def signed_form(
+    endpoint: str, params: dict[str, Any], *, key: str = KEY, secret: str = SECRET, nonce: int | None = None
+) -> tuple[str, dict[str, str]]:
     """(body, headers) of a signed private call, as python-kraken-sdk sends it."""
     p = dict(params)
     p["nonce"] = str(nonce if nonce is not None else time.time_ns() // 10)
     body = urllib.parse.urlencode(p)
     path = f"/0/private/{endpoint}"
-    return body, {"API-Key": key, "API-Sign": sign(secret, path, p["nonce"], body),
-                  "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    return body, {
+        "API-Key": key,
+        "API-Sign": sign(secret, path, p["nonce"], body),
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+    }
 
 
 def admin_headers(token: str | None = ADMIN_TOKEN) -> dict[str, str]:
@@ -119,17 +138,24 @@ def local_client(ex, admin_token: str | None = ADMIN_TOKEN):
     return TestClient(create_app(ex, admin_token=admin_token), base_url=LOCAL, raise_server_exceptions=False)
 
 
-def start_sim(panel: Panel, *, balances: dict[str, str] | None = None, start: float | None = None,
-              config: SimConfig | None = None, state: str | None = None,
-              admin_token: str | None = ADMIN_TOKEN) -> Sim:
+def start_sim(
+    panel: Panel,
+    *,
+    balances: dict[str, str] | None = None,
+    start: float | None = None,
+    config: SimConfig | None = None,
+    state: str | None = None,
+    admin_token: str | None = ADMIN_TOKEN,
+) -> Sim:
     from kraken.spot import Market, Trade, User
 
     env = {"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET}
     bal = {k: Decimal(v) for k, v in (balances or {"USD": "100000"}).items()}
     ex = build_exchange(panel, config=config or sim_test_config(), start=start, state=state, balances=bal, env=env)
     srv = SimServer(ex, admin_token=admin_token).start()
-    return Sim(srv, Market(url=srv.url), User(key=KEY, secret=SECRET, url=srv.url),
-               Trade(key=KEY, secret=SECRET, url=srv.url))
+    return Sim(
+        srv, Market(url=srv.url), User(key=KEY, secret=SECRET, url=srv.url), Trade(key=KEY, secret=SECRET, url=srv.url)
+    )
 
 
 def body(resp) -> dict[str, Any]:
