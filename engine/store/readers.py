@@ -20,7 +20,6 @@ Formats:
 
 from __future__ import annotations
 
-import bz2  # noqa: F401 - its errors are caught below
 import hashlib
 import io
 import json
