@@ -8,8 +8,11 @@ after checking, in this order, and refusing with a one-line error on the first f
    (``IntegrityError``);
 2. something is approved for the environment (``ConfigError``);
 3. the approved model's folder exists, its manifest is the one approved (same ``manifest_sha256``),
-   every artifact's sha256 matches the manifest, and its ``verdict.json`` PASSED for exactly this
-   manifest (``IntegrityError``);
+   every artifact's sha256 matches the manifest, its ``verdict.json`` PASSED for exactly this
+   manifest, and re-running the gates that read only the bundle's files (integrity, schema from the
+   manifest, quality and risk from the stored Parquet records; ``research.lifecycle.gates.rerun_gates``)
+   under the verdict's thresholds and this config reproduces that verdict check for check, so a
+   hand-edited ``verdict.json`` (not covered by the manifest) is refused (``IntegrityError``);
 4. its declared inputs equal the CURRENT feature configuration's names, order and schema hash
    (``ConfigError``);
 5. ``research.bundle.load_bundle`` loads it (step 3 hashed every file, allowing only ``verdict.json`` beside

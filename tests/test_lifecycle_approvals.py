@@ -329,6 +329,71 @@ def test_a_verdict_whose_gate_checks_used_looser_thresholds_than_it_claims_is_re
     assert _snapshot(store) == {}
 
 
+def _edit_verdict(path, edit):
+    from research.lifecycle.gates import VERDICT_NAME
+
+    p = path / VERDICT_NAME
+    v = json.loads(p.read_text())
+    edit(v)
+    p.write_text(json.dumps(v))
+
+
+def _pass_everything(v):
+    v["passed"] = True
+    for g in v["gates"]:
+        g["passed"] = True
+        g["message"] = f"{g['gate']}: passed"
+        for ch in g["checks"]:
+            ch["passed"], ch["message"] = True, ""
+
+
+def _check_named(check, **fields):
+    def edit(v):
+        for g in v["gates"]:
+            for ch in g["checks"]:
+                if ch["name"] == check:
+                    ch.update(fields)
+
+    return edit
+
+
+def test_a_hand_edited_verdict_is_refused_by_promote_rollback_and_the_loader(env):
+    """verdict.json is not covered by the manifest: promote, rollback and the loader re-run the gates
+    that read only the bundle's files and refuse a verdict that is not what they say."""
+    cfg, c, store = env
+    validate(c["bad"], cfg, load=False)  # a losing model: quality FAILED
+    _edit_verdict(c["bad"].path, _pass_everything)
+    with pytest.raises(IntegrityError, match=r"re-running the gates .* FAILED \(quality: FAILED: out-of-sample Sharpe"):
+        promote(c["bad"], "paper", "sneak", "yes-promote", cfg)
+    assert _snapshot(store) == {}
+    # a passing model whose recorded figures were "improved": refused although it would pass
+    validate(c["a"], cfg, load=False)
+    _edit_verdict(c["a"].path, _check_named("oos_sharpe", measured=9.9))
+    with pytest.raises(
+        IntegrityError, match=r"verdict.json differs from a re-run .*quality check oos_sharpe: recorded measured"
+    ):
+        promote(c["a"], "live", "x", "yes-promote", cfg)
+    _edit_verdict(c["a"].path, _check_named("oos_sharpe", name="renamed"))
+    with pytest.raises(IntegrityError, match="quality check oos_sharpe: recorded missing"):
+        promote(c["a"], "live", "x", "yes-promote", cfg)
+    assert _snapshot(store) == {}
+    # approved, then edited: the loader and a rollback to it refuse
+    validate(c["a"], cfg, load=False)
+    validate(c["b"], cfg, load=False)
+    promote(c["a"], "live", "one", "yes-promote", cfg)
+    promote(c["b"], "live", "two", "yes-promote", cfg)
+    _edit_verdict(c["b"].path, _check_named("risk_audit", message="edited"))
+    with pytest.raises(
+        IntegrityError, match=r"model loader \(live\) refused: .*risk check risk_audit: recorded message"
+    ):
+        load_approved("live", cfg)
+    _edit_verdict(c["a"].path, _check_named("daily_turnover", measured=0.0))
+    before = _snapshot(store)
+    with pytest.raises(IntegrityError, match="rollback refused: .*risk check daily_turnover: recorded measured"):
+        rollback("live", "yes-rollback", cfg)
+    assert _snapshot(store) == before
+
+
 def _promote_in_child(args):
     import os
 

@@ -21,7 +21,9 @@ from research.lifecycle.gates import (
     gate_schema,
     read_manifest,
     read_verdict,
+    rerun_gates,
     validate_bundle,
+    verdict_differences,
     write_verdict,
 )
 from research.lifecycle.util import operator_name, sha256_file, utc_now_iso
@@ -127,7 +129,30 @@ def check_approvable(
     sch = gate_schema(p, cfg, load=False)
     if not sch.passed:
         raise ConfigError(f"{what} refused: {sch.message}")
+    _recheck(p, cfg, v, required, what)
     return man, v
+
+
+def _recheck(p: Path, cfg, v: dict, required: dict, what: str) -> None:
+    """verdict.json is not covered by the manifest: re-run the gates that only read the bundle's
+    files (integrity, schema from the manifest, quality and risk from the stored Parquet records) under
+    the thresholds the verdict claims (already checked to be at least ``required``) and refuse unless
+    the stored verdict is exactly what they say."""
+    th = {k: float(v["thresholds"][k]) for k in required}
+    gates = rerun_gates(p, cfg, th)
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        raise IntegrityError(
+            f"{what} refused: re-running the gates on {p} under this config FAILED "
+            f"({'; '.join(g.message for g in failed)}) although its verdict.json says passed: re-validate"
+        )
+    diffs = verdict_differences(v, gates)
+    if diffs:
+        raise IntegrityError(
+            f"{what} refused: {p} verdict.json differs from a re-run of the gates ({'; '.join(diffs[:3])}"
+            + (f"; +{len(diffs) - 3} more" if len(diffs) > 3 else "")
+            + "): it was edited or judged under another config; re-validate (kq models validate)"
+        )
 
 
 def required_thresholds(cfg, env: str | None = None) -> dict:

@@ -61,7 +61,9 @@ __all__ = [
     "manifest_sha256",
     "read_manifest",
     "read_verdict",
+    "rerun_gates",
     "validate_bundle",
+    "verdict_differences",
     "write_verdict",
 ]
 
@@ -595,6 +597,57 @@ def validate_bundle(
         validated_utc=utc_now_iso(),
         who=operator_name(),
     )
+
+
+def rerun_gates(bundle_dir: str | Path, cfg, thresholds: dict) -> tuple[GateResult, ...]:
+    """The four gates again, without loading the model (integrity without registry tags, schema from
+    the manifest, quality and risk from the stored Parquet records): what promote, rollback and the
+    loader compare a stored verdict with, since ``verdict.json`` is not covered by the manifest."""
+    root = Path(bundle_dir)
+    try:
+        cand_cfg = candidate_config(root)
+    except ConfigError:
+        cand_cfg = None
+    return (
+        gate_integrity(root),
+        gate_schema(root, cfg, load=False),
+        gate_quality(root, cfg, cand_cfg, thresholds),
+        gate_risk(root, cfg, cand_cfg, thresholds),
+    )
+
+
+# checks a stored verdict may hold that a re-run without the registry or the model cannot produce
+_RERUN_SKIPS = ("loaded_model", "registry_tag_")
+
+
+def verdict_differences(stored: dict, gates: tuple[GateResult, ...]) -> list[str]:
+    """Where a stored verdict's gates differ from ``gates`` (a re-run): each gate's pass and every
+    check's name, pass, measured value, comparison, threshold and message, compared as written to
+    JSON. Empty = the verdict is what the gates say now."""
+    out: list[str] = []
+    got = {g.get("gate"): g for g in stored.get("gates") or [] if isinstance(g, dict)}
+    extra = sorted(str(k) for k in set(got) - {g.gate for g in gates})
+    out += [f"gate {k} is not one of the gates" for k in extra]
+    for g in gates:
+        now = json.loads(json.dumps(_finite(g.to_json()), allow_nan=False))
+        old = got.get(g.gate)
+        if old is None:
+            out.append(f"gate {g.gate} is missing")
+            continue
+        if old.get("passed") is not now["passed"]:
+            out.append(f"gate {g.gate}: recorded passed={old.get('passed')}, re-run passed={now['passed']}")
+        was = {c.get("name"): c for c in old.get("checks") or [] if isinstance(c, dict)}
+        for c in now["checks"]:
+            w = was.pop(c["name"], None)
+            if w != c:
+                diff = "missing" if w is None else ", ".join(k for k in c if w.get(k) != c[k]) or "extra fields"
+                out.append(f"{g.gate} check {c['name']}: recorded {diff} differ(s) from the re-run")
+        out += [
+            f"{g.gate} check {k}: recorded but not a check of this gate"
+            for k in sorted(str(x) for x in was)
+            if not (k == _RERUN_SKIPS[0] or k.startswith(_RERUN_SKIPS[1])) or was[k].get("passed") is not True
+        ]
+    return out
 
 
 def write_verdict(bundle_dir: str | Path, verdict: Verdict) -> Path:
