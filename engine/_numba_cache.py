@@ -48,5 +48,5 @@ def configure() -> Path:
     if "numba" in sys.modules:  # already imported: its config read the variable before we set it
         from numba.core import config
 
-        config.CACHE_DIR = str(target)
+        config.CACHE_DIR = str(target)  # type: ignore[attr-defined]  # set at runtime by numba
     return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -56,14 +57,28 @@ def print_report(report: dict, console=None) -> None:
         return
     kinds = [k for k in KINDS if any(k in p["findings"] for p in pairs)]
     t = Table(title=f"market store {report['store']}", title_justify="left")
-    for col, just in (("venue", "left"), ("pair", "left"), ("rows", "right"), ("first bar (UTC)", "left"),
-                      ("last bar (UTC)", "left"), ("missing h", "right")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("venue", "left"),
+        ("pair", "left"),
+        ("rows", "right"),
+        ("first bar (UTC)", "left"),
+        ("last bar (UTC)", "left"),
+        ("missing h", "right"),
+    )
+    for col, just in columns:
         t.add_column(col, justify=just)
     for k in kinds:
         t.add_column(k.replace("_", " ") + (" (!)" if KINDS[k] == "blocking" else ""), justify="right")
     for p in pairs:
-        t.add_row(p["venue"], p["pair"], f"{p['rows']:,}", p["first_bar"], p["last_bar"], f"{p['missing_hours']:,}",
-                  *(f"{p['findings'].get(k, 0):,}" for k in kinds))
+        t.add_row(
+            p["venue"],
+            p["pair"],
+            f"{p['rows']:,}",
+            p["first_bar"],
+            p["last_bar"],
+            f"{p['missing_hours']:,}",
+            *(f"{p['findings'].get(k, 0):,}" for k in kinds),
+        )
     console.print(t)
     if report["blocking"]:
         console.print(f"[bold red]{report['blocking']} BLOCKING integrity finding(s):[/]")
@@ -72,8 +87,10 @@ def print_report(report: dict, console=None) -> None:
 
             console.print(f"  {f['venue']} {f['pair']} {utc(f['ts'])}: {f['kind']}: {f['detail']}")
     else:
-        console.print("no blocking integrity problems (gaps, zero-volume filler bars and bad prints are "
-                      "warnings: bars kept, flagged)")
+        console.print(
+            "no blocking integrity problems (gaps, zero-volume filler bars and bad prints are "
+            "warnings: bars kept, flagged)"
+        )
 
 
 def run_check(store_path: str | None, venue: str | None, as_json: bool) -> dict:
@@ -93,8 +110,11 @@ def register(app: typer.Typer) -> None:
 
     @data.command("import")
     def import_(
-        paths: list[str] = typer.Argument(..., help="files or folders: Kraken OHLCVT CSV (<PAIR>_60.csv), "
-                                          ".zip of them, Kraken REST OHLC .json, shared-layout .parquet"),
+        paths: list[str] = typer.Argument(
+            ...,
+            help="files or folders: Kraken OHLCVT CSV (<PAIR>_60.csv), "
+            ".zip of them, Kraken REST OHLC .json, shared-layout .parquet",
+        ),
         venue: str = typer.Option(None, "--venue", help="venue to record (default: from file name/metadata)"),
         pair: str = typer.Option(None, "--pair", help="pair (any spelling) when the file name does not say"),
         store: str = typer.Option(None, "--store", help=STORE_HELP),
@@ -111,9 +131,15 @@ def register(app: typer.Typer) -> None:
         con = _console()
         with MarketStore(store) as s:
             if len(files) > 1:
-                with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              TextColumn("{task.description}"), console=_console(stderr=True),
-                              transient=True) as prog:
+                with Progress(
+                    TextColumn("importing"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    TextColumn("{task.description}"),
+                    console=_console(stderr=True),
+                    transient=True,
+                ) as prog:
                     task = prog.add_task("", total=len(files))
                     done = {"n": 0}
 
@@ -135,8 +161,15 @@ def register(app: typer.Typer) -> None:
             note = r.reason or (f"{r.existing_bars:,} identical bars already stored" if r.existing_bars else "")
             # file and member names come from the input: shown as text (escaped), never as markup
             name = one_line(r.label.replace("\\", "/").rsplit("/", 1)[-1], 120)
-            t.add_row(escape(name), r.status, r.venue, r.pair, f"{r.rows:,}" if r.rows else "",
-                      f"{r.new_bars:,}" if r.status == "imported" else "", escape(one_line(note, 200)))
+            t.add_row(
+                escape(name),
+                r.status,
+                r.venue,
+                r.pair,
+                f"{r.rows:,}" if r.rows else "",
+                f"{r.new_bars:,}" if r.status == "imported" else "",
+                escape(one_line(note, 200)),
+            )
         con.print(t)
         con.print(rep.summary())
 
@@ -169,7 +202,9 @@ def register(app: typer.Typer) -> None:
 
     @data.command("synth")
     def synth(
-        pairs: str = typer.Option(None, "--pairs", help="comma-separated pairs (default: the 10 universe bases vs USD)"),
+        pairs: str = typer.Option(
+            None, "--pairs", help="comma-separated pairs (default: the 10 universe bases vs USD)"
+        ),
         start: str = typer.Option(None, "--start", help="first bar (default 2022-01-01)"),
         bars: int = typer.Option(8760, "--bars", min=1, help="bars per pair"),
         seed: int = typer.Option(7, "--seed", min=0, help="random seed"),
@@ -188,9 +223,9 @@ def synth_into_store(store, pairs, start_ts, n_bars: int, seed: int):
     from engine.store.market import MarketStore
 
     st = synth_mod.DEFAULT_START_TS if start_ts is None else int(start_ts)
-    frames = synth_mod.generate_market(tuple(pairs) if pairs else synth_mod.DEFAULT_SYNTH_PAIRS, st,
-                                       int(n_bars), int(seed))
+    frames = synth_mod.generate_market(
+        tuple(pairs) if pairs else synth_mod.DEFAULT_SYNTH_PAIRS, st, int(n_bars), int(seed)
+    )
     with MarketStore(store) as s:
         rep = s.import_frames(frames, synth_mod.SYNTH_VENUE, f"synth(seed={seed},start={st},bars={n_bars})")
         return rep, s.path
-

@@ -23,8 +23,11 @@ T0 = 1_700_000_000 // 3600 * 3600
 @pytest.fixture
 def csv_store(tmp_path):
     p = tmp_path / "XBTUSD_60.csv"
-    p.write_text("".join(f"{T0 + 3600 * i},{100 + i},{102 + i},{99 + i},{101 + i},{1 + i},{5 + i}\n"
-                         for i in range(30) if i != 7))
+    p.write_text(
+        "".join(
+            f"{T0 + 3600 * i},{100 + i},{102 + i},{99 + i},{101 + i},{1 + i},{5 + i}\n" for i in range(30) if i != 7
+        )
+    )
     store = tmp_path / "m.duckdb"
     assert main(["data", "import", str(p), "--store", str(store)]) == 0
     return store
@@ -58,8 +61,11 @@ def test_check_exits_1_on_a_blocking_problem(csv_store, capsys):
 
 
 def test_check_without_store_is_a_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "kq", "data", "check", "--store", str(tmp_path / "none.duckdb")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kq", "data", "check", "--store", str(tmp_path / "none.duckdb")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no market store at" in r.stderr
 
@@ -67,8 +73,25 @@ def test_check_without_store_is_a_clear_error(tmp_path):
 def test_export_cli_with_iso_range(csv_store, tmp_path, capsys):
     out = tmp_path / "out" / "bars.parquet"
     start = pd.Timestamp(T0 + 2 * 3600, unit="s").strftime("%Y-%m-%dT%H:%M")
-    assert main(["data", "export", "--out", str(out), "--pairs", "XBTUSD", "--start", start,
-                 "--end", str(T0 + 9 * 3600), "--store", str(csv_store)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "export",
+                "--out",
+                str(out),
+                "--pairs",
+                "XBTUSD",
+                "--start",
+                start,
+                "--end",
+                str(T0 + 9 * 3600),
+                "--store",
+                str(csv_store),
+            ]
+        )
+        == 0
+    )
     df = pd.read_parquet(out)
     assert df["ts"].tolist() == [T0 + 3600 * i for i in range(2, 10) if i != 7]
     assert set(df["pair"]) == {"BTC/USD"} and set(df["venue"]) == {"kraken"}
@@ -100,7 +123,8 @@ def test_synth_is_stored_as_synthetic_deterministic_and_idempotent(tmp_path, cap
     for p in (a, b, c):
         with MarketStore(p, read_only=True) as s:
             assert {(i.venue, i.pair, i.rows, i.first_ts) for i in s.list_pairs()} == {
-                ("synthetic", x, 300, 1672531200) for x in ("BTC/USD", "ETH/USD", "DOGE/USD")}
+                ("synthetic", x, 300, 1672531200) for x in ("BTC/USD", "ETH/USD", "DOGE/USD")
+            }
             assert s.check()["blocking"] == 0
             digests.append(s.load_panel(["BTC/USD", "ETH/USD", "DOGE/USD"], "synthetic").close.tobytes())
     assert digests[0] == digests[1] and digests[0] != digests[2]
@@ -122,8 +146,9 @@ def _demo(env_extra, tmp_path):
     import os
 
     env = {**os.environ, **env_extra}
-    return subprocess.run([sys.executable, "-m", "kq.demo", "--data-only"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "kq.demo", "--data-only"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
 
 
 def test_demo_real_data_idempotent(tmp_path):
@@ -157,8 +182,9 @@ def test_import_folder_via_cli_lists_every_file_and_check_filters_by_venue(tmp_p
         (d / name).write_text("".join(f"{T0 + 3600 * i},{px},{px + 5},{px - 5},{px + 1},2.5,9\n" for i in range(4)))
     (d / "notes.txt").write_text("not data")  # ignored: not an importable suffix
     pq = tmp_path / "binance_SOLUSDT_1h.parquet"
-    pd.DataFrame({"ts": [T0, T0 + 3600], "open": 20.0, "high": 21.0, "low": 19.0, "close": 20.5,
-                  "volume": 100.0}).to_parquet(pq)
+    pd.DataFrame(
+        {"ts": [T0, T0 + 3600], "open": 20.0, "high": 21.0, "low": 19.0, "close": 20.5, "volume": 100.0}
+    ).to_parquet(pq)
     store = tmp_path / "m.duckdb"
     capsys.readouterr()
     assert main(["data", "import", str(d), str(pq), "--store", str(store)]) == 0

@@ -54,10 +54,47 @@ from engine.store.market import MarketStore
 
 T0 = 1_700_000_000 // 3600 * 3600
 
-HOSTILE = ["", " ", "nan", "NaN", "inf", "-inf", "Infinity", "-1", "0", "-0", "1e23", "9223372036854775807",
-           "9223372036854775808", "-9223372036854775808", "1000000000001", "True", "false", "null", "١٠٥",
-           "１２３", "²", "0x10", "1_000", " 5 ", "9" * 400, "1e-400", "1e400", "\x00", "abc", '"1"', "1.5.5",
-           "+.5", "1.", "\u2028", "\x85", "1e", "--1", "3600.5", "kraken'; DROP TABLE bars; --"]
+HOSTILE = [
+    "",
+    " ",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "-1",
+    "0",
+    "-0",
+    "1e23",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775808",
+    "1000000000001",
+    "True",
+    "false",
+    "null",
+    "١٠٥",
+    "１２３",
+    "²",
+    "0x10",
+    "1_000",
+    " 5 ",
+    "9" * 400,
+    "1e-400",
+    "1e400",
+    "\x00",
+    "abc",
+    '"1"',
+    "1.5.5",
+    "+.5",
+    "1.",
+    "\u2028",
+    "\x85",
+    "1e",
+    "--1",
+    "3600.5",
+    "kraken'; DROP TABLE bars; --",
+]
 GOOD_VENUES = [None, "kraken", "Binance (spot)", "COINBASE", "synthetic"]
 BAD_VENUES = ["kraken'; DROP TABLE bars; --", "krakenx", "", "kraken\n", "Kraken (futures)"]
 GOOD_PAIRS = [None, "XBTUSD", "eth/usd", "XXBTZUSD", "SOLUSDT"]
@@ -89,8 +126,9 @@ def options(draw, atk: set[str], good_pairs=GOOD_PAIRS) -> tuple[str | None, str
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz_import")
     good = d / "ETHUSD_60.csv"
-    good.write_text("".join(f"{T0 + 3600 * i},{100 + i},{102 + i},{99 + i},{101 + i},{1.5 + i},{10 + i}\n"
-                            for i in range(24)))
+    good.write_text(
+        "".join(f"{T0 + 3600 * i},{100 + i},{102 + i},{99 + i},{101 + i},{1.5 + i},{10 + i}\n" for i in range(24))
+    )
     with MarketStore(d / "market.duckdb") as s:
         s.import_files([good])
         yield s, d
@@ -134,8 +172,12 @@ def zip_within_limits(path, rep) -> bool:
         sizes = [i.file_size for i in infos if i.filename in taken]
         if any(i.flag_bits & 0x1 for i in infos if i.filename in taken):
             return False
-    return (len(infos) <= readers.MAX_ZIP_ENTRIES and len(sizes) <= readers.MAX_ZIP_MEMBERS
-            and all(x <= readers.MAX_UNIT_BYTES for x in sizes) and sum(sizes) <= readers.MAX_ARCHIVE_BYTES)
+    return (
+        len(infos) <= readers.MAX_ZIP_ENTRIES
+        and len(sizes) <= readers.MAX_ZIP_MEMBERS
+        and all(x <= readers.MAX_UNIT_BYTES for x in sizes)
+        and sum(sizes) <= readers.MAX_ARCHIVE_BYTES
+    )
 
 
 def run_case(store, path, venue=None, pair=None, limits=None, must_refuse: str = "") -> None:
@@ -180,12 +222,35 @@ def run_case(store, path, venue=None, pair=None, limits=None, must_refuse: str =
 def good_rows(draw, n: int) -> list[list[str]]:
     t0 = T0 + 3600 * draw(st.integers(-3, 50_000))  # wide: few overlaps with what earlier cases stored
     px = draw(st.sampled_from([0.5, 100.0, 30000.0, 1e-8]))
-    return [[str(t0 + 3600 * i), repr(px), repr(px * 1.02), repr(px * 0.98), repr(px * 1.01),
-             repr(draw(st.sampled_from([0.0, 1.5, 1e6]))), str(draw(st.integers(0, 10**6)))] for i in range(n)]
+    return [
+        [
+            str(t0 + 3600 * i),
+            repr(px),
+            repr(px * 1.02),
+            repr(px * 0.98),
+            repr(px * 1.01),
+            repr(draw(st.sampled_from([0.0, 1.5, 1e6]))),
+            str(draw(st.integers(0, 10**6))),
+        ]
+        for i in range(n)
+    ]
 
 
-CSV_ATTACKS = ("field", "fields", "big_trades", "shuffle", "duplicate", "width", "binary", "bom", "eol", "empty",
-               "name", "venue", "pair")
+CSV_ATTACKS = (
+    "field",
+    "fields",
+    "big_trades",
+    "shuffle",
+    "duplicate",
+    "width",
+    "binary",
+    "bom",
+    "eol",
+    "empty",
+    "name",
+    "venue",
+    "pair",
+)
 
 
 @st.composite
@@ -193,13 +258,16 @@ def csv_case(draw, first="clean"):
     """(file bytes, file name, venue, pair, must_refuse)."""
     atk = draw(attacks(first, CSV_ATTACKS))
     rows = good_rows(draw, 0 if "empty" in atk else draw(st.integers(1, 12)))
-    for _ in range({"field": 1, "fields": 3}.get(next((a for a in atk if a in ("field", "fields")), ""), 0)
-                   if rows else 0):
+    for _ in range(
+        {"field": 1, "fields": 3}.get(next((a for a in atk if a in ("field", "fields")), ""), 0) if rows else 0
+    ):
         rows[draw(st.integers(0, len(rows) - 1))][draw(st.integers(0, 6))] = draw(
-            st.sampled_from(HOSTILE) | st.text(max_size=8))
+            st.sampled_from(HOSTILE) | st.text(max_size=8)
+        )
     if "big_trades" in atk and rows:
-        rows[draw(st.integers(0, len(rows) - 1))][6] = draw(st.sampled_from(["1e23", "9223372036854775808",
-                                                                              "1000000000001", "1e300"]))
+        rows[draw(st.integers(0, len(rows) - 1))][6] = draw(
+            st.sampled_from(["1e23", "9223372036854775808", "1000000000001", "1e300"])
+        )
     if "shuffle" in atk:
         rows = draw(st.permutations(rows))
     if "duplicate" in atk and rows:
@@ -213,9 +281,13 @@ def csv_case(draw, first="clean"):
         data = draw(st.binary(max_size=200))
     if "bom" in atk:
         data = b"\xef\xbb\xbf" + data
-    name = draw(st.sampled_from(["XBTUSD_15.csv", "FOO_60.csv", "export.csv", "X_60.csv.csv", "_60.csv"]
-                                if "name" in atk else ["XBTUSD_60.csv", "XXBTZUSD_60.csv", "SOLUSDT_60.csv",
-                                                       "LTCUSD_60.csv", "XDGUSD_60.csv"]))
+    name = draw(
+        st.sampled_from(
+            ["XBTUSD_15.csv", "FOO_60.csv", "export.csv", "X_60.csv.csv", "_60.csv"]
+            if "name" in atk
+            else ["XBTUSD_60.csv", "XXBTZUSD_60.csv", "SOLUSDT_60.csv", "LTCUSD_60.csv", "XDGUSD_60.csv"]
+        )
+    )
     must = ""
     if "binary" not in atk:
         if any(not is_number(f) for r in rows for f in r):
@@ -240,17 +312,39 @@ def test_fuzz_kraken_csv(store, attack, data):
 
 # ---- zip ----------------------------------------------------------------------------------------
 
-GOOD_MEMBERS = ["XBTUSD_60.csv", "ETHUSD_60.csv", "XRPUSD_60.csv", "ADAUSD_60.csv", "a/b/SOLUSD_60.csv",
-                "XBTUSD_15.csv", "readme.txt", "dir/"]
-BAD_MEMBERS = ["../../LTCUSD_60.csv", "/abs/XRPUSD_60.csv", "FOO_60.csv", ".hidden_60.csv", "XBT\nUSD_60.csv",
-               "inner.zip", "XBTUSD_60.CSV", "x" * 300 + "_60.csv", "ünï_60.csv", "C:\\x\\DOTUSD_60.csv"]
+GOOD_MEMBERS = [
+    "XBTUSD_60.csv",
+    "ETHUSD_60.csv",
+    "XRPUSD_60.csv",
+    "ADAUSD_60.csv",
+    "a/b/SOLUSD_60.csv",
+    "XBTUSD_15.csv",
+    "readme.txt",
+    "dir/",
+]
+BAD_MEMBERS = [
+    "../../LTCUSD_60.csv",
+    "/abs/XRPUSD_60.csv",
+    "FOO_60.csv",
+    ".hidden_60.csv",
+    "XBT\nUSD_60.csv",
+    "inner.zip",
+    "XBTUSD_60.CSV",
+    "x" * 300 + "_60.csv",
+    "ünï_60.csv",
+    "C:\\x\\DOTUSD_60.csv",
+]
 COMPRESSION = [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
-LIMITS = [{"MAX_UNIT_BYTES": 300}, {"MAX_ARCHIVE_BYTES": 700}, {"MAX_ZIP_MEMBERS": 2}, {"MAX_ZIP_ENTRIES": 3},
-          {"MAX_UNIT_BYTES": 5000, "MAX_ARCHIVE_BYTES": 6000}]
+LIMITS = [
+    {"MAX_UNIT_BYTES": 300},
+    {"MAX_ARCHIVE_BYTES": 700},
+    {"MAX_ZIP_MEMBERS": 2},
+    {"MAX_ZIP_ENTRIES": 3},
+    {"MAX_UNIT_BYTES": 5000, "MAX_ARCHIVE_BYTES": 6000},
+]
 
 
-ZIP_ATTACKS = ("names", "members", "flood", "bomb", "encrypt", "flip", "truncate", "limits", "venue", "pair",
-               "empty")
+ZIP_ATTACKS = ("names", "members", "flood", "bomb", "encrypt", "flip", "truncate", "limits", "venue", "pair", "empty")
 
 
 @st.composite
@@ -321,8 +415,16 @@ EXTREME_INTS = [2**63 - 1, -(2**63), 0, -1, 10**12 + 1, 2**53 + 1]
 def _parquet_column(draw, name: str, n: int, ts: np.ndarray, kind: str):
     import pyarrow as pa
 
-    good = ts if name == "ts" else np.full(n, {"open": 100.0, "high": 102.0, "low": 98.0, "close": 101.0,
-                                                "volume": 2.5, "trades": 7.0, "vwap": 100.5}[name])
+    good = (
+        ts
+        if name == "ts"
+        else np.full(
+            n,
+            {"open": 100.0, "high": 102.0, "low": 98.0, "close": 101.0, "volume": 2.5, "trades": 7.0, "vwap": 100.5}[
+                name
+            ],
+        )
+    )
     if kind == "good":
         return pa.array(good.astype(np.int64) if name in ("ts", "trades") else good)
     if kind == "float32":
@@ -347,6 +449,7 @@ def _parquet_column(draw, name: str, n: int, ts: np.ndarray, kind: str):
         return pa.nulls(n)
     if kind == "decimal":
         from decimal import Decimal
+
         return pa.array([Decimal(str(float(x))) for x in good], pa.decimal128(38, 8))
     if kind == "extreme":
         return pa.array([draw(st.sampled_from(EXTREME_INTS)) for _ in range(n)], pa.int64())
@@ -356,10 +459,35 @@ def _parquet_column(draw, name: str, n: int, ts: np.ndarray, kind: str):
     return pa.array(vals, from_pandas=False)
 
 
-BAD_KINDS = ["float32", "int32", "uint64", "string", "bool", "list", "struct", "timestamp", "dictionary", "null",
-             "decimal", "extreme", "nonfinite"]
-PARQUET_ATTACKS = (*(f"dtype-{k}" for k in BAD_KINDS), "dtypes", "big_trades", "missing", "duplicate", "extra",
-                   "metadata", "truncate", "empty", "name", "venue", "pair")
+BAD_KINDS = [
+    "float32",
+    "int32",
+    "uint64",
+    "string",
+    "bool",
+    "list",
+    "struct",
+    "timestamp",
+    "dictionary",
+    "null",
+    "decimal",
+    "extreme",
+    "nonfinite",
+]
+PARQUET_ATTACKS = (
+    *(f"dtype-{k}" for k in BAD_KINDS),
+    "dtypes",
+    "big_trades",
+    "missing",
+    "duplicate",
+    "extra",
+    "metadata",
+    "truncate",
+    "empty",
+    "name",
+    "venue",
+    "pair",
+)
 
 
 @st.composite
@@ -387,8 +515,10 @@ def parquet_case(draw, first="clean"):
     kinds = {c: one or draw(st.sampled_from(BAD_KINDS)) for c in sorted(hostile)}
     if "big_trades" in atk:
         kinds["trades"] = "extreme"
-    arrays = [pa.array(["x" * 50] * n) if c == "note" else _parquet_column(draw, c, n, ts, kinds.get(c, "good"))
-              for c in names]
+    arrays = [
+        pa.array(["x" * 50] * n) if c == "note" else _parquet_column(draw, c, n, ts, kinds.get(c, "good"))
+        for c in names
+    ]
     must = ""
     if n and any(k in ("string", "bool", "list", "struct", "timestamp", "dictionary") for k in kinds.values()):
         must = f"a column of type {sorted(kinds.values())}"
@@ -397,11 +527,21 @@ def parquet_case(draw, first="clean"):
     table = pa.Table.from_arrays(arrays, names=names)
     md = {}
     if draw(st.booleans()):
-        md["venue"] = draw(st.sampled_from(["kraken'; DROP TABLE bars; --", "mars", "", "\x00"] if "metadata" in atk
-                                           else ["Kraken", "Binance (spot)", "Coinbase (spot)"]))
+        md["venue"] = draw(
+            st.sampled_from(
+                ["kraken'; DROP TABLE bars; --", "mars", "", "\x00"]
+                if "metadata" in atk
+                else ["Kraken", "Binance (spot)", "Coinbase (spot)"]
+            )
+        )
     if draw(st.booleans()):
-        md["pair"] = draw(st.sampled_from(["NOPE/USD", "(", "\n", "))(("] if "metadata" in atk
-                                          else ["XBT/USD (BTC/USD)", "ETH/USD", "BTC/USDT", "SOL/USD"]))
+        md["pair"] = draw(
+            st.sampled_from(
+                ["NOPE/USD", "(", "\n", "))(("]
+                if "metadata" in atk
+                else ["XBT/USD (BTC/USD)", "ETH/USD", "BTC/USDT", "SOL/USD"]
+            )
+        )
     if "metadata" in atk and draw(st.booleans()):
         md["interval"] = draw(st.sampled_from(["15m", "\x00", "", "1d"]))
     if md:
@@ -411,9 +551,13 @@ def parquet_case(draw, first="clean"):
     data = buf.getvalue()
     if "truncate" in atk:
         data = data[: draw(st.integers(0, len(data)))]
-    name = draw(st.sampled_from(["evil_BTCUSDT_1h.parquet", "XBTUSD_15m.parquet", "x_y_z_1h.parquet"] if "name" in atk
-                                else ["XBTUSD_1h.parquet", "binance_BTCUSDT_1h.parquet", "LTCUSD.parquet",
-                                      "XRPUSD_1h.parquet"]))
+    name = draw(
+        st.sampled_from(
+            ["evil_BTCUSDT_1h.parquet", "XBTUSD_15m.parquet", "x_y_z_1h.parquet"]
+            if "name" in atk
+            else ["XBTUSD_1h.parquet", "binance_BTCUSDT_1h.parquet", "LTCUSD.parquet", "XRPUSD_1h.parquet"]
+        )
+    )
     return (data, name, *options(draw, atk), must)
 
 
@@ -432,14 +576,37 @@ def test_fuzz_parquet(store, attack, data):
 
 # ---- Kraken REST OHLC JSON -------------------------------------------------------------------------
 
-JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.integers(10**300, 10**310),
-                         st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(HOSTILE), st.text(max_size=6))
-JSON_VALUES = JSON_SCALARS | st.lists(JSON_SCALARS, max_size=2) | st.dictionaries(st.text(max_size=2), JSON_SCALARS,
-                                                                                   max_size=2)
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**30), 10**30),
+    st.integers(10**300, 10**310),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(HOSTILE),
+    st.text(max_size=6),
+)
+JSON_VALUES = (
+    JSON_SCALARS | st.lists(JSON_SCALARS, max_size=2) | st.dictionaries(st.text(max_size=2), JSON_SCALARS, max_size=2)
+)
 
 
-JSON_ATTACKS = ("field", "fields", "bool", "big_count", "row", "width", "last", "shape", "deep", "error", "key",
-                "truncate", "venue", "pair", "empty")
+JSON_ATTACKS = (
+    "field",
+    "fields",
+    "bool",
+    "big_count",
+    "row",
+    "width",
+    "last",
+    "shape",
+    "deep",
+    "error",
+    "key",
+    "truncate",
+    "venue",
+    "pair",
+    "empty",
+)
 
 
 @st.composite
@@ -449,8 +616,9 @@ def json_case(draw, first="clean"):
     n = 0 if "empty" in atk else draw(st.integers(1, 8))
     t0 = T0 + 3600 * draw(st.integers(0, 50_000))
     rows = [[t0 + 3600 * i, "10.0", "12.0", "9.0", "11.0", "10.5", "2.5", 7] for i in range(n)]
-    for _ in range({"field": 1, "fields": 3}.get(next((a for a in atk if a in ("field", "fields")), ""), 0)
-                   if n else 0):
+    for _ in range(
+        {"field": 1, "fields": 3}.get(next((a for a in atk if a in ("field", "fields")), ""), 0) if n else 0
+    ):
         rows[draw(st.integers(0, n - 1))][draw(st.integers(0, 7))] = draw(JSON_VALUES)
     if "bool" in atk and n:
         rows[draw(st.integers(0, n - 1))][draw(st.integers(0, 7))] = draw(st.booleans())
@@ -464,24 +632,44 @@ def json_case(draw, first="clean"):
     last = t0 + 3600 * max(n - 2, 0)
     if "last" in atk:
         last = draw(st.sampled_from(["soon", math.nan, math.inf, True, -1, 2**70, 1.5, None, [last]]))
-    key = draw(st.sampled_from(["NOPEUSD", "last", "", "XBT\nUSD"] if "key" in atk
-                               else ["XXBTZUSD", "XETHZUSD", "SOLUSD", "XXRPZUSD"]))
+    key = draw(
+        st.sampled_from(
+            ["NOPEUSD", "last", "", "XBT\nUSD"] if "key" in atk else ["XXBTZUSD", "XETHZUSD", "SOLUSD", "XXRPZUSD"]
+        )
+    )
     result = {key: rows, "last": last}
     doc = {"error": [], "result": result}
     if "shape" in atk:
-        doc = draw(st.sampled_from([result, rows, {"XXBTZUSD": rows, "XETHZUSD": rows, "last": last},
-                                    {"result": result}, {"error": None, "result": rows}, "text", 5]))
+        doc = draw(
+            st.sampled_from(
+                [
+                    result,
+                    rows,
+                    {"XXBTZUSD": rows, "XETHZUSD": rows, "last": last},
+                    {"result": result},
+                    {"error": None, "result": rows},
+                    "text",
+                    5,
+                ]
+            )
+        )
     if "error" in atk:
-        doc = {"error": draw(st.sampled_from([["EQuery:Unknown asset pair"], "line\nbreak", [["x"] * 3], 5,
-                                              {"a": "\x00" * 3}])), "result": result}
+        doc = {
+            "error": draw(
+                st.sampled_from([["EQuery:Unknown asset pair"], "line\nbreak", [["x"] * 3], 5, {"a": "\x00" * 3}])
+            ),
+            "result": result,
+        }
     if "deep" in atk:
         depth = draw(st.sampled_from([60, 2_000, 50_000]))
         return (("[" * depth + "]" * depth).encode(), *options(draw, atk, [None]), "nested lists")
     must = ""
     if any(not is_number(v) for r in rows if isinstance(r, list) for v in r):
         must = "a row value that is not a number"
-    elif any(isinstance(r, list) and len(r) == 8 and float(r[7]) > 1e12
-             and (type(last) is not int or r[0] <= last) for r in rows):  # the forming candle is not stored
+    elif any(
+        isinstance(r, list) and len(r) == 8 and float(r[7]) > 1e12 and (type(last) is not int or r[0] <= last)
+        for r in rows
+    ):  # the forming candle is not stored
         must = "a trade count above 1e12"
     try:
         text = json.dumps(doc, allow_nan=True)

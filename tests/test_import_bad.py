@@ -45,8 +45,16 @@ def reject(store, capsys, path, *extra, line=None, rule, named=True):
     """Import must fail with exit 2, a one-line message naming file/line/rule, and change nothing."""
     before = digest(store)
     capsys.readouterr()
-    rc = main(["data", "import", *[str(x) for x in ([path] if not isinstance(path, list) else path)],
-               "--store", str(store), *extra])
+    rc = main(
+        [
+            "data",
+            "import",
+            *[str(x) for x in ([path] if not isinstance(path, list) else path)],
+            "--store",
+            str(store),
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("kq: error: ") and "\n" not in err
@@ -80,7 +88,7 @@ def test_duplicate_timestamp(store, tmp_path, capsys):
 
 def test_off_grid_timestamp(store, tmp_path, capsys):
     lines = kraken_lines()
-    lines[2] = str(T0 + 2 * 3600 + 1800) + lines[2][len(str(T0)):]
+    lines[2] = str(T0 + 2 * 3600 + 1800) + lines[2][len(str(T0)) :]
     reject(store, capsys, write(tmp_path / "XBTUSD_60.csv", lines), line="line 3", rule="off the hourly grid")
 
 
@@ -134,7 +142,9 @@ def test_conflicting_overlap_is_rejected(store, tmp_path, capsys):
     lines[2] = lines[2].replace(",13.5,", ",99.0,")  # other volume for a stored hour
     sub = tmp_path / "other"
     sub.mkdir()
-    err = reject(store, capsys, write(sub / "ETHUSD_60.csv", lines), line="line 3", rule="conflicts with the stored bar")
+    err = reject(
+        store, capsys, write(sub / "ETHUSD_60.csv", lines), line="line 3", rule="conflicts with the stored bar"
+    )
     assert "overlapping bars must be identical" in err
 
 
@@ -153,8 +163,16 @@ def test_rest_json_kraken_error(store, tmp_path, capsys):
 
 
 def test_bad_parquet_duplicate_ts(store, tmp_path, capsys):
-    df = pd.DataFrame({"ts": np.array([T0, T0 + 3600, T0 + 3600], dtype=np.int64), "open": 1.0, "high": 2.0,
-                       "low": 0.5, "close": 1.5, "volume": 3.0})
+    df = pd.DataFrame(
+        {
+            "ts": np.array([T0, T0 + 3600, T0 + 3600], dtype=np.int64),
+            "open": 1.0,
+            "high": 2.0,
+            "low": 0.5,
+            "close": 1.5,
+            "volume": 3.0,
+        }
+    )
     p = tmp_path / "binance_BTCUSDT_1h.parquet"
     df.to_parquet(p)
     reject(store, capsys, p, line="row 3", rule="duplicate timestamp")
@@ -172,8 +190,15 @@ def test_bad_zip_member_rejects_zip(store, tmp_path, capsys):
 
 
 def test_unknown_pair_option(store, tmp_path, capsys):
-    err = reject(store, capsys, write(tmp_path / "data.csv", kraken_lines()), "--pair", "NOPE/USD",
-                 rule="unknown pair 'NOPE/USD'", named=False)
+    err = reject(
+        store,
+        capsys,
+        write(tmp_path / "data.csv", kraken_lines()),
+        "--pair",
+        "NOPE/USD",
+        rule="unknown pair 'NOPE/USD'",
+        named=False,
+    )
     assert err.startswith("kq: error: --pair:")
 
 
@@ -182,8 +207,16 @@ def test_no_such_file(store, tmp_path, capsys):
 
 
 def test_api_raises_input_error_and_rolls_back(store, tmp_path):
-    bad = pd.DataFrame({"ts": [T0, T0 + 7200], "open": [1.0, 1.0], "high": [2.0, 0.5], "low": [0.5, 0.6],
-                        "close": [1.0, 0.55], "volume": [1.0, 1.0]})
+    bad = pd.DataFrame(
+        {
+            "ts": [T0, T0 + 7200],
+            "open": [1.0, 1.0],
+            "high": [2.0, 0.5],
+            "low": [0.5, 0.6],
+            "close": [1.0, 0.55],
+            "volume": [1.0, 1.0],
+        }
+    )
     before = digest(store)
     with MarketStore(store) as s, pytest.raises(InputError, match=r"row 2: high < low"):
         s.import_bars(bad, "kraken", "XBTUSD", "test")
@@ -195,8 +228,9 @@ def test_subprocess_no_traceback(store, tmp_path):
     lines[3] = lines[3].replace(",103.0,", ",nan?,", 1)
     bad = write(tmp_path / "XBTUSD_60.csv", lines)
     before = digest(store)
-    r = subprocess.run([sys.executable, "-m", "kq", "data", "import", str(bad), "--store", str(store)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kq", "data", "import", str(bad), "--store", str(store)], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
     assert f"{bad}: line 4: non-numeric field" in r.stderr
@@ -210,8 +244,9 @@ def test_conflict_found_after_other_files_were_written_rolls_all_back(store, tmp
     sub.mkdir()
     lines = kraken_lines(24)[:3]
     lines[1] = lines[1].replace(",101.0,", ",101.5,", 1)  # another open for a stored ETH/USD hour
-    reject(store, capsys, [new, write(sub / "ETHUSD_60.csv", lines)], line="line 2",
-           rule="conflicts with the stored bar")
+    reject(
+        store, capsys, [new, write(sub / "ETHUSD_60.csv", lines)], line="line 2", rule="conflicts with the stored bar"
+    )
     with MarketStore(store, read_only=True) as s:
         assert [(i.pair, i.rows) for i in s.list_pairs()] == [("ETH/USD", 24)]
         assert s.table_counts() == {"files": 1, "raw_rows": 24, "bars": 24, "integrity": 0}
@@ -275,42 +310,61 @@ def parquet(path, **cols):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    base = {"ts": pa.array([T0 + 3600 * i for i in range(3)], pa.int64()), "open": [1.0] * 3, "high": [2.0] * 3,
-            "low": [0.5] * 3, "close": [1.5] * 3, "volume": [3.0] * 3}
+    base = {
+        "ts": pa.array([T0 + 3600 * i for i in range(3)], pa.int64()),
+        "open": [1.0] * 3,
+        "high": [2.0] * 3,
+        "low": [0.5] * 3,
+        "close": [1.5] * 3,
+        "volume": [3.0] * 3,
+    }
     base.update(cols)
     pq.write_table(pa.table(base), path)
     return path
 
 
-@pytest.mark.parametrize("cols, rule", [
-    ({"open": [[1.0], [1.0], [1.0]]}, "column 'open' has type 'list<element: double>'; numbers expected"),
-    ({"trades": ["5", "6", "7"]}, "column 'trades' has type 'string'; numbers expected"),
-    ({"trades": [2**63 - 1, 5, 6]}, "row 1: trade count above 1e+12"),
-    ({"volume": [True, False, True]}, "column 'volume' has type 'bool'; numbers expected"),
-    ({"ts": [f"{T0}", "x", "y"]}, "column 'ts' has type 'string'"),
-    ({"close": [{"a": 1.5}] * 3}, "column 'close' has type 'struct<a: double>'"),
-])
+@pytest.mark.parametrize(
+    "cols, rule",
+    [
+        ({"open": [[1.0], [1.0], [1.0]]}, "column 'open' has type 'list<element: double>'; numbers expected"),
+        ({"trades": ["5", "6", "7"]}, "column 'trades' has type 'string'; numbers expected"),
+        ({"trades": [2**63 - 1, 5, 6]}, "row 1: trade count above 1e+12"),
+        ({"volume": [True, False, True]}, "column 'volume' has type 'bool'; numbers expected"),
+        ({"ts": [f"{T0}", "x", "y"]}, "column 'ts' has type 'string'"),
+        ({"close": [{"a": 1.5}] * 3}, "column 'close' has type 'struct<a: double>'"),
+    ],
+)
 def test_parquet_wrong_column_types(store, tmp_path, capsys, cols, rule):
     reject(store, capsys, parquet(tmp_path / "XBTUSD_1h.parquet", **cols), rule=rule)
 
 
-@pytest.mark.parametrize("body, rule", [
-    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
-    ('{"XXBTZUSD": [[@T, NaN, "2", "0.5", "1.5", "1", "3", 5]], "last": @T}',
-     "NaN is not a JSON number"),
-    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": NaN}', "NaN is not a JSON number"),
-    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": -Infinity}',
-     "-Infinity is not a JSON number"),
-    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": "soon"}',
-     "'last' is not a whole number of unix seconds ('soon')"),
-    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": 1e999}',
-     "'last' is not a whole number of unix seconds (inf)"),
-    ('{"XXBTZUSD": [[@T, [["1"]], "2", "0.5", "1.5", "1", "3", 5]]}', "row 1: non-numeric field 'open'"),
-    ('{"XXBTZUSD": [[@T, {"a": 1}, "2", "0.5", "1.5", "1", "3", 5]]}', "row 1: non-numeric field 'open'"),
-    ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 1' + "0" * 400 + ']]}',
-     "row 1: non-numeric field 'count'"),
-    ('{"error": ["line one\\nline two"], "result": {}}', "Kraken returned an error: ['line one\\nline two']"),
-])
+@pytest.mark.parametrize(
+    "body, rule",
+    [
+        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+        ('{"XXBTZUSD": [[@T, NaN, "2", "0.5", "1.5", "1", "3", 5]], "last": @T}', "NaN is not a JSON number"),
+        ('{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": NaN}', "NaN is not a JSON number"),
+        (
+            '{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": -Infinity}',
+            "-Infinity is not a JSON number",
+        ),
+        (
+            '{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": "soon"}',
+            "'last' is not a whole number of unix seconds ('soon')",
+        ),
+        (
+            '{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 5]], "last": 1e999}',
+            "'last' is not a whole number of unix seconds (inf)",
+        ),
+        ('{"XXBTZUSD": [[@T, [["1"]], "2", "0.5", "1.5", "1", "3", 5]]}', "row 1: non-numeric field 'open'"),
+        ('{"XXBTZUSD": [[@T, {"a": 1}, "2", "0.5", "1.5", "1", "3", 5]]}', "row 1: non-numeric field 'open'"),
+        (
+            '{"XXBTZUSD": [[@T, "1", "2", "0.5", "1.5", "1", "3", 1' + "0" * 400 + "]]}",
+            "row 1: non-numeric field 'count'",
+        ),
+        ('{"error": ["line one\\nline two"], "result": {}}', "Kraken returned an error: ['line one\\nline two']"),
+    ],
+)
 def test_rest_json_hostile_structure(store, tmp_path, capsys, body, rule):
     p = tmp_path / "ohlc.json"
     p.write_text(body.replace("@T", str(T0)))
@@ -367,8 +421,16 @@ def test_venue_from_parquet_metadata_or_name_outside_the_fixed_set(store, tmp_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    t = pa.table({"ts": pa.array([T0, T0 + 3600], pa.int64()), "open": [1.0, 1.0], "high": [2.0, 2.0],
-                  "low": [0.5, 0.5], "close": [1.5, 1.5], "volume": [3.0, 3.0]})
+    t = pa.table(
+        {
+            "ts": pa.array([T0, T0 + 3600], pa.int64()),
+            "open": [1.0, 1.0],
+            "high": [2.0, 2.0],
+            "low": [0.5, 0.5],
+            "close": [1.5, 1.5],
+            "volume": [3.0, 3.0],
+        }
+    )
     p = tmp_path / "XBTUSD_1h.parquet"
     pq.write_table(t.replace_schema_metadata({"venue": SQLISH}), p)
     reject(store, capsys, p, rule="unknown venue")
@@ -377,8 +439,10 @@ def test_venue_from_parquet_metadata_or_name_outside_the_fixed_set(store, tmp_pa
     reject(store, capsys, q, rule="unknown venue 'evil'")
 
 
-@pytest.mark.parametrize("field, value", [(6, True), (7, False), (0, True), (2, "٣"), (6, "１２３"), (1, "1_000"),
-                                          (3, "0x10"), (4, "Infinity")])
+@pytest.mark.parametrize(
+    "field, value",
+    [(6, True), (7, False), (0, True), (2, "٣"), (6, "１２３"), (1, "1_000"), (3, "0x10"), (4, "Infinity")],
+)
 def test_rest_booleans_and_unicode_digits_are_not_numbers(store, tmp_path, capsys, field, value):
     rows = [[T0 + 3600 * i, "1.0", "2.0", "0.5", "1.5", "1.2", "3.0", 5] for i in range(3)]
     rows[1][field] = value

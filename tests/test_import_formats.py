@@ -20,13 +20,18 @@ T0 = 1_700_000_000 // 3600 * 3600
 
 
 def kraken_text(n=5, t0=T0, px=100.0, skip=()):
-    return "".join(f"{t0 + 3600 * i},{px + i},{px + i + 2},{px + i - 1},{px + i + 1},{1.5 + i},{10 + i}\n"
-                   for i in range(n) if i not in skip)
+    return "".join(
+        f"{t0 + 3600 * i},{px + i},{px + i + 2},{px + i - 1},{px + i + 1},{1.5 + i},{10 + i}\n"
+        for i in range(n)
+        if i not in skip
+    )
 
 
 def rest_rows(n, t0=T0):
-    return [[t0 + 3600 * i, f"{10 + i}.0", f"{12 + i}.0", f"{9 + i}.0", f"{11 + i}.0", f"{10.5 + i}",
-             f"{2.5 + i}", 7 + i] for i in range(n)]
+    return [
+        [t0 + 3600 * i, f"{10 + i}.0", f"{12 + i}.0", f"{9 + i}.0", f"{11 + i}.0", f"{10.5 + i}", f"{2.5 + i}", 7 + i]
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -40,7 +45,14 @@ def test_kraken_csv_values_pair_and_raw_layer(store, tmp_path):
     p.write_text(kraken_text(5, skip=(2,)))  # one missing hour
     rep = store.import_files([p])
     r = rep.results[0]
-    assert (r.status, r.kind, r.venue, r.pair, r.rows, r.new_bars) == ("imported", "kraken-csv", "kraken", "BTC/USD", 4, 4)
+    assert (r.status, r.kind, r.venue, r.pair, r.rows, r.new_bars) == (
+        "imported",
+        "kraken-csv",
+        "kraken",
+        "BTC/USD",
+        4,
+        4,
+    )
     panel = store.load_panel(["XBT/USD"], "kraken")
     assert panel.ts.tolist() == [T0 + 3600 * i for i in range(5)]
     assert panel.valid[:, 0].tolist() == [True, True, False, True, True]
@@ -60,8 +72,10 @@ def test_kraken_csv_equals_shared_parquet_of_the_same_source(store, tmp_path):
     shared = require_shared()
     # XBTUSD_1h.parquet is Kraken's own OHLCVT file; write part of it back as Kraken CSV.
     ref = read_shared_parquet(shared / "XBTUSD_1h.parquet").iloc[:3000]
-    lines = [",".join([str(int(t)), *(repr(float(x)) for x in row[:5]), str(int(row[5]))])
-             for t, row in zip(ref["ts"], ref[["open", "high", "low", "close", "volume", "trades"]].to_numpy())]
+    lines = [
+        ",".join([str(int(t)), *(repr(float(x)) for x in row[:5]), str(int(row[5]))])
+        for t, row in zip(ref["ts"], ref[["open", "high", "low", "close", "volume", "trades"]].to_numpy())
+    ]
     csv = tmp_path / "XBTUSD_60.csv"
     csv.write_text("\n".join(lines) + "\n")
     store.import_files([shared / "XBTUSD_1h.parquet"])
@@ -145,18 +159,34 @@ def test_overrides_and_pair_spellings(store, tmp_path):
 
 
 def test_parquet_layout_metadata_and_name(store, tmp_path):
-    df = pd.DataFrame({"ts": np.arange(T0, T0 + 3 * 3600, 3600, dtype=np.int64), "open": 1.0, "high": 2.0,
-                       "low": 0.5, "close": 1.5, "volume": 4.0})
+    df = pd.DataFrame(
+        {
+            "ts": np.arange(T0, T0 + 3 * 3600, 3600, dtype=np.int64),
+            "open": 1.0,
+            "high": 2.0,
+            "low": 0.5,
+            "close": 1.5,
+            "volume": 4.0,
+        }
+    )
     t = pa.Table.from_pandas(df, preserve_index=False)
     t = t.replace_schema_metadata({"venue": "Coinbase (spot)", "pair": "ETH/USD", "interval": "1h"})
     pq.write_table(t, tmp_path / "whatever.parquet")
     df.assign(volume=5.0).to_parquet(tmp_path / "binance_SOLUSDT_1h.parquet")
     df.assign(volume=6.0).to_parquet(tmp_path / "XBTUSD_1h.parquet")  # no metadata: pair from the name
     df.assign(volume=7.0).to_parquet(tmp_path / "LTCUSD.parquet")
-    rep = store.import_files([tmp_path / n for n in ("whatever.parquet", "binance_SOLUSDT_1h.parquet",
-                                                     "XBTUSD_1h.parquet", "LTCUSD.parquet")])
-    assert [(r.venue, r.pair) for r in rep.results] == [("coinbase", "ETH/USD"), ("binance", "SOL/USDT"),
-                                                        ("kraken", "BTC/USD"), ("kraken", "LTC/USD")]
+    rep = store.import_files(
+        [
+            tmp_path / n
+            for n in ("whatever.parquet", "binance_SOLUSDT_1h.parquet", "XBTUSD_1h.parquet", "LTCUSD.parquet")
+        ]
+    )
+    assert [(r.venue, r.pair) for r in rep.results] == [
+        ("coinbase", "ETH/USD"),
+        ("binance", "SOL/USDT"),
+        ("kraken", "BTC/USD"),
+        ("kraken", "LTC/USD"),
+    ]
     df.to_parquet(tmp_path / "XBTUSD_15m.parquet")
     with pytest.raises(InputError, match=r"XBTUSD_15m.parquet: 15m bars; only hourly"):
         store.import_files([tmp_path / "XBTUSD_15m.parquet"])
@@ -166,8 +196,9 @@ def test_import_bars_frame_and_export_roundtrip(store, tmp_path):
     n = 48
     ts = np.arange(T0, T0 + n * 3600, 3600, dtype=np.int64)
     c = 100 + np.cumsum(np.sin(np.arange(n)))
-    df = pd.DataFrame({"ts": ts, "open": c, "high": c + 1, "low": c - 1, "close": c, "volume": 2.0,
-                       "trades": 3.0, "vwap": c + 0.1})
+    df = pd.DataFrame(
+        {"ts": ts, "open": c, "high": c + 1, "low": c - 1, "close": c, "volume": 2.0, "trades": 3.0, "vwap": c + 0.1}
+    )
     rep = store.import_bars(df.drop(index=[5, 6]), "synthetic", "BTC/USD", "unit-test")
     assert rep.new_bars == n - 2
     assert store.import_bars(df.drop(index=[5, 6]), "synthetic", "BTC/USD", "unit-test").unchanged == 1
@@ -210,7 +241,10 @@ def test_reimport_under_another_pair_or_venue_stores_the_bars(store, tmp_path):
     venue = store.import_files([p], pair="BTC/USD", venue="binance")
     assert (venue.imported, venue.new_bars) == (1, 4)
     assert {(i.venue, i.pair, i.rows) for i in store.list_pairs()} == {
-        ("kraken", "ETH/USD", 4), ("kraken", "BTC/USD", 4), ("binance", "BTC/USD", 4)}
+        ("kraken", "ETH/USD", 4),
+        ("kraken", "BTC/USD", 4),
+        ("binance", "BTC/USD", 4),
+    }
     before = store.content_digest()
     assert store.import_files([p], pair="XBTUSD", venue="Binance").unchanged == 1  # same pair, any spelling
     assert store.content_digest() == before

@@ -117,8 +117,9 @@ def test_symlink_outside_the_import_is_refused_and_never_echoed(store, tmp_path,
     d.mkdir()
     link = d / "XBTUSD_60.csv"
     link.symlink_to(secret)
-    err = reject(store, capsys, d if in_folder else link, rule="symbolic link to a file outside the import folder",
-                 named=False)
+    err = reject(
+        store, capsys, d if in_folder else link, rule="symbolic link to a file outside the import folder", named=False
+    )
     assert str(link) in err and "hunter2" not in err and "private" not in err
 
 

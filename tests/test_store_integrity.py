@@ -41,9 +41,25 @@ def test_isolated_low_and_high_wicks_are_bad_prints_and_kept(tmp_path):
 
 def test_wicks_within_the_factor_or_not_isolated_are_not_bad_prints(tmp_path):
     # a deep but plausible wick (4x), and a crash that the close follows (body moves too)
-    f = findings(tmp_path, frame(low_3=100.0 / 4.0, open_7=100.0, low_7=5.0, close_7=6.0, high_7=101.0,
-                                 open_8=6.0, high_8=7.0, low_8=5.5, close_8=6.5,
-                                 open_9=6.5, high_9=7.0, low_9=6.0, close_9=6.8), "a")
+    f = findings(
+        tmp_path,
+        frame(
+            low_3=100.0 / 4.0,
+            open_7=100.0,
+            low_7=5.0,
+            close_7=6.0,
+            high_7=101.0,
+            open_8=6.0,
+            high_8=7.0,
+            low_8=5.5,
+            close_8=6.5,
+            open_9=6.5,
+            high_9=7.0,
+            low_9=6.0,
+            close_9=6.8,
+        ),
+        "a",
+    )
     assert "bad_print" not in set(f["kind"])
     # two adjacent deep lows: neither is isolated
     g = findings(tmp_path, frame(low_5=1.0, low_6=1.0), "b")
@@ -60,19 +76,22 @@ def test_gaps_and_zero_volume_are_warnings(tmp_path):
         assert s.check()["blocking"] == 0 and s.list_pairs()[0].missing_hours == 3
 
 
-@pytest.mark.parametrize("kind, sql", [
-    ("ohlc", "UPDATE bars SET high = low * 0.5 WHERE ts = {t}"),
-    ("non_positive", "UPDATE bars SET low = -1 WHERE ts = {t}"),
-    ("non_finite", "UPDATE bars SET close = 'NaN'::DOUBLE WHERE ts = {t}"),
-    ("off_grid", "UPDATE bars SET ts = ts + 60 WHERE ts = {t}"),
-    ("duplicate", "INSERT INTO bars SELECT * FROM bars WHERE ts = {t}"),
-    # what an overflowing cast of a 1e23 trade count left before the importer's range check
-    ("bad_trades", "UPDATE bars SET trades = -9223372036854775808 WHERE ts = {t}"),
-    ("bad_trades", "UPDATE bars SET trades = 1000000000001 WHERE ts = {t}"),
-    ("non_positive", "UPDATE bars SET volume = -0.5 WHERE ts = {t}"),
-    ("non_finite", "UPDATE bars SET volume = 'inf'::DOUBLE WHERE ts = {t}"),
-    ("non_finite", "UPDATE bars SET vwap = 'NaN'::DOUBLE WHERE ts = {t}"),
-])
+@pytest.mark.parametrize(
+    "kind, sql",
+    [
+        ("ohlc", "UPDATE bars SET high = low * 0.5 WHERE ts = {t}"),
+        ("non_positive", "UPDATE bars SET low = -1 WHERE ts = {t}"),
+        ("non_finite", "UPDATE bars SET close = 'NaN'::DOUBLE WHERE ts = {t}"),
+        ("off_grid", "UPDATE bars SET ts = ts + 60 WHERE ts = {t}"),
+        ("duplicate", "INSERT INTO bars SELECT * FROM bars WHERE ts = {t}"),
+        # what an overflowing cast of a 1e23 trade count left before the importer's range check
+        ("bad_trades", "UPDATE bars SET trades = -9223372036854775808 WHERE ts = {t}"),
+        ("bad_trades", "UPDATE bars SET trades = 1000000000001 WHERE ts = {t}"),
+        ("non_positive", "UPDATE bars SET volume = -0.5 WHERE ts = {t}"),
+        ("non_finite", "UPDATE bars SET volume = 'inf'::DOUBLE WHERE ts = {t}"),
+        ("non_finite", "UPDATE bars SET vwap = 'NaN'::DOUBLE WHERE ts = {t}"),
+    ],
+)
 def test_damaged_store_is_blocking(tmp_path, kind, sql):
     path = tmp_path / "d.duckdb"
     with MarketStore(path) as s:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require_shared
+
 from engine.store.market import MarketStore
 from engine.store.panel import FIELDS, load_shared_panel
 
@@ -18,19 +18,28 @@ OVERLAP_START, OVERLAP_END = 1600754400, 1763247600  # 2020-09-22 06:00 .. 2025-
 
 
 def _ts(text: str) -> int:
-    return int(datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc).timestamp())
+    return int(datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC).timestamp())
 
 
 def provenance(shared: Path) -> dict[str, dict]:
     """Parse PROVENANCE.md: the summary table and each file's zero-volume count."""
     text = (shared / "PROVENANCE.md").read_text()
     out: dict[str, dict] = {}
-    for m in re.finditer(r"^\| (\S+\.parquet) \| ([^|]+) \| ([^|]+) \| ([\d-]+ [\d:]+) \| ([\d-]+ [\d:]+) \| "
-                         r"([\d,]+) \| ([\d,]+) \|", text, re.M):
+    for m in re.finditer(
+        r"^\| (\S+\.parquet) \| ([^|]+) \| ([^|]+) \| ([\d-]+ [\d:]+) \| ([\d-]+ [\d:]+) \| "
+        r"([\d,]+) \| ([\d,]+) \|",
+        text,
+        re.M,
+    ):
         name, venue, pair, first, last, rows, missing = m.groups()
-        out[name] = {"venue": "binance" if venue.startswith("Binance") else "kraken",
-                     "pair": pair.strip(), "first": _ts(first), "last": _ts(last),
-                     "rows": int(rows.replace(",", "")), "missing": int(missing.replace(",", ""))}
+        out[name] = {
+            "venue": "binance" if venue.startswith("Binance") else "kraken",
+            "pair": pair.strip(),
+            "first": _ts(first),
+            "last": _ts(last),
+            "rows": int(rows.replace(",", "")),
+            "missing": int(missing.replace(",", "")),
+        }
     for m in re.finditer(r"^### (\S+\.parquet)\n(.*?)(?=^### |\Z)", text, re.M | re.S):
         z = re.search(r"^\| zero-volume bars \| (\d+) \|", m.group(2), re.M)
         if m.group(1) in out and z:
@@ -125,6 +134,11 @@ def test_determinism_same_files_same_store(tmp_path, shared_dir):
     for k, order in enumerate((names, names[::-1])):
         with MarketStore(tmp_path / f"s{k}.duckdb") as s:
             s.import_files([shared_dir / n for n in order])
-            digests.append((s.table_counts()["bars"], s.integrity_findings().to_csv(index=False),
-                            s.load_panel(["LINK/USDT"], "binance").close.tobytes()))
+            digests.append(
+                (
+                    s.table_counts()["bars"],
+                    s.integrity_findings().to_csv(index=False),
+                    s.load_panel(["LINK/USDT"], "binance").close.tobytes(),
+                )
+            )
     assert digests[0] == digests[1]

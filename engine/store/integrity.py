@@ -70,7 +70,8 @@ SELECT venue, pair, ts, 'zero_volume', 'warning', volume,
 UNION ALL
 SELECT venue, pair, ts, 'bad_print', 'warning', low,
        format('isolated low {{}} vs body/neighbours {{}} (kept, flagged)', low,
-              least(blo, coalesce(pblo, blo), coalesce(nblo, blo), coalesce(plow, 'inf'::DOUBLE), coalesce(nlow, 'inf'::DOUBLE)))
+              least(blo, coalesce(pblo, blo), coalesce(nblo, blo),
+                    coalesce(plow, 'inf'::DOUBLE), coalesce(nlow, 'inf'::DOUBLE)))
   FROM w WHERE low > 0 AND low * {k} < least(blo, coalesce(pblo, blo), coalesce(nblo, blo))
                AND low * {k} < least(coalesce(plow, 'inf'::DOUBLE), coalesce(nlow, 'inf'::DOUBLE))
 UNION ALL

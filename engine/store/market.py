@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +62,12 @@ CREATE TABLE IF NOT EXISTS {name} (
 );
 """
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-""" + _FILES_TABLE.format(name="files") + """
+"""
+    + _FILES_TABLE.format(name="files")
+    + """
 CREATE TABLE IF NOT EXISTS raw_rows (
     file_id INTEGER NOT NULL,
     line BIGINT NOT NULL,
@@ -87,26 +90,27 @@ CREATE TABLE IF NOT EXISTS integrity (
     kind VARCHAR NOT NULL, severity VARCHAR NOT NULL, value DOUBLE, detail VARCHAR
 );
 """
+)
 
 
 def utc(ts: int | float | None) -> str:
     """Bar time as ``YYYY-MM-DD HH:MM`` UTC."""
     if ts is None or (isinstance(ts, float) and np.isnan(ts)):
         return "-"
-    return datetime.fromtimestamp(int(ts), tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 @dataclass
 class FileResult:
     label: str
-    status: str                 # imported | already imported | skipped
+    status: str  # imported | already imported | skipped
     kind: str = ""
     venue: str = ""
     pair: str = ""
     sha256: str = ""
-    rows: int = 0               # rows read (raw layer)
-    new_bars: int = 0           # bars added to the validated layer
-    existing_bars: int = 0      # identical bars already stored (overlap)
+    rows: int = 0  # rows read (raw layer)
+    new_bars: int = 0  # bars added to the validated layer
+    existing_bars: int = 0  # identical bars already stored (overlap)
     reason: str = ""
 
 
@@ -142,8 +146,10 @@ class ImportReport:
         return self.new_bars == 0 and self.imported == 0
 
     def summary(self) -> str:
-        return (f"{self.imported} imported, {self.unchanged} already imported, {self.skipped} skipped; "
-                f"{self.rows:,} rows read, {self.new_bars:,} new bars")
+        return (
+            f"{self.imported} imported, {self.unchanged} already imported, {self.skipped} skipped; "
+            f"{self.rows:,} rows read, {self.new_bars:,} new bars"
+        )
 
 
 @dataclass(frozen=True)
@@ -199,8 +205,10 @@ class MarketStore:
             return
         if version != "1":
             self.close()
-            raise InputError(f"market store {self.path} has schema version {version!r}; this krakenquant "
-                             f"writes version {SCHEMA_VERSION} (upgrade krakenquant to write to it)")
+            raise InputError(
+                f"market store {self.path} has schema version {version!r}; this krakenquant "
+                f"writes version {SCHEMA_VERSION} (upgrade krakenquant to write to it)"
+            )
         con = self.con
         con.begin()
         try:
@@ -219,9 +227,9 @@ class MarketStore:
     def close(self) -> None:
         if getattr(self, "con", None) is not None:
             self.con.close()
-            self.con = None
+            self.con = None  # type: ignore[assignment]  # closed: any later use fails loudly
 
-    def __enter__(self) -> "MarketStore":
+    def __enter__(self) -> MarketStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -243,11 +251,23 @@ class MarketStore:
 
     @staticmethod
     def _already(u: Parsed) -> FileResult:
-        return FileResult(u.label, "already imported", u.kind, u.venue, u.pair, u.sha256,
-                          reason=f"same content imported before as {u.venue} {u.pair}")
+        return FileResult(
+            u.label,
+            "already imported",
+            u.kind,
+            u.venue,
+            u.pair,
+            u.sha256,
+            reason=f"same content imported before as {u.venue} {u.pair}",
+        )
 
-    def import_files(self, paths: Sequence[str | Path], venue: str | None = None, pair: str | None = None,
-                     progress: Callable[[str], None] | None = None) -> ImportReport:
+    def import_files(
+        self,
+        paths: Sequence[str | Path],
+        venue: str | None = None,
+        pair: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> ImportReport:
         """Import Kraken OHLCVT CSVs (also in zips), Kraken REST OHLC JSON and shared-layout parquet.
 
         ``venue``/``pair`` override what the file name and metadata say. All-or-nothing: any bad
@@ -332,8 +352,9 @@ class MarketStore:
                 units.append(unit)
         return self._write(units, results)
 
-    def import_rest_rows(self, rows: list, pair: str, venue: str = "kraken", last: int | None = None,
-                         source: str = "kraken-rest") -> ImportReport:
+    def import_rest_rows(
+        self, rows: list, pair: str, venue: str = "kraken", last: int | None = None, source: str = "kraken-rest"
+    ) -> ImportReport:
         """Import Kraken REST OHLC rows ``[time, open, high, low, close, vwap, volume, count]``.
 
         What the live backfill calls with ``result[pair]`` and ``result['last']``: rows newer than
@@ -343,8 +364,9 @@ class MarketStore:
         identical are counted as ``existing_bars``.
         """
         self._writable()
-        unit = readers.parse_rest_rows(rows, pair, label=f"{source}:{normalize_pair(pair)}", venue=venue,
-                                       last=last, name=source)
+        unit = readers.parse_rest_rows(
+            rows, pair, label=f"{source}:{normalize_pair(pair)}", venue=venue, last=last, name=source
+        )
         if self._key(unit) in self._known():
             return ImportReport([self._already(unit)])
         return self._write([unit], [])
@@ -356,7 +378,7 @@ class MarketStore:
         con.begin()
         try:
             next_id = int(con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchall()[0][0])
-            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            now = datetime.now(UTC).replace(tzinfo=None)
             affected: dict[tuple[str, str], None] = {}
             for k, u in enumerate(units):
                 fid = next_id + k
@@ -364,15 +386,33 @@ class MarketStore:
                 raw = u.raw
                 raw.insert(0, "file_id", np.int32(fid))
                 con.register("_kq_raw", raw)
-                con.execute("INSERT INTO raw_rows SELECT file_id, line, ts, open, high, low, close, volume, "
-                            "trades, vwap, note FROM _kq_raw")
+                con.execute(
+                    "INSERT INTO raw_rows SELECT file_id, line, ts, open, high, low, close, volume, "
+                    "trades, vwap, note FROM _kq_raw"
+                )
                 con.unregister("_kq_raw")
-                con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [fid, u.sha256, u.member, u.name, u.label, u.kind, u.venue, u.pair, u.source_pair,
-                             len(raw), new, json.dumps(u.meta, sort_keys=True, default=str), now])
+                con.execute(
+                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        fid,
+                        u.sha256,
+                        u.member,
+                        u.name,
+                        u.label,
+                        u.kind,
+                        u.venue,
+                        u.pair,
+                        u.source_pair,
+                        len(raw),
+                        new,
+                        json.dumps(u.meta, sort_keys=True, default=str),
+                        now,
+                    ],
+                )
                 affected[(u.venue, u.pair)] = None
-                report.results.append(FileResult(u.label, "imported", u.kind, u.venue, u.pair, u.sha256,
-                                                 len(raw), new, existing))
+                report.results.append(
+                    FileResult(u.label, "imported", u.kind, u.venue, u.pair, u.sha256, len(raw), new, existing)
+                )
             if not affected:
                 con.rollback()  # nothing new: leave the store untouched
                 return report
@@ -397,21 +437,27 @@ class MarketStore:
                               AND b.volume = n.volume
                               AND (b.trades IS NULL OR n.trades IS NULL OR b.trades = n.trades)
                               AND (b.vwap IS NULL OR n.vwap IS NULL OR b.vwap = n.vwap))
-                   ORDER BY n.line LIMIT 1""", [u.venue, u.pair]).fetchall()
-            conflict = conflict[0] if conflict else None
-            if conflict is not None:
-                line, ts, other = conflict[0], conflict[1], conflict[2]
+                   ORDER BY n.line LIMIT 1""",
+                [u.venue, u.pair],
+            ).fetchall()
+            if conflict:
+                row = conflict[0]
+                line, ts, other = row[0], row[1], row[2]
                 unit = "line" if u.kind == "kraken-csv" else "row"
-                new = "/".join(f"{x:g}" for x in conflict[3:8])
-                old = "/".join(f"{x:g}" for x in conflict[8:13])
+                new_ohlcv = "/".join(f"{x:g}" for x in row[3:8])
+                old_ohlcv = "/".join(f"{x:g}" for x in row[8:13])
                 raise InputError(
                     f"{u.label}: {unit} {line}: bar {u.venue} {u.pair} {utc(ts)} conflicts with the stored bar "
-                    f"from {other} (OHLCV {new} vs {old}); overlapping bars must be identical")
-            new = int(con.execute(
-                """INSERT INTO bars SELECT ?, ?, n.ts, n.open, n.high, n.low, n.close, n.volume, n.trades, n.vwap, ?
+                    f"from {other} (OHLCV {new_ohlcv} vs {old_ohlcv}); overlapping bars must be identical"
+                )
+            new = int(
+                con.execute(
+                    """INSERT INTO bars SELECT ?, ?, n.ts, n.open, n.high, n.low, n.close, n.volume, n.trades, n.vwap, ?
                    FROM _kq_new n ANTI JOIN (SELECT ts FROM bars WHERE venue = ? AND pair = ?) b ON b.ts = n.ts
                    ORDER BY n.ts""",
-                [u.venue, u.pair, fid, u.venue, u.pair]).fetchall()[0][0])
+                    [u.venue, u.pair, fid, u.venue, u.pair],
+                ).fetchall()[0][0]
+            )
         finally:
             con.unregister("_kq_new")
         return new, len(nb) - new
@@ -429,13 +475,15 @@ class MarketStore:
 
     def list_pairs(self, venue: str | None = None) -> list[PairInfo]:
         """Per (venue, pair): rows, first and last bar, missing hours inside the span."""
-        q = ("SELECT venue, pair, count(*), min(ts), max(ts) FROM bars "
-             + ("WHERE venue = ? " if venue else "") + "GROUP BY venue, pair ORDER BY venue, pair")
+        q = (
+            "SELECT venue, pair, count(*), min(ts), max(ts) FROM bars "
+            + ("WHERE venue = ? " if venue else "")
+            + "GROUP BY venue, pair ORDER BY venue, pair"
+        )
         rows = self.con.execute(q, [normalize_venue(venue)] if venue else []).fetchall()
         return [PairInfo(v, p, int(n), int(a), int(b), int((b - a) // HOUR + 1 - n)) for v, p, n, a, b in rows]
 
-    def load_panel(self, pairs: Sequence[str], venue: str, start: int | None = None,
-                   end: int | None = None) -> Panel:
+    def load_panel(self, pairs: Sequence[str], venue: str, start: int | None = None, end: int | None = None) -> Panel:
         """A Panel of validated bars for ``pairs`` (any spelling) on ``venue``, start <= ts <= end.
 
         The grid runs from the earliest to the latest bar of any requested pair inside the range
@@ -454,7 +502,8 @@ class MarketStore:
         if missing:
             have = ", ".join(sorted(stored)) or "none"
             raise InputError(f"no bars for {', '.join(missing)} on venue {venue!r} (stored pairs: {have})")
-        cond, args = ["venue = ?", "list_contains(?, pair)"], [venue, names]
+        cond: list[str] = ["venue = ?", "list_contains(?, pair)"]
+        args: list[object] = [venue, names]
         if start is not None:
             cond.append("ts >= ?")
             args.append(int(start))
@@ -464,7 +513,9 @@ class MarketStore:
         res = self.con.execute(
             "SELECT list_position(?, pair) - 1 AS j, ts, open, high, low, close, volume, "
             "coalesce(CAST(trades AS DOUBLE), 'NaN'::DOUBLE) AS trades, coalesce(vwap, 'NaN'::DOUBLE) AS vwap "
-            f"FROM bars WHERE {' AND '.join(cond)}", [names, *args]).fetchnumpy()
+            f"FROM bars WHERE {' AND '.join(cond)}",
+            [names, *args],
+        ).fetchnumpy()
         t = np.asarray(res["ts"], dtype=np.int64)
         if t.size == 0 and (start is None or end is None):
             raise InputError(f"no bars for {', '.join(names)} on venue {venue!r} in the requested range")
@@ -486,10 +537,16 @@ class MarketStore:
             arrays[f] = a
         valid = np.zeros((n, m), dtype=bool)
         valid[row, col] = True
-        return Panel(venue, tuple(names), grid, *(arrays[f] for f in FIELDS), valid)
+        return Panel(venue=venue, pairs=tuple(names), ts=grid, valid=valid, **{f: arrays[f] for f in FIELDS})
 
-    def export_parquet(self, path: str | Path, pairs: Sequence[str] | None = None, venue: str | None = None,
-                       start: int | None = None, end: int | None = None) -> int:
+    def export_parquet(
+        self,
+        path: str | Path,
+        pairs: Sequence[str] | None = None,
+        venue: str | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> int:
         """Write validated bars in long form (venue, pair, ts, open..vwap) to ``path``; returns rows.
 
         Written to a temporary file and renamed, so a failed export leaves nothing half-written.
@@ -501,7 +558,8 @@ class MarketStore:
             raise InputError(readers.one_line(str(e))) from None
 
     def _export_parquet(self, path, pairs, venue, start, end) -> int:
-        cond, args = [], []
+        cond: list[str] = []
+        args: list[object] = []
         if venue:
             cond.append("venue = ?")
             args.append(normalize_venue(venue))
@@ -529,11 +587,18 @@ class MarketStore:
         try:
             tbl = self.con.sql(
                 f"SELECT venue, pair, ts, open, high, low, close, volume, trades, vwap FROM bars WHERE {where} "
-                "ORDER BY venue, pair, ts", params=args).to_arrow_table()
+                "ORDER BY venue, pair, ts",
+                params=args,
+            ).to_arrow_table()
             import pyarrow.parquet as pq
 
-            tbl = tbl.replace_schema_metadata({"ts": "unix seconds UTC, bar open time", "interval": "1h",
-                                               "source": f"krakenquant market store {self.path.name}"})
+            tbl = tbl.replace_schema_metadata(
+                {
+                    "ts": "unix seconds UTC, bar open time",
+                    "interval": "1h",
+                    "source": f"krakenquant market store {self.path.name}",
+                }
+            )
             pq.write_table(tbl, tmp)
             os.replace(tmp, out)
         except OSError as e:
@@ -543,11 +608,11 @@ class MarketStore:
                 tmp.unlink(missing_ok=True)
         return n
 
-    def integrity_findings(self, venue: str | None = None, pair: str | None = None,
-                           live: bool = False) -> pd.DataFrame:
+    def integrity_findings(self, venue: str | None = None, pair: str | None = None, live: bool = False) -> pd.DataFrame:
         """Findings (venue, pair, ts, kind, severity, value, detail). ``live`` recomputes from bars
         instead of reading the log written at import (what ``kq data check`` does)."""
-        cond, args = [], []
+        cond: list[str] = []
+        args: list[object] = []
         if venue:
             cond.append("venue = ?")
             args.append(normalize_venue(venue))
@@ -570,20 +635,40 @@ class MarketStore:
         for i in infos:
             c = {k: int(v) for (vv, pp, k), v in counts.items() if vv == i.venue and pp == i.pair}
             blocking = f[(f["venue"] == i.venue) & (f["pair"] == i.pair) & (f["severity"] == BLOCKING)] if len(f) else f
-            out.append({"venue": i.venue, "pair": i.pair, "rows": i.rows, "first_ts": i.first_ts,
-                        "first_bar": utc(i.first_ts), "last_ts": i.last_ts, "last_bar": utc(i.last_ts),
-                        "missing_hours": i.missing_hours, "findings": c, "blocking": int(len(blocking))})
+            out.append(
+                {
+                    "venue": i.venue,
+                    "pair": i.pair,
+                    "rows": i.rows,
+                    "first_ts": i.first_ts,
+                    "first_bar": utc(i.first_ts),
+                    "last_ts": i.last_ts,
+                    "last_bar": utc(i.last_ts),
+                    "missing_hours": i.missing_hours,
+                    "findings": c,
+                    "blocking": len(blocking),
+                }
+            )
         blocking = f[f["severity"] == BLOCKING] if len(f) else f
-        return {"store": str(self.path), "pairs": out, "blocking": int(len(blocking)),
-                "blocking_findings": blocking.head(20).to_dict("records") if len(blocking) else []}
+        return {
+            "store": str(self.path),
+            "pairs": out,
+            "blocking": len(blocking),
+            "blocking_findings": blocking.head(20).to_dict("records") if len(blocking) else [],
+        }
 
     def content_digest(self) -> str:
         """sha256 over the contents of every table (import times excluded): equal digests = same store."""
         import hashlib
 
         h = hashlib.sha256()
-        for t, cols in (("files", "* EXCLUDE (imported_at)"), ("raw_rows", "*"), ("bars", "*"),
-                        ("integrity", "*"), ("meta", "*")):
+        for t, cols in (
+            ("files", "* EXCLUDE (imported_at)"),
+            ("raw_rows", "*"),
+            ("bars", "*"),
+            ("integrity", "*"),
+            ("meta", "*"),
+        ):
             n, agg = self.con.execute(
                 f"SELECT count(*), coalesce(sum(hash(x)::HUGEINT), 0)::VARCHAR FROM (SELECT {cols} FROM {t}) x"
             ).fetchall()[0]
@@ -591,5 +676,7 @@ class MarketStore:
         return h.hexdigest()
 
     def table_counts(self) -> dict[str, int]:
-        return {t: int(self.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0])
-                for t in ("files", "raw_rows", "bars", "integrity")}
+        return {
+            t: int(self.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0])
+            for t in ("files", "raw_rows", "bars", "integrity")
+        }

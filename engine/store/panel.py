@@ -25,15 +25,15 @@ FIELDS = ("open", "high", "low", "close", "volume", "trades", "vwap")
 class Panel:
     venue: str
     pairs: tuple[str, ...]
-    ts: np.ndarray       # int64 (n,), contiguous hourly grid
-    open: np.ndarray     # float64 (n, m)
+    ts: np.ndarray  # int64 (n,), contiguous hourly grid
+    open: np.ndarray  # float64 (n, m)
     high: np.ndarray
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
-    trades: np.ndarray   # float64 (n, m); NaN where unknown
-    vwap: np.ndarray     # float64 (n, m); NaN where unknown
-    valid: np.ndarray    # bool (n, m): a real, validated bar exists at this hour
+    trades: np.ndarray  # float64 (n, m); NaN where unknown
+    vwap: np.ndarray  # float64 (n, m); NaN where unknown
+    valid: np.ndarray  # bool (n, m): a real, validated bar exists at this hour
 
     @property
     def n_bars(self) -> int:
@@ -50,12 +50,17 @@ class Panel:
         except ValueError:
             raise InputError(f"pair {p!r} is not in this panel ({', '.join(self.pairs)})") from None
 
-    def slice(self, start: int | None = None, end: int | None = None) -> "Panel":
+    def slice(self, start: int | None = None, end: int | None = None) -> Panel:
         """Bars with start <= ts <= end (bar-open seconds, inclusive)."""
         lo = 0 if start is None else int(np.searchsorted(self.ts, start, side="left"))
         hi = self.n_bars if end is None else int(np.searchsorted(self.ts, end, side="right"))
-        return Panel(self.venue, self.pairs, self.ts[lo:hi].copy(),
-                     *(getattr(self, f)[lo:hi].copy() for f in FIELDS), self.valid[lo:hi].copy())
+        return Panel(
+            venue=self.venue,
+            pairs=self.pairs,
+            ts=self.ts[lo:hi].copy(),
+            valid=self.valid[lo:hi].copy(),
+            **{f: getattr(self, f)[lo:hi].copy() for f in FIELDS},
+        )
 
     def to_long(self) -> pd.DataFrame:
         """Long form (ts, pair, open, ..., vwap) with valid rows only."""
@@ -67,8 +72,9 @@ class Panel:
         return pd.DataFrame(out)
 
 
-def panel_from_frames(frames: dict[str, pd.DataFrame], venue: str,
-                      start: int | None = None, end: int | None = None) -> Panel:
+def panel_from_frames(
+    frames: dict[str, pd.DataFrame], venue: str, start: int | None = None, end: int | None = None
+) -> Panel:
     """Align per-pair frames (columns ts, open, high, low, close, volume[, trades, vwap]) on one hourly grid.
 
     The grid runs from the earliest to the latest bar of any pair (clipped to [start, end]);
@@ -99,7 +105,7 @@ def panel_from_frames(frames: dict[str, pd.DataFrame], venue: str,
             if fld in f.columns:
                 arrays[fld][idx, j] = f[fld].to_numpy(dtype=np.float64, na_value=np.nan)[keep]
         valid[idx, j] = True
-    return Panel(venue, pairs, ts, *(arrays[f] for f in FIELDS), valid)
+    return Panel(venue=venue, pairs=pairs, ts=ts, valid=valid, **{f: arrays[f] for f in FIELDS})
 
 
 def read_shared_parquet(path: str | Path) -> pd.DataFrame:
@@ -113,8 +119,9 @@ def read_shared_parquet(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def load_shared_panel(files: list[str], start: int | None = None, end: int | None = None,
-                      venue: str | None = None) -> Panel:
+def load_shared_panel(
+    files: list[str], start: int | None = None, end: int | None = None, venue: str | None = None
+) -> Panel:
     """Build a panel straight from shared parquet files, by stem (``binance_BTCUSDT_1h``, ``XBTUSD_1h``).
 
     For tests and benchmarks that need real data without a store. The market store's own panel

@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -92,8 +92,20 @@ def _echo(value, limit: int = 40) -> str:
 
 
 #: What a damaged zip or a member in an unsupported format can raise while it is opened or read.
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
-               ValueError, struct.error, NotImplementedError, RuntimeError, OverflowError, IndexError)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    ValueError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    IndexError,
+)
 
 _KRAKEN_NAME = re.compile(r"^(?P<pair>[A-Za-z0-9]+)_(?P<minutes>\d+)$")
 #: The venues bars may be stored under (a fixed set: a venue name is never taken from a file as typed).
@@ -105,16 +117,16 @@ _VENUE = re.compile(r"([a-z]+)(?: ?\(spot\))?")
 class Parsed:
     """One importable unit: a file, a zip member, one pair of a REST response, or a frame."""
 
-    label: str            # how messages name it: the path as given, ``a.zip:XBTUSD_60.csv``, ...
-    name: str             # base file name (or source label for frames)
-    member: str           # '' for a plain file, the pair key for a multi-pair JSON
-    sha256: str           # content hash of the unit (a zip member's own bytes)
-    kind: str             # kraken-csv | kraken-rest | parquet | frame
+    label: str  # how messages name it: the path as given, ``a.zip:XBTUSD_60.csv``, ...
+    name: str  # base file name (or source label for frames)
+    member: str  # '' for a plain file, the pair key for a multi-pair JSON
+    sha256: str  # content hash of the unit (a zip member's own bytes)
+    kind: str  # kraken-csv | kraken-rest | parquet | frame
     venue: str
-    pair: str             # canonical BASE/QUOTE
-    source_pair: str      # the pair as the source spelled it
-    raw: pd.DataFrame     # rows as received: line, ts, open..vwap, note
-    bars: pd.DataFrame    # validated: ts (int64), open..volume (float64), trades (Int64), vwap (float64)
+    pair: str  # canonical BASE/QUOTE
+    source_pair: str  # the pair as the source spelled it
+    raw: pd.DataFrame  # rows as received: line, ts, open..vwap, note
+    bars: pd.DataFrame  # validated: ts (int64), open..volume (float64), trades (Int64), vwap (float64)
     meta: dict = field(default_factory=dict)
 
 
@@ -177,13 +189,31 @@ def validate(label: str, frame: pd.DataFrame, lines: np.ndarray, unit: str = "li
         v = cols[f]
         _fail(label, unit, lines, np.isinf(v), f"non-numeric value in column '{f}'")
     t = cols["ts"]
-    _fail(label, unit, lines, t != np.floor(t), "timestamp is not a whole number of seconds",
-          lambda i: f"time {float(t[i])!r}")
-    _fail(label, unit, lines, (t < TS_MIN) | (t >= TS_MAX), "timestamp not in unix seconds (2009..2100)",
-          lambda i: f"time {t[i]:.0f}")
+    _fail(
+        label,
+        unit,
+        lines,
+        t != np.floor(t),
+        "timestamp is not a whole number of seconds",
+        lambda i: f"time {float(t[i])!r}",
+    )
+    _fail(
+        label,
+        unit,
+        lines,
+        (t < TS_MIN) | (t >= TS_MAX),
+        "timestamp not in unix seconds (2009..2100)",
+        lambda i: f"time {t[i]:.0f}",
+    )
     ts = t.astype(np.int64)
-    _fail(label, unit, lines, ts % HOUR != 0, "timestamp off the hourly grid (not a multiple of 3600)",
-          lambda i: f"time {ts[i]}")
+    _fail(
+        label,
+        unit,
+        lines,
+        ts % HOUR != 0,
+        "timestamp off the hourly grid (not a multiple of 3600)",
+        lambda i: f"time {ts[i]}",
+    )
     order = np.argsort(ts, kind="stable")
     st = ts[order]
     dup_sorted = np.zeros(n, dtype=bool)
@@ -194,16 +224,27 @@ def validate(label: str, frame: pd.DataFrame, lines: np.ndarray, unit: str = "li
         # report the later occurrence in file order, and where the timestamp was first seen
         i = int(np.flatnonzero(dup)[0])
         first = int(lines[np.flatnonzero(ts == ts[i])[0]])
-        raise InputError(f"{label}: {unit} {int(lines[i])}: duplicate timestamp {ts[i]} "
-                         f"(first on {unit} {first})")
+        raise InputError(f"{label}: {unit} {int(lines[i])}: duplicate timestamp {ts[i]} (first on {unit} {first})")
     o, h, lo, c = (cols[f] for f in PRICE_FIELDS)
     nonpos = (o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0)
-    _fail(label, unit, lines, nonpos, "non-positive price",
-          lambda i: f"open {float(o[i])!r} high {float(h[i])!r} low {float(lo[i])!r} close {float(c[i])!r}")
+    _fail(
+        label,
+        unit,
+        lines,
+        nonpos,
+        "non-positive price",
+        lambda i: f"open {float(o[i])!r} high {float(h[i])!r} low {float(lo[i])!r} close {float(c[i])!r}",
+    )
     _fail(label, unit, lines, h < lo, "high < low", lambda i: f"high {float(h[i])!r} < low {float(lo[i])!r}")
     outside = (o > h) | (o < lo) | (c > h) | (c < lo)
-    _fail(label, unit, lines, outside, "open/close outside [low, high]",
-          lambda i: f"open {float(o[i])!r} high {float(h[i])!r} low {float(lo[i])!r} close {float(c[i])!r}")
+    _fail(
+        label,
+        unit,
+        lines,
+        outside,
+        "open/close outside [low, high]",
+        lambda i: f"open {float(o[i])!r} high {float(h[i])!r} low {float(lo[i])!r} close {float(c[i])!r}",
+    )
     vol = cols["volume"]
     _fail(label, unit, lines, vol < 0, "negative volume", lambda i: f"volume {float(vol[i])!r}")
     tr = cols["trades"]
@@ -212,14 +253,27 @@ def validate(label: str, frame: pd.DataFrame, lines: np.ndarray, unit: str = "li
     _fail(label, unit, lines, bad_tr, "trade count is not a whole number >= 0", lambda i: f"trades {float(tr[i])!r}")
     with np.errstate(invalid="ignore"):
         big_tr = ~np.isnan(tr) & (tr > MAX_TRADES)
-    _fail(label, unit, lines, big_tr, f"trade count above {MAX_TRADES:.0e} (not a plausible hourly count)",
-          lambda i: f"trades {float(tr[i])!r}")
+    _fail(
+        label,
+        unit,
+        lines,
+        big_tr,
+        f"trade count above {MAX_TRADES:.0e} (not a plausible hourly count)",
+        lambda i: f"trades {float(tr[i])!r}",
+    )
     vw = cols["vwap"]
     vw = np.where(vw > 0, vw, np.nan)  # Kraken sends vwap 0 for bars without trades: unknown
     trn = tr[order]
     trades = pd.arrays.IntegerArray(np.where(np.isnan(trn), 0, trn).astype(np.int64), np.isnan(trn))
-    bars = pd.DataFrame({"ts": st, **{f: cols[f][order] for f in ("open", "high", "low", "close", "volume")},
-                         "trades": trades, "vwap": vw[order], "line": lines[order]})
+    bars = pd.DataFrame(
+        {
+            "ts": st,
+            **{f: cols[f][order] for f in ("open", "high", "low", "close", "volume")},
+            "trades": trades,
+            "vwap": vw[order],
+            "line": lines[order],
+        }
+    )
     return bars
 
 
@@ -259,7 +313,8 @@ def _numbers(s: pd.Series, plain_ascii: bool = False) -> np.ndarray:
         strs = pd.Series(vals[is_str], dtype=object)
         ok = strs.str.fullmatch(_NUMBER).to_numpy(dtype=bool)
         out[np.flatnonzero(is_str)[ok]] = pd.to_numeric(strs[ok], errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan)
+            dtype=np.float64, na_value=np.nan
+        )
     is_float = np.fromiter((k is float for k in kinds), dtype=bool, count=len(vals))
     out[is_float] = vals[is_float].astype(np.float64)
     # a bool is not a number here (True is not a volume of 1): type(True) is bool, not int
@@ -268,8 +323,9 @@ def _numbers(s: pd.Series, plain_ascii: bool = False) -> np.ndarray:
     return out
 
 
-def _numeric_columns(label: str, table: pd.DataFrame, names: tuple[str, ...], lines: np.ndarray,
-                     unit: str, plain_ascii: bool = False) -> pd.DataFrame:
+def _numeric_columns(
+    label: str, table: pd.DataFrame, names: tuple[str, ...], lines: np.ndarray, unit: str, plain_ascii: bool = False
+) -> pd.DataFrame:
     out = {}
     for k, name in enumerate(names):
         s = table[k]
@@ -292,12 +348,10 @@ def parse_kraken_csv(data: bytes, label: str, name: str, venue: str | None, pair
     """Kraken's official OHLCVT CSV: time, open, high, low, close, volume, trades (no header)."""
     parsed_name = kraken_csv_name(name)
     if parsed_name is not None and parsed_name[1] != 60:
-        raise InputError(f"{label}: {parsed_name[1]}-minute bars; only hourly files (<PAIR>_60.csv) "
-                         f"can be imported")
+        raise InputError(f"{label}: {parsed_name[1]}-minute bars; only hourly files (<PAIR>_60.csv) can be imported")
     if pair is None:
         if parsed_name is None:
-            raise InputError(f"{label}: cannot infer the pair from the file name "
-                             f"(expected <PAIR>_60.csv); pass --pair")
+            raise InputError(f"{label}: cannot infer the pair from the file name (expected <PAIR>_60.csv); pass --pair")
         pair = parsed_name[0]
     canon = _pair(pair, label)
     try:
@@ -316,40 +370,58 @@ def parse_kraken_csv(data: bytes, label: str, name: str, venue: str | None, pair
     wrong = counts != ncol
     if wrong.any():
         i = int(np.flatnonzero(wrong)[0])
-        raise InputError(f"{label}: line {i + 1}: wrong column count ({counts[i]} fields, expected {ncol}: "
-                         f"{','.join(KRAKEN_CSV_COLUMNS)})")
+        raise InputError(
+            f"{label}: line {i + 1}: wrong column count ({counts[i]} fields, expected {ncol}: "
+            f"{','.join(KRAKEN_CSV_COLUMNS)})"
+        )
     table = s.str.split(",", expand=True)
     plain = text.isascii() and not text.encode("ascii").translate(None, _CSV_CHARS)
     num = _numeric_columns(label, table, KRAKEN_CSV_COLUMNS, lines, "line", plain)
     frame = num.rename(columns={"time": "ts"})
     frame["vwap"] = np.nan
     bars = validate(label, frame, lines, "line")
-    return Parsed(label, name, "", sha256_bytes(data), "kraken-csv", normalize_venue(venue or "kraken", label),
-                  canon, pair, _raw_frame(lines, frame), bars)
+    return Parsed(
+        label,
+        name,
+        "",
+        sha256_bytes(data),
+        "kraken-csv",
+        normalize_venue(venue or "kraken", label),
+        canon,
+        pair,
+        _raw_frame(lines, frame),
+        bars,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Kraken REST OHLC rows
 
 
-def parse_rest_rows(rows: list, pair: str, *, label: str = "kraken-rest", venue: str = "kraken",
-                    last: int | None = None, sha256: str | None = None, member: str = "",
-                    name: str | None = None) -> Parsed:
+def parse_rest_rows(
+    rows: list,
+    pair: str,
+    *,
+    label: str = "kraken-rest",
+    venue: str = "kraken",
+    last: int | None = None,
+    sha256: str | None = None,
+    member: str = "",
+    name: str | None = None,
+) -> Parsed:
     """Kraken REST ``OHLC`` rows ``[time, open, high, low, close, vwap, volume, count]`` (prices as
     strings or numbers). Rows with ``time > last`` are the still-forming candle: kept raw, not stored."""
     canon = _pair(pair, label)
     if not isinstance(rows, list) or len(rows) == 0:
         raise InputError(f"{label}: empty file (no rows)")
     ncol = len(REST_COLUMNS)
-    lens = np.fromiter((len(r) if isinstance(r, (list, tuple)) else -1 for r in rows), dtype=np.int64,
-                       count=len(rows))
+    lens = np.fromiter((len(r) if isinstance(r, (list, tuple)) else -1 for r in rows), dtype=np.int64, count=len(rows))
     lines = np.arange(1, len(rows) + 1, dtype=np.int64)
     wrong = lens != ncol
     if wrong.any():
         i = int(np.flatnonzero(wrong)[0])
         got = "not a list" if lens[i] < 0 else f"{lens[i]} fields"
-        raise InputError(f"{label}: row {i + 1}: wrong column count ({got}, expected {ncol}: "
-                         f"{','.join(REST_COLUMNS)})")
+        raise InputError(f"{label}: row {i + 1}: wrong column count ({got}, expected {ncol}: {','.join(REST_COLUMNS)})")
     table = pd.DataFrame(rows, dtype=object)
     num = _numeric_columns(label, table, REST_COLUMNS, lines, "row")
     frame = num.rename(columns={"time": "ts", "count": "trades"})
@@ -357,15 +429,26 @@ def parse_rest_rows(rows: list, pair: str, *, label: str = "kraken-rest", venue:
     keep = np.ones(len(frame), dtype=bool)
     if last is not None:
         keep = frame["ts"].to_numpy() <= float(last)
-        note = np.where(keep, None, "forming candle (time > last): not stored").astype(object)
+        note = np.where(keep, np.array(None, dtype=object), "forming candle (time > last): not stored").astype(object)
     raw = _raw_frame(lines, frame, note)
     if not keep.any():
         raise InputError(f"{label}: no committed rows (every row is newer than last={last})")
     bars = validate(label, frame[keep].reset_index(drop=True), lines[keep], "row")
     if sha256 is None:
         sha256 = sha256_bytes(json.dumps([canon, rows, last], sort_keys=True, default=str).encode())
-    return Parsed(label, name or label, member, sha256, "kraken-rest", normalize_venue(venue, label), canon, pair,
-                  raw, bars, {"last": last})
+    return Parsed(
+        label,
+        name or label,
+        member,
+        sha256,
+        "kraken-rest",
+        normalize_venue(venue, label),
+        canon,
+        pair,
+        raw,
+        bars,
+        {"last": last},
+    )
 
 
 class _JSONConstant(ValueError):
@@ -407,9 +490,18 @@ def parse_rest_json(data: bytes, label: str, name: str, venue: str | None, pair:
         raise InputError(f"{label}: --pair given but the response holds {len(keys)} pairs")
     out = []
     for k in keys:
-        out.append(parse_rest_rows(doc[k], pair or k, label=f"{label}:{k}", venue=venue or "kraken",
-                                   last=last, sha256=sha,
-                                   member=k if len(keys) > 1 else "", name=name))
+        out.append(
+            parse_rest_rows(
+                doc[k],
+                pair or k,
+                label=f"{label}:{k}",
+                venue=venue or "kraken",
+                last=last,
+                sha256=sha,
+                member=k if len(keys) > 1 else "",
+                name=name,
+            )
+        )
     return out
 
 
@@ -436,10 +528,15 @@ def _parquet_numbers(label: str, table, name: str) -> np.ndarray:
     col = table.column(name)
     t = col.type
     optional = name in ("trades", "vwap")
-    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-            or (optional and pa.types.is_null(t))):
-        raise InputError(f"{label}: column '{name}' has type {_echo(str(t))}; numbers expected "
-                         f"(integer or floating point)")
+    if not (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_decimal(t)
+        or (optional and pa.types.is_null(t))
+    ):
+        raise InputError(
+            f"{label}: column '{name}' has type {_echo(str(t))}; numbers expected (integer or floating point)"
+        )
     try:
         return np.asarray(pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
     except (pa.ArrowException, ValueError, TypeError) as e:
@@ -455,8 +552,9 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
     except Exception as e:  # pyarrow raises many kinds for a corrupt file
         raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
     if declared > MAX_PARQUET_ROWS:
-        raise InputError(f"{label}: {declared:,} rows declared; at most {MAX_PARQUET_ROWS:,} can be imported "
-                         f"from one parquet file")
+        raise InputError(
+            f"{label}: {declared:,} rows declared; at most {MAX_PARQUET_ROWS:,} can be imported from one parquet file"
+        )
     try:
         schema = pf.schema_arrow
     except Exception as e:  # pyarrow raises many kinds for a corrupt file
@@ -471,8 +569,11 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
         raise InputError(f"{label}: not a readable parquet file ({type(e).__name__})") from None
     if table.num_rows != declared:
         raise InputError(f"{label}: not a readable parquet file ({table.num_rows} rows read, {declared} declared)")
-    md = {k.decode(errors="replace"): v.decode(errors="replace")
-          for k, v in (schema.metadata or {}).items() if k != b"ARROW:schema" and k != b"pandas"}
+    md = {
+        k.decode(errors="replace"): v.decode(errors="replace")
+        for k, v in (schema.metadata or {}).items()
+        if k != b"ARROW:schema" and k != b"pandas"
+    }
     # file name: [<venue>_]<PAIR>[_<interval>], e.g. XBTUSD_1h, binance_BTCUSDT_1h
     parts = Path(name).stem.split("_")
     name_iv = parts.pop() if len(parts) > 1 and re.fullmatch(r"\d+[A-Za-z]*", parts[-1]) else None
@@ -499,8 +600,9 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
     cols = set(table.column_names)
     missing = [c for c in ("ts", "open", "high", "low", "close", "volume") if c not in cols]
     if missing:
-        raise InputError(f"{label}: missing column {missing[0]!r} (expected ts, open, high, low, close, volume"
-                         f"[, trades, vwap])")
+        raise InputError(
+            f"{label}: missing column {missing[0]!r} (expected ts, open, high, low, close, volume[, trades, vwap])"
+        )
     n = table.num_rows
     if n == 0:
         raise InputError(f"{label}: empty file (no rows)")
@@ -514,8 +616,19 @@ def parse_parquet(data: bytes, label: str, name: str, venue: str | None, pair: s
         raise InputError(f"{label}: row {i + 1}: non-numeric or missing value in column 'ts'")
     lines = np.arange(1, n + 1, dtype=np.int64)
     bars = validate(label, frame, lines, "row")
-    return Parsed(label, name, "", sha256_bytes(data), "parquet", normalize_venue(venue, label), canon, pair,
-                  _raw_frame(lines, frame), bars, md)
+    return Parsed(
+        label,
+        name,
+        "",
+        sha256_bytes(data),
+        "parquet",
+        normalize_venue(venue, label),
+        canon,
+        pair,
+        _raw_frame(lines, frame),
+        bars,
+        md,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,17 +654,20 @@ def parse_frame(df: pd.DataFrame, venue: str, pair: str, source: str) -> Parsed:
     h.update(f"{venue}|{canon}|{source}".encode())
     for f in ("ts", *VALUE_FIELDS):
         h.update(np.ascontiguousarray(frame[f].to_numpy(dtype=np.float64)).tobytes())
-    return Parsed(label, source, "", h.hexdigest(), "frame", venue, canon, pair,
-                  _raw_frame(lines, frame), bars)
+    return Parsed(label, source, "", h.hexdigest(), "frame", venue, canon, pair, _raw_frame(lines, frame), bars)
 
 
 # --------------------------------------------------------------------------------------------
 # dispatch
 
 
-_KIND_OF_MODE = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                 (stat.S_ISDIR, "a folder"))
+_KIND_OF_MODE = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
 
 
 def _not_regular(mode: int) -> str | None:
@@ -584,8 +700,10 @@ def _checked_file(p: Path, root: Path) -> Path:
             raise InputError(f"{p}: broken or looping symbolic link") from None
         if not _inside(target, root.resolve()):
             # the target is neither named nor read: its path or content must not leak into messages
-            raise InputError(f"{p}: symbolic link to a file outside the import folder; refused "
-                             f"(copy the file into the folder to import it)")
+            raise InputError(
+                f"{p}: symbolic link to a file outside the import folder; refused "
+                f"(copy the file into the folder to import it)"
+            )
     try:
         st = os.stat(p)
     except OSError as e:
@@ -644,7 +762,7 @@ def open_input(p: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def read_capped(f: BinaryIO, label: str, limit: int = MAX_UNIT_BYTES, what: str | None = None) -> bytes:
+def read_capped(f: IO[bytes], label: str, limit: int = MAX_UNIT_BYTES, what: str | None = None) -> bytes:
     """At most ``limit`` bytes from ``f``; more is refused (never trusts a declared size)."""
     buf = io.BytesIO()
     while True:
@@ -667,8 +785,9 @@ def read_unit(data: bytes, label: str, name: str, venue: str | None, pair: str |
     raise InputError(f"{label}: unsupported file type (expected .csv, .zip, .json or .parquet)")
 
 
-def zip_members(data: bytes | BinaryIO, label: str,
-                pair_given: bool = False) -> tuple[list[tuple[str, bytes]], list[Skipped]]:
+def zip_members(
+    data: bytes | BinaryIO, label: str, pair_given: bool = False
+) -> tuple[list[tuple[str, bytes]], list[Skipped]]:
     """Hourly Kraken CSV members of a zip (``<PAIR>_60.csv``); every other member is skipped with a reason.
 
     Limits: at most :data:`MAX_ZIP_ENTRIES` entries and :data:`MAX_ZIP_MEMBERS` hourly members; each
@@ -709,25 +828,32 @@ def zip_members(data: bytes | BinaryIO, label: str,
                     skipped.append(Skipped(mlabel, f"unknown pair name {kn[0]!r}"))
                     continue
             if len(take) >= MAX_ZIP_MEMBERS:
-                raise InputError(f"{label}: more than {MAX_ZIP_MEMBERS:,} hourly CSV members; refused "
-                                 f"(MAX_ZIP_MEMBERS: split the archive)")
+                raise InputError(
+                    f"{label}: more than {MAX_ZIP_MEMBERS:,} hourly CSV members; refused "
+                    f"(MAX_ZIP_MEMBERS: split the archive)"
+                )
             if info.file_size > MAX_UNIT_BYTES:
-                raise InputError(f"{mlabel}: declares {info.file_size:,} bytes uncompressed; larger than "
-                                 f"{_size(MAX_UNIT_BYTES)}, refused (MAX_UNIT_BYTES)")
+                raise InputError(
+                    f"{mlabel}: declares {info.file_size:,} bytes uncompressed; larger than "
+                    f"{_size(MAX_UNIT_BYTES)}, refused (MAX_UNIT_BYTES)"
+                )
             budget = MAX_ARCHIVE_BYTES - total
-            over_archive = (f"{label}: members decompress to more than {_size(MAX_ARCHIVE_BYTES)}; "
-                            f"refused (MAX_ARCHIVE_BYTES)")
+            over_archive = (
+                f"{label}: members decompress to more than {_size(MAX_ARCHIVE_BYTES)}; refused (MAX_ARCHIVE_BYTES)"
+            )
             if info.file_size > budget:
                 raise InputError(over_archive)
             if info.flag_bits & 0x1:
                 raise InputError(f"{mlabel}: encrypted member; refused (unencrypted zips only)")
             try:
                 with zf.open(info) as m:
-                    body = read_capped(m, mlabel, min(MAX_UNIT_BYTES, budget),
-                                       None if budget >= MAX_UNIT_BYTES else over_archive)
+                    body = read_capped(
+                        m, mlabel, min(MAX_UNIT_BYTES, budget), None if budget >= MAX_UNIT_BYTES else over_archive
+                    )
             except _ZIP_ERRORS as e:
-                raise InputError(f"{mlabel}: cannot be read from the archive ({type(e).__name__}: "
-                                 f"{_echo(str(e), 80)})") from None
+                raise InputError(
+                    f"{mlabel}: cannot be read from the archive ({type(e).__name__}: {_echo(str(e), 80)})"
+                ) from None
             total += len(body)
             take.append((mname, body))
     return take, skipped
