@@ -7,6 +7,7 @@ import functools
 
 import numpy as np
 import pytest
+from risk_harness import StepHarness
 
 from engine.backtest.runner import default_atr
 from engine.config import load_config
@@ -18,11 +19,8 @@ from engine.risk.enums import (
     KillReason,
     Reason,
     TradingState,
-    event_dt,
-    trade_dt,
 )
-from engine.risk.nb import C_RECORD, N_ACC, N_CNT, new_state, step_nb
-from engine.risk.params import instrument_arrays, params_from_config
+from engine.risk.params import params_from_config
 from engine.store.panel import load_shared_panel
 
 PAIRS = ["binance_BTCUSDT_1h", "binance_ETHUSDT_1h", "binance_SOLUSDT_1h"]
@@ -41,7 +39,7 @@ def _panel():
     return p
 
 
-class Sim:
+class Sim(StepHarness):
     """Drive step_nb bar by bar on (copies of) real arrays, with hooks to inject conditions."""
 
     def __init__(self, **overrides):
@@ -57,67 +55,7 @@ class Sim:
         self.p_up = np.full((n, m), np.nan)
         self.exp_ret = np.full((n, m), 0.05)
         self.cluster = np.tile(np.arange(m, dtype=np.int64), (n, 1))
-        self.tradable = np.ones((n, m), dtype=np.bool_)
-        self.entry_block = np.zeros(n, dtype=np.bool_)
-        self.api = np.zeros(n, dtype=np.bool_)
-        self.op = np.zeros(n, dtype=np.int64)
-        self.rules = instrument_arrays(self.pairs)
-        self.state, self.pos, self.pend = new_state(m, self.params[0]["init_cash"])
-        self.trades = np.zeros(n * m, dtype=trade_dt)
-        self.events = np.zeros(n * (2 * m + 6), dtype=event_dt)
-        self.cnt = np.zeros(N_CNT, dtype=np.int64)
-        self.cnt[C_RECORD] = 1
-        self.acc = np.zeros(N_ACC)
-        self.refusals = np.zeros(64, dtype=np.int64)
-        self.marks = np.empty(m)
-        self.order_buf = np.empty(m, dtype=np.int64)
-        self.t = 0
-
-    def step(self, upto):
-        while self.t < upto:
-            step_nb(
-                self.t,
-                self.state,
-                self.pos,
-                self.pend,
-                self.o,
-                self.h,
-                self.l,
-                self.c,
-                self.v,
-                self.valid,
-                self.p_up,
-                self.exp_ret,
-                self.atr,
-                self.spread,
-                self.cluster,
-                self.tradable,
-                self.entry_block,
-                self.api,
-                self.op,
-                *self.rules,
-                self.params[0],
-                self.trades,
-                self.events,
-                self.cnt,
-                self.acc,
-                self.refusals,
-                self.marks,
-                self.order_buf,
-            )
-            self.t += 1
-
-    def events_at(self, t):
-        ev = self.events[: self.cnt[1]]
-        return [(int(e["pair"]), EventCode(int(e["code"])), Reason(int(e["reason"]))) for e in ev if e["bar"] == t]
-
-    @property
-    def st(self):
-        return self.state[0]
-
-    def set_drawdown(self, dd):
-        """Poke the peak so the next mark sees drawdown ``dd`` (equity unchanged: flat book)."""
-        self.st["peak"] = self.st["equity"] / (1.0 - dd)
+        self.init_books(self.pairs)
 
 
 def test_tier1_cuts_risk_per_trade_and_recovers():

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from risk_harness import StepHarness
 
 from engine.backtest.runner import default_atr
 from engine.config import config_from_dict, load_config
 from engine.errors import ConfigError
-from engine.risk.enums import SIZING_RISK, SIZING_VOL_TARGET, EventCode, Reason, TradingState, event_dt, trade_dt
-from engine.risk.nb import C_RECORD, N_ACC, N_CNT, new_state, step_nb
-from engine.risk.params import instrument_arrays, params_from_config
+from engine.risk.enums import SIZING_RISK, SIZING_VOL_TARGET, EventCode, Reason, TradingState
+from engine.risk.params import params_from_config
 
 PAIRS = (
     "BTC/USD",
@@ -39,7 +39,7 @@ N = 60
 WARM = 40  # bars stepped without signals (the 14-bar Wilder ATR settles on the constant range)
 
 
-class Sim:
+class Sim(StepHarness):
     """step_nb bar by bar on flat bars at ``PRICE``; ``atr_frac[j]`` is pair j's ATR / close (its
     high - low as a fraction of the close)."""
 
@@ -59,66 +59,10 @@ class Sim:
         self.p_up = np.full((N, m), np.nan)
         self.exp_ret = np.full((N, m), 0.05)
         self.cluster = np.tile(np.arange(m, dtype=np.int64), (N, 1))  # every pair its own cluster
-        self.tradable = np.ones((N, m), dtype=np.bool_)
-        self.entry_block = np.zeros(N, dtype=np.bool_)
-        self.api = np.zeros(N, dtype=np.bool_)
-        self.op = np.zeros(N, dtype=np.int64)
-        self.rules = instrument_arrays(PAIRS)
-        self.state, self.pos, self.pend = new_state(m, self.params[0]["init_cash"])
-        self.trades = np.zeros(N * m, dtype=trade_dt)
-        self.events = np.zeros(N * (2 * m + 6), dtype=event_dt)
-        self.cnt = np.zeros(N_CNT, dtype=np.int64)
-        self.cnt[C_RECORD] = 1
-        self.acc = np.zeros(N_ACC)
-        self.refusals = np.zeros(64, dtype=np.int64)
-        self.marks = np.empty(m)
-        self.order_buf = np.empty(m, dtype=np.int64)
-        self.t = 0
+        self.init_books(PAIRS)
         self.step(WARM)
         assert np.allclose(self.atr[WARM - 1], af * PRICE, rtol=1e-9)  # ATR in price units
         assert np.allclose(self.atr[WARM - 1] / self.c[WARM - 1], af, rtol=1e-9)
-
-    def step(self, upto):
-        while self.t < upto:
-            step_nb(
-                self.t,
-                self.state,
-                self.pos,
-                self.pend,
-                self.o,
-                self.h,
-                self.l,
-                self.c,
-                self.v,
-                self.valid,
-                self.p_up,
-                self.exp_ret,
-                self.atr,
-                self.spread,
-                self.cluster,
-                self.tradable,
-                self.entry_block,
-                self.api,
-                self.op,
-                *self.rules,
-                self.params[0],
-                self.trades,
-                self.events,
-                self.cnt,
-                self.acc,
-                self.refusals,
-                self.marks,
-                self.order_buf,
-            )
-            self.t += 1
-
-    @property
-    def st(self):
-        return self.state[0]
-
-    def set_drawdown(self, dd):
-        """Poke the peak so the next mark sees drawdown ``dd`` (equity unchanged)."""
-        self.st["peak"] = self.st["equity"] / (1.0 - dd)
 
     def hold(self, j, frac):
         """A position in pair j worth ``frac`` of equity (no stop, no take-profit)."""
