@@ -57,14 +57,20 @@ def load_market_panel(
         if len(skipped) == len(panel.pairs):
             raise InputError(f"none of {', '.join(panel.pairs)} is a Kraken pair the simulator knows")
         keep = [j for j, p in enumerate(panel.pairs) if p in INSTRUMENTS]
-        from engine.store.panel import FIELDS, Panel
+        from engine.store.panel import Panel
 
         panel = Panel(
-            panel.venue,
-            tuple(panel.pairs[j] for j in keep),
-            panel.ts,
-            *(getattr(panel, f)[:, keep].copy() for f in FIELDS),
-            panel.valid[:, keep].copy(),
+            venue=panel.venue,
+            pairs=tuple(panel.pairs[j] for j in keep),
+            ts=panel.ts,
+            open=panel.open[:, keep].copy(),
+            high=panel.high[:, keep].copy(),
+            low=panel.low[:, keep].copy(),
+            close=panel.close[:, keep].copy(),
+            volume=panel.volume[:, keep].copy(),
+            trades=panel.trades[:, keep].copy(),
+            vwap=panel.vwap[:, keep].copy(),
+            valid=panel.valid[:, keep].copy(),
         )
         typer.echo(f"kq sim: no Kraken trading rules for {', '.join(skipped)}: not served", err=True)
     return panel

@@ -569,7 +569,8 @@ def create_app(ex: Exchange, admin_token: str | None = None) -> FastAPI:
         try:
             for k, (lo, hi, is_int) in LIMIT_FIELDS.items():
                 if k in d:
-                    new[k] = int_of(d[k], k, lo, hi) if is_int else float_of(d[k], k, lo, hi)
+                    # an integer field's bounds are written as ints in LIMIT_FIELDS: int() only retypes them
+                    new[k] = int_of(d[k], k, int(lo), int(hi)) if is_int else float_of(d[k], k, lo, hi)
         except BadNumber as e:
             raise AdminError(str(e)) from None
         for k in ("max_counter", "order_max_counter", "lockout_window_s"):
@@ -688,9 +689,9 @@ def _public(ex: Exchange, name: str, p: dict[str, str]) -> Any:
         if name == "Ticker":
             out = {}
             for pair in _pairs_arg(ex, p.get("pair"), required=False):
-                t = ex.market.ticker(pair, now)
-                if t is not None:
-                    out[ex.market.instruments[pair].kraken_id] = t
+                tick = ex.market.ticker(pair, now)
+                if tick is not None:
+                    out[ex.market.instruments[pair].kraken_id] = tick
             return out
         if name == "OHLC":
             pairs = _pairs_arg(ex, p.get("pair"), required=True)

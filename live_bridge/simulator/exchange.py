@@ -394,15 +394,18 @@ class Exchange:
             b = self.market.bar(i, j)
             if b is None:
                 continue
+            limit = o.price
+            if limit is None:  # add_order always prices a limit order; only a corrupt state file lacks one
+                raise RuntimeError(f"simulator invariant broken: limit order {o.txid} has no price")
             side = BUY if o.side == "buy" else SELL
-            if not limit_touched_nb(side, float(o.price), b[2], b[1]):
+            if not limit_touched_nb(side, float(limit), b[2], b[1]):
                 continue
             inst = self.market.instruments[o.pair]
             cap = q(Decimal(repr(b[4] * self.config.fills.participation_cap)), inst.lot_decimals, ROUND_DOWN)
             qty = min(o.remaining, cap)
             if qty <= 0:
                 continue
-            self._fill(o, qty, o.price, end, maker=True)
+            self._fill(o, qty, limit, end, maker=True)
             changed = True
         return changed
 
@@ -623,12 +626,15 @@ class Exchange:
             n_open = sum(1 for o in self.open_orders_list() if o.account == acct.key and o.pair == pair)
             if n_open >= self.config.fills.max_open_orders:
                 raise KrakenAPIError("EOrder:Orders limit exceeded")
+            # from here on ``price is None`` exactly for a market order (a limit order's price was parsed above)
+            if ordertype == "limit" and price is None:
+                raise RuntimeError("simulator invariant broken: a limit order without a price")
             # taker price if the order crosses now
-            crosses = ordertype == "market" or (side == "buy" and price >= ask) or (side == "sell" and price <= bid)
+            crosses = price is None or (side == "buy" and price >= ask) or (side == "sell" and price <= bid)
             tpx = self.taker_price(pair, side, vol, now) if crosses else None
             if (
                 tpx is not None
-                and ordertype == "limit"
+                and price is not None  # a limit order
                 and not post
                 and ((side == "buy" and tpx > price) or (side == "sell" and tpx < price))
             ):
@@ -636,7 +642,8 @@ class Exchange:
             rate = self.fee_rates(acct, pair)
             qd = asset_decimals(inst.quote)
             if side == "buy":
-                px = price if post else tpx if tpx is not None else (price if price is not None else ask)
+                # post only: its limit price (post requires a limit order); else the taker price, the limit, the ask
+                px = tpx if tpx is not None and not post else price if price is not None else ask
                 need = q(vol * px * (1 + max(rate.maker, rate.taker)), qd, ROUND_UP)
                 if self.available(acct, inst.quote) < need:
                     raise KrakenAPIError("EOrder:Insufficient funds")
@@ -1150,7 +1157,10 @@ def _deadline(v: str | None, received: float) -> float | None:
     frac = ""
     if "." in v:  # fromisoformat takes at most 6 fraction digits
         head, _, rest = v.partition(".")
-        digits = re.match(r"[0-9]+", rest).group(0)
+        m = re.match(r"[0-9]+", rest)
+        if m is None:  # unreachable: _RFC3339 puts 1-9 digits after the dot
+            raise bad
+        digits = m.group(0)
         frac, v = "0." + digits, head + rest[len(digits) :]
     try:
         t = datetime.fromisoformat(v.upper().replace("Z", "+00:00")).timestamp() + (float(frac) if frac else 0.0)

@@ -242,6 +242,12 @@ class Fault:
     def exhausted(self) -> bool:
         return self.count is not None and self.fired >= self.count
 
+    def gap_start(self) -> float:
+        """A price_gap's ``from_ts`` (from_dict refuses a price_gap without one)."""
+        if self.from_ts is None:
+            raise InputError("price_gap needs from_ts")
+        return float(self.from_ts)
+
 
 class FaultPlan:
     def __init__(self) -> None:
@@ -280,9 +286,7 @@ class FaultPlan:
 
     def apply_market(self, market) -> None:
         """Rebuild the market's fault lists from the plan."""
-        market.gaps = [
-            (f.pair, float(f.from_ts), float(f.params["factor"])) for f in self.faults if f.kind == "price_gap"
-        ]
+        market.gaps = [(f.pair, f.gap_start(), float(f.params["factor"])) for f in self.faults if f.kind == "price_gap"]
         market.missing = set()
         for f in self.faults:
             if f.kind == "missing_candle":

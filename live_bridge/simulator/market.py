@@ -338,8 +338,11 @@ class Market:
         j = self.panel.column(pair)
         nclosed = self.closed_count(now)
         day0 = (int(now) // 86400) * 86400
-        bars = [(int(self.panel.ts[i]), self.bar(i, j)) for i in range(max(0, nclosed - 24), nclosed)]
-        bars = [(t, b) for t, b in bars if b is not None]
+        bars = []  # (bar open, bar) of the last 24 closed hours that have a bar
+        for i in range(max(0, nclosed - 24), nclosed):
+            bar = self.bar(i, j)
+            if bar is not None:
+                bars.append((int(self.panel.ts[i]), bar))
         today = [b for t, b in bars if t >= day0]
 
         def agg(bs):

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def build_exchange(
     speed: float = 60.0,
     state: str | Path | None = None,
     balances: dict[str, Decimal] | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
     run_clock: bool = True,
 ) -> Exchange:
     """A ready exchange. A fresh state gets the env account (KRAKEN_API_KEY/SECRET) with ``balances``
@@ -61,12 +62,16 @@ def build_exchange(
         if store is not None and resumed:
             store.scrub()
         ex.store = store
-        env = os.environ if env is None else env
+        environ: Mapping[str, str] = os.environ if env is None else env
         # credentials come from this environment only (never from the state file): an account keeps
         # its books under its name; a new key (rotation) takes them over, a new secret replaces the old
-        wanted = [("default", env.get("KRAKEN_API_KEY"), env.get("KRAKEN_API_SECRET"), balances or {}, None)]
+        # (name, key, secret, balances, fee tier)
+        wanted: list[tuple[str, str | None, str | None, dict[str, Decimal], str | None]] = [
+            ("default", environ.get("KRAKEN_API_KEY"), environ.get("KRAKEN_API_SECRET"), balances or {}, None)
+        ]
         wanted += [
-            (a.name, env.get(a.key_env), env.get(a.secret_env), dict(a.balances), a.fee_tier) for a in cfg.accounts
+            (a.name, environ.get(a.key_env), environ.get(a.secret_env), dict(a.balances), a.fee_tier)
+            for a in cfg.accounts
         ]
         for name, key, secret, bal, tier in wanted:
             if not key or not secret:

@@ -63,7 +63,10 @@ class SpecValidator:
             return load(uri.split("#")[0])
 
         self.entry_uri = entry.as_uri()
-        self.registry = Registry(retrieve=retrieve)
+        # retrieve= is referencing's documented keyword (attrs field ``_retrieve``, alias "retrieve"; 0.37);
+        # stub gap: mypy does not see through its @frozen (a legacy __dataclass_transform__ stub), so it
+        # finds no __init__ parameters at all
+        self.registry = Registry(retrieve=retrieve)  # type: ignore[call-arg]
         self.doc = yaml.safe_load(entry.read_text())
 
     def _validator(self, ref: str):

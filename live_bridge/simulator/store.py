@@ -56,14 +56,14 @@ class SimStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
-        self.conn: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
         if self.path.exists() and not self.path.is_file():
             raise InputError(f"{self.path}: the state file is not a regular file")
         self._take_lock()
         try:
             if not self.path.exists():  # created owner-only: sqlite gives -wal/-shm the same mode
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         except (sqlite3.Error, OSError) as e:
             self._release_lock()
             raise InputError(f"{self.path}: cannot open the state file ({e})") from None
@@ -97,6 +97,13 @@ class SimStore:
                 f"{self.path} is in use by another simulator (lock {lp} is held); stop it first or pass another --state"
             ) from None
         self._lock_fd = fd
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The open database; sqlite3.ProgrammingError (as sqlite3 raises itself) once closed."""
+        if self._conn is None:
+            raise sqlite3.ProgrammingError(f"{self.path}: the state file is closed")
+        return self._conn
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -184,9 +191,9 @@ class SimStore:
     def close(self) -> None:
         """Close the database, then release the lock (idempotent)."""
         with self._lock:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             self._release_lock()
 
 
@@ -285,5 +292,12 @@ def _finite(obj: Any, fields: tuple[str, ...]) -> None:
             raise TypeError(f"{f} is {type(v).__name__}")
         if (isinstance(v, Decimal) and not v.is_finite()) or (isinstance(v, float) and not math.isfinite(v)):
             raise ValueError(f"{f} is not finite")
-        if abs(v) > MAX_BALANCE:
+        # abs() of each type (a Decimal's rounds to the context, as always); split only because mypy
+        # types abs() of the int | float | Decimal union as object
+        size: Decimal | float
+        if isinstance(v, Decimal):
+            size = abs(v)
+        else:
+            size = abs(v)
+        if size > MAX_BALANCE:
             raise ValueError(f"{f} is out of range")

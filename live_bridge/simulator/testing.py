@@ -45,7 +45,10 @@ def flat_panel(n: int = 48, price: float = 20000.0, pair: str = "BTC/USD", volum
 
 
 def sim_test_config(**over: Any) -> SimConfig:
-    base = {"rate_limit": {"max_counter": 1e9, "order_max_counter": 1e9}, "fills": {"use_estimator": False}}
+    base: dict[str, dict[str, Any]] = {
+        "rate_limit": {"max_counter": 1e9, "order_max_counter": 1e9},
+        "fills": {"use_estimator": False},
+    }
     for k, v in over.items():
         base.setdefault(k, {}).update(v)
     return sim_config_from_dict(base)
