@@ -1,6 +1,6 @@
 # krakenquant: two commands do all the set-up on a fresh machine.
 #   make demo   set up, then run the main job (import data, print the data report)
-#   make test   set up, then run the test suite
+#   make test   set up, lint, format and type checks, then the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export KQ_STORE ?= $(CURDIR)/data/market.duckdb
 
-.PHONY: setup demo test bench fuzz clean-store
+.PHONY: setup demo test lint bench fuzz clean-store
 
 setup: $(STAMP)
 
@@ -21,8 +21,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/python -m kq.demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# Lint, format and type checks over the code, and the Dockerfile linter; `make test` runs them first.
+LINT_PATHS := engine research live_bridge kq tests benchmarks
+lint: setup
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 
 bench: setup
 	$(BIN)/python -m benchmarks
