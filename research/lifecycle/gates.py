@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.backtest.io import EQUITY_SCHEMA, TRADE_SCHEMA, read_table
 from engine.errors import ConfigError, InputError, IntegrityError
 from engine.lifecycle_config import PROTECTED_SOURCE, effective_thresholds, protected_sha256, protected_thresholds
 from research.lifecycle.util import atomic_write_text, canonical_json, operator_name, sha256_file, utc_now_iso
@@ -424,7 +425,6 @@ def _close(a, b) -> bool:
 
 def _strategy(bundle_dir: Path, cand_cfg):
     """(metrics.json strategy dict, re-derived dict, problems)."""
-    import pandas as pd
 
     from research.lifecycle.riskaudit import recompute_strategy
 
@@ -438,12 +438,12 @@ def _strategy(bundle_dir: Path, cand_cfg):
         return None, None, ["walkforward/metrics.json is not a metrics document"]
     if not strat:
         return None, None, ["walkforward/metrics.json has no out-of-sample strategy (no backtest ran)"]
-    try:
-        eq = pd.read_parquet(wf / "backtest" / "equity.parquet")
-        tr = pd.read_parquet(wf / "backtest" / "trades.parquet")
-        re = recompute_strategy(eq, tr, float(cand_cfg.backtest.init_cash))
-    except Exception as e:  # missing/damaged parquet
-        return strat, None, [f"walkforward/backtest records unreadable ({type(e).__name__})"]
+    try:  # the backtest records, read through the one outputs module
+        eq = read_table(wf / "backtest", "equity", EQUITY_SCHEMA)
+        tr = read_table(wf / "backtest", "trades", TRADE_SCHEMA)
+    except IntegrityError as e:  # missing/damaged parquet, missing column, unknown code
+        return strat, None, [f"walkforward/backtest records unreadable ({e})"]
+    re = recompute_strategy(eq, tr, float(cand_cfg.backtest.init_cash))
     for k in ("sharpe", "max_drawdown", "turnover"):
         if not _close(strat.get(k), re[k]):
             probs.append(f"metrics.json {k} {strat.get(k)} disagrees with the backtest records ({re[k]})")
