@@ -41,7 +41,6 @@ KINDS = {
     "duplicate": BLOCKING,
     "bad_trades": BLOCKING,
 }
-BLOCKING_KINDS = tuple(k for k, s in KINDS.items() if s == BLOCKING)
 
 
 def findings_sql(where: str = "TRUE") -> str:

@@ -8,7 +8,6 @@ changed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,7 +300,3 @@ def verdict_summary(path: str | Path) -> str:
         if v.get("passed")
         else "failed: " + ", ".join(g["gate"] for g in v.get("gates", []) if not g.get("passed"))
     )
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -40,7 +40,7 @@ from typing import Any
 from engine.backtest.io import EQUITY_SCHEMA, TRADE_SCHEMA, read_table
 from engine.errors import ConfigError, InputError, IntegrityError
 from engine.lifecycle_config import PROTECTED_SOURCE, effective_thresholds, protected_sha256, protected_thresholds
-from research.lifecycle.util import atomic_write_text, canonical_json, operator_name, sha256_file, utc_now_iso
+from research.lifecycle.util import atomic_write_text, operator_name, sha256_file, utc_now_iso
 
 __all__ = [
     "BACKTEST_SECTIONS",
@@ -683,9 +683,3 @@ def read_verdict(bundle_dir: str | Path) -> dict | None:
     if not isinstance(v, dict) or v.get("format") != VERDICT_FORMAT:
         raise IntegrityError(f"{p}: not a {VERDICT_FORMAT} verdict")
     return v
-
-
-def verdict_fingerprint(v: dict) -> str:
-    import hashlib
-
-    return hashlib.sha256(canonical_json(v).encode()).hexdigest()
