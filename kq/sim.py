@@ -97,7 +97,9 @@ def register(app: typer.Typer) -> None:
         clock: str = typer.Option("manual", help="manual | realtime | accelerated"),
         speed: float = typer.Option(60.0, help="simulated seconds per wall second (accelerated clock)"),
         balance: list[str] = typer.Option(None, help="ASSET=AMOUNT for the KRAKEN_API_KEY account (repeatable)"),
-        state: str = typer.Option("data/sim_state.sqlite", help="SQLite state file (resumed if it exists)"),
+        state: str = typer.Option(
+            "", help="SQLite state file (resumed if it exists); default: sim_state.sqlite in the data folder"
+        ),
         config: str = typer.Option(None, help="sim config TOML (default configs/sim.toml)"),
     ) -> None:
         """Serve Kraken's spot REST API (/0/public, /0/private) and /admin on loopback.
@@ -107,8 +109,9 @@ def register(app: typer.Typer) -> None:
         import base64
         import binascii
         import os
+        from pathlib import Path
 
-        from engine.paths import REPO_ROOT, configs_dir
+        from engine.paths import configs_dir, data_dir
         from kq.data import parse_pairs, parse_time
         from live_bridge.simulator.app import check_admin_token
         from live_bridge.simulator.config import load_sim_config
@@ -134,7 +137,13 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("KRAKEN_API_SECRET is not valid base64") from None
         t0, t1 = parse_time(start), parse_time(end, end=True)
         panel = load_market_panel(store, venue, parse_pairs(pairs), shared, t0, t1)
-        state_path = state if os.path.isabs(state) else str(REPO_ROOT / state)
+        # a relative path is the user's, relative to where they run kq; the default lives in the data
+        # folder (KQ_DATA; the checkout's data/), never beside the installed package
+        if state:
+            state_path = str(Path(state).expanduser().resolve())
+        else:
+            data_dir().mkdir(parents=True, exist_ok=True)
+            state_path = str(data_dir() / "sim_state.sqlite")
         ex = build_exchange(
             panel, config=cfg, start=t0, clock=clock, speed=speed, state=state_path, balances=bal, run_clock=False
         )

@@ -92,13 +92,17 @@ def test_admin_commands_send_the_token(capsys, monkeypatch):
         s.stop()
 
 
-def test_serves_binance_bars_as_kraken_pairs(shared_dir, tmp_path):
+@pytest.mark.parametrize("default_state", [False, True])
+def test_serves_binance_bars_as_kraken_pairs(shared_dir, tmp_path, default_state):
+    """Also: without --state the state file lives in the data folder (KQ_DATA), never beside the
+    installed package."""
     from kraken.spot import Market, User
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, KRAKEN_API_KEY=KEY, KRAKEN_API_SECRET=SECRET, KQ_SIM_ADMIN_TOKEN=ADMIN_TOKEN)
+    env["KQ_DATA"] = str(tmp_path / "kqdata")
     cmd = [
         sys.executable,
         "-m",
@@ -115,10 +119,11 @@ def test_serves_binance_bars_as_kraken_pairs(shared_dir, tmp_path):
         "2024-03-10",
         "--balance",
         "USDT=2500",
-        "--state",
-        str(tmp_path / "s.sqlite"),
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = tmp_path / "kqdata" / "sim_state.sqlite" if default_state else tmp_path / "s.sqlite"
+    if not default_state:
+        cmd += ["--state", "s.sqlite"]  # relative: to where kq runs
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         m = Market(url=url)
@@ -136,6 +141,7 @@ def test_serves_binance_bars_as_kraken_pairs(shared_dir, tmp_path):
         ohlc = m.get_ohlc(pair="BTC/USDT", interval=60)
         assert ohlc["XBTUSDT"][-1][0] == 1709251200  # the forming candle is the start hour
         assert User(key=KEY, secret=SECRET, url=url).get_account_balance() == {"USDT": "2500.00000000"}
+        assert state.is_file()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
