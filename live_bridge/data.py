@@ -201,13 +201,7 @@ def fetch_ohlc(adapter: KrakenAdapter, pair: str, since: int | None = None):
     params: dict[str, Any] = {"pair": instrument(pair).altname, "interval": 60}
     if since is not None:
         params["since"] = since
-    market = adapter._sdk.market  # the adapter's own public client (its URL, timeout)
-    return adapter._call(
-        "OHLC",
-        lambda: market.request(method="GET", uri="/0/public/OHLC", params=params, auth=False),
-        parse_ohlc,
-        private=False,
-    )
+    return adapter.public_query("OHLC", params, parse_ohlc)
 
 
 def _update_pair(store: MarketStore, adapter: KrakenAdapter, pair: str, now_hour: int) -> PairResult:

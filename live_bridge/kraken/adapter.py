@@ -372,6 +372,17 @@ class KrakenAdapter:
         return cr
 
     # ---- public: status and rules --------------------------------------------------------------
+    def public_query(self, endpoint: str, params: dict[str, Any], parse: Callable[[Any], Any]) -> CallResult:
+        """One public call, GET /0/public/<endpoint> with ``params``, through the adapter's call path
+        (its URL and timeout, outcome classification, halt latch and rate budget); ``parse`` turns
+        the result into the returned value (raise MalformedResult for a bad answer -> UNKNOWN)."""
+        return self._call(
+            endpoint,
+            lambda: self._sdk.market.request(method="GET", uri=f"/0/public/{endpoint}", params=params, auth=False),
+            parse,
+            private=False,
+        )
+
     def server_time(self) -> CallResult[float]:
         return self._call(
             "Time",
