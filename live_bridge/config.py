@@ -1,0 +1,182 @@
+"""The daemon's configuration: ``configs/paper.toml`` and ``configs/live.toml`` share this one typed
+schema (:class:`LiveConfig`). An unknown key, a wrong type or an out-of-range value is a one-line
+:class:`~engine.errors.ConfigError` naming the file and the key.
+
+The engine configuration (features, universe rule, risk, fees, execution model) is NOT repeated
+here: ``engine_config`` names it (relative to this file), so the daemon and the backtester read the
+same numbers. Secrets never live in either file: the API key and secret come from the environment
+(``KRAKEN_API_KEY`` / ``KRAKEN_API_SECRET``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from engine.config_base import Frozen
+from engine.errors import ConfigError
+from engine.pairs import normalize_pair
+
+__all__ = ["LiveConfig", "live_config_from_dict", "load_live_config"]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ExchangeSection(Frozen):
+    url: str = Field("http://127.0.0.1:8765", description="Kraken REST base URL (paper: kq sim serve)")
+    tier: Literal["starter", "intermediate", "pro"] = "starter"
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    deadline_s: float = Field(5.0, ge=1, le=60, description="AddOrder deadline ahead of the send time")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"not an http(s) URL: {v[:80]!r}")
+        return v.rstrip("/")
+
+
+class UniverseSection(Frozen):
+    pairs: tuple[str, ...] = Field(min_length=1, max_length=50, description="Kraken pairs the daemon may trade")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from engine.pairs import instrument
+
+        out = []
+        for p in v:
+            try:
+                n = normalize_pair(p)
+                instrument(n)
+            except Exception as e:
+                raise ValueError(f"unknown pair {p!r}: {e}") from None
+            out.append(n)
+        if len(set(out)) != len(out):
+            raise ValueError("a pair is listed twice")
+        quotes = {x.split("/")[1] for x in out}
+        if len(quotes) != 1:
+            raise ValueError(f"all pairs must share one quote currency (got {', '.join(sorted(quotes))})")
+        return tuple(out)
+
+
+class CycleSection(Frozen):
+    settle_delay_s: float = Field(30.0, ge=0, le=1800, description="wait after the bar close before the cycle")
+    history_bars: int = Field(1000, ge=800, le=20000, description="bars of history fed to features and inputs")
+    behind_retries: int = Field(3, ge=0, le=60, description="data step retries while Kraken lags a bar")
+    behind_wait_s: float = Field(20.0, ge=0, le=600)
+    max_api_failures: int = Field(
+        3, ge=1, le=100, description="failed or unknown API calls within one cycle that latch the kill switch"
+    )
+    clock: Literal["local", "exchange"] = Field(
+        "local", description="whose time decides the hour: this machine's, or the exchange's Time endpoint"
+    )
+    poll_s: float = Field(5.0, gt=0, le=600, description="the loop's wake-up interval while waiting")
+
+
+class ExecutionSection(Frozen):
+    limit_timeout_s: float = Field(300.0, ge=0, le=3000)
+    poll_interval_s: float = Field(10.0, gt=0, le=600)
+    lookup_attempts: int = Field(3, ge=1, le=100)
+    lookup_interval_s: float = Field(2.0, ge=0, le=600)
+    lookup_margin_s: float = Field(10.0, ge=0, le=600)
+    track_attempts: int = Field(5, ge=1, le=100)
+    market_buffer: Decimal = Field(Decimal("0.02"), ge=0, lt=1)
+    market_fallback: bool = True
+
+
+class PathsSection(Frozen):
+    store: str = Field("data/market.duckdb", description="the market store (relative to the working directory)")
+    state_dir: str = Field("data/live", description="nonce counter and other local state")
+    ledger: str = Field("", description="ledger DSN; empty: KQ_LEDGER_DSN, else sqlite under data/")
+    ledger_schema: str | None = Field(None, description="PostgreSQL schema of the ledger tables")
+
+
+class LiveConfig(Frozen):
+    mode: Literal["paper", "live"]
+    engine_config: str = Field("default.toml", description="engine config, relative to this file")
+    exchange: ExchangeSection = ExchangeSection()
+    universe: UniverseSection
+    cycle: CycleSection = CycleSection()
+    execution: ExecutionSection = ExecutionSection()
+    paths: PathsSection = PathsSection()
+    source: str = Field("", exclude=True, description="the file this was read from (set by the loader)")
+
+    @model_validator(mode="after")
+    def _mode_rules(self) -> LiveConfig:
+        host = urlsplit(self.exchange.url).hostname or ""
+        if self.mode == "paper" and host not in LOOPBACK:
+            raise ValueError(
+                f"mode paper trades against the local simulator only; exchange.url {self.exchange.url!r} "
+                "is not loopback"
+            )
+        if self.mode == "live" and host in LOOPBACK:
+            raise ValueError("mode live needs Kraken's URL, not a loopback address (use mode = 'paper')")
+        if self.mode == "live" and not self.exchange.url.startswith("https://"):
+            raise ValueError("mode live needs an https URL")
+        return self
+
+    @property
+    def env(self) -> str:
+        """The model-approval environment (``live_bridge.models.load_approved``)."""
+        return self.mode
+
+    @property
+    def quote(self) -> str:
+        return self.universe.pairs[0].split("/")[1]
+
+    def engine_path(self) -> Path:
+        p = Path(self.engine_config)
+        if not p.is_absolute() and self.source:
+            p = Path(self.source).parent / p
+        return p
+
+    def ledger_dsn(self, environ: dict[str, str] | None = None) -> str | None:
+        """The configured DSN, else ``KQ_LEDGER_DSN``, else None (the ledger's SQLite default)."""
+        import os
+
+        env = os.environ if environ is None else environ
+        return self.paths.ledger or env.get("KQ_LEDGER_DSN") or None
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of this config (what the ledger's cycle rows name)."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def live_config_from_dict(raw: dict, source: str = "live config") -> LiveConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: not a config table")
+    if "source" in raw:
+        raise ConfigError(f"{source}: source: unknown key")
+    try:
+        cfg = LiveConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{source}: {loc}: {msg}".replace("\n", " ")) from None
+    return cfg.model_copy(update={"source": source})
+
+
+def load_live_config(path: str | Path) -> LiveConfig:
+    """Read ``configs/paper.toml`` / ``configs/live.toml`` (or another file of the same schema)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such live config file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: invalid TOML: {str(e).splitlines()[0]}") from None
+    cfg = live_config_from_dict(raw, str(p))
+    if not cfg.engine_path().is_file():
+        raise ConfigError(f"{p}: engine_config: no such file {cfg.engine_path()}")
+    return cfg

@@ -1,0 +1,693 @@
+"""The hourly cycle: one bar close, end to end (docs/LIVE.md, "The daemon").
+
+For the bar of hour ``h`` (open at ``h * 3600``, closed at ``(h + 1) * 3600``):
+
+1. **Data**: :func:`live_bridge.data.update_bars` tops up the store with Kraken's closed bars.
+2. **Inputs**: the stored history of the last ``cycle.history_bars`` hours (a fixed window, so a
+   re-run computes the same numbers), the feature kernels (``build_features``), the approved
+   model's prediction at the trade horizon, and the risk inputs built by the backtester's own
+   functions (``engine.backtest.runner.make_inputs``: ATR, spread, clusters, entry-block window;
+   ``engine.universe.universe_mask`` for the tradable mask), then ``bar_inputs`` of the last row.
+   The exact arguments of ``RiskMachine.on_bar`` are ledgered (``bars`` rows carry the risk
+   record of each pair, ``prediction`` rows the model outputs, a ``risk_inputs`` event the flags)
+   with the snapshot before, in ONE append: that batch is the hour's commitment.
+3. **Risk**: ``RiskMachine.on_bar`` (no rule lives here); its orders and events are ledgered as
+   ``decision`` rows.
+4. **Execution**: each order through :class:`live_bridge.execution.Executor` (intent ledgered
+   before it is sent; limit first, market fallback), then ``on_fill`` for each of its fills as
+   ledgered, ``on_cancel`` for what did not fill.
+5. **Reconciliation** (:func:`live_bridge.reconcile.reconcile`), then the snapshot after and
+   ``cycle_end``, in one append.
+
+**Crash safety.** The machine is always rebuilt from the last ``after`` snapshot. A cycle killed at
+any point is run again from the start: if its input batch is in the ledger those inputs are used
+(never recomputed), so ``on_bar`` decides exactly the same orders; the executor finds each intent by
+its deterministic ``cl_ord_id`` and never sends one twice; the fills fed to the machine are read
+from the ledger, so none is lost or booked twice. The run that completes writes the same risk state
+as one that never crashed.
+
+**Kill-switch input.** ``api_fault`` of a bar is the backtester's API-instability input. It is set
+when the previous cycle asked for it (an unexplained reconciliation mismatch, an order whose fate
+is unknown, too many failed API calls, a Kraken halt) or when this hour's data step had
+``cycle.max_api_failures`` failed calls. The machine latches its kill switch from it; only an
+operator's ``reactivate`` (applied at a bar close through the operator input) clears it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from engine.errors import InputError, IntegrityError
+from engine.risk.enums import OP_RESET_HALT, OP_RESET_KILL, FillHow, Reason, TradingState, bar_dt, prediction_dt
+from engine.timeutil import HOUR
+from live_bridge.execution import ExecConfig, Executor, OrderIntent
+from live_bridge.kraken import Fill, KrakenAdapter
+from live_bridge.ledger import Entry, Kind, Ledger
+from live_bridge.ledger import records as rec
+from live_bridge.ledger.canonical import exact_decimal
+
+__all__ = ["Cycle", "HourReport", "code_version", "exec_config"]
+
+log = logging.getLogger("live_bridge.cycle")
+
+BAR_FIELDS = ("open", "high", "low", "close", "volume", "atr", "spread")
+OP_BITS = {"reactivate": OP_RESET_KILL, "reset_halt": OP_RESET_HALT}
+
+
+def code_version() -> str:
+    """A short id of the running code: the package version plus the git commit when known."""
+    import subprocess
+    from pathlib import Path
+
+    try:
+        from importlib.metadata import version
+
+        v = version("krakenquant")
+    except Exception:
+        v = "0"
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except Exception:
+        head = ""
+    return f"{v}+{head}" if head else v
+
+
+def exec_config(live: Any, cfg: Any) -> ExecConfig:
+    x = live.execution
+    return ExecConfig(
+        limit_timeout_s=float(x.limit_timeout_s),
+        poll_interval_s=float(x.poll_interval_s),
+        lookup_attempts=int(x.lookup_attempts),
+        lookup_interval_s=float(x.lookup_interval_s),
+        lookup_margin_s=float(x.lookup_margin_s),
+        track_attempts=int(x.track_attempts),
+        fee_rate=Decimal(repr(float(cfg.fees.fee_rate))),
+        market_buffer=Decimal(x.market_buffer),
+        market_fallback=bool(x.market_fallback),
+    )
+
+
+def _dec(x: float) -> Decimal | None:
+    x = float(x)
+    return exact_decimal(x) if np.isfinite(x) else None
+
+
+def _flt(v: Any) -> float:
+    return float("nan") if v is None else float(Decimal(v))
+
+
+@dataclass
+class HourReport:
+    hour: int
+    status: str  # completed | skipped (already completed earlier)
+    resumed: bool = False  # the hour's inputs were already ledgered (a re-run after a crash)
+    catch_up: bool = False
+    orders: int = 0
+    fills: int = 0
+    reconcile: str = ""
+    latch: str = ""  # reason the kill switch is asked for at the next bar ("" none)
+    equity: float = float("nan")
+    cash: float = float("nan")
+    state: str = ""
+    n_positions: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        from datetime import UTC, datetime
+
+        when = datetime.fromtimestamp(self.hour * HOUR, UTC).strftime("%Y-%m-%d %H:00")
+        if self.status == "skipped":
+            return f"{when} UTC: already completed"
+        s = (
+            f"{when} UTC: {self.state} equity {self.equity:,.2f} cash {self.cash:,.2f} "
+            f"positions {self.n_positions} orders {self.orders} fills {self.fills} reconcile {self.reconcile}"
+        )
+        if self.latch:
+            s += f"; kill switch asked: {self.latch}"
+        return s
+
+
+class Cycle:
+    """Runs hours in order for one portfolio. Collaborators are injected (store, adapter, ledger,
+    model); the daemon (:mod:`live_bridge.daemon`) builds them from the config and owns the clock.
+
+    ``model`` is a :class:`live_bridge.models.ApprovedModel` (or any object with ``model``,
+    ``manifest_sha256``, ``bundle.trade_horizon`` and ``predict(features, panel, at)``)."""
+
+    def __init__(
+        self,
+        *,
+        live: Any,
+        cfg: Any,
+        store: Any,
+        adapter: KrakenAdapter,
+        ledger: Ledger,
+        model: Any,
+        universe: Any = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        version: str | None = None,
+    ) -> None:
+        from engine.risk.params import params_from_config
+
+        self.live, self.cfg, self.store, self.adapter, self.ledger, self.model = (
+            live,
+            cfg,
+            store,
+            adapter,
+            ledger,
+            model,
+        )
+        self.pairs: tuple[str, ...] = tuple(live.universe.pairs)
+        self.quote = live.quote
+        self.universe = universe
+        self.clock = clock or adapter.clock
+        self.sleep = sleep or adapter.sleep
+        self.executor = Executor(ledger, adapter, exec_config(live, cfg), clock=self.clock, sleep=self.sleep)
+        self.version = version or code_version()
+        self.config_digest = live.digest()
+        self._params_base = params_from_config(cfg)
+        self.machine: Any = None
+        self.init_cash: Decimal | None = None
+        self.latch_next: list[str] = []  # reasons asked for the next bar
+        self.extra_latch: list[str] = []  # asked outside a cycle (the daemon's start-up checks)
+        self.carried: dict[str, list[str]] = {}  # cl_ord_id -> trade ids applied, for orders left pending
+
+    # ---- the machine -----------------------------------------------------------------------------
+
+    def _params(self, init_cash: Decimal) -> np.ndarray:
+        p = self._params_base.copy()
+        p[0]["init_cash"] = float(init_cash)
+        return p
+
+    def _instruments(self):
+        from engine.risk.params import instrument_arrays
+
+        om, cm, lot, px = (np.array(a, copy=True) for a in instrument_arrays(self.pairs))
+        for j, pair in enumerate(self.pairs):
+            r = self.adapter.pairs.get(pair)
+            if r is not None:
+                ins = r.instrument
+                om[j], cm[j] = float(ins.ordermin), float(ins.costmin)
+                lot[j], px[j] = ins.lot_decimals, ins.pair_decimals
+        return om, cm, lot, px
+
+    def restore(self) -> int | None:
+        """Rebuild the machine from the ledger's last ``after`` snapshot; returns its last hour
+        (None: no snapshot yet, the machine starts at the first hour run)."""
+        from engine.risk.machine import RiskMachine
+
+        e = self.ledger.last_risk_snapshot("after")
+        end = self._last_cycle_end()
+        self.latch_next = list(end.payload.get("latch_next", [])) if end is not None else []
+        self.latch_next += [x for x in self.extra_latch if x not in self.latch_next]
+        if e is None:
+            self.machine = None
+            return None
+        p = e.payload
+        self.init_cash = Decimal(p["init_cash"])
+        self.carried = {k: list(v) for k, v in p.get("carried", {}).items()}
+        if tuple(p.get("pairs", ())) != self.pairs:
+            raise IntegrityError(
+                f"the ledger's portfolio trades {', '.join(p.get('pairs', ()))}, this config {', '.join(self.pairs)}: "
+                "use a new ledger for another universe"
+            )
+        if e.blob is None:
+            raise IntegrityError(f"risk snapshot at seq {e.seq} has no bytes")
+        m = RiskMachine.restore(e.blob, self._params(self.init_cash), self.pairs, self._instruments())
+        self.machine = m
+        return m.last_hour
+
+    def _last_cycle_end(self) -> Entry | None:
+        rows = self.ledger.entries(kind=Kind.CYCLE_END)
+        return rows[-1] if rows else None
+
+    def _new_machine(self, hour: int):
+        from engine.risk.machine import RiskMachine
+
+        bal = self.adapter.balances()
+        if not bal.done or bal.result is None:
+            raise IntegrityError(f"cannot start the portfolio: balances unavailable ({bal.reason})")
+        b = bal.result.tradable.get(self.quote)
+        cash = b.available if b is not None else Decimal(0)
+        if cash <= 0:
+            raise InputError(f"cannot start the portfolio: no available {self.quote} on the account")
+        self.init_cash = cash
+        self.carried = {}
+        self.ledger.append(
+            rec.event("portfolio_start", hour, payload={"init_cash": cash, "quote": self.quote, "pairs": self.pairs})
+        )
+        self.machine = RiskMachine(self.pairs, self._params(cash), self._instruments())
+        return self.machine
+
+    # ---- one hour --------------------------------------------------------------------------------
+
+    def completed(self, hour: int) -> bool:
+        last = self.ledger.last_completed_hour()
+        return last is not None and last >= hour
+
+    def run_hour(self, hour: int, *, catch_up: bool = False) -> HourReport:
+        """Run the cycle of bar ``hour`` (unix seconds // 3600). ``catch_up``: an hour that closed
+        while the daemon was down: exits are executed, entries are not sent (stale)."""
+        hour = int(hour)
+        t0 = time.perf_counter()
+        rep = HourReport(hour, "completed", catch_up=catch_up)
+        if self.completed(hour):
+            rep.status = "skipped"
+            return rep
+        last = self.restore()
+        if last is not None and last != hour - 1:
+            raise InputError(f"hour {hour}: the portfolio's last completed bar is hour {last}; run hours in order")
+        recorded = self._recorded_inputs(hour)
+        t = time.perf_counter()
+        if recorded is None:
+            if self.machine is None:
+                self._new_machine(hour)
+            args, batch, api_failures = self._build(hour)
+            self.ledger.append(*batch)
+            self.extra_latch.clear()  # now in this hour's ledgered inputs
+            rep.timings["data_features_model"] = time.perf_counter() - t
+        else:
+            if self.machine is None:
+                self._new_machine_from_ledger(hour)
+            args = recorded
+            rep.resumed = True
+            api_failures = 0
+        t = time.perf_counter()
+        m = self.machine
+        res = m.on_bar(*args)
+        applied: dict[str, list[str]] = {}
+        if not res.complete:  # orders of an earlier close still pending (unresolved last hour)
+            self._ledger_decisions(hour, res, tag="carry")
+            self._execute(hour, res, applied, rep, catch_up=catch_up)
+            res = m.finish_bar()
+        self._ledger_decisions(hour, res)
+        rep.timings["risk"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._execute(hour, res, applied, rep, catch_up=catch_up)
+        rep.timings["execution"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._reconcile(hour, applied, rep)
+        rep.timings["reconcile"] = time.perf_counter() - t
+        if api_failures >= self.live.cycle.max_api_failures:
+            rep.latch = rep.latch or f"{api_failures} failed API calls in the cycle"
+        t = time.perf_counter()
+        self._finish(hour, applied, rep)
+        rep.timings["ledger"] = time.perf_counter() - t
+        rep.timings["total"] = time.perf_counter() - t0
+        return rep
+
+    def _new_machine_from_ledger(self, hour: int) -> None:
+        """Inputs ledgered but no snapshot after: the first hour crashed after its input batch; the
+        portfolio's start is in the ledger (``portfolio_start``)."""
+        from engine.risk.machine import RiskMachine
+
+        starts = [e for e in self.ledger.entries(kind=Kind.EVENT) if e.code == "portfolio_start"]
+        if not starts:
+            raise IntegrityError(f"hour {hour}: inputs ledgered but no portfolio_start event")
+        self.init_cash = Decimal(starts[-1].payload["init_cash"])
+        self.machine = RiskMachine(self.pairs, self._params(self.init_cash), self._instruments())
+
+    # ---- inputs ----------------------------------------------------------------------------------
+
+    def _recorded_inputs(self, hour: int):
+        """The ledgered ``on_bar`` arguments of ``hour`` (a re-run after a crash), or None."""
+        rows = self.ledger.entries(hour=hour)
+        flags = [e for e in rows if e.kind == Kind.EVENT and e.code == "risk_inputs"]
+        if not flags:
+            return None
+        f = flags[-1]
+        m = len(self.pairs)
+        bars = np.zeros(m, dtype=bar_dt)
+        pred = np.zeros(m, dtype=prediction_dt)
+        pred["p_up"] = np.nan
+        pred["exp_ret"] = np.nan
+        tradable = np.zeros(m, dtype=np.bool_)
+        by_pair = {e.pair: e for e in rows if e.kind == Kind.BARS and e.seq < f.seq}
+        preds = {e.pair: e for e in rows if e.kind == Kind.PREDICTION and e.seq < f.seq}
+        for j, pair in enumerate(self.pairs):
+            b = by_pair.get(pair)
+            if b is None:
+                raise IntegrityError(f"hour {hour}: the ledgered inputs lack the bars of {pair}")
+            r = b.payload["bars"][0]
+            for k in BAR_FIELDS:
+                bars[j][k] = _flt(r.get(k))
+            bars[j]["valid"] = bool(r["valid"])
+            bars[j]["cluster"] = int(r["cluster"])
+            tradable[j] = bool(b.payload["tradable"])
+            p = preds.get(pair)
+            if p is not None:
+                pred[j]["p_up"] = _flt(p.payload["values"]["p_up"])
+                pred[j]["exp_ret"] = _flt(p.payload["values"]["exp_return"])
+        fp = f.payload
+        return hour, bars, pred, tradable, bool(fp["entry_block"]), bool(fp["api_fault"]), int(fp["operator"])
+
+    def _panel(self, hour: int):
+        """The stored ``kraken`` bars of the last ``history_bars`` hours ending at ``hour``, every
+        pair on one hourly grid (a pair with nothing stored is all missing)."""
+        from engine.store.panel import Panel
+
+        n = int(self.live.cycle.history_bars)
+        lo, hi = (hour - n + 1) * HOUR, hour * HOUR
+        stored = {i.pair for i in self.store.list_pairs("kraken")}
+        have = [p for p in self.pairs if p in stored]
+        m = len(self.pairs)
+        ts = np.arange(lo, hi + HOUR, HOUR, dtype=np.int64)
+        cols = {k: np.full((n, m), np.nan) for k in ("open", "high", "low", "close", "volume", "trades", "vwap")}
+        valid = np.zeros((n, m), dtype=bool)
+        if have:
+            p = self.store.load_panel(have, "kraken", start=lo, end=hi)
+            for jj, pair in enumerate(p.pairs):
+                j = self.pairs.index(pair)
+                for k in cols:
+                    cols[k][:, j] = getattr(p, k)[:, jj]
+                valid[:, j] = p.valid[:, jj]
+        return Panel("kraken", self.pairs, ts, valid=valid, **cols)
+
+    def _build(self, hour: int):
+        """Data step, features, model, risk inputs; returns (on_bar args, ledger batch, API failures)."""
+        from engine.backtest.runner import make_inputs
+        from engine.features.featureset import build_features
+        from engine.risk.machine import bar_inputs
+        from engine.universe import load_universe, universe_mask
+        from live_bridge.data import Behind, DataGap, FetchFailed, StoreRefused, update_bars, warmup_status
+
+        now_ts = (hour + 1) * HOUR
+        notes: list[rec.Record] = []
+        step = update_bars(self.store, self.adapter, self.pairs, now_ts)
+        api_failures = int(step.api_failures)
+        for _ in range(int(self.live.cycle.behind_retries)):
+            behind = [p for p, r in step.results.items() if isinstance(r, Behind)]
+            if not behind:
+                break
+            self.sleep(float(self.live.cycle.behind_wait_s))
+            again = update_bars(self.store, self.adapter, behind, now_ts)
+            step.results.update(again.results)
+            api_failures += int(again.api_failures)
+        for pair, r in step.results.items():
+            if isinstance(r, (DataGap, FetchFailed, StoreRefused, Behind)):
+                notes.append(rec.event(f"data_{type(r).__name__.lower()}", hour, pair, payload={"detail": str(r)}))
+        panel = self._panel(hour)
+        warm = warmup_status(self.store, self.pairs, now_ts, need=int(self.cfg.features.warmup_bars))
+        ready = np.array([warm[p].ready for p in self.pairs], dtype=bool)
+        ucfg = self.universe if self.universe is not None else load_universe()
+        umask = universe_mask(panel, ucfg)
+        feats = build_features(panel, self.cfg.features, umask)
+        n, m = panel.close.shape
+        p_up = np.full((n, m), np.nan)
+        er = np.full((n, m), np.nan)
+        preds = self.model.predict(feats, panel, at=hour * HOUR)
+        th = int(self.model.bundle.trade_horizon)
+        preds = preds[preds["horizon"] == th]
+        for pair, pu, e in zip(preds["pair"], preds["p_up"], preds["exp_return"], strict=True):
+            j = self.pairs.index(str(pair))
+            p_up[-1, j], er[-1, j] = float(pu), float(e)
+        api = np.zeros(n, dtype=np.bool_)
+        api[-1] = bool(self.latch_next) or api_failures >= int(self.live.cycle.max_api_failures)
+        op_bits, op_rows = self._operator(hour)
+        ops = np.zeros(n, dtype=np.int64)
+        ops[-1] = op_bits
+        tradable = umask & ready[None, :]
+        inp = make_inputs(panel, p_up, er, self.cfg, tradable=tradable, api_fault=api, operator=ops)
+        args = bar_inputs(inp, -1)
+        if args[0] != hour:
+            raise IntegrityError(f"inputs built for hour {args[0]}, expected {hour}")
+        _, bars, pred, trd, blk, api_fault, op = args
+        fv = feats.values[-1]
+        fhash = hashlib.sha256(
+            "|".join(feats.names).encode() + np.ascontiguousarray(fv).tobytes() + feats.valid[-1].tobytes()
+        ).hexdigest()
+        batch: list[rec.Record] = [
+            rec.cycle_start(
+                hour,
+                self.version,
+                self.config_digest,
+                payload={"pairs": self.pairs, "catch_up": False, "history_bars": int(n)},
+            ),
+            *notes,
+        ]
+        for j, pair in enumerate(self.pairs):
+            row: dict[str, Any] = {k: _dec(bars[j][k]) for k in BAR_FIELDS}
+            row.update(ts=hour * HOUR, valid=bool(bars[j]["valid"]), cluster=int(bars[j]["cluster"]))
+            wh = hashlib.sha256()
+            for k in ("open", "high", "low", "close", "volume"):
+                wh.update(np.ascontiguousarray(getattr(panel, k)[:, j]).tobytes())
+            wh.update(panel.valid[:, j].tobytes())
+            batch.append(
+                rec.bars(
+                    hour,
+                    pair,
+                    [row],
+                    payload={
+                        "tradable": bool(trd[j]),
+                        "warm": bool(ready[j]),
+                        "window_start": int(panel.ts[0]),
+                        "window_bars": int(n),
+                        "window_sha256": wh.hexdigest(),
+                    },
+                )
+            )
+        batch.append(rec.features(hour, fhash, payload={"n_features": len(feats.names)}))
+        batch.append(
+            rec.model(hour, str(self.model.model), str(self.model.manifest_sha256), payload={"trade_horizon": th})
+        )
+        for j, pair in enumerate(self.pairs):
+            if np.isfinite(pred[j]["p_up"]) and np.isfinite(pred[j]["exp_ret"]):
+                batch.append(
+                    rec.prediction(
+                        hour,
+                        pair,
+                        {
+                            "p_up": exact_decimal(float(pred[j]["p_up"])),
+                            "exp_return": exact_decimal(float(pred[j]["exp_ret"])),
+                        },
+                        model_id=str(self.model.model),
+                    )
+                )
+        batch.append(rec.risk_snapshot(hour, "before", self.machine.snapshot()))
+        batch.extend(op_rows)
+        reasons = list(self.latch_next)
+        if api_failures >= int(self.live.cycle.max_api_failures):
+            reasons.append(f"{api_failures} failed API calls in the data step")
+        batch.append(
+            rec.event(
+                "risk_inputs",
+                hour,
+                payload={
+                    "entry_block": bool(blk),
+                    "api_fault": bool(api_fault),
+                    "operator": int(op),
+                    "api_fault_reasons": reasons,
+                    "api_failures": api_failures,
+                },
+            )
+        )
+        return args, batch, api_failures
+
+    def _operator(self, hour: int) -> tuple[int, list[rec.Record]]:
+        """Operator actions ledgered since the last close: the reset bits of this bar's operator
+        input and their ``operator_applied`` rows (part of the input batch)."""
+        bits, rows = 0, []
+        for a in self.ledger.pending_operator_actions():
+            code = str(a.code)
+            if code in OP_BITS:
+                bits |= OP_BITS[code]
+                rows.append(rec.operator_applied(hour, int(a.seq)))
+            else:
+                rows.append(
+                    rec.operator_applied(
+                        hour, int(a.seq), "refused", payload={"why": f"{code} is not supported by this daemon yet"}
+                    )
+                )
+        return bits, rows
+
+    # ---- decisions and execution -----------------------------------------------------------------
+
+    def _ledger_decisions(self, hour: int, res: Any, tag: str = "close") -> None:
+        from engine.risk.enums import EventCode
+
+        done = {(e.code, e.pair, e.payload.get("tag")) for e in self.ledger.entries(hour, Kind.DECISION)}
+        if any(d[2] == tag for d in done):
+            return  # a re-run: the same inputs gave these decisions already
+        out: list[rec.Record] = []
+        for ev in res.events:
+            j = int(ev["pair"])
+            pair = self.pairs[j] if 0 <= j < len(self.pairs) else None
+            code = EventCode(int(ev["code"])).name
+            r = int(ev["reason"])
+            why = Reason(r).name if r in set(Reason) else str(r)
+            out.append(
+                rec.decision(hour, f"{code}:{why}"[:64], pair, payload={"tag": tag, "value": _dec(float(ev["value"]))})
+            )
+        for o, j in zip(res.orders, res.order_pairs, strict=True):
+            out.append(
+                rec.decision(
+                    hour,
+                    f"ORDER:{Reason(int(o['reason'])).name}",
+                    self.pairs[int(j)],
+                    "buy" if int(o["side"]) > 0 else "sell",
+                    _dec(float(o["qty"])),
+                    _dec(float(o["limit_price"])) if np.isfinite(o["limit_price"]) else None,
+                    payload={"tag": tag, "fallback": int(o["fallback"]), "bar": int(o["bar"])},
+                )
+            )
+        if res.equity is not None:
+            e = res.equity[0]
+            out.append(
+                rec.decision(
+                    hour,
+                    f"STATE:{TradingState(int(e['trading_state'])).name}",
+                    payload={
+                        "tag": tag,
+                        "equity": _dec(float(e["equity"])),
+                        "cash": _dec(float(e["cash"])),
+                        "drawdown": _dec(float(e["drawdown"])),
+                        "n_positions": int(e["n_positions"]),
+                        "kill_reason": int(e["kill_reason"]),
+                    },
+                )
+            )
+        if out:
+            self.ledger.append(*out)
+
+    def _fills_of(self, cids: Sequence[str]) -> list[Entry]:
+        out: list[Entry] = []
+        for cid in cids:
+            out.extend(e for e in self.ledger.order_entries(cid) if e.kind == Kind.FILL)
+        return sorted(out, key=lambda e: e.seq)
+
+    def _execute(self, hour: int, res: Any, applied: dict[str, list[str]], rep: HourReport, *, catch_up: bool) -> None:
+        m = self.machine
+        for o, j in zip(res.orders, res.order_pairs, strict=True):
+            pair = self.pairs[int(j)]
+            intent = OrderIntent.from_pending(o, pair, int(o["bar"]))
+            cid = intent.cl_ord_id
+            rep.orders += 1
+            if catch_up and intent.side == "buy" and not self.ledger.order_entries(cid):
+                m.on_cancel(pair)
+                self.ledger.append(
+                    rec.decision(
+                        hour, "NOT_SENT:STALE_ENTRY", pair, "buy", payload={"tag": "catch_up", "cl_ord_id": cid}
+                    )
+                )
+                continue
+            r = self.executor.execute(intent)
+            how_main = FillHow.LIMIT if intent.kind == "limit_first" else FillHow.MARKET_OPEN
+            fb = intent.fallback(intent.qty).cl_ord_id if intent.kind == "limit_first" else None
+            done = set(self.carried.get(cid, ())) | set(applied.get(cid, ()))
+            for e in self._fills_of([cid] + ([fb] if fb else [])):
+                tid = str(e.trade_id)
+                if tid in done:
+                    continue
+                how = FillHow.MARKET_CLOSE if e.cl_ord_id == fb else how_main
+                self._book(pair, e, how)
+                applied.setdefault(cid, []).append(tid)
+                done.add(tid)
+                rep.fills += 1
+            if r.unresolved:
+                rep.latch = rep.latch or f"order {cid} ({pair} {intent.side}) could not be looked up: {r.reason}"
+                continue
+            if m.pending[int(j)]["active"]:
+                m.on_cancel(pair)
+
+    def _book(self, pair: str, e: Entry, how: FillHow) -> None:
+        m = self.machine
+        args = (pair, str(e.side), float(e.qty or 0), float(e.price or 0), float(e.fee or 0), int(how))
+        j = self.pairs.index(pair)
+        if m.pending[j]["active"] and int(m.pending[j]["side"]) == (1 if e.side == "buy" else -1):
+            try:
+                m.on_fill(*args)
+                return
+            except InputError as err:
+                log.warning("fill %s of %s is not what was ordered (%s): booked as unexpected", e.trade_id, pair, err)
+        m.on_unexpected_fill(*args)
+
+    # ---- reconciliation and the end of the hour --------------------------------------------------
+
+    def _reconcile(self, hour: int, applied: dict[str, list[str]], rep: HourReport) -> None:
+        from live_bridge.reconcile import reconcile
+
+        rr = reconcile(self.ledger, self.adapter, hour=hour)
+        rep.reconcile = rr.status
+        for cid, f in rr.recovered_fills:
+            pair = f.pair
+            if pair in self.pairs:
+                self._book_fill_obj(pair, f)
+                applied.setdefault(cid, []).append(f.trade_id)
+                rep.fills += 1
+        if rr.latch:
+            rep.latch = rep.latch or rr.reason
+        elif rr.status == "incomplete":
+            rep.notes.append(f"reconciliation incomplete: {rr.reason}")
+
+    def _book_fill_obj(self, pair: str, f: Fill) -> None:
+        m = self.machine
+        args = (pair, f.side, float(f.vol), float(f.price), float(f.fee), int(FillHow.MARKET_OPEN))
+        m.on_unexpected_fill(*args)
+
+    def _finish(self, hour: int, applied: dict[str, list[str]], rep: HourReport) -> None:
+        m = self.machine
+        carried = {}
+        for j in np.flatnonzero(m.pending["active"]):
+            o = m.pending[j]
+            intent = OrderIntent.from_pending(o, self.pairs[int(j)], int(o["bar"]))
+            cid = intent.cl_ord_id
+            carried[cid] = sorted(set(self.carried.get(cid, ())) | set(applied.get(cid, ())))
+        st = m.state[0]
+        rep.equity, rep.cash = float(st["equity"]), float(st["cash"])
+        rep.state = TradingState(int(st["trading_state"])).name
+        rep.n_positions = int(st["n_positions"])
+        latch = [rep.latch] if rep.latch else []
+        self.ledger.append(
+            rec.risk_snapshot(
+                hour,
+                "after",
+                m.snapshot(),
+                payload={
+                    "init_cash": self.init_cash,
+                    "pairs": self.pairs,
+                    "carried": carried,
+                    "applied": {k: sorted(v) for k, v in applied.items()},
+                },
+            ),
+            rec.cycle_end(
+                hour,
+                "completed",
+                payload={
+                    "latch_next": latch,
+                    "equity": _dec(rep.equity),
+                    "cash": _dec(rep.cash),
+                    "state": rep.state,
+                    "orders": rep.orders,
+                    "fills": rep.fills,
+                    "reconcile": rep.reconcile,
+                    "resumed": rep.resumed,
+                    "catch_up": rep.catch_up,
+                },
+            ),
+        )
+        self.carried = carried
+        self.latch_next = latch
+
+    def fail(self, hour: int, reason: str, latch: bool = True) -> None:
+        """Ledger a cycle that could not complete (a Kraken halt, a refused store ...): the next bar
+        gets the kill-switch input when ``latch``."""
+        self.ledger.append(
+            rec.event("cycle_failed", hour, payload={"reason": reason[:500]}),
+            rec.cycle_end(hour, "failed", payload={"latch_next": [reason[:500]] if latch else []}),
+        )

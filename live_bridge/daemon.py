@@ -1,0 +1,260 @@
+"""The paper/live daemon: builds the collaborators from a :class:`~live_bridge.config.LiveConfig`,
+recovers at start, and runs :class:`~live_bridge.cycle.Cycle` once per closed bar.
+
+Start-up, in order (any failure stops it with one line; nothing is sent before step 5):
+
+1. the mode gate: ``mode = "live"`` needs ``allow_live`` (``kq live run --live``); ``--live`` with a
+   paper config is refused; paper needs a loopback exchange URL (the config checks that);
+2. credentials from the environment only (``KRAKEN_API_KEY`` / ``KRAKEN_API_SECRET``);
+3. the approved model of the mode's environment (``live_bridge.models.load_approved``): none, or
+   one that fails its checks, and the daemon does not start;
+4. the ledger (migrated), the market store, Kraken's pair rules and status;
+5. crash recovery: every order intent without a final outcome is resolved by lookup
+   (:func:`live_bridge.execution.resume`, sends nothing but cancels), then reconciliation; a
+   mismatch it cannot explain asks for the kill switch at the next bar.
+
+Then each closed bar, ``cycle.settle_delay_s`` after its close: :meth:`Cycle.run_hour`. Hours that
+closed while the daemon was down are run in order first ("catch-up": exits are executed, entries are
+not sent, being stale). A Kraken halt (lockout, bad nonce, bad credentials) stops the daemon with
+its reason after ledgering a failed cycle that asks for the kill switch; it is never retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, KQError
+from engine.timeutil import HOUR
+from live_bridge.config import LiveConfig
+from live_bridge.cycle import Cycle, HourReport
+
+__all__ = ["Daemon", "DaemonStopped", "StartReport"]
+
+log = logging.getLogger("live_bridge.daemon")
+
+
+class DaemonStopped(KQError):
+    """The daemon stopped itself to protect capital (a Kraken halt, an unusable exchange)."""
+
+    exit_code = 3
+
+
+@dataclass
+class StartReport:
+    resumed: int = 0
+    unresolved: int = 0
+    reconcile: str = ""
+    latch: str = ""
+    last_completed: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(
+        self,
+        live: LiveConfig,
+        *,
+        cfg: Any,
+        store: Any,
+        adapter: Any,
+        ledger: Any,
+        model: Any,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        universe: Any = None,
+    ) -> None:
+        self.live, self.cfg, self.store, self.adapter, self.ledger, self.model = (
+            live,
+            cfg,
+            store,
+            adapter,
+            ledger,
+            model,
+        )
+        self.clock = clock or time.time
+        self.sleep = sleep or time.sleep
+        self.cycle = Cycle(
+            live=live,
+            cfg=cfg,
+            store=store,
+            adapter=adapter,
+            ledger=ledger,
+            model=model,
+            universe=universe,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+        self._stop = threading.Event()
+        self.start_latch: list[str] = []
+
+    # ---- construction from a config --------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        live: LiveConfig,
+        *,
+        allow_live: bool = False,
+        environ: dict[str, str] | None = None,
+        model: Any = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        budget: Any = None,
+    ) -> Daemon:
+        """Everything from the config and the environment; refuses to start on the first problem.
+        ``model``, ``clock``, ``sleep`` and ``budget`` (a :class:`~live_bridge.kraken.RateBudget`)
+        replace the defaults (tests, the benchmark)."""
+        import os
+
+        from engine.config import load_config
+        from engine.store.market import MarketStore
+        from live_bridge.kraken import KrakenAdapter
+        from live_bridge.ledger import Ledger
+
+        if live.mode == "live" and not allow_live:
+            raise ConfigError(f"{live.source}: mode is live: add --live to trade real money")
+        if live.mode != "live" and allow_live:
+            raise ConfigError(f"{live.source}: --live needs a config with mode = 'live' (this one is {live.mode})")
+        env = dict(os.environ if environ is None else environ)
+        cfg = load_config(live.engine_path())
+        if model is None:
+            from live_bridge.models import load_approved
+
+            model = load_approved(live.env, cfg)
+        state = Path(live.paths.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        adapter = KrakenAdapter.from_env(
+            env=env,
+            state_dir=state,
+            url=live.exchange.url,
+            tier=live.exchange.tier,
+            timeout_s=float(live.exchange.timeout_s),
+            deadline_s=float(live.exchange.deadline_s),
+            lookup_margin_s=float(live.execution.lookup_margin_s),
+            **({"clock": clock} if clock else {}),
+            **({"sleep": sleep} if sleep else {}),
+            **({"budget": budget} if budget is not None else {}),
+        )
+        Path(live.paths.store).parent.mkdir(parents=True, exist_ok=True)
+        store = MarketStore(live.paths.store)
+        dsn = live.ledger_dsn(env)
+        if dsn and dsn.startswith("sqlite:///"):
+            Path(dsn.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.open(dsn, schema=live.paths.ledger_schema) if dsn else Ledger.open()
+        return cls(live, cfg=cfg, store=store, adapter=adapter, ledger=ledger, model=model, clock=clock, sleep=sleep)
+
+    def close(self) -> None:
+        for x in (self.ledger, self.store):
+            with contextlib.suppress(Exception):  # closing is best effort
+                x.close()
+
+    # ---- time ------------------------------------------------------------------------------------
+
+    def now(self) -> float | None:
+        """The time that decides the hour: this machine's clock, or the exchange's (``cycle.clock``);
+        None when the exchange's cannot be read."""
+        if self.live.cycle.clock == "local":
+            return float(self.clock())
+        r = self.adapter.server_time()
+        return float(r.result) if r.done and r.result is not None else None
+
+    def due_hours(self, now: float) -> list[int]:
+        """Closed bars (settle delay passed) not completed yet, oldest first. The first run of a
+        new portfolio starts at the newest closed bar."""
+        newest = int((now - float(self.live.cycle.settle_delay_s)) // HOUR) - 1
+        last = self.ledger.last_completed_hour()
+        if last is None:
+            return [newest]
+        return list(range(last + 1, newest + 1))
+
+    # ---- start and run ---------------------------------------------------------------------------
+
+    def start(self) -> StartReport:
+        from live_bridge.execution import resume
+        from live_bridge.reconcile import reconcile
+
+        rep = StartReport(last_completed=self.ledger.last_completed_hour())
+        self._guard(self.adapter.refresh)
+        nxt = None if rep.last_completed is None else rep.last_completed + 1
+        rr = self._guard(
+            lambda: resume(
+                self.ledger,
+                self.adapter,
+                self.cycle.executor.config,
+                current_hour=nxt,
+                clock=self.clock,
+                sleep=self.sleep,
+            )
+        )
+        rep.resumed = len(rr.results)
+        rep.unresolved = len(rr.unresolved)
+        rc = self._guard(lambda: reconcile(self.ledger, self.adapter, hour=nxt))
+        rep.reconcile = rc.status
+        if rc.latch:
+            rep.latch = rc.reason
+        elif rr.unresolved:
+            rep.latch = f"{len(rr.unresolved)} order(s) whose fate is unknown after the restart"
+        if rep.latch:
+            self.cycle.extra_latch.append(rep.latch)
+        return rep
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        from live_bridge.kraken import KrakenHalt
+
+        try:
+            return fn()
+        except KrakenHalt as e:
+            raise DaemonStopped(f"Kraken halt ({e.code}): {e}; trading stopped, see docs/LIVE.md") from None
+
+    def run_once(self, now: float | None = None) -> list[HourReport]:
+        """Every due hour, in order; an empty list when none is due (or the exchange clock is unreadable)."""
+        from live_bridge.kraken import KrakenHalt
+
+        t = self.now() if now is None else now
+        if t is None:
+            log.warning("exchange time unavailable: cycle postponed")
+            return []
+        hours = self.due_hours(t)
+        out = []
+        for i, h in enumerate(hours):
+            if self._stop.is_set():
+                break
+            try:
+                r = self.cycle.run_hour(h, catch_up=i < len(hours) - 1)
+            except KrakenHalt as e:
+                self.cycle.fail(h, f"Kraken halt ({e.code}): {e}")
+                raise DaemonStopped(
+                    f"hour {h}: Kraken halt ({e.code}): {e}; trading stopped, see docs/LIVE.md"
+                ) from None
+            log.info("%s", r.line())
+            out.append(r)
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_forever(self, on_hour: Callable[[HourReport], None] | None = None) -> None:
+        """Run due hours until :meth:`stop` (SIGTERM / SIGINT finish the current hour first)."""
+        prev = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                prev[sig] = signal.signal(sig, lambda *_: self.stop())
+        try:
+            while not self._stop.is_set():
+                for r in self.run_once():
+                    if on_hour:
+                        on_hour(r)
+                self._stop.wait(float(self.live.cycle.poll_s)) if self.sleep is time.sleep else self.sleep(
+                    float(self.live.cycle.poll_s)
+                )
+        finally:
+            for sig, h in prev.items():
+                signal.signal(sig, h)
