@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 _CLICK_ERRORS = (click.exceptions.ClickException, _TyperClickException)
 
 # Modules that add commands to the root app through ``register(app)``; one per area.
-COMMAND_MODULES = ("kq.data", "kq.features", "kq.backtest", "kq.sim", "kq.research", "kq.models")
+COMMAND_MODULES = ("kq.data", "kq.features", "kq.backtest", "kq.sim", "kq.research", "kq.models", "kq.live")
 
 
 def build_app() -> typer.Typer:
