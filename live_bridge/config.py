@@ -33,7 +33,9 @@ class ExchangeSection(Frozen):
     url: str = Field("http://127.0.0.1:8765", description="Kraken REST base URL (paper: kq sim serve)")
     tier: Literal["starter", "intermediate", "pro"] = "starter"
     timeout_s: float = Field(10.0, gt=0, le=120)
-    deadline_s: float = Field(5.0, ge=1, le=60, description="AddOrder deadline ahead of the send time")
+    deadline_s: float = Field(
+        15.0, ge=5, le=60, description="AddOrder deadline ahead of the send time (Kraken takes up to 60 s)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -119,9 +121,11 @@ class LiveConfig(Frozen):
                 "is not loopback"
             )
         if self.mode == "live" and host in LOOPBACK:
-            raise ValueError("mode live needs Kraken's URL, not a loopback address (use mode = 'paper')")
+            raise ValueError(
+                f"mode live needs Kraken's URL; exchange.url {self.exchange.url!r} is loopback (use mode = 'paper')"
+            )
         if self.mode == "live" and not self.exchange.url.startswith("https://"):
-            raise ValueError("mode live needs an https URL")
+            raise ValueError(f"mode live needs an https URL; exchange.url {self.exchange.url!r} is not")
         return self
 
     @property

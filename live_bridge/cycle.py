@@ -49,7 +49,7 @@ from engine.errors import InputError, IntegrityError
 from engine.risk.enums import OP_RESET_HALT, OP_RESET_KILL, FillHow, Reason, TradingState, bar_dt, prediction_dt
 from engine.timeutil import HOUR
 from live_bridge.execution import ExecConfig, Executor, OrderIntent
-from live_bridge.kraken import Fill, KrakenAdapter
+from live_bridge.kraken import KrakenAdapter
 from live_bridge.ledger import Entry, Kind, Ledger
 from live_bridge.ledger import records as rec
 from live_bridge.ledger.canonical import exact_decimal
@@ -186,13 +186,17 @@ class Cycle:
         self.init_cash: Decimal | None = None
         self.latch_next: list[str] = []  # reasons asked for the next bar
         self.extra_latch: list[str] = []  # asked outside a cycle (the daemon's start-up checks)
-        self.carried: dict[str, list[str]] = {}  # cl_ord_id -> trade ids applied, for orders left pending
+        self.fill_mark = 0  # ledger seq up to which every own fill is booked in the machine
 
     # ---- the machine -----------------------------------------------------------------------------
 
     def _params(self, init_cash: Decimal) -> np.ndarray:
         p = self._params_base.copy()
         p[0]["init_cash"] = float(init_cash)
+        # the backtest's emulated operator (kill switch / halt released after N bars) never applies
+        # live: only an operator's reactivate / reset_halt, ledgered and applied at a close, clears them
+        p[0]["kill_reset_bars"] = 0
+        p[0]["halt_reset_bars"] = 0
         return p
 
     def _instruments(self):
@@ -221,7 +225,7 @@ class Cycle:
             return None
         p = e.payload
         self.init_cash = Decimal(p["init_cash"])
-        self.carried = {k: list(v) for k, v in p.get("carried", {}).items()}
+        self.fill_mark = int(p["fill_mark"])
         if tuple(p.get("pairs", ())) != self.pairs:
             raise IntegrityError(
                 f"the ledger's portfolio trades {', '.join(p.get('pairs', ()))}, this config {', '.join(self.pairs)}: "
@@ -243,15 +247,14 @@ class Cycle:
         bal = self.adapter.balances()
         if not bal.done or bal.result is None:
             raise IntegrityError(f"cannot start the portfolio: balances unavailable ({bal.reason})")
-        b = bal.result.tradable.get(self.quote)
-        cash = b.available if b is not None else Decimal(0)
+        cash = bal.result.available(self.quote)
         if cash <= 0:
             raise InputError(f"cannot start the portfolio: no available {self.quote} on the account")
         self.init_cash = cash
-        self.carried = {}
-        self.ledger.append(
+        (e,) = self.ledger.append(
             rec.event("portfolio_start", hour, payload={"init_cash": cash, "quote": self.quote, "pairs": self.pairs})
         )
+        self.fill_mark = int(e.seq)  # fills before the portfolio began are history
         self.machine = RiskMachine(self.pairs, self._params(cash), self._instruments())
         return self.machine
 
@@ -275,6 +278,7 @@ class Cycle:
             raise InputError(f"hour {hour}: the portfolio's last completed bar is hour {last}; run hours in order")
         recorded = self._recorded_inputs(hour)
         t = time.perf_counter()
+        failures = self._resolve_open(hour, rep)
         if recorded is None:
             if self.machine is None:
                 self._new_machine(hour)
@@ -285,27 +289,36 @@ class Cycle:
         else:
             if self.machine is None:
                 self._new_machine_from_ledger(hour)
-            args = recorded
+            args, reasons = recorded
             rep.resumed = True
             api_failures = 0
+            before = [e for e in self.ledger.entries(hour, Kind.RISK_SNAPSHOT) if e.code == "before"]
+            if before and before[-1].blob != self.machine.snapshot():
+                raise IntegrityError(f"hour {hour}: the restored risk state differs from the one ledgered before it")
+            # kill-switch requests made after these inputs were committed (a halt, start-up checks)
+            late = [x for x in self.latch_next if x not in reasons]
+            if late:
+                rep.latch = late[0]
         t = time.perf_counter()
         m = self.machine
         res = m.on_bar(*args)
         applied: dict[str, list[str]] = {}
-        if not res.complete:  # orders of an earlier close still pending (unresolved last hour)
+        if not res.complete:  # orders of an earlier close still pending (a snapshot from before settling)
             self._ledger_decisions(hour, res, tag="carry")
-            self._execute(hour, res, applied, rep, catch_up=catch_up)
+            failures += self._execute(hour, res, applied, rep, catch_up=catch_up)
             res = m.finish_bar()
         self._ledger_decisions(hour, res)
         rep.timings["risk"] = time.perf_counter() - t
         t = time.perf_counter()
-        self._execute(hour, res, applied, rep, catch_up=catch_up)
+        failures += self._execute(hour, res, applied, rep, catch_up=catch_up)
         rep.timings["execution"] = time.perf_counter() - t
         t = time.perf_counter()
-        self._reconcile(hour, applied, rep)
+        failures += self._reconcile(hour, applied, rep)
+        self._sweep(applied, rep)
         rep.timings["reconcile"] = time.perf_counter() - t
-        if api_failures >= self.live.cycle.max_api_failures:
-            rep.latch = rep.latch or f"{api_failures} failed API calls in the cycle"
+        total = api_failures + failures
+        if total >= self.live.cycle.max_api_failures:
+            rep.latch = rep.latch or f"{total} failed or unanswered API calls in the cycle"
         t = time.perf_counter()
         self._finish(hour, applied, rep)
         rep.timings["ledger"] = time.perf_counter() - t
@@ -321,6 +334,7 @@ class Cycle:
         if not starts:
             raise IntegrityError(f"hour {hour}: inputs ledgered but no portfolio_start event")
         self.init_cash = Decimal(starts[-1].payload["init_cash"])
+        self.fill_mark = int(starts[-1].seq)
         self.machine = RiskMachine(self.pairs, self._params(self.init_cash), self._instruments())
 
     # ---- inputs ----------------------------------------------------------------------------------
@@ -355,7 +369,8 @@ class Cycle:
                 pred[j]["p_up"] = _flt(p.payload["values"]["p_up"])
                 pred[j]["exp_ret"] = _flt(p.payload["values"]["exp_return"])
         fp = f.payload
-        return hour, bars, pred, tradable, bool(fp["entry_block"]), bool(fp["api_fault"]), int(fp["operator"])
+        args = (hour, bars, pred, tradable, bool(fp["entry_block"]), bool(fp["api_fault"]), int(fp["operator"]))
+        return args, list(fp.get("api_fault_reasons", []))
 
     def _panel(self, hour: int):
         """The stored ``kraken`` bars of the last ``history_bars`` hours ending at ``hour``, every
@@ -411,14 +426,21 @@ class Cycle:
         n, m = panel.close.shape
         p_up = np.full((n, m), np.nan)
         er = np.full((n, m), np.nan)
-        preds = self.model.predict(feats, panel, at=hour * HOUR)
         th = int(self.model.bundle.trade_horizon)
-        preds = preds[preds["horizon"] == th]
-        for pair, pu, e in zip(preds["pair"], preds["p_up"], preds["exp_return"], strict=True):
-            j = self.pairs.index(str(pair))
-            p_up[-1, j], er[-1, j] = float(pu), float(e)
+        model_error = ""
+        try:
+            preds = self.model.predict(feats, panel, at=hour * HOUR)
+            preds = preds[preds["horizon"] == th]
+            for pair, pu, e in zip(preds["pair"], preds["p_up"], preds["exp_return"], strict=True):
+                j = self.pairs.index(str(pair))
+                p_up[-1, j], er[-1, j] = float(pu), float(e)
+        except Exception as e:  # no prediction: no entry and no signal exit; stops still run
+            p_up[-1], er[-1] = np.nan, np.nan
+            model_error = f"model prediction failed: {type(e).__name__}: {str(e)[:200]}"
+            log.error("hour %d: %s", hour, model_error)
+            notes.append(rec.event("model_failed", hour, payload={"reason": model_error}))
         api = np.zeros(n, dtype=np.bool_)
-        api[-1] = bool(self.latch_next) or api_failures >= int(self.live.cycle.max_api_failures)
+        api[-1] = bool(self.latch_next) or bool(model_error) or api_failures >= int(self.live.cycle.max_api_failures)
         op_bits, op_rows = self._operator(hour)
         ops = np.zeros(n, dtype=np.int64)
         ops[-1] = op_bits
@@ -484,6 +506,8 @@ class Cycle:
         reasons = list(self.latch_next)
         if api_failures >= int(self.live.cycle.max_api_failures):
             reasons.append(f"{api_failures} failed API calls in the data step")
+        if model_error:
+            reasons.append(model_error)
         batch.append(
             rec.event(
                 "risk_inputs",
@@ -568,17 +592,41 @@ class Cycle:
     def _fills_of(self, cids: Sequence[str]) -> list[Entry]:
         out: list[Entry] = []
         for cid in cids:
-            out.extend(e for e in self.ledger.order_entries(cid) if e.kind == Kind.FILL)
+            out.extend(e for e in self.ledger.order_entries(cid) if e.kind == Kind.FILL and e.seq > self.fill_mark)
         return sorted(out, key=lambda e: e.seq)
 
-    def _execute(self, hour: int, res: Any, applied: dict[str, list[str]], rep: HourReport, *, catch_up: bool) -> None:
+    def _resolve_open(self, hour: int, rep: HourReport) -> int:
+        """Intents of earlier attempts or hours without a final outcome (a crash, an unanswered
+        lookup) are looked up first and settled (:func:`live_bridge.execution.resume`: sends
+        nothing but cancels); their fills land in the ledger and reach the machine through the
+        sweep. Returns the number still unresolved (API failures)."""
+        if not self.ledger.open_intents():
+            return 0
+        from live_bridge.execution import resume
+
+        rr = resume(
+            self.ledger, self.adapter, self.executor.config, current_hour=hour, clock=self.clock, sleep=self.sleep
+        )
+        if rr.unresolved:
+            rep.latch = rep.latch or f"{len(rr.unresolved)} earlier order(s) whose fate is still unknown"
+        return len(rr.unresolved)
+
+    def _execute(self, hour: int, res: Any, applied: dict[str, list[str]], rep: HourReport, *, catch_up: bool) -> int:
+        """Execute the close's orders, book their fills as ledgered, settle the machine's book.
+        Returns the number of orders whose fate is unknown."""
+        from live_bridge.execution import cl_ord_id_for
+
         m = self.machine
+        unknown = 0
         for o, j in zip(res.orders, res.order_pairs, strict=True):
             pair = self.pairs[int(j)]
             intent = OrderIntent.from_pending(o, pair, int(o["bar"]))
             cid = intent.cl_ord_id
+            # the market leg of a limit_first intent: a re-issued order comes back as "market" with
+            # the original's id, so the fallback id is derived whatever the kind says
+            fb = cl_ord_id_for(intent.hour, pair, intent.side, intent.reason, intent.n, leg="fallback")
             rep.orders += 1
-            if catch_up and intent.side == "buy" and not self.ledger.order_entries(cid):
+            if catch_up and intent.side == "buy" and not self._requested(cid):
                 m.on_cancel(pair)
                 self.ledger.append(
                     rec.decision(
@@ -587,23 +635,32 @@ class Cycle:
                 )
                 continue
             r = self.executor.execute(intent)
-            how_main = FillHow.LIMIT if intent.kind == "limit_first" else FillHow.MARKET_OPEN
-            fb = intent.fallback(intent.qty).cl_ord_id if intent.kind == "limit_first" else None
-            done = set(self.carried.get(cid, ())) | set(applied.get(cid, ()))
-            for e in self._fills_of([cid] + ([fb] if fb else [])):
+            for e in self._fills_of([cid, fb]):
                 tid = str(e.trade_id)
-                if tid in done:
+                if tid in applied.setdefault("_all", []):
                     continue
-                how = FillHow.MARKET_CLOSE if e.cl_ord_id == fb else how_main
-                self._book(pair, e, how)
+                self._book(pair, e, self._how(e, fb))
+                applied["_all"].append(tid)
                 applied.setdefault(cid, []).append(tid)
-                done.add(tid)
                 rep.fills += 1
             if r.unresolved:
+                unknown += 1
                 rep.latch = rep.latch or f"order {cid} ({pair} {intent.side}) could not be looked up: {r.reason}"
-                continue
             if m.pending[int(j)]["active"]:
+                # settled: filled as far as it went, cancelled, refused or of unknown fate. An order of
+                # unknown fate stays an open intent: it is looked up every hour and any fill it gets
+                # is booked as unexpected (with the kill switch asked for above)
                 m.on_cancel(pair)
+        return unknown
+
+    def _requested(self, cid: str) -> bool:
+        return any(e.kind == Kind.ORDER_REQUEST for e in self.ledger.order_entries(cid))
+
+    @staticmethod
+    def _how(e: Entry, fallback_id: str) -> FillHow:
+        if e.cl_ord_id == fallback_id:
+            return FillHow.MARKET_CLOSE
+        return FillHow.LIMIT if e.payload.get("ordertype") == "limit" else FillHow.MARKET_OPEN
 
     def _book(self, pair: str, e: Entry, how: FillHow) -> None:
         m = self.machine
@@ -619,40 +676,42 @@ class Cycle:
 
     # ---- reconciliation and the end of the hour --------------------------------------------------
 
-    def _reconcile(self, hour: int, applied: dict[str, list[str]], rep: HourReport) -> None:
+    def _reconcile(self, hour: int, applied: dict[str, list[str]], rep: HourReport) -> int:
+        """Reconciliation; its recovered fills are ledgered as ours and booked by the sweep.
+        Returns 1 when it could not compare (an API failure)."""
         from live_bridge.reconcile import reconcile
 
         rr = reconcile(self.ledger, self.adapter, hour=hour)
         rep.reconcile = rr.status
-        for cid, f in rr.recovered_fills:
-            pair = f.pair
-            if pair in self.pairs:
-                self._book_fill_obj(pair, f)
-                applied.setdefault(cid, []).append(f.trade_id)
-                rep.fills += 1
         if rr.latch:
             rep.latch = rep.latch or rr.reason
         elif rr.status == "incomplete":
             rep.notes.append(f"reconciliation incomplete: {rr.reason}")
+            return 1
+        return 0
 
-    def _book_fill_obj(self, pair: str, f: Fill) -> None:
-        m = self.machine
-        args = (pair, f.side, float(f.vol), float(f.price), float(f.fee), int(FillHow.MARKET_OPEN))
-        m.on_unexpected_fill(*args)
+    def _sweep(self, applied: dict[str, list[str]], rep: HourReport) -> None:
+        """Book every own fill ledgered since the mark that this hour has not booked yet (found by
+        resume or by reconciliation, or landing after its order was settled): as a fill of the
+        pending order when it matches one, else as unexpected (which latches the kill switch)."""
+        done = set(applied.get("_all", ()))
+        for e in self.ledger.fills_since(self.fill_mark):
+            if e.code != "own" or str(e.trade_id) in done or e.pair not in self.pairs:
+                continue
+            self._book(str(e.pair), e, FillHow.MARKET_OPEN if e.payload.get("ordertype") != "limit" else FillHow.LIMIT)
+            applied.setdefault("_all", []).append(str(e.trade_id))
+            applied.setdefault(str(e.cl_ord_id), []).append(str(e.trade_id))
+            rep.fills += 1
+            rep.notes.append(f"fill {e.trade_id} of {e.pair} booked outside its order's hour")
 
     def _finish(self, hour: int, applied: dict[str, list[str]], rep: HourReport) -> None:
         m = self.machine
-        carried = {}
-        for j in np.flatnonzero(m.pending["active"]):
-            o = m.pending[j]
-            intent = OrderIntent.from_pending(o, self.pairs[int(j)], int(o["bar"]))
-            cid = intent.cl_ord_id
-            carried[cid] = sorted(set(self.carried.get(cid, ())) | set(applied.get(cid, ())))
         st = m.state[0]
         rep.equity, rep.cash = float(st["equity"]), float(st["cash"])
         rep.state = TradingState(int(st["trading_state"])).name
         rep.n_positions = int(st["n_positions"])
         latch = [rep.latch] if rep.latch else []
+        mark = max([self.fill_mark] + [int(e.seq) for e in self.ledger.fills_since(self.fill_mark)])
         self.ledger.append(
             rec.risk_snapshot(
                 hour,
@@ -661,8 +720,8 @@ class Cycle:
                 payload={
                     "init_cash": self.init_cash,
                     "pairs": self.pairs,
-                    "carried": carried,
-                    "applied": {k: sorted(v) for k, v in applied.items()},
+                    "fill_mark": mark,
+                    "applied": {k: sorted(v) for k, v in applied.items() if k != "_all"},
                 },
             ),
             rec.cycle_end(
@@ -681,7 +740,7 @@ class Cycle:
                 },
             ),
         )
-        self.carried = carried
+        self.fill_mark = mark
         self.latch_next = latch
 
     def fail(self, hour: int, reason: str, latch: bool = True) -> None:

@@ -36,9 +36,28 @@ from engine.timeutil import HOUR
 from live_bridge.config import LiveConfig
 from live_bridge.cycle import Cycle, HourReport
 
-__all__ = ["Daemon", "DaemonStopped", "StartReport"]
+__all__ = ["Daemon", "DaemonBusy", "DaemonStopped", "StartReport"]
 
 log = logging.getLogger("live_bridge.daemon")
+
+
+def _exclusive(path: Path) -> Any:
+    """Hold an exclusive ``flock`` on ``path`` for the daemon's lifetime: two daemons on one state
+    folder (an overlapping ``--once`` from a scheduler, a second copy) would both resolve and send
+    the same intents. The lock dies with the process, SIGKILL included."""
+    import fcntl
+
+    f = open(path, "a+")  # noqa: SIM115 - held open on purpose until close()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise DaemonBusy(f"another daemon is running on {path.parent} (it holds {path.name}); stop it first") from None
+    return f
+
+
+class DaemonBusy(KQError):
+    """Another daemon holds the state folder's lock."""
 
 
 class DaemonStopped(KQError):
@@ -131,6 +150,7 @@ class Daemon:
             model = load_approved(live.env, cfg)
         state = Path(live.paths.state_dir)
         state.mkdir(parents=True, exist_ok=True)
+        lock = _exclusive(state / "daemon.lock")
         adapter = KrakenAdapter.from_env(
             env=env,
             state_dir=state,
@@ -149,9 +169,14 @@ class Daemon:
         if dsn and dsn.startswith("sqlite:///"):
             Path(dsn.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         ledger = Ledger.open(dsn, schema=live.paths.ledger_schema) if dsn else Ledger.open()
-        return cls(live, cfg=cfg, store=store, adapter=adapter, ledger=ledger, model=model, clock=clock, sleep=sleep)
+        d = cls(live, cfg=cfg, store=store, adapter=adapter, ledger=ledger, model=model, clock=clock, sleep=sleep)
+        d._lock = lock
+        return d
 
     def close(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()  # releases the flock
         for x in (self.ledger, self.store):
             with contextlib.suppress(Exception):  # closing is best effort
                 x.close()
@@ -166,14 +191,26 @@ class Daemon:
         r = self.adapter.server_time()
         return float(r.result) if r.done and r.result is not None else None
 
+    def next_hour(self) -> int | None:
+        """The hour to run next: the one after the last completed hour; while no hour has
+        completed, the portfolio's first hour if it was begun (its ``portfolio_start`` is ledgered:
+        a first cycle killed after its inputs must be re-run, not skipped); None for a new one."""
+        from live_bridge.ledger import Kind
+
+        last = self.ledger.last_completed_hour()
+        if last is not None:
+            return last + 1
+        starts = [e.hour for e in self.ledger.entries(kind=Kind.EVENT) if e.code == "portfolio_start"]
+        return int(starts[0]) if starts and starts[0] is not None else None
+
     def due_hours(self, now: float) -> list[int]:
         """Closed bars (settle delay passed) not completed yet, oldest first. The first run of a
         new portfolio starts at the newest closed bar."""
         newest = int((now - float(self.live.cycle.settle_delay_s)) // HOUR) - 1
-        last = self.ledger.last_completed_hour()
-        if last is None:
+        nxt = self.next_hour()
+        if nxt is None:
             return [newest]
-        return list(range(last + 1, newest + 1))
+        return list(range(nxt, newest + 1))
 
     # ---- start and run ---------------------------------------------------------------------------
 
@@ -183,7 +220,7 @@ class Daemon:
 
         rep = StartReport(last_completed=self.ledger.last_completed_hour())
         self._guard(self.adapter.refresh)
-        nxt = None if rep.last_completed is None else rep.last_completed + 1
+        nxt = self.next_hour()
         rr = self._guard(
             lambda: resume(
                 self.ledger,

@@ -689,8 +689,10 @@ class KrakenAdapter:
         }
         if price is not None:
             kw["price"] = _fmt(price)
-        if post_only:
-            kw["oflags"] = "post"
+        # fee in the quote currency on both sides: Kraken's default for a sell is the BASE currency
+        # (fcib), which would take the fee out of the coins sold while every book here (the
+        # RiskMachine, the ledger, reconciliation) charges fees in quote
+        kw["oflags"] = "post,fciq" if post_only else "fciq"
         if timeinforce is not None:
             kw["timeinforce"] = timeinforce
         if expiretm is not None:
