@@ -26,6 +26,17 @@ its deterministic ``cl_ord_id`` and never sends one twice; the fills fed to the 
 from the ledger, so none is lost or booked twice. The run that completes writes the same risk state
 as one that never crashed.
 
+**Fills reach the machine from the ledger only.** The ``after`` snapshot carries a fill mark (the
+ledger seq up to which every own fill is booked). Each hour books the fills of its own orders as
+the executor ledgers them (``on_fill``; the market fallback leg as ``MARKET_CLOSE``), settles every
+order it sent (``on_cancel`` for what did not fill: no order is carried to the next close), then
+sweeps every other own fill above the mark (found by ``resume`` for an intent left open, or by
+reconciliation after a crash) and books it as unexpected, which latches the kill switch. An
+intent whose fate is unknown stays open in the ledger and is looked up at the start of every hour
+(:func:`live_bridge.execution.resume`, which sends nothing but cancels). The live parameters
+never release the kill switch or the drawdown halt by themselves (``kill_reset_bars`` and
+``halt_reset_bars`` are the backtest's emulated operator; live they are 0).
+
 **Kill-switch input.** ``api_fault`` of a bar is the backtester's API-instability input. It is set
 when the previous cycle asked for it (an unexplained reconciliation mismatch, an order whose fate
 is unknown, too many failed API calls, a Kraken halt) or when this hour's data step had

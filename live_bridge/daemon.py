@@ -112,6 +112,7 @@ class Daemon:
             sleep=self.sleep,
         )
         self._stop = threading.Event()
+        self._lock: Any = None  # the state folder's flock (from_config)
         self.start_latch: list[str] = []
 
     # ---- construction from a config --------------------------------------------------------------
