@@ -65,7 +65,7 @@ from live_bridge.ledger import Entry, Kind, Ledger
 from live_bridge.ledger import records as rec
 from live_bridge.ledger.canonical import exact_decimal
 
-__all__ = ["Cycle", "HourReport", "code_version", "exec_config"]
+__all__ = ["Cycle", "HourReport", "code_version", "exec_config", "live_params"]
 
 log = logging.getLogger("live_bridge.cycle")
 
@@ -110,6 +110,21 @@ def exec_config(live: Any, cfg: Any) -> ExecConfig:
         market_buffer=Decimal(x.market_buffer),
         market_fallback=bool(x.market_fallback),
     )
+
+
+def live_params(cfg: Any, init_cash: Decimal | float) -> np.ndarray:
+    """The RiskMachine parameters of a live portfolio: the backtester's (``params_from_config``)
+    with the account's starting cash, and WITHOUT the backtest's emulated operator: the kill switch
+    and the drawdown halt are never released after N bars (``kill_reset_bars`` /
+    ``halt_reset_bars`` = 0); only an operator's reactivate / reset_halt, ledgered and applied at a
+    close, clears them."""
+    from engine.risk.params import params_from_config
+
+    p = params_from_config(cfg)
+    p[0]["init_cash"] = float(init_cash)
+    p[0]["kill_reset_bars"] = 0
+    p[0]["halt_reset_bars"] = 0
+    return p
 
 
 def _dec(x: float) -> Decimal | None:
@@ -174,8 +189,6 @@ class Cycle:
         sleep: Callable[[float], None] | None = None,
         version: str | None = None,
     ) -> None:
-        from engine.risk.params import params_from_config
-
         self.live, self.cfg, self.store, self.adapter, self.ledger, self.model = (
             live,
             cfg,
@@ -192,7 +205,6 @@ class Cycle:
         self.executor = Executor(ledger, adapter, exec_config(live, cfg), clock=self.clock, sleep=self.sleep)
         self.version = version or code_version()
         self.config_digest = live.digest()
-        self._params_base = params_from_config(cfg)
         self.machine: Any = None
         self.init_cash: Decimal | None = None
         self.latch_next: list[str] = []  # reasons asked for the next bar
@@ -202,13 +214,7 @@ class Cycle:
     # ---- the machine -----------------------------------------------------------------------------
 
     def _params(self, init_cash: Decimal) -> np.ndarray:
-        p = self._params_base.copy()
-        p[0]["init_cash"] = float(init_cash)
-        # the backtest's emulated operator (kill switch / halt released after N bars) never applies
-        # live: only an operator's reactivate / reset_halt, ledgered and applied at a close, clears them
-        p[0]["kill_reset_bars"] = 0
-        p[0]["halt_reset_bars"] = 0
-        return p
+        return live_params(self.cfg, init_cash)
 
     def _instruments(self):
         from engine.risk.params import instrument_arrays
