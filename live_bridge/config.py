@@ -120,6 +120,12 @@ class LiveConfig(Frozen):
                 f"mode paper trades against the local simulator only; exchange.url {self.exchange.url!r} "
                 "is not loopback"
             )
+        worst = float(self.execution.limit_timeout_s) * len(self.universe.pairs)
+        if worst > 2700:
+            raise ValueError(
+                f"execution.limit_timeout_s {self.execution.limit_timeout_s:g} x {len(self.universe.pairs)} pairs "
+                "could keep one cycle's orders resting past 45 minutes of the hour; lower it"
+            )
         if self.mode == "live" and host in LOOPBACK:
             raise ValueError(
                 f"mode live needs Kraken's URL; exchange.url {self.exchange.url!r} is loopback (use mode = 'paper')"

@@ -46,6 +46,7 @@ operator's ``reactivate`` (applied at a bar close through the operator input) cl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -202,7 +203,17 @@ class Cycle:
         self.universe = universe
         self.clock = clock or adapter.clock
         self.sleep = sleep or adapter.sleep
-        self.executor = Executor(ledger, adapter, exec_config(live, cfg), clock=self.clock, sleep=self.sleep)
+        xc = exec_config(live, cfg)
+        self.executor = Executor(ledger, adapter, xc, clock=self.clock, sleep=self.sleep)
+        # catch-up entries already sent before a crash: resolved, never topped up at market hours late
+        self.executor_stale = Executor(
+            ledger, adapter, dataclasses.replace(xc, market_fallback=False), clock=self.clock, sleep=self.sleep
+        )
+        from engine.universe import load_universe
+
+        if self.universe is None:
+            self.universe = load_universe()
+        self.universe_digest = hashlib.sha256(self.universe.model_dump_json().encode()).hexdigest()
         self.version = version or code_version()
         self.config_digest = live.digest()
         self.machine: Any = None
@@ -416,7 +427,7 @@ class Cycle:
         from engine.backtest.runner import make_inputs
         from engine.features.featureset import build_features
         from engine.risk.machine import bar_inputs
-        from engine.universe import load_universe, universe_mask
+        from engine.universe import universe_mask
         from live_bridge.data import Behind, DataGap, FetchFailed, StoreRefused, update_bars, warmup_status
 
         now_ts = (hour + 1) * HOUR
@@ -437,7 +448,7 @@ class Cycle:
         panel = self._panel(hour)
         warm = warmup_status(self.store, self.pairs, now_ts, need=int(self.cfg.features.warmup_bars))
         ready = np.array([warm[p].ready for p in self.pairs], dtype=bool)
-        ucfg = self.universe if self.universe is not None else load_universe()
+        ucfg = self.universe
         umask = universe_mask(panel, ucfg)
         feats = build_features(panel, self.cfg.features, umask)
         n, m = panel.close.shape
@@ -476,7 +487,7 @@ class Cycle:
                 hour,
                 self.version,
                 self.config_digest,
-                payload={"pairs": self.pairs, "catch_up": False, "history_bars": int(n)},
+                payload={"pairs": self.pairs, "history_bars": int(n), "universe_sha256": self.universe_digest},
             ),
             *notes,
         ]
@@ -635,7 +646,10 @@ class Cycle:
 
         m = self.machine
         unknown = 0
-        for o, j in zip(res.orders, res.order_pairs, strict=True):
+        # exits first: a stop must not wait behind an entry's resting limit
+        order = sorted(range(len(res.orders)), key=lambda i: int(res.orders[i]["side"]))
+        for i in order:
+            o, j = res.orders[i], res.order_pairs[i]
             pair = self.pairs[int(j)]
             intent = OrderIntent.from_pending(o, pair, int(o["bar"]))
             cid = intent.cl_ord_id
@@ -651,7 +665,8 @@ class Cycle:
                     )
                 )
                 continue
-            r = self.executor.execute(intent)
+            ex = self.executor_stale if catch_up and intent.side == "buy" else self.executor
+            r = ex.execute(intent)
             for e in self._fills_of([cid, fb]):
                 tid = str(e.trade_id)
                 if tid in applied.setdefault("_all", []):

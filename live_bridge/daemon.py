@@ -145,6 +145,12 @@ class Daemon:
             raise ConfigError(f"{live.source}: --live needs a config with mode = 'live' (this one is {live.mode})")
         env = dict(os.environ if environ is None else environ)
         cfg = load_config(live.engine_path())
+        need = int(cfg.features.warmup_bars) + 24
+        if int(live.cycle.history_bars) < need:
+            raise ConfigError(
+                f"{live.source}: cycle.history_bars {live.cycle.history_bars} is below the features' warm-up "
+                f"{cfg.features.warmup_bars} + 24 bars ({need})"
+            )
         if model is None:
             from live_bridge.models import load_approved
 
@@ -250,7 +256,11 @@ class Daemon:
         try:
             return fn()
         except KrakenHalt as e:
-            raise DaemonStopped(f"Kraken halt ({e.code}): {e}; trading stopped, see docs/LIVE.md") from None
+            msg = f"Kraken halt ({e.code}): {e}"
+            nxt = self.next_hour()
+            if nxt is not None:  # a portfolio exists: its next bar gets the kill-switch input
+                self.cycle.fail(nxt, f"at start-up: {msg}")
+            raise DaemonStopped(f"{msg}; trading stopped, see docs/LIVE.md") from None
 
     def run_once(self, now: float | None = None) -> list[HourReport]:
         """Every due hour, in order; an empty list when none is due (or the exchange clock is unreadable)."""
