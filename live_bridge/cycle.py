@@ -221,6 +221,7 @@ class Cycle:
         self.latch_next: list[str] = []  # reasons asked for the next bar
         self.extra_latch: list[str] = []  # asked outside a cycle (the daemon's start-up checks)
         self.fill_mark = 0  # ledger seq up to which every own fill is booked in the machine
+        self.journal: list[list[Any]] = []  # machine calls after on_bar this hour: fill/unexpected/cancel
 
     # ---- the machine -----------------------------------------------------------------------------
 
@@ -331,10 +332,12 @@ class Cycle:
         m = self.machine
         res = m.on_bar(*args)
         applied: dict[str, list[str]] = {}
+        self.journal = []
         if not res.complete:  # orders of an earlier close still pending (a snapshot from before settling)
             self._ledger_decisions(hour, res, tag="carry")
             failures += self._execute(hour, res, applied, rep, catch_up=catch_up)
             res = m.finish_bar()
+            self.journal.append(["finish_bar"])
         self._ledger_decisions(hour, res)
         rep.timings["risk"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -659,6 +662,7 @@ class Cycle:
             rep.orders += 1
             if catch_up and intent.side == "buy" and not self._requested(cid):
                 m.on_cancel(pair)
+                self.journal.append(["cancel", pair])
                 self.ledger.append(
                     rec.decision(
                         hour, "NOT_SENT:STALE_ENTRY", pair, "buy", payload={"tag": "catch_up", "cl_ord_id": cid}
@@ -683,6 +687,7 @@ class Cycle:
                 # unknown fate stays an open intent: it is looked up every hour and any fill it gets
                 # is booked as unexpected (with the kill switch asked for above)
                 m.on_cancel(pair)
+                self.journal.append(["cancel", pair])
         return unknown
 
     def _requested(self, cid: str) -> bool:
@@ -701,10 +706,12 @@ class Cycle:
         if m.pending[j]["active"] and int(m.pending[j]["side"]) == (1 if e.side == "buy" else -1):
             try:
                 m.on_fill(*args)
+                self.journal.append(["fill", str(e.trade_id), int(how)])
                 return
             except InputError as err:
                 log.warning("fill %s of %s is not what was ordered (%s): booked as unexpected", e.trade_id, pair, err)
         m.on_unexpected_fill(*args)
+        self.journal.append(["unexpected", str(e.trade_id), int(how)])
 
     # ---- reconciliation and the end of the hour --------------------------------------------------
 
@@ -754,6 +761,8 @@ class Cycle:
                     "pairs": self.pairs,
                     "fill_mark": mark,
                     "applied": {k: sorted(v) for k, v in applied.items() if k != "_all"},
+                    # every call made on the machine after on_bar, in order (replay applies it)
+                    "journal": self.journal,
                 },
             ),
             rec.cycle_end(
