@@ -66,7 +66,7 @@ from live_bridge.ledger import Entry, Kind, Ledger
 from live_bridge.ledger import records as rec
 from live_bridge.ledger.canonical import exact_decimal
 
-__all__ = ["Cycle", "HourReport", "code_version", "exec_config", "live_params"]
+__all__ = ["Cycle", "HourReport", "code_version", "exec_config", "live_params", "recorded_inputs"]
 
 log = logging.getLogger("live_bridge.cycle")
 
@@ -135,6 +135,44 @@ def _dec(x: float) -> Decimal | None:
 
 def _flt(v: Any) -> float:
     return float("nan") if v is None else float(Decimal(v))
+
+
+def recorded_inputs(ledger: Ledger, hour: int, pairs: Sequence[str], rows: Sequence[Entry] | None = None):
+    """The ledgered ``on_bar`` arguments of ``hour`` for the portfolio trading ``pairs``, decoded
+    from its input batch (``bars`` and ``prediction`` rows before its ``risk_inputs`` event), as
+    ``((hour, bars, predictions, tradable, entry_block, api_fault, operator), api_fault_reasons)``;
+    None when the hour has no input batch. Used by a re-run after a crash and by the replay
+    (:mod:`live_bridge.replay`). ``rows``: the hour's entries when already read."""
+    rows = ledger.entries(hour=hour) if rows is None else rows
+    flags = [e for e in rows if e.kind == Kind.EVENT and e.code == "risk_inputs"]
+    if not flags:
+        return None
+    f = flags[-1]
+    m = len(pairs)
+    bars = np.zeros(m, dtype=bar_dt)
+    pred = np.zeros(m, dtype=prediction_dt)
+    pred["p_up"] = np.nan
+    pred["exp_ret"] = np.nan
+    tradable = np.zeros(m, dtype=np.bool_)
+    by_pair = {e.pair: e for e in rows if e.kind == Kind.BARS and e.seq < f.seq}
+    preds = {e.pair: e for e in rows if e.kind == Kind.PREDICTION and e.seq < f.seq}
+    for j, pair in enumerate(pairs):
+        b = by_pair.get(pair)
+        if b is None:
+            raise IntegrityError(f"hour {hour}: the ledgered inputs lack the bars of {pair}")
+        r = b.payload["bars"][0]
+        for k in BAR_FIELDS:
+            bars[j][k] = _flt(r.get(k))
+        bars[j]["valid"] = bool(r["valid"])
+        bars[j]["cluster"] = int(r["cluster"])
+        tradable[j] = bool(b.payload["tradable"])
+        p = preds.get(pair)
+        if p is not None:
+            pred[j]["p_up"] = _flt(p.payload["values"]["p_up"])
+            pred[j]["exp_ret"] = _flt(p.payload["values"]["exp_return"])
+    fp = f.payload
+    args = (hour, bars, pred, tradable, bool(fp["entry_block"]), bool(fp["api_fault"]), int(fp["operator"]))
+    return args, list(fp.get("api_fault_reasons", []))
 
 
 @dataclass
@@ -372,36 +410,7 @@ class Cycle:
 
     def _recorded_inputs(self, hour: int):
         """The ledgered ``on_bar`` arguments of ``hour`` (a re-run after a crash), or None."""
-        rows = self.ledger.entries(hour=hour)
-        flags = [e for e in rows if e.kind == Kind.EVENT and e.code == "risk_inputs"]
-        if not flags:
-            return None
-        f = flags[-1]
-        m = len(self.pairs)
-        bars = np.zeros(m, dtype=bar_dt)
-        pred = np.zeros(m, dtype=prediction_dt)
-        pred["p_up"] = np.nan
-        pred["exp_ret"] = np.nan
-        tradable = np.zeros(m, dtype=np.bool_)
-        by_pair = {e.pair: e for e in rows if e.kind == Kind.BARS and e.seq < f.seq}
-        preds = {e.pair: e for e in rows if e.kind == Kind.PREDICTION and e.seq < f.seq}
-        for j, pair in enumerate(self.pairs):
-            b = by_pair.get(pair)
-            if b is None:
-                raise IntegrityError(f"hour {hour}: the ledgered inputs lack the bars of {pair}")
-            r = b.payload["bars"][0]
-            for k in BAR_FIELDS:
-                bars[j][k] = _flt(r.get(k))
-            bars[j]["valid"] = bool(r["valid"])
-            bars[j]["cluster"] = int(r["cluster"])
-            tradable[j] = bool(b.payload["tradable"])
-            p = preds.get(pair)
-            if p is not None:
-                pred[j]["p_up"] = _flt(p.payload["values"]["p_up"])
-                pred[j]["exp_ret"] = _flt(p.payload["values"]["exp_return"])
-        fp = f.payload
-        args = (hour, bars, pred, tradable, bool(fp["entry_block"]), bool(fp["api_fault"]), int(fp["operator"]))
-        return args, list(fp.get("api_fault_reasons", []))
+        return recorded_inputs(self.ledger, hour, self.pairs)
 
     def _panel(self, hour: int):
         """The stored ``kraken`` bars of the last ``history_bars`` hours ending at ``hour``, every
