@@ -66,7 +66,7 @@ from live_bridge.ledger import Entry, Kind, Ledger
 from live_bridge.ledger import records as rec
 from live_bridge.ledger.canonical import exact_decimal
 
-__all__ = ["Cycle", "HourReport", "code_version", "exec_config", "live_params", "recorded_inputs"]
+__all__ = ["Cycle", "HourReport", "code_version", "decision_records", "exec_config", "live_params", "recorded_inputs"]
 
 log = logging.getLogger("live_bridge.cycle")
 
@@ -173,6 +173,55 @@ def recorded_inputs(ledger: Ledger, hour: int, pairs: Sequence[str], rows: Seque
     fp = f.payload
     args = (hour, bars, pred, tradable, bool(fp["entry_block"]), bool(fp["api_fault"]), int(fp["operator"]))
     return args, list(fp.get("api_fault_reasons", []))
+
+
+def decision_records(hour: int, res: Any, pairs: Sequence[str], tag: str = "close") -> list[rec.Record]:
+    """The ``decision`` rows of one ``RiskMachine`` result (``on_bar`` or ``finish_bar``): each
+    event, each order (side, quantity, limit as exact Decimals) and the STATE row of a complete
+    close, tagged ``tag`` ("close", or "carry" for a close still waiting for fills). The cycle
+    ledgers them; the replay (:mod:`live_bridge.replay`) compares its own against them."""
+    from engine.risk.enums import EventCode
+
+    pairs = tuple(pairs)
+    out: list[rec.Record] = []
+    for ev in res.events:
+        j = int(ev["pair"])
+        pair = pairs[j] if 0 <= j < len(pairs) else None
+        code = EventCode(int(ev["code"])).name
+        r = int(ev["reason"])
+        why = Reason(r).name if r in set(Reason) else str(r)
+        out.append(
+            rec.decision(hour, f"{code}:{why}"[:64], pair, payload={"tag": tag, "value": _dec(float(ev["value"]))})
+        )
+    for o, j in zip(res.orders, res.order_pairs, strict=True):
+        out.append(
+            rec.decision(
+                hour,
+                f"ORDER:{Reason(int(o['reason'])).name}",
+                pairs[int(j)],
+                "buy" if int(o["side"]) > 0 else "sell",
+                _dec(float(o["qty"])),
+                _dec(float(o["limit_price"])) if np.isfinite(o["limit_price"]) else None,
+                payload={"tag": tag, "fallback": int(o["fallback"]), "bar": int(o["bar"])},
+            )
+        )
+    if res.equity is not None:
+        e = res.equity[0]
+        out.append(
+            rec.decision(
+                hour,
+                f"STATE:{TradingState(int(e['trading_state'])).name}",
+                payload={
+                    "tag": tag,
+                    "equity": _dec(float(e["equity"])),
+                    "cash": _dec(float(e["cash"])),
+                    "drawdown": _dec(float(e["drawdown"])),
+                    "n_positions": int(e["n_positions"]),
+                    "kill_reason": int(e["kill_reason"]),
+                },
+            )
+        )
+    return out
 
 
 @dataclass
@@ -583,49 +632,10 @@ class Cycle:
     # ---- decisions and execution -----------------------------------------------------------------
 
     def _ledger_decisions(self, hour: int, res: Any, tag: str = "close") -> None:
-        from engine.risk.enums import EventCode
-
         done = {(e.code, e.pair, e.payload.get("tag")) for e in self.ledger.entries(hour, Kind.DECISION)}
         if any(d[2] == tag for d in done):
             return  # a re-run: the same inputs gave these decisions already
-        out: list[rec.Record] = []
-        for ev in res.events:
-            j = int(ev["pair"])
-            pair = self.pairs[j] if 0 <= j < len(self.pairs) else None
-            code = EventCode(int(ev["code"])).name
-            r = int(ev["reason"])
-            why = Reason(r).name if r in set(Reason) else str(r)
-            out.append(
-                rec.decision(hour, f"{code}:{why}"[:64], pair, payload={"tag": tag, "value": _dec(float(ev["value"]))})
-            )
-        for o, j in zip(res.orders, res.order_pairs, strict=True):
-            out.append(
-                rec.decision(
-                    hour,
-                    f"ORDER:{Reason(int(o['reason'])).name}",
-                    self.pairs[int(j)],
-                    "buy" if int(o["side"]) > 0 else "sell",
-                    _dec(float(o["qty"])),
-                    _dec(float(o["limit_price"])) if np.isfinite(o["limit_price"]) else None,
-                    payload={"tag": tag, "fallback": int(o["fallback"]), "bar": int(o["bar"])},
-                )
-            )
-        if res.equity is not None:
-            e = res.equity[0]
-            out.append(
-                rec.decision(
-                    hour,
-                    f"STATE:{TradingState(int(e['trading_state'])).name}",
-                    payload={
-                        "tag": tag,
-                        "equity": _dec(float(e["equity"])),
-                        "cash": _dec(float(e["cash"])),
-                        "drawdown": _dec(float(e["drawdown"])),
-                        "n_positions": int(e["n_positions"]),
-                        "kill_reason": int(e["kill_reason"]),
-                    },
-                )
-            )
+        out = decision_records(hour, res, self.pairs, tag)
         if out:
             self.ledger.append(*out)
 
