@@ -177,6 +177,27 @@ def test_verify_detects_a_deleted_tail_with_the_anchor(tmp_path, capsys, model, 
     one_error(capsys, f"but the anchor names seq {seq}")
 
 
+def test_a_kraken_halt_stops_the_daemon_with_exit_3(tmp_path, capsys, model, creds, sim):
+    """A halt (bad credentials) in the hour: one line, exit 3; the failed cycle is ledgered, and
+    the next start runs the hour again with the kill switch asked for."""
+    kraken_store(tmp_path / "m.duckdb", sim.frames)
+    cfg = write_toml(tmp_path / "paper.toml", paper_dict(sim.url, tmp_path))
+    sim.ex.advance(to=float(P0 + H + SETTLE))
+    assert main(["live", "run", "--config", str(cfg), "--once"]) == 0
+    capsys.readouterr()
+    sim.ex.advance(to=float(P0 + 2 * H + SETTLE))
+    code, body = sim.admin("/admin/faults", {"kind": "error", "endpoint": "BalanceEx", "message": "EAPI:Invalid key"})
+    assert code == 200, body
+    assert main(["live", "run", "--config", str(cfg), "--once"]) == 3
+    err = one_error(capsys, "Kraken halt (credentials)")
+    assert "trading stopped, see docs/LIVE.md" in err and KEY not in err and SECRET not in err
+
+    sim.admin("/admin/faults", method="DELETE")
+    assert main(["live", "run", "--config", str(cfg), "--once"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("2022-06-01 01:00 UTC: KILL_SWITCH "), out
+
+
 def test_live_flag_with_a_paper_config_is_refused(tmp_path, capsys, model, creds):
     cfg = write_toml(tmp_path / "paper.toml", paper_dict("http://127.0.0.1:9", tmp_path))
     assert main(["live", "run", "--config", str(cfg), "--live", "--once"]) == 2
