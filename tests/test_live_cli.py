@@ -177,6 +177,29 @@ def test_verify_detects_a_deleted_tail_with_the_anchor(tmp_path, capsys, model, 
     one_error(capsys, f"but the anchor names seq {seq}")
 
 
+def test_run_forever_prints_each_hour_and_stops_cleanly(tmp_path, capsys, monkeypatch, model, creds, sim):
+    """Without --once the CLI hands run_forever a printer; the test stops the loop after the first
+    hour (as SIGTERM would: Daemon.stop) and the command exits 0 with its last line."""
+    from live_bridge.daemon import Daemon
+
+    orig = Daemon.run_forever
+
+    def stop_after_first(self, on_hour=None):
+        def hour(r):
+            on_hour(r)
+            self.stop()
+
+        return orig(self, on_hour=hour)
+
+    monkeypatch.setattr(Daemon, "run_forever", stop_after_first)
+    kraken_store(tmp_path / "m.duckdb", sim.frames)
+    cfg = write_toml(tmp_path / "paper.toml", paper_dict(sim.url, tmp_path))
+    sim.ex.advance(to=float(P0 + H + SETTLE))
+    assert main(["live", "run", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and out[2].startswith("2022-06-01 00:00 UTC: ACTIVE ") and out[3] == "kq live: stopped", out
+
+
 def test_a_kraken_halt_stops_the_daemon_with_exit_3(tmp_path, capsys, model, creds, sim):
     """A halt (bad credentials) in the hour: one line, exit 3; the failed cycle is ledgered, and
     the next start runs the hour again with the kill switch asked for."""
