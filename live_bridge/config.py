@@ -73,8 +73,10 @@ class UniverseSection(Frozen):
 class CycleSection(Frozen):
     settle_delay_s: float = Field(30.0, ge=0, le=1800, description="wait after the bar close before the cycle")
     history_bars: int = Field(1000, ge=800, le=20000, description="bars of history fed to features and inputs")
-    behind_retries: int = Field(3, ge=0, le=60, description="data step retries while Kraken lags a bar")
-    behind_wait_s: float = Field(20.0, ge=0, le=600)
+    behind_retries: int = Field(
+        8, ge=0, le=60, description="data step retries while Kraken lags a bar (a missing bar latches R18)"
+    )
+    behind_wait_s: float = Field(30.0, ge=0, le=600)
     max_api_failures: int = Field(
         3, ge=1, le=100, description="failed or unknown API calls within one cycle that latch the kill switch"
     )
