@@ -485,7 +485,7 @@ class Cycle:
 
     def _build(self, hour: int):
         """Data step, features, model, risk inputs; returns (on_bar args, ledger batch, API failures)."""
-        from engine.backtest.runner import make_inputs
+        from engine.backtest.runner import default_spread, make_inputs
         from engine.features.featureset import build_features
         from engine.risk.machine import bar_inputs
         from engine.universe import universe_mask
@@ -534,7 +534,18 @@ class Cycle:
         ops = np.zeros(n, dtype=np.int64)
         ops[-1] = op_bits
         tradable = umask & ready[None, :]
-        inp = make_inputs(panel, p_up, er, self.cfg, tradable=tradable, api_fault=api, operator=ops)
+        # the spread input: the backtester's OHLC estimate, or Kraken's quoted spread at the close
+        # when that is wider (a blow-out in the book reaches the spread kill switch, R19)
+        spread = np.array(
+            default_spread(panel.high, panel.low, panel.close, panel.valid, self.cfg.backtest.spread_window), copy=True
+        )
+        quoted, ticker_failed = self._quoted_spreads()
+        api_failures += ticker_failed
+        for j, pair in enumerate(self.pairs):
+            q = quoted.get(pair)
+            if q is not None and (not np.isfinite(spread[-1, j]) or q > spread[-1, j]):
+                spread[-1, j] = q
+        inp = make_inputs(panel, p_up, er, self.cfg, spread=spread, tradable=tradable, api_fault=api, operator=ops)
         args = bar_inputs(inp, -1)
         if args[0] != hour:
             raise IntegrityError(f"inputs built for hour {args[0]}, expected {hour}")
@@ -570,6 +581,7 @@ class Cycle:
                         "window_start": int(panel.ts[0]),
                         "window_bars": int(n),
                         "window_sha256": wh.hexdigest(),
+                        "quoted_spread": _dec(quoted[pair]) if pair in quoted else None,
                     },
                 )
             )
@@ -611,6 +623,29 @@ class Cycle:
             )
         )
         return args, batch, api_failures
+
+    def _quoted_spreads(self) -> tuple[dict[str, float], int]:
+        """Kraken's quoted spread (ask - bid) / mid per pair from one Ticker call; ({}, 1) when the
+        call fails (an API failure of the cycle)."""
+        from engine.pairs import instrument
+
+        def parse(r: Any) -> dict[str, float]:
+            out = {}
+            for name, t in dict(r).items():
+                try:
+                    pair = self.adapter.pair_of(str(name))
+                    ask, bid = float(t["a"][0]), float(t["b"][0])
+                except Exception:
+                    continue
+                mid = (ask + bid) / 2.0
+                if pair in self.pairs and np.isfinite(mid) and mid > 0 and ask >= bid > 0:
+                    out[pair] = (ask - bid) / mid
+            return out
+
+        res = self.adapter.public_query("Ticker", {"pair": ",".join(instrument(p).altname for p in self.pairs)}, parse)
+        if not res.done or res.result is None:
+            return {}, 1
+        return dict(res.result), 0
 
     def _operator(self, hour: int) -> tuple[int, list[rec.Record]]:
         """Operator actions ledgered since the last close: the reset bits of this bar's operator

@@ -362,6 +362,30 @@ def test_range_blowup_bar_latches_the_volatility_kill_switch(rig, panel, frames)
     check_books(r)
 
 
+def test_quoted_spread_blowup_latches_the_spread_kill_switch(rig):
+    """A blow-out in Kraken's book (the simulator's ``spread_blowup``: quoted spread x 1000) is in no
+    OHLC bar, so the OHLC estimate cannot see it; the cycle reads the Ticker at the close and feeds
+    the wider of the two as the bar's spread input: R19's absolute limit (2%) latches the kill switch.
+    Planted fault: without the Ticker read (spread input = the estimate) the state stays ACTIVE."""
+    h = ENTRY_HOUR
+    r = rig(h - 1)
+    (rep,) = r.run(h - 1)
+    assert rep.state == "ACTIVE"
+    r.fault(kind="spread_blowup", factor=1000, pair="XBTUSD", from_ts=(h + 1) * H, until_ts=(h + 2) * H)
+    (rep,) = r.run(h)
+    (row,) = [e for e in r.rows(h, Kind.BARS) if e.pair == "BTC/USD"]
+    quoted = float(row.payload["quoted_spread"])
+    assert quoted > 0.02 and float(row.payload["bars"][0]["spread"]) == quoted
+    (eth,) = [e for e in r.rows(h, Kind.BARS) if e.pair == "ETH/USD"]
+    assert float(eth.payload["quoted_spread"]) < 0.02  # the other pair's book is normal
+    st = r.state_row(h)
+    kills = [(e.code, e.pair) for e in r.rows(h, Kind.DECISION) if e.code.startswith("KILL:")]
+    assert st.code == "STATE:KILL_SWITCH" and kills == [("KILL:KILL_SPREAD", "BTC/USD")], r.decisions(h)
+    assert st.payload["kill_reason"] == int(KillReason.SPREAD_ANOMALY)
+    assert rep.orders == 0 and r.our_orders(ENTRY_CID) == []
+    check_books(r)
+
+
 # ---- 7. activity outside the daemon -------------------------------------------------------------
 def test_external_orders_fills_and_deposit_are_reported_not_latched(rig):
     h = ENTRY_HOUR
