@@ -23,7 +23,16 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 _CLICK_ERRORS = (click.exceptions.ClickException, _TyperClickException)
 
 # Modules that add commands to the root app through ``register(app)``; one per area.
-COMMAND_MODULES = ("kq.data", "kq.features", "kq.backtest", "kq.sim", "kq.research", "kq.models", "kq.live")
+COMMAND_MODULES = (
+    "kq.data",
+    "kq.features",
+    "kq.backtest",
+    "kq.sim",
+    "kq.research",
+    "kq.models",
+    "kq.live",
+    "kq.replay",
+)
 
 
 def build_app() -> typer.Typer:
