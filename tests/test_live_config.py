@@ -78,6 +78,8 @@ def test_paper_and_live_configs_load():
         ("cycle.clock", "sundial", "cycle.clock"),
         ("execution.market_buffer", 1, "execution.market_buffer: Input should be less than 1"),
         ("exchange.timeout_s", 0, "exchange.timeout_s: Input should be greater than 0"),
+        ("exchange.deadline_s", 2, "exchange.deadline_s: Input should be greater than or equal to 5"),
+        ("execution.limit_timeout_s", 600, "execution.limit_timeout_s 600 x 5 pairs"),
         ("exchange.tier", "gold", "exchange.tier"),
         ("exchange.url", "ftp://127.0.0.1", "exchange.url: not an http(s) URL"),
         ("mode", "backtest", "mode"),
