@@ -66,15 +66,28 @@ def plant(point: str, kill_hour: int) -> None:
 
         Ledger.append = append  # type: ignore[method-assign]
     elif point == "after_request":
+        from live_bridge.cycle import Cycle
+
         real_add = KrakenAdapter.add_order
+        real_run = Cycle.run_hour
+        running: dict[str, int | None] = {"hour": None}
+
+        @functools.wraps(real_run)
+        def run_hour(self: Any, hour: int, **kw: Any) -> Any:
+            running["hour"] = int(hour)
+            try:
+                return real_run(self, hour, **kw)
+            finally:
+                running["hour"] = None
 
         @functools.wraps(real_add)  # keeps the signature the executor inspects (latest_deadline)
         def add_order(self: Any, *a: Any, **kw: Any) -> Any:
             res = real_add(self, *a, **kw)
-            if res.done:
+            if res.done and running["hour"] == kill_hour:
                 die(point)
             return res
 
+        Cycle.run_hour = run_hour  # type: ignore[method-assign]
         KrakenAdapter.add_order = add_order  # type: ignore[method-assign]
     elif point == "in_reconcile":
         import live_bridge.reconcile as rc
