@@ -23,7 +23,7 @@ def _numeric_kind(ann: Any) -> str | None:
     """ "int" / "float" for an int or float annotation (also ``X | None``), "seq" for a tuple/list of
     them, else None (str, bool, Decimal, Literal, models, unions with str: left to pydantic)."""
     if ann is bool:
-        return None
+        return "bool"
     if ann is int:
         return "int"
     if ann is float:
@@ -71,6 +71,10 @@ class Frozen(BaseModel):
         f = cls.model_fields.get(info.field_name or "")
         kind = _numeric_kind(f.annotation) if f is not None else None
         if kind is None:
+            return v
+        if kind == "bool":
+            if not isinstance(v, bool):
+                raise ValueError(f"must be true or false, not {type(v).__name__} ({str(v)[:40]!r})")
             return v
         if kind == "seq":
             if isinstance(v, (list, tuple)):

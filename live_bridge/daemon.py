@@ -144,6 +144,9 @@ class Daemon:
         if live.mode != "live" and allow_live:
             raise ConfigError(f"{live.source}: --live needs a config with mode = 'live' (this one is {live.mode})")
         env = dict(os.environ if environ is None else environ)
+        from live_bridge.kraken import Credentials
+
+        Credentials.from_env(env)  # step 2, before the model is loaded or any state is touched
         cfg = load_config(live.engine_path())
         need = int(cfg.features.warmup_bars) + 24
         if int(live.cycle.history_bars) < need:

@@ -29,6 +29,10 @@ def _loader_for(name: str):
         from live_bridge.simulator.config import load_sim_config
 
         return load_sim_config
+    if name in ("paper.toml", "live.toml"):  # the daemon's configs (live_bridge/config.py)
+        from live_bridge.config import load_live_config
+
+        return load_live_config
     from engine.config import read_toml
 
     if "research" in read_toml(configs_dir() / name):  # walk-forward configs: engine Config + [research]
@@ -55,6 +59,8 @@ def test_every_shipped_config_is_valid():
         ({"risk": {"dd_halt": 0.05}}, "drawdown tiers"),
         ({"labels": {"horizons": [24, 1]}}, "horizons"),
         ({"data": {"bar_seconds": 60}}, "data.bar_seconds"),
+        ({"execution": {"enforce_precision": "yes"}}, "execution.enforce_precision: must be true or false"),
+        ({"execution": {"spread_in_slippage": 1}}, "execution.spread_in_slippage: must be true or false"),
     ],
 )
 def test_bad_values_name_the_key(raw, needle):
