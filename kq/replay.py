@@ -1,5 +1,5 @@
-"""``kq replay``: rebuild daemon hours from the ledger alone (:mod:`live_bridge.replay`; docs/LIVE.md,
-"Replay"). Nothing is written, nothing reaches the network.
+"""``kq replay``: rebuild daemon hours from the ledger alone (:mod:`live_bridge.replay`, issue 16).
+Nothing is written, nothing reaches the network.
 
 Exit codes: 0 every hour replayed reproduces its decisions and its snapshot after; 1 a difference
 (the first differing field is printed) or a ledger that does not verify (reported, not replayed);
@@ -81,6 +81,8 @@ def register(app: typer.Typer) -> None:
         with _open(dsn, config) as led:
             r = replay_hour(led, h)
         typer.echo(r.line())
+        if r.replayed:
+            typer.echo(r.details.get("chain", ""))
         return 0 if r.ok else 1
 
     @rp.command("window")

@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from live_bridge.ledger import Kind, Ledger
@@ -223,6 +224,13 @@ def test_snapshot_diff_names_the_pair_and_field(ledger):
     m.positions[0]["qty"] = q + 1e-8
     assert snapshot_diff(after.blob, after.blob) is None
     assert snapshot_diff(m.snapshot(), after.blob) == f"positions[BTC/USD].qty: replayed {q + 1e-8!r} != ledger {q!r}"
+    # Kraken's instrument rules are taken fresh at each restore: named, and ignorable
+    m = RiskMachine.restore(after.blob)
+    om = float(m.ordermin[1])
+    m.ordermin[1] = om * 2
+    blob = m.snapshot()
+    assert snapshot_diff(blob, after.blob) == f"instruments[ETH/USD].ordermin: replayed {om * 2!r} != ledger {om!r}"
+    assert snapshot_diff(blob, after.blob, ignore=("instruments",)) is None
 
 
 # ---- manifest ------------------------------------------------------------------------------------
@@ -298,6 +306,7 @@ def test_cli_exit_codes(paper, tmp_path, capsys, monkeypatch, offline):
     dsn = f"sqlite:///{paper}"
     rc, out, err = _kq(["replay", "hour", "--hour", iso(ENTRY), "--dsn", dsn], capsys)
     assert rc == 0 and out.startswith(f"{iso(ENTRY)}Z: reproduced"), (out, err)
+    assert out.splitlines()[1].startswith("ledger verified: ")
     rc, out, _ = _kq(["replay", "hour", "--hour", str(EXIT * H), "--dsn", str(paper)], capsys)  # unix s, path
     assert rc == 0 and "reproduced" in out
     rc, out, err = _kq(["replay", "window", "--start", iso(H0), "--end", "2022-06-02", "--dsn", dsn], capsys)
@@ -365,3 +374,168 @@ def test_cli_manifest_json_and_dsn_from_config(paper, tmp_path, capsys, monkeypa
     monkeypatch.setenv("KQ_LEDGER_DSN", dsn)
     rc, out, err = _kq(["replay", "hour", "--hour", iso(EXIT)], capsys)
     assert rc == 0 and "reproduced" in out, err
+
+
+# ---- a close that waited for fills (on_bar incomplete, finish_bar journaled) ---------------------
+# The paper run never has one (the daemon settles every order within its hour); a ledger whose
+# snapshot after still holds orders (an earlier daemon's, or a crash between on_bar and settling)
+# does. This ledger is written row by row as Cycle.run_hour writes it, around a machine with three
+# synthetic pairs at a flat price, so the carry decisions, cancels, fills, an unexpected fill and
+# finish_bar are all replayed.
+
+SYN = ("AAA", "BBB", "CCC")
+SYN_H0 = 480_000
+SYN_RULES = (np.full(3, 0.5), np.full(3, 0.5), np.full(3, 4, dtype=np.int64), np.full(3, 2, dtype=np.int64))
+
+
+def _syn_bars(c: float = 100.0):
+    from engine.risk.enums import bar_dt
+
+    b = np.zeros(3, dtype=bar_dt)
+    b["open"], b["high"], b["low"], b["close"] = c, c * 1.002, c * 0.998, c
+    b["volume"], b["valid"], b["atr"], b["spread"], b["cluster"] = 1e6, True, c * 0.01, 0.001, -1
+    return b
+
+
+def _syn_pred(pu: float, er: float):
+    from engine.risk.enums import prediction_dt
+
+    p = np.zeros(3, dtype=prediction_dt)
+    p["p_up"], p["exp_ret"] = pu, er
+    return p
+
+
+def _syn_hour(led: Ledger, m: Any, hour: int, bars: Any, pred: Any, settle_carry=None, settle=None) -> None:
+    """One hour ledgered the way Cycle.run_hour ledgers it: inputs + snapshot before, decisions,
+    fills (each booked as the ledger holds it), the journal in the snapshot after, cycle_end."""
+    from live_bridge.cycle import BAR_FIELDS, decision_records
+    from live_bridge.ledger import records as rec
+    from live_bridge.ledger.canonical import exact_decimal
+
+    def dec(x: float):
+        return exact_decimal(float(x)) if np.isfinite(x) else None
+
+    batch = []
+    for j, pair in enumerate(SYN):
+        row: dict[str, Any] = {k: dec(bars[j][k]) for k in BAR_FIELDS}
+        row.update(ts=hour * H, valid=bool(bars[j]["valid"]), cluster=int(bars[j]["cluster"]))
+        batch.append(rec.bars(hour, pair, [row], payload={"tradable": True}))
+        vals = {"p_up": dec(pred[j]["p_up"]), "exp_return": dec(pred[j]["exp_ret"])}
+        batch.append(rec.prediction(hour, pair, vals, model_id="syn/1"))
+    batch.append(rec.risk_snapshot(hour, "before", m.snapshot()))
+    flags = {"entry_block": False, "api_fault": False, "operator": 0, "api_fault_reasons": []}
+    batch.append(rec.event("risk_inputs", hour, payload=flags))
+    led.append(*batch)
+    journal: list[list[Any]] = []
+    res = m.on_bar(hour, bars, pred, np.ones(3, dtype=bool), False, False, 0)
+
+    def book(kind: str, tid: str, pair: str, side: str, qty: str, price: str, fee: str, how: int) -> None:
+        if kind == "fill":  # our order: its intent first, as the executor writes it
+            cid = f"cid-{tid}"
+            intent = rec.order_intent(hour, cid, pair, side, qty, price, "limit")
+            (_, e) = led.append(intent, rec.fill(hour, tid, pair, side, qty, price, fee, cl_ord_id=cid))
+        else:  # a trade the daemon did not make
+            (e,) = led.append(rec.fill(hour, tid, pair, side, qty, price, fee, external=True))
+        args = (pair, side, float(e.qty or 0), float(e.price or 0), float(e.fee or 0), how)  # as Cycle._book
+        (m.on_fill if kind == "fill" else m.on_unexpected_fill)(*args)
+        journal.append([kind, tid, how])
+
+    def cancel(pair: str) -> None:
+        m.on_cancel(pair)
+        journal.append(["cancel", pair])
+
+    if not res.complete:
+        led.append(*decision_records(hour, res, SYN, "carry"))
+        settle_carry(book, cancel)
+        res = m.finish_bar()
+        journal.append(["finish_bar"])
+    led.append(*decision_records(hour, res, SYN, "close"))
+    if settle is not None:
+        settle(book, cancel)
+    led.append(
+        rec.risk_snapshot(hour, "after", m.snapshot(), payload={"pairs": SYN, "journal": journal}),
+        rec.cycle_end(hour, "completed"),
+    )
+
+
+@pytest.fixture(scope="module")
+def carry_ledger(tmp_path_factory) -> Path:
+    from engine.config import load_config
+    from engine.risk.enums import FillHow, OrderKind
+    from engine.risk.machine import RiskMachine
+    from engine.risk.params import params_from_config
+
+    path = tmp_path_factory.mktemp("carry") / "ledger.sqlite"
+    m = RiskMachine(SYN, params_from_config(load_config(), entry_kind=int(OrderKind.LIMIT_FIRST)), SYN_RULES)
+    bull, bear = (0.9, 0.05), (0.3, -0.02)
+    with Ledger.open(path) as led:
+        for h in range(5):
+            _syn_hour(led, m, SYN_H0 + h, _syn_bars(), _syn_pred(*bear))
+
+        def part(book, cancel):  # AAA's limit fills in part; BBB, CCC are left pending (no settling)
+            book("fill", "T1", "AAA", "buy", "1.0", "99.9", "0.1", int(FillHow.LIMIT))
+
+        _syn_hour(led, m, SYN_H0 + 5, _syn_bars(), _syn_pred(*bull), settle=part)
+        assert m.pending["active"].all()
+
+        def fallback(book, cancel):  # the close waits: BBB's market fallback fills, the others cancel
+            book("fill", "T2", "BBB", "buy", "2.4", "100.2", "0.96", int(FillHow.MARKET_CLOSE))
+            cancel("AAA")
+            cancel("CCC")
+
+        def stray(book, cancel):  # a fill nobody ordered: booked as unexpected (kill switch)
+            for j in np.flatnonzero(m.pending["active"]):
+                cancel(SYN[j])
+            book("unexpected", "T3", "CCC", "buy", "1.0", "100.0", "0.4", int(FillHow.MARKET_OPEN))
+
+        _syn_hour(led, m, SYN_H0 + 6, _syn_bars(), _syn_pred(*bull), settle_carry=fallback, settle=stray)
+        _syn_hour(led, m, SYN_H0 + 7, _syn_bars(101.0), _syn_pred(*bull))
+    return path
+
+
+def test_a_close_that_waited_for_fills_replays_through_finish_bar(carry_ledger, monkeypatch):
+    from live_bridge.replay import replay_hour, replay_window
+
+    carry = SYN_H0 + 6
+    with Ledger.open(carry_ledger, migrate=False) as led:
+        tags = {e.payload["tag"] for e in led.entries(hour=carry, kind=Kind.DECISION)}
+        assert tags == {"carry", "close"}
+        after = next(e for e in led.entries(hour=carry, kind=Kind.RISK_SNAPSHOT) if e.code == "after")
+        kinds = [c[0] for c in after.payload["journal"]]
+        assert kinds[:4] == ["fill", "cancel", "cancel", "finish_bar"] and kinds[-1] == "unexpected", kinds
+        s = replay_window(led, SYN_H0, SYN_H0 + 7)
+        assert s.replayed == s.reproduced == 8 and s.ok, s.first_failure
+        # the carry decisions are compared: a bar missing at the waiting close latches the data kill
+        # switch, which cancels every fallback: the replayed close is complete, the ledger's waited
+        _perturb_inputs(monkeypatch, carry, lambda a, p: a[1]["valid"].__setitem__(1, False))
+        r = replay_hour(led, carry)
+        assert not r.ok and r.replayed
+        assert r.first_diff == "decision[carry]: replayed none (the close was complete) != ledger 6 rows", r.first_diff
+        monkeypatch.undo()
+        # ... row by row: a fallback quantity the machine would size otherwise is named
+        import dataclasses
+
+        import live_bridge.cycle as cycle
+
+        real = cycle.decision_records
+
+        def more(hour, res, pairs, tag="close"):
+            out = real(hour, res, pairs, tag)
+            return [dataclasses.replace(x, qty=x.qty + 1) if x.qty is not None and tag == "carry" else x for x in out]
+
+        monkeypatch.setattr(cycle, "decision_records", more)
+        r = replay_hour(led, carry)
+        assert r.first_diff == "decision[carry][3] ORDER:ENTRY AAA qty: replayed 2.4 != ledger 1.4", r.first_diff
+        monkeypatch.undo()
+        assert replay_hour(led, carry).ok
+        # the close after finish_bar is compared too: bearish predictions there decide otherwise
+        bear = lambda a, p: a[2]["exp_ret"].__setitem__(slice(None), -0.05)  # noqa: E731
+        _perturb_inputs(monkeypatch, carry, bear)
+        r = replay_hour(led, carry)
+        assert not r.ok and r.first_diff is not None and r.first_diff.startswith("decision[close]"), r.first_diff
+        # under the kill switch (the unexpected fill) nothing is decided, yet the changed input is
+        # named: the machine keeps the bar's predictions in its snapshot
+        monkeypatch.undo()
+        _perturb_inputs(monkeypatch, carry + 1, bear)
+        r = replay_hour(led, carry + 1)
+        assert r.first_diff == "pred[AAA].exp_ret: replayed -0.05 != ledger 0.05", r.first_diff
