@@ -129,37 +129,6 @@ PAPER_USD = "100000"
 H = 3600
 
 
-class DemoModel:
-    """The walk-forward's saved bundle with the face the daemon's cycle needs (model id, manifest
-    digest, ``bundle.trade_horizon``, ``predict``): injected, because a demo candidate is NOT
-    approved for any environment (``live_bridge.models.load_approved`` would rightly refuse it)."""
-
-    def __init__(self, path: Path) -> None:
-        from research.bundle import load_bundle
-
-        self.bundle = load_bundle(path)
-        self.model = "demo-candidate-NOT-approved"  # the ledger's model id (no spaces)
-        self.manifest_sha256 = str(self.bundle.manifest["manifest_sha256"])
-        self.path = path
-
-    def predict(self, features: Any, panel: Any, at: int | None = None) -> Any:
-        return self.bundle.predict(features, panel, at)
-
-
-class _VirtualClock:
-    """Monotonic clock of the client-side rate budget: its waits pass at once (the simulator is in
-    this process; its own rate limits are off)."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += max(float(s), 0.0)
-
-
 def _paper_frames(shared: Path, p0: int, hours: int) -> dict[str, pd.DataFrame]:
     """{BTC/USD: frame, ETH/USD: frame}: Binance's BTC/USDT and ETH/USDT hourly bars RELABELLED,
     from ``PAPER_HISTORY`` hours before ``p0`` to 2 hours after the last cycle's bar."""
@@ -255,7 +224,9 @@ def paper_run(
         "BTC/USD, ETH/USD); the model is a demo candidate, NOT approved: paper mechanics only. "
         "No real money, no real exchange.[/]"
     )
-    model = DemoModel(model_dir)
+    from live_bridge.simulator.testing import UnapprovedModel, VirtualClock
+
+    model = UnapprovedModel(model_dir, "demo-candidate-NOT-approved")
     man = model.bundle.manifest
     train_end, horizon = int(man["data"]["train_end"]), int(man["trade_horizon"])
     seen = train_end + horizon * H  # the last bar the training labels looked at
@@ -281,7 +252,7 @@ def paper_run(
     daemon = None
     reports: list[Any] = []
     try:
-        clk = _VirtualClock()
+        clk = VirtualClock()
         live = _paper_config(sim.url, folder)
         daemon = Daemon.from_config(
             live,

@@ -76,21 +76,12 @@ def tiny_model_dir() -> Path:
         return out
 
 
-class BundleModel:
-    """A saved bundle with the face of ``live_bridge.models.ApprovedModel`` (model id, manifest
-    digest, ``bundle.trade_horizon``, ``predict``). The approval checks themselves are tested in
-    tests/test_lifecycle_*.py; the daemon tests inject the model to stay independent of them."""
+def BundleModel(path: Path, model_id: str = "tiny/1"):
+    """A saved bundle with the face of ``live_bridge.models.ApprovedModel``; the approval checks
+    themselves are tested in tests/test_lifecycle_*.py, the daemon tests inject the model."""
+    from live_bridge.simulator.testing import UnapprovedModel
 
-    def __init__(self, path: Path, model_id: str = "tiny/1") -> None:
-        from research.bundle import load_bundle
-
-        self.bundle = load_bundle(path)
-        self.model = model_id
-        self.manifest_sha256 = self.bundle.manifest["manifest_sha256"]
-        self.path = path
-
-    def predict(self, features: Any, panel: Any, at: int | None = None) -> Any:
-        return self.bundle.predict(features, panel, at)
+    return UnapprovedModel(path, model_id)
 
 
 def shared_frames(hours_after: int = 400) -> dict[str, pd.DataFrame]:
@@ -121,18 +112,10 @@ def sim_panel(hours_after: int = 400):
     return load_shared_panel(list(FILES.values()), start=FIRST, end=P0 + hours_after * H)
 
 
-class Mono:
-    """A virtual monotonic clock for the client-side rate budget: its waits pass at once (the
-    simulator's own rate limits are off in these tests)."""
+def Mono():
+    from live_bridge.simulator.testing import VirtualClock
 
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += max(float(s), 0.0)
+    return VirtualClock()
 
 
 def paper_dict(url: str, tmp: Path, **over: Any) -> dict:

@@ -163,3 +163,35 @@ def start_sim(
 
 def body(resp) -> dict[str, Any]:
     return json.loads(resp.text)
+
+
+class UnapprovedModel:
+    """A saved model bundle with the face the daemon's cycle needs (model id, manifest digest,
+    ``bundle.trade_horizon``, ``predict``), for paper runs against this simulator only: tests, the
+    benchmark and the demo inject it because their candidates are NOT approved for any environment
+    (``live_bridge.models.load_approved`` rightly refuses them). Never used by the daemon itself."""
+
+    def __init__(self, path: Any, model_id: str = "unapproved") -> None:
+        from research.bundle import load_bundle
+
+        self.bundle = load_bundle(path)
+        self.model = model_id
+        self.manifest_sha256 = str(self.bundle.manifest["manifest_sha256"])
+        self.path = path
+
+    def predict(self, features: Any, panel: Any, at: int | None = None) -> Any:
+        return self.bundle.predict(features, panel, at)
+
+
+class VirtualClock:
+    """A monotonic clock for the client-side rate budget whose waits pass at once (for paper runs
+    against this in-process simulator, whose own rate limits are off)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += max(float(s), 0.0)
