@@ -253,6 +253,8 @@ class HourReport:
         )
         if self.latch:
             s += f"; kill switch asked: {self.latch}"
+        if self.notes:
+            s += "; " + "; ".join(self.notes)
         return s
 
 
@@ -308,6 +310,7 @@ class Cycle:
         self.latch_next: list[str] = []  # reasons asked for the next bar
         self.extra_latch: list[str] = []  # asked outside a cycle (the daemon's start-up checks)
         self.fill_mark = 0  # ledger seq up to which every own fill is booked in the machine
+        self.data_notes: list[str] = []  # the data step's problems this hour (reasons, for the operator)
         self.journal: list[list[Any]] = []  # machine calls after on_bar this hour: fill/unexpected/cancel
 
     # ---- the machine -----------------------------------------------------------------------------
@@ -399,6 +402,7 @@ class Cycle:
             if self.machine is None:
                 self._new_machine(hour)
             args, batch, api_failures = self._build(hour)
+            rep.notes.extend(self.data_notes)
             self.ledger.append(*batch)
             self.extra_latch.clear()  # now in this hour's ledgered inputs
             rep.timings["data_features_model"] = time.perf_counter() - t
@@ -503,9 +507,15 @@ class Cycle:
             again = update_bars(self.store, self.adapter, behind, now_ts)
             step.results.update(again.results)
             api_failures += int(again.api_failures)
+        self.data_notes = []
         for pair, r in step.results.items():
             if isinstance(r, (DataGap, FetchFailed, StoreRefused, Behind)):
-                notes.append(rec.event(f"data_{type(r).__name__.lower()}", hour, pair, payload={"detail": str(r)}))
+                self.data_notes.append(r.reason)  # its bar is missing this hour (R18 may latch)
+                notes.append(
+                    rec.event(
+                        f"data_{type(r).__name__.lower()}", hour, pair, payload={"detail": str(r), "reason": r.reason}
+                    )
+                )
         panel = self._panel(hour)
         warm = warmup_status(self.store, self.pairs, now_ts, need=int(self.cfg.features.warmup_bars))
         ready = np.array([warm[p].ready for p in self.pairs], dtype=bool)

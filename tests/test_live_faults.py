@@ -300,6 +300,8 @@ def test_bar_not_committed_in_time_is_missing_and_latches_the_data_kill_switch(r
     behind = [e for e in r.rows(h, Kind.EVENT) if e.code == "data_behind"]
     assert sorted(e.pair for e in behind) == ["BTC/USD", "ETH/USD"]
     assert r.bars_valid(h) == {"BTC/USD": False, "ETH/USD": False}
+    # the hour's line tells the operator why (the data step's own reason for each pair)
+    assert sum("not closed there yet" in n for n in rep.notes) == 2 and "not closed there yet" in rep.line()
     ri = r.risk_inputs(h)
     assert ri["api_fault"] is False and ri["api_failures"] == 0  # a lag is not an API failure
     # ONE missing bar of a pair the machine has seen (kill_pair_scalar_nb: seen and not valid),
