@@ -59,7 +59,10 @@ def test_every_shipped_config_is_valid():
         ({"risk": {"dd_halt": 0.05}}, "drawdown tiers"),
         ({"labels": {"horizons": [24, 1]}}, "horizons"),
         ({"data": {"bar_seconds": 60}}, "data.bar_seconds"),
-        ({"execution": {"enforce_precision": "yes"}}, "execution.enforce_precision: Value error, must be true or false"),
+        (
+            {"execution": {"enforce_precision": "yes"}},
+            "execution.enforce_precision: Value error, must be true or false",
+        ),
         ({"execution": {"spread_in_slippage": 1}}, "execution.spread_in_slippage: Value error, must be true or false"),
     ],
 )
