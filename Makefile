@@ -1,5 +1,5 @@
 # krakenquant: two commands do all the set-up on a fresh machine.
-#   make demo   set up, then run the main job (import data, print the data report)
+#   make demo   set up, then run the main job (import data, data report, tiny walk-forward, 24-hour paper run)
 #   make test   set up, lint, format and type checks, then the test suite
 PYTHON ?= python3
 VENV   ?= .venv
