@@ -1,5 +1,6 @@
-"""``kq live``: the hourly paper/live daemon (``run``) and the check of its ledger (``verify``).
-docs/LIVE.md, "Daemon", describes both. Errors are one line: a bad config, missing credentials,
+"""``kq live``: the hourly paper/live daemon (``run``), the check of its ledger (``verify``) and the
+operator commands (``status``, ``reactivate``, ``reset-halt``: :mod:`live_bridge.operator`).
+docs/LIVE.md, "Daemon", describes them. Errors are one line: a bad config, missing credentials,
 no approved model or ``--live`` with a paper config exit 2 before anything is sent; a Kraken halt
 stops the daemon with exit 3."""
 
@@ -117,4 +118,209 @@ def register(app: typer.Typer) -> None:
         typer.echo(rep.message)
         typer.echo(f"anchor {rep.head_seq}:{rep.head_hash}")
 
+    @live.command("status")
+    def status_cmd(
+        config: str = typer.Option(None, "--config", help="the daemon config whose ledger to read"),
+        dsn: str = typer.Option(None, "--dsn", help="ledger DSN or SQLite path (default: KQ_LEDGER_DSN, else data/)"),
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    ) -> None:
+        """The portfolio from the ledger alone (no exchange call): last and next hour, trading state,
+        drawdown tier, kill reason and the latch reasons asked, equity, cash, peak, drawdown,
+        positions, exposure, the model of the last hour, pending operator actions, open orders."""
+        import json
+
+        from live_bridge.operator import status
+
+        with _open_ledger(config, dsn) as led:
+            s = status(led)
+        if as_json:
+            typer.echo(json.dumps(s.to_json(), sort_keys=True, allow_nan=False))
+            return
+        _print_status(s)
+
+    def _request(action: str, reason: str, config: str | None, dsn: str | None, confirm: str | None, force: bool):
+        from live_bridge.operator import CONFIRM_WORDS, default_actor, nothing_to_reset, request, status
+
+        word = CONFIRM_WORDS[action]
+        actor = default_actor()
+        with _open_ledger(config, dsn) as led:
+            s = status(led)
+            typer.echo(_seen_line(action, s))
+            if not force:  # refuse before asking for a confirmation that could not be used
+                why = nothing_to_reset(action, s)
+                if why is not None:
+                    raise InputError(f"{why}: nothing written (--force writes it anyway)")
+            if confirm is None:
+                try:
+                    confirm = typer.prompt(f"type {word!r} to confirm ({actor})", default="", show_default=False)
+                except (typer.Abort, EOFError, KeyboardInterrupt):
+                    raise InputError("no confirmation typed: nothing written") from None
+            r = request(led, action, reason, actor, str(confirm), force=force)
+        for w in r.warnings:
+            typer.echo(f"warning: {w}")
+        typer.echo(
+            f"kq live: {word} ledgered (seq {r.entry.seq}, by {actor}); applied at the next bar close "
+            f"(hour {_when_short(r.apply_hour)}) through the risk step's operator input"
+        )
+
+    @live.command("reactivate")
+    def reactivate(
+        reason: str = typer.Option(..., "--reason", help="why (ledgered with the action)"),
+        config: str = typer.Option(None, "--config", help="the daemon config whose ledger to write"),
+        dsn: str = typer.Option(None, "--dsn", help="ledger DSN or SQLite path (default: KQ_LEDGER_DSN, else data/)"),
+        yes: bool = typer.Option(False, "--yes-reactivate", help="confirm without the prompt"),
+        confirm: str = typer.Option(None, "--confirm", help="the confirmation word, non-interactive ('reactivate')"),
+        force: bool = typer.Option(False, "--force", help="write it even when the kill switch is not latched"),
+    ) -> None:
+        """Release the latched kill switch at the next bar close (ledgered ``operator_action``;
+        the actor is KQ_OPERATOR, else the OS user). Asks to type 'reactivate' unless
+        --yes-reactivate or --confirm reactivate. Exit 2, nothing written, when the kill switch is
+        not latched (unless --force) or the confirmation is not the word."""
+        _request("reactivate", reason, config, dsn, "reactivate" if yes else confirm, force)
+
+    @live.command("reset-halt")
+    def reset_halt(
+        reason: str = typer.Option(..., "--reason", help="why (ledgered with the action)"),
+        config: str = typer.Option(None, "--config", help="the daemon config whose ledger to write"),
+        dsn: str = typer.Option(None, "--dsn", help="ledger DSN or SQLite path (default: KQ_LEDGER_DSN, else data/)"),
+        yes: bool = typer.Option(False, "--yes-reset-halt", help="confirm without the prompt"),
+        confirm: str = typer.Option(None, "--confirm", help="the confirmation word, non-interactive ('reset-halt')"),
+        force: bool = typer.Option(False, "--force", help="write it even when the drawdown halt is not latched"),
+    ) -> None:
+        """Lift the latched drawdown halt at the next bar close: the peak restarts at the equity of
+        that close (ledgered ``operator_action``). Shows the drawdown and the peak it resets from,
+        then asks to type 'reset-halt' unless --yes-reset-halt or --confirm reset-halt. Exit 2,
+        nothing written, when the halt is not latched (unless --force) or the confirmation differs."""
+        _request("reset_halt", reason, config, dsn, "reset-halt" if yes else confirm, force)
+
     app.add_typer(live, name="live")
+
+
+def _open_ledger(config: str | None, dsn: str | None):
+    """The ledger of ``--config`` / ``--dsn`` (as ``verify``), never created or migrated here."""
+    from pathlib import Path
+
+    from live_bridge.ledger import Ledger
+    from live_bridge.ledger.migrate import redacted, resolve_url
+
+    target, schema = _ledger_target(config, dsn)
+    url = resolve_url(target)
+    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).expanduser().is_file():
+        raise InputError(f"no ledger at {redacted(url)}")
+    return Ledger.open(target, schema=schema, migrate=False)
+
+
+def _when_short(hour: int | None) -> str:
+    from live_bridge.operator import hour_utc
+
+    if hour is None:
+        return "the portfolio's first hour"
+    return f"{hour_utc(hour)}, run after {hour_utc(hour + 1)[11:]}"
+
+
+def _pct(d) -> str:
+    return "n/a" if d is None else f"{float(d) * 100:.2f}%"
+
+
+def _money(d) -> str:
+    return "n/a" if d is None else f"{float(d):,.2f}"
+
+
+def _seen_line(action: str, s) -> str:
+    """What the operator acts on, printed before the confirmation."""
+    from live_bridge.operator import hour_utc
+
+    if not s.portfolio:
+        return "kq live: no completed hour in the ledger yet"
+    at = f"at the close of {hour_utc(s.snapshot_hour)}"
+    if action == "reset_halt":
+        return (
+            f"kq live: {s.state} {at}: drawdown {_pct(s.drawdown)} from peak {_money(s.peak)} "
+            f"(equity {_money(s.equity)}); the reset restarts the peak at the equity when it is applied"
+        )
+    latch = f"; asked for the next bar: {'; '.join(s.latch_next)}" if s.latch_next else ""
+    return f"kq live: {s.state} {at}: kill reason {s.kill_reason}{latch}"
+
+
+def _print_status(s) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from kq.data import _console
+    from live_bridge.operator import hour_utc
+
+    con = _console()
+    t = Table(title=f"kq live status: {escape(s.ledger)}", title_justify="left", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    cyc = s.last_cycle
+    rows = [
+        ("last completed hour", hour_utc(s.last_completed) if s.last_completed is not None else "none"),
+        ("next hour", _when_short(s.next_hour) if s.next_hour is not None else "none (a new portfolio)"),
+        ("last cycle", "none" if cyc is None else f"{hour_utc(cyc['hour'])} {cyc['status']} (seq {cyc['seq']})"),
+    ]
+    if s.portfolio:
+        rows += [
+            ("state", f"{s.state} (drawdown tier {s.tier})"),
+            ("kill switch", f"latched: {s.kill_reason}" if s.kill_switch else "not latched"),
+            ("drawdown halt", "latched" if s.halted else "not latched"),
+            ("equity", _money(s.equity)),
+            ("cash", _money(s.cash)),
+            ("peak", _money(s.peak)),
+            ("drawdown", _pct(s.drawdown)),
+            ("exposure", f"{_money(s.exposure)} ({_pct(s.exposure_frac)} of equity)"),
+        ]
+    else:
+        rows.append(("portfolio", "none yet (no completed hour with a risk snapshot)"))
+    rows += [
+        ("kill switch asked next bar", "; ".join(s.latch_next) if s.latch_next else "no"),
+        ("model", "none" if s.model_id is None else f"{s.model_id} (manifest {str(s.manifest_sha256)[:16]})"),
+        ("ledger head seq", str(s.head_seq)),
+    ]
+    for k, v in rows:
+        t.add_row(k, escape(v))
+    con.print(t)
+    if s.positions:
+        p = Table(title="positions", title_justify="left")
+        for c in ("pair", "qty", "entry price", "entry hour", "stop", "take-profit", "mark", "value"):
+            p.add_column(c, justify="left" if c in ("pair", "entry hour") else "right")
+        for x in s.positions:
+            p.add_row(
+                x.pair,
+                str(x.qty),
+                str(x.entry_price),
+                hour_utc(x.entry_hour),
+                "none" if x.stop is None else str(x.stop),
+                "none" if x.take_profit is None else str(x.take_profit),
+                str(x.mark),
+                _money(x.value),
+            )
+        con.print(p)
+    else:
+        con.print("positions: none")
+    if s.pending_actions:
+        a = Table(title="pending operator actions (applied at the next bar close)", title_justify="left")
+        for c in ("seq", "action", "actor", "reason", "recorded (UTC)"):
+            a.add_column(c)
+        for x in s.pending_actions:
+            a.add_row(str(x["seq"]), x["action"], escape(str(x["actor"])), escape(str(x["reason"])), x["recorded_utc"])
+        con.print(a)
+    else:
+        con.print("pending operator actions: none")
+    if s.open_intents:
+        o = Table(title="open order intents (looked up at the next start or hour)", title_justify="left")
+        for c in ("seq", "hour", "cl_ord_id", "pair", "side", "qty", "limit"):
+            o.add_column(c)
+        for x in s.open_intents:
+            o.add_row(
+                str(x["seq"]),
+                hour_utc(x["hour"]),
+                x["cl_ord_id"],
+                str(x["pair"]),
+                str(x["side"]),
+                str(x["qty"]),
+                "market" if x["price"] is None else str(x["price"]),
+            )
+        con.print(o)
+    else:
+        con.print("open order intents: none")
