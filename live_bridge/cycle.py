@@ -413,8 +413,17 @@ class Cycle:
             rep.resumed = True
             api_failures = 0
             before = [e for e in self.ledger.entries(hour, Kind.RISK_SNAPSHOT) if e.code == "before"]
-            if before and before[-1].blob != self.machine.snapshot():
-                raise IntegrityError(f"hour {hour}: the restored risk state differs from the one ledgered before it")
+            if before and before[-1].blob is not None:
+                from engine.risk.machine import RiskMachine
+
+                # compared under the current pair rules (Kraken's, reloaded on every restore)
+                ref = RiskMachine.restore(
+                    before[-1].blob, self._params(self.init_cash or Decimal(0)), self.pairs, self._instruments()
+                )
+                if ref.snapshot() != self.machine.snapshot():
+                    raise IntegrityError(
+                        f"hour {hour}: the restored risk state differs from the one ledgered before it"
+                    )
             # kill-switch requests made after these inputs were committed (a halt, start-up checks)
             late = [x for x in self.latch_next if x not in reasons]
             if late:
