@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from engine.config_base import Frozen
 from engine.errors import ConfigError
@@ -104,6 +104,40 @@ class PathsSection(Frozen):
     ledger_schema: str | None = Field(None, description="PostgreSQL schema of the ledger tables")
 
 
+class AlertsSection(Frozen):
+    """Alert events (:mod:`live_bridge.alerts`): every alert is a JSON log line; with a webhook, the
+    ones at ``min_severity`` or above are also POSTed. The URL may carry a token: it is a secret
+    (never logged, not in the config digest); prefer ``KQ_ALERT_WEBHOOK`` in the environment."""
+
+    webhook_url: SecretStr = Field(
+        SecretStr(""), description="alert webhook; empty: KQ_ALERT_WEBHOOK, else log lines only"
+    )
+    min_severity: Literal["info", "warning", "critical"] = Field(
+        "warning", description="the least severe alert POSTed (every alert is logged)"
+    )
+    timeout_s: float = Field(5.0, gt=0, le=30, description="one POST's timeout")
+    retries: int = Field(3, ge=1, le=10, description="POST attempts per alert")
+    retry_wait_s: float = Field(2.0, ge=0, le=30, description="wait between attempts")
+    queue_size: int = Field(100, ge=1, le=10000, description="alerts waiting to be POSTed; more are dropped")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: SecretStr) -> SecretStr:
+        from live_bridge.alerts import check_webhook
+
+        check_webhook(v.get_secret_value())  # its message never repeats the URL (a secret)
+        return v
+
+    @model_validator(mode="after")
+    def _bounded(self) -> AlertsSection:
+        worst = self.retries * self.timeout_s + (self.retries - 1) * self.retry_wait_s
+        if worst > 30:
+            raise ValueError(
+                f"retries x timeout_s + waits is {worst:g} s: one alert's delivery must be bounded by 30 s"
+            )
+        return self
+
+
 class LiveConfig(Frozen):
     mode: Literal["paper", "live"]
     engine_config: str = Field("default.toml", description="engine config, relative to this file")
@@ -112,6 +146,8 @@ class LiveConfig(Frozen):
     cycle: CycleSection = CycleSection()
     execution: ExecutionSection = ExecutionSection()
     paths: PathsSection = PathsSection()
+    # not in dumps nor in the digest: the webhook is a secret and alerts never change a decision
+    alerts: AlertsSection = Field(AlertsSection(), exclude=True)
     source: str = Field("", exclude=True, description="the file this was read from (set by the loader)")
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ from typing import Any
 
 from engine.errors import ConfigError, KQError
 from engine.timeutil import HOUR
+from live_bridge.alerts import Alerter, alerts_for, failure_alert
 from live_bridge.config import LiveConfig
 from live_bridge.cycle import Cycle, HourReport
 
@@ -112,6 +113,7 @@ class Daemon:
             sleep=self.sleep,
         )
         self._stop = threading.Event()
+        self.alerter = Alerter.from_config(live, {})  # from_config: KQ_ALERT_WEBHOOK of its environment
         self._lock: Any = None  # the state folder's flock (from_config)
         self.start_latch: list[str] = []
 
@@ -181,9 +183,12 @@ class Daemon:
         ledger = Ledger.open(dsn, schema=live.paths.ledger_schema) if dsn else Ledger.open()
         d = cls(live, cfg=cfg, store=store, adapter=adapter, ledger=ledger, model=model, clock=clock, sleep=sleep)
         d._lock = lock
+        d.alerter = Alerter.from_config(live, env)
         return d
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):  # queued webhook POSTs: bounded wait (docs/LIVE.md, Alerts)
+            self.alerter.close()
         lock, self._lock = getattr(self, "_lock", None), None
         if lock is not None:
             lock.close()  # releases the flock
@@ -263,6 +268,7 @@ class Daemon:
             nxt = self.next_hour()
             if nxt is not None:  # a portfolio exists: its next bar gets the kill-switch input
                 self.cycle.fail(nxt, f"at start-up: {msg}")
+            self._alert(failure_alert, nxt, f"daemon stopped at start-up: {msg}", "kraken_halt")
             raise DaemonStopped(f"{msg}; trading stopped, see docs/LIVE.md") from None
 
     def run_once(self, now: float | None = None) -> list[HourReport]:
@@ -282,12 +288,25 @@ class Daemon:
                 r = self.cycle.run_hour(h, catch_up=i < len(hours) - 1)
             except KrakenHalt as e:
                 self.cycle.fail(h, f"Kraken halt ({e.code}): {e}")
-                raise DaemonStopped(
-                    f"hour {h}: Kraken halt ({e.code}): {e}; trading stopped, see docs/LIVE.md"
-                ) from None
+                stop = f"hour {h}: Kraken halt ({e.code}): {e}; trading stopped, see docs/LIVE.md"
+                self._alert(failure_alert, h, f"daemon stopped: {stop}", "kraken_halt")
+                raise DaemonStopped(stop) from None
+            except Exception as e:
+                self._alert(failure_alert, h, f"hour {h} failed, daemon stopped: {type(e).__name__}: {e}")
+                raise
             log.info("%s", r.line())
+            self._alert(alerts_for, r, self.ledger)
             out.append(r)
         return out
+
+    def _alert(self, make: Callable[..., Any], *args: Any) -> None:
+        """Derive and emit alerts (live_bridge.alerts: ``make(*args)`` gives one or a list); a failure
+        here is one warning, never the cycle's. The POSTs go out from a background thread."""
+        try:
+            got = make(*args)
+            self.alerter.emit(got if isinstance(got, list) else [got])
+        except Exception as e:
+            log.warning("alerts failed: %s", type(e).__name__)
 
     def stop(self) -> None:
         self._stop.set()
