@@ -12,6 +12,13 @@ ignored as looser. A verdict records the thresholds it was judged under and
 :func:`protected_sha256` (the digest of the protected table); ``kq models promote`` and the loader
 refuse a verdict judged under thresholds looser than the protected ones of the environment.
 
+Paper before live: :data:`PROTECTED_MIN_PAPER_HOURS` is the least number of completed paper-trading
+hours a model (the same manifest digest) needs before ``kq models promote --env live`` approves it;
+``lifecycle.min_paper_hours`` may only raise it (:func:`required_paper_hours`). :class:`PaperRecord`
+is what the live bridge reads from a paper ledger (``live_bridge/paper_record.py``) and hands to the
+promote action in research (which never reads a ledger itself); :meth:`PaperRecord.problems` says
+what is missing.
+
 The scheduled retraining window is NOT here: it is ``risk.training_window_utc`` (the same window in
 which the backtester and the live bridge open no new positions), so there is one clock rule.
 """
@@ -22,6 +29,8 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from pydantic import Field
@@ -31,13 +40,17 @@ from engine.config_base import Frozen
 __all__ = [
     "ENVIRONMENTS",
     "PROTECTED_GATE_THRESHOLDS",
+    "PROTECTED_MIN_PAPER_HOURS",
     "PROTECTED_SOURCE",
     "STRICTER",
     "LifecycleConfig",
+    "PaperRecord",
     "effective_thresholds",
+    "fmt_hour",
     "looser_than",
     "protected_sha256",
     "protected_thresholds",
+    "required_paper_hours",
 ]
 
 ENVIRONMENTS = ("paper", "live")
@@ -55,6 +68,9 @@ _GATES = MappingProxyType(
 # a config file can only tighten them.
 PROTECTED_GATE_THRESHOLDS: Mapping[str, Mapping[str, float]] = MappingProxyType({"paper": _GATES, "live": _GATES})
 PROTECTED_SOURCE = "engine.lifecycle_config.PROTECTED_GATE_THRESHOLDS"
+# Paper before live: completed paper hours of the same manifest digest (30 days) a model needs before
+# it may be approved for live. A reviewed code change to lower; a config can only raise it.
+PROTECTED_MIN_PAPER_HOURS = 720
 
 
 class LifecycleConfig(Frozen):
@@ -89,6 +105,15 @@ class LifecycleConfig(Frozen):
         description="gate 4 audit: relative slack on the exposure cap at the close of an entry's bar "
         "(prices move between the fill and the close); 0.05 = 20% cap checked at 21%; only a value "
         "below the protected one has an effect",
+    )
+    # paper before live
+    min_paper_hours: int = Field(
+        PROTECTED_MIN_PAPER_HOURS,
+        ge=1,
+        le=100_000,
+        description="completed paper-trading hours of the same manifest digest, without an unresolved "
+        "reconciliation mismatch or a parity failure, before kq models promote --env live "
+        f"(only a value above the protected {PROTECTED_MIN_PAPER_HOURS} has an effect)",
     )
     # where approvals live
     approvals_dir: str | None = Field(
@@ -155,3 +180,71 @@ def looser_than(thresholds: object, required: Mapping[str, float]) -> list[str]:
         if not ok:
             out.append(f"{k} {got} vs {req}")
     return out
+
+
+def required_paper_hours(lc: LifecycleConfig) -> tuple[int, list[str]]:
+    """(hours, ignored): the paper hours a live approval needs, the larger of the protected
+    :data:`PROTECTED_MIN_PAPER_HOURS` and ``lifecycle.min_paper_hours``; ``ignored`` names a config
+    value that was lower and therefore not used."""
+    c = int(lc.min_paper_hours)
+    if c < PROTECTED_MIN_PAPER_HOURS:
+        return PROTECTED_MIN_PAPER_HOURS, [
+            f"lifecycle.min_paper_hours {c} is below the protected {PROTECTED_MIN_PAPER_HOURS}"
+        ]
+    return c, []
+
+
+def fmt_hour(hour: int | None) -> str:
+    """An hour index (unix seconds // 3600) as ``YYYY-MM-DD HH:00`` UTC."""
+    if hour is None:
+        return "an unknown hour"
+    return datetime.fromtimestamp(int(hour) * 3600, UTC).strftime("%Y-%m-%d %H:00")
+
+
+@dataclass(frozen=True)
+class PaperRecord:
+    """What a paper ledger says about one model (one manifest digest). ``hours``: completed hours
+    (``cycle_end`` ``completed``) whose model row names ``manifest_sha256``; ``first_hour`` /
+    ``last_hour`` their span (unix seconds // 3600); ``mismatches``: the hours of ``mismatch``
+    reconciliations in that span not followed by an applied ``reactivate``; ``parity_failures``: the
+    hours of ``parity_failed`` events in the span or naming this digest; ``ledger``: the ledger's
+    DSN without password; ``head_seq`` / ``head_hash``: its verified chain head when it was read."""
+
+    manifest_sha256: str
+    hours: int
+    first_hour: int | None = None
+    last_hour: int | None = None
+    mismatches: tuple[int | None, ...] = ()
+    parity_failures: tuple[int | None, ...] = ()
+    ledger: str = ""
+    head_seq: int = 0
+    head_hash: str = ""
+
+    def problems(self, manifest_sha256: str, required_hours: int) -> list[str]:
+        """What keeps this record from approving ``manifest_sha256`` for live (empty: nothing)."""
+        m = manifest_sha256[:16]
+        if self.manifest_sha256 != manifest_sha256:
+            return [f"the paper record is for manifest {self.manifest_sha256[:16]}, not {m}"]
+        out = []
+        if self.hours < required_hours:
+            out.append(f"{self.hours} of {required_hours} paper hours for manifest {m}")
+        for one, many, hours in (
+            ("unresolved reconciliation mismatch", "unresolved reconciliation mismatches", self.mismatches),
+            ("parity failure", "parity failures", self.parity_failures),
+        ):
+            if hours:
+                more = f" (and {len(hours) - 1} later)" if len(hours) > 1 else ""
+                out.append(f"{len(hours)} {one if len(hours) == 1 else many} at {fmt_hour(hours[0])}{more}")
+        return out
+
+    def summary(self) -> dict:
+        """What an approvals-log entry records about the paper evidence behind a live approval."""
+        return {
+            "manifest_sha256": self.manifest_sha256,
+            "hours": self.hours,
+            "first_hour_utc": None if self.first_hour is None else fmt_hour(self.first_hour),
+            "last_hour_utc": None if self.last_hour is None else fmt_hour(self.last_hour),
+            "ledger": self.ledger,
+            "ledger_head_seq": self.head_seq,
+            "ledger_head_hash": self.head_hash,
+        }

@@ -87,9 +87,17 @@ def register(app: typer.Typer) -> None:
         reason: str = typer.Option(..., "--reason", help="why (goes into the approvals log)"),
         confirm: str = typer.Option(None, "--confirm", help="must be exactly yes-promote"),
         config: str = typer.Option(DEFAULT_CONFIG, "--config", help=_CONFIG_HELP),
+        paper_ledger: str = typer.Option(
+            None,
+            "--paper-ledger",
+            help="--env live: the paper ledger DSN or SQLite path whose paper hours the model needs "
+            "(default $KQ_PAPER_LEDGER_DSN, else the ledger of configs/paper.toml)",
+        ),
     ) -> None:
         """Approve a validated candidate for an environment; the model it replaces is kept as the
-        rollback target. Nothing changes without --confirm yes-promote."""
+        rollback target. Live also needs 720 completed paper hours of the same manifest in the paper
+        ledger, with no unresolved reconciliation mismatch and no parity failure. Nothing changes
+        without --confirm yes-promote."""
         from research.lifecycle.actions import PROMOTE_WORD
         from research.lifecycle.actions import promote as _promote
         from research.lifecycle.registry import resolve
@@ -100,13 +108,19 @@ def register(app: typer.Typer) -> None:
             )
         cfg, tracking = _configs(config)
         cand = resolve(model, tracking)
-        e, st = _promote(cand, env, reason, confirm, cfg)
+        e, st = _promote(cand, env, reason, confirm, cfg, paper_record=_paper_reader(paper_ledger))
         prev = f"; rollback target {st['previous'][-1]['model']}" if st["previous"] else "; no rollback target"
         typer.echo(f"promoted {cand.ref} to {env} (log entry {e['seq']}, hash {e['hash']}){prev}")
         typer.echo(
             f"  judged under {_fmt_thresholds(e['thresholds'])}; {env} requires "
             f"{_fmt_thresholds(e['thresholds_required'])} (protected {e['thresholds_protected_sha256'][:16]})"
         )
+        if "paper_record" in e:
+            p = e["paper_record"]
+            typer.echo(
+                f"  paper record: {p['hours']} hours (>= {p['hours_required']}) from {p['first_hour_utc']} to "
+                f"{p['last_hour_utc']} UTC in {p['ledger']}"
+            )
 
     @models.command("rollback")
     def rollback(
@@ -250,6 +264,35 @@ def register(app: typer.Typer) -> None:
         run_retrain(config, wait=wait, now=now, out_root=out_root, store=store)
 
     app.add_typer(models, name="models")
+
+
+def paper_ledger_dsn(option: str | None) -> str:
+    """--paper-ledger, else KQ_PAPER_LEDGER_DSN, else the ledger of configs/paper.toml."""
+    import os
+
+    if option:
+        return option
+    if os.environ.get("KQ_PAPER_LEDGER_DSN"):
+        return os.environ["KQ_PAPER_LEDGER_DSN"]
+    from engine.paths import configs_dir
+    from live_bridge.config import load_live_config
+
+    dsn = load_live_config(configs_dir() / "paper.toml").ledger_dsn()
+    if not dsn:
+        raise InputError("promote refused: no paper ledger configured: give --paper-ledger DSN (nothing changed)")
+    return dsn
+
+
+def _paper_reader(option: str | None):
+    """What promote calls with the checked candidate's manifest digest (for --env live only): its
+    paper record read from the paper ledger."""
+
+    def read(manifest_sha256: str):
+        from live_bridge.paper_record import read_paper_record
+
+        return read_paper_record(paper_ledger_dsn(option), manifest_sha256)
+
+    return read
 
 
 # indirections the tests replace (a fake clock; no real sleeping)

@@ -163,3 +163,40 @@ def copy_candidate(src: Path, dst: Path) -> Path:
     if v.exists():
         v.unlink()
     return dst
+
+
+# 2022-06-01 00:00 UTC as an hour index (unix seconds // 3600)
+PAPER_START_HOUR = 1654041600 // 3600
+
+
+def write_paper_ledger(
+    dsn, model_ref: str, manifest_sha256: str, hours: int = 720, start_hour: int = PAPER_START_HOUR, mismatch_at=()
+):
+    """A synthetic paper ledger: ``hours`` completed hours from ``start_hour`` that ran the model
+    ``manifest_sha256`` (a ``model`` row, a ``reconciliation`` (``mismatch`` at the hours in
+    ``mismatch_at``, else ``ok``) and a ``cycle_end`` ``completed`` each). Appends to an existing
+    ledger. Returns the path or DSN."""
+    from live_bridge.ledger import Ledger
+    from live_bridge.ledger import records as rec
+
+    rows = []
+    for h in range(start_hour, start_hour + hours):
+        rows.append(rec.model(h, model_ref, manifest_sha256))
+        rows.append(rec.reconciliation(h, "mismatch" if h in mismatch_at else "ok", {"synthetic": True}))
+        rows.append(rec.cycle_end(h, "completed"))
+    with Ledger.open(dsn) as led:
+        led.append(*rows)
+    return dsn
+
+
+def paper_record_for(tmp: Path, cand_path: Path, hours: int = 720):
+    """The paper record of the candidate at ``cand_path`` read from a fresh synthetic paper ledger
+    under ``tmp`` (enough for a live promotion by default)."""
+    from live_bridge.paper_record import read_paper_record
+    from research.lifecycle.gates import read_manifest
+
+    digest = read_manifest(cand_path)["manifest_sha256"]
+    dsn = tmp / f"paper-{digest[:12]}-{hours}.sqlite"
+    if not dsn.exists():
+        write_paper_ledger(dsn, "synthetic/1", digest, hours)
+    return read_paper_record(dsn, digest)

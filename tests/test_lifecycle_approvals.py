@@ -17,7 +17,12 @@ from live_bridge.models import load_approved
 from research.lifecycle.actions import CandidateInfo, promote, rollback, store_for, validate
 from research.lifecycle.approvals import entry_hash
 from research.lifecycle.util import ZERO_HASH, canonical_json
-from tests.lifecycle_helpers import lifecycle_config, make_candidate
+from tests.lifecycle_helpers import lifecycle_config, make_candidate, paper_record_for
+
+
+def _paper(cand):
+    """720 clean paper hours of the candidate's manifest (what a live promotion needs)."""
+    return paper_record_for(cand.path.parent, cand.path)
 
 
 @pytest.fixture
@@ -116,8 +121,8 @@ def test_rollback_to_a_tampered_model_is_refused_and_changes_nothing(env):
     cfg, c, store = env
     for k in ("a", "b"):
         validate(c[k], cfg, load=False)
-    promote(c["a"], "live", "first", "yes-promote", cfg)
-    promote(c["b"], "live", "second", "yes-promote", cfg)
+    promote(c["a"], "live", "first", "yes-promote", cfg, paper_record=_paper(c["a"]))
+    promote(c["b"], "live", "second", "yes-promote", cfg, paper_record=_paper(c["b"]))
     (c["a"].path / "config.json").write_text("{}")
     before = _snapshot(store)
     with pytest.raises(IntegrityError, match="rollback refused: tampered or incomplete model .*config.json"):
@@ -129,7 +134,9 @@ def test_paper_and_live_approvals_are_independent(env):
     cfg, c, store = env
     for k in ("a", "b"):
         validate(c[k], cfg, load=False)
-    promote(c["a"], "live", "straight to live", "yes-promote", cfg)  # no paper approval required
+    promote(
+        c["a"], "live", "straight to live", "yes-promote", cfg, paper_record=_paper(c["a"])
+    )  # paper hours, no paper approval
     promote(c["b"], "paper", "try b", "yes-promote", cfg)
     promote(c["a"], "paper", "a on paper too", "yes-promote", cfg)
     assert _current(store, "live") == "krakenquant/a" and _current(store, "paper") == "krakenquant/a"
@@ -143,7 +150,7 @@ def test_the_log_is_a_sha256_chain_starting_from_zeros(env):
     for k in ("a", "b"):
         validate(c[k], cfg, load=False)
     promote(c["a"], "paper", "one", "yes-promote", cfg)
-    promote(c["b"], "live", "two", "yes-promote", cfg)
+    promote(c["b"], "live", "two", "yes-promote", cfg, paper_record=_paper(c["b"]))
     lines = store.log_path.read_text().splitlines()
     assert len(lines) == 2
     prev = ZERO_HASH
@@ -219,7 +226,7 @@ def test_loader_refuses_when_nothing_is_approved_or_the_approved_model_was_tampe
     with pytest.raises(ConfigError, match="unknown environment"):
         load_approved("prod", cfg)
     validate(c["a"], cfg, load=False)
-    promote(c["a"], "live", "one", "yes-promote", cfg)
+    promote(c["a"], "live", "one", "yes-promote", cfg, paper_record=_paper(c["a"]))
     with pytest.raises(ConfigError, match=r"no model is approved for paper"):
         load_approved("paper", cfg)  # a live approval does not make a paper one
     f = c["a"].path / "walkforward" / "metrics.json"
@@ -290,10 +297,10 @@ def test_a_lax_config_cannot_approve_a_losing_model_and_the_approval_names_its_t
     assert not v.passed and v.thresholds["min_sharpe"] == 0.5
     assert v.thresholds_source["protected_sha256"] == protected_sha256()
     with pytest.raises(IntegrityError, match=r"validation FAILED \(quality: FAILED: out-of-sample Sharpe -38"):
-        promote(c["bad"], "live", "sneak", "yes-promote", lax)
+        promote(c["bad"], "live", "sneak", "yes-promote", lax, paper_record=_paper(c["bad"]))
     assert _snapshot(store) == {}
     validate(c["a"], lax, load=False)
-    e, _ = promote(c["a"], "live", "sound", "yes-promote", lax)
+    e, _ = promote(c["a"], "live", "sound", "yes-promote", lax, paper_record=_paper(c["a"]))
     want = {"min_sharpe": 0.5, "max_drawdown": 0.15, "max_daily_turnover": 2.0, "exposure_tolerance": 0.05}
     assert e["thresholds"] == want and e["thresholds_required"] == want
     assert e["thresholds_protected_sha256"] == e["verdict_protected_sha256"] == protected_sha256()
@@ -372,16 +379,16 @@ def test_a_hand_edited_verdict_is_refused_by_promote_rollback_and_the_loader(env
     with pytest.raises(
         IntegrityError, match=r"verdict.json differs from a re-run .*quality check oos_sharpe: recorded measured"
     ):
-        promote(c["a"], "live", "x", "yes-promote", cfg)
+        promote(c["a"], "live", "x", "yes-promote", cfg, paper_record=_paper(c["a"]))
     _edit_verdict(c["a"].path, _check_named("oos_sharpe", name="renamed"))
     with pytest.raises(IntegrityError, match="quality check oos_sharpe: recorded missing"):
-        promote(c["a"], "live", "x", "yes-promote", cfg)
+        promote(c["a"], "live", "x", "yes-promote", cfg, paper_record=_paper(c["a"]))
     assert _snapshot(store) == {}
     # approved, then edited: the loader and a rollback to it refuse
     validate(c["a"], cfg, load=False)
     validate(c["b"], cfg, load=False)
-    promote(c["a"], "live", "one", "yes-promote", cfg)
-    promote(c["b"], "live", "two", "yes-promote", cfg)
+    promote(c["a"], "live", "one", "yes-promote", cfg, paper_record=_paper(c["a"]))
+    promote(c["b"], "live", "two", "yes-promote", cfg, paper_record=_paper(c["b"]))
     _edit_verdict(c["b"].path, _check_named("risk_audit", message="edited"))
     with pytest.raises(
         IntegrityError, match=r"model loader \(live\) refused: .*risk check risk_audit: recorded message"
@@ -402,7 +409,8 @@ def _promote_in_child(args):
     from research.lifecycle.actions import CandidateInfo, promote
 
     cfg = lifecycle_config(cfg_kw)
-    promote(CandidateInfo(ref=ref, path=path), env_name, "race", "yes-promote", cfg)
+    cand = CandidateInfo(ref=ref, path=path)
+    promote(cand, env_name, "race", "yes-promote", cfg, paper_record=_paper(cand))
     return ref
 
 

@@ -8,11 +8,18 @@ changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError, InputError, IntegrityError
-from engine.lifecycle_config import effective_thresholds, looser_than, protected_sha256
+from engine.lifecycle_config import (
+    PaperRecord,
+    effective_thresholds,
+    looser_than,
+    protected_sha256,
+    required_paper_hours,
+)
 from research.lifecycle.approvals import ENVS, ApprovalStore
 from research.lifecycle.gates import (
     Verdict,
@@ -33,6 +40,7 @@ __all__ = [
     "CandidateInfo",
     "approvals_dir",
     "check_approvable",
+    "check_paper_record",
     "promote",
     "required_thresholds",
     "rollback",
@@ -195,11 +203,41 @@ def _gate_summary(v: dict) -> list[dict]:
     return [{"gate": g.get("gate"), "passed": g.get("passed"), "message": g.get("message")} for g in v.get("gates", [])]
 
 
+def check_paper_record(
+    record: PaperRecord | None, manifest_sha256: str, cfg, ref: str = "the model"
+) -> tuple[PaperRecord, int]:
+    """Paper before live: refuse (one-line InputError) unless ``record`` (read from the paper ledger
+    by the caller, ``live_bridge.paper_record``) shows at least :func:`required_paper_hours` completed
+    paper hours of exactly ``manifest_sha256`` with no unresolved reconciliation mismatch and no
+    parity failure. Returns (the record, the hours required)."""
+    need, _ = required_paper_hours(cfg.lifecycle)
+    if record is None:
+        raise InputError(
+            f"promote refused: {ref} needs {need} paper hours for manifest {manifest_sha256[:16]} "
+            f"before live and no paper ledger was read (nothing changed)"
+        )
+    probs = record.problems(manifest_sha256, need)
+    if probs:
+        where = f" in {record.ledger}" if record.ledger else ""
+        raise InputError(f"promote refused: {ref} {'; '.join(probs)}{where} (nothing changed)")
+    return record, need
+
+
 def promote(
-    cand: CandidateInfo, env: str, reason: str, confirm: str | None, cfg, *, store: ApprovalStore | None = None
+    cand: CandidateInfo,
+    env: str,
+    reason: str,
+    confirm: str | None,
+    cfg,
+    *,
+    store: ApprovalStore | None = None,
+    paper_record: PaperRecord | Callable[[str], PaperRecord] | None = None,
 ) -> tuple[dict, dict]:
     """Approve a validated candidate for ``env``; the approved model it replaces becomes the rollback
-    target. Returns (log entry, new state)."""
+    target. Returns (log entry, new state). ``live`` also needs ``paper_record``: the candidate's
+    paper record, or a function of its manifest digest that reads it (called once the bundle has
+    been checked; ``kq models promote`` reads the paper ledger so), see :func:`check_paper_record`;
+    ``paper`` needs none and ignores it."""
     if env not in ENVS:
         raise InputError(f"--env {env}: must be one of {', '.join(ENVS)}")
     if confirm != PROMOTE_WORD:
@@ -212,6 +250,12 @@ def promote(
     with store.locked():
         rep = store.require_clean("promote")
         man, v = check_approvable(cand.path, cfg, env=env)
+        paper = {}
+        if env == "live":
+            msha = man["manifest_sha256"]
+            got = paper_record(msha) if callable(paper_record) else paper_record
+            pr, need = check_paper_record(got, msha, cfg, cand.ref)
+            paper = {"paper_record": {**pr.summary(), "hours_required": need}}
         cur = store.state(env)["current"]
         if cur is not None and cur["model"] == cand.ref and cur["manifest_sha256"] == man["manifest_sha256"]:
             raise InputError(f"promote refused: {cand.ref} is already the approved {env} model (nothing changed)")
@@ -228,6 +272,7 @@ def promote(
             "validated_utc": v.get("validated_utc"),
             "gates": _gate_summary(v),
             **_threshold_record(v, required_thresholds(cfg, env)),
+            **paper,
             "replaced": cur["model"] if cur else None,
             "reason": reason.strip(),
         }
