@@ -139,12 +139,17 @@ def test_loader_returns_only_the_approved_model_and_refuses_a_tampered_one(real,
     assert load_approved("paper", c).model == "krakenquant/1"
     with pytest.raises(ConfigError, match="no model is approved for live"):
         load_approved("live", c)
-    assert (
-        _main(
-            ["models", "promote", "2", "--env", "live", "--reason", "live", "--confirm", "yes-promote", "--config", cfg]
-        )
-        == 0
-    )
+    # live needs 720 paper hours of candidate 2's manifest: without a paper ledger it is refused
+    promote_live = ["models", "promote", "2", "--env", "live", "--reason", "live", "--confirm", "yes-promote"]
+    capsys.readouterr()
+    assert _main([*promote_live, "--config", cfg, "--paper-ledger", str(tmp / "no-paper.sqlite")]) == 2
+    assert "no paper ledger at" in capsys.readouterr().err
+    from research.lifecycle.gates import read_manifest
+    from tests.lifecycle_helpers import write_paper_ledger
+
+    digest2 = read_manifest(resolve("2", tracking).path)["manifest_sha256"]
+    paper = write_paper_ledger(tmp / "paper.sqlite", "krakenquant/2", digest2)
+    assert _main([*promote_live, "--config", cfg, "--paper-ledger", str(paper)]) == 0
     assert load_approved("live", c).model == "krakenquant/2" and load_approved("paper", c).model == "krakenquant/1"
     # tamper with the live model's pickle: live refuses, paper (a different folder) still loads
     p2 = resolve("2", tracking).path / "models" / "h24" / "meta.pkl"
