@@ -146,6 +146,13 @@ class LiveConfig(Frozen):
     cycle: CycleSection = CycleSection()
     execution: ExecutionSection = ExecutionSection()
     paths: PathsSection = PathsSection()
+    capital_ceiling: Decimal | None = Field(
+        None,
+        gt=0,
+        description="the most quote currency the daemon may commit: the risk step's exposure caps and "
+        "sizes apply to min(equity, this) (risk.capital_ceiling; the lower of the two rules); "
+        "None = off (the engine config's)",
+    )
     # not in dumps nor in the digest: the webhook is a secret and alerts never change a decision
     alerts: AlertsSection = Field(AlertsSection(), exclude=True)
     source: str = Field("", exclude=True, description="the file this was read from (set by the loader)")

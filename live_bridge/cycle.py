@@ -113,16 +113,19 @@ def exec_config(live: Any, cfg: Any) -> ExecConfig:
     )
 
 
-def live_params(cfg: Any, init_cash: Decimal | float) -> np.ndarray:
+def live_params(cfg: Any, init_cash: Decimal | float, capital_ceiling: Decimal | None = None) -> np.ndarray:
     """The RiskMachine parameters of a live portfolio: the backtester's (``params_from_config``)
     with the account's starting cash, and WITHOUT the backtest's emulated operator: the kill switch
     and the drawdown halt are never released after N bars (``kill_reset_bars`` /
     ``halt_reset_bars`` = 0); only an operator's reactivate / reset_halt, ledgered and applied at a
-    close, clears them."""
+    close, clears them. ``capital_ceiling`` (the live config's): the risk step's capital ceiling,
+    the lower of it and the engine config's ``risk.capital_ceiling``."""
     from engine.risk.params import params_from_config
 
     p = params_from_config(cfg)
     p[0]["init_cash"] = float(init_cash)
+    if capital_ceiling is not None:
+        p[0]["capital_ceiling"] = min(float(p[0]["capital_ceiling"]), float(capital_ceiling))
     p[0]["kill_reset_bars"] = 0
     p[0]["halt_reset_bars"] = 0
     return p
@@ -316,7 +319,7 @@ class Cycle:
     # ---- the machine -----------------------------------------------------------------------------
 
     def _params(self, init_cash: Decimal) -> np.ndarray:
-        return live_params(self.cfg, init_cash)
+        return live_params(self.cfg, init_cash, self.live.capital_ceiling)
 
     def _instruments(self):
         from engine.risk.params import instrument_arrays

@@ -312,7 +312,7 @@ def _use(cfg) -> None:
     p = params_from_config(cfg)[0]
     for k in p.dtype.names:
         x = float(p[k])
-        assert math.isfinite(x) or (k == "spread_max" and x == math.inf), (k, x)
+        assert math.isfinite(x) or (k in ("spread_max", "capital_ceiling") and x == math.inf), (k, x)
     assert 0.0 < p["spread_alpha"] <= 1.0 and p["init_cash"] > 0
     assert feature_names(cfg.features) and len(feature_schema_sha256(cfg.features)) == 64
     assert np.isfinite(cfg.fees.round_trip_cost)

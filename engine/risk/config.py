@@ -53,6 +53,12 @@ class RiskConfig(Frozen):
     max_cluster_exposure: float = Field(
         0.10, gt=0.0, le=1.0, description="exposure cap per correlation cluster, fraction of equity"
     )
+    capital_ceiling: InfOff = Field(
+        math.inf,
+        gt=0.0,
+        description="the most quote currency the caps may commit: position size, total and cluster "
+        "exposure caps (and their tier cuts) apply to min(equity, capital_ceiling); inf = off",
+    )
     # drawdown tiers
     dd_reduce_risk: float = Field(0.10, gt=0.0, lt=1.0, description="drawdown at which the entry size is cut")
     dd_reduce_exposure: float = Field(

@@ -277,6 +277,7 @@ params_dt = np.dtype(
         ("max_positions", np.int64),
         ("max_exposure", np.float64),
         ("max_cluster_exposure", np.float64),
+        ("capital_ceiling", np.float64),  # quote: equity-scaled caps and sizes read min(equity, this); inf = off
         ("dd_tier1", np.float64),
         ("dd_tier2", np.float64),
         ("dd_halt", np.float64),

@@ -111,7 +111,7 @@ from engine.risk.nb import (
 from engine.timeutil import HOUR
 
 SNAPSHOT_MAGIC = b"KQRISKM\x00"
-SNAPSHOT_VERSION = 2  # 2: order_dt filled/fallback, position_dt realized
+SNAPSHOT_VERSION = 3  # 2: order_dt filled/fallback, position_dt realized; 3: params_dt capital_ceiling
 _HEADER = struct.Struct("<8sIQ32s")  # magic, version, body length, SHA-256 of the body
 
 # machine record: the last hour begun, and whether its close waits for fallback fills

@@ -31,7 +31,8 @@ State lives in numpy records (engine.risk.enums) so it persists and restores exa
 
 Each rule lives in one small kernel taking only records and scalars (``kill_pair_nb``,
 ``mark_state_nb``, ``exit_reason_nb``, ``entry_static_gate_nb``/``entry_gate_nb``, ``entry_size_nb``,
-``exit_order_nb``/``entry_order_nb``, ``kill_reset_due_nb``/``halt_reset_due_nb``, ``latch_kill_nb``).
+``exit_order_nb``/``entry_order_nb``, ``kill_reset_due_nb``/``halt_reset_due_nb``, ``latch_kill_nb``,
+``cap_base_nb``: the equity the caps and sizes scale with, capped by the capital ceiling).
 The phases above and the backtester's fused bar loop (engine.backtest.nb.simulate_core_nb) both call
 them, so a rule is written once; the fused loop exists because numba reference-counts every array
 argument of every call (hundreds of ns per bar). tests/test_backtest_speedpath.py checks the fused
@@ -169,6 +170,16 @@ def caps_nb(st, p):
         if p.tier2_max_positions < maxpos:
             maxpos = p.tier2_max_positions
     return cap, maxpos, rmult
+
+
+@njit(cache=True, inline="always")
+def cap_base_nb(eq: float, p) -> float:
+    """The equity every equity-scaled cap and size reads (R3b): ``min(eq, p.capital_ceiling)``, the
+    capital ceiling (quote currency; inf = off: ``eq`` itself, so results are unchanged). Used by
+    ``entries_nb`` (the sizing base of ``entry_size_nb`` and the exposure and cluster rooms of
+    ``entry_gate_nb``) and ``execute_buy_nb`` (the clips at the fill). A NaN ``eq`` stays NaN."""
+    cc = p.capital_ceiling
+    return cc if cc < eq else eq
 
 
 @njit(cache=True)
@@ -357,19 +368,31 @@ def execute_buy_nb(
         bind = REASON.REFUSE_CASH
     eq0, expo0 = book_nb(st, positions, marks)
     cap, maxpos, rmult = caps_nb(st, p)
-    # exposure after <= cap * equity after, the new position valued at its fill price
+    # the capital ceiling (R3b): below the equity, the caps are fractions of it, not of the equity
+    base = cap_base_nb(eq0, p)
+    ceil = base < eq0
+    # exposure after <= cap * min(equity after, ceiling), the new position valued at its fill price
     room = cap * eq0 - expo0
     qmax = room / (price * (1.0 + cap * f)) * (1.0 - _TINY)
+    if ceil:
+        q2 = (cap * base - expo0) / price * (1.0 - _TINY)
+        if q2 < qmax:
+            qmax = q2
     if qty > qmax:
         qty = qmax
         bind = REASON.REFUSE_EXPOSURE
     c = cluster_row[j]
+    ce = 0.0
     if c >= 0:
         ce = cluster_exposure_nb(positions, marks, cluster_row, c, j)
         room = p.max_cluster_exposure * eq0 - ce
     else:
         room = p.max_cluster_exposure * eq0
     qmax = room / (price * (1.0 + p.max_cluster_exposure * f)) * (1.0 - _TINY)
+    if ceil:
+        q2 = (p.max_cluster_exposure * base - ce) / price * (1.0 - _TINY)
+        if q2 < qmax:
+            qmax = q2
     if qty > qmax:
         qty = qmax
         bind = REASON.REFUSE_CLUSTER
@@ -1138,7 +1161,8 @@ def entry_size_nb(
     Wanted notional, by ``p.sizing``: SIZING_VOL_TARGET ``rmult x position_size x vol_adj_nb x equity``;
     SIZING_RISK ``rmult x base_risk x equity`` at a ``stop_atr_mult x ATR`` stop; SIZING_FIXED_FRACTION
     ``fixed_fraction`` of free cash (re-taken at the fill). ``rmult``: the drawdown tier's multiplier
-    (``caps_nb``). Then clipped to the exposure room, the cluster room and the free cash."""
+    (``caps_nb``). ``eq``: the cap base, ``cap_base_nb`` (equity, at most the capital ceiling). Then
+    clipped to the exposure room, the cluster room and the free cash."""
     f = p.fee_rate
     room_cash = (st.cash - reserved) / (1.0 + f + p.slip_buffer)
     if room_cash <= 0.0:
@@ -1246,7 +1270,7 @@ def entries_nb(
             nc += 1
     if nc > 0:
         cap, maxpos, rmult = caps_nb(st, p)
-        eq = st.equity
+        eq = cap_base_nb(st.equity, p)  # R3b: sizes and caps scale with min(equity, capital ceiling)
         committed = st.exposure
         reserved = 0.0
         n_open = st.n_positions

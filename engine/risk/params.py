@@ -36,6 +36,7 @@ def params_from_config(cfg, **overrides) -> np.ndarray:
         max_positions=r.max_positions,
         max_exposure=r.max_exposure,
         max_cluster_exposure=r.max_cluster_exposure,
+        capital_ceiling=r.capital_ceiling,
         dd_tier1=r.dd_reduce_risk,
         dd_tier2=r.dd_reduce_exposure,
         dd_halt=r.dd_halt,
