@@ -233,9 +233,10 @@ def test_restore_refuses_a_changed_ceiling_naming_it():
 
 
 def test_snapshots_of_the_build_before_the_ceiling_are_refused_by_version():
-    """A version-2 snapshot (params without capital_ceiling) names the versions; the same bytes
-    under a version-3 header name the params record."""
-    assert M.SNAPSHOT_VERSION == 3 and "capital_ceiling" in (params_dt.names or ())
+    """A version-2 snapshot (params without capital_ceiling) names the versions, as does a version-3
+    one (state without the operator pause, issue 17); the same bytes under the current header name
+    the params record."""
+    assert M.SNAPSHOT_VERSION == 4 and "capital_ceiling" in (params_dt.names or ())
     blob = _small_machine().snapshot()
     body = blob[M._HEADER.size :]
     (ml,) = struct.unpack_from("<I", body)
@@ -261,10 +262,11 @@ def test_snapshots_of_the_build_before_the_ceiling_are_refused_by_version():
     def blob_v(v):
         return M._HEADER.pack(M.SNAPSHOT_MAGIC, v, len(b2), hashlib.sha256(b2).digest()) + b2
 
-    with pytest.raises(SnapshotError, match=r"^RiskMachine snapshot version 2; this build reads version 3"):
-        RiskMachine.restore(blob_v(2))
+    for v in (2, 3):
+        with pytest.raises(SnapshotError, match=rf"^RiskMachine snapshot version {v}; this build reads version 4"):
+            RiskMachine.restore(blob_v(v))
     with pytest.raises(SnapshotError, match="record 'params' differs"):
-        RiskMachine.restore(blob_v(3))
+        RiskMachine.restore(blob_v(4))
 
 
 # ---- the daemon: the live config's ceiling rules the portfolio; a changed one stops it

@@ -260,7 +260,7 @@ def test_hours_must_come_in_order_and_inputs_are_checked():
     with pytest.raises(InputError, match="bars"):
         m.on_bar(h, bars[:3], pred, trd, blk, api, op)
     with pytest.raises(InputError, match="operator"):
-        m.on_bar(h, bars, pred, trd, blk, api, 9)
+        m.on_bar(h, bars, pred, trd, blk, api, 32)
     with pytest.raises(InputError, match="hour must be an int"):
         m.on_bar(float(h), bars, pred, trd, blk, api, op)
     assert m.last_hour == int(inp.ts[10]) // 3600  # nothing changed by the refused calls

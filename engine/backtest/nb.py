@@ -35,6 +35,7 @@ from engine.backtest.demo import ma_signal_from_sma_nb, ma_signal_into_nb, sma_i
 from engine.risk.enums import (
     EVENT,
     KILL,
+    KIND,
     N_STATES,
     REASON,
     STATE,
@@ -70,6 +71,8 @@ from engine.risk.nb import (
     latch_kill_nb,
     mark_positions_nb,
     mark_state_nb,
+    operator_due_nb,
+    operator_flags_nb,
     reset_halt_nb,
     reset_kill_nb,
     same_kill_params_nb,
@@ -198,13 +201,15 @@ def _count_blocked_nb(t, p, p_up, positions, valid, close, tradable):
 @njit(cache=True, inline="always")
 def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
     """Add the counts of _count_blocked_nb (the blocking reason from the state: halt, kill switch,
-    otherwise the entry-block window)."""
+    operator pause, otherwise the entry-block window)."""
     refusals[REASON.REFUSE_NO_DATA] += n_nd
     refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
     if st.halted != 0:
         refusals[REASON.REFUSE_HALTED] += n_bl
     elif st.kill_reason != 0:
         refusals[REASON.REFUSE_KILL_SWITCH] += n_bl
+    elif st.paused != 0:
+        refusals[REASON.REFUSE_PAUSED] += n_bl
     else:
         refusals[REASON.REFUSE_TRAINING_WINDOW] += n_bl
 
@@ -240,7 +245,7 @@ def _quiet_run_nb(
     (tests/test_backtest_speedpath.py)."""
     n, m = close.shape
     thr = p.p_up_entry
-    stop_blocked = (st.halted != 0) | (st.kill_reason != 0)
+    stop_blocked = (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0)
     n_nd = 0
     n_nt = 0
     n_bl = 0
@@ -248,7 +253,7 @@ def _quiet_run_nb(
         u = np.uint64(t)  # an unsigned index: no negative-index wraparound per access
         op = operator[u]
         trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
-        if (trig != 0 and st.kill_reason == 0) or kill_reset_due_nb(st, op, t, p) or halt_reset_due_nb(st, op, t, p):
+        if (trig != 0 and st.kill_reason == 0) or operator_due_nb(st, op, t, p):
             break
         if stop_blocked | entry_block[u]:
             a, b, c = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
@@ -318,7 +323,7 @@ def _hold_run_nb(
         # ---- the checks (nothing changes before all pass)
         op = operator[u]
         trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
-        if (trig != 0 and st.kill_reason == 0) or kill_reset_due_nb(st, op, t, p) or halt_reset_due_nb(st, op, t, p):
+        if (trig != 0 and st.kill_reason == 0) or operator_due_nb(st, op, t, p):
             break
         stop = False
         cand = False
@@ -332,7 +337,7 @@ def _hold_run_nb(
                         break
             elif p_up[u, j] >= thr:
                 cand = True
-        if stop or (cand and not ((st.halted != 0) | (st.kill_reason != 0) | entry_block[u])):
+        if stop or (cand and not ((st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[u])):
             break
         # ---- phase 4: mark to the close (as the full bar: a flat book is not marked)
         mark_state_nb(st, mark_positions_nb(u, positions, close, valid) if st.n_positions != 0 else 0.0, t, p)
@@ -739,6 +744,8 @@ def _simulate_loop_nb(
             reset_kill_nb(state, t, events, cnt)
         if halt_reset_due_nb(st, op, t, p):
             reset_halt_nb(state, t, events, cnt)
+        if op != 0:
+            operator_flags_nb(state, op, t, events, cnt)
         trig = 0
         trig_pair = -1
         trig_val = 0.0
@@ -789,20 +796,27 @@ def _simulate_loop_nb(
         if rec and tier_ev:
             emit_event_nb(events, cnt, t, -1, EVENT.TIER, REASON.TIER_CHANGE, st.drawdown)
         # ---- 5. decisions at the close (engine.risk.nb.decide_nb): exits, then entries
+        flat = st.flatten != 0
+        st.flatten = 0
         for j in range(m if n_held != 0 else 0):
             pos = positions[j]
             if pos.qty == 0.0 or pending[j].active != 0 or not valid[t, j]:
                 continue
             c = close[t, j]
-            reason, kind = exit_reason_nb(pos, c, p_up[t, j], t, p)
+            if flat:
+                reason, kind = REASON.EXIT_OPERATOR, KIND.MARKET
+            else:
+                reason, kind = exit_reason_nb(pos, c, p_up[t, j], t, p)
             if reason == 0:
                 continue
             exit_order_nb(pending[j], pos, t, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
             placed = True
             if rec:
                 emit_event_nb(events, cnt, t, j, EVENT.ORDER, reason, pos.qty)
-        blocked = (st.halted != 0) | (st.kill_reason != 0) | entry_block[t]
-        if blocked and not rec:
+        blocked = (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[t]
+        if flat:
+            pass  # operator flatten: no entry is decided at this close (R22b)
+        elif blocked and not rec:
             n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
             _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
         else:

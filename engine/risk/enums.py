@@ -61,6 +61,8 @@ class EventCode(IntEnum):
     KILL = 5  # kill switch latched (reason = trigger; pair = first pair that tripped it)
     RESET = 6  # manual reset (kill switch reactivated or halt lifted)
     DUST = 7  # live: a partial sell left less than ordermin; the remainder was written off (value = qty)
+    PAUSE = 8  # operator pause latched: no new entries until a resume (R22a)
+    RESUME = 9  # operator pause lifted
 
 
 class Reason(IntEnum):
@@ -73,6 +75,7 @@ class Reason(IntEnum):
     EXIT_TAKE_PROFIT = 3
     EXIT_SIGNAL = 4
     EXIT_TIME = 5
+    EXIT_OPERATOR = 6  # operator flatten: every open position exits at market (R22b)
     # why an entry was refused (or an order cancelled at execution)
     REFUSE_NO_DATA = 10  # the pair's bar is missing or invalid
     REFUSE_HALTED = 11  # drawdown halt latched
@@ -89,6 +92,7 @@ class Reason(IntEnum):
     REFUSE_NOT_TRADABLE = 22  # the pair is outside the tradable universe at this bar (R9)
     REFUSE_TRAINING_WINDOW = 23  # the order would execute in a scheduled entry-block window (R25)
     DUST = 24  # live: position remainder below ordermin after a partial sell, written off
+    REFUSE_PAUSED = 25  # operator pause latched (R22a)
     # kill-switch triggers
     KILL_API = 30
     KILL_SPREAD = 31
@@ -99,6 +103,8 @@ class Reason(IntEnum):
     HALT = 41
     RESET_KILL = 42
     RESET_HALT = 43
+    OPERATOR_PAUSE = 44
+    OPERATOR_RESUME = 45
 
 
 N_REASONS = 48  # length of a refusal-count array (every Reason value indexes it)
@@ -125,6 +131,10 @@ ReasonT, REASON = _nb_constants(Reason)
 # Operator actions (the ``operator`` input of a bar; bit flags).
 OP_RESET_KILL = 1
 OP_RESET_HALT = 2
+OP_PAUSE = 4  # latch the pause: no new entries (R22a)
+OP_RESUME = 8  # lift the pause
+OP_FLATTEN = 16  # exit every open position at market at this close, decide no entry (R22b)
+OP_ALL = 31  # every operator bit
 
 # Portfolio state: one record per portfolio.
 state_dt = np.dtype(
@@ -144,6 +154,8 @@ state_dt = np.dtype(
         ("n_positions", np.int64),
         ("fees_paid", np.float64),
         ("traded_notional", np.float64),
+        ("paused", np.int64),  # 1 while the operator pause is latched (R22a)
+        ("flatten", np.int64),  # 1 from an operator flatten until the decisions of that close (R22b)
     ]
 )
 

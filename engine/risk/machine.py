@@ -80,6 +80,7 @@ from numba import njit
 from engine.errors import InputError, IntegrityError
 from engine.risk.enums import (
     N_REASONS,
+    OP_ALL,
     FillHow,
     KillReason,
     bar_dt,
@@ -111,7 +112,8 @@ from engine.risk.nb import (
 from engine.timeutil import HOUR
 
 SNAPSHOT_MAGIC = b"KQRISKM\x00"
-SNAPSHOT_VERSION = 3  # 2: order_dt filled/fallback, position_dt realized; 3: params_dt capital_ceiling
+SNAPSHOT_VERSION = 4  # 2: order_dt filled/fallback, position_dt realized; 3: params_dt capital_ceiling;
+# 4: state_dt paused/flatten
 _HEADER = struct.Struct("<8sIQ32s")  # magic, version, body length, SHA-256 of the body
 
 # machine record: the last hour begun, and whether its close waits for fallback fills
@@ -325,8 +327,11 @@ class RiskMachine:
         if trd.shape != (m,) or trd.dtype != np.bool_:
             raise InputError(f"tradable must be a bool array of {m} values (or None: all tradable)")
         op = int(operator)
-        if op < 0 or op > 3:
-            raise InputError(f"operator must be a combination of OP_RESET_KILL and OP_RESET_HALT, got {operator!r}")
+        if op < 0 or op > OP_ALL:
+            raise InputError(
+                "operator must be a combination of OP_RESET_KILL, OP_RESET_HALT, OP_PAUSE, OP_RESUME and "
+                f"OP_FLATTEN (0..{OP_ALL}), got {operator!r}"
+            )
         return hour, trd, op
 
     @staticmethod
@@ -363,7 +368,8 @@ class RiskMachine:
         ``bars``: ``bar_dt`` records (OHLCV, valid, ATR, spread estimate, cluster id) per pair;
         ``predictions``: ``prediction_dt`` (P(up), expected return); ``tradable``: universe members
         (None: all); ``entry_block``: entries decided now would execute in the entry-block window;
-        ``api_fault``: the exchange API is unstable; ``operator``: OP_RESET_KILL | OP_RESET_HALT.
+        ``api_fault``: the exchange API is unstable; ``operator``: OP_RESET_KILL | OP_RESET_HALT | OP_PAUSE |
+        OP_RESUME | OP_FLATTEN.
         ``simulate_fills``: fill the last close's orders in this bar by the backtester's fill model
         instead of waiting for :meth:`on_fill`."""
         hour, trd, op = self._check_bar(hour, bars, predictions, tradable, operator)

@@ -7,13 +7,15 @@ section of docs/MODEL_ASSUMPTIONS.md state the rules in words):
    bar t's open (+ slippage); limit-first orders fill at their limit if bar t trades through it.
    Sells before buys, then pairs in column order. Entries are clipped at the fill to the cash, the
    exposure cap and the cluster cap, rounded DOWN to lot_decimals and refused below ordermin/costmin.
-2. ``kill_check_nb``    - operator resets, then the kill-switch triggers on bar t's data (API fault
-   flag, missing/invalid bar of a pair already seen, spread anomaly, volatility spike). Latches.
+2. ``kill_check_nb``    - operator resets, pause/resume/flatten bits, then the kill-switch triggers
+   on bar t's data (API fault flag, missing/invalid bar of a pair already seen, spread anomaly,
+   volatility spike). Latches.
 3. ``execute_close_nb`` - limit orders bar t did not trade through fall back to market at bar t's
    close (+ slippage). Exits always; entries only if neither the halt nor the kill switch is latched.
 4. ``mark_nb``          - mark to bar t's close, equity, peak, drawdown, drawdown tiers (halt latches).
-5. ``decide_nb``        - exits (stop, take-profit, signal reversal, time), then entries (threshold,
-   data, universe, halt/kill, entry-block window, edge, max positions, exposure cap, cluster cap, cash,
+5. ``decide_nb``        - exits (stop, take-profit, signal reversal, time; every position at an
+   operator flatten, which decides no entry), then entries (threshold, data, universe, halt/kill,
+   operator pause, entry-block window, edge, max positions, exposure cap, cluster cap, cash,
    precision, ordermin/costmin)
    -> pending orders for bar t+1, and an event with a reason code for every refusal.
 
@@ -52,8 +54,11 @@ from engine.risk.enums import (
     HOW,
     KILL,
     KIND,
+    OP_FLATTEN,
+    OP_PAUSE,
     OP_RESET_HALT,
     OP_RESET_KILL,
+    OP_RESUME,
     REASON,
     SIZING_FIXED_FRACTION,
     SIZING_RISK,
@@ -107,6 +112,8 @@ def init_state_nb(state, positions, pending, init_cash: float) -> None:
     st.n_positions = 0
     st.fees_paid = 0.0
     st.traded_notional = 0.0
+    st.paused = 0
+    st.flatten = 0
     for j in range(positions.shape[0]):
         p = positions[j]
         p.qty = 0.0
@@ -544,12 +551,15 @@ def execute_open_nb(
 
 @njit(cache=True, inline="always")
 def fallback_refusal_nb(st) -> int:
-    """Why an ENTRY still pending at its execution bar's close may not fall back to market (R6, R21):
-    cancelled while the halt or the kill switch is latched; 0: it may. Exits always fall back (R16)."""
+    """Why an ENTRY still pending at its execution bar's close may not fall back to market (R6, R21,
+    R22a): cancelled while the halt, the kill switch or the operator pause is latched; 0: it may.
+    Exits always fall back (R16)."""
     if st.halted != 0:
         return REASON.REFUSE_HALTED
     if st.kill_reason != 0:
         return REASON.REFUSE_KILL_SWITCH
+    if st.paused != 0:
+        return REASON.REFUSE_PAUSED
     return 0
 
 
@@ -786,6 +796,31 @@ def halt_reset_due_nb(st, op: int, bar: int, p) -> bool:
 
 
 @njit(cache=True, inline="always")
+def operator_due_nb(st, op: int, bar: int, p) -> bool:
+    """Anything for the operator phase at bar t: a reset due (kill switch, halt; operator or timed),
+    or a pause, resume or flatten bit (the backtester's quiet-bar paths stop there)."""
+    if (op & (OP_PAUSE | OP_RESUME | OP_FLATTEN)) != 0:
+        return True
+    return kill_reset_due_nb(st, op, bar, p) or halt_reset_due_nb(st, op, bar, p)
+
+
+@njit(cache=True)
+def operator_flags_nb(state, op: int, bar: int, events, cnt) -> None:
+    """The operator's pause, resume and flatten bits at bar t (after the resets): OP_PAUSE latches the
+    pause (event PAUSE), OP_RESUME lifts it (event RESUME; both bits: resume wins), OP_FLATTEN marks
+    the close for decide_nb (every open position exits at market, no entry is decided)."""
+    st = state[0]
+    if (op & OP_PAUSE) != 0 and (op & OP_RESUME) == 0 and st.paused == 0:
+        st.paused = 1
+        emit_event_nb(events, cnt, bar, -1, EVENT.PAUSE, REASON.OPERATOR_PAUSE, 0.0)
+    if (op & OP_RESUME) != 0 and st.paused != 0:
+        st.paused = 0
+        emit_event_nb(events, cnt, bar, -1, EVENT.RESUME, REASON.OPERATOR_RESUME, 0.0)
+    if (op & OP_FLATTEN) != 0:
+        st.flatten = 1
+
+
+@njit(cache=True, inline="always")
 def kill_pair_scalar_nb(
     seen: int,
     sbase: float,
@@ -939,13 +974,16 @@ def latch_kill_nb(st, bar: int, trig: int) -> bool:
 def kill_check_nb(
     t: int, bar: int, state, positions, open_, high, low, close, valid, atr, spread, api_fault, operator, p, events, cnt
 ) -> None:
-    """Operator resets, then kill-switch triggers on bar t; updates the per-pair baselines."""
+    """Operator resets and pause/resume/flatten bits, then kill-switch triggers on bar t; updates
+    the per-pair baselines."""
     st = state[0]
     op = operator[t]
     if kill_reset_due_nb(st, op, bar, p):
         reset_kill_nb(state, bar, events, cnt)
     if halt_reset_due_nb(st, op, bar, p):
         reset_halt_nb(state, bar, events, cnt)
+    if op != 0:
+        operator_flags_nb(state, op, bar, events, cnt)
     trig = 0
     trig_pair = -1
     trig_val = 0.0
@@ -1081,7 +1119,7 @@ def exit_order_nb(o, pos, bar: int, c: float, reason: int, kind: int, a: float, 
 @njit(cache=True, inline="always")
 def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: float, trd: bool, blk: bool):
     """The entry checks that do not depend on the other entries of the same bar, in this order: data,
-    universe (``trd``: the pair is tradable at this bar), halt, kill switch, entry-block window
+    universe (``trd``: the pair is tradable at this bar), halt, kill switch, operator pause, entry-block window
     (``blk``: the order would execute in a scheduled window), edge, ATR: (refusal reason or 0, value)."""
     if not vld or not (c > 0.0):
         return REASON.REFUSE_NO_DATA, pu
@@ -1091,6 +1129,8 @@ def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: fl
         return REASON.REFUSE_HALTED, st.drawdown
     if st.kill_reason != 0:
         return REASON.REFUSE_KILL_SWITCH, float(st.kill_reason)
+    if st.paused != 0:
+        return REASON.REFUSE_PAUSED, pu
     if blk:
         return REASON.REFUSE_TRAINING_WINDOW, pu
     if not (er == er) or er <= p.min_edge:  # noqa: SIM201 NaN test kept verbatim in the kernel
@@ -1361,15 +1401,23 @@ def decide_nb(
     """Decisions at the close of bar t: exits, then entries, as pending orders for bar t+1.
 
     ``tradable[t, j]`` (universe, R9) and ``entry_block[t]`` (entry-block window, R25) refuse entries
-    only; exits of open positions never look at them."""
+    only; exits of open positions never look at them. At a close with the operator's flatten
+    (``state['flatten']``, set by kill_check_nb) every open position exits at market with
+    EXIT_OPERATOR and no entry is decided (R22b)."""
     m = positions.shape[0]
-    # ---- exits (always allowed: halt and kill switch block entries only)
+    st = state[0]
+    flat = st.flatten != 0
+    st.flatten = 0
+    # ---- exits (always allowed: halt, kill switch and pause block entries only)
     for j in range(m):
         pos = positions[j]
         if pos.qty == 0.0 or pending[j].active != 0 or not valid[t, j]:
             continue
         c = close[t, j]
-        reason, kind = exit_reason_nb(pos, c, p_up[t, j], bar, p)
+        if flat:
+            reason, kind = REASON.EXIT_OPERATOR, KIND.MARKET
+        else:
+            reason, kind = exit_reason_nb(pos, c, p_up[t, j], bar, p)
         if reason == 0:
             continue
         exit_order_nb(pending[j], pos, bar, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
@@ -1377,6 +1425,8 @@ def decide_nb(
     # ---- entries (entries_nb); positions[].cluster: the cluster id at the last decision
     for j in range(m):
         positions[j].cluster = cluster[t, j]
+    if flat:
+        return
     entries_nb(
         t,
         bar,
