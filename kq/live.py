@@ -1,5 +1,6 @@
 """``kq live``: the hourly paper/live daemon (``run``), the check of its ledger (``verify``) and the
-operator commands (``status``, ``reactivate``, ``reset-halt``: :mod:`live_bridge.operator`).
+operator commands (``status``, ``reactivate``, ``reset-halt``, ``pause``, ``resume``, ``flatten``:
+:mod:`live_bridge.operator`).
 docs/LIVE.md, "Daemon", describes them. Errors are one line: a bad config, missing credentials,
 no approved model or ``--live`` with a paper config exit 2 before anything is sent; a Kraken halt
 stops the daemon with exit 3."""
@@ -193,6 +194,46 @@ def register(app: typer.Typer) -> None:
         nothing written, when the halt is not latched (unless --force) or the confirmation differs."""
         _request("reset_halt", reason, config, dsn, "reset-halt" if yes else confirm, force)
 
+    @live.command("pause")
+    def pause(
+        reason: str = typer.Option(..., "--reason", help="why (ledgered with the action)"),
+        config: str = typer.Option(None, "--config", help="the daemon config whose ledger to write"),
+        dsn: str = typer.Option(None, "--dsn", help="ledger DSN or SQLite path (default: KQ_LEDGER_DSN, else data/)"),
+        confirm: str = typer.Option(None, "--confirm", help="the confirmation word, non-interactive ('pause')"),
+        force: bool = typer.Option(False, "--force", help="write it even when trading is already paused"),
+    ) -> None:
+        """Pause new entries from the next bar close until a resume (exits, stops and take-profits
+        still fire; ledgered ``operator_action``). Asks to type 'pause' unless --confirm pause.
+        Exit 2, nothing written, when already paused (unless --force) or the confirmation differs."""
+        _request("pause", reason, config, dsn, confirm, force)
+
+    @live.command("resume")
+    def resume(
+        reason: str = typer.Option(..., "--reason", help="why (ledgered with the action)"),
+        config: str = typer.Option(None, "--config", help="the daemon config whose ledger to write"),
+        dsn: str = typer.Option(None, "--dsn", help="ledger DSN or SQLite path (default: KQ_LEDGER_DSN, else data/)"),
+        confirm: str = typer.Option(None, "--confirm", help="the confirmation word, non-interactive ('resume')"),
+        force: bool = typer.Option(False, "--force", help="write it even when trading is not paused"),
+    ) -> None:
+        """Lift the operator pause at the next bar close (ledgered ``operator_action``). Asks to
+        type 'resume' unless --confirm resume. Exit 2, nothing written, when not paused (unless
+        --force) or the confirmation differs."""
+        _request("resume", reason, config, dsn, confirm, force)
+
+    @live.command("flatten")
+    def flatten(
+        reason: str = typer.Option(..., "--reason", help="why (ledgered with the action)"),
+        config: str = typer.Option(None, "--config", help="the daemon config whose ledger to write"),
+        dsn: str = typer.Option(None, "--dsn", help="ledger DSN or SQLite path (default: KQ_LEDGER_DSN, else data/)"),
+        confirm: str = typer.Option(None, "--confirm", help="the confirmation word, non-interactive ('flatten')"),
+        force: bool = typer.Option(False, "--force", help="write it even when no position is open"),
+    ) -> None:
+        """Close every open position at market at the next bar close, through the normal execution
+        path (exit reason EXIT_OPERATOR; no entry is decided at that close; ledgered
+        ``operator_action``). Asks to type 'flatten' unless --confirm flatten. Exit 2, nothing
+        written, when no position is open (unless --force) or the confirmation differs."""
+        _request("flatten", reason, config, dsn, confirm, force)
+
     app.add_typer(live, name="live")
 
 
@@ -238,6 +279,11 @@ def _seen_line(action: str, s) -> str:
             f"kq live: {s.state} {at}: drawdown {_pct(s.drawdown)} from peak {_money(s.peak)} "
             f"(equity {_money(s.equity)}); the reset restarts the peak at the equity when it is applied"
         )
+    if action in ("pause", "resume"):
+        return f"kq live: {s.state} {at}: {'paused' if s.paused else 'not paused'}"
+    if action == "flatten":
+        held = ", ".join(f"{p.pair} {p.qty}" for p in s.positions) or "none"
+        return f"kq live: {s.state} {at}: open positions: {held}; exposure {_money(s.exposure)}"
     latch = f"; asked for the next bar: {'; '.join(s.latch_next)}" if s.latch_next else ""
     return f"kq live: {s.state} {at}: kill reason {s.kill_reason}{latch}"
 
@@ -264,6 +310,7 @@ def _print_status(s) -> None:
             ("state", f"{s.state} (drawdown tier {s.tier})"),
             ("kill switch", f"latched: {s.kill_reason}" if s.kill_switch else "not latched"),
             ("drawdown halt", "latched" if s.halted else "not latched"),
+            ("operator pause", "paused (no new entries)" if s.paused else "not paused"),
             ("equity", _money(s.equity)),
             ("cash", _money(s.cash)),
             ("peak", _money(s.peak)),

@@ -58,7 +58,18 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InputError, IntegrityError
-from engine.risk.enums import OP_RESET_HALT, OP_RESET_KILL, FillHow, Reason, TradingState, bar_dt, prediction_dt
+from engine.risk.enums import (
+    OP_FLATTEN,
+    OP_PAUSE,
+    OP_RESET_HALT,
+    OP_RESET_KILL,
+    OP_RESUME,
+    FillHow,
+    Reason,
+    TradingState,
+    bar_dt,
+    prediction_dt,
+)
 from engine.timeutil import HOUR
 from live_bridge.execution import ExecConfig, Executor, OrderIntent
 from live_bridge.kraken import KrakenAdapter
@@ -71,7 +82,13 @@ __all__ = ["Cycle", "HourReport", "code_version", "decision_records", "exec_conf
 log = logging.getLogger("live_bridge.cycle")
 
 BAR_FIELDS = ("open", "high", "low", "close", "volume", "atr", "spread")
-OP_BITS = {"reactivate": OP_RESET_KILL, "reset_halt": OP_RESET_HALT}
+OP_BITS = {
+    "reactivate": OP_RESET_KILL,
+    "reset_halt": OP_RESET_HALT,
+    "pause": OP_PAUSE,
+    "resume": OP_RESUME,
+    "flatten": OP_FLATTEN,
+}
 
 
 def code_version() -> str:
@@ -670,8 +687,9 @@ class Cycle:
         return dict(res.result), 0
 
     def _operator(self, hour: int) -> tuple[int, list[rec.Record]]:
-        """Operator actions ledgered since the last close: the reset bits of this bar's operator
-        input and their ``operator_applied`` rows (part of the input batch)."""
+        """Operator actions ledgered since the last close: the bits of this bar's operator input
+        (reactivate, reset_halt, pause, resume, flatten) and their ``operator_applied`` rows (part
+        of the input batch)."""
         bits, rows = 0, []
         for a in self.ledger.pending_operator_actions():
             code = str(a.code)

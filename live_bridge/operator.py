@@ -1,5 +1,5 @@
 """Operator commands on a paper/live ledger (issue 17; ``kq live status``, ``kq live reactivate``,
-``kq live reset-halt``; docs/LIVE.md, "Operator commands").
+``kq live reset-halt``, ``kq live pause``, ``kq live resume``, ``kq live flatten``; docs/LIVE.md, "Operator commands").
 
 Everything here reads or appends to the ledger only: no exchange call, no model, no market store,
 and never an edit of the risk state. :func:`status` decodes the portfolio from the ledger's last
@@ -7,7 +7,8 @@ and never an edit of the risk state. :func:`status` decodes the portfolio from t
 it. :func:`request` appends one ``operator_action`` row after checking the typed confirmation and
 that there is something to reset; the daemon applies it at the next bar close through the risk
 step's operator input (``live_bridge/cycle.py``, ``Cycle._operator``: ``reactivate`` ->
-``OP_RESET_KILL``, ``reset_halt`` -> ``OP_RESET_HALT``) and writes ``operator_applied``, so the
+``OP_RESET_KILL``, ``reset_halt`` -> ``OP_RESET_HALT``, ``pause`` -> ``OP_PAUSE``, ``resume`` ->
+``OP_RESUME``, ``flatten`` -> ``OP_FLATTEN``) and writes ``operator_applied``, so the
 hour it is applied in replays from the ledger like any other (``live_bridge/replay.py``).
 """
 
@@ -37,7 +38,13 @@ __all__ = [
 ]
 
 #: the word an operator types to confirm each supported action (the CLI's command names)
-CONFIRM_WORDS = {"reactivate": "reactivate", "reset_halt": "reset-halt"}
+CONFIRM_WORDS = {
+    "reactivate": "reactivate",
+    "reset_halt": "reset-halt",
+    "pause": "pause",
+    "resume": "resume",
+    "flatten": "flatten",
+}
 
 
 def hour_utc(hour: int | None) -> str:
@@ -96,6 +103,7 @@ class LiveStatus:
     tier: int | None  # drawdown tier 0..2 (the halt is the latched tier 3)
     halted: bool
     kill_switch: bool
+    paused: bool  # the operator pause is latched (no new entries)
     kill_reason: str | None  # KillReason name (NONE when not latched)
     latch_next: list[str]  # kill-switch reasons asked for the next bar (last cycle_end)
     snapshot_hour: int | None
@@ -206,6 +214,7 @@ def status(ledger: Ledger) -> LiveStatus:
             tier=None,
             halted=False,
             kill_switch=False,
+            paused=False,
             kill_reason=None,
             snapshot_hour=None,
             snapshot_seq=None,
@@ -248,6 +257,7 @@ def status(ledger: Ledger) -> LiveStatus:
         tier=int(st["tier"]),
         halted=bool(int(st["halted"])),
         kill_switch=kr != 0,
+        paused=bool(int(st["paused"])),
         kill_reason=KillReason(kr).name,
         snapshot_hour=snap.hour,
         snapshot_seq=int(snap.seq),
@@ -300,6 +310,12 @@ def nothing_to_reset(action: str, s: LiveStatus) -> str | None:
             f"the drawdown halt is not latched (state {s.state}, drawdown {_pct(s.drawdown)} "
             f"from peak {s.peak} at {hour_utc(s.snapshot_hour)})"
         )
+    if action == "pause" and s.paused:
+        return f"trading is already paused (state {s.state} at {hour_utc(s.snapshot_hour)})"
+    if action == "resume" and not s.paused:
+        return f"trading is not paused (state {s.state} at {hour_utc(s.snapshot_hour)})"
+    if action == "flatten" and not s.positions:
+        return f"no open position to flatten (state {s.state} at {hour_utc(s.snapshot_hour)})"
     return None
 
 
@@ -312,12 +328,13 @@ def request(
     *,
     force: bool = False,
 ) -> Request:
-    """Append one ``operator_action`` row for ``action`` ("reactivate" or "reset_halt"), applied by
-    the daemon at the next bar close. Refused with InputError, nothing written: a confirmation other
-    than the action's word (:data:`CONFIRM_WORDS`), an empty reason or actor, nothing to reset (the
-    kill switch / the halt not latched) or the same action already pending, unless ``force``. The
-    row's ``params.seen`` records what the operator was shown (state, kill reason, drawdown, peak,
-    the snapshot's hour and seq)."""
+    """Append one ``operator_action`` row for ``action`` ("reactivate", "reset_halt", "pause",
+    "resume" or "flatten"), applied by the daemon at the next bar close. Refused with InputError,
+    nothing written: a confirmation other than the action's word (:data:`CONFIRM_WORDS`), an empty
+    reason or actor, nothing to do (the kill switch / the halt not latched, already paused, not
+    paused, no position to flatten) or the same action already pending, unless ``force``. The row's
+    ``params.seen`` records what the operator was shown (state, kill reason, pause, positions,
+    drawdown, peak, the snapshot's hour and seq)."""
     word = CONFIRM_WORDS.get(action)
     if word is None:
         supported = ", ".join(CONFIRM_WORDS)
@@ -342,6 +359,8 @@ def request(
     seen: dict[str, Any] = {
         "state": s.state,
         "kill_reason": s.kill_reason,
+        "paused": s.paused,
+        "positions": [p.pair for p in s.positions],
         "drawdown": s.drawdown,
         "peak": s.peak,
         "equity": s.equity,
