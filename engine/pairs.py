@@ -7,7 +7,8 @@ to ``BTC/USD``. Binance symbols (``BTCUSDT``) map to ``BTC/USDT``.
 
 :data:`INSTRUMENTS` holds Kraken's trading rules per pair (price and volume decimals, ordermin,
 costmin, tick size) as published by Kraken's AssetPairs endpoint; sizing, the simulator and the
-live adapter all read them from here so the three agree.
+live adapter all read them from here so the three agree. :func:`asset_decimals` is the one table of
+the decimals amounts are booked in (quote currency: fee rounding in the backtester and simulator).
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ QUOTES: tuple[str, ...] = ("USDT", "USDC", "ZUSD", "ZEUR", "ZGBP", "USD", "EUR",
 #: Stablecoins (never traded as a base asset).
 STABLECOINS: frozenset[str] = frozenset({"USDT", "USDC", "DAI"})
 
+#: Decimals Kraken books an asset's amounts (balances, costs, fees) in: fiat 4, stablecoins 8,
+#: crypto 10 (:func:`asset_decimals`). The simulator quantises every amount with it; the backtester
+#: rounds fees to the quote currency's (engine.risk.params.instrument_arrays).
+FIAT4: frozenset[str] = frozenset({"USD", "EUR", "GBP"})
+STABLE8: frozenset[str] = frozenset({"USDT", "USDC", "DAI"})
+
 # common code -> Kraken asset id (assets listed after 2017 have no X/Z prefix).
 _KRAKEN_ASSET_OF: dict[str, str] = {
     "BTC": "XXBT",
@@ -82,6 +89,12 @@ def normalize_asset(code: str) -> str:
     if c not in KNOWN_ASSETS:
         raise InputError(f"unknown asset {code!r}")
     return c
+
+
+def asset_decimals(asset: str) -> int:
+    """Decimals of an asset's booked amounts: USD/EUR/GBP 4, USDT/USDC/DAI 8, crypto 10."""
+    a = normalize_asset(asset)
+    return 4 if a in FIAT4 else 8 if a in STABLE8 else 10
 
 
 def kraken_asset_id(asset: str) -> str:
@@ -152,6 +165,11 @@ class Instrument:
     @property
     def quote(self) -> str:
         return self.pair.split("/")[1]
+
+    @property
+    def quote_decimals(self) -> int:
+        """Decimals of the quote currency's amounts (cost, fee): :func:`asset_decimals`."""
+        return asset_decimals(self.quote)
 
 
 # base -> (pair_decimals, lot_decimals, ordermin, tick_size) for USD and USDT quotes alike.

@@ -341,14 +341,14 @@ class Cycle:
     def _instruments(self):
         from engine.risk.params import instrument_arrays
 
-        om, cm, lot, px = (np.array(a, copy=True) for a in instrument_arrays(self.pairs))
+        om, cm, lot, px, qd = (np.array(a, copy=True) for a in instrument_arrays(self.pairs))
         for j, pair in enumerate(self.pairs):
             r = self.adapter.pairs.get(pair)
             if r is not None:
                 ins = r.instrument
                 om[j], cm[j] = float(ins.ordermin), float(ins.costmin)
-                lot[j], px[j] = ins.lot_decimals, ins.pair_decimals
-        return om, cm, lot, px
+                lot[j], px[j], qd[j] = ins.lot_decimals, ins.pair_decimals, ins.quote_decimals
+        return om, cm, lot, px, qd
 
     def restore(self) -> int | None:
         """Rebuild the machine from the ledger's last ``after`` snapshot; returns its last hour

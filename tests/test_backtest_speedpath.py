@@ -53,7 +53,7 @@ def _reference(inp, params):
     from engine.backtest.nb import simulate_reference_nb
 
     n, m = inp.shape
-    ordermin, costmin, lot, price = _rules(inp)
+    ordermin, costmin, lot, price, quote = _rules(inp)
     trades = np.zeros(n * m + 1, dtype=trade_dt)
     events = np.zeros(n * (2 * m + 6) + 1, dtype=event_dt)
     eqrows = np.zeros(n, dtype=equity_dt)
@@ -81,6 +81,7 @@ def _reference(inp, params):
         costmin,
         lot,
         price,
+        quote,
         params[0],
         True,
         trades,

@@ -39,8 +39,9 @@ CASH, CEIL = 100_000.0, 10_000.0
 BIG = dict(sizing=SIZING_VOL_TARGET, position_size=0.1, max_exposure=0.2, max_cluster_exposure=0.1)
 # sha256 of trades + events + equity rows + refusal counts of the default-parameter backtest of
 # _inputs(), measured with the code before the ceiling existed (commit f2189bf): the ceiling at its
-# default (inf) must leave every result bit-identical. A deliberate change of a risk rule changes it.
-PRE_CEILING_DEFAULT = "d7cf18bca7ee6eb9"
+# default (inf) must leave every result bit-identical. A deliberate change of a risk rule changes it:
+# 2026-12-07 market fill prices on the tick and fees in the quote's decimals (was d7cf18bca7ee6eb9).
+PRE_CEILING_DEFAULT = "ea9325bf326155d7"
 
 
 @functools.lru_cache(maxsize=1)
@@ -236,7 +237,7 @@ def test_snapshots_of_the_build_before_the_ceiling_are_refused_by_version():
     """A version-2 snapshot (params without capital_ceiling) names the versions, as does a version-3
     one (state without the operator pause, issue 17); the same bytes under the current header name
     the params record."""
-    assert M.SNAPSHOT_VERSION == 4 and "capital_ceiling" in (params_dt.names or ())
+    assert M.SNAPSHOT_VERSION == 5 and "capital_ceiling" in (params_dt.names or ())
     blob = _small_machine().snapshot()
     body = blob[M._HEADER.size :]
     (ml,) = struct.unpack_from("<I", body)
@@ -262,11 +263,11 @@ def test_snapshots_of_the_build_before_the_ceiling_are_refused_by_version():
     def blob_v(v):
         return M._HEADER.pack(M.SNAPSHOT_MAGIC, v, len(b2), hashlib.sha256(b2).digest()) + b2
 
-    for v in (2, 3):
-        with pytest.raises(SnapshotError, match=rf"^RiskMachine snapshot version {v}; this build reads version 4"):
+    for v in (2, 3, 4):
+        with pytest.raises(SnapshotError, match=rf"^RiskMachine snapshot version {v}; this build reads version 5"):
             RiskMachine.restore(blob_v(v))
     with pytest.raises(SnapshotError, match="record 'params' differs"):
-        RiskMachine.restore(blob_v(4))
+        RiskMachine.restore(blob_v(5))
 
 
 # ---- the daemon: the live config's ceiling rules the portfolio; a changed one stops it

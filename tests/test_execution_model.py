@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.execution.nb import BUY, market_fill_price_nb, slippage_frac_nb
+from engine.execution.nb import BUY, fee_nb, market_fill_price_nb, slippage_frac_nb, taker_tick_nb
 from engine.risk.enums import SIZING_RISK, FillHow, OrderKind, Reason
 from tests.test_risk_scenarios import WARM, Sim
 
@@ -32,7 +32,9 @@ def test_limit_first_fills_at_the_limit_when_traded_through():
     s, o, tr, t = _entry(True)
     assert o["kind"] == OrderKind.LIMIT_FIRST and o["limit_price"] < o["ref_price"]
     assert tr["bar"] == t and tr["how"] == FillHow.LIMIT and tr["price"] == o["limit_price"]
-    assert tr["qty"] == o["qty"] and tr["fee"] == tr["qty"] * tr["price"] * 0.004
+    # the fee rounded UP to the quote's decimals (USDT: 8), as the exchange books it
+    assert tr["qty"] == o["qty"] and tr["fee"] == fee_nb(tr["qty"] * tr["price"], 0.004, s.rules[4][0])
+    assert s.rules[4][0] == 8 and 0.0 <= tr["fee"] - tr["qty"] * tr["price"] * 0.004 < 1e-8
     assert tr["reason"] == Reason.ENTRY
 
 
@@ -49,8 +51,10 @@ def test_limit_first_falls_back_to_market_at_the_close_with_slippage():
     )
     assert slip >= 0.0005  # at least half the 0.1% spread
     assert tr["how"] == FillHow.MARKET_CLOSE
-    assert tr["price"] == market_fill_price_nb(BUY, s.c[t, 0], slip)
-    assert tr["fee"] == tr["notional"] * 0.004
+    # on the pair's tick (BTC: 0.1) against the taker, the fee up to the quote's decimals
+    raw = market_fill_price_nb(BUY, s.c[t, 0], slip)
+    assert tr["price"] == taker_tick_nb(BUY, raw, s.rules[3][0]) and raw <= tr["price"] < raw + 0.1
+    assert tr["fee"] == fee_nb(tr["notional"], 0.004, s.rules[4][0])
 
 
 def test_market_order_fills_at_next_open():

@@ -26,4 +26,6 @@ def test_limit_needs_trade_through():
 
 
 def test_fee_on_every_fill():
-    assert fee_nb(1000.0, 0.004) == 4.0
+    assert fee_nb(1000.0, 0.004, -1) == 1000.0 * 0.004  # decimals < 0: unrounded
+    assert fee_nb(1000.0, 0.004, 4) == 4.0
+    assert fee_nb(1000.01, 0.004, 4) == 4.0001  # 4.00004 rounded UP to the quote's 4 decimals

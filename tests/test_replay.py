@@ -385,7 +385,13 @@ def test_cli_manifest_json_and_dsn_from_config(paper, tmp_path, capsys, monkeypa
 
 SYN = ("AAA", "BBB", "CCC")
 SYN_H0 = 480_000
-SYN_RULES = (np.full(3, 0.5), np.full(3, 0.5), np.full(3, 4, dtype=np.int64), np.full(3, 2, dtype=np.int64))
+SYN_RULES = (
+    np.full(3, 0.5),
+    np.full(3, 0.5),
+    np.full(3, 4, dtype=np.int64),
+    np.full(3, 2, dtype=np.int64),
+    np.full(3, 4, dtype=np.int64),
+)
 
 
 def _syn_bars(c: float = 100.0):

@@ -48,9 +48,10 @@ def test_bad_values_name_the_key(section, key, value, words):
 
 
 def test_instrument_arrays_come_from_kraken_rules():
-    om, cm, lot, price = instrument_arrays(["BTC/USD", "DOGE/USDT"])
+    om, cm, lot, price, quote = instrument_arrays(["BTC/USD", "DOGE/USDT"])
     assert om.tolist() == [0.0001, 30.0] and cm.tolist() == [0.5, 0.5]
     assert lot.tolist() == [8, 8] and price.tolist() == [1, 7]
+    assert quote.tolist() == [4, 8]  # USD 4, USDT 8: the fee rounding (engine.pairs.asset_decimals)
     assert params_dt.names == tuple(params_from_config(load_config()).dtype.names)
     with pytest.raises(KeyError):
         params_from_config(load_config(), no_such_field=1)

@@ -32,7 +32,13 @@ from engine.risk.params import params_from_config
 PAIRS = ("AAA", "BBB", "CCC")
 H0 = 480_000  # an absolute hour
 ORDERMIN = 0.5
-INSTRUMENTS = (np.full(3, ORDERMIN), np.full(3, 0.5), np.full(3, 4, dtype=np.int64), np.full(3, 2, dtype=np.int64))
+INSTRUMENTS = (
+    np.full(3, ORDERMIN),
+    np.full(3, 0.5),
+    np.full(3, 4, dtype=np.int64),
+    np.full(3, 2, dtype=np.int64),
+    np.full(3, 4, dtype=np.int64),
+)
 PX = 100.0
 
 
@@ -262,9 +268,18 @@ def test_restore_checks_params_and_pairs_and_takes_instruments_fresh():
     assert r.params[0]["max_exposure"] == 0.1 and r.positions.tobytes() == m.positions.tobytes()
     with pytest.raises(SnapshotError, match="universe must not change"):
         RiskMachine.restore(blob, pairs=("AAA", "CCC", "BBB"))
-    fresh = (np.full(3, 2.0), np.full(3, 5.0), np.full(3, 3, dtype=np.int64), np.full(3, 1, dtype=np.int64))
+    fresh = (
+        np.full(3, 2.0),
+        np.full(3, 5.0),
+        np.full(3, 3, dtype=np.int64),
+        np.full(3, 1, dtype=np.int64),
+        np.full(3, 8, dtype=np.int64),
+    )
     r = RiskMachine.restore(blob, instruments=fresh)
-    assert (r.ordermin == 2.0).all() and (r.lot_dec == 3).all()
+    assert (r.ordermin == 2.0).all() and (r.lot_dec == 3).all() and (r.quote_dec == 8).all()
+    assert (RiskMachine.restore(blob).quote_dec == 4).all()  # the snapshot's own
+    with pytest.raises(InputError, match="quote_decimals"):
+        RiskMachine.restore(blob, instruments=fresh[:4])
 
 
 # ---- 7. restore robustness
@@ -292,7 +307,13 @@ def test_restore_refuses_foreign_snapshots_by_name():
     blob = _held().snapshot()
 
     def ins_dtype(meta):
-        _entry(meta, "instruments")[1] = [["ordermin", "<f8"], ["costmin", "<f8"], ["lot", "<i8"], ["dec", "<i8"]]
+        _entry(meta, "instruments")[1] = [
+            ["ordermin", "<f8"],
+            ["costmin", "<f8"],
+            ["lot", "<i8"],
+            ["dec", "<i8"],
+            ["quote", "<i8"],
+        ]
 
     with pytest.raises(SnapshotError, match="record 'instruments' differs"):
         RiskMachine.restore(_reblob(blob, ins_dtype))

@@ -143,7 +143,7 @@ def test_flatten_exits_every_position_at_the_next_bar_and_decides_no_entry():
 
 def test_operator_values_and_snapshot_version():
     assert (OP_PAUSE, OP_RESUME, OP_FLATTEN) == (4, 8, 16)
-    assert SNAPSHOT_VERSION == 4
+    assert SNAPSHOT_VERSION == 5
     p, pu, er, cfg, params = _base()
     inp = make_inputs(p, pu, er, cfg)
     m = RiskMachine(inp.pairs, params)

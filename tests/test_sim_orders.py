@@ -479,8 +479,11 @@ def test_fees_and_balances_add_up_to_the_cent(ops, seed):
     usd, btc = start["USD"], start["BTC"]
     for t in ex.trades.values():
         assert t.cost == (t.vol * t.price).quantize(Decimal("0.0001"))
-        assert t.fee == (t.cost * Decimal("0.004")).quantize(Decimal("0.0001"), rounding="ROUND_UP")
-        assert abs(float(t.fee) - fee_nb(float(t.cost), 0.004)) < 1e-4  # the shared kernel, to the cent
+        # the backtester's fee kernel on the same floats, to the bit: the exact fee rounded UP to
+        # the quote's 4 decimals (a near-tie within 1e-9 relative snaps to it instead)
+        assert float(t.fee) == fee_nb(float(t.vol) * float(t.price), 0.004, 4)
+        assert t.fee == t.fee.quantize(Decimal("0.0001"))
+        assert Decimal("-1e-8") < t.fee - t.vol * t.price * Decimal("0.004") < Decimal("0.0001")
         usd += -(t.cost + t.fee) if t.side == "buy" else (t.cost - t.fee)
         btc += t.vol if t.side == "buy" else -t.vol
     assert acct.balances["USD"] == usd and acct.balances.get("BTC", Decimal(0)) == btc

@@ -276,7 +276,7 @@ def _py(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def _rules(inp: BacktestInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _rules(inp: BacktestInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return instrument_arrays(inp.pairs)
 
 
@@ -312,7 +312,7 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
     if params.dtype != params_dt or params.shape != (1,):
         raise InputError("params must be a params_dt array of shape (1,)")
     n, m = inp.shape
-    ordermin, costmin, lot, price = _rules(inp)
+    ordermin, costmin, lot, price, quote = _rules(inp)
     trades = np.zeros(n * m + 1 if record else 0, dtype=trade_dt)
     events = np.zeros(n * (2 * m + 6) + 1 if record else 0, dtype=event_dt)
     eqrows = np.zeros(n if record else 0, dtype=equity_dt)
@@ -341,6 +341,7 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
         costmin,
         lot,
         price,
+        quote,
         params[0],
         record,
         trades,
@@ -390,7 +391,7 @@ def run_sweep(
     sig_of_set = np.ascontiguousarray(sig_of_set, dtype=np.int64)
     if sig_of_set.shape != (S,) or sig_of_set.min() < 0 or sig_of_set.max() >= p_up_sets.shape[0]:
         raise InputError("sig_of_set must map every parameter set to a signal set")
-    ordermin, costmin, lot, price = _rules(inp)
+    ordermin, costmin, lot, price, quote = _rules(inp)
     metrics = np.zeros(S, dtype=metrics_dt)
     refusals = np.zeros((S, N_REASONS), dtype=np.int64)
     run_sets_nb(
@@ -415,6 +416,7 @@ def run_sweep(
         costmin,
         lot,
         price,
+        quote,
         params,
         metrics,
         refusals,

@@ -9,7 +9,16 @@ One function per assumption, so the backtest and the simulator cannot disagree:
 * :func:`market_fill_price_nb` - the reference price moved against the taker by that fraction.
 * :func:`limit_touched_nb` - a resting limit order fills in a bar only if the bar trades *through*
   its price (buy: low < limit; sell: high > limit); touching the price exactly does not fill.
-* :func:`fee_nb` - the fee on one fill: ``notional * fee_rate`` (0.4% by default), on every fill.
+* :func:`taker_tick_nb` - a market fill price on the pair's tick, against the taker: a buy rounds UP
+  to ``decimals`` places, a sell DOWN (the price Kraken books; the pair's price decimals).
+* :func:`fee_nb` - the fee on one fill: ``notional * fee_rate`` (0.4% by default), on every fill,
+  rounded UP to ``decimals`` places (the quote currency's decimals; ``decimals < 0``: unrounded).
+
+Both roundings snap near-ties first (:func:`_quantise_nb`): the simulator rounds the Decimal of the
+float's shortest repr while the backtester rounds float products, and a product that is a tie in
+decimal (``1000 * 0.004 = 4``, ``30000.1``) can land a few ulps off it in binary; within a relative
+``1e-9`` (at most a hundredth of the last place) of a multiple of ``10**-decimals`` that multiple is
+taken. Both sides call these kernels on the same floats, so they book the same value.
 
 docs/MODEL_ASSUMPTIONS.md states these assumptions in words.
 """
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 BUY = 1
@@ -59,6 +69,38 @@ def limit_touched_nb(side: int, limit_price: float, bar_low: float, bar_high: fl
     return bar_high > limit_price
 
 
+#: relative distance to a multiple of 10**-decimals within which a value counts as on it ...
+SNAP_REL = 1e-9
+#: ... but never more than a hundredth of the last place (beyond |k| = 1e7, e.g. a USDT fee above
+#: 0.1 at 8 decimals, 1e-9 relative would round a growing share of fees to nearest, not up)
+SNAP_MAX = 0.01
+
+
 @njit(cache=True)
-def fee_nb(notional: float, fee_rate: float) -> float:
-    return notional * fee_rate
+def _quantise_nb(x: float, decimals: int, up: bool) -> float:
+    """``x`` on a multiple of ``10**-decimals``. With ``k = x * 10**decimals``: ``round(k)`` if
+    ``|k - round(k)| <= min(SNAP_REL * max(1, |k|), SNAP_MAX)`` (a near-tie), else ``ceil(k)``
+    (``up``) or ``floor(k)``; returned as ``k / 10**decimals`` (the float nearest that decimal).
+    ``decimals < 0``: ``x`` unchanged. NaN stays NaN."""
+    if decimals < 0:
+        return x
+    s = 10.0**decimals
+    k = x * s
+    r = np.floor(k + 0.5)
+    if abs(k - r) <= min(SNAP_REL * max(1.0, abs(k)), SNAP_MAX):
+        return r / s
+    if up:
+        return np.ceil(k) / s
+    return np.floor(k) / s
+
+
+@njit(cache=True)
+def taker_tick_nb(side: int, price: float, decimals: int) -> float:
+    """A market fill price on the tick ``10**-decimals``, against the taker: buy up, sell down."""
+    return _quantise_nb(price, decimals, side == BUY)
+
+
+@njit(cache=True)
+def fee_nb(notional: float, fee_rate: float, decimals: int) -> float:
+    """The fee of one fill, ``notional * fee_rate``, rounded UP to ``decimals`` places (< 0: unrounded)."""
+    return _quantise_nb(notional * fee_rate, decimals, True)

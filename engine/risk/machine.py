@@ -112,8 +112,8 @@ from engine.risk.nb import (
 from engine.timeutil import HOUR
 
 SNAPSHOT_MAGIC = b"KQRISKM\x00"
-SNAPSHOT_VERSION = 4  # 2: order_dt filled/fallback, position_dt realized; 3: params_dt capital_ceiling;
-# 4: state_dt paused/flatten
+SNAPSHOT_VERSION = 5  # 2: order_dt filled/fallback, position_dt realized; 3: params_dt capital_ceiling;
+# 4: state_dt paused/flatten; 5: instruments quote_decimals
 _HEADER = struct.Struct("<8sIQ32s")  # magic, version, body length, SHA-256 of the body
 
 # machine record: the last hour begun, and whether its close waits for fallback fills
@@ -256,15 +256,20 @@ class RiskMachine:
         self.params = params.copy()
         rules = instrument_arrays(self.pairs) if instruments is None else instruments
         try:
-            self.ordermin, self.costmin, self.lot_dec, self.price_dec = (
+            if len(rules) != 5:
+                raise IndexError
+            self.ordermin, self.costmin, self.lot_dec, self.price_dec, self.quote_dec = (
                 np.ascontiguousarray(rules[0], dtype=np.float64),
                 np.ascontiguousarray(rules[1], dtype=np.float64),
                 np.ascontiguousarray(rules[2], dtype=np.int64),
                 np.ascontiguousarray(rules[3], dtype=np.int64),
+                np.ascontiguousarray(rules[4], dtype=np.int64),
             )
         except (TypeError, ValueError, IndexError):
-            raise InputError("instruments: (ordermin, costmin, lot_decimals, pair_decimals) arrays") from None
-        for a in (self.ordermin, self.costmin, self.lot_dec, self.price_dec):
+            raise InputError(
+                "instruments: (ordermin, costmin, lot_decimals, pair_decimals, quote_decimals) arrays"
+            ) from None
+        for a in (self.ordermin, self.costmin, self.lot_dec, self.price_dec, self.quote_dec):
             if a.shape != (m,):
                 raise InputError(f"instruments: each rule must hold one value per pair ({m}), got shape {a.shape}")
         self.state = np.zeros(1, dtype=state_dt)
@@ -409,6 +414,7 @@ class RiskMachine:
                 self.costmin,
                 self.lot_dec,
                 self.price_dec,
+                self.quote_dec,
                 self.params[0],
                 trades,
                 events,
@@ -644,11 +650,12 @@ class RiskMachine:
 
     def _arrays(self):
         ins = np.zeros(self.n_pairs, dtype=_instrument_dt)
-        ins["ordermin"], ins["costmin"], ins["lot_decimals"], ins["pair_decimals"] = (
+        ins["ordermin"], ins["costmin"], ins["lot_decimals"], ins["pair_decimals"], ins["quote_decimals"] = (
             self.ordermin,
             self.costmin,
             self.lot_dec,
             self.price_dec,
+            self.quote_dec,
         )
         return {
             "params": self.params,
@@ -697,7 +704,8 @@ class RiskMachine:
         ``accept_param_change`` (then the given params rule from now on: e.g. a tightened limit);
         ``pairs`` must equal the snapshot's always (positions are kept by column: another universe
         would put them on other pairs). ``instruments`` (ordermin, costmin, lot_decimals,
-        pair_decimals arrays; not state) are taken as given; without them, the snapshot's."""
+        pair_decimals, quote_decimals arrays; not state) are taken as given; without them, the
+        snapshot's."""
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise SnapshotError("RiskMachine snapshot: expected bytes")
         blob = bytes(blob)
@@ -737,7 +745,7 @@ class RiskMachine:
                     + ": pass accept_param_change=True to restore under the new ones"
                 )
             use = params
-        rules = (ins["ordermin"], ins["costmin"], ins["lot_decimals"], ins["pair_decimals"])
+        rules = (ins["ordermin"], ins["costmin"], ins["lot_decimals"], ins["pair_decimals"], ins["quote_decimals"])
         if instruments is not None:
             rules = instruments
         if instruments is not None:
@@ -783,7 +791,13 @@ class RiskMachine:
 
 
 _instrument_dt = np.dtype(
-    [("ordermin", np.float64), ("costmin", np.float64), ("lot_decimals", np.int64), ("pair_decimals", np.int64)]
+    [
+        ("ordermin", np.float64),
+        ("costmin", np.float64),
+        ("lot_decimals", np.int64),
+        ("pair_decimals", np.int64),
+        ("quote_decimals", np.int64),
+    ]
 )
 
 

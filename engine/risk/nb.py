@@ -4,9 +4,11 @@ One bar ``t`` of a portfolio, in this order (``step_nb``; docs/RISK_RULES.md and
 section of docs/MODEL_ASSUMPTIONS.md state the rules in words):
 
 1. ``execute_open_nb``  - orders decided at the close of bar t-1 execute in bar t: market orders at
-   bar t's open (+ slippage); limit-first orders fill at their limit if bar t trades through it.
-   Sells before buys, then pairs in column order. Entries are clipped at the fill to the cash, the
-   exposure cap and the cluster cap, rounded DOWN to lot_decimals and refused below ordermin/costmin.
+   bar t's open (+ slippage; with precision on, on the pair's tick against the taker); limit-first
+   orders fill at their limit if bar t trades through it. Sells before buys, then pairs in column
+   order. Entries are clipped at the fill to the cash, the exposure cap and the cluster cap, rounded
+   DOWN to lot_decimals and refused below ordermin/costmin. Every fee is ``fill_fee_nb`` (with
+   precision on, rounded UP to the quote currency's decimals, as the exchange simulator books it).
 2. ``kill_check_nb``    - operator resets, pause/resume/flatten bits, then the kill-switch triggers
    on bar t's data (API fault flag, missing/invalid bar of a pair already seen, spread anomaly,
    volatility spike). Latches.
@@ -48,7 +50,15 @@ import math
 import numpy as np
 from numba import njit
 
-from engine.execution.nb import BUY, SELL, fee_nb, limit_touched_nb, market_fill_price_nb, slippage_frac_nb
+from engine.execution.nb import (
+    BUY,
+    SELL,
+    fee_nb,
+    limit_touched_nb,
+    market_fill_price_nb,
+    slippage_frac_nb,
+    taker_tick_nb,
+)
 from engine.risk.enums import (
     EVENT,
     HOW,
@@ -91,6 +101,21 @@ def round_price_nb(x: float, decimals: int, up: bool) -> float:
     if up:
         return math.ceil(x * s) / s
     return math.floor(x * s) / s
+
+
+@njit(cache=True, inline="always")
+def fill_fee_nb(notional: float, p, qdec: int) -> float:
+    """The backtester's fee of one fill (``engine.execution.nb.fee_nb``): rounded UP to the quote
+    currency's ``qdec`` decimals when ``p.enforce_precision`` is on (as the exchange books it),
+    unrounded otherwise."""
+    return fee_nb(notional, p.fee_rate, qdec if p.enforce_precision != 0 else -1)
+
+
+@njit(cache=True, inline="always")
+def fee_slack_nb(p, qdec: int) -> float:
+    """What rounding may add to one fill's fee: one unit of the quote's last decimal when fees are
+    rounded (``fill_fee_nb``), else 0. The clips at the fill reserve it."""
+    return 10.0**-qdec if (p.enforce_precision != 0 and qdec >= 0) else 0.0
 
 
 @njit(cache=True)
@@ -223,8 +248,8 @@ def apply_fill_nb(
     cnt,
     acc,
 ) -> None:
-    """Book one fill: cash, position, ``fee`` (the backtester passes ``fee_nb``; the live machine the
-    exchange's), stops, trade record.
+    """Book one fill: cash, position, ``fee`` (the backtester passes ``fill_fee_nb``; the live machine
+    the exchange's), stops, trade record.
 
     Fills book cumulatively (the live machine's partial fills; the backtester fills every order
     whole, so only the first branch of each side runs there): a buy into an open position adds to
@@ -353,6 +378,7 @@ def execute_buy_nb(
     ordermin,
     costmin,
     lot_dec,
+    quote_dec,
     p,
     trades,
     events,
@@ -360,16 +386,19 @@ def execute_buy_nb(
     acc,
     refusals,
 ) -> None:
-    """Fill an entry at ``price``, clipped to cash and the (tier) exposure and cluster caps at the fill."""
+    """Fill an entry at ``price``, clipped to cash and the (tier) exposure and cluster caps at the fill.
+    With precision on, the fee is rounded up to the quote's decimals (``fill_fee_nb``); each clip
+    reserves the most that rounding adds (``fee_slack_nb``), so no rounded fee breaks a cap."""
     st = state[0]
     f = p.fee_rate
+    u = fee_slack_nb(p, quote_dec[j])
     if p.sizing == SIZING_FIXED_FRACTION:
         qty = (o.frac * st.cash) / (1.0 + f) / price
     else:
         qty = o.qty
     bind = 0
-    # cash: qty * price * (1 + fee) <= cash
-    qmax = st.cash / (price * (1.0 + f)) * (1.0 - _TINY)
+    # cash: qty * price * (1 + fee) + u <= cash
+    qmax = (st.cash - u) / (price * (1.0 + f)) * (1.0 - _TINY)
     if qty > qmax:
         qty = qmax
         bind = REASON.REFUSE_CASH
@@ -379,7 +408,7 @@ def execute_buy_nb(
     base = cap_base_nb(eq0, p)
     ceil = base < eq0
     # exposure after <= cap * min(equity after, ceiling), the new position valued at its fill price
-    room = cap * eq0 - expo0
+    room = cap * (eq0 - u) - expo0
     qmax = room / (price * (1.0 + cap * f)) * (1.0 - _TINY)
     if ceil:
         q2 = (cap * base - expo0) / price * (1.0 - _TINY)
@@ -392,9 +421,9 @@ def execute_buy_nb(
     ce = 0.0
     if c >= 0:
         ce = cluster_exposure_nb(positions, marks, cluster_row, c, j)
-        room = p.max_cluster_exposure * eq0 - ce
+        room = p.max_cluster_exposure * (eq0 - u) - ce
     else:
-        room = p.max_cluster_exposure * eq0
+        room = p.max_cluster_exposure * (eq0 - u)
     qmax = room / (price * (1.0 + p.max_cluster_exposure * f)) * (1.0 - _TINY)
     if ceil:
         q2 = (p.max_cluster_exposure * base - ce) / price * (1.0 - _TINY)
@@ -423,7 +452,7 @@ def execute_buy_nb(
         BUY,
         qty,
         price,
-        fee_nb(qty * price, p.fee_rate),
+        fill_fee_nb(qty * price, p, quote_dec[j]),
         o.reason,
         how,
         o.atr,
@@ -439,12 +468,17 @@ def execute_buy_nb(
 
 
 @njit(cache=True)
-def _market_price_nb(t: int, j: int, o, ref: float, volume, close, p) -> float:
+def _market_price_nb(t: int, j: int, o, ref: float, volume, close, p, pdec: int) -> float:
+    """A market order's fill price: ``ref`` moved against the taker by the slippage model, on the
+    pair's tick (``pdec`` price decimals) against the taker when ``p.enforce_precision`` is on."""
     vol_frac = o.atr / o.ref_price if (o.atr == o.atr and o.ref_price > 0.0) else np.nan
     qv = volume[t, j] * close[t, j]
     spread = o.spread if p.spread_slip != 0 else 0.0
     slip = slippage_frac_nb(spread, vol_frac, o.qty * ref, qv, p.impact_coef, p.min_slip)
-    return market_fill_price_nb(o.side, ref, slip)
+    px = market_fill_price_nb(o.side, ref, slip)
+    if p.enforce_precision != 0:
+        return taker_tick_nb(o.side, px, pdec)
+    return px
 
 
 @njit(cache=True)
@@ -472,6 +506,8 @@ def execute_open_nb(
     ordermin,
     costmin,
     lot_dec,
+    price_dec,
+    quote_dec,
     p,
     trades,
     events,
@@ -497,7 +533,7 @@ def execute_open_nb(
                 refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, REASON.REFUSE_NO_BAR, o.qty)
                 continue
             if o.kind == KIND.MARKET:
-                price = _market_price_nb(t, j, o, open_[t, j], volume, close, p)
+                price = _market_price_nb(t, j, o, open_[t, j], volume, close, p, price_dec[j])
                 how = HOW.MARKET_OPEN
             elif limit_touched_nb(o.side, o.limit_price, low[t, j], high[t, j]):
                 price = o.limit_price
@@ -513,7 +549,7 @@ def execute_open_nb(
                         SELL,
                         positions[j].qty,
                         price,
-                        fee_nb(positions[j].qty * price, p.fee_rate),
+                        fill_fee_nb(positions[j].qty * price, p, quote_dec[j]),
                         o.reason,
                         how,
                         o.atr,
@@ -540,6 +576,7 @@ def execute_open_nb(
                     ordermin,
                     costmin,
                     lot_dec,
+                    quote_dec,
                     p,
                     trades,
                     events,
@@ -682,6 +719,8 @@ def execute_close_nb(
     ordermin,
     costmin,
     lot_dec,
+    price_dec,
+    quote_dec,
     p,
     trades,
     events,
@@ -709,7 +748,7 @@ def execute_close_nb(
                 if r != 0:
                     refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, r, o.qty)
                     continue
-            price = _market_price_nb(t, j, o, close[t, j], volume, close, p)
+            price = _market_price_nb(t, j, o, close[t, j], volume, close, p, price_dec[j])
             if want == SELL:
                 if positions[j].qty > 0.0:
                     apply_fill_nb(
@@ -718,7 +757,7 @@ def execute_close_nb(
                         SELL,
                         positions[j].qty,
                         price,
-                        fee_nb(positions[j].qty * price, p.fee_rate),
+                        fill_fee_nb(positions[j].qty * price, p, quote_dec[j]),
                         o.reason,
                         HOW.MARKET_CLOSE,
                         o.atr,
@@ -745,6 +784,7 @@ def execute_close_nb(
                     ordermin,
                     costmin,
                     lot_dec,
+                    quote_dec,
                     p,
                     trades,
                     events,
@@ -1480,6 +1520,7 @@ def step_nb(
     costmin,
     lot_dec,
     price_dec,
+    quote_dec,
     p,
     trades,
     events,
@@ -1515,6 +1556,7 @@ def step_nb(
         costmin,
         lot_dec,
         price_dec,
+        quote_dec,
         p,
         trades,
         events,
@@ -1552,6 +1594,7 @@ def step_bar_nb(
     costmin,
     lot_dec,
     price_dec,
+    quote_dec,
     p,
     trades,
     events,
@@ -1579,6 +1622,8 @@ def step_bar_nb(
         ordermin,
         costmin,
         lot_dec,
+        price_dec,
+        quote_dec,
         p,
         trades,
         events,
@@ -1603,6 +1648,8 @@ def step_bar_nb(
         ordermin,
         costmin,
         lot_dec,
+        price_dec,
+        quote_dec,
         p,
         trades,
         events,

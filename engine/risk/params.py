@@ -70,11 +70,14 @@ def params_from_config(cfg, **overrides) -> np.ndarray:
     return p
 
 
-def instrument_arrays(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ordermin, costmin, lot_decimals, pair_decimals) per pair from engine.pairs.INSTRUMENTS."""
+def instrument_arrays(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ordermin, costmin, lot_decimals, pair_decimals, quote_decimals) per pair from
+    engine.pairs.INSTRUMENTS; quote_decimals (the quote currency's, ``engine.pairs.asset_decimals``)
+    is what fees are rounded to."""
     ins = [instrument(p) for p in pairs]
     ordermin = np.array([float(i.ordermin) for i in ins], dtype=np.float64)
     costmin = np.array([float(i.costmin) for i in ins], dtype=np.float64)
     lot = np.array([i.lot_decimals for i in ins], dtype=np.int64)
     price = np.array([i.pair_decimals for i in ins], dtype=np.int64)
-    return ordermin, costmin, lot, price
+    quote = np.array([i.quote_decimals for i in ins], dtype=np.int64)
+    return ordermin, costmin, lot, price, quote

@@ -6,10 +6,14 @@ exactly. Holds are never stored: they are recomputed from the open orders, so th
 
 Fill model (the backtester's, through the shared kernels in :mod:`engine.execution.nb`):
 
+* every fee is ``fee_nb`` of the float quantity times the float price, rounded UP to the quote
+  currency's decimals (the backtester's fee to the bit); the cost is the Decimal ``qty * price``
+  quantised to those decimals.
+
 * a market order (and a limit order that is marketable when placed and not post-only) fills at
   once, in full, at the forming bar's open (the price known at that time) moved against the taker
   by ``slippage_frac_nb`` (half the spread + impact from the last closed bar's volatility and quote
-  volume), rounded to the tick against the taker; it pays the taker fee.
+  volume), rounded to the tick against the taker (``taker_tick_nb``); it pays the taker fee.
 * a resting limit order fills in a later closed bar only if that bar trades THROUGH its price
   (``limit_touched_nb``), at its limit price, at most ``participation_cap`` of the bar's volume per
   bar (the remainder rests: partial fills), paying the maker fee. Bars count from the bar forming
@@ -30,8 +34,16 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Context, Decimal, Div
 from typing import Any
 
 from engine.errors import InputError
-from engine.execution.nb import BUY, SELL, limit_touched_nb, market_fill_price_nb, slippage_frac_nb
-from engine.pairs import Instrument, kraken_asset_alt, kraken_asset_id, normalize_asset
+from engine.execution.nb import (
+    BUY,
+    SELL,
+    fee_nb,
+    limit_touched_nb,
+    market_fill_price_nb,
+    slippage_frac_nb,
+    taker_tick_nb,
+)
+from engine.pairs import STABLE8, Instrument, asset_decimals, kraken_asset_alt, kraken_asset_id, normalize_asset
 from engine.store.panel import HOUR
 
 from .config import FeeTier, SimConfig
@@ -40,8 +52,6 @@ from .market import Market, SimClock, fmt
 from .numbers import MAX_AMOUNT, MAX_STEP, MAX_TIME, BadNumber, OutOfRange, decimal_of, float_of, int_of
 
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-FIAT4 = {"USD", "EUR", "GBP"}
-STABLE8 = {"USDT", "USDC", "DAI"}
 HISTORY_PAGE = 50
 
 
@@ -51,11 +61,6 @@ class KrakenAPIError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def asset_decimals(asset: str) -> int:
-    a = normalize_asset(asset)
-    return 4 if a in FIAT4 else 8 if a in STABLE8 else 10
 
 
 # Quantising in a wide context: a large (bounded) amount at 10 decimals never overflows the default
@@ -424,7 +429,10 @@ class Exchange:
         qd = asset_decimals(inst.quote)
         rate = self.fee_rates(acct, o.pair)
         cost = q(qty * price, qd)
-        fee = q(cost * (rate.maker if maker else rate.taker), qd, ROUND_UP)
+        # the backtester's fee kernel on the same floats, rounded UP to the quote decimals (exact on
+        # its grid: the Decimal of its repr quantises to itself)
+        f = fee_nb(float(qty) * float(price), float(rate.maker if maker else rate.taker), qd)
+        fee = q(Decimal(repr(f)), qd)
         base, quote = inst.base, inst.quote
         if o.side == "buy":
             if acct.balances.get(quote, Decimal(0)) < cost + fee:
@@ -485,6 +493,10 @@ class Exchange:
         sd = BUY if side == "buy" else SELL
         px = market_fill_price_nb(sd, m, slip)
         inst = self.market.instruments[pair]
+        if inst.tick_size == Decimal(1).scaleb(-inst.pair_decimals):
+            # the backtester's tick kernel (every pair Kraken lists: tick = 10**-pair_decimals)
+            return q(Decimal(repr(taker_tick_nb(sd, px, inst.pair_decimals))), inst.pair_decimals)
+        # a tick that is not a power of ten (a rules_change fault): to the tick in Decimal
         d = Decimal(repr(px))
         d = (d / inst.tick_size).to_integral_value(rounding=ROUND_UP if sd == BUY else ROUND_DOWN) * inst.tick_size
         return q(d, inst.pair_decimals)
