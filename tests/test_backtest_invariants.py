@@ -16,7 +16,7 @@ from engine.backtest.demo import ma_signal
 from engine.backtest.runner import make_inputs, run_backtest, run_sweep
 from engine.config import load_config
 from engine.risk.enums import SIZING_RISK, FillHow, Reason, TradingState, metrics_dt
-from engine.risk.params import params_from_config
+from engine.risk.params import instrument_arrays, params_from_config
 from engine.store.panel import load_shared_panel
 
 PAIRS10 = [f"binance_{s}USDT_1h" for s in ["BTC", "ETH", "SOL", "XRP", "ADA", "LTC", "DOT", "LINK", "AVAX", "DOGE"]]
@@ -61,10 +61,17 @@ def check_invariants(res, inp, p):
     tr = res.trades
     eq = res.equity
     fee_rate = p["fee_rate"]
-    # every fill: notional = qty x price, fee exactly fee_rate x notional, quantities positive
+    # every fill: notional = qty x price, fee fee_rate x notional (with precision on: rounded UP to
+    # the quote's decimals, a float-noise tie at most 0.01 of the last place below), quantities positive
     assert np.all(tr["qty"] > 0)
     assert np.array_equal(tr["notional"], tr["qty"] * tr["price"])
-    assert np.array_equal(tr["fee"], tr["notional"] * fee_rate)
+    if p["enforce_precision"]:
+        unit = 10.0 ** -instrument_arrays(inp.pairs)[4][tr["pair"]]
+        over = tr["fee"] - tr["notional"] * fee_rate
+        assert np.all(over > -0.01 * unit) and np.all(over < unit)
+        assert np.allclose(tr["fee"] / unit, np.round(tr["fee"] / unit), rtol=0.0, atol=1e-3)
+    else:
+        assert np.array_equal(tr["fee"], tr["notional"] * fee_rate)
     # replay the ledger
     qty = np.zeros(m)
     cash = p["init_cash"]
