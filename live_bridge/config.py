@@ -84,6 +84,11 @@ class CycleSection(Frozen):
         "local", description="whose time decides the hour: this machine's, or the exchange's Time endpoint"
     )
     poll_s: float = Field(5.0, gt=0, le=600, description="the loop's wake-up interval while waiting")
+    quoted_spread: bool = Field(
+        True,
+        description="raise the spread input to Kraken's quoted spread when wider (off only for kq parity: "
+        "the backtester has no quotes)",
+    )
 
 
 class ExecutionSection(Frozen):

@@ -578,7 +578,7 @@ class Cycle:
         spread = np.array(
             default_spread(panel.high, panel.low, panel.close, panel.valid, self.cfg.backtest.spread_window), copy=True
         )
-        quoted, ticker_failed = self._quoted_spreads()
+        quoted, ticker_failed = self._quoted_spreads() if self.live.cycle.quoted_spread else ({}, 0)
         api_failures += ticker_failed
         for j, pair in enumerate(self.pairs):
             q = quoted.get(pair)

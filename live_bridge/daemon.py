@@ -130,10 +130,12 @@ class Daemon:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] | None = None,
         budget: Any = None,
+        engine_cfg: Any = None,
     ) -> Daemon:
         """Everything from the config and the environment; refuses to start on the first problem.
         ``model``, ``clock``, ``sleep`` and ``budget`` (a :class:`~live_bridge.kraken.RateBudget`)
-        replace the defaults (tests, the benchmark)."""
+        replace the defaults (tests, the benchmark); ``engine_cfg`` replaces the engine config read
+        from ``engine_config`` (``kq parity`` runs both of its sides under one adjusted config)."""
         import os
 
         from engine.config import load_config
@@ -149,7 +151,7 @@ class Daemon:
         from live_bridge.kraken import Credentials
 
         Credentials.from_env(env)  # step 2, before the model is loaded or any state is touched
-        cfg = load_config(live.engine_path())
+        cfg = load_config(live.engine_path()) if engine_cfg is None else engine_cfg
         need = int(cfg.features.warmup_bars) + 24
         if int(live.cycle.history_bars) < need:
             raise ConfigError(
