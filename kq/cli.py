@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "kq.models",
     "kq.live",
     "kq.replay",
+    "kq.parity",
     "kq.doctor",
 )
 
