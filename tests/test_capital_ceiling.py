@@ -40,8 +40,11 @@ BIG = dict(sizing=SIZING_VOL_TARGET, position_size=0.1, max_exposure=0.2, max_cl
 # sha256 of trades + events + equity rows + refusal counts of the default-parameter backtest of
 # _inputs(), measured with the code before the ceiling existed (commit f2189bf): the ceiling at its
 # default (inf) must leave every result bit-identical. A deliberate change of a risk rule changes it:
-# 2026-12-07 market fill prices on the tick and fees in the quote's decimals (was d7cf18bca7ee6eb9).
-PRE_CEILING_DEFAULT = "ea9325bf326155d7"
+# 2026-12-07 market fill prices on the tick and fees in the quote's decimals (was d7cf18bca7ee6eb9);
+# 2026-12-07 round_down_nb snaps a quantity already on its lot (was ea9325bf326155d7: the first
+# change is AVAX's bar-15 buy: 8.51926977, on its lot but 851926976.9999999 lots in float, now
+# filled whole instead of 8.51926976; every later row follows from that one lot).
+PRE_CEILING_DEFAULT = "5e37020e93979c49"
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ from engine.execution.nb import BUY, SELL, fee_nb, market_fill_price_nb, slippag
 from engine.pairs import asset_decimals, instrument
 from engine.risk.enums import SIZING_RISK, FillHow, OrderKind, order_dt
 from engine.risk.machine import RiskMachine, bar_inputs
+from engine.risk.nb import round_down_nb
 from engine.risk.params import instrument_arrays, params_from_config
 from live_bridge.simulator.exchange import Exchange
 from live_bridge.simulator.market import Market, SimClock
@@ -100,6 +101,24 @@ def test_kernels_equal_decimal_on_random_prices_and_quantities(seed):
             assert pl - f == Decimal(1).scaleb(-qd) and f < exact  # one unit: the tie below it was taken
             assert (exact - f).scaleb(qd) <= min(Decimal("1e-9") * max(Decimal(1), exact.scaleb(qd)), Decimal("0.01"))
     assert n_snapped < 30  # near-ties are rare on random inputs
+
+
+def test_round_down_keeps_a_quantity_on_its_lot_and_never_rounds_up():
+    # 0.14574352 * 1e8 = 14574351.999999998: a plain floor drops the lot the quantity is already on
+    assert 0.14574352 * 1e8 != 14574352.0 and round_down_nb(0.14574352, 8) == 0.14574352
+    assert round_down_nb(0.06378748, 8) == 0.06378748 and round_down_nb(8.51926977, 8) == 8.51926977
+    # a value a near-tie BELOW a lot (a cash or cap clip) is floored, never snapped up past itself
+    x = 0.1457435199999
+    assert round_down_nb(x, 8) == 0.14574351
+    rng = np.random.default_rng(5)
+    for _ in range(3000):
+        d = int(rng.choice([0, 2, 4, 5, 8]))
+        on = float(Decimal(int(rng.integers(1, 10**10))).scaleb(-d))  # a quantity on its lot
+        assert round_down_nb(on, d) == on, (on, d)
+        below = on * (1.0 - float(rng.uniform(1e-15, 1e-9)))  # just under it, within the snap
+        got = round_down_nb(below, d)
+        assert got <= below and below - got < 10.0**-d, (below, d, got)
+        assert got == float(Decimal(repr(got)).quantize(Decimal(1).scaleb(-d)))  # on its grid
 
 
 # ---- (b) the backtester books what the simulator books
@@ -187,10 +206,9 @@ def test_backtest_fills_equal_the_simulator_bookings(kind, monkeypatch):
         panel, inp, p, fills = _run(int(kind), seed)
         assert p["enforce_precision"] == 1
         for tr, o, t in fills:
-            if tr["how"] != FillHow.LIMIT and tr["qty"] != o["qty"]:
-                # the fill re-rounded the order's lot-rounded quantity one lot down (round_down_nb's
-                # floor of 6378747.999999999): the simulator's participation would differ
-                continue
+            # the fill keeps the order's lot-rounded quantity (round_down_nb snaps near-ties: it
+            # once floored 0.06378748 * 1e8 = 6378747.999999999 one lot down)
+            assert tr["qty"] == o["qty"], (tr, o)
             n += 1
             hows.add((int(tr["how"]), int(tr["side"])))
             with monkeypatch.context() as mp:

@@ -45,8 +45,6 @@ loop against a plain ``step_nb`` loop bit for bit.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
@@ -90,17 +88,24 @@ _TINY = 1e-12
 
 @njit(cache=True)
 def round_down_nb(x: float, decimals: int) -> float:
-    """Round a non-negative quantity DOWN to ``decimals`` places (never up: never more than affordable)."""
-    s = 10.0**decimals
-    return math.floor(x * s) / s
+    """Round a non-negative quantity DOWN to ``decimals`` places (never up: never more than
+    affordable). A value already on the lot stays on it: ``x * 10**decimals`` within a near-tie of
+    a whole number is that number, so re-rounding a rounded quantity (0.14574352 * 1e8 =
+    14574351.999999998) never drops a lot. The rounding is the simulator's shared one,
+    :func:`engine.execution.nb.taker_tick_nb`, whose SELL side rounds down (its BUY side up).
+    A snap that would land above ``x`` (``x`` a near-tie below a lot, e.g. a cash or cap clip) is
+    not taken: the result never exceeds ``x``."""
+    q = taker_tick_nb(SELL, x, decimals)
+    if q > x:
+        s = 10.0**decimals
+        return np.floor(x * s) / s
+    return q
 
 
 @njit(cache=True)
 def round_price_nb(x: float, decimals: int, up: bool) -> float:
-    s = 10.0**decimals
-    if up:
-        return math.ceil(x * s) / s
-    return math.floor(x * s) / s
+    """A limit price on the tick (buy down, sell up), near-ties snapped as :func:`round_down_nb`."""
+    return taker_tick_nb(BUY if up else SELL, x, decimals)
 
 
 @njit(cache=True, inline="always")
