@@ -54,17 +54,12 @@ import numpy as np
 from engine.errors import InputError
 from engine.store.panel import HOUR, Panel
 from live_bridge.ledger.canonical import exact_decimal
+from live_bridge.replay import hour_label
 
 SETTLE_S = 30  # seconds after a bar's close at which the paper side runs its cycle
 EQUITY_TOLERANCE = Decimal("0.01")  # equity is compared to the cent; everything else exactly
 FILL_MODEL = "market orders at the next bar's open on both sides (the backtester's slippage and fee kernels)"
 OPERATOR_ACTIONS = ("reactivate", "reset_halt", "pause", "resume", "flatten")
-
-
-def hour_label(hour: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(int(hour) * HOUR, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 @dataclass(frozen=True)
