@@ -34,6 +34,8 @@ COMMAND_MODULES = (
     "kq.replay",
     "kq.parity",
     "kq.doctor",
+    "kq.sweep",
+    "kq.study",
 )
 
 
