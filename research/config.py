@@ -39,6 +39,10 @@ Keys (all optional; defaults are the research-sized run)::
     uri = "http://host:5000"          # default: embedded sqlite store data/mlflow/mlflow.db
     experiment = "krakenquant-walkforward"
     registered_model = "krakenquant"  # candidates are versions of this registered model
+
+    [research.fanout]                 # independent folds / sweep chunks in parallel (research/fanout.py)
+    workers = 1                       # > 1: that many local worker processes (Dask LocalCluster)
+    scheduler = "tcp://host:8786"     # a Dask scheduler: tasks run on its workers (default: none)
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from engine.errors import ConfigError
 from research.models.base import BASE_MODEL_NAMES, ModelsConfig
 
 __all__ = [
+    "FanoutConfig",
     "FoldsConfig",
     "ResearchConfig",
     "TrackingConfig",
@@ -103,6 +108,27 @@ class TrackingConfig(Frozen):
         return v
 
 
+class FanoutConfig(Frozen):
+    """Where independent tasks run; results do not depend on it (left out of research_to_json)."""
+
+    workers: int = Field(1, ge=1, le=1024, description="local worker processes (1: serial, in-process)")
+    scheduler: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:8786); its workers run the tasks"
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v):
+        if v is None:
+            return v
+        v = v.strip()
+        if not v:
+            return None
+        if "://" not in v:
+            raise ValueError("must be a Dask scheduler address like tcp://host:8786 (or left out)")
+        return v
+
+
 class ResearchConfig(Frozen):
     pairs: tuple[str, ...] | None = None
     start: str | int | None = None
@@ -122,6 +148,7 @@ class ResearchConfig(Frozen):
     folds: FoldsConfig = FoldsConfig()
     models: ModelsConfig = ModelsConfig()
     tracking: TrackingConfig = TrackingConfig()
+    fanout: FanoutConfig = FanoutConfig()
 
     @field_validator("base_models")
     @classmethod
@@ -214,5 +241,6 @@ def load_research_config(path: str | Path) -> tuple[Config, ResearchConfig]:
 
 def research_to_json(rc: ResearchConfig) -> dict[str, Any]:
     """The research table as JSON: what made a result. The ``tracking`` table (where results are
-    logged, possibly a server URI with credentials) is left out."""
-    return rc.model_dump(mode="json", exclude={"tracking"})
+    logged, possibly a server URI with credentials) and the ``fanout`` table (where tasks run; results
+    do not depend on it) are left out."""
+    return rc.model_dump(mode="json", exclude={"tracking", "fanout"})
