@@ -21,21 +21,25 @@ and returning picklable values; it must be deterministic given its task (seeds c
 never from the worker or the order of execution). ``shared`` is sent to each worker once
 (``scatter(broadcast=True)``), not once per task: large read-only arrays go there.
 
-Workers run the same code: every task carries a digest of the ``engine`` and ``research`` sources,
-and a worker whose digest differs (another version of the code on a remote machine) refuses the
-task rather than return results of other rules. Numba kernels in tasks use the compiled-kernel cache
+Workers run the same code: every task sent to a scheduler carries a digest of the ``engine`` and
+``research`` sources, and a worker whose digest differs (another version of the code on a remote
+machine) refuses the task rather than return results of other rules (local workers, started by the
+call from this checkout, are not checked). Numba kernels in tasks use the compiled-kernel cache
 of ``engine/_numba_cache.py``: local workers inherit the resolved ``NUMBA_CACHE_DIR``; a remote worker
 resolves its own (its ``NUMBA_CACHE_DIR`` or ``~/.cache/krakenquant/numba``, per source digest).
 
-An exception in a task stops the run (pending tasks are cancelled) and re-raises here with the task
-index in its message: a :class:`~engine.errors.KQError` keeps its class (the CLI prints it as one
-line), anything else becomes :class:`TaskFailed` chained to the original.
+An exception in a task stops the run and re-raises here with the task index in its message. The
+task reported is the one the serial run would stop at, the first failing one in task order (the
+tasks before a failure are waited for, the rest cancelled). A :class:`~engine.errors.KQError` keeps
+its class (the CLI prints it as one line); anything else becomes :class:`TaskFailed`, chained to the
+original.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,9 +86,9 @@ def _failure(exc: BaseException, index: int, n: int, desc: str | None) -> Except
     return err
 
 
-def _worker_call(task: Any, *, fn: Callable[..., Any], shared: Any, has_shared: bool, digest: str) -> Any:
+def _worker_call(task: Any, *, fn: Callable[..., Any], shared: Any, has_shared: bool, digest: str | None) -> Any:
     """Runs on a worker: check the code version, point numba at its cache, run the task."""
-    if code_digest() != digest:
+    if digest is not None and code_digest() != digest:
         raise RuntimeError(
             "this worker runs another version of the krakenquant code than the caller "
             "(engine/research sources differ); install the same commit on every worker"
@@ -146,17 +150,19 @@ def _serial(fn, tasks: list, shared: Any, desc: str | None, progress: bool) -> l
 
 
 def _dask(fn, tasks: list, shared: Any, workers: int, scheduler: str | None, desc: str | None, progress: bool) -> list:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, LocalCluster, as_completed, wait
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-        )
+        with warnings.catch_warnings():  # the scheduler's health endpoint moves off a busy port 8787
+            warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
         client = Client(cluster)
     else:
         client = Client(scheduler)
@@ -173,16 +179,22 @@ def _dask(fn, tasks: list, shared: Any, workers: int, scheduler: str | None, des
             fn=fn,
             shared=sh,
             has_shared=has_shared,
-            digest=code_digest(),
+            # local workers were spawned from this checkout just now; remote ones may run another
+            digest=None if cluster is not None else code_digest(),
         )
         index = {f.key: i for i, f in enumerate(futures)}
         with _bar(n, desc, progress) as bar:
             for fut in as_completed(futures):
                 if fut.status == "error":
+                    # report what the serial run would: the first failing task in task order, so wait
+                    # for the tasks before this one (they may fail too) before cancelling the rest
                     i = index[fut.key]
-                    exc = fut.exception()
+                    if i > 0:
+                        wait(futures[:i])
+                    first = next(j for j in range(i + 1) if futures[j].status == "error")
+                    exc = futures[first].exception()
                     client.cancel(futures)
-                    raise _failure(exc, i, n, desc) from exc
+                    raise _failure(exc, first, n, desc) from exc
                 bar.update(1)
         return [f.result() for f in futures]
     finally:

@@ -37,6 +37,11 @@ Per fold (every horizon at once)
   their history; the output is sliced to the eligible test rows. Every eligible test row gets one
   prediction per model and horizon (a sequence model without a full valid window gives NaN P(up)
   there, and the meta-learner reads it as 0.5 = no view).
+* Folds are independent (every input of a fold is the shared data and its own bars; the seed is the
+  config's, the permutation test's is (seed, fold, horizon)). With ``[research.fanout]`` ``workers``
+  > 1 or a ``scheduler`` they run on worker processes or a Dask cluster (research/fanout.py) and the
+  results are bit-identical to the serial run; the ``step``/``fit`` progress events are then not
+  sent (``fold_done`` comes when all folds are back).
 
 Outputs
 -------
@@ -66,7 +71,7 @@ hourly return series, and the deflated Sharpe ratio of the meta strategy given `
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,6 +261,156 @@ def panel_features(panel, cfg: Config, rc: ResearchConfig, features=None, member
     return member, features
 
 
+@dataclass(eq=False)
+class _FoldContext:
+    """What every fold reads (sent to each worker once when folds fan out)."""
+
+    X3: np.ndarray
+    close: np.ndarray
+    elig: np.ndarray
+    up: dict
+    fwd: dict
+    horizons: tuple[int, ...]
+    ts: np.ndarray
+    pair_arr: np.ndarray
+    cfg: Config
+    rc: ResearchConfig
+    shuffle_seed: int | None
+    keep_models: bool
+
+
+@dataclass(eq=False)
+class _FoldOutput:
+    fold: int
+    preds: list[pd.DataFrame]
+    regime: pd.DataFrame | None
+    timing: dict
+    meta: Any  # the fitted meta-learner when keep_models, else None
+
+
+def _fold_task(ctx: _FoldContext, task: tuple) -> _FoldOutput | None:
+    """One fold on a worker (research.fanout): no progress callback crosses processes."""
+    return _run_fold(ctx, task, None)
+
+
+def _run_fold(ctx: _FoldContext, task: tuple, progress: Callable[..., None] | None) -> _FoldOutput | None:
+    """Fit fold ``k`` (training bars ``tr_b``) and predict its test bars ``te_b``; ``None`` when the
+    fold has no training target or no test row. Everything it reads comes from ``ctx`` and the task
+    (the seed is the config's, the label permutation's is (seed, fold, horizon)), so a fold gives the
+    same result in any process."""
+    k, tr_b, te_b = task
+    X3, close, elig, up, fwd, horizons = ctx.X3, ctx.close, ctx.elig, ctx.up, ctx.fwd, ctx.horizons
+    rc, cfg = ctx.rc, ctx.cfg
+    n, m = elig.shape
+    is_train_bar = np.zeros(n, dtype=bool)
+    is_train_bar[tr_b] = True
+    lo, hi = int(tr_b.min()), int(tr_b.max())
+    te_set = np.zeros(n, dtype=bool)
+    te_set[te_b] = True
+    test_rows = elig & te_set[:, None]
+    test_cols = [j for j in range(m) if test_rows[:, j].any()]
+    targets = [elig & is_train_bar[:, None] & np.isfinite(up[h]) for h in horizons]
+    # ONE training block for every horizon: a pair enters with its contiguous rows lo..hi when it
+    # has a target of any horizon; Y[:, c] is NaN outside horizon c's targets (history rows)
+    wm = window_matrix(X3, close, targets, [up[h] for h in horizons], [fwd[h] for h in horizons], lo, hi)
+    if wm is None or not test_cols:
+        return None
+    X, c, seg, bar, Y, Rt = wm
+    if ctx.shuffle_seed is not None:
+        for ci, h in enumerate(horizons):
+            idx = np.flatnonzero(np.isfinite(Y[:, ci]))
+            perm = np.random.default_rng([int(ctx.shuffle_seed), k, int(h)]).permutation(idx)
+            Y[idx, ci], Rt[idx, ci] = Y[perm, ci], Rt[perm, ci]
+    n_train = {int(h): int(np.isfinite(Y[:, ci]).sum()) for ci, h in enumerate(horizons)}
+    times = ctx.ts[bar]
+    meta = make_meta(rc, cfg.seed)
+    fit_times: dict[str, float] = {}
+    hs_label = "/".join(str(h) for h in horizons)
+
+    def on_fit(ev, name, arg):
+        if ev == "done":
+            fit_times[name] = fit_times.get(name, 0.0) + float(arg)
+        if progress:
+            progress("fit", fold=k, horizon=hs_label, model=name, stage=ev, final=arg if ev == "start" else None)
+
+    if progress:
+        progress("step", fold=k, horizon=hs_label, n_train=int(np.isfinite(Y).any(axis=1).sum()))
+    t0 = time.perf_counter()
+    meta.fit(
+        X,
+        Y if len(horizons) > 1 else Y[:, 0],
+        close=c,
+        returns=Rt if len(horizons) > 1 else Rt[:, 0],
+        times=times,
+        segments=seg,
+        on_fit=on_fit,
+    )
+    t_fit = time.perf_counter() - t0
+
+    # predict the test block with warm-up rows before it (every horizon in one pass)
+    t0 = time.perf_counter()
+    plo = max(int(te_b.min()) - warm_bars(meta), 0)
+    phi = int(te_b.max())
+    Xp, cp, sp, bp = row_block(X3, close, plo, phi, test_cols)
+    keep = np.concatenate([test_rows[plo : phi + 1, j] for j in test_cols])
+    out = meta.predict_all(Xp, close=cp, segments=sp)
+    t_pred = time.perf_counter() - t0
+    ts_k = ctx.ts[bp[keep]]
+    pr_k = ctx.pair_arr[sp[keep]]
+    preds: list[pd.DataFrame] = []
+    for ci, h in enumerate(horizons):
+        for j, (name, est) in enumerate(meta.base_models_):
+            p = out["base"][keep, j, ci]
+            mu_u = np.atleast_1d(est.mu_up_)[ci]
+            mu_d = np.atleast_1d(est.mu_down_)[ci]
+            er = p * mu_u + (1.0 - p) * mu_d
+            preds.append(
+                pd.DataFrame(
+                    {
+                        "ts": ts_k,
+                        "pair": pr_k,
+                        "horizon": np.int64(h),
+                        "model": name,
+                        "fold": np.int64(k),
+                        "p_up": p,
+                        "exp_return": er,
+                    }
+                )
+            )
+        preds.append(
+            pd.DataFrame(
+                {
+                    "ts": ts_k,
+                    "pair": pr_k,
+                    "horizon": np.int64(h),
+                    "model": "meta",
+                    "fold": np.int64(k),
+                    "p_up": out["p_up"][keep, ci],
+                    "exp_return": out["exp_return"][keep, ci],
+                }
+            )
+        )
+    regime = None
+    if meta.regime_ is not None:
+        from research.models.regime import REGIME_NAMES
+
+        codes = meta.regime_.predict(cp, segments=sp)[keep].astype(np.int64)
+        names = np.array(REGIME_NAMES + ("unknown",), dtype=object)[np.where(codes < 0, 4, codes)]
+        regime = pd.DataFrame({"ts": ts_k, "pair": pr_k, "fold": np.int64(k), "regime": names, "regime_code": codes})
+    timing = {
+        "fold": k,
+        "horizon": hs_label,
+        "horizons": [int(h) for h in horizons],
+        "fit_s": t_fit,
+        "predict_s": t_pred,
+        "n_train_rows": max(n_train.values()),
+        "n_train_rows_by_horizon": n_train,
+        "n_test_rows": int(keep.sum()),
+        "base_fit_s": {kk: round(v, 4) for kk, v in fit_times.items()},
+    }
+    return _FoldOutput(k, preds, regime, timing, meta if ctx.keep_models else None)
+
+
 def run_walkforward(
     panel,
     cfg: Config,
@@ -328,131 +483,47 @@ def run_walkforward(
             fits_per_fold=(rc.folds.inner_folds + 1) * sum(1 if s else len(horizons) for s in shared),
         )
 
-    pair_arr = np.asarray(panel.pairs, dtype=object)
+    ctx = _FoldContext(
+        X3=X3,
+        close=close,
+        elig=elig,
+        up=up,
+        fwd=fwd,
+        horizons=tuple(int(h) for h in horizons),
+        ts=panel.ts,
+        pair_arr=np.asarray(panel.pairs, dtype=object),
+        cfg=cfg,
+        rc=rc,
+        shuffle_seed=shuffle_train_labels,
+        keep_models=keep_models,
+    )
     pred_parts: list[pd.DataFrame] = []
     reg_parts: list[pd.DataFrame] = []
     timings: list[dict] = []
     fitted: dict = {}
-    rng_seed = shuffle_train_labels
-    reg_done: set[int] = set()
+    tasks = [(k, tr_b, te_b) for k, (tr_b, te_b) in enumerate(splits)]
+    fo = rc.fanout
+    outs: Iterable[_FoldOutput | None]
+    if fo.workers > 1 or fo.scheduler is not None:
+        # independent folds on worker processes (research/fanout.py); every input of a fold comes
+        # from ctx and its task, so the result does not depend on the worker that ran it
+        from research.fanout import run_tasks
 
-    for k, (tr_b, te_b) in enumerate(splits):
-        is_train_bar = np.zeros(n, dtype=bool)
-        is_train_bar[tr_b] = True
-        lo, hi = int(tr_b.min()), int(tr_b.max())
-        te_set = np.zeros(n, dtype=bool)
-        te_set[te_b] = True
-        test_rows = elig & te_set[:, None]
-        test_cols = [j for j in range(m) if test_rows[:, j].any()]
-        targets = [elig & is_train_bar[:, None] & np.isfinite(up[h]) for h in horizons]
-        # ONE training block for every horizon: a pair enters with its contiguous rows lo..hi when it
-        # has a target of any horizon; Y[:, c] is NaN outside horizon c's targets (history rows)
-        wm = window_matrix(X3, close, targets, [up[h] for h in horizons], [fwd[h] for h in horizons], lo, hi)
-        if wm is None or not test_cols:
+        outs = run_tasks(_fold_task, tasks, workers=fo.workers, scheduler=fo.scheduler, shared=ctx, desc="folds")
+    else:
+        outs = (_run_fold(ctx, t, progress) for t in tasks)
+    for fo_out in outs:
+        if fo_out is None:
             continue
-        X, c, seg, bar, Y, Rt = wm
-        if rng_seed is not None:
-            for ci, h in enumerate(horizons):
-                idx = np.flatnonzero(np.isfinite(Y[:, ci]))
-                perm = np.random.default_rng([int(rng_seed), k, int(h)]).permutation(idx)
-                Y[idx, ci], Rt[idx, ci] = Y[perm, ci], Rt[perm, ci]
-        n_train = {int(h): int(np.isfinite(Y[:, ci]).sum()) for ci, h in enumerate(horizons)}
-        times = panel.ts[bar]
-        meta = make_meta(rc, cfg.seed)
-        fit_times: dict[str, float] = {}
-        hs_label = "/".join(str(h) for h in horizons)
-
-        def on_fit(ev, name, arg, _k=k, _ft=fit_times, _hl=hs_label):
-            if ev == "done":
-                _ft[name] = _ft.get(name, 0.0) + float(arg)
-            if progress:
-                progress("fit", fold=_k, horizon=_hl, model=name, stage=ev, final=arg if ev == "start" else None)
-
-        if progress:
-            progress("step", fold=k, horizon=hs_label, n_train=int(np.isfinite(Y).any(axis=1).sum()))
-        t0 = time.perf_counter()
-        meta.fit(
-            X,
-            Y if len(horizons) > 1 else Y[:, 0],
-            close=c,
-            returns=Rt if len(horizons) > 1 else Rt[:, 0],
-            times=times,
-            segments=seg,
-            on_fit=on_fit,
-        )
-        t_fit = time.perf_counter() - t0
-
-        # predict the test block with warm-up rows before it (every horizon in one pass)
-        t0 = time.perf_counter()
-        plo = max(int(te_b.min()) - warm_bars(meta), 0)
-        phi = int(te_b.max())
-        Xp, cp, sp, bp = row_block(X3, close, plo, phi, test_cols)
-        keep = np.concatenate([test_rows[plo : phi + 1, j] for j in test_cols])
-        out = meta.predict_all(Xp, close=cp, segments=sp)
-        t_pred = time.perf_counter() - t0
-        ts_k = panel.ts[bp[keep]]
-        pr_k = pair_arr[sp[keep]]
-        for ci, h in enumerate(horizons):
-            for j, (name, est) in enumerate(meta.base_models_):
-                p = out["base"][keep, j, ci]
-                mu_u = np.atleast_1d(est.mu_up_)[ci]
-                mu_d = np.atleast_1d(est.mu_down_)[ci]
-                er = p * mu_u + (1.0 - p) * mu_d
-                pred_parts.append(
-                    pd.DataFrame(
-                        {
-                            "ts": ts_k,
-                            "pair": pr_k,
-                            "horizon": np.int64(h),
-                            "model": name,
-                            "fold": np.int64(k),
-                            "p_up": p,
-                            "exp_return": er,
-                        }
-                    )
-                )
-            pred_parts.append(
-                pd.DataFrame(
-                    {
-                        "ts": ts_k,
-                        "pair": pr_k,
-                        "horizon": np.int64(h),
-                        "model": "meta",
-                        "fold": np.int64(k),
-                        "p_up": out["p_up"][keep, ci],
-                        "exp_return": out["exp_return"][keep, ci],
-                    }
-                )
-            )
-        if k not in reg_done:
-            reg_done.add(k)
-            if meta.regime_ is not None:
-                from research.models.regime import REGIME_NAMES
-
-                codes = meta.regime_.predict(cp, segments=sp)[keep].astype(np.int64)
-                names = np.array(REGIME_NAMES + ("unknown",), dtype=object)[np.where(codes < 0, 4, codes)]
-                part = pd.DataFrame(
-                    {"ts": ts_k, "pair": pr_k, "fold": np.int64(k), "regime": names, "regime_code": codes}
-                )
-                reg_parts.append(part)
-        timings.append(
-            {
-                "fold": k,
-                "horizon": hs_label,
-                "horizons": [int(h) for h in horizons],
-                "fit_s": t_fit,
-                "predict_s": t_pred,
-                "n_train_rows": max(n_train.values()),
-                "n_train_rows_by_horizon": n_train,
-                "n_test_rows": int(keep.sum()),
-                "base_fit_s": {kk: round(v, 4) for kk, v in fit_times.items()},
-            }
-        )
+        pred_parts.extend(fo_out.preds)
+        if fo_out.regime is not None:
+            reg_parts.append(fo_out.regime)
+        timings.append(fo_out.timing)
         for h in horizons:
             if keep_models:
-                fitted[(k, int(h))] = meta
+                fitted[(fo_out.fold, int(h))] = fo_out.meta
             if progress:
-                progress("fold_done", fold=k, horizon=h)
+                progress("fold_done", fold=fo_out.fold, horizon=h)
 
     if not pred_parts:
         raise InputError("no fold had training and test rows")
