@@ -33,6 +33,20 @@ def _operation(text: str) -> Any:
     return Operation(_hour(at.strip(), "--operator"), action.strip(), "kq parity --operator")
 
 
+def _check_ledger(dsn: str | None) -> None:
+    """The paper ledger the outcome goes to must exist (never created by a parity run)."""
+    from live_bridge.ledger.migrate import LedgerError, redacted, resolve_url
+
+    try:
+        url = resolve_url(dsn)
+    except LedgerError as e:
+        raise InputError(f"paper ledger: {e}") from None
+    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).expanduser().is_file():
+        raise InputError(
+            f"no paper ledger at {redacted(url)} to record the outcome in (--paper-ledger DSN, or --no-record)"
+        )
+
+
 def register(app: typer.Typer) -> None:
     @app.command("parity")
     def parity(
@@ -56,12 +70,20 @@ def register(app: typer.Typer) -> None:
             [], "--restart-after", help="TIME: stop the daemon after that hour and start a new one"
         ),
         work: str = typer.Option(None, "--work", help="keep the paper run's store, ledger and state here"),
+        record: bool = typer.Option(
+            True, "--record/--no-record", help="append the outcome to the paper ledger (parity_passed/parity_failed)"
+        ),
+        paper_ledger: str = typer.Option(
+            None, "--paper-ledger", help="the paper ledger to record in (default: the config's paths.ledger)"
+        ),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     ) -> int:
         """Run the backtester over the window and the paper daemon against the simulator replaying
         it hour by hour (same bars, model, config and operator actions); compare inputs, decisions,
-        orders, fills, cash, positions and equity bar by bar. Exit 0 only if they agree."""
+        orders, fills, cash, positions and equity bar by bar. Exit 0 only if they agree. The outcome
+        is appended to the config's paper ledger (``parity_failed`` refuses ``kq models promote --env
+        live`` for that model's digest); that ledger must exist (checked before anything runs)."""
         from engine.config import load_config
         from engine.store.panel import HOUR
         from live_bridge.config import load_live_config
@@ -95,11 +117,14 @@ def register(app: typer.Typer) -> None:
                 f"parity needs {hour_label(lo // HOUR)} .. {hour_label(hi // HOUR)} (--history hours before "
                 "--start, and the bar after --end for the last orders' fills)"
             )
+        if model and not (Path(model) / "manifest.json").is_file():
+            raise InputError(f"--model {model}: no saved bundle (manifest.json) there")
+        ledger_dsn = (paper_ledger or live.ledger_dsn()) if record else None
+        if record:
+            _check_ledger(ledger_dsn)
         if model:
             from live_bridge.simulator.testing import UnapprovedModel
 
-            if not (Path(model) / "manifest.json").is_file():
-                raise InputError(f"--model {model}: no saved bundle (manifest.json) there")
             m: Any = UnapprovedModel(Path(model), model_id=Path(model).name)
         else:
             from live_bridge.models import load_approved
@@ -126,6 +151,11 @@ def register(app: typer.Typer) -> None:
                 task = prog.add_task("", total=h1 - h0 + 1)
                 rep = run_parity(live, h0, h1, progress=lambda k: prog.advance(task, k), **kw)  # type: ignore[arg-type]
         s = rep.summary()
+        if record:
+            from live_bridge.paper_record import record_parity
+
+            entry = record_parity(ledger_dsn, s)
+            s["recorded"] = {"code": entry.code, "seq": entry.seq}
         if as_json:
             typer.echo(json.dumps(s, indent=2))
         else:
@@ -147,6 +177,7 @@ def register(app: typer.Typer) -> None:
                 ("restarts", ", ".join(s["restarts"]) or "none"),
                 ("time", ", ".join(f"{k} {v:.1f} s" for k, v in s["wall_s"].items())),
                 ("mismatches", str(s["mismatches"])),
+                ("recorded", f"{s['recorded']['code']} (paper ledger seq {s['recorded']['seq']})" if record else "no"),
             ]
             w = max(len(k) for k, _ in rows)
             for k, v in rows:

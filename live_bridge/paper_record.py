@@ -16,22 +16,27 @@ a ledger). The rules, strict on purpose:
   referring to a ``reactivate`` ``operator_action``).
 * **parity failure**: an ``event`` ``parity_failed`` in the period, or anywhere whose payload's
   ``manifest_sha256`` names the digest. Nothing clears one: the model needs a new paper period under
-  a new digest (``kq parity`` itself is planned, issue 16; this is its hook).
+  a new digest. ``kq parity`` writes it (:func:`record_parity`): every run appends its outcome,
+  ``parity_passed`` or ``parity_failed``, to the paper ledger of its config, naming the model's
+  manifest digest, the window and the first difference.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InputError, one_line
 from engine.lifecycle_config import PaperRecord
 from live_bridge.ledger import Ledger
+from live_bridge.ledger import records as rec
 from live_bridge.ledger.migrate import LedgerError, redacted, resolve_url
 from live_bridge.ledger.records import Entry, Kind
 
-__all__ = ["PARITY_FAILED", "paper_record", "read_paper_record"]
+__all__ = ["PARITY_FAILED", "PARITY_PASSED", "paper_record", "parity_event", "read_paper_record", "record_parity"]
 
 PARITY_FAILED = "parity_failed"
+PARITY_PASSED = "parity_passed"
 
 
 def paper_record(ledger: Ledger, manifest_sha256: str) -> PaperRecord:
@@ -48,8 +53,13 @@ def paper_record(ledger: Ledger, manifest_sha256: str) -> PaperRecord:
     ends = ledger.entries(kind=Kind.CYCLE_END)
     done = sorted({e.hour for e in ends if e.code == "completed" and e.hour in mine})
     head_seq, head_hash = ledger.head()
-    if not mine:
-        return PaperRecord(digest, 0, ledger=ledger.dsn, head_seq=head_seq, head_hash=head_hash)
+    if not mine:  # no paper hour yet; a parity failure naming the digest still counts
+        named = tuple(
+            e.hour
+            for e in ledger.entries(kind=Kind.EVENT)
+            if e.code == PARITY_FAILED and e.payload.get("manifest_sha256") == digest
+        )
+        return PaperRecord(digest, 0, parity_failures=named, ledger=ledger.dsn, head_seq=head_seq, head_hash=head_hash)
     start = min(e.seq for e in models if e.digest == digest)
     end = max([e.seq for e in ends if e.hour in mine] + [last_model[h].seq for h in mine])
 
@@ -100,3 +110,58 @@ def read_paper_record(dsn: str | Path, manifest_sha256: str) -> PaperRecord:
             return paper_record(led, manifest_sha256)
     except LedgerError as e:
         raise InputError(f"paper ledger {where} unreadable: {one_line(str(e), 300)}") from None
+
+
+def _plain(obj: Any) -> Any:
+    """A JSON value the ledger takes: floats and anything else not str/int/bool/None as text."""
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return str(obj)
+
+
+def parity_event(summary: dict[str, Any]) -> rec.Record:
+    """The ledger row of one ``kq parity`` outcome (``live_bridge.parity.ParityReport.summary()``):
+    ``parity_failed`` when it found any difference, else ``parity_passed``; the payload names the
+    model's manifest digest (what :func:`paper_record` keys on), the window, the counts compared and
+    the first difference."""
+    n = int(summary["mismatches"])
+    digest = str(summary.get("manifest_sha256") or "")
+    if not digest:
+        raise InputError("a parity outcome without the model's manifest digest cannot be recorded")
+    first = summary.get("first_mismatch")
+    payload = {
+        "manifest_sha256": digest,
+        "model": str(summary.get("model") or ""),
+        "window": summary["window"],
+        "pairs": list(summary.get("pairs") or []),
+        "mismatches": n,
+        "compared": _plain(summary.get("compared") or {}),
+        "first_mismatch": _plain(first) if first else None,
+    }
+    return rec.event(PARITY_FAILED if n else PARITY_PASSED, payload=payload)
+
+
+def record_parity(dsn: str | Path | None, summary: dict[str, Any]) -> Entry:
+    """Append the outcome of a ``kq parity`` run (:func:`parity_event`) to the paper ledger at
+    ``dsn`` (None: ``KQ_LEDGER_DSN`` or the SQLite default, as the daemon). The ledger must exist:
+    it is never created or migrated here (one-line :class:`InputError` otherwise), so a parity run
+    cannot start a stray ledger; a failure recorded here refuses ``kq models promote --env live``
+    for that digest for good."""
+    row = parity_event(summary)
+    try:
+        url = resolve_url(dsn)
+    except LedgerError as e:
+        raise InputError(f"paper ledger: {e}") from None
+    where = redacted(url)
+    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).expanduser().is_file():
+        raise InputError(f"no paper ledger at {where}: the parity outcome is not recorded (--no-record skips it)")
+    try:
+        with Ledger.open(dsn, migrate=False) as led:
+            (entry,) = led.append(row)
+            return entry
+    except LedgerError as e:
+        raise InputError(f"paper ledger {where}: {one_line(str(e), 300)}: the parity outcome is not recorded") from None

@@ -106,6 +106,27 @@ def test_planted_fee_one_basis_point_off_is_found_at_the_first_fill(live, model,
     b, p = m.backtest.split(), m.paper.split()
     assert b[:4] == p[:4] and Decimal(p[4]) > Decimal(b[4])
     assert Decimal(p[4]) / Decimal(b[4]) == pytest.approx(Decimal("1.025"), abs=Decimal("0.001"))
+    _failure_is_recorded_and_refuses_live(rep, tmp_path)
+
+
+def _failure_is_recorded_and_refuses_live(rep, tmp_path: Path) -> None:
+    """The failed run's outcome in the paper ledger: ``parity_failed`` naming the model's digest, so
+    the model's paper record carries it and promotion to live is refused, however many paper hours."""
+    from engine.errors import InputError
+    from live_bridge.ledger import Kind, Ledger
+    from live_bridge.paper_record import read_paper_record, record_parity
+
+    dsn = f"sqlite:///{tmp_path / 'paper-ledger.sqlite'}"
+    with pytest.raises(InputError, match="no paper ledger"):
+        record_parity(dsn, rep.summary())
+    Ledger.open(dsn).close()
+    entry = record_parity(dsn, rep.summary())
+    assert entry.code == "parity_failed" and entry.payload["manifest_sha256"] == rep.manifest_sha256
+    assert entry.payload["first_mismatch"]["field"] == "fill[BTC/USD buy]"
+    pr = read_paper_record(dsn, rep.manifest_sha256)
+    assert pr.parity_failures == (None,)
+    with Ledger.open(dsn, migrate=False) as led:
+        assert [e.code for e in led.entries(kind=Kind.EVENT)] == ["parity_failed"]
 
 
 def test_planted_warmup_one_bar_shorter_on_the_live_side_is_found_at_its_first_bar(live, model, tmp_path, monkeypatch):
@@ -183,8 +204,11 @@ def _kq(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 def test_ci_job_kq_parity_200_hours_of_real_data(tmp_path):
     """The CI job (issue 16): ``kq parity`` over 200 hours of Kraken's real bars with the tiny model;
     any mismatch fails CI. Prints how long it took."""
+    from live_bridge.ledger import Kind, Ledger
+
     model_dir = tiny_model_dir()
     cfg = _paper_toml(tmp_path)
+    Ledger.open(tmp_path / "ledger.sqlite").close()  # the paper ledger the outcome is recorded in
     end = CI_START + CI_HOURS - 1
     t = time.perf_counter()
     r = _kq(
@@ -206,6 +230,10 @@ def test_ci_job_kq_parity_200_hours_of_real_data(tmp_path):
     assert s["mismatches"] == 0 and s["window"]["hours"] == CI_HOURS
     assert s["compared"]["fills"]["backtest"] == s["compared"]["fills"]["paper"] >= 20
     assert s["final"]["backtest"] == s["final"]["paper"]
+    with Ledger.open(tmp_path / "ledger.sqlite", migrate=False) as led:
+        (ev,) = led.entries(kind=Kind.EVENT)
+    assert ev.code == "parity_passed" and ev.payload["manifest_sha256"] == s["manifest_sha256"]
+    assert s["recorded"] == {"code": "parity_passed", "seq": ev.seq}
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
@@ -215,6 +243,10 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
         (["--start", "2022-06-01T00:30", "--end", "2022-06-02T00:00"], "not on the hour"),
         (["--start", "2022-06-01T00:00", "--end", "2022-06-02T00:00", "--operator", "x=launch"], "TIME=ACTION"),
         (["--start", "2022-06-01T00:00", "--end", "2022-06-02T00:00", "--model", str(tmp_path)], "no saved bundle"),
+        (
+            ["--start", "2022-06-01T00:00", "--end", "2022-06-02T00:00", "--model", str(tiny_model_dir())],
+            "no paper ledger at",
+        ),
     ):
         r = _kq("parity", "--config", str(cfg), *extra, timeout=120)
         assert r.returncode == 2, (extra, r.stdout, r.stderr)
