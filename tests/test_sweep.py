@@ -101,6 +101,16 @@ def test_chunking_does_not_change_results(raw, sweep_inputs):
         assert _same(one.metrics, other.metrics) and np.array_equal(one.refusals, other.refusals)
 
 
+def test_two_workers_give_the_serial_results(raw, sweep_inputs):
+    """Chunks fanned out to two local worker processes (research.fanout, Dask) come back in order
+    with the serial metrics."""
+    spec = parse_grid(GRID | {"mode": "random", "n": 12, "seed": 5})
+    ex = expand(spec, raw)
+    serial = run_grid(sweep_inputs.inp, spec, ex, chunk_size=12)
+    fanned = run_grid(sweep_inputs.inp, spec, ex, chunk_size=4, workers=2)
+    assert _same(serial.metrics, fanned.metrics) and np.array_equal(serial.refusals, fanned.refusals)
+
+
 def test_grid_and_random_expansion(raw):
     g = parse_grid(
         {
