@@ -1,5 +1,6 @@
 """``kq live``: the hourly paper/live daemon (``run``), the check of its ledger (``verify``) and the
-operator commands (``status``, ``reactivate``, ``reset-halt``, ``pause``, ``resume``, ``flatten``:
+operator commands (``status``, ``reactivate``, ``reset-halt``, ``pause``, ``resume``, ``flatten``,
+``set-ceiling``:
 :mod:`live_bridge.operator`).
 docs/LIVE.md, "Daemon", describes them. Errors are one line: a bad config, missing credentials,
 no approved model or ``--live`` with a paper config exit 2 before anything is sent; a Kraken halt
@@ -130,10 +131,11 @@ def register(app: typer.Typer) -> None:
         positions, exposure, the model of the last hour, pending operator actions, open orders."""
         import json
 
+        from live_bridge.config import load_live_config
         from live_bridge.operator import status
 
         with _open_ledger(config, dsn) as led:
-            s = status(led)
+            s = status(led, load_live_config(config) if config else None)
         if as_json:
             typer.echo(json.dumps(s.to_json(), sort_keys=True, allow_nan=False))
             return
@@ -234,6 +236,52 @@ def register(app: typer.Typer) -> None:
         written, when no position is open (unless --force) or the confirmation differs."""
         _request("flatten", reason, config, dsn, confirm, force)
 
+    @live.command("set-ceiling")
+    def set_ceiling(
+        to: str = typer.Option(..., "--to", help="the new capital ceiling in quote currency, or 'off'"),
+        reason: str = typer.Option(..., "--reason", help="why (ledgered with the action)"),
+        config: str = typer.Option(None, "--config", help="the daemon config whose ledger to write"),
+        dsn: str = typer.Option(None, "--dsn", help="ledger DSN or SQLite path (default: KQ_LEDGER_DSN, else data/)"),
+        confirm: str = typer.Option(None, "--confirm", help="the confirmation word, non-interactive ('set-ceiling')"),
+        force: bool = typer.Option(False, "--force", help="write it even when it is the ceiling in force"),
+    ) -> None:
+        """Change the capital ceiling (R3b: caps and sizes read min(equity, ceiling)) at the next bar
+        close, lowering or raising it (ledgered ``operator_action`` set_ceiling; from then on it wins
+        over the config's ``capital_ceiling``). Shows the ceiling in force, the equity and the new
+        value, then asks to type 'set-ceiling' unless --confirm set-ceiling. Exit 2, nothing
+        written: --to not a positive amount nor 'off', the same value as now (unless --force), a
+        set-ceiling already pending (unless --force), or the confirmation differs."""
+        from live_bridge.ceiling import ceiling_text, parse_ceiling
+        from live_bridge.operator import (
+            default_actor,
+            nothing_to_reset,
+            request_ceiling,
+            same_ceiling,
+            status,
+        )
+
+        new = parse_ceiling(to)
+        actor = default_actor()
+        with _open_ledger(config, dsn) as led:
+            s = status(led)
+            typer.echo(_ceiling_line(s, ceiling_text(new)))
+            if not force:  # refuse before asking for a confirmation that could not be used
+                why = nothing_to_reset("set_ceiling", s) or same_ceiling(new, s)
+                if why is not None:
+                    raise InputError(f"{why}: nothing written (--force writes it anyway)")
+            if confirm is None:
+                try:
+                    confirm = typer.prompt(
+                        "type 'set-ceiling' to confirm (" + actor + ")", default="", show_default=False
+                    )
+                except (typer.Abort, EOFError, KeyboardInterrupt):
+                    raise InputError("no confirmation typed: nothing written") from None
+            r = request_ceiling(led, to, reason, actor, str(confirm), force=force)
+        typer.echo(
+            f"kq live: set-ceiling to {ceiling_text(new)} ledgered (seq {r.entry.seq}, by {actor}); applied at "
+            f"the next bar close (hour {_when_short(r.apply_hour)}) before its risk step"
+        )
+
     app.add_typer(live, name="live")
 
 
@@ -265,6 +313,24 @@ def _pct(d) -> str:
 
 def _money(d) -> str:
     return "n/a" if d is None else f"{float(d):,.2f}"
+
+
+def _ceiling(c: str | None) -> str:
+    return "n/a" if c is None else ("off" if c == "inf" else _money(c))
+
+
+def _ceiling_line(s, new: str) -> str:
+    """What a set-ceiling acts on, printed before the confirmation."""
+    from live_bridge.operator import hour_utc
+
+    if not s.portfolio:
+        return f"kq live: no completed hour in the ledger yet; new capital ceiling {new}"
+    return (
+        f"kq live: {s.state} at the close of {hour_utc(s.snapshot_hour)}: "
+        f"capital ceiling {_ceiling(s.capital_ceiling)} "
+        f"({s.ceiling_source}), equity {_money(s.equity)}, cap base {_money(s.cap_base)}; "
+        f"new capital ceiling {new if new == 'off' else _money(new)}"
+    )
 
 
 def _seen_line(action: str, s) -> str:
@@ -316,7 +382,13 @@ def _print_status(s) -> None:
             ("peak", _money(s.peak)),
             ("drawdown", _pct(s.drawdown)),
             ("exposure", f"{_money(s.exposure)} ({_pct(s.exposure_frac)} of equity)"),
+            ("capital ceiling", f"{_ceiling(s.capital_ceiling)} ({s.ceiling_source})"),
+            ("cap base", f"{_money(s.cap_base)} (min(equity, ceiling): what the caps and sizes read)"),
         ]
+        if s.config_ceiling is not None and s.ceiling_set is not None and s.config_ceiling != s.ceiling_set["new"]:
+            rows.append(("config's capital ceiling", f"{s.config_ceiling} (not in force)"))
+        if s.pending_ceiling is not None:
+            rows.append(("pending set-ceiling", f"{s.pending_ceiling} (applied at the next bar close)"))
     else:
         rows.append(("portfolio", "none yet (no completed hour with a risk snapshot)"))
     rows += [
@@ -327,6 +399,8 @@ def _print_status(s) -> None:
     for k, v in rows:
         t.add_row(k, escape(v))
     con.print(t)
+    if s.ceiling_warning:
+        con.print(f"warning: {escape(s.ceiling_warning)}")
     if s.positions:
         p = Table(title="positions", title_justify="left")
         for c in ("pair", "qty", "entry price", "entry hour", "stop", "take-profit", "mark", "value"):

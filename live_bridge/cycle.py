@@ -335,8 +335,14 @@ class Cycle:
 
     # ---- the machine -----------------------------------------------------------------------------
 
-    def _params(self, init_cash: Decimal) -> np.ndarray:
-        return live_params(self.cfg, init_cash, self.live.capital_ceiling)
+    def _params(self, init_cash: Decimal, upto_hour: int | None = None) -> np.ndarray:
+        """The live parameters under the ceiling in force after the close of ``upto_hour`` (all
+        applied when None): the newest applied ``set_ceiling`` in the ledger, else the config's
+        (:func:`live_bridge.ceiling.effective_ceiling`)."""
+        from live_bridge.ceiling import effective_ceiling
+
+        ceiling, _ = effective_ceiling(self.ledger, self.live.capital_ceiling, upto_hour)
+        return live_params(self.cfg, init_cash, ceiling)
 
     def _instruments(self):
         from engine.risk.params import instrument_arrays
@@ -372,7 +378,7 @@ class Cycle:
             )
         if e.blob is None:
             raise IntegrityError(f"risk snapshot at seq {e.seq} has no bytes")
-        m = RiskMachine.restore(e.blob, self._params(self.init_cash), self.pairs, self._instruments())
+        m = RiskMachine.restore(e.blob, self._params(self.init_cash, e.hour), self.pairs, self._instruments())
         self.machine = m
         return m.last_hour
 
@@ -394,7 +400,7 @@ class Cycle:
             rec.event("portfolio_start", hour, payload={"init_cash": cash, "quote": self.quote, "pairs": self.pairs})
         )
         self.fill_mark = int(e.seq)  # fills before the portfolio began are history
-        self.machine = RiskMachine(self.pairs, self._params(cash), self._instruments())
+        self.machine = RiskMachine(self.pairs, self._params(cash, hour - 1), self._instruments())
         return self.machine
 
     # ---- one hour --------------------------------------------------------------------------------
@@ -438,7 +444,10 @@ class Cycle:
 
                 # compared under the current pair rules (Kraken's, reloaded on every restore)
                 ref = RiskMachine.restore(
-                    before[-1].blob, self._params(self.init_cash or Decimal(0)), self.pairs, self._instruments()
+                    before[-1].blob,
+                    self._params(self.init_cash or Decimal(0), hour - 1),
+                    self.pairs,
+                    self._instruments(),
                 )
                 if ref.snapshot() != self.machine.snapshot():
                     raise IntegrityError(
@@ -450,6 +459,10 @@ class Cycle:
                 rep.latch = late[0]
         t = time.perf_counter()
         m = self.machine
+        from live_bridge.ceiling import apply_ledgered
+
+        # an operator's set_ceiling applied at this close (ledgered in its input batch)
+        apply_ledgered(m, self.ledger.entries(hour=hour, kind=Kind.OPERATOR_APPLIED), hour)
         res = m.on_bar(*args)
         applied: dict[str, list[str]] = {}
         self.journal = []
@@ -486,7 +499,7 @@ class Cycle:
             raise IntegrityError(f"hour {hour}: inputs ledgered but no portfolio_start event")
         self.init_cash = Decimal(starts[-1].payload["init_cash"])
         self.fill_mark = int(starts[-1].seq)
-        self.machine = RiskMachine(self.pairs, self._params(self.init_cash), self._instruments())
+        self.machine = RiskMachine(self.pairs, self._params(self.init_cash, hour - 1), self._instruments())
 
     # ---- inputs ----------------------------------------------------------------------------------
 
@@ -689,13 +702,18 @@ class Cycle:
     def _operator(self, hour: int) -> tuple[int, list[rec.Record]]:
         """Operator actions ledgered since the last close: the bits of this bar's operator input
         (reactivate, reset_halt, pause, resume, flatten) and their ``operator_applied`` rows (part
-        of the input batch)."""
+        of the input batch); a ``set_ceiling``'s row carries the new capital ceiling, set on the
+        machine before ``on_bar`` (:meth:`_set_ceiling`)."""
         bits, rows = 0, []
+        ceiling = None  # the operator-level ceiling as the set_ceiling rows of this close leave it
         for a in self.ledger.pending_operator_actions():
             code = str(a.code)
             if code in OP_BITS:
                 bits |= OP_BITS[code]
                 rows.append(rec.operator_applied(hour, int(a.seq)))
+            elif code == "set_ceiling":
+                ceiling, row = self._set_ceiling(hour, a, ceiling)
+                rows.append(row)
             else:
                 rows.append(
                     rec.operator_applied(
@@ -703,6 +721,21 @@ class Cycle:
                     )
                 )
         return bits, rows
+
+    def _set_ceiling(self, hour: int, a: Entry, prev: Any) -> tuple[Any, rec.Record]:
+        """The ``operator_applied`` row of a ``set_ceiling`` (payload old, new and the risk
+        parameter it sets, applied to the machine before ``on_bar`` by
+        :func:`live_bridge.ceiling.apply_ledgered`), or a refusal of a malformed one."""
+        from live_bridge.ceiling import ceiling_text, effective_ceiling, param_text, parse_ceiling
+
+        try:
+            new = parse_ceiling((a.payload.get("params") or {}).get("ceiling"), "set_ceiling")
+        except InputError as err:
+            return prev, rec.operator_applied(hour, int(a.seq), "refused", payload={"why": str(err)[:300]})
+        old = effective_ceiling(self.ledger, self.live.capital_ceiling)[0] if prev is None else prev[0]
+        p = float(live_params(self.cfg, self.init_cash or Decimal(1), new)[0]["capital_ceiling"])
+        payload = {"old": ceiling_text(old), "new": ceiling_text(new), "param": param_text(p)}
+        return (new,), rec.operator_applied(hour, int(a.seq), payload=payload)
 
     # ---- decisions and execution -----------------------------------------------------------------
 

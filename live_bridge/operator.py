@@ -10,6 +10,9 @@ step's operator input (``live_bridge/cycle.py``, ``Cycle._operator``: ``reactiva
 ``OP_RESET_KILL``, ``reset_halt`` -> ``OP_RESET_HALT``, ``pause`` -> ``OP_PAUSE``, ``resume`` ->
 ``OP_RESUME``, ``flatten`` -> ``OP_FLATTEN``) and writes ``operator_applied``, so the
 hour it is applied in replays from the ledger like any other (``live_bridge/replay.py``).
+:func:`request_ceiling` (``kq live set-ceiling``) ledgers a ``set_ceiling`` with its value; the
+daemon sets the machine's capital ceiling from it before that close's risk step
+(``live_bridge/ceiling.py``), and :func:`status` shows the ceiling in force.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "default_actor",
     "hour_utc",
     "request",
+    "request_ceiling",
     "status",
 ]
 
@@ -44,6 +48,7 @@ CONFIRM_WORDS = {
     "pause": "pause",
     "resume": "resume",
     "flatten": "flatten",
+    "set_ceiling": "set-ceiling",
 }
 
 
@@ -121,6 +126,16 @@ class LiveStatus:
     model_hour: int | None = None
     pending_actions: list[dict[str, Any]] = field(default_factory=list)
     open_intents: list[dict[str, Any]] = field(default_factory=list)
+    # the capital ceiling (R3b; live_bridge/ceiling.py): the machine's, from the snapshot ("off" or
+    # a decimal: the lower of the operator-level ceiling and the engine config's), None without a
+    # portfolio; cap_base = min(equity, ceiling), the equity the caps and sizes read
+    capital_ceiling: str | None = None
+    cap_base: Decimal | None = None
+    ceiling_source: str | None = None  # "config" or "set_ceiling seq N (hour H)"
+    ceiling_set: dict[str, Any] | None = None  # the newest applied set_ceiling: seq, action_seq, hour, old, new
+    config_ceiling: str | None = None  # the live config's capital_ceiling, when the status was given it
+    pending_ceiling: str | None = None  # the newest pending set_ceiling's value
+    ceiling_warning: str | None = None  # the config's ceiling differs from the ledger's set_ceiling
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: Decimals as strings, hours as ints with their UTC labels."""
@@ -151,13 +166,53 @@ def _next_hour(ledger: Ledger, last: int | None) -> int | None:
 
 def _action_row(e: Entry) -> dict[str, Any]:
     p = e.payload
-    return {
+    row = {
         "seq": int(e.seq),
         "action": str(e.code),
         "reason": p.get("reason"),
         "actor": p.get("actor"),
         "recorded_utc": e.recorded_utc,
     }
+    if e.code == "set_ceiling":
+        row["ceiling"] = (p.get("params") or {}).get("ceiling")
+    return row
+
+
+def _ceiling_fields(ledger: Ledger, param: float | None, equity: float | None, config: Any) -> dict[str, Any]:
+    """The status's capital-ceiling fields (see :class:`LiveStatus`); ``config``: a LiveConfig or None."""
+    from live_bridge.ceiling import applied_ceilings, ceiling_text, param_text
+
+    out: dict[str, Any] = {}
+    applied = applied_ceilings(ledger)
+    last = applied[-1] if applied else None
+    pend = [e for e in ledger.pending_operator_actions() if e.code == "set_ceiling"]
+    if pend:
+        out["pending_ceiling"] = (pend[-1].payload.get("params") or {}).get("ceiling")
+    if last is not None:
+        out["ceiling_set"] = {
+            "seq": last.seq,
+            "action_seq": last.action_seq,
+            "hour": last.hour,
+            "old": ceiling_text(last.old),
+            "new": ceiling_text(last.new),
+        }
+        out["ceiling_source"] = f"set_ceiling seq {last.action_seq} (applied at {hour_utc(last.hour)})"
+    elif param is not None:
+        out["ceiling_source"] = "config"
+    if config is not None:
+        cc = config.capital_ceiling
+        out["config_ceiling"] = ceiling_text(cc)
+        if last is not None and cc != last.new:
+            out["ceiling_warning"] = (
+                f"the live config's capital_ceiling ({ceiling_text(cc)}) differs from the ledger's "
+                f"set_ceiling ({ceiling_text(last.new)}, seq {last.action_seq}): the ledger's is in force; "
+                "edit the config to match, or kq live set-ceiling"
+            )
+    if param is not None:
+        out["capital_ceiling"] = param_text(param)
+        if equity is not None and math.isfinite(equity):
+            out["cap_base"] = _dec(min(equity, param))
+    return out
 
 
 def _intent_row(e: Entry) -> dict[str, Any]:
@@ -173,8 +228,10 @@ def _intent_row(e: Entry) -> dict[str, Any]:
     }
 
 
-def status(ledger: Ledger) -> LiveStatus:
-    """The portfolio from the ledger alone (see :class:`LiveStatus`); nothing is written."""
+def status(ledger: Ledger, config: Any = None) -> LiveStatus:
+    """The portfolio from the ledger alone (see :class:`LiveStatus`); nothing is written. ``config``
+    (the daemon's LiveConfig, optional): its ``capital_ceiling`` is shown, and a warning when it
+    differs from the ledger's newest applied ``set_ceiling`` (which is in force)."""
     from engine.risk.enums import KillReason, TradingState
     from engine.risk.machine import RiskMachine
 
@@ -226,6 +283,7 @@ def status(ledger: Ledger) -> LiveStatus:
             exposure=None,
             exposure_frac=None,
             **common,
+            **_ceiling_fields(ledger, None, None, config),
         )
     m = RiskMachine.restore(snap.blob)  # the snapshot's own parameters: a read, not a restart
     st = m.state[0]
@@ -270,6 +328,7 @@ def status(ledger: Ledger) -> LiveStatus:
         exposure_frac=_dec(expo / equity) if equity > 0 else None,
         positions=positions,
         **common,
+        **_ceiling_fields(ledger, float(m.params[0]["capital_ceiling"]), equity, config),
     )
 
 
@@ -319,6 +378,17 @@ def nothing_to_reset(action: str, s: LiveStatus) -> str | None:
     return None
 
 
+def same_ceiling(new: Decimal | None, s: LiveStatus) -> str | None:
+    """Why a ``set_ceiling`` to ``new`` (None: off) changes nothing in ``s`` (one line), or None."""
+    cur = s.capital_ceiling
+    if cur is None:
+        return None
+    same = (cur == "inf") if new is None else (cur != "inf" and Decimal(cur) == new)
+    if not same:
+        return None
+    return f"the capital ceiling is already {'off' if new is None else cur} (at {hour_utc(s.snapshot_hour)})"
+
+
 def request(
     ledger: Ledger,
     action: str,
@@ -336,6 +406,8 @@ def request(
     ``params.seen`` records what the operator was shown (state, kill reason, pause, positions,
     drawdown, peak, the snapshot's hour and seq)."""
     word = CONFIRM_WORDS.get(action)
+    if action == "set_ceiling":
+        raise InputError("set_ceiling carries a value: use request_ceiling (kq live set-ceiling)")
     if word is None:
         supported = ", ".join(CONFIRM_WORDS)
         raise InputError(f"operator action {action!r} is not supported by this command (supported: {supported})")
@@ -376,3 +448,58 @@ def request(
             "unless that cause is gone, the switch latches again at once"
         )
     return Request(entry=e, action=action, apply_hour=_apply_hour(ledger, s.next_hour), seen=s, warnings=warnings)
+
+
+def _check_request(action: str, reason: str, actor: str, confirmation: str) -> str:
+    word = CONFIRM_WORDS[action]
+    if not isinstance(confirmation, str) or confirmation.strip() != word:
+        raise InputError(f"confirmation {str(confirmation)[:40]!r} is not {word!r}: nothing written")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InputError("--reason is empty: say why (it is ledgered with the action)")
+    if not isinstance(actor, str) or not actor.strip():
+        raise InputError("no operator name: set KQ_OPERATOR")
+    return word
+
+
+def request_ceiling(
+    ledger: Ledger,
+    to: str,
+    reason: str,
+    actor: str,
+    confirmation: str,
+    *,
+    force: bool = False,
+) -> Request:
+    """Append one ``set_ceiling`` ``operator_action`` (``params.ceiling``: the new capital ceiling
+    as an exact decimal string in quote currency, or ``"off"``), applied by the daemon at the next
+    bar close (``Cycle._operator``; live_bridge/ceiling.py). Lowering and raising alike. Refused
+    with InputError, nothing written: ``to`` not a positive number nor ``off``, a confirmation
+    other than ``set-ceiling``, an empty reason or actor, and unless ``force``: no portfolio yet,
+    the same value as the ceiling in force, or a set_ceiling already pending."""
+    from live_bridge.ceiling import ceiling_text, parse_ceiling
+
+    new = parse_ceiling(to)
+    word = _check_request("set_ceiling", reason, actor, confirmation)
+    s = status(ledger)
+    if not force:
+        why = nothing_to_reset("set_ceiling", s) or same_ceiling(new, s)
+        if why is not None:
+            raise InputError(f"{why}: nothing written (--force writes it anyway)")
+        dup = [a for a in s.pending_actions if a["action"] == "set_ceiling"]
+        if dup:
+            raise InputError(
+                f"a set-ceiling to {dup[0].get('ceiling')} is already pending (seq {dup[0]['seq']}, by "
+                f"{dup[0]['actor']}): nothing written (--force writes another; the newest wins)"
+            )
+    seen: dict[str, Any] = {
+        "state": s.state,
+        "capital_ceiling": s.capital_ceiling,
+        "equity": s.equity,
+        "cap_base": s.cap_base,
+        "snapshot_hour": s.snapshot_hour,
+        "snapshot_seq": s.snapshot_seq,
+        "forced": bool(force),
+    }
+    params = {"ceiling": ceiling_text(new), "seen": seen}
+    (e,) = ledger.append(rec.operator_action("set_ceiling", reason.strip(), actor.strip(), word, params=params))
+    return Request(entry=e, action="set_ceiling", apply_hour=_apply_hour(ledger, s.next_hour), seen=s)

@@ -15,7 +15,9 @@ it, and the snapshot ``after`` whose ``journal`` lists, in order, every machine 
    are the snapshot's), and the ``before`` must equal the previous hour's ``after`` (no state
    entered the machine between two closes; only Kraken's instrument rules, which the daemon takes
    fresh at each restore, may differ, and that is noted in the details);
-3. ``on_bar`` runs on the decoded arguments (:func:`live_bridge.cycle.recorded_inputs`, the
+3. an operator's ``set_ceiling`` applied at that close (its ``operator_applied`` row, in the input
+   batch) sets the machine's capital ceiling first (:func:`live_bridge.ceiling.apply_ledgered`,
+   as the cycle does); then ``on_bar`` runs on the decoded arguments (:func:`live_bridge.cycle.recorded_inputs`, the
    decoding a crash re-run uses); its decision rows (:func:`live_bridge.cycle.decision_records`,
    the cycle's own formatter) must equal the ledgered ones: codes, pairs, sides, quantities and
    prices as exact Decimal strings, and payloads;
@@ -313,6 +315,17 @@ def _replay_rows(ledger: Ledger, hour: int, rows: list[Entry], fills: dict[str, 
 
         journal = [list(c) for c in after.payload.get("journal", [])]
         details["journal"] = len(journal)
+        # an operator's set_ceiling applied at this close (in its input batch): the machine's
+        # capital ceiling changes before on_bar, as the cycle did (live_bridge/ceiling.py)
+        from live_bridge.ceiling import apply_ledgered, ceiling_text, param_text
+
+        got_c = apply_ledgered(m, [e for e in rows if e.seq < flags.seq], hour)
+        if got_c is not None:
+            details["capital_ceiling"] = {
+                "old": ceiling_text(got_c.old),
+                "new": ceiling_text(got_c.new),
+                "param": param_text(got_c.param),
+            }
         res = m.on_bar(*args)
         n_dec = 0
         k0 = 0

@@ -646,6 +646,18 @@ class RiskMachine:
         j = self._pending_for(pair)
         self.pending[j]["active"] = 0
 
+    def set_capital_ceiling(self, value: float) -> None:
+        """Change the capital ceiling (R3b, quote currency; ``inf`` = off) from the next call on: an
+        operator's ledgered ``set_ceiling``, applied by the live cycle before a bar's ``on_bar``.
+        The snapshot carries it. InputError for NaN, zero or a negative value."""
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"capital ceiling {value!r}: not a number") from None
+        if not v > 0.0:  # NaN, zero, negative
+            raise InputError(f"capital ceiling {value!r}: must be positive (inf = off)")
+        self.params[0]["capital_ceiling"] = v
+
     # ---- persistence
 
     def _arrays(self):
