@@ -218,18 +218,42 @@ def test_bad_grid_exits_2_one_line_nothing_written(tmp_path, capsys, text, needl
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["grid.toml"]
 
 
-def test_cli_walkforward_signals_results_in_duckdb(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from tests.conftest import require_shared
+
+    d = require_shared()
+    path = tmp_path_factory.mktemp("sweep") / "m.duckdb"
+    assert main(["data", "import", *(str(d / f"{f}.parquet") for f in FILES[:2]), "--store", str(path)]) == 0
+    return path
+
+
+def test_cli_demo_signal_set_equals_kq_backtest(tmp_path, store):
+    """Without --signals and with no warm-up, the set holding the config's own values reproduces
+    `kq backtest` over the same bars (same inputs: demo signal, universe, entry block)."""
+    span = ["--store", str(store), "--venue", "binance", "--start", "2022-01-01", "--end", "2022-02-14"]
+    grid = _grid_file(tmp_path, '[params]\n"risk.max_positions" = [10, 1]\n"fees.slippage_bps" = [5.0, 20.0]\n')
+    out = tmp_path / "sw"
+    assert main(["sweep", "--grid", str(grid), "--out", str(out), "--warmup-bars", "0", "--no-progress", *span]) == 0
+    assert main(["backtest", "--out", str(tmp_path / "bt"), *span]) == 0
+    m = json.loads((tmp_path / "bt" / "metrics.json").read_text())
+    df = pd.read_parquet(out / "results.parquet")
+    row = df[(df["risk.max_positions"] == 10) & (df["fees.slippage_bps"] == 5.0)].iloc[0]
+    for k in ("final_equity", "total_return", "max_drawdown", "n_fills", "n_trades", "n_refusals", "fees_paid"):
+        assert row[k] == m[k], k
+    assert m["n_fills"] > 10 and df["n_fills"].nunique() > 1
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["signals"].startswith("built-in demo signal") and doc["data"]["warmup_bars"] == 0
+
+
+def test_cli_walkforward_signals_results_in_duckdb(tmp_path, capsys, store):
     """A walk-forward-style out folder (signals.parquet + metrics.json) swept end to end; the
     results table is queryable in DuckDB and the report carries the multiple-testing figure."""
     import duckdb
 
     from engine.backtest.demo import ma_signal
     from engine.store.panel import load_shared_panel
-    from tests.conftest import require_shared
 
-    d = require_shared()
-    store = tmp_path / "m.duckdb"
-    assert main(["data", "import", *(str(d / f"{f}.parquet") for f in FILES[:2]), "--store", str(store)]) == 0
     panel = load_shared_panel(FILES[:2], start=START - 200 * 3600, end=END)
     p_up, er = ma_signal(panel.close, 12, 48, 50.0)
     keep = panel.ts >= START
