@@ -38,7 +38,7 @@ def _signals_source(path: str) -> tuple[Path, str | None]:
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep(
-        grid: str = typer.Option(..., "--grid", help="grid TOML file ([params] of dotted config keys)"),
+        grid: str = typer.Option(..., "--grid", help="grid TOML file (params of dotted config keys; docs/STUDIES.md)"),
         out: str = typer.Option(..., "--out", help="output folder (results.parquet, sweep.json, report.html)"),
         config: str = typer.Option(None, "--config", help="config TOML (default configs/default.toml)"),
         signals: str = typer.Option(
