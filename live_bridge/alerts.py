@@ -20,6 +20,9 @@ kind                      severity    when
 ``reset``                 info        an operator reset was applied (kill switch, halt)
 ``kraken_halt``           critical    a Kraken halt stopped the daemon (lockout, nonce, credentials)
 ``cycle_failed``          critical    an hour failed with an error and the daemon stopped
+``retrain_started``       info        a retraining job started in the training window (live_bridge.retrain)
+``retrain_finished``      info        it registered a candidate (gate verdicts); promotion stays manual
+``retrain_failed``        warning     it failed, timed out or its process vanished (one line why)
 ========================  ==========  ============================================================
 
 Each alert is ``{"ts", "severity", "kind", "hour", "pair", "message", "details"}``: ``ts`` the
@@ -50,7 +53,7 @@ from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
 
-__all__ = ["ENV_WEBHOOK", "Alert", "Alerter", "alerts_for", "check_webhook", "failure_alert"]
+__all__ = ["ENV_WEBHOOK", "Alert", "Alerter", "alerts_for", "check_webhook", "failure_alert", "retrain_alert"]
 
 log = logging.getLogger("live_bridge.alerts")
 
@@ -183,6 +186,13 @@ def alerts_for(report: Any, ledger: Any) -> list[Alert]:
         msg = f"kill switch asked for the next bar: {report.latch}"
         out.append(Alert("critical", "kill_switch_requested", msg[:1000], h, None, {**base, "reason": report.latch}))
     return out
+
+
+def retrain_alert(code: str, hour: int | None, message: str, details: Mapping[str, Any] | None = None) -> Alert:
+    """A retraining job's event (``code``: retrain_started / retrain_finished / retrain_failed); a
+    failure is a warning, the rest info. ``hour`` is the wall-clock hour (unix seconds // 3600)."""
+    sev = "warning" if code == "retrain_failed" else "info"
+    return Alert(sev, code, message[:1000], hour, None, dict(details or {}))
 
 
 def failure_alert(hour: int | None, message: str, kind: str = "cycle_failed") -> Alert:

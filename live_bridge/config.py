@@ -143,6 +143,39 @@ class AlertsSection(Frozen):
         return self
 
 
+class RetrainSection(Frozen):
+    """Retraining in the training window (:mod:`live_bridge.retrain`), off by default. The daemon
+    starts one job per window in a separate process; the job registers and validates a CANDIDATE
+    and never promotes (``kq models promote`` stays a manual, confirmed step)."""
+
+    enabled: bool = False
+    config: str = Field(
+        "", description="the research config to retrain with (a [research] table; relative to this file)"
+    )
+    every_hours: int = Field(
+        24, ge=1, le=8784, description="start only when the last job that produced a candidate began this long ago"
+    )
+    weekday: Literal["any", "mon", "tue", "wed", "thu", "fri", "sat", "sun"] = Field(
+        "any", description="only windows opening on this UTC weekday"
+    )
+    span_hours: int = Field(
+        8760, ge=48, le=200_000, description="bars trained on, ending with the last completed hour before the window"
+    )
+    timeout_s: float = Field(
+        7200.0, ge=1, le=86_400, description="the job is killed after this (or at the end of its window, if earlier)"
+    )
+    out_root: str = Field(
+        "data/runs", description="where each job's run folder goes (relative to the working directory)"
+    )
+    nice: int = Field(10, ge=0, le=19, description="the job's CPU niceness: the daemon's cycles come first")
+
+    @model_validator(mode="after")
+    def _needs_config(self) -> RetrainSection:
+        if self.enabled and not self.config.strip():
+            raise ValueError("retrain.enabled needs retrain.config (the research config to retrain with)")
+        return self
+
+
 class LiveConfig(Frozen):
     mode: Literal["paper", "live"]
     engine_config: str = Field("default.toml", description="engine config, relative to this file")
@@ -160,6 +193,8 @@ class LiveConfig(Frozen):
     )
     # not in dumps nor in the digest: the webhook is a secret and alerts never change a decision
     alerts: AlertsSection = Field(AlertsSection(), exclude=True)
+    # not in dumps nor in the digest: retraining produces candidates only, never a decision
+    retrain: RetrainSection = Field(RetrainSection(), exclude=True)
     source: str = Field("", exclude=True, description="the file this was read from (set by the loader)")
 
     @model_validator(mode="after")
@@ -195,6 +230,12 @@ class LiveConfig(Frozen):
 
     def engine_path(self) -> Path:
         p = Path(self.engine_config)
+        if not p.is_absolute() and self.source:
+            p = Path(self.source).parent / p
+        return p
+
+    def retrain_config_path(self) -> Path:
+        p = Path(self.retrain.config)
         if not p.is_absolute() and self.source:
             p = Path(self.source).parent / p
         return p
@@ -239,4 +280,6 @@ def load_live_config(path: str | Path) -> LiveConfig:
     cfg = live_config_from_dict(raw, str(p))
     if not cfg.engine_path().is_file():
         raise ConfigError(f"{p}: engine_config: no such file {cfg.engine_path()}")
+    if cfg.retrain.enabled and not cfg.retrain_config_path().is_file():
+        raise ConfigError(f"{p}: retrain.config: no such file {cfg.retrain_config_path()}")
     return cfg

@@ -299,6 +299,9 @@ class Daemon:
             log.info("%s", r.line())
             self._alert(alerts_for, r, self.ledger)
             out.append(r)
+        from live_bridge.retrain import tick as retrain_tick
+
+        retrain_tick(self, t)  # [retrain]: starts/watches a job in another process; never raises, never waits
         return out
 
     def _alert(self, make: Callable[..., Any], *args: Any) -> None:
