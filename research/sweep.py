@@ -298,7 +298,8 @@ def _combinations(spec: GridSpec) -> list[tuple]:
             else:
                 lo, hi = float(d.low or 0.0), float(d.high or 0.0)
                 if d.log:
-                    x = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+                    # clamped: exp(log(hi)) may round past hi, and hi may be a config bound
+                    x = min(max(float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), lo), hi)
                     row.append(min(max(round(x), int(lo)), int(hi)) if d.integer else x)
                 elif d.integer:
                     row.append(int(rng.integers(int(lo), int(hi) + 1)))
