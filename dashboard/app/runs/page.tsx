@@ -1,0 +1,140 @@
+"use client";
+import { useEffect, useMemo, useState } from "react";
+import Chart from "@/components/Chart";
+import Table from "@/components/Table";
+import { useApi } from "@/components/useApi";
+import { num, utc } from "@/lib/api";
+
+type RunSummary = { id: string; kind: string; modified_utc: string; headline: Record<string, unknown> };
+type Runs = { runs_dir: string; runs: RunSummary[] };
+type Point = { ts: number; equity: number | null; drawdown: number | null };
+type Detail = {
+  id: string;
+  kind: string;
+  modified_utc: string;
+  metrics: Record<string, unknown>;
+  equity: Point[];
+  table: Record<string, unknown>[];
+  files: string[];
+};
+
+/** The per-fold rows of a walk-forward's metrics (`folds`, `per_fold` or `fold_metrics`), if any. */
+function folds(m: Record<string, unknown> | undefined): Record<string, unknown>[] {
+  if (!m) return [];
+  for (const k of ["folds", "per_fold", "fold_metrics"]) {
+    const v = m[k];
+    if (Array.isArray(v) && v.length && typeof v[0] === "object") return v as Record<string, unknown>[];
+  }
+  return [];
+}
+
+function headline(h: Record<string, unknown>): string {
+  return Object.entries(h)
+    .slice(0, 4)
+    .map(([k, v]) => {
+      const n = num(v);
+      const pctKey = /(return|drawdown|dd|cagr|vol)/i.test(k);
+      return `${k} ${n === null ? String(v) : pctKey ? `${(n * 100).toFixed(2)}%` : n.toFixed(3)}`;
+    })
+    .join(" · ");
+}
+
+export default function RunsPage() {
+  const runs = useApi<Runs>("/api/runs", 60_000);
+  const [id, setId] = useState<string | null>(null);
+  useEffect(() => {
+    setId(new URLSearchParams(window.location.search).get("id"));
+  }, []);
+  const pick = (rid: string) => {
+    setId(rid);
+    window.history.replaceState(null, "", `?id=${encodeURIComponent(rid)}`);
+  };
+  const det = useApi<Detail>(id ? `/api/runs/${encodeURIComponent(id)}` : null, 0);
+  const d = det.data;
+
+  const charts = useMemo(() => {
+    const pts = d?.equity ?? [];
+    const x = pts.map((p) => p.ts);
+    const f = folds(d?.metrics);
+    const fkeys = f.length
+      ? Object.keys(f[0]).filter((k) => num(f[0][k]) !== null && !/^(fold|start|end|ts|train|test)/i.test(k)).slice(0, 4)
+      : [];
+    return {
+      x,
+      equity: [{ label: "equity", values: pts.map((p) => p.equity) }],
+      dd: [{ label: "drawdown", values: pts.map((p) => (p.drawdown === null ? null : -Math.abs(p.drawdown))), color: "#dc2626" }],
+      f,
+      fx: f.map((_, i) => i + 1),
+      fseries: fkeys.map((k) => ({ label: k, values: f.map((r) => num(r[k])) })),
+    };
+  }, [d]);
+
+  const list = runs.data?.runs ?? [];
+  return (
+    <>
+      <h1>Research runs</h1>
+      {runs.error ? <p className="err">{runs.error}</p> : null}
+      <section className="card">
+        <h2>Runs {runs.data ? <span className="muted">in {runs.data.runs_dir}</span> : null}</h2>
+        {list.length ? (
+          <div className="scroll">
+            <table data-testid="runs">
+              <thead>
+                <tr>
+                  <th>run</th>
+                  <th>kind</th>
+                  <th>modified</th>
+                  <th>headline</th>
+                </tr>
+              </thead>
+              <tbody>
+                {list.map((r) => (
+                  <tr key={r.id} className={`pick ${r.id === id ? "sel" : ""}`} onClick={() => pick(r.id)}>
+                    <td>{r.id}</td>
+                    <td>{r.kind}</td>
+                    <td>{utc(r.modified_utc)}</td>
+                    <td>{headline(r.headline ?? {})}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        ) : (
+          <p className="empty">{runs.loading ? "Loading…" : "No research run found."}</p>
+        )}
+      </section>
+      {id ? (
+        <section className="card" data-testid="run-detail">
+          <h2>
+            {id} {d ? <span className="muted">({d.kind})</span> : null}
+          </h2>
+          {det.error ? <p className="err">{det.error}</p> : null}
+          {d ? (
+            <>
+              <div className="two">
+                <Chart x={charts.x} series={charts.equity} title="Equity" />
+                <Chart x={charts.x} series={charts.dd} unit="pct" title="Drawdown" />
+              </div>
+              {charts.f.length ? (
+                <>
+                  <Chart x={charts.fx} series={charts.fseries} time={false} title="Per fold" />
+                  <Table rows={charts.f} />
+                </>
+              ) : null}
+              {d.table.length ? (
+                <>
+                  <h2>{d.kind === "study" ? "Trials" : "Results"}</h2>
+                  <Table rows={d.table} testid="run-table" />
+                </>
+              ) : null}
+              <details>
+                <summary>Metrics document</summary>
+                <pre>{JSON.stringify(d.metrics, null, 2)}</pre>
+              </details>
+            </>
+          ) : null}
+        </section>
+      ) : null}
+    </>
+  );
+}
