@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "kq.doctor",
     "kq.sweep",
     "kq.study",
+    "kq.serve",
 )
 
 

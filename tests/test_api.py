@@ -1,0 +1,383 @@
+"""The dashboard API (issue 20; ``kq serve``; live_bridge/api): against a ledger filled by a REAL
+paper run (the daemon on the simulator replaying Kraken's real BTC/USD and ETH/USD bars with the
+tiny model; tests/live_harness.py), through FastAPI's TestClient.
+
+Proofs: every figure of the overview equals the ledger's own (the risk machine's last snapshot, the
+daemon's machine after its last hour, the ledger's fill rows); a request without the token, or with
+a wrong one, is refused on every route of the OpenAPI description; an operator action through the
+API lands in the ledger through the CLI's path, and a bad confirmation writes nothing; a
+property-based fuzzer over the OpenAPI description finds no 5xx.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from engine.risk.enums import KillReason, TradingState
+from live_bridge.api import create_app
+from live_bridge.ledger import Kind, Ledger
+from live_bridge.ledger import records as rec
+from live_bridge.operator import status
+from tests.live_harness import P0, SETTLE, BundleModel, H, kraken_store, make_daemon, shared_frames, sim_panel
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HOURS = 60
+FIRST = P0 + 190 * H  # the window where the tiny model trades (tests/test_live_daemon.py)
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch):
+    monkeypatch.delenv("KQ_LEDGER_DSN", raising=False)
+    monkeypatch.delenv("KQ_LEDGER_HMAC_KEY", raising=False)
+    monkeypatch.setenv("KQ_OPERATOR", "alice")
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    """A paper run of HOURS hours: (ledger path, the daemon's machine state after its last hour)."""
+    from live_bridge.simulator.testing import start_sim
+    from tests.live_harness import run_hours, tiny_model_dir
+
+    tmp = tmp_path_factory.mktemp("paper")
+    hours_after = (FIRST - P0) // H + HOURS + 10
+    kraken_store(tmp / "m.duckdb", shared_frames(hours_after), upto=P0 - H)
+    sim = start_sim(sim_panel(hours_after), start=FIRST + SETTLE, balances={"USD": "10000"})
+    t0 = time.perf_counter()
+    model = BundleModel(tiny_model_dir())
+    t1 = time.perf_counter()
+    d = make_daemon(sim.url, tmp, model)
+    try:
+        d.start()
+        reps = run_hours(sim, d, HOURS, first=FIRST)
+        print(f"\npaper run: model {t1 - t0:.1f} s, {HOURS} hours {time.perf_counter() - t1:.1f} s")
+        assert len(reps) == HOURS and all(r.status == "completed" for r in reps)
+        m = d.cycle.machine
+        machine = {
+            "state": m.state[0].copy(),
+            "positions": {p: m.positions[j].copy() for j, p in enumerate(m.pairs) if float(m.positions[j]["qty"]) > 0},
+            "sim_fees": sum((t.fee for t in sim.ex.trades.values()), D(0)),
+            "sim_trades": len(sim.ex.trades),
+        }
+    finally:
+        d.close()
+        sim.stop()
+    return tmp / "ledger.sqlite", machine
+
+
+@pytest.fixture(scope="module")
+def client(paper):
+    led_path, _ = paper
+    return TestClient(create_app(str(led_path), led_path.parent / "runs", TOKEN))
+
+
+def get(client: TestClient, path: str, **kw: Any) -> Any:
+    r = client.get(path, headers=AUTH, **kw)
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    return r.json()
+
+
+def exact(x: float) -> D:
+    return D(repr(float(x)))
+
+
+# ---- the overview equals the ledger ------------------------------------------------------------------
+
+
+def test_overview_figures_equal_the_ledgers(client, paper):
+    led_path, machine = paper
+    ov = get(client, "/api/overview")
+    st_, pos = machine["state"], machine["positions"]
+    with Ledger.open(str(led_path), migrate=False) as led:
+        s = status(led)
+        fills = led.entries(kind=Kind.FILL)
+        ends = [e for e in led.entries(kind=Kind.CYCLE_END) if e.code == "completed"]
+        head = led.head()[0]
+    assert len(fills) >= 2, f"the tiny model should trade in this window; {len(fills)} fills"
+    # the daemon's own machine after its last hour (not a re-derivation of the API's source)
+    assert D(ov["equity"]) == exact(st_["equity"]) == s.equity
+    assert D(ov["cash"]) == exact(st_["cash"]) == s.cash
+    assert D(ov["peak"]) == exact(st_["peak"]) == s.peak
+    assert D(ov["drawdown"]) == exact(st_["drawdown"]) == s.drawdown
+    assert D(ov["exposure"]) == exact(st_["exposure"]) == s.exposure
+    assert ov["tier"] == int(st_["tier"]) == s.tier
+    assert ov["state"] == TradingState(int(st_["trading_state"])).name == s.state
+    assert ov["kill_switch"] is False and ov["kill_reason"] == "NONE" and ov["halted"] is False
+    assert ov["n_positions"] == len(pos) == int(st_["n_positions"]) == len(s.positions)
+    assert D(ov["init_cash"]) == D("10000") and ov["head_seq"] == head
+    assert ov["last_completed"] == FIRST // H + HOURS - 1 == ends[-1].hour
+    # the last cycle_end's own figures, and the equity curve's last point
+    assert D(ov["equity"]) == D(ends[-1].payload["equity"]) and D(ov["cash"]) == D(ends[-1].payload["cash"])
+    curve = get(client, "/api/equity", params={"limit": 5000})
+    assert curve["total"] == HOURS and [p["hour"] for p in curve["points"]] == [e.hour for e in ends]
+    assert D(curve["points"][-1]["equity"]) == D(ov["equity"])
+    # fills and fees: the ledger's rows and the simulator's trades
+    assert ov["fills"] == len(fills) == machine["sim_trades"]
+    assert D(ov["fees"]) == sum(f.fee for f in fills) == machine["sim_fees"]
+    fl = get(client, "/api/fills", params={"limit": 5000})
+    assert fl["totals"]["count"] == len(fills) and D(fl["totals"]["fees"]) == D(ov["fees"])
+    assert [f["trade_id"] for f in fl["fills"]] == [f.trade_id for f in fills]
+    od = get(client, "/api/orders", params={"limit": 5000})
+    assert sum(o["fills"] for o in od["orders"]) == len(fills)
+    assert sum(D(o["fees"]) for o in od["orders"]) == D(ov["fees"])
+    # positions: the machine's entry, stop, take-profit, mark; unrealised PnL = qty x (mark - entry)
+    ps = get(client, "/api/positions")
+    assert {p["pair"] for p in ps} == set(pos)
+    for p in ps:
+        m = pos[p["pair"]]
+        assert D(p["qty"]) == exact(m["qty"]) and D(p["entry_price"]) == exact(m["entry_price"])
+        assert D(p["mark"]) == exact(m["mark"])
+        assert (p["stop"] is None) == (not np.isfinite(m["stop"]))
+        assert p["stop"] is None or D(p["stop"]) == exact(m["stop"])
+        assert D(p["unrealised_pnl"]) == exact(m["qty"]) * (exact(m["mark"]) - exact(m["entry_price"]))
+    rk = get(client, "/api/risk")
+    assert (rk["tier"], rk["drawdown"], rk["state"]) == (ov["tier"], ov["drawdown"], ov["state"])
+    assert rk["kill_switch"]["latched"] is False
+
+
+def test_read_routes_answer_from_the_ledger(client, paper):
+    led_path, _ = paper
+    last = FIRST // H + HOURS - 1
+    pr = get(client, "/api/predictions")
+    assert pr["hour"] == last and pr["model_id"] == "tiny/1"
+    assert {p["pair"] for p in pr["predictions"]} == {"BTC/USD", "ETH/USD"}
+    assert all("p_up" in p["values"] for p in pr["predictions"])
+    iso = get(client, "/api/predictions", params={"hour": "2022-06-09T00:00"})
+    assert iso["hour"] == 1654732800 // H and iso["predictions"]
+    hours = get(client, "/api/replay/hours", params={"limit": 5000})
+    assert hours["total"] == HOURS and hours["hours"][-1] == last
+    man = get(client, f"/api/replay/{last}")
+    assert man["hour"] == last and set(man["bars"]) == {"BTC/USD", "ETH/USD"} and man["ledger"]["chain_ok"] is True
+    rs = get(client, f"/api/replay/{last}/status")
+    assert rs["status"] == "reproduced" and rs["ok"] is True
+    with Ledger.open(str(led_path), migrate=False) as led:
+        n_rec = len(led.entries(kind=Kind.RECONCILIATION))
+    rc = get(client, "/api/reconciliations", params={"limit": 5000})
+    assert rc["total"] == n_rec > 0 and rc["mismatches"] == 0
+    assert get(client, "/api/alerts")["total"] >= 0
+    assert client.get(f"/api/replay/{FIRST // H - 500}", headers=AUTH).status_code == 404
+    assert client.get("/api/replay/2022-06-09T00:30", headers=AUTH).status_code == 422
+    r = client.get("/api/shadow", headers=AUTH)
+    assert r.status_code == 404 and r.json()["detail"].startswith("no shadow configured")
+    assert get(client, "/api/runs")["runs"] == []
+    assert client.get("/api/runs/nope", headers=AUTH).status_code == 404
+    assert client.get("/api/runs/..", headers=AUTH).status_code == 404
+
+
+# ---- access --------------------------------------------------------------------------------------------
+
+
+def _concrete(path: str) -> str:
+    return path.replace("{hour}", str(FIRST // H)).replace("{run_id}", "x").replace("{action}", "pause")
+
+
+def test_every_route_but_health_refuses_a_missing_or_wrong_token(client, paper):
+    led_path, _ = paper
+    assert client.get("/api/health").json() == {"status": "ok"}
+    assert client.get("/api/openapi.json").status_code == 401
+    spec = get(client, "/api/openapi.json")
+    routes = [(m.upper(), p) for p, ops in spec["paths"].items() for m in ops]
+    assert len(routes) >= 18 and ("POST", "/api/operator/{action}") in routes
+    with Ledger.open(str(led_path), migrate=False) as led:
+        n = led.count()
+    bad = [{}, {"Authorization": "Bearer wrong-token-0123456789abcdef"}, {"Authorization": f"Basic {TOKEN}"}]
+    bad.append({"Authorization": f"Bearer {TOKEN[:-1]}"})
+    for method, path in routes:
+        if path == "/api/health":
+            continue
+        for hdr in bad:
+            body = {"reason": "r", "confirm": "pause"} if method == "POST" else None
+            r = client.request(method, _concrete(path), headers=hdr, json=body)
+            assert r.status_code == 401, (method, path, hdr, r.status_code, r.text)
+            assert r.json() == {"detail": "missing or wrong bearer token"}
+    with Ledger.open(str(led_path), migrate=False) as led:
+        assert led.count() == n  # a refused POST wrote nothing
+
+
+def test_an_absent_ledger_is_a_one_line_503(tmp_path):
+    c = TestClient(create_app(str(tmp_path / "none.sqlite"), tmp_path, TOKEN))
+    r = c.get("/api/overview", headers=AUTH)
+    assert r.status_code == 503 and r.json()["detail"].startswith("no ledger at ")
+    assert not (tmp_path / "none.sqlite").exists()
+    assert c.get("/api/health").status_code == 200
+    with pytest.raises(Exception, match="at least 16"):
+        create_app(None, tmp_path, "short")
+
+
+# ---- operator actions -------------------------------------------------------------------------------
+
+
+def kill_ledger(path: Path, hour: int) -> str:
+    """A ledger whose last completed hour left the kill switch latched (API instability)."""
+    from engine.config import load_config
+    from engine.risk.machine import RiskMachine
+    from live_bridge.cycle import live_params
+
+    m = RiskMachine(["BTC/USD", "ETH/USD"], live_params(load_config(), D("100000")))
+    s = m.state[0]
+    s["bar"], s["cash"], s["equity"], s["peak"] = hour, 100_000.0, 100_000.0, 100_000.0
+    s["trading_state"], s["kill_reason"] = int(TradingState.KILL_SWITCH), int(KillReason.API_INSTABILITY)
+    with Ledger.open(str(path)) as led:
+        led.append(
+            rec.decision(hour, "KILL:KILL_API", "BTC/USD", payload={"tag": "close", "value": "3"}),
+            rec.risk_snapshot(hour, "after", m.snapshot(), payload={"init_cash": D("100000"), "pairs": list(m.pairs)}),
+            rec.cycle_end(hour, "completed", payload={"latch_next": []}),
+        )
+    return str(path)
+
+
+def test_reactivate_through_the_api_is_the_clis_path_and_a_bad_confirmation_writes_nothing(tmp_path):
+    hour = P0 // H + 10
+    dsn = kill_ledger(tmp_path / "ledger.sqlite", hour)
+    c = TestClient(create_app(dsn, tmp_path, TOKEN))
+    rk = get(c, "/api/risk")
+    assert rk["kill_switch"]["latched"] is True and rk["kill_switch"]["reason"] == "API_INSTABILITY"
+    assert rk["kill_switch"]["hour"] == hour and rk["kill_switch"]["trigger"] == "KILL_API"
+    with Ledger.open(dsn, migrate=False) as led:
+        n = led.count()
+    refused = [
+        ("reactivate", {"reason": "OHLC back", "confirm": "reset-halt"}, "is not 'reactivate': nothing written"),
+        ("reactivate", {"reason": "OHLC back", "confirm": ""}, "is not 'reactivate'"),
+        ("reactivate", {"reason": "  ", "confirm": "reactivate"}, "reason is empty"),
+        ("reset-halt", {"reason": "x", "confirm": "reset-halt"}, "the drawdown halt is not latched"),
+        ("resume", {"reason": "x", "confirm": "resume"}, "trading is not paused"),
+    ]
+    for action, body, needle in refused:
+        r = c.post(f"/api/operator/{action}", headers=AUTH, json=body)
+        assert r.status_code == 400, (action, body, r.text)
+        d = r.json()["detail"]
+        assert needle in d and "\n" not in d, d
+    for path, body in (("/api/operator/flatten", {"reason": "x", "confirm": "flatten"}), ("/api/operator/pause", {})):
+        assert c.post(path, headers=AUTH, json=body).status_code == 422
+    with Ledger.open(dsn, migrate=False) as led:
+        assert led.count() == n  # nothing written by any refusal
+    r = c.post("/api/operator/reactivate", headers=AUTH, json={"reason": "OHLC back", "confirm": "reactivate"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["action"] == "reactivate" and out["actor"] == "alice" and out["apply_hour"] == hour + 1
+    with Ledger.open(dsn, migrate=False) as led:
+        (act,) = led.entries(kind=Kind.OPERATOR_ACTION)
+        assert led.count() == n + 1 and act.seq == out["seq"]
+    assert act.code == "reactivate" and act.payload["reason"] == "OHLC back" and act.payload["actor"] == "alice"
+    assert act.payload["confirmation"] == "reactivate"
+    assert act.payload["params"]["seen"]["kill_reason"] == "API_INSTABILITY"
+    acts = get(c, "/api/operator/actions")["actions"]
+    assert [(a["seq"], a["outcome"], a["actor"]) for a in acts] == [(act.seq, "pending", "alice")]
+    assert [a["seq"] for a in get(c, "/api/overview")["pending_actions"]] == [act.seq]
+    # the same action again while pending: refused as the CLI refuses it
+    r = c.post("/api/operator/reactivate", headers=AUTH, json={"reason": "again", "confirm": "reactivate"})
+    assert r.status_code == 400 and "already pending" in r.json()["detail"]
+
+
+# ---- the fuzzer over the OpenAPI description ----------------------------------------------------------
+
+TEXT = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["0", "-1", "1e9", "99999999999999", "2022-06-09T00:00", "../..", "%00", "reactivate", "NaN"]),
+)
+
+
+def _value(schema: dict[str, Any]) -> st.SearchStrategy:
+    t = schema.get("type")
+    if "enum" in schema:
+        return st.one_of(st.sampled_from(schema["enum"]), TEXT)
+    if t == "integer":
+        return st.one_of(st.integers(-(2**63), 2**63), TEXT)
+    if "anyOf" in schema:
+        return st.one_of(*[_value(s) for s in schema["anyOf"]])
+    return TEXT
+
+
+def test_fuzzing_the_openapi_description_finds_no_5xx(paper, tmp_path):
+    """Every operation of the OpenAPI description, with the token, with generated path and query
+    parameters (the schema's types, then hostile strings) and JSON bodies: no 5xx, always JSON
+    ``{"detail"}`` on an error. On a copy of the paper ledger (a POST may write)."""
+    led_path, _ = paper
+    copy = tmp_path / "ledger.sqlite"
+    shutil.copy(led_path, copy)
+    c = TestClient(create_app(str(copy), tmp_path, TOKEN), raise_server_exceptions=False)
+    spec = get(c, "/api/openapi.json")
+    ops = []
+    for path, items in spec["paths"].items():
+        for method, op in items.items():
+            params = op.get("parameters", [])
+            body = "requestBody" in op
+            ops.append((method.upper(), path, params, body))
+    seen: set[tuple[str, str]] = set()
+
+    @st.composite
+    def request(draw):
+        method, path, params, body = draw(st.sampled_from(ops))
+        url, query = path, {}
+        for p in params:
+            v = draw(_value(p.get("schema", {})))
+            if p["in"] == "path":
+                url = url.replace("{" + p["name"] + "}", quote(str(v), safe="") or "x")
+            elif draw(st.booleans()):
+                query[p["name"]] = str(v)
+        js = None
+        if body:
+            js = draw(
+                st.one_of(
+                    st.fixed_dictionaries({"reason": TEXT, "confirm": TEXT}),
+                    st.dictionaries(st.text(max_size=8), st.one_of(TEXT, st.integers(), st.none()), max_size=3),
+                    st.none(),
+                    st.integers(),
+                )
+            )
+        return method, path, url, query, js
+
+    @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(request())
+    def fuzz(req):
+        method, path, url, query, js = req
+        seen.add((method, path))
+        r = c.request(method, url, params=query, json=js, headers=AUTH)
+        assert r.status_code < 500, (method, url, query, js, r.status_code, r.text)
+        if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
+            d = r.json()["detail"]
+            assert isinstance(d, str) and "\n" not in d and "Traceback" not in d, d
+
+    fuzz()
+    assert len(seen) >= len(ops) - 2, sorted(set((m, p) for m, p, _, _ in ops) - seen)
+
+
+# ---- kq serve: the refusals before anything listens -----------------------------------------------------
+
+
+def kq_serve(args: list[str], env: dict[str, Any]) -> tuple[int, str]:
+    from kq.cli import main
+
+    with CliRunner().isolation(env=env) as (out, err, _):
+        rc = main(["serve", *args])
+        sys.stderr.flush()
+        return rc, err.getvalue().decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        ([], {"KQ_API_TOKEN": None}, "KQ_API_TOKEN is not set"),
+        ([], {"KQ_API_TOKEN": "short"}, "KQ_API_TOKEN is too short"),
+        (["--host", "0.0.0.0"], {"KQ_API_TOKEN": TOKEN}, "--host 0.0.0.0 is not loopback: add --allow-remote"),
+        (["--runs", "/nonexistent/runs"], {"KQ_API_TOKEN": TOKEN}, "--runs /nonexistent/runs: no such folder"),
+    ],
+)
+def test_kq_serve_refuses_to_start_in_one_line(args, env, needle):
+    rc, err = kq_serve(args, env)
+    e = err.strip()
+    assert rc == 2 and e.startswith("kq: error: ") and needle in e and "\n" not in e, err
+    assert TOKEN not in err
