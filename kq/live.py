@@ -2,6 +2,7 @@
 operator commands (``status``, ``reactivate``, ``reset-halt``, ``pause``, ``resume``, ``flatten``,
 ``set-ceiling``:
 :mod:`live_bridge.operator`).
+``shadow-report`` compares a shadow model with the approved one (:mod:`live_bridge.shadow`).
 docs/LIVE.md, "Daemon", describes them. Errors are one line: a bad config, missing credentials,
 no approved model or ``--live`` with a paper config exit 2 before anything is sent; a Kraken halt
 stops the daemon with exit 3."""
@@ -94,6 +95,28 @@ def register(app: typer.Typer) -> None:
             typer.echo("kq live: stopped")
         finally:
             daemon.close()
+
+    @live.command("shadow-report")
+    def shadow_report_cmd(
+        config: str = typer.Option(None, "--config", help="the daemon config whose ledger to read"),
+        dsn: str = typer.Option(None, "--dsn", help="ledger DSN or SQLite path (default: KQ_LEDGER_DSN, else data/)"),
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    ) -> None:
+        """The shadow model's last run against the approved model over the same hours, from the ledger
+        alone: hours covered, agreement per hour and pair (entries and exits: both, neither, one side
+        only), trades and fees each side, PnL after fees (the shadow's hypothetical, the approved
+        model's traded) and final equity. Exit 2 when the ledger holds no shadow run."""
+        import json
+
+        from live_bridge.shadow import shadow_report
+
+        with _open_ledger(config, dsn) as led:
+            r = shadow_report(led)
+        if as_json:
+            typer.echo(json.dumps(r.to_json(), sort_keys=True, allow_nan=False))
+            return
+        for line in r.lines():
+            typer.echo(line)
 
     @live.command("verify")
     def verify(
@@ -285,6 +308,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(live, name="live")
 
 
+def _shadow_line(sh) -> str:
+    """The shadow model's line of ``kq live status`` (live_bridge.shadow.shadow_summary)."""
+    from live_bridge.operator import hour_utc
+
+    if sh is None:
+        return "none"
+    out = f"{sh['model']} (never trades)"
+    if sh.get("last_hour") is not None:
+        out += f": since {hour_utc(sh['first_hour'])}, equity {_money(sh['equity'])} at {hour_utc(sh['last_hour'])}"
+    if sh.get("failed"):
+        f = sh["failed"]
+        out += f"; last failure at {hour_utc(f['hour'])} ({f['stage']}): {f['reason']}"
+    return out
+
+
 def _open_ledger(config: str | None, dsn: str | None):
     """The ledger of ``--config`` / ``--dsn`` (as ``verify``), never created or migrated here."""
     from pathlib import Path
@@ -394,6 +432,7 @@ def _print_status(s) -> None:
     rows += [
         ("kill switch asked next bar", "; ".join(s.latch_next) if s.latch_next else "no"),
         ("model", "none" if s.model_id is None else f"{s.model_id} (manifest {str(s.manifest_sha256)[:16]})"),
+        ("shadow model", _shadow_line(s.shadow)),
         ("ledger head seq", str(s.head_seq)),
     ]
     for k, v in rows:

@@ -176,6 +176,28 @@ class RetrainSection(Frozen):
         return self
 
 
+class ShadowSection(Frozen):
+    """A shadow model (:mod:`live_bridge.shadow`): a registered candidate that predicts beside the
+    approved model every hour; a second risk machine decides what it would have done, ledgered and
+    never traded (``kq live shadow-report``)."""
+
+    model: str | None = Field(
+        None, description='registry id "NAME/VERSION" of a registered candidate (any stage); none: no shadow'
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        import re
+
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}/[1-9][0-9]{0,8}", v):
+            raise ValueError(f"{v[:80]!r} is not a registry id NAME/VERSION (e.g. krakenquant/7)")
+        return v
+
+
 class LiveConfig(Frozen):
     mode: Literal["paper", "live"]
     engine_config: str = Field("default.toml", description="engine config, relative to this file")
@@ -193,6 +215,8 @@ class LiveConfig(Frozen):
     )
     # not in dumps nor in the digest: the webhook is a secret and alerts never change a decision
     alerts: AlertsSection = Field(AlertsSection(), exclude=True)
+    # not in dumps nor in the digest: the shadow never changes a decision of the traded portfolio
+    shadow: ShadowSection = Field(ShadowSection(), exclude=True)
     # not in dumps nor in the digest: retraining produces candidates only, never a decision
     retrain: RetrainSection = Field(RetrainSection(), exclude=True)
     source: str = Field("", exclude=True, description="the file this was read from (set by the loader)")

@@ -564,6 +564,7 @@ class Cycle:
         ucfg = self.universe
         umask = universe_mask(panel, ucfg)
         feats = build_features(panel, self.cfg.features, umask)
+        self.last_features = (hour, panel, feats)  # the shadow model reads the same panel (live_bridge/shadow.py)
         n, m = panel.close.shape
         p_up = np.full((n, m), np.nan)
         er = np.full((n, m), np.nan)

@@ -116,6 +116,7 @@ class Daemon:
         self.alerter = Alerter.from_config(live, {})  # from_config: KQ_ALERT_WEBHOOK of its environment
         self._lock: Any = None  # the state folder's flock (from_config)
         self.start_latch: list[str] = []
+        self.shadow: Any = None  # [shadow] model: live_bridge.shadow.Shadow (from_config); never trades
 
     # ---- construction from a config --------------------------------------------------------------
 
@@ -131,11 +132,13 @@ class Daemon:
         sleep: Callable[[float], None] | None = None,
         budget: Any = None,
         engine_cfg: Any = None,
+        shadow_model: Any = None,
     ) -> Daemon:
         """Everything from the config and the environment; refuses to start on the first problem.
         ``model``, ``clock``, ``sleep`` and ``budget`` (a :class:`~live_bridge.kraken.RateBudget`)
         replace the defaults (tests, the benchmark); ``engine_cfg`` replaces the engine config read
-        from ``engine_config`` (``kq parity`` runs both of its sides under one adjusted config)."""
+        from ``engine_config`` (``kq parity`` runs both of its sides under one adjusted config);
+        ``shadow_model`` replaces the registry load of ``[shadow] model`` (tests)."""
         import os
 
         from engine.config import load_config
@@ -186,6 +189,13 @@ class Daemon:
         d = cls(live, cfg=cfg, store=store, adapter=adapter, ledger=ledger, model=model, clock=clock, sleep=sleep)
         d._lock = lock
         d.alerter = Alerter.from_config(live, env)
+        try:
+            from live_bridge.shadow import make_shadow
+
+            d.shadow = make_shadow(d, shadow_model)  # ConfigError: the shadow names the approved model
+        except BaseException:
+            d.close()
+            raise
         return d
 
     def close(self) -> None:
@@ -299,6 +309,8 @@ class Daemon:
             log.info("%s", r.line())
             self._alert(alerts_for, r, self.ledger)
             out.append(r)
+            if self.shadow is not None:  # after the hour: ledgered only, never sent, never raises
+                self._alert(self.shadow.after_hour, h)
         from live_bridge.retrain import tick as retrain_tick
 
         retrain_tick(self, t)  # [retrain]: starts/watches a job in another process; never raises, never waits

@@ -126,6 +126,7 @@ class LiveStatus:
     model_hour: int | None = None
     pending_actions: list[dict[str, Any]] = field(default_factory=list)
     open_intents: list[dict[str, Any]] = field(default_factory=list)
+    shadow: dict[str, Any] | None = None  # the shadow model's last state (live_bridge.shadow.shadow_summary)
     # the capital ceiling (R3b; live_bridge/ceiling.py): the machine's, from the snapshot ("off" or
     # a decimal: the lower of the operator-level ceiling and the engine config's), None without a
     # portfolio; cap_base = min(equity, ceiling), the equity the caps and sizes read
@@ -234,6 +235,7 @@ def status(ledger: Ledger, config: Any = None) -> LiveStatus:
     differs from the ledger's newest applied ``set_ceiling`` (which is in force)."""
     from engine.risk.enums import KillReason, TradingState
     from engine.risk.machine import RiskMachine
+    from live_bridge.shadow import shadow_summary
 
     head_seq, _ = ledger.head()
     last = ledger.last_completed_hour()
@@ -262,6 +264,7 @@ def status(ledger: Ledger, config: Any = None) -> LiveStatus:
         model_hour=model_hour,
         pending_actions=pending,
         open_intents=intents,
+        shadow=shadow_summary(ledger),
     )
     snap = ledger.last_risk_snapshot("after")
     if snap is None or snap.blob is None:

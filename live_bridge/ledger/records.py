@@ -15,7 +15,8 @@ kind                      columns (R = required, o = optional) and meaning
 ``features``              hour R, digest R = feature hash
 ``model``                 hour R, code R = model id (``name/version``), digest R = manifest digest
 ``prediction``            hour R, pair R, payload.values = {name: Decimal}, code o = model id
-``risk_snapshot``         hour R, code R = ``before``/``after``, blob R = RiskMachine.snapshot()
+``risk_snapshot``         hour R, code R = ``before``/``after`` (``shadow``: the shadow model's
+                          machine, live_bridge/shadow.py), blob R = RiskMachine.snapshot()
                           bytes (opaque), digest = sha256(blob) (computed)
 ``decision``              hour R, code R = reason code, pair/side/qty/price o
 ``order_intent``          hour R, pair R, cl_ord_id R (one intent per id), side R, qty R > 0,
@@ -104,7 +105,7 @@ class Kind(StrEnum):
 
 SIDES = ("buy", "sell")
 CYCLE_END_CODES = ("completed", "failed", "skipped")
-SNAPSHOT_PHASES = ("before", "after")
+SNAPSHOT_PHASES = ("before", "after", "shadow")
 OUTCOMES = ("done", "rejected", "unknown")
 CANCEL_CODES = ("requested", "done", "rejected", "unknown")
 FILL_CODES = ("own", "external")
