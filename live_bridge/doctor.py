@@ -425,6 +425,39 @@ def check_model(live: LiveConfig, cfg: Any) -> Check:
     return Check(name, "ok", f"{m.model} approved, manifest {str(m.manifest_sha256)[:16]}, digests verified")
 
 
+def check_shadow(live: LiveConfig, cfg: Any) -> Check:
+    """The shadow model (``[shadow] model``), loaded as the daemon loads it
+    (:func:`live_bridge.shadow.load_shadow`: registered, digests verified, current feature set, not
+    the approved model). A shadow naming the approved model stops the daemon at start, and a
+    tampered bundle is an integrity problem: both fail. Any other load problem is a warning: the
+    daemon trades without the shadow and ledgers ``shadow_failed`` each hour."""
+    from engine.errors import ConfigError, IntegrityError
+
+    name = "shadow model"
+    ref = live.shadow.model
+    if not ref:
+        return Check(name, "ok", "none configured ([shadow] model)")
+    if cfg is None:
+        return Check(name, "fail", "not checked: the engine config did not load", "")
+    from live_bridge import models
+    from live_bridge.shadow import load_shadow
+    from research.lifecycle.registry import load_configs
+
+    fix = f"register the candidate (kq models list), or remove [shadow] model from {live.source or 'the config'}"
+    try:
+        approved = models.load_approved(live.env, cfg)
+    except KQError:
+        approved = None  # the approved-model check names that problem
+    try:
+        _, tracking = load_configs(live.engine_path())
+        m = load_shadow(str(ref), cfg, tracking, approved=approved)
+    except (ConfigError, IntegrityError) as e:
+        return Check(name, "fail", one_line(str(e), 400), fix)
+    except Exception as e:  # the registry unreachable, an unknown ref: the daemon runs without it
+        return Check(name, "warn", f"{ref}: {one_line(str(e), 300)}: the daemon trades without it", fix)
+    return Check(name, "ok", f"{m.model} loads, manifest {str(m.manifest_sha256)[:16]}, digests verified")
+
+
 def check_ledger(live: LiveConfig, environ: Mapping[str, str]) -> Check:
     from live_bridge.ledger import Ledger
     from live_bridge.ledger.canonical import hmac_key_from_env
@@ -517,6 +550,7 @@ def run_checks(live: LiveConfig, environ: Mapping[str, str] | None = None, now: 
         note = "now"
     checks += _guard("store", lambda: check_store(live, cfg, ref, note))
     checks += _guard(f"model ({live.env})", lambda: check_model(live, cfg))
+    checks += _guard("shadow model", lambda: check_shadow(live, cfg))
     checks += _guard(
         "ledger", lambda: check_ledger(live, env), "check paths.ledger / KQ_LEDGER_DSN and that the database is up"
     )

@@ -274,3 +274,19 @@ def test_a_running_daemon_and_a_tampered_ledger_are_named(tmp_path):
         c.execute("UPDATE ledger_entry SET payload = ? WHERE seq = 1", ('{"n":7}',))
     g = check_ledger(live, {})
     assert g.status == "fail" and "ledger broken at seq 1" in g.detail, g
+
+
+def test_the_shadow_model_is_checked_as_the_daemon_loads_it(tmp_path, healthy_model, monkeypatch):
+    """``[shadow] model``: none configured is fine; an unregistered ref is a warning (the daemon
+    trades without it); the approved model as its own shadow fails (the daemon refuses to start)."""
+    monkeypatch.setenv("KQ_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # an empty registry
+    live, _ = setup(tmp_path / "none", DEAD_URL, store=False)
+    c = by_name(run_checks(live, ENV))["shadow model"]
+    assert c.status == "ok" and c.detail.startswith("none configured"), c
+    live, _ = setup(tmp_path / "missing", DEAD_URL, store=False, shadow={"model": "krakenquant/7"})
+    c = by_name(run_checks(live, ENV))["shadow model"]
+    assert c.status == "warn" and "krakenquant/7" in c.detail and "trades without it" in c.detail, c
+    assert "[shadow] model" in c.fix
+    live, _ = setup(tmp_path / "self", DEAD_URL, store=False, shadow={"model": str(healthy_model.model)})
+    c = by_name(run_checks(live, ENV))["shadow model"]
+    assert c.status == "fail" and "is the approved model itself" in c.detail, c
