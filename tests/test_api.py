@@ -35,7 +35,7 @@ from tests.live_harness import P0, SETTLE, BundleModel, H, kraken_store, make_da
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-HOURS = 60
+HOURS = 36  # ends holding ETH/USD (bought in hour 26) and BTC/USD (hour 34)
 FIRST = P0 + 190 * H  # the window where the tiny model trades (tests/test_live_daemon.py)
 
 
@@ -63,7 +63,8 @@ def paper(tmp_path_factory):
     try:
         d.start()
         reps = run_hours(sim, d, HOURS, first=FIRST)
-        print(f"\npaper run: model {t1 - t0:.1f} s, {HOURS} hours {time.perf_counter() - t1:.1f} s")
+        n_fills = len(d.ledger.entries(kind=Kind.FILL))
+        print(f"\npaper run: model {t1 - t0:.1f} s, {HOURS} hours {time.perf_counter() - t1:.1f} s, {n_fills} fills")
         assert len(reps) == HOURS and all(r.status == "completed" for r in reps)
         m = d.cycle.machine
         machine = {
@@ -107,6 +108,7 @@ def test_overview_figures_equal_the_ledgers(client, paper):
         ends = [e for e in led.entries(kind=Kind.CYCLE_END) if e.code == "completed"]
         head = led.head()[0]
     assert len(fills) >= 2, f"the tiny model should trade in this window; {len(fills)} fills"
+    assert len(pos) == 2, f"the run should end holding both pairs; {sorted(pos)}"
     # the daemon's own machine after its last hour (not a re-derivation of the API's source)
     assert D(ov["equity"]) == exact(st_["equity"]) == s.equity
     assert D(ov["cash"]) == exact(st_["cash"]) == s.cash
@@ -381,3 +383,52 @@ def test_kq_serve_refuses_to_start_in_one_line(args, env, needle):
     e = err.strip()
     assert rc == 2 and e.startswith("kq: error: ") and needle in e and "\n" not in e, err
     assert TOKEN not in err
+
+
+# ---- research runs ------------------------------------------------------------------------------------
+
+
+def test_runs_list_and_chart_data_equal_the_backtests_own_files(tmp_path):
+    """A real backtest (two Binance pairs, 2,400 hours, the MA demo signal) written by the
+    backtester's own writer: the runs list and the run's page carry its metrics and equity as written."""
+    import json
+
+    import pandas as pd
+
+    from engine.backtest.demo import ma_signal
+    from engine.backtest.io import write_outputs
+    from engine.backtest.runner import make_inputs, run_backtest
+    from engine.config import load_config
+    from engine.risk.params import params_from_config
+    from engine.store.panel import load_shared_panel
+    from tests.conftest import require_shared
+
+    require_shared()
+    cfg = load_config()
+    start = 1672531200  # 2023-01-01
+    panel = load_shared_panel(["binance_BTCUSDT_1h", "binance_ETHUSDT_1h"], start, start + 2400 * H)
+    p_up, er = ma_signal(panel.close, 12, 48, 50.0)
+    res = run_backtest(make_inputs(panel, p_up, er, cfg), params_from_config(cfg))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_outputs(runs / "bt-ma", res, cfg, {"note": "api test"})
+    (runs / "not-a-run").mkdir()
+    (runs / "broken").mkdir()
+    (runs / "broken" / "sweep.json").write_text("{not json")
+    c = TestClient(create_app(str(tmp_path / "none.sqlite"), runs, TOKEN))
+    listed = {r["id"]: r for r in get(c, "/api/runs")["runs"]}
+    assert set(listed) == {"bt-ma", "broken"}
+    assert listed["broken"]["kind"] == "sweep" and "not readable JSON" in listed["broken"]["headline"]["error"]
+    metrics = json.loads((runs / "bt-ma" / "metrics.json").read_text())
+    head = listed["bt-ma"]["headline"]
+    assert listed["bt-ma"]["kind"] == "backtest" and head
+    assert all(metrics[k] == v for k, v in head.items())
+    run = get(c, "/api/runs/bt-ma")
+    assert run["metrics"] == json.loads(json.dumps(metrics)) and "equity.parquet" in run["files"]
+    eq = pd.read_parquet(runs / "bt-ma" / "equity.parquet")
+    pts = run["equity"]
+    assert 2 <= len(pts) <= 2000 < len(eq)  # downsampled, first and last points kept
+    assert (pts[0]["ts"], pts[0]["equity"]) == (int(eq.ts.iloc[0]), float(eq.equity.iloc[0]))
+    assert (pts[-1]["ts"], pts[-1]["equity"]) == (int(eq.ts.iloc[-1]), float(eq.equity.iloc[-1]))
+    assert c.get("/api/runs/not-a-run", headers=AUTH).status_code == 404
+    assert c.get("/api/runs/broken", headers=AUTH).status_code == 503
