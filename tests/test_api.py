@@ -222,7 +222,7 @@ def test_an_absent_ledger_is_a_one_line_503(tmp_path):
 # ---- operator actions -------------------------------------------------------------------------------
 
 
-def kill_ledger(path: Path, hour: int) -> str:
+def kill_ledger(path: Path | str, hour: int, schema: str | None = None) -> str:
     """A ledger whose last completed hour left the kill switch latched (API instability)."""
     from engine.config import load_config
     from engine.risk.machine import RiskMachine
@@ -232,7 +232,7 @@ def kill_ledger(path: Path, hour: int) -> str:
     s = m.state[0]
     s["bar"], s["cash"], s["equity"], s["peak"] = hour, 100_000.0, 100_000.0, 100_000.0
     s["trading_state"], s["kill_reason"] = int(TradingState.KILL_SWITCH), int(KillReason.API_INSTABILITY)
-    with Ledger.open(str(path)) as led:
+    with Ledger.open(str(path), schema=schema) as led:
         led.append(
             rec.decision(hour, "KILL:KILL_API", "BTC/USD", payload={"tag": "close", "value": "3"}),
             rec.risk_snapshot(hour, "after", m.snapshot(), payload={"init_cash": D("100000"), "pairs": list(m.pairs)}),
@@ -432,3 +432,79 @@ def test_runs_list_and_chart_data_equal_the_backtests_own_files(tmp_path):
     assert (pts[-1]["ts"], pts[-1]["equity"]) == (int(eq.ts.iloc[-1]), float(eq.equity.iloc[-1]))
     assert c.get("/api/runs/not-a-run", headers=AUTH).status_code == 404
     assert c.get("/api/runs/broken", headers=AUTH).status_code == 503
+
+
+def test_the_api_reads_and_writes_a_postgresql_ledger_the_same_way():
+    """The same routes over a PostgreSQL ledger (KQ_TEST_PG_DSN; a fresh schema, dropped after):
+    the risk latch read back, a reactivation ledgered through the CLI's path, a refusal writes
+    nothing, no token is 401."""
+    import os
+    import uuid
+
+    from tests.test_ledger_pg import _drop_schema, pg_dsn_from
+
+    dsn = pg_dsn_from(os.environ)
+    schema = f"ledger_test_{uuid.uuid4().hex[:16]}"
+    hour = P0 // H + 10
+    try:
+        kill_ledger(dsn, hour, schema)
+        c = TestClient(create_app(dsn, "/nonexistent", TOKEN, schema=schema))
+        assert c.get("/api/overview").status_code == 401
+        ov = get(c, "/api/overview")
+        assert (ov["state"], ov["kill_reason"], D(ov["equity"])) == ("KILL_SWITCH", "API_INSTABILITY", D(100000))
+        assert "password" not in ov["ledger"]
+        r = c.post("/api/operator/reactivate", headers=AUTH, json={"reason": "r", "confirm": "pause"})
+        assert r.status_code == 400
+        r = c.post("/api/operator/reactivate", headers=AUTH, json={"reason": "feed back", "confirm": "reactivate"})
+        assert r.status_code == 200, r.text
+        with Ledger.open(dsn, schema=schema, migrate=False) as led:
+            (act,) = led.entries(kind=Kind.OPERATOR_ACTION)
+            assert led.verify().ok
+        assert (act.seq, act.payload["actor"], act.payload["reason"]) == (r.json()["seq"], "alice", "feed back")
+    finally:
+        _drop_schema(dsn, schema)
+
+
+def test_kq_serve_listens_on_loopback_serves_the_dashboard_and_never_logs_the_token(tmp_path):
+    """``kq serve`` as a process: health open, the API behind the token, the static export at /,
+    and the token nowhere in its output."""
+    import os
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    static = tmp_path / "out"
+    static.mkdir()
+    (static / "index.html").write_text("<html><body>kq dashboard</body></html>")
+    dsn = kill_ledger(tmp_path / "ledger.sqlite", P0 // H + 10)
+    env = dict(os.environ, KQ_API_TOKEN=TOKEN, KQ_OPERATOR="alice")
+    args = ["serve", "--dsn", dsn, "--port", str(port), "--static", str(static), "--runs", str(tmp_path)]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kq", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("kq serve did not answer in 30 s")
+        assert httpx.get(f"{base}/api/overview").status_code == 401
+        ov = httpx.get(f"{base}/api/overview", headers=AUTH)
+        assert ov.status_code == 200 and ov.json()["state"] == "KILL_SWITCH"
+        page = httpx.get(f"{base}/")
+        assert page.status_code == 200 and "kq dashboard" in page.text
+        assert "access-control-allow-origin" not in {k.lower() for k in ov.headers}
+        pre = httpx.options(f"{base}/api/overview", headers={"Origin": "http://evil.example", **AUTH})
+        assert "access-control-allow-origin" not in {k.lower() for k in pre.headers}
+    finally:
+        p.terminate()
+        out, _ = p.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in out and TOKEN not in out, out
