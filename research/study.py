@@ -218,7 +218,8 @@ def _param(key: str, v: Any) -> Param:
     if "low" not in v or "high" not in v:
         raise ConfigError(f"{where}: needs low and high (or choices)")
     lo, hi = v["low"], v["high"]
-    kind = v.get("type") or ("int" if isinstance(lo, int) and isinstance(hi, int) and "step" not in v else "float")
+    whole = all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi, v.get("step", 1)))
+    kind = v.get("type") or ("int" if whole else "float")
     if kind not in ("int", "float"):
         raise ConfigError(f"{where}.type: 'int' or 'float', got {kind!r}")
     for nm, x in (("low", lo), ("high", hi), ("step", v.get("step"))):
@@ -558,6 +559,7 @@ def walkforward_objective(ss: StudySpec, study, trial, n_requested: int) -> list
     init = float(spec.config.backtest.init_cash)
     r = daily_returns(bt.ts, bt.equity["equity"], init)
     trial.set_user_attr("n_trades", int(m["n_trades"]))
+    trial.set_user_attr("summary", _clean(_strategy_summary(m)))
     trial.set_user_attr("daily_sharpe", _sharpe(r))
     trial.set_user_attr("daily_returns", [float(x) for x in r])
     if int(m["n_trades"]) < ss.min_trades:
@@ -1097,10 +1099,6 @@ def holdout_run(ss: StudySpec, params: Mapping[str, Any], signals_path=None, ev:
     r = daily_returns(res.ts, res.equity["equity"], init)
     out["holdout"] = _strategy_summary(res.metrics_dict()) | {"daily_sharpe": _sharpe(r)}
     out["holdout_daily_returns"] = r
-    wf = o.metrics.get("strategy") or {}
-    out["study_span"] = {"note": "walk-forward mode: see the trial's objective values"} | {
-        k: wf.get(k) for k in ("total_return", "sharpe", "max_drawdown", "n_trades")
-    }
     return out
 
 
@@ -1174,6 +1172,8 @@ def write_report(
         br = np.asarray(best.user_attrs.get("daily_returns", []), dtype=np.float64)
         ovf = overfitting_figures(br, srs, counts["configurations"], mat)
         ho = holdout_run(ss, best.params, signals_path)
+        if "study_span" not in ho:  # walk-forward mode: the trial's own run over the study span
+            ho["study_span"] = best.user_attrs.get("summary")
         hr = ho.pop("holdout_daily_returns")
         ho_ovf = overfitting_figures(hr, srs, counts["configurations"])
         ho_ovf.pop("pbo_error", None)

@@ -351,3 +351,36 @@ def test_deflated_sharpe_falls_as_the_count_of_trials_grows(tmp_path):
         from research.stats import expected_max_sharpe
 
         expected_max_sharpe(0, 0.1)
+
+
+def test_walkforward_mode_two_tiny_trials_and_a_holdout(tmp_path, store):
+    """Model/fold parameters: each trial a whole (tiny) walk-forward over the study span only."""
+    from kq.study import run_study
+
+    ci = configs_dir() / "ci.toml"
+    p = tmp_path / "wf.toml"
+    p.write_text(
+        f'extends = "{ci}"\n[research]\nstart = "2024-01-01"\nend = "2024-02-24"\n'
+        'base_models = ["random_forest"]\n[research.folds]\ntrain_bars = 480\ntest_bars = 168\n'
+        '[study]\nmode = "walkforward"\nobjectives = ["sharpe"]\nmin_trades = 1\nholdout_start = "2024-02-10"\n'
+        'seed = 3\n[study.space]\n"research.folds.train_bars" = { low = 380, high = 420, step = 20 }\n'
+        '"risk.p_up_entry" = { low = 0.5, high = 0.6 }\n'
+    )
+    doc = run_study(
+        str(p),
+        2,
+        1,
+        str(tmp_path / "out"),
+        storage=f"sqlite:///{tmp_path / 'wf.db'}",
+        store=store,
+        track=False,
+        progress=False,
+    )
+    by = doc["counts"]["by_state"]
+    assert by["COMPLETE"] >= 1 and by["FAIL"] == 0 and by["COMPLETE"] + by["PRUNED"] == 2, by
+    best = doc["best"]
+    assert isinstance(best["params"]["research.folds.train_bars"], int)
+    assert best["in_study"]["n_trades"] is not None and best["holdout"]["n_trades"] is not None
+    assert best["in_study_overfitting"]["n_trials"] == 2
+    assert best["holdout_overfitting"]["dsr"] is not None
+    assert doc["holdout_span"][0].startswith("2024-02-10") and doc["study_span"][1].startswith("2024-02-09 23")
