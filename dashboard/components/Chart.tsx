@@ -39,7 +39,7 @@ export default function Chart({
         v === null || v === undefined
           ? ""
           : unit === "pct"
-            ? `${(v * 100).toFixed(1)}%`
+            ? `${(v * 100).toFixed(2)}%`
             : v.toLocaleString("en-US", { maximumFractionDigits: 2 });
       const opts = {
         width: Math.max(el.clientWidth, 200),
@@ -57,7 +57,21 @@ export default function Chart({
             spanGaps: true,
           })),
         ],
-        axes: [{}, { values: (_u: unknown, vals: number[]) => vals.map(fmt), size: 70 }],
+        axes: [
+          // x: UTC, 24-hour ("06-02 05:00"); a day or longer apart: the date only
+          time
+            ? {
+                space: 90,
+                // hourly data: ticks on whole hours, days, weeks, months, years
+                incrs: [3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800, 2592000, 7776000, 31536000],
+                values: (_u: unknown, vals: number[]) => {
+                  const daily = vals.length > 1 && vals[1] - vals[0] >= 86_400;
+                  return vals.map((t) => new Date(t * 1000).toISOString().slice(daily ? 0 : 5, daily ? 10 : 16).replace("T", " "));
+                },
+              }
+            : {},
+          { values: (_u: unknown, vals: number[]) => vals.map(fmt), size: 70 },
+        ],
       };
       const data = [x, ...series.map((s) => s.values)] as unknown as ConstructorParameters<typeof uPlot>[1];
       plot = new uPlot(opts as unknown as ConstructorParameters<typeof uPlot>[0], data, el);

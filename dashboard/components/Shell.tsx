@@ -49,11 +49,14 @@ export default function Shell({ children }: { children: ReactNode }) {
     setHasToken(!!getToken());
     setReady(true);
     const onToken = () => {
-      setHasToken(!!getToken());
-      setRefused(false);
+      const t = !!getToken();
+      setHasToken(t);
+      if (t) setRefused(false); // a new token typed; a cleared one keeps the refusal shown
     };
     const on401 = () => {
-      setRefused(!!getToken());
+      // the first refusal clears the token; the page's other requests then fail without one
+      if (!getToken()) return;
+      setRefused(true);
       setToken(null);
     };
     window.addEventListener("kq-token", onToken);

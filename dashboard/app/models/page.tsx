@@ -3,7 +3,7 @@ import { useEffect, useMemo, useState } from "react";
 import Chart from "@/components/Chart";
 import Table from "@/components/Table";
 import { useApi } from "@/components/useApi";
-import { api, num, rows, utc } from "@/lib/api";
+import { api, num, utc } from "@/lib/api";
 
 type Pred = { pair: string; model_id: string | null; values: Record<string, string> };
 type Preds = {
@@ -44,13 +44,16 @@ export default function ModelsPage() {
     };
   }, [hours.data]);
 
-  const p = now.data;
+  const cur = now.data;
+  // this hour's outputs; when it has none (e.g. its data step failed), the newest hour that has
+  const fallback = cur && !cur.predictions.length ? [...hist].reverse().find((h) => h.predictions.length) : undefined;
+  const p = fallback ?? cur;
   const predRows = (p?.predictions ?? []).map((r) => ({ pair: r.pair, model_id: r.model_id, ...r.values }));
   const valueKeys = Array.from(new Set((p?.predictions ?? []).flatMap((r) => Object.keys(r.values ?? {}))));
 
-  // per model x pair: the first value key through the history
+  // per model x pair: one output (p_up when there is one) through the history
   const chart = useMemo(() => {
-    const key = valueKeys[0];
+    const key = valueKeys.includes("p_up") ? "p_up" : valueKeys[0];
     if (!key || !hist.length) return null;
     const x = hist.map((h) => Number(h.hour) * 3600);
     const names = Array.from(new Set(hist.flatMap((h) => h.predictions.map((r) => `${r.model_id ?? "?"} ${r.pair}`))));
@@ -69,7 +72,12 @@ export default function ModelsPage() {
       <h1>Models</h1>
       {now.error ? <p className="err">{now.error}</p> : null}
       <section className="card">
-        <h2>This hour: {p ? utc(p.hour_utc) : "—"}</h2>
+        <h2>This hour: {cur ? utc(cur.hour_utc) : "—"}</h2>
+        {fallback ? (
+          <p className="muted" data-testid="predictions-fallback">
+            No prediction ledgered at {utc(cur?.hour_utc)}; the newest outputs, {utc(fallback.hour_utc)}:
+          </p>
+        ) : null}
         {p ? (
           <p className="muted">
             model <strong>{p.model_id ?? "—"}</strong> · manifest <code>{p.manifest_sha256?.slice(0, 16) ?? "—"}</code> · regime{" "}
@@ -95,7 +103,6 @@ export default function ModelsPage() {
         <h2>Shadow model</h2>
         {shadow.data ? <pre>{JSON.stringify(shadow.data, null, 2)}</pre> : <p className="empty">{shadow.error ?? "No shadow model configured."}</p>}
       </section>
-      <p className="muted">Outputs {rows(predRows).length ? "as ledgered by the daemon" : ""}.</p>
     </>
   );
 }
