@@ -46,7 +46,9 @@ export default function Chart({
         height,
         tzDate: (ts: number) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
         legend: { show: series.length > 1 },
-        scales: { x: { time } },
+        scales: {
+          x: time ? { time: true } : { time: false, range: (_u: unknown, lo: number, hi: number) => [lo - 0.5, hi + 0.5] },
+        },
         series: [
           { label: time ? "UTC" : "fold" },
           ...series.map((s, i) => ({
@@ -69,7 +71,7 @@ export default function Chart({
                   return vals.map((t) => new Date(t * 1000).toISOString().slice(daily ? 0 : 5, daily ? 10 : 16).replace("T", " "));
                 },
               }
-            : {},
+            : { values: (_u: unknown, vals: number[]) => vals.map((v) => (Number.isInteger(v) ? String(v) : "")) },
           { values: (_u: unknown, vals: number[]) => vals.map(fmt), size: 70 },
         ],
       };

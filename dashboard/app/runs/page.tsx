@@ -18,15 +18,19 @@ type Detail = {
   files: string[];
 };
 
-/** The per-fold rows of a walk-forward's metrics (`folds`, `per_fold` or `fold_metrics`), if any. */
+/** The per-fold rows of a walk-forward's metrics: `models` (one row per model, horizon and fold:
+ * auc, log_loss, brier, hit_rate...), or a `folds` / `per_fold` list when a document has one. */
 function folds(m: Record<string, unknown> | undefined): Record<string, unknown>[] {
   if (!m) return [];
-  for (const k of ["folds", "per_fold", "fold_metrics"]) {
+  for (const k of ["models", "folds", "per_fold", "fold_metrics"]) {
     const v = m[k];
-    if (Array.isArray(v) && v.length && typeof v[0] === "object") return v as Record<string, unknown>[];
+    if (Array.isArray(v) && v.length && typeof v[0] === "object" && v[0] !== null && "fold" in v[0])
+      return v as Record<string, unknown>[];
   }
   return [];
 }
+
+const FOLD_METRICS = ["auc", "log_loss", "brier", "hit_rate"];
 
 function headline(h: Record<string, unknown>): string {
   return Object.entries(h)
@@ -49,6 +53,7 @@ export default function RunsPage() {
     setId(rid);
     window.history.replaceState(null, "", `?id=${encodeURIComponent(rid)}`);
   };
+  const [metric, setMetric] = useState("auc");
   const det = useApi<Detail>(id ? `/api/runs/${encodeURIComponent(id)}` : null, 0);
   const d = det.data;
 
@@ -56,18 +61,28 @@ export default function RunsPage() {
     const pts = d?.equity ?? [];
     const x = pts.map((p) => p.ts);
     const f = folds(d?.metrics);
-    const fkeys = f.length
-      ? Object.keys(f[0]).filter((k) => num(f[0][k]) !== null && !/^(fold|start|end|ts|train|test)/i.test(k)).slice(0, 4)
-      : [];
+    // one line per model (and horizon) of the chosen metric, fold by fold
+    // (rows whose fold is "all", the pooled out-of-sample figure, stay in the table only)
+    const fx = Array.from(new Set(f.map((r) => Number(r.fold)).filter(Number.isInteger))).sort((a, b) => a - b);
+    const name = (r: Record<string, unknown>) =>
+      [r.model, r.horizon !== undefined ? `h${String(r.horizon)}` : null].filter((v) => v !== null && v !== undefined).join(" ") || "run";
+    const names = Array.from(new Set(f.map(name)));
+    const fseries = names.map((n) => ({
+      label: n,
+      values: fx.map((k) => {
+        const r = f.find((q) => name(q) === n && Number(q.fold) === k);
+        return r ? num(r[metric]) : null;
+      }),
+    }));
     return {
       x,
       equity: [{ label: "equity", values: pts.map((p) => p.equity) }],
       dd: [{ label: "drawdown", values: pts.map((p) => (p.drawdown === null ? null : -Math.abs(p.drawdown))), color: "#dc2626" }],
       f,
-      fx: f.map((_, i) => i + 1),
-      fseries: fkeys.map((k) => ({ label: k, values: f.map((r) => num(r[k])) })),
+      fx,
+      fseries,
     };
-  }, [d]);
+  }, [d, metric]);
 
   const list = runs.data?.runs ?? [];
   return (
@@ -117,8 +132,19 @@ export default function RunsPage() {
               </div>
               {charts.f.length ? (
                 <>
-                  <Chart x={charts.fx} series={charts.fseries} time={false} title="Per fold" />
-                  <Table rows={charts.f} />
+                  <div className="row">
+                    <h2>Per fold</h2>
+                    <select aria-label="fold metric" value={metric} onChange={(e) => setMetric(e.target.value)}>
+                      {FOLD_METRICS.map((k) => (
+                        <option key={k}>{k}</option>
+                      ))}
+                    </select>
+                  </div>
+                  <Chart x={charts.fx} series={charts.fseries} time={false} title={`${metric} by fold (out of sample)`} />
+                  <details>
+                    <summary>Per-fold table</summary>
+                    <Table rows={charts.f} />
+                  </details>
                 </>
               ) : null}
               {d.table.length ? (
