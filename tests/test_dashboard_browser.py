@@ -144,7 +144,7 @@ def browser() -> Iterator[Any]:
     assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: `make browser` installs Debian's chromium"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield b
         b.close()
 
