@@ -176,6 +176,9 @@ def shoot(page: Any, name: str) -> None:
     page.set_viewport_size(PHONE)
     page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / f"{name}-phone.png"), full_page=True)
+    # usable on a phone: nothing wider than the screen (wide tables scroll inside their box)
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], (name, width)
     page.set_viewport_size(LAPTOP)
 
 
