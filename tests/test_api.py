@@ -35,6 +35,7 @@ from tests.live_harness import P0, SETTLE, BundleModel, H, kraken_store, make_da
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ALL_CHECKS = list(HealthCheck)
 HOURS = 36  # ends holding ETH/USD (bought in hour 26) and BTC/USD (hour 34)
 FIRST = P0 + 190 * H  # the window where the tiny model trades (tests/test_live_daemon.py)
 
@@ -171,7 +172,8 @@ def test_read_routes_answer_from_the_ledger(client, paper):
     assert rc["total"] == n_rec > 0 and rc["mismatches"] == 0
     assert get(client, "/api/alerts")["total"] >= 0
     assert client.get(f"/api/replay/{FIRST // H - 500}", headers=AUTH).status_code == 404
-    assert client.get("/api/replay/2022-06-09T00:30", headers=AUTH).status_code == 422
+    assert client.get("/api/replay/2022-06-09T00:30", headers=AUTH).status_code == 422  # not on the hour
+    assert client.get("/api/replay/2022-13-09T00:00", headers=AUTH).status_code == 404  # no such hour
     r = client.get("/api/shadow", headers=AUTH)
     assert r.status_code == 404 and r.json()["detail"].startswith("no shadow configured")
     assert get(client, "/api/runs")["runs"] == []
@@ -251,15 +253,15 @@ def test_reactivate_through_the_api_is_the_clis_path_and_a_bad_confirmation_writ
     with Ledger.open(dsn, migrate=False) as led:
         n = led.count()
     refused = [
-        ("reactivate", {"reason": "OHLC back", "confirm": "reset-halt"}, "is not 'reactivate': nothing written"),
-        ("reactivate", {"reason": "OHLC back", "confirm": ""}, "is not 'reactivate'"),
-        ("reactivate", {"reason": "  ", "confirm": "reactivate"}, "reason is empty"),
-        ("reset-halt", {"reason": "x", "confirm": "reset-halt"}, "the drawdown halt is not latched"),
-        ("resume", {"reason": "x", "confirm": "resume"}, "trading is not paused"),
+        ("reactivate", {"reason": "OHLC back", "confirm": "reset-halt"}, 400, "is not 'reactivate': nothing written"),
+        ("reactivate", {"reason": "OHLC back", "confirm": ""}, 400, "is not 'reactivate'"),
+        ("reactivate", {"reason": "  ", "confirm": "reactivate"}, 400, "reason is empty"),
+        ("reset-halt", {"reason": "x", "confirm": "reset-halt"}, 409, "the drawdown halt is not latched"),
+        ("resume", {"reason": "x", "confirm": "resume"}, 409, "trading is not paused"),
     ]
-    for action, body, needle in refused:
+    for action, body, code, needle in refused:
         r = c.post(f"/api/operator/{action}", headers=AUTH, json=body)
-        assert r.status_code == 400, (action, body, r.text)
+        assert r.status_code == code, (action, body, r.text)
         d = r.json()["detail"]
         assert needle in d and "\n" not in d, d
     for path, body in (("/api/operator/flatten", {"reason": "x", "confirm": "flatten"}), ("/api/operator/pause", {})):
@@ -281,7 +283,7 @@ def test_reactivate_through_the_api_is_the_clis_path_and_a_bad_confirmation_writ
     assert [a["seq"] for a in get(c, "/api/overview")["pending_actions"]] == [act.seq]
     # the same action again while pending: refused as the CLI refuses it
     r = c.post("/api/operator/reactivate", headers=AUTH, json={"reason": "again", "confirm": "reactivate"})
-    assert r.status_code == 400 and "already pending" in r.json()["detail"]
+    assert r.status_code == 409 and "already pending" in r.json()["detail"]
 
 
 # ---- the fuzzer over the OpenAPI description ----------------------------------------------------------
@@ -303,7 +305,7 @@ def _value(schema: dict[str, Any]) -> st.SearchStrategy:
     return TEXT
 
 
-def test_fuzzing_the_openapi_description_finds_no_5xx(paper, tmp_path):
+def test_hostile_strings_in_every_parameter_find_no_5xx(paper, tmp_path):
     """Every operation of the OpenAPI description, with the token, with generated path and query
     parameters (the schema's types, then hostile strings) and JSON bodies: no 5xx, always JSON
     ``{"detail"}`` on an error. On a copy of the paper ledger (a POST may write)."""
@@ -342,7 +344,7 @@ def test_fuzzing_the_openapi_description_finds_no_5xx(paper, tmp_path):
             )
         return method, path, url, query, js
 
-    @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=ALL_CHECKS)
     @given(request())
     def fuzz(req):
         method, path, url, query, js = req
@@ -355,6 +357,43 @@ def test_fuzzing_the_openapi_description_finds_no_5xx(paper, tmp_path):
 
     fuzz()
     assert len(seen) >= len(ops) - 2, sorted(set((m, p) for m, p, _, _ in ops) - seen)
+
+
+def test_schemathesis_over_the_openapi_description_finds_no_5xx_and_no_contract_breach(paper, tmp_path):
+    """Schemathesis generates requests from the OpenAPI description itself (valid and invalid
+    parameters and bodies) for every operation, with the token, and runs its checks on each answer:
+    no server error, status codes and bodies as described, auth not ignored. The operator POST is
+    exempt from "valid data accepted" only: a schema-valid but wrong confirmation word is refused
+    (400) by design. On a copy of the paper ledger (a POST may write)."""
+    import schemathesis
+    from hypothesis import given, settings
+    from schemathesis.checks import positive_data_acceptance
+
+    led_path, _ = paper
+    copy = tmp_path / "ledger.sqlite"
+    shutil.copy(led_path, copy)
+    app = create_app(str(copy), tmp_path, TOKEN)
+    schema = schemathesis.openapi.from_asgi("/api/openapi.json", app, headers=AUTH)
+    ops = [r.ok() for r in schema.get_all_operations()]
+    assert len(ops) >= 18
+    cases = 0
+
+    def checker(op: Any) -> Any:
+        excluded = [positive_data_acceptance] if op.method.upper() == "POST" else []
+
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=ALL_CHECKS)
+        @given(op.as_strategy())
+        def check(case):
+            nonlocal cases
+            cases += 1
+            case.call_and_validate(headers=AUTH, excluded_checks=excluded)
+
+        return check
+
+    for op in ops:
+        checker(op)()
+    print(f"\nschemathesis: {cases} cases over {len(ops)} operations")
+    assert cases >= 10 * len(ops)
 
 
 # ---- kq serve: the refusals before anything listens -----------------------------------------------------

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
+from pathlib import Path as FsPath
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -29,12 +29,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.errors import InputError, IntegrityError, KQError, one_line
 from engine.timeutil import HOUR
 from live_bridge.api import models as M
-from live_bridge.api.runs import clean, list_runs, read_run
+from live_bridge.api.runs import RUN_ID, clean, list_runs, read_run
 from live_bridge.ledger import Entry, Kind, Ledger
 
 __all__ = ["ApiError", "create_app"]
 
 MAX_LIMIT = 5000
+RUN_PATTERN = "^" + RUN_ID.pattern + "$"
+#: an hour as the API takes it: the ledger's hour number, or an ISO date / time on the hour (UTC)
+HOUR_HELP = "the ledger's hour (unix seconds // 3600) or an ISO time on the hour, UTC: 2022-06-02T05:00"
+HOUR_PATTERN = r"^([0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}(:00(:00)?)?Z?)?)$"
 ACTIONS = {"reactivate": "reactivate", "reset-halt": "reset_halt", "pause": "pause", "resume": "resume"}
 
 
@@ -72,7 +76,7 @@ class LedgerSource:
         url = resolve_url(self.dsn)
         if url.get_backend_name() == "sqlite":
             db = str(url.database or "")
-            if not db or db == ":memory:" or not Path(db).expanduser().is_file():
+            if not db or db == ":memory:" or not FsPath(db).expanduser().is_file():
                 raise ApiError(503, f"no ledger at {redacted(url)}")
         return Ledger.open(self.dsn, schema=self.schema, migrate=False)
 
@@ -99,7 +103,8 @@ class LedgerSource:
 
 
 def _hour_param(value: str) -> int:
-    """The ledger's hour integer, or an ISO time on the hour (``2022-06-02T05:00``)."""
+    """The ledger's hour integer, or an ISO time on the hour (``2022-06-02T05:00``); a value that is
+    neither (``2022-13-01``) names no hour: 404."""
     v = value.strip()
     if v.isascii() and v.isdigit() and len(v) <= 12:
         return int(v)
@@ -108,9 +113,9 @@ def _hour_param(value: str) -> int:
     try:
         ts = parse_utc(v)
     except (InputError, ValueError, OverflowError, OSError):
-        raise ApiError(422, f"hour {value[:40]!r} is neither an hour number nor an ISO time") from None
-    if ts is None or ts % HOUR:
-        raise ApiError(422, f"hour {value[:40]!r} is not on the hour (bars open at HH:00 UTC)")
+        raise ApiError(404, f"no hour {value[:40]!r}: neither an hour number nor an ISO time") from None
+    if ts is None or ts % HOUR or ts < 0:
+        raise ApiError(404, f"no hour {value[:40]!r}: not on the hour (bars open at HH:00 UTC)")
     return ts // HOUR
 
 
@@ -479,9 +484,9 @@ def shadow(led: Ledger) -> dict[str, Any]:
 
 def create_app(
     ledger_dsn: str | None,
-    runs_dir: str | Path,
+    runs_dir: str | FsPath,
     token: str,
-    static_dir: str | Path | None = None,
+    static_dir: str | FsPath | None = None,
     *,
     schema: str | None = None,
     actor: str | None = None,
@@ -494,7 +499,7 @@ def create_app(
         raise InputError("the API token must be at least 16 characters (KQ_API_TOKEN)")
     want = token.encode("utf-8")
     src = LedgerSource(ledger_dsn, schema)
-    runs_root = Path(runs_dir)
+    runs_root = FsPath(runs_dir)
     bearer = HTTPBearer(auto_error=False, description="KQ_API_TOKEN of the server's environment")
 
     def auth(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -550,7 +555,7 @@ def create_app(
         with src.get() as led:
             return fn(led)
 
-    err: dict[int | str, dict[str, Any]] = {c: {"model": M.ErrorBody} for c in (400, 404, 503)}
+    err: dict[int | str, dict[str, Any]] = {c: {"model": M.ErrorBody} for c in (400, 404, 409, 422, 503)}
     lim = Query(500, ge=1, le=MAX_LIMIT, description="newest N rows")
     off = Query(0, ge=0, le=10**9, description="skip the newest N rows")
 
@@ -581,7 +586,7 @@ def create_app(
 
     @api.get("/predictions", response_model=M.Predictions, responses=err, tags=["model"])
     def get_predictions(
-        hour: str | None = Query(None, max_length=40, description="hour number or ISO time; default: last"),
+        hour: str | None = Query(None, pattern=HOUR_PATTERN, description="hour number or ISO time; default: last"),
     ) -> Any:
         """One hour's predictions per pair and model (default: the last completed hour)."""
         h = None if hour is None else _hour_param(hour)
@@ -619,13 +624,19 @@ def create_app(
 
     @api.post("/operator/{action}", response_model=M.OperatorResult, responses=err, tags=["operator"])
     def post_action(action: Literal["reactivate", "reset-halt", "pause", "resume"], body: M.OperatorRequest) -> Any:
-        """Ledger an operator action through the CLI's path (typed confirmation = the action word;
-        refused with 400 and nothing written when there is nothing to do)."""
-        from live_bridge.operator import default_actor, request
+        """Ledger an operator action through the CLI's path: ``confirm`` must be the action's word and
+        ``reason`` non-empty (else 400); nothing to do, or the same action pending: 409. A refusal
+        writes nothing."""
+        from live_bridge.operator import CONFIRM_WORDS, default_actor, request
 
         who = actor if actor is not None else default_actor()
+        act = ACTIONS[action]
+        malformed = body.confirm.strip() != CONFIRM_WORDS[act] or not body.reason.strip()
         with src.get() as led:
-            r = request(led, ACTIONS[action], body.reason, who, body.confirm)
+            try:
+                r = request(led, act, body.reason, who, body.confirm)
+            except InputError as e:  # a bad confirmation or reason: 400; nothing to do / pending: 409
+                raise ApiError(400 if malformed else 409, str(e)) from None
         return {
             "seq": r.entry.seq,
             "action": r.action,
@@ -642,7 +653,7 @@ def create_app(
         return {"runs_dir": str(runs_root), "runs": list_runs(runs_root)}
 
     @api.get("/runs/{run_id}", response_model=M.RunDetail, responses=err, tags=["research"])
-    def get_run(run_id: str) -> Any:
+    def get_run(run_id: str = Path(..., pattern=RUN_PATTERN, description="a run folder's name")) -> Any:
         """One run: its metrics document and chart data."""
         try:
             return read_run(runs_root, run_id)
@@ -662,7 +673,7 @@ def create_app(
         return {"hours": _page(hs, limit, 0), "total": len(hs)}
 
     @api.get("/replay/{hour}", response_model=dict[str, Any], responses=err, tags=["replay"])
-    def get_manifest(hour: str) -> Any:
+    def get_manifest(hour: str = Path(..., pattern=HOUR_PATTERN, description=HOUR_HELP)) -> Any:
         """The hour's replay manifest (kq replay manifest --json)."""
         from live_bridge.replay import manifest
 
@@ -673,7 +684,7 @@ def create_app(
             raise ApiError(404, str(e)) from None
 
     @api.get("/replay/{hour}/status", response_model=M.ReplayStatus, responses=err, tags=["replay"])
-    def get_replay_status(hour: str) -> Any:
+    def get_replay_status(hour: str = Path(..., pattern=HOUR_PATTERN, description=HOUR_HELP)) -> Any:
         """Replay the hour from the ledger alone (kq replay hour)."""
         from live_bridge.replay import replay_hour
 
@@ -694,7 +705,7 @@ def create_app(
 
     app.include_router(api)
 
-    static = Path(static_dir) if static_dir is not None else None
+    static = FsPath(static_dir) if static_dir is not None else None
     if static is not None and static.is_dir():
         from fastapi.staticfiles import StaticFiles
 
