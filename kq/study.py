@@ -71,8 +71,8 @@ def run_study(
         from research.tracking import check_tracking
 
         check_tracking(ss.base.research.tracking)
+    st = make_storage(url, ss)  # an unreachable server fails here, before any work
     sig = prepare_signals(ss, f"{out}/signals.parquet")
-    st = make_storage(url, ss)
     study = open_study(ss, st, trials, name)  # created ONCE here, before any worker loads it
     fail_orphans(study, ss)  # a previous run's dead workers on this host: their trials fail and retry
     ctx = mp.get_context("spawn")

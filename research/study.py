@@ -434,6 +434,8 @@ class Evaluator:
             if signals_path is None:
                 raise InputError("walk-forward signals missing (prepare_signals first)")
             self.base_sig = signals_to_arrays(pd.read_parquet(signals_path), panel.ts, panel.pairs)
+        # compile (or load) the backtest kernels now, so no trial's time includes the JIT
+        self.backtest(cfg, self.signal({}), self.i0, self.i0 + 48)
 
     def signal(self, sig: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         if self.base_sig is not None:
@@ -620,7 +622,13 @@ def make_storage(url: str, ss: StudySpec | None = None, *, heartbeat: bool = Tru
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("postgresql"):
         # PostgreSQL drops idle connections: test each on checkout, recycle, keep the pool small
-        kw = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 300}
+        kw = {
+            "pool_pre_ping": True,
+            "pool_size": 2,
+            "max_overflow": 2,
+            "pool_recycle": 300,
+            "connect_args": {"connect_timeout": 10},
+        }
     elif url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kw = {"connect_args": {"timeout": 60}}

@@ -170,6 +170,14 @@ def test_bad_study_tables_are_one_line_config_errors(tmp_path, store):
         rc = kq.cli.main(["study", "--config", str(tmp_path / "unknown.toml"), "--trials", "3", "--out", str(out)])
     assert rc == 2 and err.getvalue().startswith("kq: error: ") and err.getvalue().count("\n") == 1
     assert not out.exists()
+    # an unreachable study storage: one line naming it (password hidden), before any work
+    err = io.StringIO()
+    good = write_config(tmp_path, name="good")
+    argv = ["study", "--config", good, "--trials", "3", "--out", str(out), "--store", store, "--no-track"]
+    with contextlib.redirect_stderr(err):
+        rc = kq.cli.main([*argv, "--storage", "postgresql://kq:secret@127.0.0.1:1/none"])
+    assert rc == 2 and "study storage" in err.getvalue() and "secret" not in err.getvalue()
+    assert err.getvalue().count("\n") == 1 and not out.exists()
 
 
 def test_two_pg_workers_run_exactly_n_trials_each_an_mlflow_run(tmp_path, store, tracking):
