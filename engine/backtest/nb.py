@@ -11,8 +11,10 @@ pending orders, events, resets) still goes through the engine.risk.nb functions.
 allocates every array it uses, so no bar pays for the counts of the arrays an inlined phase binds.
 Shortcuts that change nothing but the time: the kill-switch triggers (data + five parameters
 only) come from one pass over the bars before the loop (``kill_triggers_nb``, shared by the sets of
-a sweep); a flat book is not marked; on a bar where no entry is possible (halt, kill switch,
-entry-block window) without records, candidates are counted by reason without branches. Without
+a sweep); without records, the rows that only bars with work read (entries, exits, fills) are
+prefetched a bar or two ahead (engine.backtest.prefetch, a hint); a flat book is not marked; on a
+bar where no entry is possible (halt, kill switch, entry-block window) without records,
+candidates are counted by reason without branches. Without
 records, the bars with nothing pending go to two tight loops: ``_quiet_run_nb`` (flat book: nothing
 can change, only counters move) and ``_hold_run_nb`` (its own function: marking only, no reset,
 latch, exit or unblocked candidate); each checks a bar before changing anything and leaves the
@@ -32,6 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from engine.backtest.demo import ma_signal_from_sma_nb, ma_signal_into_nb, sma_into_nb
+from engine.backtest.prefetch import prefetch_row_nb
 from engine.risk.enums import (
     EVENT,
     KILL,
@@ -80,6 +83,36 @@ from engine.risk.nb import (
 )
 
 BARS_PER_YEAR = 8760.0
+# how many bars ahead the records-off loop prefetches the rows it reads only on bars with work
+PREFETCH_AHEAD = 2
+
+
+@njit(cache=True, inline="always")
+def _prefetch_ahead_nb(t, n, exp_ret, atr, tradable, cluster, spread):
+    """Prefetch (engine.backtest.prefetch: a hint, no result depends on it) the rows of bar
+    ``t + PREFETCH_AHEAD`` that only a bar with work reads: the expected return, ATR, tradable flag
+    and cluster of entries_nb's candidates, the ATR and spread of an exit order."""
+    i = t + PREFETCH_AHEAD
+    if i < n:
+        prefetch_row_nb(exp_ret, i)
+        prefetch_row_nb(atr, i)
+        prefetch_row_nb(tradable, i)
+        prefetch_row_nb(cluster, i)
+        prefetch_row_nb(spread, i)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_fills_nb(i, n, open_, high, low, close, volume, cluster):
+    """Orders were placed at the close of bar ``i - 1``: prefetch the rows of bar ``i`` their
+    execution reads (open, high, low, close, volume, cluster), all at once rather than one miss
+    after another."""
+    if i < n:
+        prefetch_row_nb(open_, i)
+        prefetch_row_nb(high, i)
+        prefetch_row_nb(low, i)
+        prefetch_row_nb(close, i)
+        prefetch_row_nb(volume, i)
+        prefetch_row_nb(cluster, i)
 
 
 @njit(cache=True, inline="always")
@@ -281,15 +314,31 @@ def _hold_run_nb(
     state,
     p,
     positions,
+    pending,
     p_up,
+    exp_ret,
+    open_,
+    high,
+    low,
+    volume,
     valid,
     close,
+    atr,
+    spread,
+    cluster,
     tradable,
     entry_block,
     api_fault,
     operator,
     kcode,
     month_id,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    events,
+    cnt,
+    order_buf,
     bars_state,
     refusals,
     prev_eq,
@@ -318,8 +367,10 @@ def _hold_run_nb(
     st = state[0]
     n, m = close.shape
     thr = p.p_up_entry
+    placed = False
     while t < n:
         u = np.uint64(t)  # an unsigned index: no negative-index wraparound per access
+        _prefetch_ahead_nb(t, n, exp_ret, atr, tradable, cluster, spread)
         # ---- the checks (nothing changes before all pass)
         op = operator[u]
         trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
@@ -380,8 +431,12 @@ def _hold_run_nb(
             sum_expo,
         )
         t += 1
+        if placed:  # orders pending for bar t: the full bar executes them
+            _prefetch_fills_nb(t, n, open_, high, low, close, volume, cluster)
+            break
     return (
         t,
+        placed,
         prev_eq,
         r_n,
         r_z,
@@ -641,7 +696,7 @@ def _simulate_loop_nb(
     sum_expo = 0.0
     t = 0
     while t < n:
-        if not placed and st.n_positions == 0 and not rec and st.equity == prev_eq:
+        if not placed and not rec and st.n_positions == 0 and st.equity == prev_eq:
             # Quiet bars: see _quiet_run_nb. Each leaves the state as it is and has a return of
             # exactly 0, so only the counters move.
             t0 = t
@@ -669,9 +724,10 @@ def _simulate_loop_nb(
                 bars_state[st.trading_state] += t - t0
                 st.bar = t - 1
                 _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
-        elif not placed and not rec:
+        if not placed and not rec and t < n:
             (
                 t,
+                placed,
                 prev_eq,
                 r_n,
                 r_z,
@@ -690,15 +746,31 @@ def _simulate_loop_nb(
                 state,
                 p,
                 positions,
+                pending,
                 p_up,
+                exp_ret,
+                open_,
+                high,
+                low,
+                volume,
                 valid,
                 close,
+                atr,
+                spread,
+                cluster,
                 tradable,
                 entry_block,
                 api_fault,
                 operator,
                 kcode,
                 month_id,
+                ordermin,
+                costmin,
+                lot_dec,
+                price_dec,
+                events,
+                cnt,
+                order_buf,
                 bars_state,
                 refusals,
                 prev_eq,
@@ -717,6 +789,8 @@ def _simulate_loop_nb(
             )
         if t >= n:
             break
+        if not rec:
+            _prefetch_ahead_nb(t, n, exp_ret, atr, tradable, cluster, spread)
         # ---- 1. orders decided at t-1 execute in bar t (engine.risk.nb.execute_open_nb)
         if placed:
             execute_open_nb(
@@ -860,6 +934,8 @@ def _simulate_loop_nb(
                 order_buf,
             ):
                 placed = True
+        if placed and not rec:
+            _prefetch_fills_nb(t + 1, n, open_, high, low, close, volume, cluster)
         # ---- streaming metrics
         (
             prev_eq,
