@@ -547,3 +547,37 @@ def test_kq_serve_listens_on_loopback_serves_the_dashboard_and_never_logs_the_to
         p.terminate()
         out, _ = p.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in out and TOKEN not in out, out
+
+
+def test_predictions_carry_the_regime_and_the_selected_profile_the_cycle_ledgers(tmp_path):
+    """The rows the cycle writes with ``[strategy]`` enabled (live_bridge/cycle.py: one
+    ``strategy_<profile>_entry|no_entry`` event per pair past the entry threshold, regime and profile
+    as codes) come back as names beside that pair's prediction; the hour's regime and profile when
+    the pairs agree."""
+    from live_bridge.api.app import _names
+
+    def name(kind: str, code: int) -> str:  # engine/strategy's names (the codes where it is absent)
+        names = _names(kind)
+        return names[code] if names else str(code)
+
+    hour = P0 // H + 10
+    dsn = str(tmp_path / "ledger.sqlite")
+    rows = [rec.model(hour, "tiny/1", "ab" * 32)]
+    for pair, p_up in (("BTC/USD", "0.61"), ("ETH/USD", "0.42")):
+        rows.append(rec.prediction(hour, pair, {"p_up": D(p_up), "exp_return": D("0.001")}, model_id="tiny/1"))
+    payload = {"regime": 1, "profile": 0, "candidate": True, "p_up": D("0.61")}
+    rows.append(rec.event("strategy_trend_entry", hour, "BTC/USD", payload=payload))
+    rows.append(rec.cycle_end(hour, "completed", payload={"latch_next": []}))
+    with Ledger.open(dsn) as led:
+        led.append(*rows)
+    c = TestClient(create_app(dsn, tmp_path, TOKEN))
+    pr = get(c, "/api/predictions")
+    assert pr["hour"] == hour and (pr["regime"], pr["profile"]) == (name("regime", 1), name("profile", 0))
+    by = {p["pair"]: p for p in pr["predictions"]}
+    assert by["BTC/USD"]["values"] == {"p_up": "0.61", "exp_return": "0.001"}
+    btc = by["BTC/USD"]
+    assert (btc["regime"], btc["profile"], btc["strategy_entry"]) == (name("regime", 1), name("profile", 0), True)
+    assert name("profile", 0) in ("trend", "0")
+    assert (by["ETH/USD"]["regime"], by["ETH/USD"]["profile"], by["ETH/USD"]["strategy_entry"]) == (None, None, None)
+    assert get(c, "/api/predictions", params={"hour": str(hour)}) == pr
+    assert c.get("/api/predictions", params={"hour": str(hour + 1)}, headers=AUTH).status_code == 404

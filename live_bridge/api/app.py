@@ -279,14 +279,45 @@ def predictions(led: Ledger, hour: int | None) -> dict[str, Any]:
     models = [e for e in rows if e.kind == Kind.MODEL]
     if models:
         out["model_id"], out["manifest_sha256"] = models[-1].code, models[-1].digest
+    sel = _selections(rows)
     for e in rows:
         if e.kind != Kind.PREDICTION or e.pair is None:
             continue
         vals = {str(k): str(v) for k, v in (e.payload.get("values") or {}).items()}
-        out["predictions"].append({"pair": e.pair, "model_id": e.code or out["model_id"], "values": vals})
+        row = {"pair": e.pair, "model_id": e.code or out["model_id"], "values": vals, **sel.get(e.pair, {})}
+        out["predictions"].append(row)
+    for k in ("regime", "profile"):  # the hour's, when every selected pair agrees
+        seen = {r[k] for r in sel.values() if r.get(k) is not None}
+        out[k] = seen.pop() if len(seen) == 1 else ("mixed" if seen else None)
+    return out
+
+
+def _names(kind: str) -> tuple[str, ...]:
+    try:  # the strategy layer (engine/strategy); without it the codes are shown as numbers
+        from engine.strategy import PROFILE_NAMES, REGIME_NAMES
+    except ImportError:  # pragma: no cover
+        return ()
+    return tuple(REGIME_NAMES if kind == "regime" else PROFILE_NAMES)
+
+
+def _selections(rows: list[Entry]) -> dict[str, dict[str, Any]]:
+    """{pair: {regime, profile, strategy_entry}} from the hour's strategy selection events
+    (``strategy_<profile>_entry`` / ``_no_entry``, written by the cycle when ``[strategy]`` is
+    enabled, for each pair whose P(up) passed the entry threshold)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in rows:
+        code = str(e.code or "")
+        if e.kind != Kind.EVENT or not code.startswith("strategy_") or e.pair is None:
+            continue
+        d: dict[str, Any] = {"strategy_entry": bool(e.payload.get("candidate"))}
         for k in ("regime", "profile"):
-            if out[k] is None and e.payload.get(k) is not None:
-                out[k] = str(e.payload.get(k))
+            v = e.payload.get(k)
+            names = _names(k)
+            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(names):
+                d[k] = str(names[v])
+            else:
+                d[k] = None if v is None else str(v)
+        out[e.pair] = d
     return out
 
 

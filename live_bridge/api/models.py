@@ -119,6 +119,11 @@ class PredictionOut(BaseModel):
     pair: str
     model_id: str | None
     values: dict[str, str]
+    # the strategy selector's choice for this pair (``[strategy]`` enabled and P(up) past the entry
+    # threshold); None otherwise
+    regime: str | None = None
+    profile: str | None = None
+    strategy_entry: bool | None = None  # True: the candidate went on to the risk step; False: parked
 
 
 class Predictions(BaseModel):
@@ -126,8 +131,8 @@ class Predictions(BaseModel):
     hour_utc: str | None
     model_id: str | None
     manifest_sha256: str | None
-    regime: str | None  # None: the daemon does not ledger a regime yet
-    profile: str | None  # None: the daemon does not ledger a strategy profile yet
+    regime: str | None  # the hour's regime when every selected pair agrees ("mixed" if not; None: no selection)
+    profile: str | None  # the selected strategy profile, likewise
     predictions: list[PredictionOut]
 
 
