@@ -30,6 +30,7 @@ from engine.execution.config import ExecutionConfig
 from engine.features.config import FeaturesConfig
 from engine.lifecycle_config import LifecycleConfig
 from engine.risk.config import RiskConfig
+from engine.strategy.config import StrategyConfig
 
 __all__ = [
     "MAX_CONFIG_BYTES",
@@ -96,10 +97,16 @@ class Config(Frozen):
     execution: ExecutionConfig = ExecutionConfig()
     backtest: BacktestConfig = BacktestConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
+    strategy: StrategyConfig = StrategyConfig()
 
     def content_hash(self) -> str:
-        """SHA-256 of the canonical JSON of this config (what made a result)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """SHA-256 of the canonical JSON of this config (what made a result). A [strategy] section
+        left at its defaults (the layer off) is not hashed, so configs from before the section keep
+        their hashes."""
+        d = self.model_dump(mode="json")
+        if self.strategy == StrategyConfig():
+            d.pop("strategy")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

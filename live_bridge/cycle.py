@@ -599,6 +599,8 @@ class Cycle:
             if q is not None and (not np.isfinite(spread[-1, j]) or q > spread[-1, j]):
                 spread[-1, j] = q
         inp = make_inputs(panel, p_up, er, self.cfg, spread=spread, tradable=tradable, api_fault=api, operator=ops)
+        if inp.strategy is not None and n < self.cfg.strategy.lookback_bars:
+            raise InputError(f"history_bars {n} < the {self.cfg.strategy.lookback_bars} bars [strategy] needs")
         args = bar_inputs(inp, -1)
         if args[0] != hour:
             raise IntegrityError(f"inputs built for hour {args[0]}, expected {hour}")
@@ -653,6 +655,23 @@ class Cycle:
                             "exp_return": exact_decimal(float(pred[j]["exp_ret"])),
                         },
                         model_id=str(self.model.model),
+                    )
+                )
+        if inp.strategy is not None:  # [strategy] enabled: the selector's choice, reason code naming the profile
+            from engine.strategy import reason_code, selection_records
+
+            for r in selection_records(inp.strategy, float(self.cfg.risk.p_up_entry), rows=[n - 1]):
+                batch.append(
+                    rec.event(
+                        reason_code(int(r["profile"]), bool(r["candidate"])),
+                        hour,
+                        self.pairs[int(r["pair"])],
+                        payload={
+                            "regime": int(r["regime"]),
+                            "profile": int(r["profile"]),
+                            "candidate": bool(r["candidate"]),
+                            "p_up": exact_decimal(float(r["p_up"])),
+                        },
                     )
                 )
         batch.append(rec.risk_snapshot(hour, "before", self.machine.snapshot()))

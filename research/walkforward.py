@@ -653,6 +653,8 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
 
     res = run("meta")
     stats: dict[str, Any] = {"span": [t0, t1], "n_bars": int(sub.n_bars), "trade_horizon": int(rc.trade_horizon)}
+    if cfg.strategy.enabled:  # issue 18: the regime selector against the single default rule set
+        stats["strategy"] = _strategy_compare(sub, cfg, preds, rc, res, params, atr, spread, cluster)
     eq = res.equity["equity"].astype(np.float64)
     r = np.diff(eq) / eq[:-1]
     # every model's own strategy (diagnostics for PBO; trades still come from the meta only)
@@ -696,6 +698,31 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
     except InputError as e:
         stats["pbo"] = {"error": str(e), "configurations": names}
     return res, stats
+
+
+def _strategy_compare(sub, cfg: Config, preds: pd.DataFrame, rc: ResearchConfig, res, params, atr, spread, cluster):
+    """Out of sample, on the meta-learner's signals: the selector run (``res``) against the same
+    signals with ``[strategy]`` off (the single default rule set); per regime and per profile (pair
+    hours, round trips, hit rate, PnL after fees) and which did better (hourly Sharpe)."""
+    from engine.backtest.io import signals_to_arrays
+    from engine.backtest.runner import make_inputs, run_backtest
+    from engine.strategy.report import breakdown, summary
+
+    s = strategy_signals(preds, rc.trade_horizon)
+    p_up, er = signals_to_arrays(s, sub.ts, sub.pairs)
+    sel = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster).strategy
+    assert sel is not None  # cfg.strategy.enabled
+    off_cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"enabled": False})})
+    off = run_backtest(make_inputs(sub, p_up, er, off_cfg, atr=atr, spread=spread, cluster=cluster), params)
+    a = summary(res) | breakdown(res.trades, sel.regime, sel.profile)
+    b = summary(off) | breakdown(off.trades, sel.regime)
+    return {
+        "selector": a,
+        "default": b,
+        "better_out_of_sample": "selector" if a["sharpe_hourly"] > b["sharpe_hourly"] else "default",
+        "note": "regime labels: the rule-based form with [strategy] thresholds and hysteresis; the "
+        "first lookback bars of the test span warm up (unknown regime)",
+    }
 
 
 def auc_of(result: WalkForwardResult, model: str, horizon: int, fold: Any = "all") -> float | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,9 @@ from engine.risk.enums import (
 )
 from engine.risk.nb import N_CNT
 from engine.risk.params import instrument_arrays
+
+if TYPE_CHECKING:
+    from engine.strategy import StrategySelection
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +56,9 @@ class BacktestInputs:
     month_id: np.ndarray | None = None  # int64 (n,)
     tradable: np.ndarray | None = None  # bool (n, m): universe member at bar t (R9); None = all
     entry_block: np.ndarray | None = None  # bool (n,): entries decided at t refused (R25); None = none
+    # what the regime selector chose ([strategy] enabled: an engine.strategy.StrategySelection, and
+    # ``p_up`` is then the gated P(up) the risk step reads); None when the layer is off
+    strategy: StrategySelection | None = None
     # kill-switch triggers per bar (kill_triggers_nb), memoised per kill-switch parameter tuple: like
     # ATR and the spread estimate they are a function of these arrays only, so the arrays must not be
     # modified in place after construction (build new inputs, e.g. dataclasses.replace, which starts
@@ -139,7 +146,10 @@ def make_inputs(
     ``REFUSE_NOT_TRADABLE`` and leaves exits alone. None: every pair is tradable.
     ``entry_block`` (n,) bool: entries decided at the close of bar t are refused
     (``REFUSE_TRAINING_WINDOW``, R25). None: from ``cfg.risk.training_window_utc``
-    (:func:`engine.risk.schedule.entry_block_for_bars`: the execution bar opens in the window)."""
+    (:func:`engine.risk.schedule.entry_block_for_bars`: the execution bar opens in the window).
+    ``cfg.strategy.enabled``: ``p_up`` goes through the regime selector
+    (:func:`engine.strategy.apply_strategy`: parked below the entry threshold where no selected
+    profile has a candidate) and the selection rides along as ``strategy``; off: unchanged."""
     from engine.config import load_config
     from engine.risk.schedule import entry_block_for_bars
 
@@ -173,6 +183,12 @@ def make_inputs(
     if api.shape != (n,) or op.shape != (n,):
         raise InputError("api_fault and operator must be (n_bars,) arrays")
     ts = np.ascontiguousarray(panel.ts, dtype=np.int64)
+    sel = None
+    if cfg.strategy.enabled:
+        from engine.strategy import apply_strategy
+
+        sel = apply_strategy(hi, cl, panel.volume, panel.valid, _f64(p_up, shape, "p_up"), cfg)
+        p_up = sel.p_up_gated
     return BacktestInputs(
         tuple(panel.pairs),
         ts,
@@ -192,6 +208,7 @@ def make_inputs(
         month_ids(ts),
         trd,
         np.ascontiguousarray(blk, dtype=np.bool_),
+        sel,
     )
 
 

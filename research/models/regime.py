@@ -147,18 +147,20 @@ class RegimeClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any, segments: Any = None) -> np.ndarray:
         """int8 codes (n,): 0 range, 1 trending, 2 high_vol, 3 crash, -1 unknown."""
         self._check()
+        from engine.strategy.nb import regime_rule_nb  # the one implementation of the rule
+
         f = self._feats(X, segments)
-        ok = np.isfinite(f["trend"]) & np.isfinite(f["vol"]) & np.isfinite(f["dd"]) & np.isfinite(f["strength"])
-        out = np.full(ok.shape[0], UNKNOWN, dtype=np.int8)
-        with np.errstate(invalid="ignore"):
-            crash = ok & (f["trend"] <= self.crash_ret_) & (f["dd"] >= self.crash_drawdown)
-            hv = ok & ~crash & (f["vol"] >= self.vol_hi_)
-            tr = ok & ~crash & ~hv & (f["strength"] >= self.strength_hi_)
-        out[ok] = RANGE
-        out[tr] = TRENDING
-        out[hv] = HIGH_VOL
-        out[crash] = CRASH
-        return out
+        a = {k: np.ascontiguousarray(f[k], dtype=np.float64) for k in ("trend", "vol", "dd", "strength")}
+        return regime_rule_nb(
+            a["trend"],
+            a["vol"],
+            a["dd"],
+            a["strength"],
+            float(self.crash_ret_),
+            float(self.crash_drawdown),
+            float(self.vol_hi_),
+            float(self.strength_hi_),
+        )
 
     def predict_names(self, X: Any, segments: Any = None) -> np.ndarray:
         """Names per bar (``"unknown"`` where undefined)."""

@@ -1,0 +1,182 @@
+"""Regime-aware strategy layer: six strategy profiles and a selector per regime, shared by the
+backtester and the daemon (docs/MODEL_ASSUMPTIONS.md, "Strategy profiles and the regime selector").
+
+The layer works at the INPUT layer: :func:`apply_strategy` turns the meta-learner's P(up) into the
+P(up) the unchanged risk step reads (parked below the entry threshold wherever no selected profile
+has a candidate), so every capital rule still applies. ``engine.backtest.runner.make_inputs``
+calls it when ``[strategy] enabled``; the daemon's cycle builds its inputs with ``make_inputs``,
+so live and backtest share it. The exit parameters (stop and take-profit ATR multiples, size scale)
+are computed per bar and pair and logged; the risk step reading them is planned (phase 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.strategy.enums import (
+    N_PROFILES,
+    N_REGIMES,
+    PROFILE_NAMES,
+    REGIME_NAMES,
+    Profile,
+    Regime,
+    selection_dt,
+    strategy_params_dt,
+)
+
+__all__ = [
+    "PROFILE_NAMES",
+    "REGIME_NAMES",
+    "Profile",
+    "Regime",
+    "StrategySelection",
+    "apply_strategy",
+    "params_from_config",
+    "profile_candidates",
+    "regime_labels",
+    "selection_records",
+    "selector_tables",
+]
+
+_INT_FIELDS = (
+    "trend_bars",
+    "vol_bars",
+    "hysteresis_bars",
+    "hysteresis_lookback",
+    "trend_mom_bars",
+    "trend_sma_bars",
+    "breakout_bars",
+    "mr_bars",
+    "vx_short_bars",
+    "vx_long_bars",
+)
+
+
+def params_from_config(scfg, p_up_entry: float) -> np.ndarray:
+    """One ``strategy_params_dt`` record (shape (1,)) from a StrategyConfig and the entry gate."""
+    sp = np.zeros(1, dtype=strategy_params_dt)
+    sp[0]["p_up_entry"] = float(p_up_entry)
+    for name in strategy_params_dt.names or ():
+        if name != "p_up_entry":
+            v = getattr(scfg, name)
+            sp[0][name] = int(v) if name in _INT_FIELDS else float(v)
+    return sp
+
+
+def selector_tables(scfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(table_p (N_REGIMES + 1, 2) int64, table_w (.., 2) float64, exits (N_PROFILES, 3) float64)
+    of a StrategyConfig for :func:`engine.strategy.nb.select_nb`."""
+    tp = np.full((N_REGIMES + 1, 2), -1, dtype=np.int64)
+    tw = np.zeros((N_REGIMES + 1, 2))
+    for r, name in enumerate(REGIME_NAMES + ("unknown",)):
+        for s, slot in enumerate(getattr(scfg.selector, name)):
+            tp[r, s] = PROFILE_NAMES.index(slot.profile)
+            tw[r, s] = float(slot.weight)
+    ex = np.zeros((N_PROFILES, 3))
+    for q, name in enumerate(PROFILE_NAMES):
+        e = getattr(scfg.exits, name)
+        ex[q] = (e.stop_atr_mult, e.take_profit_atr_mult, e.size_scale)
+    return tp, tw, ex
+
+
+def _arr(a, dtype) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def regime_labels(close, valid, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, label): the rule's regime code per bar and pair and the code after hysteresis, (n, m)
+    int8 each (-1 unknown); causal."""
+    from engine.strategy.nb import hysteresis_nb, regime_features_nb, regime_rule_nb
+
+    c = _arr(close, np.float64)
+    v = _arr(valid, np.bool_)
+    p = sp[0]
+    tr, vo, dd, st = regime_features_nb(c, v, int(p["trend_bars"]), int(p["vol_bars"]))
+    raw = regime_rule_nb(
+        tr.ravel(),
+        vo.ravel(),
+        dd.ravel(),
+        st.ravel(),
+        float(p["crash_ret"]),
+        float(p["crash_drawdown"]),
+        float(p["vol_hi"]),
+        float(p["strength_hi"]),
+    ).reshape(c.shape)
+    return raw, hysteresis_nb(raw, int(p["hysteresis_bars"]), int(p["hysteresis_lookback"]))
+
+
+def profile_candidates(high, close, volume, valid, p_up, sp: np.ndarray) -> np.ndarray:
+    """(N_PROFILES, n, m) bool: each profile's entry candidates, gated by P(up) >= the threshold."""
+    from engine.strategy.nb import profile_candidates_nb
+
+    return profile_candidates_nb(
+        _arr(high, np.float64),
+        _arr(close, np.float64),
+        _arr(volume, np.float64),
+        _arr(valid, np.bool_),
+        _arr(p_up, np.float64),
+        sp[0],
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class StrategySelection:
+    """What the selector chose per bar and pair (all (n, m))."""
+
+    regime: np.ndarray  # int8, after hysteresis (-1 unknown)
+    profile: np.ndarray  # int8, the selected profile (Profile ids)
+    candidate: np.ndarray  # bool: the selected profile has an entry candidate (P(up) gate included)
+    p_up: np.ndarray  # float64: the meta-learner's P(up) before the gate
+    p_up_gated: np.ndarray  # float64: what the risk step reads
+    stop_atr_mult: np.ndarray
+    take_profit_atr_mult: np.ndarray
+    size_scale: np.ndarray
+
+
+def apply_strategy(high, close, volume, valid, p_up, cfg) -> StrategySelection:
+    """Regime, profiles and selector on the bars and the meta-learner's P(up), with the thresholds
+    of ``cfg.risk`` (entry gate; the parked value is ``cfg.risk.p_up_exit``: below the entry
+    threshold, not below the signal-exit one)."""
+    from engine.strategy.nb import gate_p_up_nb, select_nb
+
+    scfg = cfg.strategy
+    sp = params_from_config(scfg, cfg.risk.p_up_entry)
+    pu = _arr(p_up, np.float64)
+    _, label = regime_labels(close, valid, sp)
+    cand = profile_candidates(high, close, volume, valid, pu, sp)
+    tp, tw, ex = selector_tables(scfg)
+    prof, ok, stop, take, size = select_nb(label, cand, tp, tw, ex)
+    gated = gate_p_up_nb(pu, ok, float(cfg.risk.p_up_entry), float(cfg.risk.p_up_exit))
+    return StrategySelection(label, prof, ok, pu, gated, stop, take, size)
+
+
+def selection_records(sel: StrategySelection, p_up_entry: float, rows=None) -> np.ndarray:
+    """``selection_dt`` rows of every (bar, pair) whose P(up) passed the entry threshold (where the
+    selector's choice decides: candidate True lets the entry through to the risk step, False parks
+    it), in (bar, pair) order; ``rows``: only these bar rows."""
+    pu = sel.p_up
+    hit = (pu >= p_up_entry) & ~np.isnan(pu)
+    if rows is not None:
+        keep = np.zeros(pu.shape[0], dtype=bool)
+        keep[np.asarray(rows)] = True
+        hit &= keep[:, None]
+    t, j = np.nonzero(hit)
+    out = np.zeros(t.shape[0], dtype=selection_dt)
+    out["bar"], out["pair"] = t, j
+    out["regime"] = sel.regime[t, j]
+    out["profile"] = sel.profile[t, j]
+    out["candidate"] = sel.candidate[t, j]
+    out["p_up"] = pu[t, j]
+    out["stop_atr_mult"] = sel.stop_atr_mult[t, j]
+    out["take_profit_atr_mult"] = sel.take_profit_atr_mult[t, j]
+    out["size_scale"] = sel.size_scale[t, j]
+    return out
+
+
+def reason_code(profile: int, candidate: bool) -> str:
+    """The ledger's reason code of a selection row: ``strategy_<profile>_entry`` (the candidate goes
+    on to the risk step) or ``strategy_<profile>_no_entry`` (parked)."""
+    name = PROFILE_NAMES[profile] if 0 <= profile < N_PROFILES else "none"
+    return f"strategy_{name}_{'entry' if candidate else 'no_entry'}"
