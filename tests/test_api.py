@@ -247,6 +247,9 @@ def test_reactivate_through_the_api_is_the_clis_path_and_a_bad_confirmation_writ
     hour = P0 // H + 10
     dsn = kill_ledger(tmp_path / "ledger.sqlite", hour)
     c = TestClient(create_app(dsn, tmp_path, TOKEN))
+    (al,) = get(c, "/api/alerts")["alerts"]
+    assert (al["severity"], al["kind"], al["hour"], al["pair"]) == ("critical", "kill_switch", hour, "BTC/USD")
+    assert al["message"] == "kill switch latched: API instability"
     rk = get(c, "/api/risk")
     assert rk["kill_switch"]["latched"] is True and rk["kill_switch"]["reason"] == "API_INSTABILITY"
     assert rk["kill_switch"]["hour"] == hour and rk["kill_switch"]["trigger"] == "KILL_API"

@@ -448,7 +448,9 @@ def alerts(led: Ledger, limit: int) -> dict[str, Any]:
         )
 
     seen: set[tuple[Any, str, Any]] = set()
-    for e in led.iter_entries():
+    kinds = (Kind.DECISION, Kind.RECONCILIATION, Kind.CYCLE_END, Kind.EVENT)  # not the bars and snapshots
+    rows = sorted((e for k in kinds for e in led.entries(kind=k)), key=lambda e: e.seq)
+    for e in rows:
         code = str(e.code or "")
         if e.kind == Kind.DECISION:
             ev, _, why = code.partition(":")
