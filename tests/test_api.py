@@ -543,6 +543,9 @@ def test_kq_serve_listens_on_loopback_serves_the_dashboard_and_never_logs_the_to
         assert ov.status_code == 200 and ov.json()["state"] == "KILL_SWITCH"
         page = httpx.get(f"{base}/")
         assert page.status_code == 200 and "kq dashboard" in page.text
+        miss = httpx.get(f"{base}/api/nope", headers=AUTH)
+        assert miss.status_code == 404 and miss.json() == {"detail": "no API route /api/nope"}
+        assert httpx.delete(f"{base}/api/overview", headers=AUTH).status_code == 405
         assert "access-control-allow-origin" not in {k.lower() for k in ov.headers}
         pre = httpx.options(f"{base}/api/overview", headers={"Origin": "http://evil.example", **AUTH})
         assert "access-control-allow-origin" not in {k.lower() for k in pre.headers}

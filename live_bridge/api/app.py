@@ -738,6 +738,16 @@ def create_app(
 
     app.include_router(api)
 
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def no_route(rest: str) -> None:
+        """An unknown /api path: JSON 404 here, not the dashboard's HTML 404 page (a known path with
+        another method: 405)."""
+        path = f"/api/{rest}"
+        known = [r.path_regex for r in api.routes if hasattr(r, "path_regex")]
+        if path == "/api/health" or any(rx.match(path) for rx in known):
+            raise ApiError(405, "method not allowed")
+        raise ApiError(404, f"no API route /api/{rest[:80]}")
+
     static = FsPath(static_dir) if static_dir is not None else None
     if static is not None and static.is_dir():
         from fastapi.staticfiles import StaticFiles
