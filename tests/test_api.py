@@ -587,3 +587,44 @@ def test_predictions_carry_the_regime_and_the_selected_profile_the_cycle_ledgers
     assert (by["ETH/USD"]["regime"], by["ETH/USD"]["profile"], by["ETH/USD"]["strategy_entry"]) == (None, None, None)
     assert get(c, "/api/predictions", params={"hour": str(hour)}) == pr
     assert c.get("/api/predictions", params={"hour": str(hour + 1)}, headers=AUTH).status_code == 404
+
+
+def test_runs_of_kq_sweep_and_kq_backtest_as_the_cli_writes_them(tmp_path):
+    """``kq sweep`` (4 sets) and ``kq backtest`` over six weeks of two Binance pairs, written into a
+    runs folder by the CLI itself: the runs list names both kinds, the sweep's page carries its
+    document and its results table row for row, the backtest's its metrics."""
+    import json
+
+    import pandas as pd
+
+    from kq.cli import main
+    from tests.conftest import require_shared
+
+    d = require_shared()
+    store = tmp_path / "m.duckdb"
+    files = [str(d / f"{f}.parquet") for f in ("binance_BTCUSDT_1h", "binance_ETHUSDT_1h")]
+    assert main(["data", "import", *files, "--store", str(store)]) == 0
+    span = ["--store", str(store), "--venue", "binance", "--start", "2022-01-01", "--end", "2022-02-14"]
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[params]\n"risk.max_positions" = [10, 1]\n"fees.slippage_bps" = [5.0, 20.0]\n')
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    sw = ["sweep", "--grid", str(grid), "--out", str(runs / "sw"), "--warmup-bars", "0", "--no-progress"]
+    assert main([*sw, *span]) == 0
+    assert main(["backtest", "--out", str(runs / "bt"), *span]) == 0
+    c = TestClient(create_app(None, runs, TOKEN))
+    listed = {r["id"]: r for r in get(c, "/api/runs")["runs"]}
+    assert {k: r["kind"] for k, r in listed.items()} == {"sw": "sweep", "bt": "backtest"}
+    doc = json.loads((runs / "sw" / "sweep.json").read_text())
+    head = listed["sw"]["headline"]
+    assert head["n_sets"] == doc["n_sets"] == 4 and head["objective"] == doc["objective"]
+    assert all(doc["best"]["metrics"][k] == v for k, v in head.items() if k not in ("n_sets", "objective"))
+    page = get(c, "/api/runs/sw")
+    assert page["metrics"] == json.loads(json.dumps(doc)) and page["equity"] == []
+    df = pd.read_parquet(runs / "sw" / "results.parquet")
+    assert len(page["table"]) == len(df) == 4
+    for row, (_, want) in zip(page["table"], df.iterrows(), strict=True):
+        assert row["set_id"] == want["set_id"] and row["final_equity"] == want["final_equity"]
+    bt = get(c, "/api/runs/bt")
+    assert bt["metrics"]["final_equity"] == json.loads((runs / "bt" / "metrics.json").read_text())["final_equity"]
+    assert bt["equity"][-1]["equity"] == bt["metrics"]["final_equity"]
