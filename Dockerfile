@@ -8,6 +8,21 @@
 # tests/test_dockerfile.py lints this file with hadolint and installs what it installs (the same
 # pip command, extras and constraints) into a fresh virtualenv, then runs `kq --help` and a tiny
 # walk-forward, so the image's install stays runnable without a Docker engine.
+#
+# Dashboard: `docker run --rm -p 8770:8770 -e KQ_API_TOKEN -v "$PWD/data:/app/data" krakenquant
+#   serve --host 0.0.0.0 --allow-remote` (loopback inside a container is unreachable from the host;
+#   the token still guards every endpoint). The first stage builds the dashboard's static export
+#   from its committed lockfile; only that export (dashboard/out) reaches the image, not Node.js.
+FROM node:20.20.2-bookworm-slim AS dashboard
+WORKDIR /dashboard
+COPY dashboard/package.json dashboard/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY dashboard/next.config.mjs dashboard/tsconfig.json ./
+COPY dashboard/app ./app
+COPY dashboard/components ./components
+COPY dashboard/lib ./lib
+RUN NEXT_TELEMETRY_DISABLED=1 npm run build
+
 FROM python:3.11.7-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,7 +32,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     KQ_DATA=/app/data \
     KQ_CONFIGS=/app/configs \
     KQ_STORE=/app/data/market.duckdb \
-    KQ_SHARED=/shared
+    KQ_SHARED=/shared \
+    KQ_DASHBOARD=/app/dashboard
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -34,6 +50,7 @@ COPY live_bridge ./live_bridge
 COPY kq ./kq
 COPY configs ./configs
 RUN pip install --no-cache-dir -c constraints.txt ".[research,live]"
+COPY --from=dashboard /dashboard/out ./dashboard
 
 RUN groupadd --system --gid 10001 kq \
     && useradd --system --uid 10001 --gid kq --create-home kq \

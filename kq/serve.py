@@ -12,7 +12,7 @@ from engine.errors import InputError
 
 ENV_TOKEN = "KQ_API_TOKEN"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-DEFAULT_PORT = 8765
+DEFAULT_PORT = 8770  # not 8765: the simulator (kq sim serve) listens there
 
 
 def api_token(environ: dict[str, str] | None = None) -> str:
@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
         runs: str = typer.Option(None, "--runs", help="folder of backtest/walk-forward/sweep/study outputs"),
         host: str = typer.Option("127.0.0.1", "--host", help="bind address (loopback by default)"),
         port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="TCP port"),
-        static: str = typer.Option(None, "--static", help="dashboard static export (default: dashboard/out)"),
+        static: str = typer.Option(
+            None, "--static", help="dashboard static export (default: KQ_DASHBOARD, else dashboard/out)"
+        ),
         allow_remote: bool = typer.Option(False, "--allow-remote", help="allow a non-loopback --host"),
     ) -> None:
         """Serve the dashboard API (and the dashboard's static export) over the ledger: read-only
@@ -71,9 +73,12 @@ def register(app: typer.Typer) -> None:
         runs_dir = Path(runs) if runs else data_dir() / "runs"
         if runs and not runs_dir.is_dir():
             raise InputError(f"--runs {runs}: no such folder")
-        static_dir = Path(static) if static else REPO_ROOT / "dashboard" / "out"
-        if static and not static_dir.is_dir():
-            raise InputError(f"--static {static}: no such folder")
+        import os
+
+        named = static or os.environ.get("KQ_DASHBOARD") or None  # the container sets KQ_DASHBOARD
+        static_dir = Path(named) if named else REPO_ROOT / "dashboard" / "out"
+        if named and not static_dir.is_dir():
+            raise InputError(f"{'--static' if static else 'KQ_DASHBOARD'} {named}: no such folder")
 
         import uvicorn
 

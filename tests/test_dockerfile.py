@@ -60,8 +60,13 @@ def _dockerfile_env() -> dict[str, str]:
 
 def _dockerfile_facts() -> tuple[str, list[str], str]:
     text = DOCKERFILE.read_text()
-    base = re.search(r"^FROM\s+(\S+)", text, re.M)
-    assert base, "no FROM line"
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert froms, "no FROM line"
+    # the build stages (the dashboard's Node.js build) are pinned too; the last FROM is the image
+    for f in froms[:-1]:
+        assert re.fullmatch(r"node:\d+\.\d+\.\d+-bookworm-slim", f), f
+    base = re.match(r"(\S+)", froms[-1])
+    assert base
     pip = [ln for ln in text.splitlines() if re.match(r"RUN pip install ", ln)]
     assert len(pip) == 1, f"expected one pip install line, found {pip}"
     user = re.search(r"^USER\s+(\S+)", text, re.M)
