@@ -80,12 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             con.print("[bold red]paper run skipped: the walk-forward step failed[/]")
             return rc
-        if venue == "synthetic":
-            con.print("paper run skipped: it replays the shared Binance bars, and there are none here")
-            return 0
         from engine.paths import data_dir
 
-        return paper_run(con, data_dir() / "runs" / "demo-walkforward" / "model")
+        if venue == "synthetic":
+            con.print("paper run skipped: it replays the shared Binance bars, and there are none here")
+            dashboard_hint(con, None)
+            return 0
+        rc = paper_run(con, data_dir() / "runs" / "demo-walkforward" / "model")
+        dashboard_hint(con, PAPER_FOLDER_NAME)
+        return rc
     except KQError as e:
         print(f"kq demo: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -115,6 +118,32 @@ def _walkforward(con, store, synthetic: bool) -> int:
     if rc == 0:
         con.print(f"open {out / 'report.html'} (walk-forward) and {out / 'backtest' / 'report.html'} (backtest)")
     return rc
+
+
+PAPER_FOLDER_NAME = "demo-paper"  # under data/: the demo paper run's store, ledger and state
+
+
+def dashboard_hint(con, paper_folder: str | None) -> None:
+    """The last lines of the demo: the command and URL that open the dashboard on what it just made
+    (the paper ledger, and the research runs under data/runs). The token is the user's to choose:
+    the demo never makes or prints one."""
+    from engine.paths import data_dir
+    from kq.serve import DEFAULT_PORT
+
+    runs = data_dir() / "runs"
+    ledger = f" --dsn sqlite:///{data_dir() / paper_folder / 'ledger.sqlite'}" if paper_folder else ""
+    con.print("[bold]dashboard:[/] on the runs (and the paper ledger) this demo just made:", highlight=False)
+    con.print(
+        "  export KQ_API_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')",
+        markup=False,
+        highlight=False,
+    )
+    con.print(f"  .venv/bin/kq serve{ledger} --runs {runs}", markup=False, highlight=False)
+    con.print(
+        f"  then open http://127.0.0.1:{DEFAULT_PORT}/ and paste the token ($KQ_API_TOKEN)",
+        markup=False,
+        highlight=False,
+    )
 
 
 # ---- the paper run ---------------------------------------------------------------------------------
@@ -209,7 +238,7 @@ def paper_run(
     from live_bridge.simulator.testing import KEY, SECRET, start_sim
 
     t_all = time.perf_counter()
-    folder = folder or data_dir() / "demo-paper"
+    folder = folder or data_dir() / PAPER_FOLDER_NAME
     shared = shared or shared_ohlcv_dir()
     t0 = parse_time(start)
     if t0 is None:

@@ -77,3 +77,25 @@ def test_demo_skips_the_paper_run_when_the_walkforward_fails(tmp_path, monkeypat
     monkeypatch.setattr(demo, "paper_run", lambda *a, **k: called.append(a) or 0)
     assert demo.main([]) == 1
     assert not called and "paper run skipped: the walk-forward step failed" in capsys.readouterr().out
+
+
+def test_demo_ends_with_the_command_and_url_of_the_dashboard(tmp_path, monkeypatch):
+    """The README's main job ends by naming the dashboard on what it made: kq serve over the demo's
+    paper ledger and runs folder, and the URL (kq serve's default port, not the simulator's)."""
+    from kq import demo
+    from kq.serve import DEFAULT_PORT
+
+    monkeypatch.setenv("KQ_DATA", str(tmp_path))
+    con, buf = _con()
+    demo.dashboard_hint(con, demo.PAPER_FOLDER_NAME)
+    lines = buf.getvalue().splitlines()
+    serve = next(ln.strip() for ln in lines if "kq serve" in ln)
+    from engine.paths import data_dir
+
+    ledger = data_dir() / "demo-paper" / "ledger.sqlite"
+    assert serve == f".venv/bin/kq serve --dsn sqlite:///{ledger} --runs {data_dir() / 'runs'}"
+    assert any(f"http://127.0.0.1:{DEFAULT_PORT}/" in ln for ln in lines) and DEFAULT_PORT != 8765
+    assert any("export KQ_API_TOKEN=" in ln for ln in lines)  # the user's own token: none is printed
+    con, buf = _con()
+    demo.dashboard_hint(con, None)  # no paper run (synthetic data): the runs only
+    assert "--dsn" not in buf.getvalue() and "kq serve --runs" in buf.getvalue()
