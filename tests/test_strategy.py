@@ -377,3 +377,22 @@ def test_selector_on_machine_equals_backtest_bit_for_bit():
     assert ev.tobytes() == bt.events.tobytes()
     assert eq.tobytes() == bt.equity.tobytes()
     assert np.array_equal(m.refusals, bt.refusals)
+
+
+def test_breakdown_attributes_round_trips_to_the_entry_decision_bar():
+    from engine.risk.enums import trade_dt
+    from engine.strategy.report import breakdown
+
+    tr = np.zeros(5, dtype=trade_dt)
+    # pair 0: buy at bar 3 (decided at 2), sold in two parts at 5 and 6; pair 1: buy 4, sell 8
+    rows = ((3, 0, 1, 0.0), (4, 1, 1, 0.0), (5, 0, -1, 2.0), (6, 0, -1, -0.5), (8, 1, -1, -1.0))
+    for i, (bar, pair, side, pnl) in enumerate(rows):
+        tr[i]["bar"], tr[i]["pair"], tr[i]["side"], tr[i]["pnl"] = bar, pair, side, pnl
+    regime = np.zeros((10, 2), dtype=np.int8)
+    regime[2, 0] = 1  # trending at pair 0's decision bar
+    profile = np.full((10, 2), int(Profile.MEAN_REVERSION), dtype=np.int8)
+    profile[2, 0] = int(Profile.TREND)
+    b = breakdown(tr, regime, profile)
+    assert b["per_regime"]["trending"] == {"pair_hours": 1, "trades": 1, "hit_rate": 1.0, "pnl_after_fees": 1.5}
+    assert b["per_regime"]["range"] == {"pair_hours": 19, "trades": 1, "hit_rate": 0.0, "pnl_after_fees": -1.0}
+    assert b["per_profile"]["trend"]["trades"] == 1 and b["per_profile"]["mean_reversion"]["pnl_after_fees"] == -1.0
