@@ -82,7 +82,16 @@ CODES = (JOB_STARTED, JOB_FINISHED, JOB_FAILED)
 LOCK_NAME = "retrain.lock"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: environment variables a training job never receives (exchange credentials, ledger and webhook secrets)
-_SECRET_ENV = ("KQ_LEDGER_DSN", "KQ_PAPER_LEDGER_DSN", "KQ_ALERT_WEBHOOK")
+_SECRET_ENV = (
+    "KQ_LEDGER_DSN",
+    "KQ_PAPER_LEDGER_DSN",
+    "KQ_ALERT_WEBHOOK",
+    "KQ_LEDGER_HMAC_KEY",  # the ledger's signing key: a job holding it could forge ledger rows
+    "KQ_API_TOKEN",
+    "KQ_SIM_ADMIN_TOKEN",
+)
+#: ... nor any variable whose name says it holds a secret (a denylist alone misses new ones)
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "HMAC", "WEBHOOK", "CREDENTIAL")
 
 
 class RetrainForbidden(KQError):
@@ -180,7 +189,13 @@ def job_argv(job_dir: Path) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("KRAKEN_") and k not in _SECRET_ENV}
+    def secret(k: str) -> bool:
+        u = k.upper()
+        if u.startswith("MLFLOW_"):  # the job registers its candidate: the tracking server's credentials
+            return False
+        return u.startswith("KRAKEN_") or u in _SECRET_ENV or any(w in u for w in _SECRET_WORDS)
+
+    return {k: v for k, v in os.environ.items() if not secret(k)}
 
 
 class Retrainer:

@@ -353,3 +353,28 @@ def test_retrain_config_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="retrain.config: no such file"):
         load_live_config(f)
     assert "retrain" not in on.model_dump()
+
+
+def test_the_job_never_receives_a_secret(monkeypatch):
+    """The training job's environment: no exchange key, ledger DSN or signing key, API or simulator
+    token, webhook, nor any variable whose name says it is a secret; the rest passes through."""
+    from live_bridge.retrain import _child_env
+
+    secrets = {
+        "KRAKEN_API_KEY": "k",
+        "KRAKEN_API_SECRET": "s",
+        "KQ_LEDGER_DSN": "postgresql://u:p@h/db",
+        "KQ_LEDGER_HMAC_KEY": "h",
+        "KQ_API_TOKEN": "t" * 20,
+        "KQ_SIM_ADMIN_TOKEN": "a",
+        "KQ_ALERT_WEBHOOK": "https://x/y",
+        "MY_DB_PASSWORD": "p",
+        "aws_secret_access_key": "z",
+    }
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("KQ_TRACKING_URI", "sqlite:///x.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "m")  # the job registers its candidate on the server
+    env = _child_env()
+    assert not set(secrets) & set(env), sorted(set(secrets) & set(env))
+    assert env["KQ_TRACKING_URI"] == "sqlite:///x.db" and "PATH" in env and env["MLFLOW_TRACKING_TOKEN"] == "m"
