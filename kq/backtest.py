@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
                 "signals": source,
                 "config": config or "configs/default.toml",
             }
-            write_outputs(out, res, cfg, meta)
+            write_outputs(out, res, cfg, meta, market=panel)
             prog.update(task, advance=1, description="done")
         m = res.metrics[0]
         typer.echo(

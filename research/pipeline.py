@@ -254,7 +254,7 @@ def run(
         return outputs
     from research.report import write_walkforward
 
-    outputs.metrics = write_walkforward(res, out, cfg, meta)
+    outputs.metrics = write_walkforward(res, out, cfg, meta, market=panel)
     outputs.seconds = time.perf_counter() - t_start
     model_dir = Path(out) / "model"
     if (model_dir / "manifest.json").is_file():  # a previous run's bundle must not sit next to new results

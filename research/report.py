@@ -59,12 +59,13 @@ def build_metrics(res, meta: dict) -> dict:
     )
 
 
-def write_walkforward(res, out_dir: str | Path, cfg, meta: dict) -> dict:
+def write_walkforward(res, out_dir: str | Path, cfg, meta: dict, market=None) -> dict:
     """Write every output atomically (:func:`engine.paths.atomic_folder`); returns the metrics
     document. The backtester's own outputs of the meta-learner's signals go into ``OUT/backtest/``
     (:func:`engine.backtest.io.write_files`) when the run has a backtest (an earlier run's
-    ``backtest/`` is removed in any case)."""
-    from engine.backtest.io import write_files
+    ``backtest/`` is removed in any case). ``market`` (the run's Panel) adds buy-and-hold of the
+    same pairs over the backtest's hours to both reports."""
+    from engine.backtest.io import benchmark_for, write_files
 
     with atomic_folder(out_dir, drop=("backtest",)) as tmp:
         (tmp / "folds.json").write_text(json.dumps(json_clean(res.folds), indent=2) + "\n")
@@ -75,16 +76,24 @@ def write_walkforward(res, out_dir: str | Path, cfg, meta: dict) -> dict:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         if res.backtest is not None:
             (tmp / "backtest").mkdir()
-            write_files(tmp / "backtest", res.backtest, cfg, dict(meta, signals="walk-forward meta-learner"))
-        write_report(res, metrics, tmp / "report.html")
+            write_files(tmp / "backtest", res.backtest, cfg, dict(meta, signals="walk-forward meta-learner"), market)
+        bh = benchmark_for(res.backtest, market, cfg) if (market is not None and res.backtest is not None) else None
+        config = cfg.model_dump(mode="json")
+        write_report(res, metrics, tmp / "report.html", bh=bh, config=config, fee=cfg.fees.fee_rate)
     return metrics
 
 
-def write_report(res, metrics: dict, path: Path) -> None:
-    """Self-contained HTML (plotly.js embedded once): per-fold model quality, equity, drawdown,
-    regime timeline, overfitting statistics and the leak flags."""
+def write_report(
+    res, metrics: dict, path: Path, bh: dict | None = None, config: dict | None = None, fee: float | None = None
+) -> None:
+    """report.html with plotly.js loaded from ``plotly.min.js`` beside it: the strategy's headline
+    figures against buy-and-hold ``bh`` (:func:`engine.report_html.buy_and_hold`), per-fold model
+    quality, equity (buy-and-hold overlaid) and drawdown in %, regime timeline, overfitting
+    statistics, the leak flags, and the run and configuration folded away at the bottom."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    from engine.report_html import BH_NOTE, STYLE, config_details, headline_table, pct, plotly_script, run_line
 
     rows = [r for r in res.model_metrics if r["fold"] != "all"]
     q = pd.DataFrame(rows)
@@ -110,15 +119,23 @@ def write_report(res, metrics: dict, path: Path) -> None:
         eq = res.backtest.equity_frame()
         x = pd.to_datetime(eq["ts"], unit="s")
         f2 = make_subplots(
-            rows=2, cols=1, shared_xaxes=True, subplot_titles=("equity (meta signals)", "drawdown from peak")
+            rows=2, cols=1, shared_xaxes=True, subplot_titles=("equity (meta signals)", "drawdown from peak (%)")
         )
-        f2.add_trace(go.Scattergl(x=x, y=eq["equity"], name="equity", line=dict(width=1)), row=1, col=1)
+        f2.add_trace(go.Scattergl(x=x, y=eq["equity"], name="strategy", line=dict(width=1)), row=1, col=1)
         f2.add_trace(
-            go.Scattergl(x=x, y=-eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)), row=2, col=1
+            go.Scattergl(x=x, y=-100.0 * eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
+            row=2,
+            col=1,
         )
+        if bh is not None:
+            grey = dict(width=1, color="grey")
+            f2.add_trace(go.Scattergl(x=x, y=bh["equity"], name="buy-and-hold", line=grey), row=1, col=1)
+            f2.add_trace(
+                go.Scattergl(x=x, y=-100.0 * bh["drawdown"], name="buy-and-hold drawdown", line=grey), row=2, col=1
+            )
         for fd in res.folds:
             f2.add_vline(x=pd.to_datetime(fd["test_start"], unit="s"), line_dash="dot", line_color="grey")
-        f2.update_layout(height=600, showlegend=False, margin=dict(l=50, r=20, t=40, b=30))
+        f2.update_layout(height=600, showlegend=bh is not None, margin=dict(l=50, r=20, t=40, b=30))
         figs.append(f2)
     if len(res.regime):
         rg = res.regime
@@ -140,7 +157,7 @@ def write_report(res, metrics: dict, path: Path) -> None:
             margin=dict(l=50, r=20, t=40, b=30),
         )
         figs.append(f3)
-    body = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
+    body = "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in figs)
 
     def fmt(v):
         return "" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
@@ -149,21 +166,23 @@ def write_report(res, metrics: dict, path: Path) -> None:
     table = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
     for r in res.model_metrics:
         style = " style='background:#fbb'" if r.get("suspected_leak") else ""
-        table += f"<tr{style}>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in cols) + "</tr>"
+        table += (
+            f"<tr{style}>"
+            + "".join(f"<td>{pct(r.get(c), 1) if c in ('hit_rate', 'base_rate') else fmt(r.get(c))}</td>" for c in cols)
+            + "</tr>"
+        )
     strat = metrics.get("strategy") or {}
-    keys = [
-        "total_return",
-        "annual_return",
-        "sharpe",
-        "sortino",
-        "max_drawdown",
-        "n_trades",
-        "win_rate",
-        "fees_paid",
-        "n_refusals",
-        "n_kill_events",
-    ]
-    st = "".join(f"<tr><td>{k}</td><td>{fmt(strat.get(k))}</td></tr>" for k in keys)
+    if strat:
+        note = BH_NOTE.format(fee=pct(fee)) if bh else "Buy-and-hold: no prices were given."
+        headline = headline_table(strat, bh, "meta-learner signals") + f"<p class='note'>{html.escape(note)}</p>"
+    else:
+        headline = "<p>No backtest in this run.</p>"
+    st = (
+        f"<tr><td class='k'>Sortino</td><td>{fmt(strat.get('sortino'))}</td></tr>"
+        f"<tr><td class='k'>win rate</td><td>{pct(strat.get('win_rate'), 1)}</td></tr>"
+        f"<tr><td class='k'>refusals</td><td>{fmt(strat.get('n_refusals'))}</td></tr>"
+        f"<tr><td class='k'>kill-switch events</td><td>{fmt(strat.get('n_kill_events'))}</td></tr>"
+    )
     ov = metrics.get("overfitting", {})
     dsr = ov.get("deflated_sharpe") or {}
     pbo = ov.get("pbo") or {}
@@ -199,15 +218,17 @@ def write_report(res, metrics: dict, path: Path) -> None:
             + "".join(f"<td>{t['base_fit_s'].get(k, 0.0):.1f}</td>" for k in names)
             + "</tr>"
         )
-    meta = html.escape(", ".join(f"{k}: {v}" for k, v in metrics.get("meta", {}).items()))
+    meta = metrics.get("meta", {}) or {}
     path.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>krakenquant walk-forward</title>"
-        "<style>body{font-family:sans-serif;margin:20px}td,th{padding:2px 10px;text-align:right}</style>"
-        f"</head><body><h2>krakenquant walk-forward</h2><p>{meta}</p>{leak}"
+        + plotly_script(path.parent)
+        + STYLE
+        + f"</head><body><h2>krakenquant walk-forward</h2><p>{html.escape(run_line(meta, None))}</p>{leak}"
+        f"<h3>strategy (meta-learner signals, out of sample)</h3>{headline}"
         "<h3>folds (UTC bar-open times, inclusive)</h3><table><tr><th>fold</th><th>train start</th>"
         f"<th>train end</th><th>test start</th><th>test end</th><th>purge</th><th>embargo</th></tr>{folds}</table>"
-        f"<h3>strategy (meta-learner signals, out of sample)</h3><table>{st}</table>"
+        f"<h3>strategy details and overfitting</h3><table>{st}</table>"
         f"<h3>model quality (out of sample)</h3><table>{table}</table>{body}"
         "<h3>time per fold and horizon (base-model columns: inner folds + refit)</h3>"
-        f"<table>{timing}</table></body></html>"
+        f"<table>{timing}</table>" + config_details(meta, config) + "</body></html>"
     )

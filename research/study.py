@@ -1233,9 +1233,7 @@ def _atomic_text(path: Path, text: str) -> None:
 
 def _write_html(ss: StudySpec, study, doc: dict, out: Path) -> None:
     import html
-    import shutil
 
-    import plotly
     from optuna.trial import TrialState
     from optuna.visualization import plot_optimization_history, plot_parallel_coordinate, plot_pareto_front
 
@@ -1250,8 +1248,9 @@ def _write_html(ss: StudySpec, study, doc: dict, out: Path) -> None:
             figs.append(plot_parallel_coordinate(study, target=tgt, target_name=name))
         if multi and len(ss.objectives) == 2:
             figs.append(plot_pareto_front(study, target_names=list(ss.objectives)))
-    src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    shutil.copyfile(src, out / "plotly.min.js")
+    from engine.report_html import plotly_script
+
+    script = plotly_script(out)  # the one copy beside the report, shared with every other report
     parts = [f.to_html(full_html=False, include_plotlyjs=False) for f in figs]
     best = doc.get("best")
     c = doc["counts"]
@@ -1289,6 +1288,10 @@ def _write_html(ss: StudySpec, study, doc: dict, out: Path) -> None:
         head += "<p>No complete trial.</p>"
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>kq study</title>"
-        "<script src='plotly.min.js'></script></head><body>" + head + "".join(parts) + "</body></html>"
+        + script
+        + "</head><body>"
+        + head
+        + "".join(parts)
+        + "</body></html>"
     )
     _atomic_text(out / "report.html", page)

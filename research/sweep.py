@@ -640,9 +640,10 @@ def write_report(df: pd.DataFrame, spec: GridSpec, doc: dict, folder: Path) -> N
     import html
 
     import plotly.graph_objects as go
-    from plotly.offline import get_plotlyjs
 
-    (folder / "plotly.min.js").write_text(get_plotlyjs())
+    from engine.report_html import plotly_script
+
+    script = plotly_script(folder)  # the one copy beside the report, shared with every other report
     obj = spec.objective
     pct = obj in _PCT
     scale = 100.0 if pct else 1.0
@@ -723,8 +724,8 @@ def write_report(df: pd.DataFrame, spec: GridSpec, doc: dict, folder: Path) -> N
     )
     (folder / "report.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>kq sweep</title>"
-        "<script src='plotly.min.js'></script>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        + script
+        + "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head><body>"
         f"<h2>kq sweep: {html.escape(obj)} ({html.escape(spec.direction)})</h2>{summary}"
         + "".join(parts)

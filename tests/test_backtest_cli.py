@@ -78,8 +78,9 @@ def test_backtest_with_signals_writes_everything(store, tmp_path):
     assert m["n_fills"] == len(tr) and "refusals_by_reason" in m and "bars_in_state" in m
     assert len(ev) > 0
     html = (out / "report.html").read_text()
-    # plotly.js embedded (works offline): no external script tag
-    assert "Plotly.newPlot" in html and len(html) > 1_000_000 and "<script src=" not in html
+    # plotly.js loaded from the one copy beside the report (works offline), not inlined
+    assert "Plotly.newPlot" in html and len(html) < 300_000 and "<script src='plotly.min.js'>" in html
+    assert (out / "plotly.min.js").is_file()
 
 
 def test_backtest_bad_signals_is_one_line_error(store, tmp_path, capsys):

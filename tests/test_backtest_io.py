@@ -53,7 +53,7 @@ def test_round_trip_schemas_and_codes_decoded_by_name(run, tmp_path):
     out = tmp_path / "bt"
     m = write_outputs(out, res, cfg, {"note": "io test"})
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html"]
+        ["trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html", "plotly.min.js"]
     )
     assert _siblings(out) == []  # no temporary folder left behind
     assert tuple(pd.read_parquet(out / "trades.parquet").columns) == TRADE_COLUMNS

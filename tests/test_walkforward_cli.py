@@ -154,7 +154,11 @@ def test_ci_config_writes_every_output_with_documented_columns(runs):
     assert m["overfitting"]["deflated_sharpe"]["n_trials"] == 1
     assert 0.0 <= m["overfitting"]["pbo"]["pbo"] <= 1.0
     html = (out / "report.html").read_text()
-    assert "Plotly.newPlot" in html and "<script src=" not in html and "regime per pair" in html
+    assert "Plotly.newPlot" in html and "<script src='plotly.min.js'>" in html and "regime per pair" in html
+    # plotly.js not inlined (its copyright banner is only in the file beside the report)
+    assert (out / "plotly.min.js").is_file() and "Copyright 2012" not in html and len(html) < 1_000_000
+    assert "<td data-bh='total_return'>" in html and html.index("class='headline'") < html.index("Plotly.newPlot")
+    assert "<details class='config'>" in html and "data_sha256" not in html.split("<details")[0]
 
 
 def test_same_config_and_seed_give_bit_identical_predictions(runs):

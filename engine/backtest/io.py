@@ -9,7 +9,8 @@ backtest of its own predictions).
 Outputs
 -------
 An output folder holds ``trades.parquet``, ``equity.parquet``, ``events.parquet``, ``metrics.json``
-and ``report.html``. Their columns are :data:`TRADE_SCHEMA`, :data:`EQUITY_SCHEMA`,
+and ``report.html`` (with ``plotly.min.js`` beside it, loaded by a relative src). Their columns
+are :data:`TRADE_SCHEMA`, :data:`EQUITY_SCHEMA`,
 :data:`EVENT_SCHEMA` (name -> type; an IntEnum type means the column holds that enum's member NAMES,
 except ``kill_reason``, stored as the :class:`~engine.risk.enums.KillReason` code) and the metrics
 document has :data:`METRICS_KEYS` plus ``meta`` and ``config_sha256``.
@@ -50,6 +51,7 @@ __all__ = [
     "TRADE_COLUMNS",
     "TRADE_SCHEMA",
     "BacktestOutputs",
+    "benchmark_for",
     "enum_codes",
     "read_outputs",
     "read_signals",
@@ -102,8 +104,8 @@ EQUITY_COLUMNS = tuple(EQUITY_SCHEMA)
 EVENT_COLUMNS = tuple(EVENT_SCHEMA)
 #: metrics.json: the backtester's metrics record, the bars per trading state and the refusal counts
 METRICS_KEYS = tuple(metrics_dt.names or ()) + ("bars_in_state", "refusals_by_reason")
-#: the files of an output folder (report.html is for people; read_outputs does not read it)
-OUTPUT_FILES = ("trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html")
+#: the files of an output folder (report.html and plotly.min.js are for people; read_outputs does not read them)
+OUTPUT_FILES = ("trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html", "plotly.min.js")
 _CODED = {"kill_reason"}  # enum columns stored as codes rather than names
 
 
@@ -185,10 +187,12 @@ def signals_to_arrays(sig: pd.DataFrame, ts: np.ndarray, pairs: tuple[str, ...])
 # outputs
 
 
-def write_files(folder: str | Path, result, cfg=None, meta: dict | None = None) -> dict:
+def write_files(folder: str | Path, result, cfg=None, meta: dict | None = None, market=None) -> dict:
     """Write the output files of ``result`` (an :class:`engine.backtest.runner.BacktestResult`) into
     the existing ``folder``, not atomically (the caller's :func:`engine.paths.atomic_folder` is);
-    returns the metrics document. ``cfg`` (a Config) adds ``config_sha256``."""
+    returns the metrics document. ``cfg`` (a Config) adds ``config_sha256`` and the report's folded
+    configuration; ``market`` (a Panel holding the run's hours and pairs) adds buy-and-hold to the
+    report (:func:`benchmark_for`)."""
     d = Path(folder)
     trades = result.trades_frame()
     trades[list(TRADE_COLUMNS)].to_parquet(d / "trades.parquet", index=False)
@@ -200,27 +204,69 @@ def write_files(folder: str | Path, result, cfg=None, meta: dict | None = None) 
     if cfg is not None:
         metrics["config_sha256"] = cfg.content_hash()
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str, allow_nan=False) + "\n")
-    write_report(eq, metrics, d / "report.html")
+    bh = benchmark_for(result, market, cfg) if market is not None else None
+    config = cfg.model_dump(mode="json") if cfg is not None else None
+    write_report(eq, metrics, d / "report.html", bh=bh, config=config, fee_rate=_fee_rate(cfg))
     return metrics
 
 
-def write_outputs(out_dir: str | Path, result, cfg=None, meta: dict | None = None) -> dict:
-    """Write trades/equity/events Parquet, metrics.json and report.html into ``out_dir`` atomically
-    (:func:`engine.paths.atomic_folder`: a failure leaves ``out_dir`` as it was); returns the
-    metrics document."""
+def write_outputs(out_dir: str | Path, result, cfg=None, meta: dict | None = None, market=None) -> dict:
+    """Write trades/equity/events Parquet, metrics.json and report.html (+ plotly.min.js) into
+    ``out_dir`` atomically (:func:`engine.paths.atomic_folder`: a failure leaves ``out_dir`` as it
+    was); returns the metrics document. ``market``: see :func:`write_files`."""
     from engine.paths import atomic_folder
 
     with atomic_folder(out_dir) as tmp:
-        return write_files(tmp, result, cfg, meta)
+        return write_files(tmp, result, cfg, meta, market)
 
 
-def write_report(eq: pd.DataFrame, metrics: dict, path: str | Path) -> None:
-    """Self-contained HTML (plotly.js embedded, no CDN): equity, drawdown, exposure, risk state."""
+def _fee_rate(cfg) -> float:
+    from engine.config import FeesConfig
+
+    return float(cfg.fees.fee_rate if cfg is not None else FeesConfig().fee_rate)
+
+
+def _init_cash(cfg) -> float:
+    from engine.backtest.config import BacktestConfig
+
+    return float(cfg.backtest.init_cash if cfg is not None else BacktestConfig().init_cash)
+
+
+def benchmark_for(result, market, cfg=None) -> dict:
+    """Buy-and-hold (:func:`engine.report_html.buy_and_hold`) of ``result``'s pairs over its hours,
+    from ``market``'s close prices and valid bars (``market`` may span more hours than the run; the
+    run's hours must be a contiguous run of its bars and its pairs the same, else ValueError)."""
+    from engine.report_html import buy_and_hold
+
+    ts = np.asarray(result.ts, dtype=np.int64)
+    mts = np.asarray(market.ts, dtype=np.int64)
+    lo = int(np.searchsorted(mts, ts[0])) if len(ts) else 0
+    if tuple(market.pairs) != tuple(result.pairs) or not np.array_equal(mts[lo : lo + len(ts)], ts):
+        raise ValueError("buy-and-hold: the market's bars or pairs are not the backtest's")
+    sl = slice(lo, lo + len(ts))
+    return buy_and_hold(market.close[sl], market.valid[sl], _init_cash(cfg), _fee_rate(cfg))
+
+
+def write_report(
+    eq: pd.DataFrame,
+    metrics: dict,
+    path: str | Path,
+    bh: dict | None = None,
+    config: dict | None = None,
+    fee_rate: float | None = None,
+) -> None:
+    """report.html for people, with plotly.js loaded from ``plotly.min.js`` written beside it
+    (:func:`engine.report_html.plotly_script`): the headline figures against buy-and-hold ``bh``,
+    equity (buy-and-hold overlaid), drawdown and exposure in %, risk state, the details, and the
+    run and configuration folded away at the bottom. Every fraction is shown as a percentage."""
     import html
 
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from engine.report_html import BH_NOTE, STYLE, config_details, headline_table, pct, plotly_script, run_line
+
+    path = Path(path)
     x = pd.to_datetime(eq["ts"], unit="s")
     code = eq["trading_state"].map({s.name: int(s) for s in TradingState})
     fig = make_subplots(
@@ -229,50 +275,70 @@ def write_report(eq: pd.DataFrame, metrics: dict, path: str | Path) -> None:
         shared_xaxes=True,
         vertical_spacing=0.04,
         subplot_titles=(
-            "equity",
-            "drawdown from peak",
-            "exposure (fraction of equity)",
+            "equity (quote currency)",
+            "drawdown from peak (%)",
+            "exposure (% of equity)",
             "trading state (0 active, 1-2 reducing, 3 halted, 4 kill switch)",
         ),
     )
-    fig.add_trace(go.Scattergl(x=x, y=eq["equity"], name="equity", line=dict(width=1)), row=1, col=1)
+    fig.add_trace(go.Scattergl(x=x, y=eq["equity"], name="strategy", line=dict(width=1)), row=1, col=1)
     fig.add_trace(
-        go.Scattergl(x=x, y=-eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)), row=2, col=1
+        go.Scattergl(x=x, y=-100.0 * eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
+        row=2,
+        col=1,
     )
-    fig.add_trace(go.Scattergl(x=x, y=eq["exposure"], name="exposure", line=dict(width=1)), row=3, col=1)
-    fig.add_trace(go.Scattergl(x=x, y=code, name="state", mode="lines", line=dict(width=1, shape="hv")), row=4, col=1)
-    fig.update_layout(height=1000, showlegend=False, margin=dict(l=50, r=20, t=40, b=30))
-    keys = [
-        "total_return",
-        "annual_return",
-        "sharpe",
-        "sortino",
-        "calmar",
-        "max_drawdown",
-        "worst_month_drawdown",
-        "turnover",
-        "mean_exposure",
-        "n_trades",
-        "win_rate",
-        "profit_factor",
-        "fees_paid",
-        "n_refusals",
-        "n_kill_events",
+    if bh is not None:
+        grey = dict(width=1, color="grey")
+        fig.add_trace(go.Scattergl(x=x, y=bh["equity"], name="buy-and-hold", line=grey), row=1, col=1)
+        fig.add_trace(
+            go.Scattergl(x=x, y=-100.0 * bh["drawdown"], name="buy-and-hold drawdown", line=grey), row=2, col=1
+        )
+    fig.add_trace(
+        go.Scattergl(x=x, y=100.0 * eq["exposure"], name="exposure", line=dict(width=1), showlegend=False), row=3, col=1
+    )
+    fig.add_trace(
+        go.Scattergl(x=x, y=code, name="state", mode="lines", line=dict(width=1, shape="hv"), showlegend=False),
+        row=4,
+        col=1,
+    )
+    fig.update_layout(height=1000, showlegend=bh is not None, margin=dict(l=50, r=20, t=40, b=30))
+    detail = [
+        ("Sortino", _plain(metrics.get("sortino"))),
+        ("Calmar", _plain(metrics.get("calmar"))),
+        ("worst month's drawdown", pct(metrics.get("worst_month_drawdown"))),
+        ("turnover (x mean equity a year)", _plain(metrics.get("turnover"))),
+        ("win rate", pct(metrics.get("win_rate"), 1)),
+        ("profit factor", _plain(metrics.get("profit_factor"))),
+        ("final equity", _plain(metrics.get("final_equity"))),
+        ("refusals", str(metrics.get("n_refusals"))),
+        ("kill-switch events", str(metrics.get("n_kill_events"))),
     ]
-
-    def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    rows = "".join(f"<tr><td>{k}</td><td>{fmt(metrics.get(k))}</td></tr>" for k in keys)
-    rows += "".join(f"<tr><td>bars {k}</td><td>{v}</td></tr>" for k, v in metrics["bars_in_state"].items())
-    rows += "".join(f"<tr><td>refused: {k}</td><td>{v}</td></tr>" for k, v in metrics["refusals_by_reason"].items())
-    meta = html.escape(", ".join(f"{k}: {v}" for k, v in metrics.get("meta", {}).items()))
-    body = fig.to_html(full_html=False, include_plotlyjs=True)
-    Path(path).write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>krakenquant backtest</title>"
-        "<style>body{font-family:sans-serif;margin:20px}td{padding:2px 12px}</style></head><body>"
-        f"<h2>krakenquant backtest</h2><p>{meta}</p><table>{rows}</table>{body}</body></html>"
+    rows = "".join(f"<tr><td class='k'>{k}</td><td>{v}</td></tr>" for k, v in detail)
+    rows += "".join(f"<tr><td class='k'>bars {k}</td><td>{v:,}</td></tr>" for k, v in metrics["bars_in_state"].items())
+    rows += "".join(
+        f"<tr><td class='k'>refused: {k}</td><td>{v:,}</td></tr>" for k, v in metrics["refusals_by_reason"].items()
     )
+    meta = metrics.get("meta", {}) or {}
+    sub = run_line(meta, metrics.get("bars"))
+    note = BH_NOTE.format(fee=pct(fee_rate, 2)) if bh is not None else "Buy-and-hold: no prices were given."
+    body = fig.to_html(full_html=False, include_plotlyjs=False)
+    path.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>krakenquant backtest</title>"
+        + plotly_script(path.parent)
+        + STYLE
+        + f"</head><body><h2>krakenquant backtest</h2><p>{html.escape(sub)}</p>"
+        + headline_table(metrics, bh)
+        + f"<p class='note'>{html.escape(note)}</p>{body}<h3>details</h3><table>{rows}</table>"
+        + config_details(meta, config)
+        + "</body></html>"
+    )
+
+
+def _plain(v) -> str:
+    if v is None:
+        return ""
+    f = float(v)
+    return f"{f:,.2f}" if np.isfinite(f) else "n/a"
 
 
 # ------------------------------------------------------------------------------------------------
