@@ -19,6 +19,7 @@ machine's ``capital_ceiling`` to ``param`` before that bar's ``on_bar``
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -53,6 +54,11 @@ def parse_ceiling(text: Any, what: str = "--to") -> Decimal | None:
     if not d.is_finite() or d <= 0:
         raise InputError(f"{what} {s[:40]!r}: the ceiling must be a positive amount in quote currency (or 'off')")
     canonical_decimal(d, what)  # the ledger's digit limits
+    # the risk step reads a float: an amount that underflows to 0 (or overflows to inf, which would
+    # mean "off") must be refused here, not stop the daemon at the close that applies it
+    f = float(d)
+    if not (math.isfinite(f) and f >= 0.01):
+        raise InputError(f"{what} {s[:40]!r}: out of range (from 0.01 to {sys.float_info.max:.3g}, or 'off')")
     return d
 
 

@@ -754,6 +754,9 @@ class Cycle:
             return prev, rec.operator_applied(hour, int(a.seq), "refused", payload={"why": str(err)[:300]})
         old = effective_ceiling(self.ledger, self.live.capital_ceiling)[0] if prev is None else prev[0]
         p = float(live_params(self.cfg, self.init_cash or Decimal(1), new)[0]["capital_ceiling"])
+        if not p > 0:  # parse_ceiling refuses such amounts; never let one stop the close
+            why = f"set_ceiling: capital ceiling {p!r} is not a positive amount"
+            return prev, rec.operator_applied(hour, int(a.seq), "refused", payload={"why": why})
         payload = {"old": ceiling_text(old), "new": ceiling_text(new), "param": param_text(p)}
         return (new,), rec.operator_applied(hour, int(a.seq), payload=payload)
 

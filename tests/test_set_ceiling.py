@@ -309,3 +309,20 @@ def test_set_ceiling_refusals_without_a_portfolio_and_the_machine_method(tmp_pat
 
     with pytest.raises(InputError, match="operator action 'set_ceiling': one of reactivate"):
         Operation(P0 // H, "set_ceiling")
+
+
+def test_amounts_the_risk_step_cannot_hold_are_refused_before_the_ledger():
+    """An amount whose float underflows to 0 (or overflows to inf, which reads as 'off') is refused
+    by the command: once ledgered, it would stop the daemon at the close that applies it, at every
+    restart."""
+    from decimal import Decimal
+
+    from engine.errors import InputError
+    from live_bridge.ceiling import parse_ceiling
+
+    for bad in ("1e-350", "0.001"):
+        with pytest.raises(InputError, match="out of range"):
+            parse_ceiling(bad)
+    with pytest.raises(InputError, match="digits"):  # the ledger's own limit comes first
+        parse_ceiling("1e400")
+    assert parse_ceiling("0.01") == Decimal("0.01") and parse_ceiling("2500.5") == Decimal("2500.5")
