@@ -139,34 +139,40 @@ def load_shadow(ref: str, cfg: Any, tracking: Any, *, approved: Any = None) -> S
 
 def make_shadow(daemon: Any, model: Any = None) -> Shadow | None:
     """The daemon's shadow from its config (``[shadow] model``), or None. ``model`` replaces the
-    registry load (tests). The shadow naming the approved model is a ConfigError (the daemon does
-    not start); any other load failure is ledgered as ``shadow_failed`` at the next hour and the
-    load is tried again each hour: the primary never waits for the shadow."""
+    registry load (tests). A shadow that cannot run never keeps the daemon from starting (open
+    positions must still be managed): the approved model named as its own shadow (say, after the
+    candidate was promoted), a copy of its bundle, another feature set, an unreachable registry —
+    each leaves the shadow unloaded, ledgered as ``shadow_failed`` with the reason every hour (and
+    a warning alert), and the load is tried again each hour. ``kq doctor`` names it before a start."""
     live = daemon.live
     ref = live.shadow.model
     if not ref:
         return None
     approved = daemon.model
-    if str(ref) == str(approved.model):
-        raise ConfigError(f"{live.source}: shadow.model {ref} is the approved model itself: name another candidate")
 
     def loader() -> Any:
         from research.lifecycle.registry import load_configs
 
+        if str(ref) == str(approved.model):
+            raise ConfigError(f"shadow.model {ref} is the approved model itself: name another candidate")
         _, tracking = load_configs(live.engine_path())
         return load_shadow(str(ref), daemon.cfg, tracking, approved=approved)
 
-    sh = Shadow(daemon.cycle, str(ref), model=model, loader=loader)
-    if model is None:
+    sh = Shadow(daemon.cycle, str(ref), model=None, loader=loader)
+    if model is not None:
+        if str(ref) == str(approved.model):
+            sh.loader, sh.load_error = None, f"shadow.model {ref} is the approved model itself: name another candidate"
+        elif str(getattr(model, "manifest_sha256", "")) == str(approved.manifest_sha256):
+            sh.loader, sh.load_error = None, f"shadow.model {ref} is the approved model's bundle: nothing to compare"
+        else:
+            sh.model = model
+    else:
         try:
             sh.model = loader()
-        except ConfigError as e:
-            raise ConfigError(f"{live.source}: {e}") from None
-        except Exception as e:  # the registry unreachable, a bad bundle: the primary trades regardless
+        except Exception as e:  # the primary trades regardless; the reason is ledgered each hour
             sh.load_error = _why(e)
-            log.warning("shadow model %s not loaded: %s", ref, sh.load_error)
-    elif str(getattr(model, "manifest_sha256", "")) == str(approved.manifest_sha256):
-        raise ConfigError(f"{live.source}: shadow.model {ref} is the approved model's bundle: nothing to compare")
+    if sh.model is None:
+        log.warning("%s: shadow model %s not loaded: %s", live.source or "live config", ref, sh.load_error)
     return sh
 
 

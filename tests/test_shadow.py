@@ -448,17 +448,25 @@ def test_config_and_refusals(tmp_path, approved):
             live_config_from_dict(paper_dict(url, tmp_path, shadow={"model": bad}))
     with pytest.raises(ConfigError, match="shadow.foo"):
         live_config_from_dict(paper_dict(url, tmp_path, shadow={"foo": 1}))
-    # the approved model as its own shadow: refused before anything runs
+    # the approved model as its own shadow (say, the candidate was promoted), or a copy of its
+    # bundle: the daemon still starts (its positions must be managed), with the shadow unloaded and
+    # the reason kept for the hourly shadow_failed row
     from live_bridge.simulator.testing import start_sim
 
     kraken_store(tmp_path / "m.duckdb", shared_frames(20), upto=FIRST + 900 * H)
     sim = start_sim(sim_panel(20), start=P0 + SETTLE)
     try:
-        with pytest.raises(ConfigError, match="is the approved model itself"):
-            daemon_for(sim.url, tmp_path, approved, shadow={"model": "tiny/1"})
         twin = BundleModel(approved.path, "krakenquant/5")
-        with pytest.raises(ConfigError, match="approved model's bundle"):
-            daemon_for(sim.url, tmp_path, approved, twin, shadow={"model": "krakenquant/5"})
+        for shadow_model, ref, why in (
+            (None, "tiny/1", "is the approved model itself"),
+            (twin, "tiny/1", "is the approved model itself"),
+            (twin, "krakenquant/5", "approved model's bundle"),
+        ):
+            d = daemon_for(sim.url, tmp_path, approved, shadow_model, shadow={"model": ref})
+            try:
+                assert d.shadow is not None and d.shadow.model is None and why in d.shadow.load_error
+            finally:
+                d.close()
     finally:
         sim.stop()
     # shadow-report without a ledger / without shadow rows: one line, exit 2
