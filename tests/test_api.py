@@ -628,3 +628,14 @@ def test_runs_of_kq_sweep_and_kq_backtest_as_the_cli_writes_them(tmp_path):
     bt = get(c, "/api/runs/bt")
     assert bt["metrics"]["final_equity"] == json.loads((runs / "bt" / "metrics.json").read_text())["final_equity"]
     assert bt["equity"][-1]["equity"] == bt["metrics"]["final_equity"]
+
+
+def test_hours_beyond_the_calendar_are_404_not_500(paper, tmp_path):
+    """A 12-digit hour is a valid hour number but has no UTC label (year > 9999): 404 with one line,
+    never a 500 from the date arithmetic (found by review: 999999999999 gave 500)."""
+    led_path, _ = paper
+    c = TestClient(create_app(str(led_path), tmp_path, TOKEN), raise_server_exceptions=False)
+    for url in ("/api/predictions?hour=999999999999", "/api/replay/999999999999", "/api/replay/2562047788/status"):
+        r = c.get(url, headers=AUTH)
+        assert r.status_code == 404, (url, r.status_code, r.text)
+        assert "beyond the year 9999" in r.json()["detail"]

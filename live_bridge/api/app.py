@@ -102,12 +102,19 @@ class LedgerSource:
                 self._led = None
 
 
+#: the last hour a UTC label exists for (9999-12-31 23:00)
+MAX_API_HOUR = 253402297199 // HOUR
+
+
 def _hour_param(value: str) -> int:
     """The ledger's hour integer, or an ISO time on the hour (``2022-06-02T05:00``); a value that is
     neither (``2022-13-01``) names no hour: 404."""
     v = value.strip()
     if v.isascii() and v.isdigit() and len(v) <= 12:
-        return int(v)
+        h = int(v)
+        if h > MAX_API_HOUR:  # beyond 9999-12-31: no UTC label, and no ledger holds such an hour
+            raise ApiError(404, f"no hour {value[:40]!r}: beyond the year 9999")
+        return h
     from engine.timeutil import parse_utc
 
     try:
