@@ -161,6 +161,13 @@ class Daemon:
                 f"{live.source}: cycle.history_bars {live.cycle.history_bars} is below the features' warm-up "
                 f"{cfg.features.warmup_bars} + 24 bars ({need})"
             )
+        if cfg.strategy.enabled and int(live.cycle.history_bars) < int(cfg.strategy.lookback_bars):
+            # checked here, not at the first hour: a daemon that starts and then stops on its first
+            # close would leave its positions unmanaged
+            raise ConfigError(
+                f"{live.source}: cycle.history_bars {live.cycle.history_bars} is below the "
+                f"{cfg.strategy.lookback_bars} bars [strategy] needs (its regime and profile windows)"
+            )
         if model is None:
             from live_bridge.models import load_approved
 

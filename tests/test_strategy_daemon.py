@@ -55,3 +55,26 @@ def test_daemon_ledgers_the_selectors_choice_and_replays(run):
     s = replay_window(run.ledger, first, first + HOURS - 1)
     assert s.ok and s.reproduced == HOURS, s.first_failure
     print(f"\n{len(ev)} selector rows: " + ", ".join(f"{c} {sum(e.code == c for e in ev)}" for c in sorted(codes)))
+
+
+def test_a_history_window_too_short_for_the_selector_is_refused_at_start(tmp_path):
+    """[strategy] windows that need more bars than cycle.history_bars: a one-line ConfigError when the
+    daemon is built, before anything runs (not a stop at its first close with positions open)."""
+    from engine.config import load_config
+    from engine.errors import ConfigError
+    from live_bridge.config import live_config_from_dict
+    from live_bridge.daemon import Daemon
+    from live_bridge.simulator.testing import KEY, SECRET
+    from tests.live_harness import paper_dict
+
+    eng = tmp_path / "engine.toml"
+    eng.write_text(
+        f'extends = "{configs_dir() / "default.toml"}"\n[strategy]\nenabled = true\n'
+        "trend_bars = 720\nhysteresis_lookback = 720\n"
+    )
+    cfg = load_config(eng)
+    assert cfg.strategy.lookback_bars > 1000
+    live = live_config_from_dict(paper_dict("http://127.0.0.1:1", tmp_path, engine_config=str(eng)))
+    with pytest.raises(ConfigError, match=r"below the \d+ bars \[strategy\] needs"):
+        Daemon.from_config(live, environ={"KRAKEN_API_KEY": KEY, "KRAKEN_API_SECRET": SECRET}, model=object())
+    assert not (tmp_path / "state").exists()  # refused before any state was touched
