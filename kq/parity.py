@@ -45,6 +45,15 @@ def _check_ledger(dsn: str | None) -> None:
         raise InputError(
             f"no paper ledger at {redacted(url)} to record the outcome in (--paper-ledger DSN, or --no-record)"
         )
+    # reachable and current now, not only after the whole run (a PostgreSQL server down, an old schema)
+    from engine.errors import one_line
+    from live_bridge.ledger import Ledger
+
+    try:
+        with Ledger.open(dsn, migrate=False) as led:
+            led.head()
+    except LedgerError as e:
+        raise InputError(f"paper ledger {redacted(url)}: {one_line(str(e), 300)} (--no-record skips it)") from None
 
 
 def register(app: typer.Typer) -> None:

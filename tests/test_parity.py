@@ -252,3 +252,25 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
         assert r.returncode == 2, (extra, r.stdout, r.stderr)
         err = r.stderr.strip()
         assert want in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_an_unreachable_paper_ledger_is_refused_before_the_run(tmp_path):
+    """The outcome's ledger is opened before anything runs: a PostgreSQL ledger that cannot be
+    reached is one line, exit 2, not a run whose outcome is then lost."""
+    cfg = _paper_toml(tmp_path)
+    r = _kq(
+        "parity",
+        "--config",
+        str(cfg),
+        "--start",
+        "2022-06-01T00:00",
+        "--end",
+        "2022-06-02T00:00",
+        "--model",
+        str(tiny_model_dir()),
+        "--paper-ledger",
+        "postgresql://postgres@127.0.0.1:9/nowhere",
+        timeout=120,
+    )
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "paper ledger" in err[0] and "Traceback" not in err[0], r.stderr
