@@ -121,7 +121,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Import bar files; all-or-nothing (a bad file rejects the whole import, exit 2)."""
         from rich.markup import escape
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.table import Table
 
         from engine.store.market import MarketStore
@@ -131,15 +130,9 @@ def register(app: typer.Typer) -> None:
         con = _console()
         with MarketStore(store) as s:
             if len(files) > 1:
-                with Progress(
-                    TextColumn("importing"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    TextColumn("{task.description}"),
-                    console=_console(stderr=True),
-                    transient=True,
-                ) as prog:
+                from kq.progress import progress_bar
+
+                with progress_bar("importing", detail=True, console=_console(stderr=True)) as prog:
                     task = prog.add_task("", total=len(files))
                     done = {"n": 0}
 

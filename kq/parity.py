@@ -34,26 +34,19 @@ def _operation(text: str) -> Any:
 
 
 def _check_ledger(dsn: str | None) -> None:
-    """The paper ledger the outcome goes to must exist (never created by a parity run)."""
-    from live_bridge.ledger.migrate import LedgerError, redacted, resolve_url
-
-    try:
-        url = resolve_url(dsn)
-    except LedgerError as e:
-        raise InputError(f"paper ledger: {e}") from None
-    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).expanduser().is_file():
-        raise InputError(
-            f"no paper ledger at {redacted(url)} to record the outcome in (--paper-ledger DSN, or --no-record)"
-        )
-    # reachable and current now, not only after the whole run (a PostgreSQL server down, an old schema)
+    """The paper ledger the outcome goes to: it must exist (never created by a parity run) and open
+    now (a PostgreSQL server down, an old schema), not only after the whole run."""
     from engine.errors import one_line
     from live_bridge.ledger import Ledger
+    from live_bridge.ledger.migrate import LedgerError
+    from live_bridge.paper_record import existing_ledger
 
+    where = existing_ledger(dsn, "to record the outcome in (--paper-ledger DSN, or --no-record)")
     try:
         with Ledger.open(dsn, migrate=False) as led:
             led.head()
     except LedgerError as e:
-        raise InputError(f"paper ledger {redacted(url)}: {one_line(str(e), 300)} (--no-record skips it)") from None
+        raise InputError(f"paper ledger {where}: {one_line(str(e), 300)} (--no-record skips it)") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -146,17 +139,9 @@ def register(app: typer.Typer) -> None:
         if quiet or as_json:
             rep = run_parity(live, h0, h1, **kw)  # type: ignore[arg-type]
         else:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from kq.progress import progress_bar
 
-            with Progress(
-                TextColumn("paper hours"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            ) as prog:
+            with progress_bar("paper hours") as prog:
                 task = prog.add_task("", total=h1 - h0 + 1)
                 rep = run_parity(live, h0, h1, progress=lambda k: prog.advance(task, k), **kw)  # type: ignore[arg-type]
         s = rep.summary()

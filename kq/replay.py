@@ -105,18 +105,9 @@ def register(app: typer.Typer) -> None:
             if quiet:
                 s = replay_window(led, h0, h1)
             else:
-                from rich.console import Console
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+                from kq.progress import progress_bar
 
-                with Progress(
-                    TextColumn("replay"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    TextColumn("{task.description}"),
-                    console=Console(stderr=True),
-                    transient=True,
-                ) as prog:
+                with progress_bar("replay", detail=True) as prog:
                     task = prog.add_task("", total=h1 - h0 + 1)
 
                     def tick(done: int, total: int, r: Any) -> None:

@@ -137,17 +137,9 @@ def _watch(study, procs, progress: bool) -> None:
         for p in procs:
             p.join()
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from kq.progress import progress_bar
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as prog:
+    with progress_bar("{task.description}") as prog:
         task = prog.add_task(f"study {study.study_name}: {len(procs)} worker(s)", total=done()[1])
         while any(p.is_alive() for p in procs):
             fin, tot = done()

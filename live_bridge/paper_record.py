@@ -33,7 +33,15 @@ from live_bridge.ledger import records as rec
 from live_bridge.ledger.migrate import LedgerError, redacted, resolve_url
 from live_bridge.ledger.records import Entry, Kind
 
-__all__ = ["PARITY_FAILED", "PARITY_PASSED", "paper_record", "parity_event", "read_paper_record", "record_parity"]
+__all__ = [
+    "PARITY_FAILED",
+    "PARITY_PASSED",
+    "existing_ledger",
+    "paper_record",
+    "parity_event",
+    "read_paper_record",
+    "record_parity",
+]
 
 PARITY_FAILED = "parity_failed"
 PARITY_PASSED = "parity_passed"
@@ -91,17 +99,24 @@ def paper_record(ledger: Ledger, manifest_sha256: str) -> PaperRecord:
     )
 
 
-def read_paper_record(dsn: str | Path, manifest_sha256: str) -> PaperRecord:
-    """Open the paper ledger at ``dsn`` without creating or migrating it, verify its chain, and read
-    the paper record of ``manifest_sha256``. One-line :class:`InputError` when there is no such ledger,
-    it cannot be opened or its chain does not verify."""
+def existing_ledger(dsn: str | Path | None, hint: str) -> str:
+    """The redacted address of the ledger at ``dsn``, which must exist (a SQLite file is never
+    created by a reader); one-line :class:`InputError` otherwise: ``no paper ledger at X <hint>``."""
     try:
         url = resolve_url(dsn)
     except LedgerError as e:
         raise InputError(f"paper ledger: {e}") from None
     where = redacted(url)
     if url.get_backend_name() == "sqlite" and not Path(str(url.database)).expanduser().is_file():
-        raise InputError(f"no paper ledger at {where} (give --paper-ledger DSN or KQ_PAPER_LEDGER_DSN)")
+        raise InputError(f"no paper ledger at {where} {hint}")
+    return where
+
+
+def read_paper_record(dsn: str | Path, manifest_sha256: str) -> PaperRecord:
+    """Open the paper ledger at ``dsn`` without creating or migrating it, verify its chain, and read
+    the paper record of ``manifest_sha256``. One-line :class:`InputError` when there is no such ledger,
+    it cannot be opened or its chain does not verify."""
+    where = existing_ledger(dsn, "(give --paper-ledger DSN or KQ_PAPER_LEDGER_DSN)")
     try:
         with Ledger.open(dsn, migrate=False) as led:
             rep = led.verify()
@@ -152,13 +167,7 @@ def record_parity(dsn: str | Path | None, summary: dict[str, Any]) -> Entry:
     cannot start a stray ledger; a failure recorded here refuses ``kq models promote --env live``
     for that digest for good."""
     row = parity_event(summary)
-    try:
-        url = resolve_url(dsn)
-    except LedgerError as e:
-        raise InputError(f"paper ledger: {e}") from None
-    where = redacted(url)
-    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).expanduser().is_file():
-        raise InputError(f"no paper ledger at {where}: the parity outcome is not recorded (--no-record skips it)")
+    where = existing_ledger(dsn, "to record the parity outcome in (--no-record skips it)")
     try:
         with Ledger.open(dsn, migrate=False) as led:
             (entry,) = led.append(row)
