@@ -36,7 +36,7 @@ def start_lines(daemon, rep) -> list[str]:
     )
     if rep.latch:
         second += f"; kill switch asked at the next bar: {rep.latch}"
-    return [first, second]
+    return [first, second, *(f"kq live: warning: {n}" for n in rep.notes)]
 
 
 def _ledger_target(config: str | None, dsn: str | None) -> tuple[str | None, str | None]:

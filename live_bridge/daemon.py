@@ -275,7 +275,27 @@ class Daemon:
             rep.latch = f"{len(rr.unresolved)} order(s) whose fate is unknown after the restart"
         if rep.latch:
             self.cycle.extra_latch.append(rep.latch)
+        why = self._ceiling_note()
+        if why:
+            rep.notes.append(why)
+            log.warning("%s", why)
         return rep
+
+    def _ceiling_note(self) -> str:
+        """A warning when the live config's capital_ceiling differs from the newest applied
+        ``set_ceiling`` (the ledger's is in force: docs/DECISIONS.md), so an edited config is never
+        silently ignored; empty otherwise."""
+        from live_bridge.ceiling import ceiling_text, effective_ceiling
+
+        cc = self.live.capital_ceiling
+        in_force, last = effective_ceiling(self.ledger, cc)
+        if last is None or cc == in_force:
+            return ""
+        return (
+            f"capital_ceiling {ceiling_text(cc)} in {self.live.source or 'the config'} is NOT in force: the "
+            f"ledger's set_ceiling {ceiling_text(in_force)} (applied at hour {last.hour}) is; "
+            f"kq live set-ceiling --to {ceiling_text(cc)} to apply the config's, or edit the config to match"
+        )
 
     def _guard(self, fn: Callable[[], Any]) -> Any:
         from live_bridge.kraken import KrakenHalt

@@ -203,7 +203,10 @@ def test_set_ceiling_is_confirmed_ledgered_applied_at_the_next_close_restored_an
         # a restart under a config whose ceiling was edited since: the ledger's stays in force
         d.close()
         d2 = make_daemon(sim.url, tmp_path, model, capital_ceiling="50000")
-        d2.start()
+        srep = d2.start()
+        # the edited config is not silently ignored: the start says which ceiling is in force
+        (note,) = srep.notes
+        assert "capital_ceiling 50000" in note and "NOT in force" in note and "set_ceiling 10000" in note
         run(d2, h + 1)
         led2 = d2.ledger
         assert machine_ceiling(after_snapshot(led2, h + 1).blob) == 10_000.0
