@@ -188,3 +188,23 @@ def run_line(meta: dict, bars) -> str:
     if meta.get("signals"):
         out.append(f"signals: {meta['signals']}")
     return "; ".join(out)
+
+
+def equity_traces(fig: Any, x: Any, eq: Any, bh: dict | None, rows: tuple[int, int] = (1, 2)) -> None:
+    """The strategy's equity (row ``rows[0]``) and drawdown in % (row ``rows[1]``) on a plotly
+    subplot figure, with buy-and-hold's curves in grey beside them when ``bh`` is given."""
+    import plotly.graph_objects as go
+
+    r_eq, r_dd = rows
+    fig.add_trace(go.Scattergl(x=x, y=eq["equity"], name="strategy", line=dict(width=1)), row=r_eq, col=1)
+    fig.add_trace(
+        go.Scattergl(x=x, y=-100.0 * eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
+        row=r_dd,
+        col=1,
+    )
+    if bh is not None:
+        grey = dict(width=1, color="grey")
+        fig.add_trace(go.Scattergl(x=x, y=bh["equity"], name="buy-and-hold", line=grey), row=r_eq, col=1)
+        fig.add_trace(
+            go.Scattergl(x=x, y=-100.0 * bh["drawdown"], name="buy-and-hold drawdown", line=grey), row=r_dd, col=1
+        )

@@ -93,7 +93,16 @@ def write_report(
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from engine.report_html import BH_NOTE, STYLE, config_details, headline_table, pct, plotly_script, run_line
+    from engine.report_html import (
+        BH_NOTE,
+        STYLE,
+        config_details,
+        equity_traces,
+        headline_table,
+        pct,
+        plotly_script,
+        run_line,
+    )
 
     rows = [r for r in res.model_metrics if r["fold"] != "all"]
     q = pd.DataFrame(rows)
@@ -121,18 +130,7 @@ def write_report(
         f2 = make_subplots(
             rows=2, cols=1, shared_xaxes=True, subplot_titles=("equity (meta signals)", "drawdown from peak (%)")
         )
-        f2.add_trace(go.Scattergl(x=x, y=eq["equity"], name="strategy", line=dict(width=1)), row=1, col=1)
-        f2.add_trace(
-            go.Scattergl(x=x, y=-100.0 * eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
-            row=2,
-            col=1,
-        )
-        if bh is not None:
-            grey = dict(width=1, color="grey")
-            f2.add_trace(go.Scattergl(x=x, y=bh["equity"], name="buy-and-hold", line=grey), row=1, col=1)
-            f2.add_trace(
-                go.Scattergl(x=x, y=-100.0 * bh["drawdown"], name="buy-and-hold drawdown", line=grey), row=2, col=1
-            )
+        equity_traces(f2, x, eq, bh)
         for fd in res.folds:
             f2.add_vline(x=pd.to_datetime(fd["test_start"], unit="s"), line_dash="dot", line_color="grey")
         f2.update_layout(height=600, showlegend=bh is not None, margin=dict(l=50, r=20, t=40, b=30))

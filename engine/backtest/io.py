@@ -264,7 +264,16 @@ def write_report(
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from engine.report_html import BH_NOTE, STYLE, config_details, headline_table, pct, plotly_script, run_line
+    from engine.report_html import (
+        BH_NOTE,
+        STYLE,
+        config_details,
+        equity_traces,
+        headline_table,
+        pct,
+        plotly_script,
+        run_line,
+    )
 
     path = Path(path)
     x = pd.to_datetime(eq["ts"], unit="s")
@@ -281,18 +290,7 @@ def write_report(
             "trading state (0 active, 1-2 reducing, 3 halted, 4 kill switch)",
         ),
     )
-    fig.add_trace(go.Scattergl(x=x, y=eq["equity"], name="strategy", line=dict(width=1)), row=1, col=1)
-    fig.add_trace(
-        go.Scattergl(x=x, y=-100.0 * eq["drawdown"], name="drawdown", fill="tozeroy", line=dict(width=1)),
-        row=2,
-        col=1,
-    )
-    if bh is not None:
-        grey = dict(width=1, color="grey")
-        fig.add_trace(go.Scattergl(x=x, y=bh["equity"], name="buy-and-hold", line=grey), row=1, col=1)
-        fig.add_trace(
-            go.Scattergl(x=x, y=-100.0 * bh["drawdown"], name="buy-and-hold drawdown", line=grey), row=2, col=1
-        )
+    equity_traces(fig, x, eq, bh)
     fig.add_trace(
         go.Scattergl(x=x, y=100.0 * eq["exposure"], name="exposure", line=dict(width=1), showlegend=False), row=3, col=1
     )
