@@ -320,6 +320,11 @@ class Expansion:
     skipped: int = 0
 
 
+#: keys the strategy selector's input gating reads (engine.strategy: refused entries are parked at
+#: the config's p_up_exit), so a sweep cannot vary them while [strategy] is enabled
+STRATEGY_GATED_KEYS = ("risk.p_up_entry", "risk.p_up_exit")
+
+
 def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansion:
     """Every set of ``spec`` validated against the config tables ``base_raw`` (the file's, as
     :func:`engine.config.read_toml` returns them) and turned into a params_dt row.
@@ -334,7 +339,16 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
     from research.pipeline import apply_overrides
 
     base = {k: v for k, v in base_raw.items() if k != "research"}
-    config_from_dict(base, source)  # the config itself must be valid first
+    cfg0 = config_from_dict(base, source)  # the config itself must be valid first
+    gated = sorted(set(spec.keys) & set(STRATEGY_GATED_KEYS))
+    if cfg0.strategy.enabled and gated:
+        # the selector parks refused entries at the config's p_up_exit inside the shared inputs: a set
+        # with another threshold would read parked bars as entries or signal exits
+        raise _err(
+            spec.source,
+            f"params {', '.join(gated)}: not sweepable with [strategy] enabled (the selector gates the "
+            "inputs at the config's thresholds); sweep them with [strategy] off, or set them in the config",
+        )
     for d in spec.dims:
         for v in d.values or (d.low, d.high):
             try:

@@ -298,3 +298,21 @@ def test_cli_walkforward_signals_results_in_duckdb(tmp_path, capsys, store):
     assert main([*args[:4], str(out2), *args[5:], "--no-progress", "--chunk-size", "12"]) == 0
     assert (out2 / "results.parquet").read_bytes() == (out / "results.parquet").read_bytes()
     assert (out2 / "sweep.json").read_text() == (out / "sweep.json").read_text()
+
+
+def test_thresholds_the_selector_gates_with_are_not_sweepable_with_it_on():
+    """[strategy] enabled parks refused entries at the config's p_up_exit inside the shared inputs; a
+    set with another p_up_entry / p_up_exit would read those bars as entries or signal exits, so such
+    a grid is refused (one line); with [strategy] off the same grid expands."""
+    from engine.config import read_toml
+    from engine.errors import ConfigError, InputError
+    from engine.paths import configs_dir
+    from research.sweep import expand, parse_grid
+
+    raw = read_toml(configs_dir() / "default.toml")
+    grid = parse_grid({"params": {"risk.p_up_entry": [0.55, 0.6], "risk.base_risk": [0.01]}})
+    assert len(expand(grid, raw).params) == 2
+    on = dict(raw) | {"strategy": {"enabled": True}}
+    with pytest.raises((InputError, ConfigError), match=r"risk.p_up_entry: not sweepable with \[strategy\] enabled"):
+        expand(grid, on)
+    assert len(expand(parse_grid({"params": {"risk.base_risk": [0.01, 0.02]}}), on).params) == 2
