@@ -467,6 +467,7 @@ def test_runs_list_and_chart_data_equal_the_backtests_own_files(tmp_path):
     assert all(metrics[k] == v for k, v in head.items())
     run = get(c, "/api/runs/bt-ma")
     assert run["metrics"] == json.loads(json.dumps(metrics)) and "equity.parquet" in run["files"]
+    assert run["benchmark"] is None and "benchmark.json" not in run["files"]  # written without the market
     eq = pd.read_parquet(runs / "bt-ma" / "equity.parquet")
     pts = run["equity"]
     assert 2 <= len(pts) <= 2000 < len(eq)  # downsampled, first and last points kept
@@ -628,6 +629,34 @@ def test_runs_of_kq_sweep_and_kq_backtest_as_the_cli_writes_them(tmp_path):
     bt = get(c, "/api/runs/bt")
     assert bt["metrics"]["final_equity"] == json.loads((runs / "bt" / "metrics.json").read_text())["final_equity"]
     assert bt["equity"][-1]["equity"] == bt["metrics"]["final_equity"]
+    assert page["benchmark"] is None  # a sweep has no single curve to compare
+    # buy-and-hold of the same pairs over the same hours, recomputed here from the Parquet files
+    # (each pair's sleeve bought at its first close of the span after one fee, valued at later closes)
+    eq = pd.read_parquet(runs / "bt" / "equity.parquet")
+    grid = pd.Index(eq["ts"].to_numpy(), name="ts")
+    from engine.config import load_config
+
+    cfg = load_config()  # kq backtest's configuration when none is given
+    fee, cash = cfg.fees.fee_rate, cfg.backtest.init_cash
+    sleeves = []
+    for f in files:
+        px = pd.read_parquet(f, columns=["ts", "close"]).set_index("ts")["close"]
+        px = px[(px.index >= grid[0]) & (px.index <= grid[-1])].reindex(grid).ffill()
+        sleeves.append(0.5 * cash * (1.0 - fee) * px / px.dropna().iloc[0])
+    want = pd.concat(sleeves, axis=1).sum(axis=1).to_numpy()
+    peak = np.maximum.accumulate(np.concatenate(([cash], want)))[1:]
+    want_dd = 1.0 - want / peak
+    bench = bt["benchmark"]
+    assert "equal weight" in bench["definition"]
+    assert bench["metrics"]["total_return"] == pytest.approx(want[-1] / cash - 1.0, rel=1e-9)
+    assert bench["metrics"]["max_drawdown"] == pytest.approx(want_dd.max(), rel=1e-9)
+    assert bench["metrics"]["trades"] == 2
+    # the curve sits on the strategy curve's own (downsampled) hours, point for point
+    assert [p["ts"] for p in bench["curve"]] == [p["ts"] for p in bt["equity"]]
+    at = {int(t): i for i, t in enumerate(grid)}
+    for p in bench["curve"]:
+        assert p["equity"] == pytest.approx(want[at[p["ts"]]], rel=1e-9)
+        assert p["drawdown"] == pytest.approx(want_dd[at[p["ts"]]], rel=1e-9, abs=1e-12)
 
 
 def test_hours_beyond_the_calendar_are_404_not_500(paper, tmp_path):

@@ -14,6 +14,7 @@ Screenshots of every page (laptop and phone widths) go to ``test-artifacts/dashb
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -105,7 +106,7 @@ def runs_dir(tmp_path_factory) -> Path:
     p_up, er = ma_signal(panel.close, 12, 48, 50.0)
     res = run_backtest(make_inputs(panel, p_up, er, cfg), params_from_config(cfg))
     root = tmp_path_factory.mktemp("runs")
-    write_outputs(root / "ma-demo-2023", res, cfg, {"note": "dashboard browser test"})
+    write_outputs(root / "ma-demo-2023", res, cfg, {"note": "dashboard browser test"}, market=panel)
     return root
 
 
@@ -296,7 +297,7 @@ def test_a_reactivation_through_the_page_lands_in_the_ledger(server, paper, page
     shoot(page, "overview-after-reactivate")
 
 
-def test_every_page_renders_from_the_api(server, paper, page):
+def test_every_page_renders_from_the_api(server, paper, runs_dir, page):
     s = ledger_status(paper)
     sign_in(page, server, "/trades/")
     fills = page.locator("[data-testid=fills] tbody tr")
@@ -321,6 +322,12 @@ def test_every_page_renders_from_the_api(server, paper, page):
     page.get_by_test_id("run-detail").wait_for()
     ink = inked(page, "[data-testid=run-detail]")
     assert len(ink) >= 2 and min(ink) > 500, ink  # equity and drawdown of the backtest
+    # strategy against buy-and-hold (benchmark.json), in percent as written
+    bench = json.loads((runs_dir / "ma-demo-2023" / "benchmark.json").read_text())["metrics"]
+    tr = page.locator("[data-testid=run-versus] tr[data-key=total_return]")
+    assert tr.locator("[data-col=buy-and-hold]").inner_text() == f"{bench['total_return'] * 100:.2f}%"
+    dd = page.locator("[data-testid=run-versus] tr[data-key=max_drawdown]")
+    assert dd.locator("[data-col=buy-and-hold]").inner_text() == f"{bench['max_drawdown'] * 100:.2f}%"
     shoot(page, "runs")
 
     page.get_by_role("link", name="Audit").click()

@@ -41,6 +41,7 @@ from engine.risk.enums import EventCode, KillReason, Reason, TradingState, metri
 from engine.timeutil import HOUR
 
 __all__ = [
+    "CURVE_POINTS",
     "EQUITY_COLUMNS",
     "EQUITY_SCHEMA",
     "EVENT_COLUMNS",
@@ -51,7 +52,9 @@ __all__ = [
     "TRADE_COLUMNS",
     "TRADE_SCHEMA",
     "BacktestOutputs",
+    "benchmark_doc",
     "benchmark_for",
+    "curve_index",
     "enum_codes",
     "read_outputs",
     "read_signals",
@@ -105,7 +108,19 @@ EVENT_COLUMNS = tuple(EVENT_SCHEMA)
 #: metrics.json: the backtester's metrics record, the bars per trading state and the refusal counts
 METRICS_KEYS = tuple(metrics_dt.names or ()) + ("bars_in_state", "refusals_by_reason")
 #: the files of an output folder (report.html and plotly.min.js are for people; read_outputs does not read them)
-OUTPUT_FILES = ("trades.parquet", "equity.parquet", "events.parquet", "metrics.json", "report.html", "plotly.min.js")
+#: benchmark.json (buy-and-hold of the same pairs over the same hours, :func:`benchmark_doc`) is
+#: written only when the caller passes the market panel (``kq backtest`` and the walk-forward do)
+OUTPUT_FILES = (
+    "trades.parquet",
+    "equity.parquet",
+    "events.parquet",
+    "metrics.json",
+    "benchmark.json",
+    "report.html",
+    "plotly.min.js",
+)
+#: the most points of a downsampled curve (benchmark.json's, and the API's strategy curve)
+CURVE_POINTS = 2000
 _CODED = {"kill_reason"}  # enum columns stored as codes rather than names
 
 
@@ -205,6 +220,9 @@ def write_files(folder: str | Path, result, cfg=None, meta: dict | None = None, 
         metrics["config_sha256"] = cfg.content_hash()
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str, allow_nan=False) + "\n")
     bh = benchmark_for(result, market, cfg) if market is not None else None
+    if bh is not None:
+        doc = benchmark_doc(eq["ts"].to_numpy(), bh, _fee_rate(cfg))
+        (d / "benchmark.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     config = cfg.model_dump(mode="json") if cfg is not None else None
     write_report(eq, metrics, d / "report.html", bh=bh, config=config, fee_rate=_fee_rate(cfg))
     return metrics
@@ -245,6 +263,47 @@ def benchmark_for(result, market, cfg=None) -> dict:
         raise ValueError("buy-and-hold: the market's bars or pairs are not the backtest's")
     sl = slice(lo, lo + len(ts))
     return buy_and_hold(market.close[sl], market.valid[sl], _init_cash(cfg), _fee_rate(cfg))
+
+
+def curve_index(n: int, cap: int = CURVE_POINTS) -> np.ndarray:
+    """Rows of an ``n``-row curve kept when it is downsampled to about ``cap`` points: every
+    ``ceil(n / cap)``-th row from the first, and the last row always (the API's equity chart and
+    benchmark.json use the same rows, so the two curves share their timestamps)."""
+    step = max(1, -(-n // cap))
+    idx = np.arange(0, n, step, dtype=np.int64)
+    if n and (n - 1) % step:
+        idx = np.append(idx, n - 1)
+    return idx
+
+
+def benchmark_doc(ts: np.ndarray, bh: dict, fee_rate: float) -> dict:
+    """benchmark.json: buy-and-hold's figures (``bh`` from :func:`benchmark_for`, the same dict the
+    report draws) and its curve at the run's equity hours ``ts``, downsampled by :func:`curve_index`
+    to rows [ts, equity, drawdown]. A figure that is not finite (Sharpe of a flat curve) is null."""
+    from engine.report_html import BH_NOTE, pct
+
+    def f(v: Any) -> float | None:
+        v = float(v)
+        return v if np.isfinite(v) else None
+
+    ts = np.asarray(ts, dtype=np.int64)
+    eq, dd = np.asarray(bh["equity"]), np.asarray(bh["drawdown"])
+    if len(eq) != len(ts):
+        raise ValueError("buy-and-hold: its curve is not the run's hours")
+    idx = curve_index(len(ts))
+    return {
+        "definition": BH_NOTE.format(fee=pct(fee_rate, 2)),
+        "metrics": {
+            "total_return": f(bh["total_return"]),
+            "annual_return": f(bh["annual_return"]),
+            "max_drawdown": f(bh["max_drawdown"]),
+            "sharpe": f(bh["sharpe"]),
+            "trades": int(bh["n_trades"]),
+            "fees": f(bh["fees_paid"]),
+            "final_equity": f(bh["final_equity"]),
+        },
+        "curve": [[int(ts[i]), f(eq[i]), f(dd[i])] for i in idx],
+    }
 
 
 def write_report(

@@ -270,12 +270,31 @@ class ChartPoint(BaseModel):
     drawdown: float | None
 
 
+class BenchmarkMetrics(BaseModel):
+    total_return: float | None
+    annual_return: float | None  # CAGR, 8,760 bars a year
+    max_drawdown: float | None
+    sharpe: float | None
+    trades: int
+    fees: float | None
+    final_equity: float | None = None
+
+
+class Benchmark(BaseModel):
+    """Buy-and-hold of the run's pairs over its hours (benchmark.json; engine.report_html.buy_and_hold)."""
+
+    definition: str
+    metrics: BenchmarkMetrics
+    curve: list[ChartPoint]  # the strategy curve's hours, downsampled the same way
+
+
 class RunDetail(BaseModel):
     id: str
     kind: str
     modified_utc: str
     metrics: dict[str, Any]
     equity: list[ChartPoint]  # downsampled to at most 2,000 points
+    benchmark: Benchmark | None  # None: the run was written without the market's prices
     table: list[dict[str, Any]]  # sweep results / study trials (first rows)
     files: list[str]
 

@@ -125,10 +125,9 @@ def _equity_chart(p: Path) -> list[dict[str, Any]]:
         df = pd.read_parquet(p, columns=["ts", "equity", "drawdown"])
     except Exception as e:  # a damaged file: the run's page still opens
         raise InputError(f"{p.name}: not readable ({type(e).__name__})") from None
-    step = max(1, math.ceil(len(df) / MAX_POINTS))
-    sub = df.iloc[::step]
-    if len(df) and (len(df) - 1) % step:
-        sub = pd.concat([sub, df.iloc[[-1]]])
+    from engine.backtest.io import curve_index
+
+    sub = df.iloc[curve_index(len(df), MAX_POINTS)]
     return [
         {
             "ts": int(ts),
@@ -138,6 +137,27 @@ def _equity_chart(p: Path) -> list[dict[str, Any]]:
         }
         for ts, eq, dd in zip(sub["ts"], sub["equity"], sub["drawdown"], strict=True)
     ]
+
+
+def _benchmark(p: Path) -> dict[str, Any] | None:
+    """benchmark.json (buy-and-hold of the run's pairs over its hours, engine/backtest/io.py), its
+    curve as chart points; None when the run has none (written without the market)."""
+    if not p.is_file():
+        return None
+    doc = _read_json(p)
+    try:
+        curve = [
+            {
+                "ts": int(ts),
+                "utc": datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "equity": eq,
+                "drawdown": dd,
+            }
+            for ts, eq, dd in doc["curve"]
+        ]
+        return {"definition": str(doc["definition"]), "metrics": dict(doc["metrics"]), "curve": curve}
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{p.name}: not a benchmark document ({type(e).__name__})") from None
 
 
 def _table(p: Path) -> list[dict[str, Any]]:
@@ -153,7 +173,8 @@ def _table(p: Path) -> list[dict[str, Any]]:
 
 
 def read_run(root: Path, run_id: str) -> dict[str, Any]:
-    """One run: its metrics document, its equity chart (downsampled) and its results table.
+    """One run: its metrics document, its equity chart (downsampled), buy-and-hold of the same pairs
+    over the same hours (``benchmark``, None when not written) and its results table.
     LookupError (-> 404) for an id that is not a run folder directly under ``root``."""
     if not RUN_ID.fullmatch(run_id):
         raise LookupError(f"no run {run_id[:80]!r}")
@@ -164,12 +185,14 @@ def read_run(root: Path, run_id: str) -> dict[str, Any]:
     doc = _read_json(d / _doc_file(kind))
     eq = {"backtest": d / "equity.parquet", "walkforward": d / "backtest" / "equity.parquet"}.get(kind)
     tab = {"sweep": d / "results.parquet", "study": d / "trials.parquet"}.get(kind)
+    bench = {"backtest": d / "benchmark.json", "walkforward": d / "backtest" / "benchmark.json"}.get(kind)
     return {
         "id": run_id,
         "kind": kind,
         "modified_utc": _mtime(d, kind),
         "metrics": doc,
         "equity": _equity_chart(eq) if eq is not None else [],
+        "benchmark": _benchmark(bench) if bench is not None else None,
         "table": _table(tab) if tab is not None else [],
         "files": sorted(p.name for p in d.iterdir()),
     }

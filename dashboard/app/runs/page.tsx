@@ -3,7 +3,7 @@ import { useEffect, useMemo, useState } from "react";
 import Chart from "@/components/Chart";
 import Table from "@/components/Table";
 import { useApi } from "@/components/useApi";
-import { num, utc } from "@/lib/api";
+import { money, num, pct, utc } from "@/lib/api";
 
 type RunSummary = { id: string; kind: string; modified_utc: string; headline: Record<string, unknown> };
 type Runs = { runs_dir: string; runs: RunSummary[] };
@@ -14,6 +14,12 @@ type Detail = {
   modified_utc: string;
   metrics: Record<string, unknown>;
   equity: Point[];
+  /** buy-and-hold of the same pairs over the same hours (benchmark.json); null when not written */
+  benchmark: {
+    definition: string;
+    metrics: { total_return: number | null; annual_return: number | null; max_drawdown: number | null; sharpe: number | null };
+    curve: Point[];
+  } | null;
   table: Record<string, unknown>[];
   files: string[];
 };
@@ -38,9 +44,30 @@ function headline(h: Record<string, unknown>): string {
     .map(([k, v]) => {
       const n = num(v);
       const pctKey = /(return|drawdown|dd|cagr|vol)/i.test(k);
-      return `${k} ${n === null ? String(v) : pctKey ? `${(n * 100).toFixed(2)}%` : n.toFixed(3)}`;
+      const moneyKey = /(equity|fees|cash)/i.test(k);
+      const txt = n === null ? String(v) : pctKey ? pct(n) : moneyKey ? money(n) : n.toFixed(3);
+      return `${k.replace(/_/g, " ")} ${txt}`;
     })
     .join(" · ");
+}
+
+/** Strategy against buy-and-hold, the rows of the headline table: [label, metrics key, percent?]. */
+const VERSUS: [string, string, boolean][] = [
+  ["total return", "total_return", true],
+  ["CAGR", "annual_return", true],
+  ["max drawdown", "max_drawdown", true],
+  ["Sharpe (hourly, annualised)", "sharpe", false],
+];
+
+function cell(v: unknown, isPct: boolean): string {
+  const n = num(v);
+  return n === null ? "—" : isPct ? pct(n) : n.toFixed(2);
+}
+
+/** A buy-and-hold curve on the strategy's hours (the files share them; a missing hour is a gap). */
+function onHours(x: number[], curve: Point[] | undefined, key: "equity" | "drawdown"): (number | null)[] {
+  const at = new Map((curve ?? []).map((p) => [p.ts, p[key]]));
+  return x.map((t) => at.get(t) ?? null);
 }
 
 export default function RunsPage() {
@@ -74,10 +101,19 @@ export default function RunsPage() {
         return r ? num(r[metric]) : null;
       }),
     }));
+    const bh = d?.benchmark?.curve;
+    const grey = "#9ca3af";
+    const neg = (v: number | null) => (v === null ? null : -Math.abs(v));
     return {
       x,
-      equity: [{ label: "equity", values: pts.map((p) => p.equity) }],
-      dd: [{ label: "drawdown", values: pts.map((p) => (p.drawdown === null ? null : -Math.abs(p.drawdown))), color: "#dc2626" }],
+      equity: [
+        { label: "strategy", values: pts.map((p) => p.equity), color: "#2563eb" },
+        ...(bh ? [{ label: "buy-and-hold", values: onHours(x, bh, "equity"), color: grey }] : []),
+      ],
+      dd: [
+        { label: "strategy", values: pts.map((p) => neg(p.drawdown)), color: "#dc2626" },
+        ...(bh ? [{ label: "buy-and-hold", values: onHours(x, bh, "drawdown").map(neg), color: grey }] : []),
+      ],
       f,
       fx,
       fseries,
@@ -126,8 +162,35 @@ export default function RunsPage() {
           {det.error ? <p className="err">{det.error}</p> : null}
           {d ? (
             <>
+              {d.benchmark || d.kind === "backtest" ? (
+                <>
+                  <div className="scroll">
+                  <table data-testid="run-versus">
+                    <thead>
+                      <tr>
+                        <th></th>
+                        <th>strategy</th>
+                        <th>buy-and-hold</th>
+                      </tr>
+                    </thead>
+                    <tbody>
+                      {VERSUS.map(([label, k, isPct]) => (
+                        <tr key={k} data-key={k}>
+                          <td>{label}</td>
+                          <td data-col="strategy">
+                            {cell((d.kind === "walkforward" ? (d.metrics.strategy as Record<string, unknown> | undefined) ?? {} : d.metrics)[k], isPct)}
+                          </td>
+                          <td data-col="buy-and-hold">{cell(d.benchmark?.metrics[k as keyof NonNullable<Detail["benchmark"]>["metrics"]], isPct)}</td>
+                        </tr>
+                      ))}
+                    </tbody>
+                  </table>
+                  </div>
+                  <p className="muted">{d.benchmark ? d.benchmark.definition : "Buy-and-hold: not written with this run."}</p>
+                </>
+              ) : null}
               <div className="two">
-                <Chart x={charts.x} series={charts.equity} title="Equity" />
+                <Chart x={charts.x} series={charts.equity} unit="money" title="Equity" />
                 <Chart x={charts.x} series={charts.dd} unit="pct" title="Drawdown" />
               </div>
               {charts.f.length ? (
