@@ -208,3 +208,54 @@ def equity_traces(fig: Any, x: Any, eq: Any, bh: dict | None, rows: tuple[int, i
         fig.add_trace(
             go.Scattergl(x=x, y=-100.0 * bh["drawdown"], name="buy-and-hold drawdown", line=grey), row=r_dd, col=1
         )
+
+
+def selector_tables(cmp: dict | None) -> str:
+    """The strategy selector against the single default rule set, out of sample (issue 18;
+    ``research.walkforward`` ``strategy_diagnostics.strategy``): the summary side by side, then per
+    regime (both runs) and per selected profile (the selector run): pair hours, round trips, hit
+    rate and PnL after fees. Empty when the run had ``[strategy]`` off."""
+    if not cmp:
+        return ""
+    sel, dft = cmp.get("selector") or {}, cmp.get("default") or {}
+
+    def money(v: Any) -> str:
+        return "" if v is None else f"{float(v):,.2f}"
+
+    rows = [
+        ("total return", pct(sel.get("total_return")), pct(dft.get("total_return"))),
+        ("max drawdown", pct(sel.get("max_drawdown")), pct(dft.get("max_drawdown"))),
+        ("Sharpe (hourly)", _num(sel.get("sharpe_hourly"), 4), _num(dft.get("sharpe_hourly"), 4)),
+        ("round trips", _num(sel.get("trades"), 0), _num(dft.get("trades"), 0)),
+        ("hit rate", pct(sel.get("hit_rate"), 1), pct(dft.get("hit_rate"), 1)),
+        ("PnL after fees", money(sel.get("pnl_after_fees")), money(dft.get("pnl_after_fees"))),
+    ]
+    out = "<table><tr><th></th><th>selector</th><th>single default rule set</th></tr>"
+    out += "".join(f"<tr><td class='k'>{k}</td><td>{a}</td><td>{b}</td></tr>" for k, a, b in rows)
+    out += "</table>"
+    better = html.escape(str(cmp.get("better_out_of_sample", "")))
+    out += f"<p class='note'>Better out of sample (hourly Sharpe): <b>{better}</b>. "
+    out += html.escape(str(cmp.get("note", ""))) + "</p>"
+
+    def block(title: str, a: dict, b: dict | None) -> str:
+        head = (
+            "<tr><th>" + title + "</th><th>pair hours</th><th>round trips</th><th>hit rate</th><th>PnL after fees</th>"
+        )
+        head += "<th>default: round trips</th><th>default: PnL after fees</th></tr>" if b is not None else "</tr>"
+        body = ""
+        for name, s in a.items():
+            body += (
+                f"<tr><td class='k'>{html.escape(name)}</td><td>{_num(s.get('pair_hours'), 0)}</td>"
+                f"<td>{_num(s.get('trades'), 0)}</td><td>{pct(s.get('hit_rate'), 1)}</td>"
+                f"<td>{money(s.get('pnl_after_fees'))}</td>"
+            )
+            if b is not None:
+                o = b.get(name) or {}
+                body += f"<td>{_num(o.get('trades'), 0)}</td><td>{money(o.get('pnl_after_fees'))}</td>"
+            body += "</tr>"
+        return f"<table>{head}{body}</table>"
+
+    out += block("regime", sel.get("per_regime") or {}, dft.get("per_regime") or {})
+    if sel.get("per_profile"):
+        out += block("selected profile", sel["per_profile"], None)
+    return out

@@ -102,6 +102,7 @@ def write_report(
         pct,
         plotly_script,
         run_line,
+        selector_tables,
     )
 
     rows = [r for r in res.model_metrics if r["fold"] != "all"]
@@ -186,6 +187,7 @@ def write_report(
     pbo = ov.get("pbo") or {}
     st += f"<tr><td>deflated Sharpe (DSR)</td><td>{fmt(dsr.get('dsr'))} ({fmt(dsr.get('n_trials'))} trial(s))</td></tr>"
     st += f"<tr><td>PBO (CSCV over model strategies)</td><td>{fmt(pbo.get('pbo'))}</td></tr>"
+    sel_html = selector_tables((metrics.get("strategy_diagnostics") or {}).get("strategy"))
     leak = ""
     if res.leak_flags:
         items = "".join(
@@ -226,7 +228,12 @@ def write_report(
         "<h3>folds (UTC bar-open times, inclusive)</h3><table><tr><th>fold</th><th>train start</th>"
         f"<th>train end</th><th>test start</th><th>test end</th><th>purge</th><th>embargo</th></tr>{folds}</table>"
         f"<h3>strategy details and overfitting</h3><table>{st}</table>"
-        f"<h3>model quality (out of sample)</h3><table>{table}</table>{body}"
+        + (
+            f"<h3>strategy selector against the single default rule set (out of sample)</h3>{sel_html}"
+            if sel_html
+            else ""
+        )
+        + f"<h3>model quality (out of sample)</h3><table>{table}</table>{body}"
         "<h3>time per fold and horizon (base-model columns: inner folds + refit)</h3>"
         f"<table>{timing}</table>" + config_details(meta, config) + "</body></html>"
     )

@@ -433,3 +433,13 @@ def test_walkforward_compares_the_selector_with_the_default_rule_set():
     from engine.strategy.report import summary
 
     assert {k: s["default"][k] for k in summary(off)} == summary(off)  # the default IS the layer-off run
+    # the walk-forward report's tables carry these figures, in percent, per regime and per profile
+    from engine.report_html import pct, selector_tables
+
+    page = selector_tables(s)
+    assert f"<td>{pct(s['selector']['total_return'])}</td><td>{pct(s['default']['total_return'])}</td>" in page
+    assert f"<b>{s['better_out_of_sample']}</b>" in page
+    for name, st in s["selector"]["per_profile"].items():
+        assert f"<td class='k'>{name}</td><td>{st['pair_hours']:,}</td><td>{st['trades']:,}</td>" in page
+    assert all(f"<td class='k'>{r}</td>" in page for r in s["default"]["per_regime"])
+    assert selector_tables(None) == ""
