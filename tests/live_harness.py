@@ -38,13 +38,15 @@ def _code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def tiny_model_dir() -> Path:
-    """A saved tiny bundle (24 h horizon) fitted on Binance BTC/USDT + ETH/USDT, 2022-03..05; cached
-    under ``KQ_TEST_CACHE`` (default ``.test_cache/`` in the repo) per code digest, built once under
-    a file lock (parallel test workers wait for the first)."""
+def tiny_model_dir(horizon: int = 24) -> Path:
+    """A saved tiny bundle (one horizon, 24 h by default; tests/test_shadow.py's candidate is the
+    12 h one) fitted on Binance BTC/USDT + ETH/USDT, 2022-03..05; cached under ``KQ_TEST_CACHE``
+    (default ``.test_cache/`` in the repo) per code digest, built once under a file lock (parallel
+    test workers wait for the first)."""
     root = Path(os.environ.get("KQ_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".test_cache")
     root.mkdir(parents=True, exist_ok=True)
-    out = root / f"tiny-model-{_code_digest()}"
+    name = "tiny-model" if horizon == 24 else f"tiny-shadow-{horizon}h"
+    out = root / f"{name}-{_code_digest()}"
     with open(root / ".lock", "w") as lk:
         fcntl.flock(lk, fcntl.LOCK_EX)
         if (out / "manifest.json").is_file():
@@ -60,8 +62,8 @@ def tiny_model_dir() -> Path:
         rc = research_from_dict(
             {
                 "tiny": True,
-                "horizons": [24],
-                "trade_horizon": 24,
+                "horizons": [horizon],
+                "trade_horizon": horizon,
                 "folds": {"train_bars": 1440, "test_bars": 240, "purge_bars": 24, "embargo_bars": 24, "inner_folds": 2},
             },
             cfg,

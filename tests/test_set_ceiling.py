@@ -10,19 +10,15 @@ hour's ledgered inputs re-run on the snapshot before, ceiling off).
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from engine.errors import InputError
-from kq.cli import main
 from live_bridge.ledger import Kind, Ledger
 from live_bridge.ledger import records as rec
 from live_bridge.replay import replay_hour
@@ -38,6 +34,7 @@ from tests.live_harness import (
     sim_panel,
     tiny_model_dir,
 )
+from tests.test_live_operator import kq, one_error, status_json
 
 HOURS_AFTER = 40
 ENTRY = P0 // H + 29  # 2022-06-02 05:00 UTC: BTC/USD is bought at this close
@@ -48,25 +45,6 @@ def _env(monkeypatch):
     monkeypatch.delenv("KQ_LEDGER_DSN", raising=False)
     monkeypatch.delenv("KQ_LEDGER_HMAC_KEY", raising=False)
     monkeypatch.setenv("KQ_OPERATOR", "alice")
-
-
-def kq(args: list[str], input: str | None = None) -> tuple[int, str, str]:
-    with CliRunner().isolation(input=input) as (out, err, _):
-        rc = main(args)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return rc, out.getvalue().decode(), err.getvalue().decode()
-
-
-def one_error(err: str, needle: str) -> None:
-    e = err.strip()
-    assert "\n" not in e and "Traceback" not in e and e.startswith("kq: error: ") and needle in e, err
-
-
-def status_json(dsn: str) -> dict:
-    rc, out, err = kq(["live", "status", "--dsn", dsn, "--json"])
-    assert rc == 0, err
-    return json.loads(out)
 
 
 def machine_ceiling(blob: bytes) -> float:

@@ -19,18 +19,13 @@ its own are ledgered makes (c) fail (the backtest of the ledgered shadow predict
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
-import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from engine.errors import ConfigError
 from live_bridge.ledger import Kind
@@ -38,17 +33,16 @@ from tests.live_harness import (
     FIRST,
     P0,
     SETTLE,
-    TRAIN_START,
     BundleModel,
     H,
     Mono,
-    _code_digest,
     kraken_store,
     paper_dict,
     shared_frames,
     sim_panel,
     tiny_model_dir,
 )
+from tests.test_live_operator import kq, one_error
 
 START = P0 + 250 * H  # 2022-06-11 10:00 UTC: both models enter and exit within the next 24 hours
 HOURS = 24
@@ -66,31 +60,7 @@ def _env(monkeypatch):
 
 def shadow_model_dir() -> Path:
     """The shadow candidate: the tiny model's recipe at the 12 h horizon, cached like tiny_model_dir."""
-    root = Path(os.environ.get("KQ_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".test_cache")
-    root.mkdir(parents=True, exist_ok=True)
-    out = root / f"tiny-shadow-12h-{_code_digest()}"
-    with open(root / ".lock", "w") as lk:
-        fcntl.flock(lk, fcntl.LOCK_EX)
-        if (out / "manifest.json").is_file():
-            return out
-        from engine.config import load_config
-        from engine.features.featureset import build_features
-        from engine.store.panel import load_shared_panel
-        from engine.universe import universe_mask
-        from research.bundle import fit_final, save_bundle
-        from research.config import research_from_dict
-
-        cfg = load_config()
-        folds = {"train_bars": 1440, "test_bars": 240, "purge_bars": 24, "embargo_bars": 24, "inner_folds": 2}
-        rc = research_from_dict({"tiny": True, "horizons": [12], "trade_horizon": 12, "folds": folds}, cfg)
-        panel = load_shared_panel(["binance_BTCUSDT_1h", "binance_ETHUSDT_1h"], TRAIN_START - 768 * H, P0 - H)
-        fs = build_features(panel, cfg.features, universe_mask(panel))
-        bundle = fit_final(panel, cfg, rc, features=fs, start_ts=TRAIN_START)
-        tmp = root / f".{out.name}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_bundle(bundle, tmp)
-        tmp.rename(out)
-        return out
+    return tiny_model_dir(horizon=12)
 
 
 @pytest.fixture(scope="module")
@@ -190,21 +160,6 @@ def decisions(ledger, upto: int | None = None) -> list[tuple]:
         for e in ledger.entries(kind=Kind.DECISION)
         if upto is None or (e.hour is not None and e.hour <= upto)
     ]
-
-
-def kq(args: list[str]) -> tuple[int, str, str]:
-    from kq.cli import main
-
-    with CliRunner().isolation() as (out, err, _):
-        rc = main(args)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return rc, out.getvalue().decode(), err.getvalue().decode()
-
-
-def one_error(err: str, needle: str) -> None:
-    e = err.strip()
-    assert "\n" not in e and "Traceback" not in e and e.startswith("kq: error: ") and needle in e, err
 
 
 # ---- the two runs: with the registered shadow, and without ---------------------------------------

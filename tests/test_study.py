@@ -38,19 +38,10 @@ SPACE = """
 
 
 def pg_dsn() -> str:
-    dsn = os.environ.get(PG_ENV)
-    if not dsn:
-        if os.environ.get("CI"):
-            pytest.fail(f"{PG_ENV} is not set (.ci/run sets it)")
-        pytest.skip(f"{PG_ENV} not set")
-    import psycopg
+    """The server (tests/test_ledger_pg.py's rule: unset fails in CI, set but unreachable fails)."""
+    from tests.test_ledger_pg import pg_dsn_from
 
-    try:
-        with psycopg.connect(dsn, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as e:
-        pytest.fail(f"{PG_ENV} is set but PostgreSQL is unreachable: {str(e).strip().splitlines()[0]}")
-    return dsn
+    return pg_dsn_from(os.environ)
 
 
 @pytest.fixture(scope="module")
