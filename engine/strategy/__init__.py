@@ -28,13 +28,16 @@ from engine.strategy.enums import (
 
 __all__ = [
     "PROFILE_NAMES",
+    "REASON_CODES",
     "REGIME_NAMES",
+    "STRATEGY_EVENT",
     "Profile",
     "Regime",
     "StrategySelection",
     "apply_strategy",
     "params_from_config",
     "profile_candidates",
+    "reason_code",
     "regime_labels",
     "selection_records",
     "selector_tables",
@@ -180,3 +183,9 @@ def reason_code(profile: int, candidate: bool) -> str:
     on to the risk step) or ``strategy_<profile>_no_entry`` (parked)."""
     name = PROFILE_NAMES[profile] if 0 <= profile < N_PROFILES else "none"
     return f"strategy_{name}_{'entry' if candidate else 'no_entry'}"
+
+
+#: every code :func:`reason_code` gives (each profile, and -1 "none", x entry / no_entry)
+REASON_CODES: tuple[str, ...] = tuple(reason_code(q, c) for q in (*range(N_PROFILES), -1) for c in (True, False))
+#: the event name of a selection row in a backtest's event log (engine.backtest.io, events.parquet)
+STRATEGY_EVENT = "STRATEGY"
