@@ -13,7 +13,8 @@ A ``[study]`` table in the config (or in a separate file, ``kq study --study FIL
     dd_penalty = 2.0                 # dd_return = total_return - dd_penalty x max_drawdown
     min_trades = 5                   # fewer closed trades over the study span: the trial is PRUNED
     n_folds = 4                      # sweep mode: the study span in contiguous blocks ("folds")
-    pruning = true                   # prune a trial whose running fold mean is weak (MedianPruner)
+    pruning = true                   # prune a trial weak after a fold (MedianPruner); default:
+                                     #   true in sweep mode, false in walk-forward mode
     holdout_start = "2024-04-01"     # the study never sees a bar at or after this (the hold-out)
     seed = 7                         # worker k's sampler: seed + k
     [study.space]
@@ -32,6 +33,20 @@ the backtester's annualised ``sharpe`` and ``calmar``, ``total_return``, ``max_d
 (minimised), ``dd_return`` and ``dsr`` (deflated Sharpe ratio of the trial's daily returns with
 n_trials = the trials requested and the variance of the finished trials' daily Sharpe ratios).
 One objective: TPE (``sampler = "tpe"``); several: NSGA-II (return against drawdown).
+
+Pruning
+-------
+With ``pruning = true`` and ONE objective, a trial reports a value after each fold but the last
+(``trial.report(value, fold)``) and stops when Optuna's MedianPruner (``pruner_startup_trials``
+complete trials first) finds it below the median of the other trials at that fold: state PRUNED,
+user attribute ``pruned_reason = "weak after fold k"``. Sweep mode: the running mean of the
+per-block objective values. Walk-forward mode: the objective of the meta strategy's backtest over
+the test blocks of folds 0..k (the ``fold_oos`` event of :func:`research.walkforward.run_walkforward`;
+after the last fold it is the trial's own value; ``dsr`` reports the Sharpe ratio); a pruned trial
+trains no later fold, which is the time saved (``folds_run`` records the folds trained). Walk-forward
+pruning is serial only: with ``[research.fanout]`` workers > 1 or a scheduler every fold is trained
+before the first is scored, so ``pruning = true`` is refused there. A pruned trial is a
+configuration tried: it counts in the DSR's number of trials like any other.
 
 Storage and workers
 -------------------
@@ -317,9 +332,16 @@ def load_study_spec(
             f"study.holdout_start: must fall at least 48 h after the start and before the end "
             f"({parse_ts(t0)} .. {parse_ts(t1)})"
         )
-    pruning = bool(table.get("pruning", mode == "sweep"))
-    if pruning and mode != "sweep":
-        raise ConfigError("study.pruning: fold pruning is for sweep mode (set pruning = false)")
+    pruning = table.get("pruning", mode == "sweep")
+    if not isinstance(pruning, bool):
+        raise ConfigError(f"study.pruning: true or false, got {pruning!r}")
+    fo = base.research.fanout
+    fanout = fo.workers > 1 or fo.scheduler is not None or any(p.name.startswith("research.fanout.") for p in space)
+    if pruning and mode == "walkforward" and fanout:
+        raise ConfigError(
+            "study.pruning: walk-forward fold pruning trains folds one by one; "
+            "set pruning = false or [research.fanout] workers = 1 without a scheduler"
+        )
     n_folds = _int(table, "n_folds", 4 if mode == "sweep" else 1, 1, 64)
     if mode != "sweep" and n_folds != 1:
         raise ConfigError("study.n_folds: walk-forward mode uses the walk-forward's own folds (leave it out)")
@@ -548,14 +570,34 @@ def sweep_objective(ss: StudySpec, ev: Evaluator, study, trial, n_requested: int
 
 
 def walkforward_objective(ss: StudySpec, study, trial, n_requested: int) -> list[float]:
-    """One walk-forward-mode trial: a whole walk-forward over the study span (never the hold-out)."""
+    """One walk-forward-mode trial: a walk-forward over the study span (never the hold-out), its
+    folds run one by one; with pruning, after each fold but the last the objective of the
+    out-of-sample backtest so far is reported and a weak trial stops there (no later fold trained)."""
     import optuna
 
     from research.pipeline import run
 
     params = {p.name: p.suggest(trial) for p in ss.space}
     spec = ss.base.with_overrides(params).with_data(start=ss.start, end=ss.study_end)
-    o = run(spec, None, track=False)
+    prune_on = ss.pruning and len(ss.objectives) == 1
+    done: list[int] = []  # folds back (trained and predicted), in order
+
+    def on_event(event: str, **kw: Any) -> None:
+        if event != "fold_oos":
+            return
+        k = int(kw["fold"])
+        done.append(k)
+        trial.set_user_attr("folds_run", len(done))
+        if not prune_on or k >= int(kw["n_folds"]) - 1:
+            return
+        m = kw["backtest"]().metrics_dict()
+        trial.report(_objective_values(ss, m, ss.objectives)[0], k)
+        if trial.should_prune():
+            trial.set_user_attr("pruned_reason", f"weak after fold {k}")
+            trial.set_user_attr("n_trades", int(m["n_trades"]))
+            raise optuna.TrialPruned()
+
+    o = run(spec, None, track=False, progress=on_event)
     bt = o.result.backtest
     m = bt.metrics_dict()
     init = float(spec.config.backtest.init_cash)
@@ -1136,6 +1178,7 @@ def write_report(
             "daily_sharpe": t.user_attrs.get("daily_sharpe"),
             "error": t.user_attrs.get("error"),
             "pruned_reason": t.user_attrs.get("pruned_reason"),
+            "folds_run": t.user_attrs.get("folds_run"),  # walk-forward mode: folds trained
             "worker": json.dumps(t.user_attrs.get("kq_worker")) if t.user_attrs.get("kq_worker") else None,
             "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
             "datetime_start": t.datetime_start,

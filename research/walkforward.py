@@ -41,7 +41,7 @@ Per fold (every horizon at once)
   config's, the permutation test's is (seed, fold, horizon)). With ``[research.fanout]`` ``workers``
   > 1 or a ``scheduler`` they run on worker processes or a Dask cluster (research/fanout.py) and the
   results are bit-identical to the serial run; the ``step``/``fit`` progress events are then not
-  sent (``fold_done`` comes when all folds are back).
+  sent (``fold_done`` and ``fold_oos`` come when all folds are back).
 
 Outputs
 -------
@@ -91,6 +91,7 @@ __all__ = [
     "eligible_rows",
     "make_meta",
     "make_splitter",
+    "oos_backtest",
     "panel_features",
     "quality",
     "row_block",
@@ -431,7 +432,11 @@ def run_walkforward(
     ``member``: (n, m) universe mask (default: ``engine.universe.universe_mask`` when
     ``rc.use_universe``). ``start_ts``: first bar that may be trained on or predicted (history
     before it only warms features). ``progress(event, **info)`` receives ``plan``, ``step``,
-    ``fit``, ``fold_done`` events. ``shuffle_train_labels`` (a seed): permute the labels (and
+    ``fit``, ``fold_done`` events, then per fold (in fold order) ``fold_oos`` with ``fold``,
+    ``n_folds`` and ``backtest()``: the meta strategy's backtest over the test blocks of the folds
+    back so far (:func:`oos_backtest`; the last fold's equals ``result.backtest``); an exception
+    raised by ``progress`` stops the loop, so no later fold is trained (serial folds; with fan-out
+    every fold is already done). ``shuffle_train_labels`` (a seed): permute the labels (and
     forward returns) among each fold's training targets - a permutation test; out-of-sample skill
     must then vanish. ``keep_models``: keep every fitted meta-learner in ``result.fitted``.
     ``max_folds``: run only the first N folds (benchmarks, debugging).
@@ -524,6 +529,16 @@ def run_walkforward(
                 fitted[(fo_out.fold, int(h))] = fo_out.meta
             if progress:
                 progress("fold_done", fold=fo_out.fold, horizon=h)
+        if progress:
+            # the out-of-sample backtest of the folds back so far, computed only when asked for
+            # (studies prune a weak trial on it: research/study.py); raising here stops the run
+            parts = list(pred_parts)
+            progress(
+                "fold_oos",
+                fold=fo_out.fold,
+                n_folds=len(tasks),
+                backtest=lambda parts=parts: oos_backtest(panel, cfg, rc, parts),
+            )
 
     if not pred_parts:
         raise InputError("no fold had training and test rows")
@@ -568,6 +583,32 @@ def run_walkforward(
         stage["backtests_s"] = time.perf_counter() - t_stage
     res.stage_seconds = {k: round(v, 3) for k, v in stage.items()} | {"n_folds_total": n_folds_total}
     return res
+
+
+def oos_backtest(panel, cfg: Config, rc: ResearchConfig, parts: list[pd.DataFrame]):
+    """The meta strategy's backtest over the out-of-sample span of the prediction frames ``parts``
+    (some folds' predictions): the same inputs and rules as the walk-forward's own backtest, so
+    with every fold's predictions it equals ``WalkForwardResult.backtest``."""
+    from engine.backtest.io import signals_to_arrays
+    from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs, run_backtest
+    from engine.risk.params import params_from_config
+
+    preds = pd.concat(parts, ignore_index=True)
+    preds["ts"] = preds["ts"].astype(np.int64)
+    preds["pair"] = preds["pair"].astype(str)
+    sig = strategy_signals(preds, rc.trade_horizon)
+    t0, t1 = int(sig["ts"].min()), int(sig["ts"].max())
+    lo = int(np.searchsorted(panel.ts, t0))
+    hi = int(np.searchsorted(panel.ts, t1, side="right"))
+    atr = default_atr(panel.high, panel.low, panel.close, cfg.features.atr_window)[lo:hi]
+    spread = np.asarray(default_spread(panel.high, panel.low, panel.close, panel.valid, cfg.backtest.spread_window))[
+        lo:hi
+    ]
+    cluster = default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi]
+    sub = panel.slice(t0, t1)
+    p_up, er = signals_to_arrays(sig, sub.ts, sub.pairs)
+    inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster)
+    return run_backtest(inp, params_from_config(cfg))
 
 
 def _label_of(preds: pd.DataFrame, up: dict, panel) -> np.ndarray:
