@@ -68,6 +68,7 @@ from engine.risk.enums import (
     Reason,
     TradingState,
     bar_dt,
+    bar_exit_dt,
     prediction_dt,
 )
 from engine.timeutil import HOUR
@@ -82,6 +83,8 @@ __all__ = ["Cycle", "HourReport", "code_version", "decision_records", "exec_conf
 log = logging.getLogger("live_bridge.cycle")
 
 BAR_FIELDS = ("open", "high", "low", "close", "volume", "atr", "spread")
+# the strategy layer's per-bar exit parameters, ledgered in each bars row's payload ("exits")
+EXIT_FIELDS = tuple(bar_exit_dt.names or ())
 OP_BITS = {
     "reactivate": OP_RESET_KILL,
     "reset_halt": OP_RESET_HALT,
@@ -160,7 +163,8 @@ def _flt(v: Any) -> float:
 def recorded_inputs(ledger: Ledger, hour: int, pairs: Sequence[str], rows: Sequence[Entry] | None = None):
     """The ledgered ``on_bar`` arguments of ``hour`` for the portfolio trading ``pairs``, decoded
     from its input batch (``bars`` and ``prediction`` rows before its ``risk_inputs`` event), as
-    ``((hour, bars, predictions, tradable, entry_block, api_fault, operator), api_fault_reasons)``;
+    ``((hour, bars, predictions, tradable, entry_block, api_fault, operator, exits), api_fault_reasons)``
+    (``exits``: the strategy layer's ``bar_exit_dt`` rows when the bars rows carry them, else None);
     None when the hour has no input batch. Used by a re-run after a crash and by the replay
     (:mod:`live_bridge.replay`). ``rows``: the hour's entries when already read."""
     rows = ledger.entries(hour=hour) if rows is None else rows
@@ -174,6 +178,8 @@ def recorded_inputs(ledger: Ledger, hour: int, pairs: Sequence[str], rows: Seque
     pred["p_up"] = np.nan
     pred["exp_ret"] = np.nan
     tradable = np.zeros(m, dtype=np.bool_)
+    exits = np.full(m, np.nan, dtype=bar_exit_dt)
+    any_exits = False
     by_pair = {e.pair: e for e in rows if e.kind == Kind.BARS and e.seq < f.seq}
     preds = {e.pair: e for e in rows if e.kind == Kind.PREDICTION and e.seq < f.seq}
     for j, pair in enumerate(pairs):
@@ -186,12 +192,26 @@ def recorded_inputs(ledger: Ledger, hour: int, pairs: Sequence[str], rows: Seque
         bars[j]["valid"] = bool(r["valid"])
         bars[j]["cluster"] = int(r["cluster"])
         tradable[j] = bool(b.payload["tradable"])
+        ex = b.payload.get("exits")
+        if ex is not None:
+            any_exits = True
+            for k in EXIT_FIELDS:
+                exits[j][k] = _flt(ex.get(k))
         p = preds.get(pair)
         if p is not None:
             pred[j]["p_up"] = _flt(p.payload["values"]["p_up"])
             pred[j]["exp_ret"] = _flt(p.payload["values"]["exp_return"])
     fp = f.payload
-    args = (hour, bars, pred, tradable, bool(fp["entry_block"]), bool(fp["api_fault"]), int(fp["operator"]))
+    args = (
+        hour,
+        bars,
+        pred,
+        tradable,
+        bool(fp["entry_block"]),
+        bool(fp["api_fault"]),
+        int(fp["operator"]),
+        exits if any_exits else None,
+    )
     return args, list(fp.get("api_fault_reasons", []))
 
 
@@ -604,7 +624,7 @@ class Cycle:
         args = bar_inputs(inp, -1)
         if args[0] != hour:
             raise IntegrityError(f"inputs built for hour {args[0]}, expected {hour}")
-        _, bars, pred, trd, blk, api_fault, op = args
+        _, bars, pred, trd, blk, api_fault, op, exits = args
         fv = feats.values[-1]
         fhash = hashlib.sha256(
             "|".join(feats.names).encode() + np.ascontiguousarray(fv).tobytes() + feats.valid[-1].tobytes()
@@ -637,6 +657,7 @@ class Cycle:
                         "window_bars": int(n),
                         "window_sha256": wh.hexdigest(),
                         "quoted_spread": _dec(quoted[pair]) if pair in quoted else None,
+                        **({} if exits is None else {"exits": {k: _dec(exits[j][k]) for k in EXIT_FIELDS}}),
                     },
                 )
             )

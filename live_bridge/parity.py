@@ -501,6 +501,8 @@ def backtest_inputs(
     names = ("ts", "open", "high", "low", "close", "volume", "valid", "p_up", "exp_ret", "atr", "spread", "cluster")
     names2 = ("api_fault", "operator", "month_id", "tradable", "entry_block")
     cut: dict[str, Any] = {k: np.ascontiguousarray(getattr(inp, k)[sl]) for k in names + names2}
+    if inp.bar_exits is not None and inp.bar_exits.shape[0] != 0:  # [strategy] enabled: the exits of the window
+        cut["bar_exits"] = np.ascontiguousarray(inp.bar_exits[sl])
     return dataclasses.replace(inp, **cut)
 
 
@@ -556,8 +558,8 @@ def compare(
         if rec_in is None:
             ne("inputs", "recorded", "missing")
             continue
-        (_, pb, pp, ptrd, pblk, papi, pop), _ = rec_in
-        _, bb, bp, btrd, bblk, bapi, bop = bar_inputs(inp, t)
+        (_, pb, pp, ptrd, pblk, papi, pop, pex), _ = rec_in
+        _, bb, bp, btrd, bblk, bapi, bop, bex = bar_inputs(inp, t)
         for j, pair in enumerate(pairs):
             for k in bb.dtype.names or ():
                 a, b = bb[j][k], pb[j][k]
@@ -568,6 +570,12 @@ def compare(
                     ne(f"input {pair} {k}", bp[j][k], pp[j][k])
             if bool(btrd[j]) != bool(ptrd[j]):
                 ne(f"input {pair} tradable", btrd[j], ptrd[j])
+            if (bex is None) != (pex is None):
+                ne(f"input {pair} exits", "none" if bex is None else "given", "none" if pex is None else "given")
+            elif bex is not None and pex is not None:
+                for k in bex.dtype.names or ():
+                    if not _same(bex[j][k], pex[j][k]):
+                        ne(f"input {pair} exits.{k}", bex[j][k], pex[j][k])
         for name, a, b in (("entry_block", bblk, pblk), ("api_fault", bapi, papi), ("operator", bop, pop)):
             if a != b:
                 ne(f"input {name}", a, b)

@@ -400,7 +400,7 @@ class Shadow:
         got = recorded_inputs(self.ledger, hour, self.pairs, rows)
         if got is None:
             raise IntegrityError(f"hour {hour}: no ledgered inputs to shadow")
-        (h, bars, _primary_pred, tradable, entry_block, api_fault, operator), _ = got
+        (h, bars, _primary_pred, tradable, entry_block, api_fault, operator, _exits), _ = got
         pred, pred_rows, failure = self._predict(hour, rows, model)
         m = self._machine(run, snap)
         res = m.on_bar(h, bars, pred, tradable, entry_block, api_fault, operator, simulate_fills=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.risk.enums import EventCode, Reason, event_dt, trade_dt
+from engine.risk.enums import BX_N, EventCode, Reason, event_dt, trade_dt
 from engine.risk.nb import C_RECORD, N_ACC, N_CNT, new_state, step_nb
 from engine.risk.params import instrument_arrays
 
@@ -43,6 +43,7 @@ class StepHarness:
         self.refusals = np.zeros(64, dtype=np.int64)
         self.marks = np.empty(m)
         self.order_buf = np.empty(m, dtype=np.int64)
+        self.bx = np.zeros((0, m, BX_N))  # no per-bar exit parameters ([strategy] off)
         self.t = 0
 
     def step(self, upto: int) -> None:
@@ -60,6 +61,7 @@ class StepHarness:
                 self.valid,
                 self.p_up,
                 self.exp_ret,
+                self.bx,
                 self.atr,
                 self.spread,
                 self.cluster,

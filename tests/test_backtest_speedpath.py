@@ -15,7 +15,7 @@ import pytest
 
 from engine.backtest.demo import ma_signal
 from engine.backtest.runner import _rules, make_inputs, run_backtest, run_sweep
-from engine.config import load_config
+from engine.config import config_from_dict, load_config, read_toml
 from engine.paths import configs_dir
 from engine.risk.enums import (
     N_REASONS,
@@ -69,6 +69,7 @@ def _reference(inp, params):
         inp.valid,
         inp.p_up,
         inp.exp_ret,
+        inp.bar_exits,
         inp.atr,
         inp.spread,
         inp.cluster,
@@ -166,6 +167,14 @@ def _cases():
             ),
         ),
         "parity": (replace(inp, exp_ret=np.full_like(inp.exp_ret, 1.0)), params_from_config(pcfg, kill_reset_bars=4)),
+        # per-bar exit parameters (R26): random stop/take-profit multiples (0 = none), size scales and
+        # stop floors (about a third of the held bars), NaN fields falling back to [risk]'s
+        "bar_exits_random": (
+            replace(inp, p_up=noisy_pu, exp_ret=big_er, bar_exits=_random_exits(inp, rng)),
+            params_from_config(cfg, max_exposure=0.6, max_cluster_exposure=0.4, max_positions=5, min_edge=0.0),
+        ),
+        # the strategy layer's own selection ([strategy] enabled in make_inputs)
+        "strategy_selector": (_strategy_inputs(), params_from_config(cfg, min_edge=0.0)),
         # one pair, the benchmark sweep's rules (all-in fixed fraction, enter on any up-signal): long
         # flat and held stretches (the quiet and hold runs of the records-off loop), data kill-switch
         # latches and resets, then the halt with every later candidate refused
@@ -182,6 +191,31 @@ def _cases():
             ),
         ),
     }
+
+
+def _random_exits(inp, rng):
+    from engine.risk.enums import BX_FLOOR, BX_N, BX_SIZE, BX_STOP, BX_TP
+
+    n, m = inp.shape
+    bx = np.empty((n, m, BX_N))
+    bx[:, :, BX_STOP] = rng.choice([0.0, 0.5, 1.0, 2.5, np.nan], (n, m))
+    bx[:, :, BX_TP] = rng.choice([0.0, 1.0, 3.0, np.nan], (n, m))
+    bx[:, :, BX_SIZE] = rng.choice([0.25, 0.5, 1.0, np.nan], (n, m))
+    k = rng.uniform(0.2, 1.5, (n, m))
+    bx[:, :, BX_FLOOR] = np.where(rng.random((n, m)) < 0.35, inp.close - k * inp.atr, np.nan)
+    return bx
+
+
+def _strategy_inputs():
+    from tests.conftest import require_shared
+
+    require_shared()
+    p = load_shared_panel(PAIRS10, start=START, end=START + 3600 * (N_BARS - 1))
+    raw = read_toml(configs_dir() / "default.toml")
+    raw["strategy"] = {"enabled": True, "trend_bars": 48}
+    cfg = config_from_dict(raw)
+    pu, er = ma_signal(p.close, 6, 24, 80.0)
+    return make_inputs(p, pu, er, cfg)
 
 
 def _one_pair(inp):
@@ -205,6 +239,8 @@ CASES = [
     "fixed_fraction_no_precision",
     "parity",
     "one_pair_runs",
+    "bar_exits_random",
+    "strategy_selector",
 ]
 
 
@@ -234,6 +270,14 @@ def test_fused_kernel_bit_identical_to_step_nb_loop(case):
         assert fast.refusals[Reason.REFUSE_TRAINING_WINDOW] > 0
     if case in ("noisy_caps", "fixed_fraction_no_precision"):
         assert fast.refusals[Reason.REFUSE_NOT_TRADABLE] > 0
+    if case in ("bar_exits_random", "strategy_selector"):
+        from engine.risk.enums import EventCode
+
+        assert inp.bar_exits.shape == (*inp.shape, 4)
+        assert np.isfinite(inp.bar_exits[:, :, 3]).sum() > 100  # preservation floors (crash bars)
+        if case == "bar_exits_random":
+            assert (fast.events["code"] == EventCode.STOP).sum() > 5  # floors raised held stops
+            assert (fast.events["reason"] == Reason.EXIT_STOP).sum() > 5
     if case == "one_pair_runs":
         assert m["bars_halted"] > 500 and fast.refusals[Reason.REFUSE_HALTED] > 100
         assert m["n_fills"] > 20 and m["bars_kill_switch"] > 0 and m["mean_exposure"] > 0.15

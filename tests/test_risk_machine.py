@@ -256,7 +256,7 @@ def test_hours_must_come_in_order_and_inputs_are_checked():
         m.on_bar(*bar_inputs(inp, 12))
     with pytest.raises(InputError, match="feed every hour in order"):
         m.on_bar(*bar_inputs(inp, 10))
-    h, bars, pred, trd, blk, api, op = bar_inputs(inp, 11)
+    h, bars, pred, trd, blk, api, op, _ = bar_inputs(inp, 11)
     with pytest.raises(InputError, match="bars"):
         m.on_bar(h, bars[:3], pred, trd, blk, api, op)
     with pytest.raises(InputError, match="operator"):

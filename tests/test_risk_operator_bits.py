@@ -143,11 +143,11 @@ def test_flatten_exits_every_position_at_the_next_bar_and_decides_no_entry():
 
 def test_operator_values_and_snapshot_version():
     assert (OP_PAUSE, OP_RESUME, OP_FLATTEN) == (4, 8, 16)
-    assert SNAPSHOT_VERSION == 5
+    assert SNAPSHOT_VERSION == 6
     p, pu, er, cfg, params = _base()
     inp = make_inputs(p, pu, er, cfg)
     m = RiskMachine(inp.pairs, params)
-    h, bars, pred, trd, blk, api, _ = bar_inputs(inp, 0)
+    h, bars, pred, trd, blk, api, _, _ = bar_inputs(inp, 0)
     for bad in (-1, 32):
         with pytest.raises(InputError, match="operator must be a combination"):
             m.on_bar(h, bars, pred, trd, blk, api, bad)

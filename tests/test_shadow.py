@@ -241,7 +241,7 @@ def _backtest_of_the_ledger(led, first: int, last: int, init_cash: Decimal):
     api, blk, op = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int64)
     sp = {(e.hour, e.pair): e.payload["values"] for e in led.entries(kind=Kind.EVENT) if e.code == "shadow_prediction"}
     for t, h in enumerate(hours):
-        (hh, bars, _, trd, b, f, o), _ = recorded_inputs(led, h, pairs)
+        (hh, bars, _, trd, b, f, o, _), _ = recorded_inputs(led, h, pairs)
         assert hh == h
         for k in a:
             a[k][t] = bars[k]

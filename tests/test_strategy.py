@@ -6,6 +6,7 @@ with the selector on the RiskMachine loop equal to run_backtest bit for bit."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 
@@ -361,6 +362,16 @@ def test_selector_gates_entries_and_every_entry_has_a_selected_candidate():
     assert sel.candidate[entries["bar"], entries["pair"]].all(), "an entry the selector did not pass"
     assert (bt.trades["reason"] == Reason.EXIT_STOP).sum() + (bt.trades["reason"] == Reason.EXIT_TIME).sum() > 0
     assert reason_code(int(Profile.MEAN_REVERSION), False) == "strategy_mean_reversion_no_entry"
+    # phase 2 (R26): the risk step applies the selected profile's exits; without them the same gated
+    # signal trades differently; entries come from several profiles, some of them scaled down
+    assert inp.bar_exits.shape == (*inp.shape, 4)
+    plain = run_backtest(dataclasses.replace(inp, bar_exits=None), _params(cfg))
+    assert plain.trades.tobytes() != bt.trades.tobytes()
+    buys = bt.trades[bt.trades["side"] == 1]
+    dec = buys["bar"] - 1
+    prof = sel.profile[dec, buys["pair"]]
+    assert set(prof.tolist()) >= {int(Profile.TREND), int(Profile.MEAN_REVERSION)}
+    assert (sel.size_scale[dec, buys["pair"]] < 1.0).any()  # some entries were scaled down
 
 
 def test_selector_on_machine_equals_backtest_bit_for_bit():
@@ -424,7 +435,9 @@ def test_walkforward_compares_the_selector_with_the_default_rule_set():
     rc = SimpleNamespace(trade_horizon=24, base_models=(), n_trials=1)
     res, stats = _backtest(p, cfg, rc, preds)
     s = stats["strategy"]
-    assert s["selector"]["trades"] < s["default"]["trades"]
+    # phase 2: the selector parks entries but its profiles' tighter stops and take-profits turn over
+    # more often, so its round-trip count differs either way
+    assert s["selector"]["trades"] != s["default"]["trades"]
     assert sum(v["trades"] for v in s["selector"]["per_profile"].values()) == s["selector"]["trades"]
     assert sum(v["pair_hours"] for v in s["default"]["per_regime"].values()) == n * m
     assert s["better_out_of_sample"] in ("selector", "default")

@@ -36,6 +36,8 @@ from numba import njit, prange
 from engine.backtest.demo import ma_signal_from_sma_nb, ma_signal_into_nb, sma_into_nb
 from engine.backtest.prefetch import prefetch_row_nb
 from engine.risk.enums import (
+    BX_FLOOR,
+    BX_N,
     EVENT,
     KILL,
     KIND,
@@ -80,6 +82,7 @@ from engine.risk.nb import (
     reset_kill_nb,
     same_kill_params_nb,
     step_nb,
+    tighten_stop_nb,
 )
 
 BARS_PER_YEAR = 8760.0
@@ -317,6 +320,7 @@ def _hold_run_nb(
     pending,
     p_up,
     exp_ret,
+    bx,
     open_,
     high,
     low,
@@ -367,6 +371,7 @@ def _hold_run_nb(
     st = state[0]
     n, m = close.shape
     thr = p.p_up_entry
+    nx = bx.shape[0] != 0
     placed = False
     while t < n:
         u = np.uint64(t)  # an unsigned index: no negative-index wraparound per access
@@ -392,6 +397,11 @@ def _hold_run_nb(
             break
         # ---- phase 4: mark to the close (as the full bar: a flat book is not marked)
         mark_state_nb(st, mark_positions_nb(u, positions, close, valid) if st.n_positions != 0 else 0.0, t, p)
+        # ---- phase 5: held positions with no exit: the stop floor (R26; nothing is pending here)
+        if nx and st.n_positions != 0:
+            for j in range(m):
+                if positions[j].qty != 0.0 and valid[u, j]:
+                    tighten_stop_nb(positions[j], bx[u, j, BX_FLOOR])
         # ---- phase 5: blocked candidates (every flat pair's candidate is refused)
         if cand:
             n_nd, n_nt, n_bl = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
@@ -463,6 +473,7 @@ def simulate_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -498,6 +509,7 @@ def simulate_nb(
         valid,
         p_up,
         exp_ret,
+        bx,
         atr,
         spread,
         cluster,
@@ -536,6 +548,7 @@ def simulate_core_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -590,6 +603,7 @@ def simulate_core_nb(
         valid,
         p_up,
         exp_ret,
+        bx,
         atr,
         spread,
         cluster,
@@ -638,6 +652,7 @@ def _simulate_loop_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -679,6 +694,7 @@ def _simulate_loop_nb(
     for i in range(refusals.shape[0]):
         refusals[i] = 0
     rec = record
+    nx = bx.shape[0] != 0  # per-bar exit parameters given ([strategy] enabled)
     placed = False  # orders were decided at the last close (pending until bar t's close)
     # streaming metrics
     prev_eq = p.init_cash
@@ -749,6 +765,7 @@ def _simulate_loop_nb(
                 pending,
                 p_up,
                 exp_ret,
+                bx,
                 open_,
                 high,
                 low,
@@ -891,6 +908,8 @@ def _simulate_loop_nb(
             else:
                 reason, kind = exit_reason_nb(pos, c, p_up[t, j], t, p)
             if reason == 0:
+                if nx and tighten_stop_nb(pos, bx[t, j, BX_FLOOR]) and rec:
+                    emit_event_nb(events, cnt, t, j, EVENT.STOP, REASON.STOP_TIGHTENED, pos.stop)
                 continue
             exit_order_nb(pending[j], pos, t, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
             placed = True
@@ -917,6 +936,7 @@ def _simulate_loop_nb(
                 valid,
                 p_up,
                 exp_ret,
+                bx,
                 atr,
                 spread,
                 cluster,
@@ -1013,6 +1033,7 @@ def simulate_reference_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -1079,6 +1100,7 @@ def simulate_reference_nb(
             valid,
             p_up,
             exp_ret,
+            bx,
             atr,
             spread,
             cluster,
@@ -1219,6 +1241,7 @@ def _run_set_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -1253,6 +1276,7 @@ def _run_set_nb(
         valid,
         p_up,
         exp_ret,
+        bx,
         atr,
         spread,
         cluster,
@@ -1306,6 +1330,7 @@ def run_sets_nb(
     p_up,
     exp_ret,
     sig_of_set,
+    bx,
     atr,
     spread,
     cluster,
@@ -1339,6 +1364,7 @@ def run_sets_nb(
             valid,
             p_up[k],
             exp_ret[k],
+            bx,
             atr,
             spread,
             cluster,
@@ -1407,6 +1433,7 @@ def ma_sweep_nb(
     S = params.shape[0]
     n, m = close.shape
     pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
+    no_bx = np.zeros((0, m, BX_N))  # the MA signal has no per-bar exit parameters
     W = windows.shape[0]
     table = np.empty((W, n, m))
     for w in prange(W):
@@ -1431,6 +1458,7 @@ def ma_sweep_nb(
                 valid,
                 pu,
                 er,
+                no_bx,
                 atr,
                 spread,
                 cluster,

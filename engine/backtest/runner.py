@@ -18,6 +18,7 @@ import pandas as pd
 
 from engine.errors import InputError
 from engine.risk.enums import (
+    BX_N,
     N_REASONS,
     N_STATES,
     Reason,
@@ -59,6 +60,10 @@ class BacktestInputs:
     # what the regime selector chose ([strategy] enabled: an engine.strategy.StrategySelection, and
     # ``p_up`` is then the gated P(up) the risk step reads); None when the layer is off
     strategy: StrategySelection | None = None
+    # per-bar exit parameters (n, m, BX_N) float64, engine.risk.enums.bar_exit_dt's fields: the
+    # selected profile's stop and take-profit ATR multiples, size scale and stop floor, which the risk
+    # step applies (R26); [strategy] off: no rows ((0, m, BX_N), filled in by __post_init__)
+    bar_exits: np.ndarray | None = None
     # kill-switch triggers per bar (kill_triggers_nb), memoised per kill-switch parameter tuple: like
     # ATR and the spread estimate they are a function of these arrays only, so the arrays must not be
     # modified in place after construction (build new inputs, e.g. dataclasses.replace, which starts
@@ -73,6 +78,11 @@ class BacktestInputs:
             object.__setattr__(self, "tradable", np.ones((n, m), dtype=np.bool_))
         if self.entry_block is None:
             object.__setattr__(self, "entry_block", np.zeros(n, dtype=np.bool_))
+        if self.bar_exits is None or (self.bar_exits.shape[0] == 0 and self.bar_exits.shape != (0, m, BX_N)):
+            object.__setattr__(self, "bar_exits", np.zeros((0, m, BX_N)))
+        bx = self.bar_exits
+        if bx.dtype != np.float64 or not bx.flags.c_contiguous or bx.shape not in ((0, m, BX_N), (n, m, BX_N)):
+            raise InputError(f"bar_exits: shape {bx.shape}, expected {(n, m, BX_N)} or no rows (C-contiguous float64)")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -184,11 +194,13 @@ def make_inputs(
         raise InputError("api_fault and operator must be (n_bars,) arrays")
     ts = np.ascontiguousarray(panel.ts, dtype=np.int64)
     sel = None
+    bx = None
     if cfg.strategy.enabled:
-        from engine.strategy import apply_strategy
+        from engine.strategy import apply_strategy, bar_exits
 
         sel = apply_strategy(hi, cl, panel.volume, panel.valid, _f64(p_up, shape, "p_up"), cfg)
         p_up = sel.p_up_gated
+        bx = bar_exits(sel, cl, atr, panel.valid)
     return BacktestInputs(
         tuple(panel.pairs),
         ts,
@@ -209,6 +221,7 @@ def make_inputs(
         trd,
         np.ascontiguousarray(blk, dtype=np.bool_),
         sel,
+        bx,
     )
 
 
@@ -346,6 +359,7 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
         inp.valid,
         inp.p_up,
         inp.exp_ret,
+        inp.bar_exits,
         inp.atr,
         inp.spread,
         inp.cluster,
@@ -403,6 +417,8 @@ def run_sweep(
     if p_up_sets is None:
         p_up_sets = inp.p_up[None]
         exp_ret_sets = inp.exp_ret[None]
+    elif inp.bar_exits is not None and inp.bar_exits.shape[0] != 0:
+        raise InputError("signal sets cannot be swept with per-bar exits (they follow the inputs' own signal)")
     if sig_of_set is None:
         sig_of_set = np.zeros(S, dtype=np.int64)
     sig_of_set = np.ascontiguousarray(sig_of_set, dtype=np.int64)
@@ -421,6 +437,7 @@ def run_sweep(
         np.ascontiguousarray(p_up_sets, dtype=np.float64),
         np.ascontiguousarray(exp_ret_sets, dtype=np.float64),
         sig_of_set,
+        inp.bar_exits,
         inp.atr,
         inp.spread,
         inp.cluster,

@@ -63,6 +63,7 @@ class EventCode(IntEnum):
     DUST = 7  # live: a partial sell left less than ordermin; the remainder was written off (value = qty)
     PAUSE = 8  # operator pause latched: no new entries until a resume (R22a)
     RESUME = 9  # operator pause lifted
+    STOP = 10  # a held position's stop was raised to the bar's stop floor (value = the new stop)
 
 
 class Reason(IntEnum):
@@ -93,6 +94,7 @@ class Reason(IntEnum):
     REFUSE_TRAINING_WINDOW = 23  # the order would execute in a scheduled entry-block window (R25)
     DUST = 24  # live: position remainder below ordermin after a partial sell, written off
     REFUSE_PAUSED = 25  # operator pause latched (R22a)
+    STOP_TIGHTENED = 26  # capital preservation: the stop of a held position raised (R26)
     # kill-switch triggers
     KILL_API = 30
     KILL_SPREAD = 31
@@ -195,6 +197,8 @@ order_dt = np.dtype(
         ("frac", np.float64),  # fixed-fraction sizing: fraction of cash at the fill
         ("filled", np.float64),  # live: quantity filled so far (partial fills; engine.risk.nb.book_fill_nb)
         ("fallback", np.int64),  # live: 1 once the machine's close turned this limit into a market order
+        ("stop_mult", np.float64),  # stop distance in ATRs set at the fill (0 = none): the decision's
+        ("tp_mult", np.float64),  # take-profit in ATRs (0 = none): [risk]'s, or the bar's bar_exit_dt
     ]
 )
 
@@ -263,6 +267,23 @@ prediction_dt = np.dtype(
         ("exp_ret", np.float64),
     ]
 )
+
+# Per-bar exit parameters of one pair (the strategy layer's selected profile, [strategy] enabled;
+# engine.strategy.bar_exits builds them). NaN in a field: the [risk] parameter applies. The kernels
+# read them as an (n, m, BX_N) float64 array; an array with no rows means "none given" (layer off).
+bar_exit_dt = np.dtype(
+    [
+        ("stop_mult", np.float64),  # stop distance in ATRs of an entry decided at this bar (0 = none)
+        ("tp_mult", np.float64),  # take-profit in ATRs of that entry (0 = none)
+        ("size_scale", np.float64),  # multiplier (0..1) of the entry's wanted notional, before the caps
+        ("stop_floor", np.float64),  # a held position's stop is raised to this price (never lowered)
+    ]
+)
+BX_STOP = 0
+BX_TP = 1
+BX_SIZE = 2
+BX_FLOOR = 3
+BX_N = 4
 
 # Sizing modes and order-kind choices inside the parameter record.
 SIZING_RISK = 0  # base risk at the ATR stop distance

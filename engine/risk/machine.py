@@ -79,11 +79,13 @@ from numba import njit
 
 from engine.errors import InputError, IntegrityError
 from engine.risk.enums import (
+    BX_N,
     N_REASONS,
     OP_ALL,
     FillHow,
     KillReason,
     bar_dt,
+    bar_exit_dt,
     equity_dt,
     event_dt,
     order_dt,
@@ -112,8 +114,8 @@ from engine.risk.nb import (
 from engine.timeutil import HOUR
 
 SNAPSHOT_MAGIC = b"KQRISKM\x00"
-SNAPSHOT_VERSION = 5  # 2: order_dt filled/fallback, position_dt realized; 3: params_dt capital_ceiling;
-# 4: state_dt paused/flatten; 5: instruments quote_decimals
+SNAPSHOT_VERSION = 6  # 2: order_dt filled/fallback, position_dt realized; 3: params_dt capital_ceiling;
+# 4: state_dt paused/flatten; 5: instruments quote_decimals; 6: order_dt stop_mult/tp_mult, exits
 _HEADER = struct.Struct("<8sIQ32s")  # magic, version, body length, SHA-256 of the body
 
 # machine record: the last hour begun, and whether its close waits for fallback fills
@@ -164,6 +166,7 @@ def _finish_close_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -190,6 +193,7 @@ def _finish_close_nb(
         valid,
         p_up,
         exp_ret,
+        bx,
         atr,
         spread,
         cluster,
@@ -210,7 +214,8 @@ def _finish_close_nb(
 def bar_inputs(inp, t: int):
     """One bar of backtest inputs (``engine.backtest.runner.BacktestInputs``, row ``t``) as the
     arguments of :meth:`RiskMachine.on_bar`: (hour, bars, predictions, tradable, entry_block,
-    api_fault, operator)."""
+    api_fault, operator, exits); ``exits`` (``bar_exit_dt`` per pair) is None when the inputs carry no
+    per-bar exit parameters ([strategy] off)."""
     n, m = inp.shape
     if not -n <= t < n:
         raise InputError(f"row {t} outside the inputs' {n} bars")
@@ -238,7 +243,19 @@ def bar_inputs(inp, t: int):
         bool(inp.entry_block[t]),
         bool(inp.api_fault[t]),
         int(inp.operator[t]),
+        bar_exit_row(inp, t),
     )
+
+
+def bar_exit_row(inp, t: int) -> np.ndarray | None:
+    """Row ``t`` of the inputs' per-bar exit parameters as ``bar_exit_dt`` records (one per pair);
+    None when the inputs have none."""
+    bx = inp.bar_exits
+    if bx is None or bx.shape[0] == 0:
+        return None
+    out = np.empty(bx.shape[1], dtype=bar_exit_dt)
+    out.view(np.float64).reshape(bx.shape[1], BX_N)[:] = bx[t]
+    return out
 
 
 class RiskMachine:
@@ -284,6 +301,7 @@ class RiskMachine:
         self.machine[0]["hour"] = np.iinfo(np.int64).min
         self.bar = np.zeros(m, dtype=bar_dt)  # the bar in progress (kept while a close waits)
         self.pred = np.zeros(m, dtype=prediction_dt)
+        self.exits = np.full(m, np.nan, dtype=bar_exit_dt)  # the bar's exit parameters (NaN: [risk]'s)
         self.tradable = np.ones(m, dtype=np.bool_)
         self.flags = np.zeros(1, dtype=[("entry_block", np.bool_), ("api_fault", np.bool_), ("operator", np.int64)])
         self._marks = np.empty(m)
@@ -356,6 +374,34 @@ class RiskMachine:
     def _row(self, f):
         return np.ascontiguousarray(self.bar[f])[None, :]
 
+    def _bx(self) -> np.ndarray:
+        """The bar's exit parameters as the kernels read them: (1, m, BX_N) float64 (NaN: [risk]'s)."""
+        return np.ascontiguousarray(self.exits).view(np.float64).reshape(1, self.n_pairs, BX_N).copy()
+
+    def _check_exits(self, exits) -> np.ndarray:
+        """``exits`` as ``bar_exit_dt`` records (None: all NaN); InputError when a value could loosen a
+        rule: a negative or non-finite multiple, a size scale outside [0, 1], a floor not above 0."""
+        m = self.n_pairs
+        out = np.full(m, np.nan, dtype=bar_exit_dt)
+        if exits is None:
+            return out
+        if not isinstance(exits, np.ndarray) or exits.dtype != bar_exit_dt or exits.shape != (m,):
+            raise InputError(f"exits: expected {m} records of engine.risk.enums.bar_exit_dt (or None)")
+        with np.errstate(invalid="ignore"):
+            for f, lo, hi in (("stop_mult", 0.0, 50.0), ("tp_mult", 0.0, 100.0), ("size_scale", 0.0, 1.0)):
+                v = exits[f]
+                bad = ~np.isnan(v) & ~((v >= lo) & (v <= hi))
+                if bad.any():
+                    j = int(np.flatnonzero(bad)[0])
+                    raise InputError(f"exits[{self.pairs[j]}].{f} = {float(v[j])!r}: expected NaN or {lo}..{hi}")
+            v = exits["stop_floor"]
+            bad = ~np.isnan(v) & ~(np.isfinite(v) & (v > 0.0))
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                raise InputError(f"exits[{self.pairs[j]}].stop_floor = {float(v[j])!r}: expected NaN or a price > 0")
+        out[:] = exits
+        return out
+
     def on_bar(
         self,
         hour,
@@ -365,6 +411,7 @@ class RiskMachine:
         entry_block=False,
         api_fault=False,
         operator=0,
+        exits=None,
         *,
         simulate_fills: bool = False,
     ) -> BarResult:
@@ -374,12 +421,15 @@ class RiskMachine:
         ``predictions``: ``prediction_dt`` (P(up), expected return); ``tradable``: universe members
         (None: all); ``entry_block``: entries decided now would execute in the entry-block window;
         ``api_fault``: the exchange API is unstable; ``operator``: OP_RESET_KILL | OP_RESET_HALT | OP_PAUSE |
-        OP_RESUME | OP_FLATTEN.
+        OP_RESUME | OP_FLATTEN; ``exits``: ``bar_exit_dt`` per pair, the strategy layer's exit
+        parameters (R26; None: the [risk] parameters apply, as with every field NaN).
         ``simulate_fills``: fill the last close's orders in this bar by the backtester's fill model
         instead of waiting for :meth:`on_fill`."""
         hour, trd, op = self._check_bar(hour, bars, predictions, tradable, operator)
+        ex = self._check_exits(exits)
         self.bar[:] = self._sane(bars)
         self.pred[:] = predictions
+        self.exits[:] = ex
         self.tradable[:] = trd
         self.flags[0] = (bool(entry_block), bool(api_fault), op)
         self.machine[0]["hour"] = hour
@@ -403,6 +453,7 @@ class RiskMachine:
                 self._row("valid"),
                 np.ascontiguousarray(self.pred["p_up"])[None, :],
                 np.ascontiguousarray(self.pred["exp_ret"])[None, :],
+                self._bx(),
                 self._row("atr"),
                 self._row("spread"),
                 self._row("cluster"),
@@ -471,6 +522,7 @@ class RiskMachine:
             self._row("valid"),
             np.ascontiguousarray(self.pred["p_up"])[None, :],
             np.ascontiguousarray(self.pred["exp_ret"])[None, :],
+            self._bx(),
             self._row("atr"),
             self._row("spread"),
             self._row("cluster"),
@@ -681,6 +733,7 @@ class RiskMachine:
             "machine": self.machine,
             "bar": self.bar,
             "pred": self.pred,
+            "exits": self.exits,
             "tradable": self.tradable,
             "flags": self.flags,
         }

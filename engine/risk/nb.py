@@ -58,6 +58,10 @@ from engine.execution.nb import (
     taker_tick_nb,
 )
 from engine.risk.enums import (
+    BX_FLOOR,
+    BX_SIZE,
+    BX_STOP,
+    BX_TP,
     EVENT,
     HOW,
     KILL,
@@ -244,6 +248,8 @@ def apply_fill_nb(
     reason: int,
     how: int,
     atr: float,
+    smult: float,
+    tmult: float,
     dust: float,
     state,
     positions,
@@ -254,7 +260,9 @@ def apply_fill_nb(
     acc,
 ) -> None:
     """Book one fill: cash, position, ``fee`` (the backtester passes ``fill_fee_nb``; the live machine
-    the exchange's), stops, trade record.
+    the exchange's), stops, trade record. A buy sets the stop ``smult`` and the take-profit ``tmult``
+    ATRs (``atr``) from the entry price (0: none): the order's own multiples (``order_dt``
+    ``stop_mult``/``tp_mult``, set when it was decided).
 
     Fills book cumulatively (the live machine's partial fills; the backtester fills every order
     whole, so only the first branch of each side runs there): a buy into an open position adds to
@@ -283,8 +291,8 @@ def apply_fill_nb(
             pos.qty = q
             pos.entry_cost += notional + fee
         ep = pos.entry_price
-        pos.stop = ep - p.stop_atr_mult * atr if p.stop_atr_mult > 0.0 else np.nan
-        pos.take_profit = ep + p.tp_atr_mult * atr if p.tp_atr_mult > 0.0 else np.nan
+        pos.stop = ep - smult * atr if smult > 0.0 else np.nan
+        pos.take_profit = ep + tmult * atr if tmult > 0.0 else np.nan
     elif pos.qty <= 0.0:
         pnl = notional - fee
         st.cash += pnl
@@ -461,6 +469,8 @@ def execute_buy_nb(
         o.reason,
         how,
         o.atr,
+        o.stop_mult,
+        o.tp_mult,
         0.0,
         state,
         positions,
@@ -558,6 +568,8 @@ def execute_open_nb(
                         o.reason,
                         how,
                         o.atr,
+                        o.stop_mult,
+                        o.tp_mult,
                         0.0,
                         state,
                         positions,
@@ -675,10 +687,32 @@ def book_fill_nb(
     match = o.active != 0 and o.side == side
     reason = o.reason if match else REASON.NONE
     atr = o.atr if match else np.nan
+    smult = o.stop_mult if match else p.stop_atr_mult
+    tmult = o.tp_mult if match else p.tp_atr_mult
     om = ordermin[j]
     left_before = positions[j].qty
     dust = max(om, 1e-9 * left_before)  # below ordermin (or a float residue): cannot be sold
-    apply_fill_nb(bar, j, side, qty, price, fee, reason, how, atr, dust, state, positions, marks, p, trades, cnt, acc)
+    apply_fill_nb(
+        bar,
+        j,
+        side,
+        qty,
+        price,
+        fee,
+        reason,
+        how,
+        atr,
+        smult,
+        tmult,
+        dust,
+        state,
+        positions,
+        marks,
+        p,
+        trades,
+        cnt,
+        acc,
+    )
     if side == SELL and left_before > qty and positions[j].qty == 0.0:
         emit_event_nb(events, cnt, bar, j, EVENT.DUST, REASON.DUST, left_before - qty)
     if not match:
@@ -766,6 +800,8 @@ def execute_close_nb(
                         o.reason,
                         HOW.MARKET_CLOSE,
                         o.atr,
+                        o.stop_mult,
+                        o.tp_mult,
                         0.0,
                         state,
                         positions,
@@ -1117,6 +1153,8 @@ def _set_order_nb(
     atr: float,
     spread: float,
     frac: float,
+    smult: float,
+    tmult: float,
 ) -> None:
     o.active = 1
     o.bar = bar
@@ -1131,6 +1169,8 @@ def _set_order_nb(
     o.frac = frac
     o.filled = 0.0
     o.fallback = 0
+    o.stop_mult = smult
+    o.tp_mult = tmult
 
 
 @njit(cache=True, inline="always")
@@ -1158,7 +1198,7 @@ def exit_order_nb(o, pos, bar: int, c: float, reason: int, kind: int, a: float, 
         limit = c * (1.0 + p.limit_offset)
         if p.enforce_precision != 0:
             limit = round_price_nb(limit, pdec, True)
-    _set_order_nb(o, bar, SELL, kind, reason, pos.qty, limit, c, a, s, 0.0)
+    _set_order_nb(o, bar, SELL, kind, reason, pos.qty, limit, c, a, s, 0.0, p.stop_atr_mult, p.tp_atr_mult)
 
 
 @njit(cache=True, inline="always")
@@ -1240,6 +1280,7 @@ def entry_size_nb(
     lot: int,
     omin: float,
     cmin: float,
+    scale: float,
 ):
     """Entry size after the caps: (refusal reason or 0, refusal value, quantity).
 
@@ -1247,7 +1288,10 @@ def entry_size_nb(
     SIZING_RISK ``rmult x base_risk x equity`` at a ``stop_atr_mult x ATR`` stop; SIZING_FIXED_FRACTION
     ``fixed_fraction`` of free cash (re-taken at the fill). ``rmult``: the drawdown tier's multiplier
     (``caps_nb``). ``eq``: the cap base, ``cap_base_nb`` (equity, at most the capital ceiling). Then
-    clipped to the exposure room, the cluster room and the free cash."""
+    clipped to the exposure room, the cluster room and the free cash. ``scale`` (the bar's
+    ``size_scale``, 0..1; NaN: none) multiplies the wanted notional before the clips (R26), so a
+    profile can only shrink an entry; SIZING_FIXED_FRACTION scales its fraction instead
+    (``entries_nb``)."""
     f = p.fee_rate
     room_cash = (st.cash - reserved) / (1.0 + f + p.slip_buffer)
     if room_cash <= 0.0:
@@ -1258,6 +1302,8 @@ def entry_size_nb(
         notional = p.fixed_fraction * (st.cash - reserved) / (1.0 + f)
     else:  # SIZING_VOL_TARGET (entry_static_gate_nb has refused a missing ATR)
         notional = rmult * p.position_size * vol_adj_nb(p, c, a) * eq
+    if scale == scale:
+        notional *= scale
     bind = 0
     if notional > room_x:
         notional = room_x
@@ -1281,13 +1327,15 @@ def entry_size_nb(
 
 
 @njit(cache=True)
-def entry_order_nb(o, bar: int, qty: float, c: float, a: float, s: float, pdec: int, p) -> None:
+def entry_order_nb(
+    o, bar: int, qty: float, c: float, a: float, s: float, pdec: int, p, frac: float, smult: float, tmult: float
+) -> None:
     limit = np.nan
     if p.entry_kind == KIND.LIMIT_FIRST:
         limit = c * (1.0 - p.limit_offset)
         if p.enforce_precision != 0:
             limit = round_price_nb(limit, pdec, False)
-    _set_order_nb(o, bar, BUY, p.entry_kind, REASON.ENTRY, qty, limit, c, a, s, p.fixed_fraction)
+    _set_order_nb(o, bar, BUY, p.entry_kind, REASON.ENTRY, qty, limit, c, a, s, frac, smult, tmult)
 
 
 @njit(cache=True)
@@ -1301,6 +1349,7 @@ def entries_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -1323,6 +1372,9 @@ def entries_nb(
     bar t+1; a refusal reason for each refused one. True if an order was placed. ``rec`` False
     (the backtester without records): only the refusal counts are kept, so the candidates the
     per-bar checks refuse are counted first and never sorted (the same decisions and counts).
+    ``bx`` (n, m, BX_N) float64, the bars' exit parameters (``bar_exit_dt``; no rows: none): an
+    entry's wanted notional is scaled by its ``size_scale`` and its order carries the bar's stop
+    and take-profit multiples (NaN in a field: the [risk] parameter) (R26).
     """
     st = state[0]
     m = close.shape[1]
@@ -1360,6 +1412,7 @@ def entries_nb(
         reserved = 0.0
         n_open = st.n_positions
         f = p.fee_rate
+        nx = bx.shape[0] != 0
         for k in range(nc):
             j = order_buf[k]
             c = close[t, j]
@@ -1399,15 +1452,29 @@ def entries_nb(
                 if rec:
                     emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, REASON.REFUSE_CLUSTER, float(cj))
                 continue
+            scale = np.nan
+            frac = p.fixed_fraction
+            smult = p.stop_atr_mult
+            tmult = p.tp_atr_mult
+            if nx:
+                scale = bx[t, j, BX_SIZE]
+                if scale == scale:
+                    frac = frac * scale
+                x = bx[t, j, BX_STOP]
+                if x == x:
+                    smult = x
+                x = bx[t, j, BX_TP]
+                if x == x:
+                    tmult = x
             rr, v, qty = entry_size_nb(
-                st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j], ordermin[j], costmin[j]
+                st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j], ordermin[j], costmin[j], scale
             )
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
                     emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, rr, v)
                 continue
-            entry_order_nb(pending[j], bar, qty, c, a, spread[t, j], price_dec[j], p)
+            entry_order_nb(pending[j], bar, qty, c, a, spread[t, j], price_dec[j], p, frac, smult, tmult)
             placed = True
             if rec:
                 emit_event_nb(events, cnt, bar, j, EVENT.ORDER, REASON.ENTRY, qty)
@@ -1415,6 +1482,17 @@ def entries_nb(
             reserved += qty * c * (1.0 + f + p.slip_buffer)
             n_open += 1
     return placed
+
+
+@njit(cache=True, inline="always")
+def tighten_stop_nb(pos, floor: float) -> bool:
+    """Capital preservation (R26): raise the stop of the held position ``pos`` to ``floor`` (the
+    bar's ``stop_floor``) when that is higher, or when it has no stop; never lower it. NaN: no
+    change. True if the stop moved."""
+    if floor == floor and not (floor <= pos.stop):
+        pos.stop = floor
+        return True
+    return False
 
 
 @njit(cache=True, inline="always")
@@ -1428,6 +1506,7 @@ def decide_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -1448,9 +1527,11 @@ def decide_nb(
     ``tradable[t, j]`` (universe, R9) and ``entry_block[t]`` (entry-block window, R25) refuse entries
     only; exits of open positions never look at them. At a close with the operator's flatten
     (``state['flatten']``, set by kill_check_nb) every open position exits at market with
-    EXIT_OPERATOR and no entry is decided (R22b)."""
+    EXIT_OPERATOR and no entry is decided (R22b). A held position with no exit has its stop raised
+    to the bar's ``stop_floor`` (``bx``, ``tighten_stop_nb``; event STOP) (R26)."""
     m = positions.shape[0]
     st = state[0]
+    nx = bx.shape[0] != 0
     flat = st.flatten != 0
     st.flatten = 0
     # ---- exits (always allowed: halt, kill switch and pause block entries only)
@@ -1464,6 +1545,8 @@ def decide_nb(
         else:
             reason, kind = exit_reason_nb(pos, c, p_up[t, j], bar, p)
         if reason == 0:
+            if nx and tighten_stop_nb(pos, bx[t, j, BX_FLOOR]):
+                emit_event_nb(events, cnt, bar, j, EVENT.STOP, REASON.STOP_TIGHTENED, pos.stop)
             continue
         exit_order_nb(pending[j], pos, bar, c, reason, kind, atr[t, j], spread[t, j], price_dec[j], p)
         emit_event_nb(events, cnt, bar, j, EVENT.ORDER, reason, pos.qty)
@@ -1482,6 +1565,7 @@ def decide_nb(
         valid,
         p_up,
         exp_ret,
+        bx,
         atr,
         spread,
         cluster,
@@ -1514,6 +1598,7 @@ def step_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -1550,6 +1635,7 @@ def step_nb(
         valid,
         p_up,
         exp_ret,
+        bx,
         atr,
         spread,
         cluster,
@@ -1588,6 +1674,7 @@ def step_bar_nb(
     valid,
     p_up,
     exp_ret,
+    bx,
     atr,
     spread,
     cluster,
@@ -1674,6 +1761,7 @@ def step_bar_nb(
         valid,
         p_up,
         exp_ret,
+        bx,
         atr,
         spread,
         cluster,

@@ -5,8 +5,11 @@ The layer works at the INPUT layer: :func:`apply_strategy` turns the meta-learne
 P(up) the unchanged risk step reads (parked below the entry threshold wherever no selected profile
 has a candidate), so every capital rule still applies. ``engine.backtest.runner.make_inputs``
 calls it when ``[strategy] enabled``; the daemon's cycle builds its inputs with ``make_inputs``,
-so live and backtest share it. The exit parameters (stop and take-profit ATR multiples, size scale)
-are computed per bar and pair and logged; the risk step reading them is planned (phase 2).
+so live and backtest share it. The exit parameters (stop and take-profit ATR multiples, size scale,
+and capital preservation's stop floor) ride along per bar and pair (:func:`bar_exits`,
+``BacktestInputs.bar_exits``) and the risk step applies them (R26 in docs/RISK_RULES.md): an entry's
+order carries its profile's stop and take-profit multiples and its wanted notional is scaled by
+the size scale (never above 1); a held position's stop is raised to the preservation floor.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "Regime",
     "StrategySelection",
     "apply_strategy",
+    "bar_exits",
     "params_from_config",
     "profile_candidates",
     "reason_code",
@@ -153,6 +157,28 @@ def apply_strategy(high, close, volume, valid, p_up, cfg) -> StrategySelection:
     prof, ok, stop, take, size = select_nb(label, cand, tp, tw, ex)
     gated = gate_p_up_nb(pu, ok, float(cfg.risk.p_up_entry), float(cfg.risk.p_up_exit))
     return StrategySelection(label, prof, ok, pu, gated, stop, take, size)
+
+
+def bar_exits(sel: StrategySelection, close, atr, valid) -> np.ndarray:
+    """The risk step's per-bar exit parameters (n, m, BX_N) float64 (``engine.risk.enums.bar_exit_dt``
+    fields) from a selection: the selected profile's stop and take-profit ATR multiples and size
+    scale, and the stop floor ``close - stop_atr_mult x ATR`` where the selected profile is capital
+    preservation (a held position's stop is raised to it, never lowered; R26), NaN elsewhere and
+    where the bar is invalid, the ATR missing or the multiple 0 (no stop)."""
+    from engine.risk.enums import BX_FLOOR, BX_N, BX_SIZE, BX_STOP, BX_TP
+
+    c = _arr(close, np.float64)
+    a = _arr(atr, np.float64)
+    n, m = c.shape
+    out = np.empty((n, m, BX_N))
+    out[:, :, BX_STOP] = sel.stop_atr_mult
+    out[:, :, BX_TP] = sel.take_profit_atr_mult
+    out[:, :, BX_SIZE] = sel.size_scale
+    k = sel.stop_atr_mult
+    keep = (sel.profile == Profile.PRESERVATION) & _arr(valid, np.bool_) & (k > 0.0) & (a > 0.0) & (c > 0.0)
+    with np.errstate(invalid="ignore"):
+        out[:, :, BX_FLOOR] = np.where(keep, c - k * a, np.nan)
+    return out
 
 
 def selection_records(sel: StrategySelection, p_up_entry: float, rows=None) -> np.ndarray:

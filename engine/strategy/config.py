@@ -23,8 +23,9 @@ class ProfileExit(Frozen):
 
 
 class ProfileExits(Frozen):
-    """Exit parameters of each profile (carried per bar and pair; read by the risk step in phase 2,
-    planned: today the risk step's own [risk] stops and sizes apply)."""
+    """Exit parameters of each profile, carried per bar and pair and applied by the risk step (R26):
+    an entry's stop and take-profit ATR multiples and size scale; preservation's stop multiple is
+    the floor its held positions' stops are raised to."""
 
     trend: ProfileExit = ProfileExit()
     breakout: ProfileExit = ProfileExit()
