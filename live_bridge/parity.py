@@ -22,6 +22,10 @@ them, the training window, and as operator input the actions the daemon's ledger
   entry block, operator bits; exactly (float bits);
 * decisions: every risk event (refusal, order, tier, kill, reset, pause) with its reason and value,
   exactly;
+* the regime selector (``[strategy] enabled``): its rows of the hour, in pair order (the
+  backtester's :func:`engine.strategy.selection_records` of the bar, the daemon's ledgered
+  ``strategy_<profile>_entry`` / ``_no_entry`` events): reason code (profile and candidate), pair,
+  regime and P(up), exactly;
 * fills: the orders decided at the close of hour h fill at the open of bar h+1 (the backtester's
   trade records of bar h+1, the daemon's ledgered fills of cycle h): pair, side, quantity, price and
   fee, exactly;
@@ -501,6 +505,11 @@ def backtest_inputs(
     names = ("ts", "open", "high", "low", "close", "volume", "valid", "p_up", "exp_ret", "atr", "spread", "cluster")
     names2 = ("api_fault", "operator", "month_id", "tradable", "entry_block")
     cut: dict[str, Any] = {k: np.ascontiguousarray(getattr(inp, k)[sl]) for k in names + names2}
+    if inp.strategy is not None:  # the selector's arrays are on the panel's bars too
+        s = inp.strategy
+        cut["strategy"] = dataclasses.replace(
+            s, **{f.name: np.ascontiguousarray(getattr(s, f.name)[sl]) for f in dataclasses.fields(s)}
+        )
     if inp.bar_exits is not None and inp.bar_exits.shape[0] != 0:  # [strategy] enabled: the exits of the window
         cut["bar_exits"] = np.ascontiguousarray(inp.bar_exits[sl])
     return dataclasses.replace(inp, **cut)
@@ -531,6 +540,36 @@ def _event_label(code: int, reason: int) -> str:
     return f"{EventCode(code).name}:{why}"
 
 
+def _bt_selection(bt: Any, t: int, pairs: Sequence[str]) -> list[tuple[str, str, str, str]]:
+    """The backtester's selector rows of bar ``t`` (``bt.selection``; none with the layer off) as
+    (reason code, pair, regime, P(up)), in pair order."""
+    from engine.strategy import reason_code
+
+    sel = getattr(bt, "selection", None)
+    if sel is None:
+        return []
+    return [
+        (
+            reason_code(int(r["profile"]), bool(r["candidate"])),
+            pairs[int(r["pair"])],
+            _txt(int(r["regime"])),
+            _txt(r["p_up"]),
+        )
+        for r in sel[sel["bar"] == t]
+    ]
+
+
+def _paper_selection(rows: Iterable[Any]) -> list[tuple[str, str, str, str]]:
+    """The daemon's selector rows of one hour (its ``strategy_*`` ledger events), in ledger order."""
+    from live_bridge.ledger import Kind
+
+    return [
+        (str(e.code), str(e.pair), _txt(e.payload.get("regime")), _txt(Decimal(str(e.payload.get("p_up")))))
+        for e in rows
+        if e.kind == Kind.EVENT and str(e.code).startswith("strategy_")
+    ]
+
+
 def compare(
     inp: Any, bt: Any, paper: PaperRun, params: np.ndarray, start: int, end: int
 ) -> tuple[list[Mismatch], dict[str, Any], dict[str, Any]]:
@@ -546,7 +585,7 @@ def compare(
     out: list[Mismatch] = []
     ev, tr, eq = bt.events, bt.trades, bt.equity
     qty = np.zeros(len(pairs))
-    n_dec = n_fill_bt = n_fill_paper = 0
+    n_dec = n_fill_bt = n_fill_paper = n_sel_bt = n_sel_paper = 0
     last_state: dict[str, Any] = {}
     for t, h in enumerate(range(start, end + 1)):
 
@@ -579,6 +618,16 @@ def compare(
         for name, a, b in (("entry_block", bblk, pblk), ("api_fault", bapi, papi), ("operator", bop, pop)):
             if a != b:
                 ne(f"input {name}", a, b)
+        # the selector's choice per pair ([strategy] enabled; both empty when it is off)
+        bsel, psel = _bt_selection(bt, t, pairs), _paper_selection(rows)
+        n_sel_bt += len(bsel)
+        n_sel_paper += len(psel)
+        for i in range(max(len(bsel), len(psel))):
+            a = bsel[i] if i < len(bsel) else None
+            b = psel[i] if i < len(psel) else None
+            if a != b:
+                ne(f"strategy[{i}]", " ".join(a) if a else None, " ".join(b) if b else None)
+                break
         # decisions: every event of the close (CANCEL events happen at execution: compared as fills)
         bev = [
             (
@@ -692,6 +741,7 @@ def compare(
         "hours": end - start + 1,
         "decisions": n_dec,
         "fills": {"backtest": n_fill_bt, "paper": n_fill_paper},
+        "strategy_rows": {"backtest": n_sel_bt, "paper": n_sel_paper},
         "inputs_per_hour": len(pairs) * (len(bb.dtype.names or ()) + 3) + 3 if end >= start else 0,
     }
     return out, counts, last_state

@@ -15,6 +15,14 @@ are :data:`TRADE_SCHEMA`, :data:`EQUITY_SCHEMA`,
 except ``kill_reason``, stored as the :class:`~engine.risk.enums.KillReason` code) and the metrics
 document has :data:`METRICS_KEYS` plus ``meta`` and ``config_sha256``.
 
+With ``[strategy] enabled`` (the regime selector, :mod:`engine.strategy`) the event log also holds
+one row per selector decision (:func:`engine.strategy.selection_records`: each bar and pair whose
+P(up) passed the entry threshold): event ``STRATEGY``, reason ``strategy_<profile>_entry`` /
+``strategy_<profile>_no_entry`` (:func:`engine.strategy.reason_code`, the daemon ledger's codes),
+value the P(up), placed before the kernel's events of the same bar; and ``selection.parquet``
+(:data:`SELECTION_SCHEMA`) holds the same rows with the regime and the exit parameters. With the
+layer off neither exists and the files are what they were before the layer.
+
 * :func:`write_outputs` writes a folder through the one atomic-folder helper
   (:func:`engine.paths.atomic_folder`: temporary sibling, fsync, rename): ``kq backtest``;
   :func:`write_files` writes the same files into a folder the caller makes atomic (the walk-forward
@@ -38,6 +46,7 @@ import pandas as pd
 
 from engine.errors import InputError, IntegrityError
 from engine.risk.enums import EventCode, KillReason, Reason, TradingState, metrics_dt
+from engine.strategy import PROFILE_NAMES, REASON_CODES, REGIME_NAMES, STRATEGY_EVENT, reason_code
 from engine.timeutil import HOUR
 
 __all__ = [
@@ -48,6 +57,8 @@ __all__ = [
     "EVENT_SCHEMA",
     "METRICS_KEYS",
     "OUTPUT_FILES",
+    "SELECTION_COLUMNS",
+    "SELECTION_SCHEMA",
     "SIGNAL_COLUMNS",
     "TRADE_COLUMNS",
     "TRADE_SCHEMA",
@@ -59,7 +70,9 @@ __all__ = [
     "read_outputs",
     "read_signals",
     "read_table",
+    "selection_frame",
     "signals_to_arrays",
+    "with_selection_events",
     "write_files",
     "write_outputs",
     "write_report",
@@ -94,7 +107,8 @@ EQUITY_SCHEMA: dict[str, Any] = {
     "n_positions": "int64",
     "kill_reason": KillReason,  # stored as the code (0 = not latched)
 }
-#: events.parquet: refusals, orders, cancels, tier changes, kill switch, resets
+#: events.parquet: refusals, orders, cancels, tier changes, kill switch, resets; with [strategy]
+#: enabled also the selector's rows (event STRATEGY, reason a strategy_* code: :data:`_EXTRA_NAMES`)
 EVENT_SCHEMA: dict[str, Any] = {
     "ts": "int64",
     "pair": "str",  # "" for portfolio-level events
@@ -102,18 +116,34 @@ EVENT_SCHEMA: dict[str, Any] = {
     "reason": Reason,
     "value": "float64",
 }
+#: selection.parquet ([strategy] enabled): one row per selector decision, in (bar, pair) order
+SELECTION_SCHEMA: dict[str, Any] = {
+    "ts": "int64",  # the decision bar's open time
+    "pair": "str",
+    "reason": "str",  # strategy_<profile>_entry | strategy_<profile>_no_entry (engine.strategy.reason_code)
+    "regime": "str",  # range | trending | high_vol | crash | unknown (after hysteresis)
+    "profile": "str",  # the selected profile (engine.strategy.PROFILE_NAMES) or none
+    "candidate": "bool",  # True: the entry went on to the risk step; False: parked
+    "p_up": "float64",  # the meta-learner's P(up) before the gate
+    "stop_atr_mult": "float64",
+    "take_profit_atr_mult": "float64",
+    "size_scale": "float64",
+}
 TRADE_COLUMNS = tuple(TRADE_SCHEMA)
 EQUITY_COLUMNS = tuple(EQUITY_SCHEMA)
 EVENT_COLUMNS = tuple(EVENT_SCHEMA)
+SELECTION_COLUMNS = tuple(SELECTION_SCHEMA)
 #: metrics.json: the backtester's metrics record, the bars per trading state and the refusal counts
 METRICS_KEYS = tuple(metrics_dt.names or ()) + ("bars_in_state", "refusals_by_reason")
 #: the files of an output folder (report.html and plotly.min.js are for people; read_outputs does not read them)
 #: benchmark.json (buy-and-hold of the same pairs over the same hours, :func:`benchmark_doc`) is
-#: written only when the caller passes the market panel (``kq backtest`` and the walk-forward do)
+#: written only when the caller passes the market panel (``kq backtest`` and the walk-forward do);
+#: selection.parquet only when the run has the selector's rows ([strategy] enabled)
 OUTPUT_FILES = (
     "trades.parquet",
     "equity.parquet",
     "events.parquet",
+    "selection.parquet",
     "metrics.json",
     "benchmark.json",
     "report.html",
@@ -122,6 +152,11 @@ OUTPUT_FILES = (
 #: the most points of a downsampled curve (benchmark.json's, and the API's strategy curve)
 CURVE_POINTS = 2000
 _CODED = {"kill_reason"}  # enum columns stored as codes rather than names
+# names an enum column of a file holds beyond its enum's: the selector's rows of the event log
+_EXTRA_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("events.parquet", "event"): (STRATEGY_EVENT,),
+    ("events.parquet", "reason"): REASON_CODES,
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,6 +237,58 @@ def signals_to_arrays(sig: pd.DataFrame, ts: np.ndarray, pairs: tuple[str, ...])
 # outputs
 
 
+def selection_frame(result) -> pd.DataFrame:
+    """selection.parquet's frame (:data:`SELECTION_SCHEMA`) of ``result.selection`` (selection_dt
+    rows, :func:`engine.strategy.selection_records`); empty when the run has none."""
+    s = result.selection if result.selection is not None else np.zeros(0, dtype=_selection_dt())
+    pairs = np.asarray(tuple(result.pairs), dtype=object)
+    regimes, profiles = REGIME_NAMES + ("unknown",), PROFILE_NAMES + ("none",)
+    return pd.DataFrame(
+        {
+            "ts": np.asarray(result.ts, dtype=np.int64)[s["bar"]],
+            "pair": pairs[s["pair"]],
+            "reason": [reason_code(int(q), bool(c)) for q, c in zip(s["profile"], s["candidate"], strict=True)],
+            "regime": [regimes[int(r)] for r in s["regime"]],  # -1 (unknown) is the last name
+            "profile": [profiles[int(q)] for q in s["profile"]],  # -1 (none) is the last name
+            "candidate": s["candidate"].astype(bool),
+            "p_up": s["p_up"].astype(np.float64),
+            "stop_atr_mult": s["stop_atr_mult"].astype(np.float64),
+            "take_profit_atr_mult": s["take_profit_atr_mult"].astype(np.float64),
+            "size_scale": s["size_scale"].astype(np.float64),
+        },
+        columns=list(SELECTION_COLUMNS),
+    )
+
+
+def _selection_dt():
+    from engine.strategy.enums import selection_dt
+
+    return selection_dt
+
+
+def with_selection_events(events: pd.DataFrame, result) -> pd.DataFrame:
+    """The event log ``events`` (the kernel's rows of ``result.events``, :data:`EVENT_COLUMNS`) with
+    one ``STRATEGY`` row per row of ``result.selection`` (reason the ledger's code naming the
+    profile, value the P(up)): bar by bar, the selector's rows (in pair order) come before the
+    kernel's events of that bar, as the daemon ledgers them before its risk step."""
+    s = result.selection
+    if s is None or not len(s):
+        return events
+    sf = selection_frame(result)
+    rows = pd.DataFrame(
+        {
+            "ts": sf["ts"],
+            "pair": sf["pair"],
+            "event": STRATEGY_EVENT,
+            "reason": sf["reason"],
+            "value": sf["p_up"],
+        }
+    )
+    key = np.concatenate([2 * s["bar"], 2 * np.asarray(result.events["bar"], dtype=np.int64) + 1])
+    out = pd.concat([rows, events[list(EVENT_COLUMNS)]], ignore_index=True)
+    return out.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
+
+
 def write_files(folder: str | Path, result, cfg=None, meta: dict | None = None, market=None) -> dict:
     """Write the output files of ``result`` (an :class:`engine.backtest.runner.BacktestResult`) into
     the existing ``folder``, not atomically (the caller's :func:`engine.paths.atomic_folder` is);
@@ -214,6 +301,8 @@ def write_files(folder: str | Path, result, cfg=None, meta: dict | None = None, 
     eq = result.equity_frame()
     eq[list(EQUITY_COLUMNS)].to_parquet(d / "equity.parquet", index=False)
     result.events_frame()[list(EVENT_COLUMNS)].to_parquet(d / "events.parquet", index=False)
+    if getattr(result, "selection", None) is not None:
+        selection_frame(result).to_parquet(d / "selection.parquet", index=False)
     metrics = result.metrics_dict()
     metrics["meta"] = dict(meta or {})
     if cfg is not None:
@@ -412,14 +501,16 @@ class BacktestOutputs:
     equity: pd.DataFrame
     events: pd.DataFrame
     metrics: dict
+    selection: pd.DataFrame | None = None  # selection.parquet ([strategy] enabled), else None
 
 
-def _enum_dtype(enum: type[IntEnum]) -> pd.CategoricalDtype:
-    return pd.CategoricalDtype([m.name for m in sorted(enum, key=int)], ordered=False)
+def _enum_dtype(enum: type[IntEnum], extra: tuple[str, ...] = ()) -> pd.CategoricalDtype:
+    return pd.CategoricalDtype([m.name for m in sorted(enum, key=int)] + list(extra), ordered=False)
 
 
 def enum_codes(col: pd.Series, enum: type[IntEnum]) -> np.ndarray:
-    """int64 codes of a column of ``enum`` member names (as :func:`read_outputs` returns them)."""
+    """int64 codes of a column of ``enum`` member names (as :func:`read_outputs` returns them); the
+    event log's ``STRATEGY`` rows have no code (select ``event != "STRATEGY"`` first)."""
     lut = {m.name: int(m) for m in enum}
     return np.fromiter((lut[str(v)] for v in col), dtype=np.int64, count=len(col))
 
@@ -436,12 +527,13 @@ def _decode(df: pd.DataFrame, name: str, col: str, enum: type[IntEnum]) -> pd.Se
             i = int(np.argmax(bad))
             raise IntegrityError(f"{name}: row {i}: {col} {int(v[i])} is not a {enum.__name__} code")
         s = pd.Series([known[int(x)] for x in v], index=s.index, dtype=object)
-    names = {m.name for m in enum}
+    extra = _EXTRA_NAMES.get((name, col), ())
+    names = {m.name for m in enum} | set(extra)
     bad = ~s.astype(str).isin(names).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         raise IntegrityError(f"{name}: row {i}: {col} {s.iloc[i]!r} is not a {enum.__name__} name")
-    return s.astype(str).astype(_enum_dtype(enum))
+    return s.astype(str).astype(_enum_dtype(enum, extra))
 
 
 def read_table(folder: str | Path, name: str, schema: dict[str, Any]) -> pd.DataFrame:
@@ -477,6 +569,7 @@ def read_outputs(folder: str | Path) -> BacktestOutputs:
         trades = read_table(d, "trades", TRADE_SCHEMA)
         equity = read_table(d, "equity", EQUITY_SCHEMA)
         events = read_table(d, "events", EVENT_SCHEMA)
+        selection = read_table(d, "selection", SELECTION_SCHEMA) if (d / "selection.parquet").exists() else None
     except IntegrityError as e:
         raise IntegrityError(f"{d}: {e}") from None
     mp = d / "metrics.json"
@@ -496,4 +589,4 @@ def read_outputs(folder: str | Path) -> BacktestOutputs:
         bad = [k for k in v if k not in enum.__members__] if isinstance(v, dict) else [key]
         if bad:
             raise IntegrityError(f"{mp}: {key}: {bad[0]!r} is not a {enum.__name__} name")
-    return BacktestOutputs(folder=d, trades=trades, equity=equity, events=events, metrics=metrics)
+    return BacktestOutputs(folder=d, trades=trades, equity=equity, events=events, metrics=metrics, selection=selection)

@@ -234,6 +234,9 @@ class BacktestResult:
     trades: np.ndarray  # trade_dt
     events: np.ndarray  # event_dt
     equity: np.ndarray  # equity_dt, one row per bar
+    # the regime selector's rows (selection_dt, engine.strategy.selection_records: each (bar, pair)
+    # whose P(up) passed the entry threshold) when [strategy] is enabled and records are kept; else None
+    selection: np.ndarray | None = None
 
     def metrics_dict(self) -> dict:
         out = {k: _py(self.metrics[0][k]) for k in metrics_dt.names or ()}
@@ -288,7 +291,7 @@ class BacktestResult:
 
         v = self.events
         pairs = np.asarray(("",) + tuple(self.pairs), dtype=object)
-        return pd.DataFrame(
+        df = pd.DataFrame(
             {
                 "ts": self.ts[v["bar"]],
                 "pair": pairs[v["pair"] + 1],
@@ -297,6 +300,11 @@ class BacktestResult:
                 "value": v["value"],
             }
         )
+        if self.selection is None:
+            return df
+        from engine.backtest.io import with_selection_events
+
+        return with_selection_events(df, self)
 
 
 def _py(x):
@@ -388,8 +396,15 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
     )
     if metrics[0]["records_overflow"]:
         raise RuntimeError("record buffers overflowed (bug: capacities are upper bounds)")
+    sel = None
+    if record and inp.strategy is not None:
+        from engine.strategy import selection_records
+
+        if inp.strategy.p_up.shape != inp.shape:  # e.g. inputs sliced without their selection
+            raise InputError("the inputs' strategy selection is not on the inputs' bars")
+        sel = selection_records(inp.strategy, float(params[0]["p_up_entry"]))
     return BacktestResult(
-        inp.pairs, inp.ts, metrics, refusals, trades[: cnt[0]].copy(), events[: cnt[1]].copy(), eqrows
+        inp.pairs, inp.ts, metrics, refusals, trades[: cnt[0]].copy(), events[: cnt[1]].copy(), eqrows, sel
     )
 
 
