@@ -118,13 +118,15 @@ def register(app: typer.Typer) -> None:
         t_run = time.perf_counter()
         res = run_grid(si.inp, spec, ex, chunk_size=chunk_size, workers=workers, scheduler=scheduler, progress=progress)
         run_s = time.perf_counter() - t_run
-        from research.sweep import best_set, results_frame
+        from research.sweep import best_set, results_frame, set_inputs
 
         df = results_frame(res)
         b = best_set(df, spec.objective, spec.direction)
         dsr = None
         if b is not None:
-            dsr = deflated_sharpe_of_best(si.inp, ex.params[b : b + 1], res.metrics["sharpe"], len(df))
+            # the best set re-run on its own inputs (its strategy group's when strategy keys are swept)
+            best_inp = set_inputs(si.inp, ex, b)
+            dsr = deflated_sharpe_of_best(best_inp, ex.params[b : b + 1], res.metrics["sharpe"], len(df))
         from engine.hashing import sha256_file, sha256_json
 
         meta = {

@@ -26,7 +26,13 @@ A ``[study]`` table in the config (or in a separate file, ``kq study --study FIL
 Space keys are dotted config keys (applied with :meth:`research.pipeline.RunSpec.with_overrides`,
 so a value the typed config refuses fails that trial with its one-line reason) or ``signal.*``
 (``fast``, ``slow``, ``scale`` of the MA signal). Sweep mode accepts ``risk``, ``execution``,
-``fees``, ``backtest`` and ``signal`` keys (anything else changes the signal: walk-forward mode).
+``fees``, ``backtest``, ``strategy`` and ``signal`` keys (anything else changes the signal:
+walk-forward mode). ``strategy.*`` keys (``[strategy] enabled = true`` required; the keys of
+:data:`research.sweep.STRATEGY_KEYS`, ``strategy.selector.<regime>`` as choices of row strings such
+as ``"trend:0.7,breakout:0.3"``) are tuned on the same cached signal: each fold's inputs are built
+with the trial's config (:meth:`Evaluator.backtest`, ``make_inputs``), no model is retrained; with
+the layer on ``risk.stop_atr_mult`` / ``risk.take_profit_atr_mult`` are refused (each bar's profile
+multiples replace them, R26). Strategy trials count as configurations tried like any other.
 
 Objectives (per fold, then the mean over folds; ``dsr`` on the concatenated daily returns):
 the backtester's annualised ``sharpe`` and ``calmar``, ``total_return``, ``max_drawdown``
@@ -93,6 +99,7 @@ from engine.config import read_toml
 from engine.errors import ConfigError, InputError, one_line
 from engine.timeutil import HOUR, parse_utc
 from research.pipeline import DataSelection, RunSpec, spec_from_dict
+from research.sweep import config_overrides
 
 __all__ = [
     "OBJECTIVES",
@@ -115,7 +122,7 @@ OBJECTIVES = {
     "total_return": "maximize",
     "max_drawdown": "minimize",
 }
-SWEEP_PREFIXES = ("risk.", "execution.", "fees.", "backtest.", "signal.")
+SWEEP_PREFIXES = ("risk.", "execution.", "fees.", "backtest.", "signal.", "strategy.")
 SIGNAL_KEYS = ("fast", "slow", "scale")
 STUDY_KEYS = {
     "name",
@@ -253,6 +260,28 @@ def _param(key: str, v: Any) -> Param:
     return Param(key, kind, lo, hi, step, log)
 
 
+def _check_strategy_space(base: RunSpec, keys: Mapping[str, Any]) -> None:
+    """``strategy.*`` space keys need ``[strategy] enabled = true`` (with the layer off they change
+    nothing); with it on, ``risk.stop_atr_mult`` / ``risk.take_profit_atr_mult`` are refused (each
+    bar's profile multiples replace them for entries, R26: a trial varying them would be a
+    configuration tried in vain, yet counted in the deflated Sharpe ratio)."""
+    from research.sweep import STRATEGY_EXIT_KEYS
+
+    strat = [k for k in keys if k.startswith("strategy.")]
+    on = base.config.strategy.enabled
+    if strat and not on:
+        raise ConfigError(
+            f"study.space.{strat[0]}: strategy keys need [strategy] enabled = true in the config "
+            "(with the layer off they change nothing)"
+        )
+    exits = [k for k in STRATEGY_EXIT_KEYS if k in keys]
+    if exits and on:
+        raise ConfigError(
+            f"study.space.{exits[0]}: not tunable with [strategy] enabled (each bar's profile stop and "
+            "take-profit multiples replace it, R26); use strategy.exits.<profile>.stop_atr_mult / take_profit_atr_mult"
+        )
+
+
 def _int(t: dict, key: str, default: int, lo: int, hi: int) -> int:
     v = t.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -303,12 +332,13 @@ def load_study_spec(
             continue
         if mode == "sweep" and not p.name.startswith(SWEEP_PREFIXES):
             raise ConfigError(
-                f"study.space.{p.name}: sweep mode varies risk/execution/fees/backtest/signal keys only "
-                '(use mode = "walkforward" for model and feature parameters)'
+                f"study.space.{p.name}: sweep mode varies risk/execution/fees/backtest/strategy/signal keys "
+                'only (use mode = "walkforward" for model and feature parameters)'
             )
         cfg_keys[p.name] = p.sample_value()
+    _check_strategy_space(base, cfg_keys)
     try:
-        base.with_overrides(cfg_keys)  # unknown keys and wrong types fail now, not in every trial
+        base.with_overrides(config_overrides(cfg_keys))  # unknown keys and wrong types fail now, not in every trial
     except ConfigError as e:
         raise ConfigError(f"study.space: {e}") from None
     rc = base.research
@@ -527,7 +557,7 @@ def sweep_objective(ss: StudySpec, ev: Evaluator, study, trial, n_requested: int
     import optuna
 
     params = {p.name: p.suggest(trial) for p in ss.space}
-    cfg_over = {k: v for k, v in params.items() if not k.startswith("signal.")}
+    cfg_over = config_overrides({k: v for k, v in params.items() if not k.startswith("signal.")})
     sig = {k[7:]: v for k, v in params.items() if k.startswith("signal.")}
     spec = ss.base.with_overrides(cfg_over) if cfg_over else ss.base
     sigarr = ev.signal(sig)
@@ -578,7 +608,7 @@ def walkforward_objective(ss: StudySpec, study, trial, n_requested: int) -> list
     from research.pipeline import run
 
     params = {p.name: p.suggest(trial) for p in ss.space}
-    spec = ss.base.with_overrides(params).with_data(start=ss.start, end=ss.study_end)
+    spec = ss.base.with_overrides(config_overrides(params)).with_data(start=ss.start, end=ss.study_end)
     prune_on = ss.pruning and len(ss.objectives) == 1
     done: list[int] = []  # folds back (trained and predicted), in order
 
@@ -1104,7 +1134,7 @@ def holdout_run(ss: StudySpec, params: Mapping[str, Any], signals_path=None, ev:
     """The trial's parameters over the untouched hold-out span and, for comparison, the whole study
     span in one backtest (sweep mode); walk-forward mode runs the walk-forward to the hold-out's end
     and backtests its signals inside the hold-out only."""
-    cfg_over = {k: v for k, v in params.items() if not k.startswith("signal.")}
+    cfg_over = config_overrides({k: v for k, v in params.items() if not k.startswith("signal.")})
     sig = {k[7:]: v for k, v in params.items() if k.startswith("signal.")}
     spec = ss.base.with_overrides(cfg_over) if cfg_over else ss.base
     init = float(spec.config.backtest.init_cash)

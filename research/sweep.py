@@ -19,6 +19,19 @@ Grid file (TOML)
 Keys are dotted engine-config keys that the backtest's parameter record reads (:data:`PARAM_KEYS`:
 ``risk.*``, ``fees.*``, ``execution.*`` and three ``backtest.*`` keys); a key that only changes the
 inputs (ATR window, spread window, training window) is refused, because the inputs are built once.
+The exception is the strategy layer (:data:`STRATEGY_KEYS`, config with ``[strategy] enabled =
+true``): ``strategy.<field>`` (``trend_bars``, ``mr_z``, ``hysteresis_bars``, ``defensive_margin``,
+... ``enabled``), ``strategy.exits.<profile>.stop_atr_mult`` / ``take_profit_atr_mult`` /
+``size_scale`` and ``strategy.selector.<regime>`` (a list of selector rows as strings,
+``"trend:0.7,breakout:0.3"``; one profile alone weighs 1). They change the inputs the risk step
+reads (the selector's gated P(up) and the per-bar exits), so the sets are grouped by their
+``[strategy]`` table and each group's inputs are rebuilt from the same bars and signal
+(:func:`strategy_inputs`: ``make_inputs`` with the group's config, as :func:`inputs_from_panel`);
+sets that differ only in parameter-record keys share them. A strategy key with the layer off
+(it would change nothing), and with it on ``risk.p_up_entry`` / ``risk.p_up_exit`` (the selector
+gates the inputs at the config's thresholds) and ``risk.stop_atr_mult`` /
+``risk.take_profit_atr_mult`` (each bar's profile multiples replace them for entries, R26) are
+refused with one line.
 Every parameter set is validated by the engine config model (:func:`engine.config.config_from_dict`
 on the config file's tables with the set's values merged in), so the model's bounds on every
 capital rule (``risk.base_risk <= 0.05``, ``risk.dd_halt < 1``, ``risk.max_positions <= 50``,
@@ -39,10 +52,17 @@ memory: one chunk's parameter rows and metrics at a time besides the inputs), se
 by :func:`research.fanout.run_tasks` (``workers``, ``scheduler``). Each set's metrics do not depend on
 the chunking or the workers (each set runs alone inside the kernel), and they equal a single
 :func:`~engine.backtest.runner.run_backtest` of the same parameters (``tests/test_sweep.py``).
+With strategy keys a chunk holds sets of one strategy group: serially the groups run one after the
+other (one group's inputs alive at a time), fanned out a task carries the group's [strategy] table and the
+worker rebuilds its inputs from the shared base inputs; the results come back in set order and
+equal a backtest of inputs built from scratch with the set's config (``tests/test_sweep_strategy.py``).
+Every set counts in the deflated Sharpe ratio's number of trials, strategy sets included; the best
+set is re-run on its own group's inputs (:func:`set_inputs`).
 
 Outputs (:func:`write_sweep`, atomic): ``results.parquet`` (one row per set: ``set_id``, every swept
 key, every ``metrics_dt`` field, ``refusals.<REASON>`` per refusal reason), ``sweep.json`` (grid,
-number of sets, data span, config and signals digests, the best set by the objective and its
+number of sets and of strategy configurations, data span, config and signals digests (of the
+base inputs), the best set by the objective and its
 deflated Sharpe ratio given the number of sets tried) and ``report.html`` + ``plotly.min.js``.
 """
 
@@ -64,15 +84,19 @@ from engine.errors import ConfigError, InputError
 
 __all__ = [
     "PARAM_KEYS",
+    "STRATEGY_KEYS",
     "GridSpec",
     "SweepInputs",
     "SweepResult",
+    "config_overrides",
     "expand",
     "inputs_from_panel",
     "load_grid",
     "parse_grid",
     "results_frame",
     "run_grid",
+    "set_inputs",
+    "strategy_inputs",
     "write_sweep",
 ]
 
@@ -118,6 +142,51 @@ PARAM_KEYS: Mapping[str, tuple[str, ...]] = {
     "backtest.kill_reset_bars": ("kill_reset_bars",),
     "backtest.halt_reset_bars": ("halt_reset_bars",),
 }
+
+
+def _strategy_keys() -> tuple[str, ...]:
+    from engine.strategy.config import ProfileExit, StrategyConfig
+    from engine.strategy.enums import PROFILE_NAMES, REGIME_NAMES
+
+    scalar = [f"strategy.{n}" for n in StrategyConfig.model_fields if n not in ("exits", "selector")]
+    exits = [f"strategy.exits.{q}.{f}" for q in PROFILE_NAMES for f in ProfileExit.model_fields]
+    return (*scalar, *exits, *(f"strategy.selector.{r}" for r in (*REGIME_NAMES, "unknown")))
+
+
+#: dotted [strategy] keys a sweep may vary (``[strategy] enabled = true`` in the config): they change
+#: the INPUTS (the selector's gated P(up) and per-bar exits), so the sets are grouped by their
+#: strategy values and each group's inputs are rebuilt from the same bars and signal
+#: (:func:`strategy_inputs`). ``strategy.selector.<regime>`` takes selector rows as strings:
+#: ``"trend:0.7,breakout:0.3"`` (profile:weight, comma-separated; one profile alone weighs 1)
+STRATEGY_KEYS: tuple[str, ...] = _strategy_keys()
+SELECTOR_PREFIX = "strategy.selector."
+#: [risk] keys an entry's stop and take-profit come from; with [strategy] enabled each bar's profile
+#: multiples replace them (R26), so a sweep of them would be silently ignored for the stops
+STRATEGY_EXIT_KEYS = ("risk.stop_atr_mult", "risk.take_profit_atr_mult")
+
+
+def _selector_row(key: str, text: str) -> list[dict]:
+    """``"trend:0.7,breakout:0.3"`` -> the [strategy.selector] row (a list of {profile, weight})."""
+    out = []
+    for part in text.split(","):
+        name, sep, w = part.strip().partition(":")
+        try:
+            weight = float(w) if sep else 1.0
+        except ValueError:
+            raise ConfigError(
+                f'{key} = {text!r}: weight {w!r} is not a number (e.g. "trend:0.7,breakout:0.3")'
+            ) from None
+        out.append({"profile": name.strip(), "weight": weight})
+    return out
+
+
+def config_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Swept values as config overrides (:func:`research.pipeline.apply_overrides`): a
+    ``strategy.selector.<regime>`` string becomes its selector row; everything else as given."""
+    return {
+        k: _selector_row(k, v) if k.startswith(SELECTOR_PREFIX) and isinstance(v, str) else v for k, v in values.items()
+    }
+
 
 MAX_SETS = 1_000_000  # a grid larger than this is refused before anything is built
 GRID_KEYS = ("mode", "n", "seed", "objective", "direction", "heatmap", "invalid", "params")
@@ -234,12 +303,15 @@ def parse_grid(raw: Mapping, source: str = "<dict>") -> GridSpec:
         raise _err(source, "needs a [params] table with at least one key")
     dims = []
     for key, spec in params.items():
-        if key not in PARAM_KEYS:
+        if key not in PARAM_KEYS and key not in STRATEGY_KEYS:
             raise _err(
                 source,
-                f"params.{key}: not a backtest parameter key (sweepable: risk.*, fees.*, execution.* "
-                "and backtest.init_cash/kill_reset_bars/halt_reset_bars; see research.sweep.PARAM_KEYS)",
+                f"params.{key}: not a backtest parameter key (sweepable: risk.*, fees.*, execution.*, "
+                "backtest.init_cash/kill_reset_bars/halt_reset_bars and strategy.*; see "
+                "research.sweep.PARAM_KEYS and STRATEGY_KEYS)",
             )
+        if key.startswith(SELECTOR_PREFIX) and not (isinstance(spec, list) and all(isinstance(v, str) for v in spec)):
+            raise _err(source, f'params.{key}: a list of selector rows such as "trend:0.7,breakout:0.3"')
         if isinstance(spec, list):
             if not spec:
                 raise _err(source, f"params.{key}: an empty list")
@@ -318,6 +390,24 @@ class Expansion:
     values: list[tuple]
     params: np.ndarray
     skipped: int = 0
+    # strategy keys swept: ``group`` (S,) int64, each set's index into ``strategies``, the [strategy]
+    # tables (canonical JSON, small) its inputs are built with, in order of first appearance, and
+    # ``config`` the config file's engine config (a group's inputs: it with the group's [strategy],
+    # :meth:`group_config`); no strategy key: None, () and None (every set shares the inputs)
+    group: np.ndarray | None = None
+    strategies: tuple[str, ...] = ()
+    config: Any = None
+
+    def group_config(self, g: int):
+        """The engine config group ``g``'s inputs are built with."""
+        return _with_strategy(self.config, self.strategies[g])
+
+
+def _with_strategy(cfg, table: str):
+    """``cfg`` with the [strategy] table ``table`` (canonical JSON, validated by StrategyConfig)."""
+    from engine.strategy.config import StrategyConfig
+
+    return cfg.model_copy(update={"strategy": StrategyConfig.model_validate(json.loads(table))})
 
 
 #: keys the strategy selector's input gating reads (engine.strategy: refused entries are parked at
@@ -340,6 +430,13 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
 
     base = {k: v for k, v in base_raw.items() if k != "research"}
     cfg0 = config_from_dict(base, source)  # the config itself must be valid first
+    strat = [k for k in spec.keys if k in STRATEGY_KEYS]
+    if strat and not cfg0.strategy.enabled:
+        raise _err(
+            spec.source,
+            f"params {', '.join(strat)}: strategy keys need [strategy] enabled = true in the config "
+            "(with the layer off they change nothing)",
+        )
     gated = sorted(set(spec.keys) & set(STRATEGY_GATED_KEYS))
     if cfg0.strategy.enabled and gated:
         # the selector parks refused entries at the config's p_up_exit inside the shared inputs: a set
@@ -349,10 +446,18 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
             f"params {', '.join(gated)}: not sweepable with [strategy] enabled (the selector gates the "
             "inputs at the config's thresholds); sweep them with [strategy] off, or set them in the config",
         )
+    exits = [k for k in STRATEGY_EXIT_KEYS if k in spec.keys]
+    if cfg0.strategy.enabled and exits:
+        raise _err(
+            spec.source,
+            f"params {', '.join(exits)}: not sweepable with [strategy] enabled (each bar's profile stop and "
+            "take-profit multiples replace them, R26); sweep strategy.exits.<profile>.stop_atr_mult / "
+            "take_profit_atr_mult instead",
+        )
     for d in spec.dims:
         for v in d.values or (d.low, d.high):
             try:
-                config_from_dict(apply_overrides(base, {d.key: v}), source)
+                config_from_dict(apply_overrides(base, config_overrides({d.key: v})), source)
             except ConfigError as e:
                 msg = str(e).removeprefix(f"{source}: ")
                 # a cross-key rule may fail for one value alone while a combination is fine
@@ -360,13 +465,17 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
                     raise _err(spec.source, f"params.{d.key} = {v!r}: {msg}") from None
     combos = _combinations(spec)
     rows, kept, skipped = [], [], 0
-    cache: dict[tuple, np.ndarray] = {}
+    cache: dict[tuple, tuple[np.ndarray, str]] = {}
+    strat_on = any(k in STRATEGY_KEYS for k in spec.keys)
+    groups: list[int] = []
+    by_strategy: dict[str, int] = {}  # a [strategy] table (canonical JSON) -> group (2 and 2.0 are one)
     for combo in combos:
         ck = tuple(json.dumps(v) for v in combo)
-        p = cache.get(ck)
-        if p is None:
+        hit = cache.get(ck)
+        if hit is None:
             try:
-                cfg = config_from_dict(apply_overrides(base, dict(zip(spec.keys, combo, strict=True))), source)
+                over = config_overrides(dict(zip(spec.keys, combo, strict=True)))
+                cfg = config_from_dict(apply_overrides(base, over), source)
             except ConfigError as e:
                 if spec.invalid == "skip":
                     skipped += 1
@@ -374,15 +483,23 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
                 what = ", ".join(f"{k} = {v!r}" for k, v in zip(spec.keys, combo, strict=True))
                 msg = str(e).removeprefix(f"{source}: ")
                 raise _err(spec.source, f"the set {what}: {msg} (invalid = 'skip' leaves such sets out)") from None
-            p = params_from_config(cfg)
+            # the set's [strategy] table: only its strategy keys reach it, so the config file's
+            # tables with only those values give the same table (the group's inputs, set_inputs)
+            sj = json.dumps(cfg.strategy.model_dump(mode="json"), sort_keys=True) if strat_on else ""
+            hit = (params_from_config(cfg), sj)
             if len(cache) < 100_000:
-                cache[ck] = p
+                cache[ck] = hit
+        p, sj = hit
+        if strat_on:
+            groups.append(by_strategy.setdefault(sj, len(by_strategy)))
         rows.append(p)
         kept.append(combo)
     if not rows:
         raise _err(spec.source, "every parameter set was refused by the config model")
     params = np.concatenate(rows) if rows else np.zeros(0, dtype=params_dt)
-    return Expansion(spec.keys, kept, params, skipped)
+    if not strat_on:
+        return Expansion(spec.keys, kept, params, skipped)
+    return Expansion(spec.keys, kept, params, skipped, np.asarray(groups, dtype=np.int64), tuple(by_strategy), cfg0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -448,6 +565,41 @@ def inputs_from_panel(
     return SweepInputs(inp, sub.venue, what, _arrays_sha256(inp.p_up, inp.exp_ret), lo)
 
 
+def strategy_inputs(inp, cfg):
+    """The inputs of ``inp``'s bars and signal under ``cfg``'s [strategy] table:
+    :func:`engine.backtest.runner.make_inputs` with ``cfg`` on the same arrays (bars, the P(up)
+    before the selector's gate, expected returns, ATR, spread estimate, clusters, universe mask,
+    entry block), as :func:`inputs_from_panel` builds them. The sets of one strategy group share
+    them; ``inp`` must be the inputs of a config whose risk, features and backtest tables equal
+    ``cfg``'s (a sweep never varies those that shape the inputs)."""
+    from engine.backtest.runner import make_inputs
+    from engine.store.panel import Panel
+
+    nan = np.broadcast_to(np.float64(np.nan), inp.close.shape)  # trades/vwap: make_inputs reads neither
+    bars = Panel("", inp.pairs, inp.ts, inp.open, inp.high, inp.low, inp.close, inp.volume, nan, nan, inp.valid)
+    raw = inp.strategy.p_up if inp.strategy is not None else inp.p_up  # before the selector's gate
+    return make_inputs(
+        bars,
+        raw,
+        inp.exp_ret,
+        cfg,
+        atr=inp.atr,
+        spread=inp.spread,
+        cluster=inp.cluster,
+        api_fault=inp.api_fault,
+        operator=inp.operator,
+        tradable=inp.tradable,
+        entry_block=inp.entry_block,
+    )
+
+
+def set_inputs(inp, expansion: Expansion, i: int):
+    """The inputs set ``i`` of ``expansion`` runs on: ``inp`` itself, or its strategy group's."""
+    if expansion.group is None:
+        return inp
+    return strategy_inputs(inp, expansion.group_config(int(expansion.group[i])))
+
+
 # ------------------------------------------------------------------------------------------------
 # run
 
@@ -466,6 +618,25 @@ def _run_chunk(inp, params: np.ndarray):
     from engine.backtest.runner import run_sweep
 
     return run_sweep(inp, params)
+
+
+# a fan-out worker's last strategy group: (shared (base inputs, config), [strategy] JSON, the
+# group's inputs); the shared object is held, so an identity match is never a reused id
+_GROUP_MEMO: list = []
+
+
+def _run_group_chunk(shared, task):
+    """One chunk of one strategy group's sets (fan-out): the group's inputs are rebuilt in the
+    worker from the shared base inputs and config (kept for the worker's next chunk of the same
+    group)."""
+    from engine.backtest.runner import run_sweep
+
+    inp, cfg = shared
+    table, params = task
+    if not (_GROUP_MEMO and _GROUP_MEMO[0] is shared and _GROUP_MEMO[1] == table):
+        _GROUP_MEMO[:] = []  # the last group's inputs are freed before the next group's are built
+        _GROUP_MEMO[:] = [shared, table, strategy_inputs(inp, _with_strategy(cfg, table))]
+    return run_sweep(_GROUP_MEMO[2], params)
 
 
 def run_grid(
@@ -487,6 +658,8 @@ def run_grid(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"--chunk-size must be a whole number >= 1, got {chunk_size!r}")
     P = expansion.params
+    if expansion.group is not None:
+        return _run_groups(inp, spec, expansion, chunk_size, workers, scheduler, progress, on_chunk)
     chunks = [P[i : i + chunk_size] for i in range(0, len(P), chunk_size)]
     if workers == 1 and scheduler is None:
         from tqdm import tqdm
@@ -506,6 +679,55 @@ def run_grid(
         )
     metrics = np.concatenate([o[0] for o in outs]) if outs else np.zeros(0, dtype=metrics_dt)
     refusals = np.concatenate([o[1] for o in outs]) if outs else np.zeros((0, N_REASONS), dtype=np.int64)
+    return SweepResult(spec, expansion, metrics, refusals, chunk_size)
+
+
+def _run_groups(inp, spec, expansion, chunk_size, workers, scheduler, progress, on_chunk) -> SweepResult:
+    """:func:`run_grid` with strategy keys: the sets of each strategy group (first appearance order)
+    in chunks of ``chunk_size`` on that group's inputs (:func:`strategy_inputs`; serially one
+    group's inputs at a time), the results put back in set order."""
+    from engine.risk.enums import N_REASONS, metrics_dt
+
+    assert expansion.group is not None
+    P, grp = expansion.params, expansion.group
+    order = np.argsort(grp, kind="stable")  # group by group, set order inside a group
+    n_groups = len(expansion.strategies)
+    cuts = np.searchsorted(grp[order], np.arange(n_groups + 1))
+    chunks: list[tuple[int, np.ndarray]] = []  # (group, set indices)
+    for g in range(n_groups):
+        idx = order[cuts[g] : cuts[g + 1]]
+        chunks += [(g, idx[i : i + chunk_size]) for i in range(0, len(idx), chunk_size)]
+    metrics = np.zeros(len(P), dtype=metrics_dt)
+    refusals = np.zeros((len(P), N_REASONS), dtype=np.int64)
+    if workers == 1 and scheduler is None:
+        from tqdm import tqdm
+
+        cur, ginp = -1, None
+        with tqdm(total=len(chunks), desc="sweep chunks", unit="chunk", disable=not progress, leave=False) as bar:
+            for g, idx in chunks:
+                if g != cur:
+                    ginp = None  # the last group's inputs are freed before the next group's are built
+                    cur, ginp = g, strategy_inputs(inp, expansion.group_config(g))
+                o = _run_chunk(ginp, P[idx])
+                metrics[idx], refusals[idx] = o[0], o[1]
+                bar.update(1)
+                if on_chunk is not None:
+                    on_chunk(len(idx))
+    else:
+        from research.fanout import run_tasks
+
+        tasks = [(expansion.strategies[g], P[idx]) for g, idx in chunks]
+        outs = run_tasks(
+            _run_group_chunk,
+            tasks,
+            workers=workers,
+            scheduler=scheduler,
+            desc="sweep chunks",
+            progress=progress,
+            shared=(inp, expansion.config),
+        )
+        for (_, idx), o in zip(chunks, outs, strict=True):
+            metrics[idx], refusals[idx] = o[0], o[1]
     return SweepResult(spec, expansion, metrics, refusals, chunk_size)
 
 
@@ -596,6 +818,7 @@ def sweep_document(res: SweepResult, df: pd.DataFrame, si: SweepInputs, meta: Ma
             "mode": spec.mode,
             "n_sets": len(df),
             "n_skipped": res.expansion.skipped,
+            "n_strategy_configs": len(res.expansion.strategies),
             "objective": spec.objective,
             "direction": spec.direction,
             "data": {
