@@ -212,7 +212,7 @@ def _strategy_inputs():
     require_shared()
     p = load_shared_panel(PAIRS10, start=START, end=START + 3600 * (N_BARS - 1))
     raw = read_toml(configs_dir() / "default.toml")
-    raw["strategy"] = {"enabled": True, "trend_bars": 48}
+    raw["strategy"] = {"enabled": True, "trend_bars": 48, "crash_ret": -0.04, "crash_drawdown": 0.04}
     cfg = config_from_dict(raw)
     pu, er = ma_signal(p.close, 6, 24, 80.0)
     return make_inputs(p, pu, er, cfg)
@@ -275,6 +275,7 @@ def test_fused_kernel_bit_identical_to_step_nb_loop(case):
 
         assert inp.bar_exits.shape == (*inp.shape, 4)
         assert np.isfinite(inp.bar_exits[:, :, 3]).sum() > 100  # preservation floors (crash bars)
+        assert (fast.events["code"] == EventCode.STOP).any()  # a floor raised a held stop
         if case == "bar_exits_random":
             assert (fast.events["code"] == EventCode.STOP).sum() > 5  # floors raised held stops
             assert (fast.events["reason"] == Reason.EXIT_STOP).sum() > 5

@@ -30,7 +30,7 @@ from engine.risk.enums import (
     trade_dt,
 )
 from engine.risk.nb import N_CNT
-from engine.risk.params import instrument_arrays
+from engine.risk.params import bar_exits_problem, instrument_arrays
 
 if TYPE_CHECKING:
     from engine.strategy import StrategySelection
@@ -83,6 +83,10 @@ class BacktestInputs:
         bx = self.bar_exits
         if bx.dtype != np.float64 or not bx.flags.c_contiguous or bx.shape not in ((0, m, BX_N), (n, m, BX_N)):
             raise InputError(f"bar_exits: shape {bx.shape}, expected {(n, m, BX_N)} or no rows (C-contiguous float64)")
+        bad = bar_exits_problem(bx)
+        if bad is not None:  # the values the live machine refuses (R26): never run them in a backtest
+            (t, j), f, v = bad
+            raise InputError(f"bar_exits[bar {t}, {self.pairs[j]}].{f} = {v!r}: out of bounds (docs/RISK_RULES.md R26)")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -484,6 +488,8 @@ def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.nda
     from engine.backtest.nb import ma_sweep_nb
 
     _check_params_1d(params)
+    if inp.bar_exits is not None and inp.bar_exits.shape[0] != 0:
+        raise InputError("the MA signal sweep cannot use per-bar exits (they follow the inputs' own signal)")
     S = params.shape[0]
     fasts = np.ascontiguousarray(fasts, dtype=np.int64)
     slows = np.ascontiguousarray(slows, dtype=np.int64)

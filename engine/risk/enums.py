@@ -273,7 +273,7 @@ prediction_dt = np.dtype(
 # read them as an (n, m, BX_N) float64 array; an array with no rows means "none given" (layer off).
 bar_exit_dt = np.dtype(
     [
-        ("stop_mult", np.float64),  # stop distance in ATRs of an entry decided at this bar (0 = none)
+        ("stop_mult", np.float64),  # stop in ATRs of an entry decided here; applied only when tighter than [risk]'s
         ("tp_mult", np.float64),  # take-profit in ATRs of that entry (0 = none)
         ("size_scale", np.float64),  # multiplier (0..1) of the entry's wanted notional, before the caps
         ("stop_floor", np.float64),  # a held position's stop is raised to this price (never lowered)

@@ -111,6 +111,7 @@ from engine.risk.nb import (
     mark_nb,
     step_bar_nb,
 )
+from engine.risk.params import bar_exits_problem
 from engine.timeutil import HOUR
 
 SNAPSHOT_MAGIC = b"KQRISKM\x00"
@@ -380,25 +381,18 @@ class RiskMachine:
 
     def _check_exits(self, exits) -> np.ndarray:
         """``exits`` as ``bar_exit_dt`` records (None: all NaN); InputError when a value could loosen a
-        rule: a negative or non-finite multiple, a size scale outside [0, 1], a floor not above 0."""
+        rule (``engine.risk.params.bar_exits_problem``): a negative or non-finite multiple, a size
+        scale outside [0, 1], a floor not above 0."""
         m = self.n_pairs
         out = np.full(m, np.nan, dtype=bar_exit_dt)
         if exits is None:
             return out
         if not isinstance(exits, np.ndarray) or exits.dtype != bar_exit_dt or exits.shape != (m,):
             raise InputError(f"exits: expected {m} records of engine.risk.enums.bar_exit_dt (or None)")
-        with np.errstate(invalid="ignore"):
-            for f, lo, hi in (("stop_mult", 0.0, 50.0), ("tp_mult", 0.0, 100.0), ("size_scale", 0.0, 1.0)):
-                v = exits[f]
-                bad = ~np.isnan(v) & ~((v >= lo) & (v <= hi))
-                if bad.any():
-                    j = int(np.flatnonzero(bad)[0])
-                    raise InputError(f"exits[{self.pairs[j]}].{f} = {float(v[j])!r}: expected NaN or {lo}..{hi}")
-            v = exits["stop_floor"]
-            bad = ~np.isnan(v) & ~(np.isfinite(v) & (v > 0.0))
-            if bad.any():
-                j = int(np.flatnonzero(bad)[0])
-                raise InputError(f"exits[{self.pairs[j]}].stop_floor = {float(v[j])!r}: expected NaN or a price > 0")
+        bad = bar_exits_problem(np.ascontiguousarray(exits).view(np.float64).reshape(m, BX_N))
+        if bad is not None:
+            (j,), f, v = bad
+            raise InputError(f"exits[{self.pairs[j]}].{f} = {v!r}: out of bounds (docs/RISK_RULES.md R26)")
         out[:] = exits
         return out
 
@@ -779,7 +773,7 @@ class RiskMachine:
         magic, version, n, digest = _HEADER.unpack_from(blob)
         if magic != SNAPSHOT_MAGIC:
             raise SnapshotError("not a RiskMachine snapshot (bad magic)")
-        if version != SNAPSHOT_VERSION:
+        if version not in (SNAPSHOT_VERSION, 5):
             raise SnapshotError(f"RiskMachine snapshot version {version}; this build reads version {SNAPSHOT_VERSION}")
         body = blob[_HEADER.size :]
         if len(body) != n:
@@ -820,6 +814,8 @@ class RiskMachine:
                 self = cls(snap_pairs, use, rules)
             except InputError as e:
                 raise SnapshotError(f"RiskMachine snapshot unreadable: {e}") from None
+        if version == 5:  # the build before per-bar exits: migrate (a daemon holding positions restarts)
+            got = _from_v5(got, use)
         for name, a in self._arrays().items():
             if name in ("params", "instruments"):
                 continue
@@ -827,6 +823,13 @@ class RiskMachine:
             if b is None or b.dtype != a.dtype or b.shape != a.shape:
                 raise SnapshotError(f"RiskMachine snapshot written by another build: record {name!r} differs")
             a[...] = b
+        if params is not None and accept_param_change:  # a pending entry never keeps a stop wider than the new
+            new = float(use[0]["stop_atr_mult"])
+            o = self.pending
+            buy = (o["active"] == 1) & (o["side"] == 1)
+            if new > 0.0:
+                wider = buy & ~((o["stop_mult"] > 0.0) & (o["stop_mult"] <= new))
+                o["stop_mult"][wider] = new
         self._check_invariants()
         return self
 
@@ -864,6 +867,25 @@ _instrument_dt = np.dtype(
         ("quote_decimals", np.int64),
     ]
 )
+
+
+def _from_v5(got: dict, params: np.ndarray) -> dict:
+    """Records of a version-5 snapshot (no ``order_dt`` stop_mult/tp_mult, no ``exits``) in this
+    build's layout: a pending order gets the [risk] multiples in force (what its fill read in that
+    build), the bar's exits are NaN (none). Anything else unreadable stays unreadable."""
+    out = dict(got)
+    pend = got.get("pending")
+    old = [n for n in order_dt.names or () if n not in ("stop_mult", "tp_mult")]
+    if pend is not None and pend.dtype.names is not None and list(pend.dtype.names) == old:
+        new = np.zeros(pend.shape, dtype=order_dt)
+        for n in old:
+            new[n] = pend[n]
+        new["stop_mult"] = float(params[0]["stop_atr_mult"])
+        new["tp_mult"] = float(params[0]["tp_atr_mult"])
+        out["pending"] = new
+    if "exits" not in out and pend is not None:
+        out["exits"] = np.full(pend.shape, np.nan, dtype=bar_exit_dt)
+    return out
 
 
 def _parse_body(body: bytes):

@@ -1373,8 +1373,9 @@ def entries_nb(
     (the backtester without records): only the refusal counts are kept, so the candidates the
     per-bar checks refuse are counted first and never sorted (the same decisions and counts).
     ``bx`` (n, m, BX_N) float64, the bars' exit parameters (``bar_exit_dt``; no rows: none): an
-    entry's wanted notional is scaled by its ``size_scale`` and its order carries the bar's stop
-    and take-profit multiples (NaN in a field: the [risk] parameter) (R26).
+    entry's wanted notional is scaled by its ``size_scale`` and its order carries the bar's
+    take-profit multiple and its stop multiple when that is tighter than [risk]'s (NaN in a field:
+    the [risk] parameter; a profile stop never widens the stop) (R26).
     """
     st = state[0]
     m = close.shape[1]
@@ -1461,7 +1462,9 @@ def entries_nb(
                 if scale == scale:
                     frac = frac * scale
                 x = bx[t, j, BX_STOP]
-                if x == x:
+                # a profile stop may only be tighter than [risk]'s (or add one where [risk] has
+                # none): a wider stop would lose more than the sizing's risk at the same size
+                if x > 0.0 and (x < smult or not (smult > 0.0)):
                     smult = x
                 x = bx[t, j, BX_TP]
                 if x == x:

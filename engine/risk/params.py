@@ -81,3 +81,33 @@ def instrument_arrays(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     price = np.array([i.pair_decimals for i in ins], dtype=np.int64)
     quote = np.array([i.quote_decimals for i in ins], dtype=np.int64)
     return ordermin, costmin, lot, price, quote
+
+
+# per-bar exit parameter bounds (R26): NaN or within; a value outside could loosen a rule
+_BX_BOUNDS = (("stop_mult", 0.0, 50.0), ("tp_mult", 0.0, 100.0), ("size_scale", 0.0, 1.0))
+
+
+def bar_exits_problem(bx: np.ndarray) -> tuple[tuple[int, ...], str, float] | None:
+    """The first bad value of per-bar exit parameters ``bx`` (float64, last axis ``bar_exit_dt``'s
+    four fields: stop_mult, tp_mult, size_scale, stop_floor) as (index without the last axis, field,
+    value), or None. Each field is NaN or: a stop or take-profit multiple in 0..50 / 0..100, a size
+    scale in 0..1 (a profile can shrink an entry, never enlarge it), a stop floor finite and > 0.
+    Shared by ``BacktestInputs`` and ``RiskMachine.on_bar``, so a backtest can never run exits the
+    live machine would refuse."""
+    from engine.risk.enums import BX_FLOOR, BX_N
+
+    a = np.asarray(bx, dtype=np.float64)
+    if a.size == 0:
+        return None
+    with np.errstate(invalid="ignore"):
+        bad = np.zeros(a.shape[:-1] + (BX_N,), dtype=bool)
+        for k, (_, lo, hi) in enumerate(_BX_BOUNDS):
+            v = a[..., k]
+            bad[..., k] = ~np.isnan(v) & ~((v >= lo) & (v <= hi))
+        v = a[..., BX_FLOOR]
+        bad[..., BX_FLOOR] = ~np.isnan(v) & ~(np.isfinite(v) & (v > 0.0))
+    if not bad.any():
+        return None
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    names = [n for n, _, _ in _BX_BOUNDS] + ["stop_floor"]
+    return idx[:-1], names[idx[-1]], float(a[idx])

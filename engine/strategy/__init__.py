@@ -164,7 +164,8 @@ def bar_exits(sel: StrategySelection, close, atr, valid) -> np.ndarray:
     fields) from a selection: the selected profile's stop and take-profit ATR multiples and size
     scale, and the stop floor ``close - stop_atr_mult x ATR`` where the selected profile is capital
     preservation (a held position's stop is raised to it, never lowered; R26), NaN elsewhere and
-    where the bar is invalid, the ATR missing or the multiple 0 (no stop)."""
+    where the bar is invalid, the ATR missing, the multiple 0 (no stop) or the floor not above 0 (a
+    stop at or below 0 protects nothing; the live machine refuses such a floor)."""
     from engine.risk.enums import BX_FLOOR, BX_N, BX_SIZE, BX_STOP, BX_TP
 
     c = _arr(close, np.float64)
@@ -175,9 +176,10 @@ def bar_exits(sel: StrategySelection, close, atr, valid) -> np.ndarray:
     out[:, :, BX_TP] = sel.take_profit_atr_mult
     out[:, :, BX_SIZE] = sel.size_scale
     k = sel.stop_atr_mult
-    keep = (sel.profile == Profile.PRESERVATION) & _arr(valid, np.bool_) & (k > 0.0) & (a > 0.0) & (c > 0.0)
     with np.errstate(invalid="ignore"):
-        out[:, :, BX_FLOOR] = np.where(keep, c - k * a, np.nan)
+        floor = c - k * a
+        keep = (sel.profile == Profile.PRESERVATION) & _arr(valid, np.bool_) & (k > 0.0) & (a > 0.0) & (floor > 0.0)
+        out[:, :, BX_FLOOR] = np.where(keep, floor, np.nan)
     return out
 
 
