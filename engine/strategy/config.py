@@ -7,6 +7,7 @@ same arrays as without the layer, bit for bit. docs/MODEL_ASSUMPTIONS.md documen
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -17,22 +18,48 @@ __all__ = ["ProfileExit", "ProfileExits", "SelectorConfig", "Slot", "StrategyCon
 
 
 class ProfileExit(Frozen):
-    stop_atr_mult: float = Field(2.0, ge=0.0, le=50.0, description="stop distance in ATRs; 0 = none")
+    stop_atr_mult: float = Field(
+        2.0, ge=0.0, le=50.0, description="stop distance in ATRs, used when tighter than [risk]'s; 0 = [risk]'s"
+    )
     take_profit_atr_mult: float = Field(4.0, ge=0.0, le=100.0, description="take-profit in ATRs; 0 = none")
     size_scale: float = Field(1.0, ge=0.0, le=1.0, description="multiplier of the risk step's entry size")
+
+
+# each profile's exits when its table is absent or partial (a partial table keeps the other fields)
+_EXIT_DEFAULTS: dict[str, dict[str, float]] = {
+    "trend": {"stop_atr_mult": 2.0, "take_profit_atr_mult": 4.0, "size_scale": 1.0},
+    "breakout": {"stop_atr_mult": 2.0, "take_profit_atr_mult": 4.0, "size_scale": 1.0},
+    "mean_reversion": {"stop_atr_mult": 1.5, "take_profit_atr_mult": 1.5, "size_scale": 0.75},
+    "vol_expansion": {"stop_atr_mult": 1.5, "take_profit_atr_mult": 3.0, "size_scale": 1.0},
+    "defensive": {"stop_atr_mult": 1.0, "take_profit_atr_mult": 2.0, "size_scale": 0.5},
+    "preservation": {"stop_atr_mult": 1.0, "take_profit_atr_mult": 0.0, "size_scale": 0.0},
+}
 
 
 class ProfileExits(Frozen):
     """Exit parameters of each profile, carried per bar and pair and applied by the risk step (R26):
     an entry's stop and take-profit ATR multiples and size scale; preservation's stop multiple is
-    the floor its held positions' stops are raised to."""
+    the floor its held positions' stops are raised to. A partial table (``[strategy.exits.defensive]
+    stop_atr_mult = 1.2``) keeps that profile's other defaults (half size stays half size)."""
 
-    trend: ProfileExit = ProfileExit()
-    breakout: ProfileExit = ProfileExit()
-    mean_reversion: ProfileExit = ProfileExit(stop_atr_mult=1.5, take_profit_atr_mult=1.5, size_scale=0.75)
-    vol_expansion: ProfileExit = ProfileExit(stop_atr_mult=1.5, take_profit_atr_mult=3.0)
-    defensive: ProfileExit = ProfileExit(stop_atr_mult=1.0, take_profit_atr_mult=2.0, size_scale=0.5)
-    preservation: ProfileExit = ProfileExit(stop_atr_mult=1.0, take_profit_atr_mult=0.0, size_scale=0.0)
+    trend: ProfileExit = ProfileExit(**_EXIT_DEFAULTS["trend"])
+    breakout: ProfileExit = ProfileExit(**_EXIT_DEFAULTS["breakout"])
+    mean_reversion: ProfileExit = ProfileExit(**_EXIT_DEFAULTS["mean_reversion"])
+    vol_expansion: ProfileExit = ProfileExit(**_EXIT_DEFAULTS["vol_expansion"])
+    defensive: ProfileExit = ProfileExit(**_EXIT_DEFAULTS["defensive"])
+    preservation: ProfileExit = ProfileExit(**_EXIT_DEFAULTS["preservation"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, d in _EXIT_DEFAULTS.items():
+            v = out.get(name)
+            if isinstance(v, dict):
+                out[name] = {**d, **v}
+        return out
 
 
 class Slot(Frozen):
