@@ -168,9 +168,6 @@ def test_exits_survive_a_restart_mid_close():
 def _v5_blob(m):
     """``m``'s snapshot as the build before per-bar exits wrote it (version 5: no order stop/take
     multiples, no exits record)."""
-    import hashlib
-    import json
-    import struct
 
     from engine.risk import machine as M
     from engine.risk.enums import order_dt
@@ -182,15 +179,7 @@ def _v5_blob(m):
     for n in old_dt.names:
         pend[n] = arrays["pending"][n]
     arrays["pending"] = pend
-    meta = {"pairs": list(m.pairs), "arrays": []}
-    chunks = []
-    for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
-        meta["arrays"].append([name, np.lib.format.dtype_to_descr(a.dtype), list(a.shape), a.nbytes])
-        chunks.append(a.tobytes())
-    mj = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    body = struct.pack("<I", len(mj)) + mj + b"".join(chunks)
-    return M._HEADER.pack(M.SNAPSHOT_MAGIC, 5, len(body), hashlib.sha256(body).digest()) + body
+    return M.pack_snapshot(arrays, m.pairs, 5)
 
 
 def test_a_version_5_snapshot_restores_with_the_risk_multiples():

@@ -734,16 +734,7 @@ class RiskMachine:
 
     def snapshot(self) -> bytes:
         """Everything the machine holds, as bytes (see :meth:`restore`)."""
-        arrays = self._arrays()
-        meta: dict[str, list] = {"pairs": list(self.pairs), "arrays": []}
-        chunks = []
-        for name, a in arrays.items():
-            a = np.ascontiguousarray(a)
-            meta["arrays"].append([name, np.lib.format.dtype_to_descr(a.dtype), list(a.shape), a.nbytes])
-            chunks.append(a.tobytes())
-        mj = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-        body = struct.pack("<I", len(mj)) + mj + b"".join(chunks)
-        return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(body), hashlib.sha256(body).digest()) + body
+        return pack_snapshot(self._arrays(), self.pairs)
 
     @classmethod
     def restore(
@@ -867,6 +858,20 @@ _instrument_dt = np.dtype(
         ("quote_decimals", np.int64),
     ]
 )
+
+
+def pack_snapshot(arrays: dict[str, np.ndarray], pairs, version: int = SNAPSHOT_VERSION) -> bytes:
+    """Snapshot bytes of named record arrays (:meth:`RiskMachine.snapshot`'s format): header (magic,
+    ``version``, body length, SHA-256 of the body), then a JSON table of the records and their bytes."""
+    meta: dict[str, list] = {"pairs": [str(x) for x in pairs], "arrays": []}
+    chunks = []
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        meta["arrays"].append([name, np.lib.format.dtype_to_descr(a.dtype), list(a.shape), a.nbytes])
+        chunks.append(a.tobytes())
+    mj = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    body = struct.pack("<I", len(mj)) + mj + b"".join(chunks)
+    return _HEADER.pack(SNAPSHOT_MAGIC, int(version), len(body), hashlib.sha256(body).digest()) + body
 
 
 def _from_v5(got: dict, params: np.ndarray) -> dict:
