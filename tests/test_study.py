@@ -46,7 +46,12 @@ def pg_dsn() -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Binance BTC/USDT + ETH/USDT, 2023-11-14 .. 2024-04-01 (warm-up, study span, hold-out)."""
+    return store_slice(tmp_path_factory, "tests/test_study.py slice")
+
+
+def store_slice(tmp_path_factory, label: str) -> str:
+    """Binance BTC/USDT + ETH/USDT, 2023-11-14 .. 2024-04-01 (warm-up, study span, hold-out), in a
+    market store file of its own."""
     import pandas as pd
 
     from engine.store.market import MarketStore
@@ -59,7 +64,7 @@ def store(tmp_path_factory):
         df = pd.read_parquet(d / f"{f}.parquet")
         frames[pair] = df[(df["ts"] >= 1699999200) & (df["ts"] < 1712000000)].reset_index(drop=True)
     with MarketStore(path) as s:
-        s.import_frames(frames, "binance", "tests/test_study.py slice")
+        s.import_frames(frames, "binance", label)
     return str(path)
 
 

@@ -210,21 +210,10 @@ def test_cli_strategy_sweep_counts_every_set(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def study_store(tmp_path_factory):
-    """Binance BTC/USDT + ETH/USDT, 2023-11-14 .. 2024-04-01 (warm-up, study span, hold-out)."""
-    import pandas as pd
+    """Binance BTC/USDT + ETH/USDT, 2023-11-14 .. 2024-04-01 (tests/test_study.py's slice)."""
+    from tests.test_study import store_slice
 
-    from engine.store.market import MarketStore
-    from tests.conftest import require_shared
-
-    d = require_shared()
-    path = tmp_path_factory.mktemp("study") / "m.duckdb"
-    frames = {}
-    for pair, f in (("BTC/USDT", "binance_BTCUSDT_1h"), ("ETH/USDT", "binance_ETHUSDT_1h")):
-        df = pd.read_parquet(d / f"{f}.parquet")
-        frames[pair] = df[(df["ts"] >= 1699999200) & (df["ts"] < 1712000000)].reset_index(drop=True)
-    with MarketStore(path) as s:
-        s.import_frames(frames, "binance", "tests/test_sweep_strategy.py slice")
-    return str(path)
+    return store_slice(tmp_path_factory, "tests/test_sweep_strategy.py slice")
 
 
 def _study_config(tmp_path, space: str, enabled: bool = True) -> str:
