@@ -352,14 +352,16 @@ class Shadow:
             raise IntegrityError(f"hour {hour}: the features differ from the ones the approved model was given")
         return feats, panel, fh
 
-    def _predict(self, hour: int, rows: Sequence[Entry], model: Any) -> tuple[np.ndarray, list[rec.Record], str]:
-        """The candidate's predictions of ``hour`` (prediction_dt), their rows and a failure reason."""
+    def _predict(self, hour: int, rows: Sequence[Entry], model: Any) -> tuple[np.ndarray, list[rec.Record], str, Any]:
+        """The candidate's predictions of ``hour`` (prediction_dt), their rows, a failure reason and
+        the hour's panel (None when the prediction failed)."""
         from engine.risk.enums import prediction_dt
 
         m = len(self.pairs)
         pred = np.zeros(m, dtype=prediction_dt)
         pred["p_up"] = np.nan
         pred["exp_ret"] = np.nan
+        panel = None
         try:
             feats, panel, fh = self._features(hour, rows)
             th = int(model.bundle.trade_horizon)
@@ -371,7 +373,7 @@ class Shadow:
         except Exception as e:  # no prediction: no entry, no signal exit (stops still run)
             pred["p_up"] = np.nan
             pred["exp_ret"] = np.nan
-            return pred, [], f"prediction failed: {_why(e)}"
+            return pred, [], f"prediction failed: {_why(e)}", None
         out = []
         for j, pair in enumerate(self.pairs):
             if np.isfinite(pred[j]["p_up"]) and np.isfinite(pred[j]["exp_ret"]):
@@ -387,7 +389,28 @@ class Shadow:
                         payload={"model": self.ref, "values": values, "features_sha256": fh, "horizon": th},
                     )
                 )
-        return pred, out, ""
+        return pred, out, "", panel
+
+    def _select(self, panel: Any, pred: np.ndarray, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[strategy] enabled``: the candidate's P(up) through the regime selector on the hour's
+        window, as the cycle's ``make_inputs`` puts the approved model's (only the last row carries a
+        prediction there too): (the gated predictions, the bar's exits, ``bar_exit_dt``)."""
+        import dataclasses
+
+        from engine.risk.enums import BX_N, bar_exit_dt
+        from engine.strategy import apply_strategy, bar_exits
+
+        n, m = panel.close.shape
+        pu = np.full((n, m), np.nan)
+        pu[-1] = pred["p_up"]
+        sel = apply_strategy(panel.high, panel.close, panel.volume, panel.valid, pu, self.cycle.cfg)
+        last = dataclasses.replace(sel, **{f.name: getattr(sel, f.name)[-1:] for f in dataclasses.fields(sel)})
+        bx = bar_exits(last, panel.close[-1:], bars["atr"][None, :], panel.valid[-1:])
+        out = pred.copy()
+        out["p_up"] = sel.p_up_gated[-1]
+        ex = np.empty(m, dtype=bar_exit_dt)
+        ex.view(np.float64).reshape(m, BX_N)[:] = bx[0]
+        return out, ex
 
     def _step(
         self, hour: int, model: Any, run: dict, snap: Entry | None, start: rec.Record | None, notes: list[str]
@@ -401,9 +424,12 @@ class Shadow:
         if got is None:
             raise IntegrityError(f"hour {hour}: no ledgered inputs to shadow")
         (h, bars, _primary_pred, tradable, entry_block, api_fault, operator, _exits), _ = got
-        pred, pred_rows, failure = self._predict(hour, rows, model)
+        pred, pred_rows, failure, panel = self._predict(hour, rows, model)
+        exits = None
+        if panel is not None and self.cycle.cfg.strategy.enabled:  # the approved model's rules, not raw P(up)
+            pred, exits = self._select(panel, pred, bars)
         m = self._machine(run, snap)
-        res = m.on_bar(h, bars, pred, tradable, entry_block, api_fault, operator, simulate_fills=True)
+        res = m.on_bar(h, bars, pred, tradable, entry_block, api_fault, operator, exits, simulate_fills=True)
         batch: list[rec.Record] = [start] if start is not None else []
         batch += pred_rows
         if failure:
