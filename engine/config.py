@@ -102,10 +102,12 @@ class Config(Frozen):
     def content_hash(self) -> str:
         """SHA-256 of the canonical JSON of this config (what made a result). A [strategy] section
         left at its defaults (the layer off) is not hashed, so configs from before the section keep
-        their hashes."""
+        their hashes; nor is ``regime_thresholds`` at its default "config" (hashes from before the key)."""
         d = self.model_dump(mode="json")
         if self.strategy == StrategyConfig():
             d.pop("strategy")
+        elif self.strategy.regime_thresholds == "config":
+            d["strategy"].pop("regime_thresholds")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 

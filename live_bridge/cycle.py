@@ -133,6 +133,49 @@ def exec_config(live: Any, cfg: Any) -> ExecConfig:
     )
 
 
+def model_regime_rule(cfg: Any, model: Any) -> Any:
+    """``[strategy] enabled`` with ``regime_thresholds = "model"``: the approved bundle's fitted
+    regime rule (``engine.strategy.RegimeRule`` of the trade horizon's meta-learner's classifier,
+    fitted on the final model's training window); None otherwise. A one-line ConfigError naming the
+    setting when the bundle holds no fitted regime classifier (the daemon refuses to start)."""
+    if not (cfg.strategy.enabled and cfg.strategy.regime_thresholds == "model"):
+        return None
+    from engine.errors import ConfigError
+    from engine.strategy import regime_rule_of
+
+    bundle = getattr(model, "bundle", None)
+    metas = getattr(bundle, "metas", None) or {}
+    meta = metas.get(int(getattr(bundle, "trade_horizon", -1)))
+    reg = getattr(meta, "regime_", None)
+    if reg is None or not hasattr(reg, "vol_hi_"):
+        raise ConfigError(
+            '[strategy] regime_thresholds = "model": the approved model has no fitted regime classifier '
+            '(fit it with [research.models.meta] use_regime = true, or set regime_thresholds = "config")'
+        )
+    return regime_rule_of(reg)
+
+
+def strategy_raw_regime(cfg: Any, model: Any, panel: Any) -> np.ndarray | None:
+    """The raw regime codes ``make_inputs`` takes (``raw_regime``) for ``panel`` under ``cfg`` and
+    ``model``: the bundle's fitted rule on the panel's bars (``regime_thresholds = "model"``), else
+    None (the ``[strategy]`` thresholds). The daemon's cycle and parity's backtest side both call it."""
+    rule = model_regime_rule(cfg, model)
+    if rule is None:
+        return None
+    from engine.strategy import regime_raw
+
+    return regime_raw(panel.close, panel.valid, rule)
+
+
+def strategy_lookback(cfg: Any, model: Any) -> int:
+    """History rows the selector's last row needs: ``[strategy] lookback_bars``, with the bundle's
+    fitted regime windows when ``regime_thresholds = "model"``."""
+    rule = model_regime_rule(cfg, model)
+    if rule is None:
+        return int(cfg.strategy.lookback_bars)
+    return int(cfg.strategy.lookback_for(rule.trend_bars, rule.vol_bars))
+
+
 def live_params(cfg: Any, init_cash: Decimal | float, capital_ceiling: Decimal | None = None) -> np.ndarray:
     """The RiskMachine parameters of a live portfolio: the backtester's (``params_from_config``)
     with the account's starting cash, and WITHOUT the backtest's emulated operator: the kill switch
@@ -352,6 +395,8 @@ class Cycle:
         self.fill_mark = 0  # ledger seq up to which every own fill is booked in the machine
         self.data_notes: list[str] = []  # the data step's problems this hour (reasons, for the operator)
         self.journal: list[list[Any]] = []  # machine calls after on_bar this hour: fill/unexpected/cancel
+        # [strategy] regime_thresholds = "model": the bundle's fitted regime rule (ConfigError: none)
+        self.regime_rule = model_regime_rule(cfg, model)
 
     # ---- the machine -----------------------------------------------------------------------------
 
@@ -618,9 +663,18 @@ class Cycle:
             q = quoted.get(pair)
             if q is not None and (not np.isfinite(spread[-1, j]) or q > spread[-1, j]):
                 spread[-1, j] = q
-        inp = make_inputs(panel, p_up, er, self.cfg, spread=spread, tradable=tradable, api_fault=api, operator=ops)
-        if inp.strategy is not None and n < self.cfg.strategy.lookback_bars:
-            raise InputError(f"history_bars {n} < the {self.cfg.strategy.lookback_bars} bars [strategy] needs")
+        # regime_thresholds = "model": the approved bundle's fitted rule (parity's backtest side calls the same)
+        raw = strategy_raw_regime(self.cfg, self.model, panel)
+        inp = make_inputs(
+            panel, p_up, er, self.cfg, spread=spread, tradable=tradable, api_fault=api, operator=ops, raw_regime=raw
+        )
+        need = (
+            self.cfg.strategy.lookback_bars
+            if self.regime_rule is None
+            else self.cfg.strategy.lookback_for(self.regime_rule.trend_bars, self.regime_rule.vol_bars)
+        )
+        if inp.strategy is not None and n < need:
+            raise InputError(f"history_bars {n} < the {need} bars [strategy] needs")
         args = bar_inputs(inp, -1)
         if args[0] != hour:
             raise IntegrityError(f"inputs built for hour {args[0]}, expected {hour}")

@@ -172,6 +172,16 @@ class Daemon:
             from live_bridge.models import load_approved
 
             model = load_approved(live.env, cfg)
+        from live_bridge.cycle import strategy_lookback
+
+        # [strategy] regime_thresholds = "model": the bundle's fitted regime rule and its windows
+        # (a one-line ConfigError naming the setting when the bundle has none), before any state
+        need_s = strategy_lookback(cfg, model)
+        if cfg.strategy.enabled and int(live.cycle.history_bars) < need_s:
+            raise ConfigError(
+                f"{live.source}: cycle.history_bars {live.cycle.history_bars} is below the "
+                f"{need_s} bars [strategy] needs (the approved model's regime windows)"
+            )
         state = Path(live.paths.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         lock = _exclusive(state / "daemon.lock")

@@ -500,7 +500,10 @@ def backtest_inputs(
     ready = run >= need
     ops = np.zeros(n, dtype=np.int64)
     ops[i0:] = operator
-    inp = make_inputs(p, p_up, er, cfg, tradable=umask & ready, operator=ops)
+    from live_bridge.cycle import strategy_raw_regime
+
+    raw = strategy_raw_regime(cfg, model, p)  # regime_thresholds = "model": the bundle's rule, as the daemon
+    inp = make_inputs(p, p_up, er, cfg, tradable=umask & ready, operator=ops, raw_regime=raw)
     sl = slice(i0, n)
     names = ("ts", "open", "high", "low", "close", "volume", "valid", "p_up", "exp_ret", "atr", "spread", "cluster")
     names2 = ("api_fault", "operator", "month_id", "tradable", "entry_block")

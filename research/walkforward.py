@@ -79,7 +79,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Config, LabelsConfig
-from engine.errors import InputError
+from engine.errors import ConfigError, InputError
 from engine.timeutil import HOUR
 from research.config import ResearchConfig
 from research.models.base import make_model, model_class
@@ -89,6 +89,7 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "WalkForwardResult",
     "eligible_rows",
+    "fold_raw_regime",
     "make_meta",
     "make_splitter",
     "oos_backtest",
@@ -123,6 +124,8 @@ class WalkForwardResult:
     pairs: tuple[str, ...] = ()
     fitted: dict = field(repr=False, default_factory=dict)  # (fold, horizon) -> fitted meta (keep_models)
     stage_seconds: dict = field(default_factory=dict)
+    # fold -> (engine.strategy.RegimeRule fitted on its training window, first and last test bar ts)
+    regime_rules: dict = field(default_factory=dict)
 
     @property
     def suspected_leak(self) -> bool:
@@ -287,6 +290,8 @@ class _FoldOutput:
     regime: pd.DataFrame | None
     timing: dict
     meta: Any  # the fitted meta-learner when keep_models, else None
+    # (RegimeRule fitted on the training window, first test bar ts, last test bar ts); None without a regime
+    regime_rule: tuple | None = None
 
 
 def _fold_task(ctx: _FoldContext, task: tuple) -> _FoldOutput | None:
@@ -392,8 +397,12 @@ def _run_fold(ctx: _FoldContext, task: tuple, progress: Callable[..., None] | No
             )
         )
     regime = None
+    rule = None
     if meta.regime_ is not None:
+        from engine.strategy import regime_rule_of
         from research.models.regime import REGIME_NAMES
+
+        rule = (regime_rule_of(meta.regime_), int(ctx.ts[int(te_b.min())]), int(ctx.ts[int(te_b.max())]))
 
         codes = meta.regime_.predict(cp, segments=sp)[keep].astype(np.int64)
         names = np.array(REGIME_NAMES + ("unknown",), dtype=object)[np.where(codes < 0, 4, codes)]
@@ -409,7 +418,7 @@ def _run_fold(ctx: _FoldContext, task: tuple, progress: Callable[..., None] | No
         "n_test_rows": int(keep.sum()),
         "base_fit_s": {kk: round(v, 4) for kk, v in fit_times.items()},
     }
-    return _FoldOutput(k, preds, regime, timing, meta if ctx.keep_models else None)
+    return _FoldOutput(k, preds, regime, timing, meta if ctx.keep_models else None, rule)
 
 
 def run_walkforward(
@@ -443,6 +452,11 @@ def run_walkforward(
     """
     from engine.features.labels import future_labels
 
+    if cfg.strategy.enabled and cfg.strategy.regime_thresholds == "model" and not rc.models.meta.use_regime:
+        raise ConfigError(
+            '[strategy] regime_thresholds = "model" needs the fitted regime classifier: '
+            "[research.models.meta] use_regime = true"
+        )
     horizons = rc.horizons_for(cfg)
     n, m = panel.close.shape
     stage: dict[str, float] = {}
@@ -506,6 +520,7 @@ def run_walkforward(
     reg_parts: list[pd.DataFrame] = []
     timings: list[dict] = []
     fitted: dict = {}
+    rules: dict = {}
     tasks = [(k, tr_b, te_b) for k, (tr_b, te_b) in enumerate(splits)]
     fo = rc.fanout
     outs: Iterable[_FoldOutput | None]
@@ -523,6 +538,8 @@ def run_walkforward(
         pred_parts.extend(fo_out.preds)
         if fo_out.regime is not None:
             reg_parts.append(fo_out.regime)
+        if fo_out.regime_rule is not None:
+            rules[fo_out.fold] = fo_out.regime_rule
         timings.append(fo_out.timing)
         for h in horizons:
             if keep_models:
@@ -532,12 +549,12 @@ def run_walkforward(
         if progress:
             # the out-of-sample backtest of the folds back so far, computed only when asked for
             # (studies prune a weak trial on it: research/study.py); raising here stops the run
-            parts = list(pred_parts)
+            parts, rules_now = list(pred_parts), dict(rules)
             progress(
                 "fold_oos",
                 fold=fo_out.fold,
                 n_folds=len(tasks),
-                backtest=lambda parts=parts: oos_backtest(panel, cfg, rc, parts),
+                backtest=lambda parts=parts, rules_now=rules_now: oos_backtest(panel, cfg, rc, parts, rules_now),
             )
 
     if not pred_parts:
@@ -575,20 +592,53 @@ def run_walkforward(
         ts=panel.ts,
         pairs=tuple(panel.pairs),
         fitted=fitted,
+        regime_rules=rules,
     )
     stage["metrics_s"] = time.perf_counter() - t_stage
     if backtest:
         t_stage = time.perf_counter()
-        res.backtest, res.strategy_stats = _backtest(panel, cfg, rc, preds)
+        res.backtest, res.strategy_stats = _backtest(panel, cfg, rc, preds, rules)
         stage["backtests_s"] = time.perf_counter() - t_stage
     res.stage_seconds = {k: round(v, 3) for k, v in stage.items()} | {"n_folds_total": n_folds_total}
     return res
 
 
-def oos_backtest(panel, cfg: Config, rc: ResearchConfig, parts: list[pd.DataFrame]):
+def fold_raw_regime(panel, regime_rules: dict | None, lo: int, hi: int) -> np.ndarray:
+    """``[strategy] regime_thresholds = "model"``: the raw regime codes (before hysteresis) of panel
+    rows ``lo .. hi - 1``, (hi - lo, m) int8: each fold's test bars labelled by the rule fitted on
+    THAT fold's training window (``regime_rules``: fold -> (RegimeRule, first, last test bar ts);
+    the purge and embargo keep every training bar before the test block), with the features computed
+    on the panel's history before the row (warm at the first test bar); -1 on rows of no test block.
+    Causal: a row reads closes at rows <= it and thresholds fitted before it."""
+    from engine.strategy import regime_raw
+
+    if not regime_rules:
+        raise InputError('[strategy] regime_thresholds = "model": no fold has a fitted regime classifier')
+    out = np.full((hi - lo, panel.close.shape[1]), -1, dtype=np.int8)
+    for _, (rule, t_first, t_last) in sorted(regime_rules.items()):
+        a = max(int(np.searchsorted(panel.ts, int(t_first))), lo)
+        b = min(int(np.searchsorted(panel.ts, int(t_last), side="right")), hi)
+        if a >= b:
+            continue
+        # the windows' own history before row a (the kernel sums each window directly, so a value
+        # does not depend on where the array starts beyond its window)
+        w0 = max(a - max(int(rule.trend_bars), int(rule.vol_bars)) - 1, 0)
+        raw = regime_raw(panel.close[w0:b], panel.valid[w0:b], rule)
+        out[a - lo : b - lo] = raw[a - w0 :]
+    return out
+
+
+def _raw_regime(panel, cfg: Config, regime_rules: dict | None, lo: int, hi: int) -> np.ndarray | None:
+    if cfg.strategy.enabled and cfg.strategy.regime_thresholds == "model":
+        return fold_raw_regime(panel, regime_rules, lo, hi)
+    return None
+
+
+def oos_backtest(panel, cfg: Config, rc: ResearchConfig, parts: list[pd.DataFrame], regime_rules: dict | None = None):
     """The meta strategy's backtest over the out-of-sample span of the prediction frames ``parts``
     (some folds' predictions): the same inputs and rules as the walk-forward's own backtest, so
-    with every fold's predictions it equals ``WalkForwardResult.backtest``."""
+    with every fold's predictions it equals ``WalkForwardResult.backtest``. ``regime_rules``: the
+    folds' fitted regime rules (``WalkForwardResult.regime_rules``; ``regime_thresholds = "model"``)."""
     from engine.backtest.io import signals_to_arrays
     from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs, run_backtest
     from engine.risk.params import params_from_config
@@ -607,7 +657,8 @@ def oos_backtest(panel, cfg: Config, rc: ResearchConfig, parts: list[pd.DataFram
     cluster = default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi]
     sub = panel.slice(t0, t1)
     p_up, er = signals_to_arrays(sig, sub.ts, sub.pairs)
-    inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster)
+    raw = _raw_regime(panel, cfg, regime_rules, lo, hi)
+    inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster, raw_regime=raw)
     return run_backtest(inp, params_from_config(cfg))
 
 
@@ -668,7 +719,7 @@ def strategy_signals(preds: pd.DataFrame, horizon: int, model: str = "meta") -> 
     return out
 
 
-def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
+def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame, regime_rules: dict | None = None):
     from engine.backtest.io import signals_to_arrays
     from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs, run_backtest
     from engine.risk.params import params_from_config
@@ -685,17 +736,18 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
     cluster = default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi]
     sub = panel.slice(t0, t1)
     params = params_from_config(cfg)
+    raw = _raw_regime(panel, cfg, regime_rules, lo, hi)
 
     def run(model: str):
         s = strategy_signals(preds, rc.trade_horizon, model)
         p_up, er = signals_to_arrays(s, sub.ts, sub.pairs)
-        inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster)
+        inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster, raw_regime=raw)
         return run_backtest(inp, params)
 
     res = run("meta")
     stats: dict[str, Any] = {"span": [t0, t1], "n_bars": int(sub.n_bars), "trade_horizon": int(rc.trade_horizon)}
     if cfg.strategy.enabled:  # issue 18: the regime selector against the single default rule set
-        stats["strategy"] = _strategy_compare(sub, cfg, preds, rc, res, params, atr, spread, cluster)
+        stats["strategy"] = _strategy_compare(sub, cfg, preds, rc, res, params, atr, spread, cluster, raw)
     eq = res.equity["equity"].astype(np.float64)
     r = np.diff(eq) / eq[:-1]
     # every model's own strategy (diagnostics for PBO; trades still come from the meta only)
@@ -741,29 +793,41 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame):
     return res, stats
 
 
-def _strategy_compare(sub, cfg: Config, preds: pd.DataFrame, rc: ResearchConfig, res, params, atr, spread, cluster):
+def _strategy_compare(
+    sub, cfg: Config, preds: pd.DataFrame, rc: ResearchConfig, res, params, atr, spread, cluster, raw=None
+):
     """Out of sample, on the meta-learner's signals: the selector run (``res``) against the same
     signals with ``[strategy]`` off (the single default rule set); per regime and per profile (pair
-    hours, round trips, hit rate, PnL after fees) and which did better (hourly Sharpe)."""
+    hours, round trips, hit rate, PnL after fees) and which did better (hourly Sharpe). ``raw``: the
+    folds' fitted raw regime codes (``regime_thresholds = "model"``)."""
     from engine.backtest.io import signals_to_arrays
     from engine.backtest.runner import make_inputs, run_backtest
     from engine.strategy.report import breakdown, summary
 
     s = strategy_signals(preds, rc.trade_horizon)
     p_up, er = signals_to_arrays(s, sub.ts, sub.pairs)
-    sel = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster).strategy
+    sel = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster, raw_regime=raw).strategy
     assert sel is not None  # cfg.strategy.enabled
     off_cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"enabled": False})})
     off = run_backtest(make_inputs(sub, p_up, er, off_cfg, atr=atr, spread=spread, cluster=cluster), params)
     a = summary(res) | breakdown(res.trades, sel.regime, sel.profile)
     b = summary(off) | breakdown(off.trades, sel.regime)
-    return {
+    note = (
+        "regime labels: each fold's regime classifier (thresholds fitted on its training window, "
+        "features warm from the panel's history) on its test bars, then hysteresis"
+        if raw is not None
+        else "regime labels: the rule-based form with [strategy] thresholds and hysteresis; the "
+        "first lookback bars of the test span warm up (unknown regime)"
+    )
+    out = {
         "selector": a,
         "default": b,
         "better_out_of_sample": "selector" if a["sharpe_hourly"] > b["sharpe_hourly"] else "default",
-        "note": "regime labels: the rule-based form with [strategy] thresholds and hysteresis; the "
-        "first lookback bars of the test span warm up (unknown regime)",
+        "note": note,
     }
+    if raw is not None:
+        out["regime_thresholds"] = "model"
+    return out
 
 
 def auc_of(result: WalkForwardResult, model: str, horizon: int, fold: Any = "all") -> float | None:

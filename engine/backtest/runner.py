@@ -151,6 +151,7 @@ def make_inputs(
     operator=None,
     tradable=None,
     entry_block=None,
+    raw_regime=None,
 ) -> BacktestInputs:
     """Assemble kernel inputs from a Panel and (n, m) signal arrays; missing ATR/spread/clusters are
     computed with the feature kernels (windows from ``cfg``).
@@ -163,7 +164,9 @@ def make_inputs(
     (:func:`engine.risk.schedule.entry_block_for_bars`: the execution bar opens in the window).
     ``cfg.strategy.enabled``: ``p_up`` goes through the regime selector
     (:func:`engine.strategy.apply_strategy`: parked below the entry threshold where no selected
-    profile has a candidate) and the selection rides along as ``strategy``; off: unchanged."""
+    profile has a candidate) and the selection rides along as ``strategy``; off: unchanged.
+    ``raw_regime`` (n, m) int8: the fitted regime classifier's codes before hysteresis, required
+    with ``[strategy] regime_thresholds = "model"`` (not read when the layer is off)."""
     from engine.config import load_config
     from engine.risk.schedule import entry_block_for_bars
 
@@ -202,7 +205,7 @@ def make_inputs(
     if cfg.strategy.enabled:
         from engine.strategy import apply_strategy, bar_exits
 
-        sel = apply_strategy(hi, cl, panel.volume, panel.valid, _f64(p_up, shape, "p_up"), cfg)
+        sel = apply_strategy(hi, cl, panel.volume, panel.valid, _f64(p_up, shape, "p_up"), cfg, raw_regime)
         p_up = sel.p_up_gated
         bx = bar_exits(sel, cl, atr, panel.valid)
     return BacktestInputs(

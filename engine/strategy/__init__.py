@@ -36,6 +36,7 @@ __all__ = [
     "STRATEGY_EVENT",
     "Profile",
     "Regime",
+    "RegimeRule",
     "StrategySelection",
     "apply_strategy",
     "bar_exits",
@@ -43,6 +44,9 @@ __all__ = [
     "profile_candidates",
     "reason_code",
     "regime_labels",
+    "regime_raw",
+    "regime_rule",
+    "regime_rule_of",
     "selection_records",
     "selector_tables",
 ]
@@ -92,25 +96,94 @@ def _arr(a, dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def regime_labels(close, valid, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(raw, label): the rule's regime code per bar and pair and the code after hysteresis, (n, m)
-    int8 each (-1 unknown); causal."""
-    from engine.strategy.nb import hysteresis_nb, regime_features_nb, regime_rule_nb
+@dataclass(frozen=True)
+class RegimeRule:
+    """The regime rule's windows and thresholds (``research.models.regime``'s module doc): the
+    ``[strategy]`` values (:func:`regime_rule`) or a fitted RegimeClassifier's (:func:`regime_rule_of`)."""
+
+    trend_bars: int
+    vol_bars: int
+    vol_hi: float
+    strength_hi: float
+    crash_ret: float
+    crash_drawdown: float
+
+
+def regime_rule(scfg) -> RegimeRule:
+    """The rule of a StrategyConfig's fixed windows and thresholds (``regime_thresholds = "config"``)."""
+    return RegimeRule(
+        int(scfg.trend_bars),
+        int(scfg.vol_bars),
+        float(scfg.vol_hi),
+        float(scfg.strength_hi),
+        float(scfg.crash_ret),
+        float(scfg.crash_drawdown),
+    )
+
+
+def regime_rule_of(classifier) -> RegimeRule:
+    """The rule of a FITTED ``research.models.regime.RegimeClassifier`` (its windows, its fixed crash
+    drawdown and the thresholds fitted on its training window); InputError when it is not fitted."""
+    from engine.errors import InputError
+
+    if classifier is None or not hasattr(classifier, "vol_hi_"):
+        raise InputError("the regime classifier is missing or not fitted (no fitted regime thresholds)")
+    return RegimeRule(
+        int(classifier.trend_bars),
+        int(classifier.vol_bars),
+        float(classifier.vol_hi_),
+        float(classifier.strength_hi_),
+        float(classifier.crash_ret_),
+        float(classifier.crash_drawdown),
+    )
+
+
+def regime_raw(close, valid, rule: RegimeRule) -> np.ndarray:
+    """The rule's regime code per bar and pair before hysteresis, (n, m) int8 (-1 unknown); causal
+    (row t reads rows <= t only)."""
+    from engine.strategy.nb import regime_features_nb, regime_rule_nb
 
     c = _arr(close, np.float64)
     v = _arr(valid, np.bool_)
-    p = sp[0]
-    tr, vo, dd, st = regime_features_nb(c, v, int(p["trend_bars"]), int(p["vol_bars"]))
-    raw = regime_rule_nb(
+    tr, vo, dd, st = regime_features_nb(c, v, int(rule.trend_bars), int(rule.vol_bars))
+    return regime_rule_nb(
         tr.ravel(),
         vo.ravel(),
         dd.ravel(),
         st.ravel(),
-        float(p["crash_ret"]),
-        float(p["crash_drawdown"]),
-        float(p["vol_hi"]),
-        float(p["strength_hi"]),
+        float(rule.crash_ret),
+        float(rule.crash_drawdown),
+        float(rule.vol_hi),
+        float(rule.strength_hi),
     ).reshape(c.shape)
+
+
+def regime_labels(close, valid, sp: np.ndarray, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, label): the rule's regime code per bar and pair and the code after hysteresis, (n, m)
+    int8 each (-1 unknown); causal. ``raw`` given (e.g. a fitted classifier's codes,
+    ``regime_thresholds = "model"``): only the hysteresis runs, on it."""
+    from engine.strategy.nb import hysteresis_nb
+
+    p = sp[0]
+    if raw is None:
+        rule = RegimeRule(
+            int(p["trend_bars"]),
+            int(p["vol_bars"]),
+            float(p["vol_hi"]),
+            float(p["strength_hi"]),
+            float(p["crash_ret"]),
+            float(p["crash_drawdown"]),
+        )
+        raw = regime_raw(close, valid, rule)
+    else:
+        from engine.errors import InputError
+
+        shape = np.shape(close)
+        if np.shape(raw) != shape:
+            raise InputError(f"raw_regime: shape {np.shape(raw)}, expected {shape}")
+        raw = _arr(raw, np.int8)
+        if ((raw < -1) | (raw >= N_REGIMES)).any():
+            raise InputError(f"raw_regime: codes must be -1 .. {N_REGIMES - 1}")
     return raw, hysteresis_nb(raw, int(p["hysteresis_bars"]), int(p["hysteresis_lookback"]))
 
 
@@ -142,16 +215,29 @@ class StrategySelection:
     size_scale: np.ndarray
 
 
-def apply_strategy(high, close, volume, valid, p_up, cfg) -> StrategySelection:
+def apply_strategy(high, close, volume, valid, p_up, cfg, raw_regime=None) -> StrategySelection:
     """Regime, profiles and selector on the bars and the meta-learner's P(up), with the thresholds
     of ``cfg.risk`` (entry gate; the parked value is ``cfg.risk.p_up_exit``: below the entry
-    threshold, not below the signal-exit one)."""
+    threshold, not below the signal-exit one).
+
+    ``raw_regime`` (n, m) int8: the regime codes before hysteresis from the fitted classifier
+    (:func:`regime_raw` with :func:`regime_rule_of`); required when ``[strategy] regime_thresholds
+    = "model"`` and refused when it is "config" (the rule then uses the ``[strategy]`` thresholds)."""
+    from engine.errors import InputError
     from engine.strategy.nb import gate_p_up_nb, select_nb
 
     scfg = cfg.strategy
+    model = scfg.regime_thresholds == "model"
+    if model and raw_regime is None:
+        raise InputError(
+            '[strategy] regime_thresholds = "model" needs the fitted regime classifier\'s labels '
+            "(raw_regime); they come from a walk-forward fold or an approved bundle"
+        )
+    if not model and raw_regime is not None:
+        raise InputError('raw_regime given but [strategy] regime_thresholds is "config"')
     sp = params_from_config(scfg, cfg.risk.p_up_entry)
     pu = _arr(p_up, np.float64)
-    _, label = regime_labels(close, valid, sp)
+    _, label = regime_labels(close, valid, sp, raw_regime)
     cand = profile_candidates(high, close, volume, valid, pu, sp)
     tp, tw, ex = selector_tables(scfg)
     prof, ok, stop, take, size = select_nb(label, cand, tp, tw, ex)

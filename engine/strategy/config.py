@@ -7,7 +7,7 @@ same arrays as without the layer, bit for bit. docs/MODEL_ASSUMPTIONS.md documen
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -108,6 +108,11 @@ class StrategyConfig(Frozen):
     strength_hi: float = Field(1.07, gt=0.0, le=100.0, description="trending at |trend|/(vol sqrt(bars)) >= this")
     crash_ret: float = Field(-0.15, ge=-1.0, le=0.0, description="crash needs the trend return <= this")
     crash_drawdown: float = Field(0.15, gt=0.0, lt=1.0, description="and the drawdown off the high >= this")
+    regime_thresholds: Literal["config", "model"] = Field(
+        "config",
+        description='"config": the windows and thresholds above; "model": the regime classifier fitted on '
+        "each walk-forward fold's training window (the approved bundle's in the daemon)",
+    )
     hysteresis_bars: int = Field(6, ge=1, le=720, description="a new regime must hold this many bars")
     hysteresis_lookback: int = Field(168, ge=1, le=2000, description="no settled run in this many bars: regime unknown")
     # profiles
@@ -136,7 +141,12 @@ class StrategyConfig(Frozen):
     @property
     def lookback_bars(self) -> int:
         """Rows of history the last row's regime and profiles need to equal a full-history run."""
-        regime = max(self.trend_bars, self.vol_bars + 1) + self.hysteresis_lookback + self.hysteresis_bars
+        return self.lookback_for(self.trend_bars, self.vol_bars)
+
+    def lookback_for(self, trend_bars: int, vol_bars: int) -> int:
+        """:attr:`lookback_bars` with the regime rule's windows ``trend_bars`` and ``vol_bars``
+        (``regime_thresholds = "model"``: the fitted classifier's)."""
+        regime = max(int(trend_bars), int(vol_bars) + 1) + self.hysteresis_lookback + self.hysteresis_bars
         prof = max(
             self.trend_mom_bars, self.trend_sma_bars + 1, self.breakout_bars, self.mr_bars, self.vx_long_bars + 1
         )
