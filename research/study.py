@@ -31,8 +31,9 @@ walk-forward mode). ``strategy.*`` keys (``[strategy] enabled = true`` required;
 :data:`research.sweep.STRATEGY_KEYS`, ``strategy.selector.<regime>`` as choices of row strings such
 as ``"trend:0.7,breakout:0.3"``) are tuned on the same cached signal: each fold's inputs are built
 with the trial's config (:meth:`Evaluator.backtest`, ``make_inputs``), no model is retrained; with
-the layer on ``risk.stop_atr_mult`` / ``risk.take_profit_atr_mult`` are refused (each bar's profile
-multiples replace them, R26). Strategy trials count as configurations tried like any other.
+the layer on ``risk.take_profit_atr_mult`` is refused (each bar's profile multiple replaces it, R26;
+``risk.stop_atr_mult`` caps the profile stops and stays). Strategy trials count as configurations
+tried like any other.
 
 Objectives (per fold, then the mean over folds; ``dsr`` on the concatenated daily returns):
 the backtester's annualised ``sharpe`` and ``calmar``, ``total_return``, ``max_drawdown``
@@ -262,9 +263,9 @@ def _param(key: str, v: Any) -> Param:
 
 def _check_strategy_space(base: RunSpec, keys: Mapping[str, Any]) -> None:
     """``strategy.*`` space keys need ``[strategy] enabled = true`` (with the layer off they change
-    nothing); with it on, ``risk.stop_atr_mult`` / ``risk.take_profit_atr_mult`` are refused (each
-    bar's profile multiples replace them for entries, R26: a trial varying them would be a
-    configuration tried in vain, yet counted in the deflated Sharpe ratio)."""
+    nothing); with it on, ``risk.take_profit_atr_mult`` is refused (each bar's profile multiple
+    replaces it for entries, R26: a trial varying it would be a configuration tried in vain, yet
+    counted in the deflated Sharpe ratio)."""
     from research.sweep import STRATEGY_EXIT_KEYS
 
     strat = [k for k in keys if k.startswith("strategy.")]
@@ -277,8 +278,8 @@ def _check_strategy_space(base: RunSpec, keys: Mapping[str, Any]) -> None:
     exits = [k for k in STRATEGY_EXIT_KEYS if k in keys]
     if exits and on:
         raise ConfigError(
-            f"study.space.{exits[0]}: not tunable with [strategy] enabled (each bar's profile stop and "
-            "take-profit multiples replace it, R26); use strategy.exits.<profile>.stop_atr_mult / take_profit_atr_mult"
+            f"study.space.{exits[0]}: not tunable with [strategy] enabled (each bar's profile take-profit "
+            "multiple replaces it, R26); use strategy.exits.<profile>.take_profit_atr_mult"
         )
 
 
@@ -371,6 +372,13 @@ def load_study_spec(
         raise ConfigError(
             "study.pruning: walk-forward fold pruning trains folds one by one; "
             "set pruning = false or [research.fanout] workers = 1 without a scheduler"
+        )
+    layout = [p.name for p in space if p.name.startswith("research.folds.")]
+    if pruning and mode == "walkforward" and layout:
+        # fold k must cover the same hours in every trial, or the pruner compares unlike spans
+        raise ConfigError(
+            f"study.pruning: {', '.join(layout)} change the fold layout, so fold k differs between trials; "
+            "set pruning = false to search them"
         )
     n_folds = _int(table, "n_folds", 4 if mode == "sweep" else 1, 1, 64)
     if mode != "sweep" and n_folds != 1:
@@ -533,6 +541,18 @@ def _objective_values(ss: StudySpec, m: dict, objs: tuple[str, ...]) -> list[flo
     return out
 
 
+def _trial_sharpes(trials) -> list[float]:
+    """The daily Sharpe ratios the deflated Sharpe ratio's variance reads: every complete AND pruned
+    trial's (a pruned trial's over the folds it ran), so pruning the weak tail does not shrink the
+    variance and inflate the DSR of the best."""
+    out = []
+    for t in trials:
+        x = t.user_attrs.get("daily_sharpe")
+        if x is not None and math.isfinite(float(x)):
+            out.append(float(x))
+    return out
+
+
 def _dsr_value(study, ss: StudySpec, r: np.ndarray, n_requested: int) -> float:
     """DSR of ``r`` against the expected best of ``n_requested`` trials with the variance of the
     daily Sharpe ratios of the trials finished so far (0 before two)."""
@@ -540,11 +560,7 @@ def _dsr_value(study, ss: StudySpec, r: np.ndarray, n_requested: int) -> float:
 
     from research.stats import deflated_sharpe_ratio
 
-    srs = [
-        t.user_attrs["daily_sharpe"]
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "daily_sharpe" in t.user_attrs
-    ]
+    srs = _trial_sharpes(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     var = float(np.var(srs, ddof=1)) if len(srs) > 1 else 0.0
     try:
         return float(deflated_sharpe_ratio(r, n_trials=max(1, n_requested), sr_variance=var).dsr)
@@ -574,11 +590,15 @@ def sweep_objective(ss: StudySpec, ev: Evaluator, study, trial, n_requested: int
         per_fold.append(_objective_values(ss, m, ss.objectives))
         if prune_on and k < len(ev.blocks) - 1:
             vals = [f[0] for f in per_fold if math.isfinite(f[0])]
-            trial.report(float(np.mean(vals)) if vals else float("nan"), k)
-            if trial.should_prune():
-                trial.set_user_attr("pruned_reason", f"weak after fold {k}")
-                trial.set_user_attr("n_trades", n_trades)
-                raise optuna.TrialPruned()
+            # no defined value yet (no trade so far): nothing to judge; Optuna's MedianPruner would
+            # prune a NaN report unconditionally, discarding a late-trading set as "weak"
+            if vals:
+                trial.report(float(np.mean(vals)), k)
+                if trial.should_prune():
+                    trial.set_user_attr("pruned_reason", f"weak after fold {k}")
+                    trial.set_user_attr("n_trades", n_trades)
+                    trial.set_user_attr("daily_sharpe", _sharpe(np.concatenate(rets)))  # its spread counts
+                    raise optuna.TrialPruned()
     r = np.concatenate(rets)
     trial.set_user_attr("n_trades", n_trades)
     trial.set_user_attr("daily_sharpe", _sharpe(r))
@@ -620,11 +640,17 @@ def walkforward_objective(ss: StudySpec, study, trial, n_requested: int) -> list
         trial.set_user_attr("folds_run", len(done))
         if not prune_on or k >= int(kw["n_folds"]) - 1:
             return
-        m = kw["backtest"]().metrics_dict()
-        trial.report(_objective_values(ss, m, ss.objectives)[0], k)
+        bt = kw["backtest"]()
+        m = bt.metrics_dict()
+        v = _objective_values(ss, m, ss.objectives)[0]
+        if not math.isfinite(v):  # no trade yet: nothing to judge (a NaN report is always pruned)
+            return
+        trial.report(v, k)
         if trial.should_prune():
             trial.set_user_attr("pruned_reason", f"weak after fold {k}")
             trial.set_user_attr("n_trades", int(m["n_trades"]))
+            init0 = float(spec.config.backtest.init_cash)
+            trial.set_user_attr("daily_sharpe", _sharpe(daily_returns(bt.ts, bt.equity["equity"], init0)))
             raise optuna.TrialPruned()
 
     o = run(spec, None, track=False, progress=on_event)
@@ -1245,7 +1271,7 @@ def write_report(
         from optuna.trial import TrialState
 
         complete = [t for t in trials if t.state == TrialState.COMPLETE and "daily_returns" in t.user_attrs]
-        srs = [float(t.user_attrs["daily_sharpe"]) for t in complete]
+        srs = _trial_sharpes(t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
         mat = None
         lens = {len(t.user_attrs["daily_returns"]) for t in complete}
         if len(complete) >= 2 and len(lens) == 1:

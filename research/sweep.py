@@ -29,9 +29,11 @@ reads (the selector's gated P(up) and the per-bar exits), so the sets are groupe
 (:func:`strategy_inputs`: ``make_inputs`` with the group's config, as :func:`inputs_from_panel`);
 sets that differ only in parameter-record keys share them. A strategy key with the layer off
 (it would change nothing), and with it on ``risk.p_up_entry`` / ``risk.p_up_exit`` (the selector
-gates the inputs at the config's thresholds) and ``risk.stop_atr_mult`` /
-``risk.take_profit_atr_mult`` (each bar's profile multiples replace them for entries, R26) are
-refused with one line.
+gates the inputs at the config's thresholds) and ``risk.take_profit_atr_mult`` (each bar's profile
+multiple replaces it for entries, R26) are refused with one line, and so is a set whose profile stop
+is wider than its ``risk.stop_atr_mult`` (a profile stop applies only when tighter: a duplicate);
+preservation's take-profit and size scale (it never enters), ``strategy.enabled`` and modes are not
+keys, and more than :data:`MAX_STRATEGY_GROUPS` distinct strategy tables are refused.
 Every parameter set is validated by the engine config model (:func:`engine.config.config_from_dict`
 on the config file's tables with the set's values merged in), so the model's bounds on every
 capital rule (``risk.base_risk <= 0.05``, ``risk.dd_halt < 1``, ``risk.max_positions <= 50``,
@@ -148,8 +150,16 @@ def _strategy_keys() -> tuple[str, ...]:
     from engine.strategy.config import ProfileExit, StrategyConfig
     from engine.strategy.enums import PROFILE_NAMES, REGIME_NAMES
 
-    scalar = [f"strategy.{n}" for n in StrategyConfig.model_fields if n not in ("exits", "selector")]
-    exits = [f"strategy.exits.{q}.{f}" for q in PROFILE_NAMES for f in ProfileExit.model_fields]
+    # an explicit exclusion, not every field: a switch or a mode (enabled, regime_thresholds) is not a
+    # number to tune, and preservation never enters, so its take-profit and size scale change nothing
+    skip = {"exits", "selector", "enabled", "regime_thresholds"}
+    scalar = [f"strategy.{n}" for n in StrategyConfig.model_fields if n not in skip]
+    exits = [
+        f"strategy.exits.{q}.{f}"
+        for q in PROFILE_NAMES
+        for f in ProfileExit.model_fields
+        if not (q == "preservation" and f != "stop_atr_mult")
+    ]
     return (*scalar, *exits, *(f"strategy.selector.{r}" for r in (*REGIME_NAMES, "unknown")))
 
 
@@ -160,9 +170,13 @@ def _strategy_keys() -> tuple[str, ...]:
 #: ``"trend:0.7,breakout:0.3"`` (profile:weight, comma-separated; one profile alone weighs 1)
 STRATEGY_KEYS: tuple[str, ...] = _strategy_keys()
 SELECTOR_PREFIX = "strategy.selector."
-#: [risk] keys an entry's stop and take-profit come from; with [strategy] enabled each bar's profile
-#: multiples replace them (R26), so a sweep of them would be silently ignored for the stops
-STRATEGY_EXIT_KEYS = ("risk.stop_atr_mult", "risk.take_profit_atr_mult")
+#: with [strategy] enabled each bar's profile take-profit multiple replaces [risk]'s for entries (R26),
+#: so a sweep of it would be silently ignored (``risk.stop_atr_mult`` stays sweepable: it caps the
+#: profile stops, which apply only when tighter, and sets risk sizing's stop distance)
+STRATEGY_EXIT_KEYS = ("risk.take_profit_atr_mult",)
+#: at most this many distinct [strategy] tables in one sweep: each rebuilds its inputs (seconds on a
+#: full panel), so a continuous random draw of a strategy key would make one per set
+MAX_STRATEGY_GROUPS = 500
 
 
 def _selector_row(key: str, text: str) -> list[dict]:
@@ -450,9 +464,8 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
     if cfg0.strategy.enabled and exits:
         raise _err(
             spec.source,
-            f"params {', '.join(exits)}: not sweepable with [strategy] enabled (each bar's profile stop and "
-            "take-profit multiples replace them, R26); sweep strategy.exits.<profile>.stop_atr_mult / "
-            "take_profit_atr_mult instead",
+            f"params {', '.join(exits)}: not sweepable with [strategy] enabled (each bar's profile "
+            "take-profit multiple replaces it, R26); sweep strategy.exits.<profile>.take_profit_atr_mult instead",
         )
     for d in spec.dims:
         for v in d.values or (d.low, d.high):
@@ -483,6 +496,24 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
                 what = ", ".join(f"{k} = {v!r}" for k, v in zip(spec.keys, combo, strict=True))
                 msg = str(e).removeprefix(f"{source}: ")
                 raise _err(spec.source, f"the set {what}: {msg} (invalid = 'skip' leaves such sets out)") from None
+            wide = [
+                f"{k} = {v!r}"
+                for k, v in zip(spec.keys, combo, strict=True)
+                if k.startswith("strategy.exits.")
+                and k.endswith(".stop_atr_mult")
+                and cfg.risk.stop_atr_mult > 0.0
+                and float(v) > cfg.risk.stop_atr_mult
+            ]
+            if wide:  # R26: a profile stop applies only when tighter than [risk]'s: the set is a duplicate
+                if spec.invalid == "skip":
+                    skipped += 1
+                    continue
+                raise _err(
+                    spec.source,
+                    f"the set {', '.join(wide)}: wider than risk.stop_atr_mult = {cfg.risk.stop_atr_mult}, so it "
+                    "changes nothing (a profile stop applies only when tighter, R26; invalid = 'skip' leaves such "
+                    "sets out)",
+                )
             # the set's [strategy] table: only its strategy keys reach it, so the config file's
             # tables with only those values give the same table (the group's inputs, set_inputs)
             sj = json.dumps(cfg.strategy.model_dump(mode="json"), sort_keys=True) if strat_on else ""
@@ -492,6 +523,12 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
         p, sj = hit
         if strat_on:
             groups.append(by_strategy.setdefault(sj, len(by_strategy)))
+            if len(by_strategy) > MAX_STRATEGY_GROUPS:
+                raise _err(
+                    spec.source,
+                    f"more than {MAX_STRATEGY_GROUPS} distinct [strategy] tables: each rebuilds the inputs; "
+                    "give strategy keys a list or a range with a step",
+                )
         rows.append(p)
         kept.append(combo)
     if not rows:
