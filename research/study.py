@@ -508,7 +508,7 @@ class Evaluator:
         return ma_signal(self.panel.close, fast, slow, float(sig.get("scale", 50.0)))
 
     def backtest(self, cfg, sigarr: tuple[np.ndarray, np.ndarray], lo: int, hi: int):
-        from engine.backtest.runner import make_inputs, run_backtest
+        from engine.backtest.runner import history_before, make_inputs, run_backtest
         from engine.risk.params import params_from_config
 
         sub = self.panel.slice(int(self.panel.ts[lo]), int(self.panel.ts[hi - 1]))
@@ -521,6 +521,7 @@ class Evaluator:
             atr=self.atr[lo:hi],
             spread=self.spread[lo:hi],
             cluster=self.cluster[lo:hi],
+            history=history_before(self.panel, lo),  # the selector warms up as ATR does
         )
         return run_backtest(inp, params_from_config(cfg))
 
@@ -539,6 +540,16 @@ def _objective_values(ss: StudySpec, m: dict, objs: tuple[str, ...]) -> list[flo
             v = m.get(o)
         out.append(float("nan") if v is None else float(v))
     return out
+
+
+def weak_after_fold(trial, value: float, k: int) -> bool:
+    """Report ``value`` after fold ``k`` and ask the pruner; a value that is not defined yet (no
+    trade so far: NaN) is neither reported nor judged, since Optuna's MedianPruner prunes a NaN
+    report unconditionally and would discard a configuration that trades late as "weak"."""
+    if not math.isfinite(value):
+        return False
+    trial.report(value, k)
+    return bool(trial.should_prune())
 
 
 def _trial_sharpes(trials) -> list[float]:
@@ -590,15 +601,11 @@ def sweep_objective(ss: StudySpec, ev: Evaluator, study, trial, n_requested: int
         per_fold.append(_objective_values(ss, m, ss.objectives))
         if prune_on and k < len(ev.blocks) - 1:
             vals = [f[0] for f in per_fold if math.isfinite(f[0])]
-            # no defined value yet (no trade so far): nothing to judge; Optuna's MedianPruner would
-            # prune a NaN report unconditionally, discarding a late-trading set as "weak"
-            if vals:
-                trial.report(float(np.mean(vals)), k)
-                if trial.should_prune():
-                    trial.set_user_attr("pruned_reason", f"weak after fold {k}")
-                    trial.set_user_attr("n_trades", n_trades)
-                    trial.set_user_attr("daily_sharpe", _sharpe(np.concatenate(rets)))  # its spread counts
-                    raise optuna.TrialPruned()
+            if weak_after_fold(trial, float(np.mean(vals)) if vals else float("nan"), k):
+                trial.set_user_attr("pruned_reason", f"weak after fold {k}")
+                trial.set_user_attr("n_trades", n_trades)
+                trial.set_user_attr("daily_sharpe", _sharpe(np.concatenate(rets)))  # its spread counts
+                raise optuna.TrialPruned()
     r = np.concatenate(rets)
     trial.set_user_attr("n_trades", n_trades)
     trial.set_user_attr("daily_sharpe", _sharpe(r))
@@ -642,11 +649,7 @@ def walkforward_objective(ss: StudySpec, study, trial, n_requested: int) -> list
             return
         bt = kw["backtest"]()
         m = bt.metrics_dict()
-        v = _objective_values(ss, m, ss.objectives)[0]
-        if not math.isfinite(v):  # no trade yet: nothing to judge (a NaN report is always pruned)
-            return
-        trial.report(v, k)
-        if trial.should_prune():
+        if weak_after_fold(trial, _objective_values(ss, m, ss.objectives)[0], k):
             trial.set_user_attr("pruned_reason", f"weak after fold {k}")
             trial.set_user_attr("n_trades", int(m["n_trades"]))
             init0 = float(spec.config.backtest.init_cash)
@@ -1178,7 +1181,14 @@ def holdout_run(ss: StudySpec, params: Mapping[str, Any], signals_path=None, ev:
                 out["holdout_daily_returns"] = r
         return out
     from engine.backtest.io import signals_to_arrays
-    from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs, run_backtest
+    from engine.backtest.runner import (
+        default_atr,
+        default_clusters,
+        default_spread,
+        history_before,
+        make_inputs,
+        run_backtest,
+    )
     from engine.risk.params import params_from_config
     from research.pipeline import run
 
@@ -1200,6 +1210,7 @@ def holdout_run(ss: StudySpec, params: Mapping[str, Any], signals_path=None, ev:
             lo:hi
         ],
         cluster=default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi],
+        history=history_before(panel, lo),
     )
     res = run_backtest(inp, params_from_config(cfg))
     r = daily_returns(res.ts, res.equity["equity"], init)

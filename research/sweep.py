@@ -576,7 +576,7 @@ def inputs_from_panel(
     signal; None: the built-in SMA 12/48 demo signal (as ``kq backtest`` without ``--signals``)."""
     from engine.backtest.demo import ma_signal
     from engine.backtest.io import signals_to_arrays
-    from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs
+    from engine.backtest.runner import default_atr, default_clusters, default_spread, history_before, make_inputs
 
     lo = 0 if start is None else int(np.searchsorted(panel.ts, start, side="left"))
     hi = panel.n_bars if end is None else int(np.searchsorted(panel.ts, end, side="right"))
@@ -598,7 +598,17 @@ def inputs_from_panel(
         p_up, er = ma_signal(panel.close, 12, 48, 50.0)
         p_up, er = p_up[lo:hi], er[lo:hi]
         what = "built-in demo signal (SMA 12/48 crossover; not a model)"
-    inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread[lo:hi], cluster=cluster, tradable=tradable)
+    inp = make_inputs(
+        sub,
+        p_up,
+        er,
+        cfg,
+        atr=atr,
+        spread=spread[lo:hi],
+        cluster=cluster,
+        tradable=tradable,
+        history=history_before(panel, lo),
+    )
     return SweepInputs(inp, sub.venue, what, _arrays_sha256(inp.p_up, inp.exp_ret), lo)
 
 
@@ -627,6 +637,7 @@ def strategy_inputs(inp, cfg):
         operator=inp.operator,
         tradable=inp.tradable,
         entry_block=inp.entry_block,
+        history=inp.strategy_history,
     )
 
 

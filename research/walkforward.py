@@ -639,27 +639,69 @@ def oos_backtest(panel, cfg: Config, rc: ResearchConfig, parts: list[pd.DataFram
     (some folds' predictions): the same inputs and rules as the walk-forward's own backtest, so
     with every fold's predictions it equals ``WalkForwardResult.backtest``. ``regime_rules``: the
     folds' fitted regime rules (``WalkForwardResult.regime_rules``; ``regime_thresholds = "model"``)."""
-    from engine.backtest.io import signals_to_arrays
-    from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs, run_backtest
+    from engine.backtest.runner import run_backtest
     from engine.risk.params import params_from_config
 
     preds = pd.concat(parts, ignore_index=True)
     preds["ts"] = preds["ts"].astype(np.int64)
     preds["pair"] = preds["pair"].astype(str)
     sig = strategy_signals(preds, rc.trade_horizon)
+    return run_backtest(_oos_window(panel, cfg, sig, regime_rules).inputs(sig, cfg), params_from_config(cfg))
+
+
+@dataclass(frozen=True, eq=False)
+class _OosWindow:
+    """The out-of-sample span of a signal frame cut out of the panel, with what the backtest reads
+    from before it: ATR, spread estimate and clusters computed over the whole panel, the fitted raw
+    regime codes (``regime_thresholds = "model"``), and the bars before the span (``history``) on
+    which the strategy layer's windows warm up, as the daemon's always do."""
+
+    sub: Any
+    t0: int
+    t1: int
+    atr: np.ndarray
+    spread: np.ndarray
+    cluster: np.ndarray
+    raw: np.ndarray | None
+    history: Any
+
+    def inputs(self, sig: pd.DataFrame, cfg: Config):
+        from engine.backtest.io import signals_to_arrays
+        from engine.backtest.runner import make_inputs
+
+        p_up, er = signals_to_arrays(sig, self.sub.ts, self.sub.pairs)
+        raw = self.raw if cfg.strategy.enabled else None
+        return make_inputs(
+            self.sub,
+            p_up,
+            er,
+            cfg,
+            atr=self.atr,
+            spread=self.spread,
+            cluster=self.cluster,
+            raw_regime=raw,
+            history=self.history,
+        )
+
+
+def _oos_window(panel, cfg: Config, sig: pd.DataFrame, regime_rules: dict | None) -> _OosWindow:
+    from engine.backtest.runner import default_atr, default_clusters, default_spread, history_before
+
     t0, t1 = int(sig["ts"].min()), int(sig["ts"].max())
     lo = int(np.searchsorted(panel.ts, t0))
     hi = int(np.searchsorted(panel.ts, t1, side="right"))
     atr = default_atr(panel.high, panel.low, panel.close, cfg.features.atr_window)[lo:hi]
-    spread = np.asarray(default_spread(panel.high, panel.low, panel.close, panel.valid, cfg.backtest.spread_window))[
-        lo:hi
-    ]
+    spread = np.asarray(default_spread(panel.high, panel.low, panel.close, panel.valid, cfg.backtest.spread_window))
     cluster = default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi]
-    sub = panel.slice(t0, t1)
-    p_up, er = signals_to_arrays(sig, sub.ts, sub.pairs)
     raw = _raw_regime(panel, cfg, regime_rules, lo, hi)
-    inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster, raw_regime=raw)
-    return run_backtest(inp, params_from_config(cfg))
+    if raw is not None and lo > 0 and regime_rules:
+        # the bars before the span: the first fold's rule (fitted on its training window, which ends
+        # before the span begins), so the hysteresis is warm at the first test bar too
+        from engine.strategy import regime_raw
+
+        rule0 = min(regime_rules.values(), key=lambda v: int(v[1]))[0]
+        raw = np.concatenate([regime_raw(panel.close[:lo], panel.valid[:lo], rule0), raw])
+    return _OosWindow(panel.slice(t0, t1), t0, t1, atr, spread[lo:hi], cluster, raw, history_before(panel, lo))
 
 
 def _label_of(preds: pd.DataFrame, up: dict, panel) -> np.ndarray:
@@ -720,34 +762,20 @@ def strategy_signals(preds: pd.DataFrame, horizon: int, model: str = "meta") -> 
 
 
 def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame, regime_rules: dict | None = None):
-    from engine.backtest.io import signals_to_arrays
-    from engine.backtest.runner import default_atr, default_clusters, default_spread, make_inputs, run_backtest
+    from engine.backtest.runner import run_backtest
     from engine.risk.params import params_from_config
     from research.stats import deflated_sharpe_ratio, probability_of_backtest_overfitting, sharpe_ratio
 
-    sig = strategy_signals(preds, rc.trade_horizon)
-    t0, t1 = int(sig["ts"].min()), int(sig["ts"].max())
-    lo = int(np.searchsorted(panel.ts, t0))
-    hi = int(np.searchsorted(panel.ts, t1, side="right"))
-    atr = default_atr(panel.high, panel.low, panel.close, cfg.features.atr_window)[lo:hi]
-    spread = np.asarray(default_spread(panel.high, panel.low, panel.close, panel.valid, cfg.backtest.spread_window))[
-        lo:hi
-    ]
-    cluster = default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi]
-    sub = panel.slice(t0, t1)
+    w = _oos_window(panel, cfg, strategy_signals(preds, rc.trade_horizon), regime_rules)
     params = params_from_config(cfg)
-    raw = _raw_regime(panel, cfg, regime_rules, lo, hi)
 
     def run(model: str):
-        s = strategy_signals(preds, rc.trade_horizon, model)
-        p_up, er = signals_to_arrays(s, sub.ts, sub.pairs)
-        inp = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster, raw_regime=raw)
-        return run_backtest(inp, params)
+        return run_backtest(w.inputs(strategy_signals(preds, rc.trade_horizon, model), cfg), params)
 
     res = run("meta")
-    stats: dict[str, Any] = {"span": [t0, t1], "n_bars": int(sub.n_bars), "trade_horizon": int(rc.trade_horizon)}
+    stats: dict[str, Any] = {"span": [w.t0, w.t1], "n_bars": int(w.sub.n_bars), "trade_horizon": int(rc.trade_horizon)}
     if cfg.strategy.enabled:  # issue 18: the regime selector against the single default rule set
-        stats["strategy"] = _strategy_compare(sub, cfg, preds, rc, res, params, atr, spread, cluster, raw)
+        stats["strategy"] = _strategy_compare(w, cfg, preds, rc, res, params)
     eq = res.equity["equity"].astype(np.float64)
     r = np.diff(eq) / eq[:-1]
     # every model's own strategy (diagnostics for PBO; trades still come from the meta only)
@@ -793,31 +821,28 @@ def _backtest(panel, cfg: Config, rc: ResearchConfig, preds: pd.DataFrame, regim
     return res, stats
 
 
-def _strategy_compare(
-    sub, cfg: Config, preds: pd.DataFrame, rc: ResearchConfig, res, params, atr, spread, cluster, raw=None
-):
+def _strategy_compare(w: _OosWindow, cfg: Config, preds: pd.DataFrame, rc: ResearchConfig, res, params):
     """Out of sample, on the meta-learner's signals: the selector run (``res``) against the same
     signals with ``[strategy]`` off (the single default rule set); per regime and per profile (pair
-    hours, round trips, hit rate, PnL after fees) and which did better (hourly Sharpe). ``raw``: the
-    folds' fitted raw regime codes (``regime_thresholds = "model"``)."""
-    from engine.backtest.io import signals_to_arrays
-    from engine.backtest.runner import make_inputs, run_backtest
+    hours, round trips, hit rate, PnL after fees) and which did better (hourly Sharpe). ``w.raw``:
+    the folds' fitted raw regime codes (``regime_thresholds = "model"``)."""
+    from engine.backtest.runner import run_backtest
     from engine.strategy.report import breakdown, summary
 
     s = strategy_signals(preds, rc.trade_horizon)
-    p_up, er = signals_to_arrays(s, sub.ts, sub.pairs)
-    sel = make_inputs(sub, p_up, er, cfg, atr=atr, spread=spread, cluster=cluster, raw_regime=raw).strategy
+    sel = w.inputs(s, cfg).strategy
     assert sel is not None  # cfg.strategy.enabled
+    raw = w.raw
     off_cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"enabled": False})})
-    off = run_backtest(make_inputs(sub, p_up, er, off_cfg, atr=atr, spread=spread, cluster=cluster), params)
+    off = run_backtest(w.inputs(s, off_cfg), params)
     a = summary(res) | breakdown(res.trades, sel.regime, sel.profile)
     b = summary(off) | breakdown(off.trades, sel.regime)
     note = (
         "regime labels: each fold's regime classifier (thresholds fitted on its training window, "
         "features warm from the panel's history) on its test bars, then hysteresis"
         if raw is not None
-        else "regime labels: the rule-based form with [strategy] thresholds and hysteresis; the "
-        "first lookback bars of the test span warm up (unknown regime)"
+        else "regime labels: the rule-based form with [strategy] thresholds and hysteresis, warm on "
+        "the panel's bars before the test span"
     )
     out = {
         "selector": a,

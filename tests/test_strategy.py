@@ -456,3 +456,32 @@ def test_walkforward_compares_the_selector_with_the_default_rule_set():
         assert f"<td class='k'>{name}</td><td>{st['pair_hours']:,}</td><td>{st['trades']:,}</td>" in page
     assert all(f"<td class='k'>{r}</td>" in page for r in s["default"]["per_regime"])
     assert selector_tables(None) == ""
+
+
+def test_a_span_cut_from_a_longer_panel_is_labelled_as_in_the_full_history():
+    """Sweeps, studies and the walk-forward cut their span out of a longer panel; with ``history``
+    (the bars before it) the selector warms up on them, as ATR does, so the span's first rows get
+    the full history's labels instead of a cold start ("unknown" for the first lookback bars)."""
+    from engine.backtest.runner import history_before
+
+    p = _panel()
+    pu, er = _signals(p)
+    cfg = _cfg()
+    full = make_inputs(p, pu, er, cfg)
+    lo = 700
+    sub = p.slice(int(p.ts[lo]), int(p.ts[-1]))
+    kw = dict(atr=full.atr[lo:], spread=full.spread[lo:], cluster=full.cluster[lo:])
+    warm = make_inputs(sub, pu[lo:], er[lo:], cfg, history=history_before(p, lo), **kw)
+    for f in ("regime", "profile", "candidate", "p_up_gated", "size_scale"):
+        assert np.array_equal(getattr(warm.strategy, f), getattr(full.strategy, f)[lo:], equal_nan=True), f
+    assert np.array_equal(warm.bar_exits, full.bar_exits[lo:], equal_nan=True)
+    cold = make_inputs(sub, pu[lo:], er[lo:], cfg, **kw)
+    assert (cold.strategy.regime[:160] == -1).all() and (warm.strategy.regime[:160] != -1).mean() > 0.9
+    # the sweep's inputs and a rebuild under another [strategy] table warm up the same way
+    from research.sweep import inputs_from_panel, strategy_inputs
+
+    si = inputs_from_panel(p, cfg, start=int(p.ts[lo]))
+    assert si.inp.strategy_history is not None and (si.inp.strategy.regime[:300] != -1).mean() > 0.9
+    cfg2 = _cfg(hysteresis_bars=3)
+    again = strategy_inputs(si.inp, cfg2)
+    assert (again.strategy.regime[:300] != -1).mean() > 0.9

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,9 @@ class BacktestInputs:
     # selected profile's stop and take-profit ATR multiples, size scale and stop floor, which the risk
     # step applies (R26); [strategy] off: no rows ((0, m, BX_N), filled in by __post_init__)
     bar_exits: np.ndarray | None = None
+    # the bars right before ts[0] the strategy layer warmed up on (make_inputs ``history``; a Panel),
+    # kept so that a rebuild under another [strategy] table warms up the same way; None: none
+    strategy_history: Any = None
     # kill-switch triggers per bar (kill_triggers_nb), memoised per kill-switch parameter tuple: like
     # ATR and the spread estimate they are a function of these arrays only, so the arrays must not be
     # modified in place after construction (build new inputs, e.g. dataclasses.replace, which starts
@@ -152,6 +155,7 @@ def make_inputs(
     tradable=None,
     entry_block=None,
     raw_regime=None,
+    history=None,
 ) -> BacktestInputs:
     """Assemble kernel inputs from a Panel and (n, m) signal arrays; missing ATR/spread/clusters are
     computed with the feature kernels (windows from ``cfg``).
@@ -166,7 +170,12 @@ def make_inputs(
     (:func:`engine.strategy.apply_strategy`: parked below the entry threshold where no selected
     profile has a candidate) and the selection rides along as ``strategy``; off: unchanged.
     ``raw_regime`` (n, m) int8: the fitted regime classifier's codes before hysteresis, required
-    with ``[strategy] regime_thresholds = "model"`` (not read when the layer is off)."""
+    with ``[strategy] regime_thresholds = "model"`` (not read when the layer is off).
+    ``history``: a Panel of the bars right before ``panel``'s first (same pairs, the hour before it
+    last): with the layer on, the regime and profile windows warm up on them and the selection is
+    cut to ``panel``'s rows, as ATR, spread and clusters are when a caller cuts a span out of a longer
+    panel; so a span's first rows are labelled as in a full-history run (a ``raw_regime`` of
+    ``panel``'s rows is padded with "unknown" there). Kept on the inputs (``strategy_history``)."""
     from engine.config import load_config
     from engine.risk.schedule import entry_block_for_bars
 
@@ -205,7 +214,12 @@ def make_inputs(
     if cfg.strategy.enabled:
         from engine.strategy import apply_strategy, bar_exits
 
-        sel = apply_strategy(hi, cl, panel.volume, panel.valid, _f64(p_up, shape, "p_up"), cfg, raw_regime)
+        pu = _f64(p_up, shape, "p_up")
+        k = 0 if history is None else int(history.close.shape[0])
+        if k == 0:
+            sel = apply_strategy(hi, cl, panel.volume, panel.valid, pu, cfg, raw_regime)
+        else:
+            sel = _warm_selection(history, panel, pu, cfg, raw_regime)
         p_up = sel.p_up_gated
         bx = bar_exits(sel, cl, atr, panel.valid)
     return BacktestInputs(
@@ -229,6 +243,37 @@ def make_inputs(
         np.ascontiguousarray(blk, dtype=np.bool_),
         sel,
         bx,
+        history if sel is not None else None,
+    )
+
+
+def history_before(panel, lo: int):
+    """The bars of ``panel`` before row ``lo`` (a Panel; None when ``lo`` is 0): ``make_inputs``'
+    ``history`` for inputs cut at ``lo``."""
+    lo = int(lo)
+    return panel.slice(int(panel.ts[0]), int(panel.ts[lo - 1])) if lo > 0 else None
+
+
+def _warm_selection(history, panel, p_up, cfg, raw_regime):
+    """``apply_strategy`` over ``history`` + ``panel`` (P(up) NaN on the history), cut to ``panel``'s rows."""
+    import dataclasses
+
+    from engine.strategy import apply_strategy
+
+    k, (n, m) = int(history.close.shape[0]), panel.close.shape
+    if tuple(history.pairs) != tuple(panel.pairs) or int(history.ts[-1]) + 3600 != int(panel.ts[0]):
+        raise InputError("history: the bars right before the panel's first bar, for the same pairs")
+
+    def cat(f):
+        return np.concatenate([np.asarray(getattr(history, f)), np.asarray(getattr(panel, f))])
+
+    pu = np.concatenate([np.full((k, m), np.nan), p_up])
+    rr = raw_regime
+    if rr is not None and np.shape(rr) == (n, m):
+        rr = np.concatenate([np.full((k, m), -1, dtype=np.int8), np.asarray(rr, dtype=np.int8)])
+    full = apply_strategy(cat("high"), cat("close"), cat("volume"), cat("valid"), pu, cfg, rr)
+    return dataclasses.replace(
+        full, **{f.name: np.ascontiguousarray(getattr(full, f.name)[k:]) for f in dataclasses.fields(full)}
     )
 
 
