@@ -391,19 +391,22 @@ class Shadow:
                 )
         return pred, out, "", panel
 
-    def _select(self, panel: Any, pred: np.ndarray, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _select(self, panel: Any, pred: np.ndarray, bars: np.ndarray, model: Any) -> tuple[np.ndarray, np.ndarray]:
         """``[strategy] enabled``: the candidate's P(up) through the regime selector on the hour's
         window, as the cycle's ``make_inputs`` puts the approved model's (only the last row carries a
-        prediction there too): (the gated predictions, the bar's exits, ``bar_exit_dt``)."""
+        prediction there too; ``regime_thresholds = "model"``: the CANDIDATE's fitted regime rule, the
+        one it would trade by): (the gated predictions, the bar's exits, ``bar_exit_dt``)."""
         import dataclasses
 
         from engine.risk.enums import BX_N, bar_exit_dt
         from engine.strategy import apply_strategy, bar_exits
+        from live_bridge.cycle import strategy_raw_regime
 
         n, m = panel.close.shape
         pu = np.full((n, m), np.nan)
         pu[-1] = pred["p_up"]
-        sel = apply_strategy(panel.high, panel.close, panel.volume, panel.valid, pu, self.cycle.cfg)
+        raw = strategy_raw_regime(self.cycle.cfg, model, panel)
+        sel = apply_strategy(panel.high, panel.close, panel.volume, panel.valid, pu, self.cycle.cfg, raw)
         last = dataclasses.replace(sel, **{f.name: getattr(sel, f.name)[-1:] for f in dataclasses.fields(sel)})
         bx = bar_exits(last, panel.close[-1:], bars["atr"][None, :], panel.valid[-1:])
         out = pred.copy()
@@ -427,7 +430,7 @@ class Shadow:
         pred, pred_rows, failure, panel = self._predict(hour, rows, model)
         exits = None
         if panel is not None and self.cycle.cfg.strategy.enabled:  # the approved model's rules, not raw P(up)
-            pred, exits = self._select(panel, pred, bars)
+            pred, exits = self._select(panel, pred, bars, model)
         m = self._machine(run, snap)
         res = m.on_bar(h, bars, pred, tradable, entry_block, api_fault, operator, exits, simulate_fills=True)
         batch: list[rec.Record] = [start] if start is not None else []
