@@ -167,3 +167,25 @@ def test_pruning_defaults_and_the_fanout_refusal(tmp_path, store):  # noqa: F811
     assert load(write_config(tmp_path, plain, "fanout = { workers = 2 }\n", name="g"), store).pruning is False
     with pytest.raises(ConfigError, match="study.pruning: true or false"):
         load(write_config(tmp_path, STUDY.replace("pruning = true", 'pruning = "yes"'), name="h"), store)
+
+
+def test_an_undefined_fold_value_is_never_judged_and_pruned_trials_count_in_the_dsr_variance():
+    """No trade yet (NaN objective): no report and no pruning (Optuna's MedianPruner prunes a NaN
+    report unconditionally); a weak defined value is pruned. The DSR variance reads every complete
+    and pruned trial's daily Sharpe ratio (pruning the weak tail must not shrink it)."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from research.study import _trial_sharpes, weak_after_fold
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    st.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0, intermediate_values={0: 1.0}))
+    t = st.ask()
+    assert not weak_after_fold(t, float("nan"), 0) and t.storage.get_trial(t._trial_id).intermediate_values == {}
+    assert weak_after_fold(t, -5.0, 0)
+    st.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"daily_sharpe": -0.4}))
+    st.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"daily_sharpe": float("nan")}))
+    st.add_trial(create_trial(state=TrialState.COMPLETE, value=0.0, user_attrs={"daily_sharpe": 0.1}))
+    got = _trial_sharpes(st.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    assert got == [-0.4, 0.1]
