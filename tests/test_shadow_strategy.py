@@ -9,6 +9,7 @@ import dataclasses
 from decimal import Decimal
 
 import numpy as np
+import pytest
 
 from engine.paths import configs_dir
 from live_bridge.ledger import Kind
@@ -26,19 +27,24 @@ from tests.test_shadow import (  # noqa: F401  (module fixtures: the approved mo
 )
 
 
-def test_shadow_steps_the_candidate_through_the_selector(tmp_path, approved, registry):  # noqa: F811
+@pytest.mark.parametrize("thresholds", ["config", "model"])
+def test_shadow_steps_the_candidate_through_the_selector(tmp_path, approved, registry, thresholds):  # noqa: F811
     from engine.backtest.runner import run_backtest
     from engine.config import load_config
     from engine.strategy import apply_strategy, bar_exits
-    from live_bridge.cycle import live_params
+    from live_bridge.cycle import live_params, strategy_raw_regime
     from live_bridge.ledger.canonical import exact_decimal
 
     eng = tmp_path / "engine.toml"
-    eng.write_text(f'extends = "{configs_dir() / "default.toml"}"\n[strategy]\nenabled = true\n')
+    eng.write_text(
+        f'extends = "{configs_dir() / "default.toml"}"\n[strategy]\nenabled = true\n'
+        f'regime_thresholds = "{thresholds}"\n'
+    )
     run = start(tmp_path / "run", approved, HOURS, shadow={"model": REF}, engine_config=str(eng))
     try:
         reps = run.advance(HOURS)
         assert all(r.status == "completed" for r in reps)
+        assert not [e for e in run.ledger.entries(kind=Kind.EVENT) if e.code == "shadow_failed"]
         led = run.ledger
         first, last = START // H, START // H + HOURS - 1
         raw, _ = _backtest_of_the_ledger(led, first, last, Decimal(START_USD))
@@ -50,7 +56,10 @@ def test_shadow_steps_the_candidate_through_the_selector(tmp_path, approved, reg
         assert (panel.ts[rows] == raw.ts).all()
         pu = np.full(panel.close.shape, np.nan)
         pu[rows] = raw.p_up
-        sel = apply_strategy(panel.high, panel.close, panel.volume, panel.valid, pu, cfg)
+        # "model": the CANDIDATE's fitted regime rule (the one it would trade by)
+        codes = strategy_raw_regime(cfg, run.daemon.shadow.model, panel)
+        assert (codes is None) == (thresholds == "config")
+        sel = apply_strategy(panel.high, panel.close, panel.volume, panel.valid, pu, cfg, codes)
         win = dataclasses.replace(sel, **{f.name: getattr(sel, f.name)[rows] for f in dataclasses.fields(sel)})
         inp = dataclasses.replace(
             raw, p_up=sel.p_up_gated[rows], bar_exits=bar_exits(win, raw.close, raw.atr, panel.valid[rows])
