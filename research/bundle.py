@@ -83,6 +83,8 @@ _WF_FILES = (
     "backtest/events.parquet",
     "backtest/metrics.json",
 )
+# copied too when the run wrote it (the strategy layer's per-bar selection, [strategy] enabled)
+_WF_OPTIONAL = ("backtest/selection.parquet",)
 # training-time diagnostics of the meta-learner that prediction never reads (window-sized arrays)
 _DROP_ATTRS = ("oof_", "stack_X_", "stack_rows_", "inner_folds_")
 
@@ -499,7 +501,7 @@ def save_bundle(bundle: ModelBundle, out_dir, *, extra: dict | None = None) -> d
                 meta_files[str(h)] = f"{_meta_dir(hs)}/meta.pkl"
         extra["_meta_files"] = meta_files
         if wfd is not None:
-            for name in _WF_FILES:
+            for name in _WF_FILES + tuple(f for f in _WF_OPTIONAL if (wfd / f).is_file()):
                 dst = tmp / "walkforward" / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(wfd / name, dst)
