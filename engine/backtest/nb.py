@@ -60,9 +60,12 @@ from engine.risk.nb import (
     C_RECORD,
     N_ACC,
     N_CNT,
+    cap_base_nb,
+    caps_nb,
     effective_state_nb,
     emit_event_nb,
     entries_nb,
+    entry_static_gate_nb,
     execute_close_nb,
     execute_open_nb,
     exit_order_nb,
@@ -248,6 +251,50 @@ def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
 
 
 @njit(cache=True, inline="always")
+def _entries_refused_nb(t, st, p, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals):
+    """Phase 5's entries at the close of bar ``t`` (an index) without records, where no flat pair has
+    an order pending (every order of the last close has executed or been cancelled; this close's
+    exits are for held pairs), when every candidate is refused: then each refusal is counted as
+    ``engine.risk.nb.entries_nb`` counts it and True is returned; otherwise (an order may be placed)
+    nothing is counted and False is returned (the caller runs entries_nb). Every candidate is refused
+    when entries are blocked (halt, kill switch, pause, entry-block window: _count_blocked_nb), when
+    none passes the per-pair checks (entry_static_gate_nb), or when those that pass all meet the same
+    first bar-wide cap while no order is placed: the book at max positions (REFUSE_MAX_POSITIONS) or
+    no exposure room (REFUSE_EXPOSURE; the room as entry_gate_nb computes it)."""
+    m = close.shape[1]
+    if (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[t]:
+        n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
+        _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+        return True
+    thr = p.p_up_entry
+    n_live = 0
+    for j in range(m):
+        pu = p_up[t, j]
+        if pu >= thr and positions[j].qty == 0.0:
+            rr, v = entry_static_gate_nb(
+                st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j], tradable[t, j], False
+            )
+            n_live += rr == 0
+    if n_live > 0:
+        cap, maxpos, rmult = caps_nb(st, p)
+        if st.n_positions >= maxpos:
+            refusals[REASON.REFUSE_MAX_POSITIONS] += n_live
+        elif cap * cap_base_nb(st.equity, p) - st.exposure <= 0.0:
+            refusals[REASON.REFUSE_EXPOSURE] += n_live
+        else:
+            return False
+    for j in range(m):
+        pu = p_up[t, j]
+        if pu >= thr and positions[j].qty == 0.0:
+            rr, v = entry_static_gate_nb(
+                st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j], tradable[t, j], False
+            )
+            if rr != 0:
+                refusals[rr] += 1
+    return True
+
+
+@njit(cache=True, inline="always")
 def _quiet_run_nb(
     t,
     st,
@@ -309,8 +356,92 @@ def _quiet_run_nb(
 
 
 @njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt: numba option absent from its stubs
+def _execute_bar_nb(
+    t,
+    state,
+    positions,
+    pending,
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    cluster,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    quote_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+    marks,
+):
+    """Phases 1-3 of bar ``t`` (an index) on a bar whose phase 2 changes nothing (no reset or operator
+    bit, no kill-switch trigger that would latch): the orders of the last close execute at the open
+    (execute_open_nb), then those not traded through fall back at the close (execute_close_nb). Out
+    of line: the hold run calls it only on bars with orders."""
+    execute_open_nb(
+        t,
+        t,
+        state,
+        positions,
+        pending,
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        valid,
+        cluster,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        quote_dec,
+        p,
+        trades,
+        events,
+        cnt,
+        acc,
+        refusals,
+        marks,
+    )
+    st = state[0]
+    st.trading_state = effective_state_nb(st)
+    execute_close_nb(
+        t,
+        t,
+        state,
+        positions,
+        pending,
+        close,
+        volume,
+        valid,
+        cluster,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        quote_dec,
+        p,
+        trades,
+        events,
+        cnt,
+        acc,
+        refusals,
+        marks,
+    )
+
+
+@njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt: numba option absent from its stubs
 def _hold_run_nb(
     t,
+    placed,
     state,
     p,
     positions,
@@ -336,11 +467,15 @@ def _hold_run_nb(
     costmin,
     lot_dec,
     price_dec,
+    quote_dec,
+    trades,
     events,
     cnt,
+    acc,
+    refusals,
+    marks,
     order_buf,
     bars_state,
-    refusals,
     prev_eq,
     r_n,
     r_z,
@@ -355,19 +490,21 @@ def _hold_run_nb(
     sum_eq,
     sum_expo,
 ):
-    """Bars from ``t`` on where a book (flat or not) with nothing pending and no records kept only
-    marks to market: no operator or timed reset due, no kill-switch trigger that would latch, no
-    exit (exit_reason_nb) for any held pair, and no entry candidate unless entries are blocked (then
-    each is refused and counted as in phase 5). Every check comes before the bar changes anything;
-    the first bar that fails one is left to the full bar (its index is returned first). Each bar
-    that passes runs exactly the full bar's phase 4 (mark, mark_state_nb: drawdown tiers and the
-    halt latch included), its blocked-candidate count and its metrics. A separate function: inside
-    the bar loop the same code ran about twice as slow (register spills around the loop's calls).
-    Returns (t, the metric accumulators)."""
+    """Bars from ``t`` on, without records, whose phase 2 changes nothing: no operator bit or reset
+    due (timed or not), no kill-switch trigger that would latch. ``placed``: orders of the last close
+    are pending. The checks come before the bar changes anything; the first bar that fails one is
+    left to the full bar (its index is returned first, with ``placed``). Each bar that passes runs
+    the full bar's phases: the pending orders execute (_execute_bar_nb: execute_open_nb, then
+    execute_close_nb), the mark (mark_state_nb: drawdown tiers and the halt latch included), the
+    exits (exit_reason_nb, exit_order_nb), the entries (counted here when every candidate is
+    refused, _entries_refused_nb; otherwise entries_nb) and the metrics. A separate function from the
+    bar loop, its rare work out of line (_execute_bar_nb, entries_nb, exit_order_nb): inside the bar
+    loop the same code ran about twice as slow (register spills around the loop's calls); leaving it
+    for the full bar on every bar with orders cost more than the bar's own work.
+    Returns (t, placed, the metric accumulators)."""
     st = state[0]
     n, m = close.shape
     thr = p.p_up_entry
-    placed = False
     while t < n:
         u = np.uint64(t)  # an unsigned index: no negative-index wraparound per access
         _prefetch_ahead_nb(t, n, exp_ret, atr, tradable, cluster, spread)
@@ -376,26 +513,82 @@ def _hold_run_nb(
         trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
         if (trig != 0 and st.kill_reason == 0) or operator_due_nb(st, op, t, p):
             break
-        stop = False
+        # ---- phases 1-3: the orders of the last close execute (phase 2 changes nothing here)
+        if placed:
+            _execute_bar_nb(
+                t,
+                state,
+                positions,
+                pending,
+                open_,
+                high,
+                low,
+                close,
+                volume,
+                valid,
+                cluster,
+                ordermin,
+                costmin,
+                lot_dec,
+                price_dec,
+                quote_dec,
+                p,
+                trades,
+                events,
+                cnt,
+                acc,
+                refusals,
+                marks,
+            )
+            placed = False
+        # ---- phase 4: mark to the close (as the full bar: a flat book is not marked)
+        n_held = st.n_positions
+        mark_state_nb(st, mark_positions_nb(u, positions, close, valid) if n_held != 0 else 0.0, t, p)
+        # ---- phase 5: exits (nothing is pending: every held pair with a valid bar is checked), then
+        # entries (only flat pairs can be candidates)
         cand = False
         for j in range(m):
             pos = positions[j]
             if pos.qty != 0.0:
                 if valid[u, j]:
-                    reason, kind = exit_reason_nb(pos, close[u, j], p_up[u, j], t, p)
+                    c = close[u, j]
+                    reason, kind = exit_reason_nb(pos, c, p_up[u, j], t, p)
                     if reason != 0:
-                        stop = True
-                        break
+                        exit_order_nb(pending[j], pos, t, c, reason, kind, atr[u, j], spread[u, j], price_dec[j], p)
+                        placed = True
             elif p_up[u, j] >= thr:
                 cand = True
-        if stop or (cand and not ((st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[u])):
-            break
-        # ---- phase 4: mark to the close (as the full bar: a flat book is not marked)
-        mark_state_nb(st, mark_positions_nb(u, positions, close, valid) if st.n_positions != 0 else 0.0, t, p)
-        # ---- phase 5: blocked candidates (every flat pair's candidate is refused)
-        if cand:
-            n_nd, n_nt, n_bl = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
-            _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+        if cand and not _entries_refused_nb(
+            u, st, p, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
+        ):
+            placed |= entries_nb(
+                t,
+                t,
+                state,
+                positions,
+                pending,
+                close,
+                valid,
+                p_up,
+                exp_ret,
+                atr,
+                spread,
+                cluster,
+                tradable,
+                entry_block,
+                ordermin,
+                costmin,
+                lot_dec,
+                price_dec,
+                p,
+                False,
+                events,
+                cnt,
+                refusals,
+                order_buf,
+            )
+        if placed:
+            _prefetch_fills_nb(t + 1, n, open_, high, low, close, volume, cluster)
         # ---- metrics
         (
             prev_eq,
@@ -431,9 +624,6 @@ def _hold_run_nb(
             sum_expo,
         )
         t += 1
-        if placed:  # orders pending for bar t: the full bar executes them
-            _prefetch_fills_nb(t, n, open_, high, low, close, volume, cluster)
-            break
     return (
         t,
         placed,
@@ -724,7 +914,7 @@ def _simulate_loop_nb(
                 bars_state[st.trading_state] += t - t0
                 st.bar = t - 1
                 _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
-        if not placed and not rec and t < n:
+        if not rec and t < n:
             (
                 t,
                 placed,
@@ -743,6 +933,7 @@ def _simulate_loop_nb(
                 sum_expo,
             ) = _hold_run_nb(
                 t,
+                placed,
                 state,
                 p,
                 positions,
@@ -768,11 +959,15 @@ def _simulate_loop_nb(
                 costmin,
                 lot_dec,
                 price_dec,
+                quote_dec,
+                trades,
                 events,
                 cnt,
+                acc,
+                refusals,
+                marks,
                 order_buf,
                 bars_state,
-                refusals,
                 prev_eq,
                 r_n,
                 r_z,
@@ -896,12 +1091,12 @@ def _simulate_loop_nb(
             placed = True
             if rec:
                 emit_event_nb(events, cnt, t, j, EVENT.ORDER, reason, pos.qty)
-        blocked = (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[t]
         if flat:
             pass  # operator flatten: no entry is decided at this close (R22b)
-        elif blocked and not rec:
-            n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
-            _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+        elif not rec and _entries_refused_nb(
+            t, st, p, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
+        ):
+            pass  # every candidate refused and counted
         else:
             thr = p.p_up_entry
             any_cand = False
