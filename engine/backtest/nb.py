@@ -15,12 +15,18 @@ a sweep); without records, the rows that only bars with work read (entries, exit
 prefetched a bar or two ahead (engine.backtest.prefetch, a hint); a flat book is not marked; on a
 bar where no entry is possible (halt, kill switch, entry-block window) without records,
 candidates are counted by reason without branches. Without
-records, the bars with nothing pending go to two tight loops: ``_quiet_run_nb`` (flat book: nothing
-can change, only counters move) and ``_hold_run_nb`` (its own function: marking only, no reset,
-latch, exit or unblocked candidate); each checks a bar before changing anything and leaves the
-first bar that needs more to the full bar. Entries (``engine.risk.nb.entries_nb``, the code
-``decide_nb`` runs) are called only on a bar with a candidate, out of line: inlined, their many live
-values made the compiler spill the loop's own on every bar (47 -> 25 ns per bar held, one pair).
+records, the bars go to two tight loops: ``_quiet_run_nb`` (flat book, nothing pending: nothing
+can change, only counters move) and ``_hold_run_nb`` (its own function), which runs every bar whose
+phase 2 changes nothing (no reset or operator bit due, no kill-switch trigger that would latch):
+pending orders execute (``_execute_bar_nb``, out of line), the mark and the exit tests share one pass
+over the pairs (``_exit_due_nb``), exits are placed, and entries are decided: where every candidate
+is refused (entries blocked, per-pair checks, max positions, no exposure room) the refusals are
+counted in one pass without calling ``entries_nb`` (``_entries_refused_nb``), otherwise entries_nb
+runs. Each loop checks a bar before changing anything and leaves the first bar that needs more to
+the full bar (in a run trading throughout, about 300 of 45k bars). Entries
+(``engine.risk.nb.entries_nb``, the code ``decide_nb`` runs) are called out of line: inlined, their
+many live values made the compiler spill the loop's own on every bar (47 -> 25 ns per bar held,
+one pair).
 ``simulate_reference_nb`` is the plain loop over ``step_nb``; tests/test_backtest_speedpath.py
 checks the two bit for bit on real data. ``run_sets_nb`` runs many parameter sets in parallel
 (``prange`` over sets): each set owns its state, so the result does not depend on the thread count.
@@ -213,6 +219,16 @@ def _bar_end_nb(
 
 
 @njit(cache=True, inline="always")
+def _exit_due_nb(pos, c, pu, bar, p):
+    """``engine.risk.nb.exit_reason_nb(pos, c, pu, bar, p)[0] != 0`` (an exit of the open position
+    ``pos`` at close ``c`` is due), without branches: each NaN test of exit_reason_nb is a comparison
+    that NaN already fails (stop, take-profit, P(up)). Keep it in step with exit_reason_nb
+    (tests/test_backtest_speedpath.py checks the two loops bit for bit)."""
+    mh = p.max_hold_bars
+    return (c <= pos.stop) | (c >= pos.take_profit) | (pu < p.p_up_exit) | ((mh > 0) & (bar - pos.entry_bar >= mh))
+
+
+@njit(cache=True, inline="always")
 def _count_blocked_nb(t, p, p_up, positions, valid, close, tradable):
     """At bar ``t`` (an index), where no entry is possible (halt, kill switch or entry-block window),
     without records: every candidate (P(up) >= threshold, flat; nothing is pending for a flat pair at
@@ -267,14 +283,27 @@ def _entries_refused_nb(t, st, p, p_up, positions, valid, close, exp_ret, atr, t
         _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
         return True
     thr = p.p_up_entry
+    # one pass: the candidates that pass the per-pair checks, and the refusals of the others by reason
+    # (entries are not blocked here, so only these four reasons can come; any other is counted by the
+    # second pass)
+    n_cand = 0
     n_live = 0
+    n_nd = 0
+    n_nt = 0
+    n_ed = 0
+    n_na = 0
     for j in range(m):
         pu = p_up[t, j]
         if pu >= thr and positions[j].qty == 0.0:
             rr, v = entry_static_gate_nb(
                 st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j], tradable[t, j], False
             )
+            n_cand += 1
             n_live += rr == 0
+            n_nd += rr == REASON.REFUSE_NO_DATA
+            n_nt += rr == REASON.REFUSE_NOT_TRADABLE
+            n_ed += rr == REASON.REFUSE_EDGE
+            n_na += rr == REASON.REFUSE_NO_ATR
     if n_live > 0:
         cap, maxpos, rmult = caps_nb(st, p)
         if st.n_positions >= maxpos:
@@ -283,6 +312,12 @@ def _entries_refused_nb(t, st, p, p_up, positions, valid, close, exp_ret, atr, t
             refusals[REASON.REFUSE_EXPOSURE] += n_live
         else:
             return False
+    if n_live + n_nd + n_nt + n_ed + n_na == n_cand:
+        refusals[REASON.REFUSE_NO_DATA] += n_nd
+        refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
+        refusals[REASON.REFUSE_EDGE] += n_ed
+        refusals[REASON.REFUSE_NO_ATR] += n_na
+        return True
     for j in range(m):
         pu = p_up[t, j]
         if pu >= thr and positions[j].qty == 0.0:
@@ -541,23 +576,38 @@ def _hold_run_nb(
                 marks,
             )
             placed = False
-        # ---- phase 4: mark to the close (as the full bar: a flat book is not marked)
+        # ---- phase 4: mark to the close (mark_positions_nb; a flat book is not marked), in one pass
+        # over the pairs with the tests of phase 5: exits due (_exit_due_nb), candidates
         n_held = st.n_positions
-        mark_state_nb(st, mark_positions_nb(u, positions, close, valid) if n_held != 0 else 0.0, t, p)
-        # ---- phase 5: exits (nothing is pending: every held pair with a valid bar is checked), then
-        # entries (only flat pairs can be candidates)
+        expo = 0.0
         cand = False
+        due = False
         for j in range(m):
             pos = positions[j]
-            if pos.qty != 0.0:
-                if valid[u, j]:
+            vj = valid[u, j]
+            c = close[u, j]
+            pu = p_up[u, j]
+            q = pos.qty
+            if n_held != 0:
+                if vj and c == c:
+                    pos.mark = c
+                if q != 0.0:
+                    expo += q * pos.mark
+            held = q != 0.0
+            due |= held & vj & _exit_due_nb(pos, c, pu, t, p)
+            cand |= (not held) & (pu >= thr)
+        mark_state_nb(st, expo, t, p)
+        # ---- phase 5: exits (nothing is pending: every held pair with a valid bar is checked), then
+        # entries (only flat pairs can be candidates)
+        if due:
+            for j in range(m):
+                pos = positions[j]
+                if pos.qty != 0.0 and valid[u, j]:
                     c = close[u, j]
                     reason, kind = exit_reason_nb(pos, c, p_up[u, j], t, p)
                     if reason != 0:
                         exit_order_nb(pending[j], pos, t, c, reason, kind, atr[u, j], spread[u, j], price_dec[j], p)
                         placed = True
-            elif p_up[u, j] >= thr:
-                cand = True
         if cand and not _entries_refused_nb(
             u, st, p, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
         ):
