@@ -267,7 +267,20 @@ def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
 
 
 @njit(cache=True, inline="always")
-def _entries_refused_nb(t, st, p, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals):
+def _candidates_nb(t, p, p_up, positions, cands):
+    """The candidates at bar ``t`` (P(up) >= threshold, flat) in ``cands``, in column order; their count."""
+    thr = p.p_up_entry
+    nc = 0
+    for j in range(positions.shape[0]):
+        cands[nc] = j
+        nc += (p_up[t, j] >= thr) & (positions[j].qty == 0.0)
+    return nc
+
+
+@njit(cache=True, inline="always")
+def _entries_refused_nb(
+    t, st, p, cands, nc, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
+):
     """Phase 5's entries at the close of bar ``t`` (an index) without records, where no flat pair has
     an order pending (every order of the last close has executed or been cancelled; this close's
     exits are for held pairs), when every candidate is refused: then each refusal is counted as
@@ -276,34 +289,30 @@ def _entries_refused_nb(t, st, p, p_up, positions, valid, close, exp_ret, atr, t
     when entries are blocked (halt, kill switch, pause, entry-block window: _count_blocked_nb), when
     none passes the per-pair checks (entry_static_gate_nb), or when those that pass all meet the same
     first bar-wide cap while no order is placed: the book at max positions (REFUSE_MAX_POSITIONS) or
-    no exposure room (REFUSE_EXPOSURE; the room as entry_gate_nb computes it)."""
-    m = close.shape[1]
+    no exposure room (REFUSE_EXPOSURE; the room as entry_gate_nb computes it). ``cands[:nc]``: the
+    candidates (P(up) >= threshold, flat) in column order (_candidates_nb)."""
     if (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[t]:
         n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
         _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
         return True
-    thr = p.p_up_entry
     # one pass: the candidates that pass the per-pair checks, and the refusals of the others by reason
     # (entries are not blocked here, so only these four reasons can come; any other is counted by the
     # second pass)
-    n_cand = 0
     n_live = 0
     n_nd = 0
     n_nt = 0
     n_ed = 0
     n_na = 0
-    for j in range(m):
-        pu = p_up[t, j]
-        if pu >= thr and positions[j].qty == 0.0:
-            rr, v = entry_static_gate_nb(
-                st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j], tradable[t, j], False
-            )
-            n_cand += 1
-            n_live += rr == 0
-            n_nd += rr == REASON.REFUSE_NO_DATA
-            n_nt += rr == REASON.REFUSE_NOT_TRADABLE
-            n_ed += rr == REASON.REFUSE_EDGE
-            n_na += rr == REASON.REFUSE_NO_ATR
+    for k in range(nc):
+        j = cands[k]
+        rr, v = entry_static_gate_nb(
+            st, p, valid[t, j], close[t, j], p_up[t, j], exp_ret[t, j], atr[t, j], tradable[t, j], False
+        )
+        n_live += rr == 0
+        n_nd += rr == REASON.REFUSE_NO_DATA
+        n_nt += rr == REASON.REFUSE_NOT_TRADABLE
+        n_ed += rr == REASON.REFUSE_EDGE
+        n_na += rr == REASON.REFUSE_NO_ATR
     if n_live > 0:
         cap, maxpos, rmult = caps_nb(st, p)
         if st.n_positions >= maxpos:
@@ -312,20 +321,19 @@ def _entries_refused_nb(t, st, p, p_up, positions, valid, close, exp_ret, atr, t
             refusals[REASON.REFUSE_EXPOSURE] += n_live
         else:
             return False
-    if n_live + n_nd + n_nt + n_ed + n_na == n_cand:
+    if n_live + n_nd + n_nt + n_ed + n_na == nc:
         refusals[REASON.REFUSE_NO_DATA] += n_nd
         refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
         refusals[REASON.REFUSE_EDGE] += n_ed
         refusals[REASON.REFUSE_NO_ATR] += n_na
         return True
-    for j in range(m):
-        pu = p_up[t, j]
-        if pu >= thr and positions[j].qty == 0.0:
-            rr, v = entry_static_gate_nb(
-                st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j], tradable[t, j], False
-            )
-            if rr != 0:
-                refusals[rr] += 1
+    for k in range(nc):
+        j = cands[k]
+        rr, v = entry_static_gate_nb(
+            st, p, valid[t, j], close[t, j], p_up[t, j], exp_ret[t, j], atr[t, j], tradable[t, j], False
+        )
+        if rr != 0:
+            refusals[rr] += 1
     return True
 
 
@@ -580,7 +588,7 @@ def _hold_run_nb(
         # over the pairs with the tests of phase 5: exits due (_exit_due_nb), candidates
         n_held = st.n_positions
         expo = 0.0
-        cand = False
+        nc = 0
         due = False
         for j in range(m):
             pos = positions[j]
@@ -595,7 +603,8 @@ def _hold_run_nb(
                     expo += q * pos.mark
             held = q != 0.0
             due |= held & vj & _exit_due_nb(pos, c, pu, t, p)
-            cand |= (not held) & (pu >= thr)
+            order_buf[nc] = j  # the candidates (P(up) >= threshold, flat), in column order
+            nc += (not held) & (pu >= thr)
         mark_state_nb(st, expo, t, p)
         # ---- phase 5: exits (nothing is pending: every held pair with a valid bar is checked), then
         # entries (only flat pairs can be candidates)
@@ -608,8 +617,8 @@ def _hold_run_nb(
                     if reason != 0:
                         exit_order_nb(pending[j], pos, t, c, reason, kind, atr[u, j], spread[u, j], price_dec[j], p)
                         placed = True
-        if cand and not _entries_refused_nb(
-            u, st, p, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
+        if nc > 0 and not _entries_refused_nb(
+            u, st, p, order_buf, nc, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
         ):
             placed |= entries_nb(
                 t,
@@ -1144,7 +1153,20 @@ def _simulate_loop_nb(
         if flat:
             pass  # operator flatten: no entry is decided at this close (R22b)
         elif not rec and _entries_refused_nb(
-            t, st, p, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
+            t,
+            st,
+            p,
+            order_buf,
+            _candidates_nb(t, p, p_up, positions, order_buf),
+            p_up,
+            positions,
+            valid,
+            close,
+            exp_ret,
+            atr,
+            tradable,
+            entry_block,
+            refusals,
         ):
             pass  # every candidate refused and counted
         else:
