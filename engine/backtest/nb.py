@@ -596,15 +596,14 @@ def _hold_run_nb(
             c = close[u, j]
             pu = p_up[u, j]
             q = pos.qty
-            if n_held != 0:
-                if vj and c == c:
-                    pos.mark = c
-                if q != 0.0:
-                    expo += q * pos.mark
-            held = q != 0.0
-            due |= held & vj & _exit_due_nb(pos, c, pu, t, p)
-            order_buf[nc] = j  # the candidates (P(up) >= threshold, flat), in column order
-            nc += (not held) & (pu >= thr)
+            if n_held != 0 and vj and c == c:
+                pos.mark = c
+            if q != 0.0:
+                expo += q * pos.mark
+                due |= vj & _exit_due_nb(pos, c, pu, t, p)
+            else:  # the candidates (P(up) >= threshold, flat), in column order
+                order_buf[nc] = j
+                nc += pu >= thr
         mark_state_nb(st, expo, t, p)
         # ---- phase 5: exits (nothing is pending: every held pair with a valid bar is checked), then
         # entries (only flat pairs can be candidates)
