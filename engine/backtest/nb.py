@@ -15,12 +15,18 @@ a sweep); without records, the rows that only bars with work read (entries, exit
 prefetched a bar or two ahead (engine.backtest.prefetch, a hint); a flat book is not marked; on a
 bar where no entry is possible (halt, kill switch, entry-block window) without records,
 candidates are counted by reason without branches. Without
-records, the bars with nothing pending go to two tight loops: ``_quiet_run_nb`` (flat book: nothing
-can change, only counters move) and ``_hold_run_nb`` (its own function: marking only, no reset,
-latch, exit or unblocked candidate); each checks a bar before changing anything and leaves the
-first bar that needs more to the full bar. Entries (``engine.risk.nb.entries_nb``, the code
-``decide_nb`` runs) are called only on a bar with a candidate, out of line: inlined, their many live
-values made the compiler spill the loop's own on every bar (47 -> 25 ns per bar held, one pair).
+records, the bars go to two tight loops: ``_quiet_run_nb`` (flat book, nothing pending: nothing
+can change, only counters move) and ``_hold_run_nb`` (its own function), which runs every bar whose
+phase 2 changes nothing (no reset or operator bit due, no kill-switch trigger that would latch):
+pending orders execute (``_execute_bar_nb``, out of line), the mark and the exit tests share one pass
+over the pairs (``_exit_due_nb``), exits are placed, and entries are decided: where every candidate
+is refused (entries blocked, per-pair checks, max positions, no exposure room) the refusals are
+counted in one pass without calling ``entries_nb`` (``_entries_refused_nb``), otherwise entries_nb
+runs. Each loop checks a bar before changing anything and leaves the first bar that needs more to
+the full bar (in a run trading throughout, about 300 of 45k bars). Entries
+(``engine.risk.nb.entries_nb``, the code ``decide_nb`` runs) are called out of line: inlined, their
+many live values made the compiler spill the loop's own on every bar (47 -> 25 ns per bar held,
+one pair).
 ``simulate_reference_nb`` is the plain loop over ``step_nb``; tests/test_backtest_speedpath.py
 checks the two bit for bit on real data. ``run_sets_nb`` runs many parameter sets in parallel
 (``prange`` over sets): each set owns its state, so the result does not depend on the thread count.
@@ -62,9 +68,12 @@ from engine.risk.nb import (
     C_RECORD,
     N_ACC,
     N_CNT,
+    cap_base_nb,
+    caps_nb,
     effective_state_nb,
     emit_event_nb,
     entries_nb,
+    entry_static_gate_nb,
     execute_close_nb,
     execute_open_nb,
     exit_order_nb,
@@ -213,6 +222,16 @@ def _bar_end_nb(
 
 
 @njit(cache=True, inline="always")
+def _exit_due_nb(pos, c, pu, bar, p):
+    """``engine.risk.nb.exit_reason_nb(pos, c, pu, bar, p)[0] != 0`` (an exit of the open position
+    ``pos`` at close ``c`` is due), without branches: each NaN test of exit_reason_nb is a comparison
+    that NaN already fails (stop, take-profit, P(up)). Keep it in step with exit_reason_nb
+    (tests/test_backtest_speedpath.py checks the two loops bit for bit)."""
+    mh = p.max_hold_bars
+    return (c <= pos.stop) | (c >= pos.take_profit) | (pu < p.p_up_exit) | ((mh > 0) & (bar - pos.entry_bar >= mh))
+
+
+@njit(cache=True, inline="always")
 def _count_blocked_nb(t, p, p_up, positions, valid, close, tradable):
     """At bar ``t`` (an index), where no entry is possible (halt, kill switch or entry-block window),
     without records: every candidate (P(up) >= threshold, flat; nothing is pending for a flat pair at
@@ -248,6 +267,77 @@ def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
         refusals[REASON.REFUSE_PAUSED] += n_bl
     else:
         refusals[REASON.REFUSE_TRAINING_WINDOW] += n_bl
+
+
+@njit(cache=True, inline="always")
+def _candidates_nb(t, p, p_up, positions, cands):
+    """The candidates at bar ``t`` (P(up) >= threshold, flat) in ``cands``, in column order; their count."""
+    thr = p.p_up_entry
+    nc = 0
+    for j in range(positions.shape[0]):
+        cands[nc] = j
+        nc += (p_up[t, j] >= thr) & (positions[j].qty == 0.0)
+    return nc
+
+
+@njit(cache=True, inline="always")
+def _entries_refused_nb(
+    t, st, p, cands, nc, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
+):
+    """Phase 5's entries at the close of bar ``t`` (an index) without records, where no flat pair has
+    an order pending (every order of the last close has executed or been cancelled; this close's
+    exits are for held pairs), when every candidate is refused: then each refusal is counted as
+    ``engine.risk.nb.entries_nb`` counts it and True is returned; otherwise (an order may be placed)
+    nothing is counted and False is returned (the caller runs entries_nb). Every candidate is refused
+    when entries are blocked (halt, kill switch, pause, entry-block window: _count_blocked_nb), when
+    none passes the per-pair checks (entry_static_gate_nb), or when those that pass all meet the same
+    first bar-wide cap while no order is placed: the book at max positions (REFUSE_MAX_POSITIONS) or
+    no exposure room (REFUSE_EXPOSURE; the room as entry_gate_nb computes it). ``cands[:nc]``: the
+    candidates (P(up) >= threshold, flat) in column order (_candidates_nb)."""
+    if (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[t]:
+        n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
+        _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+        return True
+    # one pass: the candidates that pass the per-pair checks, and the refusals of the others by reason
+    # (entries are not blocked here, so only these four reasons can come; any other is counted by the
+    # second pass)
+    n_live = 0
+    n_nd = 0
+    n_nt = 0
+    n_ed = 0
+    n_na = 0
+    for k in range(nc):
+        j = cands[k]
+        rr, v = entry_static_gate_nb(
+            st, p, valid[t, j], close[t, j], p_up[t, j], exp_ret[t, j], atr[t, j], tradable[t, j], False
+        )
+        n_live += rr == 0
+        n_nd += rr == REASON.REFUSE_NO_DATA
+        n_nt += rr == REASON.REFUSE_NOT_TRADABLE
+        n_ed += rr == REASON.REFUSE_EDGE
+        n_na += rr == REASON.REFUSE_NO_ATR
+    if n_live > 0:
+        cap, maxpos, rmult = caps_nb(st, p)
+        if st.n_positions >= maxpos:
+            refusals[REASON.REFUSE_MAX_POSITIONS] += n_live
+        elif cap * cap_base_nb(st.equity, p) - st.exposure <= 0.0:
+            refusals[REASON.REFUSE_EXPOSURE] += n_live
+        else:
+            return False
+    if n_live + n_nd + n_nt + n_ed + n_na == nc:
+        refusals[REASON.REFUSE_NO_DATA] += n_nd
+        refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
+        refusals[REASON.REFUSE_EDGE] += n_ed
+        refusals[REASON.REFUSE_NO_ATR] += n_na
+        return True
+    for k in range(nc):
+        j = cands[k]
+        rr, v = entry_static_gate_nb(
+            st, p, valid[t, j], close[t, j], p_up[t, j], exp_ret[t, j], atr[t, j], tradable[t, j], False
+        )
+        if rr != 0:
+            refusals[rr] += 1
+    return True
 
 
 @njit(cache=True, inline="always")
@@ -312,8 +402,92 @@ def _quiet_run_nb(
 
 
 @njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt: numba option absent from its stubs
+def _execute_bar_nb(
+    t,
+    state,
+    positions,
+    pending,
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    cluster,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    quote_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+    marks,
+):
+    """Phases 1-3 of bar ``t`` (an index) on a bar whose phase 2 changes nothing (no reset or operator
+    bit, no kill-switch trigger that would latch): the orders of the last close execute at the open
+    (execute_open_nb), then those not traded through fall back at the close (execute_close_nb). Out
+    of line: the hold run calls it only on bars with orders."""
+    execute_open_nb(
+        t,
+        t,
+        state,
+        positions,
+        pending,
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        valid,
+        cluster,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        quote_dec,
+        p,
+        trades,
+        events,
+        cnt,
+        acc,
+        refusals,
+        marks,
+    )
+    st = state[0]
+    st.trading_state = effective_state_nb(st)
+    execute_close_nb(
+        t,
+        t,
+        state,
+        positions,
+        pending,
+        close,
+        volume,
+        valid,
+        cluster,
+        ordermin,
+        costmin,
+        lot_dec,
+        price_dec,
+        quote_dec,
+        p,
+        trades,
+        events,
+        cnt,
+        acc,
+        refusals,
+        marks,
+    )
+
+
+@njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt: numba option absent from its stubs
 def _hold_run_nb(
     t,
+    placed,
     state,
     p,
     positions,
@@ -340,11 +514,15 @@ def _hold_run_nb(
     costmin,
     lot_dec,
     price_dec,
+    quote_dec,
+    trades,
     events,
     cnt,
+    acc,
+    refusals,
+    marks,
     order_buf,
     bars_state,
-    refusals,
     prev_eq,
     r_n,
     r_z,
@@ -359,20 +537,22 @@ def _hold_run_nb(
     sum_eq,
     sum_expo,
 ):
-    """Bars from ``t`` on where a book (flat or not) with nothing pending and no records kept only
-    marks to market: no operator or timed reset due, no kill-switch trigger that would latch, no
-    exit (exit_reason_nb) for any held pair, and no entry candidate unless entries are blocked (then
-    each is refused and counted as in phase 5). Every check comes before the bar changes anything;
-    the first bar that fails one is left to the full bar (its index is returned first). Each bar
-    that passes runs exactly the full bar's phase 4 (mark, mark_state_nb: drawdown tiers and the
-    halt latch included), its blocked-candidate count and its metrics. A separate function: inside
-    the bar loop the same code ran about twice as slow (register spills around the loop's calls).
-    Returns (t, the metric accumulators)."""
+    """Bars from ``t`` on, without records, whose phase 2 changes nothing: no operator bit or reset
+    due (timed or not), no kill-switch trigger that would latch. ``placed``: orders of the last close
+    are pending. The checks come before the bar changes anything; the first bar that fails one is
+    left to the full bar (its index is returned first, with ``placed``). Each bar that passes runs
+    the full bar's phases: the pending orders execute (_execute_bar_nb: execute_open_nb, then
+    execute_close_nb), the mark (mark_state_nb: drawdown tiers and the halt latch included), the
+    exits (exit_reason_nb, exit_order_nb), the entries (counted here when every candidate is
+    refused, _entries_refused_nb; otherwise entries_nb) and the metrics. A separate function from the
+    bar loop, its rare work out of line (_execute_bar_nb, entries_nb, exit_order_nb): inside the bar
+    loop the same code ran about twice as slow (register spills around the loop's calls); leaving it
+    for the full bar on every bar with orders cost more than the bar's own work.
+    Returns (t, placed, the metric accumulators)."""
     st = state[0]
     n, m = close.shape
     thr = p.p_up_entry
     nx = bx.shape[0] != 0
-    placed = False
     while t < n:
         u = np.uint64(t)  # an unsigned index: no negative-index wraparound per access
         _prefetch_ahead_nb(t, n, exp_ret, atr, tradable, cluster, spread)
@@ -381,31 +561,100 @@ def _hold_run_nb(
         trig = KILL.API_INSTABILITY if api_fault[u] else kcode[u]
         if (trig != 0 and st.kill_reason == 0) or operator_due_nb(st, op, t, p):
             break
-        stop = False
-        cand = False
+        # ---- phases 1-3: the orders of the last close execute (phase 2 changes nothing here)
+        if placed:
+            _execute_bar_nb(
+                t,
+                state,
+                positions,
+                pending,
+                open_,
+                high,
+                low,
+                close,
+                volume,
+                valid,
+                cluster,
+                ordermin,
+                costmin,
+                lot_dec,
+                price_dec,
+                quote_dec,
+                p,
+                trades,
+                events,
+                cnt,
+                acc,
+                refusals,
+                marks,
+            )
+            placed = False
+        # ---- phase 4: mark to the close (mark_positions_nb; a flat book is not marked), in one pass
+        # over the pairs with the tests of phase 5: exits due (_exit_due_nb), candidates
+        n_held = st.n_positions
+        expo = 0.0
+        nc = 0
+        due = False
         for j in range(m):
             pos = positions[j]
-            if pos.qty != 0.0:
-                if valid[u, j]:
-                    reason, kind = exit_reason_nb(pos, close[u, j], p_up[u, j], t, p)
-                    if reason != 0:
-                        stop = True
-                        break
-            elif p_up[u, j] >= thr:
-                cand = True
-        if stop or (cand and not ((st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[u])):
-            break
-        # ---- phase 4: mark to the close (as the full bar: a flat book is not marked)
-        mark_state_nb(st, mark_positions_nb(u, positions, close, valid) if st.n_positions != 0 else 0.0, t, p)
-        # ---- phase 5: held positions with no exit: the stop floor (R26; nothing is pending here)
-        if nx and st.n_positions != 0:
+            vj = valid[u, j]
+            c = close[u, j]
+            pu = p_up[u, j]
+            q = pos.qty
+            if n_held != 0 and vj and c == c:
+                pos.mark = c
+            if q != 0.0:
+                expo += q * pos.mark
+                due |= vj & _exit_due_nb(pos, c, pu, t, p)
+            else:  # the candidates (P(up) >= threshold, flat), in column order
+                order_buf[nc] = j
+                nc += pu >= thr
+        mark_state_nb(st, expo, t, p)
+        # ---- phase 5: exits (nothing is pending: every held pair with a valid bar is checked), then
+        # entries (only flat pairs can be candidates)
+        if due or (nx and n_held != 0):
             for j in range(m):
-                if positions[j].qty != 0.0 and valid[u, j]:
-                    tighten_stop_nb(positions[j], bx[u, j, BX_FLOOR])
-        # ---- phase 5: blocked candidates (every flat pair's candidate is refused)
-        if cand:
-            n_nd, n_nt, n_bl = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
-            _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+                pos = positions[j]
+                if pos.qty != 0.0 and valid[u, j]:
+                    c = close[u, j]
+                    reason, kind = exit_reason_nb(pos, c, p_up[u, j], t, p)
+                    if reason != 0:
+                        exit_order_nb(pending[j], pos, t, c, reason, kind, atr[u, j], spread[u, j], price_dec[j], p)
+                        placed = True
+                    elif nx:  # held with no exit: capital preservation's stop floor (R26)
+                        tighten_stop_nb(pos, bx[u, j, BX_FLOOR])
+        if nc > 0 and not _entries_refused_nb(
+            u, st, p, order_buf, nc, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
+        ):
+            placed |= entries_nb(
+                t,
+                t,
+                state,
+                positions,
+                pending,
+                close,
+                valid,
+                p_up,
+                exp_ret,
+                bx,
+                atr,
+                spread,
+                cluster,
+                tradable,
+                entry_block,
+                ordermin,
+                costmin,
+                lot_dec,
+                price_dec,
+                p,
+                False,
+                events,
+                cnt,
+                refusals,
+                order_buf,
+            )
+        if placed:
+            _prefetch_fills_nb(t + 1, n, open_, high, low, close, volume, cluster)
         # ---- metrics
         (
             prev_eq,
@@ -441,9 +690,6 @@ def _hold_run_nb(
             sum_expo,
         )
         t += 1
-        if placed:  # orders pending for bar t: the full bar executes them
-            _prefetch_fills_nb(t, n, open_, high, low, close, volume, cluster)
-            break
     return (
         t,
         placed,
@@ -740,7 +986,7 @@ def _simulate_loop_nb(
                 bars_state[st.trading_state] += t - t0
                 st.bar = t - 1
                 _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
-        if not placed and not rec and t < n:
+        if not rec and t < n:
             (
                 t,
                 placed,
@@ -759,6 +1005,7 @@ def _simulate_loop_nb(
                 sum_expo,
             ) = _hold_run_nb(
                 t,
+                placed,
                 state,
                 p,
                 positions,
@@ -785,11 +1032,15 @@ def _simulate_loop_nb(
                 costmin,
                 lot_dec,
                 price_dec,
+                quote_dec,
+                trades,
                 events,
                 cnt,
+                acc,
+                refusals,
+                marks,
                 order_buf,
                 bars_state,
-                refusals,
                 prev_eq,
                 r_n,
                 r_z,
@@ -915,12 +1166,25 @@ def _simulate_loop_nb(
             placed = True
             if rec:
                 emit_event_nb(events, cnt, t, j, EVENT.ORDER, reason, pos.qty)
-        blocked = (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[t]
         if flat:
             pass  # operator flatten: no entry is decided at this close (R22b)
-        elif blocked and not rec:
-            n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
-            _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
+        elif not rec and _entries_refused_nb(
+            t,
+            st,
+            p,
+            order_buf,
+            _candidates_nb(t, p, p_up, positions, order_buf),
+            p_up,
+            positions,
+            valid,
+            close,
+            exp_ret,
+            atr,
+            tradable,
+            entry_block,
+            refusals,
+        ):
+            pass  # every candidate refused and counted
         else:
             thr = p.p_up_entry
             any_cand = False
