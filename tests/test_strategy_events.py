@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from typing import Any
 
@@ -33,16 +32,12 @@ from engine.backtest.runner import make_inputs, run_backtest
 from engine.config import load_config
 from engine.risk.enums import EventCode, Reason
 from engine.strategy import PROFILE_NAMES, REASON_CODES, STRATEGY_EVENT, reason_code, selection_records
-from tests.test_strategy import _cfg, _panel, _params, _signals
+from tests.test_strategy import _cfg, _on_case, _panel, _params, _signals
 
 
-@functools.lru_cache(maxsize=1)
 def _on():
-    p = _panel()
-    pu, er = _signals(p)
-    cfg = _cfg()
-    inp = make_inputs(p, pu, er, cfg)
-    return cfg, run_backtest(inp, _params(cfg)), inp.strategy
+    inp, cfg, bt = _on_case()  # tests/test_strategy.py's layer-on run (cached there)
+    return cfg, bt, inp.strategy
 
 
 def _kernel_frame(res) -> pd.DataFrame:
