@@ -337,6 +337,12 @@ def load_study_spec(
                 'only (use mode = "walkforward" for model and feature parameters)'
             )
         cfg_keys[p.name] = p.sample_value()
+    sc = base.config.strategy
+    if mode == "sweep" and sc.enabled and sc.regime_thresholds == "model":
+        raise ConfigError(
+            'study.mode: [strategy] regime_thresholds = "model" needs the folds\' fitted regime rules, which a '
+            'sweep over a stored signal has none of; use mode = "walkforward" or regime_thresholds = "config"'
+        )
     _check_strategy_space(base, cfg_keys)
     try:
         base.with_overrides(config_overrides(cfg_keys))  # unknown keys and wrong types fail now, not in every trial
@@ -521,7 +527,7 @@ class Evaluator:
             atr=self.atr[lo:hi],
             spread=self.spread[lo:hi],
             cluster=self.cluster[lo:hi],
-            history=history_before(self.panel, lo),  # the selector warms up as ATR does
+            history=history_before(self.panel, lo, cfg.strategy.lookback_bars),  # warm, as ATR is
         )
         return run_backtest(inp, params_from_config(cfg))
 
@@ -1191,6 +1197,7 @@ def holdout_run(ss: StudySpec, params: Mapping[str, Any], signals_path=None, ev:
     )
     from engine.risk.params import params_from_config
     from research.pipeline import run
+    from research.walkforward import oos_raw_regime, strategy_history_bars
 
     o = run(spec.with_overrides({}).with_data(start=ss.start, end=ss.holdout_end), None, track=False)
     panel, cfg = o.panel, spec.config
@@ -1200,6 +1207,9 @@ def holdout_run(ss: StudySpec, params: Mapping[str, Any], signals_path=None, ev:
     hi = int(np.searchsorted(panel.ts, ss.holdout_end, side="right"))
     sub = panel.slice(int(panel.ts[lo]), int(panel.ts[hi - 1]))
     p_up, er = signals_to_arrays(sigdf, sub.ts, sub.pairs)
+    rules = o.result.regime_rules
+    history = history_before(panel, lo, strategy_history_bars(cfg, rules))
+    raw = oos_raw_regime(panel, cfg, rules, hi)  # "model": the folds' fitted rules, as the trials had
     inp = make_inputs(
         sub,
         p_up,
@@ -1210,7 +1220,8 @@ def holdout_run(ss: StudySpec, params: Mapping[str, Any], signals_path=None, ev:
             lo:hi
         ],
         cluster=default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi],
-        history=history_before(panel, lo),
+        raw_regime=None if raw is None else raw[lo - (0 if history is None else history.n_bars) :],
+        history=history,
     )
     res = run_backtest(inp, params_from_config(cfg))
     r = daily_returns(res.ts, res.equity["equity"], init)

@@ -444,6 +444,12 @@ def expand(spec: GridSpec, base_raw: Mapping, source: str = "config") -> Expansi
 
     base = {k: v for k, v in base_raw.items() if k != "research"}
     cfg0 = config_from_dict(base, source)  # the config itself must be valid first
+    if cfg0.strategy.enabled and cfg0.strategy.regime_thresholds == "model":
+        raise ConfigError(
+            f'{source}: [strategy] regime_thresholds = "model" needs a walk-forward\'s fitted regime rules, '
+            'which a sweep over a stored signal has none of; use regime_thresholds = "config" '
+            "(or kq study in walk-forward mode)"
+        )
     strat = [k for k in spec.keys if k in STRATEGY_KEYS]
     if strat and not cfg0.strategy.enabled:
         raise _err(

@@ -693,15 +693,39 @@ def _oos_window(panel, cfg: Config, sig: pd.DataFrame, regime_rules: dict | None
     atr = default_atr(panel.high, panel.low, panel.close, cfg.features.atr_window)[lo:hi]
     spread = np.asarray(default_spread(panel.high, panel.low, panel.close, panel.valid, cfg.backtest.spread_window))
     cluster = default_clusters(panel.ts, panel.close, panel.valid, cfg.features)[lo:hi]
-    raw = _raw_regime(panel, cfg, regime_rules, lo, hi)
-    if raw is not None and lo > 0 and regime_rules:
-        # the bars before the span: the first fold's rule (fitted on its training window, which ends
-        # before the span begins), so the hysteresis is warm at the first test bar too
-        from engine.strategy import regime_raw
+    keep = strategy_history_bars(cfg, regime_rules)
+    history = history_before(panel, lo, keep)
+    raw = oos_raw_regime(panel, cfg, regime_rules, hi)
+    if raw is not None:
+        raw = raw[lo - (0 if history is None else history.n_bars) :]
+    return _OosWindow(panel.slice(t0, t1), t0, t1, atr, spread[lo:hi], cluster, raw, history)
 
-        rule0 = min(regime_rules.values(), key=lambda v: int(v[1]))[0]
-        raw = np.concatenate([regime_raw(panel.close[:lo], panel.valid[:lo], rule0), raw])
-    return _OosWindow(panel.slice(t0, t1), t0, t1, atr, spread[lo:hi], cluster, raw, history_before(panel, lo))
+
+def strategy_history_bars(cfg: Config, regime_rules: dict | None) -> int:
+    """Rows of history the selector's windows need before a span (``[strategy] lookback_bars``;
+    with ``regime_thresholds = "model"``, the longest of the folds' fitted windows)."""
+    s = cfg.strategy
+    if s.enabled and s.regime_thresholds == "model" and regime_rules:
+        return max(int(s.lookback_for(r.trend_bars, r.vol_bars)) for r, _, _ in regime_rules.values())
+    return int(s.lookback_bars)
+
+
+def oos_raw_regime(panel, cfg: Config, regime_rules: dict | None, hi: int) -> np.ndarray | None:
+    """``regime_thresholds = "model"``: the raw regime codes of panel rows 0..hi-1 (``fold_raw_regime``:
+    each test block by its own fold's rule), the rows before the first test block by the first
+    fold's rule (fitted on its training window, which ends before that block), so the hysteresis
+    of a span cut at any row is warm; None in "config" mode."""
+    if not (cfg.strategy.enabled and cfg.strategy.regime_thresholds == "model"):
+        return None
+    from engine.strategy import regime_raw
+
+    out = fold_raw_regime(panel, regime_rules, 0, hi)  # raises without a fitted rule
+    assert regime_rules
+    rule0, t_first, _ = min(regime_rules.values(), key=lambda v: int(v[1]))
+    first = min(int(np.searchsorted(panel.ts, int(t_first))), hi)
+    if first > 0:
+        out[:first] = regime_raw(panel.close[:first], panel.valid[:first], rule0)
+    return out
 
 
 def _label_of(preds: pd.DataFrame, up: dict, panel) -> np.ndarray:

@@ -293,3 +293,44 @@ def test_daemon_refuses_a_bundle_without_a_regime_model(tmp_path):
         msg = str(e.value)
         assert 'regime_thresholds = "model"' in msg and "no fitted regime classifier" in msg and "\n" not in msg
     assert not (tmp_path / "state").exists()  # refused before any state was touched
+
+
+def test_the_oos_window_warms_up_on_a_cut_history_like_the_full_panel():
+    """The walk-forward's out-of-sample inputs (and a study's hold-out, the same helpers) keep only
+    the selector's lookback of history, labelled by the folds' rules (the first fold's before its
+    block): the span's labels equal a run over the whole panel with the same codes; none unknown."""
+    from engine.backtest.runner import make_inputs
+    from research.walkforward import _oos_window, oos_raw_regime, strategy_history_bars
+
+    panel, res = _panel(), _wf()
+    cfg = _cfg(regime_thresholds="model")
+    w = _oos_window(panel, cfg, res.signals, res.regime_rules)
+    keep = strategy_history_bars(cfg, res.regime_rules)
+    assert w.history is not None and w.history.n_bars == keep < int(np.searchsorted(panel.ts, w.t0))
+    cut = w.inputs(res.signals, cfg).strategy
+    lo = int(np.searchsorted(panel.ts, w.t0))
+    hi = lo + w.sub.n_bars
+    from engine.backtest.io import signals_to_arrays
+
+    p_up, er = signals_to_arrays(res.signals, panel.ts[:hi], panel.pairs)
+    whole = make_inputs(
+        panel.slice(int(panel.ts[0]), int(panel.ts[hi - 1])),
+        p_up,
+        er,
+        cfg,
+        raw_regime=oos_raw_regime(panel, cfg, res.regime_rules, hi),
+    ).strategy
+    for f in ("regime", "profile", "candidate", "p_up_gated"):
+        assert np.array_equal(getattr(cut, f), getattr(whole, f)[lo:], equal_nan=True), f
+    assert (cut.regime != -1).all()
+
+
+def test_model_thresholds_are_refused_where_no_fold_was_fitted(tmp_path):
+    """A sweep over a stored signal, or a sweep-mode study, has no fitted regime rule: one line."""
+    from research.sweep import expand, parse_grid
+
+    raw = read_toml(configs_dir() / "default.toml")
+    raw["strategy"] = {"enabled": True, "regime_thresholds": "model"}
+    spec = parse_grid({"params": {"risk.max_positions": [2, 3]}}, "grid.toml")
+    with pytest.raises(ConfigError, match='regime_thresholds = "model" needs a walk-forward'):
+        expand(spec, raw, "engine.toml")

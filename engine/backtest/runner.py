@@ -247,11 +247,13 @@ def make_inputs(
     )
 
 
-def history_before(panel, lo: int):
+def history_before(panel, lo: int, keep: int | None = None):
     """The bars of ``panel`` before row ``lo`` (a Panel; None when ``lo`` is 0): ``make_inputs``'
-    ``history`` for inputs cut at ``lo``."""
+    ``history`` for inputs cut at ``lo``; ``keep``: only the last ``keep`` of them (the strategy
+    layer's ``lookback_bars``: the kernels read each window directly, so the labels are the same)."""
     lo = int(lo)
-    return panel.slice(int(panel.ts[0]), int(panel.ts[lo - 1])) if lo > 0 else None
+    first = 0 if keep is None else max(lo - int(keep), 0)
+    return panel.slice(int(panel.ts[first]), int(panel.ts[lo - 1])) if lo > first else None
 
 
 def _warm_selection(history, panel, p_up, cfg, raw_regime):
