@@ -509,10 +509,7 @@ def backtest_inputs(
     names2 = ("api_fault", "operator", "month_id", "tradable", "entry_block")
     cut: dict[str, Any] = {k: np.ascontiguousarray(getattr(inp, k)[sl]) for k in names + names2}
     if inp.strategy is not None:  # the selector's arrays are on the panel's bars too
-        s = inp.strategy
-        cut["strategy"] = dataclasses.replace(
-            s, **{f.name: np.ascontiguousarray(getattr(s, f.name)[sl]) for f in dataclasses.fields(s)}
-        )
+        cut["strategy"] = inp.strategy.rows(sl)
     if inp.bar_exits is not None and inp.bar_exits.shape[0] != 0:  # [strategy] enabled: the exits of the window
         cut["bar_exits"] = np.ascontiguousarray(inp.bar_exits[sl])
     return dataclasses.replace(inp, **cut)

@@ -396,9 +396,7 @@ class Shadow:
         window, as the cycle's ``make_inputs`` puts the approved model's (only the last row carries a
         prediction there too; ``regime_thresholds = "model"``: the CANDIDATE's fitted regime rule, the
         one it would trade by): (the gated predictions, the bar's exits, ``bar_exit_dt``)."""
-        import dataclasses
-
-        from engine.risk.enums import BX_N, bar_exit_dt
+        from engine.risk.machine import exit_records
         from engine.strategy import apply_strategy, bar_exits
         from live_bridge.cycle import strategy_raw_regime
 
@@ -407,13 +405,10 @@ class Shadow:
         pu[-1] = pred["p_up"]
         raw = strategy_raw_regime(self.cycle.cfg, model, panel)
         sel = apply_strategy(panel.high, panel.close, panel.volume, panel.valid, pu, self.cycle.cfg, raw)
-        last = dataclasses.replace(sel, **{f.name: getattr(sel, f.name)[-1:] for f in dataclasses.fields(sel)})
-        bx = bar_exits(last, panel.close[-1:], bars["atr"][None, :], panel.valid[-1:])
+        bx = bar_exits(sel.rows(slice(-1, None)), panel.close[-1:], bars["atr"][None, :], panel.valid[-1:])
         out = pred.copy()
         out["p_up"] = sel.p_up_gated[-1]
-        ex = np.empty(m, dtype=bar_exit_dt)
-        ex.view(np.float64).reshape(m, BX_N)[:] = bx[0]
-        return out, ex
+        return out, exit_records(bx[0])
 
     def _step(
         self, hour: int, model: Any, run: dict, snap: Entry | None, start: rec.Record | None, notes: list[str]

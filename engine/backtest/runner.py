@@ -258,8 +258,6 @@ def history_before(panel, lo: int, keep: int | None = None):
 
 def _warm_selection(history, panel, p_up, cfg, raw_regime):
     """``apply_strategy`` over ``history`` + ``panel`` (P(up) NaN on the history), cut to ``panel``'s rows."""
-    import dataclasses
-
     from engine.strategy import apply_strategy
 
     k, (n, m) = int(history.close.shape[0]), panel.close.shape
@@ -273,10 +271,7 @@ def _warm_selection(history, panel, p_up, cfg, raw_regime):
     rr = raw_regime
     if rr is not None and np.shape(rr) == (n, m):
         rr = np.concatenate([np.full((k, m), -1, dtype=np.int8), np.asarray(rr, dtype=np.int8)])
-    full = apply_strategy(cat("high"), cat("close"), cat("volume"), cat("valid"), pu, cfg, rr)
-    return dataclasses.replace(
-        full, **{f.name: np.ascontiguousarray(getattr(full, f.name)[k:]) for f in dataclasses.fields(full)}
-    )
+    return apply_strategy(cat("high"), cat("close"), cat("volume"), cat("valid"), pu, cfg, rr).rows(slice(k, None))
 
 
 @dataclass(frozen=True, eq=False)

@@ -254,9 +254,21 @@ def bar_exit_row(inp, t: int) -> np.ndarray | None:
     bx = inp.bar_exits
     if bx is None or bx.shape[0] == 0:
         return None
-    out = np.empty(bx.shape[1], dtype=bar_exit_dt)
-    out.view(np.float64).reshape(bx.shape[1], BX_N)[:] = bx[t]
+    return exit_records(bx[t])
+
+
+def exit_records(row: np.ndarray) -> np.ndarray:
+    """(m, BX_N) float64 per-bar exit parameters as ``bar_exit_dt`` records, one per pair."""
+    a = np.asarray(row, dtype=np.float64)
+    out = np.empty(a.shape[0], dtype=bar_exit_dt)
+    exit_array(out)[:] = a
     return out
+
+
+def exit_array(records: np.ndarray) -> np.ndarray:
+    """``bar_exit_dt`` records (m,) as the (m, BX_N) float64 the kernels read (a view when contiguous)."""
+    r = np.ascontiguousarray(records)
+    return r.view(np.float64).reshape(r.shape[0], BX_N)
 
 
 class RiskMachine:
@@ -377,7 +389,7 @@ class RiskMachine:
 
     def _bx(self) -> np.ndarray:
         """The bar's exit parameters as the kernels read them: (1, m, BX_N) float64 (NaN: [risk]'s)."""
-        return np.ascontiguousarray(self.exits).view(np.float64).reshape(1, self.n_pairs, BX_N).copy()
+        return exit_array(self.exits)[None].copy()
 
     def _check_exits(self, exits) -> np.ndarray:
         """``exits`` as ``bar_exit_dt`` records (None: all NaN); InputError when a value could loosen a
@@ -389,7 +401,7 @@ class RiskMachine:
             return out
         if not isinstance(exits, np.ndarray) or exits.dtype != bar_exit_dt or exits.shape != (m,):
             raise InputError(f"exits: expected {m} records of engine.risk.enums.bar_exit_dt (or None)")
-        bad = bar_exits_problem(np.ascontiguousarray(exits).view(np.float64).reshape(m, BX_N))
+        bad = bar_exits_problem(exit_array(exits))
         if bad is not None:
             (j,), f, v = bad
             raise InputError(f"exits[{self.pairs[j]}].{f} = {v!r}: out of bounds (docs/RISK_RULES.md R26)")

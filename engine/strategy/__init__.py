@@ -214,6 +214,14 @@ class StrategySelection:
     take_profit_atr_mult: np.ndarray
     size_scale: np.ndarray
 
+    def rows(self, sl: slice) -> StrategySelection:
+        """The selection of bar rows ``sl`` (every field cut the same way, C-contiguous)."""
+        import dataclasses
+
+        return dataclasses.replace(
+            self, **{f.name: np.ascontiguousarray(getattr(self, f.name)[sl]) for f in dataclasses.fields(self)}
+        )
+
 
 def apply_strategy(high, close, volume, valid, p_up, cfg, raw_regime=None) -> StrategySelection:
     """Regime, profiles and selector on the bars and the meta-learner's P(up), with the thresholds
