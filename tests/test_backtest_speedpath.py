@@ -450,3 +450,60 @@ def test_ma_signal_equals_the_two_sma_formula_bit_for_bit():
     # the saturation the shortcut relies on: numba's tanh is exactly +-1 from |x| = 20 on
     x = np.concatenate([np.linspace(20.0, 60.0, 40001), [1e300, np.inf]])
     assert (tanh(x) == 1.0).all() and (tanh(-x) == -1.0).all()
+
+
+def test_more_pairs_than_one_mask_word_bit_identical():
+    """70 pairs (the 10 real ones, 7 times, each copy with its own noisy signal): the entry masks and
+    the held-pair mask span two 64-bit words (engine.backtest.bits); the records-off loop still
+    equals the step_nb loop bit for bit, and pairs past the first word are held and refused."""
+    _, inp = _inputs()
+    cfg = load_config()
+    k = 7
+    rng = np.random.default_rng(70)
+    n, m = inp.shape
+
+    def tile(a):
+        return np.ascontiguousarray(np.tile(a, (1, k)))
+
+    noisy = np.clip(tile(inp.p_up) + rng.normal(0.0, 0.2, (n, m * k)), 0.0, 1.0)
+    wide = replace(
+        inp,
+        pairs=inp.pairs * k,
+        open=tile(inp.open),
+        high=tile(inp.high),
+        low=tile(inp.low),
+        close=tile(inp.close),
+        volume=tile(inp.volume),
+        valid=tile(inp.valid),
+        p_up=noisy,
+        exp_ret=np.abs(tile(inp.exp_ret)) * 5.0,
+        atr=tile(inp.atr),
+        spread=tile(inp.spread),
+        cluster=np.full((n, m * k), -1, dtype=np.int64),
+        tradable=np.repeat(rng.random((n // 50 + 1, m * k)) < 0.8, 50, axis=0)[:n],
+        bar_exits=None,
+    )
+    params = params_from_config(cfg, max_positions=40, max_exposure=0.9, min_edge=0.0, halt_reset_bars=100)
+    ref_metrics, ref_refusals, ref_trades, *_ = _reference(wide, params)
+    lean = run_backtest(wide, params, record=False)
+    assert lean.metrics.tobytes() == ref_metrics.tobytes()
+    assert lean.refusals.tobytes() == ref_refusals.tobytes()
+    assert (ref_trades["pair"] >= 64).sum() > 10  # pairs of the second word traded
+    assert ref_refusals[Reason.REFUSE_NOT_TRADABLE] > 0
+
+
+def test_bit_counting_intrinsics():
+    from numba import njit
+
+    from engine.backtest.bits import ctz_nb, popcount_nb
+
+    @njit
+    def both(x):
+        return popcount_nb(x), ctz_nb(x)
+
+    rng = np.random.default_rng(3)
+    words = [0, 1, 2**63, 2**64 - 1, *rng.integers(0, 2**63, 50, dtype=np.uint64).tolist()]
+    for w in words:
+        pc, tz = both(np.uint64(w))
+        assert pc == bin(w).count("1")
+        assert tz == (64 if w == 0 else (w & -w).bit_length() - 1)

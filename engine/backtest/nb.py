@@ -11,22 +11,25 @@ pending orders, events, resets) still goes through the engine.risk.nb functions.
 allocates every array it uses, so no bar pays for the counts of the arrays an inlined phase binds.
 Shortcuts that change nothing but the time: the kill-switch triggers (data + five parameters
 only) come from one pass over the bars before the loop (``kill_triggers_nb``, shared by the sets of
-a sweep); without records, the rows that only bars with work read (entries, exits, fills) are
-prefetched a bar or two ahead (engine.backtest.prefetch, a hint); a flat book is not marked; on a
-bar where no entry is possible (halt, kill switch, entry-block window) without records,
-candidates are counted by reason without branches. Without
-records, the bars go to two tight loops: ``_quiet_run_nb`` (flat book, nothing pending: nothing
-can change, only counters move) and ``_hold_run_nb`` (its own function), which runs every bar whose
-phase 2 changes nothing (no reset or operator bit due, no kill-switch trigger that would latch):
-pending orders execute (``_execute_bar_nb``, out of line), the mark and the exit tests share one pass
-over the pairs (``_exit_due_nb``), exits are placed, and entries are decided: where every candidate
-is refused (entries blocked, per-pair checks, max positions, no exposure room) the refusals are
-counted in one pass without calling ``entries_nb`` (``_entries_refused_nb``), otherwise entries_nb
-runs. Each loop checks a bar before changing anything and leaves the first bar that needs more to
-the full bar (in a run trading throughout, about 300 of 45k bars). Entries
-(``engine.risk.nb.entries_nb``, the code ``decide_nb`` runs) are called out of line: inlined, their
-many live values made the compiler spill the loop's own on every bar (47 -> 25 ns per bar held,
-one pair).
+a sweep), and so do the entry masks (``entry_masks_nb``: per bar, 64 pairs a word, the entry
+candidates by the outcome of their per-pair checks, which read the signal, the bars and three
+parameters only); without records, the rows that only bars with work read (entries, exits, fills)
+are prefetched a bar or two ahead (engine.backtest.prefetch, a hint), only the held pairs are
+marked (only their marks are ever read; a pair opened on a bar without a close takes the mark the
+reference gives it, ``_mark_opened_nb``), and the candidates of a bar are never visited one by one
+unless an entry may be placed: their refusals are popcounts of the masks and the flat pairs
+(engine.backtest.bits). Without records, the bars go to two tight loops: ``_quiet_run_nb`` (flat
+book, nothing pending: nothing can change, only counters move) and ``_hold_run_nb`` (its own
+function), which runs every bar whose phase 2 changes nothing (no reset or operator bit due, no
+kill-switch trigger that would latch): pending orders execute (``_execute_bar_nb``, out of line),
+the mark and the exit tests share one pass over the held pairs (``_exit_due_nb``), exits are
+placed, and entries are decided: where every candidate is refused (entries blocked, per-pair
+checks, max positions, no exposure room) the refusals are counted from the masks without calling
+``entries_nb`` (``_entries_refused_nb``), otherwise entries_nb runs. Each loop checks a bar before
+changing anything and leaves the first bar that needs more to the full bar (in a run trading
+throughout, about 300 of 45k bars). Entries (``engine.risk.nb.entries_nb``, the code ``decide_nb``
+runs) are called out of line: inlined, their many live values made the compiler spill the loop's
+own on every bar (47 -> 25 ns per bar held, one pair).
 ``simulate_reference_nb`` is the plain loop over ``step_nb``; tests/test_backtest_speedpath.py
 checks the two bit for bit on real data. ``run_sets_nb`` runs many parameter sets in parallel
 (``prange`` over sets): each set owns its state, so the result does not depend on the thread count.
@@ -39,6 +42,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from engine.backtest.bits import ctz_nb, popcount_nb
 from engine.backtest.demo import ma_signal_from_sma_nb, ma_signal_into_nb, sma_into_nb
 from engine.backtest.prefetch import prefetch_row_nb
 from engine.risk.enums import (
@@ -49,6 +53,7 @@ from engine.risk.enums import (
     KIND,
     N_STATES,
     REASON,
+    SIZING_FIXED_FRACTION,
     STATE,
     equity_dt,
     event_dt,
@@ -73,7 +78,6 @@ from engine.risk.nb import (
     effective_state_nb,
     emit_event_nb,
     entries_nb,
-    entry_static_gate_nb,
     execute_close_nb,
     execute_open_nb,
     exit_order_nb,
@@ -231,112 +235,161 @@ def _exit_due_nb(pos, c, pu, bar, p):
     return (c <= pos.stop) | (c >= pos.take_profit) | (pu < p.p_up_exit) | ((mh > 0) & (bar - pos.entry_bar >= mh))
 
 
-@njit(cache=True, inline="always")
-def _count_blocked_nb(t, p, p_up, positions, valid, close, tradable):
-    """At bar ``t`` (an index), where no entry is possible (halt, kill switch or entry-block window),
-    without records: every candidate (P(up) >= threshold, flat; nothing is pending for a flat pair at
-    this point) is refused by entry_static_gate_nb with no data, not tradable, or the blocking reason,
-    in that order. Counted without branches; the counts (no data, not tradable, blocked) are those of
-    the per-pair path."""
+# entry masks (``entry_masks_nb``): per bar and per 64-pair word, the entry candidates (P(up) >=
+# threshold) and, among them, each outcome of the per-pair checks of entry_static_gate_nb that do
+# not depend on the state: no data, not tradable, edge, ATR, or none (live)
+EM_CAND, EM_NO_DATA, EM_NOT_TRADABLE, EM_EDGE, EM_NO_ATR, EM_LIVE = 0, 1, 2, 3, 4, 5
+EM_N = 6
+
+
+def mask_words(m: int) -> int:
+    """64-bit words per pair mask of ``m`` pairs."""
+    return (m + 63) // 64
+
+
+@njit(cache=True)
+def entry_masks_nb(p_up, exp_ret, atr, valid, close, tradable, p, out) -> None:
+    """Fill ``out`` (n, EM_N, words) uint64: bit ``j % 64`` of word ``j // 64`` of ``out[t, k]`` is
+    set where pair ``j`` at bar ``t`` is a candidate (P(up) >= ``p.p_up_entry``; EM_CAND) and, for
+    EM_NO_DATA .. EM_LIVE, where entry_static_gate_nb refuses that candidate for that reason or
+    passes it, leaving out what depends on the state and the bar (halt, kill switch, pause,
+    entry-block window, which come between the tradable and the edge checks there). A function of
+    the bars, the signal and three parameters (``p_up_entry``, ``min_edge``, whether the sizing
+    needs an ATR) only, like the kill-switch triggers: computed once per inputs (memoised by
+    engine.backtest.runner) and shared by the sets of a sweep. Keep it in step with
+    entry_static_gate_nb (tests/test_backtest_speedpath.py checks the loops bit for bit)."""
+    n, m = close.shape
     thr = p.p_up_entry
-    n_nd = 0
-    n_nt = 0
-    n_bl = 0
-    for j in range(close.shape[1]):
-        cand = (p_up[t, j] >= thr) & (positions[j].qty == 0.0)
-        cl = close[t, j]
-        dat = valid[t, j] & (cl > 0.0)
-        trd = tradable[t, j]
-        n_nd += cand & (not dat)
-        n_nt += cand & dat & (not trd)
-        n_bl += cand & dat & trd
-    return n_nd, n_nt, n_bl
+    me = p.min_edge
+    need_atr = p.sizing != SIZING_FIXED_FRACTION
+    one = np.uint64(1)
+    for t in range(n):
+        for w in range(out.shape[2]):
+            cand = np.uint64(0)
+            nd = np.uint64(0)
+            nt = np.uint64(0)
+            ed = np.uint64(0)
+            na = np.uint64(0)
+            j0 = 64 * w
+            for j in range(j0, min(m, j0 + 64)):
+                if p_up[t, j] >= thr:
+                    b = one << np.uint64(j - j0)
+                    cand |= b
+                    c = close[t, j]
+                    er = exp_ret[t, j]
+                    a = atr[t, j]
+                    if not valid[t, j] or not (c > 0.0):
+                        nd |= b
+                    elif not tradable[t, j]:
+                        nt |= b
+                    elif not (er == er) or er <= me:  # noqa: SIM201 NaN test as in entry_static_gate_nb
+                        ed |= b
+                    elif need_atr and not (a == a and a > 0.0):
+                        na |= b
+            out[t, EM_CAND, w] = cand
+            out[t, EM_NO_DATA, w] = nd
+            out[t, EM_NOT_TRADABLE, w] = nt
+            out[t, EM_EDGE, w] = ed
+            out[t, EM_NO_ATR, w] = na
+            out[t, EM_LIVE, w] = cand & ~(nd | nt | ed | na)
 
 
 @njit(cache=True, inline="always")
-def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
-    """Add the counts of _count_blocked_nb (the blocking reason from the state: halt, kill switch,
-    operator pause, otherwise the entry-block window)."""
-    refusals[REASON.REFUSE_NO_DATA] += n_nd
-    refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
-    if st.halted != 0:
-        refusals[REASON.REFUSE_HALTED] += n_bl
-    elif st.kill_reason != 0:
-        refusals[REASON.REFUSE_KILL_SWITCH] += n_bl
-    elif st.paused != 0:
-        refusals[REASON.REFUSE_PAUSED] += n_bl
-    else:
-        refusals[REASON.REFUSE_TRAINING_WINDOW] += n_bl
+def _held_mask_nb(positions, held) -> None:
+    """Set ``held`` (words) to the pairs with an open position (no branch per pair)."""
+    m = positions.shape[0]
+    for w in range(held.shape[0]):
+        acc = np.uint64(0)
+        j0 = 64 * w
+        for j in range(j0, min(m, j0 + 64)):
+            acc |= np.uint64(positions[j].qty != 0.0) << np.uint64(j - j0)
+        held[w] = acc
 
 
 @njit(cache=True, inline="always")
-def _candidates_nb(t, p, p_up, positions, cands):
-    """The candidates at bar ``t`` (P(up) >= threshold, flat) in ``cands``, in column order; their count."""
-    thr = p.p_up_entry
-    nc = 0
-    for j in range(positions.shape[0]):
-        cands[nc] = j
-        nc += (p_up[t, j] >= thr) & (positions[j].qty == 0.0)
-    return nc
+def _flat_candidates_nb(em, u, held) -> bool:
+    """Any entry candidate at bar ``u`` among the pairs not in ``held``."""
+    any_c = np.uint64(0)
+    for w in range(held.shape[0]):
+        any_c |= em[u, EM_CAND, w] & ~held[w]
+    return any_c != 0
 
 
 @njit(cache=True, inline="always")
-def _entries_refused_nb(
-    t, st, p, cands, nc, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
-):
-    """Phase 5's entries at the close of bar ``t`` (an index) without records, where no flat pair has
+def _last_mark_nb(close, valid, t, j) -> float:
+    """The mark ``engine.risk.nb.mark_positions_nb`` gives pair ``j`` at bar ``t`` when it marks every
+    pair every bar: its close at the last bar <= t where it is valid with a close (NaN: none)."""
+    for s in range(t, -1, -1):
+        c = close[s, j]
+        if valid[s, j] and c == c:
+            return c
+    return np.nan
+
+
+@njit(cache=True, inline="always")
+def _mark_opened_nb(t, positions, close, valid, before, after) -> None:
+    """Pairs opened at bar ``t`` (in ``after``, not in ``before``): the marks of flat pairs are not
+    kept up to date by the records-off loop (only held pairs' marks are ever read), so an opened
+    pair gets the mark the reference path (every pair marked every bar) holds for it; bar ``t``'s
+    own close then re-marks it as usual."""
+    for w in range(after.shape[0]):
+        nw = after[w] & ~before[w]
+        while nw != 0:
+            j = 64 * w + ctz_nb(nw)
+            nw &= nw - np.uint64(1)
+            positions[j].mark = _last_mark_nb(close, valid, t, j)
+
+
+@njit(cache=True, inline="always")
+def _entries_refused_nb(u, st, p, em, held, entry_block, refusals):
+    """Phase 5's entries at the close of bar ``u`` (an index) without records, where no flat pair has
     an order pending (every order of the last close has executed or been cancelled; this close's
     exits are for held pairs), when every candidate is refused: then each refusal is counted as
     ``engine.risk.nb.entries_nb`` counts it and True is returned; otherwise (an order may be placed)
-    nothing is counted and False is returned (the caller runs entries_nb). Every candidate is refused
-    when entries are blocked (halt, kill switch, pause, entry-block window: _count_blocked_nb), when
-    none passes the per-pair checks (entry_static_gate_nb), or when those that pass all meet the same
-    first bar-wide cap while no order is placed: the book at max positions (REFUSE_MAX_POSITIONS) or
-    no exposure room (REFUSE_EXPOSURE; the room as entry_gate_nb computes it). ``cands[:nc]``: the
-    candidates (P(up) >= threshold, flat) in column order (_candidates_nb)."""
-    if (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0) | entry_block[t]:
-        n_nd, n_nt, n_bl = _count_blocked_nb(t, p, p_up, positions, valid, close, tradable)
-        _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl)
-        return True
-    # one pass: the candidates that pass the per-pair checks, and the refusals of the others by reason
-    # (entries are not blocked here, so only these four reasons can come; any other is counted by the
-    # second pass)
-    n_live = 0
+    nothing is counted and False is returned (the caller runs entries_nb). The candidates are the
+    flat pairs (not in ``held``) of the entry masks ``em`` (entry_masks_nb), counted by the outcome
+    of their per-pair checks. Every candidate is refused when entries are blocked (halt, kill
+    switch, pause, entry-block window: those without data or not tradable are refused for that,
+    the others for the block, entry_static_gate_nb's order), when none passes the per-pair checks,
+    or when those that pass all meet the same first bar-wide cap while no order is placed: the book
+    at max positions (REFUSE_MAX_POSITIONS) or no exposure room (REFUSE_EXPOSURE; the room as
+    entry_gate_nb computes it)."""
     n_nd = 0
     n_nt = 0
     n_ed = 0
     n_na = 0
-    for k in range(nc):
-        j = cands[k]
-        rr, v = entry_static_gate_nb(
-            st, p, valid[t, j], close[t, j], p_up[t, j], exp_ret[t, j], atr[t, j], tradable[t, j], False
-        )
-        n_live += rr == 0
-        n_nd += rr == REASON.REFUSE_NO_DATA
-        n_nt += rr == REASON.REFUSE_NOT_TRADABLE
-        n_ed += rr == REASON.REFUSE_EDGE
-        n_na += rr == REASON.REFUSE_NO_ATR
-    if n_live > 0:
+    n_live = 0
+    for w in range(held.shape[0]):
+        f = ~held[w]
+        n_nd += popcount_nb(em[u, EM_NO_DATA, w] & f)
+        n_nt += popcount_nb(em[u, EM_NOT_TRADABLE, w] & f)
+        n_ed += popcount_nb(em[u, EM_EDGE, w] & f)
+        n_na += popcount_nb(em[u, EM_NO_ATR, w] & f)
+        n_live += popcount_nb(em[u, EM_LIVE, w] & f)
+    blocked = 0
+    if st.halted != 0:
+        blocked = REASON.REFUSE_HALTED
+    elif st.kill_reason != 0:
+        blocked = REASON.REFUSE_KILL_SWITCH
+    elif st.paused != 0:
+        blocked = REASON.REFUSE_PAUSED
+    elif entry_block[u]:
+        blocked = REASON.REFUSE_TRAINING_WINDOW
+    if blocked == 0 and n_live > 0:
         cap, maxpos, rmult = caps_nb(st, p)
         if st.n_positions >= maxpos:
             refusals[REASON.REFUSE_MAX_POSITIONS] += n_live
         elif cap * cap_base_nb(st.equity, p) - st.exposure <= 0.0:
             refusals[REASON.REFUSE_EXPOSURE] += n_live
         else:
-            return False
-    if n_live + n_nd + n_nt + n_ed + n_na == nc:
-        refusals[REASON.REFUSE_NO_DATA] += n_nd
-        refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
+            return False  # an order may be placed: entries_nb decides and counts every refusal
+    refusals[REASON.REFUSE_NO_DATA] += n_nd
+    refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
+    if blocked != 0:
+        refusals[blocked] += n_ed + n_na + n_live
+    else:
         refusals[REASON.REFUSE_EDGE] += n_ed
         refusals[REASON.REFUSE_NO_ATR] += n_na
-        return True
-    for k in range(nc):
-        j = cands[k]
-        rr, v = entry_static_gate_nb(
-            st, p, valid[t, j], close[t, j], p_up[t, j], exp_ret[t, j], atr[t, j], tradable[t, j], False
-        )
-        if rr != 0:
-            refusals[rr] += 1
     return True
 
 
@@ -345,11 +398,7 @@ def _quiet_run_nb(
     t,
     st,
     p,
-    p_up,
-    positions,
-    valid,
-    close,
-    tradable,
+    em,
     entry_block,
     api_fault,
     operator,
@@ -367,10 +416,10 @@ def _quiet_run_nb(
     every phase of the full bar leaves the state as it is (equity = cash, the same peak, drawdown,
     tier and trading state) and the return is exactly 0, so of the metrics only the equity sum and
     the calendar month move. Returns (first bar not quiet, sum_eq, cur_month, month_peak, and the
-    refusal counts of _count_blocked_nb). Checked bit for bit against the step_nb loop
-    (tests/test_backtest_speedpath.py)."""
-    n, m = close.shape
-    thr = p.p_up_entry
+    candidates' refusal counts from the entry masks ``em`` (entry_masks_nb): no data, not tradable,
+    blocked). Checked bit for bit against the step_nb loop (tests/test_backtest_speedpath.py)."""
+    n = em.shape[0]
+    nw = em.shape[2]
     stop_blocked = (st.halted != 0) | (st.kill_reason != 0) | (st.paused != 0)
     n_nd = 0
     n_nt = 0
@@ -382,15 +431,15 @@ def _quiet_run_nb(
         if (trig != 0 and st.kill_reason == 0) or operator_due_nb(st, op, t, p):
             break
         if stop_blocked | entry_block[u]:
-            a, b, c = _count_blocked_nb(u, p, p_up, positions, valid, close, tradable)
-            n_nd += a
-            n_nt += b
-            n_bl += c
+            for w in range(nw):
+                n_nd += popcount_nb(em[u, EM_NO_DATA, w])
+                n_nt += popcount_nb(em[u, EM_NOT_TRADABLE, w])
+                n_bl += popcount_nb(em[u, EM_EDGE, w] | em[u, EM_NO_ATR, w] | em[u, EM_LIVE, w])
         else:
-            cand = False
-            for j in range(m):
-                cand |= p_up[u, j] >= thr
-            if cand:
+            cand = np.uint64(0)
+            for w in range(nw):
+                cand |= em[u, EM_CAND, w]
+            if cand != 0:
                 break
         mo = month_id[u]
         if mo != cur_month:
@@ -399,6 +448,22 @@ def _quiet_run_nb(
         sum_eq += eq
         t += 1
     return t, sum_eq, cur_month, month_peak, n_nd, n_nt, n_bl
+
+
+@njit(cache=True, inline="always")
+def _add_blocked_nb(st, refusals, n_nd, n_nt, n_bl):
+    """Add the blocked-bar refusal counts of _quiet_run_nb (the blocking reason from the state: halt,
+    kill switch, operator pause, otherwise the entry-block window)."""
+    refusals[REASON.REFUSE_NO_DATA] += n_nd
+    refusals[REASON.REFUSE_NOT_TRADABLE] += n_nt
+    if st.halted != 0:
+        refusals[REASON.REFUSE_HALTED] += n_bl
+    elif st.kill_reason != 0:
+        refusals[REASON.REFUSE_KILL_SWITCH] += n_bl
+    elif st.paused != 0:
+        refusals[REASON.REFUSE_PAUSED] += n_bl
+    else:
+        refusals[REASON.REFUSE_TRAINING_WINDOW] += n_bl
 
 
 @njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt: numba option absent from its stubs
@@ -522,6 +587,9 @@ def _hold_run_nb(
     refusals,
     marks,
     order_buf,
+    em,
+    held,
+    held_before,
     bars_state,
     prev_eq,
     r_n,
@@ -550,9 +618,10 @@ def _hold_run_nb(
     for the full bar on every bar with orders cost more than the bar's own work.
     Returns (t, placed, the metric accumulators)."""
     st = state[0]
-    n, m = close.shape
-    thr = p.p_up_entry
+    n = close.shape[0]
+    nw = held.shape[0]
     nx = bx.shape[0] != 0
+    _held_mask_nb(positions, held)
     while t < n:
         u = np.uint64(t)  # an unsigned index: no negative-index wraparound per access
         _prefetch_ahead_nb(t, n, exp_ret, atr, tradable, cluster, spread)
@@ -589,43 +658,46 @@ def _hold_run_nb(
                 marks,
             )
             placed = False
-        # ---- phase 4: mark to the close (mark_positions_nb; a flat book is not marked), in one pass
-        # over the pairs with the tests of phase 5: exits due (_exit_due_nb), candidates
+            for w in range(nw):
+                held_before[w] = held[w]
+            _held_mask_nb(positions, held)
+            _mark_opened_nb(t, positions, close, valid, held_before, held)
+        # ---- phase 4: mark the held pairs to the close (mark_positions_nb: only held pairs' marks are
+        # ever read; _mark_opened_nb), in one pass with the exit tests of phase 5 (_exit_due_nb)
         n_held = st.n_positions
         expo = 0.0
-        nc = 0
         due = False
-        for j in range(m):
-            pos = positions[j]
-            vj = valid[u, j]
-            c = close[u, j]
-            pu = p_up[u, j]
-            q = pos.qty
-            if n_held != 0 and vj and c == c:
-                pos.mark = c
-            if q != 0.0:
-                expo += q * pos.mark
-                due |= vj & _exit_due_nb(pos, c, pu, t, p)
-            else:  # the candidates (P(up) >= threshold, flat), in column order
-                order_buf[nc] = j
-                nc += pu >= thr
+        for w in range(nw):
+            hb = held[w]
+            while hb != 0:
+                j = 64 * w + ctz_nb(hb)
+                hb &= hb - np.uint64(1)
+                pos = positions[j]
+                vj = valid[u, j]
+                c = close[u, j]
+                if vj and c == c:
+                    pos.mark = c
+                expo += pos.qty * pos.mark
+                due |= vj & _exit_due_nb(pos, c, p_up[u, j], t, p)
         mark_state_nb(st, expo, t, p)
         # ---- phase 5: exits (nothing is pending: every held pair with a valid bar is checked), then
-        # entries (only flat pairs can be candidates)
+        # entries (only flat pairs can be candidates: the entry masks, _entries_refused_nb)
         if due or (nx and n_held != 0):
-            for j in range(m):
-                pos = positions[j]
-                if pos.qty != 0.0 and valid[u, j]:
-                    c = close[u, j]
-                    reason, kind = exit_reason_nb(pos, c, p_up[u, j], t, p)
-                    if reason != 0:
-                        exit_order_nb(pending[j], pos, t, c, reason, kind, atr[u, j], spread[u, j], price_dec[j], p)
-                        placed = True
-                    elif nx:  # held with no exit: capital preservation's stop floor (R26)
-                        tighten_stop_nb(pos, bx[u, j, BX_FLOOR])
-        if nc > 0 and not _entries_refused_nb(
-            u, st, p, order_buf, nc, p_up, positions, valid, close, exp_ret, atr, tradable, entry_block, refusals
-        ):
+            for w in range(nw):
+                hb = held[w]
+                while hb != 0:
+                    j = 64 * w + ctz_nb(hb)
+                    hb &= hb - np.uint64(1)
+                    if valid[u, j]:
+                        pos = positions[j]
+                        c = close[u, j]
+                        reason, kind = exit_reason_nb(pos, c, p_up[u, j], t, p)
+                        if reason != 0:
+                            exit_order_nb(pending[j], pos, t, c, reason, kind, atr[u, j], spread[u, j], price_dec[j], p)
+                            placed = True
+                        elif nx:  # held with no exit: capital preservation's stop floor (R26)
+                            tighten_stop_nb(pos, bx[u, j, BX_FLOOR])
+        if _flat_candidates_nb(em, u, held) and not _entries_refused_nb(u, st, p, em, held, entry_block, refusals):
             placed |= entries_nb(
                 t,
                 t,
@@ -781,6 +853,7 @@ def simulate_nb(
         none_i,
         none_i,
         np.zeros(0),
+        np.zeros((0, EM_N, (close.shape[1] + 63) // 64), dtype=np.uint64),
     )
 
 
@@ -820,10 +893,13 @@ def simulate_core_nb(
     kcode,
     kpair,
     kval,
+    em,
 ):
     """``simulate_nb``; with ``kill_pre`` the kill-switch triggers of each bar are the given
     ``kcode``/``kpair``/``kval`` (``engine.risk.nb.kill_triggers_nb``, computed once for all the sets of
-    a sweep), otherwise this run computes them first. Allocates the portfolio's state and scratch
+    a sweep), otherwise this run computes them first. Without records the loop reads the entry masks
+    ``em`` (entry_masks_nb, (n, EM_N, words): memoised or shared by the caller; with another number of
+    rows this run computes them). Allocates the portfolio's state and scratch
     arrays, then runs the bar loop (``_simulate_loop_nb``)."""
     n, m = close.shape
     if not kill_pre:
@@ -833,6 +909,12 @@ def simulate_core_nb(
         kpair = np.empty(n, dtype=np.int64)
         kval = np.empty(n)
         kill_triggers_nb(open_, high, low, close, valid, atr, spread, p, kcode, kpair, kval)
+    nw = (m + 63) // 64
+    if not record and em.shape[0] != n:
+        em = np.empty((n, EM_N, nw), dtype=np.uint64)
+        entry_masks_nb(p_up, exp_ret, atr, valid, close, tradable, p, em)
+    held = np.zeros(nw, dtype=np.uint64)
+    held_before = np.zeros(nw, dtype=np.uint64)
     state = np.zeros(1, dtype=state_dt)
     positions = np.zeros(m, dtype=position_dt)
     pending = np.zeros(m, dtype=order_dt)
@@ -880,6 +962,9 @@ def simulate_core_nb(
         acc,
         marks,
         order_buf,
+        em,
+        held,
+        held_before,
         bars_state,
     )
 
@@ -929,6 +1014,9 @@ def _simulate_loop_nb(
     acc,
     marks,
     order_buf,
+    em,
+    held,
+    held_before,
     bars_state,
 ):
     n, m = close.shape
@@ -966,11 +1054,7 @@ def _simulate_loop_nb(
                 t,
                 st,
                 p,
-                p_up,
-                positions,
-                valid,
-                close,
-                tradable,
+                em,
                 entry_block,
                 api_fault,
                 operator,
@@ -1040,6 +1124,9 @@ def _simulate_loop_nb(
                 refusals,
                 marks,
                 order_buf,
+                em,
+                held,
+                held_before,
                 bars_state,
                 prev_eq,
                 r_n,
@@ -1061,6 +1148,7 @@ def _simulate_loop_nb(
             _prefetch_ahead_nb(t, n, exp_ret, atr, tradable, cluster, spread)
         # ---- 1. orders decided at t-1 execute in bar t (engine.risk.nb.execute_open_nb)
         if placed:
+            _held_mask_nb(positions, held_before)
             execute_open_nb(
                 t,
                 t,
@@ -1135,6 +1223,9 @@ def _simulate_loop_nb(
                 marks,
             )
         # every order of bar t-1 is now filled or cancelled: nothing is pending until decisions below
+        if placed:
+            _held_mask_nb(positions, held)
+            _mark_opened_nb(t, positions, close, valid, held_before, held)
         placed = False
         # ---- 4. mark to the close (engine.risk.nb.mark_nb)
         # (only held pairs' marks are ever read: a flat book needs no marking, its exposure is 0)
@@ -1166,24 +1257,11 @@ def _simulate_loop_nb(
             placed = True
             if rec:
                 emit_event_nb(events, cnt, t, j, EVENT.ORDER, reason, pos.qty)
+        if not rec:
+            _held_mask_nb(positions, held)
         if flat:
             pass  # operator flatten: no entry is decided at this close (R22b)
-        elif not rec and _entries_refused_nb(
-            t,
-            st,
-            p,
-            order_buf,
-            _candidates_nb(t, p, p_up, positions, order_buf),
-            p_up,
-            positions,
-            valid,
-            close,
-            exp_ret,
-            atr,
-            tradable,
-            entry_block,
-            refusals,
-        ):
+        elif not rec and _entries_refused_nb(t, st, p, em, held, entry_block, refusals):
             pass  # every candidate refused and counted
         else:
             thr = p.p_up_entry
@@ -1526,6 +1604,7 @@ def _run_set_nb(
     kcode,
     kpair,
     kval,
+    em,
 ):
     trades = np.zeros(0, dtype=trade_dt)
     events = np.zeros(0, dtype=event_dt)
@@ -1566,6 +1645,7 @@ def _run_set_nb(
         kcode,
         kpair,
         kval,
+        em,
     )
 
 
@@ -1581,6 +1661,35 @@ def _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params
         kill_triggers_nb(open_, high, low, close, valid, atr, spread, params[0], kcode, kpair, kval)
         return True, kcode, kpair, kval
     return False, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+
+
+@njit(cache=True)
+def _same_mask_params_nb(params) -> bool:
+    """Every set has the parameters entry_masks_nb reads (entry threshold, minimum edge, whether the
+    sizing needs an ATR)."""
+    p0 = params[0]
+    for s in range(1, params.shape[0]):
+        q = params[s]
+        if (
+            q.p_up_entry != p0.p_up_entry
+            or q.min_edge != p0.min_edge
+            or (q.sizing == SIZING_FIXED_FRACTION) != (p0.sizing == SIZING_FIXED_FRACTION)
+        ):
+            return False
+    return True
+
+
+@njit(cache=True)
+def _shared_entry_masks_nb(p_up, exp_ret, atr, valid, close, tradable, params):
+    """The entry masks once for all sets when there is one signal set and every set shares their
+    parameters (_same_mask_params_nb); otherwise no rows (each set computes its own)."""
+    n, m = close.shape
+    nw = (m + 63) // 64
+    if p_up.shape[0] == 1 and params.shape[0] > 1 and _same_mask_params_nb(params):
+        em = np.empty((n, EM_N, nw), dtype=np.uint64)
+        entry_masks_nb(p_up[0], exp_ret[0], atr, valid, close, tradable, params[0], em)
+        return em
+    return np.zeros((0, EM_N, nw), dtype=np.uint64)
 
 
 @njit(cache=True, parallel=True)
@@ -1614,9 +1723,11 @@ def run_sets_nb(
 ):
     """Many parameter sets in one call, in parallel. ``p_up``/``exp_ret`` are (K, n, m) signal sets;
     set s reads signal set ``sig_of_set[s]``. Only metrics and refusal counts are kept (flat memory).
-    Kill-switch triggers are computed once when every set shares their parameters."""
+    Kill-switch triggers and entry masks are computed once when every set shares their parameters
+    (the masks: and there is one signal set)."""
     S = params.shape[0]
     pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
+    em = _shared_entry_masks_nb(p_up, exp_ret, atr, valid, close, tradable, params)
     for s in prange(S):
         k = sig_of_set[s]
         _run_set_nb(
@@ -1649,6 +1760,7 @@ def run_sets_nb(
             kcode,
             kpair,
             kval,
+            em,
         )
 
 
@@ -1698,6 +1810,7 @@ def ma_sweep_nb(
     n, m = close.shape
     pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
     no_bx = np.zeros((0, m, BX_N))  # the MA signal has no per-bar exit parameters
+    no_em = np.zeros((0, EM_N, (m + 63) // 64), dtype=np.uint64)  # each set's signal: its own masks
     W = windows.shape[0]
     table = np.empty((W, n, m))
     for w in prange(W):
@@ -1743,4 +1856,5 @@ def ma_sweep_nb(
                 kcode,
                 kpair,
                 kval,
+                no_em,
             )

@@ -21,6 +21,7 @@ from engine.risk.enums import (
     BX_N,
     N_REASONS,
     N_STATES,
+    SIZING_FIXED_FRACTION,
     Reason,
     TradingState,
     equity_dt,
@@ -72,6 +73,8 @@ class BacktestInputs:
     # modified in place after construction (build new inputs, e.g. dataclasses.replace, which starts
     # an empty memo)
     _kill_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # the entry masks (engine.backtest.nb.entry_masks_nb), memoised the same way per entry parameters
+    _mask_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         n, m = self.close.shape
@@ -392,9 +395,28 @@ def kill_triggers(inp: BacktestInputs, p) -> tuple[np.ndarray, np.ndarray, np.nd
     return hit
 
 
+def entry_masks(inp: BacktestInputs, p) -> np.ndarray:
+    """The entry masks of ``inp`` under ``p`` (one ``params_dt`` record):
+    ``engine.backtest.nb.entry_masks_nb``, memoised on ``inp`` like :func:`kill_triggers` (a function
+    of the bars, the signal, the entry threshold, the minimum edge and whether the sizing needs an
+    ATR, never of the portfolio)."""
+    from engine.backtest.nb import EM_N, entry_masks_nb, mask_words
+
+    key = (p["p_up_entry"].item(), p["min_edge"].item(), int(p["sizing"]) == SIZING_FIXED_FRACTION)
+    hit = inp._mask_memo.get(key)
+    if hit is None:
+        n, m = inp.shape
+        hit = np.empty((n, EM_N, mask_words(m)), dtype=np.uint64)
+        entry_masks_nb(inp.p_up, inp.exp_ret, inp.atr, inp.valid, inp.close, inp.tradable, p, hit)
+        if len(inp._mask_memo) >= 8:  # a run over many entry parameters keeps memory flat
+            inp._mask_memo.clear()
+        inp._mask_memo[key] = hit
+    return hit
+
+
 def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -> BacktestResult:
     """One parameter set (a ``params_dt`` record array of shape (1,)), with full records."""
-    from engine.backtest.nb import simulate_core_nb
+    from engine.backtest.nb import EM_N, simulate_core_nb
 
     if params.dtype != params_dt or params.shape != (1,):
         raise InputError("params must be a params_dt array of shape (1,)")
@@ -407,6 +429,8 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
     refusals = np.zeros(N_REASONS, dtype=np.int64)
     cnt = np.zeros(N_CNT, dtype=np.int64)
     kcode, kpair, kval = kill_triggers(inp, params[0])
+    # records on: the loop reads no entry masks
+    em = np.zeros((0, EM_N, 1), dtype=np.uint64) if record else entry_masks(inp, params[0])
     simulate_core_nb(
         inp.open,
         inp.high,
@@ -442,6 +466,7 @@ def run_backtest(inp: BacktestInputs, params: np.ndarray, record: bool = True) -
         kcode,
         kpair,
         kval,
+        em,
     )
     if metrics[0]["records_overflow"]:
         raise RuntimeError("record buffers overflowed (bug: capacities are upper bounds)")
