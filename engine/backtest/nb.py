@@ -261,8 +261,7 @@ def entry_masks_nb(p_up, exp_ret, atr, valid, close, tradable, p, out) -> None:
     n, m = close.shape
     thr = p.p_up_entry
     me = p.min_edge
-    need_atr = p.sizing != SIZING_FIXED_FRACTION
-    one = np.uint64(1)
+    no_atr_ok = p.sizing == SIZING_FIXED_FRACTION  # fixed-fraction sizing needs no ATR
     for t in range(n):
         for w in range(out.shape[2]):
             cand = np.uint64(0)
@@ -271,21 +270,18 @@ def entry_masks_nb(p_up, exp_ret, atr, valid, close, tradable, p, out) -> None:
             ed = np.uint64(0)
             na = np.uint64(0)
             j0 = 64 * w
-            for j in range(j0, min(m, j0 + 64)):
-                if p_up[t, j] >= thr:
-                    b = one << np.uint64(j - j0)
-                    cand |= b
-                    c = close[t, j]
-                    er = exp_ret[t, j]
-                    a = atr[t, j]
-                    if not valid[t, j] or not (c > 0.0):
-                        nd |= b
-                    elif not tradable[t, j]:
-                        nt |= b
-                    elif not (er == er) or er <= me:  # noqa: SIM201 NaN test as in entry_static_gate_nb
-                        ed |= b
-                    elif need_atr and not (a == a and a > 0.0):
-                        na |= b
+            for j in range(j0, min(m, j0 + 64)):  # no branch per pair: each outcome is a bit
+                b = np.uint64(j - j0)
+                c_ = p_up[t, j] >= thr
+                dat = valid[t, j] & (close[t, j] > 0.0)
+                trd = dat & tradable[t, j]
+                edge = trd & (exp_ret[t, j] > me)  # NaN: no edge
+                atr_ok = edge & (no_atr_ok | (atr[t, j] > 0.0))  # NaN: no ATR
+                cand |= np.uint64(c_) << b
+                nd |= np.uint64(c_ & (not dat)) << b
+                nt |= np.uint64(c_ & dat & (not trd)) << b
+                ed |= np.uint64(c_ & trd & (not edge)) << b
+                na |= np.uint64(c_ & edge & (not atr_ok)) << b
             out[t, EM_CAND, w] = cand
             out[t, EM_NO_DATA, w] = nd
             out[t, EM_NOT_TRADABLE, w] = nt
@@ -1663,35 +1659,6 @@ def _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params
     return False, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
 
 
-@njit(cache=True)
-def _same_mask_params_nb(params) -> bool:
-    """Every set has the parameters entry_masks_nb reads (entry threshold, minimum edge, whether the
-    sizing needs an ATR)."""
-    p0 = params[0]
-    for s in range(1, params.shape[0]):
-        q = params[s]
-        if (
-            q.p_up_entry != p0.p_up_entry
-            or q.min_edge != p0.min_edge
-            or (q.sizing == SIZING_FIXED_FRACTION) != (p0.sizing == SIZING_FIXED_FRACTION)
-        ):
-            return False
-    return True
-
-
-@njit(cache=True)
-def _shared_entry_masks_nb(p_up, exp_ret, atr, valid, close, tradable, params):
-    """The entry masks once for all sets when there is one signal set and every set shares their
-    parameters (_same_mask_params_nb); otherwise no rows (each set computes its own)."""
-    n, m = close.shape
-    nw = (m + 63) // 64
-    if p_up.shape[0] == 1 and params.shape[0] > 1 and _same_mask_params_nb(params):
-        em = np.empty((n, EM_N, nw), dtype=np.uint64)
-        entry_masks_nb(p_up[0], exp_ret[0], atr, valid, close, tradable, params[0], em)
-        return em
-    return np.zeros((0, EM_N, nw), dtype=np.uint64)
-
-
 @njit(cache=True, parallel=True)
 def run_sets_nb(
     open_,
@@ -1720,16 +1687,21 @@ def run_sets_nb(
     params,
     metrics_out,
     refusals_out,
+    em_all,
+    em_of_set,
 ):
     """Many parameter sets in one call, in parallel. ``p_up``/``exp_ret`` are (K, n, m) signal sets;
     set s reads signal set ``sig_of_set[s]``. Only metrics and refusal counts are kept (flat memory).
-    Kill-switch triggers and entry masks are computed once when every set shares their parameters
-    (the masks: and there is one signal set)."""
+    Kill-switch triggers are computed once when every set shares their parameters. Set s reads the
+    entry masks ``em_all[em_of_set[s]]`` (entry_masks_nb, one per distinct signal set and entry
+    parameters: engine.backtest.runner.run_sweep); ``em_of_set[s]`` < 0: it computes its own."""
     S = params.shape[0]
     pre, kcode, kpair, kval = _shared_kill_triggers_nb(open_, high, low, close, valid, atr, spread, params)
-    em = _shared_entry_masks_nb(p_up, exp_ret, atr, valid, close, tradable, params)
+    no_em = np.zeros((0, EM_N, em_all.shape[3]), dtype=np.uint64)
     for s in prange(S):
         k = sig_of_set[s]
+        g = em_of_set[s]
+        em = em_all[g] if g >= 0 else no_em
         _run_set_nb(
             open_,
             high,

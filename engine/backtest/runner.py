@@ -503,6 +503,7 @@ def run_sweep(
 
     _check_params_1d(params)
     S = params.shape[0]
+    own_signal = p_up_sets is None
     if p_up_sets is None:
         p_up_sets = inp.p_up[None]
         exp_ret_sets = inp.exp_ret[None]
@@ -516,6 +517,9 @@ def run_sweep(
     ordermin, costmin, lot, price, quote = _rules(inp)
     metrics = np.zeros(S, dtype=metrics_dt)
     refusals = np.zeros((S, N_REASONS), dtype=np.int64)
+    p_up_sets = np.ascontiguousarray(p_up_sets, dtype=np.float64)
+    exp_ret_sets = np.ascontiguousarray(exp_ret_sets, dtype=np.float64)
+    em_all, em_of_set = _sweep_entry_masks(inp, params, p_up_sets, exp_ret_sets, sig_of_set, own_signal)
     run_sets_nb(
         inp.open,
         inp.high,
@@ -523,8 +527,8 @@ def run_sweep(
         inp.close,
         inp.volume,
         inp.valid,
-        np.ascontiguousarray(p_up_sets, dtype=np.float64),
-        np.ascontiguousarray(exp_ret_sets, dtype=np.float64),
+        p_up_sets,
+        exp_ret_sets,
         sig_of_set,
         inp.bar_exits,
         inp.atr,
@@ -543,8 +547,45 @@ def run_sweep(
         params,
         metrics,
         refusals,
+        em_all,
+        em_of_set,
     )
     return metrics, refusals
+
+
+def _sweep_entry_masks(inp, params, p_up_sets, exp_ret_sets, sig_of_set, own_signal, budget_mb: float = 256.0):
+    """(masks (G, n, EM_N, words), group of each set): the entry masks once per distinct signal set
+    and entry parameters (``entry_masks``' key) of the sets of a sweep, memoised on ``inp`` for its own
+    signal. Over ``budget_mb`` each set computes its own in the kernel (group -1; same results)."""
+    from engine.backtest.nb import EM_N, entry_masks_nb, mask_words
+
+    n, m = inp.shape
+    S = params.shape[0]
+    keys: dict[tuple, int] = {}
+    group = np.empty(S, dtype=np.int64)
+    for s in range(S):
+        p = params[s]
+        key = (
+            int(sig_of_set[s]),
+            p["p_up_entry"].item(),
+            p["min_edge"].item(),
+            int(p["sizing"]) == SIZING_FIXED_FRACTION,
+        )
+        group[s] = keys.setdefault(key, len(keys))
+    words = mask_words(m)
+    if len(keys) * n * EM_N * words * 8 > budget_mb * 2**20:
+        return np.zeros((0, n, EM_N, words), dtype=np.uint64), np.full(S, -1, dtype=np.int64)
+    em_all = np.empty((len(keys), n, EM_N, words), dtype=np.uint64)
+    first = {g: s for s, g in reversed(list(enumerate(group.tolist())))}
+    for g, s in first.items():
+        k = int(sig_of_set[s])
+        if own_signal:
+            em_all[g] = entry_masks(inp, params[s])
+        else:
+            entry_masks_nb(
+                p_up_sets[k], exp_ret_sets[k], inp.atr, inp.valid, inp.close, inp.tradable, params[s], em_all[g]
+            )
+    return em_all, group
 
 
 def run_ma_sweep(inp: BacktestInputs, fasts, slows, scale: float, params: np.ndarray, table_budget_mb: float = 512.0):
