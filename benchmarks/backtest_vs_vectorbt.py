@@ -14,8 +14,9 @@ before vectorbt first runs:
    ``Portfolio.from_signals`` with cash sharing over the 10 pairs (timezone-naive UTC index, numba
    engine set explicitly), next-open fills, same fee and slippage. Compilation is timed apart
    (first call minus steady state); steady state = median of --repeat rounds. The kill-switch
-   triggers (a data-only pass, like ATR and spreads) are memoised on the inputs, so repeated runs
-   skip that pass; the run on fresh inputs each time, which includes it, is printed too.
+   triggers and the entry masks (passes over the data and the signal only, like ATR and spreads)
+   are memoised on the inputs, so repeated runs skip them, as the sets of a sweep share them; the
+   run on fresh inputs each time, which includes them, is printed too.
 2. sweep: 1,000 fast/slow SMA crossover sets (a 40 x 25 grid: fast 2..41, slow 45..165 step 5) on
    BTC/USDT x 50k bars through the whole pipeline: signals, backtest, total return / max drawdown /
    Sharpe. Ours: one fused parallel kernel (``run_ma_sweep`` -> ``ma_sweep_nb``: each distinct
@@ -91,8 +92,9 @@ def part_kernel(repeat):
     par_t = params_from_config(cfg, halt_reset_bars=300)
     ours = {
         "steady": lambda: run_backtest(inp, par, record=False),
-        # fresh inputs each time: includes the kill-switch trigger pass over the data (kill_triggers_nb),
-        # which repeated runs of one inputs object memoise like ATR and spreads
+        # fresh inputs each time: includes the kill-switch trigger and entry mask passes over the data
+        # (kill_triggers_nb, entry_masks_nb), which repeated runs of one inputs object memoise like ATR
+        # and spreads (and the sets of a sweep share)
         "cold": lambda: run_backtest(replace(inp), par, record=False),
         "records": lambda: run_backtest(inp, par, record=True),
         "trading": lambda: run_backtest(inp, par_t, record=False),
@@ -392,7 +394,7 @@ def main() -> None:
             f"{o['fills']} fills ({o['bars_halted']:,} bars halted); peak {o['peak_mb']:.0f} MB"
         )
         print(
-            f"  ours incl. the kill-switch trigger pass (fresh inputs each run): {o['steady_cold_s'] * 1e3:.1f} ms = "
+            f"  ours incl. the kill-trigger and entry-mask passes (fresh inputs): {o['steady_cold_s'] * 1e3:.1f} ms = "
             f"{steps / o['steady_cold_s'] / 1e6:.1f} M bar-steps/s; ratio {steps / o['steady_cold_s'] / vbt_bps:.2f}"
         )
         print(
