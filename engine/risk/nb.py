@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from engine.execution.nb import (
     BUY,
@@ -250,7 +251,7 @@ def book_cluster_nb(st, positions, marks, cluster_row, j: int):
     return st.cash + expo, expo, ce
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def apply_fill_nb(
     bar: int,
     j: int,
@@ -284,7 +285,10 @@ def apply_fill_nb(
     the round-trip statistics), unless the remainder is below ``dust`` (the pair's ordermin: it
     cannot be sold) - then the position closes and its remaining cost is in this trade's P&L. A sell
     with no position on the book (an external fill, booked to match the exchange) only adds its
-    proceeds to cash."""
+    proceeds to cash.
+
+    Inlined (a fill passes no arrays to a call): the trade record, with records on, is written out of
+    line (``record_fill_nb``)."""
     st = state[0]
     pos = positions[j]
     notional = qty * price
@@ -339,8 +343,30 @@ def apply_fill_nb(
     st.fees_paid += fee
     st.traded_notional += notional
     cnt[C_FILLS] += 1
-    if cnt[C_RECORD] == 0:
-        return
+    if cnt[C_RECORD] != 0:
+        record_fill_nb(bar, j, side, qty, price, notional, fee, reason, how, pnl, state, positions, marks, trades, cnt)
+
+
+@njit(cache=True)
+def record_fill_nb(
+    bar: int,
+    j: int,
+    side: int,
+    qty: float,
+    price: float,
+    notional: float,
+    fee: float,
+    reason: int,
+    how: int,
+    pnl: float,
+    state,
+    positions,
+    marks,
+    trades,
+    cnt,
+) -> None:
+    """The trade record of a fill ``apply_fill_nb`` booked (records on; full: the overflow flag)."""
+    st = state[0]
     k = cnt[C_TRADES]
     if k >= trades.shape[0]:
         cnt[C_OVERFLOW] = 1
@@ -375,7 +401,7 @@ def apply_fill_nb(
     cnt[C_TRADES] = k + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def execute_buy_nb(
     bar: int,
     j: int,
@@ -400,8 +426,9 @@ def execute_buy_nb(
     """Fill an entry at ``price``, clipped to cash and the (tier) exposure and cluster caps at the fill.
     With precision on, the fee is rounded up to the quote's decimals (``fill_fee_nb``); each clip
     reserves the most that rounding adds (``fee_slack_nb``), so no rounded fee breaks a cap.
-    ``om``, ``cm``, ``lot``, ``qdec``: pair ``j``'s ordermin, costmin, lot and quote decimals (scalars:
-    every array argument of an out-of-line call costs its seven words)."""
+    ``om``, ``cm``, ``lot``, ``qdec``: pair ``j``'s ordermin, costmin, lot and quote decimals.
+    Inlined, as ``apply_fill_nb``: a fill calls out of line only for what takes no array (the market
+    price) or is rare (a refusal, a trade record); each array argument of a call costs seven words."""
     st = state[0]
     f = p.fee_rate
     u = fee_slack_nb(p, qdec)
@@ -476,6 +503,24 @@ def execute_buy_nb(
         cnt,
         acc,
     )
+
+
+@njit(cache=True, inline="always")
+def side_bits_nb(pending, c0: int, side: int):
+    """The pairs ``c0`` to ``c0 + 63`` with an active order on ``side``, as bits (bit b: pair
+    ``c0 + b``), read without a branch per pair: the phases then visit only those, in column order
+    (``lowest_bit_nb``), instead of testing every pair (a mispredicted branch per order)."""
+    bits = np.uint64(0)
+    for j in range(min(c0 + 64, pending.shape[0]) - 1, c0 - 1, -1):  # a shift, not a reduction: the
+        o = pending[j]  # compiler keeps it scalar (vectorised, it gathered 4 orders at a time: slower)
+        bits = (bits << np.uint64(1)) | np.uint64((o.active != 0) & (o.side == side))
+    return bits
+
+
+@njit(cache=True, inline="always")
+def lowest_bit_nb(bits) -> int:
+    """The index of the lowest set bit of a nonzero ``bits`` (uint64)."""
+    return np.int64(trailing_zeros(bits))
 
 
 @njit(cache=True)
@@ -673,91 +718,48 @@ def execute_open_nb(
     marks,
 ) -> int:
     """Phase 1 of bar t: market orders at the open, limit orders bar t trades through at their limit;
-    sells first, then buys, each in column order. One pass over the pairs executes the sells and
-    counts the buys; a second runs from the first buy to the last (none: no second pass). ``marks``
-    is scratch: the open marks, set only when a fill reads them. Returns the number of orders left
-    pending (0: the close fallback has nothing to do)."""
+    sells first, then buys, each in column order (each side's pairs found as bits, ``side_bits_nb``,
+    64 pairs at a time). ``marks`` is scratch: the open marks, set only when a fill reads them.
+    Returns the number of orders left pending for the close fallback (0: it has nothing to do)."""
     m = pending.shape[0]
     left = 0
-    n_buy = 0
-    first_buy = m
     marked = False
-    for j in range(m):
-        o = pending[j]
-        if o.active == 0:
-            continue
-        if o.side != SELL:
-            if o.side == BUY:
-                n_buy += 1
-                if j < first_buy:
-                    first_buy = j
-            else:
-                left += 1  # neither side: no phase executes it
-            continue
-        wait, marked = _open_order_nb(
-            t,
-            bar,
-            j,
-            o,
-            state,
-            positions,
-            open_,
-            high,
-            low,
-            close,
-            volume,
-            valid,
-            cluster,
-            ordermin,
-            costmin,
-            lot_dec,
-            price_dec,
-            quote_dec,
-            p,
-            trades,
-            events,
-            cnt,
-            acc,
-            refusals,
-            marks,
-            marked,
-        )
-        left += wait
-    j = first_buy
-    while n_buy > 0:
-        o = pending[j]
-        if o.active != 0 and o.side == BUY:
-            n_buy -= 1
-            wait, marked = _open_order_nb(
-                t,
-                bar,
-                j,
-                o,
-                state,
-                positions,
-                open_,
-                high,
-                low,
-                close,
-                volume,
-                valid,
-                cluster,
-                ordermin,
-                costmin,
-                lot_dec,
-                price_dec,
-                quote_dec,
-                p,
-                trades,
-                events,
-                cnt,
-                acc,
-                refusals,
-                marks,
-                marked,
-            )
-            left += wait
-        j += 1
+    for side_pass in range(2):  # sells first, then buys
+        want = SELL if side_pass == 0 else BUY
+        for c0 in range(0, m, 64):
+            bits = side_bits_nb(pending, c0, want)
+            while bits != 0:
+                j = c0 + lowest_bit_nb(bits)
+                bits &= bits - np.uint64(1)
+                wait, marked = _open_order_nb(
+                    t,
+                    bar,
+                    j,
+                    pending[j],
+                    state,
+                    positions,
+                    open_,
+                    high,
+                    low,
+                    close,
+                    volume,
+                    valid,
+                    cluster,
+                    ordermin,
+                    costmin,
+                    lot_dec,
+                    price_dec,
+                    quote_dec,
+                    p,
+                    trades,
+                    events,
+                    cnt,
+                    acc,
+                    refusals,
+                    marks,
+                    marked,
+                )
+                left += wait
     return left
 
 
@@ -990,78 +992,42 @@ def execute_close_nb(
     marks,
 ) -> None:
     """Phase 3 of bar t: unfilled limit orders fall back to market at bar t's close; sells first, then
-    buys, each in column order (two passes as in ``execute_open_nb``). ``marks`` is scratch: the close
+    buys, each in column order (found as in ``execute_open_nb``). ``marks`` is scratch: the close
     marks, set only when a fill reads them."""
     m = pending.shape[0]
-    n_buy = 0
-    first_buy = m
     marked = False
-    for j in range(m):
-        o = pending[j]
-        if o.active == 0:
-            continue
-        if o.side != SELL:
-            if o.side == BUY:
-                n_buy += 1
-                if j < first_buy:
-                    first_buy = j
-            continue
-        marked = _close_order_nb(
-            t,
-            bar,
-            j,
-            o,
-            state,
-            positions,
-            close,
-            volume,
-            valid,
-            cluster,
-            ordermin,
-            costmin,
-            lot_dec,
-            price_dec,
-            quote_dec,
-            p,
-            trades,
-            events,
-            cnt,
-            acc,
-            refusals,
-            marks,
-            marked,
-        )
-    j = first_buy
-    while n_buy > 0:
-        o = pending[j]
-        if o.active != 0 and o.side == BUY:
-            n_buy -= 1
-            marked = _close_order_nb(
-                t,
-                bar,
-                j,
-                o,
-                state,
-                positions,
-                close,
-                volume,
-                valid,
-                cluster,
-                ordermin,
-                costmin,
-                lot_dec,
-                price_dec,
-                quote_dec,
-                p,
-                trades,
-                events,
-                cnt,
-                acc,
-                refusals,
-                marks,
-                marked,
-            )
-        j += 1
+    for side_pass in range(2):  # sells first, then buys
+        want = SELL if side_pass == 0 else BUY
+        for c0 in range(0, m, 64):
+            bits = side_bits_nb(pending, c0, want)
+            while bits != 0:
+                j = c0 + lowest_bit_nb(bits)
+                bits &= bits - np.uint64(1)
+                marked = _close_order_nb(
+                    t,
+                    bar,
+                    j,
+                    pending[j],
+                    state,
+                    positions,
+                    close,
+                    volume,
+                    valid,
+                    cluster,
+                    ordermin,
+                    costmin,
+                    lot_dec,
+                    price_dec,
+                    quote_dec,
+                    p,
+                    trades,
+                    events,
+                    cnt,
+                    acc,
+                    refusals,
+                    marks,
+                    marked,
+                )
 
 
 @njit(cache=True)
