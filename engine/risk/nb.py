@@ -506,15 +506,20 @@ def execute_buy_nb(
 
 
 @njit(cache=True, inline="always")
-def side_bits_nb(pending, c0: int, side: int):
-    """The pairs ``c0`` to ``c0 + 63`` with an active order on ``side``, as bits (bit b: pair
-    ``c0 + b``), read without a branch per pair: the phases then visit only those, in column order
-    (``lowest_bit_nb``), instead of testing every pair (a mispredicted branch per order)."""
-    bits = np.uint64(0)
-    for j in range(min(c0 + 64, pending.shape[0]) - 1, c0 - 1, -1):  # a shift, not a reduction: the
-        o = pending[j]  # compiler keeps it scalar (vectorised, it gathered 4 orders at a time: slower)
-        bits = (bits << np.uint64(1)) | np.uint64((o.active != 0) & (o.side == side))
-    return bits
+def side_bits_nb(pending, c0: int):
+    """(sells, buys): the pairs ``c0`` to ``c0 + 63`` with an active sell, buy order, as bits (bit b:
+    pair ``c0 + b``), read without a branch per pair: the phases then visit only those, in column
+    order (``lowest_bit_nb``), instead of testing every pair (a mispredicted branch per order)."""
+    one = np.uint64(1)
+    sells = np.uint64(0)
+    buys = np.uint64(0)
+    hi = min(c0 + 64, pending.shape[0])
+    for k in range(hi - c0):  # from the last pair down, shifting: a recurrence the compiler keeps
+        o = pending[np.uint64(hi - 1 - k)]  # scalar (vectorised, it gathered 4 orders at a time: slower)
+        a = o.active != 0
+        sells = (sells << one) | np.uint64(a & (o.side == SELL))
+        buys = (buys << one) | np.uint64(a & (o.side == BUY))
+    return sells, buys
 
 
 @njit(cache=True, inline="always")
@@ -720,14 +725,16 @@ def execute_open_nb(
     """Phase 1 of bar t: market orders at the open, limit orders bar t trades through at their limit;
     sells first, then buys, each in column order (each side's pairs found as bits, ``side_bits_nb``,
     64 pairs at a time). ``marks`` is scratch: the open marks, set only when a fill reads them.
-    Returns the number of orders left pending for the close fallback (0: it has nothing to do)."""
+    Returns the number of orders left for the close fallback (0: it has nothing to do)."""
     m = pending.shape[0]
     left = 0
     marked = False
+    sells = buys = np.uint64(0)
     for side_pass in range(2):  # sells first, then buys
-        want = SELL if side_pass == 0 else BUY
         for c0 in range(0, m, 64):
-            bits = side_bits_nb(pending, c0, want)
+            if side_pass == 0 or m > 64:  # one word: the buys' bits hold through the sells
+                sells, buys = side_bits_nb(pending, c0)
+            bits = sells if side_pass == 0 else buys
             while bits != 0:
                 j = c0 + lowest_bit_nb(bits)
                 bits &= bits - np.uint64(1)
@@ -996,10 +1003,12 @@ def execute_close_nb(
     marks, set only when a fill reads them."""
     m = pending.shape[0]
     marked = False
+    sells = buys = np.uint64(0)
     for side_pass in range(2):  # sells first, then buys
-        want = SELL if side_pass == 0 else BUY
         for c0 in range(0, m, 64):
-            bits = side_bits_nb(pending, c0, want)
+            if side_pass == 0 or m > 64:  # one word: the buys' bits hold through the sells
+                sells, buys = side_bits_nb(pending, c0)
+            bits = sells if side_pass == 0 else buys
             while bits != 0:
                 j = c0 + lowest_bit_nb(bits)
                 bits &= bits - np.uint64(1)
