@@ -18,7 +18,9 @@ Both roundings snap near-ties first (:func:`_quantise_nb`): the simulator rounds
 float's shortest repr while the backtester rounds float products, and a product that is a tie in
 decimal (``1000 * 0.004 = 4``, ``30000.1``) can land a few ulps off it in binary; within a relative
 ``1e-9`` (at most a hundredth of the last place) of a multiple of ``10**-decimals`` that multiple is
-taken. Both sides call these kernels on the same floats, so they book the same value.
+taken. Both sides call these kernels on the same floats, so they book the same value. The scale
+``10**decimals`` is read from a table of the exact powers (:func:`pow10_nb`), the very doubles
+numba's ``10.0**decimals`` computes, without its loop.
 
 docs/MODEL_ASSUMPTIONS.md states these assumptions in words.
 """

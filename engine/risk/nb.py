@@ -6,8 +6,9 @@ section of docs/MODEL_ASSUMPTIONS.md state the rules in words):
 1. ``execute_open_nb``  - orders decided at the close of bar t-1 execute in bar t: market orders at
    bar t's open (+ slippage; with precision on, on the pair's tick against the taker); limit-first
    orders fill at their limit if bar t trades through it. Sells before buys, then pairs in column
-   order. Entries are clipped at the fill to the cash, the exposure cap and the cluster cap, rounded
-   DOWN to lot_decimals and refused below ordermin/costmin. Every fee is ``fill_fee_nb`` (with
+   order (the pairs with an order found as bits, ``side_bits_nb``: no branch per pair). Entries are
+   clipped at the fill to the cash, the exposure cap and the cluster cap, rounded DOWN to
+   lot_decimals and refused below ordermin/costmin. Every fee is ``fill_fee_nb`` (with
    precision on, rounded UP to the quote currency's decimals, as the exchange simulator books it).
 2. ``kill_check_nb``    - operator resets, pause/resume/flatten bits, then the kill-switch triggers
    on bar t's data (API fault flag, missing/invalid bar of a pair already seen, spread anomaly,
@@ -39,8 +40,10 @@ Each rule lives in one small kernel taking only records and scalars (``kill_pair
 ``cap_base_nb``: the equity the caps and sizes scale with, capped by the capital ceiling).
 The phases above and the backtester's fused bar loop (engine.backtest.nb.simulate_core_nb) both call
 them, so a rule is written once; the fused loop exists because numba reference-counts every array
-argument of every call (hundreds of ns per bar). tests/test_backtest_speedpath.py checks the fused
-loop against a plain ``step_nb`` loop bit for bit.
+argument of every call (hundreds of ns per bar). For the same reason a fill (``apply_fill_nb``,
+``execute_buy_nb``) is inlined into the phases: an out-of-line call also pushes seven words per
+array argument; only the market price (scalars), refusals and trade records are called.
+tests/test_backtest_speedpath.py checks the fused loop against a plain ``step_nb`` loop bit for bit.
 """
 
 from __future__ import annotations
@@ -523,9 +526,9 @@ def side_bits_nb(pending, c0: int):
 
 
 @njit(cache=True, inline="always")
-def lowest_bit_nb(bits) -> int:
-    """The index of the lowest set bit of a nonzero ``bits`` (uint64)."""
-    return np.int64(trailing_zeros(bits))
+def lowest_bit_nb(bits):
+    """The index (int64) of the lowest set bit of a nonzero ``bits`` (uint64)."""
+    return np.int64(trailing_zeros(bits))  # type: ignore[call-arg]  # a numba intrinsic: typed in njit
 
 
 @njit(cache=True)
