@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from engine.execution.nb import BUY, fee_nb, market_fill_price_nb, slippage_frac_nb, taker_tick_nb
+from engine.execution.nb import (
+    BUY,
+    fee_nb,
+    market_fill_price_nb,
+    neg_pow10_nb,
+    pow10_nb,
+    slippage_frac_nb,
+    taker_tick_nb,
+)
 from engine.risk.enums import SIZING_RISK, FillHow, OrderKind, Reason
 from tests.test_risk_scenarios import WARM, Sim
 
@@ -73,3 +82,22 @@ def test_missing_execution_bar_cancels_the_order():
     assert s.cnt[0] == 0
     assert any(r == Reason.REFUSE_NO_BAR for _, _, r in s.events_at(WARM + 1))
     assert np.all(s.pos["qty"] == 0)
+
+
+@njit
+def _numba_pow10(k):
+    return 10.0**k, 10.0**-k
+
+
+@njit
+def _table_pow10(k):
+    return pow10_nb(k), neg_pow10_nb(k)
+
+
+def test_power_of_ten_table_is_numbas_power_bit_for_bit():
+    # the rounding kernels read 10**k from a table (pow10_nb): the same doubles numba's float ** int
+    # computes, inside the table (0..22) and past it
+    for k in range(40):
+        a, b = _numba_pow10(k), _table_pow10(k)
+        assert np.float64(a[0]).tobytes() == np.float64(b[0]).tobytes(), k
+        assert np.float64(a[1]).tobytes() == np.float64(b[1]).tobytes(), k

@@ -491,8 +491,9 @@ def _execute_bar_nb(
     """Phases 1-3 of bar ``t`` (an index) on a bar whose phase 2 changes nothing (no reset or operator
     bit, no kill-switch trigger that would latch): the orders of the last close execute at the open
     (execute_open_nb), then those not traded through fall back at the close (execute_close_nb). Out
-    of line: the hold run calls it only on bars with orders."""
-    execute_open_nb(
+    of line: the hold run calls it only on bars with orders. The close's pass is skipped when the
+    open left no order pending (execute_open_nb's count)."""
+    left = execute_open_nb(
         t,
         t,
         state,
@@ -520,6 +521,8 @@ def _execute_bar_nb(
     )
     st = state[0]
     st.trading_state = effective_state_nb(st)
+    if left == 0:
+        return
     execute_close_nb(
         t,
         t,

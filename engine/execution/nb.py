@@ -18,7 +18,9 @@ Both roundings snap near-ties first (:func:`_quantise_nb`): the simulator rounds
 float's shortest repr while the backtester rounds float products, and a product that is a tie in
 decimal (``1000 * 0.004 = 4``, ``30000.1``) can land a few ulps off it in binary; within a relative
 ``1e-9`` (at most a hundredth of the last place) of a multiple of ``10**-decimals`` that multiple is
-taken. Both sides call these kernels on the same floats, so they book the same value.
+taken. Both sides call these kernels on the same floats, so they book the same value. The scale
+``10**decimals`` is read from a table of the exact powers (:func:`pow10_nb`), the very doubles
+numba's ``10.0**decimals`` computes, without its loop.
 
 docs/MODEL_ASSUMPTIONS.md states these assumptions in words.
 """
@@ -76,6 +78,31 @@ SNAP_REL = 1e-9
 SNAP_MAX = 0.01
 
 
+#: ``10.0**k`` for k = 0..22: every power of ten up to 1e22 is a double, and numba's ``10.0**k``
+#: (exponentiation by squaring: products of exact powers, each exact) is that double, so a table
+#: read returns the very float the loop computed (tests/test_execution_model.py checks it) ...
+POW10 = np.array([float(10**k) for k in range(23)])
+#: ... and ``10.0**-k``, which numba computes as ``1.0 / 10.0**k``
+NEG_POW10 = 1.0 / POW10
+
+
+@njit(cache=True, inline="always")
+def pow10_nb(k: int) -> float:
+    """``10.0**k`` bit for bit: a table read for 0 <= k <= 22 (the decimals of every pair), else the
+    power itself."""
+    if 0 <= k < POW10.shape[0]:
+        return POW10[k]
+    return 10.0**k
+
+
+@njit(cache=True, inline="always")
+def neg_pow10_nb(k: int) -> float:
+    """``10.0**-k`` bit for bit (the table of :data:`NEG_POW10` for 0 <= k <= 22)."""
+    if 0 <= k < NEG_POW10.shape[0]:
+        return NEG_POW10[k]
+    return 10.0**-k
+
+
 @njit(cache=True)
 def _quantise_nb(x: float, decimals: int, up: bool) -> float:
     """``x`` on a multiple of ``10**-decimals``. With ``k = x * 10**decimals``: ``round(k)`` if
@@ -84,7 +111,7 @@ def _quantise_nb(x: float, decimals: int, up: bool) -> float:
     ``decimals < 0``: ``x`` unchanged. NaN stays NaN."""
     if decimals < 0:
         return x
-    s = 10.0**decimals
+    s = pow10_nb(decimals)
     k = x * s
     r = np.floor(k + 0.5)
     if abs(k - r) <= min(SNAP_REL * max(1.0, abs(k)), SNAP_MAX):

@@ -6,8 +6,9 @@ section of docs/MODEL_ASSUMPTIONS.md state the rules in words):
 1. ``execute_open_nb``  - orders decided at the close of bar t-1 execute in bar t: market orders at
    bar t's open (+ slippage; with precision on, on the pair's tick against the taker); limit-first
    orders fill at their limit if bar t trades through it. Sells before buys, then pairs in column
-   order. Entries are clipped at the fill to the cash, the exposure cap and the cluster cap, rounded
-   DOWN to lot_decimals and refused below ordermin/costmin. Every fee is ``fill_fee_nb`` (with
+   order (the pairs with an order found as bits, ``side_bits_nb``: no branch per pair). Entries are
+   clipped at the fill to the cash, the exposure cap and the cluster cap, rounded DOWN to
+   lot_decimals and refused below ordermin/costmin. Every fee is ``fill_fee_nb`` (with
    precision on, rounded UP to the quote currency's decimals, as the exchange simulator books it).
 2. ``kill_check_nb``    - operator resets, pause/resume/flatten bits, then the kill-switch triggers
    on bar t's data (API fault flag, missing/invalid bar of a pair already seen, spread anomaly,
@@ -39,14 +40,17 @@ Each rule lives in one small kernel taking only records and scalars (``kill_pair
 ``cap_base_nb``: the equity the caps and sizes scale with, capped by the capital ceiling).
 The phases above and the backtester's fused bar loop (engine.backtest.nb.simulate_core_nb) both call
 them, so a rule is written once; the fused loop exists because numba reference-counts every array
-argument of every call (hundreds of ns per bar). tests/test_backtest_speedpath.py checks the fused
-loop against a plain ``step_nb`` loop bit for bit.
+argument of every call (hundreds of ns per bar). For the same reason a fill (``apply_fill_nb``,
+``execute_buy_nb``) is inlined into the phases: an out-of-line call also pushes seven words per
+array argument; only the market price (scalars), refusals and trade records are called.
+tests/test_backtest_speedpath.py checks the fused loop against a plain ``step_nb`` loop bit for bit.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from engine.execution.nb import (
     BUY,
@@ -54,6 +58,8 @@ from engine.execution.nb import (
     fee_nb,
     limit_touched_nb,
     market_fill_price_nb,
+    neg_pow10_nb,
+    pow10_nb,
     slippage_frac_nb,
     taker_tick_nb,
 )
@@ -101,7 +107,7 @@ def round_down_nb(x: float, decimals: int) -> float:
     not taken: the result never exceeds ``x``."""
     q = taker_tick_nb(SELL, x, decimals)
     if q > x:
-        s = 10.0**decimals
+        s = pow10_nb(decimals)
         return np.floor(x * s) / s
     return q
 
@@ -124,7 +130,7 @@ def fill_fee_nb(notional: float, p, qdec: int) -> float:
 def fee_slack_nb(p, qdec: int) -> float:
     """What rounding may add to one fill's fee: one unit of the quote's last decimal when fees are
     rounded (``fill_fee_nb``), else 0. The clips at the fill reserve it."""
-    return 10.0**-qdec if (p.enforce_precision != 0 and qdec >= 0) else 0.0
+    return neg_pow10_nb(qdec) if (p.enforce_precision != 0 and qdec >= 0) else 0.0
 
 
 @njit(cache=True)
@@ -223,21 +229,32 @@ def cap_base_nb(eq: float, p) -> float:
     return cc if cc < eq else eq
 
 
-@njit(cache=True)
-def book_nb(st, positions, marks):
-    """(equity, exposure) at ``marks`` (NaN marks fall back to each pair's last close)."""
+@njit(cache=True, inline="always")
+def book_cluster_nb(st, positions, marks, cluster_row, j: int):
+    """(equity, exposure, cluster exposure) at ``marks`` (NaN marks fall back to each pair's last
+    close) before pair ``j``'s fill: the cluster exposure sums the open positions of the other pairs
+    whose current cluster id (``cluster_row``) is ``j``'s (``j``'s id < 0: a cluster of its own, 0).
+
+    One pass over the pairs, without branches: a pair not counted adds +0.0, which leaves a sum
+    started at +0.0 unchanged bit for bit (such a sum is never -0.0), so both sums are the
+    column-order sums over the counted pairs alone."""
+    c = cluster_row[j]
+    own = c >= 0
     expo = 0.0
-    for j in range(positions.shape[0]):
-        q = positions[j].qty
-        if q != 0.0:
-            mk = marks[j]
-            if not (mk == mk):  # noqa: SIM201 NaN test kept verbatim in the kernel
-                mk = positions[j].mark
-            expo += q * mk
-    return st.cash + expo, expo
+    ce = 0.0
+    for i in range(positions.shape[0]):
+        pos = positions[i]
+        q = pos.qty
+        mk = marks[i]
+        last = pos.mark
+        v = q * (mk if mk == mk else last)
+        held = q != 0.0
+        expo += v if held else 0.0
+        ce += v if (held & own & (i != j) & (cluster_row[i] == c)) else 0.0
+    return st.cash + expo, expo, ce
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def apply_fill_nb(
     bar: int,
     j: int,
@@ -271,7 +288,10 @@ def apply_fill_nb(
     the round-trip statistics), unless the remainder is below ``dust`` (the pair's ordermin: it
     cannot be sold) - then the position closes and its remaining cost is in this trade's P&L. A sell
     with no position on the book (an external fill, booked to match the exchange) only adds its
-    proceeds to cash."""
+    proceeds to cash.
+
+    Inlined (a fill passes no arrays to a call): the trade record, with records on, is written out of
+    line (``record_fill_nb``)."""
     st = state[0]
     pos = positions[j]
     notional = qty * price
@@ -326,8 +346,30 @@ def apply_fill_nb(
     st.fees_paid += fee
     st.traded_notional += notional
     cnt[C_FILLS] += 1
-    if cnt[C_RECORD] == 0:
-        return
+    if cnt[C_RECORD] != 0:
+        record_fill_nb(bar, j, side, qty, price, notional, fee, reason, how, pnl, state, positions, marks, trades, cnt)
+
+
+@njit(cache=True)
+def record_fill_nb(
+    bar: int,
+    j: int,
+    side: int,
+    qty: float,
+    price: float,
+    notional: float,
+    fee: float,
+    reason: int,
+    how: int,
+    pnl: float,
+    state,
+    positions,
+    marks,
+    trades,
+    cnt,
+) -> None:
+    """The trade record of a fill ``apply_fill_nb`` booked (records on; full: the overflow flag)."""
+    st = state[0]
     k = cnt[C_TRADES]
     if k >= trades.shape[0]:
         cnt[C_OVERFLOW] = 1
@@ -362,23 +404,157 @@ def apply_fill_nb(
     cnt[C_TRADES] = k + 1
 
 
-@njit(cache=True)
-def cluster_exposure_nb(positions, marks, cluster_row, c: int, skip: int) -> float:
-    """Exposure of open positions whose current cluster id is ``c`` (c < 0: a cluster of its own)."""
-    if c < 0:
-        return 0.0
-    s = 0.0
-    for i in range(positions.shape[0]):
-        if i != skip and positions[i].qty != 0.0 and cluster_row[i] == c:
-            mk = marks[i]
-            if not (mk == mk):  # noqa: SIM201 NaN test kept verbatim in the kernel
-                mk = positions[i].mark
-            s += positions[i].qty * mk
-    return s
-
-
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def execute_buy_nb(
+    bar: int,
+    j: int,
+    o,
+    price: float,
+    how: int,
+    state,
+    positions,
+    marks,
+    cluster_row,
+    om: float,
+    cm: float,
+    lot: int,
+    qdec: int,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+) -> None:
+    """Fill an entry at ``price``, clipped to cash and the (tier) exposure and cluster caps at the fill.
+    With precision on, the fee is rounded up to the quote's decimals (``fill_fee_nb``); each clip
+    reserves the most that rounding adds (``fee_slack_nb``), so no rounded fee breaks a cap.
+    ``om``, ``cm``, ``lot``, ``qdec``: pair ``j``'s ordermin, costmin, lot and quote decimals.
+    Inlined, as ``apply_fill_nb``: a fill calls out of line only for what takes no array (the market
+    price) or is rare (a refusal, a trade record); each array argument of a call costs seven words."""
+    st = state[0]
+    f = p.fee_rate
+    u = fee_slack_nb(p, qdec)
+    if p.sizing == SIZING_FIXED_FRACTION:
+        qty = (o.frac * st.cash) / (1.0 + f) / price
+    else:
+        qty = o.qty
+    bind = 0
+    # cash: qty * price * (1 + fee) + u <= cash
+    qmax = (st.cash - u) / (price * (1.0 + f)) * (1.0 - _TINY)
+    if qty > qmax:
+        qty = qmax
+        bind = REASON.REFUSE_CASH
+    eq0, expo0, ce = book_cluster_nb(st, positions, marks, cluster_row, j)
+    cap, maxpos, rmult = caps_nb(st, p)
+    # the capital ceiling (R3b): below the equity, the caps are fractions of it, not of the equity
+    base = cap_base_nb(eq0, p)
+    ceil = base < eq0
+    # exposure after <= cap * min(equity after, ceiling), the new position valued at its fill price
+    room = cap * (eq0 - u) - expo0
+    qmax = room / (price * (1.0 + cap * f)) * (1.0 - _TINY)
+    if ceil:
+        q2 = (cap * base - expo0) / price * (1.0 - _TINY)
+        if q2 < qmax:
+            qmax = q2
+    if qty > qmax:
+        qty = qmax
+        bind = REASON.REFUSE_EXPOSURE
+    # the cluster cap (a pair of no cluster: ce = 0, x - 0.0 is x bit for bit)
+    mce = p.max_cluster_exposure
+    room = mce * (eq0 - u) - ce
+    qmax = room / (price * (1.0 + mce * f)) * (1.0 - _TINY)
+    if ceil:
+        q2 = (mce * base - ce) / price * (1.0 - _TINY)
+        if q2 < qmax:
+            qmax = q2
+    if qty > qmax:
+        qty = qmax
+        bind = REASON.REFUSE_CLUSTER
+    if p.enforce_precision != 0:
+        if qty > 0.0:
+            qty = round_down_nb(qty, lot)
+        if qty < om or qty <= 0.0:
+            refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
+            return
+        if qty * price < cm:
+            refuse_nb(
+                events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_COSTMIN, qty * price
+            )
+            return
+    elif not (qty > 0.0):
+        refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
+        return
+    apply_fill_nb(
+        bar,
+        j,
+        BUY,
+        qty,
+        price,
+        fill_fee_nb(qty * price, p, qdec),
+        o.reason,
+        how,
+        o.atr,
+        o.stop_mult,
+        o.tp_mult,
+        0.0,
+        state,
+        positions,
+        marks,
+        p,
+        trades,
+        cnt,
+        acc,
+    )
+
+
+@njit(cache=True, inline="always")
+def side_bits_nb(pending, c0: int):
+    """(sells, buys): the pairs ``c0`` to ``c0 + 63`` with an active sell, buy order, as bits (bit b:
+    pair ``c0 + b``), read without a branch per pair: the phases then visit only those, in column
+    order (``lowest_bit_nb``), instead of testing every pair (a mispredicted branch per order)."""
+    one = np.uint64(1)
+    sells = np.uint64(0)
+    buys = np.uint64(0)
+    hi = min(c0 + 64, pending.shape[0])
+    for k in range(hi - c0):  # from the last pair down, shifting: a recurrence the compiler keeps
+        o = pending[np.uint64(hi - 1 - k)]  # scalar (vectorised, it gathered 4 orders at a time: slower)
+        a = o.active != 0
+        sells = (sells << one) | np.uint64(a & (o.side == SELL))
+        buys = (buys << one) | np.uint64(a & (o.side == BUY))
+    return sells, buys
+
+
+@njit(cache=True, inline="always")
+def lowest_bit_nb(bits):
+    """The index (int64) of the lowest set bit of a nonzero ``bits`` (uint64)."""
+    return np.int64(trailing_zeros(bits))  # type: ignore[call-arg]  # a numba intrinsic: typed in njit
+
+
+@njit(cache=True)
+def _market_price_nb(o, ref: float, qv: float, p, pdec: int) -> float:
+    """A market order's fill price: ``ref`` moved against the taker by the slippage model (``qv``: the
+    bar's quote volume, volume * close), on the pair's tick (``pdec`` price decimals) against the
+    taker when ``p.enforce_precision`` is on."""
+    vol_frac = o.atr / o.ref_price if (o.atr == o.atr and o.ref_price > 0.0) else np.nan
+    spread = o.spread if p.spread_slip != 0 else 0.0
+    slip = slippage_frac_nb(spread, vol_frac, o.qty * ref, qv, p.impact_coef, p.min_slip)
+    px = market_fill_price_nb(o.side, ref, slip)
+    if p.enforce_precision != 0:
+        return taker_tick_nb(o.side, px, pdec)
+    return px
+
+
+@njit(cache=True, inline="always")
+def _set_marks_nb(t: int, marks, row, valid) -> None:
+    """The phase's marks: ``row[t]`` (open or close) where bar t is valid, else NaN (the pair's last
+    close then stands in: ``book_cluster_nb``, ``apply_fill_nb``)."""
+    for j in range(marks.shape[0]):
+        marks[j] = row[t, j] if valid[t, j] else np.nan
+
+
+@njit(cache=True, inline="always")
+def _fill_order_nb(
     bar: int,
     j: int,
     o,
@@ -399,109 +575,127 @@ def execute_buy_nb(
     acc,
     refusals,
 ) -> None:
-    """Fill an entry at ``price``, clipped to cash and the (tier) exposure and cluster caps at the fill.
-    With precision on, the fee is rounded up to the quote's decimals (``fill_fee_nb``); each clip
-    reserves the most that rounding adds (``fee_slack_nb``), so no rounded fee breaks a cap."""
-    st = state[0]
-    f = p.fee_rate
-    u = fee_slack_nb(p, quote_dec[j])
-    if p.sizing == SIZING_FIXED_FRACTION:
-        qty = (o.frac * st.cash) / (1.0 + f) / price
-    else:
-        qty = o.qty
-    bind = 0
-    # cash: qty * price * (1 + fee) + u <= cash
-    qmax = (st.cash - u) / (price * (1.0 + f)) * (1.0 - _TINY)
-    if qty > qmax:
-        qty = qmax
-        bind = REASON.REFUSE_CASH
-    eq0, expo0 = book_nb(st, positions, marks)
-    cap, maxpos, rmult = caps_nb(st, p)
-    # the capital ceiling (R3b): below the equity, the caps are fractions of it, not of the equity
-    base = cap_base_nb(eq0, p)
-    ceil = base < eq0
-    # exposure after <= cap * min(equity after, ceiling), the new position valued at its fill price
-    room = cap * (eq0 - u) - expo0
-    qmax = room / (price * (1.0 + cap * f)) * (1.0 - _TINY)
-    if ceil:
-        q2 = (cap * base - expo0) / price * (1.0 - _TINY)
-        if q2 < qmax:
-            qmax = q2
-    if qty > qmax:
-        qty = qmax
-        bind = REASON.REFUSE_EXPOSURE
-    c = cluster_row[j]
-    ce = 0.0
-    if c >= 0:
-        ce = cluster_exposure_nb(positions, marks, cluster_row, c, j)
-        room = p.max_cluster_exposure * (eq0 - u) - ce
-    else:
-        room = p.max_cluster_exposure * (eq0 - u)
-    qmax = room / (price * (1.0 + p.max_cluster_exposure * f)) * (1.0 - _TINY)
-    if ceil:
-        q2 = (p.max_cluster_exposure * base - ce) / price * (1.0 - _TINY)
-        if q2 < qmax:
-            qmax = q2
-    if qty > qmax:
-        qty = qmax
-        bind = REASON.REFUSE_CLUSTER
-    if p.enforce_precision != 0:
-        if qty > 0.0:
-            qty = round_down_nb(qty, lot_dec[j])
-        if qty < ordermin[j] or qty <= 0.0:
-            refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
-            return
-        if qty * price < costmin[j]:
-            refuse_nb(
-                events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_COSTMIN, qty * price
+    """Order ``o`` of pair ``j`` (already made inactive) fills at ``price``: an exit sells the whole
+    position (none held: nothing), an entry goes through ``execute_buy_nb``'s clips."""
+    if o.side == SELL:
+        q = positions[j].qty
+        if q > 0.0:
+            apply_fill_nb(
+                bar,
+                j,
+                SELL,
+                q,
+                price,
+                fill_fee_nb(q * price, p, quote_dec[j]),
+                o.reason,
+                how,
+                o.atr,
+                o.stop_mult,
+                o.tp_mult,
+                0.0,
+                state,
+                positions,
+                marks,
+                p,
+                trades,
+                cnt,
+                acc,
             )
-            return
-    elif not (qty > 0.0):
-        refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, bind if bind != 0 else REASON.REFUSE_ORDERMIN, qty)
-        return
-    apply_fill_nb(
+    else:
+        execute_buy_nb(
+            bar,
+            j,
+            o,
+            price,
+            how,
+            state,
+            positions,
+            marks,
+            cluster_row,
+            ordermin[j],
+            costmin[j],
+            lot_dec[j],
+            quote_dec[j],
+            p,
+            trades,
+            events,
+            cnt,
+            acc,
+            refusals,
+        )
+
+
+@njit(cache=True, inline="always")
+def _open_order_nb(
+    t: int,
+    bar: int,
+    j: int,
+    o,
+    state,
+    positions,
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    valid,
+    cluster,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    quote_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+    marks,
+    marked: bool,
+):
+    """Phase 1 for one active order ``o`` of pair ``j``: cancelled without a valid bar, filled at the
+    open (market) or at its limit (traded through), else left for the close. The marks are set
+    (``_set_marks_nb``) before the first fill that reads them (an entry's clips; with records, every
+    fill's row). Returns (still pending, marks set)."""
+    if not valid[t, j]:
+        o.active = 0
+        refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, REASON.REFUSE_NO_BAR, o.qty)
+        return False, marked
+    if o.kind == KIND.MARKET:
+        price = _market_price_nb(o, open_[t, j], volume[t, j] * close[t, j], p, price_dec[j])
+        how = HOW.MARKET_OPEN
+    elif limit_touched_nb(o.side, o.limit_price, low[t, j], high[t, j]):
+        price = o.limit_price
+        how = HOW.LIMIT
+    else:
+        return True, marked  # waits for the close fallback
+    o.active = 0
+    if not marked and (o.side != SELL or cnt[C_RECORD] != 0):
+        _set_marks_nb(t, marks, open_, valid)
+        marked = True
+    _fill_order_nb(
         bar,
         j,
-        BUY,
-        qty,
+        o,
         price,
-        fill_fee_nb(qty * price, p, quote_dec[j]),
-        o.reason,
         how,
-        o.atr,
-        o.stop_mult,
-        o.tp_mult,
-        0.0,
         state,
         positions,
         marks,
+        cluster[t],
+        ordermin,
+        costmin,
+        lot_dec,
+        quote_dec,
         p,
         trades,
+        events,
         cnt,
         acc,
+        refusals,
     )
-
-
-@njit(cache=True)
-def _market_price_nb(t: int, j: int, o, ref: float, volume, close, p, pdec: int) -> float:
-    """A market order's fill price: ``ref`` moved against the taker by the slippage model, on the
-    pair's tick (``pdec`` price decimals) against the taker when ``p.enforce_precision`` is on."""
-    vol_frac = o.atr / o.ref_price if (o.atr == o.atr and o.ref_price > 0.0) else np.nan
-    qv = volume[t, j] * close[t, j]
-    spread = o.spread if p.spread_slip != 0 else 0.0
-    slip = slippage_frac_nb(spread, vol_frac, o.qty * ref, qv, p.impact_coef, p.min_slip)
-    px = market_fill_price_nb(o.side, ref, slip)
-    if p.enforce_precision != 0:
-        return taker_tick_nb(o.side, px, pdec)
-    return px
-
-
-@njit(cache=True)
-def any_pending_nb(pending) -> bool:
-    for j in range(pending.shape[0]):  # noqa: SIM110 explicit loop: no generator inside an njit kernel
-        if pending[j].active != 0:
-            return True
-    return False
+    return False, marked
 
 
 @njit(cache=True, inline="always")
@@ -530,69 +724,41 @@ def execute_open_nb(
     acc,
     refusals,
     marks,
-) -> None:
-    """Phase 1 of bar t: market orders at the open, limit orders bar t trades through at their limit."""
-    m = positions.shape[0]
-    if not any_pending_nb(pending):
-        return
-    for j in range(m):
-        marks[j] = open_[t, j] if valid[t, j] else np.nan
+) -> int:
+    """Phase 1 of bar t: market orders at the open, limit orders bar t trades through at their limit;
+    sells first, then buys, each in column order (each side's pairs found as bits, ``side_bits_nb``,
+    64 pairs at a time). ``marks`` is scratch: the open marks, set only when a fill reads them.
+    Returns the number of orders left for the close fallback (0: it has nothing to do)."""
+    m = pending.shape[0]
+    left = 0
+    marked = False
+    sells = buys = np.uint64(0)
     for side_pass in range(2):  # sells first, then buys
-        want = SELL if side_pass == 0 else BUY
-        for j in range(m):
-            o = pending[j]
-            if o.active == 0 or o.side != want:
-                continue
-            if not valid[t, j]:
-                o.active = 0
-                refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, REASON.REFUSE_NO_BAR, o.qty)
-                continue
-            if o.kind == KIND.MARKET:
-                price = _market_price_nb(t, j, o, open_[t, j], volume, close, p, price_dec[j])
-                how = HOW.MARKET_OPEN
-            elif limit_touched_nb(o.side, o.limit_price, low[t, j], high[t, j]):
-                price = o.limit_price
-                how = HOW.LIMIT
-            else:
-                continue  # waits for the close fallback
-            o.active = 0
-            if want == SELL:
-                if positions[j].qty > 0.0:
-                    apply_fill_nb(
-                        bar,
-                        j,
-                        SELL,
-                        positions[j].qty,
-                        price,
-                        fill_fee_nb(positions[j].qty * price, p, quote_dec[j]),
-                        o.reason,
-                        how,
-                        o.atr,
-                        o.stop_mult,
-                        o.tp_mult,
-                        0.0,
-                        state,
-                        positions,
-                        marks,
-                        p,
-                        trades,
-                        cnt,
-                        acc,
-                    )
-            else:
-                execute_buy_nb(
+        for c0 in range(0, m, 64):
+            if side_pass == 0 or m > 64:  # one word: the buys' bits hold through the sells
+                sells, buys = side_bits_nb(pending, c0)
+            bits = sells if side_pass == 0 else buys
+            while bits != 0:
+                j = c0 + lowest_bit_nb(bits)
+                bits &= bits - np.uint64(1)
+                wait, marked = _open_order_nb(
+                    t,
                     bar,
                     j,
-                    o,
-                    price,
-                    how,
+                    pending[j],
                     state,
                     positions,
-                    marks,
-                    cluster[t],
+                    open_,
+                    high,
+                    low,
+                    close,
+                    volume,
+                    valid,
+                    cluster,
                     ordermin,
                     costmin,
                     lot_dec,
+                    price_dec,
                     quote_dec,
                     p,
                     trades,
@@ -600,7 +766,11 @@ def execute_open_nb(
                     cnt,
                     acc,
                     refusals,
+                    marks,
+                    marked,
                 )
+                left += wait
+    return left
 
 
 @njit(cache=True, inline="always")
@@ -745,6 +915,69 @@ def latch_external_kill_nb(state, bar: int, trig: int, pair: int, value: float, 
 
 
 @njit(cache=True, inline="always")
+def _close_order_nb(
+    t: int,
+    bar: int,
+    j: int,
+    o,
+    state,
+    positions,
+    close,
+    volume,
+    valid,
+    cluster,
+    ordermin,
+    costmin,
+    lot_dec,
+    price_dec,
+    quote_dec,
+    p,
+    trades,
+    events,
+    cnt,
+    acc,
+    refusals,
+    marks,
+    marked: bool,
+) -> bool:
+    """Phase 3 for one order ``o`` of pair ``j`` still pending at the close: an entry is cancelled if
+    ``fallback_refusal_nb`` refuses it, otherwise it fills at market at the close. The marks are set
+    before the first fill that reads them, as in phase 1. Returns whether the marks are set."""
+    o.active = 0
+    if o.side == BUY:
+        r = fallback_refusal_nb(state[0])
+        if r != 0:
+            refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, r, o.qty)
+            return marked
+    price = _market_price_nb(o, close[t, j], volume[t, j] * close[t, j], p, price_dec[j])
+    if not marked and (o.side != SELL or cnt[C_RECORD] != 0):
+        _set_marks_nb(t, marks, close, valid)
+        marked = True
+    _fill_order_nb(
+        bar,
+        j,
+        o,
+        price,
+        HOW.MARKET_CLOSE,
+        state,
+        positions,
+        marks,
+        cluster[t],
+        ordermin,
+        costmin,
+        lot_dec,
+        quote_dec,
+        p,
+        trades,
+        events,
+        cnt,
+        acc,
+        refusals,
+    )
+    return marked
+
+
+@njit(cache=True, inline="always")
 def execute_close_nb(
     t: int,
     bar: int,
@@ -768,63 +1001,35 @@ def execute_close_nb(
     refusals,
     marks,
 ) -> None:
-    """Phase 3 of bar t: unfilled limit orders fall back to market at bar t's close."""
-    m = positions.shape[0]
-    st = state[0]
-    if not any_pending_nb(pending):
-        return
-    for j in range(m):
-        marks[j] = close[t, j] if valid[t, j] else np.nan
-    for side_pass in range(2):
-        want = SELL if side_pass == 0 else BUY
-        for j in range(m):
-            o = pending[j]
-            if o.active == 0 or o.side != want:
-                continue
-            o.active = 0
-            if want == BUY:
-                r = fallback_refusal_nb(st)
-                if r != 0:
-                    refuse_nb(events, cnt, refusals, bar, j, EVENT.CANCEL, r, o.qty)
-                    continue
-            price = _market_price_nb(t, j, o, close[t, j], volume, close, p, price_dec[j])
-            if want == SELL:
-                if positions[j].qty > 0.0:
-                    apply_fill_nb(
-                        bar,
-                        j,
-                        SELL,
-                        positions[j].qty,
-                        price,
-                        fill_fee_nb(positions[j].qty * price, p, quote_dec[j]),
-                        o.reason,
-                        HOW.MARKET_CLOSE,
-                        o.atr,
-                        o.stop_mult,
-                        o.tp_mult,
-                        0.0,
-                        state,
-                        positions,
-                        marks,
-                        p,
-                        trades,
-                        cnt,
-                        acc,
-                    )
-            else:
-                execute_buy_nb(
+    """Phase 3 of bar t: unfilled limit orders fall back to market at bar t's close; sells first, then
+    buys, each in column order (found as in ``execute_open_nb``). ``marks`` is scratch: the close
+    marks, set only when a fill reads them."""
+    m = pending.shape[0]
+    marked = False
+    sells = buys = np.uint64(0)
+    for side_pass in range(2):  # sells first, then buys
+        for c0 in range(0, m, 64):
+            if side_pass == 0 or m > 64:  # one word: the buys' bits hold through the sells
+                sells, buys = side_bits_nb(pending, c0)
+            bits = sells if side_pass == 0 else buys
+            while bits != 0:
+                j = c0 + lowest_bit_nb(bits)
+                bits &= bits - np.uint64(1)
+                marked = _close_order_nb(
+                    t,
                     bar,
                     j,
-                    o,
-                    price,
-                    HOW.MARKET_CLOSE,
+                    pending[j],
                     state,
                     positions,
-                    marks,
-                    cluster[t],
+                    close,
+                    volume,
+                    valid,
+                    cluster,
                     ordermin,
                     costmin,
                     lot_dec,
+                    price_dec,
                     quote_dec,
                     p,
                     trades,
@@ -832,6 +1037,8 @@ def execute_close_nb(
                     cnt,
                     acc,
                     refusals,
+                    marks,
+                    marked,
                 )
 
 
