@@ -1226,6 +1226,19 @@ def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: fl
 
 
 @njit(cache=True, inline="always")
+def entry_room_nb(n_open: int, maxpos: int, cap: float, eq: float, committed: float):
+    """The bar-wide entry caps, checked after ``entry_static_gate_nb``, in this order: max positions
+    (``n_open``: open positions + entries decided this bar), then the exposure cap (room ``cap x eq``
+    less ``committed``): (refusal reason or 0, refusal value, exposure room)."""
+    if n_open >= maxpos:
+        return REASON.REFUSE_MAX_POSITIONS, float(n_open), 0.0
+    room_x = cap * eq - committed
+    if room_x <= 0.0:
+        return REASON.REFUSE_EXPOSURE, committed / eq, 0.0
+    return 0, 0.0, room_x
+
+
+@njit(cache=True, inline="always")
 def entry_gate_nb(
     st,
     p,
@@ -1242,16 +1255,35 @@ def entry_gate_nb(
     eq: float,
     committed: float,
 ):
-    """Entry checks before the cluster cap: (refusal reason or 0, refusal value, exposure room)."""
+    """Entry checks before the cluster cap (``entry_static_gate_nb``, then ``entry_room_nb``):
+    (refusal reason or 0, refusal value, exposure room)."""
     r, v = entry_static_gate_nb(st, p, vld, c, pu, er, a, trd, blk)
     if r != 0:
         return r, v, 0.0
-    if n_open >= maxpos:
-        return REASON.REFUSE_MAX_POSITIONS, float(n_open), 0.0
-    room_x = cap * eq - committed
-    if room_x <= 0.0:
-        return REASON.REFUSE_EXPOSURE, committed / eq, 0.0
-    return 0, 0.0, room_x
+    return entry_room_nb(n_open, maxpos, cap, eq, committed)
+
+
+@njit(cache=True, inline="always")
+def cluster_room_nb(t: int, cj: int, room: float, cluster, positions, pending, buys: bool) -> float:
+    """``room`` (the cluster cap, ``max_cluster_exposure x eq``) less the exposure of cluster ``cj`` at
+    row ``t``: for each member in column order, its position at its mark, then its pending buy at
+    the order's reference price (``buys`` False: no order pending is a buy, none is looked at). An
+    entry candidate (flat, nothing pending) adds nothing to its own cluster's exposure. ``cj < 0``
+    (no cluster): ``room`` unchanged."""
+    if cj >= 0:
+        for i in range(positions.shape[0]):
+            # no branch on membership or position (both data-dependent): a column that adds nothing
+            # subtracts +0.0, which leaves every float as it is (x - 0.0 == x, -0.0 and NaN included)
+            mem = cluster[t, i] == cj
+            q = positions[i].qty
+            x = q * positions[i].mark
+            room -= x if mem & (q != 0.0) else 0.0
+            if buys:
+                o = pending[i]
+                if o.active != 0 and o.side == BUY:
+                    y = o.qty * o.ref_price
+                    room -= y if mem else 0.0
+    return room
 
 
 @njit(cache=True, inline="always")
@@ -1380,32 +1412,47 @@ def entries_nb(
     st = state[0]
     m = close.shape[1]
     placed = False
+    # the candidates in column order (no branch per pair: the outcome of P(up) >= threshold is
+    # data-dependent; NaN P(up) fails it)
+    thr = p.p_up_entry
     nc = 0
+    nbuy = 0  # orders pending that are buys (the cluster room counts them)
     for j in range(m):
-        pu = p_up[t, j]
-        if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
-            if not rec:
-                # the refusal counts do not depend on the order: candidates the per-bar checks refuse
-                # (no data, halt, kill switch, edge, ATR) are counted here and never sorted; the rest
-                # keep their relative order (stable sort), so every entry decision is the same
-                rr, v = entry_static_gate_nb(
-                    st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j], tradable[t, j], entry_block[t]
-                )
-                if rr != 0:
-                    refusals[rr] += 1
-                    continue
-            e = exp_ret[t, j]
-            kj = e if e == e else -np.inf
-            i = nc
-            while i > 0:
-                e2 = exp_ret[t, order_buf[i - 1]]
-                k2 = e2 if e2 == e2 else -np.inf
-                if k2 >= kj:
-                    break
-                order_buf[i] = order_buf[i - 1]
-                i -= 1
-            order_buf[i] = j
-            nc += 1
+        o = pending[j]
+        order_buf[nc] = j
+        nc += (p_up[t, j] >= thr) & (positions[j].qty == 0.0) & (o.active == 0)
+        nbuy += (o.active != 0) & (o.side == BUY)
+    if not rec:
+        # the refusal counts do not depend on the order: candidates the per-bar checks refuse
+        # (no data, halt, kill switch, edge, ATR) are counted here and never sorted; the rest
+        # keep their relative order (stable sort), so every entry decision is the same
+        blk = entry_block[t]
+        k = 0
+        for i in range(nc):
+            j = order_buf[i]
+            rr, v = entry_static_gate_nb(
+                st, p, valid[t, j], close[t, j], p_up[t, j], exp_ret[t, j], atr[t, j], tradable[t, j], blk
+            )
+            if rr != 0:
+                refusals[rr] += 1
+            else:
+                order_buf[k] = j
+                k += 1
+        nc = k
+    # stable insertion sort by expected return, highest first, NaN last
+    for i in range(1, nc):
+        j = order_buf[i]
+        e = exp_ret[t, j]
+        kj = e if e == e else -np.inf
+        h = i
+        while h > 0:
+            e2 = exp_ret[t, order_buf[h - 1]]
+            k2 = e2 if e2 == e2 else -np.inf
+            if k2 >= kj:
+                break
+            order_buf[h] = order_buf[h - 1]
+            h -= 1
+        order_buf[h] = j
     if nc > 0:
         cap, maxpos, rmult = caps_nb(st, p)
         eq = cap_base_nb(st.equity, p)  # R3b: sizes and caps scale with min(equity, capital ceiling)
@@ -1418,36 +1465,38 @@ def entries_nb(
             j = order_buf[k]
             c = close[t, j]
             a = atr[t, j]
-            rr, v, room_x = entry_gate_nb(
-                st,
-                p,
-                valid[t, j],
-                c,
-                p_up[t, j],
-                exp_ret[t, j],
-                a,
-                tradable[t, j],
-                entry_block[t],
-                n_open,
-                maxpos,
-                cap,
-                eq,
-                committed,
-            )
+            if rec:
+                rr, v, room_x = entry_gate_nb(
+                    st,
+                    p,
+                    valid[t, j],
+                    c,
+                    p_up[t, j],
+                    exp_ret[t, j],
+                    a,
+                    tradable[t, j],
+                    entry_block[t],
+                    n_open,
+                    maxpos,
+                    cap,
+                    eq,
+                    committed,
+                )
+            else:
+                # entry_static_gate_nb passed above, and nothing it reads changes in this loop
+                rr, v, room_x = entry_room_nb(n_open, maxpos, cap, eq, committed)
+                if rr != 0:
+                    # n_open and committed change only with an order: every candidate left meets
+                    # the same cap
+                    refusals[rr] += nc - k
+                    break
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
                     emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, rr, v)
                 continue
             cj = cluster[t, j]
-            room_c = p.max_cluster_exposure * eq
-            if cj >= 0:
-                for i in range(m):
-                    if cluster[t, i] == cj and i != j:
-                        if positions[i].qty != 0.0:
-                            room_c -= positions[i].qty * positions[i].mark
-                        if pending[i].active != 0 and pending[i].side == BUY:
-                            room_c -= pending[i].qty * pending[i].ref_price
+            room_c = cluster_room_nb(t, cj, p.max_cluster_exposure * eq, cluster, positions, pending, nbuy != 0)
             if room_c <= 0.0:
                 refusals[REASON.REFUSE_CLUSTER] += 1
                 if rec:
@@ -1484,6 +1533,7 @@ def entries_nb(
             committed += qty * c
             reserved += qty * c * (1.0 + f + p.slip_buffer)
             n_open += 1
+            nbuy += 1
     return placed
 
 
