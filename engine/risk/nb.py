@@ -1264,7 +1264,7 @@ def entry_gate_nb(
 
 
 @njit(cache=True, inline="always")
-def cluster_room_nb(t: int, cj: int, room: float, cluster, positions, pending, buys: bool) -> float:
+def cluster_room_nb(t, cj: int, room: float, cluster, positions, pending, buys: bool) -> float:
     """``room`` (the cluster cap, ``max_cluster_exposure x eq``) less the exposure of cluster ``cj`` at
     row ``t``: for each member in column order, its position at its mark, then its pending buy at
     the order's reference price (``buys`` False: no order pending is a buy, none is looked at). An
@@ -1298,7 +1298,7 @@ def vol_adj_nb(p, c: float, a: float) -> float:
     return adj
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def entry_size_nb(
     st,
     p,
@@ -1412,6 +1412,7 @@ def entries_nb(
     st = state[0]
     m = close.shape[1]
     placed = False
+    u = np.uint64(t)  # unsigned row and column indices: no negative-index wraparound per access
     # the candidates in column order (no branch per pair: the outcome of P(up) >= threshold is
     # data-dependent; NaN P(up) fails it)
     thr = p.p_up_entry
@@ -1420,18 +1421,19 @@ def entries_nb(
     for j in range(m):
         o = pending[j]
         order_buf[nc] = j
-        nc += (p_up[t, j] >= thr) & (positions[j].qty == 0.0) & (o.active == 0)
+        nc += (p_up[u, j] >= thr) & (positions[j].qty == 0.0) & (o.active == 0)
         nbuy += (o.active != 0) & (o.side == BUY)
     if not rec:
         # the refusal counts do not depend on the order: candidates the per-bar checks refuse
         # (no data, halt, kill switch, edge, ATR) are counted here and never sorted; the rest
         # keep their relative order (stable sort), so every entry decision is the same
-        blk = entry_block[t]
+        blk = entry_block[u]
         k = 0
         for i in range(nc):
             j = order_buf[i]
+            uj = np.uint64(j)
             rr, v = entry_static_gate_nb(
-                st, p, valid[t, j], close[t, j], p_up[t, j], exp_ret[t, j], atr[t, j], tradable[t, j], blk
+                st, p, valid[u, uj], close[u, uj], p_up[u, uj], exp_ret[u, uj], atr[u, uj], tradable[u, uj], blk
             )
             if rr != 0:
                 refusals[rr] += 1
@@ -1442,11 +1444,11 @@ def entries_nb(
     # stable insertion sort by expected return, highest first, NaN last
     for i in range(1, nc):
         j = order_buf[i]
-        e = exp_ret[t, j]
+        e = exp_ret[u, np.uint64(j)]
         kj = e if e == e else -np.inf
         h = i
         while h > 0:
-            e2 = exp_ret[t, order_buf[h - 1]]
+            e2 = exp_ret[u, np.uint64(order_buf[h - 1])]
             k2 = e2 if e2 == e2 else -np.inf
             if k2 >= kj:
                 break
@@ -1463,19 +1465,20 @@ def entries_nb(
         nx = bx.shape[0] != 0
         for k in range(nc):
             j = order_buf[k]
-            c = close[t, j]
-            a = atr[t, j]
+            uj = np.uint64(j)
+            c = close[u, uj]
+            a = atr[u, uj]
             if rec:
                 rr, v, room_x = entry_gate_nb(
                     st,
                     p,
-                    valid[t, j],
+                    valid[u, uj],
                     c,
-                    p_up[t, j],
-                    exp_ret[t, j],
+                    p_up[u, uj],
+                    exp_ret[u, uj],
                     a,
-                    tradable[t, j],
-                    entry_block[t],
+                    tradable[u, uj],
+                    entry_block[u],
                     n_open,
                     maxpos,
                     cap,
@@ -1495,8 +1498,8 @@ def entries_nb(
                 if rec:
                     emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, rr, v)
                 continue
-            cj = cluster[t, j]
-            room_c = cluster_room_nb(t, cj, p.max_cluster_exposure * eq, cluster, positions, pending, nbuy != 0)
+            cj = cluster[u, uj]
+            room_c = cluster_room_nb(u, cj, p.max_cluster_exposure * eq, cluster, positions, pending, nbuy != 0)
             if room_c <= 0.0:
                 refusals[REASON.REFUSE_CLUSTER] += 1
                 if rec:
@@ -1507,26 +1510,26 @@ def entries_nb(
             smult = p.stop_atr_mult
             tmult = p.tp_atr_mult
             if nx:
-                scale = bx[t, j, BX_SIZE]
+                scale = bx[u, uj, BX_SIZE]
                 if scale == scale:
                     frac = frac * scale
-                x = bx[t, j, BX_STOP]
+                x = bx[u, uj, BX_STOP]
                 # a profile stop may only be tighter than [risk]'s (or add one where [risk] has
                 # none): a wider stop would lose more than the sizing's risk at the same size
                 if x > 0.0 and (x < smult or not (smult > 0.0)):
                     smult = x
-                x = bx[t, j, BX_TP]
+                x = bx[u, uj, BX_TP]
                 if x == x:
                     tmult = x
             rr, v, qty = entry_size_nb(
-                st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j], ordermin[j], costmin[j], scale
+                st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[uj], ordermin[uj], costmin[uj], scale
             )
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
                     emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, rr, v)
                 continue
-            entry_order_nb(pending[j], bar, qty, c, a, spread[t, j], price_dec[j], p, frac, smult, tmult)
+            entry_order_nb(pending[uj], bar, qty, c, a, spread[u, uj], price_dec[uj], p, frac, smult, tmult)
             placed = True
             if rec:
                 emit_event_nb(events, cnt, bar, j, EVENT.ORDER, REASON.ENTRY, qty)
