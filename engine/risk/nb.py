@@ -34,8 +34,8 @@ the close: cancel, market fallback of a limit, or reported as they are),
 State lives in numpy records (engine.risk.enums) so it persists and restores exactly.
 
 Each rule lives in one small kernel taking only records and scalars (``kill_pair_nb``,
-``mark_state_nb``, ``exit_reason_nb``, ``entry_static_gate_nb``/``entry_gate_nb``, ``entry_size_nb``,
-``exit_order_nb``/``entry_order_nb``, ``kill_reset_due_nb``/``halt_reset_due_nb``, ``latch_kill_nb``,
+``mark_state_nb``, ``exit_reason_nb``, ``entry_static_gate_nb``/``entry_room_nb``/``entry_gate_nb``,
+``entry_size_nb``, ``exit_order_nb``/``entry_order_nb``, ``kill_reset_due_nb``/``halt_reset_due_nb``, ``latch_kill_nb``,
 ``cap_base_nb``: the equity the caps and sizes scale with, capped by the capital ceiling).
 The phases above and the backtester's fused bar loop (engine.backtest.nb.simulate_core_nb) both call
 them, so a rule is written once; the fused loop exists because numba reference-counts every array
@@ -1403,7 +1403,9 @@ def entries_nb(
     return last), each through the entry gate, the cluster cap and the sizing, as pending orders for
     bar t+1; a refusal reason for each refused one. True if an order was placed. ``rec`` False
     (the backtester without records): only the refusal counts are kept, so the candidates the
-    per-bar checks refuse are counted first and never sorted (the same decisions and counts).
+    per-bar checks refuse are counted first and never sorted, the others are not checked again,
+    and once a bar-wide cap (max positions, exposure) refuses one, the rest are counted with it
+    (the same decisions and counts).
     ``bx`` (n, m, BX_N) float64, the bars' exit parameters (``bar_exit_dt``; no rows: none): an
     entry's wanted notional is scaled by its ``size_scale`` and its order carries the bar's
     take-profit multiple and its stop multiple when that is tighter than [risk]'s (NaN in a field:
