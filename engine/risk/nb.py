@@ -35,8 +35,8 @@ the close: cancel, market fallback of a limit, or reported as they are),
 State lives in numpy records (engine.risk.enums) so it persists and restores exactly.
 
 Each rule lives in one small kernel taking only records and scalars (``kill_pair_nb``,
-``mark_state_nb``, ``exit_reason_nb``, ``entry_static_gate_nb``/``entry_gate_nb``, ``entry_size_nb``,
-``exit_order_nb``/``entry_order_nb``, ``kill_reset_due_nb``/``halt_reset_due_nb``, ``latch_kill_nb``,
+``mark_state_nb``, ``exit_reason_nb``, ``entry_static_gate_nb``/``entry_room_nb``/``entry_gate_nb``,
+``entry_size_nb``, ``exit_order_nb``/``entry_order_nb``, ``kill_reset_due_nb``/``halt_reset_due_nb``, ``latch_kill_nb``,
 ``cap_base_nb``: the equity the caps and sizes scale with, capped by the capital ceiling).
 The phases above and the backtester's fused bar loop (engine.backtest.nb.simulate_core_nb) both call
 them, so a rule is written once; the fused loop exists because numba reference-counts every array
@@ -1433,6 +1433,19 @@ def entry_static_gate_nb(st, p, vld: bool, c: float, pu: float, er: float, a: fl
 
 
 @njit(cache=True, inline="always")
+def entry_room_nb(n_open: int, maxpos: int, cap: float, eq: float, committed: float):
+    """The bar-wide entry caps, checked after ``entry_static_gate_nb``, in this order: max positions
+    (``n_open``: open positions + entries decided this bar), then the exposure cap (room ``cap x eq``
+    less ``committed``): (refusal reason or 0, refusal value, exposure room)."""
+    if n_open >= maxpos:
+        return REASON.REFUSE_MAX_POSITIONS, float(n_open), 0.0
+    room_x = cap * eq - committed
+    if room_x <= 0.0:
+        return REASON.REFUSE_EXPOSURE, committed / eq, 0.0
+    return 0, 0.0, room_x
+
+
+@njit(cache=True, inline="always")
 def entry_gate_nb(
     st,
     p,
@@ -1449,16 +1462,35 @@ def entry_gate_nb(
     eq: float,
     committed: float,
 ):
-    """Entry checks before the cluster cap: (refusal reason or 0, refusal value, exposure room)."""
+    """Entry checks before the cluster cap (``entry_static_gate_nb``, then ``entry_room_nb``):
+    (refusal reason or 0, refusal value, exposure room)."""
     r, v = entry_static_gate_nb(st, p, vld, c, pu, er, a, trd, blk)
     if r != 0:
         return r, v, 0.0
-    if n_open >= maxpos:
-        return REASON.REFUSE_MAX_POSITIONS, float(n_open), 0.0
-    room_x = cap * eq - committed
-    if room_x <= 0.0:
-        return REASON.REFUSE_EXPOSURE, committed / eq, 0.0
-    return 0, 0.0, room_x
+    return entry_room_nb(n_open, maxpos, cap, eq, committed)
+
+
+@njit(cache=True, inline="always")
+def cluster_room_nb(t, cj: int, room: float, cluster, positions, pending, buys: bool) -> float:
+    """``room`` (the cluster cap, ``max_cluster_exposure x eq``) less the exposure of cluster ``cj`` at
+    row ``t``: for each member in column order, its position at its mark, then its pending buy at
+    the order's reference price (``buys`` False: no order pending is a buy, none is looked at). An
+    entry candidate (flat, nothing pending) adds nothing to its own cluster's exposure. ``cj < 0``
+    (no cluster): ``room`` unchanged."""
+    if cj >= 0:
+        for i in range(positions.shape[0]):
+            # no branch on membership or position (both data-dependent): a column that adds nothing
+            # subtracts +0.0, which leaves every float as it is (x - 0.0 == x, -0.0 and NaN included)
+            mem = cluster[t, i] == cj
+            q = positions[i].qty
+            x = q * positions[i].mark
+            room -= x if mem & (q != 0.0) else 0.0
+            if buys:
+                o = pending[i]
+                if o.active != 0 and o.side == BUY:
+                    y = o.qty * o.ref_price
+                    room -= y if mem else 0.0
+    return room
 
 
 @njit(cache=True, inline="always")
@@ -1473,7 +1505,7 @@ def vol_adj_nb(p, c: float, a: float) -> float:
     return adj
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def entry_size_nb(
     st,
     p,
@@ -1578,7 +1610,9 @@ def entries_nb(
     return last), each through the entry gate, the cluster cap and the sizing, as pending orders for
     bar t+1; a refusal reason for each refused one. True if an order was placed. ``rec`` False
     (the backtester without records): only the refusal counts are kept, so the candidates the
-    per-bar checks refuse are counted first and never sorted (the same decisions and counts).
+    per-bar checks refuse are counted first and never sorted, the others are not checked again,
+    and once a bar-wide cap (max positions, exposure) refuses one, the rest are counted with it
+    (the same decisions and counts).
     ``bx`` (n, m, BX_N) float64, the bars' exit parameters (``bar_exit_dt``; no rows: none): an
     entry's wanted notional is scaled by its ``size_scale`` and its order carries the bar's
     take-profit multiple and its stop multiple when that is tighter than [risk]'s (NaN in a field:
@@ -1587,32 +1621,49 @@ def entries_nb(
     st = state[0]
     m = close.shape[1]
     placed = False
+    u = np.uint64(t)  # unsigned row and column indices: no negative-index wraparound per access
+    # the candidates in column order (no branch per pair: the outcome of P(up) >= threshold is
+    # data-dependent; NaN P(up) fails it)
+    thr = p.p_up_entry
     nc = 0
+    nbuy = 0  # orders pending that are buys (the cluster room counts them)
     for j in range(m):
-        pu = p_up[t, j]
-        if pu == pu and pu >= p.p_up_entry and positions[j].qty == 0.0 and pending[j].active == 0:
-            if not rec:
-                # the refusal counts do not depend on the order: candidates the per-bar checks refuse
-                # (no data, halt, kill switch, edge, ATR) are counted here and never sorted; the rest
-                # keep their relative order (stable sort), so every entry decision is the same
-                rr, v = entry_static_gate_nb(
-                    st, p, valid[t, j], close[t, j], pu, exp_ret[t, j], atr[t, j], tradable[t, j], entry_block[t]
-                )
-                if rr != 0:
-                    refusals[rr] += 1
-                    continue
-            e = exp_ret[t, j]
-            kj = e if e == e else -np.inf
-            i = nc
-            while i > 0:
-                e2 = exp_ret[t, order_buf[i - 1]]
-                k2 = e2 if e2 == e2 else -np.inf
-                if k2 >= kj:
-                    break
-                order_buf[i] = order_buf[i - 1]
-                i -= 1
-            order_buf[i] = j
-            nc += 1
+        o = pending[j]
+        order_buf[nc] = j
+        nc += (p_up[u, j] >= thr) & (positions[j].qty == 0.0) & (o.active == 0)
+        nbuy += (o.active != 0) & (o.side == BUY)
+    if not rec:
+        # the refusal counts do not depend on the order: candidates the per-bar checks refuse
+        # (no data, halt, kill switch, edge, ATR) are counted here and never sorted; the rest
+        # keep their relative order (stable sort), so every entry decision is the same
+        blk = entry_block[u]
+        k = 0
+        for i in range(nc):
+            j = order_buf[i]
+            uj = np.uint64(j)
+            rr, v = entry_static_gate_nb(
+                st, p, valid[u, uj], close[u, uj], p_up[u, uj], exp_ret[u, uj], atr[u, uj], tradable[u, uj], blk
+            )
+            if rr != 0:
+                refusals[rr] += 1
+            else:
+                order_buf[k] = j
+                k += 1
+        nc = k
+    # stable insertion sort by expected return, highest first, NaN last
+    for i in range(1, nc):
+        j = order_buf[i]
+        e = exp_ret[u, np.uint64(j)]
+        kj = e if e == e else -np.inf
+        h = i
+        while h > 0:
+            e2 = exp_ret[u, np.uint64(order_buf[h - 1])]
+            k2 = e2 if e2 == e2 else -np.inf
+            if k2 >= kj:
+                break
+            order_buf[h] = order_buf[h - 1]
+            h -= 1
+        order_buf[h] = j
     if nc > 0:
         cap, maxpos, rmult = caps_nb(st, p)
         eq = cap_base_nb(st.equity, p)  # R3b: sizes and caps scale with min(equity, capital ceiling)
@@ -1623,38 +1674,41 @@ def entries_nb(
         nx = bx.shape[0] != 0
         for k in range(nc):
             j = order_buf[k]
-            c = close[t, j]
-            a = atr[t, j]
-            rr, v, room_x = entry_gate_nb(
-                st,
-                p,
-                valid[t, j],
-                c,
-                p_up[t, j],
-                exp_ret[t, j],
-                a,
-                tradable[t, j],
-                entry_block[t],
-                n_open,
-                maxpos,
-                cap,
-                eq,
-                committed,
-            )
+            uj = np.uint64(j)
+            c = close[u, uj]
+            a = atr[u, uj]
+            if rec:
+                rr, v, room_x = entry_gate_nb(
+                    st,
+                    p,
+                    valid[u, uj],
+                    c,
+                    p_up[u, uj],
+                    exp_ret[u, uj],
+                    a,
+                    tradable[u, uj],
+                    entry_block[u],
+                    n_open,
+                    maxpos,
+                    cap,
+                    eq,
+                    committed,
+                )
+            else:
+                # entry_static_gate_nb passed above, and nothing it reads changes in this loop
+                rr, v, room_x = entry_room_nb(n_open, maxpos, cap, eq, committed)
+                if rr != 0:
+                    # n_open and committed change only with an order: every candidate left meets
+                    # the same cap
+                    refusals[rr] += nc - k
+                    break
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
                     emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, rr, v)
                 continue
-            cj = cluster[t, j]
-            room_c = p.max_cluster_exposure * eq
-            if cj >= 0:
-                for i in range(m):
-                    if cluster[t, i] == cj and i != j:
-                        if positions[i].qty != 0.0:
-                            room_c -= positions[i].qty * positions[i].mark
-                        if pending[i].active != 0 and pending[i].side == BUY:
-                            room_c -= pending[i].qty * pending[i].ref_price
+            cj = cluster[u, uj]
+            room_c = cluster_room_nb(u, cj, p.max_cluster_exposure * eq, cluster, positions, pending, nbuy != 0)
             if room_c <= 0.0:
                 refusals[REASON.REFUSE_CLUSTER] += 1
                 if rec:
@@ -1665,32 +1719,33 @@ def entries_nb(
             smult = p.stop_atr_mult
             tmult = p.tp_atr_mult
             if nx:
-                scale = bx[t, j, BX_SIZE]
+                scale = bx[u, uj, BX_SIZE]
                 if scale == scale:
                     frac = frac * scale
-                x = bx[t, j, BX_STOP]
+                x = bx[u, uj, BX_STOP]
                 # a profile stop may only be tighter than [risk]'s (or add one where [risk] has
                 # none): a wider stop would lose more than the sizing's risk at the same size
                 if x > 0.0 and (x < smult or not (smult > 0.0)):
                     smult = x
-                x = bx[t, j, BX_TP]
+                x = bx[u, uj, BX_TP]
                 if x == x:
                     tmult = x
             rr, v, qty = entry_size_nb(
-                st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[j], ordermin[j], costmin[j], scale
+                st, p, reserved, room_x, room_c, c, a, eq, rmult, lot_dec[uj], ordermin[uj], costmin[uj], scale
             )
             if rr != 0:
                 refusals[rr] += 1
                 if rec:
                     emit_event_nb(events, cnt, bar, j, EVENT.REFUSAL, rr, v)
                 continue
-            entry_order_nb(pending[j], bar, qty, c, a, spread[t, j], price_dec[j], p, frac, smult, tmult)
+            entry_order_nb(pending[uj], bar, qty, c, a, spread[u, uj], price_dec[uj], p, frac, smult, tmult)
             placed = True
             if rec:
                 emit_event_nb(events, cnt, bar, j, EVENT.ORDER, REASON.ENTRY, qty)
             committed += qty * c
             reserved += qty * c * (1.0 + f + p.slip_buffer)
             n_open += 1
+            nbuy += 1
     return placed
 
 
