@@ -507,3 +507,23 @@ def test_bit_counting_intrinsics():
         pc, tz = both(np.uint64(w))
         assert pc == bin(w).count("1")
         assert tz == (64 if w == 0 else (w & -w).bit_length() - 1)
+
+
+def test_valid_bars_without_a_close_mark_as_the_reference():
+    """A valid bar whose close is NaN: a pair opened there takes its last valid close as its mark, as
+    the step_nb loop marks it (the fused loop once kept a stale mark): equity rows and metrics, records
+    on and off, equal the reference's."""
+    _, inp = _inputs()
+    cfg = load_config()
+    rng = np.random.default_rng(12)
+    close = inp.close.copy()
+    close[(rng.random(close.shape) < 0.03) & inp.valid] = np.nan
+    odd = replace(inp, close=close, p_up=np.clip(inp.p_up + rng.normal(0.0, 0.15, inp.p_up.shape), 0.0, 1.0))
+    params = params_from_config(cfg, max_positions=5, max_cluster_exposure=0.4, halt_reset_bars=100, min_edge=0.0)
+    ref_metrics, ref_refusals, _, _, ref_equity = _reference(odd, params)
+    fast = run_backtest(odd, params, record=True)
+    lean = run_backtest(odd, params, record=False)
+    assert fast.equity.tobytes() == ref_equity.tobytes()
+    assert fast.metrics.tobytes() == ref_metrics.tobytes() == lean.metrics.tobytes()
+    assert lean.refusals.tobytes() == ref_refusals.tobytes()
+    assert fast.metrics[0]["n_fills"] > 20
